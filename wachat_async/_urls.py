@@ -1,0 +1,193 @@
+"""URLs for ``GET /instance/qr/image`` and the ``<img>`` tag that shows one.
+
+Pure functions, no I/O. The API accepts the key as ``?apiKey=`` only because an ``<img>`` cannot
+send an ``Authorization`` header. A key in a URL ends up in browser history, server and proxy
+logs, analytics and screenshots, so putting it there is refused unless the caller opts in with
+``expose_api_key=True``, and every opted-in call emits :class:`ApiKeyExposureWarning`.
+
+The safer ways to show a QR in a page keep the key on the server:
+
+* ``QRImage.to_data_uri()``: fetch with header auth, inline the PNG as a ``data:`` URI;
+* a proxy route in your own app that streams the PNG (``examples/aiohttp_proxy.py``,
+  ``examples/fastapi_proxy.py``); the page then uses ``<img src="/qr/NAME.png">``.
+
+The query string is built by yarl, so no instance name or key can add, drop or break parameters.
+"""
+
+from __future__ import annotations
+
+import html
+import warnings
+
+from yarl import URL
+
+from ._validate import check_api_key, check_instance_name
+
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "ApiKeyExposureWarning",
+    "build_qr_image_url",
+    "qr_img_tag",
+]
+
+DEFAULT_BASE_URL = "https://app.wachat.net/api/v1"
+
+_QR_IMAGE_PATH = ("instance", "qr", "image")
+
+_SAFER_OPTIONS = (
+    "Safer options keep the key on your server: fetch with WachatClient (Authorization header) "
+    "and inline the image with QRImage.to_data_uri(), or serve it from your own proxy route "
+    '(<img src="/qr/NAME.png">, see examples/aiohttp_proxy.py and examples/fastapi_proxy.py).'
+)
+
+
+class ApiKeyExposureWarning(UserWarning):
+    """An API key was put into a URL on the caller's explicit request.
+
+    Emitted on every opted-in call of :func:`build_qr_image_url` and
+    ``WachatClient.qr_image_url``. Control it with the standard :mod:`warnings` filters, e.g.
+    ``warnings.simplefilter("ignore", ApiKeyExposureWarning)`` once you have accepted the risk,
+    or ``"error"`` in your test suite to make sure no code path embeds the key.
+    """
+
+
+def build_qr_image_url(
+    instance_name: str,
+    *,
+    api_key: str | None = None,
+    base_url: str = DEFAULT_BASE_URL,
+    expose_api_key: bool = False,
+) -> str:
+    """Return the URL of the QR image of *instance_name*.
+
+    Without *api_key* the URL carries only ``instanceName``: fetch it with the
+    ``Authorization: Bearer`` header (``WachatClient`` does) or behind your own proxy route.
+
+    With *api_key* the URL also carries ``apiKey=``, which is what a bare ``<img>`` tag needs,
+    and which exposes the key to anyone who sees the URL. That is refused with ``ValueError``
+    unless *expose_api_key* is ``True``; with the opt-in, every call emits
+    :class:`ApiKeyExposureWarning` (pointing at your call site).
+
+    >>> build_qr_image_url("t1_mq9r2jov_jakarta_store")
+    'https://app.wachat.net/api/v1/instance/qr/image?instanceName=t1_mq9r2jov_jakarta_store'
+
+    *base_url* must be an ``http``/``https`` URL with a host and no query or fragment; its path
+    (``/api/v1`` for the live gateway) is kept, with or without a trailing slash.
+
+    Raises ``TypeError``/``ValueError`` for unusable arguments: an empty, whitespace-only or
+    control-character-bearing instance name or key, a bad *base_url*, or a key without the
+    opt-in. No error message or warning contains the key.
+    """
+    return _build_qr_image_url(
+        instance_name,
+        api_key=api_key,
+        base_url=base_url,
+        expose_api_key=expose_api_key,
+        stacklevel=2,
+    )
+
+
+def _build_qr_image_url(
+    instance_name: str,
+    *,
+    api_key: str | None,
+    base_url: str | URL,
+    expose_api_key: bool,
+    stacklevel: int,
+) -> str:
+    """Implementation of :func:`build_qr_image_url` for the public function and the client.
+
+    *stacklevel* has the meaning of :func:`warnings.warn`'s, counted from the function that
+    calls this one: ``2`` makes the warning point at that function's caller.
+    """
+    check_instance_name(instance_name)
+    if not isinstance(expose_api_key, bool):
+        raise TypeError(f"expose_api_key must be a bool, not {type(expose_api_key).__name__}")
+    url = _qr_image_endpoint(base_url)
+    if api_key is None:
+        return str(url.with_query({"instanceName": instance_name}))
+    check_api_key(api_key)
+    if not expose_api_key:
+        raise ValueError(
+            "Refusing to put the API key into the URL: anyone who sees it (browser history, "
+            "server and proxy logs, Referer headers, analytics, screenshots) can use the key. "
+            "If a bare <img> tag really needs it, pass expose_api_key=True "
+            "(ApiKeyExposureWarning is then emitted on every call). "
+            f"{_SAFER_OPTIONS} Without api_key you get the key-less URL for header auth."
+        )
+    warnings.warn(
+        "The API key is embedded in this QR image URL (apiKey=...): it will reach browser "
+        "history, server and proxy logs and analytics. " + _SAFER_OPTIONS,
+        ApiKeyExposureWarning,
+        stacklevel=stacklevel + 1,
+    )
+    return str(url.with_query({"instanceName": instance_name, "apiKey": api_key}))
+
+
+def _qr_image_endpoint(base_url: str | URL) -> URL:
+    """Join the QR image path onto *base_url*, keeping its path (``/api/v1``)."""
+    if isinstance(base_url, URL):
+        base = base_url
+    elif isinstance(base_url, str):
+        try:
+            base = URL(base_url)
+        except ValueError as exc:
+            # Not echoed: a mistyped URL may still carry credentials.
+            raise ValueError("base_url is not a valid URL") from exc
+    else:
+        raise TypeError(f"base_url must be a str, not {type(base_url).__name__}")
+    if base.raw_user is not None or base.raw_password is not None:
+        # Credentials in the base URL would be copied into every URL handed out.
+        raise ValueError("base_url must not contain user info (user:password@)")
+    if base.scheme not in ("http", "https") or not base.host:
+        raise ValueError(f"base_url must be an http:// or https:// URL with a host: {base!s}")
+    if base.raw_query_string or base.raw_fragment:
+        raise ValueError(f"base_url must not have a query or a fragment: {base!s}")
+    return base.joinpath(*_QR_IMAGE_PATH)
+
+
+def qr_img_tag(
+    url: str,
+    *,
+    alt: str = "WhatsApp QR code",
+    width: int | None = None,
+    height: int | None = None,
+) -> str:
+    """Return an HTML ``<img>`` element showing *url*, with ``src`` and ``alt`` HTML-escaped.
+
+    *url* can be anything an ``<img>`` accepts: a key-less proxy path such as ``/qr/NAME.png``,
+    a ``QRImage.to_data_uri()`` value, or an opted-in :func:`build_qr_image_url` result.
+    *width*/*height* (positive ints, CSS pixels) are written only when given.
+
+    >>> print(qr_img_tag("/qr/a&b.png", alt='"QR"'))
+    <img src="/qr/a&amp;b.png" alt="&quot;QR&quot;" referrerpolicy="no-referrer" decoding="async">
+
+    ``referrerpolicy="no-referrer"`` stops the browser from sending the *page's* URL in the
+    ``Referer`` header of the image request, so a secret in your page URL (a session token, a
+    signed link) does not leak to the image host or to whatever that host logs or analyses.
+
+    It does **not** protect an API key that is in the image URL itself: that URL is still in
+    the page source and the DOM, in browser history and caches, in the logs of every server,
+    CDN and proxy the request passes, in browser extensions and devtools, and in screenshots
+    and screen shares. Keep the key out of the URL instead (see :func:`build_qr_image_url`).
+    """
+    if not isinstance(url, str):
+        raise TypeError(f"url must be a str, not {type(url).__name__}")
+    if not url:
+        raise ValueError("url must not be empty")
+    if not isinstance(alt, str):
+        raise TypeError(f"alt must be a str, not {type(alt).__name__}")
+    parts = [
+        f'<img src="{html.escape(url, quote=True)}"',
+        f'alt="{html.escape(alt, quote=True)}"',
+    ]
+    for attr, value in (("width", width), ("height", height)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{attr} must be an int or None, not {type(value).__name__}")
+        if value <= 0:
+            raise ValueError(f"{attr} must be a positive int, not {value}")
+        parts.append(f'{attr}="{value}"')
+    parts.append('referrerpolicy="no-referrer" decoding="async">')
+    return " ".join(parts)
