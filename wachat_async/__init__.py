@@ -1,0 +1,66 @@
+"""wachat-async: an asyncio client for the Wachat API's QR-code endpoint.
+
+Streams ``GET /instance/qr/image`` PNGs with a size cap, PNG validation and atomic saves;
+retries only 502/504, with jittered backoff, a deadline, ``Retry-After`` and a retry budget;
+keeps the API key out of every repr, exception and log line::
+
+    async with WachatClient() as client:  # key from WACHAT_API_KEY
+        qr = await client.get_qr_image("t1_abc_store")
+        qr.save("qr.png")
+"""
+
+from ._client import QRStream, WachatClient
+from ._errors import (
+    APIStatusError,
+    AuthenticationError,
+    BadRequestError,
+    ConfigurationError,
+    GatewayTimeoutError,
+    InstanceNotFoundError,
+    InvalidImageError,
+    InvalidResponseError,
+    QRFetchFailedError,
+    QRNotSupportedError,
+    ResponseTooLargeError,
+    SubscriptionRestrictedError,
+    UnexpectedStatusError,
+    WachatConnectionError,
+    WachatError,
+    WachatTimeoutError,
+)
+from ._models import InstanceState, QRImage, QRResult
+from ._retry import RetryBudget, RetryEvent, RetryPolicy
+from ._urls import DEFAULT_BASE_URL, ApiKeyExposureWarning, build_qr_image_url, qr_img_tag
+from ._version import __version__
+
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "APIStatusError",
+    "ApiKeyExposureWarning",
+    "AuthenticationError",
+    "BadRequestError",
+    "ConfigurationError",
+    "GatewayTimeoutError",
+    "InstanceNotFoundError",
+    "InstanceState",
+    "InvalidImageError",
+    "InvalidResponseError",
+    "QRFetchFailedError",
+    "QRImage",
+    "QRNotSupportedError",
+    "QRResult",
+    "QRStream",
+    "ResponseTooLargeError",
+    "RetryBudget",
+    "RetryEvent",
+    "RetryPolicy",
+    "SubscriptionRestrictedError",
+    "UnexpectedStatusError",
+    "WachatClient",
+    "WachatConnectionError",
+    "WachatError",
+    "WachatTimeoutError",
+    "__version__",
+    "build_qr_image_url",
+    "qr_img_tag",
+]

@@ -1,0 +1,773 @@
+"""``WachatClient``: the async session manager for the Wachat QR-code endpoint.
+
+One attempt is: build the request, send it with aiohttp, check the status ourselves (never
+``raise_for_status``: aiohttp's exception carries the request headers), then validate and read
+the body under the size cap. The retry policy wraps attempts, but a call that succeeds at once
+never touches tenacity. Every response is released (or its connection closed, when it was not
+read to the end) on every path: success, error, retry and cancellation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager, suppress
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
+from yarl import URL
+
+from ._errors import (
+    ConfigurationError,
+    InvalidImageError,
+    InvalidResponseError,
+    ResponseTooLargeError,
+    WachatConnectionError,
+    WachatError,
+    WachatTimeoutError,
+    status_error,
+)
+from ._models import InstanceState, QRImage, QRResult, check_png_end, png_dimensions
+from ._redact import excerpt, redact
+from ._retry import RetryBudget, RetryEvent, RetryPolicy, parse_retry_after
+from ._urls import DEFAULT_BASE_URL, _build_qr_image_url, _qr_image_endpoint
+from ._validate import check_api_key, check_instance_name
+from ._version import __version__
+
+if sys.version_info >= (3, 11):
+    from asyncio import timeout as _deadline
+else:  # pragma: no cover - exercised on 3.10 only
+    from async_timeout import timeout as _deadline
+
+__all__ = ["DEFAULT_TIMEOUT", "QRStream", "WachatClient"]
+
+logger = logging.getLogger("wachat_async")
+
+T = TypeVar("T")
+
+#: Per-attempt timeouts: ``total`` is set explicitly (aiohttp defaults every field to None).
+DEFAULT_TIMEOUT = aiohttp.ClientTimeout(total=20.0, sock_connect=10.0, sock_read=15.0)
+DEFAULT_MAX_IMAGE_BYTES = 5 * 1024**2
+_CHUNK = 64 * 1024
+_ERROR_BODY_LIMIT = 64 * 1024
+_JSON_LIMIT = 1024**2
+_TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _as_timeout(timeout: aiohttp.ClientTimeout | float | None) -> aiohttp.ClientTimeout:
+    if timeout is None:
+        return DEFAULT_TIMEOUT
+    if isinstance(timeout, aiohttp.ClientTimeout):
+        if timeout.total is None and timeout.sock_read is None:
+            raise ConfigurationError("timeout needs a total or a sock_read limit")
+        return timeout
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise ConfigurationError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    return aiohttp.ClientTimeout(total=float(timeout), sock_connect=min(float(timeout), 10.0))
+
+
+class _SanitizedCause(Exception):
+    """Stands in for a transport exception whose repr could show request headers."""
+
+
+class WachatClient:
+    """Async client for ``GET /instance/qr/image`` (and ``GET /instance/state``).
+
+    Use it as an async context manager (or call :meth:`aclose`)::
+
+        async with WachatClient() as client:          # key from WACHAT_API_KEY
+            qr = await client.get_qr_image("t1_abc_store")
+            qr.save("qr.png")
+
+    The key comes from *api_key* or ``WACHAT_API_KEY`` and is sent only as
+    ``Authorization: Bearer``; it never appears in a repr, an exception or a log line. The base
+    URL comes from *base_url*, ``WACHAT_BASE_URL`` or the production default; plain ``http://``
+    is refused for anything but loopback unless *allow_insecure_http*.
+
+    *timeout* (seconds or an ``aiohttp.ClientTimeout``) bounds each attempt; the retry policy's
+    ``deadline`` bounds a whole call. *retry* is a :class:`RetryPolicy`
+    (``RetryPolicy.disabled()`` for none) and *retry_budget* the :class:`RetryBudget` that all
+    calls of this client share (one of its own by default). Bodies larger than
+    *max_image_bytes* raise :class:`ResponseTooLargeError` without being read. A *session* you
+    pass is borrowed: used, never closed; otherwise the client creates its own on first use,
+    inside the running event loop, with at most *max_connections* connections.
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        *,
+        base_url: str | None = None,
+        timeout: aiohttp.ClientTimeout | float | None = None,
+        retry: RetryPolicy | None = None,
+        retry_budget: RetryBudget | None = None,
+        max_connections: int = 100,
+        max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+        session: aiohttp.ClientSession | None = None,
+        allow_insecure_http: bool = False,
+        user_agent: str | None = None,
+    ) -> None:
+        self._session: aiohttp.ClientSession | None = None
+        self._owns_session = session is None
+        key = os.environ.get("WACHAT_API_KEY") if api_key is None else api_key
+        if key is None or (isinstance(key, str) and not key.strip()):
+            raise ConfigurationError(
+                "No Wachat API key: pass WachatClient(api_key=...) or set WACHAT_API_KEY"
+            )
+        try:
+            self._api_key = check_api_key(key)
+        except (TypeError, ValueError) as exc:
+            raise ConfigurationError(str(exc)) from None
+        base = base_url or os.environ.get("WACHAT_BASE_URL") or DEFAULT_BASE_URL
+        try:
+            self._qr_url = _qr_image_endpoint(base)
+        except (TypeError, ValueError) as exc:
+            raise ConfigurationError(str(exc)) from None
+        self._base_url = self._qr_url.parent.parent.parent
+        if (
+            self._base_url.scheme == "http"
+            and not allow_insecure_http
+            and not _is_loopback(self._base_url.host or "")
+        ):
+            raise ConfigurationError(
+                f"Refusing plain http:// to {self._base_url.host}: the API key would travel in "
+                "clear text. Use https://, or pass allow_insecure_http=True if you mean it."
+            )
+        self._state_url = self._base_url.joinpath("instance", "state")
+        self._timeout = _as_timeout(timeout)
+        self._retry = RetryPolicy() if retry is None else retry
+        self._budget = RetryBudget() if retry_budget is None else retry_budget
+        if isinstance(max_connections, bool) or not isinstance(max_connections, int):
+            raise ConfigurationError("max_connections must be an int")
+        if max_connections < 1:
+            raise ConfigurationError("max_connections must be >= 1")
+        if isinstance(max_image_bytes, bool) or not isinstance(max_image_bytes, int):
+            raise ConfigurationError("max_image_bytes must be an int")
+        if max_image_bytes < 64:
+            raise ConfigurationError("max_image_bytes must be at least 64")
+        self._max_connections = max_connections
+        self._max_image_bytes = max_image_bytes
+        self._closed = False
+        self._sleep: Callable[[float], Awaitable[None]] = (
+            _no_sleep if self._retry.zero_wait else asyncio.sleep
+        )
+        ua = user_agent or f"wachat-async/{__version__} aiohttp/{aiohttp.__version__}"
+        self._image_headers = {
+            "Authorization": f"Bearer {self._api_key}",
+            "User-Agent": ua,
+            "Accept": "image/png",
+        }
+        self._json_headers = {**self._image_headers, "Accept": "application/json"}
+        if session is not None:
+            self._session = session
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        """The API base URL this client talks to (no credentials in it)."""
+        return str(self._base_url)
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        """The :class:`RetryPolicy` in force."""
+        return self._retry
+
+    @property
+    def retry_budget(self) -> RetryBudget:
+        """The :class:`RetryBudget` shared by this client's calls (its counters are live)."""
+        return self._budget
+
+    @property
+    def closed(self) -> bool:
+        """True after :meth:`aclose`; a closed client refuses every call."""
+        return self._closed
+
+    def _open_session(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise RuntimeError(
+                "WachatClient is closed; create a new client (a closed one cannot be reused)"
+            )
+        connector = aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=self._timeout,
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+        return self._session
+
+    async def __aenter__(self) -> WachatClient:
+        if self._session is None:
+            self._open_session()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the client's own session (a borrowed one is left open). Idempotent."""
+        session, self._session = self._session, None
+        self._closed = True
+        if session is not None and self._owns_session and not session.closed:
+            await session.close()
+
+    def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
+        session = getattr(self, "_session", None)
+        if session is not None and self._owns_session and not session.closed:
+            _warn(
+                "Unclosed WachatClient: use 'async with WachatClient() as client' "
+                "or 'await client.aclose()'",
+                ResourceWarning,
+                source=self,
+            )
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("open" if self._session else "unopened")
+        return f"<WachatClient base_url={self.base_url!r} state={state}>"
+
+    # -- public calls ----------------------------------------------------------------------
+
+    async def get_qr_image(self, instance_name: str) -> QRImage:
+        """Fetch the instance's current QR code as a validated :class:`QRImage`.
+
+        Raises the :class:`APIStatusError` subclass for the status (after retrying 502/504 per
+        the policy), :class:`InvalidImageError`, :class:`ResponseTooLargeError`,
+        :class:`WachatConnectionError` or :class:`WachatTimeoutError`.
+        """
+        name = check_instance_name(instance_name)
+        return await self._call(name, self._fetch_image)
+
+    @asynccontextmanager
+    async def stream_qr_image(
+        self, instance_name: str, *, chunk_size: int = _CHUNK
+    ) -> AsyncIterator[QRStream]:
+        """Open the QR image and yield a :class:`QRStream` of its bytes.
+
+        The status and headers are checked (and 502/504 retried) before the stream is yielded;
+        once the first chunk is handed over nothing is retried. The PNG header is validated
+        before the first chunk and the ``IEND`` trailer at the end; the size cap is enforced
+        while reading. Leaving the block releases the connection, read or not::
+
+            async with client.stream_qr_image("t1_abc_store") as stream:
+                async for chunk in stream:
+                    await response.write(chunk)
+        """
+        name = check_instance_name(instance_name)
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError("chunk_size must be a positive int")
+        stream = await self._call(name, self._open_stream, chunk_size)
+        try:
+            yield stream
+        finally:
+            stream.close()
+
+    async def save_qr_image(self, instance_name: str, path: str | os.PathLike[str]) -> Path:
+        """Stream the QR PNG to *path* atomically and return the path.
+
+        The body goes to a temporary file in the target folder, which is renamed into place
+        only once the whole PNG has arrived and validated. On any error or cancellation the
+        temporary file is removed and *path* is left as it was.
+        """
+        name = check_instance_name(instance_name)
+        target = Path(path)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                await self._call(name, self._save_once, fh)
+            os.replace(tmp, target)
+        except BaseException:
+            with suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        return target
+
+    async def get_instance_state(self, instance_name: str) -> InstanceState:
+        """``GET /instance/state``: whether the instance's phone is linked yet.
+
+        Unknown state strings are kept as they are; only ``"open"`` counts as connected.
+        """
+        name = check_instance_name(instance_name)
+        return await self._call(name, self._fetch_state)
+
+    def fetch_many(
+        self,
+        instance_names: Iterable[str],
+        *,
+        concurrency: int = 32,
+        on_progress: Callable[[QRResult], object] | None = None,
+    ) -> AsyncIterator[QRResult]:
+        """Fetch many QR codes with bounded concurrency; yield a :class:`QRResult` per
+        distinct name as each completes. See :func:`wachat_async._polling.fetch_many`."""
+        from ._polling import fetch_many
+
+        return fetch_many(
+            self.get_qr_image,
+            instance_names,
+            concurrency=min(concurrency, self._max_connections)
+            if self._owns_session and isinstance(concurrency, int)
+            else concurrency,
+            on_progress=on_progress,
+        )
+
+    def watch_qr(
+        self,
+        instance_name: str,
+        *,
+        interval: float = 5.0,
+        until_connected: bool = False,
+        jitter: float = 0.1,
+    ) -> AsyncIterator[QRImage]:
+        """Poll one instance and yield its QR each time it changes (by content hash).
+
+        Transient errors go through the retry policy and watching goes on; terminal errors
+        (401/403/404/409, ...) are raised. With *until_connected* the watch ends cleanly once
+        :meth:`get_instance_state` reports ``"open"``. See :func:`wachat_async._polling.watch_qr`.
+        """
+        from ._polling import watch_qr
+
+        name = check_instance_name(instance_name)
+        return watch_qr(
+            self.get_qr_image,
+            name,
+            interval=interval,
+            jitter=jitter,
+            get_state=self.get_instance_state if until_connected else None,
+            sleep=self._sleep,
+        )
+
+    def qr_image_url(self, instance_name: str, *, expose_api_key: bool = False) -> str:
+        """The QR image URL for this client's base URL.
+
+        Without *expose_api_key* the URL carries no key (for header auth or a proxy). With
+        ``expose_api_key=True`` it carries this client's key as ``apiKey`` for a bare ``<img>``
+        tag, and :class:`ApiKeyExposureWarning` is emitted: see :func:`build_qr_image_url`.
+        """
+        return _build_qr_image_url(
+            instance_name,
+            api_key=self._api_key if expose_api_key is True else None,
+            base_url=self._base_url,
+            expose_api_key=expose_api_key,
+            stacklevel=2,
+        )
+
+    # -- one attempt -----------------------------------------------------------------------
+
+    async def _send(self, url: URL, name: str, headers: dict[str, str]) -> aiohttp.ClientResponse:
+        """Send one GET and return the 200 response; anything else becomes a typed error."""
+        session = self._session or self._open_session()
+        failure: BaseException
+        try:
+            resp = await session.get(
+                url.with_query(instanceName=name),
+                headers=headers,
+                allow_redirects=False,
+                timeout=self._timeout,
+            )
+        except _TRANSPORT_ERRORS as exc:
+            failure = self._transport_error(exc, name)
+        else:
+            if resp.status == 200:
+                return resp
+            failure = await self._status_error(resp, name)
+        raise failure
+
+    async def _open_png(self, name: str) -> aiohttp.ClientResponse:
+        resp = await self._send(self._qr_url, name, self._image_headers)
+        failure: WachatError | None = None
+        content_type = resp.content_type.lower()
+        if content_type != "image/png":
+            detail = await self._read_excerpt(resp)
+            failure = InvalidImageError(
+                f"expected image/png, got {content_type or 'no content type'}"
+                + (f": {detail}" if detail else ""),
+                instance_name=name,
+                content_type=content_type,
+            )
+        elif (length := resp.content_length) is not None and length > self._max_image_bytes:
+            resp.close()
+            failure = ResponseTooLargeError(
+                f"QR image is {length} bytes, over max_image_bytes={self._max_image_bytes}",
+                instance_name=name,
+                limit=self._max_image_bytes,
+                content_length=length,
+            )
+        if failure is not None:
+            raise failure
+        return resp
+
+    async def _open_stream(self, name: str, chunk_size: int) -> QRStream:
+        resp = await self._open_png(name)
+        return QRStream(resp, instance_name=name, client=self, chunk_size=chunk_size)
+
+    async def _fetch_image(self, name: str) -> QRImage:
+        stream = QRStream(
+            await self._open_png(name), instance_name=name, client=self, chunk_size=_CHUNK
+        )
+        try:
+            data = await stream.read()
+        finally:
+            stream.close()
+        return QRImage(instance_name=name, data=data, width=stream.width, height=stream.height)
+
+    async def _save_once(self, name: str, fh: Any) -> None:
+        fh.seek(0)
+        fh.truncate()
+        stream = QRStream(
+            await self._open_png(name), instance_name=name, client=self, chunk_size=_CHUNK
+        )
+        try:
+            async for chunk in stream:
+                fh.write(chunk)
+        finally:
+            stream.close()
+
+    async def _fetch_state(self, name: str) -> InstanceState:
+        resp = await self._send(self._state_url, name, self._json_headers)
+        try:
+            raw = await self._read_limited(resp, _JSON_LIMIT, name)
+        finally:
+            resp.close()
+        try:
+            payload = json.loads(raw)
+            instance = payload.get("instance") or {}
+            nested = (payload.get("data") or {}).get("instance") or {}
+            state = instance.get("state", nested.get("state"))
+        except (ValueError, AttributeError):
+            state = None
+        if not isinstance(state, str):
+            raise InvalidResponseError(
+                "GET /instance/state returned no state string: "
+                + (
+                    excerpt(raw.decode("utf-8", "replace"), [self._api_key], limit=200)
+                    or "empty body"
+                ),
+                instance_name=name,
+            )
+        integration = instance.get("integration")
+        return InstanceState(
+            instance_name=name,
+            state=state,
+            integration=integration if isinstance(integration, str) else None,
+            raw=payload,
+        )
+
+    async def _read_limited(self, resp: aiohttp.ClientResponse, limit: int, name: str) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        failure: BaseException
+        try:
+            while chunk := await resp.content.read(_CHUNK):
+                size += len(chunk)
+                if size > limit:
+                    break
+                chunks.append(chunk)
+            else:
+                return b"".join(chunks)
+        except _TRANSPORT_ERRORS as exc:
+            failure = self._transport_error(exc, name)
+        else:
+            failure = InvalidResponseError(f"response body over {limit} bytes", instance_name=name)
+        raise failure
+
+    async def _read_excerpt(self, resp: aiohttp.ClientResponse) -> str:
+        """A short redacted excerpt of an error body; never raises, always releases *resp*."""
+        try:
+            raw = b""
+            with suppress(*_TRANSPORT_ERRORS):
+                while len(raw) < _ERROR_BODY_LIMIT and (chunk := await resp.content.read(_CHUNK)):
+                    raw += chunk
+        finally:
+            resp.close()
+        text = raw[:_ERROR_BODY_LIMIT].decode("utf-8", "replace")
+        if text[:1] in "{[" and text:
+            try:
+                payload = json.loads(text)
+            except ValueError:
+                pass
+            else:
+                if isinstance(payload, dict):
+                    for field in ("message", "error", "detail"):
+                        if isinstance(payload.get(field), str) and payload[field].strip():
+                            text = payload[field]
+                            break
+        return excerpt(text, [self._api_key])
+
+    async def _status_error(self, resp: aiohttp.ClientResponse, name: str) -> WachatError:
+        status = resp.status
+        retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+        location = resp.headers.get("Location")
+        body = await self._read_excerpt(resp)
+        if 300 <= status < 400 and location:
+            body = f"redirect to {excerpt(location, [self._api_key], limit=200)} not followed"
+        return status_error(status, instance_name=name, body=body, retry_after=retry_after)
+
+    def _transport_error(self, exc: BaseException, name: str) -> WachatError:
+        """Map an aiohttp/OS exception to ours, with a cause that cannot leak headers."""
+        text = redact(str(exc), [self._api_key])
+        if isinstance(exc, asyncio.TimeoutError):
+            error: WachatError = WachatTimeoutError(
+                f"request timed out ({type(exc).__name__})", instance_name=name
+            )
+        elif isinstance(exc, aiohttp.ClientPayloadError):
+            error = InvalidImageError(
+                f"response body cut short: {type(exc).__name__}: {excerpt(text, limit=200)}",
+                instance_name=name,
+                truncated=True,
+            )
+        else:
+            error = WachatConnectionError(
+                f"connection failed: {type(exc).__name__}: {excerpt(text, limit=300)}",
+                instance_name=name,
+            )
+        # aiohttp's ClientResponseError repr shows the request headers, Authorization included.
+        if isinstance(exc, aiohttp.ClientResponseError) or self._api_key in repr(exc):
+            error.__cause__ = _SanitizedCause(f"{type(exc).__name__}: {excerpt(text)}")
+        else:
+            error.__cause__ = exc
+        return error
+
+    # -- retries ---------------------------------------------------------------------------
+
+    async def _call(self, name: str, attempt: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run *attempt* under the retry policy. Fast path: one attempt, no tenacity."""
+        policy = self._retry
+        self._budget.deposit()
+        started = time.monotonic()
+        retry: _RetryState | None = None
+        try:
+            async with _deadline(policy.deadline):
+                try:
+                    return await attempt(name, *args)
+                except WachatError as exc:
+                    if policy.max_attempts == 1 or not policy.is_retryable(exc):
+                        raise
+                    retry = _RetryState(self, name, started)
+                    return await retry.run(exc, attempt, args)
+        except asyncio.TimeoutError:
+            attempts = retry.attempts if retry else 1
+            error = WachatTimeoutError(
+                f"deadline of {policy.deadline:g} s exceeded after {attempts} attempt(s)",
+                instance_name=name,
+                attempts=attempts,
+            )
+            error.__cause__ = retry.last_error if retry else None
+            raise error from error.__cause__
+        except WachatError as exc:
+            if retry is not None:
+                exc.attempts = retry.attempts
+                exc._note(retry.summary())
+            raise
+
+
+async def _no_sleep(seconds: float) -> None:
+    await asyncio.sleep(0)
+
+
+class _RetryState:
+    """Per-call retry bookkeeping: a fresh tenacity ``AsyncRetrying`` per call, never shared."""
+
+    __slots__ = ("attempts", "client", "last_error", "name", "next_wait", "reason", "started")
+
+    def __init__(self, client: WachatClient, name: str, started: float) -> None:
+        self.client = client
+        self.name = name
+        self.started = started
+        self.attempts = 1
+        self.next_wait = 0.0
+        self.reason = ""
+        self.last_error: BaseException | None = None
+
+    async def run(
+        self, first: WachatError, attempt: Callable[..., Awaitable[T]], args: tuple[Any, ...]
+    ) -> T:
+        policy = self.client._retry
+        replay: list[WachatError] = [first]
+
+        async def once() -> T:
+            if replay:
+                raise replay.pop()
+            self.attempts += 1
+            return await attempt(self.name, *args)
+
+        retrying = AsyncRetrying(
+            stop=self._stop,
+            wait=self._wait,
+            retry=retry_if_exception(policy.is_retryable),
+            before_sleep=self._before_sleep,
+            sleep=self.client._sleep,
+            reraise=True,
+        )
+        return await retrying(once)
+
+    def _stop(self, state: RetryCallState) -> bool:
+        policy = self.client._retry
+        error = state.outcome.exception() if state.outcome else None
+        self.last_error = error
+        if self.attempts >= policy.max_attempts:
+            self.reason = "max_attempts reached"
+            return True
+        retry_after = getattr(error, "retry_after", None) if policy.respect_retry_after else None
+        if retry_after is not None and retry_after > policy.max_retry_after:
+            self.reason = (
+                f"Retry-After of {retry_after:g} s is over max_retry_after="
+                f"{policy.max_retry_after:g} s"
+            )
+            return True
+        wait = policy.compute_wait(self.attempts - 1, retry_after)
+        elapsed = time.monotonic() - self.started
+        if policy.deadline is not None and elapsed + wait >= policy.deadline:
+            self.reason = (
+                f"waiting {wait:.2f} s more would cross the {policy.deadline:g} s deadline"
+            )
+            return True
+        if not self.client._budget.try_withdraw():
+            self.reason = "retry budget exhausted"
+            return True
+        self.next_wait = wait
+        return False
+
+    def _wait(self, state: RetryCallState) -> float:
+        return self.next_wait
+
+    def _before_sleep(self, state: RetryCallState) -> None:
+        policy = self.client._retry
+        error = self.last_error
+        assert isinstance(error, WachatError)
+        status = getattr(error, "status", None)
+        logger.info(
+            "Retrying QR call for instance %r: attempt %d of %d failed with %s; waiting %.2f s",
+            self.name,
+            self.attempts,
+            policy.max_attempts,
+            status if status is not None else type(error).__name__,
+            self.next_wait,
+        )
+        if policy.on_retry is not None:
+            policy.on_retry(
+                RetryEvent(
+                    instance_name=self.name,
+                    attempt=self.attempts,
+                    wait=self.next_wait,
+                    error=error,
+                    status=status,
+                )
+            )
+
+    def summary(self) -> str:
+        elapsed = time.monotonic() - self.started
+        text = f"gave up after {self.attempts} attempts in {elapsed:.1f} s"
+        return f"{text} ({self.reason})" if self.reason else text
+
+
+class QRStream:
+    """The body of a QR image response, as an async iterator of ``bytes`` chunks.
+
+    Obtained from :meth:`WachatClient.stream_qr_image`. The PNG header is validated before the
+    first chunk is yielded (``width``/``height`` are set then), the size cap while reading, and
+    the ``IEND`` trailer at the end, so a stream that finishes without error was a whole PNG.
+    """
+
+    def __init__(
+        self,
+        response: aiohttp.ClientResponse,
+        *,
+        instance_name: str,
+        client: WachatClient,
+        chunk_size: int,
+    ) -> None:
+        self._resp = response
+        self._client = client
+        self._chunk_size = chunk_size
+        self._limit = client._max_image_bytes
+        self._tail = b""
+        self._done = False
+        self.instance_name = instance_name
+        self.content_type: str = response.content_type
+        self.content_length: int | None = response.content_length
+        self.bytes_read = 0
+        self.width = 0
+        self.height = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"<QRStream instance_name={self.instance_name!r} bytes_read={self.bytes_read} "
+            f"content_length={self.content_length} done={self._done}>"
+        )
+
+    def __aiter__(self) -> QRStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._done:
+            raise StopAsyncIteration
+        if not self.width:
+            head = await self._read()
+            while head and len(head) < 33 and (more := await self._read()):
+                head += more
+            try:
+                self.width, self.height = png_dimensions(head, instance_name=self.instance_name)
+            except InvalidImageError:
+                self.close()
+                raise
+            chunk = head
+        else:
+            chunk = await self._read()
+            if not chunk:
+                self._done = True
+                self.close()
+                check_png_end(self._tail, instance_name=self.instance_name)
+                raise StopAsyncIteration
+        self._tail = (self._tail + chunk)[-12:]
+        return chunk
+
+    async def read(self) -> bytes:
+        """Read the rest of the body and return it (validated like the iteration)."""
+        return b"".join([chunk async for chunk in self])
+
+    async def _read(self) -> bytes:
+        failure: BaseException
+        try:
+            chunk = await self._resp.content.read(self._chunk_size)
+        except _TRANSPORT_ERRORS as exc:
+            failure = self._client._transport_error(exc, self.instance_name)
+        else:
+            self.bytes_read += len(chunk)
+            if self.bytes_read <= self._limit:
+                return chunk
+            failure = ResponseTooLargeError(
+                f"QR image is over max_image_bytes={self._limit} (stopped reading at "
+                f"{self.bytes_read} bytes)",
+                instance_name=self.instance_name,
+                limit=self._limit,
+                content_length=self.content_length,
+            )
+        self._done = True
+        self.close()
+        raise failure
+
+    def close(self) -> None:
+        """Release the connection: back to the pool if the body was read to its end, else
+        closed (a half-read connection is never reused)."""
+        if self._resp.content.is_eof():
+            self._resp.release()
+        else:
+            self._resp.close()

@@ -1,0 +1,253 @@
+"""The exceptions wachat-async raises.
+
+Every exception is a :class:`WachatError`; catch that to handle them all::
+
+    WachatError
+    ├── ConfigurationError          bad client configuration (also a ValueError), e.g. no API key
+    ├── APIStatusError              .status .instance_name .body (short, redacted) .attempts
+    │   ├── BadRequestError             400  missing/invalid instanceName
+    │   ├── AuthenticationError         401  missing or invalid API key
+    │   ├── SubscriptionRestrictedError 403  plan does not allow QR generation
+    │   ├── InstanceNotFoundError       404  no such instance for this key
+    │   ├── QRNotSupportedError         409  QR only for WhatsApp Baileys instances
+    │   ├── QRFetchFailedError          502  upstream failed to fetch/decode (retryable)
+    │   ├── GatewayTimeoutError         504  upstream timed out (retryable)
+    │   └── UnexpectedStatusError       any other status (3xx included: redirects are not followed)
+    ├── WachatConnectionError       connect/reset/DNS/protocol failures (transport)
+    ├── WachatTimeoutError          client-side timeout or the retry policy's deadline
+    └── InvalidResponseError        a 2xx whose body is not what the endpoint promises
+        ├── InvalidImageError           200 but not a PNG / wrong content type / truncated
+        └── ResponseTooLargeError       body over max_image_bytes
+
+After retries end, the *last real error* is raised (never a wrapper), with ``.attempts`` set and
+a note (``__notes__``) such as ``gave up after 4 attempts in 3.1 s``. Transport errors keep their
+cause (``raise ... from exc``), sanitised so that no request header can be read from it.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+__all__ = [
+    "APIStatusError",
+    "AuthenticationError",
+    "BadRequestError",
+    "ConfigurationError",
+    "GatewayTimeoutError",
+    "InstanceNotFoundError",
+    "InvalidImageError",
+    "InvalidResponseError",
+    "QRFetchFailedError",
+    "QRNotSupportedError",
+    "ResponseTooLargeError",
+    "SubscriptionRestrictedError",
+    "UnexpectedStatusError",
+    "WachatConnectionError",
+    "WachatError",
+    "WachatTimeoutError",
+    "status_error",
+]
+
+
+class WachatError(Exception):
+    """Base class of every error wachat-async raises.
+
+    ``instance_name`` is the instance the call was about (``None`` when not applicable) and
+    ``attempts`` how many HTTP attempts the call made before this error was raised.
+    """
+
+    def __init__(
+        self, message: str, *, instance_name: str | None = None, attempts: int = 1
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.instance_name = instance_name
+        self.attempts = attempts
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r})"
+
+    def _note(self, note: str) -> None:
+        # BaseException.add_note is 3.11+; __notes__ is what tracebacks print on every version.
+        notes: list[str] = self.__dict__.setdefault("__notes__", [])
+        notes.append(note)
+
+
+class ConfigurationError(WachatError, ValueError):
+    """The client was configured in a way that cannot work (no API key, bad base URL, ...)."""
+
+
+class APIStatusError(WachatError):
+    """The API answered with a status other than 200.
+
+    ``status`` is the HTTP status, ``body`` a short redacted excerpt of the response body (the
+    JSON ``message``/``error`` field when there is one) and ``retry_after`` the parsed
+    ``Retry-After`` header in seconds, if the server sent a usable one.
+    """
+
+    status: int = 0
+    default_message: str = "Unexpected response status"
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        status: int | None = None,
+        instance_name: str | None = None,
+        body: str = "",
+        attempts: int = 1,
+        retry_after: float | None = None,
+    ) -> None:
+        self.status = type(self).status if status is None else status
+        self.body = body
+        self.retry_after = retry_after
+        if message is None:
+            message = self._format(instance_name, body)
+        super().__init__(message, instance_name=instance_name, attempts=attempts)
+
+    def _format(self, instance_name: str | None, body: str) -> str:
+        try:
+            phrase = HTTPStatus(self.status).phrase
+        except ValueError:
+            phrase = "Unknown Status"
+        text = f"{self.status} {phrase}: {self.default_message}"
+        if instance_name is not None:
+            text += f" (instance {instance_name!r})"
+        if body:
+            text += f"; server said: {body}"
+        return text
+
+
+class BadRequestError(APIStatusError):
+    """400: the ``instanceName`` query parameter was missing or invalid."""
+
+    status = 400
+    default_message = "missing or invalid instanceName"
+
+
+class AuthenticationError(APIStatusError):
+    """401: the API key is missing or invalid."""
+
+    status = 401
+    default_message = "missing or invalid API key"
+
+
+class SubscriptionRestrictedError(APIStatusError):
+    """403: the account's subscription does not allow QR generation."""
+
+    status = 403
+    default_message = "subscription restriction prevented QR generation"
+
+
+class InstanceNotFoundError(APIStatusError):
+    """404: no instance of that name belongs to this API key."""
+
+    status = 404
+    default_message = "instance not found for this API key"
+
+
+class QRNotSupportedError(APIStatusError):
+    """409: QR codes exist only for WhatsApp Baileys instances."""
+
+    status = 409
+    default_message = "QR code is only available for WhatsApp Baileys instances"
+
+
+class QRFetchFailedError(APIStatusError):
+    """502: Wachat failed to fetch or decode the QR image upstream. Transient: retried."""
+
+    status = 502
+    default_message = "Wachat failed to fetch or decode the QR code image"
+
+
+class GatewayTimeoutError(APIStatusError):
+    """504: the request timed out inside Wachat. Transient: retried."""
+
+    status = 504
+    default_message = "Wachat API request timed out"
+
+
+class UnexpectedStatusError(APIStatusError):
+    """Any status the endpoint does not document (redirects included: they are not followed)."""
+
+    default_message = "status not documented for this endpoint"
+
+
+class WachatConnectionError(WachatError):
+    """The connection failed: refused, reset, DNS, TLS, or a response that is not valid HTTP."""
+
+
+class WachatTimeoutError(WachatError):
+    """A client-side timeout expired: the per-request timeout or the retry policy's deadline."""
+
+
+class InvalidResponseError(WachatError):
+    """A successful status whose body is not what the endpoint promises."""
+
+
+class InvalidImageError(InvalidResponseError):
+    """A 200 that is not a complete PNG: wrong content type, bad signature, or truncated.
+
+    ``truncated`` is true when the body ended early (the connection closed before the promised
+    length, or the PNG stops before its ``IEND`` chunk); such a failure is a transport fault and
+    is retried when the policy retries transport errors.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        instance_name: str | None = None,
+        attempts: int = 1,
+        content_type: str | None = None,
+        truncated: bool = False,
+    ) -> None:
+        super().__init__(message, instance_name=instance_name, attempts=attempts)
+        self.content_type = content_type
+        self.truncated = truncated
+
+
+class ResponseTooLargeError(InvalidResponseError):
+    """The body is larger than ``max_image_bytes``; reading stopped as soon as that was known."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        instance_name: str | None = None,
+        attempts: int = 1,
+        limit: int,
+        content_length: int | None = None,
+    ) -> None:
+        super().__init__(message, instance_name=instance_name, attempts=attempts)
+        self.limit = limit
+        self.content_length = content_length
+
+
+_BY_STATUS: dict[int, type[APIStatusError]] = {
+    cls.status: cls
+    for cls in (
+        BadRequestError,
+        AuthenticationError,
+        SubscriptionRestrictedError,
+        InstanceNotFoundError,
+        QRNotSupportedError,
+        QRFetchFailedError,
+        GatewayTimeoutError,
+    )
+}
+
+
+def status_error(
+    status: int,
+    *,
+    instance_name: str | None = None,
+    body: str = "",
+    retry_after: float | None = None,
+) -> APIStatusError:
+    """The typed exception for an HTTP *status* (``UnexpectedStatusError`` if undocumented)."""
+    cls = _BY_STATUS.get(status, UnexpectedStatusError)
+    return cls(status=status, instance_name=instance_name, body=body, retry_after=retry_after)

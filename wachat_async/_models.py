@@ -1,0 +1,194 @@
+"""Value objects: the QR image, a per-instance polling result, an instance's state.
+
+All are frozen attrs classes. ``QRImage`` checks that its bytes are a complete PNG when it is
+built, so holding one means holding a valid image.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import struct
+import tempfile
+import zlib
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from ._errors import InvalidImageError, WachatError
+
+__all__ = ["PNG_SIGNATURE", "InstanceState", "QRImage", "QRResult", "png_dimensions"]
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+_HEADER_LEN = 33  # signature (8) + IHDR length/type (8) + IHDR data (13) + CRC (4)
+_MAX_DIMENSION = 2**31 - 1  # the PNG spec's limit
+
+
+def png_dimensions(head: bytes, *, instance_name: str | None = None) -> tuple[int, int]:
+    """Validate the PNG signature and IHDR chunk at the start of *head*; return (width, height).
+
+    Needs the first 33 bytes. Raises :class:`InvalidImageError` when they are not the start of a
+    PNG: wrong signature, first chunk not a 13-byte IHDR, bad CRC, or a zero or oversized side.
+    """
+    if len(head) < _HEADER_LEN:
+        if PNG_SIGNATURE.startswith(head[:8]):
+            raise InvalidImageError(
+                f"PNG truncated: {len(head)} bytes, too short for its header",
+                instance_name=instance_name,
+                truncated=True,
+            )
+        raise InvalidImageError("not a PNG: bad signature", instance_name=instance_name)
+    if head[:8] != PNG_SIGNATURE:
+        raise InvalidImageError("not a PNG: bad signature", instance_name=instance_name)
+    length, ctype = struct.unpack(">I4s", head[8:16])
+    if length != 13 or ctype != b"IHDR":
+        raise InvalidImageError("not a PNG: first chunk is not IHDR", instance_name=instance_name)
+    (crc,) = struct.unpack(">I", head[29:33])
+    if zlib.crc32(head[12:29]) != crc:
+        raise InvalidImageError("not a PNG: IHDR checksum mismatch", instance_name=instance_name)
+    width, height = struct.unpack(">II", head[16:24])
+    if not (0 < width <= _MAX_DIMENSION and 0 < height <= _MAX_DIMENSION):
+        raise InvalidImageError(
+            f"not a PNG: invalid dimensions {width}x{height}", instance_name=instance_name
+        )
+    return width, height
+
+
+def check_png_end(data: bytes, *, instance_name: str | None = None) -> None:
+    """Raise :class:`InvalidImageError` (``truncated``) unless *data* ends with the IEND chunk."""
+    if not data.endswith(_IEND):
+        raise InvalidImageError(
+            "PNG truncated: it does not end with an IEND chunk",
+            instance_name=instance_name,
+            truncated=True,
+        )
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+@attrs.frozen(kw_only=True, repr=False)
+class QRImage:
+    """A validated QR code PNG, as returned by ``GET /instance/qr/image``.
+
+    Build one with :meth:`from_png` (which validates); ``width`` and ``height`` come from the PNG
+    header. ``repr()`` summarises the image and never dumps its bytes; in Jupyter the image is
+    shown inline (``_repr_png_``).
+    """
+
+    instance_name: str
+    data: bytes = attrs.field(repr=False)
+    content_type: str = "image/png"
+    width: int
+    height: int
+    fetched_at: datetime = attrs.field(factory=_utcnow)
+
+    @classmethod
+    def from_png(
+        cls,
+        data: bytes,
+        *,
+        instance_name: str,
+        content_type: str = "image/png",
+        fetched_at: datetime | None = None,
+    ) -> QRImage:
+        """Validate *data* as a complete PNG and wrap it. Raises :class:`InvalidImageError`."""
+        width, height = png_dimensions(data, instance_name=instance_name)
+        check_png_end(data, instance_name=instance_name)
+        return cls(
+            instance_name=instance_name,
+            data=data,
+            content_type=content_type,
+            width=width,
+            height=height,
+            fetched_at=_utcnow() if fetched_at is None else fetched_at,
+        )
+
+    @property
+    def sha256(self) -> str:
+        """Hex SHA-256 of the PNG bytes: equal digests mean the same QR image."""
+        return hashlib.sha256(self.data).hexdigest()
+
+    def to_data_uri(self) -> str:
+        """A ``data:image/png;base64,...`` URI for ``<img src>``.
+
+        This is the safe way to show a QR in a page: the image is fetched server-side with the
+        Authorization header and inlined, so the API key never reaches the browser.
+        """
+        return "data:image/png;base64," + base64.b64encode(self.data).decode("ascii")
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the PNG to *path* atomically (temp file in the same folder, then rename).
+
+        Blocking, but the write is a few kilobytes; use ``WachatClient.save_qr_image`` to
+        stream straight from the network to disk.
+        """
+        target = Path(path)
+        _write_atomically(target, self.data)
+        return target
+
+    def _repr_png_(self) -> bytes:
+        return self.data
+
+    def __repr__(self) -> str:
+        return (
+            f"QRImage(instance_name={self.instance_name!r}, {self.width}x{self.height} PNG, "
+            f"{len(self.data)} bytes, sha256={self.sha256[:12]}…, "
+            f"fetched_at={self.fetched_at.isoformat()})"
+        )
+
+
+def _exactly_one(instance: QRResult, attribute: attrs.Attribute[Any], value: object) -> None:
+    if (instance.image is None) == (instance.error is None):
+        raise ValueError("QRResult needs exactly one of image and error")
+
+
+@attrs.frozen(kw_only=True)
+class QRResult:
+    """The outcome of fetching one instance's QR in a batch: exactly one of ``image`` and
+    ``error`` is set."""
+
+    instance_name: str
+    image: QRImage | None = None
+    error: WachatError | None = attrs.field(default=None, validator=_exactly_one)
+
+    @property
+    def ok(self) -> bool:
+        """True when the fetch succeeded (``image`` is set)."""
+        return self.image is not None
+
+
+@attrs.frozen(kw_only=True)
+class InstanceState:
+    """An instance's connection state from ``GET /instance/state``.
+
+    ``state`` is kept as the API sent it (``"open"``, ``"connecting"``, ``"close"`` or anything
+    new); only ``"open"`` counts as connected.
+    """
+
+    instance_name: str
+    state: str
+    integration: str | None = None
+    raw: Mapping[str, Any] = attrs.field(factory=dict, repr=False, eq=False)
+
+    @property
+    def is_connected(self) -> bool:
+        """True once the phone is linked (state ``"open"``)."""
+        return self.state == "open"

@@ -1,0 +1,54 @@
+"""Keeping the API key out of everything a user or a log can see.
+
+Redaction is applied to text that came from outside (error bodies echoed by a server or a proxy)
+and to anything we build from it. The client itself never formats the key into a string; these
+helpers are the safety net for text we do not control.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from urllib.parse import quote, quote_plus
+
+__all__ = ["REDACTED", "excerpt", "redact"]
+
+REDACTED = "[REDACTED]"
+
+# Credentials that look like credentials even when we do not know the key: an apiKey query
+# parameter and a bearer token. Whatever follows them up to a delimiter is hidden.
+_GENERIC = re.compile(
+    r"(?P<prefix>(?:api[_-]?key|access[_-]?token|token)\s*[=:]\s*[\"']?|bearer\s+)"
+    r"(?P<secret>[^\s&\"'<>,;)}\]]+)",
+    re.IGNORECASE,
+)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
+_SPACE = re.compile(r"\s+")
+
+
+def _variants(secret: str) -> set[str]:
+    return {secret, quote(secret, safe=""), quote_plus(secret)}
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """Return *text* with every known secret (and its URL-encoded forms) and every
+    ``apiKey=...`` / ``Bearer ...`` credential replaced by ``[REDACTED]``."""
+    for secret in secrets:
+        if secret:
+            for form in sorted(_variants(secret), key=len, reverse=True):
+                text = text.replace(form, REDACTED)
+    return _GENERIC.sub(lambda m: m.group("prefix") + REDACTED, text)
+
+
+def excerpt(text: str, secrets: Iterable[str] = (), *, limit: int = 500) -> str:
+    """A one-line, redacted, length-capped excerpt of untrusted text.
+
+    Control characters (CR/LF included, so a hostile body cannot forge log lines) become spaces,
+    runs of white space fold to one, and the result is cut at *limit* characters with an ellipsis.
+    Redaction runs before cutting, so a key split by the cut cannot survive in part.
+    """
+    text = redact(text, secrets)
+    text = _SPACE.sub(" ", _CONTROL.sub(" ", text)).strip()
+    if len(text) > limit:
+        text = text[: limit - 1].rstrip() + "…"
+    return text

@@ -1,0 +1,241 @@
+"""Retry policy and retry budget.
+
+Only the statuses Wachat documents as transient (502 and 504) are retried by default. Waits are
+"full jitter" exponential backoff; a total deadline bounds the whole call; ``Retry-After`` is
+honoured; and a :class:`RetryBudget` shared by a client stops retries from multiplying load when
+most calls fail. The client enters tenacity only after a first retryable failure, so a call that
+succeeds at once pays nothing for any of this.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Iterable
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import attrs
+
+from ._errors import InvalidImageError, WachatConnectionError, WachatError
+
+__all__ = ["RetryBudget", "RetryEvent", "RetryPolicy", "backoff_wait", "parse_retry_after"]
+
+
+def backoff_wait(
+    retry_number: int,
+    *,
+    initial_wait: float,
+    max_wait: float,
+    rand: Callable[[float, float], float] = random.uniform,
+) -> float:
+    """Full-jitter exponential backoff: ``uniform(0, min(max_wait, initial_wait * 2**n))``.
+
+    *retry_number* ``n`` counts from 0 for the first retry. Full jitter (AWS Architecture Blog,
+    "Exponential Backoff and Jitter") spreads clients that failed together across the whole
+    window, which is what keeps thousands of pollers from retrying in lock step.
+    """
+    if retry_number < 0:
+        raise ValueError("retry_number must be >= 0")
+    # Cap the exponent: 2**1100 overflows a float long after max_wait has taken over.
+    ceiling = min(max_wait, initial_wait * 2.0 ** min(retry_number, 1000))
+    return rand(0.0, ceiling) if ceiling > 0 else 0.0
+
+
+def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date).
+
+    Returns ``None`` for a missing, negative, non-finite or unparsable value (the policy then
+    uses its own backoff) and ``0.0`` for a date in the past.
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    if not value:
+        return None
+    if value.isdigit() or value.replace(".", "", 1).isdigit():
+        seconds = float(value)
+        return seconds if math.isfinite(seconds) else None
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    now = datetime.now(timezone.utc) if now is None else now
+    return max(0.0, (when - now).total_seconds())
+
+
+@attrs.frozen(kw_only=True)
+class RetryEvent:
+    """What ``RetryPolicy.on_retry`` receives before each retry's wait.
+
+    ``attempt`` is the attempt that just failed (1 for the first), ``wait`` the computed seconds
+    before the next one (reported even in zero-wait mode, where it is not slept), ``status``
+    the HTTP status when the failure was one.
+    """
+
+    instance_name: str | None
+    attempt: int
+    wait: float
+    error: WachatError
+    status: int | None = None
+
+
+def _positive_int(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{attribute.name} must be an int >= 1, got {value!r}")
+
+
+def _non_negative(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{attribute.name} must be a number, got {value!r}")
+    if not (value >= 0 and math.isfinite(value)):
+        raise ValueError(f"{attribute.name} must be a finite number >= 0, got {value!r}")
+
+
+def _reserve(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if value != math.inf:
+        _non_negative(instance, attribute, value)
+
+
+def _deadline(instance: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
+    if value is not None:
+        _non_negative(instance, attribute, value)
+        if value == 0:
+            raise ValueError("deadline must be > 0 (use None for no deadline)")
+
+
+def _statuses(value: Iterable[int]) -> frozenset[int]:
+    statuses = frozenset(value)
+    for status in statuses:
+        if not isinstance(status, int) or not 100 <= status <= 599:
+            raise ValueError(f"statuses must be HTTP status codes, got {status!r}")
+    return statuses
+
+
+@attrs.frozen(kw_only=True)
+class RetryPolicy:
+    """When and how long to retry a failed call.
+
+    Defaults: up to ``max_attempts=4`` attempts, retrying only ``statuses={502, 504}``; before
+    retry *n* (0-based) the client waits ``uniform(0, min(max_wait, initial_wait * 2**n))``
+    seconds (full jitter), or the server's ``Retry-After`` when ``respect_retry_after`` and it
+    is present. A ``Retry-After`` above ``max_retry_after``, or a wait that would cross the
+    ``deadline``, ends the call at once with the last error instead of sleeping. ``deadline``
+    bounds the whole call, attempts and waits together, and is enforced by cancellation.
+
+    ``retry_transport_errors`` also retries connection failures (refused, reset, a body cut
+    short) before any byte reached the caller. ``on_retry`` is called with a
+    :class:`RetryEvent` before every wait, for metrics.
+
+    Tests: ``RetryPolicy(zero_wait=True)`` (or ``policy.without_waits()``) computes and reports
+    waits exactly as usual but does not sleep. ``RetryPolicy.disabled()`` never retries.
+    """
+
+    max_attempts: int = attrs.field(default=4, validator=_positive_int)
+    statuses: frozenset[int] = attrs.field(default=frozenset({502, 504}), converter=_statuses)
+    initial_wait: float = attrs.field(default=0.5, validator=_non_negative)
+    max_wait: float = attrs.field(default=8.0, validator=_non_negative)
+    deadline: float | None = attrs.field(default=30.0, validator=_deadline)
+    respect_retry_after: bool = True
+    max_retry_after: float = attrs.field(default=30.0, validator=_non_negative)
+    retry_transport_errors: bool = False
+    zero_wait: bool = False
+    on_retry: Callable[[RetryEvent], object] | None = attrs.field(default=None, eq=False)
+
+    @classmethod
+    def disabled(cls) -> RetryPolicy:
+        """A policy that makes exactly one attempt (the deadline still applies)."""
+        return cls(max_attempts=1)
+
+    def without_waits(self) -> RetryPolicy:
+        """This policy in zero-wait mode, for tests."""
+        return attrs.evolve(self, zero_wait=True)
+
+    def is_retryable(self, error: BaseException) -> bool:
+        """Whether *error* is one this policy retries (``CancelledError`` never is)."""
+        status = getattr(error, "status", None)
+        if status is not None and isinstance(error, WachatError):
+            return status in self.statuses
+        if self.retry_transport_errors:
+            if isinstance(error, WachatConnectionError):
+                return True
+            return isinstance(error, InvalidImageError) and error.truncated
+        return False
+
+    def compute_wait(self, retry_number: int, retry_after: float | None) -> float:
+        """Seconds to wait before retry *retry_number* (0-based)."""
+        if retry_after is not None and self.respect_retry_after:
+            return retry_after
+        return backoff_wait(retry_number, initial_wait=self.initial_wait, max_wait=self.max_wait)
+
+
+@attrs.define(kw_only=True)
+class RetryBudget:
+    """A token bucket that caps retries at a fraction of recent traffic (Finagle's RetryBudget).
+
+    Every call deposits ``ratio`` of a token; every retry withdraws one. Deposits and
+    withdrawals count for ``ttl`` seconds, and ``min_retries_per_second * ttl`` tokens are always
+    available on top, so a quiet client can still retry. With the defaults, retries add at most
+    about 20% to the load of an API that fails every call, plus 20 retries per 10 s.
+    When the budget is empty the first attempt of every call still goes out; retries do not,
+    and the error raised says so. One budget is shared by all calls of a client.
+
+    ``calls``, ``retries`` and ``refused`` count what happened, for observability.
+    """
+
+    ratio: float = attrs.field(default=0.2, validator=_non_negative)
+    min_retries_per_second: float = attrs.field(default=2.0, validator=_reserve)
+    ttl: float = attrs.field(default=10.0, validator=_non_negative)
+    clock: Callable[[], float] = attrs.field(default=time.monotonic, repr=False, eq=False)
+    calls: int = attrs.field(default=0, init=False)
+    retries: int = attrs.field(default=0, init=False)
+    refused: int = attrs.field(default=0, init=False)
+    # Per-second slots of (deposits - withdrawals) over the last ttl seconds.
+    _slots: list[float] = attrs.field(init=False, repr=False, eq=False)
+    _slot_times: list[int] = attrs.field(init=False, repr=False, eq=False)
+
+    def __attrs_post_init__(self) -> None:
+        if self.ttl < 1:
+            raise ValueError("ttl must be >= 1 second")
+        n = math.ceil(self.ttl)
+        self._slots = [0.0] * n
+        self._slot_times = [-1] * n
+
+    @classmethod
+    def unlimited(cls) -> RetryBudget:
+        """A budget that never refuses a retry (the policy's other limits still apply)."""
+        return cls(min_retries_per_second=math.inf)
+
+    def _slot(self) -> int:
+        second = int(self.clock())
+        index = second % len(self._slots)
+        if self._slot_times[index] != second:
+            self._slot_times[index] = second
+            self._slots[index] = 0.0
+        return index
+
+    @property
+    def balance(self) -> float:
+        """Retries available right now."""
+        now = int(self.clock())
+        horizon = now - len(self._slots)
+        live = sum(v for v, t in zip(self._slots, self._slot_times, strict=True) if t > horizon)
+        return live + self.min_retries_per_second * self.ttl
+
+    def deposit(self) -> None:
+        """Record one call (its first attempt)."""
+        self.calls += 1
+        self._slots[self._slot()] += self.ratio
+
+    def try_withdraw(self) -> bool:
+        """Take one retry from the budget; False (and count a refusal) if it is empty."""
+        if self.balance >= 1.0:
+            self._slots[self._slot()] -= 1.0
+            self.retries += 1
+            return True
+        self.refused += 1
+        return False
