@@ -95,10 +95,17 @@ class Target:
 ClientFactory = Callable[[Target], AbstractAsyncContextManager[Fetch]]
 
 
+# Every client gets the same per-attempt timeouts as wachat-async's default (which a careful
+# aiohttp user sets anyway: aiohttp's own default has no read timeout). aiohttp arms a timer per
+# request for ``total`` and re-arms one per chunk for ``sock_read``, so leaving them out of the
+# floor would charge wachat-async for timers, not for its own code.
+AIOHTTP_TIMEOUT = aiohttp.ClientTimeout(total=20.0, sock_connect=10.0, sock_read=15.0)
+HTTPX_TIMEOUT = httpx.Timeout(20.0, connect=10.0, read=15.0)
+
+
 def _aiohttp_session(t: Target) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=t.connections),
-        timeout=aiohttp.ClientTimeout(total=60),
+        connector=aiohttp.TCPConnector(limit=t.connections), timeout=AIOHTTP_TIMEOUT
     )
 
 
@@ -175,7 +182,7 @@ async def httpx_client(t: Target) -> AsyncIterator[Fetch]:
     """``httpx.AsyncClient``: one GET, status check, PNG signature check. No retries."""
     url, headers = t.qr_url, t.headers
     limits = httpx.Limits(max_connections=t.connections, max_keepalive_connections=t.connections)
-    async with httpx.AsyncClient(limits=limits, timeout=60.0) as client:
+    async with httpx.AsyncClient(limits=limits, timeout=HTTPX_TIMEOUT) as client:
 
         async def fetch(name: str) -> bytes:
             resp = await client.get(url, params={"instanceName": name}, headers=headers)
@@ -322,7 +329,8 @@ async def run_throughput(
     order = list(clients)
     async with _open_all(t, clients) as fetchers:
         for name in order:  # warm-up: open connections, first-call imports, lazy sessions
-            await drive(fetchers[name], instance_names(warmup), min(concurrency, warmup))
+            if warmup > 0:
+                await drive(fetchers[name], instance_names(warmup), min(concurrency, warmup))
         for r in range(rounds):
             shift = r % len(order)
             for name in order[shift:] + order[:shift]:
@@ -460,6 +468,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=5000, help="requests per client per round")
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=200, help="untimed requests per client")
     parser.add_argument("--storm-calls", type=int, default=1000)
     parser.add_argument("--storm-pool", type=int, default=100, help="connections per client")
     parser.add_argument(
@@ -499,6 +508,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     requests=args.requests,
                     concurrency=args.concurrency,
                     rounds=args.rounds,
+                    warmup=args.warmup,
                     progress=lambda line: print(line, file=sys.stderr),
                 )
             )

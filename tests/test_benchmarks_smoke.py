@@ -1,0 +1,129 @@
+"""Smoke tests for benchmarks/: the code runs end to end at tiny sizes (nothing is timed)."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from types import ModuleType
+
+import aiohttp
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name: str) -> ModuleType:
+    """Import ``benchmarks.<name>`` (a namespace package next to ``tests/``)."""
+    sys.path.insert(0, str(ROOT))
+    try:
+        return importlib.import_module(f"benchmarks.{name}")
+    finally:
+        sys.path.remove(str(ROOT))
+
+
+server_mod = _load("_server")
+throughput = _load("throughput")
+
+
+@pytest.fixture
+async def bench_server() -> AsyncIterator[str]:
+    """The benchmark server in this test's loop; yields its root URL."""
+    runner, root_url = await server_mod.start_in_process()
+    try:
+        yield root_url
+    finally:
+        await runner.cleanup()
+
+
+def _target(root_url: str, connections: int = 4) -> object:
+    return throughput.Target(
+        f"{root_url}/api/v1", server_mod.BENCH_API_KEY, connections=connections
+    )
+
+
+async def test_throughput_runs_every_client_every_round(bench_server: str) -> None:
+    """Each client gets one sample per round, and the server saw every request."""
+    clients = throughput.client_table()
+    results = await throughput.run_throughput(
+        _target(bench_server), clients, requests=20, concurrency=4, rounds=2, warmup=4
+    )
+    stats = await server_mod.control(bench_server, "_stats")
+    assert [r.name for r in results] == list(clients)
+    assert all([s.requests for s in r.samples] == [20, 20] for r in results)
+    assert stats["requests"] == len(clients) * (4 + 2 * 20)
+    table = throughput.throughput_table(results)
+    assert table.count("\n") == len(clients) + 1
+    assert "| bare aiohttp |" in table
+    assert "| 1.00x |" in table
+
+
+async def test_storm_amplification_per_client(bench_server: str) -> None:
+    """Against 100% 502s the naive clients send max_attempts each; wachat-async's budget fewer."""
+    results = await throughput.run_storm(
+        _target(bench_server, connections=20),
+        throughput.client_table(storm=True),
+        bench_server,
+        calls=100,
+    )
+    per_call = {r.name: r.requests_per_call for r in results}
+    outcomes = {r.name: r.outcomes for r in results}
+    assert per_call["aiohttp + tenacity (naive)"] == 4.0
+    assert per_call["aiohttp-retry"] == 4.0
+    assert 1.0 <= per_call["wachat-async"] < 2.0
+    assert outcomes["wachat-async"] == {"QRFetchFailedError": 100}
+    assert (await server_mod.control(bench_server, "_stats"))["mode"] == "ok"
+    assert "| wachat-async |" in throughput.storm_table(results, 4)
+
+
+@pytest.mark.parametrize(
+    ("headers", "query", "expected"),
+    [
+        ({}, "instanceName=a", 401),
+        ({"Authorization": "Bearer wrong"}, "instanceName=a", 401),
+        ({"Authorization": f"Bearer {server_mod.BENCH_API_KEY}"}, "", 400),
+        ({"Authorization": f"Bearer {server_mod.BENCH_API_KEY}"}, "instanceName=a", 200),
+    ],
+    ids=["no-auth", "wrong-key", "no-instance-name", "ok"],
+)
+async def test_server_checks_bearer_auth_and_instance_name(
+    bench_server: str, headers: dict[str, str], query: str, expected: int
+) -> None:
+    """The benchmark server answers like the real endpoint for auth and a missing name."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{bench_server}{server_mod.QR_PATH}?{query}", headers=headers) as resp,
+    ):
+        body = await resp.read()
+    assert resp.status == expected
+    assert body.startswith(b"\x89PNG\r\n\x1a\n") == (expected == 200)
+
+
+def test_main_runs_both_modes_against_a_child_process_server(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The CLI starts the server process, prints both Markdown tables and exits 0."""
+    code = throughput.main(
+        [
+            "--mode",
+            "all",
+            "--requests",
+            "10",
+            "--rounds",
+            "1",
+            "--concurrency",
+            "2",
+            "--warmup",
+            "0",
+            "--storm-calls",
+            "10",
+            "--storm-wait",
+            "0",
+            "--no-pin",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "| bare aiohttp | " in out
+    assert "| aiohttp-retry | 10 | 40 | 4.00 |" in out
