@@ -13,6 +13,7 @@ __all__ = ["check_api_key", "check_instance_name"]
 
 # C0 controls, DEL and C1 controls.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 def check_instance_name(name: object) -> str:
@@ -28,6 +29,9 @@ def check_instance_name(name: object) -> str:
         raise ValueError("instance_name must not be empty or whitespace")
     if _CONTROL.search(name):
         raise ValueError(f"instance_name must not contain control characters: {name!r}")
+    if _SURROGATE.search(name):
+        # Lone surrogates cannot be UTF-8 encoded; yarl would silently drop them.
+        raise ValueError(f"instance_name must be valid Unicode text: {name!r}")
     return name
 
 
@@ -40,6 +44,6 @@ def check_api_key(key: object) -> str:
         raise TypeError(f"api_key must be a str, not {type(key).__name__}")
     if not key.strip():
         raise ValueError("api_key must not be empty or whitespace")
-    if _CONTROL.search(key) or key != key.strip():
+    if _CONTROL.search(key) or _SURROGATE.search(key) or key != key.strip():
         raise ValueError("api_key must not contain control characters or surrounding whitespace")
     return key

@@ -1,0 +1,70 @@
+"""Shared fixtures: a fake Wachat server on loopback and a zero-wait client bound to it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterator
+
+import aiohttp
+import pytest
+
+from wachat_async import RetryPolicy, WachatClient
+from wachat_async.testing._server import FakeWachatServer
+
+#: A distinctive key, so a leak anywhere is easy to spot.
+KEY = "sk-live-TOPSECRET-0123456789abcdef"
+NAME = "t1_mq9r2jov_jakarta_store"
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[FakeWachatServer]:
+    """A started fake server whose default key is KEY, with one Baileys instance NAME."""
+    async with FakeWachatServer(api_key=KEY) as fake:
+        fake.add_instance(NAME)
+        yield fake
+
+
+@pytest.fixture
+async def client(server: FakeWachatServer) -> AsyncIterator[WachatClient]:
+    """A client bound to the fake server, retrying in zero-wait mode."""
+    async with WachatClient(
+        api_key=KEY, base_url=server.base_url, retry=RetryPolicy(zero_wait=True)
+    ) as wachat:
+        yield wachat
+        assert_no_connection_checked_out(wachat)
+
+
+def assert_no_connection_checked_out(client: WachatClient) -> None:
+    """Fail if the client's own pool still has a connection checked out."""
+    session = client._session
+    if session is None:
+        return
+    connector = session.connector
+    assert isinstance(connector, aiohttp.BaseConnector)
+    assert not connector._acquired, f"{len(connector._acquired)} connection(s) checked out"
+
+
+def assert_no_key(*texts: object) -> None:
+    """Fail if KEY appears in any of *texts* (str() of each)."""
+    for text in texts:
+        assert KEY not in str(text), f"API key leaked into: {str(text)[:200]!r}"
+
+
+def exception_texts(exc: BaseException) -> Iterator[str]:
+    """str, repr and notes of *exc* and of every exception chained to it."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield str(current)
+        yield repr(current)
+        yield from getattr(current, "__notes__", [])
+        yield from (str(v) for v in vars(current).values())
+        current = current.__cause__ or current.__context__
+
+
+@pytest.fixture
+def all_logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    """Capture every logger at DEBUG."""
+    caplog.set_level(logging.DEBUG)
+    return caplog

@@ -1,0 +1,739 @@
+"""WachatClient against the fake Wachat server on real loopback sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+import zxingcpp
+from aiohttp import web
+from PIL import Image
+
+import wachat_async
+from wachat_async import (
+    APIStatusError,
+    AuthenticationError,
+    BadRequestError,
+    ConfigurationError,
+    GatewayTimeoutError,
+    InstanceNotFoundError,
+    InvalidImageError,
+    InvalidResponseError,
+    QRFetchFailedError,
+    QRImage,
+    QRNotSupportedError,
+    ResponseTooLargeError,
+    RetryPolicy,
+    SubscriptionRestrictedError,
+    UnexpectedStatusError,
+    WachatClient,
+    WachatConnectionError,
+    WachatError,
+    WachatTimeoutError,
+)
+from wachat_async.testing._server import FakeWachatServer, Fault
+
+from .conftest import KEY, NAME, assert_no_connection_checked_out, assert_no_key, exception_texts
+
+PNG_1X1 = bytes.fromhex(
+    "89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c489"
+    "0000000d49444154789c63000100000500010d0a2db40000000049454e44ae426082"
+)
+
+
+def decode_qr(data: bytes) -> str:
+    """The text encoded in a QR PNG."""
+    import io
+
+    results = zxingcpp.read_barcodes(Image.open(io.BytesIO(data)))
+    assert len(results) == 1
+    return results[0].text
+
+
+async def fetch_via(client: WachatClient, how: str, path: Path) -> None:
+    """Fetch NAME through one of the three public APIs, reading the whole body."""
+    if how == "get":
+        await client.get_qr_image(NAME)
+    elif how == "stream":
+        async with client.stream_qr_image(NAME) as stream:
+            async for _ in stream:
+                pass
+    else:
+        await client.save_qr_image(NAME, path)
+
+
+# -- success ------------------------------------------------------------------------------
+
+
+async def test_get_qr_image_returns_the_servers_scannable_png(
+    server: FakeWachatServer, client: WachatClient
+) -> None:
+    """A 200 becomes a QRImage whose PNG decodes to the server's current payload."""
+    qr = await client.get_qr_image(NAME)
+    assert qr.instance_name == NAME
+    assert qr.content_type == "image/png"
+    assert decode_qr(qr.data) == server.qr_payload(NAME)
+    with Image.open(__import__("io").BytesIO(qr.data)) as img:
+        assert (qr.width, qr.height) == img.size
+
+
+async def test_request_carries_bearer_key_user_agent_and_no_query_key(
+    server: FakeWachatServer, client: WachatClient
+) -> None:
+    """The key travels only in the Authorization header; the User-Agent names the library."""
+    await client.get_qr_image(NAME)
+    request = server.requests[-1]
+    assert request.auth_via == "bearer"
+    assert request.key_valid
+    assert "apiKey" not in request.query
+    assert request.user_agent.startswith(f"wachat-async/{wachat_async.__version__}")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param("store&apiKey=stolen", id="ampersand"),
+        pytest.param("store#fragment", id="hash"),
+        pytest.param("my store 1", id="spaces"),
+        pytest.param("t1_abc_tokó-ジャカルタ", id="unicode"),
+        pytest.param("a/b?c=d%20e", id="slash-question-percent"),
+        pytest.param("plus+sign", id="plus"),
+    ],
+)
+async def test_hostile_instance_names_reach_the_server_intact(
+    server: FakeWachatServer, client: WachatClient, name: str
+) -> None:
+    """Query encoding is exact: the server sees the very name the caller passed."""
+    server.add_instance(name)
+    qr = await client.get_qr_image(name)
+    assert server.requests[-1].instance_name == name
+    assert decode_qr(qr.data) == server.qr_payload(name)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param("", id="empty"),
+        pytest.param("   ", id="whitespace"),
+        pytest.param("a\r\nX-Injected: 1", id="crlf"),
+        pytest.param("a\x00b", id="null-byte"),
+        pytest.param("\ud800", id="lone-surrogate"),
+    ],
+)
+async def test_invalid_instance_names_are_rejected_before_any_request(
+    server: FakeWachatServer, client: WachatClient, name: str
+) -> None:
+    """Names that can never be valid raise ValueError and send nothing."""
+    with pytest.raises(ValueError, match="instance_name"):
+        await client.get_qr_image(name)
+    assert server.request_count() == 0
+
+
+async def test_non_string_instance_name_is_a_type_error(client: WachatClient) -> None:
+    """Passing bytes or None is a programming error, reported as TypeError."""
+    with pytest.raises(TypeError):
+        await client.get_qr_image(b"name")  # type: ignore[arg-type]
+
+
+# -- statuses -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "exc_type"),
+    [
+        pytest.param(400, BadRequestError, id="400"),
+        pytest.param(401, AuthenticationError, id="401"),
+        pytest.param(403, SubscriptionRestrictedError, id="403"),
+        pytest.param(404, InstanceNotFoundError, id="404"),
+        pytest.param(409, QRNotSupportedError, id="409"),
+        pytest.param(502, QRFetchFailedError, id="502"),
+        pytest.param(504, GatewayTimeoutError, id="504"),
+        pytest.param(500, UnexpectedStatusError, id="500"),
+        pytest.param(429, UnexpectedStatusError, id="429"),
+        pytest.param(302, UnexpectedStatusError, id="302"),
+    ],
+)
+async def test_every_status_maps_to_its_exception(
+    server: FakeWachatServer, status: int, exc_type: type[APIStatusError]
+) -> None:
+    """Each documented status raises its own APIStatusError subclass with the status on it."""
+    server.script(NAME, [status])
+    async with WachatClient(
+        api_key=KEY, base_url=server.base_url, retry=RetryPolicy.disabled()
+    ) as client:
+        with pytest.raises(exc_type) as info:
+            await client.get_qr_image(NAME)
+        assert_no_connection_checked_out(client)
+    assert type(info.value) is exc_type
+    assert info.value.status == status
+    assert info.value.instance_name == NAME
+    assert str(status) in str(info.value)
+
+
+async def test_real_404_409_401_403_from_server_semantics(server: FakeWachatServer) -> None:
+    """The server's own checks (not scripts) map to the documented exceptions."""
+    server.add_instance("not-baileys", integration="WHATSAPP-BUSINESS")
+    server.add_api_key("restricted-key", restricted=True)
+    server.add_instance("restricted-instance", api_key="restricted-key")
+    policy = RetryPolicy(zero_wait=True)
+    async with WachatClient(api_key=KEY, base_url=server.base_url, retry=policy) as client:
+        with pytest.raises(InstanceNotFoundError):
+            await client.get_qr_image("nobody")
+        with pytest.raises(QRNotSupportedError):
+            await client.get_qr_image("not-baileys")
+    async with WachatClient(api_key="wrong-key", base_url=server.base_url) as client:
+        with pytest.raises(AuthenticationError):
+            await client.get_qr_image(NAME)
+    async with WachatClient(api_key="restricted-key", base_url=server.base_url) as client:
+        with pytest.raises(SubscriptionRestrictedError):
+            await client.get_qr_image("restricted-instance")
+
+
+async def test_status_error_body_is_the_json_message(
+    server: FakeWachatServer, client: WachatClient
+) -> None:
+    """The .body of a status error is the JSON message field, not the raw JSON."""
+    with pytest.raises(InstanceNotFoundError) as info:
+        await client.get_qr_image("no-such-instance")
+    assert info.value.body
+    assert "{" not in info.value.body
+
+
+async def test_long_html_error_body_is_cut_to_one_short_line(
+    server: FakeWachatServer, client: WachatClient
+) -> None:
+    """A proxy's HTML error page becomes a one-line excerpt of at most 500 characters."""
+    page = b"<html>\r\n<body>" + b"Bad gateway\n" * 500 + b"</body></html>"
+    server.script(NAME, [Fault(status=500, content_type="text/html", body=page)])
+    with pytest.raises(UnexpectedStatusError) as info:
+        await client.get_qr_image(NAME)
+    assert len(info.value.body) <= 500
+    assert "\n" not in info.value.body
+    assert "\r" not in info.value.body
+
+
+# -- invalid bodies -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fault", "exc_type"),
+    [
+        pytest.param(
+            Fault(content_type="text/html", body=b"<h1>Login</h1>"),
+            InvalidImageError,
+            id="captive-portal-html",
+        ),
+        pytest.param(
+            Fault(body=b"GIF89a not a png at all, sorry"),
+            InvalidImageError,
+            id="image-png-but-not-png",
+        ),
+        pytest.param(Fault(body=b""), InvalidImageError, id="empty-200"),
+        pytest.param(Fault(body=PNG_1X1[:-12]), InvalidImageError, id="png-without-iend"),
+        pytest.param(Fault(body=PNG_1X1[:20]), InvalidImageError, id="png-shorter-than-header"),
+        pytest.param(Fault(truncate=True), InvalidImageError, id="connection-closed-mid-body"),
+    ],
+)
+@pytest.mark.parametrize("how", ["get", "stream", "save"])
+async def test_bad_bodies_raise_and_leave_nothing_behind(
+    server: FakeWachatServer,
+    client: WachatClient,
+    tmp_path: Path,
+    fault: Fault,
+    exc_type: type[WachatError],
+    how: str,
+) -> None:
+    """Each invalid 200 raises its error in every API and leaves no connection or file."""
+    server.script(NAME, [fault])
+    with pytest.raises(exc_type):
+        await fetch_via(client, how, tmp_path / "qr.png")
+    assert list(tmp_path.iterdir()) == []
+    assert_no_connection_checked_out(client)
+
+
+async def test_truncated_body_is_flagged_truncated(
+    server: FakeWachatServer, client: WachatClient
+) -> None:
+    """A body cut short by the connection is an InvalidImageError with truncated=True."""
+    server.script(NAME, [Fault(truncate=True)])
+    with pytest.raises(InvalidImageError) as info:
+        await client.get_qr_image(NAME)
+    assert info.value.truncated
+
+
+async def test_content_length_over_cap_fails_before_reading(server: FakeWachatServer) -> None:
+    """A Content-Length above max_image_bytes raises ResponseTooLargeError at once."""
+    big = PNG_1X1[:-12] + b"\x00" * 10_000 + PNG_1X1[-12:]
+    server.script(NAME, [Fault(body=big)])
+    async with WachatClient(api_key=KEY, base_url=server.base_url, max_image_bytes=1000) as c:
+        with pytest.raises(ResponseTooLargeError) as info:
+            await c.get_qr_image(NAME)
+        assert_no_connection_checked_out(c)
+    assert info.value.limit == 1000
+    assert info.value.content_length == len(big)
+
+
+# -- streaming and saving -----------------------------------------------------------------
+
+
+async def test_stream_yields_chunks_that_join_to_the_png(
+    server: FakeWachatServer, client: WachatClient
+) -> None:
+    """Chunks from stream_qr_image join to the same PNG get_qr_image returns."""
+    whole = await client.get_qr_image(NAME)
+    async with client.stream_qr_image(NAME, chunk_size=7) as stream:
+        chunks = [chunk async for chunk in stream]
+        assert (stream.width, stream.height) == (whole.width, whole.height)
+        assert stream.bytes_read == len(whole.data)
+    assert len(chunks) > 1
+    assert b"".join(chunks) == whole.data
+
+
+async def test_stream_checks_status_before_yielding(
+    server: FakeWachatServer, client: WachatClient
+) -> None:
+    """A 404 is raised by entering the context, before any chunk exists."""
+    entered = False
+    with pytest.raises(InstanceNotFoundError):
+        async with client.stream_qr_image("nobody"):
+            entered = True
+    assert not entered
+
+
+async def test_leaving_a_stream_early_releases_the_connection(
+    server: FakeWachatServer, client: WachatClient
+) -> None:
+    """Breaking out after the first chunk closes the half-read connection."""
+    async with client.stream_qr_image(NAME, chunk_size=8) as stream:
+        async for _ in stream:
+            break
+    assert_no_connection_checked_out(client)
+    assert (await client.get_qr_image(NAME)).data
+
+
+async def test_stream_iteration_after_exhaustion_stops(
+    server: FakeWachatServer, client: WachatClient
+) -> None:
+    """An exhausted stream keeps raising StopAsyncIteration, and read() is empty."""
+    async with client.stream_qr_image(NAME) as stream:
+        assert await stream.read()
+        assert await stream.read() == b""
+        assert "done=True" in repr(stream)
+
+
+async def test_stream_rejects_bad_chunk_size(client: WachatClient) -> None:
+    """chunk_size must be a positive int."""
+    with pytest.raises(ValueError, match="chunk_size"):
+        async with client.stream_qr_image(NAME, chunk_size=0):
+            pass
+
+
+async def test_save_writes_the_png_atomically(
+    server: FakeWachatServer, client: WachatClient, tmp_path: Path
+) -> None:
+    """save_qr_image leaves exactly the PNG at the path, no temp file."""
+    target = tmp_path / "qr.png"
+    result = await client.save_qr_image(NAME, str(target))
+    assert result == target
+    assert decode_qr(target.read_bytes()) == server.qr_payload(NAME)
+    assert [p.name for p in tmp_path.iterdir()] == ["qr.png"]
+
+
+async def test_failed_save_keeps_the_previous_file(
+    server: FakeWachatServer, client: WachatClient, tmp_path: Path
+) -> None:
+    """A failed save leaves an existing file untouched."""
+    target = tmp_path / "qr.png"
+    target.write_bytes(b"previous")
+    server.script(NAME, [Fault(truncate=True)])
+    with pytest.raises(InvalidImageError):
+        await client.save_qr_image(NAME, target)
+    assert target.read_bytes() == b"previous"
+    assert [p.name for p in tmp_path.iterdir()] == ["qr.png"]
+
+
+async def test_save_retries_start_a_fresh_file(
+    server: FakeWachatServer, client: WachatClient, tmp_path: Path
+) -> None:
+    """A 502 then a 200 saves only the good PNG."""
+    server.script(NAME, [502, 200])
+    target = await client.save_qr_image(NAME, tmp_path / "qr.png")
+    assert decode_qr(target.read_bytes()) == server.qr_payload(NAME)
+
+
+async def test_save_into_missing_folder_fails_without_a_request(
+    server: FakeWachatServer, client: WachatClient, tmp_path: Path
+) -> None:
+    """A folder that does not exist fails fast with FileNotFoundError, before the network."""
+    with pytest.raises(FileNotFoundError):
+        await client.save_qr_image(NAME, tmp_path / "missing" / "qr.png")
+    assert server.request_count() == 0
+
+
+@pytest.fixture
+async def stalling_server() -> AsyncIterator[tuple[str, asyncio.Event]]:
+    """A server that sends half a PNG, then waits until released."""
+    release = asyncio.Event()
+    started = asyncio.Event()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "image/png"})
+        response.content_length = len(PNG_1X1)
+        await response.prepare(request)
+        await response.write(PNG_1X1[:40])
+        started.set()
+        await release.wait()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/api/v1/instance/qr/image", handler)
+    runner = web.AppRunner(app, handler_cancellation=True)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        yield f"http://127.0.0.1:{port}/api/v1", started
+    finally:
+        release.set()
+        await runner.cleanup()
+
+
+async def test_cancelled_save_leaves_no_file_and_no_connection(
+    stalling_server: tuple[str, asyncio.Event], tmp_path: Path
+) -> None:
+    """Cancelling save_qr_image mid-body removes the temp file and frees the connection."""
+    base_url, started = stalling_server
+    async with WachatClient(api_key=KEY, base_url=base_url) as client:
+        task = asyncio.create_task(client.save_qr_image(NAME, tmp_path / "qr.png"))
+        await started.wait()
+        await asyncio.sleep(0.01)  # let the client read the first bytes
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert_no_connection_checked_out(client)
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_cancelled_stream_releases_the_connection(
+    stalling_server: tuple[str, asyncio.Event],
+) -> None:
+    """Cancelling a consumer blocked inside a stream closes its connection."""
+    base_url, started = stalling_server
+    async with WachatClient(api_key=KEY, base_url=base_url) as client:
+
+        async def consume() -> None:
+            async with client.stream_qr_image(NAME) as stream:
+                async for _ in stream:
+                    pass
+
+        task = asyncio.create_task(consume())
+        await started.wait()
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert_no_connection_checked_out(client)
+
+
+# -- instance state -----------------------------------------------------------------------
+
+
+async def test_instance_state_follows_the_server(
+    server: FakeWachatServer, client: WachatClient
+) -> None:
+    """get_instance_state reports the state string and is_connected once it is open."""
+    before = await client.get_instance_state(NAME)
+    assert not before.is_connected
+    server.set_state(NAME, "open")
+    after = await client.get_instance_state(NAME)
+    assert after.state == "open"
+    assert after.is_connected
+    assert after.integration == "WHATSAPP-BAILEYS"
+
+
+async def test_unknown_state_is_kept(server: FakeWachatServer, client: WachatClient) -> None:
+    """A state the docs do not mention is passed through, not rejected."""
+    server.set_state(NAME, "qr-pending-v2")
+    state = await client.get_instance_state(NAME)
+    assert state.state == "qr-pending-v2"
+    assert not state.is_connected
+
+
+async def test_instance_state_404(server: FakeWachatServer, client: WachatClient) -> None:
+    """An unknown instance raises InstanceNotFoundError from the state route too."""
+    with pytest.raises(InstanceNotFoundError):
+        await client.get_instance_state("nobody")
+
+
+@pytest.fixture
+async def json_server() -> AsyncIterator[tuple[str, list[bytes]]]:
+    """A state route that serves whatever body the test puts first in the list."""
+    bodies: list[bytes] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(body=bodies.pop(0), content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/api/v1/instance/state", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}/api/v1", bodies
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(b"not json", id="not-json"),
+        pytest.param(b"[1, 2]", id="json-list"),
+        pytest.param(b'{"success": true}', id="no-state"),
+        pytest.param(b'{"instance": {"state": 5}}', id="state-not-string"),
+        pytest.param(b"", id="empty"),
+    ],
+)
+async def test_malformed_state_body_is_invalid_response(
+    json_server: tuple[str, list[bytes]], body: bytes
+) -> None:
+    """A state body without a state string raises InvalidResponseError, key-free."""
+    base_url, bodies = json_server
+    bodies.append(body + KEY.encode())
+    async with WachatClient(api_key=KEY, base_url=base_url) as client:
+        with pytest.raises(InvalidResponseError) as info:
+            await client.get_instance_state(NAME)
+    assert_no_key(*exception_texts(info.value))
+
+
+async def test_state_from_nested_data_only(json_server: tuple[str, list[bytes]]) -> None:
+    """The state is also found under data.instance when the top-level instance is absent."""
+    base_url, bodies = json_server
+    bodies.append(b'{"success": true, "data": {"instance": {"state": "open"}}}')
+    async with WachatClient(api_key=KEY, base_url=base_url) as client:
+        state = await client.get_instance_state(NAME)
+    assert state.is_connected
+    assert state.integration is None
+
+
+async def test_oversized_state_body_is_rejected(json_server: tuple[str, list[bytes]]) -> None:
+    """A state body over 1 MiB is refused instead of parsed."""
+    base_url, bodies = json_server
+    bodies.append(b'{"instance": {"state": "open", "pad": "' + b"x" * (1024**2 + 10) + b'"}}')
+    async with WachatClient(api_key=KEY, base_url=base_url) as client:
+        with pytest.raises(InvalidResponseError, match="over"):
+            await client.get_instance_state(NAME)
+        assert_no_connection_checked_out(client)
+
+
+# -- lifecycle and configuration ----------------------------------------------------------
+
+
+def test_missing_key_fails_at_construction(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No api_key and no WACHAT_API_KEY: a ConfigurationError (a ValueError) at once."""
+    monkeypatch.delenv("WACHAT_API_KEY", raising=False)
+    with pytest.raises(ConfigurationError, match="WACHAT_API_KEY"):
+        WachatClient()
+    with pytest.raises(ValueError, match="API key"):
+        WachatClient(api_key="   ")
+
+
+def test_key_and_base_url_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """WACHAT_API_KEY and WACHAT_BASE_URL are used when no arguments are given."""
+    monkeypatch.setenv("WACHAT_API_KEY", KEY)
+    monkeypatch.setenv("WACHAT_BASE_URL", "https://example.test/api/v2")
+    client = WachatClient()
+    assert client.base_url == "https://example.test/api/v2"
+    assert client.qr_image_url(NAME).startswith("https://example.test/api/v2/instance/qr/image?")
+
+
+def test_default_base_url_is_production(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without argument or env var the production base URL is used."""
+    monkeypatch.delenv("WACHAT_BASE_URL", raising=False)
+    assert WachatClient(api_key=KEY).base_url == "https://app.wachat.net/api/v1"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        pytest.param({"base_url": "http://example.com/api/v1"}, "clear text", id="http-remote"),
+        pytest.param({"base_url": "ftp://example.com/"}, "http", id="ftp"),
+        pytest.param({"base_url": "https://u:p@example.com/"}, "user info", id="userinfo"),
+        pytest.param({"api_key": "has\nnewline"}, "control", id="key-with-newline"),
+        pytest.param({"api_key": 123}, "str", id="key-not-str"),
+        pytest.param({"timeout": -1}, "timeout", id="negative-timeout"),
+        pytest.param({"timeout": aiohttp.ClientTimeout()}, "timeout", id="timeout-without-limit"),
+        pytest.param({"max_connections": 0}, "max_connections", id="zero-connections"),
+        pytest.param({"max_connections": 1.5}, "max_connections", id="float-connections"),
+        pytest.param({"max_image_bytes": 10}, "max_image_bytes", id="tiny-cap"),
+        pytest.param({"max_image_bytes": "5"}, "max_image_bytes", id="cap-not-int"),
+    ],
+)
+def test_bad_configuration_is_refused(kwargs: dict[str, object], match: str) -> None:
+    """Misconfiguration raises ConfigurationError naming the problem, never the key."""
+    kwargs.setdefault("api_key", KEY)
+    with pytest.raises(ConfigurationError, match=match) as info:
+        WachatClient(**kwargs)  # type: ignore[arg-type]
+    assert_no_key(*exception_texts(info.value))
+
+
+@pytest.mark.parametrize(
+    "base_url",
+    ["http://127.0.0.1:1/api/v1", "http://localhost/api/v1", "http://[::1]:8080/api/v1"],
+)
+def test_plain_http_is_allowed_to_loopback(base_url: str) -> None:
+    """Loopback URLs may use http:// (the fake server does)."""
+    assert WachatClient(api_key=KEY, base_url=base_url).base_url == base_url
+
+
+def test_plain_http_to_remote_host_with_explicit_opt_in() -> None:
+    """allow_insecure_http=True lifts the http:// refusal."""
+    client = WachatClient(
+        api_key=KEY, base_url="http://gw.internal/api/v1", allow_insecure_http=True
+    )
+    assert client.base_url == "http://gw.internal/api/v1"
+
+
+def test_float_timeout_becomes_a_client_timeout() -> None:
+    """A number of seconds sets the total timeout explicitly."""
+    client = WachatClient(api_key=KEY, timeout=3)
+    assert client._timeout.total == 3.0
+
+
+async def test_borrowed_session_is_used_and_left_open(server: FakeWachatServer) -> None:
+    """A caller's session serves the requests and is still open after the client closes."""
+    async with aiohttp.ClientSession() as session:
+        async with WachatClient(api_key=KEY, base_url=server.base_url, session=session) as c:
+            await c.get_qr_image(NAME)
+        assert c.closed
+        assert not session.closed
+        async with session.get(server.url + "/api/v1/instance/state") as response:
+            assert response.status == 401
+
+
+async def test_use_after_close_raises(server: FakeWachatServer) -> None:
+    """A closed client refuses calls and cannot be re-entered."""
+    client = WachatClient(api_key=KEY, base_url=server.base_url)
+    async with client:
+        await client.get_qr_image(NAME)
+    assert client.closed
+    with pytest.raises(RuntimeError, match="closed"):
+        await client.get_qr_image(NAME)
+    with pytest.raises(RuntimeError, match="closed"):
+        async with client:
+            pass
+
+
+async def test_client_opens_lazily_without_async_with(server: FakeWachatServer) -> None:
+    """Without async with, the session is created at the first call, inside the loop."""
+    client = WachatClient(api_key=KEY, base_url=server.base_url)
+    assert "unopened" in repr(client)
+    await client.get_qr_image(NAME)
+    assert "state=open" in repr(client)
+    await client.aclose()
+    await client.aclose()  # idempotent
+    assert "closed" in repr(client)
+
+
+async def test_garbage_collected_open_client_warns(server: FakeWachatServer) -> None:
+    """Dropping an open client emits a ResourceWarning (and aiohttp's own)."""
+    client = WachatClient(api_key=KEY, base_url=server.base_url)
+    await client.get_qr_image(NAME)
+    session = client._session
+    assert session is not None
+    with pytest.warns(ResourceWarning, match="Unclosed WachatClient"):
+        client.__del__()
+    await session.close()
+
+
+async def test_connection_refused_is_a_connection_error() -> None:
+    """Nobody listening: WachatConnectionError with the aiohttp cause chained."""
+    async with WachatClient(api_key=KEY, base_url="http://127.0.0.1:9/api/v1") as client:
+        with pytest.raises(WachatConnectionError) as info:
+            await client.get_qr_image(NAME)
+    assert isinstance(info.value.__cause__, aiohttp.ClientError)
+    assert_no_key(*exception_texts(info.value))
+
+
+async def test_per_request_timeout_is_a_timeout_error(server: FakeWachatServer) -> None:
+    """A server slower than the request timeout raises WachatTimeoutError."""
+    server.script(NAME, [Fault(hang=True)])
+    async with WachatClient(
+        api_key=KEY, base_url=server.base_url, timeout=0.05, retry=RetryPolicy.disabled()
+    ) as client:
+        with pytest.raises(WachatTimeoutError, match="timed out"):
+            await client.get_qr_image(NAME)
+        assert_no_connection_checked_out(client)
+
+
+# -- secrets ------------------------------------------------------------------------------
+
+
+async def test_key_never_appears_in_reprs_errors_or_logs(
+    server: FakeWachatServer, all_logs: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    """Across successes, every error kind and retries, no repr, error or log line has the key."""
+    server.add_instance("other", integration="WHATSAPP-BUSINESS")
+    echo = f"bad key {KEY} apiKey={KEY} Authorization: Bearer {KEY}".encode()
+    server.script(NAME, [502, Fault(status=500, body=echo, content_type="text/plain")])
+    seen: list[object] = []
+    async with WachatClient(
+        api_key=KEY, base_url=server.base_url, retry=RetryPolicy(zero_wait=True)
+    ) as client:
+        seen += [repr(client), str(client), client.retry_policy, client.retry_budget]
+        for name in (NAME, NAME, "missing", "other"):
+            try:
+                seen.append(await client.get_qr_image(name))
+            except WachatError as exc:
+                seen += list(exception_texts(exc))
+        async with client.stream_qr_image(NAME) as stream:
+            seen.append(repr(stream))
+        seen.append(await client.get_instance_state(NAME))
+    bad = WachatClient(api_key=KEY, base_url="http://127.0.0.1:9/api/v1")
+    try:
+        await bad.get_qr_image(NAME)
+    except WachatError as exc:
+        seen += list(exception_texts(exc))
+    await bad.aclose()
+    seen += [record.getMessage() for record in all_logs.records]
+    seen += [repr(request) for request in server.requests]
+    assert len(seen) > 10
+    assert_no_key(*seen)
+    assert any("[REDACTED]" in str(text) for text in seen)
+
+
+def test_gc_of_unopened_client_is_silent() -> None:
+    """A client that never opened a session warns about nothing when collected."""
+    client = WachatClient(api_key=KEY)
+    del client
+    gc.collect()
+
+
+def test_environment_is_not_mutated(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Constructing a client reads the environment but never writes to it."""
+    monkeypatch.setenv("WACHAT_API_KEY", KEY)
+    before = dict(os.environ)
+    WachatClient()
+    assert dict(os.environ) == before
+
+
+def test_qr_image_is_exported_and_repr_safe() -> None:
+    """QRImage's repr summarises the image without the bytes."""
+    qr = QRImage.from_png(PNG_1X1, instance_name=NAME)
+    assert "1x1 PNG" in repr(qr)
+    assert "\\x89" not in repr(qr)
+
+
+def test_logger_name_is_wachat_async() -> None:
+    """Retry lines go to the documented logger name."""
+    from wachat_async import _client
+
+    assert _client.logger is logging.getLogger("wachat_async")
