@@ -177,7 +177,10 @@ async def serve(host: str, port: int, names: Sequence[str]) -> None:
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
         await web.TCPSite(runner, host, port).start()
-        print(f"Open http://{host}:{port}/ (Ctrl-C to stop)", flush=True)
+        bound_host, bound_port = runner.addresses[0][:2]
+        if ":" in bound_host:
+            bound_host = f"[{bound_host}]"
+        print(f"Open http://{bound_host}:{bound_port}/ (Ctrl-C to stop)", flush=True)
         await asyncio.Event().wait()
 
 

@@ -42,6 +42,7 @@ from wachat_async import (
     GatewayTimeoutError,
     InstanceNotFoundError,
     QRNotSupportedError,
+    RetryPolicy,
     SubscriptionRestrictedError,
     WachatClient,
     WachatError,
@@ -60,12 +61,15 @@ class Settings:
     """How the app reaches Wachat and which instances it serves.
 
     *api_key*/*base_url* default to ``WACHAT_API_KEY``/``WACHAT_BASE_URL`` (the client reads
-    them). *instances* is the allow-list the page shows and the QR route serves (``None``: any
-    name; only behind your own access control). *demo* starts the embedded fake server instead.
+    them); *timeout* and *retry* go to :class:`WachatClient` as they are. *instances* is the
+    allow-list the page shows and the QR route serves (``None``: any name; only behind your own
+    access control). *demo* starts the embedded fake server instead of talking to Wachat.
     """
 
     api_key: str | None = dataclasses.field(default=None, repr=False)
     base_url: str | None = None
+    timeout: float | None = None
+    retry: RetryPolicy | None = None
     instances: tuple[str, ...] | None = None
     demo: bool = False
 
@@ -179,7 +183,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             else:
                 api_key, base_url = settings.api_key, settings.base_url
             app.state.client = await stack.enter_async_context(
-                WachatClient(api_key=api_key, base_url=base_url)
+                WachatClient(
+                    api_key=api_key,
+                    base_url=base_url,
+                    timeout=settings.timeout,
+                    retry=settings.retry,
+                )
             )
             yield
 
