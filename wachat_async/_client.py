@@ -585,7 +585,17 @@ async def _no_sleep(seconds: float) -> None:
 class _RetryState:
     """Per-call retry bookkeeping: a fresh tenacity ``AsyncRetrying`` per call, never shared."""
 
-    __slots__ = ("attempts", "client", "last_error", "name", "next_wait", "reason", "started")
+    __slots__ = (
+        "attempts",
+        "client",
+        "decided_for",
+        "last_error",
+        "name",
+        "next_wait",
+        "reason",
+        "started",
+        "stopping",
+    )
 
     def __init__(self, client: WachatClient, name: str, started: float) -> None:
         self.client = client
@@ -595,6 +605,8 @@ class _RetryState:
         self.next_wait = 0.0
         self.reason = ""
         self.last_error: BaseException | None = None
+        self.decided_for = 0
+        self.stopping = False
 
     async def run(
         self, first: WachatError, attempt: Callable[..., Awaitable[T]], args: tuple[Any, ...]
@@ -618,7 +630,16 @@ class _RetryState:
         )
         return await retrying(once)
 
-    def _stop(self, state: RetryCallState) -> bool:
+    def _decide(self, state: RetryCallState) -> bool:
+        """Decide once per failed attempt whether to retry, and how long to wait first.
+
+        tenacity asks ``wait`` and ``stop`` separately (in an order that has changed between
+        its versions); both read this one decision, so the budget is charged at most once.
+        """
+        if self.decided_for == state.attempt_number:
+            return self.stopping
+        self.decided_for = state.attempt_number
+        self.stopping = True
         policy = self.client._retry
         error = state.outcome.exception() if state.outcome else None
         self.last_error = error
@@ -635,18 +656,20 @@ class _RetryState:
         wait = policy.compute_wait(self.attempts - 1, retry_after)
         elapsed = time.monotonic() - self.started
         if policy.deadline is not None and elapsed + wait >= policy.deadline:
-            self.reason = (
-                f"waiting {wait:.2f} s more would cross the {policy.deadline:g} s deadline"
-            )
+            self.reason = f"waiting {wait:.2f} s would cross the {policy.deadline:g} s deadline"
             return True
         if not self.client._budget.try_withdraw():
             self.reason = "retry budget exhausted"
             return True
         self.next_wait = wait
+        self.stopping = False
         return False
 
+    def _stop(self, state: RetryCallState) -> bool:
+        return self._decide(state)
+
     def _wait(self, state: RetryCallState) -> float:
-        return self.next_wait
+        return 0.0 if self._decide(state) else self.next_wait
 
     def _before_sleep(self, state: RetryCallState) -> None:
         policy = self.client._retry

@@ -233,7 +233,7 @@ class RetryBudget:
 
     def try_withdraw(self) -> bool:
         """Take one retry from the budget; False (and count a refusal) if it is empty."""
-        if self.balance >= 1.0:
+        if self.balance >= 1.0 - 1e-9:  # deposits are fractions: allow rounding error
             self._slots[self._slot()] -= 1.0
             self.retries += 1
             return True

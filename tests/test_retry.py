@@ -1,0 +1,532 @@
+"""The retry policy and budget: pure functions first, then real calls against the fake server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import wachat_async._client
+from wachat_async import (
+    AuthenticationError,
+    BadRequestError,
+    GatewayTimeoutError,
+    InstanceNotFoundError,
+    QRFetchFailedError,
+    QRNotSupportedError,
+    RetryBudget,
+    RetryEvent,
+    RetryPolicy,
+    SubscriptionRestrictedError,
+    UnexpectedStatusError,
+    WachatClient,
+    WachatConnectionError,
+    WachatError,
+    WachatTimeoutError,
+)
+from wachat_async._retry import backoff_wait, parse_retry_after
+from wachat_async.testing._server import FakeWachatServer, Fault
+
+from .conftest import KEY, NAME, assert_no_connection_checked_out, assert_no_key, exception_texts
+
+
+class FakeClock:
+    """A settable clock for the retry budget."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_client(server: FakeWachatServer, **policy: object) -> WachatClient:
+    """A zero-wait client on the fake server with the given policy fields."""
+    policy.setdefault("zero_wait", True)
+    return WachatClient(
+        api_key=KEY,
+        base_url=server.base_url,
+        retry=RetryPolicy(**policy),  # type: ignore[arg-type]
+        retry_budget=RetryBudget.unlimited(),
+    )
+
+
+# -- pure functions -----------------------------------------------------------------------
+
+
+@given(
+    retry_number=st.integers(min_value=0, max_value=5000),
+    initial=st.floats(min_value=0, max_value=100, allow_nan=False),
+    cap=st.floats(min_value=0, max_value=1000, allow_nan=False),
+    fraction=st.floats(min_value=0, max_value=1),
+)
+def test_backoff_stays_within_full_jitter_bounds(
+    retry_number: int, initial: float, cap: float, fraction: float
+) -> None:
+    """Every wait lies in [0, min(max_wait, initial_wait * 2**n)]."""
+    wait = backoff_wait(
+        retry_number,
+        initial_wait=initial,
+        max_wait=cap,
+        rand=lambda low, high: low + (high - low) * fraction,
+    )
+    ceiling = min(cap, initial * 2.0 ** min(retry_number, 1000))
+    assert 0.0 <= wait <= ceiling
+
+
+def test_backoff_ceiling_doubles_until_the_cap() -> None:
+    """With the random draw at its top the waits are 0.5, 1, 2, 4, 8, 8."""
+    top = [
+        backoff_wait(n, initial_wait=0.5, max_wait=8.0, rand=lambda _low, high: high)
+        for n in range(6)
+    ]
+    assert top == [0.5, 1.0, 2.0, 4.0, 8.0, 8.0]
+
+
+def test_backoff_rejects_negative_retry_number() -> None:
+    """A negative retry number is a bug in the caller."""
+    with pytest.raises(ValueError, match="retry_number"):
+        backoff_wait(-1, initial_wait=1, max_wait=1)
+
+
+NOW = datetime(2026, 11, 25, 12, 0, 0, tzinfo=timezone.utc)
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        pytest.param(None, None, id="absent"),
+        pytest.param("", None, id="empty"),
+        pytest.param("3", 3.0, id="seconds"),
+        pytest.param(" 7 ", 7.0, id="seconds-padded"),
+        pytest.param("1.5", 1.5, id="fractional"),
+        pytest.param("-5", None, id="negative"),
+        pytest.param("soon", None, id="garbage"),
+        pytest.param("1e309", None, id="overflowing-exponent"),
+        pytest.param("9" * 400, None, id="huge-integer-is-infinite"),
+        pytest.param(format_datetime(NOW + timedelta(seconds=30), usegmt=True), 30.0, id="date"),
+        pytest.param(format_datetime(NOW - timedelta(hours=1), usegmt=True), 0.0, id="past-date"),
+        pytest.param("Wed, 25 Nov 2026 12:00:10", 10.0, id="date-without-zone"),
+    ],
+)
+def test_parse_retry_after(header: str | None, expected: float | None) -> None:
+    """Retry-After is read as delta-seconds or HTTP-date; anything unusable is None."""
+    assert parse_retry_after(header, now=NOW) == expected
+
+
+def test_parse_retry_after_uses_the_current_time() -> None:
+    """Without an explicit now, a date a minute ahead is about 60 seconds away."""
+    ahead = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=60), usegmt=True)
+    wait = parse_retry_after(ahead)
+    assert wait is not None
+    assert 0 < wait <= 60
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        pytest.param({"max_attempts": 0}, id="zero-attempts"),
+        pytest.param({"max_attempts": True}, id="bool-attempts"),
+        pytest.param({"initial_wait": -1}, id="negative-wait"),
+        pytest.param({"max_wait": math.inf}, id="infinite-wait"),
+        pytest.param({"deadline": 0}, id="zero-deadline"),
+        pytest.param({"statuses": [200, 1000]}, id="bad-status"),
+        pytest.param({"initial_wait": "1"}, id="string-wait"),
+    ],
+)
+def test_policy_validates_its_fields(kwargs: dict[str, object]) -> None:
+    """Nonsense configuration fails when the policy is made, not at the first retry."""
+    with pytest.raises((ValueError, TypeError)):
+        RetryPolicy(**kwargs)  # type: ignore[arg-type]
+
+
+def test_policy_defaults_retry_only_502_and_504() -> None:
+    """The documented transient statuses, and nothing else, are retried by default."""
+    policy = RetryPolicy()
+    assert policy.statuses == {502, 504}
+    assert policy.max_attempts == 4
+    assert policy.deadline == 30.0
+    assert not policy.retry_transport_errors
+
+
+def test_disabled_and_without_waits_are_variants() -> None:
+    """disabled() makes one attempt; without_waits() keeps every other field."""
+    policy = RetryPolicy(max_attempts=6)
+    assert RetryPolicy.disabled().max_attempts == 1
+    fast = policy.without_waits()
+    assert fast.zero_wait
+    assert fast.max_attempts == 6
+    assert not policy.zero_wait
+
+
+def test_retry_after_overrides_backoff_only_when_respected() -> None:
+    """compute_wait uses Retry-After when respected, else the jittered backoff."""
+    assert RetryPolicy().compute_wait(0, 12.0) == 12.0
+    assert RetryPolicy(respect_retry_after=False).compute_wait(0, 12.0) <= 0.5
+
+
+def test_budget_caps_retries_at_ratio_plus_reserve() -> None:
+    """100 calls at ratio 0.2 with a reserve of 5 allow exactly 25 retries in the window."""
+    clock = FakeClock()
+    budget = RetryBudget(ratio=0.2, min_retries_per_second=0.5, ttl=10, clock=clock)
+    for _ in range(100):
+        budget.deposit()
+    granted = sum(budget.try_withdraw() for _ in range(100))
+    assert granted == 25
+    assert (budget.calls, budget.retries, budget.refused) == (100, 25, 75)
+
+
+def test_budget_deposits_expire_after_ttl() -> None:
+    """After ttl seconds old deposits and withdrawals no longer count."""
+    clock = FakeClock()
+    budget = RetryBudget(ratio=1.0, min_retries_per_second=0, ttl=2, clock=clock)
+    budget.deposit()
+    assert budget.balance == 1.0
+    clock.now += 2
+    assert budget.balance == 0.0
+    assert not budget.try_withdraw()
+    budget.deposit()
+    assert budget.try_withdraw()
+
+
+def test_budget_rejects_sub_second_ttl() -> None:
+    """The window is counted in whole seconds."""
+    with pytest.raises(ValueError, match="ttl"):
+        RetryBudget(ttl=0.5)
+
+
+def test_unlimited_budget_never_refuses() -> None:
+    """RetryBudget.unlimited() grants every retry."""
+    budget = RetryBudget.unlimited()
+    assert all(budget.try_withdraw() for _ in range(1000))
+    assert budget.refused == 0
+
+
+# -- behaviour on real sockets ------------------------------------------------------------
+
+
+async def test_502_502_200_succeeds_in_three_attempts(server: FakeWachatServer) -> None:
+    """Two transient failures are absorbed; the server saw exactly three requests."""
+    server.script(NAME, [502, 502, 200])
+    async with make_client(server) as client:
+        qr = await client.get_qr_image(NAME)
+        assert_no_connection_checked_out(client)
+    assert qr.instance_name == NAME
+    assert server.request_count(NAME) == 3
+
+
+async def test_504_storm_gives_up_after_max_attempts(server: FakeWachatServer) -> None:
+    """The last real 504 is raised with attempts == max_attempts and a note."""
+    server.script(NAME, [504] * 10)
+    async with make_client(server, max_attempts=5) as client:
+        with pytest.raises(GatewayTimeoutError) as info:
+            await client.get_qr_image(NAME)
+        assert_no_connection_checked_out(client)
+    assert info.value.attempts == 5
+    assert server.request_count(NAME) == 5
+    assert info.value.__notes__[-1].startswith("gave up after 5 attempts in ")
+
+
+@pytest.mark.parametrize(
+    ("status", "exc_type"),
+    [
+        pytest.param(400, BadRequestError, id="400"),
+        pytest.param(401, AuthenticationError, id="401"),
+        pytest.param(403, SubscriptionRestrictedError, id="403"),
+        pytest.param(404, InstanceNotFoundError, id="404"),
+        pytest.param(409, QRNotSupportedError, id="409"),
+        pytest.param(500, UnexpectedStatusError, id="500"),
+        pytest.param(503, UnexpectedStatusError, id="503"),
+    ],
+)
+async def test_non_transient_statuses_are_tried_once(
+    server: FakeWachatServer, status: int, exc_type: type[WachatError]
+) -> None:
+    """4xx and undocumented statuses are never retried."""
+    server.script(NAME, [status, 200])
+    async with make_client(server) as client:
+        with pytest.raises(exc_type) as info:
+            await client.get_qr_image(NAME)
+    assert server.request_count(NAME) == 1
+    assert info.value.attempts == 1
+
+
+async def test_error_after_retries_reports_all_attempts(server: FakeWachatServer) -> None:
+    """A 404 after two 502s is raised as the 404, with attempts == 3."""
+    server.script(NAME, [502, 502, 404])
+    async with make_client(server) as client:
+        with pytest.raises(InstanceNotFoundError) as info:
+            await client.get_qr_image(NAME)
+    assert info.value.attempts == 3
+
+
+async def test_custom_statuses_are_retried(server: FakeWachatServer) -> None:
+    """statuses= widens what is retried (here 503)."""
+    server.script(NAME, [503, 200])
+    async with make_client(server, statuses={502, 503, 504}) as client:
+        await client.get_qr_image(NAME)
+    assert server.request_count(NAME) == 2
+
+
+@pytest.mark.parametrize(
+    ("header", "expected_wait"),
+    [
+        pytest.param("2", 2.0, id="seconds"),
+        pytest.param("0", 0.0, id="zero"),
+    ],
+)
+async def test_retry_after_seconds_is_the_wait(
+    server: FakeWachatServer, header: str, expected_wait: float
+) -> None:
+    """The wait reported before the retry is the server's Retry-After."""
+    events: list[RetryEvent] = []
+    server.script(NAME, [Fault(status=502, retry_after=header), 200])
+    async with make_client(server, on_retry=events.append) as client:
+        await client.get_qr_image(NAME)
+    assert [event.wait for event in events] == [expected_wait]
+    assert events[0].status == 502
+    assert events[0].attempt == 1
+    assert events[0].instance_name == NAME
+
+
+async def test_retry_after_http_date_is_honoured(server: FakeWachatServer) -> None:
+    """An HTTP-date a few seconds ahead becomes a wait of at most those seconds."""
+    events: list[RetryEvent] = []
+    when = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=5), usegmt=True)
+    server.script(NAME, [Fault(status=504, retry_after=when), 200])
+    async with make_client(server, on_retry=events.append) as client:
+        await client.get_qr_image(NAME)
+    assert len(events) == 1
+    assert 0 < events[0].wait <= 5
+
+
+async def test_over_cap_retry_after_gives_up_at_once(server: FakeWachatServer) -> None:
+    """A Retry-After above max_retry_after raises after one attempt, saying why."""
+    server.script(NAME, [Fault(status=502, retry_after="3600"), 200])
+    async with make_client(server, max_retry_after=60) as client:
+        with pytest.raises(QRFetchFailedError) as info:
+            await client.get_qr_image(NAME)
+    assert server.request_count(NAME) == 1
+    assert info.value.retry_after == 3600
+    assert "max_retry_after" in info.value.__notes__[-1]
+
+
+async def test_retry_after_that_would_cross_the_deadline_gives_up(
+    server: FakeWachatServer,
+) -> None:
+    """A wait that ends past the deadline is not taken."""
+    server.script(NAME, [Fault(status=502, retry_after="20"), 200])
+    async with make_client(server, deadline=10, max_retry_after=60) as client:
+        with pytest.raises(QRFetchFailedError) as info:
+            await client.get_qr_image(NAME)
+    assert "deadline" in info.value.__notes__[-1]
+    assert server.request_count(NAME) == 1
+
+
+async def test_ignored_retry_after_uses_backoff(server: FakeWachatServer) -> None:
+    """respect_retry_after=False keeps the jittered backoff, even for a huge header."""
+    events: list[RetryEvent] = []
+    server.script(NAME, [Fault(status=502, retry_after="3600"), 200])
+    async with make_client(server, respect_retry_after=False, on_retry=events.append) as c:
+        await c.get_qr_image(NAME)
+    assert events[0].wait <= 0.5
+
+
+async def test_deadline_ends_a_hanging_call(server: FakeWachatServer) -> None:
+    """The deadline, not the 30 s request timeout, ends a call whose server hangs."""
+    server.script(NAME, [Fault(hang=True)])
+    async with make_client(server, deadline=0.2) as client:
+        with pytest.raises(WachatTimeoutError, match="deadline of 0.2 s exceeded") as info:
+            await client.get_qr_image(NAME)
+        assert_no_connection_checked_out(client)
+    assert info.value.attempts == 1
+
+
+async def test_deadline_during_retries_keeps_the_last_error_as_cause(
+    server: FakeWachatServer,
+) -> None:
+    """A deadline hit on the second attempt chains the first attempt's 502."""
+    server.script(NAME, [502, Fault(hang=True)])
+    async with make_client(server, deadline=0.3) as client:
+        with pytest.raises(WachatTimeoutError) as info:
+            await client.get_qr_image(NAME)
+    assert info.value.attempts == 2
+    assert isinstance(info.value.__cause__, QRFetchFailedError)
+
+
+async def test_cancellation_during_backoff_propagates_and_frees_connections(
+    server: FakeWachatServer,
+) -> None:
+    """Cancelling a call while it sleeps before a retry raises CancelledError at once."""
+    sleeping = asyncio.Event()
+    server.script(NAME, [Fault(status=502, retry_after="30"), 200])
+    async with WachatClient(
+        api_key=KEY,
+        base_url=server.base_url,
+        retry=RetryPolicy(max_retry_after=60, deadline=60, on_retry=lambda _e: sleeping.set()),
+    ) as client:
+        task = asyncio.create_task(client.get_qr_image(NAME))
+        await sleeping.wait()
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert_no_connection_checked_out(client)
+    assert server.request_count(NAME) == 1
+
+
+async def test_cancellation_is_never_retried(server: FakeWachatServer) -> None:
+    """A cancelled attempt is not retried: the server sees one request."""
+    server.script(NAME, [Fault(hang=True), 200])
+    async with make_client(server) as client:
+        task = asyncio.create_task(client.get_qr_image(NAME))
+        while server.request_count(NAME) == 0:
+            await asyncio.sleep(0.005)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert server.request_count(NAME) == 1
+
+
+async def test_budget_caps_retries_in_a_storm(server: FakeWachatServer) -> None:
+    """300 concurrent calls against a 100%-502 server add at most ratio*calls + reserve."""
+    server.script(NAME, [502] * 5000)
+    budget = RetryBudget(ratio=0.2, min_retries_per_second=1, ttl=10, clock=FakeClock())
+    async with WachatClient(
+        api_key=KEY,
+        base_url=server.base_url,
+        retry=RetryPolicy(zero_wait=True),
+        retry_budget=budget,
+    ) as client:
+        results = await asyncio.gather(
+            *(client.get_qr_image(NAME) for _ in range(300)), return_exceptions=True
+        )
+        assert_no_connection_checked_out(client)
+    assert all(isinstance(r, QRFetchFailedError) for r in results)
+    assert budget.retries <= 0.2 * 300 + 10
+    assert server.request_count(NAME) == 300 + budget.retries
+    assert budget.refused > 0
+    notes = [n for r in results for n in getattr(r, "__notes__", [])]
+    assert any("retry budget exhausted" in n for n in notes)
+
+
+async def test_transport_errors_are_not_retried_by_default(server: FakeWachatServer) -> None:
+    """A dropped connection is raised unless the policy opts in.
+
+    aiohttp itself resends an idempotent GET once when the connection drops before any
+    response (RFC 9112, 9.3.1), so two drops are needed to see the error.
+    """
+    server.script(NAME, [Fault(drop=True), Fault(drop=True), 200])
+    async with make_client(server) as client:
+        with pytest.raises(WachatConnectionError):
+            await client.get_qr_image(NAME)
+    assert server.request_count(NAME) == 2
+
+
+@pytest.mark.parametrize(
+    ("faults", "requests"),
+    [
+        pytest.param([Fault(drop=True)] * 2, 3, id="drop"),
+        pytest.param([Fault(truncate=True)], 2, id="truncate"),
+    ],
+)
+async def test_transport_errors_are_retried_when_asked(
+    server: FakeWachatServer, faults: list[Fault], requests: int
+) -> None:
+    """retry_transport_errors=True retries drops and cut-short bodies of get_qr_image."""
+    server.script(NAME, [*faults, 200])
+    async with make_client(server, retry_transport_errors=True) as client:
+        qr = await client.get_qr_image(NAME)
+        assert_no_connection_checked_out(client)
+    assert qr.data
+    assert server.request_count(NAME) == requests
+
+
+async def test_no_retry_after_a_chunk_reached_the_caller(server: FakeWachatServer) -> None:
+    """Once stream_qr_image yielded bytes, a cut-short body is raised, not retried."""
+    from wachat_async import InvalidImageError
+
+    server.script(NAME, [Fault(truncate=True), 200])
+    async with make_client(server, retry_transport_errors=True) as client:
+        with pytest.raises(InvalidImageError):
+            async with client.stream_qr_image(NAME, chunk_size=16) as stream:
+                async for _ in stream:
+                    pass
+    assert server.request_count(NAME) == 1
+
+
+async def test_concurrent_calls_keep_separate_retry_state(server: FakeWachatServer) -> None:
+    """Calls retrying at the same time each count their own attempts."""
+    server.add_instance("a")
+    server.add_instance("b")
+    server.script("a", [502, 502, 200])
+    server.script("b", [504] * 4)
+    async with make_client(server) as client:
+        a, b = await asyncio.gather(
+            client.get_qr_image("a"), client.get_qr_image("b"), return_exceptions=True
+        )
+    assert not isinstance(a, BaseException)
+    assert isinstance(b, GatewayTimeoutError)
+    assert b.attempts == 4
+    assert server.request_count("a") == 3
+
+
+async def test_success_path_never_builds_a_tenacity_object(
+    server: FakeWachatServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call that succeeds at once does not touch tenacity at all."""
+
+    def forbidden(*args: object, **kwargs: object) -> None:
+        raise AssertionError("tenacity entered on the success path")
+
+    monkeypatch.setattr(wachat_async._client, "AsyncRetrying", forbidden)
+    async with make_client(server) as client:
+        for _ in range(3):
+            await client.get_qr_image(NAME)
+
+
+async def test_retry_log_lines_name_instance_status_and_wait_but_no_key(
+    server: FakeWachatServer, all_logs: pytest.LogCaptureFixture
+) -> None:
+    """One INFO line per retry on logger wachat_async, without the key."""
+    server.script(NAME, [502, 504, 200])
+    async with make_client(server) as client:
+        await client.get_qr_image(NAME)
+    lines = [r for r in all_logs.records if r.name == "wachat_async"]
+    assert len(lines) == 2
+    assert all(r.levelno == logging.INFO for r in lines)
+    assert "502" in lines[0].getMessage()
+    assert "504" in lines[1].getMessage()
+    assert NAME in lines[0].getMessage()
+    assert_no_key(*(r.getMessage() for r in all_logs.records))
+
+
+async def test_disabled_policy_makes_one_attempt(server: FakeWachatServer) -> None:
+    """RetryPolicy.disabled() raises the first 502."""
+    server.script(NAME, [502, 200])
+    async with WachatClient(
+        api_key=KEY, base_url=server.base_url, retry=RetryPolicy.disabled()
+    ) as client:
+        with pytest.raises(QRFetchFailedError) as info:
+            await client.get_qr_image(NAME)
+    assert info.value.attempts == 1
+    assert_no_key(*exception_texts(info.value))
+
+
+async def test_real_waits_are_slept_when_not_zero_wait(server: FakeWachatServer) -> None:
+    """Outside zero-wait mode the client really sleeps (here a tiny backoff)."""
+    server.script(NAME, [502, 200])
+    async with WachatClient(
+        api_key=KEY,
+        base_url=server.base_url,
+        retry=RetryPolicy(initial_wait=0.001, max_wait=0.001),
+    ) as client:
+        assert client.retry_policy.max_wait == 0.001
+        await client.get_qr_image(NAME)
+    assert server.request_count(NAME) == 2
