@@ -160,7 +160,7 @@ def test_unusable_names_are_rejected(name: str) -> None:
 
 def test_lone_surrogate_is_rejected_not_silently_dropped() -> None:
     """yarl would drop a lone surrogate and address another instance; the builder refuses."""
-    with pytest.raises(ValueError, match="surrogate"):
+    with pytest.raises(ValueError, match="valid Unicode"):
         build_qr_image_url("ab\udc00c")
 
 
@@ -530,3 +530,47 @@ def test_img_tag_docstring_explains_no_referrer_limits() -> None:
     doc = qr_img_tag.__doc__ or ""
     for word in ("Referer", "history", "logs", "proxy", "screenshots", "page source"):
         assert word in doc
+
+
+# --- through the client -----------------------------------------------------------------------
+
+
+def test_client_qr_image_url_warning_points_at_the_caller() -> None:
+    """WachatClient.qr_image_url passes a stacklevel so the warning names this file and line."""
+    from wachat_async import WachatClient
+
+    client = WachatClient(api_key=KEY, base_url="http://127.0.0.1:9/api/v1")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        line = inspect.currentframe().f_lineno + 1  # type: ignore[union-attr]
+        url = client.qr_image_url("t1_abc_store", expose_api_key=True)
+    assert [(w.category, w.filename, w.lineno) for w in caught] == [
+        (ApiKeyExposureWarning, __file__, line)
+    ]
+    assert _query_pairs(url) == [("instanceName", "t1_abc_store"), ("apiKey", KEY)]
+
+
+def test_client_qr_image_url_without_opt_in_is_keyless() -> None:
+    """Without the opt-in the client's URL has no key and emits no warning."""
+    from wachat_async import WachatClient
+
+    client = WachatClient(api_key=KEY, base_url="http://127.0.0.1:9/api/v1")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        url = client.qr_image_url("t1_abc_store")
+    assert (url, caught) == (
+        "http://127.0.0.1:9/api/v1/instance/qr/image?instanceName=t1_abc_store",
+        [],
+    )
+
+
+def test_public_names_are_exported() -> None:
+    """The URL helpers are importable from the package root and are the same objects."""
+    import wachat_async
+
+    assert (
+        wachat_async.build_qr_image_url,
+        wachat_async.qr_img_tag,
+        wachat_async.ApiKeyExposureWarning,
+        wachat_async.DEFAULT_BASE_URL,
+    ) == (build_qr_image_url, qr_img_tag, ApiKeyExposureWarning, DEFAULT_BASE_URL)
