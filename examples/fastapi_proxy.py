@@ -172,6 +172,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
+            api_key: str | None = settings.api_key
+            base_url: str | None = settings.base_url
             if settings.demo:
                 from wachat_async.testing import FakeWachatServer
 
@@ -180,8 +182,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     fake.add_instance(name)
                 api_key, base_url = fake.api_key, fake.base_url
                 logger.info("demo mode: QR codes come from the fake server at %s", base_url)
-            else:
-                api_key, base_url = settings.api_key, settings.base_url
             app.state.client = await stack.enter_async_context(
                 WachatClient(
                     api_key=api_key,
