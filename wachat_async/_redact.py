@@ -18,7 +18,7 @@ REDACTED = "[REDACTED]"
 # Credentials that look like credentials even when we do not know the key: an apiKey query
 # parameter and a bearer token. Whatever follows them up to a delimiter is hidden.
 _GENERIC = re.compile(
-    r"(?P<prefix>(?:api[_-]?key|access[_-]?token|token)\s*[=:]\s*[\"']?|bearer\s+)"
+    r"(?P<prefix>(?:api[_-]?key|access[_-]?token|token)[\"']?\s*[=:]\s*[\"']?|bearer\s+)"
     r"(?P<secret>[^\s&\"'<>,;)}\]]+)",
     re.IGNORECASE,
 )
