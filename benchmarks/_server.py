@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import hashlib
 import io
 import json
 import os
@@ -39,10 +41,22 @@ BENCH_API_KEY = "bench-key-not-a-secret"  # loopback only; not a real credential
 MODES = ("ok", "storm")
 
 
-def make_png(payload: str = "2@bench,wachat-async,qr-image-benchmark,0123456789") -> bytes:
-    """Return a real, scannable QR code PNG (about the size the real API serves)."""
+def whatsapp_like_payload(seed: str = "bench") -> str:
+    """A QR payload shaped like WhatsApp Web's (``2@ref,noise,identity,adv``, ~225 chars)."""
+
+    def b64(label: str) -> str:
+        return base64.b64encode(hashlib.sha256(f"{seed}:{label}".encode()).digest()).decode()
+
+    ref = base64.b64encode(hashlib.sha512(seed.encode()).digest()).decode()[:88]
+    return f"2@{ref},{b64('noise')},{b64('identity')},{b64('adv')}"
+
+
+def make_png(payload: str | None = None) -> bytes:
+    """A real, scannable QR PNG (version 9, 366x366 px, about 1 KB), like the API serves."""
     buf = io.BytesIO()
-    segno.make(payload, error="m").save(buf, kind="png", scale=8, border=4)
+    segno.make(payload or whatsapp_like_payload(), error="l").save(
+        buf, kind="png", scale=6, border=4
+    )
     return buf.getvalue()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import io
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -10,6 +11,8 @@ from types import ModuleType
 
 import aiohttp
 import pytest
+import zxingcpp
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -127,3 +130,9 @@ def test_main_runs_both_modes_against_a_child_process_server(
     assert code == 0
     assert "| bare aiohttp | " in out
     assert "| aiohttp-retry | 10 | 40 | 4.00 |" in out
+
+
+def test_server_png_is_a_scannable_whatsapp_like_qr() -> None:
+    """The benchmark PNG decodes back to the WhatsApp-shaped payload it was made from."""
+    decoded = zxingcpp.read_barcodes(Image.open(io.BytesIO(server_mod.make_png())))
+    assert [r.text for r in decoded] == [server_mod.whatsapp_like_payload()]
