@@ -543,7 +543,7 @@ async def test_fastapi_example_runs_as_a_script_with_the_fake_server(
     proc, _ = await _run_script(
         [str(EXAMPLES / "fastapi_proxy.py"), "--port", str(port)],
         script_env,
-        re.compile(r"(Application startup complete)"),
+        re.compile(r"Uvicorn running on (http://\S+)"),
     )
     url = f"http://127.0.0.1:{port}"
     try:
