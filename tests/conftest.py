@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 
 from wachat_async import RetryPolicy, WachatClient
-from wachat_async.testing._server import FakeWachatServer
+from wachat_async.testing import FakeWachatServer
 
 #: A distinctive key, so a leak anywhere is easy to spot.
 KEY = "sk-live-TOPSECRET-0123456789abcdef"

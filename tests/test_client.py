@@ -37,7 +37,7 @@ from wachat_async import (
     WachatError,
     WachatTimeoutError,
 )
-from wachat_async.testing._server import FakeWachatServer, Fault
+from wachat_async.testing import FakeWachatServer, Fault
 
 from .conftest import KEY, NAME, assert_no_connection_checked_out, assert_no_key, exception_texts
 

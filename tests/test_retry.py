@@ -31,7 +31,7 @@ from wachat_async import (
     WachatTimeoutError,
 )
 from wachat_async._retry import backoff_wait, parse_retry_after
-from wachat_async.testing._server import FakeWachatServer, Fault
+from wachat_async.testing import FakeWachatServer, Fault
 
 from .conftest import KEY, NAME, assert_no_connection_checked_out, assert_no_key, exception_texts
 
@@ -353,7 +353,7 @@ async def test_deadline_during_retries_keeps_the_last_error_as_cause(
 ) -> None:
     """A deadline hit on the second attempt chains the first attempt's 502."""
     server.script(NAME, [502, Fault(hang=True)])
-    async with make_client(server, deadline=0.3) as client:
+    async with make_client(server, deadline=0.3, initial_wait=0) as client:
         with pytest.raises(WachatTimeoutError) as info:
             await client.get_qr_image(NAME)
     assert info.value.attempts == 2

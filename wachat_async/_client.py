@@ -697,7 +697,8 @@ class _RetryState:
 
     def summary(self) -> str:
         elapsed = time.monotonic() - self.started
-        text = f"gave up after {self.attempts} attempts in {elapsed:.1f} s"
+        plural = "s" if self.attempts != 1 else ""
+        text = f"gave up after {self.attempts} attempt{plural} in {elapsed:.1f} s"
         return f"{text} ({self.reason})" if self.reason else text
 
 
