@@ -295,6 +295,25 @@ def test_warning_text_never_contains_the_key() -> None:
     assert "to_data_uri()" in text
 
 
+@pytest.mark.parametrize(
+    ("base_url", "mentions_http"),
+    [
+        pytest.param("http://gw.example/api/v1", True, id="http-remote"),
+        pytest.param("https://gw.example/api/v1", False, id="https"),
+        pytest.param("http://127.0.0.1:8080/api/v1", False, id="http-loopback-v4"),
+        pytest.param("http://[::1]:8080/api/v1", False, id="http-loopback-v6"),
+        pytest.param("http://localhost:8080/api/v1", False, id="http-localhost"),
+    ],
+)
+def test_warning_mentions_clear_text_http_to_remote_hosts(
+    base_url: str, mentions_http: bool
+) -> None:
+    """Over plain http to a non-loopback host the warning adds that the key travels in clear."""
+    with pytest.warns(ApiKeyExposureWarning) as record:
+        build_qr_image_url("t1", api_key=KEY, base_url=base_url, expose_api_key=True)
+    assert ("unencrypted" in str(record[0].message)) is mentions_http
+
+
 def test_warning_filter_ignore_silences_it() -> None:
     """The standard 'ignore' filter for the category silences the warning."""
     with warnings.catch_warnings(record=True) as caught:

@@ -17,6 +17,7 @@ The query string is built by yarl, so no instance name or key can add, drop or b
 from __future__ import annotations
 
 import html
+import ipaddress
 import warnings
 
 from yarl import URL
@@ -66,7 +67,8 @@ def build_qr_image_url(
     With *api_key* the URL also carries ``apiKey=``, which is what a bare ``<img>`` tag needs,
     and which exposes the key to anyone who sees the URL. That is refused with ``ValueError``
     unless *expose_api_key* is ``True``; with the opt-in, every call emits
-    :class:`ApiKeyExposureWarning` (pointing at your call site).
+    :class:`ApiKeyExposureWarning` (pointing at your call site). ``expose_api_key=True``
+    without a key exposes nothing: you get the key-less URL and no warning.
 
     >>> build_qr_image_url("t1_mq9r2jov_jakarta_store")
     'https://app.wachat.net/api/v1/instance/qr/image?instanceName=t1_mq9r2jov_jakarta_store'
@@ -115,13 +117,25 @@ def _build_qr_image_url(
             "(ApiKeyExposureWarning is then emitted on every call). "
             f"{_SAFER_OPTIONS} Without api_key you get the key-less URL for header auth."
         )
+    clear_text = ""
+    if url.scheme == "http" and not _is_loopback(url.host or ""):
+        clear_text = "It also travels unencrypted (http://) from every browser that loads it. "
     warnings.warn(
         "The API key is embedded in this QR image URL (apiKey=...): it will reach browser "
-        "history, server and proxy logs and analytics. " + _SAFER_OPTIONS,
+        f"history, server and proxy logs and analytics. {clear_text}{_SAFER_OPTIONS}",
         ApiKeyExposureWarning,
         stacklevel=stacklevel + 1,
     )
     return str(url.with_query({"instanceName": instance_name, "apiKey": api_key}))
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _qr_image_endpoint(base_url: str | URL) -> URL:
