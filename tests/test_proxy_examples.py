@@ -321,8 +321,7 @@ async def test_fastapi_invalid_names_are_400_without_upstream_call(
 async def test_aiohttp_truncated_upstream_is_not_passed_off_as_complete(
     aio: TestClient[web.Request, web.Application], fake: FakeWachatServer
 ) -> None:
-    """When the upstream body breaks after the headers went out, the browser sees a broken
-    response rather than a cleanly terminated truncated PNG."""
+    """An upstream break after the headers went out drops the connection (no clean ending)."""
     fake.script(OK, [Fault(truncate=True)])
     resp = await aio.get(_qr_path(OK))
     assert resp.status == 200
@@ -562,8 +561,7 @@ async def test_fastapi_example_runs_as_a_script_with_the_fake_server(
 async def test_fastapi_truncated_upstream_fails_the_asgi_call(
     fast: httpx.AsyncClient, fake: FakeWachatServer
 ) -> None:
-    """A mid-body upstream failure propagates out of the ASGI app (the server then drops the
-    connection) instead of ending the body as if it were complete."""
+    """A mid-body upstream failure escapes the ASGI app, so the server drops the connection."""
     fake.script(OK, [Fault(truncate=True)])
     with pytest.raises(WachatError):
         await fast.get(_qr_path(OK))
