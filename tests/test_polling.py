@@ -1,0 +1,781 @@
+"""fetch_many (bounded fleet polling) and watch_qr (change detection), unit and end to end."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import itertools
+import logging
+import struct
+import sys
+import warnings
+import zlib
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from tests.conftest import KEY, NAME, assert_no_connection_checked_out, assert_no_key
+from wachat_async import (
+    AuthenticationError,
+    BadRequestError,
+    GatewayTimeoutError,
+    InstanceNotFoundError,
+    InstanceState,
+    InvalidImageError,
+    InvalidResponseError,
+    QRFetchFailedError,
+    QRImage,
+    QRNotSupportedError,
+    QRResult,
+    ResponseTooLargeError,
+    RetryPolicy,
+    SubscriptionRestrictedError,
+    UnexpectedStatusError,
+    WachatClient,
+    WachatConnectionError,
+    WachatError,
+    WachatTimeoutError,
+)
+from wachat_async._polling import WORKER_TASK_PREFIX, FetchMany, fetch_many, is_transient, watch_qr
+from wachat_async.testing import FakeWachatServer, Fault
+
+
+def _chunk(tag: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+
+#: A valid 1x1 greyscale PNG.
+PNG = (
+    b"\x89PNG\r\n\x1a\n"
+    + _chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 0, 0, 0, 0))
+    + _chunk(b"IDAT", zlib.compress(b"\x00\x00"))
+    + _chunk(b"IEND", b"")
+)
+
+
+def image(name: str, data: bytes = PNG) -> QRImage:
+    """A valid QRImage for *name*."""
+    return QRImage.from_png(data, instance_name=name)
+
+
+def workers() -> list[asyncio.Task[object]]:
+    """The fetch_many worker tasks that exist right now."""
+    return [t for t in asyncio.all_tasks() if t.get_name().startswith(WORKER_TASK_PREFIX)]
+
+
+def cancel_requested(task: asyncio.Task[object]) -> bool:
+    """Whether *task* is done or has been asked to cancel (unknowable before 3.11)."""
+    if task.done():
+        return True
+    return task.cancelling() > 0 if sys.version_info >= (3, 11) else True
+
+
+async def finish(tasks: list[asyncio.Task[object]]) -> None:
+    """Wait for *tasks* (a hang guard, not a timing assertion)."""
+    if tasks:
+        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
+
+
+class Recorder:
+    """A fake fetch: counts calls and in-flight fetches; some names fail or hang."""
+
+    def __init__(
+        self,
+        *,
+        fail: dict[str, BaseException] | None = None,
+        hang: set[str] | None = None,
+        gates: dict[str, asyncio.Event] | None = None,
+    ) -> None:
+        self.calls: Counter[str] = Counter()
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.max_workers = 0
+        self.cancelled: list[str] = []
+        self.fail = fail or {}
+        self.hang = hang or set()
+        self.gates = gates or {}
+
+    async def __call__(self, name: str) -> QRImage:
+        self.calls[name] += 1
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        self.max_workers = max(self.max_workers, len(workers()))
+        try:
+            if name in self.gates:
+                await self.gates[name].wait()
+            if name in self.hang:
+                await asyncio.Event().wait()
+            for _ in range(3):
+                await asyncio.sleep(0)
+            if name in self.fail:
+                raise self.fail[name]
+            return image(name)
+        except asyncio.CancelledError:
+            self.cancelled.append(name)
+            raise
+        finally:
+            self.in_flight -= 1
+
+
+# -- fetch_many: results ------------------------------------------------------------------------
+
+
+async def test_one_result_per_distinct_name() -> None:
+    """Duplicates are fetched once and yield one result; every distinct name gets one."""
+    fetch = Recorder()
+    names = ["a", "b", "a", "c", "b", "a"]
+    results = [r async for r in fetch_many(fetch, names, concurrency=2)]
+    assert sorted(r.instance_name for r in results) == ["a", "b", "c"]
+    assert fetch.calls == Counter({"a": 1, "b": 1, "c": 1})
+    assert all(r.ok and r.image is not None and r.error is None for r in results)
+
+
+async def test_results_come_in_order_of_completion() -> None:
+    """Results are yielded as fetches finish, not in input order."""
+    gates = {name: asyncio.Event() for name in "abc"}
+    fetch = Recorder(gates=gates)
+    order = iter("cab")
+    gates[next(order)].set()
+    received = []
+    async for result in fetch_many(fetch, ["a", "b", "c"], concurrency=3):
+        received.append(result.instance_name)
+        with contextlib.suppress(StopIteration):
+            gates[next(order)].set()
+    assert received == ["c", "a", "b"]
+
+
+async def test_concurrency_is_bounded_by_a_fixed_set_of_workers() -> None:
+    """No more than *concurrency* fetches (and worker tasks) exist at once, and it is reached."""
+    fetch = Recorder()
+    results = [r async for r in fetch_many(fetch, [f"n{i}" for i in range(60)], concurrency=7)]
+    assert len(results) == 60
+    assert fetch.max_in_flight == 7
+    assert fetch.max_workers == 7
+
+
+async def test_only_as_many_workers_as_names() -> None:
+    """Three names at concurrency 100 start three workers, not a hundred."""
+    fetch = Recorder()
+    results = [r async for r in fetch_many(fetch, ["a", "b", "c"], concurrency=100)]
+    assert len(results) == 3
+    assert fetch.max_workers == 3
+
+
+async def test_empty_names_yield_nothing() -> None:
+    """An empty iterable ends at once without starting a worker."""
+    fetch = Recorder()
+    assert [r async for r in fetch_many(fetch, [], concurrency=4)] == []
+    assert workers() == []
+
+
+async def test_wachat_errors_become_results_and_the_rest_go_on() -> None:
+    """A failing instance yields a result with the error; the other instances still succeed."""
+    error = InstanceNotFoundError(instance_name="b")
+    fetch = Recorder(fail={"b": error})
+    results = {
+        r.instance_name: r async for r in fetch_many(fetch, ["a", "b", "c", "d"], concurrency=2)
+    }
+    assert results["b"].error is error
+    assert results["b"].image is None
+    assert not results["b"].ok
+    assert [n for n, r in sorted(results.items()) if r.ok] == ["a", "c", "d"]
+
+
+async def test_names_are_pulled_lazily_from_an_endless_iterable() -> None:
+    """An endless generator works: names are pulled only as workers get free."""
+    pulled = 0
+
+    def names() -> Iterator[str]:
+        nonlocal pulled
+        for i in itertools.count():
+            pulled += 1
+            yield f"n{i}"
+
+    fetch = Recorder()
+    taken = 0
+    async with fetch_many(fetch, names(), concurrency=5) as results:
+        async for _ in results:
+            taken += 1
+            if taken == 25:
+                break
+    # In flight (5) plus at most the queue's slots (5) beyond what was consumed.
+    assert 25 <= pulled <= 25 + 5 + 5 + 1
+    assert workers() == []
+
+
+# -- fetch_many: bugs propagate -----------------------------------------------------------------
+
+
+async def test_a_non_wachat_exception_propagates_and_cancels_the_rest() -> None:
+    """A bug in fetch is raised from the loop and the fetches still in flight are cancelled."""
+    fetch = Recorder(fail={"bug": KeyError("bug")}, hang={"h1", "h2"})
+    with pytest.raises(KeyError, match="bug"):
+        async for _ in fetch_many(fetch, ["h1", "h2", "bug"], concurrency=3):
+            pass
+    assert sorted(fetch.cancelled) == ["h1", "h2"]
+    assert workers() == []
+
+
+async def test_an_exception_from_the_names_iterable_propagates() -> None:
+    """An iterable that raises ends the batch with its exception."""
+
+    def names() -> Iterator[str]:
+        yield "a"
+        raise RuntimeError("names broke")
+
+    with pytest.raises(RuntimeError, match="names broke"):
+        async for _ in fetch_many(Recorder(), names(), concurrency=1):
+            pass
+    assert workers() == []
+
+
+async def test_an_invalid_name_from_the_client_check_propagates(
+    client: WachatClient,
+) -> None:
+    """The client's name check (ValueError) is a caller bug: raised, not turned into a result."""
+    with pytest.raises(ValueError, match="empty"):
+        async for _ in client.fetch_many([NAME, " "], concurrency=1):
+            pass
+
+
+# -- fetch_many: progress ---------------------------------------------------------------------
+
+
+async def test_on_progress_sees_each_result_before_it_is_yielded() -> None:
+    """on_progress is called once per result, before the consumer gets it."""
+    seen: list[str] = []
+    consumed: list[tuple[str, int]] = []
+
+    def on_progress(result: QRResult) -> None:
+        seen.append(result.instance_name)
+
+    async for result in fetch_many(
+        Recorder(), ["a", "b", "c"], concurrency=2, on_progress=on_progress
+    ):
+        consumed.append((result.instance_name, len(seen)))
+    assert sorted(seen) == ["a", "b", "c"]
+    assert [seen.index(name) + 1 for name, _ in consumed] == [n for _, n in consumed]
+
+
+async def test_an_exception_in_on_progress_propagates_and_cancels() -> None:
+    """A failing progress callback ends the batch and cancels what is in flight."""
+
+    def on_progress(result: QRResult) -> None:
+        raise ZeroDivisionError("progress bar broke")
+
+    fetch = Recorder(hang={"h"})
+    with pytest.raises(ZeroDivisionError):
+        async for _ in fetch_many(fetch, ["h", "a"], concurrency=2, on_progress=on_progress):
+            pass
+    assert fetch.cancelled == ["h"]
+    assert workers() == []
+
+
+# -- fetch_many: arguments ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("concurrency", "error"),
+    [
+        pytest.param(0, ValueError, id="zero"),
+        pytest.param(-3, ValueError, id="negative"),
+        pytest.param(True, TypeError, id="bool"),
+        pytest.param(2.5, TypeError, id="float"),
+        pytest.param("4", TypeError, id="str"),
+    ],
+)
+def test_concurrency_is_validated_at_call_time(concurrency: object, error: type[Exception]) -> None:
+    """A bad concurrency raises when fetch_many is called, before any iteration."""
+    with pytest.raises(error, match="concurrency"):
+        fetch_many(Recorder(), ["a"], concurrency=concurrency)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "names", [pytest.param("t1_abc", id="str"), pytest.param(b"x", id="bytes")]
+)
+def test_a_single_string_is_refused(names: object) -> None:
+    """A lone string would be iterated letter by letter: refused with a hint."""
+    with pytest.raises(TypeError, match="single"):
+        fetch_many(Recorder(), names, concurrency=1)  # type: ignore[arg-type]
+
+
+async def test_client_fetch_many_validates_concurrency(client: WachatClient) -> None:
+    """The client method passes the check through: concurrency 0 is a ValueError."""
+    with pytest.raises(ValueError, match="concurrency"):
+        client.fetch_many([NAME], concurrency=0)
+
+
+# -- fetch_many: life cycle -------------------------------------------------------------------
+
+
+async def test_nothing_starts_until_iteration_and_aclose_before_start_is_clean() -> None:
+    """Creating the iterator starts no task; aclose before iterating ends it empty."""
+    fetch = Recorder()
+    batch = fetch_many(fetch, ["a"], concurrency=1)
+    await asyncio.sleep(0)
+    assert workers() == []
+    assert "not started" in repr(batch)
+    await batch.aclose()
+    assert [r async for r in batch] == []
+    assert fetch.calls == Counter()
+    assert "finished" in repr(batch)
+
+
+async def test_iterating_after_the_end_stays_ended() -> None:
+    """After StopAsyncIteration, the iterator keeps raising it."""
+    batch = fetch_many(Recorder(), ["a"], concurrency=1)
+    assert len([r async for r in batch]) == 1
+    with pytest.raises(StopAsyncIteration):
+        await batch.__anext__()
+
+
+async def test_repr_while_running_counts_workers() -> None:
+    """repr() shows the state and never the names."""
+    fetch = Recorder(hang={"secret-name"})
+    async with fetch_many(fetch, ["secret-name", "a"], concurrency=2) as batch:
+        await batch.__anext__()
+        assert repr(batch) == "<FetchMany concurrency=2 running, 1 worker(s)>"
+
+
+async def test_async_with_and_break_cancels_in_flight_work() -> None:
+    """Leaving the async with block after a break leaves no worker task behind."""
+    fetch = Recorder(hang={"h1", "h2", "h3"})
+    async with fetch_many(fetch, ["h1", "h2", "a", "h3"], concurrency=4) as results:
+        async for result in results:
+            assert result.instance_name == "a"
+            break
+    assert workers() == []
+    assert sorted(fetch.cancelled) == ["h1", "h2", "h3"]
+
+
+async def test_aclosing_works_too() -> None:
+    """contextlib.aclosing gives the same clean exit as async with."""
+    fetch = Recorder(hang={"h"})
+    async with contextlib.aclosing(fetch_many(fetch, ["h", "a"], concurrency=2)) as results:
+        async for _ in results:
+            break
+    assert workers() == []
+    assert fetch.cancelled == ["h"]
+
+
+async def test_a_plain_break_cancels_the_workers_at_once() -> None:
+    """Without async with, dropping the iterator on break cancels its workers right away."""
+    fetch = Recorder(hang={"h1", "h2"})
+    running: list[asyncio.Task[object]] = []
+    async for _ in fetch_many(fetch, ["h1", "h2", "a"], concurrency=3):
+        running = workers()
+        break
+    assert len(running) == 2  # the worker that fetched "a" ran out of names and ended
+    assert all(cancel_requested(t) for t in running)
+    await finish(running)
+    assert sorted(fetch.cancelled) == ["h1", "h2"]
+
+
+async def test_cancelling_the_consumer_cancels_the_batch() -> None:
+    """When the consuming task is cancelled, its fetches are cancelled and awaited with it."""
+    fetch = Recorder(hang={"h1", "h2"})
+    got_one = asyncio.Event()
+    running: list[asyncio.Task[object]] = []
+
+    async def consume() -> None:
+        nonlocal running
+        async for _ in fetch_many(fetch, ["h1", "a", "h2"], concurrency=3):
+            running = workers()
+            got_one.set()
+
+    consumer = asyncio.create_task(consume())
+    await got_one.wait()
+    consumer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await consumer
+    assert running
+    assert all(t.done() for t in running)
+    assert sorted(fetch.cancelled) == ["h1", "h2"]
+
+
+# -- fetch_many against the fake server ---------------------------------------------------------
+
+
+async def test_fleet_of_2000_with_502s_and_404s() -> None:
+    """2,000 names at concurrency 100, 5% scripted 502s and 1% 404s: exactly 2,000 results,
+    each classified right, no connection left checked out and no warning."""
+    names = [f"t1_{i:08d}_fleet_{i}" for i in range(2000)]
+    missing = set(names[7::100])  # 20 names (1%) the server does not know: 404
+    flaky = [n for n in names[3::20] if n not in missing]  # 100 names (5%) that answer 502
+    exhausted = set(flaky[::10])  # 10 of them answer 502 more often than the retries allow
+    progress: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        async with FakeWachatServer(api_key=KEY, qr_rotation=None) as server:
+            server.add_instances(n for n in names if n not in missing)
+            for name in flaky:
+                server.script(name, [502] * (4 if name in exhausted else 1))
+            async with WachatClient(
+                api_key=KEY, base_url=server.base_url, retry=RetryPolicy(zero_wait=True)
+            ) as client:
+                results = [
+                    r
+                    async for r in client.fetch_many(
+                        names,
+                        concurrency=100,
+                        on_progress=lambda r: progress.append(r.instance_name),
+                    )
+                ]
+                assert_no_connection_checked_out(client)
+                assert client.retry_budget.refused == 0
+            assert server.request_count(path="/instance/qr/image") == 2000 + 90 + 30
+        gc.collect()
+    assert len(results) == 2000
+    assert len(progress) == 2000
+    by_name = {r.instance_name: r for r in results}
+    assert set(by_name) == set(names)
+    failures = {n: type(r.error) for n, r in by_name.items() if r.error is not None}
+    assert failures == {
+        **dict.fromkeys(missing, InstanceNotFoundError),
+        **dict.fromkeys(exhausted, QRFetchFailedError),
+    }
+    assert all(by_name[n].error.attempts == 4 for n in exhausted)  # type: ignore[union-attr]
+    assert all(by_name[n].ok for n in flaky if n not in exhausted)
+    assert [str(w.message) for w in caught] == []
+
+
+async def test_break_with_hanging_requests_releases_every_connection(
+    server: FakeWachatServer, client: WachatClient
+) -> None:
+    """Requests that would hang are cancelled on leaving the block; their connections go."""
+    hanging = [f"{NAME}_hang{i}" for i in range(5)]
+    for name in hanging:
+        server.script(name, [Fault(hang=True)])
+    async with client.fetch_many([*hanging, NAME], concurrency=6) as results:  # type: ignore[attr-defined]
+        async for result in results:
+            assert result.instance_name == NAME
+            break
+    assert workers() == []
+    assert_no_connection_checked_out(client)
+
+
+async def test_plain_break_against_the_server_releases_connections(
+    server: FakeWachatServer, client: WachatClient
+) -> None:
+    """A plain break (no async with) also ends with every connection back."""
+    hanging = [f"{NAME}_hang{i}" for i in range(3)]
+    for name in hanging:
+        server.script(name, [Fault(hang=True)])
+    running: list[asyncio.Task[object]] = []
+    async for _ in client.fetch_many([*hanging, NAME], concurrency=4):
+        running = workers()
+        break
+    await finish(running)
+    assert_no_connection_checked_out(client)
+
+
+async def test_cancelled_consumer_releases_connections(
+    server: FakeWachatServer, client: WachatClient
+) -> None:
+    """Cancelling the consumer mid-fleet leaves no task and no connection behind."""
+    hanging = [f"{NAME}_hang{i}" for i in range(3)]
+    for name in hanging:
+        server.script(name, [Fault(hang=True)])
+    got_one = asyncio.Event()
+
+    async def consume() -> None:
+        async for _ in client.fetch_many([*hanging, NAME], concurrency=4):
+            got_one.set()
+
+    consumer = asyncio.create_task(consume())
+    await got_one.wait()
+    consumer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await consumer
+    assert workers() == []
+    assert_no_connection_checked_out(client)
+
+
+# -- is_transient -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("error", "transient"),
+    [
+        pytest.param(QRFetchFailedError(), True, id="502"),
+        pytest.param(GatewayTimeoutError(), True, id="504"),
+        pytest.param(UnexpectedStatusError(status=503), True, id="503"),
+        pytest.param(UnexpectedStatusError(status=429), True, id="429"),
+        pytest.param(WachatConnectionError("reset"), True, id="connection"),
+        pytest.param(WachatTimeoutError("slow"), True, id="timeout"),
+        pytest.param(InvalidImageError("cut", truncated=True), True, id="truncated-png"),
+        pytest.param(BadRequestError(), False, id="400"),
+        pytest.param(AuthenticationError(), False, id="401"),
+        pytest.param(SubscriptionRestrictedError(), False, id="403"),
+        pytest.param(InstanceNotFoundError(), False, id="404"),
+        pytest.param(QRNotSupportedError(), False, id="409"),
+        pytest.param(UnexpectedStatusError(status=418), False, id="418"),
+        pytest.param(InvalidImageError("html"), False, id="not-a-png"),
+        pytest.param(ResponseTooLargeError("big", limit=64), False, id="too-large"),
+        pytest.param(InvalidResponseError("no state"), False, id="bad-state-body"),
+    ],
+)
+def test_is_transient(error: WachatError, transient: bool) -> None:
+    """Only failures that may go away by themselves are transient."""
+    assert is_transient(error) is transient
+
+
+# -- watch_qr -----------------------------------------------------------------------------------
+
+
+class Clock:
+    """A fake sleep: records the waits and runs an action before selected rounds."""
+
+    def __init__(self, actions: dict[int, object] | None = None) -> None:
+        self.waits: list[float] = []
+        self.actions = actions or {}
+
+    async def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        action = self.actions.get(len(self.waits))
+        if callable(action):
+            action()
+
+
+@pytest.fixture
+async def still_server() -> AsyncIterator[FakeWachatServer]:
+    """A fake server whose QR codes change only when a test rotates them."""
+    async with FakeWachatServer(api_key=KEY, qr_rotation=None) as fake:
+        fake.add_instance(NAME)
+        yield fake
+
+
+@pytest.fixture
+async def still_client(still_server: FakeWachatServer) -> AsyncIterator[WachatClient]:
+    """A zero-wait client bound to still_server."""
+    async with WachatClient(
+        api_key=KEY, base_url=still_server.base_url, retry=RetryPolicy(zero_wait=True)
+    ) as wachat:
+        yield wachat
+        assert_no_connection_checked_out(wachat)
+
+
+async def collect(watch: AsyncIterator[QRImage], count: int) -> list[QRImage]:
+    """The first *count* images of *watch* (then closes it)."""
+    images = []
+    async for qr in watch:
+        images.append(qr)
+        if len(images) == count:
+            break
+    await watch.aclose()  # type: ignore[attr-defined]
+    return images
+
+
+async def test_watch_yields_only_when_the_qr_changes(
+    still_server: FakeWachatServer, still_client: WachatClient
+) -> None:
+    """Unchanged polls yield nothing; each rotation yields the new QR once."""
+    payloads = [still_server.qr_payload(NAME)]
+
+    def rotate() -> None:
+        payloads.append(still_server.rotate_qr(NAME))
+
+    clock = Clock({3: rotate, 5: rotate})
+    watch = watch_qr(
+        still_client.get_qr_image, NAME, interval=2.0, jitter=0.0, get_state=None, sleep=clock
+    )
+    images = await collect(watch, 3)
+    assert len({qr.sha256 for qr in images}) == 3
+    assert len(payloads) == 3
+    # Rounds 1-3 see the first QR, rounds 4-5 the second, round 6 the third.
+    assert still_server.request_count(NAME) == 6
+    assert clock.waits == [2.0] * 5
+
+
+async def test_watch_sleeps_interval_with_jitter() -> None:
+    """Each wait is interval * rand(1 - jitter, 1 + jitter)."""
+    calls: list[tuple[float, float]] = []
+
+    def rand(low: float, high: float) -> float:
+        calls.append((low, high))
+        return high
+
+    clock = Clock()
+    fetch = Recorder()
+    watch = watch_qr(fetch, "a", interval=10.0, jitter=0.25, get_state=None, sleep=clock, rand=rand)
+    first = await watch.__anext__()
+    assert first.instance_name == "a"
+    rounds = asyncio.ensure_future(watch.__anext__())  # same image forever: never yields
+    while len(clock.waits) < 3:
+        await asyncio.sleep(0)
+    rounds.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await rounds
+    assert calls[:3] == [(0.75, 1.25)] * 3
+    assert clock.waits[:3] == [12.5] * 3
+
+
+async def test_default_jitter_stays_within_bounds() -> None:
+    """With the real random source, waits stay within interval * (1 +- jitter)."""
+    clock = Clock()
+    watch = watch_qr(Recorder(), "a", interval=1.0, jitter=0.1, get_state=None, sleep=clock)
+    await watch.__anext__()
+    rounds = asyncio.ensure_future(watch.__anext__())
+    while len(clock.waits) < 50:
+        await asyncio.sleep(0)
+    rounds.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await rounds
+    assert all(0.9 <= w <= 1.1 for w in clock.waits)
+
+
+async def test_watch_until_connected_ends_cleanly(
+    still_server: FakeWachatServer, still_client: WachatClient
+) -> None:
+    """With until_connected, the watch ends (no error) once the state turns "open"."""
+    images = []
+    async for qr in still_client.watch_qr(NAME, interval=1.0, until_connected=True):
+        images.append(qr)
+        still_server.rotate_qr(NAME)
+        if len(images) == 2:
+            still_server.set_state(NAME, "open")
+    assert len(images) == 2
+    assert still_server.request_count(NAME, path="/instance/state") == 3
+    assert still_server.request_count(NAME, path="/instance/qr/image") == 2
+
+
+async def test_watch_of_a_connected_instance_yields_nothing(
+    still_server: FakeWachatServer, still_client: WachatClient
+) -> None:
+    """An instance that is already linked ends the watch before any QR is fetched."""
+    still_server.set_state(NAME, "open")
+    assert [qr async for qr in still_client.watch_qr(NAME, until_connected=True)] == []
+    assert still_server.request_count(NAME, path="/instance/qr/image") == 0
+
+
+async def test_unknown_states_keep_the_watch_going(
+    still_server: FakeWachatServer, still_client: WachatClient
+) -> None:
+    """A state the library does not know ("qr-pending") is not connected: watching goes on."""
+    still_server.set_state(NAME, "qr-pending")
+    images = await collect(still_client.watch_qr(NAME, until_connected=True), 1)
+    assert len(images) == 1
+
+
+async def test_transient_errors_are_logged_and_watching_goes_on(
+    still_server: FakeWachatServer,
+    still_client: WachatClient,
+    all_logs: pytest.LogCaptureFixture,
+) -> None:
+    """502s beyond the retry policy are logged as a warning; the next change is still yielded."""
+    clock = Clock(
+        {
+            1: lambda: still_server.script(NAME, [502] * 4),  # round 2 fails after 4 attempts
+            2: lambda: still_server.rotate_qr(NAME),
+        }
+    )
+    watch = watch_qr(
+        still_client.get_qr_image, NAME, interval=1.0, jitter=0.0, get_state=None, sleep=clock
+    )
+    images = await collect(watch, 2)
+    assert len({qr.sha256 for qr in images}) == 2
+    warned = [r for r in all_logs.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1
+    assert warned[0].name == "wachat_async"
+    assert "transient failure 1 in a row (502)" in warned[0].getMessage()
+    assert NAME in warned[0].getMessage()
+    assert_no_key(*(r.getMessage() for r in all_logs.records))
+
+
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [
+        pytest.param(400, BadRequestError, id="400"),
+        pytest.param(403, SubscriptionRestrictedError, id="403"),
+        pytest.param(404, InstanceNotFoundError, id="404"),
+        pytest.param(409, QRNotSupportedError, id="409"),
+        pytest.param(418, UnexpectedStatusError, id="418"),
+    ],
+)
+async def test_terminal_errors_end_the_watch(
+    still_server: FakeWachatServer,
+    still_client: WachatClient,
+    status: int,
+    error: type[WachatError],
+) -> None:
+    """A terminal status raises its typed error out of the async for, after one attempt."""
+    images: list[QRImage] = []
+
+    async def watch() -> None:
+        async for qr in still_client.watch_qr(NAME, interval=1.0):
+            images.append(qr)
+            still_server.script(NAME, [status])
+
+    with pytest.raises(error) as caught:
+        await watch()
+    assert len(images) == 1
+    assert caught.value.attempts == 1
+
+
+async def test_a_wrong_key_ends_the_watch(still_server: FakeWachatServer) -> None:
+    """401 (wrong key) is terminal, and its message does not carry the key."""
+    async with WachatClient(
+        api_key="wrong-" + KEY, base_url=still_server.base_url, retry=RetryPolicy(zero_wait=True)
+    ) as wrong:
+        with pytest.raises(AuthenticationError) as caught:
+            async for _ in wrong.watch_qr(NAME):
+                pass
+    assert_no_key(str(caught.value), repr(caught.value))
+
+
+async def test_state_check_errors_are_classified_too() -> None:
+    """A transient error from the state check is logged; a terminal one is raised."""
+    states = iter([WachatTimeoutError("slow"), InstanceState(instance_name="a", state="close")])
+    terminal = AuthenticationError()
+
+    async def get_state(name: str) -> InstanceState:
+        item = next(states, terminal)
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    clock = Clock()
+    watch = watch_qr(Recorder(), "a", interval=1.0, jitter=0.0, get_state=get_state, sleep=clock)
+    with pytest.raises(AuthenticationError):
+        async for _ in watch:
+            pass
+    # Round 1: state timed out (logged). Round 2: state "close", QR yielded. Round 3: 401.
+    assert clock.waits == [1.0, 1.0]
+
+
+@pytest.mark.parametrize(
+    ("interval", "jitter", "error"),
+    [
+        pytest.param(0, 0.1, ValueError, id="zero-interval"),
+        pytest.param(-1.0, 0.1, ValueError, id="negative-interval"),
+        pytest.param(float("nan"), 0.1, ValueError, id="nan-interval"),
+        pytest.param(float("inf"), 0.1, ValueError, id="inf-interval"),
+        pytest.param(1.0, -0.1, ValueError, id="negative-jitter"),
+        pytest.param(1.0, 1.0, ValueError, id="jitter-one"),
+        pytest.param(1.0, float("nan"), ValueError, id="nan-jitter"),
+        pytest.param("5", 0.1, TypeError, id="str-interval"),
+        pytest.param(1.0, True, TypeError, id="bool-jitter"),
+    ],
+)
+def test_watch_arguments_are_validated_at_call_time(
+    interval: float, jitter: float, error: type[Exception]
+) -> None:
+    """Bad interval/jitter raise when watch_qr is called, not at the first iteration."""
+    with pytest.raises(error):
+        watch_qr(Recorder(), "a", interval=interval, jitter=jitter, get_state=None, sleep=Clock())
+
+
+def test_client_watch_qr_validates_at_call_time() -> None:
+    """The client method checks its arguments (and the name) without a running loop."""
+    client = WachatClient(api_key=KEY, base_url="http://127.0.0.1:9/api/v1")
+    with pytest.raises(ValueError, match="interval"):
+        client.watch_qr(NAME, interval=0)
+    with pytest.raises(ValueError, match="empty"):
+        client.watch_qr("  ")
+
+
+def test_fetch_many_is_public_as_a_type() -> None:
+    """fetch_many returns the FetchMany iterator/context manager."""
+    assert isinstance(fetch_many(Recorder(), [], concurrency=1), FetchMany)
