@@ -47,10 +47,7 @@ def fleet_names(n: int) -> list[str]:
 
 async def _serve_fake(instances: int, api_key: str) -> None:
     """Child process: serve a FakeWachatServer with the fleet until SIGTERM, then print stats."""
-    try:
-        from wachat_async.testing import FakeWachatServer
-    except ImportError:  # TEMP until wachat_async.testing re-exports it
-        from wachat_async.testing._server import FakeWachatServer
+    from wachat_async.testing import FakeWachatServer
 
     server = FakeWachatServer(api_key, qr_rotation=None, max_logged_requests=0)
     server.add_instances(fleet_names(instances))
@@ -304,6 +301,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     report.server_requests = server.final_stats.get("requests")
     report.server_rss = server.final_stats.get("rss")
     print(report_tables(report))
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    print(f"\nload average at end: {load} (other processes share these CPUs)")
     failed = sum(p.results - p.outcomes["ok"] for p in report.passes)
     return 1 if failed else 0
 

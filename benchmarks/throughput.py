@@ -462,6 +462,12 @@ def machine_description() -> str:
     )
 
 
+def _load() -> str:
+    if not hasattr(os, "getloadavg"):
+        return "n/a"
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mode", choices=("throughput", "storm", "all"), default="all")
@@ -493,7 +499,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         include_wachat = False
 
     print(f"# wachat-async benchmarks, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
-    print(f"machine: {machine}; client and server pinned to one CPU each: {pin}\n")
+    print(f"machine: {machine}; client and server pinned to one CPU each: {pin}")
+    print(f"load average at start: {_load()}\n")
     with _server.ServerProcess(cpu=server_cpu) as server:
         if args.mode in ("throughput", "all"):
             t = Target(server.base_url, server.api_key, connections=args.concurrency)
@@ -534,6 +541,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             )
             print(storm_table(storm, t.attempts) + "\n")
+    print(f"load average at end: {_load()} (other processes share these CPUs)")
     return 0
 
 

@@ -14,6 +14,8 @@ import pytest
 import zxingcpp
 from PIL import Image
 
+from wachat_async.testing import FakeWachatServer
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -28,6 +30,7 @@ def _load(name: str) -> ModuleType:
 
 server_mod = _load("_server")
 throughput = _load("throughput")
+fleet = _load("fleet")
 
 
 @pytest.fixture
@@ -136,3 +139,26 @@ def test_server_png_is_a_scannable_whatsapp_like_qr() -> None:
     """The benchmark PNG decodes back to the WhatsApp-shaped payload it was made from."""
     decoded = zxingcpp.read_barcodes(Image.open(io.BytesIO(server_mod.make_png())))
     assert [r.text for r in decoded] == [server_mod.whatsapp_like_payload()]
+
+
+async def test_fleet_poll_gets_one_result_per_instance() -> None:
+    """poll_fleet drains fetch_many: one ok result per instance, each fetched once."""
+    names = fleet.fleet_names(50)
+    async with FakeWachatServer(fleet.FLEET_API_KEY, qr_rotation=None) as server:
+        server.add_instances(names)
+        report = await fleet.poll_fleet(server.base_url, server.api_key, names, concurrency=10)
+        received = server.request_count()
+    assert [(p.results, dict(p.outcomes)) for p in report.passes] == [(50, {"ok": 50})]
+    assert received == 50
+    assert "| 1 (cold: server renders each QR) | 50 |" in fleet.report_tables(report)
+
+
+def test_fleet_main_runs_the_fake_server_in_a_child_process(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The fleet CLI polls every instance each pass and reads the child server's count."""
+    code = fleet.main(["--instances", "20", "--concurrency", "5", "--passes", "2", "--no-pin"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "| 2 (warm) | 20 |" in out
+    assert "fake server received 40 requests" in out
