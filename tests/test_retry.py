@@ -360,6 +360,26 @@ async def test_deadline_during_retries_keeps_the_last_error_as_cause(
     assert isinstance(info.value.__cause__, QRFetchFailedError)
 
 
+async def test_deadline_covers_retries_after_an_unguarded_first_attempt(
+    server: FakeWachatServer,
+) -> None:
+    """With total <= deadline the first attempt runs bare, yet a hanging retry hits the deadline."""
+    server.script(NAME, [502, Fault(hang=True)])
+    async with WachatClient(
+        api_key=KEY,
+        base_url=server.base_url,
+        timeout=0.3,
+        retry=RetryPolicy(zero_wait=True, deadline=0.3, initial_wait=0),
+        retry_budget=RetryBudget.unlimited(),
+    ) as client:
+        assert not client._guard_first_attempt
+        with pytest.raises(WachatTimeoutError, match="deadline") as info:
+            await client.get_qr_image(NAME)
+        assert_no_connection_checked_out(client)
+    assert info.value.attempts == 2
+    assert isinstance(info.value.__cause__, QRFetchFailedError)
+
+
 async def test_cancellation_during_backoff_propagates_and_frees_connections(
     server: FakeWachatServer,
 ) -> None:

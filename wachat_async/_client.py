@@ -155,6 +155,9 @@ class WachatClient:
         self._state_url = self._base_url.joinpath("instance", "state")
         self._timeout = _as_timeout(timeout)
         self._retry = RetryPolicy() if retry is None else retry
+        # The first attempt needs the deadline timer only if its own timeout may outlast it.
+        deadline, total = self._retry.deadline, self._timeout.total
+        self._guard_first_attempt = deadline is not None and (total is None or total > deadline)
         self._budget = RetryBudget() if retry_budget is None else retry_budget
         if isinstance(max_connections, bool) or not isinstance(max_connections, int):
             raise ConfigurationError("max_connections must be an int")
@@ -548,29 +551,59 @@ class WachatClient:
     # -- retries ---------------------------------------------------------------------------
 
     async def _call(self, name: str, attempt: Callable[..., Awaitable[T]], *args: Any) -> T:
-        """Run *attempt* under the retry policy. Fast path: one attempt, no tenacity."""
+        """Run *attempt* under the retry policy.
+
+        Fast path: when the per-attempt ``total`` timeout already fits inside the deadline, the
+        first attempt runs bare (no deadline timer, no tenacity); only a retryable failure moves
+        the call onto the guarded path.
+        """
         policy = self._retry
         self._budget.deposit()
         started = time.monotonic()
-        retry: _RetryState | None = None
+        if self._guard_first_attempt:
+            return await self._guarded(name, attempt, args, started, None)
         try:
-            async with _deadline(policy.deadline):
-                try:
-                    return await attempt(name, *args)
-                except WachatError as exc:
-                    if policy.max_attempts == 1 or not policy.is_retryable(exc):
-                        raise
-                    retry = _RetryState(self, name, started)
-                    return await retry.run(exc, attempt, args)
+            return await attempt(name, *args)
+        except WachatError as exc:
+            if policy.max_attempts == 1 or not policy.is_retryable(exc):
+                raise
+            first = exc
+        return await self._guarded(name, attempt, args, started, first)
+
+    async def _guarded(
+        self,
+        name: str,
+        attempt: Callable[..., Awaitable[T]],
+        args: tuple[Any, ...],
+        started: float,
+        first: WachatError | None,
+    ) -> T:
+        """The rest of a call under the deadline, retrying through tenacity."""
+        policy = self._retry
+        retry: _RetryState | None = None
+        remaining = None
+        if policy.deadline is not None:
+            remaining = policy.deadline - (time.monotonic() - started)
+        try:
+            async with _deadline(remaining):
+                if first is None:
+                    try:
+                        return await attempt(name, *args)
+                    except WachatError as exc:
+                        if policy.max_attempts == 1 or not policy.is_retryable(exc):
+                            raise
+                        first = exc
+                retry = _RetryState(self, name, started)
+                return await retry.run(first, attempt, args)
         except asyncio.TimeoutError:
             attempts = retry.attempts if retry else 1
             error = WachatTimeoutError(
-                f"deadline of {policy.deadline:g} s exceeded after {attempts} attempt(s)",
+                f"deadline of {policy.deadline:g} s exceeded after {attempts} attempt"
+                + ("s" if attempts != 1 else ""),
                 instance_name=name,
                 attempts=attempts,
             )
-            error.__cause__ = retry.last_error if retry else None
-            raise error from error.__cause__
+            raise error from (retry.last_error if retry else first)
         except WachatError as exc:
             if retry is not None:
                 exc.attempts = retry.attempts
