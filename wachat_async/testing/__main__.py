@@ -134,5 +134,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # pragma: no cover - run in a subprocess by the tests
     raise SystemExit(main())
