@@ -32,7 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
 
-import psutil
+import psutil  # type: ignore[import-untyped,unused-ignore]
 
 FLEET_API_KEY = "fleet-bench-key"  # loopback fake server only; not a real credential
 
