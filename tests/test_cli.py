@@ -1,0 +1,767 @@
+"""The wachat-qr command line, run in-process with main([...]) against the fake server."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import segno
+import zxingcpp
+from PIL import Image
+
+from tests.conftest import KEY, NAME
+from wachat_async import RetryPolicy
+from wachat_async import _cli as cli
+from wachat_async._cli import main, png_filename, qr_modules, render_half_blocks
+from wachat_async.testing import FakeWachatServer, Fault
+
+OTHER = "t1_zz9r2jov_bandung_store"
+
+
+@pytest.fixture
+def fake(wachat_server_factory: Callable[..., FakeWachatServer]) -> FakeWachatServer:
+    """A fake server on its own thread (main() runs its own event loop), key KEY, two
+    instances and one non-Baileys instance."""
+    server = wachat_server_factory(api_key=KEY)
+    server.add_instances([NAME, OTHER])
+    server.add_instance("t1_cloudapi_office", integration="WHATSAPP-BUSINESS")
+    return server
+
+
+@pytest.fixture(autouse=True)
+def cli_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """Run in a temporary folder with no key in the environment and zero-wait retries."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("WACHAT_API_KEY", raising=False)
+    monkeypatch.delenv("WACHAT_BASE_URL", raising=False)
+    monkeypatch.setenv("NO_COLOR", "1")
+    monkeypatch.setenv("COLUMNS", "120")
+    monkeypatch.setattr(cli, "RETRY_POLICY", RetryPolicy(zero_wait=True))
+    return tmp_path
+
+
+@pytest.fixture
+def env(fake: FakeWachatServer, monkeypatch: pytest.MonkeyPatch) -> FakeWachatServer:
+    """WACHAT_API_KEY and WACHAT_BASE_URL point at the fake server."""
+    monkeypatch.setenv("WACHAT_API_KEY", KEY)
+    monkeypatch.setenv("WACHAT_BASE_URL", fake.base_url)
+    return fake
+
+
+class Run:
+    """The outcome of one main() call."""
+
+    def __init__(self, code: int, out: str, err: str) -> None:
+        self.code = code
+        self.out = out
+        self.err = err
+
+
+@pytest.fixture
+def run(capsys: pytest.CaptureFixture[str]) -> Callable[..., Run]:
+    """Call main(argv) and return its exit code and output; fail if the key leaked."""
+
+    def call(*argv: str, allow_key: bool = False) -> Run:
+        code = main(list(argv))
+        captured = capsys.readouterr()
+        if not allow_key:
+            assert KEY not in captured.out, "API key on stdout"
+        assert KEY not in captured.err, "API key on stderr"
+        assert "Traceback" not in captured.err
+        return Run(code, captured.out, captured.err)
+
+    return call
+
+
+def terminal_to_image(text: str, *, invert: bool = False, scale: int = 6) -> Image.Image:
+    """Rebuild a picture from half-block text: each character is two stacked modules."""
+    lines = text.rstrip("\n").split("\n")
+    width = max(len(line) for line in lines)
+    rows: list[list[bool]] = []
+    for line in lines:
+        padded = line.ljust(width)
+        rows.append([c in "█▀" for c in padded])
+        rows.append([c in "█▄" for c in padded])
+    # The drawn characters are the light modules (dark ones with --invert); the terminal
+    # background is the other colour. Add a margin of background around it all.
+    margin = 2
+    picture = Image.new("L", ((width + 2 * margin) * scale, (len(rows) + 2 * margin) * scale))
+    background, ink = (255, 0) if invert else (0, 255)
+    picture.paste(background, (0, 0, picture.width, picture.height))
+    for r, row in enumerate(rows):
+        for c, inked in enumerate(row):
+            if inked:
+                x, y = (c + margin) * scale, (r + margin) * scale
+                picture.paste(ink, (x, y, x + scale, y + scale))
+    return picture
+
+
+def decode(picture: Image.Image) -> str:
+    """The text of the one QR code in *picture*."""
+    found = zxingcpp.read_barcodes(picture)
+    assert len(found) == 1, f"expected one QR code, found {len(found)}"
+    return found[0].text
+
+
+# -- help, usage, extras --------------------------------------------------------------------
+
+
+def test_help_lists_commands_and_exit_codes(run: Callable[..., Run]) -> None:
+    """--help exits 0 and documents the commands, the key's env var and the exit codes."""
+    result = run("--help")
+    assert result.code == 0
+    for word in ("fetch", "show", "url", "poll", "watch", "fake-server", "demo", "WACHAT_API_KEY"):
+        assert word in result.out
+    assert "3 authentication (401/403)" in result.out
+    assert "visible in `ps`" in result.out
+
+
+def test_version(run: Callable[..., Run]) -> None:
+    """--version prints the program name and version."""
+    result = run("--version")
+    assert result.code == 0
+    assert result.out.startswith("wachat-qr ")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        pytest.param([], id="no-command"),
+        pytest.param(["fetch"], id="missing-name"),
+        pytest.param(["poll", "--concurrency", "0", NAME], id="zero-concurrency"),
+        pytest.param(["watch", NAME, "--interval", "-1"], id="negative-interval"),
+        pytest.param(["nope"], id="unknown-command"),
+        pytest.param(["demo", "--instances", "3"], id="demo-too-small"),
+        pytest.param(["fetch", NAME, "--timeout", "soon"], id="bad-timeout"),
+    ],
+)
+def test_usage_errors_exit_2(run: Callable[..., Run], argv: list[str]) -> None:
+    """Bad command lines exit 2 with a message on stderr."""
+    result = run(*argv)
+    assert result.code == 2
+    assert "error" in result.err
+
+
+def test_missing_key_is_a_configuration_error(
+    run: Callable[..., Run], fake: FakeWachatServer
+) -> None:
+    """Without WACHAT_API_KEY or --api-key: exit 2 and a one-line hint."""
+    result = run("fetch", NAME, "--base-url", fake.base_url)
+    assert result.code == 2
+    assert result.err.count("\n") == 1
+    assert "WACHAT_API_KEY" in result.err
+
+
+@pytest.mark.parametrize(
+    ("argv", "module"),
+    [
+        pytest.param(["poll", NAME], "rich", id="poll-without-rich"),
+        pytest.param(["show", NAME], "PIL", id="show-without-pillow"),
+        pytest.param(["demo"], "segno", id="demo-without-segno"),
+    ],
+)
+def test_missing_cli_extra_prints_the_install_hint(
+    run: Callable[..., Run],
+    env: FakeWachatServer,
+    monkeypatch: pytest.MonkeyPatch,
+    argv: list[str],
+    module: str,
+) -> None:
+    """Without the cli extra, the commands that need it say how to install it and exit 2."""
+    monkeypatch.setitem(sys.modules, module, None)
+    result = run(*argv)
+    assert result.code == 2
+    assert "pip install 'wachat-async[cli]'" in result.err
+
+
+def test_python_dash_m_runs_main(tmp_path: Path) -> None:
+    """python -m wachat_async is the same program, with main's exit status."""
+    done = subprocess.run(  # noqa: S603 - our own interpreter and module
+        [
+            sys.executable,
+            "-m",
+            "wachat_async",
+            "url",
+            NAME,
+            "--base-url",
+            "https://example.test/api/v1",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0
+    assert done.stdout == f"https://example.test/api/v1/instance/qr/image?instanceName={NAME}\n"
+    failed = subprocess.run(
+        [sys.executable, "-m", "wachat_async", "fetch"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
+    )
+    assert failed.returncode == 2
+
+
+# -- fetch ------------------------------------------------------------------------------------
+
+
+def test_fetch_saves_the_png(run: Callable[..., Run], env: FakeWachatServer, cli_env: Path) -> None:
+    """fetch NAME writes NAME.png and says so on stdout."""
+    result = run("fetch", NAME)
+    assert result.code == 0
+    path = cli_env / f"{NAME}.png"
+    assert decode(Image.open(path)) == env.qr_payload(NAME)
+    assert f"saved {NAME}.png" in result.out
+
+
+def test_fetch_to_a_named_file_quietly(
+    run: Callable[..., Run], env: FakeWachatServer, cli_env: Path
+) -> None:
+    """-o FILE chooses the file; --quiet prints nothing on success."""
+    result = run("fetch", NAME, "-o", "qr.png", "--quiet")
+    assert (result.code, result.out, result.err) == (0, "", "")
+    assert (cli_env / "qr.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_fetch_to_stdout(capsysbinary: pytest.CaptureFixture[bytes], env: FakeWachatServer) -> None:
+    """-o - writes the PNG bytes to stdout."""
+    assert main(["fetch", NAME, "-o", "-"]) == 0
+    data = capsysbinary.readouterr().out
+    assert decode(Image.open(io.BytesIO(data))) == env.qr_payload(NAME)
+
+
+def test_api_key_flag_works_and_is_never_echoed(
+    run: Callable[..., Run], fake: FakeWachatServer
+) -> None:
+    """--api-key (before or after the command) authenticates; the key is not printed."""
+    first = run("--api-key", KEY, "--base-url", fake.base_url, "fetch", NAME)
+    second = run("fetch", NAME, "-o", "b.png", "--api-key", KEY, "--base-url", fake.base_url)
+    assert (first.code, second.code) == (0, 0)
+
+
+def test_write_error_is_exit_8(run: Callable[..., Run], env: FakeWachatServer) -> None:
+    """A file that cannot be written is a one-line local I/O error."""
+    result = run("fetch", NAME, "-o", "missing-dir/qr.png")
+    assert result.code == 8
+    assert result.err.startswith("wachat-qr: error: ")
+
+
+# -- error classes and exit codes ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("script", "code", "error"),
+    [
+        pytest.param([400], 4, "BadRequestError", id="400"),
+        pytest.param([403], 3, "SubscriptionRestrictedError", id="403"),
+        pytest.param([404], 4, "InstanceNotFoundError", id="404"),
+        pytest.param([409], 4, "QRNotSupportedError", id="409"),
+        pytest.param([502] * 4, 5, "QRFetchFailedError", id="502-retries-exhausted"),
+        pytest.param([504] * 4, 5, "GatewayTimeoutError", id="504-retries-exhausted"),
+        pytest.param([418], 5, "UnexpectedStatusError", id="418"),
+        # aiohttp itself resends an idempotent request once when the server hangs up.
+        pytest.param([Fault(drop=True)] * 2, 6, "WachatConnectionError", id="dropped-connection"),
+        pytest.param(
+            [Fault(content_type="text/html", body=b"<html>login</html>")],
+            7,
+            "InvalidImageError",
+            id="html-instead-of-png",
+        ),
+        pytest.param([Fault(truncate=True)], 7, "InvalidImageError", id="truncated-png"),
+    ],
+)
+def test_each_error_class_has_its_exit_code(
+    run: Callable[..., Run],
+    env: FakeWachatServer,
+    script: list[int | Fault],
+    code: int,
+    error: str,
+) -> None:
+    """One line on stderr naming the error, and the documented exit status."""
+    env.script(NAME, script)
+    result = run("fetch", NAME)
+    assert result.code == code
+    assert result.err.startswith(f"wachat-qr: error: {error}: ")
+    assert result.err.count("\n") == 1
+    assert result.out == ""
+
+
+def test_wrong_key_is_exit_3(
+    run: Callable[..., Run], fake: FakeWachatServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """401 is an authentication error (3); the wrong key is not printed either."""
+    monkeypatch.setenv("WACHAT_API_KEY", "wrong-" + KEY)
+    result = run("fetch", NAME, "--base-url", fake.base_url)
+    assert result.code == 3
+    assert "AuthenticationError" in result.err
+    assert "wrong-" not in result.err
+
+
+def test_unknown_instance_is_exit_4(run: Callable[..., Run], env: FakeWachatServer) -> None:
+    """404 names the instance in one line."""
+    result = run("fetch", "t1_nothere0_store")
+    assert result.code == 4
+    assert "InstanceNotFoundError: 404 Not Found" in result.err
+    assert "t1_nothere0_store" in result.err
+
+
+def test_retries_give_up_note_is_on_the_same_line(
+    run: Callable[..., Run], env: FakeWachatServer
+) -> None:
+    """The 'gave up after N attempts' note is part of the one error line."""
+    env.script(NAME, [502] * 4)
+    result = run("fetch", NAME)
+    assert "gave up after 4 attempts" in result.err
+    assert result.err.count("\n") == 1
+
+
+def test_retries_option_and_verbose_log(run: Callable[..., Run], env: FakeWachatServer) -> None:
+    """--retries 1 allows one retry; -v shows it on stderr."""
+    env.script(NAME, [502, 502])
+    result = run("fetch", NAME, "--retries", "1", "-v")
+    assert result.code == 5
+    assert env.request_count(NAME) == 2
+    assert "wachat-qr: info: Retrying QR call" in result.err
+
+
+def test_timeout_is_exit_6(run: Callable[..., Run], env: FakeWachatServer) -> None:
+    """A server that never answers hits --timeout: exit 6."""
+    env.script(NAME, [Fault(hang=True)])
+    result = run("fetch", NAME, "--timeout", "0.02")
+    assert result.code == 6
+    assert "WachatTimeoutError" in result.err
+
+
+def test_interrupt_is_exit_130(
+    run: Callable[..., Run], env: FakeWachatServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C ends with status 130 and one line, no traceback."""
+
+    async def interrupted(*args: object) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_cmd_fetch", interrupted)
+    result = run("fetch", NAME)
+    assert result.code == 130
+    assert result.err == "wachat-qr: error: interrupted\n"
+
+
+# -- show -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "invert", [pytest.param(False, id="light-on-dark"), pytest.param(True, id="inverted")]
+)
+def test_show_prints_a_qr_that_decodes_to_the_same_payload(
+    run: Callable[..., Run], env: FakeWachatServer, invert: bool
+) -> None:
+    """The half-block drawing reads back as the very QR the server served."""
+    result = run("show", NAME, *(["--invert"] if invert else []))
+    assert result.code == 0
+    assert set(result.out) <= {"█", "▀", "▄", " ", "\n"}
+    assert decode(terminal_to_image(result.out, invert=invert)) == env.qr_payload(NAME)
+
+
+def test_show_uses_one_column_per_module_and_two_rows_per_line(
+    run: Callable[..., Run], env: FakeWachatServer
+) -> None:
+    """Width = modules + 2 * border; lines = half the rows, rounded up."""
+    modules = len(segno.make_qr(env.qr_payload(NAME), error="m").matrix)
+    result = run("show", NAME, "--border", "3")
+    lines = result.out.rstrip("\n").split("\n")
+    assert {len(line) for line in lines} == {modules + 6}
+    assert len(lines) == (modules + 6 + 1) // 2
+
+
+def test_show_of_a_png_without_a_qr_is_exit_7(
+    run: Callable[..., Run], env: FakeWachatServer
+) -> None:
+    """A valid PNG with no QR in it is an invalid response."""
+    blank = io.BytesIO()
+    Image.new("L", (40, 40), 255).save(blank, format="PNG")
+    env.script(NAME, [Fault(body=blank.getvalue())])
+    result = run("show", NAME)
+    assert result.code == 7
+    assert "no dark pixels" in result.err
+
+
+# -- qr_modules / render_half_blocks / png_filename ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("scale", "border", "resize", "mode"),
+    [
+        pytest.param(1, 0, None, "L", id="scale-1-no-border"),
+        pytest.param(4, 4, None, "L", id="scale-4"),
+        pytest.param(3, 1, (173, 173), "L", id="non-integer-scale"),
+        pytest.param(5, 2, None, "RGBA", id="transparent-background"),
+        pytest.param(2, 4, None, "P", id="palette"),
+    ],
+)
+def test_qr_modules_recovers_the_matrix(
+    scale: int, border: int, resize: tuple[int, int] | None, mode: str
+) -> None:
+    """Any module size, quiet zone or colour mode gives back segno's own matrix."""
+    qr = segno.make_qr("wachat-fake:t1_abc_store:7", error="m")
+    buffer = io.BytesIO()
+    qr.save(buffer, kind="png", scale=scale, border=border)
+    picture = Image.open(io.BytesIO(buffer.getvalue())).convert("L")
+    if resize is not None:
+        picture = picture.resize(resize, Image.Resampling.NEAREST)
+    if mode == "RGBA":
+        rgba = Image.new("RGBA", picture.size, (0, 0, 0, 0))
+        rgba.putalpha(picture.point(lambda v: 255 if v < 128 else 0))
+        picture = rgba
+    elif mode == "P":
+        picture = picture.convert("P")
+    out = io.BytesIO()
+    picture.save(out, format="PNG")
+    expected = [[bool(m) for m in row] for row in qr.matrix]
+    assert qr_modules(out.getvalue()) == expected
+
+
+def test_qr_modules_rejects_an_image_without_a_finder_pattern() -> None:
+    """A dark dot is not a QR code."""
+    picture = Image.new("L", (30, 30), 255)
+    picture.paste(0, (10, 10, 12, 12))
+    out = io.BytesIO()
+    picture.save(out, format="PNG")
+    with pytest.raises(ValueError, match="finder pattern"):
+        qr_modules(out.getvalue())
+
+
+def test_render_half_blocks_glyphs() -> None:
+    """Each character stacks two modules; the light ones are drawn unless inverted."""
+    modules = [[True, False], [False, False], [True, True]]
+    assert render_half_blocks(modules, border=0) == "▄█\n  \n"
+    assert render_half_blocks(modules, border=0, invert=True) == "▀ \n▀▀\n"
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        pytest.param(NAME, f"{NAME}.png", id="plain"),
+        pytest.param("a/b", "a_b-", id="slash"),
+        pytest.param("../etc", "_etc-", id="dot-dot"),
+        pytest.param(".hidden", "hidden-", id="leading-dot"),
+        pytest.param("tökö", "t_k_-", id="unicode"),
+    ],
+)
+def test_png_filename_is_safe(name: str, expected: str) -> None:
+    """File names keep safe names as they are and never escape the folder."""
+    filename = png_filename(name)
+    assert filename.startswith(expected)
+    assert "/" not in filename
+    assert filename.endswith(".png")
+    assert not filename.startswith(".")
+
+
+def test_png_filename_never_collides() -> None:
+    """Names that clean up to the same text still get different files."""
+    assert png_filename("a/b") != png_filename("a_b") != png_filename("a b")
+
+
+# -- url --------------------------------------------------------------------------------------
+
+
+def test_url_without_the_flag_has_no_key(run: Callable[..., Run], env: FakeWachatServer) -> None:
+    """url prints the key-less URL."""
+    result = run("url", NAME)
+    assert result.code == 0
+    assert result.out == f"{env.base_url}/instance/qr/image?instanceName={NAME}\n"
+    assert result.err == ""
+
+
+def test_url_with_expose_api_key(run: Callable[..., Run], env: FakeWachatServer) -> None:
+    """--expose-api-key puts the key in the URL on stdout; the warning goes to stderr."""
+    result = run("url", NAME, "--expose-api-key", allow_key=True)
+    assert result.code == 0
+    assert result.out == f"{env.base_url}/instance/qr/image?instanceName={NAME}&apiKey={KEY}\n"
+    assert result.err.startswith("wachat-qr: warning: ")
+    assert "apiKey" in result.err or "key" in result.err.lower()
+
+
+def test_url_with_expose_api_key_needs_a_key(run: Callable[..., Run]) -> None:
+    """--expose-api-key without any key is a configuration error."""
+    result = run("url", NAME, "--expose-api-key")
+    assert result.code == 2
+    assert "needs an API key" in result.err
+
+
+def test_url_rejects_a_bad_name(run: Callable[..., Run]) -> None:
+    """A name the URL builder refuses is a usage error."""
+    result = run("url", "bad\nname")
+    assert result.code == 2
+
+
+# -- poll -------------------------------------------------------------------------------------
+
+
+def test_poll_saves_pngs_and_prints_a_summary(
+    run: Callable[..., Run], env: FakeWachatServer, cli_env: Path
+) -> None:
+    """poll fetches each distinct name once, saves the PNGs and prints a summary table."""
+    result = run("poll", NAME, OTHER, NAME, "--out-dir", "out")
+    assert result.code == 0
+    assert sorted(p.name for p in (cli_env / "out").iterdir()) == sorted(
+        [f"{NAME}.png", f"{OTHER}.png"]
+    )
+    assert "2 instances" in result.out
+    assert "saved 2 PNG file(s) in out" in result.out
+    assert env.request_count(NAME) == 1
+
+
+def test_poll_with_failures_exits_1_and_lists_them(
+    run: Callable[..., Run], env: FakeWachatServer
+) -> None:
+    """Failed instances are counted by class and listed; the exit status is 1."""
+    result = run("poll", NAME, "t1_nothere0_store", "t1_cloudapi_office")
+    assert result.code == 1
+    assert "InstanceNotFoundError (404)" in result.out
+    assert "QRNotSupportedError (409)" in result.out
+    assert "t1_nothere0_store" in result.out
+
+
+def test_poll_json_lines(run: Callable[..., Run], env: FakeWachatServer, cli_env: Path) -> None:
+    """--json prints one parseable object per instance and nothing else on stdout."""
+    env.script(OTHER, [502] * 4)
+    result = run("poll", NAME, OTHER, "t1_nothere0_store", "--json", "-d", "pngs")
+    assert result.code == 1
+    rows = {row["instance"]: row for row in map(json.loads, result.out.splitlines())}
+    assert set(rows) == {NAME, OTHER, "t1_nothere0_store"}
+    assert rows[NAME]["ok"] is True
+    assert rows[NAME]["file"] == str(Path("pngs") / f"{NAME}.png")
+    assert rows[NAME]["width"] == rows[NAME]["height"] > 0
+    assert (cli_env / rows[NAME]["file"]).is_file()
+    assert rows[OTHER] | {"message": ""} == {
+        "instance": OTHER,
+        "ok": False,
+        "error": "QRFetchFailedError",
+        "status": 502,
+        "exit_code": 5,
+        "message": "",
+        "attempts": 4,
+    }
+    assert rows["t1_nothere0_store"]["exit_code"] == 4
+
+
+def test_poll_from_file_and_stdin(
+    run: Callable[..., Run], env: FakeWachatServer, cli_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--from-file skips blank lines and # comments; - reads stdin."""
+    (cli_env / "names.txt").write_text(f"# fleet\n{NAME}\n\n  {OTHER}  \n", encoding="utf-8")
+    from_file = run("poll", "--from-file", "names.txt", "--json")
+    monkeypatch.setattr(sys, "stdin", io.StringIO(f"{NAME}\n"))
+    from_stdin = run("poll", "-f", "-", "--json")
+    assert from_file.code == from_stdin.code == 0
+    assert len(from_file.out.splitlines()) == 2
+    assert json.loads(from_stdin.out)["instance"] == NAME
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        pytest.param("ok_name\nbad\x07name\n", "names.txt:2", id="control-character"),
+        pytest.param("# only a comment\n", "no instance names", id="empty"),
+    ],
+)
+def test_poll_bad_names_file_is_a_usage_error(
+    run: Callable[..., Run], env: FakeWachatServer, cli_env: Path, content: str, message: str
+) -> None:
+    """A bad line is reported with its line number before any request is made."""
+    (cli_env / "names.txt").write_text(content, encoding="utf-8")
+    result = run("poll", "--from-file", "names.txt")
+    assert result.code == 2
+    assert message in result.err
+    assert env.request_count() == 0
+
+
+def test_poll_names_file_that_is_not_utf8(
+    run: Callable[..., Run], env: FakeWachatServer, cli_env: Path
+) -> None:
+    """A binary names file is a usage error, not a crash."""
+    (cli_env / "names.txt").write_bytes(b"\xff\xfe\x00bad")
+    result = run("poll", "--from-file", "names.txt")
+    assert result.code == 2
+    assert "not UTF-8" in result.err
+
+
+def test_poll_stops_at_once_on_a_wrong_key(
+    run: Callable[..., Run], fake: FakeWachatServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 401 would repeat for every instance: poll stops early and exits 3."""
+    monkeypatch.setenv("WACHAT_API_KEY", "wrong-key")
+    names = [f"t1_{i:08d}_store" for i in range(200)]
+    result = run("poll", *names, "--base-url", fake.base_url, "--concurrency", "4")
+    assert result.code == 3
+    assert "stopped after" in result.err
+    assert fake.request_count() < 20
+
+
+def test_poll_quiet_prints_nothing(run: Callable[..., Run], env: FakeWachatServer) -> None:
+    """--quiet: no progress, no table; the exit status says it all."""
+    result = run("poll", NAME, "-q")
+    assert (result.code, result.out, result.err) == (0, "", "")
+
+
+# -- watch ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def rotating(
+    wachat_server_factory: Callable[..., FakeWachatServer], monkeypatch: pytest.MonkeyPatch
+) -> FakeWachatServer:
+    """A fake server whose QR changes on every request (its clock jumps a period per read)."""
+    ticks = iter(range(10**9))
+    server = wachat_server_factory(api_key=KEY, qr_rotation=1.0, clock=lambda: float(next(ticks)))
+    server.add_instance(NAME)
+    monkeypatch.setenv("WACHAT_API_KEY", KEY)
+    monkeypatch.setenv("WACHAT_BASE_URL", server.base_url)
+    return server
+
+
+def test_watch_prints_each_new_qr(run: Callable[..., Run], rotating: FakeWachatServer) -> None:
+    """watch --count 3 draws three different QR codes, then exits 0."""
+    result = run("watch", NAME, "--count", "3", "--interval", "0.001")
+    assert result.code == 0
+    lines = result.out.splitlines()
+    assert len(lines) % 3 == 0
+    per_drawing = len(lines) // 3
+    payloads = {
+        decode(terminal_to_image("\n".join(lines[i : i + per_drawing])))
+        for i in range(0, len(lines), per_drawing)
+    }
+    assert len(payloads) == 3
+    assert all(p.startswith(f"wachat-fake:{NAME}:") for p in payloads)
+    assert result.err.count("waiting for a scan") == 3
+
+
+def test_watch_no_show_prints_one_line_per_change(
+    run: Callable[..., Run], rotating: FakeWachatServer, cli_env: Path
+) -> None:
+    """--no-show prints a line per change; -o keeps the latest PNG."""
+    result = run("watch", NAME, "-n", "2", "-i", "0.001", "--no-show", "-o", "latest.png")
+    lines = result.out.splitlines()
+    assert result.code == 0
+    assert len(lines) == 2
+    assert all("QR changed: sha256=" in line for line in lines)
+    assert lines[0] != lines[1]
+    assert (cli_env / "latest.png").is_file()
+
+
+def test_watch_until_connected(run: Callable[..., Run], env: FakeWachatServer) -> None:
+    """--until-connected ends with status 0 once the instance is linked."""
+    env.set_state(NAME, "open")
+    result = run("watch", NAME, "--until-connected")
+    assert result.code == 0
+    assert result.out == f"{NAME} is connected\n"
+
+
+def test_watch_terminal_error(run: Callable[..., Run], env: FakeWachatServer) -> None:
+    """A 404 ends the watch with status 4."""
+    result = run("watch", "t1_nothere0_store", "--no-show")
+    assert result.code == 4
+
+
+# -- fake-server and demo -------------------------------------------------------------------
+
+
+def test_fake_server_prints_how_to_use_it(run: Callable[..., Run]) -> None:
+    """fake-server prints its URL, a throwaway key and some instance names, then stops."""
+    result = run("fake-server", "--port", "0", "--duration", "0.01", "--instances", "4")
+    assert result.code == 0
+    assert "Fake Wachat server listening on http://127.0.0.1:" in result.out
+    assert "export WACHAT_API_KEY=fake-" in result.out
+    assert "instances: t1_" in result.out
+    assert "fake server stopped" in result.err
+
+
+def test_fake_server_never_prints_a_given_key(
+    run: Callable[..., Run], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key you chose is not echoed."""
+    monkeypatch.setenv("WACHAT_API_KEY", KEY)
+    result = run(
+        "fake-server", "--port", "0", "--duration", "0.01", "--instances", "0", "--auto-create"
+    )
+    assert result.code == 0
+    assert "(not shown)" in result.out
+    assert "created on first use" in result.out
+
+
+def test_fake_server_port_in_use_is_exit_8(run: Callable[..., Run], fake: FakeWachatServer) -> None:
+    """A port that is taken is a local I/O error."""
+    result = run("fake-server", "--port", str(fake.port), "--duration", "0.01")
+    assert result.code == 8
+
+
+def test_fake_server_stops_on_sigint(tmp_path: Path) -> None:
+    """In a real process, Ctrl-C (SIGINT) stops the server cleanly with status 0."""
+    env = {**os.environ, "WACHAT_API_KEY": KEY, "PYTHONUNBUFFERED": "1"}
+    with subprocess.Popen(
+        [sys.executable, "-m", "wachat_async", "fake-server", "--port", "0", "--instances", "3"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    ) as process:
+        try:
+            assert process.stdout is not None
+            first = process.stdout.readline()
+            base_url = first.rsplit(" ", 1)[-1].strip()
+            names_line = next(line for line in process.stdout if "instances:" in line)
+            name = names_line.split("instances: ")[1].split(",")[0].strip()
+            request = urllib.request.Request(  # noqa: S310 - loopback URL printed by the server
+                f"{base_url}/instance/qr/image?instanceName={name}",
+                headers={"Authorization": f"Bearer {KEY}"},
+            )
+            with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+                assert response.read().startswith(b"\x89PNG")
+            process.send_signal(signal.SIGINT)
+            _, err = process.communicate(timeout=20)
+        finally:
+            if process.poll() is None:
+                process.kill()
+    assert process.returncode == 0
+    assert "fake server stopped" in err
+    assert KEY not in first + names_line + err
+
+
+def test_demo_runs_end_to_end(run: Callable[..., Run], cli_env: Path) -> None:
+    """demo polls 50 fake instances: 47 PNGs saved, 3 expected failures, one QR drawn, exit 0."""
+    result = run("demo", "--no-wait")
+    assert result.code == 0
+    saved = list((cli_env / "qr-codes").glob("*.png"))
+    assert len(saved) == 47
+    for label in (
+        "ok",
+        "QRNotSupportedError (409)",
+        "InstanceNotFoundError (404)",
+        "QRFetchFailedError (502)",
+    ):
+        assert label in result.out
+    assert result.out.count("expected:") == 3
+    drawing = "\n".join(
+        line for line in result.out.splitlines() if line and set(line) <= {"█", "▀", "▄", " "}
+    )
+    payload = decode(terminal_to_image(drawing))
+    assert payload.startswith("wachat-fake:t1_")
+
+
+def test_demo_quiet_with_custom_dir(run: Callable[..., Run], cli_env: Path) -> None:
+    """--quiet prints nothing; --out-dir chooses the folder; --instances the fleet size."""
+    result = run("demo", "--no-wait", "-q", "--out-dir", "elsewhere", "--instances", "12")
+    assert (result.code, result.out, result.err) == (0, "", "")
+    assert len(list((cli_env / "elsewhere").glob("*.png"))) == 9
