@@ -737,3 +737,56 @@ def test_logger_name_is_wachat_async() -> None:
     from wachat_async import _client
 
     assert _client.logger is logging.getLogger("wachat_async")
+
+
+@pytest.fixture
+async def encoding_server() -> AsyncIterator[str]:
+    """Serves PNG_1X1 chunked (/chunked), gzip-encoded (/gzip) and chunked-and-huge (/huge)."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        mode = request.query["instanceName"]
+        response = web.StreamResponse(headers={"Content-Type": "image/png"})
+        if mode == "gzip":
+            response.enable_compression(web.ContentCoding.gzip)
+        else:
+            response.enable_chunked_encoding()
+        await response.prepare(request)
+        if mode == "huge":
+            for _ in range(64):
+                await response.write(b"\x00" * 1024)
+        else:
+            await response.write(PNG_1X1[:10])
+            await response.write(PNG_1X1[10:])
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/api/v1/instance/qr/image", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}/api/v1"
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize("mode", ["chunked", "gzip"])
+async def test_bodies_without_plain_length_are_read_and_validated(
+    encoding_server: str, mode: str
+) -> None:
+    """Chunked and gzip-encoded PNGs take the capped streaming path and decode exactly."""
+    async with WachatClient(api_key=KEY, base_url=encoding_server) as client:
+        qr = await client.get_qr_image(mode)
+        assert_no_connection_checked_out(client)
+    assert qr.data == PNG_1X1
+
+
+async def test_chunked_body_over_the_cap_stops_reading(encoding_server: str) -> None:
+    """A chunked body that grows past max_image_bytes raises ResponseTooLargeError."""
+    async with WachatClient(api_key=KEY, base_url=encoding_server, max_image_bytes=4096) as c:
+        with pytest.raises(ResponseTooLargeError) as info:
+            await c.get_qr_image("huge")
+        assert_no_connection_checked_out(c)
+    assert info.value.content_length is None

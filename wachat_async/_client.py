@@ -422,14 +422,27 @@ class WachatClient:
         return QRStream(resp, instance_name=name, client=self, chunk_size=chunk_size)
 
     async def _fetch_image(self, name: str) -> QRImage:
-        stream = QRStream(
-            await self._open_png(name), instance_name=name, client=self, chunk_size=_CHUNK
-        )
+        resp = await self._open_png(name)
+        if resp.content_length is None or "Content-Encoding" in resp.headers:
+            # Unknown or compressed length: read chunk by chunk so the cap holds while reading.
+            stream = QRStream(resp, instance_name=name, client=self, chunk_size=_CHUNK)
+            try:
+                data = await stream.read()
+            finally:
+                stream.close()
+            return QRImage(instance_name=name, data=data, width=stream.width, height=stream.height)
+        # Fast path: a plain body whose length _open_png already checked against the cap.
+        failure: BaseException
         try:
-            data = await stream.read()
-        finally:
-            stream.close()
-        return QRImage(instance_name=name, data=data, width=stream.width, height=stream.height)
+            data = await resp.read()
+        except BaseException as exc:
+            resp.close()
+            if not isinstance(exc, _TRANSPORT_ERRORS):
+                raise
+            failure = self._transport_error(exc, name)
+        else:
+            return QRImage.from_png(data, instance_name=name)
+        raise failure
 
     async def _save_once(self, name: str, fh: Any) -> None:
         fh.seek(0)
