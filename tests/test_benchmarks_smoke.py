@@ -62,7 +62,7 @@ async def test_throughput_runs_every_client_every_round(bench_server: str) -> No
     table = throughput.throughput_table(results)
     assert table.count("\n") == len(clients) + 1
     assert "| bare aiohttp |" in table
-    assert "| 1.00x |" in table
+    assert "| 1.00x | " in table
 
 
 async def test_storm_amplification_per_client(bench_server: str) -> None:
