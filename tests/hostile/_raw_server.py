@@ -69,7 +69,13 @@ class Close:
 
 @dataclass(frozen=True)
 class Reset:
-    """Abort the connection with a TCP RST (``SO_LINGER`` 0), as a crashing proxy would."""
+    """Abort the connection with a TCP RST (``SO_LINGER`` 0), as a crashing proxy would.
+
+    Linux throws away received-but-unread data when an RST arrives, so a reset sent right after
+    some bytes could erase them before the client read them, and "reset mid-body" would turn
+    into "reset before the status line" at random. When the server has a ``peer_unread`` probe
+    it therefore first waits (bounded) until the client has read everything sent so far.
+    """
 
 
 @dataclass(frozen=True)
@@ -178,6 +184,9 @@ class RawServer:
 
     script: Script
     host: str = "127.0.0.1"
+    #: Bytes the client has received on the connection from its *port* but not read yet (None:
+    #: unknown). The client runs in this process, so a test can look at its socket; see Reset.
+    peer_unread: Callable[[int], int | None] | None = None
     requests: list[RecordedRequest] = field(default_factory=list)
     connections: int = 0
     _server: asyncio.Server | None = field(default=None, repr=False)
@@ -187,7 +196,7 @@ class RawServer:
     _arrived: asyncio.Condition = field(default_factory=asyncio.Condition, repr=False)
 
     async def __aenter__(self) -> RawServer:
-        self._server = await asyncio.start_server(self._handle, self.host, 0)
+        self._server = await asyncio.start_server(self._handle, self.host, 0, backlog=1024)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -235,6 +244,16 @@ class RawServer:
         # Let transports finish closing (connection_lost runs via call_soon).
         for _ in range(3):
             await asyncio.sleep(0)
+
+    async def _wait_peer_read_all(self, writer: asyncio.StreamWriter) -> None:
+        """Wait (at most ``MAX_WAIT``) until the client has read every byte sent to it."""
+        if self.peer_unread is None:
+            return
+        port = writer.get_extra_info("peername")[1]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + MAX_WAIT
+        while self.peer_unread(port) and loop.time() < deadline:
+            await asyncio.sleep(0.001)
 
     def _actions_for(self, request: RecordedRequest) -> Sequence[Action]:
         return self.script(request) if callable(self.script) else self.script
@@ -290,6 +309,8 @@ class RawServer:
                 writer.close()
                 return True
             elif isinstance(action, Reset):
+                await writer.drain()
+                await self._wait_peer_read_all(writer)
                 sock = writer.get_extra_info("socket")
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 writer.transport.abort()

@@ -10,13 +10,16 @@ for the per-object checks.
 
 from __future__ import annotations
 
+import array
 import asyncio
+import fcntl
 import gc
 import logging
 import sys
+import termios
 import traceback
 import warnings
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, quote_plus
@@ -33,8 +36,10 @@ KEY = "wk_live_H0st1le/Key+7f3a9c1e=5b2d"
 LEAK_FORMS = (KEY, quote(KEY, safe=""), quote_plus(KEY), "7f3a9c1e")
 NAME = "t1_hostile_store"
 
-#: Small per-attempt limits so a stall becomes a timeout after 0.2 s, not 15 s.
-FAST_TIMEOUT = aiohttp.ClientTimeout(total=3.0, sock_connect=1.0, sock_read=0.2)
+#: Small per-attempt limits so a stall becomes a timeout after 0.3 s, not 15 s. Loopback answers
+#: take well under a millisecond, so 0.3 s is only reached by a real stall (or a machine so
+#: overloaded that the test process is off the CPU for that long).
+FAST_TIMEOUT = aiohttp.ClientTimeout(total=3.0, sock_connect=1.0, sock_read=0.3)
 
 
 def leaked(text: str) -> str | None:
@@ -104,6 +109,26 @@ def assert_pool_clean(client: WachatClient) -> None:
     connector = session.connector
     assert isinstance(connector, aiohttp.BaseConnector)
     assert not connector._acquired, f"{len(connector._acquired)} connection(s) checked out"
+
+
+def unread_by(client: WachatClient) -> Callable[[int], int | None]:
+    """A ``RawServer.peer_unread`` probe: bytes waiting unread in *client*'s socket whose local
+    port is the one given (``FIONREAD``), None if it has no such connection checked out."""
+
+    def probe(port: int) -> int | None:
+        session = client._session
+        if session is None or session.connector is None:
+            return None
+        for protocol in list(session.connector._acquired):
+            transport = getattr(protocol, "transport", None)
+            sock = transport.get_extra_info("socket") if transport is not None else None
+            if sock is not None and sock.fileno() >= 0 and sock.getsockname()[1] == port:
+                count = array.array("i", [0])
+                fcntl.ioctl(sock.fileno(), termios.FIONREAD, count)
+                return count[0]
+        return None
+
+    return probe
 
 
 def assert_no_partial_files(folder: Path, *, allowed: Iterable[str] = ()) -> None:

@@ -63,6 +63,7 @@ from .conftest import (
     assert_no_partial_files,
     assert_pool_clean,
     hostile_client,
+    unread_by,
 )
 
 PNG = make_png(29, 29)
@@ -676,6 +677,8 @@ async def _run_case(case: Case, mode: str, guard: Guard, folder: Path, refused_u
         try:
             base_url = server.base_url if server is not None else refused_url
             async with hostile_client(base_url, retry=policy, **case.client) as client:
+                if server is not None:
+                    server.peer_unread = unread_by(client)
                 outcome: bytes | BaseException
                 try:
                     outcome = await _fetch(client, mode, folder)
