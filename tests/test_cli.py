@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import os
+import runpy
 import signal
 import subprocess
 import sys
@@ -18,7 +20,24 @@ import zxingcpp
 from PIL import Image
 
 from tests.conftest import KEY, NAME
-from wachat_async import RetryPolicy
+from wachat_async import (
+    AuthenticationError,
+    BadRequestError,
+    ConfigurationError,
+    GatewayTimeoutError,
+    InstanceNotFoundError,
+    InvalidImageError,
+    InvalidResponseError,
+    QRFetchFailedError,
+    QRNotSupportedError,
+    ResponseTooLargeError,
+    RetryPolicy,
+    SubscriptionRestrictedError,
+    UnexpectedStatusError,
+    WachatConnectionError,
+    WachatError,
+    WachatTimeoutError,
+)
 from wachat_async import _cli as cli
 from wachat_async._cli import main, png_filename, qr_modules, render_half_blocks
 from wachat_async.testing import FakeWachatServer, Fault
@@ -679,7 +698,9 @@ def test_watch_terminal_error(run: Callable[..., Run], env: FakeWachatServer) ->
 
 def test_fake_server_prints_how_to_use_it(run: Callable[..., Run]) -> None:
     """fake-server prints its URL, a throwaway key and some instance names, then stops."""
-    result = run("fake-server", "--port", "0", "--duration", "0.01", "--instances", "4")
+    result = run(
+        "fake-server", "--port", "0", "--duration", "0.01", "--instances", "4", "--latency", "0"
+    )
     assert result.code == 0
     assert "Fake Wachat server listening on http://127.0.0.1:" in result.out
     assert "export WACHAT_API_KEY=fake-" in result.out
@@ -765,3 +786,145 @@ def test_demo_quiet_with_custom_dir(run: Callable[..., Run], cli_env: Path) -> N
     result = run("demo", "--no-wait", "-q", "--out-dir", "elsewhere", "--instances", "12")
     assert (result.code, result.out, result.err) == (0, "", "")
     assert len(list((cli_env / "elsewhere").glob("*.png"))) == 9
+
+
+# -- edges ------------------------------------------------------------------------------------
+
+
+def test_python_dash_m_in_process(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """__main__.py raises SystemExit with main's status."""
+    monkeypatch.setattr(sys, "argv", ["wachat_async", "--version"])
+    main_py = Path(cli.__file__).with_name("__main__.py")
+    with pytest.raises(SystemExit) as exited:
+        runpy.run_path(str(main_py), run_name="__main__")
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.startswith("wachat-qr ")
+
+
+def test_importing_main_module_runs_nothing() -> None:
+    """Importing wachat_async.__main__ (docs tools do) does not run the command line."""
+    module = importlib.import_module("wachat_async.__main__")
+    assert module.main is cli.main
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        pytest.param(ConfigurationError("no key"), 2, id="configuration"),
+        pytest.param(AuthenticationError(), 3, id="401"),
+        pytest.param(SubscriptionRestrictedError(), 3, id="403"),
+        pytest.param(BadRequestError(), 4, id="400"),
+        pytest.param(InstanceNotFoundError(), 4, id="404"),
+        pytest.param(QRNotSupportedError(), 4, id="409"),
+        pytest.param(QRFetchFailedError(), 5, id="502"),
+        pytest.param(GatewayTimeoutError(), 5, id="504"),
+        pytest.param(UnexpectedStatusError(status=500), 5, id="500"),
+        pytest.param(WachatConnectionError("reset"), 6, id="connection"),
+        pytest.param(WachatTimeoutError("slow"), 6, id="timeout"),
+        pytest.param(InvalidImageError("html"), 7, id="not-a-png"),
+        pytest.param(ResponseTooLargeError("big", limit=64), 7, id="too-large"),
+        pytest.param(InvalidResponseError("no state"), 7, id="bad-body"),
+        pytest.param(WachatError("other"), 1, id="base-class"),
+    ],
+)
+def test_exit_code_table(error: WachatError, code: int) -> None:
+    """Every error class maps to the documented exit status."""
+    assert cli.exit_code_for(error) == code
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        pytest.param(["poll", "--concurrency", "many", NAME], id="non-integer"),
+        pytest.param(["fake-server", "--port", "70000"], id="port-too-high"),
+        pytest.param(["fake-server", "--latency", "-1"], id="negative-latency"),
+    ],
+)
+def test_more_usage_errors(run: Callable[..., Run], argv: list[str]) -> None:
+    """Option values are checked by the parser: exit 2."""
+    assert run(*argv).code == 2
+
+
+def test_show_quiet_prints_only_the_drawing(run: Callable[..., Run], env: FakeWachatServer) -> None:
+    """--quiet drops the caption on stderr; the QR itself is the output."""
+    result = run("show", NAME, "-q")
+    assert result.code == 0
+    assert result.err == ""
+    assert "█" in result.out
+
+
+def test_show_on_a_terminal_without_unicode(
+    run: Callable[..., Run], env: FakeWachatServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A terminal that cannot encode block characters gets a usage hint, not a traceback."""
+    ascii_out = io.TextIOWrapper(io.BytesIO(), encoding="ascii")
+    monkeypatch.setattr(sys, "stdout", ascii_out)
+    result = run("show", NAME)
+    assert result.code == 2
+    assert "PYTHONIOENCODING=utf-8" in result.err
+
+
+def test_fetch_to_stdout_refuses_a_terminal(
+    run: Callable[..., Run], env: FakeWachatServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """-o - on a terminal would print binary garbage: refused before any request."""
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    result = run("fetch", NAME, "-o", "-")
+    assert result.code == 2
+    assert env.request_count() == 0
+
+
+def test_watch_redraws_in_place_on_a_terminal(
+    run: Callable[..., Run], rotating: FakeWachatServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a terminal each new QR clears the screen first."""
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    result = run("watch", NAME, "-n", "2", "-i", "0.001")
+    assert result.code == 0
+    assert result.out.count("\x1b[2J\x1b[H") == 2
+
+
+def test_qr_modules_samples_an_odd_sized_symbol_at_its_own_size() -> None:
+    """A symbol whose size is no QR size is sampled at the size it measures."""
+    picture = Image.new("L", (43, 43), 255)
+    picture.paste(0, (0, 0, 7, 1))  # a 7-module run in the corner: module size 1
+    picture.paste(0, (42, 42, 43, 43))
+    out = io.BytesIO()
+    picture.save(out, format="PNG")
+    modules = qr_modules(out.getvalue())
+    assert len(modules) == 43
+    assert modules[0][:8] == [True] * 7 + [False]
+
+
+def test_poll_failure_table_is_capped(run: Callable[..., Run], env: FakeWachatServer) -> None:
+    """More than 20 failures are summarised in the table (all are counted)."""
+    missing = [f"t1_{i:08d}_gone" for i in range(22)]
+    result = run("poll", NAME, *missing)
+    assert result.code == 1
+    assert "... and 2 more" in result.out
+    assert "│ InstanceNotFoundError (404) │        22 │" in result.out
+
+
+def test_poll_failure_without_a_status_shows_its_message(
+    run: Callable[..., Run], env: FakeWachatServer
+) -> None:
+    """A failure that is not an HTTP status shows its own (short) message."""
+    env.script(OTHER, [Fault(drop=True)] * 2)
+    result = run("poll", NAME, OTHER)
+    assert result.code == 1
+    assert "WachatConnectionError" in result.out
+    assert "connection failed" in result.out
+
+
+def test_demo_reports_unexpected_failures(
+    run: Callable[..., Run], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If the retries did not absorb the transient 502s, the demo says so and exits 1."""
+    monkeypatch.setattr(
+        cli, "RetryPolicy", lambda **kwargs: RetryPolicy(max_attempts=1, zero_wait=True)
+    )
+    result = run("demo", "--no-wait", "--instances", "12")
+    assert result.code == 1
+    assert "4 instance(s) failed that were meant to succeed" in result.err
