@@ -231,6 +231,24 @@ async def test_an_exception_from_the_names_iterable_propagates() -> None:
     assert workers() == []
 
 
+async def test_an_iterable_that_fails_at_once_starts_nothing() -> None:
+    """An iterable that raises while the first names are pulled leaves no task behind."""
+
+    def names() -> Iterator[str]:
+        yield "a"
+        yield "b"
+        raise RuntimeError("names broke early")
+
+    fetch = Recorder()
+    batch = fetch_many(fetch, names(), concurrency=10)
+    with pytest.raises(RuntimeError, match="broke early"):
+        await batch.__anext__()
+    assert workers() == []
+    assert fetch.calls == Counter()
+    with pytest.raises(StopAsyncIteration):
+        await batch.__anext__()
+
+
 async def test_an_invalid_name_from_the_client_check_propagates(
     client: WachatClient,
 ) -> None:

@@ -83,16 +83,17 @@ class _Batch:
         self.tasks: list[asyncio.Task[None]] = []
         self.running = 0
         self.exhausted = False
-        batch = next(_worker_batches)
         # Start only as many workers as there are names (up to *concurrency*): a batch of three
-        # names does not need a hundred tasks.
-        for number in range(concurrency):
-            name = self.next_name()
-            if name is None:
-                break
-            self.tasks.append(
-                asyncio.create_task(self.work(name), name=f"{WORKER_TASK_PREFIX}-{batch}.{number}")
-            )
+        # names does not need a hundred tasks. The first names are pulled before any task
+        # exists, so an iterable that fails at once leaves nothing running.
+        first: list[str] = []
+        while len(first) < concurrency and (name := self.next_name()) is not None:
+            first.append(name)
+        batch = next(_worker_batches)
+        self.tasks = [
+            asyncio.create_task(self.work(name), name=f"{WORKER_TASK_PREFIX}-{batch}.{number}")
+            for number, name in enumerate(first)
+        ]
         self.running = len(self.tasks)
         if not self.tasks:
             self.queue.put_nowait(_DONE)
@@ -108,17 +109,18 @@ class _Batch:
         self.exhausted = True
         return None
 
-    async def work(self, name: str | None) -> None:
+    async def work(self, name: str) -> None:
+        current: str | None = name
         try:
-            while name is not None:
+            while current is not None:
                 try:
-                    image = await self.fetch(name)
+                    image = await self.fetch(current)
                 except WachatError as exc:
-                    result = QRResult(instance_name=name, error=exc)
+                    result = QRResult(instance_name=current, error=exc)
                 else:
-                    result = QRResult(instance_name=name, image=image)
+                    result = QRResult(instance_name=current, image=image)
                 await self.queue.put(result)
-                name = self.next_name()
+                current = self.next_name()
         except Exception as exc:  # a bug (ours or the caller's): hand it to the consumer
             self.exhausted = True
             await self.queue.put(_Failure(exc))
@@ -196,7 +198,9 @@ class FetchMany:
         if batch is None:
             assert self._names is not None
             names, self._names = self._names, None
+            self._finished = True  # until the batch has started: a failing iterable ends it
             batch = self._batch = _Batch(self._fetch, iter(names), self._concurrency)
+            self._finished = False
         try:
             item = await batch.queue.get()
         except asyncio.CancelledError:
