@@ -14,6 +14,7 @@ __all__ = ["check_api_key", "check_instance_name"]
 # C0 controls, DEL and C1 controls.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
+_UNSENDABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 def check_instance_name(name: object) -> str:
@@ -25,14 +26,14 @@ def check_instance_name(name: object) -> str:
     """
     if not isinstance(name, str):
         raise TypeError(f"instance_name must be a str, not {type(name).__name__}")
+    if _UNSENDABLE.search(name) is None and not name.isspace() and name:
+        return name  # the common case: one regex search
     if not name.strip():
         raise ValueError("instance_name must not be empty or whitespace")
     if _CONTROL.search(name):
         raise ValueError(f"instance_name must not contain control characters: {name!r}")
-    if _SURROGATE.search(name):
-        # Lone surrogates cannot be UTF-8 encoded; yarl would silently drop them.
-        raise ValueError(f"instance_name must be valid Unicode text: {name!r}")
-    return name
+    # Lone surrogates cannot be UTF-8 encoded; yarl would silently drop them.
+    raise ValueError(f"instance_name must be valid Unicode text: {name!r}")
 
 
 def check_api_key(key: object) -> str:
