@@ -873,6 +873,14 @@ async def test_bounded_log_keeps_exact_counts(http: aiohttp.ClientSession) -> No
         assert (len(server.requests), server.request_count(NAME)) == (2, 5)
 
 
+async def test_zero_log_limit_only_counts(http: aiohttp.ClientSession) -> None:
+    """max_logged_requests=0 keeps no records but still counts."""
+    async with FakeWachatServer(KEY, max_logged_requests=0) as server:
+        server.add_instance(NAME)
+        await get(http, server)
+        assert (server.requests, server.request_count(NAME)) == ([], 1)
+
+
 async def test_access_log_omits_query(
     http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
 ) -> None:

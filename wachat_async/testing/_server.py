@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import http
 import json
@@ -290,6 +291,7 @@ def _qr_payload(name: str, generation: int) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+@functools.cache
 def _error_body(status: int) -> bytes:
     reason, message = _ERRORS.get(status, (None, None))
     if reason is None or message is None:
@@ -743,6 +745,9 @@ class FakeWachatServer:
 
     def _record(self, request: web.BaseRequest, name: str | None, auth: _Auth, status: int) -> None:
         """Log one request. Locked by the caller."""
+        self._counts[name, request.path] += 1
+        if self._log.maxlen == 0:
+            return  # counting only (fleet benchmarks): skip building the record
         query: dict[str, str] = {}
         for k, v in request.query.items():
             if k != "apiKey":
@@ -761,7 +766,6 @@ class FakeWachatServer:
                 time=self._clock(),
             )
         )
-        self._counts[name, request.path] += 1
 
     # -- internals: waiting --------------------------------------------------------------------
 
@@ -813,19 +817,26 @@ class FakeWachatServer:
                     status = 200
                     payload = _qr_payload(name, self._generation() + entry.forced_rotations)
 
-        body, content_type = _error_body(status), "application/json"
-        if payload is not None:
+        if payload is None:
+            body, content_type = _error_body(status), "application/json"
+        else:
             assert name is not None
+            body, content_type = b"", "image/png"
             cached = self._png_cache.get(name)
             if cached is not None and cached[0] == payload:
-                body, content_type = cached[1], "image/png"
+                body = cached[1]
             else:
                 try:
-                    body, content_type = _render_qr_png(payload), "image/png"
+                    body = _render_qr_png(payload)
                     self._png_cache[name] = (payload, body)
                 except ImportError:
                     _log.error(_INSTALL_HINT)
-                    status, body, fault = 500, _error_body(500), None
+                    status, body, content_type, fault = (
+                        500,
+                        _error_body(500),
+                        "application/json",
+                        None,
+                    )
         with self._lock:
             sent = 0 if fault is not None and (fault.drop or fault.hang) else status
             self._record(request, name, auth, sent)
