@@ -52,7 +52,7 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--instances",
         type=_names,
-        default=_names(DEFAULT_INSTANCES),
+        default=DEFAULT_INSTANCES,
         metavar="A,B,C",
         help="comma-separated Baileys instances to create (default: %(default)s)",
     )
