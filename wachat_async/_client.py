@@ -396,7 +396,8 @@ class WachatClient:
     async def _open_png(self, name: str) -> aiohttp.ClientResponse:
         resp = await self._send(self._qr_url, name, self._image_headers)
         failure: WachatError | None = None
-        content_type = resp.content_type.lower()
+        # The header is server-controlled text: it may echo the key or carry junk.
+        content_type = excerpt(resp.content_type.lower(), [self._api_key], limit=100)
         if content_type != "image/png":
             detail = await self._read_excerpt(resp)
             failure = InvalidImageError(
@@ -467,7 +468,7 @@ class WachatClient:
             instance = payload.get("instance") or {}
             nested = (payload.get("data") or {}).get("instance") or {}
             state = instance.get("state", nested.get("state"))
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             state = None
         if not isinstance(state, str):
             raise InvalidResponseError(
@@ -517,7 +518,7 @@ class WachatClient:
         if text[:1] in "{[" and text:
             try:
                 payload = json.loads(text)
-            except ValueError:
+            except (ValueError, RecursionError):  # deeply nested JSON recurses
                 pass
             else:
                 if isinstance(payload, dict):

@@ -7,6 +7,7 @@ helpers are the safety net for text we do not control.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from urllib.parse import quote, quote_plus
@@ -22,28 +23,45 @@ _GENERIC = re.compile(
     r"(?P<secret>[^\s&\"'<>,;)}\]]+)",
     re.IGNORECASE,
 )
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
+# Control characters, and lone surrogates (what aiohttp's surrogateescape decoding makes of
+# non-UTF-8 header bytes: they cannot be written as UTF-8, so they must not reach a message).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]+")
 _SPACE = re.compile(r"\s+")
 
 
-def _variants(secret: str) -> set[str]:
-    return {secret, quote(secret, safe=""), quote_plus(secret)}
+@functools.lru_cache(maxsize=32)
+def _secret_pattern(secrets: tuple[str, ...]) -> re.Pattern[str] | None:
+    """One case-insensitive pattern for every secret and its URL-encoded forms.
+
+    Case-insensitive because percent-encoding hex may be upper or lower case (``%2F`` and
+    ``%2f`` are the same byte) and a server may echo a key case-folded.
+    """
+    forms = {
+        form
+        for secret in secrets
+        if secret
+        for form in (secret, quote(secret, safe=""), quote_plus(secret))
+    }
+    if not forms:
+        return None
+    alternatives = "|".join(re.escape(f) for f in sorted(forms, key=len, reverse=True))
+    return re.compile(alternatives, re.IGNORECASE)
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
-    """Return *text* with every known secret (and its URL-encoded forms) and every
-    ``apiKey=...`` / ``Bearer ...`` credential replaced by ``[REDACTED]``."""
-    for secret in secrets:
-        if secret:
-            for form in sorted(_variants(secret), key=len, reverse=True):
-                text = text.replace(form, REDACTED)
+    """Return *text* with every known secret (and its URL-encoded forms, in any letter case)
+    and every ``apiKey=...`` / ``Bearer ...`` credential replaced by ``[REDACTED]``."""
+    pattern = _secret_pattern(tuple(secrets))
+    if pattern is not None:
+        text = pattern.sub(REDACTED, text)
     return _GENERIC.sub(lambda m: m.group("prefix") + REDACTED, text)
 
 
 def excerpt(text: str, secrets: Iterable[str] = (), *, limit: int = 500) -> str:
     """A one-line, redacted, length-capped excerpt of untrusted text.
 
-    Control characters (CR/LF included, so a hostile body cannot forge log lines) become spaces,
+    Control characters (CR/LF included, so a hostile body cannot forge log lines) and lone
+    surrogates become spaces,
     runs of white space fold to one, and the result is cut at *limit* characters with an ellipsis.
     Redaction runs before cutting, so a key split by the cut cannot survive in part.
     """

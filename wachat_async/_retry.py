@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import time
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
@@ -20,6 +21,8 @@ from typing import Any
 import attrs
 
 from ._errors import InvalidImageError, WachatConnectionError, WachatError
+
+_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 
 __all__ = ["RetryBudget", "RetryEvent", "RetryPolicy", "backoff_wait", "parse_retry_after"]
 
@@ -47,17 +50,17 @@ def backoff_wait(
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
     """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date).
 
-    Returns ``None`` for a missing, negative, non-finite or unparsable value (the policy then
-    uses its own backoff) and ``0.0`` for a date in the past.
+    Returns ``None`` for a missing, negative or unparsable value (the policy then uses its own
+    backoff), ``0.0`` for a date in the past, and ``inf`` for a number of seconds too large for
+    a float: a huge Retry-After means "not any time soon", so the policy gives up at once.
     """
     if value is None:
         return None
     value = value.strip()
     if not value:
         return None
-    if value.isdigit() or value.replace(".", "", 1).isdigit():
-        seconds = float(value)
-        return seconds if math.isfinite(seconds) else None
+    if _SECONDS.fullmatch(value):
+        return float(value)  # ASCII digits only: float() cannot fail, and overflows to inf
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError, OverflowError):
