@@ -12,4 +12,8 @@ fi
 echo "== ruff check";          .venv/bin/ruff check .
 echo "== ruff format --check"; .venv/bin/ruff format --check .
 echo "== mypy --strict";       .venv/bin/mypy --strict wachat_async
-echo "== pytest";              .venv/bin/python -m pytest "$@"
+echo "== pytest (branch coverage, warnings as errors)"
+.venv/bin/python -m coverage erase
+.venv/bin/python -m coverage run -m pytest "$@"
+echo "== coverage (fail under 95%)"
+.venv/bin/python -m coverage report

@@ -364,12 +364,14 @@ async def test_deadline_covers_retries_after_an_unguarded_first_attempt(
     server: FakeWachatServer,
 ) -> None:
     """With total <= deadline the first attempt runs bare, yet a hanging retry hits the deadline."""
-    server.script(NAME, [502, Fault(hang=True)])
+    # The slow first 502 puts the deadline (0.5 s after the start) well before the second
+    # attempt's own timeout (0.5 s after *its* start), so the deadline is what ends the call.
+    server.script(NAME, [Fault(status=502, delay=0.2), Fault(hang=True)])
     async with WachatClient(
         api_key=KEY,
         base_url=server.base_url,
-        timeout=0.3,
-        retry=RetryPolicy(zero_wait=True, deadline=0.3, initial_wait=0),
+        timeout=0.5,
+        retry=RetryPolicy(zero_wait=True, deadline=0.5, initial_wait=0),
         retry_budget=RetryBudget.unlimited(),
     ) as client:
         assert not client._guard_first_attempt
