@@ -16,8 +16,9 @@ import contextlib
 import gzip
 import socket
 import struct
+import threading
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
@@ -25,14 +26,17 @@ __all__ = [
     "Close",
     "Drip",
     "Hang",
+    "Notify",
     "RawServer",
     "RecordedRequest",
     "Reset",
     "Send",
     "Sleep",
+    "WaitFor",
     "chunked",
     "http_response",
     "make_png",
+    "serve_in_thread",
 ]
 
 #: The longest any single wait inside the server may last (a hang, a slow client, shutdown).
@@ -84,7 +88,22 @@ class Hang:
     closes (bounded by ``MAX_WAIT``)."""
 
 
-Action = Send | Drip | Sleep | Close | Reset | Hang
+@dataclass(frozen=True)
+class WaitFor:
+    """Pause until *event* is set (bounded by ``MAX_WAIT``): lets a test order the server's
+    bytes against what the client has done, without guessing at timing."""
+
+    event: asyncio.Event
+
+
+@dataclass(frozen=True)
+class Notify:
+    """Set *event*: tells the test the actions before this one have been written."""
+
+    event: asyncio.Event
+
+
+Action = Send | Drip | Sleep | Close | Reset | Hang | WaitFor | Notify
 
 
 @dataclass(frozen=True)
@@ -303,6 +322,10 @@ class RawServer:
                     await asyncio.sleep(action.delay)
             elif isinstance(action, Sleep):
                 await asyncio.sleep(action.seconds)
+            elif isinstance(action, WaitFor):
+                await asyncio.wait_for(action.event.wait(), MAX_WAIT)
+            elif isinstance(action, Notify):
+                action.event.set()
             elif isinstance(action, Close):
                 if writer.can_write_eof():
                     writer.write_eof()
@@ -341,3 +364,32 @@ def _parse_head(head: bytes, connection: int) -> RecordedRequest:
             name, _, value = raw.partition(":")
             headers.append((name.strip(), value.strip()))
     return RecordedRequest(method, target, version, tuple(headers), connection)
+
+
+@contextlib.contextmanager
+def serve_in_thread(script: Script) -> Iterator[RawServer]:
+    """Run a :class:`RawServer` on its own event loop in a thread, for code that runs its own
+    loop (``asyncio.run`` in the CLI). Stops and joins the thread on exit (bounded)."""
+    loop = asyncio.new_event_loop()
+    server = RawServer(script)
+    ready = threading.Event()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(server.__aenter__())
+        ready.set()
+        loop.run_forever()
+        loop.run_until_complete(server.close())
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+    thread = threading.Thread(target=run, name="raw-server", daemon=True)
+    thread.start()
+    try:
+        assert ready.wait(MAX_WAIT), "raw server did not start"
+        yield server
+    finally:
+        loop.call_soon_threadsafe(server._stopping.set)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(MAX_WAIT * 3)
+        assert not thread.is_alive(), "raw server thread did not stop"

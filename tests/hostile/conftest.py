@@ -111,21 +111,36 @@ def assert_pool_clean(client: WachatClient) -> None:
     assert not connector._acquired, f"{len(connector._acquired)} connection(s) checked out"
 
 
+def client_sockets(client: WachatClient) -> Iterator[Any]:
+    """The sockets of *client*'s pool: checked out, then idle."""
+    session = client._session
+    if session is None or session.connector is None:
+        return
+    connector = session.connector
+    protocols = list(connector._acquired)
+    protocols += [proto for conns in connector._conns.values() for proto, _ in conns]
+    for protocol in protocols:
+        transport = getattr(protocol, "transport", None)
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if sock is not None and sock.fileno() >= 0:
+            yield sock
+
+
+def unread_bytes(sock: Any) -> int:
+    """Bytes the kernel holds for *sock* that its owner has not read yet (``FIONREAD``)."""
+    count = array.array("i", [0])
+    fcntl.ioctl(sock.fileno(), termios.FIONREAD, count)
+    return count[0]
+
+
 def unread_by(client: WachatClient) -> Callable[[int], int | None]:
     """A ``RawServer.peer_unread`` probe: bytes waiting unread in *client*'s socket whose local
-    port is the one given (``FIONREAD``), None if it has no such connection checked out."""
+    port is the one given, None if the client has no such connection."""
 
     def probe(port: int) -> int | None:
-        session = client._session
-        if session is None or session.connector is None:
-            return None
-        for protocol in list(session.connector._acquired):
-            transport = getattr(protocol, "transport", None)
-            sock = transport.get_extra_info("socket") if transport is not None else None
-            if sock is not None and sock.fileno() >= 0 and sock.getsockname()[1] == port:
-                count = array.array("i", [0])
-                fcntl.ioctl(sock.fileno(), termios.FIONREAD, count)
-                return count[0]
+        for sock in client_sockets(client):
+            if sock.getsockname()[1] == port:
+                return unread_bytes(sock)
         return None
 
     return probe
