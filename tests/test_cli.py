@@ -560,6 +560,7 @@ def test_poll_json_lines(run: Callable[..., Run], env: FakeWachatServer, cli_env
     rows = {row["instance"]: row for row in map(json.loads, result.out.splitlines())}
     assert set(rows) == {NAME, OTHER, "t1_nothere0_store"}
     assert rows[NAME]["ok"] is True
+    assert set(rows[NAME]) == {"instance", "ok", "file", "width", "height", "bytes", "sha256"}
     assert rows[NAME]["file"] == str(Path("pngs") / f"{NAME}.png")
     assert rows[NAME]["width"] == rows[NAME]["height"] > 0
     assert (cli_env / rows[NAME]["file"]).is_file()

@@ -36,7 +36,7 @@ code  meaning
 ``poll --json`` writes JSON Lines: one object per distinct instance, in order of completion,
 flushed as each completes, and nothing else on stdout. Success:
 ``{"instance": ..., "ok": true, "file": path-or-null, "width": ..., "height": ...,
-"bytes": ..., "sha256": ..., "attempts": ...}``; failure: ``{"instance": ..., "ok": false,
+"bytes": ..., "sha256": ...}``; failure: ``{"instance": ..., "ok": false,
 "error": "InstanceNotFoundError", "status": 404-or-null, "exit_code": 4, "message": ...,
 "attempts": ...}``.
 """
@@ -567,7 +567,6 @@ def _record(
                         "height": image.height,
                         "bytes": len(image.data),
                         "sha256": image.sha256,
-                        "attempts": 1,
                     },
                     ensure_ascii=False,
                 )
