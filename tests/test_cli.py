@@ -392,6 +392,36 @@ def test_show_prints_a_qr_that_decodes_to_the_same_payload(
     assert decode(terminal_to_image(result.out, invert=invert)) == env.qr_payload(NAME)
 
 
+@pytest.mark.parametrize(
+    ("argv", "tty", "no_color", "colored"),
+    [
+        pytest.param(["--color", "always"], False, False, True, id="always"),
+        pytest.param(["--color", "never"], True, False, False, id="never"),
+        pytest.param([], True, False, True, id="auto-terminal"),
+        pytest.param([], True, True, False, id="auto-terminal-NO_COLOR"),
+        pytest.param([], False, False, False, id="auto-pipe"),
+    ],
+)
+def test_show_in_colour_reads_right_on_any_terminal(
+    run: Callable[..., Run],
+    env: FakeWachatServer,
+    monkeypatch: pytest.MonkeyPatch,
+    argv: list[str],
+    tty: bool,
+    no_color: bool,
+    colored: bool,
+) -> None:
+    """With colours the dark modules are drawn black on white; the QR still decodes."""
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: tty)
+    if not no_color:
+        monkeypatch.delenv("NO_COLOR")
+    result = run("show", NAME, *argv)
+    assert result.code == 0
+    assert ("\x1b[30;107m" in result.out) is colored
+    plain = result.out.replace("\x1b[30;107m", "").replace("\x1b[0m", "")
+    assert decode(terminal_to_image(plain, invert=colored)) == env.qr_payload(NAME)
+
+
 def test_show_uses_one_column_per_module_and_two_rows_per_line(
     run: Callable[..., Run], env: FakeWachatServer
 ) -> None:
@@ -465,6 +495,8 @@ def test_render_half_blocks_glyphs() -> None:
     modules = [[True, False], [False, False], [True, True]]
     assert render_half_blocks(modules, border=0) == "▄█\n  \n"
     assert render_half_blocks(modules, border=0, invert=True) == "▀ \n▀▀\n"
+    colored = render_half_blocks(modules, border=0, color=True)
+    assert colored == "\x1b[30;107m▀ \x1b[0m\n\x1b[30;107m▀▀\x1b[0m\n"
 
 
 @pytest.mark.parametrize(

@@ -315,32 +315,52 @@ def qr_modules(png: bytes) -> list[list[bool]]:
     ]
 
 
+#: Black on bright white: the code reads right whatever the terminal's own colours are.
+_ANSI_QR, _ANSI_RESET = "\x1b[30;107m", "\x1b[0m"
+
+
 def render_half_blocks(
-    modules: Sequence[Sequence[bool]], *, border: int = 2, invert: bool = False
+    modules: Sequence[Sequence[bool]],
+    *,
+    border: int = 2,
+    invert: bool = False,
+    color: bool = False,
 ) -> str:
     """Draw a module grid with Unicode half blocks: one module per column, two rows per line.
 
-    The characters draw the *light* modules (and a quiet zone of *border* modules), so the code
-    reads right on the usual light-on-dark terminal; *invert* draws the dark modules instead,
-    for dark-on-light terminals. Returns the lines joined by ``\\n``, ending with one.
+    Without *color* the characters draw the *light* modules (and a quiet zone of *border*
+    modules), so the code reads right on the usual light-on-dark terminal; *invert* draws the
+    dark modules instead, for dark-on-light terminals. With *color* each line is wrapped in ANSI
+    codes for black on white and the dark modules are drawn, which reads right on any terminal
+    that has colours (*invert* is then ignored). Returns the lines joined by ``\\n``, ending
+    with one.
     """
     rows = len(modules)
     cols = len(modules[0]) if rows else 0
     height, width = rows + 2 * border, cols + 2 * border
+    draw_dark = invert or color
 
     def ink(row: int, col: int) -> bool:
         if row >= height:
             return False  # below the last row: plain terminal background
         r, c = row - border, col - border
         is_dark = 0 <= r < rows and 0 <= c < cols and bool(modules[r][c])
-        return is_dark if invert else not is_dark
+        return is_dark if draw_dark else not is_dark
 
     glyphs = {(True, True): _FULL, (True, False): _UPPER, (False, True): _LOWER}
     lines = [
         "".join(glyphs.get((ink(row, col), ink(row + 1, col)), " ") for col in range(width))
         for row in range(0, height, 2)
     ]
+    if color:
+        lines = [f"{_ANSI_QR}{line}{_ANSI_RESET}" for line in lines]
     return "\n".join(lines) + "\n"
+
+
+def _use_color(args: argparse.Namespace) -> bool:
+    if args.color == "auto":
+        return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+    return bool(args.color == "always")
 
 
 def _terminal_qr(qr: QRImage, args: argparse.Namespace) -> str:
@@ -350,7 +370,9 @@ def _terminal_qr(qr: QRImage, args: argparse.Namespace) -> str:
         raise InvalidResponseError(
             f"cannot draw the QR of {qr.instance_name!r}: {exc}", instance_name=qr.instance_name
         ) from None
-    return render_half_blocks(modules, border=args.border, invert=args.invert)
+    return render_half_blocks(
+        modules, border=args.border, invert=args.invert, color=_use_color(args)
+    )
 
 
 def _write_terminal(text: str) -> None:
@@ -956,9 +978,17 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
 
 def _terminal_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
+        "--color",
+        choices=["auto", "always", "never"],
+        default="auto",
+        help="draw black on white with ANSI colours, right on any terminal (auto: when stdout "
+        "is a terminal and NO_COLOR is not set)",
+    )
+    parser.add_argument(
         "--invert",
         action="store_true",
-        help="draw dark modules instead of light ones (for dark-on-light terminals)",
+        help="without colours, draw dark modules instead of light ones (for dark-on-light "
+        "terminals)",
     )
     parser.add_argument(
         "--border",
