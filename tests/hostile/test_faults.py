@@ -20,6 +20,7 @@ import json
 import logging
 import re
 import socket
+import stat
 import traceback
 import zlib
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
@@ -32,6 +33,7 @@ import pytest
 
 from wachat_async import (
     APIStatusError,
+    ConfigurationError,
     GatewayTimeoutError,
     InvalidImageError,
     InvalidResponseError,
@@ -990,3 +992,38 @@ async def test_instance_state_fault(
         assert not re.search(r"[\r\n]", str(outcome))
         assert len(str(outcome)) <= 600
     assert [r.header("Authorization") for r in server.requests] == [f"Bearer {KEY}"]
+
+
+# -- plain http:// and saved files ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "base_url",
+    [
+        pytest.param("http://api.wachat.example/api/v1", id="remote-name"),
+        pytest.param("http://10.0.0.7/api/v1", id="private-ip"),
+        pytest.param("http://0.0.0.0:8080/api/v1", id="any-address"),
+        pytest.param("http://127.0.0.1.nip.io/api/v1", id="loopback-lookalike-name"),
+        pytest.param("http://localhost.evil.example/api/v1", id="localhost-prefix"),
+        pytest.param("http://2130706433/api/v1", id="integer-ip"),
+        pytest.param("HTTP://API.WACHAT.EXAMPLE/api/v1", id="upper-case-scheme"),
+    ],
+)
+def test_plain_http_to_a_non_loopback_host_is_refused(base_url: str) -> None:
+    """The key would travel in clear text: the client refuses to be built, naming the fix."""
+    with pytest.raises(ConfigurationError, match="allow_insecure_http"):
+        WachatClient(api_key=KEY, base_url=base_url)
+
+
+@pytest.mark.parametrize("mode", ["save_qr_image", "QRImage.save"])
+async def test_saved_png_is_owner_only(mode: str, guard: Guard, tmp_path: Path) -> None:
+    """A saved QR (a live login credential for the instance) is created mode 0600."""
+    target = tmp_path / "qr.png"
+    async with RawServer([_png_response()]) as server, hostile_client(server.base_url) as client:
+        if mode == "save_qr_image":
+            await client.save_qr_image(NAME, target)
+        else:
+            (await client.get_qr_image(NAME)).save(target)
+    assert target.read_bytes() == PNG
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert_no_partial_files(tmp_path, allowed=["qr.png"])
