@@ -453,21 +453,25 @@ def test_show_of_a_png_without_a_qr_is_exit_7(
     [
         pytest.param(1, 0, None, "L", id="scale-1-no-border"),
         pytest.param(4, 4, None, "L", id="scale-4"),
-        pytest.param(3, 1, (173, 173), "L", id="non-integer-scale"),
+        pytest.param(3, 1, (173, 173, Image.Resampling.NEAREST), "L", id="non-integer-scale"),
+        pytest.param(4, 4, (173, 173, Image.Resampling.BILINEAR), "L", id="bilinear"),
+        pytest.param(4, 4, (250, 250, Image.Resampling.BICUBIC), "L", id="bicubic-anti-aliased"),
+        pytest.param(8, 4, (300, 300, Image.Resampling.LANCZOS), "L", id="lanczos-anti-aliased"),
         pytest.param(5, 2, None, "RGBA", id="transparent-background"),
         pytest.param(2, 4, None, "P", id="palette"),
     ],
 )
 def test_qr_modules_recovers_the_matrix(
-    scale: int, border: int, resize: tuple[int, int] | None, mode: str
+    scale: int, border: int, resize: tuple[int, int, Image.Resampling] | None, mode: str
 ) -> None:
-    """Any module size, quiet zone or colour mode gives back segno's own matrix."""
+    """Any module size, quiet zone, smoothing or colour mode gives back segno's own matrix."""
     qr = segno.make_qr("wachat-fake:t1_abc_store:7", error="m")
     buffer = io.BytesIO()
     qr.save(buffer, kind="png", scale=scale, border=border)
     picture = Image.open(io.BytesIO(buffer.getvalue())).convert("L")
     if resize is not None:
-        picture = picture.resize(resize, Image.Resampling.NEAREST)
+        width, height, resample = resize
+        picture = picture.resize((width, height), resample)
     if mode == "RGBA":
         rgba = Image.new("RGBA", picture.size, (0, 0, 0, 0))
         rgba.putalpha(picture.point(lambda v: 255 if v < 128 else 0))

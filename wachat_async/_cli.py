@@ -272,8 +272,8 @@ def qr_modules(png: bytes) -> list[list[bool]]:
 
     The symbol is the bounding box of the dark pixels; the module size comes from the top-left
     finder pattern (7 modules wide), snapped to a real QR size (21 + 4k modules), and each
-    module is sampled at its centre, so any scale (even a non-integer one) and any quiet zone
-    work. Transparent pixels count as white. Raises ``ValueError`` when no QR-like symbol is
+    module is sampled at its centre, so any scale (even a non-integer one), smoothing from a
+    resize, and any quiet zone work. Transparent pixels count as white. Raises ``ValueError`` when no QR-like symbol is
     found.
     """
     _need("PIL")
@@ -297,9 +297,19 @@ def qr_modules(png: bytes) -> list[list[bool]]:
         assert isinstance(value, int)
         return value < 128
 
-    run = 0
-    while left + run < right and dark(left + run, top):
-        run += 1
+    def run_from_left(y: int) -> int:
+        x = left
+        while x < right and not dark(x, y):  # an anti-aliased corner may start light
+            x += 1
+        start = x
+        while x < right and dark(x, y):
+            x += 1
+        return x - start
+
+    # The finder's first module row is 7 modules of solid dark: take the longest run over the
+    # rows a module can span (a smoothed, scaled image blurs the very first row).
+    first_module_rows = max(1, (bottom - top) // 21)
+    run = max(run_from_left(y) for y in range(top, min(bottom, top + first_module_rows + 1)))
     if run < 7:
         raise ValueError("no QR finder pattern in the top-left corner of the image")
     estimate = (right - left) / (run / 7)
