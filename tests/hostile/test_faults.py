@@ -834,7 +834,7 @@ def test_cli_fetch_against_fault(
 
 @pytest.mark.xfail(
     strict=True,
-    reason="aiohttp (upstream): a pooled idle connection is reused when only is_connected() "
+    reason="aiohttp#13656 (upstream): a pooled idle connection is reused when only is_connected() "
     "is true, so bytes the server sent unasked (a second response) are taken as the answer to "
     "the next request; BaseConnector._get should also skip protocols whose should_close is "
     "true (buffered data). Client-side mitigation: none short of force_close",
