@@ -201,6 +201,28 @@ def test_missing_cli_extra_prints_the_install_hint(
     assert "pip install 'wachat-async[cli]'" in result.err
 
 
+def test_poll_json_works_without_rich(
+    run: Callable[..., Run], env: FakeWachatServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Scripts need no extra: poll --json runs without rich (and without a progress bar)."""
+    monkeypatch.setitem(sys.modules, "rich", None)
+    result = run("poll", NAME, "--json")
+    assert result.code == 0
+    assert json.loads(result.out)["ok"] is True
+    assert result.err == ""
+
+
+def test_a_very_short_key_does_not_garble_the_output(
+    run: Callable[..., Run], fake: FakeWachatServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The redaction safety net skips keys too short to be secrets ("x" is in "extra")."""
+    monkeypatch.setenv("WACHAT_API_KEY", "x")
+    monkeypatch.setitem(sys.modules, "rich", None)
+    result = run("poll", NAME, "--base-url", fake.base_url)
+    assert result.code == 2
+    assert "'cli' extra" in result.err
+
+
 def test_python_dash_m_runs_main(tmp_path: Path) -> None:
     """python -m wachat_async is the same program, with main's exit status."""
     done = subprocess.run(  # noqa: S603 - our own interpreter and module

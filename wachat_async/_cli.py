@@ -172,6 +172,9 @@ class _MissingExtra(Exception):
 # --------------------------------------------------------------------------------------------
 
 
+_MIN_REDACTED_KEY: Final = 6
+
+
 class _Out:
     """Where a command writes. stdout carries results, stderr progress, warnings and errors.
 
@@ -180,7 +183,9 @@ class _Out:
 
     def __init__(self, quiet: bool, secrets_: Sequence[str]) -> None:
         self.quiet = quiet
-        self.secrets = [s for s in secrets_ if s]
+        # A key of a few characters would turn every "x" of the output into [REDACTED]; keys
+        # that short are no secret anyway (real ones are long, and the client never prints them).
+        self.secrets = [s for s in secrets_ if len(s) >= _MIN_REDACTED_KEY]
 
     def clean(self, text: str) -> str:
         return redact(text, self.secrets)
@@ -247,13 +252,16 @@ class _LogHandler(logging.Handler):
 _EXTRA_MODULES: Final = {"rich": "rich", "PIL": "Pillow", "segno": "segno"}
 
 
+def _has(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
+
+
 def _need(*modules: str) -> None:
-    missing = []
-    for module in modules:
-        try:
-            importlib.import_module(module)
-        except ImportError:
-            missing.append(_EXTRA_MODULES.get(module, module))
+    missing = [_EXTRA_MODULES.get(module, module) for module in modules if not _has(module)]
     if missing:
         raise _MissingExtra(
             f"this command needs {', '.join(missing)}, from the 'cli' extra: {INSTALL_HINT}"
@@ -273,8 +281,8 @@ def qr_modules(png: bytes) -> list[list[bool]]:
     The symbol is the bounding box of the dark pixels; the module size comes from the top-left
     finder pattern (7 modules wide), snapped to a real QR size (21 + 4k modules), and each
     module is sampled at its centre, so any scale (even a non-integer one), smoothing from a
-    resize, and any quiet zone work. Transparent pixels count as white. Raises ``ValueError`` when no QR-like symbol is
-    found.
+    resize, and any quiet zone work. Transparent pixels count as white. Raises ``ValueError``
+    when no QR-like symbol is found.
     """
     _need("PIL")
     from PIL import Image
@@ -540,7 +548,9 @@ async def _poll_fleet(
     fleet = _Fleet(len(distinct))
     if out_dir is not None:
         _make_dir(out_dir)
-    show_progress = not out.quiet
+    # The tables need rich; --json and --quiet do not, so scripts work without the extra
+    # (--json then simply shows no progress bar).
+    show_progress = not out.quiet and (not json_lines or _has("rich"))
     progress = None
     if show_progress:
         _need("rich")
