@@ -45,8 +45,7 @@ def outputs(notebook: Any) -> list[dict[str, Any]]:
 
 
 def test_notebook_runs_and_shows_the_qr_inline(executed: Any) -> None:
-    """Every cell runs; the QRImage cell renders as an inline PNG, and the fleet poll reports
-    its progress and the two expected failures."""
+    """Every cell runs: the QR shows inline, the fleet poll reports progress and two failures."""
     results = outputs(executed)
     assert not [o for o in results if o["output_type"] == "error"]
     pngs = [o["data"]["image/png"] for o in results if "image/png" in o.get("data", {})]
