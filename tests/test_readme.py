@@ -48,10 +48,11 @@ async def test_ten_line_example_runs_against_the_fake_server(
     assert KEY not in out.decode() + err.decode()
 
 
-async def test_fake_server_example_is_a_passing_test() -> None:
-    """The 'Testing your own code' example passes when run as a test."""
+async def test_fake_server_example_is_a_passing_test(wachat_server: FakeWachatServer) -> None:
+    """The 'Testing your own code' example passes when run as a test with the fixture."""
     namespace: dict[str, object] = {}
-    exec(block_containing("async def test_my_code"), namespace)  # noqa: S102
-    test = namespace["test_my_code"]
+    exec(block_containing("async def test_qr_survives_a_502"), namespace)  # noqa: S102
+    test = namespace["test_qr_survives_a_502"]
     assert callable(test)
-    await test()
+    await test(wachat_server)
+    assert wachat_server.request_count("t1_abc_store") == 3
