@@ -73,9 +73,11 @@ def exception_chain(exc: BaseException) -> Iterator[BaseException]:
         todo += list(getattr(current, "exceptions", ()))
 
 
-def exception_texts(exc: BaseException) -> Iterator[tuple[str, str]]:
-    """(where, text) for everything a user or a log could see of *exc* and its chain."""
-    yield "formatted traceback", "".join(traceback.format_exception(exc))
+def exception_texts(exc: BaseException, *, formatted: bool = True) -> Iterator[tuple[str, str]]:
+    """(where, text) for everything a user or a log could see of *exc* and its chain (and, if
+    *formatted*, the whole traceback as printed)."""
+    if formatted:
+        yield "formatted traceback", "".join(traceback.format_exception(exc))
     for link in exception_chain(exc):
         label = type(link).__name__
         yield f"str({label})", str(link)
@@ -88,9 +90,9 @@ def exception_texts(exc: BaseException) -> Iterator[tuple[str, str]]:
             yield f"{label}.{attr}", f"{value!s} {value!r}"
 
 
-def assert_clean_exception(exc: BaseException) -> None:
+def assert_clean_exception(exc: BaseException, *, formatted: bool = True) -> None:
     """No form of the key anywhere in *exc*, its chain, notes, attributes or traceback."""
-    for where, text in exception_texts(exc):
+    for where, text in exception_texts(exc, formatted=formatted):
         assert_clean_text(text, where)
 
 
@@ -166,9 +168,10 @@ class Guard:
         self.caplog = caplog
         self.exceptions: list[BaseException] = []
 
-    def exception(self, exc: BaseException) -> None:
-        """Check *exc* now (and keep it for the teardown report)."""
-        assert_clean_exception(exc)
+    def exception(self, exc: BaseException, *, formatted: bool = True) -> None:
+        """Check *exc* now (and keep it for the teardown report). Formatting the traceback is
+        the slow part; a test checking thousands of alike errors may do it for a sample."""
+        assert_clean_exception(exc, formatted=formatted)
         self.exceptions.append(exc)
 
     def text(self, text: str, where: str) -> None:
@@ -223,9 +226,10 @@ def collect_garbage() -> list[str]:
 @pytest.fixture(scope="package", autouse=True)
 def _frozen_heap() -> Iterator[None]:
     """Freeze the objects alive before this package runs, so the per-test ``gc.collect()``
-    scans only what the test made (a full collection of the whole test session's heap, four
-    times per case, would dominate the suite's run time)."""
-    gc.collect()
+    scans only what the test made (a full collection of the whole test session's heap, twice
+    per case, would dominate the suite's run time). Garbage left by earlier test files is
+    collected first, and whatever it complains about is theirs, not this package's."""
+    collect_garbage()
     gc.freeze()
     yield
     gc.unfreeze()
@@ -235,7 +239,6 @@ def _frozen_heap() -> Iterator[None]:
 async def guard(caplog: pytest.LogCaptureFixture) -> AsyncIterator[Guard]:
     """Resource and secret checks around one hostile test (see the module docstring)."""
     caplog.set_level(logging.DEBUG)
-    collect_garbage()  # earlier tests' garbage is not this test's fault
     baseline = set(asyncio.all_tasks())
     checker = Guard(caplog)
     yield checker

@@ -471,9 +471,9 @@ CASES: dict[str, Case] = {
     "502-error-body-stalls": Case(
         _fixed(_status(502, b"x" * 100, content_length=1000), Hang()),
         QRFetchFailedError,
-        attrs={"attempts": 2, "body": "x" * 100},
-        policy={"max_attempts": 2},
-        requests=2,
+        attrs={"attempts": 1, "body": "x" * 100},
+        policy={"max_attempts": 1},
+        requests=1,
     ),
     # -- redirects (never followed) -----------------------------------------------------------
     "redirect-302-to-other-host": Case(

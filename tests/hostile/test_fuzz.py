@@ -37,7 +37,7 @@ FUZZ = settings(
     derandomize=True,
     database=None,
     deadline=None,
-    max_examples=300,
+    max_examples=120,
     suppress_health_check=[HealthCheck.too_slow],
 )
 PNG = make_png(29, 29)
@@ -358,7 +358,7 @@ def http_responses(draw: st.DrawFn) -> bytes:
     return head.encode("latin-1", "replace") + b"\r\n" + body
 
 
-@settings(FUZZ, max_examples=150)
+@settings(FUZZ, max_examples=100)
 @given(http_responses())
 def test_any_response_gives_a_qrimage_or_a_clean_wachat_error(
     harness: _Harness, response: bytes

@@ -137,25 +137,29 @@ def _script() -> Callable[[RecordedRequest], Sequence[Any]]:
 
 
 def _soak_client(server: RawServer) -> WachatClient:
-    # An unlimited budget keeps "502-then-ok" deterministic; the budget has its own tests.
-    # With 100 calls in flight on one loop (server included) a busy machine can delay a read by
-    # a few hundred ms, so the read timeout is a whole second here: only the stalls reach it.
+    # An unlimited budget keeps "502-then-ok" deterministic; the budget has its own tests. Two
+    # attempts are enough to mix retries in (and keep the soak's request count near 2 per call).
+    # With 100 calls in flight on one loop (server included) a busy machine can delay a read,
+    # so the read timeout is longer here than in the matrix: only the stalls reach it.
     return hostile_client(
         server.base_url,
-        retry=RetryPolicy(zero_wait=True),
+        retry=RetryPolicy(zero_wait=True, max_attempts=2),
         retry_budget=RetryBudget.unlimited(),
         max_image_bytes=CAP,
-        timeout=aiohttp.ClientTimeout(total=10.0, sock_connect=5.0, sock_read=1.0),
+        timeout=aiohttp.ClientTimeout(total=10.0, sock_connect=5.0, sock_read=0.5),
     )
 
 
-def _check(outcome: object, fault: str, guard: Guard) -> None:
+def _check(outcome: object, fault: str, guard: Guard, sampled: set[object]) -> None:
     expected = FAULTS[fault][1]
     if expected is None:
         assert outcome == PNG, f"{fault}: {outcome!r}"
     else:
         assert isinstance(outcome, expected), f"{fault}: {type(outcome).__name__}: {outcome}"
-        guard.exception(outcome)
+        # Every error is checked; the full printed traceback once per fault and error type.
+        kind = (fault, type(outcome))
+        guard.exception(outcome, formatted=kind not in sampled)
+        sampled.add(kind)
 
 
 async def _one(client: WachatClient, mode: str, name: str, folder: Path) -> bytes:
@@ -195,8 +199,9 @@ async def test_soak_mixed_faults_one_outcome_per_call(guard: Guard, tmp_path: Pa
         if isinstance(outcome, BaseException) and not isinstance(outcome, WachatError)
     ]
     assert not foreign, f"{len(foreign)} non-WachatError outcomes, e.g. {foreign[:3]}"
+    sampled: set[object] = set()
     for (name, _), (outcome,) in zip(plan, outcomes, strict=True):
-        _check(outcome, name.partition(".")[2], guard)
+        _check(outcome, name.partition(".")[2], guard, sampled)
     saved = [
         f"{name}.png"
         for (name, mode), (outcome,) in zip(plan, outcomes, strict=True)
@@ -208,9 +213,9 @@ async def test_soak_mixed_faults_one_outcome_per_call(guard: Guard, tmp_path: Pa
 
 
 async def test_soak_fetch_many_one_result_per_name(guard: Guard) -> None:
-    """fetch_many over 600 hostile instances yields exactly one right QRResult per name."""
+    """fetch_many over 300 hostile instances yields exactly one right QRResult per name."""
     rng = random.Random(SEED + 1)
-    names = [f"{i}.{rng.choice(list(FAULTS))}" for i in range(600)]
+    names = [f"{i}.{rng.choice(list(FAULTS))}" for i in range(300)]
     async with RawServer(_script()) as server, _soak_client(server) as client:
         server.peer_unread = unread_by(client)
 
@@ -220,6 +225,7 @@ async def test_soak_fetch_many_one_result_per_name(guard: Guard) -> None:
         results = await asyncio.wait_for(collect(), BOUND)
         assert_pool_clean(client)
     assert sorted(r.instance_name for r in results) == sorted(names)
+    sampled: set[object] = set()
     for result in results:
         outcome = result.image.data if result.ok else result.error
-        _check(outcome, result.instance_name.partition(".")[2], guard)
+        _check(outcome, result.instance_name.partition(".")[2], guard, sampled)
