@@ -29,6 +29,7 @@ from ._errors import (
     WachatTimeoutError,
 )
 from ._models import InstanceState, QRImage, QRResult
+from ._polling import FetchMany
 from ._retry import RetryBudget, RetryEvent, RetryPolicy
 from ._urls import DEFAULT_BASE_URL, ApiKeyExposureWarning, build_qr_image_url, qr_img_tag
 from ._version import __version__
@@ -40,6 +41,7 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "ConfigurationError",
+    "FetchMany",
     "GatewayTimeoutError",
     "InstanceNotFoundError",
     "InstanceState",

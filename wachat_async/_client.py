@@ -38,6 +38,7 @@ from ._errors import (
     status_error,
 )
 from ._models import InstanceState, QRImage, QRResult, check_png_end, png_dimensions
+from ._polling import FetchMany, fetch_many, watch_qr
 from ._redact import excerpt, redact
 from ._retry import RetryBudget, RetryEvent, RetryPolicy, parse_retry_after
 from ._urls import DEFAULT_BASE_URL, _build_qr_image_url, _qr_image_endpoint
@@ -317,11 +318,15 @@ class WachatClient:
         *,
         concurrency: int = 32,
         on_progress: Callable[[QRResult], object] | None = None,
-    ) -> AsyncIterator[QRResult]:
-        """Fetch many QR codes with bounded concurrency; yield a :class:`QRResult` per
-        distinct name as each completes. See :func:`wachat_async._polling.fetch_many`."""
-        from ._polling import fetch_many
+    ) -> FetchMany:
+        """Fetch many QR codes, *concurrency* at a time; one :class:`QRResult` per distinct
+        name as each completes.
 
+        Returns a :class:`FetchMany`: iterate it, ideally inside ``async with`` so that leaving
+        the block cancels what is still in flight. *concurrency* is capped at the client's
+        ``max_connections``, so waiting for a turn happens in the workers, never inside a
+        request's timeout. See :func:`wachat_async._polling.fetch_many`.
+        """
         return fetch_many(
             self.get_qr_image,
             instance_names,
@@ -345,8 +350,6 @@ class WachatClient:
         (401/403/404/409, ...) are raised. With *until_connected* the watch ends cleanly once
         :meth:`get_instance_state` reports ``"open"``. See :func:`wachat_async._polling.watch_qr`.
         """
-        from ._polling import watch_qr
-
         name = check_instance_name(instance_name)
         return watch_qr(
             self.get_qr_image,
