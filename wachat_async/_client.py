@@ -39,7 +39,7 @@ from ._errors import (
 )
 from ._models import InstanceState, QRImage, QRResult, check_png_end, png_dimensions
 from ._polling import FetchMany, fetch_many, watch_qr
-from ._redact import excerpt, redact
+from ._redact import Secret, excerpt, redact
 from ._retry import RetryBudget, RetryEvent, RetryPolicy, parse_retry_after
 from ._urls import DEFAULT_BASE_URL, _build_qr_image_url, _qr_image_endpoint
 from ._validate import check_api_key, check_instance_name
@@ -135,7 +135,7 @@ class WachatClient:
                 "No Wachat API key: pass WachatClient(api_key=...) or set WACHAT_API_KEY"
             )
         try:
-            self._api_key = check_api_key(key)
+            self._api_key = Secret(check_api_key(key))
         except (TypeError, ValueError) as exc:
             raise ConfigurationError(str(exc)) from None
         base = base_url or os.environ.get("WACHAT_BASE_URL") or DEFAULT_BASE_URL
@@ -176,7 +176,7 @@ class WachatClient:
         )
         ua = user_agent or f"wachat-async/{__version__} aiohttp/{aiohttp.__version__}"
         self._image_headers = {
-            "Authorization": f"Bearer {self._api_key}",
+            "Authorization": Secret(f"Bearer {self._api_key}"),
             "User-Agent": ua,
             "Accept": "image/png",
         }
@@ -468,11 +468,12 @@ class WachatClient:
             resp.close()
         try:
             payload = json.loads(raw)
-            instance = payload.get("instance") or {}
-            nested = (payload.get("data") or {}).get("instance") or {}
-            state = instance.get("state", nested.get("state"))
-        except (ValueError, AttributeError, RecursionError):
-            state = None
+        except (ValueError, RecursionError):  # deeply nested JSON recurses
+            payload = None
+        instance = _field(payload, "instance")
+        state = instance.get("state")
+        if state is None:
+            state = _field(_field(payload, "data"), "instance").get("state")
         if not isinstance(state, str):
             raise InvalidResponseError(
                 "GET /instance/state returned no state string: "
@@ -626,6 +627,13 @@ class WachatClient:
                 exc.attempts = retry.attempts
                 exc._note(retry.summary())
             raise
+
+
+def _field(obj: object, key: str) -> dict[str, Any]:
+    """``obj[key]`` when both are JSON objects, else an empty dict: untrusted JSON never
+    raises while we look for the state."""
+    value = obj.get(key) if isinstance(obj, dict) else None
+    return value if isinstance(value, dict) else {}
 
 
 async def _no_sleep(seconds: float) -> None:

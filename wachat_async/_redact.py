@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable
 from urllib.parse import quote, quote_plus
 
-__all__ = ["REDACTED", "excerpt", "redact"]
+__all__ = ["REDACTED", "Secret", "excerpt", "redact"]
 
 REDACTED = "[REDACTED]"
 
@@ -20,13 +20,28 @@ REDACTED = "[REDACTED]"
 # parameter and a bearer token. Whatever follows them up to a delimiter is hidden.
 _GENERIC = re.compile(
     r"(?P<prefix>(?:api[_-]?key|access[_-]?token|token)[\"']?\s*[=:]\s*[\"']?|bearer\s+)"
-    r"(?P<secret>[^\s&\"'<>,;)}\]]+)",
+    r"(?!\[REDACTED\])(?P<secret>[^\s&\"'<>,;)}\]]+)",
     re.IGNORECASE,
 )
 # Control characters, and lone surrogates (what aiohttp's surrogateescape decoding makes of
 # non-UTF-8 header bytes: they cannot be written as UTF-8, so they must not reach a message).
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]+")
 _SPACE = re.compile(r"\s+")
+
+
+class Secret(str):
+    """A ``str`` whose ``repr`` hides it.
+
+    Used for the API key and the ``Authorization`` header value: a traceback printed with its
+    frames' locals (``rich``, ``pytest --showlocals``, ``traceback`` with ``capture_locals``)
+    shows ``repr()`` of every local, and these values sit in locals on every request path.
+    ``str()``, formatting and comparison still give the real value.
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return repr(REDACTED)
 
 
 @functools.lru_cache(maxsize=32)
