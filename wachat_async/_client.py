@@ -289,7 +289,9 @@ class WachatClient:
 
         The body goes to a temporary file in the target folder, which is renamed into place
         only once the whole PNG has arrived and validated. On any error or cancellation the
-        temporary file is removed and *path* is left as it was.
+        temporary file is removed and *path* is left as it was. The file is created readable by
+        its owner only (mode 0600, like any ``mkstemp`` file): whoever scans the QR links a
+        phone to the instance. ``chmod`` it if another user must serve it.
         """
         name = check_instance_name(instance_name)
         target = Path(path)

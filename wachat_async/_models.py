@@ -138,7 +138,8 @@ class QRImage:
         """Write the PNG to *path* atomically (temp file in the same folder, then rename).
 
         Blocking, but the write is a few kilobytes; use ``WachatClient.save_qr_image`` to
-        stream straight from the network to disk.
+        stream straight from the network to disk. The file is readable by its owner only
+        (mode 0600): whoever scans the QR links a phone to the instance.
         """
         target = Path(path)
         _write_atomically(target, self.data)
