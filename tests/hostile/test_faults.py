@@ -306,6 +306,46 @@ CASES: dict[str, Case] = {
         attrs={"truncated": True},
         requests=1,
     ),
+    # -- framing the parser must refuse (request-smuggling shapes, oversized heads) ------------
+    "content-length-and-chunked": Case(
+        _fixed(Send(_chunked_head("Content-Length: 10") + chunked(PNG))),
+        WachatConnectionError,
+        requests=1,
+    ),
+    "duplicate-content-length": Case(
+        _fixed(
+            Send(
+                http_response(200, PNG, headers=[("Content-Length", str(len(PNG) + 5))]),
+            ),
+            Close(),
+        ),
+        WachatConnectionError,
+        requests=1,
+    ),
+    "content-length-with-sign": Case(
+        _fixed(_png_response(content_length=None, headers=[("Content-Length", f"+{len(PNG)}")])),
+        WachatConnectionError,
+    ),
+    "chunk-size-overflow": Case(
+        _fixed(Send(_chunked_head() + b"f" * 20 + b"\r\n" + PNG), Close()),
+        WachatConnectionError,
+    ),
+    "header-line-over-8k": Case(
+        _fixed(_png_response(headers=[("X-Long", "a" * 9000)])), WachatConnectionError
+    ),
+    "twenty-thousand-headers": Case(
+        _fixed(_png_response(headers=[(f"X-{i}", "v") for i in range(20_000)])),
+        WachatConnectionError,
+    ),
+    "status-code-out-of-range": Case(
+        _fixed(Send(b"HTTP/1.1 99999 Nope\r\n\r\n"), Close()), WachatConnectionError
+    ),
+    "http-1.0-close-delimited-png": Case(
+        _fixed(Send(b"HTTP/1.0 200 OK\r\nContent-Type: image/png\r\n\r\n" + PNG), Close()), None
+    ),
+    "unsupported-content-encoding-br": Case(
+        _fixed(_png_response(headers=[("Content-Encoding", "br")])), WachatConnectionError
+    ),
     # -- content encodings ---------------------------------------------------------------------
     "gzip-png": Case(
         _fixed(_png_response(gzip_bytes(PNG), headers=[("Content-Encoding", "gzip")])), None
@@ -582,6 +622,19 @@ ECHO_CASES: dict[str, Case] = {
     ),
     "echo-chunk-size": Case(
         _fixed(Send(_chunked_head() + f"{KEY}\r\n".encode()), Close()), WachatConnectionError
+    ),
+    "echo-long-header-line": Case(
+        _fixed(_png_response(headers=[("X-Long", "a" * 9000 + KEY)])), WachatConnectionError
+    ),
+    "echo-chunk-extension": Case(
+        _fixed(Send(_chunked_head() + b"%x;ext=%s\r\n" % (len(PNG), KEY.encode()) + PNG)),
+        WachatConnectionError,
+    ),
+    "echo-trailer-of-valid-png": Case(
+        _fixed(
+            Send(_chunked_head() + chunked(PNG, end=False) + f"0\r\nX-Key: {KEY}\r\n\r\n".encode())
+        ),
+        None,
     ),
     "echo-content-type": Case(
         _fixed(Send(http_response(200, b"x", content_type=KEY))), InvalidImageError
@@ -1017,4 +1070,77 @@ async def test_saved_png_is_owner_only(mode: str, guard: Guard, tmp_path: Path) 
             (await client.get_qr_image(NAME)).save(target)
     assert target.read_bytes() == PNG
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert_no_partial_files(tmp_path, allowed=["qr.png"])
+
+
+# -- the caller's side of the stream --------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["break-after-first-chunk", "raise-in-block", "never-iterate"])
+async def test_half_read_stream_never_poisons_the_next_call(how: str, guard: Guard) -> None:
+    """Leaving a stream early closes its connection; the next call gets its own, whole body."""
+    # `first` is far bigger than what the client buffers, so it is still arriving when the
+    # caller leaves; a half-read connection returned to the pool would hand the rest of it to
+    # the next call (both responses are keep-alive).
+    first, second = PNG[:33] + bytes(2 * 1024**2), make_png(20, 20)
+
+    def script(request: RecordedRequest) -> list[Any]:
+        return [_png_response(first if request.instance_name == "first" else second)]
+
+    async with RawServer(script) as server, hostile_client(server.base_url) as client:
+        with contextlib.suppress(LookupError):
+            async with client.stream_qr_image("first", chunk_size=16) as stream:
+                if how == "raise-in-block":
+                    raise LookupError("the caller's own error")
+                if how == "break-after-first-chunk":
+                    async for _ in stream:
+                        break
+        assert_pool_clean(client)
+        assert (await client.get_qr_image("second")).data == second
+        assert_pool_clean(client)
+    assert [r.instance_name for r in server.requests] == ["first", "second"]
+    assert server.connections == 2
+
+
+async def test_failed_response_is_released_before_the_retry_wait(guard: Guard) -> None:
+    """When on_retry runs (just before the backoff wait) no connection is checked out."""
+    checked_out: list[int] = []
+    clients: list[WachatClient] = []
+
+    def on_retry(event: RetryEvent) -> None:
+        checked_out.append(sum(1 for _ in _acquired(clients[0])))
+
+    async with RawServer([_status(502, b"busy")]) as server:
+        policy = RetryPolicy(zero_wait=True, on_retry=on_retry)
+        async with hostile_client(server.base_url, retry=policy) as client:
+            clients.append(client)
+            with pytest.raises(QRFetchFailedError) as info:
+                await client.get_qr_image(NAME)
+            assert_pool_clean(client)
+    guard.exception(info.value)
+    assert checked_out == [0, 0, 0]
+    assert len(server.requests) == 4
+
+
+def _acquired(client: WachatClient) -> Iterator[object]:
+    session = client._session
+    assert session is not None
+    assert session.connector is not None
+    yield from session.connector._acquired
+
+
+async def test_deadline_cancels_a_stalled_attempt_cleanly(guard: Guard, tmp_path: Path) -> None:
+    """The policy's deadline ends a call stuck on a silent server: typed error, nothing left."""
+    (tmp_path / "qr.png").write_bytes(OLD)
+    async with (
+        RawServer([Send(http_response(200, PNG)[:-30]), Hang()]) as server,
+        hostile_client(
+            server.base_url, timeout=30.0, retry=RetryPolicy(zero_wait=True, deadline=0.2)
+        ) as client,
+    ):
+        with pytest.raises(WachatTimeoutError, match="deadline") as info:
+            await client.save_qr_image(NAME, tmp_path / "qr.png")
+        assert_pool_clean(client)
+    guard.exception(info.value)
+    assert (tmp_path / "qr.png").read_bytes() == OLD
     assert_no_partial_files(tmp_path, allowed=["qr.png"])
