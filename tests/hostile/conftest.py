@@ -246,4 +246,5 @@ async def guard(caplog: pytest.LogCaptureFixture) -> AsyncIterator[Guard]:
     assert not leftover, f"tasks left pending: {leftover}"
     problems = collect_garbage()
     assert not problems, f"resource problems after the test: {problems}"
+    gc.freeze()  # what survives is not this test's garbage: the next test scans only its own
     checker.logs()
