@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import aiohttp
 import pytest
 
 from wachat_async import (
@@ -238,6 +239,14 @@ CASES: dict[str, Case] = {
     ),
     "slow-drip-below-read-timeout": Case(
         _fixed(Drip(http_response(200, PNG), piece=16, delay=0.005)), None, requests=1
+    ),
+    # Slowloris: every byte arrives within the read timeout, the body never ends; only the
+    # per-attempt total bounds it.
+    "endless-drip-below-read-timeout": Case(
+        _fixed(Send(http_response(200, b"", content_length=10_000)), Drip(PNG * 100, 1, 0.02)),
+        WachatTimeoutError,
+        client={"timeout": aiohttp.ClientTimeout(total=0.4, sock_read=0.3)},
+        requests=1,
     ),
     "stalled-body-past-read-timeout": Case(
         _fixed(Send(http_response(200, PNG)[:-20]), Hang()), WachatTimeoutError, requests=1
