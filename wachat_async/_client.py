@@ -21,7 +21,7 @@ import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import aiohttp
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
@@ -396,7 +396,7 @@ class WachatClient:
             if resp.status == 200:
                 return resp
             failure = await self._status_error(resp, name)
-        raise failure
+        _raise_clean(failure)
 
     async def _open_png(self, name: str) -> aiohttp.ClientResponse:
         resp = await self._send(self._qr_url, name, self._image_headers)
@@ -420,7 +420,7 @@ class WachatClient:
                 content_length=length,
             )
         if failure is not None:
-            raise failure
+            _raise_clean(failure)
         return resp
 
     async def _open_stream(self, name: str, chunk_size: int) -> QRStream:
@@ -448,7 +448,7 @@ class WachatClient:
             failure = self._transport_error(exc, name)
         else:
             return QRImage.from_png(data, instance_name=name)
-        raise failure
+        _raise_clean(failure)
 
     async def _save_once(self, name: str, fh: Any) -> None:
         fh.seek(0)
@@ -509,7 +509,7 @@ class WachatClient:
             failure = self._transport_error(exc, name)
         else:
             failure = InvalidResponseError(f"response body over {limit} bytes", instance_name=name)
-        raise failure
+        _raise_clean(failure)
 
     async def _read_excerpt(self, resp: aiohttp.ClientResponse) -> str:
         """A short redacted excerpt of an error body; never raises, always releases *resp*."""
@@ -561,12 +561,28 @@ class WachatClient:
                 f"connection failed: {type(exc).__name__}: {excerpt(text, limit=300)}",
                 instance_name=name,
             )
-        # aiohttp's ClientResponseError repr shows the request headers, Authorization included.
-        if isinstance(exc, aiohttp.ClientResponseError) or self._api_key in repr(exc):
+        # aiohttp's ClientResponseError repr shows the request headers, Authorization included,
+        # and a parser error chained below an exception may quote the raw bytes a server sent.
+        if isinstance(exc, aiohttp.ClientResponseError) or self._chain_mentions_key(exc):
             error.__cause__ = _SanitizedCause(f"{type(exc).__name__}: {excerpt(text)}")
         else:
             error.__cause__ = exc
         return error
+
+    def _chain_mentions_key(self, exc: BaseException) -> bool:
+        """Whether the key appears in the str or repr of *exc* or anything chained to it."""
+        seen: set[int] = set()
+        todo: list[BaseException | None] = [exc]
+        while todo:
+            current = todo.pop()
+            if current is None or id(current) in seen:
+                continue
+            seen.add(id(current))
+            text = f"{current!s}{current!r}"
+            if redact(text, [self._api_key]) != text:
+                return True
+            todo += (current.__cause__, current.__context__)
+        return False
 
     # -- retries ---------------------------------------------------------------------------
 
@@ -629,6 +645,21 @@ class WachatClient:
                 exc.attempts = retry.attempts
                 exc._note(retry.summary())
             raise
+
+
+def _raise_clean(error: BaseException) -> NoReturn:
+    """Raise *error* with no implicit ``__context__``.
+
+    Our errors carry their real cause in ``__cause__``. On Python 3.10 a coroutine resumed by
+    aiohttp can still see an exception aiohttp handled elsewhere as "being handled", and Python
+    would attach it as ``__context__``: an unsanitised parser error that may quote bytes the
+    server sent (an echoed key included). Only failure paths come here.
+    """
+    try:
+        raise error
+    except BaseException as exc:
+        exc.__context__ = None
+        raise
 
 
 def _field(obj: object, key: str) -> dict[str, Any]:
@@ -846,7 +877,7 @@ class QRStream:
             )
         self._done = True
         self.close()
-        raise failure
+        _raise_clean(failure)
 
     def close(self) -> None:
         """Release the connection: back to the pool if the body was read to its end, else
