@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import array
 import asyncio
-import fcntl
 import gc
 import logging
 import sys
-import termios
 import traceback
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
@@ -129,7 +127,13 @@ def client_sockets(client: WachatClient) -> Iterator[Any]:
 
 
 def unread_bytes(sock: Any) -> int:
-    """Bytes the kernel holds for *sock* that its owner has not read yet (``FIONREAD``)."""
+    """Bytes the kernel holds for *sock* that its owner has not read yet (``FIONREAD``; 0
+    where that ioctl does not exist, i.e. Windows, where resets are then not synchronised)."""
+    try:
+        import fcntl
+        import termios
+    except ImportError:  # pragma: no cover - not POSIX
+        return 0
     count = array.array("i", [0])
     fcntl.ioctl(sock.fileno(), termios.FIONREAD, count)
     return count[0]
