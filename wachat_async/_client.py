@@ -66,7 +66,9 @@ _TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
 
 
 def _is_loopback(host: str) -> bool:
-    if host == "localhost" or host.endswith(".localhost"):
+    """Literal ``localhost`` or a loopback IP (other names go through a resolver we do not
+    control, so they do not count)."""
+    if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
@@ -512,14 +514,19 @@ class WachatClient:
         _raise_clean(failure)
 
     async def _read_excerpt(self, resp: aiohttp.ClientResponse) -> str:
-        """A short redacted excerpt of an error body; never raises, always releases *resp*."""
+        """A short redacted excerpt of an error body; never raises, always releases *resp*
+        (back to the pool when the body was read to its end, so a 502 storm reuses
+        connections; closed otherwise)."""
+        raw = b""
         try:
-            raw = b""
             with suppress(*_TRANSPORT_ERRORS):
                 while len(raw) < _ERROR_BODY_LIMIT and (chunk := await resp.content.read(_CHUNK)):
                     raw += chunk
         finally:
-            resp.close()
+            if resp.content.is_eof() and len(raw) < _ERROR_BODY_LIMIT:
+                resp.release()
+            else:
+                resp.close()
         text = raw[:_ERROR_BODY_LIMIT].decode("utf-8", "replace")
         if text[:1] in "{[" and text:
             try:

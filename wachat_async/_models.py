@@ -35,6 +35,8 @@ def png_dimensions(head: bytes, *, instance_name: str | None = None) -> tuple[in
     Needs the first 33 bytes. Raises :class:`InvalidImageError` when they are not the start of a
     PNG: wrong signature, first chunk not a 13-byte IHDR, bad CRC, or a zero or oversized side.
     """
+    if not head:
+        raise InvalidImageError("not a PNG: empty body", instance_name=instance_name)
     if len(head) < _HEADER_LEN:
         if PNG_SIGNATURE.startswith(head[:8]):
             raise InvalidImageError(

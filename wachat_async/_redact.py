@@ -80,6 +80,8 @@ def excerpt(text: str, secrets: Iterable[str] = (), *, limit: int = 500) -> str:
     runs of white space fold to one, and the result is cut at *limit* characters with an ellipsis.
     Redaction runs before cutting, so a key split by the cut cannot survive in part.
     """
+    if limit < 1:
+        raise ValueError("limit must be >= 1")
     text = redact(text, secrets)
     text = _SPACE.sub(" ", _CONTROL.sub(" ", text)).strip()
     if len(text) > limit:

@@ -83,7 +83,7 @@ def test_png_dimensions_only_raises_invalid_image(data: bytes) -> None:
         error = None
     if error is not None:
         assert error.instance_name == "x"
-        assert error.truncated == (len(data) < 33 and PNG_SIGNATURE.startswith(data[:8]))
+        assert error.truncated == (0 < len(data) < 33 and PNG_SIGNATURE.startswith(data[:8]))
     else:
         assert 0 < width < 2**31
         assert 0 < height < 2**31
