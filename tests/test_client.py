@@ -790,3 +790,28 @@ async def test_chunked_body_over_the_cap_stops_reading(encoding_server: str) -> 
             await c.get_qr_image("huge")
         assert_no_connection_checked_out(c)
     assert info.value.content_length is None
+
+
+async def test_state_body_cut_short_is_an_invalid_response_not_an_image_error() -> None:
+    """A JSON state body cut short is InvalidResponseError (there is no image involved)."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+            b'{"instance": '
+        )
+        await writer.drain()
+        writer.close()
+
+    raw = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = raw.sockets[0].getsockname()[1]
+    try:
+        async with WachatClient(api_key=KEY, base_url=f"http://127.0.0.1:{port}/api/v1") as c:
+            with pytest.raises(InvalidResponseError, match="cut short") as info:
+                await c.get_instance_state(NAME)
+            assert_no_connection_checked_out(c)
+    finally:
+        raw.close()
+        await raw.wait_closed()
+    assert not isinstance(info.value, InvalidImageError)

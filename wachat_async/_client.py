@@ -508,7 +508,7 @@ class WachatClient:
             else:
                 return b"".join(chunks)
         except _TRANSPORT_ERRORS as exc:
-            failure = self._transport_error(exc, name)
+            failure = self._transport_error(exc, name, png=False)
         else:
             failure = InvalidResponseError(f"response body over {limit} bytes", instance_name=name)
         _raise_clean(failure)
@@ -550,19 +550,23 @@ class WachatClient:
             body = f"redirect to {excerpt(location, [self._api_key], limit=200)} not followed"
         return status_error(status, instance_name=name, body=body, retry_after=retry_after)
 
-    def _transport_error(self, exc: BaseException, name: str) -> WachatError:
-        """Map an aiohttp/OS exception to ours, with a cause that cannot leak headers."""
+    def _transport_error(self, exc: BaseException, name: str, *, png: bool = True) -> WachatError:
+        """Map an aiohttp/OS exception to ours, with a cause that cannot leak headers.
+
+        A body cut short is an :class:`InvalidImageError` (``truncated``) when a PNG was being
+        read (*png*), else an :class:`InvalidResponseError`.
+        """
         text = redact(str(exc), [self._api_key])
         if isinstance(exc, asyncio.TimeoutError):
             error: WachatError = WachatTimeoutError(
                 f"request timed out ({type(exc).__name__})", instance_name=name
             )
         elif isinstance(exc, aiohttp.ClientPayloadError):
-            error = InvalidImageError(
-                f"response body cut short: {type(exc).__name__}: {excerpt(text, limit=200)}",
-                instance_name=name,
-                truncated=True,
-            )
+            message = f"response body cut short: {type(exc).__name__}: {excerpt(text, limit=200)}"
+            if png:
+                error = InvalidImageError(message, instance_name=name, truncated=True)
+            else:
+                error = InvalidResponseError(message, instance_name=name)
         else:
             error = WachatConnectionError(
                 f"connection failed: {type(exc).__name__}: {excerpt(text, limit=300)}",
