@@ -471,9 +471,9 @@ def _load() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mode", choices=("throughput", "storm", "all"), default="all")
-    parser.add_argument("--requests", type=int, default=5000, help="requests per client per round")
+    parser.add_argument("--requests", type=int, default=2000, help="requests per client per round")
     parser.add_argument("--concurrency", type=int, default=50)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=200, help="untimed requests per client")
     parser.add_argument("--storm-calls", type=int, default=1000)
     parser.add_argument("--storm-pool", type=int, default=100, help="connections per client")
