@@ -278,7 +278,9 @@ class ClientStats:
         return min(values), max(values)
 
 
-async def drive(fetch: Fetch, names: Sequence[str], concurrency: int) -> RunSample:
+async def drive(
+    fetch: Fetch, names: Sequence[str], concurrency: int, *, collect: bool = True
+) -> RunSample:
     """Fetch every name with ``concurrency`` workers; time wall clock and this process's CPU.
 
     Workers pull from one shared iterator (no task per request), so the harness itself costs
@@ -290,7 +292,8 @@ async def drive(fetch: Fetch, names: Sequence[str], concurrency: int) -> RunSamp
         for name in todo:
             await fetch(name)
 
-    gc.collect()
+    if collect:  # start every timed run from the same garbage state
+        gc.collect()
     wall0, cpu0 = time.perf_counter(), time.process_time()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     wall1, cpu1 = time.perf_counter(), time.process_time()
@@ -311,19 +314,25 @@ async def run_throughput(
     rounds: int,
     warmup: int = 200,
     progress: Callable[[str], None] | None = None,
+    collect: bool = True,
 ) -> list[ClientStats]:
-    """Interleaved rounds over all clients; each client keeps one warm pool for all rounds."""
+    """Interleaved rounds over all clients; each client keeps one warm pool for all rounds.
+
+    *collect* runs ``gc.collect()`` before every timed run (off only for quick smoke tests).
+    """
     names = instance_names(requests)
     stats = {name: ClientStats(name) for name in clients}
     order = list(clients)
     async with _open_all(t, clients) as fetchers:
         for name in order:  # warm-up: open connections, first-call imports, lazy sessions
             if warmup > 0:
-                await drive(fetchers[name], instance_names(warmup), min(concurrency, warmup))
+                await drive(
+                    fetchers[name], instance_names(warmup), min(concurrency, warmup), collect=False
+                )
         for r in range(rounds):
             shift = r % len(order)
             for name in order[shift:] + order[:shift]:
-                sample = await drive(fetchers[name], names, concurrency)
+                sample = await drive(fetchers[name], names, concurrency, collect=collect)
                 stats[name].samples.append(sample)
                 if progress is not None:
                     progress(
