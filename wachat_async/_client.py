@@ -403,9 +403,10 @@ class WachatClient:
     async def _open_png(self, name: str) -> aiohttp.ClientResponse:
         resp = await self._send(self._qr_url, name, self._image_headers)
         failure: WachatError | None = None
-        # The header is server-controlled text: it may echo the key or carry junk.
-        content_type = excerpt(resp.content_type.lower(), [self._api_key], limit=100)
-        if content_type != "image/png":
+        content_type = resp.content_type
+        if content_type != "image/png" and content_type.lower() != "image/png":
+            # Server-controlled text: it may echo the key or carry junk, so only an excerpt.
+            content_type = excerpt(content_type.lower(), [self._api_key], limit=100)
             detail = await self._read_excerpt(resp)
             failure = InvalidImageError(
                 f"expected image/png, got {content_type or 'no content type'}"

@@ -26,6 +26,8 @@ __all__ = ["PNG_SIGNATURE", "InstanceState", "QRImage", "QRResult", "png_dimensi
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 _HEADER_LEN = 33  # signature (8) + IHDR length/type (8) + IHDR data (13) + CRC (4)
+_PNG_START = PNG_SIGNATURE + b"\x00\x00\x00\x0dIHDR"  # signature, then a 13-byte IHDR
+_IHDR_FIELDS = struct.Struct(">II5xI")  # width, height, (depth..interlace), CRC
 _MAX_DIMENSION = 2**31 - 1  # the PNG spec's limit
 
 
@@ -35,30 +37,40 @@ def png_dimensions(head: bytes, *, instance_name: str | None = None) -> tuple[in
     Needs the first 33 bytes. Raises :class:`InvalidImageError` when they are not the start of a
     PNG: wrong signature, first chunk not a 13-byte IHDR, bad CRC, or a zero or oversized side.
     """
+    # Fast path (every successful fetch): one prefix test, one unpack, one CRC.
+    if len(head) >= _HEADER_LEN and head.startswith(_PNG_START):
+        width, height, crc = _IHDR_FIELDS.unpack_from(head, 16)
+        if (
+            zlib.crc32(head[12:29]) == crc
+            and 0 < width <= _MAX_DIMENSION
+            and 0 < height <= _MAX_DIMENSION
+        ):
+            return width, height
+    raise _png_error(head, instance_name)
+
+
+def _png_error(head: bytes, instance_name: str | None) -> InvalidImageError:
+    """Why *head* is not the start of a valid PNG (the slow path, for the message)."""
     if not head:
-        raise InvalidImageError("not a PNG: empty body", instance_name=instance_name)
+        return InvalidImageError("not a PNG: empty body", instance_name=instance_name)
     if len(head) < _HEADER_LEN:
         if PNG_SIGNATURE.startswith(head[:8]):
-            raise InvalidImageError(
+            return InvalidImageError(
                 f"PNG truncated: {len(head)} bytes, too short for its header",
                 instance_name=instance_name,
                 truncated=True,
             )
-        raise InvalidImageError("not a PNG: bad signature", instance_name=instance_name)
+        return InvalidImageError("not a PNG: bad signature", instance_name=instance_name)
     if head[:8] != PNG_SIGNATURE:
-        raise InvalidImageError("not a PNG: bad signature", instance_name=instance_name)
-    length, ctype = struct.unpack(">I4s", head[8:16])
-    if length != 13 or ctype != b"IHDR":
-        raise InvalidImageError("not a PNG: first chunk is not IHDR", instance_name=instance_name)
-    (crc,) = struct.unpack(">I", head[29:33])
+        return InvalidImageError("not a PNG: bad signature", instance_name=instance_name)
+    if not head.startswith(_PNG_START):
+        return InvalidImageError("not a PNG: first chunk is not IHDR", instance_name=instance_name)
+    width, height, crc = _IHDR_FIELDS.unpack_from(head, 16)
     if zlib.crc32(head[12:29]) != crc:
-        raise InvalidImageError("not a PNG: IHDR checksum mismatch", instance_name=instance_name)
-    width, height = struct.unpack(">II", head[16:24])
-    if not (0 < width <= _MAX_DIMENSION and 0 < height <= _MAX_DIMENSION):
-        raise InvalidImageError(
-            f"not a PNG: invalid dimensions {width}x{height}", instance_name=instance_name
-        )
-    return width, height
+        return InvalidImageError("not a PNG: IHDR checksum mismatch", instance_name=instance_name)
+    return InvalidImageError(
+        f"not a PNG: invalid dimensions {width}x{height}", instance_name=instance_name
+    )
 
 
 def check_png_end(data: bytes, *, instance_name: str | None = None) -> None:

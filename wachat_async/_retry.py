@@ -200,6 +200,8 @@ class RetryBudget:
     # Per-second slots of (deposits - withdrawals) over the last ttl seconds.
     _slots: list[float] = attrs.field(init=False, repr=False, eq=False)
     _slot_times: list[int] = attrs.field(init=False, repr=False, eq=False)
+    _second: int = attrs.field(default=-1, init=False, repr=False, eq=False)
+    _index: int = attrs.field(default=0, init=False, repr=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
         if self.ttl < 1:
@@ -214,11 +216,15 @@ class RetryBudget:
         return cls(min_retries_per_second=math.inf)
 
     def _slot(self) -> int:
+        """Index of the current second's slot, clearing it when a new second starts."""
         second = int(self.clock())
+        if second == self._second:  # the common case: same second as the last call
+            return self._index
         index = second % len(self._slots)
         if self._slot_times[index] != second:
             self._slot_times[index] = second
             self._slots[index] = 0.0
+        self._second, self._index = second, index
         return index
 
     @property
