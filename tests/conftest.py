@@ -4,16 +4,49 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import aiohttp
 import pytest
 
-from wachat_async import RetryPolicy, WachatClient
+from wachat_async import (
+    APIStatusError,
+    AuthenticationError,
+    BadRequestError,
+    GatewayTimeoutError,
+    InstanceNotFoundError,
+    QRFetchFailedError,
+    QRNotSupportedError,
+    RetryPolicy,
+    SubscriptionRestrictedError,
+    UnexpectedStatusError,
+    WachatClient,
+)
 from wachat_async.testing import FakeWachatServer
 
 #: A distinctive key, so a leak anywhere is easy to spot.
 KEY = "sk-live-TOPSECRET-0123456789abcdef"
 NAME = "t1_mq9r2jov_jakarta_store"
+
+
+#: The statuses Wachat documents for the QR route and the exception each maps to.
+STATUS_ERRORS: dict[int, type[APIStatusError]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    403: SubscriptionRestrictedError,
+    404: InstanceNotFoundError,
+    409: QRNotSupportedError,
+    502: QRFetchFailedError,
+    504: GatewayTimeoutError,
+}
+
+
+def status_cases(*statuses: int) -> list[Any]:
+    """``pytest.param(status, exception, id=status)`` for each status; undocumented ones map to
+    UnexpectedStatusError."""
+    return [
+        pytest.param(s, STATUS_ERRORS.get(s, UnexpectedStatusError), id=str(s)) for s in statuses
+    ]
 
 
 @pytest.fixture

@@ -19,13 +19,10 @@ import wachat_async
 from wachat_async import (
     APIStatusError,
     AuthenticationError,
-    BadRequestError,
     ConfigurationError,
-    GatewayTimeoutError,
     InstanceNotFoundError,
     InvalidImageError,
     InvalidResponseError,
-    QRFetchFailedError,
     QRImage,
     QRNotSupportedError,
     ResponseTooLargeError,
@@ -39,7 +36,14 @@ from wachat_async import (
 )
 from wachat_async.testing import FakeWachatServer, Fault
 
-from .conftest import KEY, NAME, assert_no_connection_checked_out, assert_no_key, exception_texts
+from .conftest import (
+    KEY,
+    NAME,
+    assert_no_connection_checked_out,
+    assert_no_key,
+    exception_texts,
+    status_cases,
+)
 
 PNG_1X1 = bytes.fromhex(
     "89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c489"
@@ -146,18 +150,7 @@ async def test_non_string_instance_name_is_a_type_error(client: WachatClient) ->
 
 @pytest.mark.parametrize(
     ("status", "exc_type"),
-    [
-        pytest.param(400, BadRequestError, id="400"),
-        pytest.param(401, AuthenticationError, id="401"),
-        pytest.param(403, SubscriptionRestrictedError, id="403"),
-        pytest.param(404, InstanceNotFoundError, id="404"),
-        pytest.param(409, QRNotSupportedError, id="409"),
-        pytest.param(502, QRFetchFailedError, id="502"),
-        pytest.param(504, GatewayTimeoutError, id="504"),
-        pytest.param(500, UnexpectedStatusError, id="500"),
-        pytest.param(429, UnexpectedStatusError, id="429"),
-        pytest.param(302, UnexpectedStatusError, id="302"),
-    ],
+    status_cases(400, 401, 403, 404, 409, 502, 504, 500, 429, 302),
 )
 async def test_every_status_maps_to_its_exception(
     server: FakeWachatServer, status: int, exc_type: type[APIStatusError]

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from tests.conftest import KEY, NAME, assert_no_connection_checked_out, assert_no_key
+from tests.conftest import KEY, NAME, assert_no_connection_checked_out, assert_no_key, status_cases
 from wachat_async import (
     AuthenticationError,
     BadRequestError,
@@ -705,13 +705,7 @@ async def test_transient_errors_are_logged_and_watching_goes_on(
 
 @pytest.mark.parametrize(
     ("status", "error"),
-    [
-        pytest.param(400, BadRequestError, id="400"),
-        pytest.param(403, SubscriptionRestrictedError, id="403"),
-        pytest.param(404, InstanceNotFoundError, id="404"),
-        pytest.param(409, QRNotSupportedError, id="409"),
-        pytest.param(418, UnexpectedStatusError, id="418"),
-    ],
+    status_cases(400, 403, 404, 409, 418),
 )
 async def test_terminal_errors_end_the_watch(
     still_server: FakeWachatServer,

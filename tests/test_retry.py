@@ -14,17 +14,12 @@ from hypothesis import strategies as st
 
 import wachat_async._client
 from wachat_async import (
-    AuthenticationError,
-    BadRequestError,
     GatewayTimeoutError,
     InstanceNotFoundError,
     QRFetchFailedError,
-    QRNotSupportedError,
     RetryBudget,
     RetryEvent,
     RetryPolicy,
-    SubscriptionRestrictedError,
-    UnexpectedStatusError,
     WachatClient,
     WachatConnectionError,
     WachatError,
@@ -33,7 +28,14 @@ from wachat_async import (
 from wachat_async._retry import backoff_wait, parse_retry_after
 from wachat_async.testing import FakeWachatServer, Fault
 
-from .conftest import KEY, NAME, assert_no_connection_checked_out, assert_no_key, exception_texts
+from .conftest import (
+    KEY,
+    NAME,
+    assert_no_connection_checked_out,
+    assert_no_key,
+    exception_texts,
+    status_cases,
+)
 
 
 class FakeClock:
@@ -235,15 +237,7 @@ async def test_504_storm_gives_up_after_max_attempts(server: FakeWachatServer) -
 
 @pytest.mark.parametrize(
     ("status", "exc_type"),
-    [
-        pytest.param(400, BadRequestError, id="400"),
-        pytest.param(401, AuthenticationError, id="401"),
-        pytest.param(403, SubscriptionRestrictedError, id="403"),
-        pytest.param(404, InstanceNotFoundError, id="404"),
-        pytest.param(409, QRNotSupportedError, id="409"),
-        pytest.param(500, UnexpectedStatusError, id="500"),
-        pytest.param(503, UnexpectedStatusError, id="503"),
-    ],
+    status_cases(400, 401, 403, 404, 409, 500, 503),
 )
 async def test_non_transient_statuses_are_tried_once(
     server: FakeWachatServer, status: int, exc_type: type[WachatError]
