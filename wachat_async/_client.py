@@ -456,9 +456,7 @@ class WachatClient:
     async def _save_once(self, name: str, fh: Any) -> None:
         fh.seek(0)
         fh.truncate()
-        stream = QRStream(
-            await self._open_png(name), instance_name=name, client=self, chunk_size=_CHUNK
-        )
+        stream = await self._open_stream(name, _CHUNK)
         try:
             async for chunk in stream:
                 fh.write(chunk)
