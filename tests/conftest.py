@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import sys
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import aiohttp
@@ -27,6 +31,23 @@ from wachat_async.testing import FakeWachatServer
 #: A distinctive key, so a leak anywhere is easy to spot.
 KEY = "sk-live-TOPSECRET-0123456789abcdef"
 NAME = "t1_mq9r2jov_jakarta_store"
+
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def load_example(name: str) -> ModuleType:
+    """Import ``examples/<name>.py`` as a module (once: later calls return the same module)."""
+    module_name = f"_wachat_example_{name}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, EXAMPLES / f"{name}.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 #: The statuses Wachat documents for the QR route and the exception each maps to.

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import itertools
 import json
 import os
@@ -20,7 +19,6 @@ import sys
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import aiohttp
@@ -28,12 +26,12 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from tests.conftest import load_example
 from wachat_async import ApiKeyExposureWarning, WachatClient, qr_img_tag
 from wachat_async.testing import FakeWachatServer
 
 pytestmark = pytest.mark.browser
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 KEY = "wk_browser_S3CRET_9876"
 OK = "t1_mq9r2jov_jakarta_store"
 CHROMIUM_FLAGS = (
@@ -51,19 +49,7 @@ STARTUP_LIMIT = 60.0  # seconds; bounds for waits, never asserted on
 PAGE_LIMIT = 30.0
 
 
-def _load_example(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        f"_wachat_browser_example_{name}", EXAMPLES / f"{name}.py"
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-aiohttp_proxy = _load_example("aiohttp_proxy")
+aiohttp_proxy = load_example("aiohttp_proxy")
 
 
 def find_chromium() -> str | None:

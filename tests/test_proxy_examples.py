@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import logging
 import os
 import re
 import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -20,10 +18,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from tests.conftest import EXAMPLES, load_example
 from wachat_async import QRImage, RetryPolicy, WachatClient, WachatError, WachatTimeoutError
 from wachat_async.testing import FakeWachatServer, Fault
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 KEY = "wk_test_proxy_S3CRET_4242"
 OK = "t1_mq9r2jov_jakarta_store"
 NOT_BAILEYS = "t1_cloud001_business"
@@ -31,20 +29,8 @@ HOSTILE = "t1_x&apiKey=stolen #1 é"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def _load_example(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        f"_wachat_example_{name}", EXAMPLES / f"{name}.py"
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-aiohttp_proxy = _load_example("aiohttp_proxy")
-fastapi_proxy = _load_example("fastapi_proxy")
+aiohttp_proxy = load_example("aiohttp_proxy")
+fastapi_proxy = load_example("fastapi_proxy")
 
 
 async def _until(condition: Callable[[], bool]) -> None:

@@ -2,33 +2,21 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-from tests.conftest import KEY, NAME
+from tests.conftest import KEY, NAME, load_example
 from wachat_async.testing import FakeWachatServer
 
 SCRIPT = Path(__file__).resolve().parent.parent / "examples" / "quickstart.py"
 
 
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("_wachat_example_quickstart", SCRIPT)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-quickstart = _load()
+quickstart = load_example("quickstart")
 
 
 @pytest.fixture(autouse=True)
