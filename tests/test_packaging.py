@@ -9,7 +9,6 @@ import subprocess
 import sys
 import tarfile
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,7 +30,7 @@ INSTALL_LINE = re.compile(r"pip install -e '\.\[([a-z0-9_,-]+)\]'")
 
 
 @pytest.fixture(scope="module")
-def dist(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
+def dist(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """The sdist and the wheel, built offline by hatchling's PEP 517 hooks from this checkout."""
     pytest.importorskip("hatchling", reason="the dev extra installs hatchling")
     out = tmp_path_factory.mktemp("dist")
@@ -39,7 +38,7 @@ def dist(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]
         "import sys\nfrom hatchling.build import build_sdist, build_wheel\n"
         "print(build_sdist(sys.argv[1]))\nprint(build_wheel(sys.argv[1]))\n"
     )
-    proc = subprocess.run(
+    proc = subprocess.run(  # noqa: S603 - our interpreter, fixed code
         [sys.executable, "-c", code, str(out)],
         cwd=ROOT,
         capture_output=True,
@@ -49,7 +48,7 @@ def dist(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]
     )
     assert proc.returncode == 0, proc.stderr
     sdist_name, wheel_name = proc.stdout.split()
-    yield out / sdist_name, out / wheel_name
+    return out / sdist_name, out / wheel_name
 
 
 def test_license_file_is_mit_like_the_metadata() -> None:
