@@ -147,3 +147,11 @@ def test_example_install_line_brings_every_module_it_imports(example: Path) -> N
 def test_examples_extra_is_in_dev() -> None:
     """The dev install (what scripts/test.sh installs) covers the examples the suite runs."""
     assert _requirements({"examples"}) <= _requirements({"dev"})
+
+
+def test_readme_names_the_wheel_that_is_built(dist: tuple[Path, Path]) -> None:
+    """The README's install-from-a-wheel lines name the file a build produces (version too)."""
+    _, wheel = dist
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    named = set(re.findall(r"dist/(wachat_async-[^\s'\[]+\.whl)", readme))
+    assert named == {wheel.name}
