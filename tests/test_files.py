@@ -411,6 +411,60 @@ async def test_cancelling_a_wait_for_a_fifo_reader_leaves_nothing_behind(
     assert reader.result() == PNG
 
 
+async def test_fifos_waiting_for_readers_do_not_take_the_default_executor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More FIFO waits than the default executor has threads: work sent to the executor (where
+    aiohttp resolves host names) still runs, and cancelling them all leaves nothing behind."""
+    loop = asyncio.get_running_loop()
+    fifos = [tmp_path / f"pipe{i}" for i in range(40)]
+    started: list[asyncio.Event] = []
+    for fifo in fifos:
+        os.mkfifo(fifo)
+    real_open = os.open
+
+    def spy(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if flags & os.O_WRONLY and not flags & os.O_NONBLOCK and "pipe" in os.fspath(path):
+            loop.call_soon_threadsafe(started[fifos.index(Path(path))].set)
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", spy)
+    started.extend(asyncio.Event() for _ in fifos)
+    tasks = [asyncio.ensure_future(_files.write_bytes_async(f, PNG)) for f in fifos]
+    for event in started:
+        await event.wait()
+    assert await loop.run_in_executor(None, sum, [1, 2]) == 3
+    for task in tasks:
+        task.cancel()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert all(isinstance(r, asyncio.CancelledError) for r in results)
+    waiters = [t for t in threading.enumerate() if t.name == "wachat-async-fifo-open"]
+    for thread in waiters:  # each was released by the cancellation; it only has to return
+        thread.join(timeout=30)
+    assert not [t for t in waiters if t.is_alive()]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs Linux /proc")
+@pytest.mark.parametrize("how", ["sync", "async"])
+async def test_a_proc_link_to_a_deleted_file_is_written_in_place(tmp_path: Path, how: str) -> None:
+    """/proc/self/fd/N of a deleted file (no folder to rename into): written in place and
+    truncated, so nothing of the old contents is left after the PNG."""
+    path = tmp_path / "gone.png"
+    path.write_bytes(b"old contents" * 100)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        path.unlink()
+        link = f"/proc/self/fd/{fd}"
+        if how == "sync":
+            assert _files.write_bytes(link, PNG) == Path(link)
+        else:
+            assert await _files.write_bytes_async(link, PNG) == Path(link)
+        assert os.pread(fd, 10_000, 0) == PNG
+    finally:
+        os.close(fd)
+    assert listing(tmp_path) == []
+
+
 def test_the_blocking_save_to_a_fifo_waits_for_a_reader(tmp_path: Path) -> None:
     """QRImage.save (blocking, like open()) to a FIFO whose reader comes later delivers."""
     fifo = tmp_path / "pipe"

@@ -41,6 +41,7 @@ import os
 import stat
 import sys
 import tempfile
+import threading
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from pathlib import Path
@@ -340,13 +341,18 @@ async def write_stream(path: PathArg, fill: Callable[[Sink], Awaitable[None]]) -
     """
     target = await _off_loop(_resolve, path)
     if target.kind in _SPECIAL:
-        fd = await _open_special(target)
+        # Opened first (a FIFO's reader then sees end of file if the fetch fails), except a
+        # file written in place: opening truncates it, so that waits for a whole body.
+        fd = -1 if target.kind == _IN_PLACE else await _open_special(target)
         try:
             memory = _MemorySink()
             await fill(memory)
+            if fd < 0:
+                fd = await _open_special(target)
             await _write_special(fd, target, b"".join(memory.chunks))
         finally:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
         return target.path
     temp = await _off_loop(_TempFile, target, undo=_TempFile.discard)
     try:
@@ -436,10 +442,32 @@ async def _open_special(target: _Target) -> int:
 
 
 async def _wait_for_reader(fifo: str) -> int:
-    """Open *fifo* for writing in a worker thread, which blocks until a reader opens it (as
-    ``cmd > fifo`` does). If cancelled, become a reader ourselves for a moment so the thread's
-    ``open`` returns, close what it opened, then raise ``CancelledError``."""
-    future = asyncio.get_running_loop().run_in_executor(None, os.open, fifo, _WRITE_FLAGS)
+    """Open *fifo* for writing in a thread of its own, which blocks until a reader opens it
+    (as ``cmd > fifo`` does); not the default executor, whose threads others need (aiohttp
+    resolves host names there). If cancelled, become a reader ourselves for a moment so the
+    thread's ``open`` returns, close what it opened, then raise ``CancelledError``."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[int] = loop.create_future()
+
+    def deliver(fd: int, exc: OSError | None) -> None:
+        if exc is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(fd)
+
+    def run() -> None:
+        fd, exc = -1, None
+        try:
+            fd = os.open(fifo, _WRITE_FLAGS)
+        except OSError as error:
+            exc = error
+        try:
+            loop.call_soon_threadsafe(deliver, fd, exc)
+        except RuntimeError:  # pragma: no cover - the loop closed without cancelling us
+            if fd >= 0:
+                os.close(fd)
+
+    threading.Thread(target=run, name="wachat-async-fifo-open", daemon=True).start()
     try:
         return await asyncio.shield(future)
     except asyncio.CancelledError:
