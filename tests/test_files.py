@@ -465,6 +465,61 @@ async def test_a_proc_link_to_a_deleted_file_is_written_in_place(tmp_path: Path,
     assert listing(tmp_path) == []
 
 
+@pytest.mark.parametrize("mode", ["write_bytes", "write_bytes_async"])
+async def test_a_body_larger_than_the_pipe_buffer_reaches_the_reader_whole(
+    mode: str, tmp_path: Path
+) -> None:
+    """Several pipe buffers' worth: the async writer waits for the reader to drain (without
+    blocking the loop), the blocking one simply blocks; either way every byte arrives."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    big = os.urandom(1 << 20)
+    reader = Reader(fifo)
+    reader.start()
+    if mode == "write_bytes":
+        await asyncio.to_thread(_files.write_bytes, fifo, big)
+    else:
+        await _files.write_bytes_async(fifo, big)
+    assert reader.result() == big
+
+
+@pytest.mark.parametrize("mode", ["write_bytes", "write_bytes_async"])
+async def test_a_block_device_is_written_in_place_and_synced(
+    mode: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A block device is opened and written from its start (never truncated or replaced), then
+    fsynced. (A regular file stands in for the device: writing a real one would be harmful.)"""
+    device = tmp_path / "sdz"
+    device.write_bytes(b"\xee" * 100)
+    real_stat, synced = os.stat, []
+    real_fsync = os.fsync
+
+    def fake_stat(path: Any, *args: Any, **kwargs: Any) -> Any:
+        st = real_stat(path, *args, **kwargs)
+        if os.fspath(path) == str(device):
+            fields = list(st)
+            fields[stat.ST_MODE] = stat.S_IFBLK | 0o660
+            return os.stat_result(fields)
+        return st
+
+    def fsync(fd: int) -> None:
+        synced.append(os.fstat(fd).st_ino)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "stat", fake_stat)
+    monkeypatch.setattr(os, "fsync", fsync)
+    inode = real_stat(device).st_ino
+    if mode == "write_bytes":
+        _files.write_bytes(device, PNG)
+    else:
+        await _files.write_bytes_async(device, PNG)
+    monkeypatch.undo()
+    assert device.read_bytes() == PNG + b"\xee" * (100 - len(PNG))
+    assert os.stat(device).st_ino == inode
+    assert synced == [inode]
+    assert listing(tmp_path) == ["sdz"]
+
+
 def test_the_blocking_save_to_a_fifo_waits_for_a_reader(tmp_path: Path) -> None:
     """QRImage.save (blocking, like open()) to a FIFO whose reader comes later delivers."""
     fifo = tmp_path / "pipe"
@@ -713,6 +768,72 @@ async def test_a_disk_failure_names_the_path_and_leaves_no_temp_file(
     assert listing(tmp_path) == (["qr.png"] if existing else [])
     if existing:
         assert target.read_bytes() == b"previous"
+
+
+async def test_a_device_that_cannot_be_opened_is_a_clear_error(
+    save: Save, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opening a device fails (say EACCES): the error names it and nothing else is tried."""
+    real_open = os.open
+
+    def deny(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if os.fspath(path) == os.devnull and flags & os.O_WRONLY:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", deny)
+    with pytest.raises(PermissionError, match="Permission denied") as info:
+        await save(os.devnull)
+    assert_clean_error(info.value, os.devnull)
+    assert stat.S_ISCHR(os.stat(os.devnull).st_mode)
+
+
+async def test_an_error_behind_a_symlink_names_the_link_and_says_where_it_points(
+    save: Save, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The caller's path is the link; the message adds the target the write went to."""
+    (tmp_path / "elsewhere").mkdir()
+    real = tmp_path / "elsewhere" / "real.png"
+    link = tmp_path / "qr.png"
+    link.symlink_to(real)
+    _fail(monkeypatch, "replace", errno.EXDEV)
+    with pytest.raises(OSError, match="where the symlink points") as info:
+        await save(link)
+    monkeypatch.undo()
+    assert_clean_error(info.value, link)
+    assert str(real) in str(info.value)
+    assert listing(tmp_path / "elsewhere") == []
+
+
+@pytest.mark.parametrize(
+    ("code", "ok"),
+    [
+        pytest.param(errno.EINVAL, True, id="EINVAL-folder-cannot-sync"),
+        pytest.param(errno.EIO, False, id="EIO"),
+    ],
+)
+async def test_a_folder_that_cannot_be_synced(
+    save: Save, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int, ok: bool
+) -> None:
+    """A file system that cannot fsync a folder (EINVAL) is fine; a real I/O error is
+    reported, saying the file was saved; either way the PNG is in place and no temp is left."""
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(code, os.strerror(code))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    target = tmp_path / "qr.png"
+    if ok:
+        await save(target)
+    else:
+        with pytest.raises(OSError, match="saved, but its folder could not be synced") as info:
+            await save(target)
+        assert_clean_error(info.value, target)
+    assert target.read_bytes() == PNG
+    assert listing(tmp_path) == ["qr.png"]
 
 
 def test_permission_denied_for_real_names_the_path() -> None:
