@@ -7,7 +7,8 @@ kind of path is treated alike:
   folder, which is fsynced, renamed over the path, and then the folder is fsynced: a reader sees
   the old file or the whole new one, never a part, even after a crash. A new file is created
   mode 0600 (a QR is a live login for the instance); a file that is replaced keeps its
-  permission bits (and, where the OS allows, its owner and group), as ``curl -o`` would.
+  permission bits (and, where the OS allows, its owner and group), as ``curl -o`` would. Being
+  a new inode, it is not seen through hard links to the old file (as with any atomic save).
 * **A symlink** (chains and relative links included) is followed: the file lands atomically at
   the final target and the link stays a link. A dangling link creates its target, if the
   target's folder exists.
