@@ -81,6 +81,7 @@ from ._errors import (
     WachatError,
     WachatTimeoutError,
 )
+from ._files import write_bytes_async
 from ._models import QRImage, QRResult
 from ._polling import fetch_many
 from ._redact import redact
@@ -707,7 +708,7 @@ async def _cmd_fetch(args: argparse.Namespace, out: _Out) -> int:
         sys.stdout.flush()
         return EXIT_OK
     path = Path(args.output) if args.output else Path(png_filename(args.name))
-    qr.save(path)
+    await write_bytes_async(path, qr.data)  # like qr.save, but Ctrl-C can stop a FIFO's wait
     out.info(f"saved {path} ({qr.width}x{qr.height} PNG, {len(qr.data)} bytes)")
     return EXIT_OK
 
@@ -785,7 +786,7 @@ async def _cmd_watch(args: argparse.Namespace, out: _Out) -> int:
         async for qr in watch:
             updates += 1
             if args.output:
-                qr.save(args.output)
+                await write_bytes_async(args.output, qr.data)
             stamp = f"{qr.fetched_at:%H:%M:%S} UTC"
             if args.show:
                 if redraw:

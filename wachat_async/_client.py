@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -37,6 +36,7 @@ from ._errors import (
     WachatTimeoutError,
     status_error,
 )
+from ._files import PathArg, Sink, write_stream
 from ._models import InstanceState, QRImage, QRResult, check_png_end, png_dimensions
 from ._polling import FetchMany, fetch_many, watch_qr
 from ._redact import Secret, excerpt, redact
@@ -286,27 +286,24 @@ class WachatClient:
         finally:
             stream.close()
 
-    async def save_qr_image(self, instance_name: str, path: str | os.PathLike[str]) -> Path:
-        """Stream the QR PNG to *path* atomically and return the path.
+    async def save_qr_image(self, instance_name: str, path: PathArg) -> Path:
+        """Stream the QR PNG to *path* atomically and durably; return ``Path(path)``.
 
-        The body goes to a temporary file in the target folder, which is renamed into place
-        only once the whole PNG has arrived and validated. On any error or cancellation the
-        temporary file is removed and *path* is left as it was. The file is created readable by
-        its owner only (mode 0600, like any ``mkstemp`` file): whoever scans the QR links a
-        phone to the instance. ``chmod`` it if another user must serve it.
+        The path is checked first (a folder, a socket or a missing parent folder raises an
+        :class:`OSError` naming *path*, before any request). For a regular file (or a new one)
+        the body streams into a temporary file in the target folder, which is fsynced and
+        renamed into place only once the whole PNG has arrived and validated, then the folder
+        is fsynced; on any error or cancellation the temporary file is removed and *path* is
+        left as it was. A new file is readable by its owner only (mode 0600: whoever scans the
+        QR links a phone to the instance); a replaced file keeps its mode. A symlink is
+        followed (the PNG lands at its target; the link stays a link). A device or FIFO
+        (``/dev/null``, a named pipe) is written to directly and never replaced: the validated
+        PNG is written once it is complete, or nothing at all; a FIFO with no reader yet is
+        waited for (cancel the call to give up). Disk waits run in a worker thread, so the
+        event loop never blocks on the disk. ``~`` is not expanded.
         """
         name = check_instance_name(instance_name)
-        target = Path(path)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                await self._call(name, self._save_once, fh)
-            os.replace(tmp, target)
-        except BaseException:
-            with suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        return target
+        return await write_stream(path, lambda sink: self._call(name, self._save_once, sink))
 
     async def get_instance_state(self, instance_name: str) -> InstanceState:
         """``GET /instance/state``: whether the instance's phone is linked yet.
@@ -439,7 +436,9 @@ class WachatClient:
                 data = await stream.read()
             finally:
                 stream.close()
-            return QRImage(instance_name=name, data=data, width=stream.width, height=stream.height)
+            return QRImage._trusted(
+                instance_name=name, data=data, width=stream.width, height=stream.height
+            )
         # Fast path: a plain body whose length _open_png already checked against the cap.
         failure: BaseException
         try:
@@ -453,13 +452,12 @@ class WachatClient:
             return QRImage.from_png(data, instance_name=name)
         _raise_clean(failure)
 
-    async def _save_once(self, name: str, fh: Any) -> None:
-        fh.seek(0)
-        fh.truncate()
+    async def _save_once(self, name: str, sink: Sink) -> None:
+        await sink.reset()  # a retry starts a fresh body
         stream = await self._open_stream(name, _CHUNK)
         try:
             async for chunk in stream:
-                fh.write(chunk)
+                await sink.write(chunk)
         finally:
             stream.close()
 

@@ -1,16 +1,16 @@
 """Value objects: the QR image, a per-instance polling result, an instance's state.
 
-All are frozen attrs classes. ``QRImage`` checks that its bytes are a complete PNG when it is
-built, so holding one means holding a valid image.
+All are frozen attrs classes. ``QRImage`` checks that its bytes are a complete PNG whenever it
+is built (``QRImage(...)``, :meth:`QRImage.from_png`, ``attrs.evolve``), so holding one means
+holding a valid image. The client, which has already validated the bytes while reading them,
+uses the private ``QRImage._trusted`` so the success path does not check them twice.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import os
 import struct
-import tempfile
 import zlib
 from collections.abc import Mapping
 from datetime import datetime, timezone
@@ -20,6 +20,7 @@ from typing import Any
 import attrs
 
 from ._errors import InvalidImageError, WachatError
+from ._files import PathArg, write_bytes
 
 __all__ = ["PNG_SIGNATURE", "InstanceState", "QRImage", "QRResult", "png_dimensions"]
 
@@ -87,32 +88,69 @@ def _utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+def _to_bytes(data: object) -> bytes:
+    if type(data) is bytes:
+        return data
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return bytes(data)  # an immutable, hashable copy
+    raise TypeError(f"QRImage data must be bytes, not {type(data).__name__}")
 
 
 @attrs.frozen(kw_only=True, repr=False)
 class QRImage:
     """A validated QR code PNG, as returned by ``GET /instance/qr/image``.
 
-    Build one with :meth:`from_png` (which validates); ``width`` and ``height`` come from the PNG
-    header. ``repr()`` summarises the image and never dumps its bytes; in Jupyter the image is
-    shown inline (``_repr_png_``).
+    Every way of building one validates *data* as a complete PNG (signature, IHDR, ``IEND``)
+    and raises :class:`InvalidImageError` otherwise: :meth:`from_png`, ``QRImage(...)`` and
+    ``attrs.evolve``. ``width`` and ``height`` come from the PNG header: leave them out (or 0)
+    to take them from it; values that disagree with the header are refused. ``repr()``
+    summarises the image and never dumps its bytes; in Jupyter the image is shown inline
+    (``_repr_png_``).
     """
 
     instance_name: str
-    data: bytes = attrs.field(repr=False)
+    data: bytes = attrs.field(repr=False, converter=_to_bytes)
     content_type: str = "image/png"
-    width: int
-    height: int
+    width: int = 0
+    height: int = 0
     fetched_at: datetime = attrs.field(factory=_utcnow)
+
+    def __attrs_post_init__(self) -> None:
+        width, height = png_dimensions(self.data, instance_name=self.instance_name)
+        check_png_end(self.data, instance_name=self.instance_name)
+        given = (self.width or width, self.height or height)
+        if given != (width, height):
+            raise InvalidImageError(
+                f"QRImage width/height {given[0]}x{given[1]} disagree with the PNG header "
+                f"({width}x{height})",
+                instance_name=self.instance_name,
+            )
+        object.__setattr__(self, "width", width)
+        object.__setattr__(self, "height", height)
+
+    @classmethod
+    def _trusted(
+        cls,
+        *,
+        instance_name: str,
+        data: bytes,
+        width: int,
+        height: int,
+        content_type: str = "image/png",
+        fetched_at: datetime | None = None,
+    ) -> QRImage:
+        """Wrap bytes that were already validated (by :meth:`from_png` or a finished
+        ``QRStream``, which checked the header and the ``IEND`` trailer) without checking
+        them again. Private: for the library's own success path only."""
+        self = object.__new__(cls)
+        setattr_ = object.__setattr__
+        setattr_(self, "instance_name", instance_name)
+        setattr_(self, "data", data)
+        setattr_(self, "content_type", content_type)
+        setattr_(self, "width", width)
+        setattr_(self, "height", height)
+        setattr_(self, "fetched_at", _utcnow() if fetched_at is None else fetched_at)
+        return self
 
     @classmethod
     def from_png(
@@ -124,15 +162,16 @@ class QRImage:
         fetched_at: datetime | None = None,
     ) -> QRImage:
         """Validate *data* as a complete PNG and wrap it. Raises :class:`InvalidImageError`."""
+        data = _to_bytes(data)
         width, height = png_dimensions(data, instance_name=instance_name)
         check_png_end(data, instance_name=instance_name)
-        return cls(
+        return cls._trusted(
             instance_name=instance_name,
             data=data,
             content_type=content_type,
             width=width,
             height=height,
-            fetched_at=_utcnow() if fetched_at is None else fetched_at,
+            fetched_at=fetched_at,
         )
 
     @property
@@ -148,16 +187,23 @@ class QRImage:
         """
         return "data:image/png;base64," + base64.b64encode(self.data).decode("ascii")
 
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the PNG to *path* atomically (temp file in the same folder, then rename).
+    def save(self, path: PathArg) -> Path:
+        """Write the PNG to *path* atomically and durably; return ``Path(path)``.
 
-        Blocking, but the write is a few kilobytes; use ``WachatClient.save_qr_image`` to
-        stream straight from the network to disk. The file is readable by its owner only
-        (mode 0600): whoever scans the QR links a phone to the instance.
+        A regular file (or a new one) is written to a temporary file in the same folder,
+        fsynced and renamed into place, then the folder is fsynced: never a partial file, and
+        no temporary file is left on any error. A new file is readable by its owner only (mode
+        0600: whoever scans the QR links a phone to the instance); a replaced file keeps its
+        mode. A symlink is followed (the PNG lands at its target; the link stays). A device or
+        FIFO (``/dev/null``, a named pipe) is written to directly, never replaced. A folder,
+        a socket or a missing parent folder raises an :class:`OSError` that names *path*.
+        ``~`` is not expanded.
+
+        Blocking (the fsyncs wait for the disk; a FIFO with no reader waits for one, like
+        ``open()``). In async code prefer ``WachatClient.save_qr_image``, which streams from
+        the network and keeps all disk waits off the event loop.
         """
-        target = Path(path)
-        _write_atomically(target, self.data)
-        return target
+        return write_bytes(path, self.data)
 
     def _repr_png_(self) -> bytes:
         return self.data

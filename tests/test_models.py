@@ -1,0 +1,204 @@
+"""QRImage: every way of building one validates its bytes (wachat_async/_models.py)."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from datetime import datetime, timezone
+
+import attrs
+import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+from wachat_async import InvalidImageError, QRImage
+from wachat_async._models import check_png_end, png_dimensions
+
+NAME = "t1_models"
+
+
+def _chunk(tag: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+
+def png(width: int = 3, height: int = 2, grey: int = 0x7F) -> bytes:
+    """A minimal, valid PNG of the given size, every pixel *grey* (8-bit greyscale)."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    raw = b"".join(b"\x00" + bytes([grey]) * width for _ in range(height))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", ihdr)
+        + _chunk(b"IDAT", zlib.compress(raw))
+        + _chunk(b"IEND", b"")
+    )
+
+
+GOOD = png(3, 2)
+BAD_DATA = [
+    pytest.param(b"", "empty", id="empty"),
+    pytest.param(b"GIF89a" + bytes(40), "bad signature", id="gif"),
+    pytest.param(b"<html>not a png</html>" * 3, "bad signature", id="html"),
+    pytest.param(GOOD[:20], "truncated", id="cut-in-header"),
+    pytest.param(GOOD[:-12], "IEND", id="no-iend"),
+    pytest.param(GOOD[:-1], "IEND", id="iend-cut"),
+    pytest.param(GOOD + b"trailing junk", "IEND", id="junk-after-iend"),
+    pytest.param(GOOD[:29] + b"\x00\x00\x00\x00" + GOOD[33:], "checksum", id="bad-ihdr-crc"),
+    pytest.param(png(0, 2), "dimensions", id="zero-width"),
+    pytest.param(png(3, 0), "dimensions", id="zero-height"),
+    pytest.param(
+        GOOD[:12] + b"IDAT" + GOOD[16:],
+        "first chunk is not IHDR",
+        id="idat-first",
+    ),
+]
+
+
+@pytest.mark.parametrize(("data", "phrase"), BAD_DATA)
+def test_the_constructor_refuses_bytes_that_are_not_a_complete_png(
+    data: bytes, phrase: str
+) -> None:
+    """QRImage(...) validates like from_png: InvalidImageError naming the instance."""
+    with pytest.raises(InvalidImageError, match=phrase) as info:
+        QRImage(instance_name=NAME, data=data, width=3, height=2)
+    assert info.value.instance_name == NAME
+
+
+@pytest.mark.parametrize(("data", "phrase"), BAD_DATA)
+def test_from_png_refuses_the_same_bytes(data: bytes, phrase: str) -> None:
+    """from_png and the constructor agree on what is a PNG."""
+    with pytest.raises(InvalidImageError, match=phrase):
+        QRImage.from_png(data, instance_name=NAME)
+
+
+@pytest.mark.parametrize(
+    ("width", "height"),
+    [
+        pytest.param(4, 2, id="width-off"),
+        pytest.param(3, 9, id="height-off"),
+        pytest.param(2, 3, id="swapped"),
+        pytest.param(-3, 2, id="negative"),
+        pytest.param(5, 0, id="height-from-header-but-width-wrong"),
+    ],
+)
+def test_a_width_or_height_that_disagrees_with_the_header_is_refused(
+    width: int, height: int
+) -> None:
+    """Sizes that contradict the IHDR chunk are refused rather than believed."""
+    with pytest.raises(InvalidImageError, match=r"disagree with the PNG header \(3x2\)"):
+        QRImage(instance_name=NAME, data=GOOD, width=width, height=height)
+
+
+@pytest.mark.parametrize(
+    "sizes",
+    [
+        pytest.param({}, id="omitted"),
+        pytest.param({"width": 3, "height": 2}, id="matching"),
+        pytest.param({"width": 0, "height": 0}, id="zero-means-from-header"),
+        pytest.param({"width": 3}, id="only-width"),
+    ],
+)
+def test_width_and_height_come_from_the_header(sizes: dict[str, int]) -> None:
+    """Omitted (or 0) sizes are read from IHDR; matching ones are accepted."""
+    qr = QRImage(instance_name=NAME, data=GOOD, **sizes)
+    assert (qr.width, qr.height) == (3, 2)
+    assert qr == QRImage.from_png(GOOD, instance_name=NAME, fetched_at=qr.fetched_at)
+
+
+@pytest.mark.parametrize(
+    "wrap", [bytearray, memoryview, lambda b: type("B", (bytes,), {})(b)], ids=["ba", "mv", "sub"]
+)
+def test_bytes_like_data_is_stored_as_plain_bytes(wrap: object) -> None:
+    """bytearray, memoryview and bytes subclasses become immutable bytes (hashable)."""
+    for build in (
+        lambda d: QRImage(instance_name=NAME, data=d),
+        lambda d: QRImage.from_png(d, instance_name=NAME),
+    ):
+        qr = build(wrap(GOOD))  # type: ignore[operator]
+        assert type(qr.data) is bytes
+        assert qr.data == GOOD
+        assert hash(qr) == hash(attrs.evolve(qr))
+
+
+@pytest.mark.parametrize("data", ["a string", None, 42], ids=["str", "None", "int"])
+def test_data_that_is_not_bytes_is_a_type_error(data: object) -> None:
+    """Text or other objects are a TypeError, not a confusing parse failure."""
+    with pytest.raises(TypeError, match="must be bytes"):
+        QRImage(instance_name=NAME, data=data)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("changes", "ok"),
+    [
+        pytest.param({"data": b"junk"}, False, id="junk-data"),
+        pytest.param({"data": GOOD[:-12]}, False, id="truncated-data"),
+        pytest.param({"width": 30}, False, id="wrong-width"),
+        pytest.param({"data": png(3, 2, grey=0)}, True, id="other-png-same-size"),
+        pytest.param({"data": png(7, 7), "width": 7, "height": 7}, True, id="new-png-and-size"),
+        pytest.param({"instance_name": "other"}, True, id="rename"),
+    ],
+)
+def test_attrs_evolve_validates_too(changes: dict[str, object], ok: bool) -> None:
+    """attrs.evolve goes through the constructor, so it cannot smuggle in a bad image."""
+    qr = QRImage.from_png(GOOD, instance_name=NAME)
+    if ok:
+        evolved = attrs.evolve(qr, **changes)
+        assert (evolved.width, evolved.height) == png_dimensions(evolved.data)
+    else:
+        with pytest.raises(InvalidImageError):
+            attrs.evolve(qr, **changes)
+
+
+def test_the_trusted_path_builds_the_same_object_without_parsing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """_trusted (the client's already-validated path) equals from_png's result and parses
+    nothing; from_png parses exactly once."""
+    at = datetime(2024, 1, 2, tzinfo=timezone.utc)
+    calls: list[str] = []
+    import wachat_async._models as models
+
+    real_dimensions, real_end = models.png_dimensions, models.check_png_end
+    monkeypatch.setattr(
+        models, "png_dimensions", lambda *a, **k: calls.append("dims") or real_dimensions(*a, **k)
+    )
+    monkeypatch.setattr(
+        models, "check_png_end", lambda *a, **k: calls.append("end") or real_end(*a, **k)
+    )
+    trusted = QRImage._trusted(instance_name=NAME, data=GOOD, width=3, height=2, fetched_at=at)
+    assert calls == []
+    from_png = QRImage.from_png(GOOD, instance_name=NAME, fetched_at=at)
+    assert calls == ["dims", "end"]
+    assert trusted == from_png
+    assert repr(trusted) == repr(from_png)
+    assert trusted.content_type == "image/png"
+
+
+def test_a_built_image_is_still_frozen() -> None:
+    """Validation in the constructor does not make the object mutable."""
+    qr = QRImage(instance_name=NAME, data=GOOD)
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        qr.width = 9  # type: ignore[misc]
+
+
+@given(st.binary(max_size=200))
+def test_arbitrary_bytes_are_either_a_png_or_refused(data: bytes) -> None:
+    """For any bytes: the constructor and from_png agree, and an accepted image's size is its
+    header's."""
+    try:
+        png_dimensions(data)
+        check_png_end(data)
+    except InvalidImageError:
+        with pytest.raises(InvalidImageError):
+            QRImage(instance_name=NAME, data=data)
+        return
+    qr = QRImage(instance_name=NAME, data=data)
+    assert (qr.width, qr.height) == png_dimensions(data)
+
+
+@given(st.integers(1, 64), st.integers(1, 64), st.binary(min_size=1, max_size=20))
+def test_a_valid_png_with_bytes_appended_is_refused(width: int, height: int, junk: bytes) -> None:
+    """Whatever follows IEND, the image is refused: IEND must be the end."""
+    data = png(width, height) + junk
+    assume(not data.endswith(_chunk(b"IEND", b"")))
+    with pytest.raises(InvalidImageError, match="IEND"):
+        QRImage(instance_name=NAME, data=data, width=width, height=height)
