@@ -110,9 +110,20 @@ class WachatClient:
     ``deadline`` bounds a whole call. *retry* is a :class:`RetryPolicy`
     (``RetryPolicy.disabled()`` for none) and *retry_budget* the :class:`RetryBudget` that all
     calls of this client share (one of its own by default). Bodies larger than
-    *max_image_bytes* raise :class:`ResponseTooLargeError` without being read. A *session* you
-    pass is borrowed: used, never closed; otherwise the client creates its own on first use,
-    inside the running event loop, with at most *max_connections* connections.
+    *max_image_bytes* raise :class:`ResponseTooLargeError` without being read.
+
+    Without *session* the client creates its own on first use, inside the running event loop,
+    with at most *max_connections* connections; if a later call runs in another loop (a second
+    ``asyncio.run``, a re-run notebook cell) it opens a fresh one there, transparently. A
+    *session* you pass is borrowed, never closed: the client uses its connector (pool, limits,
+    TLS, DNS), trace configs and default proxy, and none of its request defaults (headers,
+    cookies, auth, ``base_url``, ``raise_for_status``, timeout, middlewares, ``trust_env``).
+
+    Every call (get, stream, save, state, and so ``fetch_many`` and ``watch_qr``) first waits
+    for one of the client's connection slots (``max_connections``, or the borrowed connector's
+    ``limit``/``limit_per_host``); each attempt's *timeout* starts only once it has one, and a
+    retry gives its slot back while it waits out its backoff. The policy's ``deadline`` bounds
+    the whole call, waiting included.
     """
 
     def __init__(
@@ -411,8 +422,8 @@ class WachatClient:
 
         Returns a :class:`FetchMany`: iterate it, ideally inside ``async with`` so that leaving
         the block cancels what is still in flight. *concurrency* is capped at the client's
-        ``max_connections``, so waiting for a turn happens in the workers, never inside a
-        request's timeout. See :func:`wachat_async._polling.fetch_many`.
+        connection slots (``max_connections``, or a borrowed connector's limit), and each fetch
+        queues for a slot before its timeout starts. See :func:`wachat_async._polling.fetch_many`.
         """
         return fetch_many(
             self.get_qr_image,
@@ -855,8 +866,9 @@ async def _abandon(session: aiohttp.ClientSession) -> None:
     """
     connector = session.connector
     if connector is not None and _loop_closed(session):
-        protocols = [proto for conns in connector._conns.values() for proto, _ in conns]
-        for proto in [*protocols, *connector._acquired]:
+        pooled = getattr(connector, "_conns", {}).values()
+        protocols = [proto for conns in pooled for proto, _ in conns]
+        for proto in [*protocols, *getattr(connector, "_acquired", ())]:
             transport = proto.transport
             if transport is None:
                 continue
