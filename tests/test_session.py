@@ -483,12 +483,13 @@ def test_bare_calls_across_two_asyncio_runs(
     client = WachatClient(api_key=KEY, base_url=threaded_server.base_url, max_connections=2)
 
     async def use() -> list[object]:
+        # Concurrent calls first: they all see the loop change at once.
         return [
-            await client.get_qr_image(NAME),
+            *await asyncio.gather(*(client.get_qr_image(NAME) for _ in range(4))),
             await client.get_instance_state(NAME),
             await call(client, "stream", NAME, tmp_path),
             await call(client, "save", NAME, tmp_path),
-            *await asyncio.gather(*(client.get_qr_image(NAME) for _ in range(4))),
+            await client.get_qr_image(NAME),
         ]
 
     first = _run(use)
@@ -541,15 +542,19 @@ def test_loop_closed_without_finishing_async_generators(threaded_server: FakeWac
     """Even a loop closed by hand (no shutdown_asyncgens) leaves no warning behind: the next
     loop drops the dead session and opens a new one."""
     client = WachatClient(api_key=KEY, base_url=threaded_server.base_url)
+
+    async def many() -> list[QRImage]:
+        return await asyncio.gather(*(client.get_qr_image(NAME) for _ in range(3)))
+
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         for _ in range(2):
             loop = asyncio.new_event_loop()
             try:
-                qr = loop.run_until_complete(client.get_qr_image(NAME))
+                images = loop.run_until_complete(many())
             finally:
                 loop.close()
-            assert qr.instance_name == NAME
+            assert [qr.instance_name for qr in images] == [NAME] * 3
             gc.collect()
         _run(client.aclose)
 

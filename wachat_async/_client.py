@@ -240,7 +240,8 @@ class WachatClient:
                 "WachatClient is closed; create a new client (a closed one cannot be reused)"
             )
         loop = asyncio.get_running_loop()
-        await self._unbind()
+        old = self._session, self._loop_guard
+        self._session, self._loop, self._loop_guard = None, None, None
         borrowed = self._borrowed
         if borrowed is None:
             connector = aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300)
@@ -254,6 +255,8 @@ class WachatClient:
             session = self._view_of(borrowed, loop)
         self._session, self._loop = session, loop
         self._slots = _new_slots(self._slot_limit)
+        # Only now may this coroutine suspend: concurrent calls find the new session bound.
+        await self._dispose(*old)
         return session
 
     def _view_of(
@@ -296,6 +299,13 @@ class WachatClient:
         """Let go of the session (closing our own, detaching a view of a borrowed one)."""
         session, guard = self._session, self._loop_guard
         self._session, self._loop, self._loop_guard = None, None, None
+        await self._dispose(session, guard)
+
+    async def _dispose(
+        self,
+        session: aiohttp.ClientSession | None,
+        guard: AsyncGenerator[None, None] | None,
+    ) -> None:
         if session is None:
             return
         if not self._owns_session:
