@@ -554,10 +554,13 @@ class WachatClient:
         return QRStream(resp, instance_name=name, client=self, chunk_size=chunk_size, slot=slots)
 
     async def _fetch_image(self, name: str) -> QRImage:
-        async with self._slots:  # the per-attempt timeout starts once a slot is ours
+        slots = self._slots
+        await slots.acquire()  # the per-attempt timeout starts once a slot is ours
+        try:
             resp = await self._open_png(name)
             if resp.content_length is None or "Content-Encoding" in resp.headers:
-                # Unknown or compressed length: read chunk by chunk so the cap holds while reading.
+                # Unknown or compressed length: read chunk by chunk so the cap holds while
+                # reading.
                 stream = QRStream(resp, instance_name=name, client=self, chunk_size=_CHUNK)
                 try:
                     data = await stream.read()
@@ -567,7 +570,7 @@ class WachatClient:
                     instance_name=name, data=data, width=stream.width, height=stream.height
                 )
             # Fast path: a plain body whose length _open_png already checked against the cap.
-            failure: BaseException
+            failure: BaseException | None = None
             try:
                 data = await resp.read()
             except BaseException as exc:
@@ -575,9 +578,11 @@ class WachatClient:
                 if not isinstance(exc, _TRANSPORT_ERRORS):
                     raise
                 failure = self._transport_error(exc, name)
-            else:
-                return QRImage.from_png(data, instance_name=name)
+        finally:
+            slots.release()
+        if failure is not None:
             _raise_clean(failure)
+        return QRImage.from_png(data, instance_name=name)
 
     async def _save_once(self, name: str, fh: Any) -> None:
         fh.seek(0)
@@ -590,12 +595,16 @@ class WachatClient:
             stream.close()
 
     async def _fetch_state(self, name: str) -> InstanceState:
-        async with self._slots:
+        slots = self._slots
+        await slots.acquire()
+        try:
             resp = await self._send(self._state_url, name, self._json_headers)
             try:
                 raw = await self._read_limited(resp, _JSON_LIMIT, name)
             finally:
                 resp.close()
+        finally:
+            slots.release()
         try:
             payload = json.loads(raw)
         except (ValueError, RecursionError):  # deeply nested JSON recurses
@@ -736,7 +745,11 @@ class WachatClient:
         self._budget.deposit()
         started = time.monotonic()
         # Queueing for a slot counts toward the deadline: a call that would wait runs guarded.
-        if self._guard_first_attempt or (policy.deadline is not None and self._slots.locked()):
+        slots = self._slots
+        if self._guard_first_attempt or (
+            # Semaphore.locked() without its per-call generator: no slot free, or a queue.
+            policy.deadline is not None and (slots._value <= 0 or slots._waiters)
+        ):
             return await self._guarded(name, attempt, args, started, None)
         try:
             return await attempt(name, *args)
