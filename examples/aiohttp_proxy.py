@@ -16,10 +16,13 @@ auth (``WachatClient.stream_qr_image``) and streams it through:
 Put the QR route behind your own login: whoever can load ``/qr/NAME.png`` can link a phone to
 that instance. Pass ``instances=`` to serve only the names you list.
 
-Run it::
+Run it from a clone, after ``pip install -e '.[examples]'``::
 
     python examples/aiohttp_proxy.py                      # demo against the embedded fake server
     WACHAT_API_KEY=... python examples/aiohttp_proxy.py t1_mq9r2jov_jakarta_store
+
+It listens on 127.0.0.1:8081 (``--host``, ``--port``; 8080 is the fake server's own default). A
+port that is already taken is a one-line error and exit status 1.
 """
 
 from __future__ import annotations
@@ -30,7 +33,10 @@ import contextlib
 import html
 import logging
 import os
+import socket
+import sys
 from collections.abc import Collection, Sequence
+from errno import EADDRINUSE
 from urllib.parse import quote
 
 from aiohttp import web
@@ -55,6 +61,12 @@ INSTANCES: web.AppKey[frozenset[str] | None] = web.AppKey("wachat_instances")
 
 NO_STORE = {"Cache-Control": "no-store"}
 DEMO_INSTANCE = "t1_demo0001_store"
+#: Not 8080, where ``wachat-qr fake-server`` and ``python -m wachat_async.testing`` listen.
+DEFAULT_PORT = 8081
+
+
+class CannotListenError(Exception):
+    """The app could not bind its address (port taken, no permission, unknown host)."""
 
 
 def error_status(exc: Exception) -> tuple[int, str]:
@@ -157,6 +169,16 @@ def create_app(
     return app
 
 
+def _listen_error(host: str, port: int, exc: OSError) -> str:
+    """One line saying why *host*:*port* cannot be bound (asyncio's text repeats the address)."""
+    if isinstance(exc, socket.gaierror) or not exc.errno:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+    else:
+        reason = os.strerror(exc.errno)
+    hint = " (another program uses it: choose a port with --port)"
+    return f"cannot listen on {host}:{port}: {reason}" + (hint if exc.errno == EADDRINUSE else "")
+
+
 async def serve(host: str, port: int, names: Sequence[str]) -> None:
     """Run the app until cancelled, against Wachat or (without WACHAT_API_KEY) the fake server."""
     async with contextlib.AsyncExitStack() as stack:
@@ -176,7 +198,10 @@ async def serve(host: str, port: int, names: Sequence[str]) -> None:
         runner = web.AppRunner(create_app(client, instances=names), handler_cancellation=True)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
-        await web.TCPSite(runner, host, port).start()
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except OSError as exc:
+            raise CannotListenError(_listen_error(host, port, exc)) from exc
         bound_host, bound_port = runner.addresses[0][:2]
         if ":" in bound_host:
             bound_host = f"[{bound_host}]"
@@ -188,11 +213,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("instances", nargs="*", help="instance names to show")
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="default: %(default)s")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    with contextlib.suppress(KeyboardInterrupt):
+    try:
         asyncio.run(serve(args.host, args.port, args.instances))
+    except KeyboardInterrupt:
+        pass
+    except CannotListenError as exc:
+        print(f"aiohttp_proxy.py: error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

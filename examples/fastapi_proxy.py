@@ -14,7 +14,8 @@ browser (compare ``?apiKey=`` in an ``<img>`` URL, which lands in history, logs 
 Put the QR route behind your own login: whoever can load ``/qr/NAME.png`` can link a phone to
 that instance. ``Settings.instances`` limits the names served.
 
-Run it (needs ``pip install uvicorn``)::
+Run it from a clone, after ``pip install -e '.[examples]'`` (FastAPI, uvicorn and the fake
+server)::
 
     python examples/fastapi_proxy.py                      # demo against the embedded fake server
     WACHAT_API_KEY=... python examples/fastapi_proxy.py t1_mq9r2jov_jakarta_store
@@ -239,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         import uvicorn
     except ImportError:
-        parser.exit(1, "This example runs under uvicorn: pip install uvicorn\n")
+        parser.exit(1, "This example runs under uvicorn: pip install -e '.[examples]'\n")
     demo = not os.environ.get("WACHAT_API_KEY")
     names = tuple(args.instances) or ((DEMO_INSTANCE,) if demo else ())
     if demo:

@@ -1,6 +1,6 @@
 """Quickstart: fetch and save WhatsApp QR codes with wachat-async.
 
-Run it from a clone (``pip install -e '.[testing]'`` first)::
+Run it from a clone, after ``pip install -e '.[examples]'``::
 
     python examples/quickstart.py                      # no key: an in-process fake server
     WACHAT_API_KEY=... python examples/quickstart.py t1_mq9r2jov_jakarta_store t1_...

@@ -2,10 +2,7 @@
 # The demo: sets up .venv (if needed) and runs `wachat-qr demo` against the embedded fake server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY="${PYTHON:-python3}"
-if [ ! -x .venv/bin/python ]; then
-  "$PY" -m venv .venv
-fi
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e '.[cli]'
+# shellcheck source=scripts/_venv.sh
+source scripts/_venv.sh
+wachat_venv cli  # pip runs only when .venv is not current (scripts/_venv.sh)
 exec .venv/bin/wachat-qr demo "$@"

@@ -3,12 +3,9 @@
 # Usage (from the repository root): bash scripts/test.sh [extra pytest args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY="${PYTHON:-python3}"
-if [ ! -x .venv/bin/python ]; then
-  "$PY" -m venv .venv
-fi
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e '.[dev]'
+# shellcheck source=scripts/_venv.sh
+source scripts/_venv.sh
+wachat_venv dev  # pip runs only when .venv is not current (scripts/_venv.sh)
 echo "== ruff check";          .venv/bin/ruff check .
 echo "== ruff format --check"; .venv/bin/ruff format --check .
 echo "== mypy --strict";       .venv/bin/mypy --strict wachat_async

@@ -8,7 +8,7 @@ import os
 import re
 import socket
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from types import ModuleType
 from typing import Any
 
@@ -551,3 +551,78 @@ async def test_fastapi_truncated_upstream_fails_the_asgi_call(
     fake.script(OK, [Fault(truncate=True)])
     with pytest.raises(WachatError):
         await fast.get(_qr_path(OK))
+
+
+# --- the listening port -----------------------------------------------------------------------
+
+
+def test_aiohttp_default_port_is_not_the_fake_servers(capsys: pytest.CaptureFixture[str]) -> None:
+    """The proxy's default port differs from `python -m wachat_async.testing`'s, so both run."""
+    from wachat_async.testing.__main__ import main as fake_server_main
+
+    with pytest.raises(SystemExit):
+        fake_server_main(["--help"])
+    fake_default = re.search(r"--port PORT.*?\(default: (\d+)\)", capsys.readouterr().out, re.S)
+    assert fake_default is not None
+    assert int(fake_default.group(1)) != aiohttp_proxy.DEFAULT_PORT
+    assert aiohttp_proxy.DEFAULT_PORT == 8081
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A loopback port held by a real listening socket for the test's duration."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("api_key", [None, KEY], ids=["demo-mode", "with-api-key"])
+async def test_aiohttp_example_taken_port_is_a_one_line_error(
+    script_env: dict[str, str], taken_port: int, api_key: str | None
+) -> None:
+    """A port already in use: exit 1 and one line on stderr naming it, no traceback, no key."""
+    if api_key is not None:
+        script_env["WACHAT_API_KEY"] = api_key
+        script_env["WACHAT_BASE_URL"] = "http://127.0.0.1:9/api/v1"  # never contacted
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(EXAMPLES / "aiohttp_proxy.py"),
+        "--port",
+        str(taken_port),
+        env=script_env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    assert proc.returncode == 1
+    assert err.decode() == (
+        f"aiohttp_proxy.py: error: cannot listen on 127.0.0.1:{taken_port}: Address already in"
+        " use (another program uses it: choose a port with --port)\n"
+    )
+    assert "Traceback" not in out.decode()
+    _assert_keyless(out.decode(), err.decode())
+
+
+async def test_fastapi_example_taken_port_exits_nonzero_without_traceback(
+    script_env: dict[str, str], taken_port: int
+) -> None:
+    """Under uvicorn a port in use is uvicorn's one ERROR line and a non-zero exit."""
+    pytest.importorskip("uvicorn", reason="the FastAPI example runs under uvicorn")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(EXAMPLES / "fastapi_proxy.py"),
+        "--port",
+        str(taken_port),
+        env=script_env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), timeout=60)
+    text = out.decode()
+    assert proc.returncode not in (0, None)
+    errors = [line for line in text.splitlines() if line.startswith("ERROR")]
+    assert len(errors) == 1
+    assert str(taken_port) in errors[0]
+    assert "address already in use" in errors[0]
+    assert "Traceback" not in text

@@ -1,0 +1,157 @@
+"""What a user gets from a built sdist/wheel, and what the examples' install lines bring."""
+
+from __future__ import annotations
+
+import ast
+import importlib.metadata
+import re
+import subprocess
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    from pip._vendor import tomli as tomllib
+
+ROOT = Path(__file__).resolve().parent.parent
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+PROJECT = PYPROJECT["project"]
+EXAMPLE_SCRIPTS = sorted((ROOT / "examples").glob("*.py"))
+#: First-party modules that need an extra beyond the base install.
+FIRST_PARTY_EXTRAS = {"wachat_async.testing": "testing", "wachat_async._cli": "cli"}
+INSTALL_LINE = re.compile(r"pip install -e '\.\[([a-z0-9_,-]+)\]'")
+
+
+@pytest.fixture(scope="module")
+def dist(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The sdist and the wheel, built offline by hatchling's PEP 517 hooks from this checkout."""
+    pytest.importorskip("hatchling", reason="the dev extra installs hatchling")
+    out = tmp_path_factory.mktemp("dist")
+    code = (
+        "import sys\nfrom hatchling.build import build_sdist, build_wheel\n"
+        "print(build_sdist(sys.argv[1]))\nprint(build_wheel(sys.argv[1]))\n"
+    )
+    proc = subprocess.run(  # noqa: S603 - our interpreter, fixed code
+        [sys.executable, "-c", code, str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    sdist_name, wheel_name = proc.stdout.split()
+    return out / sdist_name, out / wheel_name
+
+
+def test_license_file_is_mit_like_the_metadata() -> None:
+    """LICENSE exists, is the MIT text, and pyproject declares MIT and ships that file."""
+    text = (ROOT / "LICENSE").read_text(encoding="utf-8")
+    assert text.startswith("MIT License\n")
+    assert 'THE SOFTWARE IS PROVIDED "AS IS"' in text
+    assert (PROJECT["license"], PROJECT["license-files"]) == ("MIT", ["LICENSE"])
+
+
+def test_sdist_ships_the_license_and_the_sources(dist: tuple[Path, Path]) -> None:
+    """The sdist holds LICENSE (byte for byte), the package with py.typed, tests and examples."""
+    sdist, _ = dist
+    with tarfile.open(sdist) as tar:
+        top = tar.getnames()[0].split("/")[0]
+        names = {name.removeprefix(top + "/") for name in tar.getnames()}
+        member = tar.extractfile(f"{top}/LICENSE")
+        assert member is not None
+        license_bytes = member.read()
+    assert license_bytes == (ROOT / "LICENSE").read_bytes()
+    assert {"pyproject.toml", "README.md", "wachat_async/py.typed"} <= names
+    assert {"examples/aiohttp_proxy.py", "tests/test_packaging.py", "scripts/_venv.sh"} <= names
+    assert not [n for n in names if n.startswith((".venv/", ".ci/")) or "__pycache__" in n]
+
+
+def test_wheel_ships_the_license_py_typed_and_the_metadata(dist: tuple[Path, Path]) -> None:
+    """The wheel has LICENSE under dist-info/licenses, py.typed, and MIT + extras in METADATA."""
+    _, wheel = dist
+    with zipfile.ZipFile(wheel) as whl:
+        names = set(whl.namelist())
+        (meta_name,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+        info = meta_name.removesuffix("METADATA")
+        metadata = whl.read(meta_name).decode()
+        assert whl.read(f"{info}licenses/LICENSE") == (ROOT / "LICENSE").read_bytes()
+    assert "wachat_async/py.typed" in names
+    assert "License-Expression: MIT" in metadata.splitlines()
+    assert "License-File: LICENSE" in metadata.splitlines()
+    extras = {line.split(": ", 1)[1] for line in metadata.splitlines() if "Provides-Extra" in line}
+    assert {"cli", "testing", "examples", "dev"} <= extras
+    assert not [n for n in names if n.startswith(("tests/", "examples/"))]
+
+
+def _requirements(extras: set[str]) -> set[str]:
+    """Canonical distribution names installed by ``.[extras]``, self-references expanded."""
+    names = {canonicalize_name(Requirement(r).name) for r in PROJECT["dependencies"]}
+    pending, seen = set(extras), set()
+    while pending:
+        extra = pending.pop()
+        seen.add(extra)
+        for line in PROJECT["optional-dependencies"][extra]:
+            req = Requirement(line)
+            if canonicalize_name(req.name) == "wachat-async":
+                pending |= req.extras - seen
+            else:
+                names.add(canonicalize_name(req.name))
+    return names | {f"wachat-async[{extra}]" for extra in seen}
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module *path* imports, at the top or inside a function (lazy imports count)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+    return found
+
+
+@pytest.mark.parametrize("example", EXAMPLE_SCRIPTS, ids=[p.name for p in EXAMPLE_SCRIPTS])
+def test_example_install_line_brings_every_module_it_imports(example: Path) -> None:
+    """The docstring's one `pip install -e '.[...]'` line provides each third-party import."""
+    docstring = ast.get_docstring(ast.parse(example.read_text(encoding="utf-8"))) or ""
+    lines = INSTALL_LINE.findall(docstring)
+    assert len(lines) == 1, f"{example.name}: want one install line, found {lines}"
+    extras = set(lines[0].split(","))
+    assert extras <= set(PROJECT["optional-dependencies"]), extras
+    provided = _requirements(extras)
+    by_module = importlib.metadata.packages_distributions()
+    missing = []
+    for module in sorted(_imports(example)):
+        top = module.split(".")[0]
+        if top in sys.stdlib_module_names or top == "__future__":
+            continue
+        if top == "wachat_async":
+            need = FIRST_PARTY_EXTRAS.get(module)
+            if need is not None and f"wachat-async[{need}]" not in provided:
+                missing.append(f"{module} (needs the {need} extra)")
+            continue
+        dists = {canonicalize_name(d) for d in by_module.get(top, [])}
+        if not dists & provided:
+            missing.append(f"{module} (from {sorted(dists) or 'an unknown distribution'})")
+    assert missing == [], f"{example.name}: {lines[0]!r} does not bring {missing}"
+
+
+def test_examples_extra_is_in_dev() -> None:
+    """The dev install (what scripts/test.sh installs) covers the examples the suite runs."""
+    assert _requirements({"examples"}) <= _requirements({"dev"})
+
+
+def test_readme_names_the_wheel_that_is_built(dist: tuple[Path, Path]) -> None:
+    """The README's install-from-a-wheel lines name the file a build produces (version too)."""
+    _, wheel = dist
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    named = set(re.findall(r"dist/(wachat_async-[^\s'\[]+\.whl)", readme))
+    assert named == {wheel.name}

@@ -1,0 +1,225 @@
+"""scripts/demo.sh and scripts/test.sh: pip runs on the first run and when .venv is stale, only.
+
+Each test copies the scripts and pyproject.toml into a temporary root with stub Pythons: the
+"system" one records ``-m venv`` and creates a fake ``.venv`` whose ``python`` records ``-m pip``
+and ``-m coverage`` instead of running them, and runs everything else (``scripts/_venv_state.py``)
+with this interpreter, where a stub ``wachat_async`` package shadows the real one (the real
+install's metadata stands for the extras' requirements). No network, no real install.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# The fake venv's python. Its "site-packages" is the folder named in .venv/site: `pip install -e`
+# points it at the current folder (creating the stub package there if it is missing).
+VENV_PYTHON = f"""#!/bin/sh
+here="$(dirname "$0")"
+case "$1 $2" in
+  "-m coverage") echo "python $*" >> "$CALLS"; exit 0;;
+  "-m pip")
+    echo "python $*" >> "$CALLS"
+    [ -z "$FAIL_PIP" ] || exit 1
+    if [ "$3" = install ] && [ "$5" = -e ]; then
+      mkdir -p wachat_async && touch wachat_async/__init__.py && pwd > "$here/../site"
+    fi
+    exit 0;;
+esac
+PYTHONPATH="$(cat "$here/../site" 2>/dev/null)" exec {sys.executable} "$@"
+"""
+SYSTEM_PYTHON = """#!/bin/sh
+echo "system-python $*" >> "$CALLS"
+mkdir -p .venv/bin && cp "$STUBS/venv-python" .venv/bin/python && chmod +x .venv/bin/python
+for tool in wachat-qr ruff mypy; do
+  printf '#!/bin/sh\\necho "%s $*" >> "$CALLS"\\n' "$tool" > ".venv/bin/$tool"
+  chmod +x ".venv/bin/$tool"
+done
+"""
+UPGRADE = "python -m pip install --quiet --upgrade pip"
+VENV = "system-python -m venv .venv"
+
+
+def install(extra: str) -> str:
+    """The pip call that installs this checkout with *extra*."""
+    return f"python -m pip install --quiet -e .[{extra}]"
+
+
+class Repo:
+    """A temporary copy of the repository's scripts with stub Pythons; runs commands in it."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        (root / "scripts").mkdir()
+        for name in ("_venv.sh", "_venv_state.py", "demo.sh", "test.sh"):
+            shutil.copy(ROOT / "scripts" / name, root / "scripts" / name)
+        shutil.copy(ROOT / "pyproject.toml", root / "pyproject.toml")
+        for name, text in (("venv-python", VENV_PYTHON), ("system-python", SYSTEM_PYTHON)):
+            (root / name).write_text(text, encoding="utf-8")
+            (root / name).chmod(0o755)
+        self.calls = root / "calls.log"
+        self.env = {
+            "PATH": os.environ["PATH"],
+            "CALLS": str(self.calls),
+            "STUBS": str(root),
+            "PYTHON": str(root / "system-python"),
+        }
+
+    def run(self, command: str, **env: str) -> tuple[int, list[str]]:
+        """Run a bash *command* in the root; return its status and the recorded calls."""
+        self.calls.write_text("", encoding="utf-8")
+        proc = subprocess.run(  # noqa: S603 - the test's own command, in a temporary root
+            ["bash", "-c", command],  # noqa: S607 - bash from PATH, as a user runs the scripts
+            cwd=self.root,
+            env={**self.env, **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert "Traceback" not in proc.stderr, proc.stderr
+        self.stderr = proc.stderr
+        return proc.returncode, self.calls.read_text(encoding="utf-8").splitlines()
+
+    def venv(self, extra: str, **env: str) -> list[str]:
+        """``wachat_venv EXTRA`` (as the scripts call it); assert it succeeded; its calls."""
+        status, calls = self.run(f"set -euo pipefail; source scripts/_venv.sh; wachat_venv {extra}")
+        assert status == 0, self.stderr
+        return calls
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Repo:
+    return Repo(tmp_path)
+
+
+def test_first_run_creates_the_venv_upgrades_pip_and_installs(repo: Repo) -> None:
+    """A fresh clone: venv, pip upgrade, editable install with the extra, then a stamp."""
+    assert repo.venv("cli") == [VENV, UPGRADE, install("cli")]
+    stamp = (repo.root / ".venv" / ".wachat-install-cli.sha256").read_text(encoding="ascii")
+    assert len(stamp.strip()) == 64
+
+
+@pytest.mark.parametrize("extra", ["cli", "dev"], ids=["demo-extra", "test-extra"])
+def test_second_run_calls_no_pip(repo: Repo, extra: str) -> None:
+    """Nothing changed since the last install: no pip call at all (fast, works offline)."""
+    repo.venv(extra)
+    assert repo.venv(extra) == []
+
+
+def test_dev_after_cli_installs_dev_without_upgrading_pip(repo: Repo) -> None:
+    """The test script after the demo installs [dev]; pip was upgraded on the first install."""
+    repo.venv("cli")
+    assert repo.venv("dev") == [install("dev")]
+    assert repo.venv("dev") == []
+
+
+def test_cli_after_dev_installs_nothing(repo: Repo) -> None:
+    """[dev] includes [cli], so the demo after the test script runs no pip."""
+    repo.venv("dev")
+    assert repo.venv("cli") == []
+
+
+def _edit_pyproject(repo: Repo) -> None:
+    path = repo.root / "pyproject.toml"
+    path.write_text(path.read_text(encoding="utf-8") + "\n# a new dependency\n", encoding="utf-8")
+
+
+def _remove_package(repo: Repo) -> None:
+    shutil.rmtree(repo.root / "wachat_async")
+
+
+def _other_python(repo: Repo) -> None:
+    (repo.root / ".venv" / ".wachat-install-cli.sha256").write_text("0" * 64, encoding="ascii")
+
+
+def _delete_stamp(repo: Repo) -> None:
+    (repo.root / ".venv" / ".wachat-install-cli.sha256").unlink()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [_edit_pyproject, _remove_package, _other_python, _delete_stamp],
+    ids=["pyproject-changed", "package-not-importable", "stamp-from-other-python", "no-stamp"],
+)
+def test_stale_venv_reinstalls_without_upgrading_pip(
+    repo: Repo, change: Callable[[Repo], None]
+) -> None:
+    """Any reason the install may not match: install again (pip is not upgraded again)."""
+    repo.venv("cli")
+    change(repo)
+    assert repo.venv("cli") == [install("cli")]
+
+
+def test_package_from_another_clone_reinstalls(
+    repo: Repo, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A .venv whose wachat_async lives in another checkout is not this checkout's install."""
+    repo.venv("cli")
+    other = tmp_path_factory.mktemp("other-clone")
+    (other / "wachat_async").mkdir()
+    (other / "wachat_async" / "__init__.py").write_text("", encoding="utf-8")
+    (repo.root / ".venv" / "site").write_text(str(other), encoding="utf-8")
+    assert repo.venv("cli") == [install("cli")]
+    assert (repo.root / ".venv" / "site").read_text(encoding="utf-8").strip() == str(repo.root)
+
+
+def test_failed_install_leaves_no_stamp_and_fails(repo: Repo) -> None:
+    """If pip fails, the script fails and the next run tries again (no stamp was written)."""
+    status, calls = repo.run("set -e; source scripts/_venv.sh; wachat_venv cli", FAIL_PIP="1")
+    assert (status, calls) == (1, [VENV, UPGRADE])
+    assert not list((repo.root / ".venv").glob(".wachat-install-*"))
+    assert repo.venv("cli") == [UPGRADE, install("cli")]
+
+
+def test_demo_script_installs_once_then_only_runs_the_demo(repo: Repo) -> None:
+    """`bash scripts/demo.sh ARGS` installs [cli] the first time; later it only runs the demo."""
+    assert repo.run("bash scripts/demo.sh --no-wait") == (
+        0,
+        [VENV, UPGRADE, install("cli"), "wachat-qr demo --no-wait"],
+    )
+    assert repo.run("bash scripts/demo.sh --no-wait") == (0, ["wachat-qr demo --no-wait"])
+
+
+def test_test_script_runs_every_gate_and_installs_dev_only_when_needed(repo: Repo) -> None:
+    """`bash scripts/test.sh ARGS` after a demo run installs [dev] once, then runs the gates."""
+    repo.run("bash scripts/demo.sh")
+    gates = [
+        "ruff check .",
+        "ruff format --check .",
+        "mypy --strict wachat_async",
+        "python -m coverage erase",
+        "python -m coverage run -m pytest -x",
+        "python -m coverage report",
+    ]
+    assert repo.run("bash scripts/test.sh -x") == (0, [install("dev"), *gates])
+    assert repo.run("bash scripts/test.sh -x") == (0, gates)
+
+
+def test_ci_runs_exactly_the_test_script() -> None:
+    """.ci/run ends by running `bash scripts/test.sh`, the README's command, and nothing else."""
+    lines = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+    commands = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    assert commands[-1] == "bash scripts/test.sh"
+    assert sum("scripts/test.sh" in line for line in commands) == 1
+
+
+@pytest.mark.parametrize("argv", [[], ["check"], ["frob", "cli"]], ids=["none", "one", "unknown"])
+def test_venv_state_usage_errors(argv: list[str]) -> None:
+    """A wrong call to scripts/_venv_state.py is exit 2 with a usage line."""
+    proc = subprocess.run(  # noqa: S603 - our interpreter and script
+        [sys.executable, str(ROOT / "scripts" / "_venv_state.py"), *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (proc.returncode, proc.stderr) == (2, "usage: _venv_state.py check|stamp EXTRA\n")
