@@ -17,7 +17,7 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -110,9 +110,20 @@ class WachatClient:
     ``deadline`` bounds a whole call. *retry* is a :class:`RetryPolicy`
     (``RetryPolicy.disabled()`` for none) and *retry_budget* the :class:`RetryBudget` that all
     calls of this client share (one of its own by default). Bodies larger than
-    *max_image_bytes* raise :class:`ResponseTooLargeError` without being read. A *session* you
-    pass is borrowed: used, never closed; otherwise the client creates its own on first use,
-    inside the running event loop, with at most *max_connections* connections.
+    *max_image_bytes* raise :class:`ResponseTooLargeError` without being read.
+
+    Without *session* the client creates its own on first use, inside the running event loop,
+    with at most *max_connections* connections; if a later call runs in another loop (a second
+    ``asyncio.run``, a re-run notebook cell) it opens a fresh one there, transparently. A
+    *session* you pass is borrowed, never closed: the client uses its connector (pool, limits,
+    TLS, DNS), trace configs and default proxy, and none of its request defaults (headers,
+    cookies, auth, ``base_url``, ``raise_for_status``, timeout, middlewares, ``trust_env``).
+
+    Every call (get, stream, save, state, and so ``fetch_many`` and ``watch_qr``) first waits
+    for one of the client's connection slots (``max_connections``, or the borrowed connector's
+    ``limit``/``limit_per_host``); each attempt's *timeout* starts only once it has one, and a
+    retry gives its slot back while it waits out its backoff. The policy's ``deadline`` bounds
+    the whole call, waiting included.
     """
 
     def __init__(
@@ -131,6 +142,9 @@ class WachatClient:
     ) -> None:
         self._session: aiohttp.ClientSession | None = None
         self._owns_session = session is None
+        self._borrowed = session
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_guard: AsyncGenerator[None, None] | None = None
         key = os.environ.get("WACHAT_API_KEY") if api_key is None else api_key
         if key is None or (isinstance(key, str) and not key.strip()):
             raise ConfigurationError(
@@ -172,6 +186,12 @@ class WachatClient:
             raise ConfigurationError("max_image_bytes must be at least 64")
         self._max_connections = max_connections
         self._max_image_bytes = max_image_bytes
+        #: How many requests this client runs at once (None: no limit): the pool's own size, so
+        #: a call queues here, before its per-attempt timeout starts, never inside aiohttp's pool.
+        self._slot_limit: int | None = (
+            max_connections if session is None else _connector_limit(session)
+        )
+        self._slots = _new_slots(self._slot_limit)
         self._closed = False
         self._sleep: Callable[[float], Awaitable[None]] = (
             _no_sleep if self._retry.zero_wait else asyncio.sleep
@@ -183,8 +203,6 @@ class WachatClient:
             "Accept": "image/png",
         }
         self._json_headers = {**self._image_headers, "Accept": "application/json"}
-        if session is not None:
-            self._session = session
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -208,37 +226,122 @@ class WachatClient:
         """True after :meth:`aclose`; a closed client refuses every call."""
         return self._closed
 
-    def _open_session(self) -> aiohttp.ClientSession:
+    async def _bind(self) -> aiohttp.ClientSession:
+        """Make the session (and the connection queue) belong to the running event loop.
+
+        Runs on the first call and again whenever the loop has changed since (a module-level
+        client used by two ``asyncio.run`` calls, a re-run notebook cell). The client's own
+        session is replaced transparently: the old one, whose loop has ended, is dropped
+        without touching that loop. A borrowed session cannot be replaced, so one that belongs
+        to another loop (or is closed) is a :class:`ConfigurationError`.
+        """
         if self._closed:
             raise RuntimeError(
                 "WachatClient is closed; create a new client (a closed one cannot be reused)"
             )
-        connector = aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300)
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=self._timeout,
-            cookie_jar=aiohttp.DummyCookieJar(),
+        loop = asyncio.get_running_loop()
+        old = self._session, self._loop_guard
+        self._session, self._loop, self._loop_guard = None, None, None
+        borrowed = self._borrowed
+        if borrowed is None:
+            connector = aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300)
+            session = _private_session(connector, self._timeout)
+            # asyncio.run() finishes every live async generator before it closes the loop:
+            # this one closes the session then, while the loop can still close its sockets.
+            guard = _close_at_loop_end(session)
+            await guard.asend(None)
+            self._loop_guard = guard
+        else:
+            session = self._view_of(borrowed, loop)
+        self._session, self._loop = session, loop
+        self._slots = _new_slots(self._slot_limit)
+        # Only now may this coroutine suspend: concurrent calls find the new session bound.
+        await self._dispose(*old)
+        return session
+
+    def _view_of(
+        self, borrowed: aiohttp.ClientSession, loop: asyncio.AbstractEventLoop
+    ) -> aiohttp.ClientSession:
+        """A session of our own over the borrowed session's connector.
+
+        The connector (its pool, limits, TLS and DNS settings) is what a borrowed session lends,
+        with its trace configs and its default proxy. None of its request defaults applies:
+        headers (another API's ``Authorization``), cookies, ``auth``, ``base_url``,
+        ``raise_for_status``, ``timeout``, middlewares, ``trust_env`` (which would also read
+        ``~/.netrc``), ``auto_decompress``, ``read_bufsize``: aiohttp cannot switch every one of
+        them off per request (default headers, cookies and ``auth`` it always merges in).
+        """
+        connector = borrowed.connector
+        if borrowed.closed or connector is None:
+            raise ConfigurationError(
+                "The aiohttp.ClientSession passed as session= is closed; pass an open session "
+                "(it is borrowed, never closed by the client), or none to let the client own one"
+            )
+        if (
+            getattr(borrowed, "_loop", loop) is not loop
+            or getattr(connector, "_loop", loop) is not loop
+        ):
+            raise ConfigurationError(
+                "The aiohttp.ClientSession passed as session= belongs to another event loop "
+                "(an aiohttp session works only in the loop that created it, e.g. one "
+                "asyncio.run() call). Create the session inside the loop that uses the client, "
+                "or pass no session: the client's own session follows the running loop."
+            )
+        return _private_session(
+            connector,
+            self._timeout,
+            connector_owner=False,
+            trace_configs=list(borrowed.trace_configs) or None,
+            proxy=getattr(borrowed, "_default_proxy", None),
         )
-        return self._session
+
+    async def _unbind(self) -> None:
+        """Let go of the session (closing our own, detaching a view of a borrowed one)."""
+        session, guard = self._session, self._loop_guard
+        self._session, self._loop, self._loop_guard = None, None, None
+        await self._dispose(session, guard)
+
+    async def _dispose(
+        self,
+        session: aiohttp.ClientSession | None,
+        guard: AsyncGenerator[None, None] | None,
+    ) -> None:
+        if session is None:
+            return
+        if not self._owns_session:
+            session.detach()  # the connector is the lender's: never closed here
+            return
+        if guard is not None and not session.closed and not _loop_closed(session):
+            with suppress(RuntimeError):  # a guard from another, still running loop
+                await guard.aclose()  # runs the guard's ``finally``: closes the session
+        if not session.closed:
+            # Its loop has ended without finishing async generators (a bare
+            # loop.run_until_complete): close what can be closed without that loop.
+            await _abandon(session)
 
     async def __aenter__(self) -> WachatClient:
-        if self._session is None:
-            self._open_session()
+        if self._session is None or self._loop is not asyncio.get_running_loop():
+            await self._bind()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the client's own session (a borrowed one is left open). Idempotent."""
-        session, self._session = self._session, None
+        """Close the client's own session (a borrowed one is left open). Idempotent.
+
+        Safe from any event loop, also after the loop the session was used in has ended.
+        """
         self._closed = True
-        if session is not None and self._owns_session and not session.closed:
-            await session.close()
+        await self._unbind()
 
     def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
         session = getattr(self, "_session", None)
-        if session is not None and self._owns_session and not session.closed:
+        if session is None:
+            return
+        if not getattr(self, "_owns_session", True):
+            session.detach()  # a view of a borrowed session: nothing of ours to close
+        elif not session.closed:
             _warn(
                 "Unclosed WachatClient: use 'async with WachatClient() as client' "
                 "or 'await client.aclose()'",
@@ -247,7 +350,8 @@ class WachatClient:
             )
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else ("open" if self._session else "unopened")
+        opened = self._session is not None or self._borrowed is not None
+        state = "closed" if self._closed else ("open" if opened else "unopened")
         return f"<WachatClient base_url={self.base_url!r} state={state}>"
 
     # -- public calls ----------------------------------------------------------------------
@@ -325,14 +429,14 @@ class WachatClient:
 
         Returns a :class:`FetchMany`: iterate it, ideally inside ``async with`` so that leaving
         the block cancels what is still in flight. *concurrency* is capped at the client's
-        ``max_connections``, so waiting for a turn happens in the workers, never inside a
-        request's timeout. See :func:`wachat_async._polling.fetch_many`.
+        connection slots (``max_connections``, or a borrowed connector's limit), and each fetch
+        queues for a slot before its timeout starts. See :func:`wachat_async._polling.fetch_many`.
         """
         return fetch_many(
             self.get_qr_image,
             instance_names,
-            concurrency=min(concurrency, self._max_connections)
-            if self._owns_session and isinstance(concurrency, int)
+            concurrency=min(concurrency, self._slot_limit)
+            if self._slot_limit is not None and type(concurrency) is int
             else concurrency,
             on_progress=on_progress,
         )
@@ -380,17 +484,29 @@ class WachatClient:
 
     async def _send(self, url: URL, name: str, headers: dict[str, str]) -> aiohttp.ClientResponse:
         """Send one GET and return the 200 response; anything else becomes a typed error."""
-        session = self._session or self._open_session()
+        session = self._session
+        assert session is not None  # _call bound it to the running loop
         failure: BaseException
         try:
+            # Everything a result depends on is set here, whatever the session's defaults.
             resp = await session.get(
                 url.with_query(instanceName=name),
                 headers=headers,
                 allow_redirects=False,
+                raise_for_status=False,
                 timeout=self._timeout,
             )
         except _TRANSPORT_ERRORS as exc:
             failure = self._transport_error(exc, name)
+        except RuntimeError:
+            if not session.closed:
+                raise
+            failure = ConfigurationError(
+                "The aiohttp.ClientSession passed as session= was closed while the client "
+                "still uses it; close the session only after the client"
+                if self._borrowed is not None
+                else "WachatClient is closed; create a new client (a closed one cannot be reused)"
+            )
         else:
             if resp.status == 200:
                 return resp
@@ -424,33 +540,46 @@ class WachatClient:
         return resp
 
     async def _open_stream(self, name: str, chunk_size: int) -> QRStream:
-        resp = await self._open_png(name)
-        return QRStream(resp, instance_name=name, client=self, chunk_size=chunk_size)
+        """Open the PNG in a connection slot that the stream holds until it is closed."""
+        slots = self._slots
+        await slots.acquire()
+        try:
+            resp = await self._open_png(name)
+        except BaseException:
+            slots.release()
+            raise
+        return QRStream(resp, instance_name=name, client=self, chunk_size=chunk_size, slot=slots)
 
     async def _fetch_image(self, name: str) -> QRImage:
-        resp = await self._open_png(name)
-        if resp.content_length is None or "Content-Encoding" in resp.headers:
-            # Unknown or compressed length: read chunk by chunk so the cap holds while reading.
-            stream = QRStream(resp, instance_name=name, client=self, chunk_size=_CHUNK)
-            try:
-                data = await stream.read()
-            finally:
-                stream.close()
-            return QRImage._trusted(
-                instance_name=name, data=data, width=stream.width, height=stream.height
-            )
-        # Fast path: a plain body whose length _open_png already checked against the cap.
-        failure: BaseException
+        slots = self._slots
+        await slots.acquire()  # the per-attempt timeout starts once a slot is ours
         try:
-            data = await resp.read()
-        except BaseException as exc:
-            resp.close()
-            if not isinstance(exc, _TRANSPORT_ERRORS):
-                raise
-            failure = self._transport_error(exc, name)
-        else:
-            return QRImage.from_png(data, instance_name=name)
-        _raise_clean(failure)
+            resp = await self._open_png(name)
+            if resp.content_length is None or "Content-Encoding" in resp.headers:
+                # Unknown or compressed length: read chunk by chunk so the cap holds while
+                # reading.
+                stream = QRStream(resp, instance_name=name, client=self, chunk_size=_CHUNK)
+                try:
+                    data = await stream.read()
+                finally:
+                    stream.close()
+                return QRImage._trusted(
+                    instance_name=name, data=data, width=stream.width, height=stream.height
+                )
+            # Fast path: a plain body whose length _open_png already checked against the cap.
+            failure: BaseException | None = None
+            try:
+                data = await resp.read()
+            except BaseException as exc:
+                resp.close()
+                if not isinstance(exc, _TRANSPORT_ERRORS):
+                    raise
+                failure = self._transport_error(exc, name)
+        finally:
+            slots.release()
+        if failure is not None:
+            _raise_clean(failure)
+        return QRImage.from_png(data, instance_name=name)
 
     async def _save_once(self, name: str, sink: Sink) -> None:
         await sink.reset()  # a retry starts a fresh body
@@ -462,11 +591,16 @@ class WachatClient:
             stream.close()
 
     async def _fetch_state(self, name: str) -> InstanceState:
-        resp = await self._send(self._state_url, name, self._json_headers)
+        slots = self._slots
+        await slots.acquire()
         try:
-            raw = await self._read_limited(resp, _JSON_LIMIT, name)
+            resp = await self._send(self._state_url, name, self._json_headers)
+            try:
+                raw = await self._read_limited(resp, _JSON_LIMIT, name)
+            finally:
+                resp.close()
         finally:
-            resp.close()
+            slots.release()
         try:
             payload = json.loads(raw)
         except (ValueError, RecursionError):  # deeply nested JSON recurses
@@ -601,10 +735,17 @@ class WachatClient:
         first attempt runs bare (no deadline timer, no tenacity); only a retryable failure moves
         the call onto the guarded path.
         """
+        if self._loop is not asyncio.get_running_loop() or self._session is None:
+            await self._bind()
         policy = self._retry
         self._budget.deposit()
         started = time.monotonic()
-        if self._guard_first_attempt:
+        # Queueing for a slot counts toward the deadline: a call that would wait runs guarded.
+        slots = self._slots
+        if self._guard_first_attempt or (
+            # Semaphore.locked() without its per-call generator: no slot free, or a queue.
+            policy.deadline is not None and (slots._value <= 0 or slots._waiters)
+        ):
             return await self._guarded(name, attempt, args, started, None)
         try:
             return await attempt(name, *args)
@@ -675,6 +816,89 @@ def _field(obj: object, key: str) -> dict[str, Any]:
     raises while we look for the state."""
     value = obj.get(key) if isinstance(obj, dict) else None
     return value if isinstance(value, dict) else {}
+
+
+def _connector_limit(session: aiohttp.ClientSession) -> int | None:
+    """How many connections a borrowed session's connector opens to one host (None: no limit;
+    aiohttp's 0 means unlimited for both ``limit`` and ``limit_per_host``)."""
+    connector = session.connector
+    if connector is None:
+        return None
+    limits = [n for n in (connector.limit, connector.limit_per_host) if n]
+    return min(limits) if limits else None
+
+
+def _new_slots(limit: int | None) -> asyncio.Semaphore:
+    """The connection queue: one slot per connection (a semaphore never binds to a loop until
+    someone waits on it, and a new one is made for each loop the client runs in)."""
+    return asyncio.Semaphore(sys.maxsize if limit is None else limit)
+
+
+def _private_session(
+    connector: aiohttp.BaseConnector,
+    timeout: aiohttp.ClientTimeout,
+    *,
+    connector_owner: bool = True,
+    trace_configs: list[aiohttp.TraceConfig] | None = None,
+    proxy: Any = None,
+) -> aiohttp.ClientSession:
+    """A session whose every request default is ours: no cookies (a dummy jar), no default
+    headers or auth, no base URL, no status raising, no middlewares, no environment."""
+    return aiohttp.ClientSession(
+        connector=connector,
+        connector_owner=connector_owner,
+        timeout=timeout,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        raise_for_status=False,
+        auto_decompress=True,
+        trust_env=False,
+        trace_configs=trace_configs,
+        proxy=proxy,
+    )
+
+
+async def _close_at_loop_end(session: aiohttp.ClientSession) -> AsyncGenerator[None, None]:
+    """Suspended for as long as the session's loop runs; finishing it closes the session.
+
+    ``asyncio.run`` (and ``asyncio.Runner``) finish every live async generator before closing
+    the loop, so a client left open in a script or a notebook cell releases its connections
+    while their loop can still close them, and its next call opens a session on the new loop.
+    """
+    try:
+        yield
+    finally:
+        await session.close()
+
+
+def _loop_closed(session: aiohttp.ClientSession) -> bool:
+    loop = getattr(session, "_loop", None)
+    return loop is None or loop.is_closed()
+
+
+async def _abandon(session: aiohttp.ClientSession) -> None:
+    """Close a session whose event loop has already been closed, without warnings.
+
+    Its sockets are still open (closing a loop does not close its transports) and the usual
+    close would schedule callbacks on the dead loop. So each pooled socket is closed directly
+    (best effort: these are asyncio's private transport internals), then the session and its
+    connector are marked closed; aiohttp skips the loop once it sees that the loop is closed.
+    """
+    connector = session.connector
+    if connector is not None and _loop_closed(session):
+        pooled = getattr(connector, "_conns", {}).values()
+        protocols = [proto for conns in pooled for proto, _ in conns]
+        for proto in [*protocols, *getattr(connector, "_acquired", ())]:
+            transport = proto.transport
+            if transport is None:
+                continue
+            with suppress(Exception):
+                transport.abort()  # marks it closing; its callback cannot be scheduled
+            lost = getattr(transport, "_call_connection_lost", None)
+            if lost is not None:
+                with suppress(Exception):
+                    lost(None)  # what the loop would have called next: closes the socket
+    with suppress(Exception):
+        await session.close()
 
 
 async def _no_sleep(seconds: float) -> None:
@@ -816,8 +1040,10 @@ class QRStream:
         instance_name: str,
         client: WachatClient,
         chunk_size: int,
+        slot: asyncio.Semaphore | None = None,
     ) -> None:
         self._resp = response
+        self._slot = slot
         self._client = client
         self._chunk_size = chunk_size
         self._limit = client._max_image_bytes
@@ -889,8 +1115,11 @@ class QRStream:
 
     def close(self) -> None:
         """Release the connection: back to the pool if the body was read to its end, else
-        closed (a half-read connection is never reused)."""
+        closed (a half-read connection is never reused). Idempotent."""
         if self._resp.content.is_eof():
             self._resp.release()
         else:
             self._resp.close()
+        slot, self._slot = self._slot, None
+        if slot is not None:
+            slot.release()  # the client's connection slot, held since the stream was opened
