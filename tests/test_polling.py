@@ -232,16 +232,15 @@ async def test_an_exception_from_the_names_iterable_propagates() -> None:
 
 
 async def test_an_iterable_that_fails_at_once_starts_nothing() -> None:
-    """An iterable that raises while the first names are pulled leaves no task behind."""
+    """An iterable that raises on its first pull raises from __anext__ and starts no task."""
 
     def names() -> Iterator[str]:
-        yield "a"
-        yield "b"
-        raise RuntimeError("names broke early")
+        raise RuntimeError("names broke at once")
+        yield "a"  # pragma: no cover
 
     fetch = Recorder()
     batch = fetch_many(fetch, names(), concurrency=10)
-    with pytest.raises(RuntimeError, match="broke early"):
+    with pytest.raises(RuntimeError, match="broke at once"):
         await batch.__anext__()
     assert workers() == []
     assert fetch.calls == Counter()
@@ -249,13 +248,22 @@ async def test_an_iterable_that_fails_at_once_starts_nothing() -> None:
         await batch.__anext__()
 
 
-async def test_an_invalid_name_from_the_client_check_propagates(
-    client: WachatClient,
-) -> None:
-    """The client's name check (ValueError) is a caller bug: raised, not turned into a result."""
-    with pytest.raises(ValueError, match="empty"):
-        async for _ in client.fetch_many([NAME, " "], concurrency=1):
-            pass
+async def test_an_iterable_that_fails_early_cancels_what_started() -> None:
+    """An iterable that raises after two names: raised, and the fetch already started is
+    cancelled, with no task left behind."""
+
+    def names() -> Iterator[str]:
+        yield "a"
+        yield "b"
+        raise RuntimeError("names broke early")
+
+    fetch = Recorder(hang={"a", "b"})
+    batch = fetch_many(fetch, names(), concurrency=10)
+    with pytest.raises(RuntimeError, match="broke early"):
+        await batch.__anext__()
+    assert workers() == []
+    assert fetch.in_flight == 0
+    assert set(fetch.cancelled) == set(fetch.calls)
 
 
 # -- fetch_many: progress ---------------------------------------------------------------------
