@@ -12,7 +12,7 @@ import sys
 import warnings
 import zlib
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 
 import pytest
 
@@ -90,6 +90,8 @@ class Recorder:
     ) -> None:
         self.calls: Counter[str] = Counter()
         self.in_flight = 0
+        self.active: set[str] = set()
+        self.overlaps: list[str] = []  # names fetched while already in flight (must stay empty)
         self.max_in_flight = 0
         self.max_workers = 0
         self.cancelled: list[str] = []
@@ -100,6 +102,9 @@ class Recorder:
     async def __call__(self, name: str) -> QRImage:
         self.calls[name] += 1
         self.in_flight += 1
+        if name in self.active:
+            self.overlaps.append(name)
+        self.active.add(name)
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         self.max_workers = max(self.max_workers, len(workers()))
         try:
@@ -117,6 +122,29 @@ class Recorder:
             raise
         finally:
             self.in_flight -= 1
+            self.active.discard(name)
+
+
+class Names:
+    """An iterable of names that counts its pulls and stops a runaway with an error.
+
+    The guard turns "the batch spins through the iterable without yielding" into a failing
+    test instead of a hung one (a held event loop cannot run a timeout).
+    """
+
+    def __init__(self, items: Iterable[object], limit: int = 200_000) -> None:
+        self.items = iter(items)
+        self.pulled = 0
+        self.limit = limit
+
+    def __iter__(self) -> Names:
+        return self
+
+    def __next__(self) -> object:
+        self.pulled += 1
+        if self.pulled > self.limit:
+            raise RuntimeError(f"runaway: {self.limit} names pulled")
+        return next(self.items)
 
 
 # -- fetch_many: results ------------------------------------------------------------------------
@@ -203,6 +231,207 @@ async def test_names_are_pulled_lazily_from_an_endless_iterable() -> None:
     # In flight (5) plus at most the queue's slots (5) beyond what was consumed.
     assert 25 <= pulled <= 25 + 5 + 5 + 1
     assert workers() == []
+
+
+# -- fetch_many: never holds the loop; dedupe ---------------------------------------------------
+
+
+def _duplicates_forever() -> Iterator[str]:
+    """A generator that keeps yielding the same three names."""
+    for i in itertools.count():
+        yield f"n{i % 3}"
+
+
+#: Iterables that once froze the event loop (or could): names repeat, forever or for long.
+HOLDING_ITERABLES: list[object] = [
+    pytest.param(lambda: itertools.cycle(["a", "b"]), id="endless-cycle"),
+    pytest.param(lambda: itertools.repeat("a"), id="one-name-forever"),
+    pytest.param(_duplicates_forever, id="generator-of-duplicates"),
+    pytest.param(
+        lambda: itertools.chain(["a"] * 50_000, itertools.cycle(["b", "c"])), id="very-long"
+    ),
+    pytest.param(lambda: itertools.cycle(["a", "b", "c", "d", "e", "f"]), id="repeats-in-flight"),
+    pytest.param(lambda: itertools.repeat(""), id="invalid-name-forever"),
+    pytest.param(lambda: itertools.repeat([]), id="unhashable-forever"),
+    pytest.param(lambda: itertools.cycle([None, 7, "a", " "]), id="mixed-invalid-cycle"),
+]
+
+
+@pytest.mark.parametrize("dedupe", [True, False], ids=["dedupe", "no-dedupe"])
+@pytest.mark.parametrize("make_names", HOLDING_ITERABLES)
+async def test_no_iterable_holds_the_loop_and_cancelling_ends_it_promptly(
+    make_names: Callable[[], Iterable[object]], dedupe: bool
+) -> None:
+    """Whatever the iterable yields, another task keeps ticking while the batch runs, and
+    cancelling the consumer ends the batch within a few loop iterations."""
+    names = Names(make_names())
+    fetch = Recorder()
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0)
+            ticks += 1
+
+    async def consume() -> None:
+        async for _ in fetch_many(fetch, names, concurrency=4, dedupe=dedupe):
+            pass
+
+    ticking = asyncio.create_task(ticker())
+    consumer = asyncio.create_task(consume())
+    while ticks < 300:
+        await asyncio.sleep(0)
+    assert not consumer.done()  # the batch is still running: it was interleaved, not finished
+    assert names.pulled > 20  # ... and pulling
+    consumer.cancel()
+    iterations = 0
+    while not consumer.done():
+        await asyncio.sleep(0)
+        iterations += 1
+        assert iterations <= 10, "cancelling the consumer did not end the batch promptly"
+    ticking.cancel()
+    assert consumer.cancelled()
+    assert workers() == []
+    assert fetch.overlaps == []
+    assert fetch.in_flight == 0
+
+
+@pytest.mark.parametrize("concurrency", [1, 3, 8], ids=lambda c: f"concurrency-{c}")
+async def test_dedupe_false_is_a_polling_loop_with_memory_bounded_by_concurrency(
+    concurrency: int,
+) -> None:
+    """10,000 pulls of an endless cycle: every name pulled is fetched, and what is held at any
+    time (workers, queued results, names in flight, names pulled but not yet yielded) never
+    exceeds what concurrency allows; nothing remembers the names already seen."""
+    names = Names(itertools.cycle(["a", "b", "c", "d", "e"]))
+    fetch = Recorder()
+    consumed: Counter[str] = Counter()
+    backlog = 0
+    async with fetch_many(fetch, names, concurrency=concurrency, dedupe=False) as results:
+        async for result in results:
+            consumed[result.instance_name] += 1
+            batch = results._batch
+            assert batch is not None
+            assert batch.seen is None
+            assert batch.running <= len(batch.tasks) <= concurrency
+            assert len(batch.in_flight) <= concurrency
+            assert batch.queue.qsize() <= concurrency
+            backlog = max(backlog, names.pulled - consumed.total())
+            if names.pulled >= 10_000:
+                break
+    assert backlog <= 2 * concurrency + 1
+    assert consumed.total() >= 10_000 - 2 * concurrency - 1
+    # Round robin: each of the five names was fetched about a fifth of the time.
+    assert max(consumed.values()) - min(consumed.values()) <= 2 * concurrency + 1
+    assert fetch.calls.total() <= names.pulled
+    assert fetch.overlaps == []
+    assert workers() == []
+
+
+async def test_dedupe_false_fetches_a_repeat_again_after_the_one_in_flight() -> None:
+    """A name pulled again while its fetch is in flight waits for it, then is fetched again."""
+    gate = asyncio.Event()
+    fetch = Recorder(gates={"a": gate})
+    batch = fetch_many(fetch, ["a", "a", "a", "b"], concurrency=4, dedupe=False)
+    first = asyncio.ensure_future(batch.__anext__())
+    while fetch.calls["b"] == 0:
+        await asyncio.sleep(0)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert fetch.calls == Counter({"a": 1, "b": 1})  # the repeats wait for the first "a"
+    assert (await first).instance_name == "b"
+    gate.set()
+    rest = [r.instance_name async for r in batch]
+    assert rest == ["a", "a", "a"]
+    assert fetch.calls == Counter({"a": 3, "b": 1})
+    assert fetch.overlaps == []
+    assert fetch.max_in_flight == 2
+
+
+@pytest.mark.parametrize(
+    ("dedupe", "expected"),
+    [
+        pytest.param(True, Counter({"a": 1, "b": 1, "c": 1}), id="dedupe"),
+        pytest.param(False, Counter({"a": 3, "b": 2, "c": 1}), id="no-dedupe"),
+    ],
+)
+async def test_dedupe_decides_whether_repeats_are_fetched(
+    dedupe: bool, expected: Counter[str]
+) -> None:
+    """dedupe=True: one result per distinct name; dedupe=False: one per name pulled."""
+    fetch = Recorder()
+    names = ["a", "b", "a", "c", "b", "a"]
+    results = [r async for r in fetch_many(fetch, names, concurrency=3, dedupe=dedupe)]
+    assert Counter(r.instance_name for r in results) == expected
+    assert fetch.calls == expected
+    assert fetch.overlaps == []
+
+
+async def test_dedupe_true_ends_a_finite_batch_with_long_runs_of_duplicates() -> None:
+    """100,000 pulls that are almost all duplicates end with one result per distinct name,
+    while another task keeps being scheduled."""
+    names = Names(["a", "b"] * 50_000 + ["c"])
+    fetch = Recorder()
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0)
+            ticks += 1
+
+    ticking = asyncio.create_task(ticker())
+    results = [r async for r in fetch_many(fetch, names, concurrency=4)]
+    ticking.cancel()
+    assert sorted(r.instance_name for r in results) == ["a", "b", "c"]
+    assert names.pulled == 100_001 + 1  # every name, then the StopIteration
+    assert ticks >= 100_000 // (4 * 16)  # the loop ran other tasks all along
+
+
+@pytest.mark.parametrize("dedupe", ["no", None, 0], ids=["str", "none", "int"])
+def test_dedupe_must_be_a_bool(dedupe: object) -> None:
+    """A dedupe that is not a bool is refused at call time."""
+    with pytest.raises(TypeError, match="dedupe"):
+        fetch_many(Recorder(), ["a"], concurrency=1, dedupe=dedupe)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("dedupe", "requests"),
+    [pytest.param(True, 1, id="dedupe-default"), pytest.param(False, 3, id="no-dedupe")],
+)
+async def test_client_fetch_many_passes_dedupe_through(
+    server: FakeWachatServer, client: WachatClient, dedupe: bool, requests: int
+) -> None:
+    """Against the fake server: repeats are one request by default, one each with dedupe=False."""
+    kwargs = {} if dedupe else {"dedupe": False}
+    results = [r async for r in client.fetch_many([NAME] * 3, concurrency=3, **kwargs)]
+    assert len(results) == requests
+    assert all(r.ok for r in results)
+    assert server.request_count(NAME, path="/instance/qr/image") == requests
+    assert_no_connection_checked_out(client)
+
+
+async def test_client_fetch_many_polls_an_endless_cycle(
+    server: FakeWachatServer, client: WachatClient
+) -> None:
+    """client.fetch_many(itertools.cycle(...), dedupe=False) is a polling loop over real
+    sockets: it keeps yielding fresh results until the consumer leaves."""
+    other = f"{NAME}_2"
+    server.add_instance(other)
+    seen: Counter[str] = Counter()
+    async with client.fetch_many(
+        itertools.cycle([NAME, other]), concurrency=4, dedupe=False
+    ) as results:
+        async for result in results:
+            assert result.ok
+            seen[result.instance_name] += 1
+            if seen.total() == 40:
+                break
+    assert set(seen) == {NAME, other}
+    assert server.request_count(path="/instance/qr/image") >= 40
+    assert workers() == []
+    assert_no_connection_checked_out(client)
 
 
 # -- fetch_many: bugs propagate -----------------------------------------------------------------
