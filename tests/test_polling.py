@@ -15,6 +15,8 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import KEY, NAME, assert_no_connection_checked_out, assert_no_key, status_cases
 from wachat_async import (
@@ -24,11 +26,14 @@ from wachat_async import (
     InstanceNotFoundError,
     InstanceState,
     InvalidImageError,
+    InvalidInstanceNameError,
     InvalidResponseError,
+    QRFailure,
     QRFetchFailedError,
     QRImage,
     QRNotSupportedError,
     QRResult,
+    QRSuccess,
     ResponseTooLargeError,
     RetryPolicy,
     SubscriptionRestrictedError,
@@ -37,9 +42,19 @@ from wachat_async import (
     WachatConnectionError,
     WachatError,
     WachatTimeoutError,
+    build_qr_image_url,
 )
 from wachat_async._polling import WORKER_TASK_PREFIX, FetchMany, fetch_many, is_transient, watch_qr
+from wachat_async._validate import check_instance_name
 from wachat_async.testing import FakeWachatServer, Fault
+
+FUZZ = settings(
+    derandomize=True,
+    database=None,
+    deadline=None,
+    max_examples=150,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 
 def _chunk(tag: bytes, data: bytes) -> bytes:
@@ -432,6 +447,227 @@ async def test_client_fetch_many_polls_an_endless_cycle(
     assert server.request_count(path="/instance/qr/image") >= 40
     assert workers() == []
     assert_no_connection_checked_out(client)
+
+
+# -- invalid instance names ---------------------------------------------------------------------
+
+#: Names no method may send, with what the error must say about them.
+INVALID_NAMES = [
+    pytest.param("", "empty", id="empty"),
+    pytest.param("   ", "empty", id="spaces"),
+    pytest.param("\t\n", "empty", id="tab-newline-only"),
+    pytest.param("a\r\nX-Injected: 1", "control", id="crlf"),
+    pytest.param("a\x00b", "control", id="null-byte"),
+    pytest.param("\x1b[31mred", "control", id="ansi-escape"),
+    pytest.param("a\x85b", "control", id="c1-next-line"),
+    pytest.param("a\x7f", "control", id="delete"),
+    pytest.param("\ud800", "Unicode", id="lone-surrogate"),
+]
+
+#: Items of an iterable of names that are not str at all.
+NOT_STRINGS = [
+    pytest.param(None, id="none"),
+    pytest.param(42, id="int"),
+    pytest.param(b"t1_abc", id="bytes"),
+    pytest.param(["t1_abc"], id="unhashable-list"),
+    pytest.param(object(), id="object"),
+]
+
+
+def assert_shown_safely(message: str, name: str) -> None:
+    """*message* quotes *name* with repr and carries no raw control character."""
+    assert message.isprintable()
+    assert repr(name) in message
+
+
+@pytest.mark.parametrize(("name", "problem"), INVALID_NAMES)
+async def test_fetch_many_reports_an_invalid_name_and_goes_on(name: str, problem: str) -> None:
+    """An invalid name is that name's QRFailure (InvalidInstanceNameError); the others are
+    fetched, and the invalid one never reaches fetch."""
+    fetch = Recorder()
+    results = {r.instance_name: r async for r in fetch_many(fetch, ["a", name, "b"], concurrency=2)}
+    assert sorted(results) == sorted(["a", name, "b"])
+    bad = results[name]
+    assert isinstance(bad, QRFailure)
+    assert not bad.ok
+    assert bad.image is None
+    assert isinstance(bad.error, InvalidInstanceNameError)
+    assert isinstance(bad.error, WachatError)
+    assert isinstance(bad.error, ValueError)
+    assert problem in str(bad.error)
+    assert bad.error.instance_name == name
+    assert_shown_safely(str(bad.error), name)
+    assert results["a"].ok
+    assert results["b"].ok
+    assert fetch.calls == Counter({"a": 1, "b": 1})
+
+
+@pytest.mark.parametrize("item", NOT_STRINGS)
+@pytest.mark.parametrize("dedupe", [True, False], ids=["dedupe", "no-dedupe"])
+async def test_fetch_many_reports_a_name_that_is_not_a_str(item: object, dedupe: bool) -> None:
+    """None, an int, bytes, a list...: that item's QRFailure (under the very object given)
+    says it must be a str; the batch goes on."""
+    fetch = Recorder()
+    names: list[object] = ["a", item, "b"]
+    results = [
+        r
+        async for r in fetch_many(fetch, names, concurrency=2, dedupe=dedupe)  # type: ignore[arg-type]
+    ]
+    (bad,) = [r for r in results if not r.ok]
+    assert bad.instance_name is item
+    assert isinstance(bad.error, InvalidInstanceNameError)
+    assert f"must be a str, not {type(item).__name__}" in str(bad.error)
+    assert bad.error.instance_name is None
+    assert sorted(r.instance_name for r in results if r.ok) == ["a", "b"]
+    assert fetch.calls == Counter({"a": 1, "b": 1})
+
+
+@pytest.mark.parametrize(
+    ("dedupe", "failures"), [pytest.param(True, 1, id="dedupe"), pytest.param(False, 3, id="no")]
+)
+async def test_invalid_names_follow_dedupe_too(dedupe: bool, failures: int) -> None:
+    """A repeated invalid name is reported once with dedupe=True, each time without it."""
+    results = [
+        r async for r in fetch_many(Recorder(), ["", "a", "", ""], concurrency=2, dedupe=dedupe)
+    ]
+    assert sum(not r.ok for r in results) == failures
+
+
+async def test_invalid_names_against_the_fake_server(
+    server: FakeWachatServer, client: WachatClient
+) -> None:
+    """client.fetch_many: invalid names become results, valid ones are fetched, and no request
+    is sent for the invalid ones."""
+    names: list[object] = ["", NAME, " ", None, "x\r\ny", f"{NAME}_missing"]
+    results = [r async for r in client.fetch_many(names, concurrency=3)]  # type: ignore[arg-type]
+    invalid = [r for r in results if isinstance(r.error, InvalidInstanceNameError)]
+    assert len(invalid) == 4
+    by_name = {r.instance_name: r for r in results if isinstance(r.instance_name, str)}
+    assert by_name[NAME].ok
+    assert isinstance(by_name[f"{NAME}_missing"].error, InstanceNotFoundError)
+    assert server.request_count(path="/instance/qr/image") == 2
+    assert_no_connection_checked_out(client)
+
+
+def _direct_calls(client: WachatClient, name: object) -> dict[str, Callable[[], object]]:
+    """Every public way to use an instance name, as zero-argument callables."""
+
+    async def stream() -> None:
+        async with client.stream_qr_image(name):  # type: ignore[arg-type]
+            pass  # pragma: no cover
+
+    return {
+        "get_qr_image": lambda: client.get_qr_image(name),  # type: ignore[arg-type]
+        "stream_qr_image": stream,
+        "save_qr_image": lambda: client.save_qr_image(name, "never.png"),  # type: ignore[arg-type]
+        "get_instance_state": lambda: client.get_instance_state(name),  # type: ignore[arg-type]
+        "watch_qr": lambda: client.watch_qr(name),  # type: ignore[arg-type]
+        "qr_image_url": lambda: client.qr_image_url(name),  # type: ignore[arg-type]
+        "build_qr_image_url": lambda: build_qr_image_url(name),  # type: ignore[arg-type]
+    }
+
+
+async def _call(call: Callable[[], object]) -> None:
+    outcome = call()
+    if asyncio.iscoroutine(outcome):
+        await outcome
+
+
+METHODS = [
+    "build_qr_image_url",
+    "get_instance_state",
+    "get_qr_image",
+    "qr_image_url",
+    "save_qr_image",
+    "stream_qr_image",
+    "watch_qr",
+]
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize(("name", "problem"), INVALID_NAMES)
+async def test_every_method_raises_invalid_instance_name_error(
+    server: FakeWachatServer, client: WachatClient, method: str, name: str, problem: str
+) -> None:
+    """Each method refuses an invalid name with InvalidInstanceNameError (a WachatError, so a
+    handler catching those answers cleanly, and a ValueError), before any request."""
+    calls = _direct_calls(client, name)
+    assert sorted(calls) == METHODS
+    with pytest.raises(InvalidInstanceNameError, match=problem) as caught:
+        await _call(calls[method])
+    assert isinstance(caught.value, WachatError)
+    assert isinstance(caught.value, ValueError)
+    assert_shown_safely(str(caught.value), name)
+    assert_no_key(str(caught.value), repr(caught.value))
+    assert server.request_count() == 0
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("item", NOT_STRINGS)
+async def test_every_method_raises_type_error_for_a_non_str(
+    server: FakeWachatServer, client: WachatClient, method: str, item: object
+) -> None:
+    """A name that is not a str is a programming error in a direct call: TypeError."""
+    with pytest.raises(TypeError, match="must be a str"):
+        await _call(_direct_calls(client, item)[method])
+    assert server.request_count() == 0
+
+
+def test_a_long_invalid_name_is_shortened_in_the_message() -> None:
+    """A huge invalid name does not make a huge message; the message says how long it was."""
+    name = "\x00" + "x" * 100_000
+    with pytest.raises(InvalidInstanceNameError) as caught:
+        check_instance_name(name)
+    message = str(caught.value)
+    assert len(message) < 200
+    assert "100001 characters" in message
+    assert message.isprintable()
+
+
+def test_a_str_subclass_cannot_smuggle_its_own_repr() -> None:
+    """The message uses str's repr, not a subclass's, so a hostile __repr__ echoes nothing."""
+
+    class Sneaky(str):
+        def __repr__(self) -> str:
+            return "\r\nforged log line"
+
+    with pytest.raises(InvalidInstanceNameError) as caught:
+        check_instance_name(Sneaky("a\r\nb"))
+    assert "forged" not in str(caught.value)
+    assert str(caught.value).isprintable()
+
+
+@FUZZ
+@given(st.lists(st.text(max_size=6), max_size=12), st.integers(1, 5), st.booleans())
+def test_any_text_names_give_one_outcome_each(
+    names: list[str], concurrency: int, dedupe: bool
+) -> None:
+    """For any names: valid ones are fetched, invalid ones reported with a printable message,
+    one result per distinct name (dedupe) or per name (no dedupe), never twice in flight."""
+
+    async def run() -> tuple[list[QRSuccess | QRFailure], Recorder]:
+        fetch = Recorder()
+        batch = fetch_many(fetch, names, concurrency=concurrency, dedupe=dedupe)
+        return [r async for r in batch], fetch
+
+    results, fetch = asyncio.run(run())
+    expected = Counter(dict.fromkeys(names, 1) if dedupe else names)
+    assert Counter(r.instance_name for r in results) == expected
+    for result in results:
+        if _sendable(result.instance_name):
+            assert result.ok
+        else:
+            assert isinstance(result.error, InvalidInstanceNameError)
+            assert str(result.error).isprintable()
+    assert fetch.calls == Counter({n: c for n, c in expected.items() if _sendable(n)})
+    assert fetch.overlaps == []
+
+
+def _sendable(name: str) -> bool:
+    """What check_instance_name accepts, restated: not blank, no control or surrogate."""
+    return bool(name.strip()) and not any(
+        ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F or 0xD800 <= ord(c) <= 0xDFFF for c in name
+    )
 
 
 # -- fetch_many: bugs propagate -----------------------------------------------------------------
