@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import gc
 import itertools
 import logging
@@ -14,6 +15,7 @@ import zlib
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 
+import attrs
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -668,6 +670,128 @@ def _sendable(name: str) -> bool:
     return bool(name.strip()) and not any(
         ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F or 0xD800 <= ord(c) <= 0xDFFF for c in name
     )
+
+
+# -- results: QRResult, QRSuccess, QRFailure ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("make", "cls", "ok"),
+    [
+        pytest.param(
+            lambda: QRResult(instance_name="a", image=image("a")),
+            QRSuccess,
+            True,
+            id="qrresult-image",
+        ),
+        pytest.param(
+            lambda: QRResult(instance_name="a", image=image("a"), error=None),
+            QRSuccess,
+            True,
+            id="qrresult-image-error-none",
+        ),
+        pytest.param(
+            lambda: QRResult(instance_name="a", error=InstanceNotFoundError()),
+            QRFailure,
+            False,
+            id="qrresult-error",
+        ),
+        pytest.param(
+            lambda: QRResult(instance_name="a", image=None, error=WachatError("x")),
+            QRFailure,
+            False,
+            id="qrresult-error-image-none",
+        ),
+        pytest.param(
+            lambda: QRSuccess(instance_name="a", image=image("a")), QRSuccess, True, id="qrsuccess"
+        ),
+        pytest.param(
+            lambda: QRFailure(instance_name="a", error=WachatError("x")),
+            QRFailure,
+            False,
+            id="qrfailure",
+        ),
+    ],
+)
+def test_constructing_a_result_builds_the_matching_subclass(
+    make: Callable[[], QRResult], cls: type[QRResult], ok: bool
+) -> None:
+    """QRResult(...) still works and gives a QRSuccess or a QRFailure; isinstance(x, QRResult)
+    holds for both; ok is a plain bool."""
+    result = make()
+    assert type(result) is cls
+    assert isinstance(result, QRResult)
+    assert result.ok is ok
+    assert (result.image is not None) is ok
+    assert (result.error is None) is ok
+
+
+@pytest.mark.parametrize(
+    ("make", "error"),
+    [
+        pytest.param(lambda: QRResult(instance_name="a"), ValueError, id="neither"),
+        pytest.param(
+            lambda: QRResult(instance_name="a", image=image("a"), error=WachatError("x")),
+            ValueError,
+            id="both",
+        ),
+        pytest.param(
+            lambda: QRSuccess(instance_name="a", image=image("a"), error=WachatError("x")),
+            ValueError,
+            id="success-with-error",
+        ),
+        pytest.param(
+            lambda: QRFailure(instance_name="a", error=WachatError("x"), image=image("a")),
+            ValueError,
+            id="failure-with-image",
+        ),
+        pytest.param(lambda: QRSuccess(instance_name="a"), TypeError, id="success-without-image"),
+        pytest.param(lambda: QRFailure(instance_name="a"), TypeError, id="failure-without-error"),
+        pytest.param(
+            lambda: QRSuccess(instance_name="a", image=b"png"),
+            TypeError,
+            id="success-image-not-qrimage",
+        ),
+        pytest.param(
+            lambda: QRFailure(instance_name="a", error=KeyError("x")),
+            TypeError,
+            id="failure-error-not-wachat",
+        ),
+    ],
+)
+def test_a_result_holds_exactly_one_of_image_and_error(
+    make: Callable[[], object], error: type[Exception]
+) -> None:
+    """Neither, both, or the wrong kind of value is refused, so the narrowed types are true."""
+    with pytest.raises(error):
+        make()
+
+
+def test_results_copy_pickle_evolve_and_compare_like_value_objects() -> None:
+    """The subclasses are frozen attrs value objects: equal by value, hashable, copyable (the
+    path pickle takes), evolvable, and frozen."""
+    qr = image("a")
+    success = QRResult(instance_name="a", image=qr)
+    failure = QRResult(instance_name="a", error=InstanceNotFoundError(instance_name="a"))
+    assert success == QRSuccess(instance_name="a", image=qr)
+    assert hash(success) == hash(QRSuccess(instance_name="a", image=qr))
+    assert success != failure
+    assert copy.copy(success) == success
+    assert copy.deepcopy(success) == success  # the __reduce_ex__ path pickle takes too
+    assert type(copy.deepcopy(failure)) is QRFailure
+    assert attrs.evolve(success, instance_name="b").instance_name == "b"
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        success.instance_name = "c"  # type: ignore[misc]
+    assert repr(failure).startswith("QRFailure(instance_name='a', image=None, error=")
+
+
+async def test_fetch_many_yields_the_subclasses() -> None:
+    """fetch_many results are QRSuccess / QRFailure instances (and so QRResult)."""
+    fetch = Recorder(fail={"b": InstanceNotFoundError(instance_name="b")})
+    results = {r.instance_name: r async for r in fetch_many(fetch, ["a", "b"], concurrency=2)}
+    assert type(results["a"]) is QRSuccess
+    assert type(results["b"]) is QRFailure
+    assert all(isinstance(r, QRResult) for r in results.values())
 
 
 # -- fetch_many: bugs propagate -----------------------------------------------------------------
