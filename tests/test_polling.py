@@ -767,7 +767,7 @@ def test_a_result_holds_exactly_one_of_image_and_error(
         make()
 
 
-def test_results_copy_pickle_evolve_and_compare_like_value_objects() -> None:
+def test_results_copy_evolve_and_compare_like_value_objects() -> None:
     """The subclasses are frozen attrs value objects: equal by value, hashable, copyable (the
     path pickle takes), evolvable, and frozen."""
     qr = image("a")
