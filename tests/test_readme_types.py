@@ -99,8 +99,8 @@ BLOCKS = readme_blocks()
 
 #: Checked with the README blocks: how results narrow (``reveal_type`` notes, in order), and a
 #: control that must fail, so a mypy run that checks nothing cannot pass.
-NARROWING = '''
-import asyncio
+NARROWING = """
+
 from wachat_async import QRFailure, QRResult, QRSuccess, WachatClient
 
 
@@ -123,7 +123,7 @@ def constructed(result: QRSuccess | QRFailure) -> QRResult:
     if not result.ok:
         raise result.error
     return result
-'''
+"""
 NARROWED = [
     "wachat_async._models.QRImage",
     "None",
@@ -132,14 +132,14 @@ NARROWED = [
     "wachat_async._models.QRImage",
     "wachat_async._models.QRImage",
 ]
-UNNARROWED = '''
+UNNARROWED = """
 from wachat_async import QRResult
 
 
 def plain(result: QRResult) -> None:
     if result.ok:
         result.image.save("qr.png")
-'''
+"""
 
 
 @pytest.fixture(scope="module")
