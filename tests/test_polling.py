@@ -274,15 +274,25 @@ HOLDING_ITERABLES: list[object] = [
 ]
 
 
+class InstantFetch(Recorder):
+    """A fake fetch that completes without ever suspending (a cache, say)."""
+
+    async def __call__(self, name: str) -> QRImage:
+        self.calls[name] += 1
+        return image(name)
+
+
+@pytest.mark.parametrize("fetch_kind", [Recorder, InstantFetch], ids=["suspending", "instant"])
 @pytest.mark.parametrize("dedupe", [True, False], ids=["dedupe", "no-dedupe"])
 @pytest.mark.parametrize("make_names", HOLDING_ITERABLES)
 async def test_no_iterable_holds_the_loop_and_cancelling_ends_it_promptly(
-    make_names: Callable[[], Iterable[object]], dedupe: bool
+    make_names: Callable[[], Iterable[object]], dedupe: bool, fetch_kind: type[Recorder]
 ) -> None:
-    """Whatever the iterable yields, another task keeps ticking while the batch runs, and
-    cancelling the consumer ends the batch within a few loop iterations."""
+    """Whatever the iterable yields (and even if fetch never suspends), another task keeps
+    ticking while the batch runs, and cancelling the consumer ends the batch within a few loop
+    iterations."""
     names = Names(make_names())
-    fetch = Recorder()
+    fetch = fetch_kind()
     ticks = 0
 
     async def ticker() -> None:

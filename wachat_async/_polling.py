@@ -9,7 +9,7 @@ for it, and the pool never exceeds *concurrency*. So a fleet of a million names 
 *concurrency* tasks, a result queue of *concurrency* slots, one entry per name in flight and,
 with ``dedupe=True`` only, the set of names already seen. Queueing happens in our own workers,
 before a request is made, so time spent waiting for a turn never eats into a request's timeout.
-A worker never pulls more than ``PULLS_PER_YIELD`` names in a row without awaiting, so no
+A worker yields to the loop at least once every ``PULLS_PER_YIELD`` names it pulls, so no
 iterable (an endless ``itertools.cycle`` of names already seen included) can hold the loop.
 
 ``watch_qr`` polls one instance, yields a :class:`QRImage` only when its content hash changes,
@@ -76,7 +76,7 @@ _DONE: Final = _Done()
 _END: Final = _End()
 _Item = QRSuccess | QRFailure | _Failure | _Done
 
-#: At most this many names are pulled in a row without yielding to the event loop (names that
+#: A worker yields to the event loop at least once every this many names it pulls (names that
 #: are skipped as duplicates or reported as invalid do not await anything by themselves).
 PULLS_PER_YIELD: Final = 16
 
@@ -165,21 +165,20 @@ class _Batch:
         return QRFailure(instance_name=cast(str, item), error=error)
 
     async def work(self, item: object) -> None:
-        idle = 0  # names pulled since this worker last awaited something
+        pulls = 0
         try:
             while item is not _END:
                 admitted = self.admit(item)
                 if isinstance(admitted, str):
-                    idle = 0
                     self.grow()
                     await self.queue.put(await self.fetch_one(admitted))
-                else:
-                    if admitted is not None:
-                        await self.queue.put(admitted)
-                    idle += 1
-                    if idle >= PULLS_PER_YIELD:
-                        idle = 0
-                        await asyncio.sleep(0)  # never hold the loop, whatever the names are
+                elif admitted is not None:
+                    await self.queue.put(admitted)
+                pulls += 1
+                if pulls % PULLS_PER_YIELD == 0:
+                    # Duplicates and invalid names await nothing, nor does a fetch that
+                    # completes at once: never hold the loop, whatever the names are.
+                    await asyncio.sleep(0)
                 item = self.pull()
         except Exception as exc:  # a bug (ours or the caller's): hand it to the consumer
             self.exhausted = True
@@ -363,8 +362,8 @@ def fetch_many(
 
     * At most *concurrency* fetches run at once, in at most that many worker tasks pulling
       names from the iterable lazily: names may come from a generator, even an endless one.
-      Whatever the iterable yields, the workers never hold the event loop: at most
-      ``PULLS_PER_YIELD`` names are pulled in a row without awaiting.
+      Whatever the iterable yields, the workers never hold the event loop: each yields at
+      least once every ``PULLS_PER_YIELD`` (16) names it pulls.
     * ``dedupe=True`` (the default): one result per distinct name for the whole batch; a name
       seen again is skipped. The set of names seen grows with the number of distinct names.
       An endless iterable that stops producing new names keeps the batch pulling (without
