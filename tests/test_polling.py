@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import gc
 import itertools
 import logging
@@ -12,9 +13,12 @@ import sys
 import warnings
 import zlib
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 
+import attrs
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import KEY, NAME, assert_no_connection_checked_out, assert_no_key, status_cases
 from wachat_async import (
@@ -24,11 +28,14 @@ from wachat_async import (
     InstanceNotFoundError,
     InstanceState,
     InvalidImageError,
+    InvalidInstanceNameError,
     InvalidResponseError,
+    QRFailure,
     QRFetchFailedError,
     QRImage,
     QRNotSupportedError,
     QRResult,
+    QRSuccess,
     ResponseTooLargeError,
     RetryPolicy,
     SubscriptionRestrictedError,
@@ -37,9 +44,19 @@ from wachat_async import (
     WachatConnectionError,
     WachatError,
     WachatTimeoutError,
+    build_qr_image_url,
 )
 from wachat_async._polling import WORKER_TASK_PREFIX, FetchMany, fetch_many, is_transient, watch_qr
+from wachat_async._validate import check_instance_name
 from wachat_async.testing import FakeWachatServer, Fault
+
+FUZZ = settings(
+    derandomize=True,
+    database=None,
+    deadline=None,
+    max_examples=150,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 
 def _chunk(tag: bytes, data: bytes) -> bytes:
@@ -90,6 +107,8 @@ class Recorder:
     ) -> None:
         self.calls: Counter[str] = Counter()
         self.in_flight = 0
+        self.active: set[str] = set()
+        self.overlaps: list[str] = []  # names fetched while already in flight (must stay empty)
         self.max_in_flight = 0
         self.max_workers = 0
         self.cancelled: list[str] = []
@@ -100,6 +119,9 @@ class Recorder:
     async def __call__(self, name: str) -> QRImage:
         self.calls[name] += 1
         self.in_flight += 1
+        if name in self.active:
+            self.overlaps.append(name)
+        self.active.add(name)
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         self.max_workers = max(self.max_workers, len(workers()))
         try:
@@ -117,6 +139,29 @@ class Recorder:
             raise
         finally:
             self.in_flight -= 1
+            self.active.discard(name)
+
+
+class Names:
+    """An iterable of names that counts its pulls and stops a runaway with an error.
+
+    The guard turns "the batch spins through the iterable without yielding" into a failing
+    test instead of a hung one (a held event loop cannot run a timeout).
+    """
+
+    def __init__(self, items: Iterable[object], limit: int = 200_000) -> None:
+        self.items = iter(items)
+        self.pulled = 0
+        self.limit = limit
+
+    def __iter__(self) -> Names:
+        return self
+
+    def __next__(self) -> object:
+        self.pulled += 1
+        if self.pulled > self.limit:
+            raise RuntimeError(f"runaway: {self.limit} names pulled")
+        return next(self.items)
 
 
 # -- fetch_many: results ------------------------------------------------------------------------
@@ -205,6 +250,564 @@ async def test_names_are_pulled_lazily_from_an_endless_iterable() -> None:
     assert workers() == []
 
 
+# -- fetch_many: never holds the loop; dedupe ---------------------------------------------------
+
+
+def _duplicates_forever() -> Iterator[str]:
+    """A generator that keeps yielding the same three names."""
+    for i in itertools.count():
+        yield f"n{i % 3}"
+
+
+#: Iterables that once froze the event loop (or could): names repeat, forever or for long.
+HOLDING_ITERABLES: list[object] = [
+    pytest.param(lambda: itertools.cycle(["a", "b"]), id="endless-cycle"),
+    pytest.param(lambda: itertools.repeat("a"), id="one-name-forever"),
+    pytest.param(_duplicates_forever, id="generator-of-duplicates"),
+    pytest.param(
+        lambda: itertools.chain(["a"] * 50_000, itertools.cycle(["b", "c"])), id="very-long"
+    ),
+    pytest.param(lambda: itertools.cycle(["a", "b", "c", "d", "e", "f"]), id="repeats-in-flight"),
+    pytest.param(lambda: itertools.repeat(""), id="invalid-name-forever"),
+    pytest.param(lambda: itertools.repeat([]), id="unhashable-forever"),
+    pytest.param(lambda: itertools.cycle([None, 7, "a", " "]), id="mixed-invalid-cycle"),
+]
+
+
+class InstantFetch(Recorder):
+    """A fake fetch that completes without ever suspending (a cache, say)."""
+
+    async def __call__(self, name: str) -> QRImage:
+        self.calls[name] += 1
+        return image(name)
+
+
+@pytest.mark.parametrize("fetch_kind", [Recorder, InstantFetch], ids=["suspending", "instant"])
+@pytest.mark.parametrize("dedupe", [True, False], ids=["dedupe", "no-dedupe"])
+@pytest.mark.parametrize("make_names", HOLDING_ITERABLES)
+async def test_no_iterable_holds_the_loop_and_cancelling_ends_it_promptly(
+    make_names: Callable[[], Iterable[object]], dedupe: bool, fetch_kind: type[Recorder]
+) -> None:
+    """Whatever the iterable yields (and even if fetch never suspends), another task keeps
+    ticking while the batch runs, and cancelling the consumer ends the batch within a few loop
+    iterations."""
+    names = Names(make_names())
+    fetch = fetch_kind()
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0)
+            ticks += 1
+
+    async def consume() -> None:
+        async for _ in fetch_many(fetch, names, concurrency=4, dedupe=dedupe):
+            pass
+
+    ticking = asyncio.create_task(ticker())
+    consumer = asyncio.create_task(consume())
+    while ticks < 300:
+        await asyncio.sleep(0)
+    assert not consumer.done()  # the batch is still running: it was interleaved, not finished
+    assert names.pulled > 20  # ... and pulling
+    consumer.cancel()
+    iterations = 0
+    while not consumer.done():
+        await asyncio.sleep(0)
+        iterations += 1
+        assert iterations <= 10, "cancelling the consumer did not end the batch promptly"
+    ticking.cancel()
+    assert consumer.cancelled()
+    assert workers() == []
+    assert fetch.overlaps == []
+    assert fetch.in_flight == 0
+
+
+@pytest.mark.parametrize("concurrency", [1, 3, 8], ids=lambda c: f"concurrency-{c}")
+async def test_dedupe_false_is_a_polling_loop_with_memory_bounded_by_concurrency(
+    concurrency: int,
+) -> None:
+    """10,000 pulls of an endless cycle: every name pulled is fetched, and what is held at any
+    time (workers, queued results, names in flight, names pulled but not yet yielded) never
+    exceeds what concurrency allows; nothing remembers the names already seen."""
+    names = Names(itertools.cycle(["a", "b", "c", "d", "e"]))
+    fetch = Recorder()
+    consumed: Counter[str] = Counter()
+    backlog = 0
+    async with fetch_many(fetch, names, concurrency=concurrency, dedupe=False) as results:
+        async for result in results:
+            consumed[result.instance_name] += 1
+            batch = results._batch
+            assert batch is not None
+            assert batch.seen is None
+            assert batch.running <= len(batch.tasks) <= concurrency
+            assert len(batch.in_flight) <= concurrency
+            assert batch.queue.qsize() <= concurrency
+            backlog = max(backlog, names.pulled - consumed.total())
+            if names.pulled >= 10_000:
+                break
+    assert backlog <= 2 * concurrency + 1
+    assert consumed.total() >= 10_000 - 2 * concurrency - 1
+    # Round robin: each of the five names was fetched about a fifth of the time.
+    assert max(consumed.values()) - min(consumed.values()) <= 2 * concurrency + 1
+    assert fetch.calls.total() <= names.pulled
+    assert fetch.overlaps == []
+    assert workers() == []
+
+
+async def test_dedupe_false_fetches_a_repeat_again_after_the_one_in_flight() -> None:
+    """A name pulled again while its fetch is in flight waits for it, then is fetched again."""
+    gate = asyncio.Event()
+    fetch = Recorder(gates={"a": gate})
+    batch = fetch_many(fetch, ["a", "a", "a", "b"], concurrency=4, dedupe=False)
+    first = asyncio.ensure_future(batch.__anext__())
+    while fetch.calls["b"] == 0:
+        await asyncio.sleep(0)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert fetch.calls == Counter({"a": 1, "b": 1})  # the repeats wait for the first "a"
+    assert (await first).instance_name == "b"
+    gate.set()
+    rest = [r.instance_name async for r in batch]
+    assert rest == ["a", "a", "a"]
+    assert fetch.calls == Counter({"a": 3, "b": 1})
+    assert fetch.overlaps == []
+    assert fetch.max_in_flight == 2
+
+
+@pytest.mark.parametrize(
+    ("dedupe", "expected"),
+    [
+        pytest.param(True, Counter({"a": 1, "b": 1, "c": 1}), id="dedupe"),
+        pytest.param(False, Counter({"a": 3, "b": 2, "c": 1}), id="no-dedupe"),
+    ],
+)
+async def test_dedupe_decides_whether_repeats_are_fetched(
+    dedupe: bool, expected: Counter[str]
+) -> None:
+    """dedupe=True: one result per distinct name; dedupe=False: one per name pulled."""
+    fetch = Recorder()
+    names = ["a", "b", "a", "c", "b", "a"]
+    results = [r async for r in fetch_many(fetch, names, concurrency=3, dedupe=dedupe)]
+    assert Counter(r.instance_name for r in results) == expected
+    assert fetch.calls == expected
+    assert fetch.overlaps == []
+
+
+async def test_dedupe_true_ends_a_finite_batch_with_long_runs_of_duplicates() -> None:
+    """100,000 pulls that are almost all duplicates end with one result per distinct name,
+    while another task keeps being scheduled."""
+    names = Names(["a", "b"] * 50_000 + ["c"])
+    fetch = Recorder()
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0)
+            ticks += 1
+
+    ticking = asyncio.create_task(ticker())
+    results = [r async for r in fetch_many(fetch, names, concurrency=4)]
+    ticking.cancel()
+    assert sorted(r.instance_name for r in results) == ["a", "b", "c"]
+    assert names.pulled == 100_001 + 1  # every name, then the StopIteration
+    assert ticks >= 100_000 // (4 * 16)  # the loop ran other tasks all along
+
+
+@pytest.mark.parametrize("dedupe", ["no", None, 0], ids=["str", "none", "int"])
+def test_dedupe_must_be_a_bool(dedupe: object) -> None:
+    """A dedupe that is not a bool is refused at call time."""
+    with pytest.raises(TypeError, match="dedupe"):
+        fetch_many(Recorder(), ["a"], concurrency=1, dedupe=dedupe)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("dedupe", "requests"),
+    [pytest.param(True, 1, id="dedupe-default"), pytest.param(False, 3, id="no-dedupe")],
+)
+async def test_client_fetch_many_passes_dedupe_through(
+    server: FakeWachatServer, client: WachatClient, dedupe: bool, requests: int
+) -> None:
+    """Against the fake server: repeats are one request by default, one each with dedupe=False."""
+    kwargs = {} if dedupe else {"dedupe": False}
+    results = [r async for r in client.fetch_many([NAME] * 3, concurrency=3, **kwargs)]
+    assert len(results) == requests
+    assert all(r.ok for r in results)
+    assert server.request_count(NAME, path="/instance/qr/image") == requests
+    assert_no_connection_checked_out(client)
+
+
+async def test_client_fetch_many_polls_an_endless_cycle(
+    server: FakeWachatServer, client: WachatClient
+) -> None:
+    """client.fetch_many(itertools.cycle(...), dedupe=False) is a polling loop over real
+    sockets: it keeps yielding fresh results until the consumer leaves."""
+    other = f"{NAME}_2"
+    server.add_instance(other)
+    seen: Counter[str] = Counter()
+    async with client.fetch_many(
+        itertools.cycle([NAME, other]), concurrency=4, dedupe=False
+    ) as results:
+        async for result in results:
+            assert result.ok
+            seen[result.instance_name] += 1
+            if seen.total() == 40:
+                break
+    assert set(seen) == {NAME, other}
+    assert server.request_count(path="/instance/qr/image") >= 40
+    assert workers() == []
+    assert_no_connection_checked_out(client)
+
+
+# -- invalid instance names ---------------------------------------------------------------------
+
+#: Names no method may send, with what the error must say about them.
+INVALID_NAMES = [
+    pytest.param("", "empty", id="empty"),
+    pytest.param("   ", "empty", id="spaces"),
+    pytest.param("\t\n", "empty", id="tab-newline-only"),
+    pytest.param("a\r\nX-Injected: 1", "control", id="crlf"),
+    pytest.param("a\x00b", "control", id="null-byte"),
+    pytest.param("\x1b[31mred", "control", id="ansi-escape"),
+    pytest.param("a\x85b", "control", id="c1-next-line"),
+    pytest.param("a\x7f", "control", id="delete"),
+    pytest.param("\ud800", "Unicode", id="lone-surrogate"),
+]
+
+#: Items of an iterable of names that are not str at all.
+NOT_STRINGS = [
+    pytest.param(None, id="none"),
+    pytest.param(42, id="int"),
+    pytest.param(b"t1_abc", id="bytes"),
+    pytest.param(["t1_abc"], id="unhashable-list"),
+    pytest.param(object(), id="object"),
+]
+
+
+def assert_shown_safely(message: str, name: str) -> None:
+    """*message* quotes *name* with repr and carries no raw control character."""
+    assert message.isprintable()
+    assert repr(name) in message
+
+
+@pytest.mark.parametrize(("name", "problem"), INVALID_NAMES)
+async def test_fetch_many_reports_an_invalid_name_and_goes_on(name: str, problem: str) -> None:
+    """An invalid name is that name's QRFailure (InvalidInstanceNameError); the others are
+    fetched, and the invalid one never reaches fetch."""
+    fetch = Recorder()
+    results = {r.instance_name: r async for r in fetch_many(fetch, ["a", name, "b"], concurrency=2)}
+    assert sorted(results) == sorted(["a", name, "b"])
+    bad = results[name]
+    assert isinstance(bad, QRFailure)
+    assert not bad.ok
+    assert bad.image is None
+    assert isinstance(bad.error, InvalidInstanceNameError)
+    assert isinstance(bad.error, WachatError)
+    assert isinstance(bad.error, ValueError)
+    assert problem in str(bad.error)
+    assert bad.error.instance_name == name
+    assert_shown_safely(str(bad.error), name)
+    assert results["a"].ok
+    assert results["b"].ok
+    assert fetch.calls == Counter({"a": 1, "b": 1})
+
+
+@pytest.mark.parametrize("item", NOT_STRINGS)
+@pytest.mark.parametrize("dedupe", [True, False], ids=["dedupe", "no-dedupe"])
+async def test_fetch_many_reports_a_name_that_is_not_a_str(item: object, dedupe: bool) -> None:
+    """None, an int, bytes, a list...: that item's QRFailure (under the very object given)
+    says it must be a str; the batch goes on."""
+    fetch = Recorder()
+    names: list[object] = ["a", item, "b"]
+    results = [
+        r
+        async for r in fetch_many(fetch, names, concurrency=2, dedupe=dedupe)  # type: ignore[arg-type]
+    ]
+    (bad,) = [r for r in results if not r.ok]
+    assert bad.instance_name is item
+    assert isinstance(bad.error, InvalidInstanceNameError)
+    assert f"must be a str, not {type(item).__name__}" in str(bad.error)
+    assert bad.error.instance_name is None
+    assert sorted(r.instance_name for r in results if r.ok) == ["a", "b"]
+    assert fetch.calls == Counter({"a": 1, "b": 1})
+
+
+@pytest.mark.parametrize(
+    ("dedupe", "failures"), [pytest.param(True, 1, id="dedupe"), pytest.param(False, 3, id="no")]
+)
+async def test_invalid_names_follow_dedupe_too(dedupe: bool, failures: int) -> None:
+    """A repeated invalid name is reported once with dedupe=True, each time without it."""
+    results = [
+        r async for r in fetch_many(Recorder(), ["", "a", "", ""], concurrency=2, dedupe=dedupe)
+    ]
+    assert sum(not r.ok for r in results) == failures
+
+
+async def test_invalid_names_against_the_fake_server(
+    server: FakeWachatServer, client: WachatClient
+) -> None:
+    """client.fetch_many: invalid names become results, valid ones are fetched, and no request
+    is sent for the invalid ones."""
+    names: list[object] = ["", NAME, " ", None, "x\r\ny", f"{NAME}_missing"]
+    results = [r async for r in client.fetch_many(names, concurrency=3)]  # type: ignore[arg-type]
+    invalid = [r for r in results if isinstance(r.error, InvalidInstanceNameError)]
+    assert len(invalid) == 4
+    by_name = {r.instance_name: r for r in results if isinstance(r.instance_name, str)}
+    assert by_name[NAME].ok
+    assert isinstance(by_name[f"{NAME}_missing"].error, InstanceNotFoundError)
+    assert server.request_count(path="/instance/qr/image") == 2
+    assert_no_connection_checked_out(client)
+
+
+def _direct_calls(client: WachatClient, name: object) -> dict[str, Callable[[], object]]:
+    """Every public way to use an instance name, as zero-argument callables."""
+
+    async def stream() -> None:
+        async with client.stream_qr_image(name):  # type: ignore[arg-type]
+            pass  # pragma: no cover
+
+    return {
+        "get_qr_image": lambda: client.get_qr_image(name),  # type: ignore[arg-type]
+        "stream_qr_image": stream,
+        "save_qr_image": lambda: client.save_qr_image(name, "never.png"),  # type: ignore[arg-type]
+        "get_instance_state": lambda: client.get_instance_state(name),  # type: ignore[arg-type]
+        "watch_qr": lambda: client.watch_qr(name),  # type: ignore[arg-type]
+        "qr_image_url": lambda: client.qr_image_url(name),  # type: ignore[arg-type]
+        "build_qr_image_url": lambda: build_qr_image_url(name),  # type: ignore[arg-type]
+    }
+
+
+async def _call(call: Callable[[], object]) -> None:
+    outcome = call()
+    if asyncio.iscoroutine(outcome):
+        await outcome
+
+
+METHODS = [
+    "build_qr_image_url",
+    "get_instance_state",
+    "get_qr_image",
+    "qr_image_url",
+    "save_qr_image",
+    "stream_qr_image",
+    "watch_qr",
+]
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize(("name", "problem"), INVALID_NAMES)
+async def test_every_method_raises_invalid_instance_name_error(
+    server: FakeWachatServer, client: WachatClient, method: str, name: str, problem: str
+) -> None:
+    """Each method refuses an invalid name with InvalidInstanceNameError (a WachatError, so a
+    handler catching those answers cleanly, and a ValueError), before any request."""
+    calls = _direct_calls(client, name)
+    assert sorted(calls) == METHODS
+    with pytest.raises(InvalidInstanceNameError, match=problem) as caught:
+        await _call(calls[method])
+    assert isinstance(caught.value, WachatError)
+    assert isinstance(caught.value, ValueError)
+    assert_shown_safely(str(caught.value), name)
+    assert_no_key(str(caught.value), repr(caught.value))
+    assert server.request_count() == 0
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("item", NOT_STRINGS)
+async def test_every_method_raises_type_error_for_a_non_str(
+    server: FakeWachatServer, client: WachatClient, method: str, item: object
+) -> None:
+    """A name that is not a str is a programming error in a direct call: TypeError."""
+    with pytest.raises(TypeError, match="must be a str"):
+        await _call(_direct_calls(client, item)[method])
+    assert server.request_count() == 0
+
+
+def test_a_long_invalid_name_is_shortened_in_the_message() -> None:
+    """A huge invalid name does not make a huge message; the message says how long it was."""
+    name = "\x00" + "x" * 100_000
+    with pytest.raises(InvalidInstanceNameError) as caught:
+        check_instance_name(name)
+    message = str(caught.value)
+    assert len(message) < 200
+    assert "100001 characters" in message
+    assert message.isprintable()
+
+
+def test_a_str_subclass_cannot_smuggle_its_own_repr() -> None:
+    """The message uses str's repr, not a subclass's, so a hostile __repr__ echoes nothing."""
+
+    class Sneaky(str):
+        def __repr__(self) -> str:
+            return "\r\nforged log line"
+
+    with pytest.raises(InvalidInstanceNameError) as caught:
+        check_instance_name(Sneaky("a\r\nb"))
+    assert "forged" not in str(caught.value)
+    assert str(caught.value).isprintable()
+
+
+@FUZZ
+@given(
+    st.lists(st.sampled_from(["a", "b", "c", "", " ", "x\x00"]) | st.text(max_size=5), max_size=16),
+    st.integers(1, 5),
+    st.booleans(),
+)
+def test_any_text_names_give_one_outcome_each(
+    names: list[str], concurrency: int, dedupe: bool
+) -> None:
+    """For any names: valid ones are fetched, invalid ones reported with a printable message,
+    one result per distinct name (dedupe) or per name (no dedupe), never twice in flight."""
+
+    async def run() -> tuple[list[QRSuccess | QRFailure], Recorder]:
+        fetch = Recorder()
+        batch = fetch_many(fetch, names, concurrency=concurrency, dedupe=dedupe)
+        return [r async for r in batch], fetch
+
+    results, fetch = asyncio.run(run())
+    expected = Counter(dict.fromkeys(names, 1) if dedupe else names)
+    assert Counter(r.instance_name for r in results) == expected
+    for result in results:
+        if _sendable(result.instance_name):
+            assert result.ok
+        else:
+            assert isinstance(result.error, InvalidInstanceNameError)
+            assert str(result.error).isprintable()
+    assert fetch.calls == Counter({n: c for n, c in expected.items() if _sendable(n)})
+    assert fetch.overlaps == []
+
+
+def _sendable(name: str) -> bool:
+    """What check_instance_name accepts, restated: not blank, no control or surrogate."""
+    return bool(name.strip()) and not any(
+        ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F or 0xD800 <= ord(c) <= 0xDFFF for c in name
+    )
+
+
+# -- results: QRResult, QRSuccess, QRFailure ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("make", "cls", "ok"),
+    [
+        pytest.param(
+            lambda: QRResult(instance_name="a", image=image("a")),
+            QRSuccess,
+            True,
+            id="qrresult-image",
+        ),
+        pytest.param(
+            lambda: QRResult(instance_name="a", image=image("a"), error=None),
+            QRSuccess,
+            True,
+            id="qrresult-image-error-none",
+        ),
+        pytest.param(
+            lambda: QRResult(instance_name="a", error=InstanceNotFoundError()),
+            QRFailure,
+            False,
+            id="qrresult-error",
+        ),
+        pytest.param(
+            lambda: QRResult(instance_name="a", image=None, error=WachatError("x")),
+            QRFailure,
+            False,
+            id="qrresult-error-image-none",
+        ),
+        pytest.param(
+            lambda: QRSuccess(instance_name="a", image=image("a")), QRSuccess, True, id="qrsuccess"
+        ),
+        pytest.param(
+            lambda: QRFailure(instance_name="a", error=WachatError("x")),
+            QRFailure,
+            False,
+            id="qrfailure",
+        ),
+    ],
+)
+def test_constructing_a_result_builds_the_matching_subclass(
+    make: Callable[[], QRResult], cls: type[QRResult], ok: bool
+) -> None:
+    """QRResult(...) still works and gives a QRSuccess or a QRFailure; isinstance(x, QRResult)
+    holds for both; ok is a plain bool."""
+    result = make()
+    assert type(result) is cls
+    assert isinstance(result, QRResult)
+    assert result.ok is ok
+    assert (result.image is not None) is ok
+    assert (result.error is None) is ok
+
+
+@pytest.mark.parametrize(
+    ("make", "error"),
+    [
+        pytest.param(lambda: QRResult(instance_name="a"), ValueError, id="neither"),
+        pytest.param(
+            lambda: QRResult(instance_name="a", image=image("a"), error=WachatError("x")),
+            ValueError,
+            id="both",
+        ),
+        pytest.param(
+            lambda: QRSuccess(instance_name="a", image=image("a"), error=WachatError("x")),
+            ValueError,
+            id="success-with-error",
+        ),
+        pytest.param(
+            lambda: QRFailure(instance_name="a", error=WachatError("x"), image=image("a")),
+            ValueError,
+            id="failure-with-image",
+        ),
+        pytest.param(lambda: QRSuccess(instance_name="a"), TypeError, id="success-without-image"),
+        pytest.param(lambda: QRFailure(instance_name="a"), TypeError, id="failure-without-error"),
+        pytest.param(
+            lambda: QRSuccess(instance_name="a", image=b"png"),
+            TypeError,
+            id="success-image-not-qrimage",
+        ),
+        pytest.param(
+            lambda: QRFailure(instance_name="a", error=KeyError("x")),
+            TypeError,
+            id="failure-error-not-wachat",
+        ),
+    ],
+)
+def test_a_result_holds_exactly_one_of_image_and_error(
+    make: Callable[[], object], error: type[Exception]
+) -> None:
+    """Neither, both, or the wrong kind of value is refused, so the narrowed types are true."""
+    with pytest.raises(error):
+        make()
+
+
+def test_results_copy_evolve_and_compare_like_value_objects() -> None:
+    """The subclasses are frozen attrs value objects: equal by value, hashable, copyable (the
+    path pickle takes), evolvable, and frozen."""
+    qr = image("a")
+    success = QRResult(instance_name="a", image=qr)
+    failure = QRResult(instance_name="a", error=InstanceNotFoundError(instance_name="a"))
+    assert success == QRSuccess(instance_name="a", image=qr)
+    assert hash(success) == hash(QRSuccess(instance_name="a", image=qr))
+    assert success != failure
+    assert copy.copy(success) == success
+    assert copy.deepcopy(success) == success  # the __reduce_ex__ path pickle takes too
+    assert type(copy.deepcopy(failure)) is QRFailure
+    assert attrs.evolve(success, instance_name="b").instance_name == "b"
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        success.instance_name = "c"  # type: ignore[misc]
+    assert repr(failure).startswith("QRFailure(instance_name='a', image=None, error=")
+
+
+async def test_fetch_many_yields_the_subclasses() -> None:
+    """fetch_many results are QRSuccess / QRFailure instances (and so QRResult)."""
+    fetch = Recorder(fail={"b": InstanceNotFoundError(instance_name="b")})
+    results = {r.instance_name: r async for r in fetch_many(fetch, ["a", "b"], concurrency=2)}
+    assert type(results["a"]) is QRSuccess
+    assert type(results["b"]) is QRFailure
+    assert all(isinstance(r, QRResult) for r in results.values())
+
+
 # -- fetch_many: bugs propagate -----------------------------------------------------------------
 
 
@@ -232,16 +835,15 @@ async def test_an_exception_from_the_names_iterable_propagates() -> None:
 
 
 async def test_an_iterable_that_fails_at_once_starts_nothing() -> None:
-    """An iterable that raises while the first names are pulled leaves no task behind."""
+    """An iterable that raises on its first pull raises from __anext__ and starts no task."""
 
     def names() -> Iterator[str]:
-        yield "a"
-        yield "b"
-        raise RuntimeError("names broke early")
+        raise RuntimeError("names broke at once")
+        yield "a"  # pragma: no cover
 
     fetch = Recorder()
     batch = fetch_many(fetch, names(), concurrency=10)
-    with pytest.raises(RuntimeError, match="broke early"):
+    with pytest.raises(RuntimeError, match="broke at once"):
         await batch.__anext__()
     assert workers() == []
     assert fetch.calls == Counter()
@@ -249,13 +851,22 @@ async def test_an_iterable_that_fails_at_once_starts_nothing() -> None:
         await batch.__anext__()
 
 
-async def test_an_invalid_name_from_the_client_check_propagates(
-    client: WachatClient,
-) -> None:
-    """The client's name check (ValueError) is a caller bug: raised, not turned into a result."""
-    with pytest.raises(ValueError, match="empty"):
-        async for _ in client.fetch_many([NAME, " "], concurrency=1):
-            pass
+async def test_an_iterable_that_fails_early_cancels_what_started() -> None:
+    """An iterable that raises after two names: raised, and the fetch already started is
+    cancelled, with no task left behind."""
+
+    def names() -> Iterator[str]:
+        yield "a"
+        yield "b"
+        raise RuntimeError("names broke early")
+
+    fetch = Recorder(hang={"a", "b"})
+    batch = fetch_many(fetch, names(), concurrency=10)
+    with pytest.raises(RuntimeError, match="broke early"):
+        await batch.__anext__()
+    assert workers() == []
+    assert fetch.in_flight == 0
+    assert set(fetch.cancelled) == set(fetch.calls)
 
 
 # -- fetch_many: progress ---------------------------------------------------------------------

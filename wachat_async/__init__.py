@@ -18,6 +18,7 @@ from ._errors import (
     GatewayTimeoutError,
     InstanceNotFoundError,
     InvalidImageError,
+    InvalidInstanceNameError,
     InvalidResponseError,
     QRFetchFailedError,
     QRNotSupportedError,
@@ -28,7 +29,7 @@ from ._errors import (
     WachatError,
     WachatTimeoutError,
 )
-from ._models import InstanceState, QRImage, QRResult
+from ._models import InstanceState, QRFailure, QRImage, QRResult, QRSuccess
 from ._polling import FetchMany
 from ._retry import RetryBudget, RetryEvent, RetryPolicy
 from ._urls import DEFAULT_BASE_URL, ApiKeyExposureWarning, build_qr_image_url, qr_img_tag
@@ -46,12 +47,15 @@ __all__ = [
     "InstanceNotFoundError",
     "InstanceState",
     "InvalidImageError",
+    "InvalidInstanceNameError",
     "InvalidResponseError",
+    "QRFailure",
     "QRFetchFailedError",
     "QRImage",
     "QRNotSupportedError",
     "QRResult",
     "QRStream",
+    "QRSuccess",
     "ResponseTooLargeError",
     "RetryBudget",
     "RetryEvent",

@@ -74,6 +74,7 @@ from ._errors import (
     BadRequestError,
     ConfigurationError,
     InstanceNotFoundError,
+    InvalidInstanceNameError,
     InvalidResponseError,
     QRNotSupportedError,
     SubscriptionRestrictedError,
@@ -145,7 +146,7 @@ Try it without an account: wachat-qr demo
 
 def exit_code_for(error: WachatError) -> int:
     """The exit status for *error* (see the table in the module docstring)."""
-    if isinstance(error, ConfigurationError):
+    if isinstance(error, (ConfigurationError, InvalidInstanceNameError)):
         return EXIT_USAGE
     if isinstance(error, (AuthenticationError, SubscriptionRestrictedError)):
         return EXIT_AUTH

@@ -37,7 +37,7 @@ from ._errors import (
     status_error,
 )
 from ._files import PathArg, Sink, write_stream
-from ._models import InstanceState, QRImage, QRResult, check_png_end, png_dimensions
+from ._models import InstanceState, QRFailure, QRImage, QRSuccess, check_png_end, png_dimensions
 from ._polling import FetchMany, fetch_many, watch_qr
 from ._redact import Secret, excerpt, redact
 from ._retry import RetryBudget, RetryEvent, RetryPolicy, parse_retry_after
@@ -422,10 +422,17 @@ class WachatClient:
         instance_names: Iterable[str],
         *,
         concurrency: int = 32,
-        on_progress: Callable[[QRResult], object] | None = None,
+        dedupe: bool = True,
+        on_progress: Callable[[QRSuccess | QRFailure], object] | None = None,
     ) -> FetchMany:
-        """Fetch many QR codes, *concurrency* at a time; one :class:`QRResult` per distinct
-        name as each completes.
+        """Fetch many QR codes, *concurrency* at a time; a :class:`QRSuccess` or
+        :class:`QRFailure` per name as each completes.
+
+        ``dedupe=True``: one result per distinct name (the names seen are remembered).
+        ``dedupe=False``: every name pulled is fetched, so ``itertools.cycle(names)`` is a
+        polling loop in memory bounded by *concurrency*. Either way one name is never in flight
+        twice at once, an invalid name becomes a :class:`QRFailure` with an
+        :class:`InvalidInstanceNameError`, and the event loop is never held.
 
         Returns a :class:`FetchMany`: iterate it, ideally inside ``async with`` so that leaving
         the block cancels what is still in flight. *concurrency* is capped at the client's
@@ -438,6 +445,7 @@ class WachatClient:
             concurrency=min(concurrency, self._slot_limit)
             if self._slot_limit is not None and type(concurrency) is int
             else concurrency,
+            dedupe=dedupe,
             on_progress=on_progress,
         )
 

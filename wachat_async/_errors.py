@@ -4,6 +4,7 @@ Every exception is a :class:`WachatError`; catch that to handle them all::
 
     WachatError
     ├── ConfigurationError          bad client configuration (also a ValueError), e.g. no API key
+    ├── InvalidInstanceNameError    empty, blank or control-character name (also a ValueError)
     ├── APIStatusError              .status .instance_name .body (short, redacted) .attempts
     │   ├── BadRequestError             400  missing/invalid instanceName
     │   ├── AuthenticationError         401  missing or invalid API key
@@ -36,6 +37,7 @@ __all__ = [
     "GatewayTimeoutError",
     "InstanceNotFoundError",
     "InvalidImageError",
+    "InvalidInstanceNameError",
     "InvalidResponseError",
     "QRFetchFailedError",
     "QRNotSupportedError",
@@ -78,6 +80,17 @@ class WachatError(Exception):
 
 class ConfigurationError(WachatError, ValueError):
     """The client was configured in a way that cannot work (no API key, bad base URL, ...)."""
+
+
+class InvalidInstanceNameError(WachatError, ValueError):
+    """An instance name that can never be sent: empty, whitespace-only, or holding control
+    characters or lone surrogates. Raised before any request is made.
+
+    A ``WachatError`` (so a handler that catches those answers a clean 4xx, not a 500) and a
+    ``ValueError`` (what such an argument has always been). The message shows the name with
+    ``repr``, so invisible characters are visible and none reaches a log line raw;
+    ``instance_name`` holds the name as given.
+    """
 
 
 class APIStatusError(WachatError):

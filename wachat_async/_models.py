@@ -15,14 +15,22 @@ import zlib
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 
 from ._errors import InvalidImageError, WachatError
 from ._files import PathArg, write_bytes
 
-__all__ = ["PNG_SIGNATURE", "InstanceState", "QRImage", "QRResult", "png_dimensions"]
+__all__ = [
+    "PNG_SIGNATURE",
+    "InstanceState",
+    "QRFailure",
+    "QRImage",
+    "QRResult",
+    "QRSuccess",
+    "png_dimensions",
+]
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
@@ -218,22 +226,78 @@ class QRImage:
 
 def _exactly_one(instance: QRResult, attribute: attrs.Attribute[Any], value: object) -> None:
     if (instance.image is None) == (instance.error is None):
-        raise ValueError("QRResult needs exactly one of image and error")
+        raise ValueError(f"{type(instance).__name__} needs exactly one of image and error")
 
 
 @attrs.frozen(kw_only=True)
 class QRResult:
     """The outcome of fetching one instance's QR in a batch: exactly one of ``image`` and
-    ``error`` is set."""
+    ``error`` is set.
+
+    Every result is one of two subclasses: :class:`QRSuccess` (``ok`` is ``True``, ``image`` a
+    :class:`QRImage`, ``error`` ``None``) or :class:`QRFailure` (``ok`` is ``False``, ``error`` a
+    :class:`WachatError`, ``image`` ``None``). Calling ``QRResult(...)`` builds the right one,
+    so ``QRResult(instance_name=n, image=qr)`` and ``isinstance(result, QRResult)`` work as they
+    always did. :meth:`WachatClient.fetch_many` yields ``QRSuccess | QRFailure``, so a type checker
+    narrows on the obvious check::
+
+        async for result in client.fetch_many(names):
+            if result.ok:  # mypy: result is a QRSuccess here
+                result.image.save(f"{result.instance_name}.png")
+            else:  # a QRFailure
+                log.warning("%s: %s", result.instance_name, result.error)
+
+    mypy narrows on ``if result.ok:``; pyright does not narrow on the truth of an attribute,
+    but both narrow on ``isinstance(result, QRSuccess)``, ``result.ok is True``,
+    ``result.error is None`` and ``result.image is not None``. A value annotated as plain
+    ``QRResult`` is not narrowed by ``result.ok``: annotate it ``QRSuccess | QRFailure``.
+    """
 
     instance_name: str
     image: QRImage | None = None
     error: WachatError | None = attrs.field(default=None, validator=_exactly_one)
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> QRResult:
+        if cls is QRResult:
+            # Pick the subclass; its attrs __init__ then runs with the same arguments.
+            image, error = kwargs.get("image"), kwargs.get("error")
+            if (image is None) == (error is None) or args:
+                raise ValueError("QRResult needs exactly one of image and error")
+            cls = QRSuccess if error is None else QRFailure
+        return object.__new__(cls)
+
     @property
     def ok(self) -> bool:
         """True when the fetch succeeded (``image`` is set)."""
         return self.image is not None
+
+
+@attrs.frozen(kw_only=True)
+class QRSuccess(QRResult):
+    """A :class:`QRResult` whose fetch succeeded: ``image`` is set, ``error`` is ``None``."""
+
+    image: QRImage = attrs.field(validator=attrs.validators.instance_of(QRImage))
+    error: None = attrs.field(default=None, validator=_exactly_one)
+
+    @property
+    def ok(self) -> Literal[True]:
+        """Always ``True``."""
+        return True
+
+
+@attrs.frozen(kw_only=True)
+class QRFailure(QRResult):
+    """A :class:`QRResult` whose fetch failed: ``error`` is set, ``image`` is ``None``."""
+
+    image: None = None
+    error: WachatError = attrs.field(
+        validator=[_exactly_one, attrs.validators.instance_of(WachatError)]
+    )
+
+    @property
+    def ok(self) -> Literal[False]:
+        """Always ``False``."""
+        return False
 
 
 @attrs.frozen(kw_only=True)

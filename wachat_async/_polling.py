@@ -3,11 +3,14 @@
 Both work on a small *fetch* callable (``WachatClient.get_qr_image``), not on the client class,
 so the client can offer them as thin methods without an import circle.
 
-``fetch_many`` runs a fixed set of at most *concurrency* worker tasks that pull names from the
-caller's iterable one at a time. Nothing is created per name up front, so a fleet of a million
-names costs *concurrency* tasks, a result queue of *concurrency* slots and the set of names
-already seen (needed to fetch duplicates once). Queueing happens in our own workers, before a
-request is made, so time spent waiting for a turn never eats into a request's timeout.
+``fetch_many`` runs at most *concurrency* worker tasks that pull names from the caller's
+iterable one at a time. Nothing is created per name: a worker starts only when there is a name
+for it, and the pool never exceeds *concurrency*. So a fleet of a million names costs at most
+*concurrency* tasks, a result queue of *concurrency* slots, one entry per name in flight and,
+with ``dedupe=True`` only, the set of names already seen. Queueing happens in our own workers,
+before a request is made, so time spent waiting for a turn never eats into a request's timeout.
+A worker yields to the loop at least once every ``PULLS_PER_YIELD`` names it pulls, so no
+iterable (an endless ``itertools.cycle`` of names already seen included) can hold the loop.
 
 ``watch_qr`` polls one instance, yields a :class:`QRImage` only when its content hash changes,
 rides out transient failures (logged on the ``wachat_async`` logger) and raises terminal ones.
@@ -23,21 +26,23 @@ import math
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from types import TracebackType
-from typing import Final
+from typing import Final, cast
 
 from ._errors import (
     APIStatusError,
     GatewayTimeoutError,
     InvalidImageError,
+    InvalidInstanceNameError,
     QRFetchFailedError,
     UnexpectedStatusError,
     WachatConnectionError,
     WachatError,
     WachatTimeoutError,
 )
-from ._models import InstanceState, QRImage, QRResult
+from ._models import InstanceState, QRFailure, QRImage, QRResult, QRSuccess
+from ._validate import check_instance_name
 
-__all__ = ["FetchMany", "fetch_many", "is_transient", "watch_qr"]
+__all__ = ["AnyResult", "FetchMany", "fetch_many", "is_transient", "watch_qr"]
 
 logger = logging.getLogger("wachat_async")
 
@@ -63,8 +68,17 @@ class _Failure:
         self.error = error
 
 
+class _End:
+    """What :meth:`_Batch.pull` returns once the names are exhausted."""
+
+
 _DONE: Final = _Done()
-_Item = QRResult | _Failure | _Done
+_END: Final = _End()
+_Item = QRSuccess | QRFailure | _Failure | _Done
+
+#: A worker yields to the event loop at least once every this many names it pulls (names that
+#: are skipped as duplicates or reported as invalid do not await anything by themselves).
+PULLS_PER_YIELD: Final = 16
 
 
 class _Batch:
@@ -73,54 +87,99 @@ class _Batch:
     Workers reference this object, never the :class:`FetchMany` the consumer holds, so when a
     consumer drops its iterator (``break`` without ``async with``) the iterator is freed at once
     and its ``__del__`` can cancel the workers.
+
+    State, all bounded by *concurrency* except ``seen`` (``dedupe=True`` only): at most
+    *concurrency* worker tasks, each holding at most one name pulled from the iterable; a
+    result queue of *concurrency* slots; ``in_flight``, the names being fetched.
     """
 
-    def __init__(self, fetch: Fetch, names: Iterator[str], concurrency: int) -> None:
+    def __init__(
+        self, fetch: Fetch, names: Iterator[object], concurrency: int, dedupe: bool
+    ) -> None:
         self.fetch = fetch
         self.names = names
-        self.seen: set[str] = set()
+        self.concurrency = concurrency
+        self.seen: set[object] | None = set() if dedupe else None
+        self.in_flight: dict[str, asyncio.Event | None] = {}
         self.queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=concurrency)
         self.tasks: list[asyncio.Task[None]] = []
         self.running = 0
         self.exhausted = False
-        # Start only as many workers as there are names (up to *concurrency*): a batch of three
-        # names does not need a hundred tasks. The first names are pulled before any task
-        # exists, so an iterable that fails at once leaves nothing running.
-        first: list[str] = []
-        while len(first) < concurrency and (name := self.next_name()) is not None:
-            first.append(name)
-        batch = next(_worker_batches)
-        self.tasks = [
-            asyncio.create_task(self.work(name), name=f"{WORKER_TASK_PREFIX}-{batch}.{number}")
-            for number, name in enumerate(first)
-        ]
-        self.running = len(self.tasks)
-        if not self.tasks:
+        self.number = next(_worker_batches)
+
+    def start(self) -> None:
+        """Pull the first name and start a worker for it (or end at once: no names).
+
+        The first name is pulled here, in the consumer's task, so an iterable that fails at
+        once raises from the first ``__anext__`` and leaves nothing running.
+        """
+        first = self.pull()
+        if first is _END:
             self.queue.put_nowait(_DONE)
+        else:
+            self.spawn(first)
 
-    def next_name(self) -> str | None:
-        """The next name not fetched yet, or None once the iterable is exhausted."""
+    def pull(self) -> object:
+        """The next item of the iterable (any object: it is checked later), or ``_END``."""
         if self.exhausted:
-            return None
-        for name in self.names:
-            if name not in self.seen:
-                self.seen.add(name)
-                return name
-        self.exhausted = True
-        return None
-
-    async def work(self, name: str) -> None:
-        current: str | None = name
+            return _END
         try:
-            while current is not None:
-                try:
-                    image = await self.fetch(current)
-                except WachatError as exc:
-                    result = QRResult(instance_name=current, error=exc)
-                else:
-                    result = QRResult(instance_name=current, image=image)
-                await self.queue.put(result)
-                current = self.next_name()
+            return next(self.names)
+        except StopIteration:
+            self.exhausted = True
+            return _END
+
+    def spawn(self, first: object) -> None:
+        self.running += 1
+        name = f"{WORKER_TASK_PREFIX}-{self.number}.{len(self.tasks)}"
+        self.tasks.append(asyncio.create_task(self.work(first), name=name))
+
+    def grow(self) -> None:
+        """Start one more worker, with the next name, while there is room and a next name.
+
+        Called by a worker that has a name to fetch: the pool grows to *concurrency* as fast
+        as names come, but never has a worker without a name to start with.
+        """
+        if self.running < self.concurrency:
+            following = self.pull()
+            if following is not _END:
+                self.spawn(following)
+
+    def admit(self, item: object) -> str | QRFailure | None:
+        """What to do with *item*: the name to fetch, a failure to report (an invalid name),
+        or ``None`` to skip it (a duplicate, when deduplicating)."""
+        if self.seen is not None:
+            try:
+                if item in self.seen:
+                    return None
+                self.seen.add(item)
+            except TypeError:  # unhashable: not a name, reported each time it comes
+                pass
+        try:
+            return check_instance_name(item)
+        except InvalidInstanceNameError as exc:
+            error = exc
+        except TypeError as exc:  # not a str at all (None, an int, bytes...)
+            error = InvalidInstanceNameError(str(exc))
+        # Reported under the very object the iterable gave, so callers can map it back.
+        return QRFailure(instance_name=cast(str, item), error=error)
+
+    async def work(self, item: object) -> None:
+        pulls = 0
+        try:
+            while item is not _END:
+                admitted = self.admit(item)
+                if isinstance(admitted, str):
+                    self.grow()
+                    await self.queue.put(await self.fetch_one(admitted))
+                elif admitted is not None:
+                    await self.queue.put(admitted)
+                pulls += 1
+                if pulls % PULLS_PER_YIELD == 0:
+                    # Duplicates and invalid names await nothing, nor does a fetch that
+                    # completes at once: never hold the loop, whatever the names are.
+                    await asyncio.sleep(0)
+                item = self.pull()
         except Exception as exc:  # a bug (ours or the caller's): hand it to the consumer
             self.exhausted = True
             await self.queue.put(_Failure(exc))
@@ -128,6 +187,25 @@ class _Batch:
             self.running -= 1
         if self.running == 0:
             await self.queue.put(_DONE)
+
+    async def fetch_one(self, name: str) -> QRSuccess | QRFailure:
+        """Fetch *name*, first waiting while another worker has the same name in flight."""
+        in_flight = self.in_flight
+        while name in in_flight:  # only with dedupe=False: a repeat pulled while in flight
+            busy = in_flight[name]
+            if busy is None:
+                busy = in_flight[name] = asyncio.Event()
+            await busy.wait()
+        in_flight[name] = None  # the event is made only if a second worker comes for it
+        try:
+            image = await self.fetch(name)
+        except WachatError as exc:
+            return QRFailure(instance_name=name, error=exc)
+        finally:
+            waiting = in_flight.pop(name)
+            if waiting is not None:
+                waiting.set()
+        return QRSuccess(instance_name=name, image=image)
 
     def cancel(self) -> None:
         for task in self.tasks:
@@ -141,11 +219,15 @@ class _Batch:
             await asyncio.gather(*self.tasks, return_exceptions=True)
 
 
-class FetchMany:
-    """What :func:`fetch_many` returns: an async iterator of :class:`QRResult` that is also an
-    async context manager.
+#: What :class:`FetchMany` yields: a result that type checkers can narrow with ``result.ok``.
+AnyResult = QRSuccess | QRFailure
 
-    Iterate it to get one result per distinct name, in order of completion::
+
+class FetchMany:
+    """What :func:`fetch_many` returns: an async iterator of results (each a :class:`QRSuccess`
+    or a :class:`QRFailure`, both :class:`QRResult`) that is also an async context manager.
+
+    Iterate it to get the results in order of completion::
 
         async with client.fetch_many(names, concurrency=50) as results:
             async for result in results:
@@ -170,7 +252,8 @@ class FetchMany:
         instance_names: Iterable[str],
         *,
         concurrency: int,
-        on_progress: Callable[[QRResult], object] | None = None,
+        dedupe: bool = True,
+        on_progress: Callable[[AnyResult], object] | None = None,
     ) -> None:
         self._batch: _Batch | None = None
         self._finished = False
@@ -183,15 +266,18 @@ class FetchMany:
             raise TypeError(f"concurrency must be an int, not {type(concurrency).__name__}")
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+        if not isinstance(dedupe, bool):
+            raise TypeError(f"dedupe must be a bool, not {type(dedupe).__name__}")
         self._fetch = fetch
-        self._names: Iterable[str] | None = instance_names
+        self._names: Iterable[object] | None = instance_names
         self._concurrency = concurrency
+        self._dedupe = dedupe
         self._on_progress = on_progress
 
     def __aiter__(self) -> FetchMany:
         return self
 
-    async def __anext__(self) -> QRResult:
+    async def __anext__(self) -> AnyResult:
         if self._finished:
             raise StopAsyncIteration
         batch = self._batch
@@ -199,7 +285,9 @@ class FetchMany:
             assert self._names is not None
             names, self._names = self._names, None
             self._finished = True  # until the batch has started: a failing iterable ends it
-            batch = self._batch = _Batch(self._fetch, iter(names), self._concurrency)
+            batch = _Batch(self._fetch, iter(names), self._concurrency, self._dedupe)
+            batch.start()
+            self._batch = batch
             self._finished = False
         try:
             item = await batch.queue.get()
@@ -253,7 +341,8 @@ class FetchMany:
             state = "not started"
         else:
             state = f"running, {self._batch.running} worker(s)"
-        return f"<FetchMany concurrency={self._concurrency} {state}>"
+        dedupe = "" if self._dedupe else " dedupe=False"
+        return f"<FetchMany concurrency={self._concurrency}{dedupe} {state}>"
 
 
 def fetch_many(
@@ -261,28 +350,44 @@ def fetch_many(
     instance_names: Iterable[str],
     *,
     concurrency: int,
-    on_progress: Callable[[QRResult], object] | None = None,
+    dedupe: bool = True,
+    on_progress: Callable[[AnyResult], object] | None = None,
 ) -> FetchMany:
-    """Fetch the QR of every distinct name in *instance_names*, *concurrency* at a time.
+    """Fetch the QR of the names in *instance_names*, at most *concurrency* at a time.
 
-    Returns a :class:`FetchMany`: an async iterator yielding one :class:`QRResult` per distinct
-    name as each fetch completes (duplicates are fetched once; order is order of completion),
-    and an async context manager that cancels what is still in flight when the block is left.
+    Returns a :class:`FetchMany`: an async iterator yielding a result per fetched name as each
+    fetch completes (order of completion), each a :class:`QRSuccess` (``ok``, ``image``) or a
+    :class:`QRFailure` (``error``), and an async context manager that cancels what is still in
+    flight when the block is left.
 
-    * At most *concurrency* fetches run at once, in that many worker tasks pulling names from
-      the iterable lazily: names may come from a generator, even an endless one.
-    * A fetch that raises a :class:`WachatError` becomes a result with ``error`` set; it never
-      stops the others. Any other exception (a bug, in *fetch* or in the iterable) cancels the
-      fetches in flight and is raised from the ``async for``; results not yet consumed are
-      dropped. Invalid names (``TypeError``/``ValueError`` from the client's name check) are
-      such bugs: validate names you read from untrusted input first.
+    * At most *concurrency* fetches run at once, in at most that many worker tasks pulling
+      names from the iterable lazily: names may come from a generator, even an endless one.
+      Whatever the iterable yields, the workers never hold the event loop: each yields at
+      least once every ``PULLS_PER_YIELD`` (16) names it pulls.
+    * ``dedupe=True`` (the default): one result per distinct name for the whole batch; a name
+      seen again is skipped. The set of names seen grows with the number of distinct names.
+      An endless iterable that stops producing new names keeps the batch pulling (without
+      results) until you end it.
+    * ``dedupe=False``: every name pulled is fetched and gives a result, so an endless
+      repeating iterable (``itertools.cycle(names)``) is a polling loop. Memory is bounded by
+      *concurrency*: at most *concurrency* workers each holding one name, a result queue of
+      *concurrency* slots, and no per-name history.
+    * In both modes one name is never in flight twice at the same time: a worker that pulls a
+      name already being fetched waits for that fetch to finish, then fetches it again.
+    * A fetch that raises a :class:`WachatError` becomes a :class:`QRFailure`; it never stops
+      the others. So does an invalid name (empty, whitespace-only, control characters, or not a
+      ``str`` at all): its result carries an :class:`InvalidInstanceNameError` and the name as
+      the iterable gave it, and nothing is sent. Any other exception (a bug, in *fetch* or in the
+      iterable) cancels the fetches in flight and is raised from the ``async for``.
     * *on_progress* is called with each result just before it is yielded, in the consumer's
       task; an exception from it cancels the batch and propagates.
 
-    Raises ``TypeError``/``ValueError`` at once for a bad *concurrency* (an int >= 1 is needed)
-    or when *instance_names* is a single string.
+    Raises ``TypeError``/``ValueError`` at once for a bad *concurrency* (an int >= 1 is needed),
+    a *dedupe* that is not a bool, or when *instance_names* is a single string.
     """
-    return FetchMany(fetch, instance_names, concurrency=concurrency, on_progress=on_progress)
+    return FetchMany(
+        fetch, instance_names, concurrency=concurrency, dedupe=dedupe, on_progress=on_progress
+    )
 
 
 _TRANSIENT: Final = (
