@@ -595,7 +595,7 @@ def test_poll_saves_pngs_and_prints_a_summary(
         [f"{NAME}.png", f"{OTHER}.png"]
     )
     assert "2 instances" in result.out
-    assert "saved 2 PNG file(s) in out" in result.out
+    assert "saved 2 PNG files in out" in result.out
     assert env.request_count(NAME) == 1
 
 
@@ -986,4 +986,4 @@ def test_demo_reports_unexpected_failures(
     )
     result = run("demo", "--no-wait", "--instances", "12")
     assert result.code == 1
-    assert "4 instance(s) failed that were meant to succeed" in result.err
+    assert "4 instances failed that were meant to succeed" in result.err
