@@ -756,67 +756,61 @@ def test_watch_terminal_error(run: Callable[..., Run], env: FakeWachatServer) ->
 
 
 def test_fake_server_prints_how_to_use_it(run: Callable[..., Run]) -> None:
-    """fake-server prints its URL, a throwaway key and some instance names, then stops."""
-    result = run(
-        "fake-server", "--port", "0", "--duration", "0.01", "--instances", "4", "--latency", "0"
-    )
+    """fake-server prints its URL, the export lines (key demo) and the names, then stops."""
+    result = run("fake-server", "--port", "0", "--duration", "0.01", "--instances", "4")
     assert result.code == 0
-    assert "Fake Wachat server listening on http://127.0.0.1:" in result.out
-    assert "export WACHAT_API_KEY=fake-" in result.out
-    assert "instances: t1_" in result.out
-    assert "fake server stopped" in result.err
+    first = result.out.splitlines()[0]
+    assert first.startswith("Fake Wachat server listening on http://127.0.0.1:")
+    base_url = first.rsplit(" ", 1)[-1]
+    assert f"  export WACHAT_BASE_URL={base_url}\n" in result.out
+    assert "  export WACHAT_API_KEY=demo\n" in result.out
+    assert "Instances (10): t1_mq9r2jov_jakarta_store, " in result.out
+    assert "Stopped." in result.err
 
 
-def test_fake_server_never_prints_a_given_key(
-    run: Callable[..., Run], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A key you chose is not echoed."""
-    monkeypatch.setenv("WACHAT_API_KEY", KEY)
+def test_fake_server_never_prints_a_given_key(run: Callable[..., Run]) -> None:
+    """A key you chose with --api-key is not echoed, only said to be yours."""
     result = run(
-        "fake-server", "--port", "0", "--duration", "0.01", "--instances", "0", "--auto-create"
+        "fake-server", "--port", "0", "--duration", "0.01", "--api-key", KEY, "--auto-create"
     )
     assert result.code == 0
-    assert "(not shown)" in result.out
+    assert "the key you gave with --api-key (not printed)" in result.out
     assert "created on first use" in result.out
 
 
 def test_fake_server_port_in_use_is_exit_8(run: Callable[..., Run], fake: FakeWachatServer) -> None:
-    """A port that is taken is a local I/O error."""
+    """A port that is taken is a local I/O error, in one line."""
     result = run("fake-server", "--port", str(fake.port), "--duration", "0.01")
     assert result.code == 8
+    assert result.err.startswith("wachat-qr fake-server: error: cannot listen on 127.0.0.1:")
+    assert result.err.count("\n") == 1
 
 
 def test_fake_server_stops_on_sigint(tmp_path: Path) -> None:
     """In a real process, Ctrl-C (SIGINT) stops the server cleanly with status 0."""
-    env = {**os.environ, "WACHAT_API_KEY": KEY, "PYTHONUNBUFFERED": "1"}
-    with subprocess.Popen(
-        [sys.executable, "-m", "wachat_async", "fake-server", "--port", "0", "--instances", "3"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=tmp_path,
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    argv = [sys.executable, "-m", "wachat_async", "fake-server", "--port", "0", "--api-key", KEY]
+    with subprocess.Popen(  # noqa: S603 - our own interpreter and module
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path
     ) as process:
         try:
             assert process.stdout is not None
             first = process.stdout.readline()
             base_url = first.rsplit(" ", 1)[-1].strip()
-            names_line = next(line for line in process.stdout if "instances:" in line)
-            name = names_line.split("instances: ")[1].split(",")[0].strip()
             request = urllib.request.Request(  # noqa: S310 - loopback URL printed by the server
-                f"{base_url}/instance/qr/image?instanceName={name}",
+                f"{base_url}/instance/qr/image?instanceName=t1_mq9r2jov_jakarta_store",
                 headers={"Authorization": f"Bearer {KEY}"},
             )
             with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
                 assert response.read().startswith(b"\x89PNG")
             process.send_signal(signal.SIGINT)
-            _, err = process.communicate(timeout=20)
+            out, err = process.communicate(timeout=20)
         finally:
             if process.poll() is None:
                 process.kill()
     assert process.returncode == 0
-    assert "fake server stopped" in err
-    assert KEY not in first + names_line + err
+    assert "Stopped." in err
+    assert KEY not in first + out + err
 
 
 def test_demo_runs_end_to_end(run: Callable[..., Run], cli_env: Path) -> None:

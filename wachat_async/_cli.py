@@ -1314,11 +1314,10 @@ def build_parser() -> argparse.ArgumentParser:
         "run the fake Wachat server (for trying the API and your own tests); the same program, "
         "with the same options, as `python -m wachat_async.testing`",
         parents=(),
-        epilog="exit status: 0 stopped (Ctrl-C, SIGTERM, --duration)    2 usage error or segno "
-        "missing\n             8 the address could not be bound\n",
+        epilog="exit status:\n  0 stopped (Ctrl-C, SIGTERM, --duration)    2 usage error or segno "
+        "missing\n  8 the address could not be bound    70 internal error    141 stdout closed\n",
     )
     fake_server.add_arguments(p)
-    _output_options(p.add_argument_group("output options"), suppress=False)
 
     p = command(
         "demo",
@@ -1375,7 +1374,10 @@ def _hints(error: BaseException, args: argparse.Namespace) -> list[str]:
     if isinstance(error, InstanceNotFoundError):
         path = URL(base_url).path.rstrip("/")
         if not path.endswith("/api/v1") or "no such route" in error.body.lower():
-            return [f"is --base-url right? it should end in /api/v1 (it is {base_url})"]
+            return [
+                f"is --base-url (or WACHAT_BASE_URL) right? it should end in /api/v1; "
+                f"it is {base_url}"
+            ]
     return []
 
 

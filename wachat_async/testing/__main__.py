@@ -14,7 +14,8 @@ example, ``wachat-qr``, your own code) at it::
 The first line ends with the base URL (for scripts: last word of the first line). A key given
 with ``--api-key`` is never printed. Exit status: 0 stopped (Ctrl-C, SIGTERM or
 ``--duration``), 2 usage error or the ``testing`` extra (segno) missing, 8 the address could not
-be bound. This module never imports the client.
+be bound, 70 an unexpected error (``--debug`` shows its traceback), 141 stdout was closed by its
+reader. The same numbers as ``wachat-qr``'s table. This module never imports the client.
 """
 
 from __future__ import annotations
@@ -23,13 +24,15 @@ import argparse
 import asyncio
 import contextlib
 import math
+import os
 import random
 import signal
 import socket
 import string
 import sys
+import traceback
 from collections.abc import Callable, Sequence
-from typing import Final, TextIO
+from typing import Final, NoReturn, TextIO
 
 __all__ = [
     "DEFAULT_API_KEY",
@@ -60,6 +63,8 @@ DEFAULT_INSTANCES: Final = (
 EXIT_OK: Final = 0
 EXIT_USAGE: Final = 2
 EXIT_BIND: Final = 8
+EXIT_INTERNAL: Final = 70
+EXIT_BROKEN_PIPE: Final = 141
 
 _MAX_GENERATED: Final = 100_000
 _ALL_INTERFACES: Final = ("", "0.0.0.0", "::")  # noqa: S104 - names, not a bind
@@ -216,13 +221,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="stop after SECONDS, > 0 (default: run until Ctrl-C or SIGTERM)",
     )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="on an unexpected error, print the traceback",
+    )
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """One line and a pointer to --help, not argparse's whole usage block."""
+        sys.stderr.write(
+            f"{self.prog}: error: {message}\n{self.prog}: hint: try '{self.prog} --help'\n"
+        )
+        raise SystemExit(EXIT_USAGE)
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG,
         description="Serve a fake Wachat QR API until Ctrl-C (the same program as "
         "`wachat-qr fake-server`).",
+        epilog="exit status: 0 stopped (Ctrl-C, SIGTERM, --duration); 2 usage error or segno "
+        "missing; 8 the address could not be bound; 70 unexpected error (a bug); 141 stdout "
+        "closed by its reader",
     )
     add_arguments(parser)
     return parser
@@ -342,6 +364,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(serve(args))
     except KeyboardInterrupt:  # pragma: no cover - only where add_signal_handler is missing
         return EXIT_OK
+    except BrokenPipeError:  # the reader of stdout went away: stop quietly
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # so the final flush cannot fail again
+            os.close(devnull)
+        return EXIT_BROKEN_PIPE
+    except Exception as exc:  # a bug: one line, the traceback only with --debug
+        sys.stderr.write(f"{PROG}: error: internal error: {type(exc).__name__}: {exc}\n")
+        if args.debug:
+            traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+        else:
+            sys.stderr.write(f"{PROG}: hint: run again with --debug to see the traceback\n")
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":  # pragma: no cover - run in a subprocess by the tests
