@@ -1255,7 +1255,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = command("poll", _cmd_poll, "fetch the QR codes of many instances concurrently")
-    p.add_argument("names", metavar="NAME", nargs="*", help="instance names")
+    p.add_argument("names", metavar="NAME", nargs="*", type=_instance_name, help="instance names")
     p.add_argument(
         "-f",
         "--from-file",
