@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import segno
 import zxingcpp
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from tests.conftest import KEY, NAME
@@ -595,7 +597,7 @@ def test_poll_saves_pngs_and_prints_a_summary(
         [f"{NAME}.png", f"{OTHER}.png"]
     )
     assert "2 instances" in result.out
-    assert "saved 2 PNG file(s) in out" in result.out
+    assert "saved 2 PNG files in out" in result.out
     assert env.request_count(NAME) == 1
 
 
@@ -756,67 +758,61 @@ def test_watch_terminal_error(run: Callable[..., Run], env: FakeWachatServer) ->
 
 
 def test_fake_server_prints_how_to_use_it(run: Callable[..., Run]) -> None:
-    """fake-server prints its URL, a throwaway key and some instance names, then stops."""
-    result = run(
-        "fake-server", "--port", "0", "--duration", "0.01", "--instances", "4", "--latency", "0"
-    )
+    """fake-server prints its URL, the export lines (key demo) and the names, then stops."""
+    result = run("fake-server", "--port", "0", "--duration", "0.01", "--instances", "4")
     assert result.code == 0
-    assert "Fake Wachat server listening on http://127.0.0.1:" in result.out
-    assert "export WACHAT_API_KEY=fake-" in result.out
-    assert "instances: t1_" in result.out
-    assert "fake server stopped" in result.err
+    first = result.out.splitlines()[0]
+    assert first.startswith("Fake Wachat server listening on http://127.0.0.1:")
+    base_url = first.rsplit(" ", 1)[-1]
+    assert f"  export WACHAT_BASE_URL={base_url}\n" in result.out
+    assert "  export WACHAT_API_KEY=demo\n" in result.out
+    assert "Instances (10): t1_mq9r2jov_jakarta_store, " in result.out
+    assert "Stopped." in result.err
 
 
-def test_fake_server_never_prints_a_given_key(
-    run: Callable[..., Run], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A key you chose is not echoed."""
-    monkeypatch.setenv("WACHAT_API_KEY", KEY)
+def test_fake_server_never_prints_a_given_key(run: Callable[..., Run]) -> None:
+    """A key you chose with --api-key is not echoed, only said to be yours."""
     result = run(
-        "fake-server", "--port", "0", "--duration", "0.01", "--instances", "0", "--auto-create"
+        "fake-server", "--port", "0", "--duration", "0.01", "--api-key", KEY, "--auto-create"
     )
     assert result.code == 0
-    assert "(not shown)" in result.out
+    assert "the key you gave with --api-key (not printed)" in result.out
     assert "created on first use" in result.out
 
 
 def test_fake_server_port_in_use_is_exit_8(run: Callable[..., Run], fake: FakeWachatServer) -> None:
-    """A port that is taken is a local I/O error."""
+    """A port that is taken is a local I/O error, in one line."""
     result = run("fake-server", "--port", str(fake.port), "--duration", "0.01")
     assert result.code == 8
+    assert result.err.startswith("wachat-qr fake-server: error: cannot listen on 127.0.0.1:")
+    assert result.err.count("\n") == 1
 
 
 def test_fake_server_stops_on_sigint(tmp_path: Path) -> None:
     """In a real process, Ctrl-C (SIGINT) stops the server cleanly with status 0."""
-    env = {**os.environ, "WACHAT_API_KEY": KEY, "PYTHONUNBUFFERED": "1"}
-    with subprocess.Popen(
-        [sys.executable, "-m", "wachat_async", "fake-server", "--port", "0", "--instances", "3"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=tmp_path,
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    argv = [sys.executable, "-m", "wachat_async", "fake-server", "--port", "0", "--api-key", KEY]
+    with subprocess.Popen(  # noqa: S603 - our own interpreter and module
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path
     ) as process:
         try:
             assert process.stdout is not None
             first = process.stdout.readline()
             base_url = first.rsplit(" ", 1)[-1].strip()
-            names_line = next(line for line in process.stdout if "instances:" in line)
-            name = names_line.split("instances: ")[1].split(",")[0].strip()
             request = urllib.request.Request(  # noqa: S310 - loopback URL printed by the server
-                f"{base_url}/instance/qr/image?instanceName={name}",
+                f"{base_url}/instance/qr/image?instanceName=t1_mq9r2jov_jakarta_store",
                 headers={"Authorization": f"Bearer {KEY}"},
             )
             with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
                 assert response.read().startswith(b"\x89PNG")
             process.send_signal(signal.SIGINT)
-            _, err = process.communicate(timeout=20)
+            out, err = process.communicate(timeout=20)
         finally:
             if process.poll() is None:
                 process.kill()
     assert process.returncode == 0
-    assert "fake server stopped" in err
-    assert KEY not in first + names_line + err
+    assert "Stopped." in err
+    assert KEY not in first + out + err
 
 
 def test_demo_runs_end_to_end(run: Callable[..., Run], cli_env: Path) -> None:
@@ -986,4 +982,475 @@ def test_demo_reports_unexpected_failures(
     )
     result = run("demo", "--no-wait", "--instances", "12")
     assert result.code == 1
-    assert "4 instance(s) failed that were meant to succeed" in result.err
+    assert "4 instances failed that were meant to succeed" in result.err
+
+
+# -- issue 10: no tracebacks, quiet pipes, honest messages -----------------------------------
+
+BAD_NAMES = [
+    pytest.param(" ", id="space"),
+    pytest.param("", id="empty"),
+    pytest.param("\t", id="tab-only"),
+    pytest.param("a\tb", id="tab"),
+    pytest.param("a\nb", id="newline"),
+    pytest.param("a\x00b", id="nul"),
+    pytest.param("a\x1b[31mb", id="ansi-escape"),
+    pytest.param("a\u0085b", id="c1-control"),
+]
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+@pytest.mark.parametrize("command", ["fetch", "show", "url", "watch", "poll"])
+def test_a_bad_name_is_a_one_line_usage_error(
+    run: Callable[..., Run], env: FakeWachatServer, command: str, name: str
+) -> None:
+    """A name the API could never have: exit 2, an error line and a --help hint, no request."""
+    result = run(command, name)
+    assert (result.code, result.out) == (2, "")
+    lines = result.err.splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith(f"wachat-qr {command}: error: ")
+    assert lines[1] == f"wachat-qr: hint: try 'wachat-qr {command} --help'"
+    assert "\x00" not in result.err
+    assert "\x1b" not in result.err
+    assert env.request_count() == 0
+
+
+class LateNameError(WachatError, ValueError):
+    """Stands in for InvalidInstanceNameError (a WachatError and a ValueError)."""
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        pytest.param(LateNameError("instance_name must not be empty"), id="wachat-value-error"),
+        pytest.param(ValueError("instance_name must not be empty"), id="plain-value-error"),
+    ],
+)
+def test_a_bad_name_found_by_the_client_is_a_usage_error(
+    run: Callable[..., Run],
+    env: FakeWachatServer,
+    monkeypatch: pytest.MonkeyPatch,
+    error: Exception,
+) -> None:
+    """Whichever class the name check raises (ValueError or a WachatError subclass): exit 2."""
+
+    async def refuse(self: object, name: str) -> None:
+        raise error
+
+    monkeypatch.setattr(cli.WachatClient, "get_qr_image", refuse)
+    result = run("fetch", NAME)
+    assert result.code == 2
+    assert result.err.count("\n") == 1
+    assert "must not be empty" in result.err
+
+
+def test_an_unexpected_error_is_one_line_exit_70_with_a_debug_hint(
+    run: Callable[..., Run], env: FakeWachatServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug: one error line, a hint naming --debug, exit 70; --debug adds the traceback."""
+
+    async def broken(self: object, name: str) -> None:
+        raise RuntimeError(f"boom with {KEY}")
+
+    monkeypatch.setattr(cli.WachatClient, "get_qr_image", broken)
+    result = run("fetch", NAME)
+    assert (result.code, result.out) == (70, "")
+    assert result.err.splitlines() == [
+        "wachat-qr: error: internal error: RuntimeError: boom with [REDACTED]",
+        "wachat-qr: hint: this is a bug: run again with --debug to see the traceback, "
+        "and report it",
+    ]
+    code = main(["fetch", NAME, "--debug"])
+    assert code == 70
+
+
+def test_debug_prints_the_traceback_with_the_key_redacted(
+    env: FakeWachatServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--debug shows where an unexpected error came from, still without the key."""
+
+    async def broken(self: object, name: str) -> None:
+        raise RuntimeError(f"boom with {KEY}")
+
+    monkeypatch.setattr(cli.WachatClient, "get_qr_image", broken)
+    code = main(["fetch", NAME, "--debug"])
+    err = capsys.readouterr().err
+    assert code == 70
+    assert "Traceback (most recent call last)" in err
+    assert "in broken" in err
+    assert KEY not in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "bound"),
+    [
+        pytest.param(["fetch", NAME, "--retries", "-2"], "from 0 to 100, got '-2'", id="retries"),
+        pytest.param(["show", NAME, "--border", "-3"], "from 0 to 100, got '-3'", id="border"),
+        pytest.param(["fetch", NAME, "--timeout", "0"], "number > 0, got '0'", id="timeout"),
+        pytest.param(["fetch", NAME, "--timeout", "nan"], "number > 0, got 'nan'", id="nan"),
+        pytest.param(["poll", NAME, "-c", "0"], "integer >= 1, got '0'", id="concurrency"),
+        pytest.param(["watch", NAME, "-i", "-1"], "number > 0, got '-1'", id="interval"),
+        pytest.param(["watch", NAME, "-n", "0"], "integer >= 1, got '0'", id="count"),
+        pytest.param(["demo", "--instances", "3"], "from 12 to 10000, got '3'", id="demo"),
+        pytest.param(["demo", "-c", "-1"], "integer >= 1, got '-1'", id="demo-concurrency"),
+        pytest.param(["fake-server", "--port", "-1"], "from 0 to 65535", id="port"),
+        pytest.param(["fake-server", "--latency", "-1"], ">= 0, got '-1'", id="latency"),
+        pytest.param(["fake-server", "--rotation", "-1"], ">= 0, got '-1'", id="rotation"),
+        pytest.param(["fake-server", "--duration", "0"], "> 0, got '0'", id="duration"),
+        pytest.param(["fake-server", "--log-limit", "-1"], ">= 0, got '-1'", id="log-limit"),
+        pytest.param(["fake-server", "--instances", "-1"], "from 0 to 100000", id="instances"),
+    ],
+)
+def test_numeric_options_state_their_true_bound(
+    run: Callable[..., Run], argv: list[str], bound: str
+) -> None:
+    """Every numeric option's error names the bound it really enforces (0 where 0 is valid)."""
+    result = run(*argv)
+    assert result.code == 2
+    assert bound in result.err.splitlines()[0]
+    assert ">= 1" not in result.err or ">= 1" in bound
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        pytest.param(["fetch", NAME, "--retries", "0"], id="retries"),
+        pytest.param(["show", NAME, "--border", "0"], id="border"),
+        pytest.param(["fake-server", "--port", "0"], id="port"),
+        pytest.param(["fake-server", "--rotation", "0"], id="rotation"),
+    ],
+)
+def test_documented_zeros_are_accepted(argv: list[str]) -> None:
+    """0 is documented for these options, so the parser takes it."""
+    args = cli.build_parser().parse_args(argv)
+    assert getattr(args, argv[-2].lstrip("-")) == 0
+
+
+def test_missing_key_says_how_to_set_it_from_a_shell(
+    run: Callable[..., Run], fake: FakeWachatServer
+) -> None:
+    """No key: the hint is for a shell user (export or --api-key), not a mangled Python call."""
+    result = run("poll", NAME, "--base-url", fake.base_url, "--json")
+    assert result.code == 2
+    assert "export WACHAT_API_KEY=<your key>" in result.err
+    assert "--api-key" in result.err
+    assert "[REDACTED]" not in result.err
+    assert "WachatClient" not in result.err
+    assert fake.request_count() == 0
+
+
+@pytest.mark.parametrize(
+    "suffix",
+    [pytest.param("", id="root"), pytest.param("/", id="root-slash"), pytest.param("/v1", id="v1")],
+)
+def test_a_wrong_base_url_gets_a_hint(
+    run: Callable[..., Run], env: FakeWachatServer, suffix: str
+) -> None:
+    """A base URL without /api/v1 reaches no route: the 404 comes with a hint saying so."""
+    result = run("fetch", NAME, "--base-url", env.url + suffix)
+    assert result.code == 4
+    lines = result.err.splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("wachat-qr: error: InstanceNotFoundError: 404")
+    assert lines[1].startswith("wachat-qr: hint: is --base-url (or WACHAT_BASE_URL) right? ")
+    assert "it should end in /api/v1" in lines[1]
+
+
+def test_a_wrong_base_url_hint_also_for_a_fleet(
+    run: Callable[..., Run], env: FakeWachatServer
+) -> None:
+    """poll whose every name is a 404 from a wrong root prints the hint once."""
+    result = run("poll", NAME, OTHER, "--json", "--base-url", env.url)
+    assert result.code == 1
+    assert result.err.count("it should end in /api/v1") == 1
+
+
+def test_a_real_missing_instance_has_no_base_url_hint(
+    run: Callable[..., Run], env: FakeWachatServer
+) -> None:
+    """A 404 from the right base URL is just "not found": one line, no hint."""
+    result = run("fetch", "t1_nothere0_store")
+    assert result.code == 4
+    assert result.err.count("\n") == 1
+    assert "hint" not in result.err
+
+
+def test_plain_http_to_another_host_needs_allow_insecure_http(
+    run: Callable[..., Run], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """http:// to a non-loopback host is refused in CLI words; the flag reaches the client."""
+    monkeypatch.setenv("WACHAT_API_KEY", KEY)
+    refused = run("fetch", NAME, "--base-url", "http://fake.example/api/v1")
+    seen: list[object] = []
+
+    class Recorder(cli.WachatClient):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            seen.append(kwargs.get("allow_insecure_http"))
+            raise RuntimeError("stop here")
+
+    monkeypatch.setattr(cli, "WachatClient", Recorder)
+    allowed = run(
+        "fetch", NAME, "--base-url", "http://fake.example/api/v1", "--allow-insecure-http"
+    )
+    assert refused.code == 2
+    assert "--allow-insecure-http" in refused.err
+    assert "allow_insecure_http=True" not in refused.err
+    assert (allowed.code, seen) == (70, [True])
+
+
+def test_allow_insecure_http_reaches_a_fake_server_on_another_interface(
+    run: Callable[..., Run], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fake server bound to every interface, reached by a non-loopback address, works."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # TEST-NET-1: a UDP connect sends nothing
+        except OSError:
+            pytest.skip("no non-loopback interface")
+        own = str(probe.getsockname()[0])
+    if own.startswith("127."):
+        pytest.skip("no non-loopback interface")
+    server = FakeWachatServer(api_key=KEY, host="0.0.0.0")  # noqa: S104 - the case under test
+    server.add_instance(NAME)
+    monkeypatch.setenv("WACHAT_API_KEY", KEY)
+    with server.run_in_thread():
+        base_url = f"http://{own}:{server.port}/api/v1"
+        refused = run("fetch", NAME, "--base-url", base_url, "-o", "qr.png")
+        allowed = run(
+            "fetch", NAME, "--base-url", base_url, "-o", "qr.png", "--allow-insecure-http"
+        )
+    assert (refused.code, allowed.code) == (2, 0)
+    assert Path("qr.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_watch_fails_fast_when_the_server_is_unreachable(
+    run: Callable[..., Run], monkeypatch: pytest.MonkeyPatch, closed_port: int
+) -> None:
+    """The first round of watch must succeed: a wrong port is exit 6, not an endless retry."""
+    monkeypatch.setenv("WACHAT_API_KEY", KEY)
+    base_url = f"http://127.0.0.1:{closed_port}/api/v1"
+    result = run("watch", NAME, "--base-url", base_url, "--interval", "0.001")
+    until = run("watch", NAME, "--base-url", base_url, "--until-connected")
+    assert (result.code, until.code) == (6, 6)
+    assert result.err.count("\n") == 1
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then closed)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# -- pipes ------------------------------------------------------------------------------------
+
+
+def test_piped_tables_never_wrap_names_or_end_in_spaces(
+    run: Callable[..., Run], env: FakeWachatServer
+) -> None:
+    """Piped, the summary is as wide as its content: long names whole, no trailing spaces."""
+    long_names = [f"t1_longname_{'x' * 150}_{i}" for i in range(3)]
+    result = run("poll", NAME, *long_names)
+    assert result.code == 1
+    lines = result.out.splitlines()
+    for name in long_names:
+        assert sum(name in line for line in lines) == 1
+    assert [line for line in lines if line != line.rstrip()] == []
+    assert max(len(line) for line in lines) > 160
+
+
+@pytest.mark.parametrize(("count", "title"), [(1, "1 instance in "), (2, "2 instances in ")])
+def test_summary_title_is_singular_for_one(
+    run: Callable[..., Run], env: FakeWachatServer, count: int, title: str
+) -> None:
+    """ "1 instance", "2 instances"; and "1 PNG file"."""
+    result = run("poll", *[NAME, OTHER][:count], "-d", "out")
+    assert result.out.startswith(title)
+    assert f"saved {count} PNG file{'s' if count > 1 else ''} in out" in result.out
+
+
+def test_a_broken_stdout_in_process_is_quiet(
+    run: Callable[..., Run], env: FakeWachatServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When writing stdout fails with EPIPE, main() returns 141 and prints nothing."""
+
+    class Gone(io.StringIO):
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stdout", Gone())
+    result = run("poll", NAME, OTHER, "--json")
+    assert (result.code, result.err) == (141, "")
+
+
+def _cli_process(argv: list[str], env: FakeWachatServer, **kwargs: object) -> subprocess.Popen[str]:
+    environ = {**os.environ, "WACHAT_API_KEY": KEY, "WACHAT_BASE_URL": env.base_url}
+    return subprocess.Popen(  # noqa: S603 - our own interpreter and module
+        [sys.executable, "-m", "wachat_async", *argv],
+        env=environ,
+        text=True,
+        **kwargs,  # type: ignore[call-overload]
+    )
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX pipes")
+def test_poll_json_into_head_stops_quietly(
+    wachat_server_factory: Callable[..., FakeWachatServer], cli_env: Path
+) -> None:
+    """`poll --json | head -1`: read one line, close the pipe: exit 141, stderr empty."""
+    server = wachat_server_factory(api_key=KEY, auto_create=True, qr_rotation=None)
+    names = [f"t1_{i:08d}_store_with_a_rather_long_friendly_name" for i in range(1500)]
+    (cli_env / "names.txt").write_text("\n".join(names), encoding="utf-8")
+    proc = _cli_process(
+        ["poll", "-f", "names.txt", "--json", "-c", "16"],
+        server,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        first = json.loads(proc.stdout.readline())
+        proc.stdout.close()  # what `head -1` does once it has its line
+        with proc.stderr:
+            err = proc.stderr.read()
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:  # pragma: no cover - only when the test already failed
+            proc.kill()
+            proc.wait()
+    assert first["ok"] is True
+    assert (proc.returncode, err) == (141, "")
+    assert server.request_count() < len(names)  # it stopped instead of polling on
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX pipes")
+@pytest.mark.parametrize(
+    "argv",
+    [
+        pytest.param(["fetch", NAME, "-o", "-"], id="fetch-to-stdout"),
+        pytest.param(["show", NAME], id="show"),
+        pytest.param(["poll", NAME, OTHER], id="poll-table"),
+        pytest.param(["url", NAME], id="url"),
+        pytest.param(["fake-server", "--port", "0", "--duration", "30"], id="fake-server"),
+    ],
+)
+def test_every_command_into_a_gone_reader_is_quiet(fake: FakeWachatServer, argv: list[str]) -> None:
+    """stdout is a pipe whose reader already quit: no message, no traceback, exit 141."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = _cli_process(argv, fake, stdout=write_end, stderr=subprocess.PIPE)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        os.close(write_end)
+    assert (proc.returncode, err) == (141, "")
+
+
+# -- property: main() never lets an exception out ---------------------------------------------
+
+_COMMANDS = ["fetch", "show", "url", "poll", "watch", "fake-server", "demo", "nope", ""]
+_FLAGS = [
+    "-q",
+    "-v",
+    "--debug",
+    "--allow-insecure-http",
+    "--json",
+    "--invert",
+    "--until-connected",
+    "--expose-api-key",
+    "--no-show",
+    "--auto-create",
+    "--",
+]
+_RARE_FLAGS = ["--version", "--help", "-h"]
+_NUMERIC_OPTIONS = ["--timeout", "--retries", "-c", "-i", "-n", "--border", "--instances"]
+_TEXT_OPTIONS = ["--api-key", "-o", "-d", "-f", "--color", "--instance"]
+_TEXT = st.text(
+    # No "/" or "\\": a generated -d or -o must stay inside the test's temporary folder.
+    alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",), exclude_characters="/\\")
+    | st.sampled_from("\x00\t\n\x1b\x85"),
+    max_size=12,
+)
+_NUMBERS = st.sampled_from(
+    ["0", "-1", "-2", "1", "2", "0.001", "nan", "inf", "1e309", "x", "", "99999", "٣"]
+)
+
+
+@st.composite
+def _argv(draw: st.DrawFn, base_urls: list[str]) -> list[str]:
+    command = draw(st.sampled_from(_COMMANDS))
+    argv = [command] if command else []
+    if draw(st.booleans()):  # most commands take a NAME: a plausible one or any text
+        argv.append(draw(st.sampled_from([NAME, "t1_nothere0_store"]) | _TEXT))
+    for _ in range(draw(st.integers(0, 5))):
+        kind = draw(st.integers(0, 19))
+        if kind < 5:
+            argv.append(draw(st.sampled_from(_FLAGS)))
+        elif kind < 10:
+            argv += [draw(st.sampled_from(_NUMERIC_OPTIONS)), draw(_NUMBERS)]
+        elif kind < 13:
+            argv += [draw(st.sampled_from(_TEXT_OPTIONS)), draw(_TEXT)]
+        elif kind < 17:
+            argv += ["--base-url", draw(st.sampled_from(base_urls))]
+        elif kind < 19:
+            argv.append(draw(_TEXT))
+        else:
+            argv.append(draw(st.sampled_from(_RARE_FLAGS)))
+    if command == "fake-server":  # never serve for long, never on a fixed port
+        argv = [a for a in argv if a not in _RARE_FLAGS] + ["--port", "0", "--duration", "0.001"]
+    if command == "demo":
+        argv.insert(1, "--no-wait")
+        argv += ["--instances", "99999"]  # refused by the parser: a demo run takes seconds
+    return argv
+
+
+def test_main_never_raises_and_stays_within_the_exit_table(
+    fake: FakeWachatServer,
+    closed_port: int,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    cli_env: Path,
+) -> None:
+    """Any argv: no exception escapes, a documented status, a few stderr lines, no key."""
+    monkeypatch.setenv("WACHAT_API_KEY", KEY)
+    monkeypatch.setenv("WACHAT_BASE_URL", f"http://127.0.0.1:{closed_port}/api/v1")
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    base_urls = [
+        f"http://127.0.0.1:{closed_port}/api/v1",
+        fake.base_url,
+        fake.url,
+        "ftp://127.0.0.1/api/v1",
+        "http://[::1",
+        "",
+        "http://user:pw@127.0.0.1/api/v1",
+    ]
+
+    @settings(
+        max_examples=150,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
+    @given(argv=_argv(base_urls))
+    def check(argv: list[str]) -> None:
+        try:
+            code = main(argv)
+        except SystemExit as exc:  # pragma: no cover - main() returns, but this is allowed
+            code = exc.code  # type: ignore[assignment]
+        out, err = capsys.readouterr()
+        assert code in cli.EXIT_CODES, (argv, code, err)
+        assert "Traceback" not in err, (argv, err)
+        assert len(err.splitlines()) <= 3, (argv, err)
+        exposed = argv[:1] == ["url"] and "--expose-api-key" in argv
+        assert KEY not in err, argv
+        assert exposed or KEY not in out, argv
+
+    check()

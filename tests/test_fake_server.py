@@ -6,6 +6,8 @@ import asyncio
 import io
 import json
 import logging
+import os
+import re
 import signal
 import socket
 import subprocess
@@ -13,6 +15,7 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -21,7 +24,7 @@ import zxingcpp
 from multidict import CIMultiDictProxy
 from PIL import Image
 
-from wachat_async.testing import FakeInstance, FakeWachatServer, Fault, RecordedRequest
+from wachat_async.testing import FakeInstance, FakeWachatServer, Fault, RecordedRequest, _server
 from wachat_async.testing import __main__ as cli
 from wachat_async.testing._server import _resolve, _url_host
 
@@ -291,19 +294,63 @@ async def test_unknown_route_is_a_json_404(
     assert fake.request_count(path="/instance/nope") == 1
 
 
+@pytest.mark.parametrize(
+    "route",
+    ["/instance/qr/image", "/", "/api/v2/instance/qr/image", "/api/v1/instance/qr"],
+    ids=["no-api-prefix", "root", "wrong-version", "truncated"],
+)
+async def test_unknown_route_404_is_distinct_from_a_missing_instance(
+    fake: FakeWachatServer, http: aiohttp.ClientSession, route: str
+) -> None:
+    """A wrong base URL answers 404 "No such route", never the API's "instance not found"."""
+    async with http.get(
+        fake.url + route, params={"instanceName": NAME}, headers={"Authorization": f"Bearer {KEY}"}
+    ) as response:
+        body = await response.json()
+    status, _, missing = await get(http, fake, name="t1_nothere0_store")
+    assert (response.status, body["error"]) == (404, "No such route")
+    assert "/api/v1" in body["message"]
+    assert (status, json.loads(missing)["error"]) == (404, "Not Found")
+
+
 async def test_wrong_method_is_a_405(fake: FakeWachatServer, http: aiohttp.ClientSession) -> None:
     """POST to the QR route is 405 with an Allow header."""
     async with http.post(fake.base_url + "/instance/qr/image") as response:
         assert (response.status, response.headers["Allow"]) == (405, "GET, HEAD")
 
 
-async def test_missing_segno_is_a_500_with_install_hint(
+def test_missing_segno_fails_at_construction(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the testing extra the server refuses to start, naming the install command."""
+    monkeypatch.setitem(sys.modules, "segno", None)
+    with pytest.raises(ImportError, match=re.escape("pip install 'wachat-async[testing]'")):
+        FakeWachatServer(KEY)
+
+
+def test_missing_segno_fails_at_construction_in_a_fresh_process() -> None:
+    """In a process whose import system cannot find segno, construction fails at once."""
+    code = (
+        "import sys\n"
+        "sys.modules['segno'] = None\n"
+        "from wachat_async.testing import FakeWachatServer\n"
+        "try:\n"
+        "    FakeWachatServer()\n"
+        "except ImportError as exc:\n"
+        "    print('refused:', exc)\n"
+    )
+    done = subprocess.run(  # noqa: S603 - our own interpreter
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.startswith("refused: segno is required")
+    assert "pip install 'wachat-async[testing]'" in done.stdout
+
+
+async def test_segno_lost_after_start_is_a_500_with_install_hint(
     fake: FakeWachatServer,
     http: aiohttp.ClientSession,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Without segno the QR route says how to install it (and logs it) instead of crashing."""
+    """Safety net: segno vanishing after start makes the QR route say how to install it."""
     monkeypatch.setitem(sys.modules, "segno", None)
     status, _, body = await get(http, fake)
     assert (status, "wachat-async[testing]" in json.loads(body)["message"]) == (500, True)
@@ -916,11 +963,18 @@ def test_addresses_need_a_started_server() -> None:
 
 @pytest.mark.parametrize(
     ("host", "expected"),
-    [("127.0.0.1", "127.0.0.1"), ("::1", "[::1]"), ("[::1]", "[::1]")],
-    ids=["ipv4", "ipv6", "ipv6-bracketed"],
+    [
+        ("127.0.0.1", "127.0.0.1"),
+        ("::1", "[::1]"),
+        ("[::1]", "[::1]"),
+        ("0.0.0.0", "127.0.0.1"),  # noqa: S104
+        ("::", "[::1]"),
+        ("", "127.0.0.1"),
+    ],
+    ids=["ipv4", "ipv6", "ipv6-bracketed", "all-ipv4", "all-ipv6", "all-empty"],
 )
 def test_url_host_brackets_ipv6(host: str, expected: str) -> None:
-    """IPv6 hosts are bracketed in URLs."""
+    """IPv6 hosts are bracketed in URLs; a wildcard bind is reached through loopback."""
     assert _url_host(host) == expected
 
 
@@ -1132,23 +1186,93 @@ def test_fixture_works_in_a_users_suite(pytester: pytest.Pytester) -> None:
 
 
 def test_cli_parses_options() -> None:
-    """Options are parsed into their types; the instance list drops blanks."""
+    """Options are parsed into their types; --instance repeats, --instances counts."""
     args = cli._build_parser().parse_args(
-        ["--port", "0", "--api-key", "k", "--instances", "a,,b", "--rotation", "0"]
+        ["--port", "0", "--api-key", "k", "--instance", "a", "--instance", "b", "--rotation", "0"]
     )
-    assert (args.port, args.api_key, args.instances, args.rotation) == (0, "k", ["a", "b"], 0.0)
+    assert (args.port, args.api_key, args.instance_names, args.rotation) == (
+        0,
+        "k",
+        ["a", "b"],
+        0.0,
+    )
+    assert cli._names(args) == ["a", "b"]
+
+
+def test_cli_serves_the_readme_names_by_default() -> None:
+    """Without --instance the names of the README's examples are served, plus any generated."""
+    args = cli._build_parser().parse_args(["--instances", "3"])
+    names = cli._names(args)
+    assert names[: len(cli.DEFAULT_INSTANCES)] == list(cli.DEFAULT_INSTANCES)
+    assert names[len(cli.DEFAULT_INSTANCES) :] == cli.generated_names(3)
+    assert len(set(names)) == len(names) == len(cli.DEFAULT_INSTANCES) + 3
+
+
+def test_default_names_cover_every_name_the_docs_expect_to_exist() -> None:
+    """Every t1_ name in the README and examples is served, except the ones shown missing."""
+    root = Path(__file__).resolve().parent.parent
+    texts = [root / "README.md", *sorted((root / "examples").glob("*.py"))]
+    used = {m for path in texts for m in re.findall(r"\bt1_[A-Za-z0-9_]+", path.read_text())}
+    # Names the docs use as the example of a missing or failing instance.
+    missing = {n for n in used if re.search(r"gone|no_such|nothere|typo|stroe", n)}
+    # Names the docs create themselves (a test's own fake server).
+    added = {m for p in texts for m in re.findall(r'add_instance\("(t1_\w+)"', p.read_text())}
+    assert used - missing - added <= set(cli.DEFAULT_INSTANCES)
+    assert missing.isdisjoint(cli.DEFAULT_INSTANCES)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--rotation", "soon"], "not a number: 'soon'"),
+        (["--rotation", "-1"], "must be a finite number >= 0, got '-1'"),
+        (["--latency", "inf"], "must be a finite number >= 0, got 'inf'"),
+        (["--duration", "0"], "must be a finite number > 0, got '0'"),
+        (["--port", "-1"], "must be an integer from 0 to 65535, got '-1'"),
+        (["--port", "65536"], "must be an integer from 0 to 65535, got '65536'"),
+        (["--log-limit", "-5"], "must be an integer >= 0, got '-5'"),
+        (["--instances", "-1"], "must be an integer from 0 to 100000, got '-1'"),
+        (["--instances", "a,b"], "give names with --instance NAME"),
+        (["--instance", " "], "must not be empty or whitespace"),
+        (["--instance", "a\nb"], "control characters: 'a\\nb'"),
+        (["--api-key", " padded "], "without surrounding whitespace"),
+    ],
+    ids=[
+        "non-number",
+        "negative-rotation",
+        "infinite-latency",
+        "zero-duration",
+        "negative-port",
+        "port-too-high",
+        "negative-log-limit",
+        "negative-count",
+        "names-for-a-count",
+        "blank-name",
+        "newline-name",
+        "padded-key",
+    ],
+)
+def test_cli_rejects_bad_values_with_the_true_bound(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Bad values exit 2 with one error line that states the real bound, and a --help hint."""
+    code = cli.main(argv)
+    err = capsys.readouterr().err
+    assert (code, err.count("\n")) == (2, 2)
+    assert message in err.splitlines()[0]
+    assert err.splitlines()[1] == f"{cli.PROG}: hint: try '{cli.PROG} --help'"
+    assert " padded " not in err
 
 
 @pytest.mark.parametrize(
     "argv",
-    [["--rotation", "soon"], ["--rotation", "-1"], ["--latency", "inf"]],
-    ids=["non-number", "negative", "infinite"],
+    [["--rotation", "0"], ["--latency", "0"], ["--port", "0"], ["--instances", "0"]],
+    ids=["rotation", "latency", "port", "instances"],
 )
-def test_cli_rejects_bad_numbers(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
-    """Bad numbers exit with status 2 and a message."""
-    with pytest.raises(SystemExit) as info:
-        cli.main(argv)
-    assert (info.value.code, "error" in capsys.readouterr().err) == (2, True)
+def test_cli_accepts_the_documented_zeros(argv: list[str]) -> None:
+    """0 is a documented value of these options (never, none, any free port, no extras)."""
+    args = cli._build_parser().parse_args(argv)
+    assert getattr(args, {"--instances": "generated"}.get(argv[0], argv[0][2:])) == 0
 
 
 def test_cli_serves_until_sigint(
@@ -1174,59 +1298,207 @@ def test_cli_serves_until_sigint(
             probes.append(asyncio.ensure_future(probe(self)))
 
     probes: list[asyncio.Future[None]] = []
-    monkeypatch.setattr(cli, "FakeWachatServer", ProbedServer)
-    code = cli.main(["--port", "0", "--api-key", CLI_KEY, "--instances", "a,b", "--rotation", "5"])
-    out = capsys.readouterr().out
+    monkeypatch.setattr(_server, "FakeWachatServer", ProbedServer)
+    argv = ["--port", "0", "--api-key", CLI_KEY, "--instance", "a", "--instance", "b"]
+    code = cli.main([*argv, "--rotation", "5"])
+    out, err = capsys.readouterr()
     assert (code, statuses, [p.done() for p in probes]) == (0, [200], [True])
-    assert out.startswith("Fake Wachat server running at http://127.0.0.1:")
-    assert "Instances (2): a, b" in out
-    assert out.endswith("Stopped.\n")
-    assert CLI_KEY not in out
+    assert out.startswith("Fake Wachat server listening on http://127.0.0.1:")
+    assert "Instances (2): a, b; any other name: 404" in out
+    assert "QR codes change every 5 s" in err
+    assert err.endswith("Stopped.\n")
+    assert CLI_KEY not in out + err
 
 
-def test_cli_busy_port_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
-    """A busy port is reported on stderr with exit status 1."""
+def test_cli_busy_port_exits_8(capsys: pytest.CaptureFixture[str]) -> None:
+    """A busy port is one line on stderr with exit status 8 (as in wachat-qr's table)."""
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
-        code = cli.main(["--port", str(busy.getsockname()[1]), "--instances", ""])
-    assert (code, "cannot serve" in capsys.readouterr().err) == (1, True)
+        code = cli.main(["--port", str(busy.getsockname()[1])])
+    err = capsys.readouterr().err
+    assert (code, err.count("\n")) == (8, 1)
+    assert err.startswith(f"{cli.PROG}: error: cannot listen on 127.0.0.1:")
 
 
-def test_cli_access_log_configures_logging(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_without_segno_exits_2_with_the_install_hint(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the testing extra: one line naming the install command, before listening."""
+    monkeypatch.setitem(sys.modules, "segno", None)
+    code = cli.main(["--port", "0", "--duration", "0.01"])
+    out, err = capsys.readouterr()
+    assert (code, out) == (2, "")
+    assert "pip install 'wachat-async[testing]'" in err
+
+
+def test_cli_access_log_configures_logging(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """--access-log turns on logging to stderr before serving."""
     configured: list[dict[str, Any]] = []
     monkeypatch.setattr(logging, "basicConfig", lambda **kw: configured.append(kw))
+    assert cli.main(["--access-log", "--port", "0", "--duration", "0.01"]) == 0
+    assert configured[0]["level"] == logging.INFO
 
-    async def no_serve(args: Any) -> None:
-        assert args.access_log is True
 
-    monkeypatch.setattr(cli, "_serve", no_serve)
-    assert (cli.main(["--access-log"]), configured[0]["level"]) == (0, logging.INFO)
+def test_cli_unexpected_error_is_one_line_and_exit_70(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bug is reported in one line plus a hint to use --debug, which shows the traceback."""
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(_server.FakeWachatServer, "add_instances", broken)
+    code = cli.main(["--port", "0"])
+    err = capsys.readouterr().err
+    debug_code = cli.main(["--port", "0", "--debug"])
+    debug_err = capsys.readouterr().err
+    assert (code, err.count("\n")) == (70, 2)
+    assert err.startswith(f"{cli.PROG}: error: internal error: RuntimeError: boom\n")
+    assert "--debug" in err
+    assert "Traceback" not in err
+    assert (debug_code, "Traceback (most recent call last)" in debug_err) == (70, True)
+
+
+def _serve_in_a_process(*argv: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(  # noqa: S603 - our own interpreter and module
+        [sys.executable, "-m", "wachat_async.testing", "--port", "0", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def _stop(proc: subprocess.Popen[str]) -> tuple[str, str]:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+    try:
+        return proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:  # pragma: no cover - only when the test already failed
+            proc.kill()
+            proc.wait()
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 def test_python_dash_m_runs_until_sigint() -> None:
     """`python -m wachat_async.testing` prints the URL first and exits 0 on Ctrl-C."""
-    proc = subprocess.Popen(  # noqa: S603 - fixed argv
-        [sys.executable, "-m", "wachat_async.testing", "--port", "0", "--api-key", KEY],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _serve_in_a_process("--api-key", KEY)
     try:
         assert proc.stdout is not None
         first = proc.stdout.readline()
         base_url = first.rsplit(" ", 1)[-1].strip()
         status, _ = sync_get(f"{base_url}/instance/qr/image?instanceName=t1_demo0001_store", KEY)
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
     finally:
-        if proc.poll() is None:  # pragma: no cover - only when the test already failed
-            proc.kill()
-            proc.wait()
+        out, err = _stop(proc)
     assert (proc.returncode, status, base_url.startswith("http://127.0.0.1:")) == (0, 200, True)
     assert KEY not in first + out + err
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_readme_ten_lines_work_with_the_printed_exports(tmp_path: Path) -> None:
+    """Copy the printed export lines, run the README's ten-line example: it saves qr.png."""
+    proc = _serve_in_a_process()
+    try:
+        assert proc.stdout is not None
+        exports: dict[str, str] = {}
+        for line in iter(proc.stdout.readline, ""):
+            if line.strip().startswith("export "):
+                name, _, value = line.strip().removeprefix("export ").partition("=")
+                exports[name] = value
+            if line.startswith("Instances"):
+                break
+        blocks = re.findall(
+            r"```python\n(.*?)```", (Path(__file__).parent.parent / "README.md").read_text(), re.S
+        )
+        (example,) = [b for b in blocks if "asyncio.run(main())" in b]
+        (tmp_path / "example.py").write_text(example, encoding="utf-8")
+        done = subprocess.run(
+            [sys.executable, "example.py"],
+            cwd=tmp_path,
+            env={**os.environ, **exports},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        _stop(proc)
+    assert sorted(exports) == ["WACHAT_API_KEY", "WACHAT_BASE_URL"]
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("QRImage(instance_name='t1_mq9r2jov_jakarta_store'")
+    assert (tmp_path / "qr.png").read_bytes().startswith(PNG_SIGNATURE)
+
+
+def _outbound_address() -> str | None:
+    """This machine's own non-loopback address (a UDP "connect" sends nothing), if any."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # TEST-NET-1: never routed to the internet
+        except OSError:
+            return None
+        address = str(probe.getsockname()[0])
+    return None if address.startswith("127.") or address == "0.0.0.0" else address  # noqa: S104
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_all_interfaces_prints_urls_that_work() -> None:
+    """--host 0.0.0.0 prints a loopback base URL that answers, and one for other machines."""
+    proc = _serve_in_a_process("--host", "0.0.0.0")  # noqa: S104 - the case under test
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        lines = [proc.stdout.readline() for _ in range(4)]
+        base_url = first.rsplit(" ", 1)[-1].strip()
+        status, png = sync_get(f"{base_url}/instance/qr/image?instanceName={NAME}", "demo")
+        own, remote = _outbound_address(), 200
+        if own is not None:  # the same server, reached through a non-loopback interface
+            port = base_url.rsplit(":", 1)[1].split("/")[0]
+            url = f"http://{own}:{port}/api/v1/instance/state?instanceName={NAME}"
+            remote, _ = sync_get(url, "demo")
+    finally:
+        _stop(proc)
+    assert remote == 200
+    assert base_url.startswith("http://127.0.0.1:")
+    assert (status, png[:8]) == (200, PNG_SIGNATURE)
+    assert any("From another machine: WACHAT_BASE_URL=http://" in line for line in lines)
+    assert any("--allow-insecure-http" in line for line in lines)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX pipes")
+def test_python_dash_m_stops_quietly_when_its_reader_is_gone() -> None:
+    """stdout is a pipe nobody reads (`| head` that already quit): exit 141, stderr empty."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first line is written
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "wachat_async.testing", "--port", "0", "--duration", "30"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (141, "")
+
+
+def test_cli_broken_pipe_in_process(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A stdout whose reader went away ends main() with 141 and nothing on stderr."""
+
+    class Gone(io.StringIO):
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stdout", Gone())
+    code = cli.main(["--port", "0", "--duration", "30"])
+    assert (code, capsys.readouterr().err) == (141, "")
 
 
 # --- exports -----------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ and segno); ``python -m wachat_async`` runs the same ``main``. Commands::
     wachat-qr url NAME [--expose-api-key]     print the image URL (key only with the flag)
     wachat-qr poll NAME... | --from-file F    fetch a fleet: progress, summary table or --json
     wachat-qr watch NAME [--until-connected]  print the QR again each time it changes
-    wachat-qr fake-server                     run the embedded fake Wachat server
+    wachat-qr fake-server                     the fake server (= python -m wachat_async.testing)
     wachat-qr demo                            all of the above against an in-process fake server
 
 The API key comes from ``--api-key`` or, better, the ``WACHAT_API_KEY`` environment variable (a
@@ -16,21 +16,25 @@ command-line flag is visible to other users in ``ps`` and lands in shell history
 from ``--base-url`` or ``WACHAT_BASE_URL``. The key is never printed, except inside the URL that
 ``url --expose-api-key`` was asked for.
 
-Errors are one line on stderr, never a traceback, and the exit status says what kind:
+Errors are one line on stderr (sometimes followed by one ``hint:`` line), never a traceback
+(``--debug`` adds it for unexpected errors), and the exit status says what kind:
 
 ====  ==========================================================================
 code  meaning
 ====  ==========================================================================
 0     success
-1     ``poll``: at least one instance failed (details in the table or the JSON)
-2     usage or configuration error (bad option, no API key, missing ``cli`` extra)
+1     ``poll``: at least one instance failed (details in the table or the JSON); or a
+      library error of no more specific kind
+2     usage or configuration error (bad option or name, no API key, missing ``cli`` extra)
 3     authentication: 401 invalid key, 403 subscription does not allow QR codes
 4     not found or not possible: 404 unknown instance, 409 not a Baileys instance, 400
 5     upstream failure: 502/504 after the retries gave up, or an undocumented status
 6     connection failure or timeout
 7     invalid response: not a PNG, truncated, or larger than the size cap
 8     local I/O error: a file could not be written, a port could not be bound
+70    internal error: an unexpected exception (a bug; ``--debug`` shows the traceback)
 130   interrupted (Ctrl-C)
+141   stdout was closed by its reader (``| head``): stop quietly, as SIGPIPE would
 ====  ==========================================================================
 
 ``poll --json`` writes JSON Lines: one object per distinct instance, in order of completion,
@@ -51,21 +55,23 @@ import importlib
 import io
 import json
 import logging
+import math
 import os
 import random
 import re
 import secrets
-import signal
 import string
 import sys
 import time
+import traceback
 import warnings
 from collections import Counter
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 import attrs
+from yarl import URL
 
 from ._client import WachatClient
 from ._errors import (
@@ -74,7 +80,6 @@ from ._errors import (
     BadRequestError,
     ConfigurationError,
     InstanceNotFoundError,
-    InvalidInstanceNameError,
     InvalidResponseError,
     QRNotSupportedError,
     SubscriptionRestrictedError,
@@ -84,7 +89,7 @@ from ._errors import (
 )
 from ._files import write_bytes_async
 from ._models import QRImage, QRResult
-from ._polling import fetch_many
+from ._polling import fetch_many, watch_qr
 from ._redact import redact
 from ._retry import RetryPolicy
 from ._urls import DEFAULT_BASE_URL, build_qr_image_url
@@ -96,9 +101,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EXIT_AUTH",
+    "EXIT_BROKEN_PIPE",
     "EXIT_CONNECTION",
     "EXIT_FAILED",
     "EXIT_FILE",
+    "EXIT_INTERNAL",
     "EXIT_INTERRUPTED",
     "EXIT_INVALID",
     "EXIT_NOT_FOUND",
@@ -123,7 +130,27 @@ EXIT_UPSTREAM: Final = 5
 EXIT_CONNECTION: Final = 6
 EXIT_INVALID: Final = 7
 EXIT_FILE: Final = 8
+EXIT_INTERNAL: Final = 70  # sysexits.h EX_SOFTWARE
 EXIT_INTERRUPTED: Final = 130
+EXIT_BROKEN_PIPE: Final = 141  # 128 + SIGPIPE: what a shell reports for `cat` or `grep`
+
+#: Every exit status main() can return (the table above).
+EXIT_CODES: Final = frozenset(
+    {
+        EXIT_OK,
+        EXIT_FAILED,
+        EXIT_USAGE,
+        EXIT_AUTH,
+        EXIT_NOT_FOUND,
+        EXIT_UPSTREAM,
+        EXIT_CONNECTION,
+        EXIT_INVALID,
+        EXIT_FILE,
+        EXIT_INTERNAL,
+        EXIT_INTERRUPTED,
+        EXIT_BROKEN_PIPE,
+    }
+)
 
 #: The retry policy of every command but ``demo`` (tests swap in a zero-wait one).
 RETRY_POLICY = RetryPolicy()
@@ -138,7 +165,8 @@ exit status:
   0 ok    1 some instances failed (poll)    2 usage/configuration error
   3 authentication (401/403)    4 not found (404/409/400)    5 upstream (502/504/other status)
   6 connection/timeout    7 invalid response (not a PNG, too large)    8 local I/O error
-  130 interrupted
+  70 internal error (--debug shows the traceback)    130 interrupted
+  141 stdout closed by its reader (e.g. `| head`)
 
 Try it without an account: wachat-qr demo
 """
@@ -146,7 +174,7 @@ Try it without an account: wachat-qr demo
 
 def exit_code_for(error: WachatError) -> int:
     """The exit status for *error* (see the table in the module docstring)."""
-    if isinstance(error, (ConfigurationError, InvalidInstanceNameError)):
+    if isinstance(error, (ConfigurationError, ValueError)):  # InvalidInstanceNameError too
         return EXIT_USAGE
     if isinstance(error, (AuthenticationError, SubscriptionRestrictedError)):
         return EXIT_AUTH
@@ -162,7 +190,30 @@ def exit_code_for(error: WachatError) -> int:
 
 
 class _Usage(Exception):
-    """A usage problem found after parsing (bad names file, ...): one line, exit status 2."""
+    """A usage problem found after parsing (bad names file, ...): one line, exit status 2.
+
+    *hint*, when given, is printed on a second line.
+    """
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+class _ParseError(Exception):
+    """argparse found a bad command line (raised by :meth:`_Parser.error` instead of exiting)."""
+
+    def __init__(self, prog: str, message: str) -> None:
+        super().__init__(message)
+        self.prog = prog
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors come back to :func:`main`, which prints them in one line
+    (argparse's own wrapped usage block can take ten lines and echoes raw control characters)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _ParseError(self.prog, message)
 
 
 class _MissingExtra(Exception):
@@ -175,6 +226,8 @@ class _MissingExtra(Exception):
 
 
 _MIN_REDACTED_KEY: Final = 6
+#: Piped tables are laid out this wide: as wide as their content, never wrapped.
+_PIPE_WIDTH: Final = 100_000
 
 
 class _Out:
@@ -208,11 +261,21 @@ class _Out:
             sys.stderr.write(self.clean(text) + "\n")
             sys.stderr.flush()
 
-    def error(self, text: str) -> None:
+    def error(self, text: str, *, prog: str = PROG) -> None:
         """One line on stderr, always shown."""
-        line = " ".join(self.clean(text).splitlines())
-        sys.stderr.write(f"{PROG}: error: {line}\n")
-        sys.stderr.flush()
+        self._stderr_line(f"{prog}: error: {_one_line(self.clean(text))}")
+
+    def hint(self, text: str) -> None:
+        """A line that says what to try, after an error (stderr, always shown)."""
+        self._stderr_line(f"{PROG}: hint: {_one_line(self.clean(text))}")
+
+    @staticmethod
+    def _stderr_line(line: str) -> None:
+        try:
+            sys.stderr.write(line + "\n")
+            sys.stderr.flush()
+        except (OSError, ValueError):  # stderr closed or gone: nowhere left to complain
+            pass
 
     def console(self, *, stderr: bool) -> Console:
         _need("rich")
@@ -220,10 +283,39 @@ class _Out:
 
         return Console(stderr=stderr, highlight=False, quiet=self.quiet and stderr)
 
+    def tables(self, *renderables: object) -> None:
+        """Print rich tables on stdout: as they are on a terminal; piped, as plain lines that
+        never wrap (an instance name stays whole, whatever its length) and never end in
+        spaces, for grep, awk and diff."""
+        console = self.console(stderr=False)
+        if console.is_terminal:
+            for renderable in renderables:
+                console.print(renderable)
+            return
+        console.width = _PIPE_WIDTH
+        with console.capture() as captured:
+            for renderable in renderables:
+                console.print(renderable, crop=False)
+        for line in captured.get().splitlines():
+            self.result(line.rstrip())
+
+
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def _one_line(text: str) -> str:
+    """*text* on one line, with any control character shown escaped (never sent raw)."""
+    text = " ".join(text.splitlines())
+    return _CONTROL_CHARS.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+#: Notes the CLI replaces by its own, CLI-worded hint (see _hints).
+_BASE_URL_NOTE: Final = "is the base URL right?"
+
 
 def _describe(error: WachatError) -> str:
     """``ClassName: message; note`` on one line (the message is already redacted)."""
-    notes = getattr(error, "__notes__", [])
+    notes = [n for n in getattr(error, "__notes__", []) if not str(n).startswith(_BASE_URL_NOTE)]
     text = f"{type(error).__name__}: {error}"
     if notes:
         text += " (" + "; ".join(str(n) for n in notes) + ")"
@@ -426,43 +518,70 @@ def png_filename(instance_name: str) -> str:
     return f"{safe}.png"
 
 
-def _positive_float(text: str) -> float:
+def _plural(count: int, noun: str) -> str:
+    """``1 instance``, ``2 instances``, ``0 instances``."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def _isatty(stream: object) -> bool:
     try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (value > 0 and value != float("inf")):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
-    return value
+        return bool(stream.isatty())  # type: ignore[attr-defined]
+    except (AttributeError, OSError, ValueError):  # no isatty, or a closed stream
+        return False
 
 
-def _non_negative_float(text: str) -> float:
-    if text.strip() in ("0", "0.0"):
-        return 0.0
-    return _positive_float(text)
+def _integer(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse type for an integer option whose error states the true bounds."""
+    bound = f"from {minimum} to {maximum}" if maximum is not None else f">= {minimum}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            raise argparse.ArgumentTypeError(f"must be an integer {bound}, got {text!r}")
+        return value
+
+    return parse
 
 
-def _positive_int(text: str) -> int:
+def _seconds(*, zero: bool) -> Callable[[str], float]:
+    """An argparse type for a finite number of seconds, > 0 (or >= 0 when *zero*)."""
+    bound = ">= 0" if zero else "> 0"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+            raise argparse.ArgumentTypeError(f"must be a finite number {bound}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _instance_name(text: str) -> str:
+    """An argparse type for NAME: a name the client would refuse is a usage error (exit 2)."""
     try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text!r}")
-    return value
+        return check_instance_name(text)
+    except (TypeError, ValueError) as exc:  # InvalidInstanceNameError is a ValueError
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _non_negative_int(text: str) -> int:
-    if text == "0":
-        return 0
-    return _positive_int(text)
+def _path(text: str) -> str:
+    """An argparse type for a file or folder: no NUL byte (the OS cannot take one)."""
+    if "\x00" in text:
+        raise argparse.ArgumentTypeError(f"a path cannot contain a NUL byte: {text!r}")
+    if not text:
+        raise argparse.ArgumentTypeError("a path must not be empty")
+    return text
 
 
-def _port(text: str) -> int:
-    value = _non_negative_int(text)
-    if value > 65535:
-        raise argparse.ArgumentTypeError(f"not a TCP port: {text!r}")
-    return value
+#: Bounds of the numeric options (the help texts and error messages state them).
+_MAX_BORDER: Final = 100
+_DEMO_MIN, _DEMO_MAX = 12, 10_000
 
 
 def _api_key(args: argparse.Namespace) -> str | None:
@@ -477,14 +596,46 @@ def _retry_policy(args: argparse.Namespace) -> RetryPolicy:
     return attrs.evolve(RETRY_POLICY, max_attempts=retries + 1)
 
 
+#: What a user without a key is told (a fixed text: the redaction net leaves ``=<...>`` alone).
+NO_KEY_MESSAGE: Final = (
+    "no API key: export WACHAT_API_KEY=<your key> (or pass --api-key KEY, but a flag is "
+    f"visible in `ps`); no account? try '{PROG} demo'"
+)
+
+
+def _base_url(args: argparse.Namespace) -> str:
+    return getattr(args, "base_url", None) or os.environ.get("WACHAT_BASE_URL") or DEFAULT_BASE_URL
+
+
+def _host(url: str) -> str:
+    try:
+        return URL(url).host or url
+    except (TypeError, ValueError):
+        return url
+
+
 def _client(args: argparse.Namespace, *, max_connections: int = 100) -> WachatClient:
-    return WachatClient(
-        api_key=_api_key(args),
-        base_url=getattr(args, "base_url", None),
-        timeout=getattr(args, "timeout", None),
-        retry=_retry_policy(args),
-        max_connections=max_connections,
-    )
+    key = _api_key(args)
+    if key is None or not key.strip():
+        raise _Usage(NO_KEY_MESSAGE)
+    allow_insecure = bool(getattr(args, "allow_insecure_http", False))
+    try:
+        return WachatClient(
+            api_key=key,
+            base_url=getattr(args, "base_url", None),
+            timeout=getattr(args, "timeout", None),
+            retry=_retry_policy(args),
+            max_connections=max_connections,
+            allow_insecure_http=allow_insecure,
+        )
+    except ConfigurationError as exc:
+        if not allow_insecure and "allow_insecure_http" in str(exc):
+            raise _Usage(
+                f"refusing plain http:// to {_host(_base_url(args))}: the API key would travel "
+                "in clear text; use https://, or --allow-insecure-http if you mean it (for "
+                "example for a fake server on another machine)"
+            ) from None
+        raise
 
 
 def _read_names(args: argparse.Namespace) -> list[str]:
@@ -551,8 +702,9 @@ async def _poll_fleet(
     if out_dir is not None:
         _make_dir(out_dir)
     # The tables need rich; --json and --quiet do not, so scripts work without the extra
-    # (--json then simply shows no progress bar).
-    show_progress = not out.quiet and (not json_lines or _has("rich"))
+    # (--json then simply shows no progress bar). The bar is for a person watching a terminal:
+    # on a piped or redirected stderr it would only leave a stray line behind.
+    show_progress = not out.quiet and _isatty(sys.stderr) and (not json_lines or _has("rich"))
     progress = None
     if show_progress:
         _need("rich")
@@ -654,14 +806,14 @@ def _summary(
     from rich.text import Text
 
     expected = expected or {}
-    console = out.console(stderr=False)
     counts: Counter[str] = Counter()
     for result in fleet.failed:
         error = result.error
         assert error is not None
         status = getattr(error, "status", None)
         counts[f"{type(error).__name__}" + (f" ({status})" if status else "")] += 1
-    table = Table(title=f"{fleet.total} instances in {fleet.elapsed:.2f} s", title_justify="left")
+    title = f"{_plural(fleet.total, 'instance')} in {fleet.elapsed:.2f} s"
+    table = Table(title=title, title_justify="left")
     table.add_column("outcome")
     table.add_column("instances", justify="right")
     table.add_row(Text("ok", style="green"), str(len(fleet.ok)))
@@ -670,7 +822,7 @@ def _summary(
     not_done = fleet.total - len(fleet.ok) - len(fleet.failed)
     if not_done:
         table.add_row(Text("not fetched (stopped early)", style="yellow"), str(not_done))
-    console.print(table)
+    tables: list[Table] = [table]
     if fleet.failed:
         failures = Table(title="failures", title_justify="left")
         failures.add_column("instance", overflow="fold")
@@ -689,9 +841,10 @@ def _summary(
             )
         if len(fleet.failed) > 20:
             failures.add_row(Text(f"... and {len(fleet.failed) - 20} more"), "", "", "")
-        console.print(failures)
+        tables.append(failures)
+    out.tables(*tables)
     if out_dir is not None and fleet.saved:
-        out.info(f"saved {len(fleet.saved)} PNG file(s) in {out_dir}")
+        out.info(f"saved {_plural(len(fleet.saved), 'PNG file')} in {out_dir}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -752,6 +905,8 @@ async def _cmd_url(args: argparse.Namespace, out: _Out) -> int:
 
 
 async def _cmd_poll(args: argparse.Namespace, out: _Out) -> int:
+    if not args.json and not out.quiet:
+        _need("rich")  # the summary tables: say so before any request is made
     names = _read_names(args)
     out_dir = Path(args.out_dir) if args.out_dir else None
     async with _client(args, max_connections=max(100, args.concurrency)) as client:
@@ -771,18 +926,48 @@ async def _cmd_poll(args: argparse.Namespace, out: _Out) -> int:
             f"{_describe(fleet.aborted)}; stopped after {done} of {fleet.total} instances "
             "(every request with this key would fail the same way)"
         )
+        for hint in _hints(fleet.aborted, args):
+            out.hint(hint)
         return exit_code_for(fleet.aborted)
+    if fleet.failed and all(
+        isinstance(r.error, InstanceNotFoundError) for r in fleet.failed
+    ):  # every name unknown: more likely a wrong base URL than a fleet of typos
+        first = fleet.failed[0].error
+        assert first is not None
+        for hint in _hints(first, args):
+            out.hint(hint)
     return EXIT_FAILED if fleet.failed else EXIT_OK
 
 
 async def _cmd_watch(args: argparse.Namespace, out: _Out) -> int:
     if args.show:
         _need("PIL")
-    redraw = args.show and sys.stdout.isatty()
+    redraw = args.show and _isatty(sys.stdout)
     updates = 0
     async with _client(args) as client:
-        watch = client.watch_qr(
-            args.name, interval=args.interval, until_connected=args.until_connected
+        # The first round must succeed: a wrong URL, port or key fails at once with its exit
+        # status instead of being "ridden out" as transient forever. Later failures are.
+        first: list[QRImage] = []
+        if args.until_connected:
+            if (await client.get_instance_state(args.name)).is_connected:
+                out.info(f"{args.name} is connected")
+                return EXIT_OK
+        else:
+            first.append(await client.get_qr_image(args.name))
+
+        async def fetch(name: str) -> QRImage:
+            return first.pop() if first else await client.get_qr_image(name)
+
+        async def no_sleep(seconds: float) -> None:
+            await asyncio.sleep(0)
+
+        watch = watch_qr(
+            fetch,
+            args.name,
+            interval=args.interval,
+            jitter=0.1,
+            get_state=client.get_instance_state if args.until_connected else None,
+            sleep=no_sleep if client.retry_policy.zero_wait else asyncio.sleep,
         )
         async for qr in watch:
             updates += 1
@@ -892,64 +1077,25 @@ async def _cmd_demo(args: argparse.Namespace, out: _Out) -> int:
                     "with WACHAT_API_KEY set, `wachat-qr show NAME` shows a real QR."
                 )
     if unexpected:
-        out.error(f"{len(unexpected)} instance(s) failed that were meant to succeed")
+        verb = "was" if len(unexpected) == 1 else "were"
+        out.error(f"{_plural(len(unexpected), 'instance')} failed that {verb} meant to succeed")
         return EXIT_FAILED
     return EXIT_OK
 
 
 async def _cmd_fake_server(args: argparse.Namespace, out: _Out) -> int:
-    _need("segno")
-    from .testing import FakeWachatServer
+    # The same program as `python -m wachat_async.testing`: same options, same output.
+    from .testing.__main__ import serve
 
-    key = _api_key(args)
-    generated = key is None
-    if key is None:
-        key = "fake-" + secrets.token_hex(12)
-    server = FakeWachatServer(
-        api_key=key,
-        host=args.host,
-        port=args.port,
-        auto_create=args.auto_create,
-        qr_rotation=args.rotation,
-        latency=args.latency,
-    )
-    names = _DemoFleet(args.instances + 2).stores
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    handled: list[signal.Signals] = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(sig, stop.set)
-            handled.append(sig)
-    try:
-        async with server:
-            server.add_instances(names)
-            out.result(f"Fake Wachat server listening on {server.base_url}")
-            out.result(f"  export WACHAT_BASE_URL={server.base_url}")
-            if generated:
-                # A throwaway key that opens only this fake server, so printing it is fine
-                # (written directly: the redaction safety net would hide it).
-                sys.stdout.write(f"  export WACHAT_API_KEY={key}\n")
-            else:
-                out.result("  API key: the one you gave (not shown)")
-            if names:
-                more = f" and {len(names) - 5} more" if len(names) > 5 else ""
-                out.result(f"  instances: {', '.join(names[:5])}{more} (any other name: 404)")
-            if args.auto_create:
-                out.result("  any instance name is created on first use (--auto-create)")
-            out.note("Press Ctrl-C to stop.")
-            with contextlib.suppress(asyncio.TimeoutError):  # --duration over
-                await asyncio.wait_for(stop.wait(), args.duration)  # None: until a signal
-    finally:
-        for sig in handled:
-            loop.remove_signal_handler(sig)
-    out.note("fake server stopped")
-    return EXIT_OK
+    return await serve(args, prog=f"{PROG} fake-server")
 
 
 # --------------------------------------------------------------------------------------------
 # Parser and main
 # --------------------------------------------------------------------------------------------
+
+
+_MAX_RETRIES: Final = 100
 
 
 def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
@@ -966,35 +1112,54 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
         "--base-url",
         metavar="URL",
         default=default,
-        help=f"API base URL (env WACHAT_BASE_URL; default {DEFAULT_BASE_URL})",
+        help=f"API base URL, ending in /api/v1 (env WACHAT_BASE_URL; default {DEFAULT_BASE_URL})",
+    )
+    group.add_argument(
+        "--allow-insecure-http",
+        action="store_true",
+        default=default if suppress else False,
+        help="allow a plain http:// base URL on another host (the key travels in clear text: "
+        "only for a fake server, e.g. `wachat-qr fake-server --host 0.0.0.0` elsewhere)",
     )
     group.add_argument(
         "--timeout",
-        type=_positive_float,
+        type=_seconds(zero=False),
         metavar="SECONDS",
         default=default,
-        help="timeout of each HTTP attempt (default 20)",
+        help="timeout of each HTTP attempt, > 0 (default 20)",
     )
     group.add_argument(
         "--retries",
-        type=_non_negative_int,
+        type=_integer(0, _MAX_RETRIES),
         metavar="N",
         default=default,
-        help="retries of a 502/504 answer, with jittered backoff (default 3; 0 disables)",
+        help=f"retries of a 502/504 answer, with jittered backoff, from 0 to {_MAX_RETRIES} "
+        "(default 3; 0 disables)",
     )
+    _output_options(group, suppress=suppress)
+
+
+def _output_options(group: argparse._ActionsContainer, *, suppress: bool) -> None:
+    default = argparse.SUPPRESS if suppress else False
     group.add_argument(
         "-q",
         "--quiet",
         action="store_true",
-        default=default if suppress else False,
+        default=default,
         help="print only results and errors (no progress, no summary)",
     )
     group.add_argument(
         "-v",
         "--verbose",
         action="store_true",
-        default=default if suppress else False,
+        default=default,
         help="also log every retry on stderr",
+    )
+    group.add_argument(
+        "--debug",
+        action="store_true",
+        default=default,
+        help="on an unexpected error, print the traceback (key redacted); log everything",
     )
 
 
@@ -1014,10 +1179,10 @@ def _terminal_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--border",
-        type=_non_negative_int,
+        type=_integer(0, _MAX_BORDER),
         default=2,
         metavar="MODULES",
-        help="quiet zone around the code, in modules (default 2)",
+        help=f"quiet zone around the code, in modules, from 0 to {_MAX_BORDER} (default 2)",
     )
 
 
@@ -1025,9 +1190,9 @@ _Command = Callable[[argparse.Namespace, _Out], Coroutine[Any, Any, int]]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``wachat-qr`` argument parser."""
+    """The ``wachat-qr`` argument parser (its errors raise instead of exiting: see main)."""
     formatter = argparse.RawDescriptionHelpFormatter
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG,
         description="Fetch, show and watch WhatsApp QR codes from the Wachat API.",
         epilog=_EPILOG,
@@ -1035,31 +1200,46 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     _global_options(parser, suppress=True)
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     _global_options(common, suppress=True)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    def command(name: str, run: _Command, help_: str, **kwargs: object) -> argparse.ArgumentParser:
+    def command(
+        name: str,
+        run: _Command,
+        help_: str,
+        *,
+        parents: Sequence[_Parser] = (common,),
+        epilog: str = _EPILOG,
+    ) -> argparse.ArgumentParser:
         p = sub.add_parser(
             name,
             help=help_,
             description=help_,
-            parents=[common],
-            epilog=_EPILOG,
+            parents=list(parents),
+            epilog=epilog,
             formatter_class=formatter,
-            **kwargs,  # type: ignore[arg-type]
         )
         p.set_defaults(run=run)
         return p
 
     p = command("fetch", _cmd_fetch, "save an instance's QR code as a PNG file")
-    p.add_argument("name", metavar="NAME", help="instance name, e.g. t1_mq9r2jov_jakarta_store")
     p.add_argument(
-        "-o", "--output", metavar="FILE", help="where to save (default NAME.png; - for stdout)"
+        "name",
+        metavar="NAME",
+        type=_instance_name,
+        help="instance name, e.g. t1_mq9r2jov_jakarta_store",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        metavar="FILE",
+        type=_path,
+        help="where to save (default NAME.png; - for stdout)",
     )
 
     p = command("show", _cmd_show, "print an instance's QR code in the terminal")
-    p.add_argument("name", metavar="NAME")
+    p.add_argument("name", metavar="NAME", type=_instance_name)
     _terminal_options(p)
 
     p = command(
@@ -1067,7 +1247,7 @@ def build_parser() -> argparse.ArgumentParser:
         _cmd_url,
         "print the QR image URL (without the API key unless --expose-api-key)",
     )
-    p.add_argument("name", metavar="NAME")
+    p.add_argument("name", metavar="NAME", type=_instance_name)
     p.add_argument(
         "--expose-api-key",
         action="store_true",
@@ -1076,17 +1256,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = command("poll", _cmd_poll, "fetch the QR codes of many instances concurrently")
-    p.add_argument("names", metavar="NAME", nargs="*", help="instance names")
+    p.add_argument("names", metavar="NAME", nargs="*", type=_instance_name, help="instance names")
     p.add_argument(
         "-f",
         "--from-file",
         metavar="FILE",
+        type=_path,
         help="read names from FILE, one per line (# comments; - for stdin)",
     )
     p.add_argument(
-        "-c", "--concurrency", type=_positive_int, default=32, help="requests at once (default 32)"
+        "-c",
+        "--concurrency",
+        type=_integer(1),
+        default=32,
+        help="requests at once, >= 1 (default 32)",
     )
-    p.add_argument("-d", "--out-dir", metavar="DIR", help="save each PNG in DIR")
+    p.add_argument("-d", "--out-dir", metavar="DIR", type=_path, help="save each PNG in DIR")
     p.add_argument(
         "--json",
         action="store_true",
@@ -1094,7 +1279,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = command("watch", _cmd_watch, "show the QR code again each time it changes")
-    p.add_argument("name", metavar="NAME")
+    p.add_argument("name", metavar="NAME", type=_instance_name)
     p.add_argument(
         "--until-connected",
         action="store_true",
@@ -1103,13 +1288,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-i",
         "--interval",
-        type=_positive_float,
+        type=_seconds(zero=False),
         default=5.0,
         metavar="SECONDS",
-        help="seconds between polls, +-10%% jitter (default 5)",
+        help="seconds between polls, > 0, +-10%% jitter (default 5)",
     )
-    p.add_argument("-n", "--count", type=_positive_int, metavar="N", help="stop after N QR codes")
-    p.add_argument("-o", "--output", metavar="FILE", help="also save the latest QR to FILE")
+    p.add_argument(
+        "-n", "--count", type=_integer(1), metavar="N", help="stop after N QR codes, >= 1"
+    )
+    p.add_argument(
+        "-o", "--output", metavar="FILE", type=_path, help="also save the latest QR to FILE"
+    )
     p.add_argument(
         "--no-show",
         dest="show",
@@ -1118,38 +1307,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _terminal_options(p)
 
+    from .testing import __main__ as fake_server
+
     p = command(
         "fake-server",
         _cmd_fake_server,
-        "run the embedded fake Wachat server (for trying the API and your own tests)",
+        "run the fake Wachat server (for trying the API and your own tests); the same program, "
+        "with the same options, as `python -m wachat_async.testing`",
+        parents=(),
+        epilog="exit status:\n  0 stopped (Ctrl-C, SIGTERM, --duration)    2 usage error or segno "
+        "missing\n  8 the address could not be bound    70 internal error    141 stdout closed\n",
     )
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=_port, default=8080, help="port (default 8080; 0 = any free)")
-    p.add_argument(
-        "--instances",
-        type=_non_negative_int,
-        default=10,
-        metavar="N",
-        help="demo instances to create (default 10)",
-    )
-    p.add_argument(
-        "--auto-create", action="store_true", help="create any unknown instance on first use"
-    )
-    p.add_argument(
-        "--rotation",
-        type=_positive_float,
-        default=20.0,
-        metavar="SECONDS",
-        help="QR codes change every SECONDS (default 20)",
-    )
-    p.add_argument(
-        "--latency",
-        type=_non_negative_float,
-        default=0.0,
-        metavar="SECONDS",
-        help="delay every answer (default 0)",
-    )
-    p.add_argument("--duration", type=_positive_float, metavar="SECONDS", help="stop after SECONDS")
+    fake_server.add_arguments(p)
 
     p = command(
         "demo",
@@ -1162,17 +1331,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--out-dir",
         default="qr-codes",
         metavar="DIR",
+        type=_path,
         help="where to save the PNGs (default ./qr-codes)",
     )
     p.add_argument(
         "--instances",
-        type=_positive_int,
+        type=_integer(_DEMO_MIN, _DEMO_MAX),
         default=50,
         metavar="N",
-        help="fleet size (default 50, at least 12)",
+        help=f"fleet size, from {_DEMO_MIN} to {_DEMO_MAX} (default 50)",
     )
     p.add_argument(
-        "-c", "--concurrency", type=_positive_int, default=8, help="requests at once (default 8)"
+        "-c",
+        "--concurrency",
+        type=_integer(1),
+        default=8,
+        help="requests at once, >= 1 (default 8)",
     )
     p.add_argument(
         "--no-wait",
@@ -1183,44 +1357,131 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``wachat-qr`` with *argv* (default ``sys.argv[1:]``); return the exit status."""
-    parser = build_parser()
+def _secrets_in(argv: Sequence[str]) -> list[str]:
+    """The key from the environment and any ``--api-key`` value on the command line, so that
+    even a message about a command line that did not parse cannot show it."""
+    found = [os.environ.get("WACHAT_API_KEY") or ""]
+    for i, arg in enumerate(argv):
+        if arg == "--api-key" and i + 1 < len(argv):
+            found.append(argv[i + 1])
+        elif arg.startswith("--api-key="):
+            found.append(arg.partition("=")[2])
+    return found
+
+
+def _hints(error: BaseException, args: argparse.Namespace) -> list[str]:
+    """What to try next, for the errors whose fix is not obvious from the message."""
+    base_url = _base_url(args)
+    if isinstance(error, InstanceNotFoundError):
+        path = URL(base_url).path.rstrip("/")
+        if not path.endswith("/api/v1") or "no such route" in error.body.lower():
+            return [
+                f"is --base-url (or WACHAT_BASE_URL) right? it should end in /api/v1; "
+                f"it is {base_url}"
+            ]
+    return []
+
+
+def _silence_stdout() -> None:
+    """The reader of stdout went away: point stdout at /dev/null, so that the interpreter's
+    final flush cannot fail too and print "Exception ignored ... BrokenPipeError"."""
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help, --version and usage errors
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, sys.stdout.fileno())
+        finally:
+            os.close(devnull)
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        pass  # not a real file (tests) or already gone: nothing will be flushed to it
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``wachat-qr`` with *argv* (default ``sys.argv[1:]``); return the exit status.
+
+    Never raises: every failure is a line on stderr and an exit status from the table in the
+    module docstring (``EXIT_CODES``).
+    """
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    out = _Out(False, _secrets_in(arguments))
+    try:
+        return _main(arguments, out)
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
+    except KeyboardInterrupt:
+        out.error("interrupted")
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # pragma: no cover - a bug in the guard itself
+        out.error(f"internal error: {type(exc).__name__}: {exc}")
+        return EXIT_INTERNAL
+
+
+def _main(argv: list[str], out: _Out) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except _ParseError as exc:
+        out.error(exc.args[0], prog=exc.prog)
+        out.hint(f"try '{exc.prog} --help'")
+        return EXIT_USAGE
+    except SystemExit as exc:  # --help and --version (their output is on stdout)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     run: _Command | None = getattr(args, "run", None)
     if run is None:
-        parser.print_usage(sys.stderr)
-        sys.stderr.write(f"{PROG}: error: a command is needed (try '{PROG} demo')\n")
+        out.error(f"a command is needed: {', '.join(_COMMANDS)}")
+        out.hint(f"try '{PROG} demo', or '{PROG} --help'")
         return EXIT_USAGE
-    if getattr(args, "command", None) == "demo" and args.instances < 12:
-        sys.stderr.write(f"{PROG}: error: demo needs --instances >= 12, got {args.instances}\n")
-        return EXIT_USAGE
-    out = _Out(getattr(args, "quiet", False), [_api_key(args) or ""])
+    out.quiet = bool(getattr(args, "quiet", False))
+    out.secrets.extend(s for s in _secrets_in([]) if len(s) >= _MIN_REDACTED_KEY)
+    key = getattr(args, "api_key", None)
+    if key and len(key) >= _MIN_REDACTED_KEY:
+        out.secrets.append(key)
+    debug = bool(getattr(args, "debug", False))
     handler = _LogHandler(out)
     library_log = logging.getLogger("wachat_async")
-    handler.setLevel(logging.INFO if getattr(args, "verbose", False) else logging.WARNING)
+    level = logging.WARNING
+    if debug:
+        level = logging.DEBUG
+    elif getattr(args, "verbose", False):
+        level = logging.INFO
+    handler.setLevel(level)
     previous_level = library_log.level
     library_log.addHandler(handler)
     if library_log.getEffectiveLevel() > handler.level:
         library_log.setLevel(handler.level)
     try:
         return asyncio.run(run(args, out))
-    except KeyboardInterrupt:
-        out.error("interrupted")
-        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        raise  # main() stops quietly
     except WachatError as exc:
         out.error(_describe(exc))
+        for hint in _hints(exc, args):
+            out.hint(hint)
         return exit_code_for(exc)
     except (_Usage, _MissingExtra) as exc:
         out.error(str(exc))
+        if isinstance(exc, _Usage) and exc.hint:
+            out.hint(exc.hint)
+        return EXIT_USAGE
+    except ValueError as exc:  # a bad argument found late (a name, a path, an encoding)
+        out.error(str(exc) or type(exc).__name__)
         return EXIT_USAGE
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
         out.error(f"{where}{exc.strerror or exc}")
         return EXIT_FILE
+    except Exception as exc:  # a bug: one line, a hint, and the traceback only with --debug
+        out.error(f"internal error: {type(exc).__name__}: {exc}")
+        if debug:
+            trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            with contextlib.suppress(OSError, ValueError):
+                sys.stderr.write(out.clean(trace))
+                sys.stderr.flush()
+        else:
+            out.hint("this is a bug: run again with --debug to see the traceback, and report it")
+        return EXIT_INTERNAL
     finally:
         library_log.removeHandler(handler)
         library_log.setLevel(previous_level)
+
+
+_COMMANDS: Final = ("fetch", "show", "url", "poll", "watch", "fake-server", "demo")

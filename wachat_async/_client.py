@@ -148,7 +148,8 @@ class WachatClient:
         key = os.environ.get("WACHAT_API_KEY") if api_key is None else api_key
         if key is None or (isinstance(key, str) and not key.strip()):
             raise ConfigurationError(
-                "No Wachat API key: pass WachatClient(api_key=...) or set WACHAT_API_KEY"
+                "No Wachat API key: set the WACHAT_API_KEY environment variable or pass the "
+                "api_key argument"
             )
         try:
             self._api_key = Secret(check_api_key(key))
@@ -687,7 +688,11 @@ class WachatClient:
         body = await self._read_excerpt(resp)
         if 300 <= status < 400 and location:
             body = f"redirect to {excerpt(location, [self._api_key], limit=200)} not followed"
-        return status_error(status, instance_name=name, body=body, retry_after=retry_after)
+        error = status_error(status, instance_name=name, body=body, retry_after=retry_after)
+        if status == 404 and not self._base_url.path.rstrip("/").endswith("/api/v1"):
+            # The route itself may be missing: a wrong base URL also answers 404.
+            error._note(f"is the base URL right? {self._base_url} does not end in /api/v1")
+        return error
 
     def _transport_error(self, exc: BaseException, name: str, *, png: bool = True) -> WachatError:
         """Map an aiohttp/OS exception to ours, with a cause that cannot leak headers.

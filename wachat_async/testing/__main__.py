@@ -1,10 +1,21 @@
-"""Run the fake Wachat server from a shell: ``python -m wachat_async.testing``.
+"""The fake Wachat server as a program: `python -m wachat_async.testing` = `wachat-qr fake-server`.
 
-For demos, notebooks and benchmarks in another process. Prints the base URL (first line, last
-word) and the instance names, then serves until Ctrl-C or SIGTERM. The API key is never
-printed; clients use the value passed with ``--api-key``::
+One implementation, two entry points: both parse the options of :func:`add_arguments` and run
+:func:`serve`. By default it serves the instance names the README's examples use, with the key
+``demo``, and prints the exact ``export`` lines that point a client (the README's ten-line
+example, ``wachat-qr``, your own code) at it::
 
-    python -m wachat_async.testing --port 8080 --api-key demo --instances a,b,c --rotation 20
+    $ python -m wachat_async.testing
+    Fake Wachat server listening on http://127.0.0.1:8080/api/v1
+      export WACHAT_BASE_URL=http://127.0.0.1:8080/api/v1
+      export WACHAT_API_KEY=demo
+    ...
+
+The first line ends with the base URL (for scripts: last word of the first line). A key given
+with ``--api-key`` is never printed. Exit status: 0 stopped (Ctrl-C, SIGTERM or
+``--duration``), 2 usage error or the ``testing`` extra (segno) missing, 8 the address could not
+be bound, 70 an unexpected error (``--debug`` shows its traceback), 141 stdout was closed by its
+reader. The same numbers as ``wachat-qr``'s table. This module never imports the client.
 """
 
 from __future__ import annotations
@@ -12,126 +23,360 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
+import os
+import random
 import signal
+import socket
+import string
 import sys
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Final, NoReturn, TextIO
 
-from ._server import FakeWachatServer
+__all__ = [
+    "DEFAULT_API_KEY",
+    "DEFAULT_INSTANCES",
+    "add_arguments",
+    "generated_names",
+    "main",
+    "serve",
+]
 
-__all__ = ["main"]
+PROG: Final = "python -m wachat_async.testing"
 
-DEFAULT_INSTANCES = "t1_demo0001_store"
+#: The key the fake server accepts unless ``--api-key`` is given. It opens nothing but a fake
+#: server, so it is printed (and fixed, so exported variables survive a restart).
+DEFAULT_API_KEY: Final = "demo"
+
+#: The instance names used by the README's and the examples' code, served by default so that
+#: copied examples work against the fake server.
+DEFAULT_INSTANCES: Final = (
+    "t1_mq9r2jov_jakarta_store",
+    "t1_k2p8x1aa_bandung_store",
+    "t1_zt7c4v0q_surabaya_warehouse",
+    "t1_abc_store",
+    "t1_def_shop",
+    "t1_demo0001_store",
+)
+
+EXIT_OK: Final = 0
+EXIT_USAGE: Final = 2
+EXIT_BIND: Final = 8
+EXIT_INTERNAL: Final = 70
+EXIT_BROKEN_PIPE: Final = 141
+
+_MAX_GENERATED: Final = 100_000
+_ALL_INTERFACES: Final = ("", "0.0.0.0", "::")  # noqa: S104 - names, not a bind
+_PLACES: Final = ("jakarta", "bandung", "surabaya", "medan", "bali", "makassar", "semarang")
 
 
-def _non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0: {text!r}")
-    return value
+def generated_names(count: int) -> list[str]:
+    """*count* distinct, realistic instance names (``t1_`` + 8 characters + ``_`` + a place),
+    the same ones on every run."""
+    rng = random.Random(2026)  # noqa: S311 - demo data, not security
+    alphabet = string.ascii_lowercase + string.digits
+    names = []
+    for i in range(count):
+        tag = "".join(rng.choices(alphabet, k=8))
+        names.append(f"t1_{tag}_{_PLACES[i % len(_PLACES)]}_store_{i:02d}")
+    return names
 
 
-def _names(text: str) -> list[str]:
-    return [name for name in text.split(",") if name.strip()]
+# --------------------------------------------------------------------------------------------
+# Options
+# --------------------------------------------------------------------------------------------
 
 
-def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m wachat_async.testing",
-        description="Serve a fake Wachat QR API on loopback until Ctrl-C.",
-    )
-    parser.add_argument("--host", default="127.0.0.1", help="interface (default: %(default)s)")
+def _integer(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    bound = f"from {minimum} to {maximum}" if maximum is not None else f">= {minimum}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            raise argparse.ArgumentTypeError(f"must be an integer {bound}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _seconds(*, zero: bool) -> Callable[[str], float]:
+    bound = ">= 0" if zero else "> 0"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+            raise argparse.ArgumentTypeError(f"must be a finite number {bound}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _count(text: str) -> int:
+    if "," in text or (text.strip() and not text.strip().lstrip("+-").isdigit()):
+        raise argparse.ArgumentTypeError(
+            f"takes a number of generated instances, got {text!r}; give names with "
+            "--instance NAME (repeatable)"
+        )
+    return _integer(0, _MAX_GENERATED)(text)
+
+
+def _name(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an instance name must not be empty or whitespace")
+    if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in text):
+        raise argparse.ArgumentTypeError(
+            f"an instance name must not contain control characters: {text!r}"
+        )
+    return text
+
+
+def _key(text: str) -> str:
+    if not text.strip() or text != text.strip() or any(c in text for c in "\r\n\x00"):
+        # Never quote the key: even a malformed one may be a secret.
+        raise argparse.ArgumentTypeError(
+            "the API key must be non-empty, without surrounding whitespace or CR/LF/NUL"
+        )
+    return text
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the fake server's options to *parser* (both entry points use exactly these)."""
     parser.add_argument(
-        "--port", type=int, default=8080, help="TCP port, 0 = any free one (default: %(default)s)"
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default 127.0.0.1; 0.0.0.0 or :: = every interface, then a "
+        "client on another machine needs --allow-insecure-http: the fake server speaks plain "
+        "http)",
     )
     parser.add_argument(
-        "--api-key", default="demo", help="the key clients must send (default: %(default)s)"
+        "--port",
+        type=_integer(0, 65535),
+        default=8080,
+        help="TCP port, from 0 to 65535 (default 8080; 0 = any free port)",
+    )
+    parser.add_argument(
+        "--api-key",
+        type=_key,
+        default=None,
+        metavar="KEY",
+        help=f"the key clients must send (default {DEFAULT_API_KEY!r}, printed; a key you "
+        "give is never printed)",
+    )
+    parser.add_argument(
+        "--instance",
+        dest="instance_names",
+        action="append",
+        type=_name,
+        default=None,
+        metavar="NAME",
+        help="serve this instance (repeatable); without it, the names of the README's "
+        f"examples: {', '.join(DEFAULT_INSTANCES)}",
     )
     parser.add_argument(
         "--instances",
-        type=_names,
-        default=DEFAULT_INSTANCES,
-        metavar="A,B,C",
-        help="comma-separated Baileys instances to create (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--rotation",
-        type=_non_negative,
-        default=20.0,
-        metavar="SECONDS",
-        help="QR rotation period, 0 = never (default: %(default)s)",
+        dest="generated",
+        type=_count,
+        default=0,
+        metavar="N",
+        help=f"also serve N generated instances, from 0 to {_MAX_GENERATED} (default 0)",
     )
     parser.add_argument(
         "--auto-create",
         action="store_true",
-        help="create any unknown instance on first request",
+        help="create any unknown instance on first use (instead of answering 404)",
     )
     parser.add_argument(
-        "--latency", type=_non_negative, default=0.0, help="seconds added to every response"
+        "--rotation",
+        type=_seconds(zero=True),
+        default=20.0,
+        metavar="SECONDS",
+        help="QR codes change every SECONDS, >= 0 (default 20; 0 = never)",
+    )
+    parser.add_argument(
+        "--latency",
+        type=_seconds(zero=True),
+        default=0.0,
+        metavar="SECONDS",
+        help="delay every answer by SECONDS, >= 0 (default 0)",
     )
     parser.add_argument(
         "--log-limit",
-        type=int,
+        type=_integer(0),
         default=10_000,
-        help="recorded requests kept in memory (default: %(default)s)",
+        metavar="N",
+        help="recorded requests kept in memory, >= 0 (default 10000)",
     )
-    parser.add_argument("--access-log", action="store_true", help="log requests to stderr")
+    parser.add_argument("--access-log", action="store_true", help="log every request on stderr")
+    parser.add_argument(
+        "--duration",
+        type=_seconds(zero=False),
+        default=None,
+        metavar="SECONDS",
+        help="stop after SECONDS, > 0 (default: run until Ctrl-C or SIGTERM)",
+    )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="on an unexpected error, print the traceback",
+    )
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """One line and a pointer to --help, not argparse's whole usage block."""
+        sys.stderr.write(
+            f"{self.prog}: error: {message}\n{self.prog}: hint: try '{self.prog} --help'\n"
+        )
+        raise SystemExit(EXIT_USAGE)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG,
+        description="Serve a fake Wachat QR API until Ctrl-C (the same program as "
+        "`wachat-qr fake-server`).",
+        epilog="exit status: 0 stopped (Ctrl-C, SIGTERM, --duration); 2 usage error or segno "
+        "missing; 8 the address could not be bound; 70 unexpected error (a bug); 141 stdout "
+        "closed by its reader",
+    )
+    add_arguments(parser)
     return parser
 
 
-async def _serve(args: argparse.Namespace) -> None:
-    server = FakeWachatServer(
-        args.api_key,
-        host=args.host,
-        port=args.port,
-        qr_rotation=args.rotation or None,
-        auto_create=args.auto_create,
-        latency=args.latency,
-        access_log=args.access_log,
-        max_logged_requests=max(args.log_limit, 0),
-    )
-    server.add_instances(args.instances)
+# --------------------------------------------------------------------------------------------
+# Serving
+# --------------------------------------------------------------------------------------------
+
+
+def _names(args: argparse.Namespace) -> list[str]:
+    chosen: list[str] = args.instance_names or list(DEFAULT_INSTANCES)
+    return list(dict.fromkeys([*chosen, *generated_names(args.generated)]))
+
+
+def _remote_url(host: str, port: int) -> str | None:
+    """The base URL another machine would use, when bound to every interface."""
+    if host not in _ALL_INTERFACES:
+        return None
+    try:
+        name = socket.gethostname()
+    except OSError:  # pragma: no cover - gethostname practically never fails
+        return None
+    return f"http://{name}:{port}/api/v1" if name else None
+
+
+async def serve(
+    args: argparse.Namespace,
+    *,
+    prog: str = PROG,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+) -> int:
+    """Serve a fake Wachat server with the options of :func:`add_arguments` until a signal or
+    ``--duration``; return the exit status (0, 2 or 8). Errors are one line on *stderr*."""
+    out = sys.stdout if stdout is None else stdout
+    err = sys.stderr if stderr is None else stderr
+
+    def say(text: str, stream: TextIO) -> None:
+        stream.write(text + "\n")
+        stream.flush()
+
+    if args.access_log:
+        import logging
+
+        logging.basicConfig(level=logging.INFO, stream=err, format="%(message)s")
+    try:
+        from ._server import FakeWachatServer
+
+        server = FakeWachatServer(
+            DEFAULT_API_KEY if args.api_key is None else args.api_key,
+            host=args.host,
+            port=args.port,
+            qr_rotation=args.rotation or None,
+            auto_create=args.auto_create,
+            latency=args.latency,
+            access_log=args.access_log,
+            max_logged_requests=args.log_limit,
+        )
+    except ImportError as exc:  # segno: the testing extra
+        say(f"{prog}: error: {exc}", err)
+        return EXIT_USAGE
+    names = _names(args)
+    server.add_instances(names)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    installed = []
+    installed: list[signal.Signals] = []
     for signum in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(signum, stop.set)  # Windows: Ctrl-C raises instead
             installed.append(signum)
     try:
-        async with server:
+        try:
+            await server.start()
+        except OSError as exc:
+            where = f"{args.host}:{args.port}"
+            say(f"{prog}: error: cannot listen on {where}: {exc.strerror or exc}", err)
+            return EXIT_BIND
+        try:
+            say(f"Fake Wachat server listening on {server.base_url}", out)
+            say("Point a client at it (copy these lines into your shell):", out)
+            say(f"  export WACHAT_BASE_URL={server.base_url}", out)
+            if args.api_key is None:
+                say(f"  export WACHAT_API_KEY={DEFAULT_API_KEY}", out)
+            else:
+                say("  # WACHAT_API_KEY: the key you gave with --api-key (not printed)", out)
+            remote = _remote_url(args.host, server.port)
+            if remote is not None:
+                say(
+                    f"From another machine: WACHAT_BASE_URL={remote} (plain http: "
+                    "wachat-qr --allow-insecure-http, WachatClient(allow_insecure_http=True))",
+                    out,
+                )
+            shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+            others = "created on first use" if args.auto_create else "404"
+            say(f"Instances ({len(names)}): {shown}; any other name: {others}", out)
             rotation = f"every {args.rotation:g} s" if args.rotation else "never"
-            print(f"Fake Wachat server running at {server.base_url}")
-            print(f"Instances ({len(args.instances)}): {', '.join(args.instances) or '-'}")
-            print(
-                "Auth: 'Authorization: Bearer <--api-key>' or '?apiKey=<--api-key>'; "
-                f"QR rotates {rotation}; auto-create {'on' if args.auto_create else 'off'}."
-            )
-            print("Press Ctrl-C to stop.", flush=True)
-            await stop.wait()
+            say(f"QR codes change {rotation}. Press Ctrl-C to stop.", err)
+            with contextlib.suppress(asyncio.TimeoutError):  # --duration over
+                await asyncio.wait_for(stop.wait(), args.duration)  # None: until a signal
+        finally:
+            await server.close()
     finally:
         for signum in installed:
             loop.remove_signal_handler(signum)
+    say("Stopped.", err)
+    return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse *argv* (default: ``sys.argv[1:]``), serve until interrupted, return the exit code."""
-    args = _build_parser().parse_args(argv)
-    if args.access_log:
-        import logging
-
-        logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+    """Parse *argv* (default ``sys.argv[1:]``), serve until stopped, return the exit status."""
     try:
-        asyncio.run(_serve(args))
+        args = _build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help and usage errors
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    try:
+        return asyncio.run(serve(args))
     except KeyboardInterrupt:  # pragma: no cover - only where add_signal_handler is missing
-        pass
-    except OSError as exc:
-        print(f"error: cannot serve on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
-        return 1
-    print("Stopped.")
-    return 0
+        return EXIT_OK
+    except BrokenPipeError:  # the reader of stdout went away: stop quietly
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # so the final flush cannot fail again
+            os.close(devnull)
+        return EXIT_BROKEN_PIPE
+    except Exception as exc:  # a bug: one line, the traceback only with --debug
+        sys.stderr.write(f"{PROG}: error: internal error: {type(exc).__name__}: {exc}\n")
+        if args.debug:
+            traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+        else:
+            sys.stderr.write(f"{PROG}: hint: run again with --debug to see the traceback\n")
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":  # pragma: no cover - run in a subprocess by the tests

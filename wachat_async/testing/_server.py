@@ -341,7 +341,20 @@ class _AccessLogger(AbstractAccessLogger):
 
 
 def _url_host(host: str) -> str:
+    # Bound to every interface: the address to *connect* to is loopback, not 0.0.0.0 / ::.
+    if host in ("", "0.0.0.0"):  # noqa: S104 - a comparison, not a bind
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def _require_segno() -> None:
+    """Fail at construction, not with a 500 on the first QR request, without the extra."""
+    try:
+        import segno  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(_INSTALL_HINT, name="segno") from exc
 
 
 def _check_key(key: object, what: str = "api_key") -> str:
@@ -393,6 +406,7 @@ class FakeWachatServer:
         max_logged_requests: int | None = None,
     ) -> None:
         _check_key(api_key)
+        _require_segno()
         if qr_rotation is not None and (
             isinstance(qr_rotation, bool)
             or not isinstance(qr_rotation, (int, float))
@@ -877,8 +891,14 @@ class FakeWachatServer:
             response = self._response(status, body, "application/json")
             response.headers["Allow"] = "GET, HEAD"
             return response
+        # Distinct from the API's "instance not found", so a client can tell a wrong base URL.
         body = json.dumps(
-            {"success": False, "error": "Not Found", "message": "No such endpoint."}
+            {
+                "success": False,
+                "error": "No such route",
+                "message": f"No such route: {request.method} {request.path} (the API is under "
+                f"{API_PREFIX}: is the base URL right?)",
+            }
         ).encode()
         return self._response(404, body, "application/json")
 
