@@ -25,17 +25,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterat
 from types import TracebackType
 from typing import Final
 
-from ._errors import (
-    APIStatusError,
-    GatewayTimeoutError,
-    InvalidImageError,
-    QRFetchFailedError,
-    UnexpectedStatusError,
-    WachatConnectionError,
-    WachatError,
-    WachatTimeoutError,
-)
+from ._errors import APIStatusError, WachatError
 from ._models import InstanceState, QRImage, QRResult
+from ._retry import is_transient  # the one definition, next to RetryPolicy.is_retryable
 
 __all__ = ["FetchMany", "fetch_many", "is_transient", "watch_qr"]
 
@@ -283,30 +275,6 @@ def fetch_many(
     or when *instance_names* is a single string.
     """
     return FetchMany(fetch, instance_names, concurrency=concurrency, on_progress=on_progress)
-
-
-_TRANSIENT: Final = (
-    QRFetchFailedError,
-    GatewayTimeoutError,
-    WachatConnectionError,
-    WachatTimeoutError,
-)
-
-
-def is_transient(error: WachatError) -> bool:
-    """Whether *error* is worth polling again later (the failure is not the request's fault).
-
-    Transient: 502, 504, 429 and other undocumented 5xx statuses, connection failures,
-    timeouts, and a PNG cut short in transit. Everything else (400, 401, 403, 404, 409, a 200
-    that is not a PNG, a body over the size cap) will fail the same way next time.
-    """
-    if isinstance(error, _TRANSIENT):
-        return True
-    if isinstance(error, UnexpectedStatusError):
-        return error.status == 429 or error.status >= 500
-    if isinstance(error, InvalidImageError):
-        return error.truncated
-    return False
 
 
 def _check_interval(interval: float, jitter: float) -> None:
