@@ -40,7 +40,7 @@ from ._errors import (
 )
 from ._models import InstanceState, QRImage, QRResult, check_png_end, png_dimensions
 from ._polling import FetchMany, fetch_many, watch_qr
-from ._redact import Secret, excerpt, redact
+from ._redact import Secret, excerpt, mentions, redact
 from ._retry import RetryBudget, RetryEvent, RetryPolicy, parse_retry_after
 from ._urls import DEFAULT_BASE_URL, _build_qr_image_url, _qr_image_endpoint
 from ._validate import check_api_key, check_instance_name, check_user_agent, is_loopback_host
@@ -150,6 +150,12 @@ class WachatClient:
             _raise_clean(ConfigurationError(str(exc), secrets=secrets))
         self._timeout = _as_timeout(timeout, secrets=secrets)
         self._base_url = self._qr_url.parent.parent.parent
+        if mentions(f"{self._base_url} {self._base_url.host} {self._base_url.path}", secrets):
+            # It would be in every request line (and so in every access log) and in repr().
+            raise ConfigurationError(
+                "base_url contains the API key; the key goes in api_key (or WACHAT_API_KEY) "
+                "only, and is sent as an Authorization header"
+            )
         if not isinstance(allow_insecure_http, bool):
             raise ConfigurationError("allow_insecure_http must be a bool")
         if (

@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable
 from urllib.parse import quote, quote_plus
 
-__all__ = ["REDACTED", "Secret", "excerpt", "redact", "redact_message"]
+__all__ = ["REDACTED", "Secret", "excerpt", "mentions", "redact", "redact_message"]
 
 REDACTED = "[REDACTED]"
 
@@ -63,6 +63,12 @@ def _secret_pattern(secrets: tuple[str, ...]) -> re.Pattern[str] | None:
         return None
     alternatives = "|".join(re.escape(f) for f in sorted(forms, key=len, reverse=True))
     return re.compile(alternatives, re.IGNORECASE)
+
+
+def mentions(text: str, secrets: Iterable[str]) -> bool:
+    """Whether *text* holds one of *secrets*, in any of the forms :func:`redact` hides."""
+    pattern = _secret_pattern(tuple(secrets))
+    return pattern is not None and pattern.search(text) is not None
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
