@@ -181,6 +181,12 @@ def test_retry_after_overrides_backoff_only_when_respected() -> None:
     assert RetryPolicy(respect_retry_after=False).compute_wait(0, 12.0) <= 0.5
 
 
+class _Foreign502(Exception):
+    """Not a WachatError, yet with a ``status`` (as aiohttp's ClientResponseError has)."""
+
+    status = 502
+
+
 # (error, is_transient, is_retryable by default, is_retryable with retry_transport_errors)
 TRANSIENCE = [
     pytest.param(QRFetchFailedError(), True, True, True, id="502"),
@@ -214,6 +220,7 @@ TRANSIENCE = [
     pytest.param(asyncio.CancelledError(), False, False, False, id="cancelled"),
     pytest.param(TimeoutError(), False, False, False, id="bare-timeout-error"),
     pytest.param(ValueError("bug"), False, False, False, id="not-a-wachat-error"),
+    pytest.param(_Foreign502(), False, False, False, id="foreign-error-with-status-502"),
 ]
 
 
