@@ -99,6 +99,26 @@ def test_backoff_ceiling_doubles_until_the_cap() -> None:
     assert top == [0.5, 1.0, 2.0, 4.0, 8.0, 8.0]
 
 
+@pytest.mark.parametrize(
+    ("retry_number", "ceiling"),
+    [
+        pytest.param(0, 0.5, id="first"),
+        pytest.param(2, 2.0, id="third"),
+        pytest.param(9, 8.0, id="capped"),
+    ],
+)
+def test_backoff_draws_the_wait_from_zero_to_the_ceiling(retry_number: int, ceiling: float) -> None:
+    """The wait is whatever rand draws from [0, ceiling]: full jitter, not the ceiling itself."""
+    calls: list[tuple[float, float]] = []
+
+    def rand(low: float, high: float) -> float:
+        calls.append((low, high))
+        return high / 4
+
+    wait = backoff_wait(retry_number, initial_wait=0.5, max_wait=8.0, rand=rand)
+    assert (wait, calls) == (ceiling / 4, [(0.0, ceiling)])
+
+
 def test_backoff_rejects_negative_retry_number() -> None:
     """A negative retry number is a bug in the caller."""
     with pytest.raises(ValueError, match="retry_number"):
@@ -147,6 +167,10 @@ def test_parse_retry_after_uses_the_current_time() -> None:
         pytest.param({"max_wait": math.inf}, id="infinite-wait"),
         pytest.param({"deadline": 0}, id="zero-deadline"),
         pytest.param({"statuses": [200, 1000]}, id="bad-status"),
+        pytest.param({"statuses": [600]}, id="status-600"),
+        pytest.param({"statuses": [99]}, id="status-99"),
+        pytest.param({"statuses": [True]}, id="bool-status"),
+        pytest.param({"statuses": "502"}, id="status-string"),
         pytest.param({"initial_wait": "1"}, id="string-wait"),
     ],
 )
@@ -154,6 +178,11 @@ def test_policy_validates_its_fields(kwargs: dict[str, object]) -> None:
     """Nonsense configuration fails when the policy is made, not at the first retry."""
     with pytest.raises((ValueError, TypeError)):
         RetryPolicy(**kwargs)  # type: ignore[arg-type]
+
+
+def test_policy_accepts_every_http_status() -> None:
+    """The whole 100-599 range can be configured."""
+    assert RetryPolicy(statuses=[100, 429, 599]).statuses == {100, 429, 599}
 
 
 def test_policy_defaults_retry_only_502_and_504() -> None:
@@ -282,6 +311,17 @@ def test_budget_deposits_expire_after_ttl() -> None:
     assert budget.try_withdraw()
 
 
+def test_budget_reused_slot_forgets_its_old_second() -> None:
+    """ttl seconds later a second maps to the same slot again, which starts from zero."""
+    clock = FakeClock()
+    budget = RetryBudget(ratio=1.0, min_retries_per_second=0, ttl=10, clock=clock)
+    for _ in range(5):
+        budget.deposit()
+    clock.now += 10  # same slot index, ten seconds on
+    budget.deposit()
+    assert budget.balance == 1.0
+
+
 def test_budget_rejects_sub_second_ttl() -> None:
     """The window is counted in whole seconds."""
     with pytest.raises(ValueError, match="ttl"):
@@ -383,6 +423,15 @@ async def test_retry_after_http_date_is_honoured(server: FakeWachatServer) -> No
         await client.get_qr_image(NAME)
     assert len(events) == 1
     assert 0 < events[0].wait <= 5
+
+
+async def test_retry_after_at_the_cap_is_honoured(server: FakeWachatServer) -> None:
+    """A Retry-After equal to max_retry_after is still waited for (in zero-wait mode: reported)."""
+    events: list[RetryEvent] = []
+    server.script(NAME, [Fault(status=502, retry_after="60"), 200])
+    async with make_client(server, max_retry_after=60, deadline=None, on_retry=events.append) as c:
+        await c.get_qr_image(NAME)
+    assert [e.wait for e in events] == [60.0]
 
 
 async def test_over_cap_retry_after_gives_up_at_once(server: FakeWachatServer) -> None:
@@ -667,6 +716,37 @@ async def test_concurrent_calls_keep_separate_retry_state(server: FakeWachatServ
     assert isinstance(b, GatewayTimeoutError)
     assert b.attempts == 4
     assert server.request_count("a") == 3
+
+
+async def test_every_call_deposits_into_the_budget(server: FakeWachatServer) -> None:
+    """With no reserve, a call's own deposit is what pays for its retry."""
+    server.script(NAME, [502, 200, 502, 200])
+    budget = RetryBudget(ratio=1.0, min_retries_per_second=0, clock=FakeClock())
+    async with WachatClient(
+        api_key=KEY,
+        base_url=server.base_url,
+        retry=RetryPolicy(zero_wait=True),
+        retry_budget=budget,
+    ) as client:
+        await client.get_qr_image(NAME)
+        await client.get_qr_image(NAME)
+    assert (budget.calls, budget.retries, budget.refused) == (2, 2, 0)
+
+
+async def test_one_attempt_policy_never_builds_a_tenacity_object(
+    server: FakeWachatServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With max_attempts=1 a retryable failure is raised as it is: no tenacity, no note."""
+
+    def forbidden(*args: object, **kwargs: object) -> None:
+        raise AssertionError("tenacity entered for a policy that cannot retry")
+
+    monkeypatch.setattr(wachat_async._client, "AsyncRetrying", forbidden)
+    server.script(NAME, [502])
+    async with make_client(server, max_attempts=1) as client:
+        with pytest.raises(QRFetchFailedError) as info:
+            await client.get_qr_image(NAME)
+    assert getattr(info.value, "__notes__", []) == []
 
 
 async def test_success_path_never_builds_a_tenacity_object(

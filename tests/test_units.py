@@ -303,6 +303,31 @@ def test_redact_hides_known_and_generic_credentials(text: str) -> None:
     assert "zzz" not in out
 
 
+@pytest.mark.parametrize(
+    "echoed",
+    [
+        pytest.param("a b/c", id="raw"),
+        pytest.param("a%20b%2Fc", id="percent-encoded"),
+        pytest.param("a+b%2Fc", id="form-encoded"),
+        pytest.param("A%20B%2fC", id="percent-encoded-other-case"),
+    ],
+)
+def test_redact_catches_each_encoding_of_a_key_with_a_space(echoed: str) -> None:
+    """quote() and quote_plus() differ on a space: both forms are hidden."""
+    assert redact(f"x={echoed};", ["a b/c"]) == f"x={REDACTED};"
+
+
+def test_redact_prefers_the_longest_secret() -> None:
+    """When one secret starts another, the longer one is hidden whole (no tail left over)."""
+    assert redact("token abcdef.", ["abc", "abcdef"]) == f"token {REDACTED}."
+
+
+def test_excerpt_rejects_a_limit_below_one() -> None:
+    """A zero limit is a bug in the caller, not an empty excerpt."""
+    with pytest.raises(ValueError, match="limit"):
+        excerpt("text", limit=0)
+
+
 def test_redact_handles_url_encoded_key() -> None:
     """A key with reserved characters is caught in its percent-encoded form."""
     key = "a/b+c=d"
@@ -359,6 +384,24 @@ def test_redact_message_keeps_what_is_not_secret() -> None:
 def test_excerpt_ignores_empty_secrets() -> None:
     """An empty secret does not blank the whole text."""
     assert excerpt("hello", ["", KEY]) == "hello"
+
+
+@pytest.mark.parametrize(
+    ("timeout", "message"),
+    [
+        pytest.param("5", "not str", id="str"),
+        pytest.param(b"5", "not bytes", id="bytes"),
+        pytest.param(True, "not bool", id="bool"),
+        pytest.param([5], "not list", id="list"),
+        pytest.param(0, "got 0", id="zero"),
+        pytest.param(-1.5, "got -1.5", id="negative"),
+        pytest.param(float("inf"), "got inf", id="infinite"),
+    ],
+)
+def test_bad_timeouts_are_named_by_type_or_number(timeout: object, message: str) -> None:
+    """A bad timeout names its type (never its repr) or, for a number, its value."""
+    with pytest.raises(ConfigurationError, match=message):
+        WachatClient(api_key=KEY, timeout=timeout)  # type: ignore[arg-type]
 
 
 def test_configuration_error_redacts_the_secrets_it_is_given() -> None:

@@ -6,7 +6,7 @@ code (``pytest -x``, so a killed mutant stops at its first failure), records kil
 and restores the file, whatever happens. Run from the repository root, on a clean tree:
 
     .venv/bin/python scripts/mutants/run.py            # all mutants
-    .venv/bin/python scripts/mutants/run.py retry-     # only ids starting with "retry-"
+    .venv/bin/python scripts/mutants/run.py retry- budget-   # ids starting with these
 
 Light on CPU by design: one pytest process at a time, niced, no coverage. Prints one line per
 mutant and a summary; exits 1 if any mutant survived that is not listed in EQUIVALENT.
@@ -300,8 +300,8 @@ MUTANTS = [
     M(
         "deadline-catches-attempt-timeouts",
         "wachat_async/_client.py",
-        "        except WachatError as exc:\n            # First:",
-        "        except asyncio.TimeoutError if False else WachatError as exc:\n            # First:",
+        '        except WachatError as exc:\n            # First: a WachatTimeoutError is a TimeoutError too, and must not pass for the\n            # deadline\'s.\n            if retry is not None:\n                exc.attempts = retry.attempts\n                exc._note(retry.summary())\n            raise\n        except asyncio.TimeoutError:\n            if policy.deadline is None:  # pragma: no cover - no deadline, no timer to expire\n                raise\n            attempts = retry.attempts if retry else 1\n            error = DeadlineExceededError(\n                f"deadline of {policy.deadline:g} s exceeded after {attempts} attempt"\n                + ("s" if attempts != 1 else ""),\n                deadline=policy.deadline,\n                instance_name=name,\n                attempts=attempts,\n            )\n            raise error from (retry.last_error if retry else first)\n',
+        '        except asyncio.TimeoutError:\n            if policy.deadline is None:  # pragma: no cover - no deadline, no timer to expire\n                raise\n            attempts = retry.attempts if retry else 1\n            error = DeadlineExceededError(\n                f"deadline of {policy.deadline:g} s exceeded after {attempts} attempt"\n                + ("s" if attempts != 1 else ""),\n                deadline=policy.deadline,\n                instance_name=name,\n                attempts=attempts,\n            )\n            raise error from (retry.last_error if retry else first)\n        except WachatError as exc:\n            # First: a WachatTimeoutError is a TimeoutError too, and must not pass for the\n            # deadline\'s.\n            if retry is not None:\n                exc.attempts = retry.attempts\n                exc._note(retry.summary())\n            raise\n',
         CLIENT_TESTS,
     ),
     M(
@@ -654,7 +654,19 @@ MUTANTS = [
 ]
 
 #: Survivors argued equivalent (id -> reason); they do not fail the run.
-EQUIVALENT: dict[str, str] = {}
+EQUIVALENT: dict[str, str] = {
+    "decide-sleep-to-the-deadline": "elapsed + wait equal to the deadline to the last bit has "
+    "probability zero on a real monotonic clock (the client takes no clock to inject); at the "
+    "boundary either side is right: the deadline timer ends the call at that instant anyway",
+    "wait-when-stopping": "tenacity asks wait before stop, but sleeps only when stop says no: "
+    "the value returned while stopping is never slept nor reported",
+    "excerpt-body-always-released": "aiohttp's release() of a response whose payload is not at "
+    "EOF closes the connection (ResponseHandler.should_close), so a half-read connection is "
+    "never pooled either way; the explicit close stays so as not to rely on that internal",
+    "raise-clean-keeps-context": "Python 3.10 only: there a coroutine resumed by aiohttp can see "
+    "an exception aiohttp handled as being handled; on 3.11+ (this suite) __context__ is "
+    "already None",
+}
 
 
 def run(mutant: Mutant) -> tuple[str, float]:
@@ -671,7 +683,7 @@ def run(mutant: Mutant) -> tuple[str, float]:
                 "-n",
                 "10",
                 "timeout",
-                "900",
+                "180",
                 str(PY),
                 "-m",
                 "pytest",
@@ -692,15 +704,15 @@ def run(mutant: Mutant) -> tuple[str, float]:
     elapsed = time.monotonic() - started
     if proc.returncode == 0:
         return "SURVIVED", elapsed
-    if proc.returncode in (1, 124):  # test failure, or hung (a timeout is a kill too)
+    if proc.returncode in (1, 124, -15):  # a failure, or hung (a timeout is a kill too)
         failed = [line for line in proc.stdout.splitlines() if line.startswith("FAILED")]
         return "killed" + (f" by {failed[0][7:].split(' - ')[0]}" if failed else ""), elapsed
     return f"ERROR rc={proc.returncode}: {proc.stdout[-300:]} {proc.stderr[-300:]}", elapsed
 
 
 def main(argv: list[str]) -> int:
-    prefix = argv[0] if argv else ""
-    chosen = [m for m in MUTANTS if m.id.startswith(prefix)]
+    prefixes = tuple(argv) or ("",)
+    chosen = [m for m in MUTANTS if m.id.startswith(prefixes)]
     results = {}
     for mutant in chosen:
         outcome, elapsed = run(mutant)

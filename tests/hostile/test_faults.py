@@ -74,6 +74,7 @@ from .conftest import (
     assert_no_partial_files,
     assert_pool_clean,
     client_sockets,
+    exception_texts,
     hostile_client,
     record_texts,
     unread_by,
@@ -1153,6 +1154,27 @@ async def test_failed_response_is_released_before_the_retry_wait(guard: Guard, b
             assert_pool_clean(client)
     guard.exception(info.value)
     assert len(server.requests) == 4
+    # A body read to its end goes back to the pool (a 502 storm reuses one connection); one
+    # cut off after the excerpt is closed, never reused.
+    assert server.connections == (1 if len(body) < 64 * 1024 else 4)
+
+
+async def test_client_response_error_never_chained_as_is(guard: Guard) -> None:
+    """aiohttp's ClientResponseError repr shows every request header: a borrowed session's own
+    secrets too. It is replaced by a sanitised cause even when it does not mention the key."""
+    garbage = Send(b"HTTP/1.1 abc nonsense\r\n\r\n")
+    async with (
+        RawServer([garbage, Close()]) as server,
+        aiohttp.ClientSession(headers={"X-Gateway-Pass": "gw-hunter2"}) as session,
+    ):
+        client = hostile_client(server.base_url, session=session)
+        with pytest.raises(WachatConnectionError) as info:
+            await client.get_qr_image(NAME)
+        await client.aclose()
+    guard.exception(info.value)
+    assert type(info.value.__cause__).__name__ == "_SanitizedCause"
+    for where, text in exception_texts(info.value):
+        assert "hunter2" not in text, f"the session's header leaked into {where}"
 
 
 def _acquired(client: WachatClient) -> Iterator[object]:
