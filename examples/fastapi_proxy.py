@@ -124,6 +124,8 @@ class QRImageResponse(Response):
             tg.start_soon(cancel_on_disconnect)
             try:
                 await self._respond(scope, receive, send)
+            except WachatError as exc:  # before OSError: WachatTimeoutError is a TimeoutError
+                failure = exc
             except OSError:
                 pass  # ASGI >= 2.4 servers report a gone client by raising from send()
             except Exception as exc:

@@ -1403,3 +1403,29 @@ def test_client_watch_qr_validates_at_call_time() -> None:
 def test_fetch_many_is_public_as_a_type() -> None:
     """fetch_many returns the FetchMany iterator/context manager."""
     assert isinstance(fetch_many(Recorder(), [], concurrency=1), FetchMany)
+
+
+async def test_failure_count_restarts_after_a_success(all_logs: pytest.LogCaptureFixture) -> None:
+    """The "N in a row" of the watch's warnings counts consecutive failures only."""
+    white = PNG.replace(
+        _chunk(b"IDAT", zlib.compress(b"\x00\x00")), _chunk(b"IDAT", zlib.compress(b"\x00\xff"))
+    )
+    outcomes: list[QRImage | WachatError] = [
+        WachatConnectionError("reset"),
+        image(NAME),
+        WachatTimeoutError("slow"),
+        WachatTimeoutError("slow"),
+        image(NAME, white),
+    ]
+
+    async def fetch(name: str) -> QRImage:
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, WachatError):
+            raise outcome
+        return outcome
+
+    watch = watch_qr(fetch, NAME, interval=1.0, jitter=0.0, get_state=None, sleep=Clock())
+    assert len({qr.sha256 for qr in await collect(watch, 2)}) == 2
+    warnings = [r.getMessage() for r in all_logs.records if r.levelno == logging.WARNING]
+    counts = [[n for n in "123" if f"failure {n} in a row" in m] for m in warnings]
+    assert counts == [["1"], ["1"], ["2"]]

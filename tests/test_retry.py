@@ -8,15 +8,22 @@ import math
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 
+import aiohttp
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 import wachat_async._client
+import wachat_async._polling
 from wachat_async import (
+    ConfigurationError,
+    DeadlineExceededError,
     GatewayTimeoutError,
     InstanceNotFoundError,
+    InvalidImageError,
+    InvalidResponseError,
     QRFetchFailedError,
+    ResponseTooLargeError,
     RetryBudget,
     RetryEvent,
     RetryPolicy,
@@ -25,7 +32,8 @@ from wachat_async import (
     WachatError,
     WachatTimeoutError,
 )
-from wachat_async._retry import backoff_wait, parse_retry_after
+from wachat_async._errors import status_error
+from wachat_async._retry import backoff_wait, is_transient, is_transport_fault, parse_retry_after
 from wachat_async.testing import FakeWachatServer, Fault
 
 from .conftest import (
@@ -91,6 +99,26 @@ def test_backoff_ceiling_doubles_until_the_cap() -> None:
     assert top == [0.5, 1.0, 2.0, 4.0, 8.0, 8.0]
 
 
+@pytest.mark.parametrize(
+    ("retry_number", "ceiling"),
+    [
+        pytest.param(0, 0.5, id="first"),
+        pytest.param(2, 2.0, id="third"),
+        pytest.param(9, 8.0, id="capped"),
+    ],
+)
+def test_backoff_draws_the_wait_from_zero_to_the_ceiling(retry_number: int, ceiling: float) -> None:
+    """The wait is whatever rand draws from [0, ceiling]: full jitter, not the ceiling itself."""
+    calls: list[tuple[float, float]] = []
+
+    def rand(low: float, high: float) -> float:
+        calls.append((low, high))
+        return high / 4
+
+    wait = backoff_wait(retry_number, initial_wait=0.5, max_wait=8.0, rand=rand)
+    assert (wait, calls) == (ceiling / 4, [(0.0, ceiling)])
+
+
 def test_backoff_rejects_negative_retry_number() -> None:
     """A negative retry number is a bug in the caller."""
     with pytest.raises(ValueError, match="retry_number"):
@@ -139,6 +167,10 @@ def test_parse_retry_after_uses_the_current_time() -> None:
         pytest.param({"max_wait": math.inf}, id="infinite-wait"),
         pytest.param({"deadline": 0}, id="zero-deadline"),
         pytest.param({"statuses": [200, 1000]}, id="bad-status"),
+        pytest.param({"statuses": [600]}, id="status-600"),
+        pytest.param({"statuses": [99]}, id="status-99"),
+        pytest.param({"statuses": [True]}, id="bool-status"),
+        pytest.param({"statuses": "502"}, id="status-string"),
         pytest.param({"initial_wait": "1"}, id="string-wait"),
     ],
 )
@@ -146,6 +178,11 @@ def test_policy_validates_its_fields(kwargs: dict[str, object]) -> None:
     """Nonsense configuration fails when the policy is made, not at the first retry."""
     with pytest.raises((ValueError, TypeError)):
         RetryPolicy(**kwargs)  # type: ignore[arg-type]
+
+
+def test_policy_accepts_every_http_status() -> None:
+    """The whole 100-599 range can be configured."""
+    assert RetryPolicy(statuses=[100, 429, 599]).statuses == {100, 429, 599}
 
 
 def test_policy_defaults_retry_only_502_and_504() -> None:
@@ -158,9 +195,9 @@ def test_policy_defaults_retry_only_502_and_504() -> None:
 
 
 def test_disabled_and_without_waits_are_variants() -> None:
-    """disabled() makes one attempt; without_waits() keeps every other field."""
+    """disabled() makes one attempt with no deadline; without_waits() keeps every other field."""
     policy = RetryPolicy(max_attempts=6)
-    assert RetryPolicy.disabled().max_attempts == 1
+    assert RetryPolicy.disabled() == RetryPolicy(max_attempts=1, deadline=None)
     fast = policy.without_waits()
     assert fast.zero_wait
     assert fast.max_attempts == 6
@@ -171,6 +208,83 @@ def test_retry_after_overrides_backoff_only_when_respected() -> None:
     """compute_wait uses Retry-After when respected, else the jittered backoff."""
     assert RetryPolicy().compute_wait(0, 12.0) == 12.0
     assert RetryPolicy(respect_retry_after=False).compute_wait(0, 12.0) <= 0.5
+
+
+class _Foreign502(Exception):
+    """Not a WachatError, yet with a ``status`` (as aiohttp's ClientResponseError has)."""
+
+    status = 502
+
+
+# (error, is_transient, is_retryable by default, is_retryable with retry_transport_errors)
+TRANSIENCE = [
+    pytest.param(QRFetchFailedError(), True, True, True, id="502"),
+    pytest.param(GatewayTimeoutError(), True, True, True, id="504"),
+    pytest.param(status_error(429), True, False, False, id="429"),
+    pytest.param(status_error(500), True, False, False, id="500"),
+    pytest.param(status_error(503), True, False, False, id="503"),
+    pytest.param(status_error(599), True, False, False, id="599"),
+    pytest.param(status_error(400), False, False, False, id="400"),
+    pytest.param(status_error(401), False, False, False, id="401"),
+    pytest.param(status_error(403), False, False, False, id="403"),
+    pytest.param(InstanceNotFoundError(), False, False, False, id="404"),
+    pytest.param(status_error(409), False, False, False, id="409"),
+    pytest.param(status_error(418), False, False, False, id="418"),
+    pytest.param(status_error(302), False, False, False, id="302"),
+    pytest.param(WachatConnectionError("reset"), True, False, True, id="connection"),
+    pytest.param(WachatTimeoutError("slow"), True, False, True, id="attempt-timeout"),
+    pytest.param(DeadlineExceededError("late", deadline=1.0), True, False, False, id="deadline"),
+    pytest.param(InvalidImageError("cut", truncated=True), True, False, True, id="truncated-png"),
+    pytest.param(InvalidImageError("bad signature"), False, False, False, id="not-a-png"),
+    pytest.param(
+        InvalidImageError("expected image/png, got text/html", content_type="text/html"),
+        False,
+        False,
+        False,
+        id="captive-portal-page",
+    ),
+    pytest.param(ResponseTooLargeError("big", limit=64), False, False, False, id="over-size-cap"),
+    pytest.param(InvalidResponseError("no state"), False, False, False, id="bad-state-body"),
+    pytest.param(ConfigurationError("bad"), False, False, False, id="configuration"),
+    pytest.param(asyncio.CancelledError(), False, False, False, id="cancelled"),
+    pytest.param(TimeoutError(), False, False, False, id="bare-timeout-error"),
+    pytest.param(ValueError("bug"), False, False, False, id="not-a-wachat-error"),
+    pytest.param(_Foreign502(), False, False, False, id="foreign-error-with-status-502"),
+]
+
+
+@pytest.mark.parametrize(("error", "transient", "default", "transport"), TRANSIENCE)
+def test_one_table_for_transient_and_retryable(
+    error: BaseException, transient: bool, default: bool, transport: bool
+) -> None:
+    """is_transient (watch_qr) and is_retryable (one call) follow the documented table."""
+    assert (
+        is_transient(error),
+        RetryPolicy().is_retryable(error),
+        RetryPolicy(retry_transport_errors=True).is_retryable(error),
+    ) == (transient, default, transport)
+
+
+@pytest.mark.parametrize(("error", "transient", "default", "transport"), TRANSIENCE)
+def test_transport_faults_are_what_the_transport_switch_adds(
+    error: BaseException, transient: bool, default: bool, transport: bool
+) -> None:
+    """retry_transport_errors adds exactly is_transport_fault, and nothing it adds is terminal."""
+    assert (transport and not default) == is_transport_fault(error)
+    assert not transport or transient
+
+
+def test_watch_uses_the_same_predicate() -> None:
+    """_polling.is_transient is the one in _retry, not a second definition."""
+    assert wachat_async._polling.is_transient is is_transient
+
+
+@given(st.integers(min_value=100, max_value=599))
+def test_custom_statuses_are_exactly_what_is_retried(status: int) -> None:
+    """A status error is retryable iff its status is in the policy's statuses."""
+    error = status_error(status)
+    assert RetryPolicy(statuses={status}).is_retryable(error)
+    assert not RetryPolicy(statuses={s for s in (502, 504) if s != status}).is_retryable(error)
 
 
 def test_budget_caps_retries_at_ratio_plus_reserve() -> None:
@@ -195,6 +309,17 @@ def test_budget_deposits_expire_after_ttl() -> None:
     assert not budget.try_withdraw()
     budget.deposit()
     assert budget.try_withdraw()
+
+
+def test_budget_reused_slot_forgets_its_old_second() -> None:
+    """ttl seconds later a second maps to the same slot again, which starts from zero."""
+    clock = FakeClock()
+    budget = RetryBudget(ratio=1.0, min_retries_per_second=0, ttl=10, clock=clock)
+    for _ in range(5):
+        budget.deposit()
+    clock.now += 10  # same slot index, ten seconds on
+    budget.deposit()
+    assert budget.balance == 1.0
 
 
 def test_budget_rejects_sub_second_ttl() -> None:
@@ -300,6 +425,15 @@ async def test_retry_after_http_date_is_honoured(server: FakeWachatServer) -> No
     assert 0 < events[0].wait <= 5
 
 
+async def test_retry_after_at_the_cap_is_honoured(server: FakeWachatServer) -> None:
+    """A Retry-After equal to max_retry_after is still waited for (in zero-wait mode: reported)."""
+    events: list[RetryEvent] = []
+    server.script(NAME, [Fault(status=502, retry_after="60"), 200])
+    async with make_client(server, max_retry_after=60, deadline=None, on_retry=events.append) as c:
+        await c.get_qr_image(NAME)
+    assert [e.wait for e in events] == [60.0]
+
+
 async def test_over_cap_retry_after_gives_up_at_once(server: FakeWachatServer) -> None:
     """A Retry-After above max_retry_after raises after one attempt, saying why."""
     server.script(NAME, [Fault(status=502, retry_after="3600"), 200])
@@ -332,14 +466,99 @@ async def test_ignored_retry_after_uses_backoff(server: FakeWachatServer) -> Non
     assert events[0].wait <= 0.5
 
 
-async def test_deadline_ends_a_hanging_call(server: FakeWachatServer) -> None:
-    """The deadline, not the 30 s request timeout, ends a call whose server hangs."""
-    server.script(NAME, [Fault(hang=True)])
-    async with make_client(server, deadline=0.2) as client:
-        with pytest.raises(WachatTimeoutError, match=r"deadline of 0\.2 s exceeded") as info:
+@pytest.mark.parametrize("transport", [False, True], ids=["default", "retry-transport-errors"])
+async def test_deadline_ends_a_hanging_call(server: FakeWachatServer, transport: bool) -> None:
+    """The deadline, not the 20 s request timeout, ends a call whose server hangs; it is never
+    retried, even when transport errors are."""
+    server.script(NAME, [Fault(hang=True), 200])
+    async with make_client(server, deadline=0.2, retry_transport_errors=transport) as client:
+        with pytest.raises(DeadlineExceededError, match=r"deadline of 0\.2 s exceeded") as info:
             await client.get_qr_image(NAME)
         assert_no_connection_checked_out(client)
+    assert isinstance(info.value, TimeoutError)
+    assert (info.value.attempts, info.value.deadline) == (1, 0.2)
+    assert server.request_count(NAME) == 1
+
+
+async def test_attempt_timeout_is_retried_with_transport_retries(
+    server: FakeWachatServer,
+) -> None:
+    """With retry_transport_errors=True a per-attempt timeout is retried like a reset."""
+    server.script(NAME, [Fault(hang=True), 200])
+    events: list[RetryEvent] = []
+    async with WachatClient(
+        api_key=KEY,
+        base_url=server.base_url,
+        timeout=aiohttp.ClientTimeout(total=5.0, sock_read=0.1),
+        retry=RetryPolicy(zero_wait=True, retry_transport_errors=True, on_retry=events.append),
+    ) as client:
+        qr = await client.get_qr_image(NAME)
+        assert_no_connection_checked_out(client)
+    assert qr.data
+    assert server.request_count(NAME) == 2
+    assert [type(e.error) for e in events] == [WachatTimeoutError]
+
+
+async def test_attempt_timeout_is_not_retried_by_default(server: FakeWachatServer) -> None:
+    """Without retry_transport_errors a per-attempt timeout is raised at once, and it is not
+    mistaken for the deadline."""
+    server.script(NAME, [Fault(hang=True), 200])
+    async with WachatClient(
+        api_key=KEY,
+        base_url=server.base_url,
+        timeout=aiohttp.ClientTimeout(total=5.0, sock_read=0.1),
+        retry=RetryPolicy(zero_wait=True),
+    ) as client:
+        with pytest.raises(WachatTimeoutError, match="timed out") as info:
+            await client.get_qr_image(NAME)
+    assert not isinstance(info.value, DeadlineExceededError)
+    assert isinstance(info.value, TimeoutError)
+    assert server.request_count(NAME) == 1
+
+
+async def test_exhausted_attempt_timeouts_raise_the_last_one_not_a_deadline(
+    server: FakeWachatServer,
+) -> None:
+    """Attempt timeouts retried to max_attempts end with the last WachatTimeoutError and the
+    gave-up note: a TimeoutError from an attempt is not taken for the deadline's."""
+    server.script(NAME, [Fault(hang=True)] * 3)
+    async with WachatClient(
+        api_key=KEY,
+        base_url=server.base_url,
+        timeout=aiohttp.ClientTimeout(total=5.0, sock_read=0.1),
+        retry=RetryPolicy(zero_wait=True, retry_transport_errors=True, max_attempts=3),
+    ) as client:
+        with pytest.raises(WachatTimeoutError, match="timed out") as info:
+            await client.get_qr_image(NAME)
+    assert not isinstance(info.value, DeadlineExceededError)
+    assert info.value.attempts == 3
+    assert any("gave up after 3 attempts" in n for n in info.value.__notes__)
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        pytest.param(
+            Fault(content_type="text/html", body=b"<html><form>Room number</form></html>"),
+            id="captive-portal-html",
+        ),
+        pytest.param(Fault(body=b"<html>not a png</html>"), id="html-labelled-image/png"),
+        pytest.param(Fault(content_type="application/json", body=b"{}"), id="json"),
+    ],
+)
+async def test_a_complete_200_that_is_not_a_png_is_tried_once(
+    server: FakeWachatServer, fault: Fault
+) -> None:
+    """Even with retry_transport_errors=True, a whole 200 that is not a PNG is not retried:
+    only a body cut short is a transport fault."""
+    server.script(NAME, [fault, 200])
+    async with make_client(server, retry_transport_errors=True) as client:
+        with pytest.raises(InvalidImageError) as info:
+            await client.get_qr_image(NAME)
+        assert_no_connection_checked_out(client)
+    assert not info.value.truncated
     assert info.value.attempts == 1
+    assert server.request_count(NAME) == 1
 
 
 async def test_deadline_during_retries_keeps_the_last_error_as_cause(
@@ -499,6 +718,37 @@ async def test_concurrent_calls_keep_separate_retry_state(server: FakeWachatServ
     assert server.request_count("a") == 3
 
 
+async def test_every_call_deposits_into_the_budget(server: FakeWachatServer) -> None:
+    """With no reserve, a call's own deposit is what pays for its retry."""
+    server.script(NAME, [502, 200, 502, 200])
+    budget = RetryBudget(ratio=1.0, min_retries_per_second=0, clock=FakeClock())
+    async with WachatClient(
+        api_key=KEY,
+        base_url=server.base_url,
+        retry=RetryPolicy(zero_wait=True),
+        retry_budget=budget,
+    ) as client:
+        await client.get_qr_image(NAME)
+        await client.get_qr_image(NAME)
+    assert (budget.calls, budget.retries, budget.refused) == (2, 2, 0)
+
+
+async def test_one_attempt_policy_never_builds_a_tenacity_object(
+    server: FakeWachatServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With max_attempts=1 a retryable failure is raised as it is: no tenacity, no note."""
+
+    def forbidden(*args: object, **kwargs: object) -> None:
+        raise AssertionError("tenacity entered for a policy that cannot retry")
+
+    monkeypatch.setattr(wachat_async._client, "AsyncRetrying", forbidden)
+    server.script(NAME, [502])
+    async with make_client(server, max_attempts=1) as client:
+        with pytest.raises(QRFetchFailedError) as info:
+            await client.get_qr_image(NAME)
+    assert getattr(info.value, "__notes__", []) == []
+
+
 async def test_success_path_never_builds_a_tenacity_object(
     server: FakeWachatServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -527,6 +777,26 @@ async def test_retry_log_lines_name_instance_status_and_wait_but_no_key(
     assert "504" in lines[1].getMessage()
     assert NAME in lines[0].getMessage()
     assert_no_key(*(r.getMessage() for r in all_logs.records))
+
+
+async def test_disabled_policy_leaves_the_timeout_alone(server: FakeWachatServer) -> None:
+    """With RetryPolicy.disabled() only the client's timeout bounds a call: no deadline timer
+    guards the attempt and the error is the attempt's own timeout."""
+    server.script(NAME, [Fault(hang=True)])
+    async with WachatClient(
+        api_key=KEY,
+        base_url=server.base_url,
+        timeout=aiohttp.ClientTimeout(total=60.0, sock_read=0.1),
+        retry=RetryPolicy.disabled(),
+    ) as client:
+        assert not client._guard_first_attempt
+        with pytest.raises(WachatTimeoutError) as info:
+            await client.get_qr_image(NAME)
+    assert not isinstance(info.value, DeadlineExceededError)
+    assert (
+        WachatClient(api_key=KEY, timeout=60, retry=RetryPolicy.disabled()).retry_policy.deadline
+        is None
+    )
 
 
 async def test_disabled_policy_makes_one_attempt(server: FakeWachatServer) -> None:

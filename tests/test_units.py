@@ -19,6 +19,8 @@ from yarl import URL
 import wachat_async
 from wachat_async import (
     APIStatusError,
+    ConfigurationError,
+    DeadlineExceededError,
     InstanceState,
     InvalidImageError,
     QRFetchFailedError,
@@ -27,10 +29,12 @@ from wachat_async import (
     UnexpectedStatusError,
     WachatClient,
     WachatError,
+    WachatTimeoutError,
 )
 from wachat_async._errors import status_error
 from wachat_async._models import check_png_end, png_dimensions
-from wachat_async._redact import REDACTED, excerpt, redact
+from wachat_async._redact import REDACTED, excerpt, redact, redact_message
+from wachat_async._validate import is_loopback_host
 
 from .conftest import KEY, NAME, assert_no_key, exception_texts
 
@@ -196,6 +200,87 @@ def test_every_exported_error_is_a_wachat_error() -> None:
             assert issubclass(obj, WachatError) or issubclass(obj, Warning), name
 
 
+def test_timeout_errors_are_builtin_timeout_errors() -> None:
+    """Both timeouts are TimeoutErrors; only the policy's deadline is a DeadlineExceededError."""
+    attempt = WachatTimeoutError("request timed out", instance_name=NAME)
+    deadline = DeadlineExceededError("deadline of 2 s exceeded", deadline=2.0, attempts=3)
+    assert isinstance(attempt, TimeoutError)
+    assert isinstance(deadline, TimeoutError)
+    assert isinstance(deadline, WachatTimeoutError)
+    assert not isinstance(attempt, DeadlineExceededError)
+    assert (deadline.deadline, deadline.attempts, str(deadline)) == (
+        2.0,
+        3,
+        "deadline of 2 s exceeded",
+    )
+    with pytest.raises(TimeoutError):
+        raise attempt
+
+
+# -- loopback -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        pytest.param("127.0.0.1", True, id="ipv4-loopback"),
+        pytest.param("127.1.2.3", True, id="ipv4-loopback-net"),
+        pytest.param("127.255.255.254", True, id="ipv4-loopback-top"),
+        pytest.param("[::1]", True, id="ipv6-bracketed"),
+        pytest.param("::1", True, id="ipv6-bare"),
+        pytest.param("0:0:0:0:0:0:0:1", True, id="ipv6-long-form"),
+        pytest.param("::ffff:127.0.0.1", True, id="ipv4-mapped-loopback"),
+        pytest.param("[::ffff:7f00:1]", True, id="ipv4-mapped-loopback-hex"),
+        pytest.param("localhost", True, id="localhost"),
+        pytest.param("LOCALHOST", True, id="localhost-upper-case"),
+        pytest.param("LocalHost", True, id="localhost-mixed-case"),
+        pytest.param("localhost.", False, id="localhost-trailing-dot"),
+        pytest.param("dev.localhost", False, id="subdomain-of-localhost"),
+        pytest.param("localhost.example.com", False, id="localhost-prefix"),
+        pytest.param("127.0.0.1.nip.io", False, id="dns-name-with-ip-prefix"),
+        pytest.param("127.1", False, id="ipv4-shorthand"),
+        pytest.param("::ffff:10.0.0.1", False, id="ipv4-mapped-remote"),
+        pytest.param("0.0.0.0", False, id="ipv4-unspecified"),  # noqa: S104
+        pytest.param("[::]", False, id="ipv6-unspecified"),
+        pytest.param("128.0.0.1", False, id="just-outside-127/8"),
+        pytest.param("10.0.0.1", False, id="private-ipv4"),
+        pytest.param("[::1", False, id="unbalanced-bracket"),
+        pytest.param("", False, id="empty"),
+    ],
+)
+def test_is_loopback_host(host: str, loopback: bool) -> None:
+    """Only 127.0.0.0/8, ::1 (also IPv4-mapped) and the literal name localhost are loopback."""
+    assert is_loopback_host(host) is loopback
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        pytest.param("127.0.0.1", True, id="ipv4"),
+        pytest.param("[::1]", True, id="ipv6"),
+        pytest.param("LOCALHOST", True, id="localhost-upper-case"),
+        pytest.param("dev.localhost", False, id="subdomain-of-localhost"),
+        pytest.param("localhost.", False, id="localhost-trailing-dot"),
+        pytest.param("0.0.0.0", False, id="unspecified"),  # noqa: S104
+    ],
+)
+def test_client_and_url_builder_share_the_loopback_rule(host: str, loopback: bool) -> None:
+    """http:// to a host is refused by the client exactly when the URL builder warns that
+    the key travels in clear text."""
+    import warnings
+
+    base_url = f"http://{host}:8080/api/v1"
+    if loopback:
+        WachatClient(api_key=KEY, base_url=base_url)  # no session yet: nothing to close
+    else:
+        with pytest.raises(ConfigurationError, match="Refusing plain http://"):
+            WachatClient(api_key=KEY, base_url=base_url)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        wachat_async.build_qr_image_url(NAME, api_key=KEY, base_url=base_url, expose_api_key=True)
+    assert ("unencrypted" in str(caught[0].message)) is not loopback
+
+
 # -- redaction ----------------------------------------------------------------------------
 
 
@@ -218,6 +303,31 @@ def test_redact_hides_known_and_generic_credentials(text: str) -> None:
     assert "zzz" not in out
 
 
+@pytest.mark.parametrize(
+    "echoed",
+    [
+        pytest.param("a b/c", id="raw"),
+        pytest.param("a%20b%2Fc", id="percent-encoded"),
+        pytest.param("a+b%2Fc", id="form-encoded"),
+        pytest.param("A%20B%2fC", id="percent-encoded-other-case"),
+    ],
+)
+def test_redact_catches_each_encoding_of_a_key_with_a_space(echoed: str) -> None:
+    """quote() and quote_plus() differ on a space: both forms are hidden."""
+    assert redact(f"x={echoed};", ["a b/c"]) == f"x={REDACTED};"
+
+
+def test_redact_prefers_the_longest_secret() -> None:
+    """When one secret starts another, the longer one is hidden whole (no tail left over)."""
+    assert redact("token abcdef.", ["abc", "abcdef"]) == f"token {REDACTED}."
+
+
+def test_excerpt_rejects_a_limit_below_one() -> None:
+    """A zero limit is a bug in the caller, not an empty excerpt."""
+    with pytest.raises(ValueError, match="limit"):
+        excerpt("text", limit=0)
+
+
 def test_redact_handles_url_encoded_key() -> None:
     """A key with reserved characters is caught in its percent-encoded form."""
     key = "a/b+c=d"
@@ -234,9 +344,122 @@ def test_excerpt_is_one_redacted_line_within_limit() -> None:
     assert KEY not in out
 
 
+@pytest.mark.parametrize("start", range(40, 49), ids=lambda n: f"key-at-{n}")
+def test_excerpt_redacts_before_cutting(start: int) -> None:
+    """A key straddling the cut shows none of its characters: redaction runs first."""
+    out = excerpt("x" * start + KEY + " trailing text", [KEY], limit=50)
+    assert len(out) == 50
+    visible = 49 - start  # characters of the key that would survive a cut made first
+    assert KEY[:visible] not in out
+    assert "sk-" not in out
+
+
+@pytest.mark.parametrize(
+    ("text", "hidden"),
+    [
+        pytest.param("bad URL: https://me:pw@h.example/v1", "me:pw", id="userinfo"),
+        pytest.param("bad URL: https://u:pa/ss@h.example/v1", "pa/ss", id="userinfo-with-slash"),
+        pytest.param("bad URL: https://h.example/v1?apiKey=s3cr3t&x=1", "s3cr3t", id="query"),
+        pytest.param("bad URL: https://h.example/v1?q=s3cr3t", "s3cr3t", id="any-query"),
+        pytest.param("bad URL: HTTP://h.example/v1#s3cr3t", "s3cr3t", id="fragment"),
+        pytest.param(f"host {KEY} refused", KEY, id="known-key"),
+        pytest.param("x " + KEY.replace("-", "%2D"), KEY, id="known-key-encoded"),
+        pytest.param("line one\r\nforged line", "\n", id="control-characters"),
+    ],
+)
+def test_redact_message_hides_url_credentials_queries_and_the_key(text: str, hidden: str) -> None:
+    """The configuration-error redaction point hides user info, query, fragment and the key."""
+    out = redact_message(text, [KEY])
+    assert hidden not in out
+    assert "bad URL" in out or "refused" in out or "line one" in out or out.startswith("x ")
+
+
+def test_redact_message_keeps_what_is_not_secret() -> None:
+    """Scheme, host and path stay readable; only the secret parts become [REDACTED]."""
+    assert redact_message("got https://u:p@h.example:8443/api/v1?k=v#f, see docs", [KEY]) == (
+        f"got https://{REDACTED}@h.example:8443/api/v1?{REDACTED} see docs"
+    )
+
+
 def test_excerpt_ignores_empty_secrets() -> None:
     """An empty secret does not blank the whole text."""
     assert excerpt("hello", ["", KEY]) == "hello"
+
+
+@pytest.mark.parametrize(
+    ("timeout", "message"),
+    [
+        pytest.param("5", "not str", id="str"),
+        pytest.param(b"5", "not bytes", id="bytes"),
+        pytest.param(True, "not bool", id="bool"),
+        pytest.param([5], "not list", id="list"),
+        pytest.param(0, "got 0", id="zero"),
+        pytest.param(-1.5, "got -1.5", id="negative"),
+        pytest.param(float("inf"), "got inf", id="infinite"),
+    ],
+)
+def test_bad_timeouts_are_named_by_type_or_number(timeout: object, message: str) -> None:
+    """A bad timeout names its type (never its repr) or, for a number, its value."""
+    with pytest.raises(ConfigurationError, match=message):
+        WachatClient(api_key=KEY, timeout=timeout)  # type: ignore[arg-type]
+
+
+def test_configuration_error_redacts_the_secrets_it_is_given() -> None:
+    """ConfigurationError itself is the redaction point: a message quoting the key is cleaned."""
+    error = ConfigurationError(f"cannot use host {KEY}.example", secrets=[KEY])
+    assert_no_key(*exception_texts(error), *error.args)
+    assert str(error) == f"cannot use host {REDACTED}.example"
+
+
+class _Quoting(Exception):
+    """An exception whose repr, unlike its str, quotes what it was given (as aiohttp's do)."""
+
+    def __init__(self, text: str, quoted: str) -> None:
+        super().__init__(text)
+        self.quoted = quoted
+
+    def __repr__(self) -> str:
+        return f"_Quoting({self.quoted!r})"
+
+
+def _chained(where: str) -> BaseException:
+    """A connection error with the key at *where* in it or in its chain."""
+    error = aiohttp.ClientConnectionError("connection lost")
+    if where == "str":
+        error = aiohttp.ClientConnectionError(f"connection lost: {KEY}")
+    elif where == "repr-only":
+        error = aiohttp.ClientConnectionError(_Quoting("bytes", KEY))
+    elif where == "cause":
+        error.__cause__ = ValueError(f"parser saw {KEY}")
+    elif where == "context":
+        error.__context__ = ValueError(f"parser saw {KEY}")
+    elif where == "deep-context":
+        inner = ValueError("outer")
+        inner.__context__ = OSError(f"echo {KEY}")
+        error.__cause__ = inner
+    elif where == "cycle":
+        other = ValueError(f"echo {KEY}")
+        other.__context__ = error
+        error.__context__ = other
+    return error
+
+
+@pytest.mark.parametrize("where", ["str", "repr-only", "cause", "context", "deep-context", "cycle"])
+def test_transport_error_sanitises_a_chain_that_quotes_the_key(where: str) -> None:
+    """Wherever in an aiohttp exception's chain the key is, the mapped error does not carry it:
+    its cause is replaced by a sanitised stand-in."""
+    client = WachatClient(api_key=KEY, base_url="https://app.wachat.net/api/v1")
+    error = client._transport_error(_chained(where), NAME)
+    assert type(error).__name__ == "WachatConnectionError"
+    assert type(error.__cause__).__name__ == "_SanitizedCause"
+    assert_no_key(*exception_texts(error))
+
+
+def test_transport_error_keeps_a_clean_cause() -> None:
+    """A chain that does not mention the key is kept as it is, for debugging."""
+    client = WachatClient(api_key=KEY, base_url="https://app.wachat.net/api/v1")
+    cause = aiohttp.ClientConnectionError("connection lost")
+    assert client._transport_error(cause, NAME).__cause__ is cause
 
 
 # -- exports ------------------------------------------------------------------------------

@@ -10,9 +10,9 @@ read to the end) on every path: success, error, retry and cancellation.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -28,6 +28,7 @@ from yarl import URL
 
 from ._errors import (
     ConfigurationError,
+    DeadlineExceededError,
     InvalidImageError,
     InvalidResponseError,
     ResponseTooLargeError,
@@ -39,10 +40,10 @@ from ._errors import (
 from ._files import PathArg, Sink, write_stream
 from ._models import InstanceState, QRFailure, QRImage, QRSuccess, check_png_end, png_dimensions
 from ._polling import FetchMany, fetch_many, watch_qr
-from ._redact import Secret, excerpt, redact
+from ._redact import Secret, excerpt, mentions, redact
 from ._retry import RetryBudget, RetryEvent, RetryPolicy, parse_retry_after
 from ._urls import DEFAULT_BASE_URL, _build_qr_image_url, _qr_image_endpoint
-from ._validate import check_api_key, check_instance_name
+from ._validate import check_api_key, check_instance_name, check_user_agent, is_loopback_host
 from ._version import __version__
 
 if sys.version_info >= (3, 11):
@@ -65,26 +66,25 @@ _JSON_LIMIT = 1024**2
 _TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
 
 
-def _is_loopback(host: str) -> bool:
-    """Literal ``localhost`` or a loopback IP (other names go through a resolver we do not
-    control, so they do not count)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def _as_timeout(timeout: aiohttp.ClientTimeout | float | None) -> aiohttp.ClientTimeout:
+def _as_timeout(timeout: object, *, secrets: Iterable[str] = ()) -> aiohttp.ClientTimeout:
     if timeout is None:
         return DEFAULT_TIMEOUT
     if isinstance(timeout, aiohttp.ClientTimeout):
         if timeout.total is None and timeout.sock_read is None:
             raise ConfigurationError("timeout needs a total or a sock_read limit")
         return timeout
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-        raise ConfigurationError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        # The type only: the repr of an arbitrary object is the caller's text.
+        raise ConfigurationError(
+            "timeout must be a positive number of seconds or an aiohttp.ClientTimeout, "
+            f"not {type(timeout).__name__}",
+            secrets=secrets,
+        )
+    if not (timeout > 0 and math.isfinite(timeout)):
+        raise ConfigurationError(
+            f"timeout must be a positive, finite number of seconds, got {timeout!r}",
+            secrets=secrets,
+        )
     return aiohttp.ClientTimeout(total=float(timeout), sock_connect=min(float(timeout), 10.0))
 
 
@@ -154,24 +154,46 @@ class WachatClient:
         try:
             self._api_key = Secret(check_api_key(key))
         except (TypeError, ValueError) as exc:
-            raise ConfigurationError(str(exc)) from None
+            _raise_clean(ConfigurationError(str(exc)))
+        # Every message below may quote an argument: redact the key from all of them.
+        secrets = (self._api_key,)
         base = base_url or os.environ.get("WACHAT_BASE_URL") or DEFAULT_BASE_URL
         try:
             self._qr_url = _qr_image_endpoint(base)
+            ua = check_user_agent(user_agent)
         except (TypeError, ValueError) as exc:
-            raise ConfigurationError(str(exc)) from None
+            _raise_clean(ConfigurationError(str(exc), secrets=secrets))
+        self._timeout = _as_timeout(timeout, secrets=secrets)
         self._base_url = self._qr_url.parent.parent.parent
+        if mentions(f"{self._base_url} {self._base_url.host} {self._base_url.path}", secrets):
+            # It would be in every request line (and so in every access log) and in repr().
+            raise ConfigurationError(
+                "base_url contains the API key; the key goes in api_key (or WACHAT_API_KEY) "
+                "only, and is sent as an Authorization header"
+            )
+        if not isinstance(allow_insecure_http, bool):
+            raise ConfigurationError("allow_insecure_http must be a bool")
         if (
             self._base_url.scheme == "http"
             and not allow_insecure_http
-            and not _is_loopback(self._base_url.host or "")
+            and not is_loopback_host(self._base_url.host or "")
         ):
             raise ConfigurationError(
                 f"Refusing plain http:// to {self._base_url.host}: the API key would travel in "
-                "clear text. Use https://, or pass allow_insecure_http=True if you mean it."
+                "clear text. Use https://, or pass allow_insecure_http=True if you mean it "
+                "(only 127.0.0.0/8, ::1 and the name localhost count as loopback).",
+                secrets=secrets,
             )
         self._state_url = self._base_url.joinpath("instance", "state")
-        self._timeout = _as_timeout(timeout)
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise ConfigurationError(
+                f"retry must be a RetryPolicy or None, not {type(retry).__name__}", secrets=secrets
+            )
+        if retry_budget is not None and not isinstance(retry_budget, RetryBudget):
+            raise ConfigurationError(
+                f"retry_budget must be a RetryBudget or None, not {type(retry_budget).__name__}",
+                secrets=secrets,
+            )
         self._retry = RetryPolicy() if retry is None else retry
         # The first attempt needs the deadline timer only if its own timeout may outlast it.
         deadline, total = self._retry.deadline, self._timeout.total
@@ -197,7 +219,7 @@ class WachatClient:
         self._sleep: Callable[[float], Awaitable[None]] = (
             _no_sleep if self._retry.zero_wait else asyncio.sleep
         )
-        ua = user_agent or f"wachat-async/{__version__} aiohttp/{aiohttp.__version__}"
+        ua = ua or f"wachat-async/{__version__} aiohttp/{aiohttp.__version__}"
         self._image_headers = {
             "Authorization": Secret(f"Bearer {self._api_key}"),
             "User-Agent": ua,
@@ -793,20 +815,25 @@ class WachatClient:
                         first = exc
                 retry = _RetryState(self, name, started)
                 return await retry.run(first, attempt, args)
-        except asyncio.TimeoutError:
-            attempts = retry.attempts if retry else 1
-            error = WachatTimeoutError(
-                f"deadline of {policy.deadline:g} s exceeded after {attempts} attempt"
-                + ("s" if attempts != 1 else ""),
-                instance_name=name,
-                attempts=attempts,
-            )
-            raise error from (retry.last_error if retry else first)
         except WachatError as exc:
+            # First: a WachatTimeoutError is a TimeoutError too, and must not pass for the
+            # deadline's.
             if retry is not None:
                 exc.attempts = retry.attempts
                 exc._note(retry.summary())
             raise
+        except asyncio.TimeoutError:
+            if policy.deadline is None:  # pragma: no cover - no deadline, no timer to expire
+                raise
+            attempts = retry.attempts if retry else 1
+            error = DeadlineExceededError(
+                f"deadline of {policy.deadline:g} s exceeded after {attempts} attempt"
+                + ("s" if attempts != 1 else ""),
+                deadline=policy.deadline,
+                instance_name=name,
+                attempts=attempts,
+            )
+            raise error from (retry.last_error if retry else first)
 
 
 def _raise_clean(error: BaseException) -> NoReturn:

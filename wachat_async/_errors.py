@@ -15,7 +15,8 @@ Every exception is a :class:`WachatError`; catch that to handle them all::
     │   ├── GatewayTimeoutError         504  upstream timed out (retryable)
     │   └── UnexpectedStatusError       any other status (3xx included: redirects are not followed)
     ├── WachatConnectionError       connect/reset/DNS/protocol failures (transport)
-    ├── WachatTimeoutError          client-side timeout or the retry policy's deadline
+    ├── WachatTimeoutError          one attempt timed out (also a TimeoutError)
+    │   └── DeadlineExceededError       the retry policy's deadline for the whole call expired
     └── InvalidResponseError        a 2xx whose body is not what the endpoint promises
         ├── InvalidImageError           200 but not a PNG / wrong content type / truncated
         └── ResponseTooLargeError       body over max_image_bytes
@@ -27,13 +28,17 @@ cause (``raise ... from exc``), sanitised so that no request header can be read 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from http import HTTPStatus
+
+from ._redact import redact_message
 
 __all__ = [
     "APIStatusError",
     "AuthenticationError",
     "BadRequestError",
     "ConfigurationError",
+    "DeadlineExceededError",
     "GatewayTimeoutError",
     "InstanceNotFoundError",
     "InvalidImageError",
@@ -79,7 +84,15 @@ class WachatError(Exception):
 
 
 class ConfigurationError(WachatError, ValueError):
-    """The client was configured in a way that cannot work (no API key, bad base URL, ...)."""
+    """The client was configured in a way that cannot work (no API key, bad base URL, ...).
+
+    Its message quotes the caller's own arguments, so it passes through one redaction point
+    (:func:`wachat_async._redact.redact_message`): the known *secrets* (the API key) in every
+    encoding, and the user info, query and fragment of any URL, are ``[REDACTED]``.
+    """
+
+    def __init__(self, message: str, *, secrets: Iterable[str] = ()) -> None:
+        super().__init__(redact_message(message, secrets))
 
 
 class InvalidInstanceNameError(WachatError, ValueError):
@@ -193,8 +206,33 @@ class WachatConnectionError(WachatError):
     """The connection failed: refused, reset, DNS, TLS, or a response that is not valid HTTP."""
 
 
-class WachatTimeoutError(WachatError):
-    """A client-side timeout expired: the per-request timeout or the retry policy's deadline."""
+class WachatTimeoutError(WachatError, TimeoutError):
+    """A client-side timeout expired: one attempt's ``timeout``, or (as the subclass
+    :class:`DeadlineExceededError`) the retry policy's ``deadline`` for the whole call.
+
+    Also a builtin :class:`TimeoutError`, so ``except TimeoutError`` catches it. A per-attempt
+    timeout is a transport fault: retried when the policy has ``retry_transport_errors=True``.
+    """
+
+
+class DeadlineExceededError(WachatTimeoutError):
+    """The retry policy's ``deadline`` expired: the whole call (attempts and waits) took too
+    long. Never retried, since the time the caller allowed is spent.
+
+    ``deadline`` is the policy's deadline in seconds. ``__cause__`` is the last attempt's
+    error when an attempt had failed before the deadline struck.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        deadline: float,
+        instance_name: str | None = None,
+        attempts: int = 1,
+    ) -> None:
+        super().__init__(message, instance_name=instance_name, attempts=attempts)
+        self.deadline = deadline
 
 
 class InvalidResponseError(WachatError):

@@ -30,16 +30,11 @@ from typing import Final, cast
 
 from ._errors import (
     APIStatusError,
-    GatewayTimeoutError,
-    InvalidImageError,
     InvalidInstanceNameError,
-    QRFetchFailedError,
-    UnexpectedStatusError,
-    WachatConnectionError,
     WachatError,
-    WachatTimeoutError,
 )
 from ._models import InstanceState, QRFailure, QRImage, QRResult, QRSuccess
+from ._retry import is_transient  # the one definition, next to RetryPolicy.is_retryable
 from ._validate import check_instance_name
 
 __all__ = ["AnyResult", "FetchMany", "fetch_many", "is_transient", "watch_qr"]
@@ -388,30 +383,6 @@ def fetch_many(
     return FetchMany(
         fetch, instance_names, concurrency=concurrency, dedupe=dedupe, on_progress=on_progress
     )
-
-
-_TRANSIENT: Final = (
-    QRFetchFailedError,
-    GatewayTimeoutError,
-    WachatConnectionError,
-    WachatTimeoutError,
-)
-
-
-def is_transient(error: WachatError) -> bool:
-    """Whether *error* is worth polling again later (the failure is not the request's fault).
-
-    Transient: 502, 504, 429 and other undocumented 5xx statuses, connection failures,
-    timeouts, and a PNG cut short in transit. Everything else (400, 401, 403, 404, 409, a 200
-    that is not a PNG, a body over the size cap) will fail the same way next time.
-    """
-    if isinstance(error, _TRANSIENT):
-        return True
-    if isinstance(error, UnexpectedStatusError):
-        return error.status == 429 or error.status >= 500
-    if isinstance(error, InvalidImageError):
-        return error.truncated
-    return False
 
 
 def _check_interval(interval: float, jitter: float) -> None:

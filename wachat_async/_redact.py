@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable
 from urllib.parse import quote, quote_plus
 
-__all__ = ["REDACTED", "Secret", "excerpt", "redact"]
+__all__ = ["REDACTED", "Secret", "excerpt", "mentions", "redact", "redact_message"]
 
 REDACTED = "[REDACTED]"
 
@@ -27,6 +27,8 @@ _GENERIC = re.compile(
 # non-UTF-8 header bytes: they cannot be written as UTF-8, so they must not reach a message).
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]+")
 _SPACE = re.compile(r"\s+")
+# Anything shaped like an absolute URL, up to white space or a quote.
+_URL = re.compile(r"(?P<scheme>\b[a-z][a-z0-9+.-]*://)(?P<rest>[^\s'\"<>]*)", re.IGNORECASE)
 
 
 class Secret(str):
@@ -63,6 +65,12 @@ def _secret_pattern(secrets: tuple[str, ...]) -> re.Pattern[str] | None:
     return re.compile(alternatives, re.IGNORECASE)
 
 
+def mentions(text: str, secrets: Iterable[str]) -> bool:
+    """Whether *text* holds one of *secrets*, in any of the forms :func:`redact` hides."""
+    pattern = _secret_pattern(tuple(secrets))
+    return pattern is not None and pattern.search(text) is not None
+
+
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
     """Return *text* with every known secret (and its URL-encoded forms, in any letter case)
     and every ``apiKey=...`` / ``Bearer ...`` credential replaced by ``[REDACTED]``."""
@@ -87,3 +95,35 @@ def excerpt(text: str, secrets: Iterable[str] = (), *, limit: int = 500) -> str:
     if len(text) > limit:
         text = text[: limit - 1].rstrip() + "…"
     return text
+
+
+def _scrub_url(match: re.Match[str]) -> str:
+    """One URL with its user info, query and fragment replaced by ``[REDACTED]``."""
+    rest = match.group("rest")
+    # The last "@" before any query: a browser, unlike RFC 3986, ends user info there even past
+    # a "/", and hiding a path that holds an "@" costs nothing.
+    query_start = min((i for i in map(rest.find, "?#") if i >= 0), default=len(rest))
+    at = rest.rfind("@", 0, query_start)
+    if at >= 0:
+        rest = REDACTED + rest[at:]
+    query = min((i for i in map(rest.find, "?#") if i >= 0), default=-1)
+    if query >= 0:
+        rest = rest[: query + 1] + REDACTED
+    return match.group("scheme") + rest
+
+
+def redact_message(text: str, secrets: Iterable[str] = ()) -> str:
+    """The one redaction point for messages built from a caller's own input.
+
+    Every :class:`ConfigurationError` message goes through it (and so may any other message
+    that quotes an argument). It hides what :func:`redact` hides (the known *secrets* in every
+    encoding, ``apiKey=...``, ``Bearer ...``) and, in anything shaped like a URL, the user
+    info (``user:password@``), the query and the fragment, whatever they hold: a mistyped base
+    URL is where a key pasted from a browser's address bar ends up. Control characters become
+    spaces, so a message stays one line.
+
+    >>> redact_message("bad URL: https://me:pw@h.example/v1?apiKey=x#y")
+    'bad URL: https://[REDACTED]@h.example/v1?[REDACTED]'
+    """
+    text = _URL.sub(_scrub_url, text)
+    return _CONTROL.sub(" ", redact(text, secrets))

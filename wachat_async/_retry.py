@@ -20,11 +20,75 @@ from typing import Any
 
 import attrs
 
-from ._errors import InvalidImageError, WachatConnectionError, WachatError
+from ._errors import (
+    DeadlineExceededError,
+    InvalidImageError,
+    UnexpectedStatusError,
+    WachatConnectionError,
+    WachatError,
+    WachatTimeoutError,
+)
 
 _SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 
-__all__ = ["RetryBudget", "RetryEvent", "RetryPolicy", "backoff_wait", "parse_retry_after"]
+__all__ = [
+    "RetryBudget",
+    "RetryEvent",
+    "RetryPolicy",
+    "backoff_wait",
+    "is_transient",
+    "is_transport_fault",
+    "parse_retry_after",
+]
+
+#: The statuses the Wachat API documents as transient.
+TRANSIENT_STATUSES: frozenset[int] = frozenset({502, 504})
+
+
+def is_transport_fault(error: BaseException) -> bool:
+    """Whether *error* is a fault of the way to the server, not of the request or the answer.
+
+    True for a :class:`WachatConnectionError` (refused, reset, DNS, TLS, garbage instead of
+    HTTP), a :class:`WachatTimeoutError` of one attempt, and an :class:`InvalidImageError`
+    whose body was cut short (``truncated``). False for the policy's
+    :class:`DeadlineExceededError` (the caller's time is spent) and for a complete 200 that is
+    not a PNG (a captive portal's page, a proxy's error page: it comes back the same).
+    """
+    if isinstance(error, WachatTimeoutError):
+        return not isinstance(error, DeadlineExceededError)
+    if isinstance(error, WachatConnectionError):
+        return True
+    return isinstance(error, InvalidImageError) and error.truncated
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether a failed call is worth making again later: ``watch_qr`` keeps watching on these.
+
+    The wider of the two predicates (``RetryPolicy.is_retryable`` decides retries *within* one
+    call and is stricter by default)::
+
+        error                                       is_transient  is_retryable (default policy)
+        502 QRFetchFailedError, 504 GatewayTimeout  yes           yes
+        429, any other 5xx (UnexpectedStatusError)  yes           no (add to ``statuses``)
+        WachatConnectionError                       yes           with retry_transport_errors
+        WachatTimeoutError of one attempt           yes           with retry_transport_errors
+        InvalidImageError, truncated                yes           with retry_transport_errors
+        DeadlineExceededError (policy deadline)     yes           never
+        400, 401, 403, 404, 409, other 4xx/3xx      no            no (unless in ``statuses``)
+        a 200 that is not a PNG, or over the cap    no            never
+        CancelledError, anything not a WachatError  no            never
+
+    The deadline ends one call, but the next poll has a deadline of its own, so a watch goes
+    on; within the call it is never retried.
+    """
+    if not isinstance(error, WachatError):
+        return False
+    status = getattr(error, "status", None)
+    if isinstance(status, int):
+        if isinstance(error, UnexpectedStatusError):
+            return status == 429 or status >= 500
+        return status in TRANSIENT_STATUSES
+    return isinstance(error, DeadlineExceededError) or is_transport_fault(error)
 
 
 def backoff_wait(
@@ -87,14 +151,22 @@ class RetryEvent:
     status: int | None = None
 
 
+def _shown(value: object) -> str:
+    """*value* for a validation message: a number as itself, anything else by type only (its
+    repr is the caller's text and may hold a secret)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return repr(value)
+    return f"a {type(value).__name__}"
+
+
 def _positive_int(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{attribute.name} must be an int >= 1, got {value!r}")
+        raise ValueError(f"{attribute.name} must be an int >= 1, got {_shown(value)}")
 
 
 def _non_negative(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{attribute.name} must be a number, got {value!r}")
+        raise TypeError(f"{attribute.name} must be a number, got {_shown(value)}")
     if not (value >= 0 and math.isfinite(value)):
         raise ValueError(f"{attribute.name} must be a finite number >= 0, got {value!r}")
 
@@ -111,11 +183,23 @@ def _deadline(instance: object, attribute: attrs.Attribute[Any], value: float | 
             raise ValueError("deadline must be > 0 (use None for no deadline)")
 
 
+def _flag(instance: object, attribute: attrs.Attribute[bool], value: bool) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{attribute.name} must be a bool, got {_shown(value)}")
+
+
+def _callable_or_none(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and not callable(value):
+        raise TypeError(f"{attribute.name} must be callable or None, got {_shown(value)}")
+
+
 def _statuses(value: Iterable[int]) -> frozenset[int]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise TypeError(f"statuses must be a collection of ints, got {_shown(value)}")
     statuses = frozenset(value)
     for status in statuses:
-        if not isinstance(status, int) or not 100 <= status <= 599:
-            raise ValueError(f"statuses must be HTTP status codes, got {status!r}")
+        if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599:
+            raise ValueError(f"statuses must be HTTP status codes, got {_shown(status)}")
     return statuses
 
 
@@ -130,12 +214,15 @@ class RetryPolicy:
     ``deadline``, ends the call at once with the last error instead of sleeping. ``deadline``
     bounds the whole call, attempts and waits together, and is enforced by cancellation.
 
+    ``on_retry`` is called with a :class:`RetryEvent` before every wait, for metrics.
+
     ``retry_transport_errors`` also retries connection failures (refused, reset, a body cut
-    short) before any byte reached the caller. ``on_retry`` is called with a
-    :class:`RetryEvent` before every wait, for metrics.
+    short) and per-attempt timeouts before any byte reached the caller; the ``deadline``
+    itself (:class:`DeadlineExceededError`) is never retried. See :meth:`is_retryable`.
 
     Tests: ``RetryPolicy(zero_wait=True)`` (or ``policy.without_waits()``) computes and reports
-    waits exactly as usual but does not sleep. ``RetryPolicy.disabled()`` never retries.
+    waits exactly as usual but does not sleep. ``RetryPolicy.disabled()`` makes one attempt and
+    sets no deadline, so only the client's ``timeout`` bounds the call.
     """
 
     max_attempts: int = attrs.field(default=4, validator=_positive_int)
@@ -143,31 +230,46 @@ class RetryPolicy:
     initial_wait: float = attrs.field(default=0.5, validator=_non_negative)
     max_wait: float = attrs.field(default=8.0, validator=_non_negative)
     deadline: float | None = attrs.field(default=30.0, validator=_deadline)
-    respect_retry_after: bool = True
+    respect_retry_after: bool = attrs.field(default=True, validator=_flag)
     max_retry_after: float = attrs.field(default=30.0, validator=_non_negative)
-    retry_transport_errors: bool = False
-    zero_wait: bool = False
-    on_retry: Callable[[RetryEvent], object] | None = attrs.field(default=None, eq=False)
+    retry_transport_errors: bool = attrs.field(default=False, validator=_flag)
+    zero_wait: bool = attrs.field(default=False, validator=_flag)
+    on_retry: Callable[[RetryEvent], object] | None = attrs.field(
+        default=None, eq=False, validator=_callable_or_none
+    )
 
     @classmethod
     def disabled(cls) -> RetryPolicy:
-        """A policy that makes exactly one attempt (the deadline still applies)."""
-        return cls(max_attempts=1)
+        """A policy that makes exactly one attempt and has no deadline of its own.
+
+        The client's ``timeout`` alone then bounds the call: ``WachatClient(timeout=60,
+        retry=RetryPolicy.disabled())`` waits up to 60 s, not a default deadline's 30.
+        """
+        return cls(max_attempts=1, deadline=None)
 
     def without_waits(self) -> RetryPolicy:
         """This policy in zero-wait mode, for tests."""
         return attrs.evolve(self, zero_wait=True)
 
     def is_retryable(self, error: BaseException) -> bool:
-        """Whether *error* is one this policy retries (``CancelledError`` never is)."""
+        """Whether *error* is one this policy retries within a call.
+
+        * An HTTP status error: when its status is in ``statuses`` (502 and 504 by default).
+        * With ``retry_transport_errors``: a connection failure, a per-attempt
+          :class:`WachatTimeoutError` and a truncated PNG (see :func:`is_transport_fault`),
+          as long as no byte reached the caller.
+        * Never: the policy's own :class:`DeadlineExceededError`, a complete 200 that is not a
+          PNG, a body over the size cap, ``CancelledError`` or anything not a ``WachatError``.
+
+        :func:`is_transient` is the wider rule ``watch_qr`` uses to keep watching; its
+        docstring tabulates both.
+        """
+        if not isinstance(error, WachatError):
+            return False
         status = getattr(error, "status", None)
-        if status is not None and isinstance(error, WachatError):
+        if isinstance(status, int):
             return status in self.statuses
-        if self.retry_transport_errors:
-            if isinstance(error, WachatConnectionError):
-                return True
-            return isinstance(error, InvalidImageError) and error.truncated
-        return False
+        return self.retry_transport_errors and is_transport_fault(error)
 
     def compute_wait(self, retry_number: int, retry_after: float | None) -> float:
         """Seconds to wait before retry *retry_number* (0-based)."""

@@ -17,12 +17,13 @@ The query string is built by yarl, so no instance name or key can add, drop or b
 from __future__ import annotations
 
 import html
-import ipaddress
 import warnings
+from collections.abc import Iterable
 
 from yarl import URL
 
-from ._validate import check_api_key, check_instance_name
+from ._redact import redact_message
+from ._validate import check_api_key, check_instance_name, is_loopback_host
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -105,7 +106,7 @@ def _build_qr_image_url(
     check_instance_name(instance_name)  # also refuses lone surrogates, which yarl would drop
     if not isinstance(expose_api_key, bool):
         raise TypeError(f"expose_api_key must be a bool, not {type(expose_api_key).__name__}")
-    url = _qr_image_endpoint(base_url)
+    url = _qr_image_endpoint(base_url, secrets=[api_key] if isinstance(api_key, str) else [])
     if api_key is None:
         return str(url.with_query({"instanceName": instance_name}))
     check_api_key(api_key)
@@ -118,7 +119,7 @@ def _build_qr_image_url(
             f"{_SAFER_OPTIONS} Without api_key you get the key-less URL for header auth."
         )
     clear_text = ""
-    if url.scheme == "http" and not _is_loopback(url.host or ""):
+    if url.scheme == "http" and not is_loopback_host(url.host or ""):
         clear_text = "It also travels unencrypted (http://) from every browser that loads it. "
     warnings.warn(
         "The API key is embedded in this QR image URL (apiKey=...): it will reach browser "
@@ -129,34 +130,47 @@ def _build_qr_image_url(
     return str(url.with_query({"instanceName": instance_name, "apiKey": api_key}))
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
+def _where(url: URL) -> str:
+    """*url* for an error message: scheme, host and port only. User info, path, query and
+    fragment are the caller's text and may carry a key, so they are never echoed."""
+    if url.host:
+        return (
+            f"{url.scheme}://{url.host_port_subcomponent}" if url.scheme else "a URL with no scheme"
+        )
+    return f"a {url.scheme}: URL with no host" if url.scheme else "a relative URL"
+
+
+def _parse(url: str) -> URL | None:
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
+        return URL(url)
     except ValueError:
-        return False
+        return None
 
 
-def _qr_image_endpoint(base_url: str | URL) -> URL:
-    """Join the QR image path onto *base_url*, keeping its path (``/api/v1``)."""
-    if isinstance(base_url, URL):
-        base = base_url
-    elif isinstance(base_url, str):
-        try:
-            base = URL(base_url)
-        except ValueError as exc:
-            # Not echoed: a mistyped URL may still carry credentials.
-            raise ValueError("base_url is not a valid URL") from exc
-    else:
+def _qr_image_endpoint(base_url: str | URL, *, secrets: Iterable[str] = ()) -> URL:
+    """Join the QR image path onto *base_url*, keeping its path (``/api/v1``).
+
+    Raises ``TypeError``/``ValueError`` whose messages pass through
+    :func:`~wachat_async._redact.redact_message` with *secrets* (the key, when known) and
+    never chain the parser's own error (it quotes the URL).
+    """
+    if not isinstance(base_url, (str, URL)):
         raise TypeError(f"base_url must be a str, not {type(base_url).__name__}")
+    base = base_url if isinstance(base_url, URL) else _parse(base_url)
+    if base is None:  # raised outside the parser's handler: yarl's error quotes the URL
+        raise ValueError("base_url is not a valid URL (not shown: it may hold credentials)")
+    problem = None
     if base.raw_user is not None or base.raw_password is not None:
         # Credentials in the base URL would be copied into every URL handed out.
-        raise ValueError("base_url must not contain user info (user:password@)")
-    if base.scheme not in ("http", "https") or not base.host:
-        raise ValueError(f"base_url must be an http:// or https:// URL with a host: {base!s}")
-    if base.raw_query_string or base.raw_fragment:
-        raise ValueError(f"base_url must not have a query or a fragment: {base!s}")
+        problem = "base_url must not contain user info (user:password@)"
+    elif base.scheme not in ("http", "https") or not base.host:
+        problem = "base_url must be an http:// or https:// URL with a host"
+    elif base.raw_query_string or base.raw_fragment:
+        problem = "base_url must not have a query or a fragment"
+    if problem is not None:
+        raise ValueError(
+            redact_message(f"{problem}; got {_where(base)} (the rest is not shown)", secrets)
+        )
     return base.joinpath(*_QR_IMAGE_PATH)
 
 

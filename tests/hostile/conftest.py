@@ -29,9 +29,10 @@ from wachat_async import RetryPolicy, WachatClient
 
 #: A distinctive key with characters that change under URL-encoding ('/', '+', '=').
 KEY = "wk_live_H0st1le/Key+7f3a9c1e=5b2d"
-#: Forms of the key that count as a leak, compared case-insensitively; the last is a fragment
-#: from the middle, so a partly printed key is caught too.
-LEAK_FORMS = (KEY, quote(KEY, safe=""), quote_plus(KEY), "7f3a9c1e")
+#: Forms of the key that count as a leak, compared case-insensitively; the last two are its
+#: first characters and a fragment from the middle, so a partly printed key is caught too (a
+#: key cut short by an excerpt shows its start).
+LEAK_FORMS = (KEY, quote(KEY, safe=""), quote_plus(KEY), KEY[:8], "7f3a9c1e")
 NAME = "t1_hostile_store"
 
 #: Small per-attempt limits so a stall becomes a timeout after 0.3 s, not 15 s. Loopback answers

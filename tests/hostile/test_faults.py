@@ -74,6 +74,7 @@ from .conftest import (
     assert_no_partial_files,
     assert_pool_clean,
     client_sockets,
+    exception_texts,
     hostile_client,
     record_texts,
     unread_by,
@@ -655,6 +656,19 @@ ECHO_CASES: dict[str, Case] = {
     "echo-key-upper-case": Case(
         _fixed(_status(400, f"rejected {KEY.upper()}".encode())), APIStatusError
     ),
+    # The connection closes inside the headers: aiohttp's ServerDisconnectedError (not a
+    # ClientResponseError) quotes every header received so far, an echoed key included.
+    "echo-header-then-disconnect": Case(
+        _fixed(
+            Send(f"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nX-Echo: {KEY}\r\n".encode()),
+            Close(),
+        ),
+        WachatConnectionError,
+    ),
+    "echo-url-encoded-header-then-disconnect": Case(
+        _fixed(Send(f"HTTP/1.1 502 Bad\r\nX-Echo: {quote(KEY, safe='')}\r\n".encode()), Close()),
+        WachatConnectionError,
+    ),
     "echo-location-not-utf8": Case(
         _fixed(_status(302, headers=[("Location", "https://evil.example/\xff\xfe")])),
         UnexpectedStatusError,
@@ -1111,7 +1125,18 @@ async def test_half_read_stream_never_poisons_the_next_call(how: str, guard: Gua
     assert server.connections == 2
 
 
-async def test_failed_response_is_released_before_the_retry_wait(guard: Guard) -> None:
+@pytest.mark.parametrize(
+    "body",
+    [
+        # aiohttp releases a body it has read to the end by itself: this case alone cannot
+        # tell whether the client releases the response.
+        pytest.param(b"busy", id="4-byte-body"),
+        # Far more than the client reads for an excerpt (64 KiB) or aiohttp buffers: only the
+        # client's own release (here: closing the connection) frees it before the wait.
+        pytest.param(b"b" * 300 * 1024, id="300-kib-body"),
+    ],
+)
+async def test_failed_response_is_released_before_the_retry_wait(guard: Guard, body: bytes) -> None:
     """When on_retry runs (just before the backoff wait) no connection is checked out."""
     checked_out: list[int] = []
     clients: list[WachatClient] = []
@@ -1119,16 +1144,37 @@ async def test_failed_response_is_released_before_the_retry_wait(guard: Guard) -
     def on_retry(event: RetryEvent) -> None:
         checked_out.append(sum(1 for _ in _acquired(clients[0])))
 
-    async with RawServer([_status(502, b"busy")]) as server:
+    async with RawServer([_status(502, body)]) as server:
         policy = RetryPolicy(zero_wait=True, on_retry=on_retry)
         async with hostile_client(server.base_url, retry=policy) as client:
             clients.append(client)
             with pytest.raises(QRFetchFailedError) as info:
                 await client.get_qr_image(NAME)
+            assert checked_out == [0, 0, 0], "a failed response was held through a wait"
             assert_pool_clean(client)
     guard.exception(info.value)
-    assert checked_out == [0, 0, 0]
     assert len(server.requests) == 4
+    # A body read to its end goes back to the pool (a 502 storm reuses one connection); one
+    # cut off after the excerpt is closed, never reused.
+    assert server.connections == (1 if len(body) < 64 * 1024 else 4)
+
+
+async def test_client_response_error_never_chained_as_is(guard: Guard) -> None:
+    """aiohttp's ClientResponseError repr shows every request header: a borrowed session's own
+    secrets too. It is replaced by a sanitised cause even when it does not mention the key."""
+    garbage = Send(b"HTTP/1.1 abc nonsense\r\n\r\n")
+    async with (
+        RawServer([garbage, Close()]) as server,
+        aiohttp.ClientSession(headers={"X-Gateway-Pass": "gw-hunter2"}) as session,
+    ):
+        client = hostile_client(server.base_url, session=session)
+        with pytest.raises(WachatConnectionError) as info:
+            await client.get_qr_image(NAME)
+        await client.aclose()
+    guard.exception(info.value)
+    assert type(info.value.__cause__).__name__ == "_SanitizedCause"
+    for where, text in exception_texts(info.value):
+        assert "hunter2" not in text, f"the session's header leaked into {where}"
 
 
 def _acquired(client: WachatClient) -> Iterator[object]:

@@ -1,0 +1,738 @@
+# ruff: noqa: E501, S603, S607
+"""Hand-made mutants of the retry, transport, redaction, configuration and polling code.
+
+Each mutant replaces one snippet of one module, runs only the test files that specify that
+code (``pytest -x``, so a killed mutant stops at its first failure), records killed/survived
+and restores the file, whatever happens. Run from the repository root, on a clean tree:
+
+    .venv/bin/python scripts/mutants/run.py            # all mutants
+    .venv/bin/python scripts/mutants/run.py retry- budget-   # ids starting with these
+
+Light on CPU by design: one pytest process at a time, niced, no coverage. Prints one line per
+mutant and a summary; exits 1 if any mutant survived that is not listed in EQUIVALENT.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PY = ROOT / ".venv" / "bin" / "python"
+
+RETRY_TESTS = ("tests/test_retry.py", "tests/test_units.py")
+CLIENT_TESTS = ("tests/test_retry.py", "tests/test_client.py", "tests/hostile/test_faults.py")
+TRANSPORT_TESTS = ("tests/test_units.py", "tests/test_client.py", "tests/hostile/test_faults.py")
+REDACT_TESTS = ("tests/test_units.py", "tests/hostile/test_faults.py", "tests/hostile/test_fuzz.py")
+CONFIG_TESTS = ("tests/hostile/test_config_leaks.py", "tests/test_urls.py", "tests/test_units.py")
+POLLING_TESTS = ("tests/test_polling.py", "tests/test_retry.py")
+
+
+@dataclass(frozen=True)
+class Mutant:
+    id: str
+    path: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+
+
+M = Mutant
+MUTANTS = [
+    # -- _retry.py: backoff, Retry-After, predicates, validation, budget --------------------
+    M(
+        "retry-backoff-max-not-min",
+        "wachat_async/_retry.py",
+        "ceiling = min(max_wait,",
+        "ceiling = max(max_wait,",
+        RETRY_TESTS,
+    ),
+    M(
+        "retry-backoff-exponent-off-by-one",
+        "wachat_async/_retry.py",
+        "2.0 ** min(retry_number, 1000)",
+        "2.0 ** min(retry_number + 1, 1000)",
+        RETRY_TESTS,
+    ),
+    M(
+        "retry-backoff-no-jitter",
+        "wachat_async/_retry.py",
+        "return rand(0.0, ceiling) if ceiling > 0 else 0.0",
+        "return ceiling",
+        RETRY_TESTS,
+    ),
+    M(
+        "retry-backoff-accepts-negative",
+        "wachat_async/_retry.py",
+        "if retry_number < 0:",
+        "if retry_number < -1:",
+        RETRY_TESTS,
+    ),
+    M(
+        "retry-after-past-date-negative",
+        "wachat_async/_retry.py",
+        "return max(0.0, (when - now).total_seconds())",
+        "return (when - now).total_seconds()",
+        RETRY_TESTS,
+    ),
+    M(
+        "retry-after-empty-is-zero",
+        "wachat_async/_retry.py",
+        "    if not value:\n        return None",
+        "    if not value:\n        return 0.0",
+        RETRY_TESTS,
+    ),
+    M(
+        "retry-after-naive-date-kept-naive",
+        "wachat_async/_retry.py",
+        "when = when.replace(tzinfo=timezone.utc)",
+        "pass",
+        RETRY_TESTS,
+    ),
+    M(
+        "transport-fault-deadline-included",
+        "wachat_async/_retry.py",
+        "return not isinstance(error, DeadlineExceededError)",
+        "return True",
+        RETRY_TESTS,
+    ),
+    M(
+        "transport-fault-every-invalid-image",
+        "wachat_async/_retry.py",
+        "return isinstance(error, InvalidImageError) and error.truncated",
+        "return isinstance(error, InvalidImageError)",
+        RETRY_TESTS,
+    ),
+    M(
+        "transport-fault-connection-excluded",
+        "wachat_async/_retry.py",
+        "    if isinstance(error, WachatConnectionError):\n        return True",
+        "    if isinstance(error, WachatConnectionError):\n        return False",
+        RETRY_TESTS,
+    ),
+    M(
+        "transport-fault-attempt-timeout-excluded",
+        "wachat_async/_retry.py",
+        "return not isinstance(error, DeadlineExceededError)",
+        "return False",
+        RETRY_TESTS,
+    ),
+    M(
+        "transient-no-429",
+        "wachat_async/_retry.py",
+        "return status == 429 or status >= 500",
+        "return status >= 500",
+        RETRY_TESTS,
+    ),
+    M(
+        "transient-500-excluded",
+        "wachat_async/_retry.py",
+        "return status == 429 or status >= 500",
+        "return status == 429 or status > 500",
+        RETRY_TESTS,
+    ),
+    M(
+        "transient-deadline-excluded",
+        "wachat_async/_retry.py",
+        "return isinstance(error, DeadlineExceededError) or is_transport_fault(error)",
+        "return is_transport_fault(error)",
+        RETRY_TESTS,
+    ),
+    M(
+        "transient-any-exception",
+        "wachat_async/_retry.py",
+        '    if not isinstance(error, WachatError):\n        return False\n    status = getattr(error, "status", None)\n    if isinstance(status, int):\n        if isinstance(error, UnexpectedStatusError):',
+        '    status = getattr(error, "status", None)\n    if isinstance(status, int):\n        if isinstance(error, UnexpectedStatusError):',
+        RETRY_TESTS,
+    ),
+    M(
+        "retryable-every-status",
+        "wachat_async/_retry.py",
+        "            return status in self.statuses",
+        "            return True",
+        RETRY_TESTS,
+    ),
+    M(
+        "retryable-transport-without-switch",
+        "wachat_async/_retry.py",
+        "return self.retry_transport_errors and is_transport_fault(error)",
+        "return is_transport_fault(error)",
+        RETRY_TESTS,
+    ),
+    M(
+        "retryable-any-exception",
+        "wachat_async/_retry.py",
+        "        if not isinstance(error, WachatError):\n            return False\n        status",
+        "        status",
+        RETRY_TESTS,
+    ),
+    M(
+        "disabled-keeps-deadline",
+        "wachat_async/_retry.py",
+        "return cls(max_attempts=1, deadline=None)",
+        "return cls(max_attempts=1)",
+        RETRY_TESTS,
+    ),
+    M(
+        "retry-after-ignored-flag",
+        "wachat_async/_retry.py",
+        "if retry_after is not None and self.respect_retry_after:",
+        "if retry_after is not None:",
+        RETRY_TESTS,
+    ),
+    M(
+        "validate-zero-deadline-accepted",
+        "wachat_async/_retry.py",
+        '        if value == 0:\n            raise ValueError("deadline must be > 0',
+        '        if value < 0:\n            raise ValueError("deadline must be > 0',
+        RETRY_TESTS,
+    ),
+    M(
+        "validate-zero-attempts-accepted",
+        "wachat_async/_retry.py",
+        "isinstance(value, bool) or value < 1:",
+        "isinstance(value, bool) or value < 0:",
+        RETRY_TESTS,
+    ),
+    M(
+        "validate-infinite-accepted",
+        "wachat_async/_retry.py",
+        "if not (value >= 0 and math.isfinite(value)):",
+        "if not (value >= 0):",
+        RETRY_TESTS,
+    ),
+    M(
+        "validate-status-600-accepted",
+        "wachat_async/_retry.py",
+        "not 100 <= status <= 599",
+        "not 100 <= status <= 600",
+        RETRY_TESTS,
+    ),
+    M(
+        "validate-flag-any-type",
+        "wachat_async/_retry.py",
+        "    if not isinstance(value, bool):\n        raise TypeError",
+        "    if False:\n        raise TypeError",
+        ("tests/hostile/test_config_leaks.py", *RETRY_TESTS),
+    ),
+    M(
+        "budget-withdraw-from-empty",
+        "wachat_async/_retry.py",
+        "if self.balance >= 1.0 - 1e-9:",
+        "if self.balance >= 0:",
+        RETRY_TESTS,
+    ),
+    M(
+        "budget-deposit-whole-token",
+        "wachat_async/_retry.py",
+        "self._slots[self._slot()] += self.ratio",
+        "self._slots[self._slot()] += 1.0",
+        RETRY_TESTS,
+    ),
+    M(
+        "budget-horizon-off-by-one",
+        "wachat_async/_retry.py",
+        "if t > horizon)",
+        "if t >= horizon)",
+        RETRY_TESTS,
+    ),
+    M(
+        "budget-slot-never-cleared",
+        "wachat_async/_retry.py",
+        "            self._slot_times[index] = second\n            self._slots[index] = 0.0",
+        "            self._slot_times[index] = second",
+        RETRY_TESTS,
+    ),
+    # -- _client.py: the retry loop ---------------------------------------------------------
+    M(
+        "decide-one-attempt-too-many",
+        "wachat_async/_client.py",
+        "if self.attempts >= policy.max_attempts:",
+        "if self.attempts > policy.max_attempts:",
+        CLIENT_TESTS,
+    ),
+    M(
+        "decide-retry-after-at-cap-refused",
+        "wachat_async/_client.py",
+        "retry_after > policy.max_retry_after:",
+        "retry_after >= policy.max_retry_after:",
+        CLIENT_TESTS,
+    ),
+    M(
+        "decide-sleep-to-the-deadline",
+        "wachat_async/_client.py",
+        "elapsed + wait >= policy.deadline:",
+        "elapsed + wait > policy.deadline:",
+        CLIENT_TESTS,
+    ),
+    M(
+        "decide-no-budget",
+        "wachat_async/_client.py",
+        "if not self.client._budget.try_withdraw():",
+        "if False:",
+        CLIENT_TESTS,
+    ),
+    M(
+        "decide-not-cached",
+        "wachat_async/_client.py",
+        "        if self.decided_for == state.attempt_number:\n            return self.stopping\n",
+        "",
+        CLIENT_TESTS,
+    ),
+    M(
+        "call-disabled-enters-tenacity",
+        "wachat_async/_client.py",
+        "        try:\n            return await attempt(name, *args)\n        except WachatError as exc:\n            if policy.max_attempts == 1 or not policy.is_retryable(exc):",
+        "        try:\n            return await attempt(name, *args)\n        except WachatError as exc:\n            if not policy.is_retryable(exc):",
+        CLIENT_TESTS,
+    ),
+    M(
+        "deadline-loses-cause",
+        "wachat_async/_client.py",
+        "raise error from (retry.last_error if retry else first)",
+        "raise error",
+        CLIENT_TESTS,
+    ),
+    M(
+        "deadline-catches-attempt-timeouts",
+        "wachat_async/_client.py",
+        '        except WachatError as exc:\n            # First: a WachatTimeoutError is a TimeoutError too, and must not pass for the\n            # deadline\'s.\n            if retry is not None:\n                exc.attempts = retry.attempts\n                exc._note(retry.summary())\n            raise\n        except asyncio.TimeoutError:\n            if policy.deadline is None:  # pragma: no cover - no deadline, no timer to expire\n                raise\n            attempts = retry.attempts if retry else 1\n            error = DeadlineExceededError(\n                f"deadline of {policy.deadline:g} s exceeded after {attempts} attempt"\n                + ("s" if attempts != 1 else ""),\n                deadline=policy.deadline,\n                instance_name=name,\n                attempts=attempts,\n            )\n            raise error from (retry.last_error if retry else first)\n',
+        '        except asyncio.TimeoutError:\n            if policy.deadline is None:  # pragma: no cover - no deadline, no timer to expire\n                raise\n            attempts = retry.attempts if retry else 1\n            error = DeadlineExceededError(\n                f"deadline of {policy.deadline:g} s exceeded after {attempts} attempt"\n                + ("s" if attempts != 1 else ""),\n                deadline=policy.deadline,\n                instance_name=name,\n                attempts=attempts,\n            )\n            raise error from (retry.last_error if retry else first)\n        except WachatError as exc:\n            # First: a WachatTimeoutError is a TimeoutError too, and must not pass for the\n            # deadline\'s.\n            if retry is not None:\n                exc.attempts = retry.attempts\n                exc._note(retry.summary())\n            raise\n',
+        CLIENT_TESTS,
+    ),
+    M(
+        "call-no-deposit",
+        "wachat_async/_client.py",
+        "        self._budget.deposit()\n",
+        "",
+        CLIENT_TESTS,
+    ),
+    M(
+        "guard-first-attempt-at-equal",
+        "wachat_async/_client.py",
+        "(total is None or total > deadline)",
+        "(total is None or total >= deadline)",
+        CLIENT_TESTS,
+    ),
+    M(
+        "on-retry-not-called",
+        "wachat_async/_client.py",
+        "        if policy.on_retry is not None:\n            policy.on_retry(",
+        "        if False:\n            policy.on_retry(",
+        CLIENT_TESTS,
+    ),
+    M(
+        "attempts-not-recorded",
+        "wachat_async/_client.py",
+        "                exc.attempts = retry.attempts\n",
+        "",
+        CLIENT_TESTS,
+    ),
+    M(
+        "wait-when-stopping",
+        "wachat_async/_client.py",
+        "return 0.0 if self._decide(state) else self.next_wait",
+        "return self._decide(state) or self.next_wait",
+        CLIENT_TESTS,
+    ),
+    # -- _client.py: one attempt on the wire ------------------------------------------------
+    M(
+        "sanitise-no-chain-check",
+        "wachat_async/_client.py",
+        "if isinstance(exc, aiohttp.ClientResponseError) or self._chain_mentions_key(exc):",
+        "if isinstance(exc, aiohttp.ClientResponseError):",
+        TRANSPORT_TESTS,
+    ),
+    M(
+        "sanitise-only-chain-check",
+        "wachat_async/_client.py",
+        "if isinstance(exc, aiohttp.ClientResponseError) or self._chain_mentions_key(exc):",
+        "if self._chain_mentions_key(exc):",
+        TRANSPORT_TESTS,
+    ),
+    M(
+        "chain-check-skips-context",
+        "wachat_async/_client.py",
+        "todo += (current.__cause__, current.__context__)",
+        "todo += (current.__cause__,)",
+        TRANSPORT_TESTS,
+    ),
+    M(
+        "chain-check-skips-repr",
+        "wachat_async/_client.py",
+        'text = f"{current!s}{current!r}"',
+        'text = f"{current!s}"',
+        TRANSPORT_TESTS,
+    ),
+    M(
+        "transport-message-unredacted",
+        "wachat_async/_client.py",
+        "text = redact(str(exc), [self._api_key])",
+        "text = str(exc)",
+        TRANSPORT_TESTS,
+    ),
+    M(
+        "transport-timeout-as-connection-error",
+        "wachat_async/_client.py",
+        "        if isinstance(exc, asyncio.TimeoutError):\n            error: WachatError = WachatTimeoutError(",
+        "        if False:\n            error: WachatError = WachatTimeoutError(",
+        TRANSPORT_TESTS,
+    ),
+    M(
+        "transport-cut-body-not-truncated",
+        "wachat_async/_client.py",
+        "error = InvalidImageError(message, instance_name=name, truncated=True)",
+        "error = InvalidImageError(message, instance_name=name, truncated=False)",
+        TRANSPORT_TESTS,
+    ),
+    M(
+        "excerpt-body-never-released",
+        "wachat_async/_client.py",
+        "        finally:\n            if resp.content.is_eof() and len(raw) < _ERROR_BODY_LIMIT:\n                resp.release()\n            else:\n                resp.close()",
+        "        finally:\n            pass",
+        TRANSPORT_TESTS,
+    ),
+    M(
+        "excerpt-body-always-released",
+        "wachat_async/_client.py",
+        "            if resp.content.is_eof() and len(raw) < _ERROR_BODY_LIMIT:\n                resp.release()",
+        "            if True:\n                resp.release()",
+        TRANSPORT_TESTS,
+    ),
+    M(
+        "excerpt-body-always-closed",
+        "wachat_async/_client.py",
+        "            if resp.content.is_eof() and len(raw) < _ERROR_BODY_LIMIT:\n                resp.release()",
+        "            if False:\n                resp.release()",
+        TRANSPORT_TESTS,
+    ),
+    M(
+        "redirects-followed",
+        "wachat_async/_client.py",
+        "allow_redirects=False,",
+        "allow_redirects=True,",
+        TRANSPORT_TESTS,
+    ),
+    M(
+        "raise-clean-keeps-context",
+        "wachat_async/_client.py",
+        "        exc.__context__ = None\n        raise",
+        "        raise",
+        TRANSPORT_TESTS,
+    ),
+    M(
+        "status-error-drops-retry-after",
+        "wachat_async/_client.py",
+        "body=body, retry_after=retry_after)",
+        "body=body, retry_after=None)",
+        CLIENT_TESTS,
+    ),
+    # -- _redact.py ----------------------------------------------------------------------------
+    M(
+        "redact-no-percent-encoded-form",
+        "wachat_async/_redact.py",
+        'for form in (secret, quote(secret, safe=""), quote_plus(secret))',
+        "for form in (secret, quote_plus(secret))",
+        REDACT_TESTS,
+    ),
+    M(
+        "redact-case-sensitive",
+        "wachat_async/_redact.py",
+        "return re.compile(alternatives, re.IGNORECASE)",
+        "return re.compile(alternatives)",
+        REDACT_TESTS,
+    ),
+    M(
+        "redact-forms-unsorted",
+        "wachat_async/_redact.py",
+        "for f in sorted(forms, key=len, reverse=True))",
+        "for f in sorted(forms, key=len))",
+        REDACT_TESTS,
+    ),
+    M(
+        "redact-no-generic",
+        "wachat_async/_redact.py",
+        '    return _GENERIC.sub(lambda m: m.group("prefix") + REDACTED, text)',
+        "    return text",
+        REDACT_TESTS,
+    ),
+    M(
+        "redact-no-bearer",
+        "wachat_async/_redact.py",
+        "token)[\\\"']?\\s*[=:]\\s*[\\\"']?|bearer\\s+)",
+        "token)[\\\"']?\\s*[=:]\\s*[\\\"']?)",
+        REDACT_TESTS,
+    ),
+    M(
+        "excerpt-cut-before-redact",
+        "wachat_async/_redact.py",
+        '    text = redact(text, secrets)\n    text = _SPACE.sub(" ", _CONTROL.sub(" ", text)).strip()\n    if len(text) > limit:\n        text = text[: limit - 1].rstrip() + "…"\n    return text',
+        '    text = _SPACE.sub(" ", _CONTROL.sub(" ", text)).strip()\n    if len(text) > limit:\n        text = text[: limit - 1].rstrip() + "…"\n    return redact(text, secrets)',
+        REDACT_TESTS,
+    ),
+    M(
+        "excerpt-keeps-control-characters",
+        "wachat_async/_redact.py",
+        'text = _SPACE.sub(" ", _CONTROL.sub(" ", text)).strip()',
+        "text = text.strip()",
+        REDACT_TESTS,
+    ),
+    M(
+        "excerpt-limit-zero-accepted",
+        "wachat_async/_redact.py",
+        "if limit < 1:",
+        "if limit < 0:",
+        REDACT_TESTS,
+    ),
+    M(
+        "secret-repr-shows-value",
+        "wachat_async/_redact.py",
+        "        return repr(REDACTED)",
+        "        return str.__repr__(self)",
+        REDACT_TESTS,
+    ),
+    M(
+        "message-no-url-scrub",
+        "wachat_async/_redact.py",
+        "    text = _URL.sub(_scrub_url, text)\n",
+        "",
+        CONFIG_TESTS,
+    ),
+    M(
+        "message-keeps-control-characters",
+        "wachat_async/_redact.py",
+        '    return _CONTROL.sub(" ", redact(text, secrets))',
+        "    return redact(text, secrets)",
+        CONFIG_TESTS,
+    ),
+    M(
+        "message-keeps-userinfo",
+        "wachat_async/_redact.py",
+        "    if at >= 0:\n        rest = REDACTED + rest[at:]",
+        "    if False:\n        rest = REDACTED + rest[at:]",
+        CONFIG_TESTS,
+    ),
+    M(
+        "message-keeps-query",
+        "wachat_async/_redact.py",
+        "    if query >= 0:\n        rest = rest[: query + 1] + REDACTED",
+        "    if False:\n        rest = rest[: query + 1] + REDACTED",
+        CONFIG_TESTS,
+    ),
+    # -- configuration: _errors.py, _urls.py, _validate.py, client __init__ ------------------
+    M(
+        "config-error-ignores-secrets",
+        "wachat_async/_errors.py",
+        "super().__init__(redact_message(message, secrets))",
+        "super().__init__(redact_message(message))",
+        CONFIG_TESTS,
+    ),
+    M(
+        "config-error-not-redacted",
+        "wachat_async/_errors.py",
+        "super().__init__(redact_message(message, secrets))",
+        "super().__init__(message)",
+        CONFIG_TESTS,
+    ),
+    M(
+        "url-error-echoes-url",
+        "wachat_async/_urls.py",
+        'redact_message(f"{problem}; got {_where(base)} (the rest is not shown)", secrets)',
+        'f"{problem}: {base}"',
+        CONFIG_TESTS,
+    ),
+    M(
+        "url-parse-error-chained",
+        "wachat_async/_urls.py",
+        "    try:\n        return URL(url)\n    except ValueError:\n        return None",
+        "    return URL(url)",
+        CONFIG_TESTS,
+    ),
+    M(
+        "client-accepts-keyed-base-url",
+        "wachat_async/_client.py",
+        '        if mentions(f"{self._base_url} {self._base_url.host} {self._base_url.path}", secrets):',
+        "        if False:",
+        CONFIG_TESTS,
+    ),
+    M(
+        "client-config-error-context-kept",
+        "wachat_async/_client.py",
+        "            _raise_clean(ConfigurationError(str(exc), secrets=secrets))",
+        "            raise ConfigurationError(str(exc), secrets=secrets) from None",
+        CONFIG_TESTS,
+    ),
+    M(
+        "client-timeout-repr-echoed",
+        "wachat_async/_client.py",
+        'f"not {type(timeout).__name__}",',
+        'f"not {timeout!r}",',
+        CONFIG_TESTS,
+    ),
+    M(
+        "client-user-agent-unchecked",
+        "wachat_async/_client.py",
+        "            ua = check_user_agent(user_agent)",
+        "            ua = user_agent",
+        CONFIG_TESTS,
+    ),
+    M(
+        "loopback-case-sensitive",
+        "wachat_async/_validate.py",
+        'if host.lower() == "localhost":',
+        'if host == "localhost":',
+        CONFIG_TESTS,
+    ),
+    M(
+        "loopback-localhost-subdomains",
+        "wachat_async/_validate.py",
+        'if host.lower() == "localhost":',
+        'if host.lower() == "localhost" or host.endswith(".localhost"):',
+        CONFIG_TESTS,
+    ),
+    M(
+        "loopback-no-ipv4-mapped",
+        "wachat_async/_validate.py",
+        "        return address.ipv4_mapped.is_loopback",
+        "        return False",
+        CONFIG_TESTS,
+    ),
+    M(
+        "loopback-unspecified-counts",
+        "wachat_async/_validate.py",
+        "    return address.is_loopback\n",
+        "    return address.is_loopback or address.is_unspecified\n",
+        CONFIG_TESTS,
+    ),
+    M(
+        "url-builder-own-loopback-rule",
+        "wachat_async/_urls.py",
+        'not is_loopback_host(url.host or "")',
+        'not (url.host or "").endswith("localhost")',
+        CONFIG_TESTS,
+    ),
+    # -- _polling.py: the watch loop ------------------------------------------------------------
+    M(
+        "watch-raises-nothing",
+        "wachat_async/_polling.py",
+        "            if not is_transient(exc):\n                raise",
+        "            if False:\n                raise",
+        POLLING_TESTS,
+    ),
+    M(
+        "watch-raises-everything",
+        "wachat_async/_polling.py",
+        "            if not is_transient(exc):\n                raise",
+        "            if True:\n                raise",
+        POLLING_TESTS,
+    ),
+    M(
+        "watch-yields-repeats",
+        "wachat_async/_polling.py",
+        "            if digest != last_digest:",
+        "            if True:",
+        POLLING_TESTS,
+    ),
+    M(
+        "watch-failure-count-not-reset",
+        "wachat_async/_polling.py",
+        "            failures = 0\n            digest",
+        "            digest",
+        POLLING_TESTS,
+    ),
+    M(
+        "watch-jitter-one-sided",
+        "wachat_async/_polling.py",
+        "rand(1.0 - jitter, 1.0 + jitter)",
+        "rand(1.0, 1.0 + jitter)",
+        POLLING_TESTS,
+    ),
+]
+
+#: Survivors argued equivalent (id -> reason); they do not fail the run.
+EQUIVALENT: dict[str, str] = {
+    "decide-sleep-to-the-deadline": "elapsed + wait equal to the deadline to the last bit has "
+    "probability zero on a real monotonic clock (the client takes no clock to inject); at the "
+    "boundary either side is right: the deadline timer ends the call at that instant anyway",
+    "wait-when-stopping": "tenacity asks wait before stop, but sleeps only when stop says no: "
+    "the value returned while stopping is never slept nor reported",
+    "excerpt-body-always-released": "aiohttp's release() of a response whose payload is not at "
+    "EOF closes the connection (ResponseHandler.should_close), so a half-read connection is "
+    "never pooled either way; the explicit close stays so as not to rely on that internal",
+    "excerpt-body-always-closed": "a body read to its end has already been released to the pool "
+    "by aiohttp itself (at EOF), so close() on it is a no-op; the test's connection count "
+    "(one connection for a 502 storm of small bodies) holds with both",
+    "raise-clean-keeps-context": "Python 3.10 only: there a coroutine resumed by aiohttp can see "
+    "an exception aiohttp handled as being handled; on 3.11+ (this suite) __context__ is "
+    "already None",
+}
+
+
+def run(mutant: Mutant) -> tuple[str, float]:
+    path = ROOT / mutant.path
+    original = path.read_text(encoding="utf-8")
+    if original.count(mutant.old) != 1:
+        return f"BAD ({original.count(mutant.old)} matches)", 0.0
+    started = time.monotonic()
+    try:
+        path.write_text(original.replace(mutant.old, mutant.new), encoding="utf-8")
+        proc = subprocess.run(
+            [
+                "nice",
+                "-n",
+                "10",
+                "timeout",
+                "180",
+                str(PY),
+                "-m",
+                "pytest",
+                "-x",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                *mutant.tests,
+            ],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    finally:
+        path.write_text(original, encoding="utf-8")
+    elapsed = time.monotonic() - started
+    if proc.returncode == 0:
+        return "SURVIVED", elapsed
+    if proc.returncode in (1, 124, -15):  # a failure, or hung (a timeout is a kill too)
+        failed = [line for line in proc.stdout.splitlines() if line.startswith("FAILED")]
+        return "killed" + (f" by {failed[0][7:].split(' - ')[0]}" if failed else ""), elapsed
+    return f"ERROR rc={proc.returncode}: {proc.stdout[-300:]} {proc.stderr[-300:]}", elapsed
+
+
+def main(argv: list[str]) -> int:
+    prefixes = tuple(argv) or ("",)
+    chosen = [m for m in MUTANTS if m.id.startswith(prefixes)]
+    results = {}
+    for mutant in chosen:
+        outcome, elapsed = run(mutant)
+        results[mutant.id] = outcome
+        print(f"{mutant.id:45} {outcome}  ({elapsed:.0f} s)", flush=True)
+    killed = sum(o.startswith("killed") for o in results.values())
+    survived = [i for i, o in results.items() if o == "SURVIVED"]
+    other = [i for i, o in results.items() if not o.startswith("killed") and o != "SURVIVED"]
+    print(
+        f"\n{len(results)} mutants: {killed} killed, {len(survived)} survived, {len(other)} broken"
+    )
+    for i in survived:
+        print(f"  survived: {i}" + (f" (equivalent: {EQUIVALENT[i]})" if i in EQUIVALENT else ""))
+    for i in other:
+        print(f"  broken: {i}: {results[i]}")
+    return 1 if other or any(i not in EQUIVALENT for i in survived) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
