@@ -28,6 +28,8 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from wachat_async import InvalidImageError, QRImage, RetryPolicy, WachatClient, _files
 from wachat_async._cli import EXIT_FILE, main
@@ -229,12 +231,80 @@ async def test_setuid_bits_of_a_replaced_file_are_not_copied(save: Save, tmp_pat
     assert stat.S_IMODE(target.stat().st_mode) == 0o755
 
 
-async def test_a_long_file_name_still_gets_a_temp_file(save: Save, tmp_path: Path) -> None:
-    """A 255-character name (the limit) works: the temp name is shortened, not overflowed."""
-    target = tmp_path / ("q" * 251 + ".png")
-    await save(target)
-    assert target.read_bytes() == PNG
-    assert listing(tmp_path) == [target.name]
+#: What a long name is made of: characters of 1 to 4 UTF-8 bytes, grapheme clusters, and bytes
+#: that are not UTF-8 at all (a bytes path; os.fsdecode makes them lone surrogates).
+LONG_NAME_UNITS = {
+    "ascii": "q",
+    "latin-2-bytes": "\u00e9",
+    "cjk-3-bytes": "\u4e8c",
+    "emoji-4-bytes": "\U0001f600",
+    "mixed": "a\u00e9\u4e8c\U0001f600",
+    "zwj-family": "\U0001f468\u200d\U0001f469\u200d\U0001f467",
+    "undecodable-bytes": "\udcff\udcfeq",
+    "emoji-and-undecodable": "\U0001f600\udce9",
+}
+
+
+def long_name(unit: str, size: int) -> bytes:
+    """A file name of exactly *size* bytes: *unit* repeated, padded with "q", then ".png"."""
+    encoded = os.fsencode(unit)
+    body = encoded * ((size - 4) // len(encoded))
+    return body + b"q" * (size - 4 - len(body)) + b".png"
+
+
+@pytest.mark.parametrize("size", [200, 248, 254, 255], ids=lambda n: f"{n}-bytes")
+@pytest.mark.parametrize("unit", list(LONG_NAME_UNITS.values()), ids=list(LONG_NAME_UNITS))
+async def test_a_long_file_name_still_gets_a_temp_file(
+    save: Save, tmp_path: Path, unit: str, size: int
+) -> None:
+    """Any legal name up to NAME_MAX (255 bytes) works, however many bytes its characters
+    take: the temp name keeps a part of it measured in bytes, so it never overflows."""
+    name = long_name(unit, size)
+    assert len(name) == size
+    for target in (os.path.join(os.fsencode(tmp_path), name), tmp_path / os.fsdecode(name)):
+        await save(target)
+        assert Path(os.fsdecode(target)).read_bytes() == PNG
+        assert os.listdir(os.fsencode(tmp_path)) == [name]
+
+
+@given(
+    st.text(
+        st.characters(exclude_characters="/\x00", exclude_categories=["Cs"])
+        | st.characters(min_codepoint=0xDC80, max_codepoint=0xDCFF),
+        max_size=300,
+    )
+)
+@settings(deadline=None, derandomize=True, database=None)
+def test_the_temp_name_keeps_whole_characters_within_a_byte_budget(name: str) -> None:
+    """The name part of the temp name is the longest run of whole characters from the start
+    of the name that fits in 64 bytes: never more, never a character cut into bytes."""
+    prefix = _files._temp_prefix(name)
+    assert prefix[0] == prefix[-1] == "."
+    kept = prefix[1:-1]
+    assert name.startswith(kept)
+    size = len(os.fsencode(kept))
+    assert size <= 64
+    assert os.fsdecode(os.fsencode(kept)) == kept  # whole characters: decodes back the same
+    if kept != name:  # cut: the next character would not have fitted
+        assert size + len(os.fsencode(name[len(kept)])) > 64
+    with tempfile.TemporaryDirectory() as folder:  # and the OS takes it
+        fd, temp = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=".part")
+        os.close(fd)
+        assert len(os.fsencode(os.path.basename(temp))) <= 64 + 15
+
+
+async def test_a_name_that_cannot_be_encoded_is_an_os_error_before_any_request(
+    save: Save, tmp_path: Path, png_server: PngServer
+) -> None:
+    """A str path with a lone surrogate no byte stands for is an OSError naming it, not a
+    UnicodeEncodeError, and is raised before anything is fetched."""
+    target = os.path.join(tmp_path, "qr\ud800.png")
+    with pytest.raises(OSError, match="cannot be encoded") as caught:
+        await save(target)
+    assert caught.value.errno == errno.EILSEQ
+    assert_clean_error(caught.value, target)
+    assert png_server.requests == 0
+    assert listing(tmp_path) == []
 
 
 # -- symlinks ------------------------------------------------------------------------------

@@ -56,7 +56,9 @@ PathArg = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
 T = TypeVar("T")
 
 _MAX_LINKS = 40  # Linux's limit on symlinks followed in one lookup
-_NAME_IN_TEMP = 64  # characters of the file name kept in the temp name (NAME_MAX is 255)
+#: Bytes of the target's name kept in the temp name ".<name>.<8 random>.part": at most 79
+#: bytes in all, far below NAME_MAX (255 bytes; 143 on eCryptfs) whatever the target's name.
+_NAME_IN_TEMP = 64
 _WRITE_FLAGS = os.O_WRONLY | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
 _UNFSYNCABLE = {errno.EINVAL, errno.EBADF, getattr(errno, "ENOTSUP", errno.EINVAL)}
 _UNFSYNCABLE.add(getattr(errno, "EOPNOTSUPP", errno.EINVAL))
@@ -121,6 +123,9 @@ def _resolve(path: PathArg) -> _Target:
         st = os.stat(shown)  # the kernel follows every link, /dev/stdout's included
     except FileNotFoundError:
         return _new_file(shown)
+    except UnicodeEncodeError:  # a str with a lone surrogate no byte sequence stands for
+        detail = "the name cannot be encoded for the file system"
+        raise _oserror(errno.EILSEQ, shown, detail) from None
     except OSError as exc:
         raise _oserror(exc.errno or errno.EIO, shown, _WHY.get(exc.errno or 0, "")) from None
     mode = st.st_mode
@@ -194,7 +199,7 @@ class _TempFile:
         self.folder = os.path.dirname(target.real) or os.curdir
         self.committed = False
         self.dirty = False
-        prefix = f".{os.path.basename(target.real)[:_NAME_IN_TEMP]}."
+        prefix = _temp_prefix(os.path.basename(target.real))
         try:
             self.fd, self.name = tempfile.mkstemp(dir=self.folder, prefix=prefix, suffix=".part")
         except OSError as exc:
@@ -271,6 +276,19 @@ class _TempFile:
         if not self.committed:
             with suppress(OSError):
                 os.unlink(self.name)
+
+
+def _temp_prefix(name: str) -> str:
+    """``.<name>.`` with *name* cut to at most ``_NAME_IN_TEMP`` bytes as the file system
+    stores them (``os.fsencode``), at a character boundary: a multi-byte character is kept
+    whole or dropped, never split into bytes that are not a character; an undecodable byte
+    (a lone surrogate from ``os.fsdecode``) is one byte and is kept as it came."""
+    size = 0
+    for end, char in enumerate(name):
+        size += len(os.fsencode(char))
+        if size > _NAME_IN_TEMP:
+            return f".{name[:end]}."
+    return f".{name}."
 
 
 def _fsync_folder(folder: str) -> None:
