@@ -595,6 +595,21 @@ async def test_a_path_naming_an_open_descriptor_is_written_through_it(
     assert [n for n in listing(tmp_path) if n.endswith(".part")] == []
 
 
+@pytest.mark.parametrize("name", ["1", "3", "007"])
+async def test_a_file_named_like_a_descriptor_elsewhere_is_an_ordinary_file(
+    save: Save, tmp_path: Path, name: str
+) -> None:
+    """A file whose name is a number, outside /dev/fd and /proc/.../fd, is replaced
+    atomically like any file, even while a descriptor of that number is open."""
+    target = tmp_path / name
+    target.write_bytes(b"old")
+    inode = target.stat().st_ino
+    await save(target)
+    assert target.read_bytes() == PNG
+    assert target.stat().st_ino != inode
+    assert listing(tmp_path) == [name]
+
+
 @pytest.mark.skipif(not os.path.isdir("/dev/fd"), reason="no /dev/fd on this OS")
 async def test_a_descriptor_open_only_for_reading_names_its_file(
     save: Save, tmp_path: Path

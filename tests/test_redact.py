@@ -259,6 +259,15 @@ def test_text_without_the_key_is_left_alone(text: str) -> None:
     assert not mentions(text, [key])
 
 
+def test_mentions_needs_the_whole_key() -> None:
+    """mentions (the base URL check) wants the whole key: a start of it at the end, which
+    redact hides, is not a mention."""
+    key = KEYS["reproducer"]
+    assert redact("https://h.example/wk_Ab3", [key]) == f"https://h.example/{REDACTED}"
+    assert not mentions("https://h.example/wk_Ab3", [key])
+    assert mentions(f"https://h.example/wk_Ab3/{quote(key, safe='')}", [key])
+
+
 def test_one_secret_inside_another_is_hidden_whole() -> None:
     """Several secrets: the longest is matched first, so no tail of it is left over."""
     out = redact("x abc&amp;def y", ["abc", "abc&def"])
