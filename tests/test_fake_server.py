@@ -26,7 +26,8 @@ from PIL import Image
 
 from wachat_async.testing import FakeInstance, FakeWachatServer, Fault, RecordedRequest, _server
 from wachat_async.testing import __main__ as cli
-from wachat_async.testing._server import _resolve, _url_host
+from wachat_async.testing._handlers import _resolve
+from wachat_async.testing._server import _url_host
 
 pytest_plugins = ["pytester"]
 
