@@ -36,11 +36,15 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 def qr_payload(name: str, generation: int) -> str:
     """The text the QR of instance *name* encodes at rotation *generation*.
 
-    ``wachat-fake:NAME:GENERATION``; a name too long for a QR code is replaced by its SHA-256.
+    ``wachat-fake:NAME:GENERATION``; a name too long for a QR code, or one that is not valid
+    text (lone surrogates have no UTF-8), is replaced by its SHA-256.
     """
     payload = f"wachat-fake:{name}:{generation}"
-    if len(payload.encode("utf-8")) <= _MAX_PAYLOAD_BYTES:
-        return payload
+    try:
+        if len(payload.encode("utf-8")) <= _MAX_PAYLOAD_BYTES:
+            return payload
+    except UnicodeEncodeError:
+        pass
     digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()
     return f"wachat-fake:sha256={digest}:{generation}"
 
