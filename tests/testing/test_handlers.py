@@ -701,3 +701,9 @@ async def test_no_latency_no_pause(registry: Registry) -> None:
     request = make_mocked_request("GET", f"{QR_PATH}?instanceName={NAME}&apiKey={KEY}")
     response = await routes.qr(request)
     assert (waiting.pauses, response.status) == ([], 200)
+
+
+def test_answer_repr_shows_the_body_size_not_its_bytes() -> None:
+    """An Answer's repr names the body's length, never its content."""
+    answer = Answer(status=200, headers={}, body=b"secret-ish PNG bytes")
+    assert ("<20 bytes>" in repr(answer), "secret-ish" in repr(answer)) == (True, False)
