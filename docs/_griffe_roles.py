@@ -47,8 +47,8 @@ def rewrite(text: str) -> str:
         return f"[`{shown}`][{target}]" if target else f"`{shown}`"
 
     text = ROLE.sub(role, text)
-    text = re.sub(r"(?m)^(\s*)::\s*$", "", text)  # a bare "::" line introduces a block
-    return re.sub(r"(?m)(\S)::\s*$", r"\1:", text)
+    text = re.sub(r"(?m)^[ \t]*::[ \t]*$", "", text)  # a bare "::" line introduces a block
+    return re.sub(r"(?m)(\S)::[ \t]*$", r"\1:", text)
 
 
 class ReSTRoles(griffe.Extension):
