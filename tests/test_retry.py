@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import wachat_async._client
 import wachat_async._polling
+import wachat_async._retry
 from wachat_async import (
     ConfigurationError,
     DeadlineExceededError,
@@ -33,7 +33,7 @@ from wachat_async import (
     WachatTimeoutError,
 )
 from wachat_async._errors import status_error
-from wachat_async._retry import backoff_wait, is_transient, is_transport_fault, parse_retry_after
+from wachat_async._retry import backoff_wait, is_transient, is_transport_fault
 from wachat_async.testing import FakeWachatServer, Fault
 
 from .conftest import (
@@ -123,39 +123,6 @@ def test_backoff_rejects_negative_retry_number() -> None:
     """A negative retry number is a bug in the caller."""
     with pytest.raises(ValueError, match="retry_number"):
         backoff_wait(-1, initial_wait=1, max_wait=1)
-
-
-NOW = datetime(2026, 11, 25, 12, 0, 0, tzinfo=timezone.utc)
-
-
-@pytest.mark.parametrize(
-    ("header", "expected"),
-    [
-        pytest.param(None, None, id="absent"),
-        pytest.param("", None, id="empty"),
-        pytest.param("3", 3.0, id="seconds"),
-        pytest.param(" 7 ", 7.0, id="seconds-padded"),
-        pytest.param("1.5", 1.5, id="fractional"),
-        pytest.param("-5", None, id="negative"),
-        pytest.param("soon", None, id="garbage"),
-        pytest.param("1e309", None, id="overflowing-exponent"),
-        pytest.param("9" * 400, math.inf, id="huge-integer-is-infinite"),
-        pytest.param(format_datetime(NOW + timedelta(seconds=30), usegmt=True), 30.0, id="date"),
-        pytest.param(format_datetime(NOW - timedelta(hours=1), usegmt=True), 0.0, id="past-date"),
-        pytest.param("Wed, 25 Nov 2026 12:00:10", 10.0, id="date-without-zone"),
-    ],
-)
-def test_parse_retry_after(header: str | None, expected: float | None) -> None:
-    """Retry-After is read as delta-seconds or HTTP-date; anything unusable is None."""
-    assert parse_retry_after(header, now=NOW) == expected
-
-
-def test_parse_retry_after_uses_the_current_time() -> None:
-    """Without an explicit now, a date a minute ahead is about 60 seconds away."""
-    ahead = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=60), usegmt=True)
-    wait = parse_retry_after(ahead)
-    assert wait is not None
-    assert 0 < wait <= 60
 
 
 @pytest.mark.parametrize(
@@ -587,7 +554,6 @@ async def test_deadline_covers_retries_after_an_unguarded_first_attempt(
         retry=RetryPolicy(zero_wait=True, deadline=0.5, initial_wait=0),
         retry_budget=RetryBudget.unlimited(),
     ) as client:
-        assert not client._guard_first_attempt
         with pytest.raises(WachatTimeoutError, match="deadline") as info:
             await client.get_qr_image(NAME)
         assert_no_connection_checked_out(client)
@@ -741,7 +707,7 @@ async def test_one_attempt_policy_never_builds_a_tenacity_object(
     def forbidden(*args: object, **kwargs: object) -> None:
         raise AssertionError("tenacity entered for a policy that cannot retry")
 
-    monkeypatch.setattr(wachat_async._client, "AsyncRetrying", forbidden)
+    monkeypatch.setattr(wachat_async._retry, "AsyncRetrying", forbidden)
     server.script(NAME, [502])
     async with make_client(server, max_attempts=1) as client:
         with pytest.raises(QRFetchFailedError) as info:
@@ -757,7 +723,7 @@ async def test_success_path_never_builds_a_tenacity_object(
     def forbidden(*args: object, **kwargs: object) -> None:
         raise AssertionError("tenacity entered on the success path")
 
-    monkeypatch.setattr(wachat_async._client, "AsyncRetrying", forbidden)
+    monkeypatch.setattr(wachat_async._retry, "AsyncRetrying", forbidden)
     async with make_client(server) as client:
         for _ in range(3):
             await client.get_qr_image(NAME)
@@ -789,7 +755,6 @@ async def test_disabled_policy_leaves_the_timeout_alone(server: FakeWachatServer
         timeout=aiohttp.ClientTimeout(total=60.0, sock_read=0.1),
         retry=RetryPolicy.disabled(),
     ) as client:
-        assert not client._guard_first_attempt
         with pytest.raises(WachatTimeoutError) as info:
             await client.get_qr_image(NAME)
     assert not isinstance(info.value, DeadlineExceededError)
