@@ -32,7 +32,7 @@ from ._polling import FetchMany, fetch_many, watch_qr
 from ._redact import Secret, mentions
 from ._retry import Retrier, RetryBudget, RetryPolicy
 from ._stream import CHUNK_SIZE, QRStream
-from ._transport import DEFAULT_TIMEOUT, _SanitizedCause, Transport
+from ._transport import DEFAULT_TIMEOUT, Transport, _SanitizedCause
 from ._urls import DEFAULT_BASE_URL, _build_qr_image_url, _qr_image_endpoint
 from ._validate import (
     check_api_key,

@@ -29,6 +29,7 @@ from ._errors import (
     WachatError,
     WachatTimeoutError,
 )
+from ._validate import check_bool, check_number, shown
 
 if sys.version_info >= (3, 11):
     from asyncio import timeout as _timeout
@@ -135,55 +136,45 @@ class RetryEvent:
     status: int | None = None
 
 
-def _shown(value: object) -> str:
-    """*value* for a validation message: a number as itself, anything else by type only (its
-    repr is the caller's text and may hold a secret)."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return repr(value)
-    return f"a {type(value).__name__}"
+# attrs validators: each is the one number (or flag) rule of _validate, named after the field.
 
 
 def _positive_int(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{attribute.name} must be an int >= 1, got {_shown(value)}")
+    # A wrong type is a ValueError here, as it always was for this field.
+    check_number(value, attribute.name, integer=True, minimum=1, type_error=ValueError)
 
 
 def _non_negative(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{attribute.name} must be a number, got {_shown(value)}")
-    if not (value >= 0 and math.isfinite(value)):
-        raise ValueError(f"{attribute.name} must be a finite number >= 0, got {value!r}")
+    check_number(value, attribute.name)
 
 
 def _reserve(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if value != math.inf:
-        _non_negative(instance, attribute, value)
+    check_number(value, attribute.name, infinite=True)
 
 
 def _deadline(instance: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
     if value is not None:
-        _non_negative(instance, attribute, value)
-        if value == 0:
+        if value == 0 and not isinstance(value, bool):
             raise ValueError("deadline must be > 0 (use None for no deadline)")
+        check_number(value, attribute.name, exclusive=True)
 
 
 def _flag(instance: object, attribute: attrs.Attribute[bool], value: bool) -> None:
-    if not isinstance(value, bool):
-        raise TypeError(f"{attribute.name} must be a bool, got {_shown(value)}")
+    check_bool(value, attribute.name)
 
 
 def _callable_or_none(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if value is not None and not callable(value):
-        raise TypeError(f"{attribute.name} must be callable or None, got {_shown(value)}")
+        raise TypeError(f"{attribute.name} must be callable or None, got {shown(value)}")
 
 
 def _statuses(value: Iterable[int]) -> frozenset[int]:
     if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
-        raise TypeError(f"statuses must be a collection of ints, got {_shown(value)}")
+        raise TypeError(f"statuses must be a collection of ints, got {shown(value)}")
     statuses = frozenset(value)
     for status in statuses:
         if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599:
-            raise ValueError(f"statuses must be HTTP status codes, got {_shown(status)}")
+            raise ValueError(f"statuses must be HTTP status codes, got {shown(status)}")
     return statuses
 
 

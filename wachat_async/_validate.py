@@ -163,14 +163,15 @@ def check_number(
     exclusive: bool = False,
     below: float | None = None,
     infinite: bool = False,
+    type_error: type[Exception] = TypeError,
 ) -> float:
     """Return *value* if it is a number in range, else raise; the one number validator.
 
     *integer* asks for an ``int``; otherwise an ``int`` or a ``float``, and finite unless
     *infinite*. The value must be ``>= minimum`` (``> minimum`` when *exclusive*) and, when
-    *below* is given, ``< below``. A ``bool`` is never a number. Raises ``TypeError`` for the
-    wrong type and ``ValueError`` for a value out of range (NaN included), both saying what
-    *what* must be::
+    *below* is given, ``< below``. A ``bool`` is never a number. Raises *type_error*
+    (``TypeError``) for the wrong type and ``ValueError`` for a value out of range (NaN
+    included), both saying what *what* must be::
 
         >>> check_number(0, "max_attempts", integer=True, minimum=1)
         Traceback (most recent call last):
@@ -181,7 +182,7 @@ def check_number(
     if below is not None:
         rule += f" and < {below:g}"
     if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
-        raise TypeError(f"{what} must be {kind} {rule}, got {shown(value)}")
+        raise type_error(f"{what} must be {kind} {rule}, got {shown(value)}")
     if not (
         (value > minimum if exclusive else value >= minimum)
         and (below is None or value < below)
