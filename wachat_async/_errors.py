@@ -24,6 +24,9 @@ Every exception is a :class:`WachatError`; catch that to handle them all::
 After retries end, the *last real error* is raised (never a wrapper), with ``.attempts`` set and
 a note (``__notes__``) such as ``gave up after 4 attempts in 3.1 s``. Transport errors keep their
 cause (``raise ... from exc``), sanitised so that no request header can be read from it.
+
+Messages never carry the API key: :class:`ConfigurationError` redacts what it is given. Imports
+only ``_redact``; never the client, the transport or anything that does I/O.
 """
 
 from __future__ import annotations

@@ -4,6 +4,10 @@ All are frozen attrs classes. ``QRImage`` checks that its bytes are a complete P
 is built (``QRImage(...)``, :meth:`QRImage.from_png`, ``attrs.evolve``), so holding one means
 holding a valid image. The client, which has already validated the bytes while reading them,
 uses the private ``QRImage._trusted`` so the success path does not check them twice.
+:meth:`InstanceState.from_payload` is the one parser of a ``GET /instance/state`` body.
+
+Values and their parsing only: no network, and never imports the client, the transport, the
+retry loop or the stream (they import this).
 """
 
 from __future__ import annotations

@@ -14,6 +14,8 @@ iterable (an endless ``itertools.cycle`` of names already seen included) can hol
 
 ``watch_qr`` polls one instance, yields a :class:`QRImage` only when its content hash changes,
 rides out transient failures (logged on the ``wachat_async`` logger) and raises terminal ones.
+
+Never imports the client, the transport or the stream: it is given the fetch (and state) callables.
 """
 
 from __future__ import annotations

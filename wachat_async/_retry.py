@@ -1,10 +1,14 @@
-"""Retry policy and retry budget.
+"""Retries: the policy, the budget and the retry loop itself.
 
 Only the statuses Wachat documents as transient (502 and 504) are retried by default. Waits are
 "full jitter" exponential backoff; a total deadline bounds the whole call; ``Retry-After`` is
 honoured; and a :class:`RetryBudget` shared by a client stops retries from multiplying load when
-most calls fail. The client enters tenacity only after a first retryable failure, so a call that
-succeeds at once pays nothing for any of this.
+most calls fail. :class:`Retrier` is the loop: given the policy, the budget, a sleep and a clock,
+it runs attempts and decides after each failure. It enters tenacity only after a first
+retryable failure, so a call that succeeds at once pays nothing for any of this.
+
+The loop runs whatever attempt it is given and reads no client internals. Never imports the
+client, the transport or the stream; only the errors and the argument checks.
 """
 
 from __future__ import annotations
