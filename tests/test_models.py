@@ -209,6 +209,13 @@ def test_a_valid_png_with_bytes_appended_is_refused(width: int, height: int, jun
 STATE_KEY = "sk-live-TOPSECRET-0123456789abcdef"
 
 
+def _circular() -> dict[str, object]:
+    """A decoded value that cannot be written back as JSON (it contains itself)."""
+    loop: dict[str, object] = {}
+    loop["instance"] = {"self": loop}
+    return loop
+
+
 @pytest.mark.parametrize(
     ("payload", "state", "integration"),
     [
@@ -250,6 +257,7 @@ def test_from_payload_reads_the_state(payload: object, state: str, integration: 
         pytest.param(b'{"instance": "open"}', id="instance-not-an-object"),
         pytest.param(None, id="none"),
         pytest.param(["open"], id="decoded-list"),
+        pytest.param(_circular(), id="decoded-circular"),
         pytest.param(f'{{"echo": "{STATE_KEY}"}}'.encode(), id="echoes-the-key"),
     ],
 )

@@ -414,6 +414,20 @@ async def test_a_full_queue_puts_the_first_attempt_under_the_deadline() -> None:
         await asyncio.wait_for(retrier.call(NAME, queue, attempt), timeout=30)
 
 
+async def test_a_guarded_first_attempt_that_is_not_retryable_is_raised_as_it_is() -> None:
+    """Under the deadline timer from the start (no attempt timeout), a 404 is raised after one
+    attempt, with no gave-up note: there was nothing to give up."""
+    retrier = Retrier(RetryPolicy(zero_wait=True), RetryBudget.unlimited(), attempt_timeout=None)
+
+    async def attempt(name: str) -> None:
+        raise InstanceNotFoundError(instance_name=name)
+
+    assert retrier.guards_first_attempt
+    with pytest.raises(InstanceNotFoundError) as info:
+        await retrier.call(NAME, None, attempt)
+    assert (info.value.attempts, getattr(info.value, "__notes__", [])) == (1, [])
+
+
 @pytest.mark.parametrize(
     ("deadline", "attempt_timeout", "guarded"),
     [

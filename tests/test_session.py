@@ -50,6 +50,20 @@ async def call(client: WachatClient, how: str, name: str, tmp_path: Path) -> obj
 CALLS = [pytest.param(how, id=how) for how in ("get", "stream", "save", "state")]
 
 
+@pytest.mark.parametrize("how", CALLS)
+async def test_every_call_can_be_a_clients_first(
+    server: FakeWachatServer, how: str, tmp_path: Path
+) -> None:
+    """Without ``async with``, whichever call comes first opens the session in the running loop."""
+    client = WachatClient(api_key=KEY, base_url=server.base_url, retry=ZERO_WAIT)
+    try:
+        assert "state=unopened" in repr(client)
+        assert await call(client, how, NAME, tmp_path)
+        assert "state=open" in repr(client)
+    finally:
+        await client.aclose()
+
+
 @asynccontextmanager
 async def borrowing(
     server: FakeWachatServer, session: aiohttp.ClientSession, **kwargs: Any

@@ -13,7 +13,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from wachat_async._validate import check_bool, check_number, check_timeout, shown
+from wachat_async._validate import (
+    check_bool,
+    check_number,
+    check_timeout,
+    check_user_agent,
+    shown,
+)
 
 from .conftest import KEY
 
@@ -130,3 +136,11 @@ def test_flags_must_be_real_bools(value: object) -> None:
     with pytest.raises(TypeError, match="flag must be a bool"):
         check_bool(value, "flag")
     assert check_bool(False, "flag") is False
+
+
+@pytest.mark.parametrize(
+    "value", ["my-app/1.0", "a b (c; d)", None], ids=["plain", "spaces", "none"]
+)
+def test_a_sendable_user_agent_is_kept(value: str | None) -> None:
+    """A user agent without control characters is returned as it is (None: the default)."""
+    assert check_user_agent(value) == value
