@@ -31,7 +31,7 @@ from ._errors import (
     WachatTimeoutError,
 )
 from ._models import InstanceState, QRFailure, QRImage, QRResult, QRSuccess
-from ._polling import FetchMany
+from ._polling import FetchMany, QRWatch
 from ._retry import RetryBudget, RetryEvent, RetryPolicy
 from ._urls import DEFAULT_BASE_URL, ApiKeyExposureWarning, build_qr_image_url, qr_img_tag
 from ._version import __version__
@@ -58,6 +58,7 @@ __all__ = [
     "QRResult",
     "QRStream",
     "QRSuccess",
+    "QRWatch",
     "ResponseTooLargeError",
     "RetryBudget",
     "RetryEvent",
