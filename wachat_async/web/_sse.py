@@ -32,7 +32,7 @@ PING: Final = b": ping\n\n"
 LIVENESS_CHECK: Final = 1.0
 
 EVENT_HEADERS: Final = {
-    "Content-Type": "text/event-stream; charset=utf-8",
+    "Content-Type": "text/event-stream",
     "Cache-Control": "no-store",
     "X-Accel-Buffering": "no",  # nginx: do not buffer the stream
     "X-Content-Type-Options": "nosniff",
