@@ -488,7 +488,7 @@ async def test_page_is_self_contained_and_keyless(
     assert still.request_count() == 0  # the page itself never calls upstream
 
 
-# -- logs -------------------------------------------------------------------------------------------
+# -- logs -------------------------------------------------------------------------------------
 
 
 async def test_no_key_in_any_log_record(

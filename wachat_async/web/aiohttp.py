@@ -51,14 +51,16 @@ def _response(answer: Answer) -> web.Response:
 
 
 def qr_routes(
-    client: WachatClient,
+    client: WachatClient | Callable[[web.Request], WachatClient],
     *,
     prefix: str = "/qr",
     authorize: Authorize[web.Request],
     interval: float = DEFAULT_INTERVAL,
     heartbeat: float = DEFAULT_HEARTBEAT,
 ) -> list[web.RouteDef]:
-    """The three QR routes for *client*, for ``app.add_routes``.
+    """The three QR routes for *client* (a :class:`WachatClient`, or a callable that returns the
+    one to use for a request, such as ``lambda request: request.app[CLIENT]`` when the client is
+    opened later, in the app's lifespan), for ``app.add_routes``.
 
     *authorize* (required) is called as ``authorize(request, instance_name)`` before anything
     else on every route; anything but ``True`` (or an awaitable of it) answers ``403`` and
@@ -68,6 +70,14 @@ def qr_routes(
     ``watch_qr`` never polls faster); *heartbeat* the longest silence on an event stream.
     """
     base = check_route_options(prefix, authorize, interval, heartbeat)
+    if not isinstance(client, WachatClient) and not callable(client):
+        raise TypeError(
+            f"client must be a WachatClient or a callable request -> WachatClient, not "
+            f"{type(client).__name__}"
+        )
+
+    def client_for(request: web.Request) -> WachatClient:
+        return client if isinstance(client, WachatClient) else client(request)
 
     async def admitted(request: web.Request) -> str | web.Response:
         name = request.match_info["name"]
@@ -80,8 +90,9 @@ def qr_routes(
         name = await admitted(request)
         if isinstance(name, web.Response):
             return name
+        wachat = client_for(request)
         answer = await png_answer(
-            client, hub_for(client), name, request.headers.get("If-None-Match")
+            wachat, hub_for(wachat), name, request.headers.get("If-None-Match")
         )
         return _response(answer)
 
@@ -98,7 +109,7 @@ def qr_routes(
             return transport is None or transport.is_closing()
 
         stream = qr_events(
-            hub_for(client),
+            hub_for(client_for(request)),
             name,
             png_path=png_path,
             interval=float(interval),

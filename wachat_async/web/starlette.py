@@ -18,7 +18,7 @@ away stops its share of the upstream watch at once. See :mod:`wachat_async.web`.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 try:
     import anyio
@@ -85,14 +85,16 @@ class EventStreamResponse(StreamingResponse):
 
 
 def qr_routes(
-    client: WachatClient,
+    client: WachatClient | Callable[[Request], WachatClient],
     *,
     prefix: str = "/qr",
     authorize: Authorize[Request],
     interval: float = DEFAULT_INTERVAL,
     heartbeat: float = DEFAULT_HEARTBEAT,
 ) -> list[Route]:
-    """The three QR routes for *client*, for ``Starlette(routes=...)``/``FastAPI(routes=...)``.
+    """The three QR routes for *client* (a :class:`WachatClient`, or a callable that returns the
+    one to use for a request, such as ``lambda request: request.app[CLIENT]`` when the client is
+    opened later, in the app's lifespan), for ``Starlette(routes=...)``/``FastAPI(routes=...)``.
 
     *authorize* (required) is called as ``authorize(request, instance_name)`` before anything
     else on every route; anything but ``True`` (or an awaitable of it) answers ``403`` and
@@ -102,6 +104,14 @@ def qr_routes(
     the longest silence on an event stream.
     """
     base = check_route_options(prefix, authorize, interval, heartbeat)
+    if not isinstance(client, WachatClient) and not callable(client):
+        raise TypeError(
+            f"client must be a WachatClient or a callable request -> WachatClient, not "
+            f"{type(client).__name__}"
+        )
+
+    def client_for(request: Request) -> WachatClient:
+        return client if isinstance(client, WachatClient) else client(request)
 
     async def admitted(request: Request) -> str | Response:
         name = request.path_params["name"]
@@ -114,8 +124,9 @@ def qr_routes(
         name = await admitted(request)
         if isinstance(name, Response):
             return name
+        wachat = client_for(request)
         answer = await png_answer(
-            client, hub_for(client), name, request.headers.get("If-None-Match")
+            wachat, hub_for(wachat), name, request.headers.get("If-None-Match")
         )
         return _response(answer)
 
@@ -127,7 +138,7 @@ def qr_routes(
         path = raw.decode("latin-1") if isinstance(raw, bytes) else request.url.path
         png_path = path.split("?", 1)[0].removesuffix("/events") + ".png"
         stream = qr_events(
-            hub_for(client),
+            hub_for(client_for(request)),
             name,
             png_path=png_path,
             interval=float(interval),
