@@ -512,3 +512,41 @@ async def test_no_key_in_any_log_record(
     assert any(r.name == "wachat_async.web" for r in caplog.records)
     assert_no_key(caplog.text, *(r.getMessage() for r in caplog.records))
     await until(lambda: not watch_tasks(), "the watch task ends")
+
+
+# -- packaging ------------------------------------------------------------------------------------
+
+
+def test_aiohttp_routes_need_nothing_beyond_the_core() -> None:
+    """wachat_async.web.aiohttp imports without Starlette; the Starlette module says what to do."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['starlette'] = None; sys.modules['anyio'] = None\n"
+        "from wachat_async.web.aiohttp import qr_routes\n"
+        "import wachat_async.web\n"
+        "try:\n"
+        "    import wachat_async.web.starlette\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    assert "pip install 'wachat-async[web-starlette]'" in out
+
+
+def test_the_core_never_imports_the_web_package() -> None:
+    """Importing wachat_async loads neither wachat_async.web nor any web framework."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, wachat_async\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('wachat_async.web', 'starlette'))))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    assert out.strip() == "[]"
