@@ -25,7 +25,7 @@ try:
     from starlette.exceptions import HTTPException
     from starlette.requests import Request
     from starlette.responses import Response, StreamingResponse
-    from starlette.routing import Route
+    from starlette.routing import BaseRoute, Route
     from starlette.types import Receive, Scope, Send
 except ImportError as exc:  # pragma: no cover - exercised by the packaging test
     raise ImportError(
@@ -91,7 +91,7 @@ def qr_routes(
     authorize: Authorize[Request],
     interval: float = DEFAULT_INTERVAL,
     heartbeat: float = DEFAULT_HEARTBEAT,
-) -> list[Route]:
+) -> list[BaseRoute]:
     """The three QR routes for *client* (a :class:`WachatClient`, or a callable that returns the
     one to use for a request, such as ``lambda request: request.app[CLIENT]`` when the client is
     opened later, in the app's lifespan), for ``Starlette(routes=...)``/``FastAPI(routes=...)``.
