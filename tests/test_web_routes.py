@@ -531,7 +531,7 @@ def test_aiohttp_routes_need_nothing_beyond_the_core() -> None:
         "except ImportError as exc:\n"
         "    print(exc)\n"
     )
-    out = subprocess.run(
+    out = subprocess.run(  # noqa: S603 - our own interpreter and code
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     ).stdout
     assert "pip install 'wachat-async[web-starlette]'" in out
@@ -546,7 +546,7 @@ def test_the_core_never_imports_the_web_package() -> None:
         "import sys, wachat_async\n"
         "print(sorted(m for m in sys.modules if m.startswith(('wachat_async.web', 'starlette'))))"
     )
-    out = subprocess.run(
+    out = subprocess.run(  # noqa: S603 - our own interpreter and code
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     ).stdout
     assert out.strip() == "[]"

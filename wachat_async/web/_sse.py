@@ -80,7 +80,9 @@ async def qr_events(
                 message = error_status(ended)[1]
                 yield event("error", {"error": message, "instance": name})
                 return
-            await watch.wait(seen, tick)
+            # Wake for news, for the liveness check, or just in time for the heartbeat.
+            due = heartbeat - (loop.time() - last_write)
+            await watch.wait(seen, max(0.0, min(tick, due)))
             if gone is not None:
                 left = gone()
                 if not isinstance(left, bool):
