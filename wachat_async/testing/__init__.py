@@ -28,7 +28,7 @@ that works in sync and async tests alike, because it runs on its own thread::
         ...  # GET {wachat_server.base_url}/instance/qr/image?instanceName=t1_abc_store
         # the PNG decodes to wachat_server.qr_payload("t1_abc_store")
 
-From the shell: ``python -m wachat_async.testing --port 8080 --api-key demo --instances a,b``.
+From the shell: ``python -m wachat_async.testing --port 8080 --instance a --instance b``.
 """
 
 from __future__ import annotations
@@ -38,17 +38,24 @@ from typing import TYPE_CHECKING, Any
 __all__ = ["FakeInstance", "FakeWachatServer", "Fault", "RecordedRequest"]
 
 if TYPE_CHECKING:
-    from ._server import FakeInstance, FakeWachatServer, Fault, RecordedRequest
+    from ._faults import Fault
+    from ._registry import FakeInstance, RecordedRequest
+    from ._server import FakeWachatServer
 
 
 def __getattr__(name: str) -> Any:
     # Lazy: the pytest plugin imports this package in every pytest run of every project that
-    # installs wachat-async; aiohttp.web is only paid for when a fake server is actually used.
-    if name in __all__:
-        from . import _server
-
-        return getattr(_server, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    # installs wachat-async; aiohttp.web is only paid for when a fake server is actually used
+    # (each name comes from the module that defines it: Fault alone does not load aiohttp).
+    if name == "Fault":
+        from . import _faults as home
+    elif name in ("FakeInstance", "RecordedRequest"):
+        from . import _registry as home  # type: ignore[no-redef]
+    elif name == "FakeWachatServer":
+        from . import _server as home  # type: ignore[no-redef]
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(home, name)
 
 
 def __dir__() -> list[str]:

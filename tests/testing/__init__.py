@@ -1,0 +1,1 @@
+"""Tests of the fake server, ``wachat_async.testing``: one module per source module."""
