@@ -39,9 +39,9 @@ from wachat_async import (
     WachatConnectionError,
     WachatError,
     WachatTimeoutError,
+    cli,
 )
-from wachat_async import _cli as cli
-from wachat_async._cli import main, png_filename, qr_modules, render_half_blocks
+from wachat_async.cli import main, png_filename, qr_modules, render_half_blocks
 from wachat_async.testing import FakeWachatServer, Fault
 
 OTHER = "t1_zz9r2jov_bandung_store"
@@ -851,7 +851,7 @@ def test_python_dash_m_in_process(
 ) -> None:
     """__main__.py raises SystemExit with main's status."""
     monkeypatch.setattr(sys, "argv", ["wachat_async", "--version"])
-    main_py = Path(cli.__file__).with_name("__main__.py")
+    main_py = Path(cli.__file__).parent.with_name("__main__.py")
     with pytest.raises(SystemExit) as exited:
         runpy.run_path(str(main_py), run_name="__main__")
     assert exited.value.code == 0

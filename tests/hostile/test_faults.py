@@ -874,7 +874,7 @@ def test_cli_fetch_against_fault(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """`wachat-qr fetch` exits with the fault's status, prints no key and leaves no partial file."""
-    from wachat_async import _cli
+    from wachat_async import cli as _cli
 
     caplog.set_level(logging.DEBUG)
     monkeypatch.setenv("WACHAT_API_KEY", KEY)

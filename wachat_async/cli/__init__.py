@@ -73,8 +73,8 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn
 import attrs
 from yarl import URL
 
-from ._client import WachatClient
-from ._errors import (
+from .._client import WachatClient
+from .._errors import (
     APIStatusError,
     AuthenticationError,
     BadRequestError,
@@ -87,14 +87,14 @@ from ._errors import (
     WachatError,
     WachatTimeoutError,
 )
-from ._files import write_bytes_async
-from ._models import QRImage, QRResult
-from ._polling import fetch_many, watch_qr
-from ._redact import redact
-from ._retry import RetryPolicy
-from ._urls import DEFAULT_BASE_URL, build_qr_image_url
-from ._validate import check_instance_name
-from ._version import __version__
+from .._files import write_bytes_async
+from .._models import QRImage, QRResult
+from .._polling import fetch_many, watch_qr
+from .._redact import redact
+from .._retry import RetryPolicy
+from .._urls import DEFAULT_BASE_URL, build_qr_image_url
+from .._validate import check_instance_name
+from .._version import __version__
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -1021,7 +1021,7 @@ class _DemoFleet:
 
 async def _cmd_demo(args: argparse.Namespace, out: _Out) -> int:
     _need("rich", "PIL", "segno")
-    from .testing import FakeWachatServer, Fault
+    from ..testing import FakeWachatServer, Fault
 
     fleet_names = _DemoFleet(args.instances)
     names, failing = fleet_names.names, fleet_names.failing
@@ -1085,7 +1085,7 @@ async def _cmd_demo(args: argparse.Namespace, out: _Out) -> int:
 
 async def _cmd_fake_server(args: argparse.Namespace, out: _Out) -> int:
     # The same program as `python -m wachat_async.testing`: same options, same output.
-    from .testing.__main__ import serve
+    from ..testing.__main__ import serve
 
     return await serve(args, prog=f"{PROG} fake-server")
 
@@ -1307,7 +1307,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _terminal_options(p)
 
-    from .testing import __main__ as fake_server
+    from ..testing import __main__ as fake_server
 
     p = command(
         "fake-server",
