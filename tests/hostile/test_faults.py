@@ -878,7 +878,7 @@ def test_cli_fetch_against_fault(
 
     caplog.set_level(logging.DEBUG)
     monkeypatch.setenv("WACHAT_API_KEY", KEY)
-    monkeypatch.setattr(_cli, "RETRY_POLICY", RetryPolicy(zero_wait=True))
+    monkeypatch.setattr(_cli._commands, "RETRY_POLICY", RetryPolicy(zero_wait=True))
     target = tmp_path / "qr.png"
     with contextlib.ExitStack() as stack:
         if actions is None:
