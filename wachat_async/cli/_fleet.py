@@ -45,7 +45,9 @@ from ._output import Out, isatty, plural
 __all__ = ["Fleet", "png_filename", "poll_fleet", "summary"]
 
 #: PNG writes in flight at once. Each waits on the disk (two fsyncs) in a worker thread of the
-#: loop's default executor, so a few overlap the disk's latency; more would only queue there.
+#: loop's default executor (min(32, CPUs + 4) threads), so a few overlap the disk's latency:
+#: measured, 1,000 files took 10-14 s one at a time and 1.3-2.2 s eight at a time; more than
+#: that only queues for the executor's threads, and holds more images in memory.
 WRITES_IN_FLIGHT: Final = 8
 #: Failures listed one by one in the summary (all are counted).
 _FAILURES_LISTED: Final = 20

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable, Sequence
-from typing import Final, NoReturn
+from typing import Final, NoReturn, Protocol
 
 from wachat_async import DEFAULT_BASE_URL, __version__
 from wachat_async._validate import check_instance_name
@@ -234,6 +234,28 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=formatter,
         )
 
+    for add in (
+        _add_fetch,
+        _add_show,
+        _add_url,
+        _add_poll,
+        _add_watch,
+        _add_fake_server,
+        _add_demo,
+    ):
+        add(command)
+    return parser
+
+
+class _AddCommand(Protocol):
+    """Adds one command's subparser (see :func:`build_parser`)."""
+
+    def __call__(
+        self, name: str, help_: str, *, parents: Sequence[Parser] = ..., epilog: str = ...
+    ) -> argparse.ArgumentParser: ...
+
+
+def _add_fetch(command: _AddCommand) -> None:
     p = command("fetch", "save an instance's QR code as a PNG file")
     p.add_argument(
         "name",
@@ -249,10 +271,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="where to save (default NAME.png; - for stdout)",
     )
 
+
+def _add_show(command: _AddCommand) -> None:
     p = command("show", "print an instance's QR code in the terminal")
     p.add_argument("name", metavar="NAME", type=_instance_name)
     _terminal_options(p)
 
+
+def _add_url(command: _AddCommand) -> None:
     p = command(
         "url",
         "print the QR image URL (without the API key unless --expose-api-key)",
@@ -265,6 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
         "URL can use your key, so a warning is printed on stderr",
     )
 
+
+def _add_poll(command: _AddCommand) -> None:
     p = command("poll", "fetch the QR codes of many instances concurrently")
     p.add_argument("names", metavar="NAME", nargs="*", type=_instance_name, help="instance names")
     p.add_argument(
@@ -288,6 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="print one JSON object per instance (JSON Lines) instead of the tables",
     )
 
+
+def _add_watch(command: _AddCommand) -> None:
     p = command("watch", "show the QR code again each time it changes")
     p.add_argument("name", metavar="NAME", type=_instance_name)
     p.add_argument(
@@ -317,6 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _terminal_options(p)
 
+
+def _add_fake_server(command: _AddCommand) -> None:
     from wachat_async.testing import __main__ as fake_server
 
     p = command(
@@ -329,6 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fake_server.add_arguments(p)
 
+
+def _add_demo(command: _AddCommand) -> None:
     p = command(
         "demo",
         "poll a fleet of 50 instances on an in-process fake server: progress, retries, "
@@ -362,4 +396,3 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip the simulated latency and the retry backoff (for CI)",
     )
     _terminal_options(p)
-    return parser
