@@ -3,13 +3,14 @@ and ``fake-server`` (the fake server's own program, run under ``wachat-qr``).
 
 Each command is ``async def cmd_x(args, out) -> int``: it reads the parsed command line, builds
 the client (:func:`client_for`: key, base URL, timeout, retries, the ``http://`` refusal in CLI
-words), writes through :class:`~wachat_async.cli._output.Out` and returns an exit status. A
-failure is raised (a library error, :class:`UsageError`, :class:`OSError`) and ``main`` turns
-it into one line and its status; :func:`hints` says what to try next where a message alone
-does not.
+words), writes through :class:`~wachat_async.cli._output.Out` (or, for a PNG or the URL asked
+for, straight to stdout) and returns an exit status. A failure is raised (a library error,
+:class:`UsageError`, :class:`OSError`) and ``main`` turns it into one line and its status;
+:func:`hints` says what to try next where a message alone does not.
 
-Never parses the command line, never draws (``_terminal`` does) and never prints the API key
-(only ``url --expose-api-key``'s URL carries it, because it was asked for).
+Never parses the command line, never renders a QR itself (``_terminal`` does), never writes a
+file except through the atomic ``write_bytes_async``, and never prints the API key (only
+``url --expose-api-key``'s URL carries it, because it was asked for).
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ lines that never wrap. :func:`describe` turns a library error into that one line
 :class:`LogHandler` shows the library's log records the same way; :func:`print_qr` draws a QR
 on stdout.
 
-Never makes a request, never decides an exit status, and imports rich only when a table, a
-console or a progress bar is asked for (the base install has no rich).
+Never makes a request, never decides an exit status, and imports rich only when a table or a
+console is asked for (the base install has no rich).
 """
 
 from __future__ import annotations
