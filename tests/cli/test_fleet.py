@@ -237,3 +237,17 @@ def test_png_filename_is_safe(name: str, expected: str) -> None:
 def test_png_filename_never_collides() -> None:
     """Names that clean up to the same text still get different files."""
     assert png_filename("a/b") != png_filename("a_b") != png_filename("a b")
+
+
+def test_a_terminal_gets_a_progress_bar_that_counts_every_instance(
+    run: Callable[..., Run], env: FakeWachatServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """stderr on a terminal: a progress bar that ends at N/N with the failures counted, saved
+    files included; the summary stays on stdout."""
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True)
+    result = run("poll", NAME, OTHER, "t1_nothere0_store", "-d", "out")
+    assert result.code == 1
+    assert "polling" in result.err
+    assert "3/3" in result.err
+    assert "1 failed" in result.err
+    assert "saved 2 PNG files in out" in result.out
