@@ -47,7 +47,7 @@ from wachat_async import (
     build_qr_image_url,
 )
 from wachat_async._polling import WORKER_TASK_PREFIX, FetchMany, fetch_many, is_transient, watch_qr
-from wachat_async._validate import check_instance_name
+from wachat_async._validate import check_instance_name, shown_item
 from wachat_async.testing import FakeWachatServer, Fault
 
 FUZZ = settings(
@@ -528,10 +528,63 @@ async def test_fetch_many_reports_a_name_that_is_not_a_str(item: object, dedupe:
     (bad,) = [r for r in results if not r.ok]
     assert bad.instance_name is item
     assert isinstance(bad.error, InvalidInstanceNameError)
+    assert isinstance(bad.error, TypeError)
     assert f"must be a str, not {type(item).__name__}" in str(bad.error)
-    assert bad.error.instance_name is None
+    assert bad.error.instance_name == shown_item(item)
     assert sorted(r.instance_name for r in results if r.ok) == ["a", "b"]
     assert fetch.calls == Counter({"a": 1, "b": 1})
+
+
+@pytest.mark.parametrize(
+    ("item", "expected"),
+    [
+        pytest.param(None, None, id="none-is-none"),
+        pytest.param(42, "42", id="int"),
+        pytest.param(b"t1_abc", "b't1_abc'", id="bytes"),
+        pytest.param(["t1_abc"], "['t1_abc']", id="list"),
+    ],
+)
+async def test_a_non_str_names_error_instance_name_is_its_repr(
+    item: object, expected: str | None
+) -> None:
+    """error.instance_name of a non-str item is its repr (None for None): a str like every
+    other error's, the same in fetch_many as in a direct call."""
+    (result,) = [r async for r in fetch_many(Recorder(), [item], concurrency=1)]  # type: ignore[list-item]
+    assert result.error is not None
+    assert result.error.instance_name == expected
+    with pytest.raises(InvalidInstanceNameError) as direct:
+        check_instance_name(item)
+    assert direct.value.instance_name == expected
+
+
+@pytest.mark.parametrize(
+    ("dedupe", "results"), [pytest.param(True, 2, id="dedupe"), pytest.param(False, 5, id="no")]
+)
+async def test_unhashable_items_follow_dedupe_too(dedupe: bool, results: int) -> None:
+    """An unhashable item ([] or {}) seen again is skipped with dedupe=True (compared by
+    equality), like any repeat; without dedupe each one is reported."""
+    items: list[object] = [[], [], {}, {}, []]
+    outcomes = [
+        r
+        async for r in fetch_many(Recorder(), items, concurrency=2, dedupe=dedupe)  # type: ignore[arg-type]
+    ]
+    assert len(outcomes) == results
+    assert all(isinstance(r.error, InvalidInstanceNameError) for r in outcomes)
+
+
+async def test_an_item_whose_equality_fails_is_still_reported() -> None:
+    """An unhashable item whose == raises is reported (not a crash) and never deduplicated
+    against another by accident."""
+
+    class Hostile(list[object]):
+        def __eq__(self, other: object) -> bool:
+            raise ValueError("no comparisons")
+
+        __hash__ = None  # type: ignore[assignment]
+
+    items: list[object] = [Hostile(), Hostile()]
+    outcomes = [r async for r in fetch_many(Recorder(), items, concurrency=1)]  # type: ignore[arg-type]
+    assert [r.instance_name for r in outcomes] == items
 
 
 @pytest.mark.parametrize(
@@ -616,12 +669,17 @@ async def test_every_method_raises_invalid_instance_name_error(
 
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("item", NOT_STRINGS)
-async def test_every_method_raises_type_error_for_a_non_str(
+async def test_every_method_raises_an_invalid_name_type_error_for_a_non_str(
     server: FakeWachatServer, client: WachatClient, method: str, item: object
 ) -> None:
-    """A name that is not a str is a programming error in a direct call: TypeError."""
-    with pytest.raises(TypeError, match="must be a str"):
+    """A name that is not a str (None from a query string, an int, bytes...) raises an
+    InvalidInstanceNameError that is also a TypeError, so both ``except WachatError`` (a clean
+    4xx in a web handler) and ``except TypeError`` catch it; nothing is sent."""
+    with pytest.raises(InvalidInstanceNameError, match="must be a str") as caught:
         await _call(_direct_calls(client, item)[method])
+    assert isinstance(caught.value, TypeError)
+    assert isinstance(caught.value, WachatError)
+    assert caught.value.instance_name == shown_item(item)
     assert server.request_count() == 0
 
 

@@ -96,6 +96,8 @@ class _Batch:
         self.names = names
         self.concurrency = concurrency
         self.seen: set[object] | None = set() if dedupe else None
+        #: Unhashable items seen (``dedupe=True`` only): compared by equality, a bug's cost.
+        self.seen_unhashable: list[object] | None = None
         self.in_flight: dict[str, asyncio.Event | None] = {}
         self.queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=concurrency)
         self.tasks: list[asyncio.Task[None]] = []
@@ -149,16 +151,18 @@ class _Batch:
                 if item in self.seen:
                     return None
                 self.seen.add(item)
-            except TypeError:  # unhashable: not a name, reported each time it comes
-                pass
+            except TypeError:  # unhashable: not a name, but still reported once
+                if self.seen_unhashable is None:
+                    self.seen_unhashable = []
+                if _contains(self.seen_unhashable, item):
+                    return None
+                self.seen_unhashable.append(item)
         try:
             return check_instance_name(item)
-        except InvalidInstanceNameError as exc:
-            error = exc
-        except TypeError as exc:  # not a str at all (None, an int, bytes...)
-            error = InvalidInstanceNameError(str(exc))
-        # Reported under the very object the iterable gave, so callers can map it back.
-        return QRFailure(instance_name=cast(str, item), error=error)
+        except InvalidInstanceNameError as exc:  # a non-str too: also a TypeError
+            # Reported under the very object the iterable gave, so callers can map it back;
+            # the error's instance_name is the name, or shown_item() of a non-str.
+            return QRFailure(instance_name=cast(str, item), error=exc)
 
     async def work(self, item: object) -> None:
         pulls = 0
@@ -213,6 +217,15 @@ class _Batch:
         self.cancel()
         if self.tasks:
             await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+def _contains(items: list[object], item: object) -> bool:
+    """Whether *item* equals one of *items* (an ``==`` that fails counts as unequal)."""
+    for seen in items:
+        with contextlib.suppress(Exception):
+            if seen is item or bool(seen == item):
+                return True
+    return False
 
 
 #: What :class:`FetchMany` yields: a result that type checkers can narrow with ``result.ok``.
@@ -369,8 +382,12 @@ def fetch_many(
     * A fetch that raises a :class:`WachatError` becomes a :class:`QRFailure`; it never stops
       the others. So does an invalid name (empty, whitespace-only, control characters, or not a
       ``str`` at all): its result carries an :class:`InvalidInstanceNameError` and the name as
-      the iterable gave it, and nothing is sent. Any other exception (a bug, in *fetch* or in the
-      iterable) cancels the fetches in flight and is raised from the ``async for``.
+      the iterable gave it (``result.instance_name`` is that very object), and nothing is sent.
+      The error's ``instance_name`` is the name for a ``str``; for anything else it is what a
+      direct call would report: ``None`` for ``None``, else the item's shortened ``repr``.
+      With ``dedupe=True`` an unhashable item (a list, a dict) is reported once too. Any other
+      exception (a bug, in *fetch* or in the iterable) cancels the fetches in flight and is
+      raised from the ``async for``.
     * *on_progress* is called with each result just before it is yielded, in the consumer's
       task; an exception from it cancels the batch and propagates.
 
