@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
 from ._errors import ConfigurationError, raise_clean
 from ._files import PathArg, write_stream
@@ -91,6 +92,15 @@ class WachatClient:
     the whole call, waiting included.
     """
 
+    # Class-level defaults: a client whose __init__ raised is still a valid object for repr()
+    # (a traceback rendered with locals shows ``self``) and for __del__.
+    _session: aiohttp.ClientSession | None = None
+    _borrowed: aiohttp.ClientSession | None = None
+    _owns_session = True
+    _loop: asyncio.AbstractEventLoop | None = None
+    _loop_guard: AsyncGenerator[None, None] | None = None
+    _closed = False
+
     def __init__(
         self,
         api_key: str | None = None,
@@ -105,13 +115,17 @@ class WachatClient:
         allow_insecure_http: bool = False,
         user_agent: str | None = None,
     ) -> None:
-        self._session: aiohttp.ClientSession | None = None
-        self._owns_session = session is None
-        self._borrowed = session
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._loop_guard: AsyncGenerator[None, None] | None = None
-        key = os.environ.get("WACHAT_API_KEY") if api_key is None else api_key
-        if key is None or (isinstance(key, str) and not key.strip()):
+        # The key is a Secret from the first line that reads it: a traceback rendered with its
+        # frames' locals (rich, pytest --showlocals) shows repr() of each, and this frame holds
+        # the key while the rest of the configuration is checked.
+        if isinstance(api_key, str):
+            api_key = Secret(api_key)
+        elif api_key is not None:
+            kind = type(api_key).__name__
+            api_key = None  # the raw value leaves this frame before anything is raised
+            raise ConfigurationError(f"api_key must be a str, not {kind}")
+        key = _env_key() if api_key is None else api_key
+        if key is None or not key.strip():
             raise ConfigurationError(
                 "No Wachat API key: set the WACHAT_API_KEY environment variable or pass the "
                 "api_key argument"
@@ -120,6 +134,8 @@ class WachatClient:
             self._api_key = Secret(check_api_key(key))
         except (TypeError, ValueError) as exc:
             raise_clean(ConfigurationError(str(exc)))
+        self._owns_session = session is None
+        self._borrowed = session
         # Every message below may quote an argument: redact the key from all of them.
         secrets = (self._api_key,)
         base = base_url or os.environ.get("WACHAT_BASE_URL") or DEFAULT_BASE_URL
@@ -140,24 +156,26 @@ class WachatClient:
             raise_clean(ConfigurationError(str(exc), secrets=secrets))
         if attempt_timeout is None:
             attempt_timeout = DEFAULT_TIMEOUT
-        self._base_url = qr_url.parent.parent.parent
-        if mentions(f"{self._base_url} {self._base_url.host} {self._base_url.path}", secrets):
+        api_base = qr_url.parent.parent.parent
+        if mentions(f"{api_base} {api_base.host} {api_base.path}", secrets):
             # It would be in every request line (and so in every access log) and in repr().
+            del base_url, base, qr_url, api_base  # nor may a traceback's locals show it
             raise ConfigurationError(
                 "base_url contains the API key; the key goes in api_key (or WACHAT_API_KEY) "
                 "only, and is sent as an Authorization header"
             )
         if (
-            self._base_url.scheme == "http"
+            api_base.scheme == "http"
             and not allow_insecure_http
-            and not is_loopback_host(self._base_url.host or "")
+            and not is_loopback_host(api_base.host or "")
         ):
             raise ConfigurationError(
-                f"Refusing plain http:// to {self._base_url.host}: the API key would travel in "
+                f"Refusing plain http:// to {api_base.host}: the API key would travel in "
                 "clear text. Use https://, or pass allow_insecure_http=True if you mean it "
                 "(only 127.0.0.0/8, ::1 and the name localhost count as loopback).",
                 secrets=secrets,
             )
+        self._base_url: URL = api_base
         self._retry = RetryPolicy() if retry is None else retry
         self._budget = RetryBudget() if retry_budget is None else retry_budget
         self._retrier = Retrier(self._retry, self._budget, attempt_timeout=attempt_timeout.total)
@@ -328,6 +346,8 @@ class WachatClient:
             )
 
     def __repr__(self) -> str:
+        if getattr(self, "_base_url", None) is None:  # __init__ raised before it was checked
+            return "<WachatClient state=unconfigured>"
         opened = self._session is not None or self._borrowed is not None
         state = "closed" if self._closed else ("open" if opened else "unopened")
         return f"<WachatClient base_url={self.base_url!r} state={state}>"
@@ -477,6 +497,13 @@ class WachatClient:
             expose_api_key=expose_api_key,
             stacklevel=2,
         )
+
+
+def _env_key() -> Secret | None:
+    """``WACHAT_API_KEY`` as a :class:`Secret` (None when unset): the plain value lives only
+    in this frame, which raises nothing."""
+    value = os.environ.get("WACHAT_API_KEY")
+    return None if value is None else Secret(value)
 
 
 def _connector_limit(session: aiohttp.ClientSession) -> int | None:
