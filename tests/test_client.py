@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
 import traceback
@@ -19,6 +20,7 @@ import wachat_async
 from wachat_async import (
     APIStatusError,
     AuthenticationError,
+    ClientClosedError,
     ConfigurationError,
     InstanceNotFoundError,
     InvalidImageError,
@@ -705,17 +707,65 @@ async def test_borrowed_session_is_used_and_left_open(server: FakeWachatServer) 
             assert response.status == 401
 
 
-async def test_use_after_close_raises(server: FakeWachatServer) -> None:
-    """A closed client refuses calls and cannot be re-entered."""
-    client = WachatClient(api_key=KEY, base_url=server.base_url)
-    async with client:
-        await client.get_qr_image(NAME)
-    assert client.closed
-    with pytest.raises(RuntimeError, match="closed"):
-        await client.get_qr_image(NAME)
-    with pytest.raises(RuntimeError, match="closed"):
+async def _use(client: WachatClient, how: str, tmp_path: Path) -> object:
+    """One public call of kind *how* on NAME, reading whatever it returns to the end."""
+    if how == "get":
+        return await client.get_qr_image(NAME)
+    if how == "stream":
+        async with client.stream_qr_image(NAME) as stream:
+            return await stream.read()
+    if how == "save":
+        return await client.save_qr_image(NAME, tmp_path / "qr.png")
+    if how == "state":
+        return await client.get_instance_state(NAME)
+    if how == "watch":
+        async for qr in client.watch_qr(NAME):
+            return qr
+    if how == "fetch_many":
+        async with client.fetch_many([NAME, f"{NAME}_2"]) as results:
+            return [r async for r in results]
+    async with client:  # "enter"
+        return None  # pragma: no cover - a closed client cannot be entered
+
+
+USES = [
+    pytest.param(how, id=how)
+    for how in ("get", "stream", "save", "state", "watch", "fetch_many", "enter")
+]
+
+
+@pytest.mark.parametrize("borrowed", [False, True], ids=["own-session", "borrowed-session"])
+@pytest.mark.parametrize("how", USES)
+async def test_every_use_of_a_closed_client_raises_client_closed_error(
+    server: FakeWachatServer, how: str, borrowed: bool, tmp_path: Path
+) -> None:
+    """After aclose(), every call (and ``async with``) raises ClientClosedError: a WachatError
+    (so ``except WachatError`` handles it) and a RuntimeError (what it was before), with
+    attempts == 0 and nothing sent."""
+    async with contextlib.AsyncExitStack() as stack:
+        session = await stack.enter_async_context(aiohttp.ClientSession()) if borrowed else None
+        client = WachatClient(api_key=KEY, base_url=server.base_url, session=session)
         async with client:
-            pass
+            await client.get_qr_image(NAME)
+        assert client.closed
+        server.reset_log()
+        with pytest.raises(ClientClosedError, match="closed") as info:
+            await _use(client, how, tmp_path)
+    assert isinstance(info.value, WachatError)
+    assert isinstance(info.value, RuntimeError)
+    assert info.value.attempts == 0
+    assert server.request_count() == 0
+    assert not (tmp_path / "qr.png").exists()
+
+
+async def test_a_client_closed_before_its_first_call_refuses_it(server: FakeWachatServer) -> None:
+    """aclose() on a client that never made a call closes it all the same."""
+    client = WachatClient(api_key=KEY, base_url=server.base_url)
+    await client.aclose()
+    assert "state=closed" in repr(client)
+    with pytest.raises(ClientClosedError):
+        await client.get_qr_image(NAME)
+    assert server.request_count() == 0
 
 
 async def test_client_opens_lazily_without_async_with(server: FakeWachatServer) -> None:

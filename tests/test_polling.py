@@ -13,7 +13,7 @@ import sys
 import warnings
 import zlib
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 
 import attrs
 import pytest
@@ -24,6 +24,7 @@ from tests.conftest import KEY, NAME, assert_no_connection_checked_out, assert_n
 from wachat_async import (
     AuthenticationError,
     BadRequestError,
+    ClientClosedError,
     GatewayTimeoutError,
     InstanceNotFoundError,
     InstanceState,
@@ -1080,6 +1081,79 @@ async def test_cancelling_the_consumer_cancels_the_batch() -> None:
     assert running
     assert all(t.done() for t in running)
     assert sorted(fetch.cancelled) == ["h1", "h2"]
+
+
+def _wait_for_next(results: FetchMany) -> Awaitable[object]:
+    """``asyncio.wait_for(anext(results), ...)`` with a tiny timeout, for a result that never
+    comes (a timeout of 0 would cancel the ``__anext__`` before it even started)."""
+    return asyncio.wait_for(results.__anext__(), timeout=0.01)
+
+
+@pytest.mark.parametrize(
+    "how",
+    [
+        pytest.param("wait_for", id="wait-for-timeout"),
+        pytest.param("cancel", id="task-cancelled"),
+    ],
+)
+async def test_a_cancelled_pending_anext_never_passes_for_the_end_of_the_batch(how: str) -> None:
+    """Once a pending __anext__ was cancelled (wait_for timed out, or its task was cancelled),
+    the batch is cancelled and every later __anext__ raises RuntimeError saying so: a batch
+    cut short is never mistaken for a complete one."""
+    fetch = Recorder(hang={"slow"})
+    results = fetch_many(fetch, ["slow", "a", "b"], concurrency=1)
+    if how == "wait_for":
+        with pytest.raises(asyncio.TimeoutError):
+            await _wait_for_next(results)
+    else:
+        pending = asyncio.ensure_future(results.__anext__())
+        while not fetch.calls:
+            await asyncio.sleep(0)
+        pending.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await pending
+    assert fetch.cancelled == ["slow"]
+    assert workers() == []
+    assert "cancelled" in repr(results)
+    for _ in range(2):  # every later call, not only the next one
+        with pytest.raises(RuntimeError, match="cancelled while waiting for a result") as info:
+            await results.__anext__()
+        assert "asyncio.timeout" in str(info.value)
+    with pytest.raises(RuntimeError, match="cancelled"):
+        async for _ in results:
+            pass  # pragma: no cover
+    await results.aclose()  # leaving an ``async with`` afterwards is still quiet
+
+
+async def test_a_batch_closed_normally_still_ends_quietly() -> None:
+    """aclose() (leaving ``async with``) is not a cancellation: later iteration just ends."""
+    results = fetch_many(Recorder(), ["a", "b"], concurrency=1)
+    await results.__anext__()
+    await results.aclose()
+    assert [r async for r in results] == []
+
+
+@pytest.mark.parametrize("dedupe", [True, False], ids=["dedupe", "no-dedupe"])
+async def test_a_closed_client_ends_the_batch_with_client_closed_error(dedupe: bool) -> None:
+    """A fetch that raises ClientClosedError (the client was closed) is not a per-name result:
+    the results already done are yielded, then the loop raises it and the fetches still in
+    flight are cancelled, even for an endless iterable."""
+    closed = ClientClosedError("WachatClient is closed")
+    fetch = Recorder(fail={"closed": closed}, hang={"h"})
+    names = itertools.chain(["a", "h", "closed"], itertools.cycle(["x", "y"]))
+    got: list[str] = []
+
+    async def consume() -> None:
+        async for result in fetch_many(fetch, names, concurrency=3, dedupe=dedupe):
+            got.append(result.instance_name)
+
+    with pytest.raises(ClientClosedError) as info:
+        await consume()
+    assert info.value is closed
+    assert "a" in got
+    assert "closed" not in got
+    assert "h" in fetch.cancelled
+    assert workers() == []
 
 
 # -- fetch_many against the fake server ---------------------------------------------------------

@@ -21,17 +21,17 @@ import warnings
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 from yarl import URL
 
-from ._errors import ConfigurationError, raise_clean
+from ._errors import ClientClosedError, ConfigurationError, raise_clean
 from ._files import PathArg, write_stream
 from ._models import InstanceState, QRFailure, QRImage, QRSuccess
 from ._polling import FetchMany, fetch_many, watch_qr
 from ._redact import Secret, mentions
-from ._retry import Retrier, RetryBudget, RetryPolicy
+from ._retry import Retrier, RetryBudget, RetryPolicy, note_slot_wait
 from ._stream import CHUNK_SIZE, QRStream
 from ._transport import DEFAULT_TIMEOUT, Transport, _SanitizedCause
 from ._urls import DEFAULT_BASE_URL, _build_qr_image_url, _qr_image_endpoint
@@ -216,7 +216,8 @@ class WachatClient:
 
     @property
     def closed(self) -> bool:
-        """True after :meth:`aclose`; a closed client refuses every call."""
+        """True after :meth:`aclose`; a closed client refuses every call
+        (:class:`ClientClosedError`)."""
         return self._closed
 
     async def _bind(self) -> aiohttp.ClientSession:
@@ -229,9 +230,7 @@ class WachatClient:
         to another loop (or is closed) is a :class:`ConfigurationError`.
         """
         if self._closed:
-            raise RuntimeError(
-                "WachatClient is closed; create a new client (a closed one cannot be reused)"
-            )
+            raise ClientClosedError(_CLOSED_MESSAGE, attempts=0)
         loop = asyncio.get_running_loop()
         old = self._session, self._loop_guard
         self._session, self._loop, self._loop_guard = None, None, None
@@ -326,9 +325,14 @@ class WachatClient:
     async def aclose(self) -> None:
         """Close the client's own session (a borrowed one is left open). Idempotent.
 
-        Safe from any event loop, also after the loop the session was used in has ended.
+        From then on every call raises :class:`ClientClosedError`; so do the calls waiting for
+        a connection slot right now (they are woken, and send nothing) and, on the client's own
+        session, the requests in flight. Safe from any event loop, also after the loop the
+        session was used in has ended.
         """
         self._closed = True
+        self._transport.closed = True  # a request still in flight fails as ClientClosedError
+        self._slots.close()  # calls waiting for a slot are refused now, not left waiting
         await self._unbind()
 
     def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
@@ -441,13 +445,17 @@ class WachatClient:
         ``dedupe=True``: one result per distinct name (the names seen are remembered).
         ``dedupe=False``: every name pulled is fetched, so ``itertools.cycle(names)`` is a
         polling loop in memory bounded by *concurrency*. Either way one name is never in flight
-        twice at once, an invalid name becomes a :class:`QRFailure` with an
-        :class:`InvalidInstanceNameError`, and the event loop is never held.
+        twice at once within the batch (two batches do not know of each other), an invalid
+        name becomes a :class:`QRFailure` with an :class:`InvalidInstanceNameError`, and the
+        event loop is never held.
 
         Returns a :class:`FetchMany`: iterate it, ideally inside ``async with`` so that leaving
         the block cancels what is still in flight. *concurrency* is capped at the client's
         connection slots (``max_connections``, or a borrowed connector's limit), and each fetch
-        queues for a slot before its timeout starts. See :func:`wachat_async._polling.fetch_many`.
+        queues for a slot before its timeout starts. Closing the client ends the batch with
+        :class:`ClientClosedError`, raised from the loop; a batch whose pending result was
+        cancelled (``asyncio.wait_for`` around ``anext``) raises ``RuntimeError`` from then on.
+        See :func:`wachat_async._polling.fetch_many`.
         """
         return fetch_many(
             self.get_qr_image,
@@ -516,10 +524,68 @@ def _connector_limit(session: aiohttp.ClientSession) -> int | None:
     return min(limits) if limits else None
 
 
-def _new_slots(limit: int | None) -> asyncio.Semaphore:
+def _new_slots(limit: int | None) -> _ConnectionQueue:
     """The connection queue: one slot per connection (a semaphore never binds to a loop until
     someone waits on it, and a new one is made for each loop the client runs in)."""
-    return asyncio.Semaphore(sys.maxsize if limit is None else limit)
+    return _ConnectionQueue(sys.maxsize if limit is None else limit)
+
+
+_CLOSED_MESSAGE = "WachatClient is closed; create a new client (a closed one cannot be reused)"
+
+
+class _ConnectionQueue(asyncio.Semaphore):
+    """The client's connection slots: a FIFO semaphore that can be closed.
+
+    * :meth:`acquire` refuses with :class:`ClientClosedError` once the queue is closed, also
+      for a call that was already waiting (nothing is sent);
+    * a wait that is cancelled (the policy's deadline, or the caller) marks the
+      ``CancelledError`` with how many slots were in use (:func:`note_slot_wait`), so a
+      deadline spent queueing says so;
+    * :meth:`close` wakes every waiter (each refuses, then hands the wake-up on).
+
+    The transport and the stream see an ``asyncio.Semaphore``: acquire, release.
+    """
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self.limit = limit
+        self.closed = False
+
+    @property
+    def in_use(self) -> int:
+        """How many slots are held right now."""
+        return max(0, self.limit - max(self._value, 0))
+
+    async def acquire(self) -> Literal[True]:
+        if self.closed:
+            raise ClientClosedError(_CLOSED_MESSAGE, attempts=0)
+        if self._value > 0 and not self._waiters:
+            self._value -= 1  # the common case: a free slot and nobody ahead, as super() does
+            return True
+        try:
+            await super().acquire()
+        except asyncio.CancelledError as exc:
+            note_slot_wait(exc, self.in_use)
+            raise
+        if self.closed:  # woken by close(): hand the wake-up on, refuse this call
+            self.release()
+            raise ClientClosedError(
+                "WachatClient was closed while this call waited for a connection slot "
+                "(nothing was sent)",
+                attempts=0,
+            )
+        return True
+
+    def close(self) -> None:
+        """Refuse every later acquire and wake the calls waiting now (they refuse too)."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._waiters:
+            # One extra slot wakes the first waiter; each one releases it again as it refuses.
+            # The waiters may belong to another event loop, even a closed one.
+            with suppress(RuntimeError):
+                self.release()
 
 
 def _private_session(
