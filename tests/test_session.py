@@ -29,12 +29,19 @@ from wachat_async import (
     QRFetchFailedError,
     QRImage,
     RetryPolicy,
+    UnexpectedStatusError,
     WachatClient,
     WachatTimeoutError,
 )
 from wachat_async.testing import FakeWachatServer, Fault
 
-from .conftest import KEY, NAME, assert_no_connection_checked_out, assert_no_key
+from .conftest import (
+    KEY,
+    NAME,
+    assert_no_connection_checked_out,
+    assert_no_key,
+    exception_texts,
+)
 
 ZERO_WAIT = RetryPolicy(zero_wait=True)
 
@@ -255,6 +262,86 @@ async def test_borrowed_connector_and_trace_configs_are_used(server: FakeWachatS
         assert sum(len(conns) for conns in connector._conns.values()) == 1  # back in its pool
         assert not session.closed
     assert started == ["/api/v1/instance/qr/image"]
+
+
+@asynccontextmanager
+async def authenticating_proxy(
+    server: FakeWachatServer, seen: list[str | None]
+) -> AsyncIterator[str]:
+    """A plain-HTTP forward proxy on loopback that answers 407 unless the request carries
+    ``Proxy-Authorization: Basic me:pw``, and otherwise relays it to *server*; records each
+    request's Proxy-Authorization. Yields the proxy's URL."""
+    from aiohttp import web
+
+    expected = aiohttp.encode_basic_auth("me", "proxy-pw")
+    upstream = aiohttp.ClientSession()
+
+    async def handler(request: web.BaseRequest) -> web.Response:
+        given = request.headers.get("Proxy-Authorization")
+        seen.append(given)
+        if given != expected:
+            return web.Response(status=407, headers={"Proxy-Authenticate": 'Basic realm="p"'})
+        headers = {
+            k: v
+            for k, v in request.headers.items()
+            if k.lower() not in ("proxy-authorization", "host")
+        }
+        target = request.raw_path  # absolute in a proxy request: http://host:port/path?query
+        if target.startswith("/"):
+            target = f"{server.url}{target}"
+        async with upstream.get(target, headers=headers, allow_redirects=False) as answer:
+            return web.Response(
+                status=answer.status, body=await answer.read(), content_type=answer.content_type
+            )
+
+    runner = web.ServerRunner(web.Server(handler))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+        await upstream.close()
+
+
+def _proxied_session(proxy: str, auth: bool) -> aiohttp.ClientSession:
+    """A session with a default proxy, and (if *auth*) its default proxy_auth."""
+    if not auth:
+        return aiohttp.ClientSession(proxy=proxy)
+    # aiohttp 3.14 deprecates BasicAuth and proxy_auth=: those warnings are the lender's.
+    with pytest.warns(DeprecationWarning, match="BasicAuth is deprecated"):
+        proxy_auth = aiohttp.BasicAuth("me", "proxy-pw")
+    with pytest.warns(DeprecationWarning, match="'proxy_auth' parameter is deprecated"):
+        return aiohttp.ClientSession(proxy=proxy, proxy_auth=proxy_auth)
+
+
+@pytest.mark.parametrize("auth", [True, False], ids=["proxy-auth-carried-over", "no-proxy-auth"])
+async def test_borrowed_default_proxy_keeps_its_proxy_auth(
+    server: FakeWachatServer, auth: bool
+) -> None:
+    """A borrowed session's default proxy is used with its default proxy_auth (the proxy sees
+    the credentials and lets the request through), and the client adds no warning of its own;
+    without them the proxy's 407 is reported, and the proxy password shows nowhere."""
+    seen: list[str | None] = []
+    async with (
+        authenticating_proxy(server, seen) as proxy,
+        _proxied_session(proxy, auth) as session,
+        WachatClient(
+            api_key=KEY, base_url=server.base_url, session=session, retry=ZERO_WAIT
+        ) as client,
+    ):
+        if auth:
+            assert (await client.get_qr_image(NAME)).instance_name == NAME
+        else:
+            with pytest.raises(UnexpectedStatusError) as info:
+                await client.get_qr_image(NAME)
+            assert info.value.status == 407
+            assert_no_key(*exception_texts(info.value))
+    expected = aiohttp.encode_basic_auth("me", "proxy-pw") if auth else None
+    assert seen == [expected]
+    assert server.request_count(NAME) == (1 if auth else 0)
 
 
 async def test_redirects_are_never_followed_whatever_the_session(

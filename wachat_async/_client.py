@@ -82,7 +82,8 @@ class WachatClient:
     with at most *max_connections* connections; if a later call runs in another loop (a second
     ``asyncio.run``, a re-run notebook cell) it opens a fresh one there, transparently. A
     *session* you pass is borrowed, never closed: the client uses its connector (pool, limits,
-    TLS, DNS), trace configs and default proxy, and none of its request defaults (headers,
+    TLS, DNS), trace configs and default proxy (with its ``proxy_auth``), and none of its
+    request defaults (headers,
     cookies, auth, ``base_url``, ``raise_for_status``, timeout, middlewares, ``trust_env``).
 
     Every call (get, stream, save, state, and so ``fetch_many`` and ``watch_qr``) first waits
@@ -259,11 +260,12 @@ class WachatClient:
         """A session of our own over the borrowed session's connector.
 
         The connector (its pool, limits, TLS and DNS settings) is what a borrowed session lends,
-        with its trace configs and its default proxy. None of its request defaults applies:
-        headers (another API's ``Authorization``), cookies, ``auth``, ``base_url``,
-        ``raise_for_status``, ``timeout``, middlewares, ``trust_env`` (which would also read
-        ``~/.netrc``), ``auto_decompress``, ``read_bufsize``: aiohttp cannot switch every one of
-        them off per request (default headers, cookies and ``auth`` it always merges in).
+        with its trace configs and its default proxy (with its ``proxy_auth``). None of its
+        request defaults applies: headers (another API's ``Authorization``), cookies, ``auth``,
+        ``base_url``, ``raise_for_status``, ``timeout``, middlewares, ``trust_env`` (which
+        would also read ``~/.netrc``), ``auto_decompress``, ``read_bufsize``: aiohttp cannot
+        switch every one of them off per request (default headers, cookies and ``auth`` it
+        always merges in).
         """
         connector = borrowed.connector
         if borrowed.closed or connector is None:
@@ -281,13 +283,21 @@ class WachatClient:
                 "asyncio.run() call). Create the session inside the loop that uses the client, "
                 "or pass no session: the client's own session follows the running loop."
             )
-        return _private_session(
+        view = _private_session(
             connector,
             self._transport.timeout,
             connector_owner=False,
             trace_configs=list(borrowed.trace_configs) or None,
+            # aiohttp has no public getter for these two; a version without them lends none.
             proxy=getattr(borrowed, "_default_proxy", None),
         )
+        auth = getattr(borrowed, "_default_proxy_auth", None)
+        if isinstance(auth, aiohttp.BasicAuth):
+            # Set as the lender's session holds it: passing proxy_auth= again would repeat
+            # aiohttp's DeprecationWarning for it (the lender has had theirs) on every bind.
+            with suppress(AttributeError):
+                view._default_proxy_auth = auth
+        return view
 
     async def _unbind(self) -> None:
         """Let go of the session (closing our own, detaching a view of a borrowed one)."""
