@@ -11,8 +11,12 @@ import contextlib
 import gc
 import gzip
 import itertools
+import logging
+import subprocess
+import sys
+import textwrap
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -865,3 +869,153 @@ def test_borrowed_session_from_another_loop_is_a_clear_error(
     assert_no_key(info.value, repr(info.value))
     session.detach()  # its loop is gone: nothing left to close
     assert threaded_server.request_count() == 0
+
+
+@contextlib.contextmanager
+def nothing_left_behind(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Fail on any warning (as an error), any exception ignored in a ``__del__`` or a
+    callback ("unclosed transport", "coroutine ... was never awaited"), and any asyncio error
+    log ("Task was destroyed but it is pending!", "Exception in callback"), up to and
+    including a full garbage collection at the end."""
+    unraisable: list[str] = []
+    previous = sys.unraisablehook
+
+    def record(args: Any) -> None:
+        unraisable.append(f"{args.exc_type.__name__}: {args.exc_value}")
+
+    sys.unraisablehook = record
+    caplog.set_level(logging.DEBUG, logger="asyncio")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            yield
+            gc.collect()
+    finally:
+        sys.unraisablehook = previous
+    assert unraisable == []
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+def _get(loop: asyncio.AbstractEventLoop, client: WachatClient) -> QRImage:
+    return loop.run_until_complete(client.get_qr_image(NAME))
+
+
+@pytest.mark.parametrize(
+    "scenario",
+    [
+        pytest.param("aclose-from-another-loop", id="aclose-from-another-loop"),
+        pytest.param("new-loop-per-call", id="new-loop-per-call-left-open"),
+        pytest.param("old-loop-runs-again", id="old-loop-runs-again"),
+        pytest.param("three-loops-then-asyncio-run", id="three-loops-then-asyncio-run"),
+    ],
+)
+def test_a_session_of_an_idle_loop_is_disposed_of_without_warnings(
+    threaded_server: FakeWachatServer, scenario: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The session of a loop that is still open but not running (a sync wrapper doing
+    ``new_event_loop().run_until_complete(call)`` per call, a notebook's previous loop) is
+    disposed of when the client moves to another loop or is closed from one: no pending task,
+    no never-awaited coroutine, no unclosed socket, and nothing runs twice if the old loop
+    runs again."""
+    client = WachatClient(api_key=KEY, base_url=threaded_server.base_url)
+    opened: list[asyncio.AbstractEventLoop] = []
+
+    def new_loop() -> asyncio.AbstractEventLoop:
+        opened.append(asyncio.new_event_loop())
+        return opened[-1]
+
+    with nothing_left_behind(caplog):
+        try:
+            first = new_loop()
+            assert _get(first, client).instance_name == NAME
+            if scenario == "aclose-from-another-loop":
+                asyncio.run(client.aclose())
+            elif scenario == "new-loop-per-call":
+                assert _get(new_loop(), client).instance_name == NAME
+                assert _get(new_loop(), client).instance_name == NAME
+                new_loop().run_until_complete(client.aclose())
+            elif scenario == "old-loop-runs-again":
+                second = new_loop()
+                assert _get(second, client).instance_name == NAME  # disposes of first's session
+                first.run_until_complete(asyncio.sleep(0))  # what it had scheduled runs now
+                assert _get(second, client).instance_name == NAME
+                second.run_until_complete(client.aclose())
+            else:
+                assert _get(new_loop(), client).instance_name == NAME
+                assert _get(new_loop(), client).instance_name == NAME
+                assert asyncio.run(client.get_qr_image(NAME)).instance_name == NAME
+                asyncio.run(client.aclose())
+        finally:
+            for loop in opened:
+                loop.close()
+    assert client.closed
+    with pytest.raises(ClientClosedError):
+        asyncio.run(client.get_qr_image(NAME))
+
+
+def test_a_dropped_client_of_an_idle_loop_warns_once(
+    threaded_server: FakeWachatServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client dropped without aclose() after its loop stopped running (or was closed
+    without finishing async generators) gives one ResourceWarning, its own, and closes its
+    sockets: no aiohttp or asyncio warning follows it."""
+    client = WachatClient(api_key=KEY, base_url=threaded_server.base_url)
+    loop = asyncio.new_event_loop()
+    try:
+        _get(loop, client)
+    finally:
+        loop.close()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        del client
+        gc.collect()
+    assert [str(w.message) for w in caught] == [
+        "Unclosed WachatClient: use 'async with WachatClient() as client' "
+        "or 'await client.aclose()'"
+    ]
+
+
+#: Scripts run in a child ``python -X dev -W error`` (asyncio debug mode, every warning shown).
+CHILD_SCRIPTS = {
+    "aclose-from-another-loop": """
+        l1 = asyncio.new_event_loop()
+        l1.run_until_complete(client.get_qr_image(NAME))
+        asyncio.run(client.aclose())
+        l1.close()
+    """,
+    "new-loop-per-call": """
+        def get(name):
+            return asyncio.new_event_loop().run_until_complete(client.get_qr_image(name))
+        get(NAME); get(NAME)
+        asyncio.new_event_loop().run_until_complete(client.aclose())
+    """,
+}
+
+
+@pytest.mark.parametrize("script", CHILD_SCRIPTS.values(), ids=CHILD_SCRIPTS.keys())
+def test_loop_changes_are_silent_under_python_dev_mode(
+    threaded_server: FakeWachatServer, script: str
+) -> None:
+    """Under ``python -X dev -W error`` (asyncio debug mode), moving a client between loops
+    left open and closing it from another loop prints no warning, no "Task was destroyed",
+    no never-awaited coroutine (the loops themselves are the script's to close)."""
+    code = "\n".join(
+        [
+            "import asyncio, gc, warnings",
+            "warnings.filterwarnings('ignore', 'unclosed event loop', ResourceWarning)",
+            "from wachat_async import WachatClient",
+            f"NAME = {NAME!r}",
+            f"client = WachatClient(api_key={KEY!r}, base_url={threaded_server.base_url!r})",
+            textwrap.dedent(script),
+            "gc.collect()",
+            "print('done')",
+        ]
+    )
+    child = subprocess.run(  # noqa: S603 - our own interpreter and a script of ours
+        [sys.executable, "-X", "dev", "-W", "error", "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (child.returncode, child.stdout, child.stderr) == (0, "done\n", "")

@@ -226,9 +226,11 @@ class WachatClient:
 
         Runs on the first call and again whenever the loop has changed since (a module-level
         client used by two ``asyncio.run`` calls, a re-run notebook cell). The client's own
-        session is replaced transparently: the old one, whose loop has ended, is dropped
-        without touching that loop. A borrowed session cannot be replaced, so one that belongs
-        to another loop (or is closed) is a :class:`ConfigurationError`.
+        session is replaced transparently: the old one is closed without that loop, which
+        has ended or at least is not running (a loop left open by
+        ``new_event_loop().run_until_complete()``): its sockets are closed at once and nothing
+        is left scheduled or pending on it. A borrowed session cannot be replaced, so one that
+        belongs to another loop (or is closed) is a :class:`ConfigurationError`.
         """
         if self._closed:
             raise ClientClosedError(_CLOSED_MESSAGE, attempts=0)
@@ -316,13 +318,28 @@ class WachatClient:
         if not self._owns_session:
             session.detach()  # the connector is the lender's: never closed here
             return
-        if guard is not None and not session.closed and not _loop_closed(session):
-            with suppress(RuntimeError):  # a guard from another, still running loop
+        loop = getattr(session, "_loop", None)
+        if loop is asyncio.get_running_loop():
+            if guard is not None:
                 await guard.aclose()  # runs the guard's ``finally``: closes the session
-        if not session.closed:
-            # Its loop has ended without finishing async generators (a bare
-            # loop.run_until_complete): close what can be closed without that loop.
-            await _abandon(session)
+            if not session.closed:
+                await session.close()
+            return
+        if loop is not None and loop.is_running():
+            # Another thread runs that loop (a client shared between threads): close it there.
+            if guard is not None:
+                with suppress(Exception):
+                    await asyncio.wrap_future(
+                        asyncio.run_coroutine_threadsafe(guard.aclose(), loop)
+                    )
+            return
+        # The session's loop is not running: it has ended (closed), or it is merely idle (a
+        # loop left open by new_event_loop().run_until_complete(), a notebook's old loop).
+        # Nothing may wait on it, and whatever is scheduled on it may never run: close the
+        # sockets now, mark the session and its connector closed, finish the guard.
+        _close_now(session)
+        if guard is not None:
+            _finish_now(guard)
 
     async def __aenter__(self) -> WachatClient:
         if self._session is None or self._loop is not asyncio.get_running_loop():
@@ -352,6 +369,16 @@ class WachatClient:
         if not getattr(self, "_owns_session", True):
             session.detach()  # a view of a borrowed session: nothing of ours to close
         elif not session.closed:
+            loop = getattr(session, "_loop", None)
+            if loop is None or loop.is_closed() or not loop.is_running():
+                # Its sockets cannot be closed by a loop that does not run: close them here
+                # (first: the warning may be an error), so that one warning, ours, says it all
+                # instead of aiohttp's and asyncio's as well.
+                with suppress(Exception):
+                    _close_now(session)
+                guard = getattr(self, "_loop_guard", None)
+                if guard is not None:
+                    _finish_now(guard)
             _warn(
                 "Unclosed WachatClient: use 'async with WachatClient() as client' "
                 "or 'await client.aclose()'",
@@ -634,32 +661,58 @@ async def _close_at_loop_end(session: aiohttp.ClientSession) -> AsyncGenerator[N
         await session.close()
 
 
-def _loop_closed(session: aiohttp.ClientSession) -> bool:
-    loop = getattr(session, "_loop", None)
-    return loop is None or loop.is_closed()
+def _close_now(session: aiohttp.ClientSession) -> None:
+    """Close a session whose event loop is not running, without that loop and without warnings.
 
-
-async def _abandon(session: aiohttp.ClientSession) -> None:
-    """Close a session whose event loop has already been closed, without warnings.
-
-    Its sockets are still open (closing a loop does not close its transports) and the usual
-    close would schedule callbacks on the dead loop. So each pooled socket is closed directly
-    (best effort: these are asyncio's private transport internals), then the session and its
-    connector are marked closed; aiohttp skips the loop once it sees that the loop is closed.
+    A closed loop does not close its transports, and an idle one may never run again, so each
+    socket is closed here: its transport is aborted and the ``connection_lost`` call that the
+    abort scheduled on the loop is made now instead (the scheduled one is cancelled, so a loop
+    that does run again does not make it twice). Then the connector is marked closed without
+    scheduling anything (no close task left pending on that loop) and the session detached
+    from it. Best effort: these are asyncio's and aiohttp's private internals, each step
+    guarded; a transport of another kind (uvloop) is aborted and left to its loop.
     """
     connector = session.connector
-    if connector is not None and _loop_closed(session):
+    if connector is not None:
         pooled = getattr(connector, "_conns", {}).values()
         protocols = [proto for conns in pooled for proto, _ in conns]
         for proto in [*protocols, *getattr(connector, "_acquired", ())]:
-            transport = proto.transport
-            if transport is None:
-                continue
+            _close_transport(getattr(proto, "transport", None))
+        with suppress(Exception):
+            connector._close()  # what close() does, without the task that waits on the loop
+        if not connector.closed:  # a subclass's _close() failed first: the base one, then
             with suppress(Exception):
-                transport.abort()  # marks it closing; its callback cannot be scheduled
-            lost = getattr(transport, "_call_connection_lost", None)
-            if lost is not None:
-                with suppress(Exception):
-                    lost(None)  # what the loop would have called next: closes the socket
+                aiohttp.BaseConnector._close(connector)
+    session.detach()  # closed now; its connector is closed above
+
+
+def _close_transport(transport: asyncio.BaseTransport | None) -> None:
+    """Abort *transport* and close its socket now (see :func:`_close_now`)."""
+    if transport is None:
+        return
     with suppress(Exception):
-        await session.close()
+        transport.abort()  # type: ignore[attr-defined]
+    # Over TLS the socket belongs to the transport beneath the TLS layer.
+    inner = getattr(getattr(transport, "_ssl_protocol", None), "_transport", None)
+    for current in (transport, inner):
+        lost = getattr(current, "_call_connection_lost", None)
+        if lost is None or getattr(current, "_sock", None) is None:
+            continue
+        for handle in list(getattr(getattr(current, "_loop", None), "_ready", ())):
+            if getattr(handle, "_callback", None) == lost:
+                handle.cancel()  # scheduled by abort(): made here instead
+        with suppress(Exception):
+            lost(None)  # closes the socket (and tells the protocol the connection is gone)
+
+
+def _finish_now(guard: AsyncGenerator[None, None]) -> None:
+    """Finish the loop-end guard without a loop: its ``finally`` awaits the session's close,
+    which returns at once for a closed session. A guard that would really wait is dropped."""
+    step = guard.aclose()
+    try:
+        step.send(None)
+    except StopIteration:
+        return
+    except Exception:  # best effort: there is nobody to report it to
+        return
+    step.close()  # pragma: no cover - the session was closed first, so nothing awaits
