@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
+import traceback
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,6 +20,7 @@ import wachat_async
 from wachat_async import (
     APIStatusError,
     AuthenticationError,
+    ClientClosedError,
     ConfigurationError,
     InstanceNotFoundError,
     InvalidImageError,
@@ -577,6 +580,105 @@ def test_bad_configuration_is_refused(kwargs: dict[str, object], match: str) -> 
     assert_no_key(*exception_texts(info.value))
 
 
+#: Constructions that fail after the key was read (or while it is checked), by what is wrong.
+FAILING_CONFIGURATIONS = [
+    pytest.param({"base_url": "http://wachat.example.com/api/v1"}, id="http-remote"),
+    pytest.param({"base_url": f"https://example.com/{KEY}/api/v1"}, id="key-in-base-url"),
+    pytest.param({"base_url": "https://u:p@example.com/"}, id="userinfo"),
+    pytest.param({"max_connections": 0}, id="zero-connections"),
+    pytest.param({"timeout": "soon"}, id="bad-timeout"),
+    pytest.param({"retry": object()}, id="bad-retry"),
+    pytest.param({"user_agent": "a\r\nb"}, id="bad-user-agent"),
+    pytest.param({"key_suffix": " "}, id="key-with-trailing-space"),
+    pytest.param({"key_suffix": "\n"}, id="key-with-newline"),
+]
+
+
+def _locals_rendered(exc: BaseException) -> str:
+    """*exc*'s traceback below the test's own frame (which holds the key the test passed), as
+    tools that show locals render it: the standard library's capture_locals, and rich's
+    show_locals (what rich.traceback.install gives)."""
+    import io
+
+    from rich.console import Console
+    from rich.traceback import Traceback
+
+    assert exc.__traceback__ is not None
+    below = exc.__traceback__.tb_next  # the library's frames only
+    assert below is not None
+    text = "".join(
+        traceback.TracebackException(type(exc), exc, below, capture_locals=True).format()
+    )
+    console = Console(file=io.StringIO(), width=300)
+    console.print(Traceback.from_exception(type(exc), exc, below, show_locals=True))
+    output = console.file.getvalue()  # type: ignore[attr-defined]
+    assert isinstance(output, str)
+    return text + output
+
+
+@pytest.mark.parametrize("source", ["argument", "environment"])
+@pytest.mark.parametrize("kwargs", FAILING_CONFIGURATIONS)
+def test_a_failing_construction_shows_no_key_in_traceback_locals(
+    kwargs: dict[str, object], source: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever makes WachatClient() fail, a traceback rendered with every frame's locals
+    (rich, pytest --showlocals, capture_locals) shows neither the key (read from the argument
+    or from WACHAT_API_KEY) nor a crash in repr() of the half-built client."""
+    kwargs = dict(kwargs)
+    key = KEY + str(kwargs.pop("key_suffix", ""))
+    if source == "environment":
+        monkeypatch.setenv("WACHAT_API_KEY", key)
+    else:
+        kwargs["api_key"] = key
+    with pytest.raises(ConfigurationError) as info:
+        WachatClient(**kwargs)  # type: ignore[arg-type]
+    rendered = _locals_rendered(info.value)
+    assert "WachatClient" in rendered  # the frames and their locals were rendered
+    assert_no_key(rendered)
+
+
+@pytest.mark.parametrize(
+    "api_key",
+    [
+        pytest.param(KEY.encode(), id="bytes"),
+        pytest.param(bytearray(KEY.encode()), id="bytearray"),
+        pytest.param([KEY], id="list"),
+    ],
+)
+def test_a_key_of_the_wrong_type_is_not_shown_either(api_key: object) -> None:
+    """A key passed as bytes (or any non-str) is refused by type, and is not left in the
+    locals a traceback shows (the client's frame or build_qr_image_url's)."""
+    with pytest.raises(ConfigurationError, match="must be a str, not") as info:
+        WachatClient(api_key=api_key)  # type: ignore[arg-type]
+    assert_no_key(_locals_rendered(info.value), *exception_texts(info.value))
+    with pytest.raises(TypeError, match="must be a str, not") as refused:
+        wachat_async.build_qr_image_url(NAME, api_key=api_key)  # type: ignore[arg-type]
+    assert_no_key(_locals_rendered(refused.value), *exception_texts(refused.value))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        pytest.param({}, id="no-opt-in"),
+        pytest.param({"base_url": "ftp://example.com"}, id="bad-base-url"),
+    ],
+)
+def test_build_qr_image_url_refusals_show_no_key_in_locals(kwargs: dict[str, object]) -> None:
+    """build_qr_image_url's refusals, rendered with locals, do not show the key it was given."""
+    with pytest.raises(ValueError, match=r"API key|base_url") as info:
+        wachat_async.build_qr_image_url(NAME, api_key=KEY, **kwargs)  # type: ignore[arg-type]
+    assert_no_key(_locals_rendered(info.value))
+
+
+def test_repr_of_a_half_built_client_does_not_raise() -> None:
+    """A client whose __init__ raised (what a traceback with locals shows as ``self``) has a
+    repr, a closed flag and a silent __del__."""
+    client = WachatClient.__new__(WachatClient)
+    assert repr(client) == "<WachatClient state=unconfigured>"
+    assert client.closed is False
+    client.__del__()
+
+
 @pytest.mark.parametrize(
     "base_url",
     ["http://127.0.0.1:1/api/v1", "http://localhost/api/v1", "http://[::1]:8080/api/v1"],
@@ -605,17 +707,65 @@ async def test_borrowed_session_is_used_and_left_open(server: FakeWachatServer) 
             assert response.status == 401
 
 
-async def test_use_after_close_raises(server: FakeWachatServer) -> None:
-    """A closed client refuses calls and cannot be re-entered."""
-    client = WachatClient(api_key=KEY, base_url=server.base_url)
-    async with client:
-        await client.get_qr_image(NAME)
-    assert client.closed
-    with pytest.raises(RuntimeError, match="closed"):
-        await client.get_qr_image(NAME)
-    with pytest.raises(RuntimeError, match="closed"):
+async def _use(client: WachatClient, how: str, tmp_path: Path) -> object:
+    """One public call of kind *how* on NAME, reading whatever it returns to the end."""
+    if how == "get":
+        return await client.get_qr_image(NAME)
+    if how == "stream":
+        async with client.stream_qr_image(NAME) as stream:
+            return await stream.read()
+    if how == "save":
+        return await client.save_qr_image(NAME, tmp_path / "qr.png")
+    if how == "state":
+        return await client.get_instance_state(NAME)
+    if how == "watch":
+        async for qr in client.watch_qr(NAME):
+            return qr
+    if how == "fetch_many":
+        async with client.fetch_many([NAME, f"{NAME}_2"]) as results:
+            return [r async for r in results]
+    async with client:  # "enter"
+        return None  # pragma: no cover - a closed client cannot be entered
+
+
+USES = [
+    pytest.param(how, id=how)
+    for how in ("get", "stream", "save", "state", "watch", "fetch_many", "enter")
+]
+
+
+@pytest.mark.parametrize("borrowed", [False, True], ids=["own-session", "borrowed-session"])
+@pytest.mark.parametrize("how", USES)
+async def test_every_use_of_a_closed_client_raises_client_closed_error(
+    server: FakeWachatServer, how: str, borrowed: bool, tmp_path: Path
+) -> None:
+    """After aclose(), every call (and ``async with``) raises ClientClosedError: a WachatError
+    (so ``except WachatError`` handles it) and a RuntimeError (what it was before), with
+    attempts == 0 and nothing sent."""
+    async with contextlib.AsyncExitStack() as stack:
+        session = await stack.enter_async_context(aiohttp.ClientSession()) if borrowed else None
+        client = WachatClient(api_key=KEY, base_url=server.base_url, session=session)
         async with client:
-            pass
+            await client.get_qr_image(NAME)
+        assert client.closed
+        server.reset_log()
+        with pytest.raises(ClientClosedError, match="closed") as info:
+            await _use(client, how, tmp_path)
+    assert isinstance(info.value, WachatError)
+    assert isinstance(info.value, RuntimeError)
+    assert info.value.attempts == 0
+    assert server.request_count() == 0
+    assert not (tmp_path / "qr.png").exists()
+
+
+async def test_a_client_closed_before_its_first_call_refuses_it(server: FakeWachatServer) -> None:
+    """aclose() on a client that never made a call closes it all the same."""
+    client = WachatClient(api_key=KEY, base_url=server.base_url)
+    await client.aclose()
+    assert "state=closed" in repr(client)
+    with pytest.raises(ClientClosedError):
+        await client.get_qr_image(NAME)
+    assert server.request_count() == 0
 
 
 async def test_client_opens_lazily_without_async_with(server: FakeWachatServer) -> None:

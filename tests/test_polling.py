@@ -13,7 +13,7 @@ import sys
 import warnings
 import zlib
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 
 import attrs
 import pytest
@@ -24,6 +24,7 @@ from tests.conftest import KEY, NAME, assert_no_connection_checked_out, assert_n
 from wachat_async import (
     AuthenticationError,
     BadRequestError,
+    ClientClosedError,
     GatewayTimeoutError,
     InstanceNotFoundError,
     InstanceState,
@@ -56,7 +57,7 @@ from wachat_async._polling import (
     watch_qr,
     watch_wait,
 )
-from wachat_async._validate import check_instance_name
+from wachat_async._validate import check_instance_name, shown_item
 from wachat_async.testing import FakeWachatServer, Fault
 
 FUZZ = settings(
@@ -537,10 +538,63 @@ async def test_fetch_many_reports_a_name_that_is_not_a_str(item: object, dedupe:
     (bad,) = [r for r in results if not r.ok]
     assert bad.instance_name is item
     assert isinstance(bad.error, InvalidInstanceNameError)
+    assert isinstance(bad.error, TypeError)
     assert f"must be a str, not {type(item).__name__}" in str(bad.error)
-    assert bad.error.instance_name is None
+    assert bad.error.instance_name == shown_item(item)
     assert sorted(r.instance_name for r in results if r.ok) == ["a", "b"]
     assert fetch.calls == Counter({"a": 1, "b": 1})
+
+
+@pytest.mark.parametrize(
+    ("item", "expected"),
+    [
+        pytest.param(None, None, id="none-is-none"),
+        pytest.param(42, "42", id="int"),
+        pytest.param(b"t1_abc", "b't1_abc'", id="bytes"),
+        pytest.param(["t1_abc"], "['t1_abc']", id="list"),
+    ],
+)
+async def test_a_non_str_names_error_instance_name_is_its_repr(
+    item: object, expected: str | None
+) -> None:
+    """error.instance_name of a non-str item is its repr (None for None): a str like every
+    other error's, the same in fetch_many as in a direct call."""
+    (result,) = [r async for r in fetch_many(Recorder(), [item], concurrency=1)]  # type: ignore[list-item]
+    assert result.error is not None
+    assert result.error.instance_name == expected
+    with pytest.raises(InvalidInstanceNameError) as direct:
+        check_instance_name(item)
+    assert direct.value.instance_name == expected
+
+
+@pytest.mark.parametrize(
+    ("dedupe", "results"), [pytest.param(True, 2, id="dedupe"), pytest.param(False, 5, id="no")]
+)
+async def test_unhashable_items_follow_dedupe_too(dedupe: bool, results: int) -> None:
+    """An unhashable item ([] or {}) seen again is skipped with dedupe=True (compared by
+    equality), like any repeat; without dedupe each one is reported."""
+    items: list[object] = [[], [], {}, {}, []]
+    outcomes = [
+        r
+        async for r in fetch_many(Recorder(), items, concurrency=2, dedupe=dedupe)  # type: ignore[arg-type]
+    ]
+    assert len(outcomes) == results
+    assert all(isinstance(r.error, InvalidInstanceNameError) for r in outcomes)
+
+
+async def test_an_item_whose_equality_fails_is_still_reported() -> None:
+    """An unhashable item whose == raises is reported (not a crash) and never deduplicated
+    against another by accident."""
+
+    class Hostile(list[object]):
+        def __eq__(self, other: object) -> bool:
+            raise ValueError("no comparisons")
+
+        __hash__ = None  # type: ignore[assignment]
+
+    items: list[object] = [Hostile(), Hostile()]
+    outcomes = [r async for r in fetch_many(Recorder(), items, concurrency=1)]  # type: ignore[arg-type]
+    assert [r.instance_name for r in outcomes] == items
 
 
 @pytest.mark.parametrize(
@@ -625,12 +679,17 @@ async def test_every_method_raises_invalid_instance_name_error(
 
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("item", NOT_STRINGS)
-async def test_every_method_raises_type_error_for_a_non_str(
+async def test_every_method_raises_an_invalid_name_type_error_for_a_non_str(
     server: FakeWachatServer, client: WachatClient, method: str, item: object
 ) -> None:
-    """A name that is not a str is a programming error in a direct call: TypeError."""
-    with pytest.raises(TypeError, match="must be a str"):
+    """A name that is not a str (None from a query string, an int, bytes...) raises an
+    InvalidInstanceNameError that is also a TypeError, so both ``except WachatError`` (a clean
+    4xx in a web handler) and ``except TypeError`` catch it; nothing is sent."""
+    with pytest.raises(InvalidInstanceNameError, match="must be a str") as caught:
         await _call(_direct_calls(client, item)[method])
+    assert isinstance(caught.value, TypeError)
+    assert isinstance(caught.value, WachatError)
+    assert caught.value.instance_name == shown_item(item)
     assert server.request_count() == 0
 
 
@@ -1031,6 +1090,79 @@ async def test_cancelling_the_consumer_cancels_the_batch() -> None:
     assert running
     assert all(t.done() for t in running)
     assert sorted(fetch.cancelled) == ["h1", "h2"]
+
+
+def _wait_for_next(results: FetchMany) -> Awaitable[object]:
+    """``asyncio.wait_for(anext(results), ...)`` with a tiny timeout, for a result that never
+    comes (a timeout of 0 would cancel the ``__anext__`` before it even started)."""
+    return asyncio.wait_for(results.__anext__(), timeout=0.01)
+
+
+@pytest.mark.parametrize(
+    "how",
+    [
+        pytest.param("wait_for", id="wait-for-timeout"),
+        pytest.param("cancel", id="task-cancelled"),
+    ],
+)
+async def test_a_cancelled_pending_anext_never_passes_for_the_end_of_the_batch(how: str) -> None:
+    """Once a pending __anext__ was cancelled (wait_for timed out, or its task was cancelled),
+    the batch is cancelled and every later __anext__ raises RuntimeError saying so: a batch
+    cut short is never mistaken for a complete one."""
+    fetch = Recorder(hang={"slow"})
+    results = fetch_many(fetch, ["slow", "a", "b"], concurrency=1)
+    if how == "wait_for":
+        with pytest.raises(asyncio.TimeoutError):
+            await _wait_for_next(results)
+    else:
+        pending = asyncio.ensure_future(results.__anext__())
+        while not fetch.calls:
+            await asyncio.sleep(0)
+        pending.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await pending
+    assert fetch.cancelled == ["slow"]
+    assert workers() == []
+    assert "cancelled" in repr(results)
+    for _ in range(2):  # every later call, not only the next one
+        with pytest.raises(RuntimeError, match="cancelled while waiting for a result") as info:
+            await results.__anext__()
+        assert "asyncio.timeout" in str(info.value)
+    with pytest.raises(RuntimeError, match="cancelled"):
+        async for _ in results:
+            pass  # pragma: no cover
+    await results.aclose()  # leaving an ``async with`` afterwards is still quiet
+
+
+async def test_a_batch_closed_normally_still_ends_quietly() -> None:
+    """aclose() (leaving ``async with``) is not a cancellation: later iteration just ends."""
+    results = fetch_many(Recorder(), ["a", "b"], concurrency=1)
+    await results.__anext__()
+    await results.aclose()
+    assert [r async for r in results] == []
+
+
+@pytest.mark.parametrize("dedupe", [True, False], ids=["dedupe", "no-dedupe"])
+async def test_a_closed_client_ends_the_batch_with_client_closed_error(dedupe: bool) -> None:
+    """A fetch that raises ClientClosedError (the client was closed) is not a per-name result:
+    the results already done are yielded, then the loop raises it and the fetches still in
+    flight are cancelled, even for an endless iterable."""
+    closed = ClientClosedError("WachatClient is closed")
+    fetch = Recorder(fail={"closed": closed}, hang={"h"})
+    names = itertools.chain(["a", "h", "closed"], itertools.cycle(["x", "y"]))
+    got: list[str] = []
+
+    async def consume() -> None:
+        async for result in fetch_many(fetch, names, concurrency=3, dedupe=dedupe):
+            got.append(result.instance_name)
+
+    with pytest.raises(ClientClosedError) as info:
+        await consume()
+    assert info.value is closed
+    assert "a" in got
+    assert "closed" not in got
+    assert "h" in fetch.cancelled
+    assert workers() == []
 
 
 # -- fetch_many against the fake server ---------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import math
 from datetime import datetime, timedelta, timezone
@@ -34,7 +35,13 @@ from wachat_async import (
     WachatTimeoutError,
 )
 from wachat_async._errors import status_error
-from wachat_async._retry import Retrier, backoff_wait, is_transient, is_transport_fault
+from wachat_async._retry import (
+    Retrier,
+    backoff_wait,
+    is_transient,
+    is_transport_fault,
+    note_slot_wait,
+)
 from wachat_async.testing import FakeWachatServer, Fault
 
 from .conftest import (
@@ -412,6 +419,65 @@ async def test_a_full_queue_puts_the_first_attempt_under_the_deadline() -> None:
     assert not retrier.guards_first_attempt
     with pytest.raises(DeadlineExceededError, match=r"after 1 attempt$"):
         await asyncio.wait_for(retrier.call(NAME, queue, attempt), timeout=30)
+
+
+def queueing(in_use: int, *, fail_first: bool) -> Any:
+    """An attempt that waits forever for a connection slot, marking its cancellation the way
+    the client's connection queue does (after one failing attempt, if *fail_first*)."""
+    calls: list[str] = []
+
+    async def attempt(name: str) -> None:
+        calls.append(name)
+        if fail_first and len(calls) == 1:
+            raise QRFetchFailedError(instance_name=name)
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError as exc:
+            note_slot_wait(exc, in_use)
+            raise
+
+    return attempt
+
+
+@pytest.mark.parametrize(
+    ("fail_first", "message", "attempts"),
+    [
+        pytest.param(
+            False,
+            "deadline of 5 s exceeded while waiting for a connection slot "
+            "(3 in use: is a stream left open?)",
+            0,
+            id="first-attempt-never-sent",
+        ),
+        pytest.param(
+            True,
+            "deadline of 5 s exceeded after 1 attempt, the next one waiting for a connection "
+            "slot (3 in use: is a stream left open?)",
+            1,
+            id="retry-never-sent",
+        ),
+    ],
+)
+async def test_a_deadline_spent_queueing_says_so_and_counts_only_sent_attempts(
+    fail_first: bool, message: str, attempts: int
+) -> None:
+    """When the deadline strikes while an attempt waits for a connection slot, the error says
+    it was waiting (how many slots were busy, and the likely cause), and ``attempts`` counts
+    only the attempts that were sent."""
+    readings = itertools.chain([0.0], itertools.repeat(4.999))  # then 1 ms of deadline left
+    retrier = Retrier(
+        RetryPolicy(deadline=5.0, initial_wait=0),
+        RetryBudget.unlimited(),
+        attempt_timeout=1.0,
+        clock=readings.__next__,
+    )
+    queue = asyncio.Semaphore(0)  # no slot free: the first attempt runs under the deadline
+    with pytest.raises(DeadlineExceededError) as info:
+        await asyncio.wait_for(
+            retrier.call(NAME, queue, queueing(3, fail_first=fail_first)), timeout=30
+        )
+    assert str(info.value) == message
+    assert info.value.attempts == attempts
 
 
 async def test_a_guarded_first_attempt_that_is_not_retryable_is_raised_as_it_is() -> None:

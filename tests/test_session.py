@@ -7,10 +7,16 @@ outcomes (every call succeeded, the server saw exactly these headers, no warning
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import gzip
+import itertools
+import logging
+import subprocess
+import sys
+import textwrap
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -20,17 +26,26 @@ import pytest
 from yarl import URL
 
 from wachat_async import (
+    ClientClosedError,
     ConfigurationError,
+    DeadlineExceededError,
     InstanceNotFoundError,
     QRFetchFailedError,
     QRImage,
     RetryPolicy,
+    UnexpectedStatusError,
     WachatClient,
     WachatTimeoutError,
 )
 from wachat_async.testing import FakeWachatServer, Fault
 
-from .conftest import KEY, NAME, assert_no_connection_checked_out, assert_no_key
+from .conftest import (
+    KEY,
+    NAME,
+    assert_no_connection_checked_out,
+    assert_no_key,
+    exception_texts,
+)
 
 ZERO_WAIT = RetryPolicy(zero_wait=True)
 
@@ -253,6 +268,86 @@ async def test_borrowed_connector_and_trace_configs_are_used(server: FakeWachatS
     assert started == ["/api/v1/instance/qr/image"]
 
 
+@asynccontextmanager
+async def authenticating_proxy(
+    server: FakeWachatServer, seen: list[str | None]
+) -> AsyncIterator[str]:
+    """A plain-HTTP forward proxy on loopback that answers 407 unless the request carries
+    ``Proxy-Authorization: Basic me:pw``, and otherwise relays it to *server*; records each
+    request's Proxy-Authorization. Yields the proxy's URL."""
+    from aiohttp import web
+
+    expected = aiohttp.encode_basic_auth("me", "proxy-pw")
+    upstream = aiohttp.ClientSession()
+
+    async def handler(request: web.BaseRequest) -> web.Response:
+        given = request.headers.get("Proxy-Authorization")
+        seen.append(given)
+        if given != expected:
+            return web.Response(status=407, headers={"Proxy-Authenticate": 'Basic realm="p"'})
+        headers = {
+            k: v
+            for k, v in request.headers.items()
+            if k.lower() not in ("proxy-authorization", "host")
+        }
+        target = request.raw_path  # absolute in a proxy request: http://host:port/path?query
+        if target.startswith("/"):
+            target = f"{server.url}{target}"
+        async with upstream.get(target, headers=headers, allow_redirects=False) as answer:
+            return web.Response(
+                status=answer.status, body=await answer.read(), content_type=answer.content_type
+            )
+
+    runner = web.ServerRunner(web.Server(handler))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+        await upstream.close()
+
+
+def _proxied_session(proxy: str, auth: bool) -> aiohttp.ClientSession:
+    """A session with a default proxy, and (if *auth*) its default proxy_auth."""
+    if not auth:
+        return aiohttp.ClientSession(proxy=proxy)
+    # aiohttp 3.14 deprecates BasicAuth and proxy_auth=: those warnings are the lender's.
+    with pytest.warns(DeprecationWarning, match="BasicAuth is deprecated"):
+        proxy_auth = aiohttp.BasicAuth("me", "proxy-pw")
+    with pytest.warns(DeprecationWarning, match="'proxy_auth' parameter is deprecated"):
+        return aiohttp.ClientSession(proxy=proxy, proxy_auth=proxy_auth)
+
+
+@pytest.mark.parametrize("auth", [True, False], ids=["proxy-auth-carried-over", "no-proxy-auth"])
+async def test_borrowed_default_proxy_keeps_its_proxy_auth(
+    server: FakeWachatServer, auth: bool
+) -> None:
+    """A borrowed session's default proxy is used with its default proxy_auth (the proxy sees
+    the credentials and lets the request through), and the client adds no warning of its own;
+    without them the proxy's 407 is reported, and the proxy password shows nowhere."""
+    seen: list[str | None] = []
+    async with (
+        authenticating_proxy(server, seen) as proxy,
+        _proxied_session(proxy, auth) as session,
+        WachatClient(
+            api_key=KEY, base_url=server.base_url, session=session, retry=ZERO_WAIT
+        ) as client,
+    ):
+        if auth:
+            assert (await client.get_qr_image(NAME)).instance_name == NAME
+        else:
+            with pytest.raises(UnexpectedStatusError) as info:
+                await client.get_qr_image(NAME)
+            assert info.value.status == 407
+            assert_no_key(*exception_texts(info.value))
+    expected = aiohttp.encode_basic_auth("me", "proxy-pw") if auth else None
+    assert seen == [expected]
+    assert server.request_count(NAME) == (1 if auth else 0)
+
+
 async def test_redirects_are_never_followed_whatever_the_session(
     server: FakeWachatServer,
 ) -> None:
@@ -328,7 +423,6 @@ async def test_more_calls_than_connections_queue_instead_of_timing_out(
                 *(call(client, how, name, tmp_path) for name in names), return_exceptions=True
             )
             assert_no_connection_checked_out(client)
-            assert client._slots._value == 1
     assert [r for r in results if isinstance(r, BaseException)] == []
 
 
@@ -360,7 +454,6 @@ async def test_borrowed_session_queue_follows_its_connector(
                 retry=RetryPolicy.disabled(),
             ) as client,
         ):
-            assert client._slot_limit == 1
             images = await asyncio.gather(*(client.get_qr_image(n) for n in names))
             async with client.fetch_many(names, concurrency=50) as results:
                 outcomes = [r async for r in results]
@@ -368,27 +461,106 @@ async def test_borrowed_session_queue_follows_its_connector(
     assert all(result.ok for result in outcomes)
 
 
-def test_unlimited_borrowed_connector_means_an_unlimited_queue() -> None:
-    """aiohttp's limit=0 is 'no limit': the client's queue does not limit either."""
+async def until(condition: Callable[[], bool]) -> None:
+    """Let the loop run until *condition* holds (a hang guard, not a timing assertion)."""
 
-    async def main() -> int | None:
-        connector = aiohttp.TCPConnector(limit=0)
-        async with aiohttp.ClientSession(connector=connector) as session:
-            return WachatClient(api_key=KEY, session=session)._slot_limit
+    async def poll() -> None:
+        while not condition():
+            await asyncio.sleep(0)
 
-    assert asyncio.run(main()) is None
+    await asyncio.wait_for(poll(), 10)
+
+
+async def settle() -> None:
+    """Give the loop plenty of turns (no sleeping): enough for any request that could be sent
+    over loopback to reach the server in the same loop."""
+    for _ in range(200):
+        await asyncio.sleep(0)
+
+
+@asynccontextmanager
+async def hanging_calls(
+    server: FakeWachatServer, client: WachatClient, count: int
+) -> AsyncIterator[list[asyncio.Task[QRImage]]]:
+    """*count* concurrent get_qr_image calls, each for a name whose request hangs; cancelled
+    (and awaited) on the way out."""
+    names = [f"{NAME}_hang_{i}" for i in range(count)]
+    for name in names:
+        server.add_instance(name)
+        server.script(name, [Fault(hang=True)])
+    tasks = [asyncio.ensure_future(client.get_qr_image(name)) for name in names]
+    try:
+        yield tasks
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@pytest.mark.parametrize(
+    "connector_kwargs",
+    [
+        pytest.param(None, id="own-max-connections"),
+        pytest.param({"limit": 2}, id="borrowed-limit"),
+        pytest.param({"limit": 0, "limit_per_host": 2}, id="borrowed-limit-per-host"),
+        pytest.param({"limit": 9, "limit_per_host": 2}, id="borrowed-both"),
+    ],
+)
+async def test_at_most_the_connection_limit_is_in_flight_at_the_server(
+    server: FakeWachatServer, connector_kwargs: dict[str, int] | None
+) -> None:
+    """Five calls against two connection slots: the server sees exactly two requests, the
+    other three wait in the client's queue (and send nothing) until a slot is free."""
+    async with contextlib.AsyncExitStack() as stack:
+        session = None
+        if connector_kwargs is not None:
+            connector = aiohttp.TCPConnector(**connector_kwargs)
+            session = await stack.enter_async_context(aiohttp.ClientSession(connector=connector))
+        client = await stack.enter_async_context(
+            WachatClient(api_key=KEY, base_url=server.base_url, max_connections=2, session=session)
+        )
+        async with hanging_calls(server, client, 5) as tasks:
+            await until(lambda: server.request_count() == 2)
+            await settle()
+            assert server.request_count() == 2
+            assert not any(task.done() for task in tasks)
+
+
+async def test_unlimited_borrowed_connector_means_an_unlimited_queue(
+    server: FakeWachatServer,
+) -> None:
+    """aiohttp's limit=0 is 'no limit': the client's queue does not limit either (not even to
+    max_connections, which is for the client's own pool): 120 calls are all in flight."""
+    connector = aiohttp.TCPConnector(limit=0)
+    async with (
+        aiohttp.ClientSession(connector=connector) as session,
+        WachatClient(api_key=KEY, base_url=server.base_url, session=session) as client,
+        hanging_calls(server, client, 120),
+    ):
+        await until(lambda: server.request_count() == 120)
 
 
 async def test_stream_holds_its_slot_until_closed(server: FakeWachatServer) -> None:
-    """An open stream keeps its connection slot; leaving the block (read or not) frees it."""
-    async with WachatClient(api_key=KEY, base_url=server.base_url, max_connections=1) as client:
-        async with client.stream_qr_image(NAME) as stream:
-            assert client._slots.locked()
-            await stream.__anext__()
-        assert not client._slots.locked()
-        async with client.stream_qr_image(NAME):
-            pass
-        assert not client._slots.locked()
+    """An open stream keeps its connection slot (a call behind it waits until its deadline and
+    says why, having sent nothing); leaving the block (read or not) frees it."""
+    async with WachatClient(
+        api_key=KEY,
+        base_url=server.base_url,
+        max_connections=1,
+        retry=RetryPolicy(zero_wait=True, deadline=0.02),
+    ) as client:
+        for read in (True, False):
+            async with client.stream_qr_image(NAME) as stream:
+                if read:
+                    await stream.__anext__()
+                with pytest.raises(DeadlineExceededError) as info:
+                    await client.get_qr_image(NAME)
+            assert "waiting for a connection slot (1 in use: is a stream left open?)" in str(
+                info.value
+            )
+            assert info.value.attempts == 0
+            assert (await client.get_qr_image(NAME)).instance_name == NAME
+    assert server.request_count(NAME) == 4  # two streams, two calls after them; none queued
 
 
 @pytest.mark.parametrize("how", CALLS)
@@ -408,8 +580,104 @@ async def test_slots_are_released_on_errors_and_cancellation(
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        assert client._slots._value == 2
         assert_no_connection_checked_out(client)
+        # Both slots are free again: two more calls are both sent at once.
+        sent = server.request_count()
+        async with hanging_calls(server, client, 2):
+            await until(lambda: server.request_count() == sent + 2)
+
+
+@pytest.mark.parametrize("borrowed", [False, True], ids=["own-session", "borrowed-session"])
+@pytest.mark.parametrize("how", CALLS)
+async def test_aclose_refuses_the_calls_queued_for_a_slot(
+    server: FakeWachatServer, how: str, borrowed: bool, tmp_path: Path
+) -> None:
+    """aclose() while calls wait for a connection slot: each is woken and refused with
+    ClientClosedError (attempts 0, nothing sent), never an AssertionError; the call in flight
+    on the client's own session fails the same way (a borrowed session's pool is the lender's:
+    its request goes on)."""
+    server.script(NAME, [Fault(hang=True)])
+    async with contextlib.AsyncExitStack() as stack:
+        session = None
+        if borrowed:
+            connector = aiohttp.TCPConnector(limit=1)
+            session = await stack.enter_async_context(aiohttp.ClientSession(connector=connector))
+        client = WachatClient(
+            api_key=KEY, base_url=server.base_url, max_connections=1, session=session
+        )
+        in_flight = asyncio.ensure_future(client.get_qr_image(NAME))
+        await until(lambda: server.request_count() == 1)
+        queued = [asyncio.ensure_future(call(client, how, NAME, tmp_path)) for _ in range(3)]
+        await settle()
+        assert not any(task.done() for task in queued)
+        await client.aclose()
+        outcomes = await asyncio.wait_for(asyncio.gather(*queued, return_exceptions=True), 10)
+        if borrowed:
+            assert not in_flight.done()
+            in_flight.cancel()
+        first = await asyncio.gather(in_flight, return_exceptions=True)
+    for outcome in outcomes:
+        assert isinstance(outcome, ClientClosedError), repr(outcome)
+        # save_qr_image checks its path in a worker thread first: it may reach the queue only
+        # after the close, and is refused there instead of woken.
+        if how != "save":
+            assert "waited for a connection slot" in str(outcome)
+        assert outcome.attempts == 0
+        assert_no_key(outcome, repr(outcome))
+    if not borrowed:
+        assert isinstance(first[0], ClientClosedError)
+        assert "in flight" in str(first[0])
+    assert server.request_count() == 1
+
+
+async def test_aclose_wakes_calls_queued_behind_an_open_stream(server: FakeWachatServer) -> None:
+    """A stream left open holds the only slot; aclose() refuses the calls queued behind it at
+    once, without waiting for the stream to be closed."""
+    gate = asyncio.Event()
+    client = WachatClient(api_key=KEY, base_url=server.base_url, max_connections=1)
+
+    async def hold_stream() -> None:
+        async with client.stream_qr_image(NAME):
+            await gate.wait()
+
+    holder = asyncio.ensure_future(hold_stream())
+    await until(lambda: server.request_count() == 1)
+    queued = asyncio.ensure_future(client.get_qr_image(NAME))
+    await settle()
+    await client.aclose()
+    with pytest.raises(ClientClosedError):
+        await asyncio.wait_for(queued, 10)  # the stream is still open here
+    assert not holder.done()
+    gate.set()
+    await holder
+    assert server.request_count() == 1
+
+
+async def test_closing_the_client_mid_batch_ends_fetch_many_with_client_closed_error(
+    server: FakeWachatServer,
+) -> None:
+    """aclose() while fetch_many runs: the results that completed are yielded, then the loop
+    raises ClientClosedError (not one failure per remaining name, not a raw RuntimeError)."""
+    slow = [f"{NAME}_slow_{i}" for i in range(3)]
+    for name in slow:
+        server.add_instance(name)
+        server.script(name, [Fault(hang=True)])
+    names = itertools.chain([NAME], slow, itertools.cycle([NAME]))  # endless
+    client = WachatClient(api_key=KEY, base_url=server.base_url, max_connections=4)
+    got: list[str] = []
+
+    async def consume() -> None:
+        async with client.fetch_many(names, concurrency=4, dedupe=False) as results:
+            async for result in results:
+                got.append(result.instance_name)
+                if len(got) == 1:
+                    await until(lambda: server.request_count() >= 4)
+                    await client.aclose()
+
+    with pytest.raises(ClientClosedError):
+        await consume()
+    assert got[0] == NAME
+    assert all(name == NAME for name in got)
 
 
 async def test_a_retry_waiting_out_its_backoff_holds_no_slot(server: FakeWachatServer) -> None:
@@ -439,30 +707,40 @@ async def test_deadline_bounds_the_wait_for_a_slot(server: FakeWachatServer) -> 
         retry=RetryPolicy(zero_wait=True, deadline=0.05),
     ) as client:
         async with client.stream_qr_image(NAME):
-            with pytest.raises(WachatTimeoutError, match="deadline"):
+            with pytest.raises(WachatTimeoutError, match="deadline") as info:
                 await client.get_qr_image(NAME)
-        assert not client._slots.locked()
         assert (await client.get_qr_image(NAME)).instance_name == NAME
     assert server.request_count(NAME) == 2
+    assert str(info.value) == (
+        "deadline of 0.05 s exceeded while waiting for a connection slot "
+        "(1 in use: is a stream left open?)"
+    )
+    assert info.value.attempts == 0
 
 
-def test_fetch_many_concurrency_is_capped_at_the_queue_size() -> None:
-    """fetch_many never runs more workers than the client has connection slots."""
-    captured: dict[str, Any] = {}
-
-    def fake_fetch_many(fetch: object, names: object, **kwargs: Any) -> None:
-        captured.update(kwargs)
-
-    client = WachatClient(api_key=KEY, max_connections=3)
-    import wachat_async._client as module
-
-    original = module.fetch_many
-    module.fetch_many = fake_fetch_many  # type: ignore[assignment]
-    try:
-        client.fetch_many(["a"], concurrency=32)
-    finally:
-        module.fetch_many = original
-    assert captured["concurrency"] == 3
+async def test_fetch_many_concurrency_is_capped_at_the_queue_size(
+    server: FakeWachatServer,
+) -> None:
+    """fetch_many never runs more workers than the client has connection slots: with three
+    slots, concurrency=32 runs three worker tasks (and three requests)."""
+    names = [f"{NAME}_{i}" for i in range(10)]
+    for name in names:
+        server.add_instance(name)
+        server.script(name, [Fault(hang=True)])
+    async with (
+        WachatClient(api_key=KEY, base_url=server.base_url, max_connections=3) as client,
+        client.fetch_many(names, concurrency=32) as results,
+    ):
+        first = asyncio.ensure_future(results.__anext__())
+        await until(lambda: server.request_count() == 3)
+        await settle()
+        assert "concurrency=3 " in repr(results)
+        workers = [t for t in asyncio.all_tasks() if "fetch-many-worker" in t.get_name()]
+        assert len(workers) == 3
+        assert server.request_count() == 3
+        first.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await first
 
 
 # -- a client used across event loops -----------------------------------------------------
@@ -591,3 +869,153 @@ def test_borrowed_session_from_another_loop_is_a_clear_error(
     assert_no_key(info.value, repr(info.value))
     session.detach()  # its loop is gone: nothing left to close
     assert threaded_server.request_count() == 0
+
+
+@contextlib.contextmanager
+def nothing_left_behind(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Fail on any warning (as an error), any exception ignored in a ``__del__`` or a
+    callback ("unclosed transport", "coroutine ... was never awaited"), and any asyncio error
+    log ("Task was destroyed but it is pending!", "Exception in callback"), up to and
+    including a full garbage collection at the end."""
+    unraisable: list[str] = []
+    previous = sys.unraisablehook
+
+    def record(args: Any) -> None:
+        unraisable.append(f"{args.exc_type.__name__}: {args.exc_value}")
+
+    sys.unraisablehook = record
+    caplog.set_level(logging.DEBUG, logger="asyncio")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            yield
+            gc.collect()
+    finally:
+        sys.unraisablehook = previous
+    assert unraisable == []
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+def _get(loop: asyncio.AbstractEventLoop, client: WachatClient) -> QRImage:
+    return loop.run_until_complete(client.get_qr_image(NAME))
+
+
+@pytest.mark.parametrize(
+    "scenario",
+    [
+        pytest.param("aclose-from-another-loop", id="aclose-from-another-loop"),
+        pytest.param("new-loop-per-call", id="new-loop-per-call-left-open"),
+        pytest.param("old-loop-runs-again", id="old-loop-runs-again"),
+        pytest.param("three-loops-then-asyncio-run", id="three-loops-then-asyncio-run"),
+    ],
+)
+def test_a_session_of_an_idle_loop_is_disposed_of_without_warnings(
+    threaded_server: FakeWachatServer, scenario: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The session of a loop that is still open but not running (a sync wrapper doing
+    ``new_event_loop().run_until_complete(call)`` per call, a notebook's previous loop) is
+    disposed of when the client moves to another loop or is closed from one: no pending task,
+    no never-awaited coroutine, no unclosed socket, and nothing runs twice if the old loop
+    runs again."""
+    client = WachatClient(api_key=KEY, base_url=threaded_server.base_url)
+    opened: list[asyncio.AbstractEventLoop] = []
+
+    def new_loop() -> asyncio.AbstractEventLoop:
+        opened.append(asyncio.new_event_loop())
+        return opened[-1]
+
+    with nothing_left_behind(caplog):
+        try:
+            first = new_loop()
+            assert _get(first, client).instance_name == NAME
+            if scenario == "aclose-from-another-loop":
+                asyncio.run(client.aclose())
+            elif scenario == "new-loop-per-call":
+                assert _get(new_loop(), client).instance_name == NAME
+                assert _get(new_loop(), client).instance_name == NAME
+                new_loop().run_until_complete(client.aclose())
+            elif scenario == "old-loop-runs-again":
+                second = new_loop()
+                assert _get(second, client).instance_name == NAME  # disposes of first's session
+                first.run_until_complete(asyncio.sleep(0))  # what it had scheduled runs now
+                assert _get(second, client).instance_name == NAME
+                second.run_until_complete(client.aclose())
+            else:
+                assert _get(new_loop(), client).instance_name == NAME
+                assert _get(new_loop(), client).instance_name == NAME
+                assert asyncio.run(client.get_qr_image(NAME)).instance_name == NAME
+                asyncio.run(client.aclose())
+        finally:
+            for loop in opened:
+                loop.close()
+    assert client.closed
+    with pytest.raises(ClientClosedError):
+        asyncio.run(client.get_qr_image(NAME))
+
+
+def test_a_dropped_client_of_an_idle_loop_warns_once(
+    threaded_server: FakeWachatServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client dropped without aclose() after its loop stopped running (or was closed
+    without finishing async generators) gives one ResourceWarning, its own, and closes its
+    sockets: no aiohttp or asyncio warning follows it."""
+    client = WachatClient(api_key=KEY, base_url=threaded_server.base_url)
+    loop = asyncio.new_event_loop()
+    try:
+        _get(loop, client)
+    finally:
+        loop.close()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        del client
+        gc.collect()
+    assert [str(w.message) for w in caught] == [
+        "Unclosed WachatClient: use 'async with WachatClient() as client' "
+        "or 'await client.aclose()'"
+    ]
+
+
+#: Scripts run in a child ``python -X dev -W error`` (asyncio debug mode, every warning shown).
+CHILD_SCRIPTS = {
+    "aclose-from-another-loop": """
+        l1 = asyncio.new_event_loop()
+        l1.run_until_complete(client.get_qr_image(NAME))
+        asyncio.run(client.aclose())
+        l1.close()
+    """,
+    "new-loop-per-call": """
+        def get(name):
+            return asyncio.new_event_loop().run_until_complete(client.get_qr_image(name))
+        get(NAME); get(NAME)
+        asyncio.new_event_loop().run_until_complete(client.aclose())
+    """,
+}
+
+
+@pytest.mark.parametrize("script", CHILD_SCRIPTS.values(), ids=CHILD_SCRIPTS.keys())
+def test_loop_changes_are_silent_under_python_dev_mode(
+    threaded_server: FakeWachatServer, script: str
+) -> None:
+    """Under ``python -X dev -W error`` (asyncio debug mode), moving a client between loops
+    left open and closing it from another loop prints no warning, no "Task was destroyed",
+    no never-awaited coroutine (the loops themselves are the script's to close)."""
+    code = "\n".join(
+        [
+            "import asyncio, gc, warnings",
+            "warnings.filterwarnings('ignore', 'unclosed event loop', ResourceWarning)",
+            "from wachat_async import WachatClient",
+            f"NAME = {NAME!r}",
+            f"client = WachatClient(api_key={KEY!r}, base_url={threaded_server.base_url!r})",
+            textwrap.dedent(script),
+            "gc.collect()",
+            "print('done')",
+        ]
+    )
+    child = subprocess.run(  # noqa: S603 - our own interpreter and a script of ours
+        [sys.executable, "-X", "dev", "-W", "error", "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (child.returncode, child.stdout, child.stderr) == (0, "done\n", "")

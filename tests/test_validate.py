@@ -19,6 +19,7 @@ from wachat_async._validate import (
     check_timeout,
     check_user_agent,
     shown,
+    shown_item,
 )
 
 from .conftest import KEY
@@ -144,3 +145,40 @@ def test_flags_must_be_real_bools(value: object) -> None:
 def test_a_sendable_user_agent_is_kept(value: str | None) -> None:
     """A user agent without control characters is returned as it is (None: the default)."""
     assert check_user_agent(value) == value
+
+
+class _Repr:
+    """An object whose repr is whatever a test says (or raises)."""
+
+    def __init__(self, text: str | None) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        if self.text is None:
+            raise RuntimeError("no repr")
+        return self.text
+
+
+@pytest.mark.parametrize(
+    ("item", "expected"),
+    [
+        pytest.param(None, None, id="none"),
+        pytest.param(7, "7", id="int"),
+        pytest.param(b"a\r\n", "b'a\\r\\n'", id="bytes-escaped-by-repr"),
+        pytest.param(_Repr("x\r\nforged"), "x\\r\\nforged", id="hostile-repr-escaped"),
+        pytest.param(_Repr(None), "<_Repr object>", id="failing-repr"),
+        pytest.param(_Repr("\ud800"), "\\ud800", id="lone-surrogate"),
+    ],
+)
+def test_shown_item_is_a_printable_stand_in(item: object, expected: str | None) -> None:
+    """A non-str name's stand-in (its error's instance_name) is its repr with control
+    characters escaped, a placeholder when repr fails, None for None."""
+    assert shown_item(item) == expected
+
+
+def test_shown_item_is_shortened() -> None:
+    """A huge repr is cut, and says how long it was."""
+    text = shown_item(list(range(10_000)))
+    assert text is not None
+    assert len(text) < 120
+    assert "characters)" in text

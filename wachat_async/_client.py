@@ -21,16 +21,17 @@ import warnings
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
+from yarl import URL
 
-from ._errors import ConfigurationError, raise_clean
+from ._errors import ClientClosedError, ConfigurationError, raise_clean
 from ._files import PathArg, write_stream
 from ._models import InstanceState, QRFailure, QRImage, QRSuccess
 from ._polling import DEFAULT_MAX_BACKOFF, FetchMany, QRWatch, fetch_many, watch_qr
 from ._redact import Secret, mentions
-from ._retry import Retrier, RetryBudget, RetryPolicy
+from ._retry import Retrier, RetryBudget, RetryPolicy, note_slot_wait
 from ._stream import CHUNK_SIZE, QRStream
 from ._transport import DEFAULT_TIMEOUT, Transport, _SanitizedCause
 from ._urls import DEFAULT_BASE_URL, _build_qr_image_url, _qr_image_endpoint
@@ -81,7 +82,8 @@ class WachatClient:
     with at most *max_connections* connections; if a later call runs in another loop (a second
     ``asyncio.run``, a re-run notebook cell) it opens a fresh one there, transparently. A
     *session* you pass is borrowed, never closed: the client uses its connector (pool, limits,
-    TLS, DNS), trace configs and default proxy, and none of its request defaults (headers,
+    TLS, DNS), trace configs and default proxy (with its ``proxy_auth``), and none of its
+    request defaults (headers,
     cookies, auth, ``base_url``, ``raise_for_status``, timeout, middlewares, ``trust_env``).
 
     Every call (get, stream, save, state, and so ``fetch_many`` and ``watch_qr``) first waits
@@ -90,6 +92,15 @@ class WachatClient:
     retry gives its slot back while it waits out its backoff. The policy's ``deadline`` bounds
     the whole call, waiting included.
     """
+
+    # Class-level defaults: a client whose __init__ raised is still a valid object for repr()
+    # (a traceback rendered with locals shows ``self``) and for __del__.
+    _session: aiohttp.ClientSession | None = None
+    _borrowed: aiohttp.ClientSession | None = None
+    _owns_session = True
+    _loop: asyncio.AbstractEventLoop | None = None
+    _loop_guard: AsyncGenerator[None, None] | None = None
+    _closed = False
 
     def __init__(
         self,
@@ -105,13 +116,17 @@ class WachatClient:
         allow_insecure_http: bool = False,
         user_agent: str | None = None,
     ) -> None:
-        self._session: aiohttp.ClientSession | None = None
-        self._owns_session = session is None
-        self._borrowed = session
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._loop_guard: AsyncGenerator[None, None] | None = None
-        key = os.environ.get("WACHAT_API_KEY") if api_key is None else api_key
-        if key is None or (isinstance(key, str) and not key.strip()):
+        # The key is a Secret from the first line that reads it: a traceback rendered with its
+        # frames' locals (rich, pytest --showlocals) shows repr() of each, and this frame holds
+        # the key while the rest of the configuration is checked.
+        if isinstance(api_key, str):
+            api_key = Secret(api_key)
+        elif api_key is not None:
+            kind = type(api_key).__name__
+            api_key = None  # the raw value leaves this frame before anything is raised
+            raise ConfigurationError(f"api_key must be a str, not {kind}")
+        key = _env_key() if api_key is None else api_key
+        if key is None or not key.strip():
             raise ConfigurationError(
                 "No Wachat API key: set the WACHAT_API_KEY environment variable or pass the "
                 "api_key argument"
@@ -120,6 +135,8 @@ class WachatClient:
             self._api_key = Secret(check_api_key(key))
         except (TypeError, ValueError) as exc:
             raise_clean(ConfigurationError(str(exc)))
+        self._owns_session = session is None
+        self._borrowed = session
         # Every message below may quote an argument: redact the key from all of them.
         secrets = (self._api_key,)
         base = base_url or os.environ.get("WACHAT_BASE_URL") or DEFAULT_BASE_URL
@@ -140,24 +157,26 @@ class WachatClient:
             raise_clean(ConfigurationError(str(exc), secrets=secrets))
         if attempt_timeout is None:
             attempt_timeout = DEFAULT_TIMEOUT
-        self._base_url = qr_url.parent.parent.parent
-        if mentions(f"{self._base_url} {self._base_url.host} {self._base_url.path}", secrets):
+        api_base = qr_url.parent.parent.parent
+        if mentions(f"{api_base} {api_base.host} {api_base.path}", secrets):
             # It would be in every request line (and so in every access log) and in repr().
+            del base_url, base, qr_url, api_base  # nor may a traceback's locals show it
             raise ConfigurationError(
                 "base_url contains the API key; the key goes in api_key (or WACHAT_API_KEY) "
                 "only, and is sent as an Authorization header"
             )
         if (
-            self._base_url.scheme == "http"
+            api_base.scheme == "http"
             and not allow_insecure_http
-            and not is_loopback_host(self._base_url.host or "")
+            and not is_loopback_host(api_base.host or "")
         ):
             raise ConfigurationError(
-                f"Refusing plain http:// to {self._base_url.host}: the API key would travel in "
+                f"Refusing plain http:// to {api_base.host}: the API key would travel in "
                 "clear text. Use https://, or pass allow_insecure_http=True if you mean it "
                 "(only 127.0.0.0/8, ::1 and the name localhost count as loopback).",
                 secrets=secrets,
             )
+        self._base_url: URL = api_base
         self._retry = RetryPolicy() if retry is None else retry
         self._budget = RetryBudget() if retry_budget is None else retry_budget
         self._retrier = Retrier(self._retry, self._budget, attempt_timeout=attempt_timeout.total)
@@ -198,7 +217,8 @@ class WachatClient:
 
     @property
     def closed(self) -> bool:
-        """True after :meth:`aclose`; a closed client refuses every call."""
+        """True after :meth:`aclose`; a closed client refuses every call
+        (:class:`ClientClosedError`)."""
         return self._closed
 
     async def _bind(self) -> aiohttp.ClientSession:
@@ -206,14 +226,14 @@ class WachatClient:
 
         Runs on the first call and again whenever the loop has changed since (a module-level
         client used by two ``asyncio.run`` calls, a re-run notebook cell). The client's own
-        session is replaced transparently: the old one, whose loop has ended, is dropped
-        without touching that loop. A borrowed session cannot be replaced, so one that belongs
-        to another loop (or is closed) is a :class:`ConfigurationError`.
+        session is replaced transparently: the old one is closed without that loop, which
+        has ended or at least is not running (a loop left open by
+        ``new_event_loop().run_until_complete()``): its sockets are closed at once and nothing
+        is left scheduled or pending on it. A borrowed session cannot be replaced, so one that
+        belongs to another loop (or is closed) is a :class:`ConfigurationError`.
         """
         if self._closed:
-            raise RuntimeError(
-                "WachatClient is closed; create a new client (a closed one cannot be reused)"
-            )
+            raise ClientClosedError(_CLOSED_MESSAGE, attempts=0)
         loop = asyncio.get_running_loop()
         old = self._session, self._loop_guard
         self._session, self._loop, self._loop_guard = None, None, None
@@ -242,11 +262,12 @@ class WachatClient:
         """A session of our own over the borrowed session's connector.
 
         The connector (its pool, limits, TLS and DNS settings) is what a borrowed session lends,
-        with its trace configs and its default proxy. None of its request defaults applies:
-        headers (another API's ``Authorization``), cookies, ``auth``, ``base_url``,
-        ``raise_for_status``, ``timeout``, middlewares, ``trust_env`` (which would also read
-        ``~/.netrc``), ``auto_decompress``, ``read_bufsize``: aiohttp cannot switch every one of
-        them off per request (default headers, cookies and ``auth`` it always merges in).
+        with its trace configs and its default proxy (with its ``proxy_auth``). None of its
+        request defaults applies: headers (another API's ``Authorization``), cookies, ``auth``,
+        ``base_url``, ``raise_for_status``, ``timeout``, middlewares, ``trust_env`` (which
+        would also read ``~/.netrc``), ``auto_decompress``, ``read_bufsize``: aiohttp cannot
+        switch every one of them off per request (default headers, cookies and ``auth`` it
+        always merges in).
         """
         connector = borrowed.connector
         if borrowed.closed or connector is None:
@@ -264,13 +285,21 @@ class WachatClient:
                 "asyncio.run() call). Create the session inside the loop that uses the client, "
                 "or pass no session: the client's own session follows the running loop."
             )
-        return _private_session(
+        view = _private_session(
             connector,
             self._transport.timeout,
             connector_owner=False,
             trace_configs=list(borrowed.trace_configs) or None,
+            # aiohttp has no public getter for these two; a version without them lends none.
             proxy=getattr(borrowed, "_default_proxy", None),
         )
+        auth = getattr(borrowed, "_default_proxy_auth", None)
+        if isinstance(auth, aiohttp.BasicAuth):
+            # Set as the lender's session holds it: passing proxy_auth= again would repeat
+            # aiohttp's DeprecationWarning for it (the lender has had theirs) on every bind.
+            with suppress(AttributeError):
+                view._default_proxy_auth = auth
+        return view
 
     async def _unbind(self) -> None:
         """Let go of the session (closing our own, detaching a view of a borrowed one)."""
@@ -289,13 +318,28 @@ class WachatClient:
         if not self._owns_session:
             session.detach()  # the connector is the lender's: never closed here
             return
-        if guard is not None and not session.closed and not _loop_closed(session):
-            with suppress(RuntimeError):  # a guard from another, still running loop
+        loop = getattr(session, "_loop", None)
+        if loop is asyncio.get_running_loop():
+            if guard is not None:
                 await guard.aclose()  # runs the guard's ``finally``: closes the session
-        if not session.closed:
-            # Its loop has ended without finishing async generators (a bare
-            # loop.run_until_complete): close what can be closed without that loop.
-            await _abandon(session)
+            if not session.closed:
+                await session.close()
+            return
+        if loop is not None and loop.is_running():
+            # Another thread runs that loop (a client shared between threads): close it there.
+            if guard is not None:
+                with suppress(Exception):
+                    await asyncio.wrap_future(
+                        asyncio.run_coroutine_threadsafe(guard.aclose(), loop)
+                    )
+            return
+        # The session's loop is not running: it has ended (closed), or it is merely idle (a
+        # loop left open by new_event_loop().run_until_complete(), a notebook's old loop).
+        # Nothing may wait on it, and whatever is scheduled on it may never run: close the
+        # sockets now, mark the session and its connector closed, finish the guard.
+        _close_now(session)
+        if guard is not None:
+            _finish_now(guard)
 
     async def __aenter__(self) -> WachatClient:
         if self._session is None or self._loop is not asyncio.get_running_loop():
@@ -308,9 +352,14 @@ class WachatClient:
     async def aclose(self) -> None:
         """Close the client's own session (a borrowed one is left open). Idempotent.
 
-        Safe from any event loop, also after the loop the session was used in has ended.
+        From then on every call raises :class:`ClientClosedError`; so do the calls waiting for
+        a connection slot right now (they are woken, and send nothing) and, on the client's own
+        session, the requests in flight. Safe from any event loop, also after the loop the
+        session was used in has ended.
         """
         self._closed = True
+        self._transport.closed = True  # a request still in flight fails as ClientClosedError
+        self._slots.close()  # calls waiting for a slot are refused now, not left waiting
         await self._unbind()
 
     def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
@@ -320,6 +369,16 @@ class WachatClient:
         if not getattr(self, "_owns_session", True):
             session.detach()  # a view of a borrowed session: nothing of ours to close
         elif not session.closed:
+            loop = getattr(session, "_loop", None)
+            if loop is None or loop.is_closed() or not loop.is_running():
+                # Its sockets cannot be closed by a loop that does not run: close them here
+                # (first: the warning may be an error), so that one warning, ours, says it all
+                # instead of aiohttp's and asyncio's as well.
+                with suppress(Exception):
+                    _close_now(session)
+                guard = getattr(self, "_loop_guard", None)
+                if guard is not None:
+                    _finish_now(guard)
             _warn(
                 "Unclosed WachatClient: use 'async with WachatClient() as client' "
                 "or 'await client.aclose()'",
@@ -328,6 +387,8 @@ class WachatClient:
             )
 
     def __repr__(self) -> str:
+        if getattr(self, "_base_url", None) is None:  # __init__ raised before it was checked
+            return "<WachatClient state=unconfigured>"
         opened = self._session is not None or self._borrowed is not None
         state = "closed" if self._closed else ("open" if opened else "unopened")
         return f"<WachatClient base_url={self.base_url!r} state={state}>"
@@ -421,13 +482,17 @@ class WachatClient:
         ``dedupe=True``: one result per distinct name (the names seen are remembered).
         ``dedupe=False``: every name pulled is fetched, so ``itertools.cycle(names)`` is a
         polling loop in memory bounded by *concurrency*. Either way one name is never in flight
-        twice at once, an invalid name becomes a :class:`QRFailure` with an
-        :class:`InvalidInstanceNameError`, and the event loop is never held.
+        twice at once within the batch (two batches do not know of each other), an invalid
+        name becomes a :class:`QRFailure` with an :class:`InvalidInstanceNameError`, and the
+        event loop is never held.
 
         Returns a :class:`FetchMany`: iterate it, ideally inside ``async with`` so that leaving
         the block cancels what is still in flight. *concurrency* is capped at the client's
         connection slots (``max_connections``, or a borrowed connector's limit), and each fetch
-        queues for a slot before its timeout starts. See :func:`wachat_async._polling.fetch_many`.
+        queues for a slot before its timeout starts. Closing the client ends the batch with
+        :class:`ClientClosedError`, raised from the loop; a batch whose pending result was
+        cancelled (``asyncio.wait_for`` around ``anext``) raises ``RuntimeError`` from then on.
+        See :func:`wachat_async._polling.fetch_many`.
         """
         return fetch_many(
             self.get_qr_image,
@@ -484,6 +549,13 @@ class WachatClient:
         )
 
 
+def _env_key() -> Secret | None:
+    """``WACHAT_API_KEY`` as a :class:`Secret` (None when unset): the plain value lives only
+    in this frame, which raises nothing."""
+    value = os.environ.get("WACHAT_API_KEY")
+    return None if value is None else Secret(value)
+
+
 def _connector_limit(session: aiohttp.ClientSession) -> int | None:
     """How many connections a borrowed session's connector opens to one host (None: no limit;
     aiohttp's 0 means unlimited for both ``limit`` and ``limit_per_host``)."""
@@ -494,10 +566,68 @@ def _connector_limit(session: aiohttp.ClientSession) -> int | None:
     return min(limits) if limits else None
 
 
-def _new_slots(limit: int | None) -> asyncio.Semaphore:
+def _new_slots(limit: int | None) -> _ConnectionQueue:
     """The connection queue: one slot per connection (a semaphore never binds to a loop until
     someone waits on it, and a new one is made for each loop the client runs in)."""
-    return asyncio.Semaphore(sys.maxsize if limit is None else limit)
+    return _ConnectionQueue(sys.maxsize if limit is None else limit)
+
+
+_CLOSED_MESSAGE = "WachatClient is closed; create a new client (a closed one cannot be reused)"
+
+
+class _ConnectionQueue(asyncio.Semaphore):
+    """The client's connection slots: a FIFO semaphore that can be closed.
+
+    * :meth:`acquire` refuses with :class:`ClientClosedError` once the queue is closed, also
+      for a call that was already waiting (nothing is sent);
+    * a wait that is cancelled (the policy's deadline, or the caller) marks the
+      ``CancelledError`` with how many slots were in use (:func:`note_slot_wait`), so a
+      deadline spent queueing says so;
+    * :meth:`close` wakes every waiter (each refuses, then hands the wake-up on).
+
+    The transport and the stream see an ``asyncio.Semaphore``: acquire, release.
+    """
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self.limit = limit
+        self.closed = False
+
+    @property
+    def in_use(self) -> int:
+        """How many slots are held right now."""
+        return max(0, self.limit - max(self._value, 0))
+
+    async def acquire(self) -> Literal[True]:
+        if self.closed:
+            raise ClientClosedError(_CLOSED_MESSAGE, attempts=0)
+        if self._value > 0 and not self._waiters:
+            self._value -= 1  # the common case: a free slot and nobody ahead, as super() does
+            return True
+        try:
+            await super().acquire()
+        except asyncio.CancelledError as exc:
+            note_slot_wait(exc, self.in_use)
+            raise
+        if self.closed:  # woken by close(): hand the wake-up on, refuse this call
+            self.release()
+            raise ClientClosedError(
+                "WachatClient was closed while this call waited for a connection slot "
+                "(nothing was sent)",
+                attempts=0,
+            )
+        return True
+
+    def close(self) -> None:
+        """Refuse every later acquire and wake the calls waiting now (they refuse too)."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._waiters:
+            # One extra slot wakes the first waiter; each one releases it again as it refuses.
+            # The waiters may belong to another event loop, even a closed one.
+            with suppress(RuntimeError):
+                self.release()
 
 
 def _private_session(
@@ -536,32 +666,58 @@ async def _close_at_loop_end(session: aiohttp.ClientSession) -> AsyncGenerator[N
         await session.close()
 
 
-def _loop_closed(session: aiohttp.ClientSession) -> bool:
-    loop = getattr(session, "_loop", None)
-    return loop is None or loop.is_closed()
+def _close_now(session: aiohttp.ClientSession) -> None:
+    """Close a session whose event loop is not running, without that loop and without warnings.
 
-
-async def _abandon(session: aiohttp.ClientSession) -> None:
-    """Close a session whose event loop has already been closed, without warnings.
-
-    Its sockets are still open (closing a loop does not close its transports) and the usual
-    close would schedule callbacks on the dead loop. So each pooled socket is closed directly
-    (best effort: these are asyncio's private transport internals), then the session and its
-    connector are marked closed; aiohttp skips the loop once it sees that the loop is closed.
+    A closed loop does not close its transports, and an idle one may never run again, so each
+    socket is closed here: its transport is aborted and the ``connection_lost`` call that the
+    abort scheduled on the loop is made now instead (the scheduled one is cancelled, so a loop
+    that does run again does not make it twice). Then the connector is marked closed without
+    scheduling anything (no close task left pending on that loop) and the session detached
+    from it. Best effort: these are asyncio's and aiohttp's private internals, each step
+    guarded; a transport of another kind (uvloop) is aborted and left to its loop.
     """
     connector = session.connector
-    if connector is not None and _loop_closed(session):
+    if connector is not None:
         pooled = getattr(connector, "_conns", {}).values()
         protocols = [proto for conns in pooled for proto, _ in conns]
         for proto in [*protocols, *getattr(connector, "_acquired", ())]:
-            transport = proto.transport
-            if transport is None:
-                continue
+            _close_transport(getattr(proto, "transport", None))
+        with suppress(Exception):
+            connector._close()  # what close() does, without the task that waits on the loop
+        if not connector.closed:  # a subclass's _close() failed first: the base one, then
             with suppress(Exception):
-                transport.abort()  # marks it closing; its callback cannot be scheduled
-            lost = getattr(transport, "_call_connection_lost", None)
-            if lost is not None:
-                with suppress(Exception):
-                    lost(None)  # what the loop would have called next: closes the socket
+                aiohttp.BaseConnector._close(connector)
+    session.detach()  # closed now; its connector is closed above
+
+
+def _close_transport(transport: asyncio.BaseTransport | None) -> None:
+    """Abort *transport* and close its socket now (see :func:`_close_now`)."""
+    if transport is None:
+        return
     with suppress(Exception):
-        await session.close()
+        transport.abort()  # type: ignore[attr-defined]
+    # Over TLS the socket belongs to the transport beneath the TLS layer.
+    inner = getattr(getattr(transport, "_ssl_protocol", None), "_transport", None)
+    for current in (transport, inner):
+        lost = getattr(current, "_call_connection_lost", None)
+        if lost is None or getattr(current, "_sock", None) is None:
+            continue
+        for handle in list(getattr(getattr(current, "_loop", None), "_ready", ())):
+            if getattr(handle, "_callback", None) == lost:
+                handle.cancel()  # scheduled by abort(): made here instead
+        with suppress(Exception):
+            lost(None)  # closes the socket (and tells the protocol the connection is gone)
+
+
+def _finish_now(guard: AsyncGenerator[None, None]) -> None:
+    """Finish the loop-end guard without a loop: its ``finally`` awaits the session's close,
+    which returns at once for a closed session. A guard that would really wait is dropped."""
+    step = guard.aclose()
+    try:
+        step.send(None)
+    except StopIteration:
+        return
+    except Exception:  # best effort: there is nobody to report it to
+        return
+    step.close()  # pragma: no cover - the session was closed first, so nothing awaits

@@ -4,7 +4,10 @@ Every exception is a :class:`WachatError`; catch that to handle them all::
 
     WachatError
     ├── ConfigurationError          bad client configuration (also a ValueError), e.g. no API key
-    ├── InvalidInstanceNameError    empty, blank or control-character name (also a ValueError)
+    ├── InvalidInstanceNameError    empty, blank or control-character name (also a ValueError);
+    │                               not a str at all: also a TypeError
+    ├── ClientClosedError           the client was closed before or during the call (also a
+    │                               RuntimeError)
     ├── APIStatusError              .status .instance_name .body (short, redacted) .attempts
     │   ├── BadRequestError             400  missing/invalid instanceName
     │   ├── AuthenticationError         401  missing or invalid API key
@@ -41,6 +44,7 @@ __all__ = [
     "APIStatusError",
     "AuthenticationError",
     "BadRequestError",
+    "ClientClosedError",
     "ConfigurationError",
     "DeadlineExceededError",
     "GatewayTimeoutError",
@@ -108,6 +112,30 @@ class InvalidInstanceNameError(WachatError, ValueError):
     ``ValueError`` (what such an argument has always been). The message shows the name with
     ``repr``, so invisible characters are visible and none reaches a log line raw;
     ``instance_name`` holds the name as given.
+
+    A name that is not a ``str`` at all (``None`` from ``request.query.get("name")``, an int,
+    bytes) raises this class too, as an instance of a private subclass that is also a
+    ``TypeError``: both ``except WachatError`` and ``except TypeError`` catch it. Its
+    ``instance_name`` is then ``None`` for ``None`` and the object's (shortened) ``repr``
+    otherwise, and its message names only the type.
+    """
+
+
+class _InstanceNameTypeError(InvalidInstanceNameError, TypeError):
+    """An instance name that is not a ``str``: an :class:`InvalidInstanceNameError` that is
+    also a ``TypeError`` (what such an argument was before it was a ``WachatError``)."""
+
+
+class ClientClosedError(WachatError, RuntimeError):
+    """The client was closed (:meth:`WachatClient.aclose`, or the end of its ``async with``).
+
+    Raised by every call made on a closed client, by calls that were still waiting for a
+    connection slot when it closed (they are woken and refused: nothing is sent) and by calls
+    whose request was in flight on the client's own session when it closed. ``attempts`` is
+    ``0`` when nothing was sent. A closed client cannot be reopened: create a new one. Also a
+    ``RuntimeError``, which is what using a closed client raised before this class existed.
+    ``fetch_many`` ends its batch with this error (raised from the loop) instead of reporting
+    it for every remaining name; ``watch_qr`` raises it.
     """
 
 

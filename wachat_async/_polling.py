@@ -33,6 +33,7 @@ from typing import Final, cast
 
 from ._errors import (
     APIStatusError,
+    ClientClosedError,
     InvalidInstanceNameError,
     WachatError,
 )
@@ -107,6 +108,8 @@ class _Batch:
         self.names = names
         self.concurrency = concurrency
         self.seen: set[object] | None = set() if dedupe else None
+        #: Unhashable items seen (``dedupe=True`` only): compared by equality, a bug's cost.
+        self.seen_unhashable: list[object] | None = None
         self.in_flight: dict[str, asyncio.Event | None] = {}
         self.queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=concurrency)
         self.tasks: list[asyncio.Task[None]] = []
@@ -160,16 +163,18 @@ class _Batch:
                 if item in self.seen:
                     return None
                 self.seen.add(item)
-            except TypeError:  # unhashable: not a name, reported each time it comes
-                pass
+            except TypeError:  # unhashable: not a name, but still reported once
+                if self.seen_unhashable is None:
+                    self.seen_unhashable = []
+                if _contains(self.seen_unhashable, item):
+                    return None
+                self.seen_unhashable.append(item)
         try:
             return check_instance_name(item)
-        except InvalidInstanceNameError as exc:
-            error = exc
-        except TypeError as exc:  # not a str at all (None, an int, bytes...)
-            error = InvalidInstanceNameError(str(exc))
-        # Reported under the very object the iterable gave, so callers can map it back.
-        return QRFailure(instance_name=cast(str, item), error=error)
+        except InvalidInstanceNameError as exc:  # a non-str too: also a TypeError
+            # Reported under the very object the iterable gave, so callers can map it back;
+            # the error's instance_name is the name, or shown_item() of a non-str.
+            return QRFailure(instance_name=cast(str, item), error=exc)
 
     async def work(self, item: object) -> None:
         pulls = 0
@@ -206,6 +211,8 @@ class _Batch:
         in_flight[name] = None  # the event is made only if a second worker comes for it
         try:
             image = await self.fetch(name)
+        except ClientClosedError:
+            raise  # the client's fault, not this name's: it ends the batch (see fetch_many)
         except WachatError as exc:
             return QRFailure(instance_name=name, error=exc)
         finally:
@@ -224,6 +231,24 @@ class _Batch:
         self.cancel()
         if self.tasks:
             await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+def _contains(items: list[object], item: object) -> bool:
+    """Whether *item* equals one of *items* (an ``==`` that fails counts as unequal)."""
+    for seen in items:
+        with contextlib.suppress(Exception):
+            if seen is item or bool(seen == item):
+                return True
+    return False
+
+
+_CANCELLED = (
+    "this fetch_many batch was cancelled while waiting for a result (asyncio.wait_for() or a "
+    "cancelled task): the fetches still in flight were cancelled and their results are lost, "
+    "so the batch cannot go on. To bound the wait, put the time limit around the whole loop "
+    "(async with asyncio.timeout(...): async for ...); to show progress while waiting, use "
+    "on_progress= or a heartbeat in a task of its own, not a timeout per result"
+)
 
 
 #: What :class:`FetchMany` yields: a result that type checkers can narrow with ``result.ok``.
@@ -247,7 +272,15 @@ class FetchMany:
     also works: finishing the loop ends everything; on ``break`` the dropped iterator cancels its
     workers at once and they finish on the next turns of the event loop (use ``async with`` or
     ``contextlib.aclosing`` when you need that to have happened before the next line runs).
-    Cancelling the task that is waiting for the next result cancels the whole batch.
+    Cancelling the task that is waiting for the next result cancels the whole batch, and so
+    does ``asyncio.wait_for(anext(results), t)`` when it times out: the results still to come
+    are lost, so every later ``__anext__`` raises ``RuntimeError`` (a batch cut short never
+    looks complete). Put a time limit around the whole loop instead, and report progress with
+    *on_progress*.
+
+    Closing the client while a batch runs ends the batch with :class:`ClientClosedError`,
+    raised from the loop once the results that completed before are consumed; it is not
+    reported once per remaining name (an endless iterable would never end).
 
     Workers start on the first ``__anext__``; an iterator that is never iterated starts nothing.
     It can be iterated once.
@@ -264,6 +297,7 @@ class FetchMany:
     ) -> None:
         self._batch: _Batch | None = None
         self._finished = False
+        self._cancelled = False
         if isinstance(instance_names, (str, bytes)):
             raise TypeError(
                 "instance_names must be an iterable of names, not a single "
@@ -282,6 +316,8 @@ class FetchMany:
 
     async def __anext__(self) -> AnyResult:
         if self._finished:
+            if self._cancelled:
+                raise RuntimeError(_CANCELLED)
             raise StopAsyncIteration
         batch = self._batch
         if batch is None:
@@ -295,7 +331,9 @@ class FetchMany:
         try:
             item = await batch.queue.get()
         except asyncio.CancelledError:
-            # The consumer was cancelled: the batch goes with it.
+            # The consumer was cancelled: the batch goes with it, and so do the results still
+            # to come, so a later __anext__ must not pass for the end of a complete batch.
+            self._cancelled = True
             await self.aclose()
             raise
         if isinstance(item, QRResult):
@@ -338,7 +376,9 @@ class FetchMany:
                 batch.cancel()
 
     def __repr__(self) -> str:
-        if self._finished:
+        if self._cancelled:
+            state = "cancelled"
+        elif self._finished:
             state = "finished"
         elif self._batch is None:
             state = "not started"
@@ -375,13 +415,21 @@ def fetch_many(
       repeating iterable (``itertools.cycle(names)``) is a polling loop. Memory is bounded by
       *concurrency*: at most *concurrency* workers each holding one name, a result queue of
       *concurrency* slots, and no per-name history.
-    * In both modes one name is never in flight twice at the same time: a worker that pulls a
-      name already being fetched waits for that fetch to finish, then fetches it again.
+    * In both modes one name is never in flight twice at the same time *within this batch*: a
+      worker that pulls a name already being fetched waits for that fetch to finish, then
+      fetches it again. Two batches (or a batch and a direct call) do not know of each other.
     * A fetch that raises a :class:`WachatError` becomes a :class:`QRFailure`; it never stops
-      the others. So does an invalid name (empty, whitespace-only, control characters, or not a
-      ``str`` at all): its result carries an :class:`InvalidInstanceNameError` and the name as
-      the iterable gave it, and nothing is sent. Any other exception (a bug, in *fetch* or in the
-      iterable) cancels the fetches in flight and is raised from the ``async for``.
+      the others, with one exception: a :class:`ClientClosedError` (the client was closed)
+      cancels the fetches in flight and is raised from the ``async for``, after the results
+      already completed. An invalid name becomes a :class:`QRFailure` too (empty,
+      whitespace-only, control characters, or not a ``str`` at all): its result carries an
+      :class:`InvalidInstanceNameError` and the name as the iterable gave it
+      (``result.instance_name`` is that very object), and nothing is sent. The error's
+      ``instance_name`` is the name for a ``str``; for anything else it is what a direct call
+      reports: ``None`` for ``None``, else the item's shortened ``repr``. With ``dedupe=True``
+      an unhashable item (a list, a dict) is reported once too. Any other exception (a bug, in
+      *fetch* or in the iterable) cancels the fetches in flight and is raised from the
+      ``async for``.
     * *on_progress* is called with each result just before it is yielded, in the consumer's
       task; an exception from it cancels the batch and propagates.
 

@@ -48,6 +48,8 @@ __all__ = [
     "backoff_wait",
     "is_transient",
     "is_transport_fault",
+    "note_slot_wait",
+    "slot_wait",
 ]
 
 logger = logging.getLogger("wachat_async")
@@ -331,6 +333,28 @@ class RetryBudget:
         return False
 
 
+#: The attribute that marks a ``CancelledError`` which ended a wait for a connection slot.
+_SLOT_WAIT = "_wachat_slots_in_use"
+
+
+def note_slot_wait(cancelled: BaseException, in_use: int) -> None:
+    """Mark *cancelled* (the ``CancelledError`` that ended an attempt's wait for a connection
+    slot) with how many slots were in use, for :class:`Retrier` to explain a deadline that
+    expired in the queue. The connection queue calls this; nothing else needs to."""
+    setattr(cancelled, _SLOT_WAIT, in_use)
+
+
+def slot_wait(error: BaseException) -> int | None:
+    """How many slots were in use when the deadline found the attempt queueing for one (None
+    if it was not queueing): read from the ``TimeoutError`` of the deadline, whose cause (or
+    context) is the marked ``CancelledError``."""
+    for cancelled in (error.__cause__, error.__context__):
+        in_use = getattr(cancelled, _SLOT_WAIT, None)
+        if isinstance(in_use, int):
+            return in_use
+    return None
+
+
 async def _no_sleep(seconds: float) -> None:
     """Zero-wait mode's sleep: yield to the loop once, never wait."""
     await asyncio.sleep(0)
@@ -453,18 +477,30 @@ class Retrier:
                 exc.attempts = retry.attempts
                 exc._note(retry.summary())
             raise
-        except asyncio.TimeoutError:
+        except asyncio.TimeoutError as expired:
             if policy.deadline is None:  # pragma: no cover - no deadline, no timer to expire
                 raise
             attempts = retry.attempts if retry else 1
+            message = f"deadline of {policy.deadline:g} s exceeded"
+            in_use = slot_wait(expired)
+            if in_use is not None:
+                # The attempt counted last was never sent: it was waiting for a slot.
+                attempts -= 1
+                queued = f"waiting for a connection slot ({in_use} in use: is a stream left open?)"
+                if attempts:
+                    message += f" after {_attempts(attempts)}, the next one {queued}"
+                else:
+                    message += f" while {queued}"
+            else:
+                message += f" after {_attempts(attempts)}"
             error = DeadlineExceededError(
-                f"deadline of {policy.deadline:g} s exceeded after {attempts} attempt"
-                + ("s" if attempts != 1 else ""),
-                deadline=policy.deadline,
-                instance_name=name,
-                attempts=attempts,
+                message, deadline=policy.deadline, instance_name=name, attempts=attempts
             )
             raise error from (retry.last_error if retry else first)
+
+
+def _attempts(n: int) -> str:
+    return f"{n} attempt" + ("s" if n != 1 else "")
 
 
 class _RetryState:

@@ -30,6 +30,7 @@ import aiohttp
 from yarl import URL
 
 from ._errors import (
+    ClientClosedError,
     ConfigurationError,
     InvalidImageError,
     InvalidResponseError,
@@ -62,6 +63,8 @@ ERROR_BODY_LIMIT = 64 * 1024
 #: The largest ``GET /instance/state`` body accepted.
 JSON_LIMIT = 1024**2
 
+
+_CLOSED = "WachatClient is closed; create a new client (a closed one cannot be reused)"
 
 _SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 
@@ -158,6 +161,7 @@ class Transport:
         "_json_headers",
         "_secrets",
         "base_url",
+        "closed",
         "max_image_bytes",
         "qr_url",
         "session",
@@ -184,6 +188,8 @@ class Transport:
         self.max_image_bytes = max_image_bytes
         self.session: aiohttp.ClientSession | None = None
         self.slots = slots
+        #: Set by the client's ``aclose()``: a failure from then on is :class:`ClientClosedError`.
+        self.closed = False
         self._borrowed = borrowed
         self._secrets = (api_key,)
         self._image_headers = {
@@ -267,8 +273,9 @@ class Transport:
     async def send(self, url: URL, name: str, headers: dict[str, str]) -> aiohttp.ClientResponse:
         """Send one GET and return the 200 response; anything else becomes a typed error."""
         session = self.session
-        assert session is not None  # the client bound it to the running loop
         failure: BaseException
+        if session is None or self.closed:  # the client let go of it: it was closed
+            raise ClientClosedError(_CLOSED, instance_name=name, attempts=0)
         try:
             # Everything a result depends on is set here, whatever the session's defaults.
             resp = await session.get(
@@ -283,12 +290,13 @@ class Transport:
         except RuntimeError:
             if not session.closed:
                 raise
-            failure = ConfigurationError(
-                "The aiohttp.ClientSession passed as session= was closed while the client "
-                "still uses it; close the session only after the client"
-                if self._borrowed
-                else "WachatClient is closed; create a new client (a closed one cannot be reused)"
-            )
+            if self._borrowed and not self.closed:
+                failure = ConfigurationError(
+                    "The aiohttp.ClientSession passed as session= was closed while the client "
+                    "still uses it; close the session only after the client"
+                )
+            else:
+                failure = ClientClosedError(_CLOSED, instance_name=name, attempts=0)
         else:
             if resp.status == 200:
                 return resp
@@ -386,8 +394,17 @@ class Transport:
         return error
 
     def transport_error(self, exc: BaseException, name: str, *, png: bool = True) -> WachatError:
-        """:func:`transport_error` with this transport's key as the secret."""
-        return transport_error(exc, name, self._secrets, png=png)
+        """:func:`transport_error` with this transport's key as the secret; once the client is
+        closed, a :class:`ClientClosedError` (closing its session is what broke the exchange)
+        with the mapped error as its cause."""
+        error = transport_error(exc, name, self._secrets, png=png)
+        if not self.closed:
+            return error
+        closed = ClientClosedError(
+            "WachatClient was closed while this request was in flight", instance_name=name
+        )
+        closed.__cause__ = error
+        return closed
 
     def _stream(
         self,

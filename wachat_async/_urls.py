@@ -25,7 +25,7 @@ from collections.abc import Iterable
 
 from yarl import URL
 
-from ._redact import redact_message
+from ._redact import Secret, redact_message
 from ._validate import check_api_key, check_instance_name, is_loopback_host
 
 __all__ = [
@@ -84,6 +84,12 @@ def build_qr_image_url(
     control-character-bearing instance name or key, a bad *base_url*, or a key without the
     opt-in. No error message or warning contains the key.
     """
+    if isinstance(api_key, str):  # from here on a traceback's locals show it as [REDACTED]
+        api_key = Secret(api_key)
+    elif api_key is not None:
+        kind = type(api_key).__name__
+        del api_key  # the raw value leaves this frame before anything is raised
+        raise TypeError(f"api_key must be a str, not {kind}")
     return _build_qr_image_url(
         instance_name,
         api_key=api_key,

@@ -28,7 +28,7 @@ from typing import Final, TypeVar
 
 import aiohttp
 
-from ._errors import InvalidInstanceNameError
+from ._errors import InvalidInstanceNameError, _InstanceNameTypeError
 
 __all__ = [
     "check_api_key",
@@ -39,6 +39,7 @@ __all__ = [
     "check_user_agent",
     "is_loopback_host",
     "shown",
+    "shown_item",
 ]
 
 N = TypeVar("N", int, float)
@@ -53,13 +54,20 @@ _SHOWN_CHARS: Final = 64  # of a rejected name, in its error message
 def check_instance_name(name: object) -> str:
     """Return *name* unchanged if it can be sent as an instance name, else raise.
 
-    Raises ``TypeError`` for non-strings and :class:`InvalidInstanceNameError` (a ``WachatError``
-    and a ``ValueError``) for empty, whitespace-only, control-character-bearing or lone-surrogate
-    names. The message quotes the name with ``repr`` (shortened when long), so invisible
-    characters are visible and never reach a log line raw.
+    Raises :class:`InvalidInstanceNameError` (a ``WachatError`` and a ``ValueError``) for empty,
+    whitespace-only, control-character-bearing or lone-surrogate names. The message quotes the
+    name with ``repr`` (shortened when long), so invisible characters are visible and never
+    reach a log line raw.
+
+    A name that is not a ``str`` raises an :class:`InvalidInstanceNameError` that is also a
+    ``TypeError`` (so ``except WachatError`` and ``except TypeError`` both catch it); its message
+    names the type only and its ``instance_name`` is :func:`shown_item` of the object.
     """
     if not isinstance(name, str):
-        raise TypeError(f"instance_name must be a str, not {type(name).__name__}")
+        raise _InstanceNameTypeError(
+            f"instance_name must be a str, not {type(name).__name__}",
+            instance_name=shown_item(name),
+        )
     if _UNSENDABLE.search(name) is None and not name.isspace() and name:
         return name  # the common case: one regex search
     if not name.strip():
@@ -78,6 +86,25 @@ def _shown(name: str) -> str:
     if len(name) <= _SHOWN_CHARS:
         return str.__repr__(name)
     return f"{str.__repr__(name[:_SHOWN_CHARS])}... ({len(name)} characters)"
+
+
+def shown_item(item: object) -> str | None:
+    """What stands for a non-``str`` *item* as an error's ``instance_name``: ``None`` for
+    ``None``, else its ``repr`` (shortened like a rejected name, control characters escaped;
+    a ``repr`` that fails gives ``<TYPE object>``)."""
+    if item is None:
+        return None
+    try:
+        text = str.__str__(repr(item))  # a plain str, even when __repr__ returned a subclass
+    except Exception:
+        text = f"<{type(item).__name__} object>"
+    if len(text) > _SHOWN_CHARS:
+        text = f"{text[:_SHOWN_CHARS]}... ({len(text)} characters)"
+    return _UNSENDABLE.sub(_escaped, text)
+
+
+def _escaped(match: re.Match[str]) -> str:
+    return match.group().encode("unicode_escape").decode("ascii")
 
 
 def check_api_key(key: object) -> str:
