@@ -34,7 +34,7 @@ from ._errors import (
     WachatTimeoutError,
 )
 from ._models import InstanceState, QRFailure, QRImage, QRResult, QRSuccess
-from ._polling import FetchMany
+from ._polling import FetchMany, QRWatch
 from ._retry import RetryBudget, RetryEvent, RetryPolicy
 from ._stream import QRStream
 from ._urls import DEFAULT_BASE_URL, ApiKeyExposureWarning, build_qr_image_url, qr_img_tag
@@ -62,6 +62,7 @@ __all__ = [
     "QRResult",
     "QRStream",
     "QRSuccess",
+    "QRWatch",
     "ResponseTooLargeError",
     "RetryBudget",
     "RetryEvent",
