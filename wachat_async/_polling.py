@@ -448,15 +448,15 @@ class QRWatch:
     )
 
     def __init__(self, instance_name: str, interval: float, max_backoff: float) -> None:
-        self.instance_name = instance_name
+        self.instance_name: str = instance_name
         #: The interval in force (the one asked for, raised to ``MIN_INTERVAL``).
-        self.interval = max(float(interval), MIN_INTERVAL)
-        self.max_backoff = float(max_backoff)
-        self.shown = 0
-        self.polls = 0
-        self.failures = 0
+        self.interval: float = max(float(interval), MIN_INTERVAL)
+        self.max_backoff: float = float(max_backoff)
+        self.shown: int = 0
+        self.polls: int = 0
+        self.failures: int = 0
         self.latest: QRImage | None = None
-        self.connected = False
+        self.connected: bool = False
         self._iterator: AsyncGenerator[QRImage, None] | None = None
 
     def __aiter__(self) -> QRWatch:
