@@ -137,6 +137,7 @@ class _Batch:
             return _END
 
     def spawn(self, first: object) -> None:
+        """Start a worker task whose first item is *first* (a name, or the end marker)."""
         self.running += 1
         name = f"{WORKER_TASK_PREFIX}-{self.number}.{len(self.tasks)}"
         self.tasks.append(asyncio.create_task(self.work(first), name=name))
@@ -172,6 +173,8 @@ class _Batch:
         return QRFailure(instance_name=cast(str, item), error=error)
 
     async def work(self, item: object) -> None:
+        """One worker: admit, fetch and queue items until the names run out; the last one
+        out queues the end of the batch (a bug is queued as a failure for the consumer)."""
         pulls = 0
         try:
             while item is not _END:
@@ -215,6 +218,7 @@ class _Batch:
         return QRSuccess(instance_name=name, image=image)
 
     def cancel(self) -> None:
+        """Cancel every worker, without waiting (see :meth:`stop`)."""
         for task in self.tasks:
             task.cancel()
 
