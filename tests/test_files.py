@@ -32,7 +32,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from wachat_async import InvalidImageError, QRImage, RetryPolicy, WachatClient, _files
-from wachat_async._cli import EXIT_FILE, main
+from wachat_async.cli import EXIT_FILE, main
 
 from .conftest import KEY, NAME, assert_no_connection_checked_out
 

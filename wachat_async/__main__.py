@@ -4,7 +4,7 @@ The commands that draw or show progress need the ``cli`` extra; without it they 
 ``pip install 'wachat-async[cli]'`` and exit with status 2.
 """
 
-from wachat_async._cli import main
+from wachat_async.cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

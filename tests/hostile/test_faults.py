@@ -923,11 +923,11 @@ def test_cli_fetch_against_fault(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """`wachat-qr fetch` exits with the fault's status, prints no key and leaves no partial file."""
-    from wachat_async import _cli
+    from wachat_async.cli import _commands, main
 
     caplog.set_level(logging.DEBUG)
     monkeypatch.setenv("WACHAT_API_KEY", KEY)
-    monkeypatch.setattr(_cli, "RETRY_POLICY", RetryPolicy(zero_wait=True))
+    monkeypatch.setattr(_commands, "RETRY_POLICY", RetryPolicy(zero_wait=True))
     target = tmp_path / "qr.png"
     with contextlib.ExitStack() as stack:
         if actions is None:
@@ -938,7 +938,7 @@ def test_cli_fetch_against_fault(
             base_url = stack.enter_context(serve_in_thread(actions)).base_url
         # A short timeout only where the fault needs one: it bounds the whole request.
         timeout = "0.5" if any(isinstance(a, Hang) for a in actions or []) else "10"
-        code = _cli.main(
+        code = main(
             ["fetch", NAME, "-o", str(target), "--base-url", base_url, "--timeout", timeout, "-v"]
         )
     out, err = capsys.readouterr()

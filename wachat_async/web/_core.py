@@ -148,16 +148,12 @@ def forbidden(name: str) -> Answer:
 def error_status(exc: BaseException) -> tuple[int, str]:
     """The status and message a browser gets for an upstream failure.
 
-    ==============================================  ======  ===================================
-    failure                                          status  why
-    ==============================================  ======  ===================================
-    invalid name, 400, 404                           404     no such QR here
-    409 (not a Baileys instance)                     409     this instance has no QR
-    client-side timeout, deadline                    503     try again
-    retry budget exhausted, 429, 503                 503     upstream overloaded: try later
-    502, 504, invalid or oversized image, 401, 403,  502     the gateway failed (401/403 mean
-    connection errors, any other status                      *our* key or plan is wrong)
-    ==============================================  ======  ===================================
+    * invalid name, 400, 404: 404 (no such QR here);
+    * 409 (not a Baileys instance): 409 (this instance has no QR);
+    * client-side timeout, deadline: 503 (try again);
+    * retry budget exhausted, 429, 503: 503 (upstream overloaded: try later);
+    * 502, 504, an invalid or oversized image, 401, 403 (*our* key or plan is wrong), connection
+      errors, any other status: 502 (the gateway failed).
 
     Never 500, and the message is fixed text: never the exception's own text, which may quote
     an upstream body.

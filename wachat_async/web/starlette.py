@@ -131,6 +131,8 @@ def qr_routes(
         return _response(answer)
 
     async def events(request: Request) -> Response:
+        if request.method != "GET":  # Starlette adds HEAD to a GET route; a stream has no head
+            return Response(status_code=405, headers={"Allow": "GET"})
         name = await admitted(request)
         if isinstance(name, Response):
             return name

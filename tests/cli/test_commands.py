@@ -1,0 +1,532 @@
+"""The commands that talk to the API (wachat_async.cli._commands): fetch, show, url, watch,
+fake-server, poll's names; the client they build from the command line (key, base URL,
+retries, timeout, the http:// refusal), and the hints after an error."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import segno
+from PIL import Image
+
+from tests.cli._support import OTHER, Run, decode, terminal_to_image
+from tests.conftest import KEY, NAME
+from wachat_async.cli import main
+from wachat_async.testing import FakeWachatServer, Fault
+
+# -- fetch ------------------------------------------------------------------------------------
+
+
+def test_fetch_saves_the_png(run: Callable[..., Run], env: FakeWachatServer, cli_env: Path) -> None:
+    """fetch NAME writes NAME.png and says so on stdout."""
+    result = run("fetch", NAME)
+    assert result.code == 0
+    path = cli_env / f"{NAME}.png"
+    assert decode(Image.open(path)) == env.qr_payload(NAME)
+    assert f"saved {NAME}.png" in result.out
+
+
+def test_fetch_to_a_named_file_quietly(
+    run: Callable[..., Run], env: FakeWachatServer, cli_env: Path
+) -> None:
+    """-o FILE chooses the file; --quiet prints nothing on success."""
+    result = run("fetch", NAME, "-o", "qr.png", "--quiet")
+    assert (result.code, result.out, result.err) == (0, "", "")
+    assert (cli_env / "qr.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_fetch_to_stdout(capsysbinary: pytest.CaptureFixture[bytes], env: FakeWachatServer) -> None:
+    """-o - writes the PNG bytes to stdout."""
+    assert main(["fetch", NAME, "-o", "-"]) == 0
+    data = capsysbinary.readouterr().out
+    assert decode(Image.open(io.BytesIO(data))) == env.qr_payload(NAME)
+
+
+def test_fetch_to_stdout_refuses_a_terminal(
+    run: Callable[..., Run], env: FakeWachatServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """-o - on a terminal would print binary garbage: refused before any request."""
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    result = run("fetch", NAME, "-o", "-")
+    assert result.code == 2
+    assert env.request_count() == 0
+
+
+def test_api_key_flag_works_and_is_never_echoed(
+    run: Callable[..., Run], fake: FakeWachatServer
+) -> None:
+    """--api-key (before or after the command) authenticates; the key is not printed."""
+    first = run("--api-key", KEY, "--base-url", fake.base_url, "fetch", NAME)
+    second = run("fetch", NAME, "-o", "b.png", "--api-key", KEY, "--base-url", fake.base_url)
+    assert (first.code, second.code) == (0, 0)
+
+
+def test_write_error_is_exit_8(run: Callable[..., Run], env: FakeWachatServer) -> None:
+    """A file that cannot be written is a one-line local I/O error."""
+    result = run("fetch", NAME, "-o", "missing-dir/qr.png")
+    assert result.code == 8
+    assert result.err.startswith("wachat-qr: error: ")
+    assert result.err.count("\n") == 1
+
+
+# -- error classes and exit codes ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("script", "code", "error"),
+    [
+        pytest.param([400], 4, "BadRequestError", id="400"),
+        pytest.param([403], 3, "SubscriptionRestrictedError", id="403"),
+        pytest.param([404], 4, "InstanceNotFoundError", id="404"),
+        pytest.param([409], 4, "QRNotSupportedError", id="409"),
+        pytest.param([502] * 4, 5, "QRFetchFailedError", id="502-retries-exhausted"),
+        pytest.param([504] * 4, 5, "GatewayTimeoutError", id="504-retries-exhausted"),
+        pytest.param([418], 5, "UnexpectedStatusError", id="418"),
+        # aiohttp itself resends an idempotent request once when the server hangs up.
+        pytest.param([Fault(drop=True)] * 2, 6, "WachatConnectionError", id="dropped-connection"),
+        pytest.param(
+            [Fault(content_type="text/html", body=b"<html>login</html>")],
+            7,
+            "InvalidImageError",
+            id="html-instead-of-png",
+        ),
+        pytest.param([Fault(truncate=True)], 7, "InvalidImageError", id="truncated-png"),
+    ],
+)
+def test_each_error_class_has_its_exit_code(
+    run: Callable[..., Run],
+    env: FakeWachatServer,
+    script: list[int | Fault],
+    code: int,
+    error: str,
+) -> None:
+    """One line on stderr naming the error, and the documented exit status."""
+    env.script(NAME, script)
+    result = run("fetch", NAME)
+    assert result.code == code
+    assert result.err.startswith(f"wachat-qr: error: {error}: ")
+    assert result.err.count("\n") == 1
+    assert result.out == ""
+
+
+def test_wrong_key_is_exit_3(
+    run: Callable[..., Run], fake: FakeWachatServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """401 is an authentication error (3); the wrong key is not printed either."""
+    monkeypatch.setenv("WACHAT_API_KEY", "wrong-" + KEY)
+    result = run("fetch", NAME, "--base-url", fake.base_url)
+    assert result.code == 3
+    assert "AuthenticationError" in result.err
+    assert "wrong-" not in result.err
+
+
+def test_unknown_instance_is_exit_4(run: Callable[..., Run], env: FakeWachatServer) -> None:
+    """404 names the instance in one line."""
+    result = run("fetch", "t1_nothere0_store")
+    assert result.code == 4
+    assert "InstanceNotFoundError: 404 Not Found" in result.err
+    assert "t1_nothere0_store" in result.err
+
+
+def test_retries_give_up_note_is_on_the_same_line(
+    run: Callable[..., Run], env: FakeWachatServer
+) -> None:
+    """The 'gave up after N attempts' note is part of the one error line."""
+    env.script(NAME, [502] * 4)
+    result = run("fetch", NAME)
+    assert "gave up after 4 attempts" in result.err
+    assert result.err.count("\n") == 1
+
+
+def test_retries_option_and_verbose_log(run: Callable[..., Run], env: FakeWachatServer) -> None:
+    """--retries 1 allows one retry; -v shows it on stderr."""
+    env.script(NAME, [502, 502])
+    result = run("fetch", NAME, "--retries", "1", "-v")
+    assert result.code == 5
+    assert env.request_count(NAME) == 2
+    assert "wachat-qr: info: Retrying QR call" in result.err
+
+
+def test_timeout_is_exit_6(run: Callable[..., Run], env: FakeWachatServer) -> None:
+    """A server that never answers hits --timeout: exit 6."""
+    env.script(NAME, [Fault(hang=True)])
+    result = run("fetch", NAME, "--timeout", "0.02")
+    assert result.code == 6
+    assert "WachatTimeoutError" in result.err
+
+
+# -- the key, the base URL, plain http:// ----------------------------------------------------
+
+
+def test_missing_key_is_a_configuration_error(
+    run: Callable[..., Run], fake: FakeWachatServer
+) -> None:
+    """Without WACHAT_API_KEY or --api-key: exit 2 and a one-line hint."""
+    result = run("fetch", NAME, "--base-url", fake.base_url)
+    assert result.code == 2
+    assert result.err.count("\n") == 1
+    assert "WACHAT_API_KEY" in result.err
+
+
+def test_missing_key_says_how_to_set_it_from_a_shell(
+    run: Callable[..., Run], fake: FakeWachatServer
+) -> None:
+    """No key: the hint is for a shell user (export or --api-key), not a mangled Python call."""
+    result = run("poll", NAME, "--base-url", fake.base_url, "--json")
+    assert result.code == 2
+    assert "export WACHAT_API_KEY=<your key>" in result.err
+    assert "--api-key" in result.err
+    assert "[REDACTED]" not in result.err
+    assert "WachatClient" not in result.err
+    assert fake.request_count() == 0
+
+
+@pytest.mark.parametrize(
+    "suffix",
+    [pytest.param("", id="root"), pytest.param("/", id="root-slash"), pytest.param("/v1", id="v1")],
+)
+def test_a_wrong_base_url_gets_a_hint(
+    run: Callable[..., Run], env: FakeWachatServer, suffix: str
+) -> None:
+    """A base URL without /api/v1 reaches no route: the 404 comes with a hint saying so."""
+    result = run("fetch", NAME, "--base-url", env.url + suffix)
+    assert result.code == 4
+    lines = result.err.splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("wachat-qr: error: InstanceNotFoundError: 404")
+    assert lines[1].startswith("wachat-qr: hint: is --base-url (or WACHAT_BASE_URL) right? ")
+    assert "it should end in /api/v1" in lines[1]
+
+
+def test_a_wrong_base_url_hint_also_for_a_fleet(
+    run: Callable[..., Run], env: FakeWachatServer
+) -> None:
+    """poll whose every name is a 404 from a wrong root prints the hint once."""
+    result = run("poll", NAME, OTHER, "--json", "--base-url", env.url)
+    assert result.code == 1
+    assert result.err.count("it should end in /api/v1") == 1
+
+
+def test_a_real_missing_instance_has_no_base_url_hint(
+    run: Callable[..., Run], env: FakeWachatServer
+) -> None:
+    """A 404 from the right base URL is just "not found": one line, no hint."""
+    result = run("fetch", "t1_nothere0_store")
+    assert result.code == 4
+    assert result.err.count("\n") == 1
+    assert "hint" not in result.err
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="0.0.0.0 reaches loopback on POSIX only")
+def test_plain_http_to_another_host_needs_allow_insecure_http(
+    run: Callable[..., Run], fake: FakeWachatServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """http:// to a host that is not loopback by the rule (0.0.0.0) is refused in CLI words;
+    with --allow-insecure-http the request is made (0.0.0.0 reaches the fake server)."""
+    monkeypatch.setenv("WACHAT_API_KEY", KEY)
+    base_url = f"http://0.0.0.0:{fake.port}/api/v1"
+    refused = run("fetch", NAME, "--base-url", base_url, "-o", "qr.png")
+    assert refused.code == 2
+    assert "refusing plain http:// to 0.0.0.0" in refused.err
+    assert "--allow-insecure-http" in refused.err
+    assert "allow_insecure_http=True" not in refused.err
+    assert fake.request_count() == 0
+    allowed = run("fetch", NAME, "--base-url", base_url, "-o", "qr.png", "--allow-insecure-http")
+    assert allowed.code == 0
+    assert fake.request_count(NAME) == 1
+    assert Path("qr.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_allow_insecure_http_reaches_a_fake_server_on_another_interface(
+    run: Callable[..., Run], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fake server bound to every interface, reached by a non-loopback address, works."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # TEST-NET-1: a UDP connect sends nothing
+        except OSError:
+            pytest.skip("no non-loopback interface")
+        own = str(probe.getsockname()[0])
+    if own.startswith("127."):
+        pytest.skip("no non-loopback interface")
+    server = FakeWachatServer(api_key=KEY, host="0.0.0.0")  # noqa: S104 - the case under test
+    server.add_instance(NAME)
+    monkeypatch.setenv("WACHAT_API_KEY", KEY)
+    with server.run_in_thread():
+        base_url = f"http://{own}:{server.port}/api/v1"
+        refused = run("fetch", NAME, "--base-url", base_url, "-o", "qr.png")
+        allowed = run(
+            "fetch", NAME, "--base-url", base_url, "-o", "qr.png", "--allow-insecure-http"
+        )
+    assert (refused.code, allowed.code) == (2, 0)
+    assert Path("qr.png").read_bytes().startswith(b"\x89PNG")
+
+
+# -- show -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "invert", [pytest.param(False, id="light-on-dark"), pytest.param(True, id="inverted")]
+)
+def test_show_prints_a_qr_that_decodes_to_the_same_payload(
+    run: Callable[..., Run], env: FakeWachatServer, invert: bool
+) -> None:
+    """The half-block drawing reads back as the very QR the server served."""
+    result = run("show", NAME, *(["--invert"] if invert else []))
+    assert result.code == 0
+    assert set(result.out) <= {"█", "▀", "▄", " ", "\n"}
+    assert decode(terminal_to_image(result.out, invert=invert)) == env.qr_payload(NAME)
+
+
+def test_show_uses_one_column_per_module_and_two_rows_per_line(
+    run: Callable[..., Run], env: FakeWachatServer
+) -> None:
+    """Width = modules + 2 * border; lines = half the rows, rounded up."""
+    modules = len(segno.make_qr(env.qr_payload(NAME), error="m").matrix)
+    result = run("show", NAME, "--border", "3")
+    lines = result.out.rstrip("\n").split("\n")
+    assert {len(line) for line in lines} == {modules + 6}
+    assert len(lines) == (modules + 6 + 1) // 2
+
+
+def test_show_of_a_png_without_a_qr_is_exit_7(
+    run: Callable[..., Run], env: FakeWachatServer
+) -> None:
+    """A valid PNG with no QR in it is an invalid response."""
+    blank = io.BytesIO()
+    Image.new("L", (40, 40), 255).save(blank, format="PNG")
+    env.script(NAME, [Fault(body=blank.getvalue())])
+    result = run("show", NAME)
+    assert result.code == 7
+    assert "no dark pixels" in result.err
+
+
+def test_show_quiet_prints_only_the_drawing(run: Callable[..., Run], env: FakeWachatServer) -> None:
+    """--quiet drops the caption on stderr; the QR itself is the output."""
+    result = run("show", NAME, "-q")
+    assert result.code == 0
+    assert result.err == ""
+    assert "█" in result.out
+
+
+# -- url --------------------------------------------------------------------------------------
+
+
+def test_url_without_the_flag_has_no_key(run: Callable[..., Run], env: FakeWachatServer) -> None:
+    """url prints the key-less URL."""
+    result = run("url", NAME)
+    assert result.code == 0
+    assert result.out == f"{env.base_url}/instance/qr/image?instanceName={NAME}\n"
+    assert result.err == ""
+
+
+def test_url_with_expose_api_key(run: Callable[..., Run], env: FakeWachatServer) -> None:
+    """--expose-api-key puts the key in the URL on stdout; the warning goes to stderr."""
+    result = run("url", NAME, "--expose-api-key", allow_key=True)
+    assert result.code == 0
+    assert result.out == f"{env.base_url}/instance/qr/image?instanceName={NAME}&apiKey={KEY}\n"
+    assert result.err.startswith("wachat-qr: warning: ")
+    assert "apiKey" in result.err or "key" in result.err.lower()
+
+
+def test_url_with_expose_api_key_needs_a_key(run: Callable[..., Run]) -> None:
+    """--expose-api-key without any key is a configuration error."""
+    result = run("url", NAME, "--expose-api-key")
+    assert result.code == 2
+    assert "needs an API key" in result.err
+
+
+def test_url_rejects_a_bad_name(run: Callable[..., Run]) -> None:
+    """A name the URL builder refuses is a usage error."""
+    result = run("url", "bad\nname")
+    assert result.code == 2
+
+
+# -- poll's names ---------------------------------------------------------------------------
+
+
+def test_poll_from_file_and_stdin(
+    run: Callable[..., Run], env: FakeWachatServer, cli_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--from-file skips blank lines and # comments; - reads stdin."""
+    (cli_env / "names.txt").write_text(f"# fleet\n{NAME}\n\n  {OTHER}  \n", encoding="utf-8")
+    from_file = run("poll", "--from-file", "names.txt", "--json")
+    monkeypatch.setattr(sys, "stdin", io.StringIO(f"{NAME}\n"))
+    from_stdin = run("poll", "-f", "-", "--json")
+    assert from_file.code == from_stdin.code == 0
+    assert len(from_file.out.splitlines()) == 2
+    assert from_stdin.out.count(f'"instance": "{NAME}"') == 1
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        pytest.param("ok_name\nbad\x07name\n", "names.txt:2", id="control-character"),
+        pytest.param("# only a comment\n", "no instance names", id="empty"),
+    ],
+)
+def test_poll_bad_names_file_is_a_usage_error(
+    run: Callable[..., Run], env: FakeWachatServer, cli_env: Path, content: str, message: str
+) -> None:
+    """A bad line is reported with its line number before any request is made."""
+    (cli_env / "names.txt").write_text(content, encoding="utf-8")
+    result = run("poll", "--from-file", "names.txt")
+    assert result.code == 2
+    assert message in result.err
+    assert env.request_count() == 0
+
+
+def test_poll_names_file_that_is_not_utf8(
+    run: Callable[..., Run], env: FakeWachatServer, cli_env: Path
+) -> None:
+    """A binary names file is a usage error, not a crash."""
+    (cli_env / "names.txt").write_bytes(b"\xff\xfe\x00bad")
+    result = run("poll", "--from-file", "names.txt")
+    assert result.code == 2
+    assert "not UTF-8" in result.err
+
+
+def test_poll_missing_names_file_is_exit_8(run: Callable[..., Run], env: FakeWachatServer) -> None:
+    """A names file that does not exist is a local I/O error naming it."""
+    result = run("poll", "--from-file", "nowhere.txt")
+    assert result.code == 8
+    assert result.err.startswith("wachat-qr: error: nowhere.txt: ")
+    assert env.request_count() == 0
+
+
+# -- watch ------------------------------------------------------------------------------------
+
+
+def test_watch_prints_each_new_qr(run: Callable[..., Run], rotating: FakeWachatServer) -> None:
+    """watch --count 3 draws three different QR codes, then exits 0."""
+    result = run("watch", NAME, "--count", "3", "--interval", "0.001")
+    assert result.code == 0
+    lines = result.out.splitlines()
+    assert len(lines) % 3 == 0
+    per_drawing = len(lines) // 3
+    payloads = {
+        decode(terminal_to_image("\n".join(lines[i : i + per_drawing])))
+        for i in range(0, len(lines), per_drawing)
+    }
+    assert len(payloads) == 3
+    assert all(p.startswith(f"wachat-fake:{NAME}:") for p in payloads)
+    assert result.err.count("waiting for a scan") == 3
+
+
+def test_watch_no_show_prints_one_line_per_change(
+    run: Callable[..., Run], rotating: FakeWachatServer, cli_env: Path
+) -> None:
+    """--no-show prints a line per change; -o keeps the latest PNG."""
+    result = run("watch", NAME, "-n", "2", "-i", "0.001", "--no-show", "-o", "latest.png")
+    lines = result.out.splitlines()
+    assert result.code == 0
+    assert len(lines) == 2
+    assert all("QR changed: sha256=" in line for line in lines)
+    assert lines[0] != lines[1]
+    assert (cli_env / "latest.png").is_file()
+
+
+def test_watch_redraws_in_place_on_a_terminal(
+    run: Callable[..., Run], rotating: FakeWachatServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a terminal each new QR clears the screen first."""
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    result = run("watch", NAME, "-n", "2", "-i", "0.001")
+    assert result.code == 0
+    assert result.out.count("\x1b[2J\x1b[H") == 2
+
+
+def test_watch_until_connected(run: Callable[..., Run], env: FakeWachatServer) -> None:
+    """--until-connected ends with status 0 once the instance is linked."""
+    env.set_state(NAME, "open")
+    result = run("watch", NAME, "--until-connected")
+    assert result.code == 0
+    assert result.out == f"{NAME} is connected\n"
+
+
+def test_watch_terminal_error(run: Callable[..., Run], env: FakeWachatServer) -> None:
+    """A 404 ends the watch with status 4."""
+    result = run("watch", "t1_nothere0_store", "--no-show")
+    assert result.code == 4
+
+
+def test_watch_fails_fast_when_the_server_is_unreachable(
+    run: Callable[..., Run], monkeypatch: pytest.MonkeyPatch, closed_port: int
+) -> None:
+    """The first round of watch must succeed: a wrong port is exit 6, not an endless retry."""
+    monkeypatch.setenv("WACHAT_API_KEY", KEY)
+    base_url = f"http://127.0.0.1:{closed_port}/api/v1"
+    result = run("watch", NAME, "--base-url", base_url, "--interval", "0.001")
+    until = run("watch", NAME, "--base-url", base_url, "--until-connected")
+    assert (result.code, until.code) == (6, 6)
+    assert result.err.count("\n") == 1
+
+
+# -- fake-server ------------------------------------------------------------------------------
+
+
+def test_fake_server_prints_how_to_use_it(run: Callable[..., Run]) -> None:
+    """fake-server prints its URL, the export lines (key demo) and the names, then stops."""
+    result = run("fake-server", "--port", "0", "--duration", "0.01", "--instances", "4")
+    assert result.code == 0
+    first = result.out.splitlines()[0]
+    assert first.startswith("Fake Wachat server listening on http://127.0.0.1:")
+    base_url = first.rsplit(" ", 1)[-1]
+    assert f"  export WACHAT_BASE_URL={base_url}\n" in result.out
+    assert "  export WACHAT_API_KEY=demo\n" in result.out
+    assert "Instances (10): t1_mq9r2jov_jakarta_store, " in result.out
+    assert "Stopped." in result.err
+
+
+def test_fake_server_never_prints_a_given_key(run: Callable[..., Run]) -> None:
+    """A key you chose with --api-key is not echoed, only said to be yours."""
+    result = run(
+        "fake-server", "--port", "0", "--duration", "0.01", "--api-key", KEY, "--auto-create"
+    )
+    assert result.code == 0
+    assert "the key you gave with --api-key (not printed)" in result.out
+    assert "created on first use" in result.out
+
+
+def test_fake_server_port_in_use_is_exit_8(run: Callable[..., Run], fake: FakeWachatServer) -> None:
+    """A port that is taken is a local I/O error, in one line."""
+    result = run("fake-server", "--port", str(fake.port), "--duration", "0.01")
+    assert result.code == 8
+    assert result.err.startswith("wachat-qr fake-server: error: cannot listen on 127.0.0.1:")
+    assert result.err.count("\n") == 1
+
+
+def test_fake_server_stops_on_sigint(tmp_path: Path) -> None:
+    """In a real process, Ctrl-C (SIGINT) stops the server cleanly with status 0."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    argv = [sys.executable, "-m", "wachat_async", "fake-server", "--port", "0", "--api-key", KEY]
+    with subprocess.Popen(  # noqa: S603 - our own interpreter and module
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path
+    ) as process:
+        try:
+            assert process.stdout is not None
+            first = process.stdout.readline()
+            base_url = first.rsplit(" ", 1)[-1].strip()
+            request = urllib.request.Request(  # noqa: S310 - loopback URL printed by the server
+                f"{base_url}/instance/qr/image?instanceName=t1_mq9r2jov_jakarta_store",
+                headers={"Authorization": f"Bearer {KEY}"},
+            )
+            with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+                assert response.read().startswith(b"\x89PNG")
+            process.send_signal(signal.SIGINT)
+            out, err = process.communicate(timeout=20)
+        finally:
+            if process.poll() is None:
+                process.kill()
+    assert process.returncode == 0
+    assert "Stopped." in err
+    assert KEY not in first + out + err

@@ -1,0 +1,227 @@
+"""``wachat-qr``: the command line for the Wachat QR-code endpoint.
+
+Installed with the ``cli`` extra (``pip install 'wachat-async[cli]'``, which brings rich, Pillow
+and segno); ``python -m wachat_async`` runs the same ``main``. Commands::
+
+    wachat-qr fetch NAME [-o FILE]            save the QR PNG (-o - writes it to stdout)
+    wachat-qr show NAME                       print the QR in the terminal (Unicode half blocks)
+    wachat-qr url NAME [--expose-api-key]     print the image URL (key only with the flag)
+    wachat-qr poll NAME... | --from-file F    fetch a fleet: progress, summary table or --json
+    wachat-qr watch NAME [--until-connected]  print the QR again each time it changes
+    wachat-qr fake-server                     the fake server (= python -m wachat_async.testing)
+    wachat-qr demo                            all of the above against an in-process fake server
+
+The API key comes from ``--api-key`` or, better, the ``WACHAT_API_KEY`` environment variable (a
+command-line flag is visible to other users in ``ps`` and lands in shell history); the base URL
+from ``--base-url`` or ``WACHAT_BASE_URL``. The key is never printed, except inside the URL that
+``url --expose-api-key`` was asked for.
+
+Errors are one line on stderr (sometimes followed by one ``hint:`` line), never a traceback
+(``--debug`` adds it for unexpected errors), and the exit status says what kind:
+
+====  ==========================================================================
+code  meaning
+====  ==========================================================================
+0     success
+1     ``poll``: at least one instance failed (details in the table or the JSON); or a
+      library error of no more specific kind
+2     usage or configuration error (bad option or name, no API key, missing ``cli`` extra)
+3     authentication: 401 invalid key, 403 subscription does not allow QR codes
+4     not found or not possible: 404 unknown instance, 409 not a Baileys instance, 400
+5     upstream failure: 502/504 after the retries gave up, or an undocumented status
+6     connection failure or timeout
+7     invalid response: not a PNG, truncated, or larger than the size cap
+8     local I/O error: a file could not be written, a port could not be bound
+70    internal error: an unexpected exception (a bug; ``--debug`` shows the traceback)
+130   interrupted (Ctrl-C)
+141   stdout was closed by its reader (``| head``): stop quietly, as SIGPIPE would
+====  ==========================================================================
+
+``poll --json`` writes JSON Lines: one object per distinct instance, in order of completion,
+flushed as each completes, and nothing else on stdout. Success:
+``{"instance": ..., "ok": true, "file": path-or-null, "width": ..., "height": ...,
+"bytes": ..., "sha256": ...}``; failure: ``{"instance": ..., "ok": false,
+"error": "InstanceNotFoundError", "status": 404-or-null, "exit_code": 4, "message": ...,
+"attempts": ...}``.
+
+One concern per module; imports run one way, down this list (none imports this package, and
+the library's core never imports the CLI)::
+
+    __init__    main(): parse, set up logging, run the command, map failures to exit statuses
+    _commands   fetch, show, url, poll, watch, fake-server: the client from the command line
+    _demo       demo: a fleet on an in-process fake server
+    _fleet      polling many instances: bounded fetches, off-loop PNG saves, JSON lines, summary
+    _parser     the grammar: commands, options, bounds, help (parsing only)
+    _output     where lines go (stdout/stderr), redaction, one-line errors, drawing a QR
+    _terminal   PNG to Unicode half blocks (pure: no I/O)
+    _extras     the optional rich / Pillow / segno and the install hint
+    _exit       the exit statuses and the error-to-status map
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import Any, Final
+
+from wachat_async import WachatError
+
+from ._commands import cmd_fake_server, cmd_fetch, cmd_poll, cmd_show, cmd_url, cmd_watch, hints
+from ._demo import cmd_demo
+from ._exit import (
+    EXIT_AUTH,
+    EXIT_BROKEN_PIPE,
+    EXIT_CONNECTION,
+    EXIT_FAILED,
+    EXIT_FILE,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_INVALID,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_UPSTREAM,
+    EXIT_USAGE,
+    UsageError,
+    exit_code_for,
+)
+from ._exit import EXIT_CODES as EXIT_CODES  # importable here too (not in __all__)
+from ._extras import MissingExtraError
+from ._fleet import png_filename as png_filename  # importable here too (not in __all__)
+from ._output import PROG, LogHandler, Out, describe, silence_stdout
+from ._parser import ParseError, build_parser
+from ._terminal import qr_modules, render_half_blocks
+
+__all__ = [
+    "EXIT_AUTH",
+    "EXIT_BROKEN_PIPE",
+    "EXIT_CONNECTION",
+    "EXIT_FAILED",
+    "EXIT_FILE",
+    "EXIT_INTERNAL",
+    "EXIT_INTERRUPTED",
+    "EXIT_INVALID",
+    "EXIT_NOT_FOUND",
+    "EXIT_OK",
+    "EXIT_UPSTREAM",
+    "EXIT_USAGE",
+    "exit_code_for",
+    "main",
+    "qr_modules",
+    "render_half_blocks",
+]
+
+_Command = Callable[[argparse.Namespace, Out], Coroutine[Any, Any, int]]
+
+#: Each command's name (as the parser spells it) and what runs it.
+_COMMANDS: Final[Mapping[str, _Command]] = {
+    "fetch": cmd_fetch,
+    "show": cmd_show,
+    "url": cmd_url,
+    "poll": cmd_poll,
+    "watch": cmd_watch,
+    "fake-server": cmd_fake_server,
+    "demo": cmd_demo,
+}
+
+
+def _secrets_in(argv: Sequence[str]) -> list[str]:
+    """The key from the environment and any ``--api-key`` value on the command line, so that
+    even a message about a command line that did not parse cannot show it."""
+    found = [os.environ.get("WACHAT_API_KEY") or ""]
+    for i, arg in enumerate(argv):
+        if arg == "--api-key" and i + 1 < len(argv):
+            found.append(argv[i + 1])
+        elif arg.startswith("--api-key="):
+            found.append(arg.partition("=")[2])
+    return found
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``wachat-qr`` with *argv* (default ``sys.argv[1:]``); return the exit status.
+
+    Never raises: every failure is a line on stderr and an exit status from the table in the
+    module docstring (``EXIT_CODES``).
+    """
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    out = Out(False, _secrets_in(arguments))
+    try:
+        return _main(arguments, out)
+    except BrokenPipeError:
+        silence_stdout()
+        return EXIT_BROKEN_PIPE
+    except KeyboardInterrupt:
+        out.error("interrupted")
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # pragma: no cover - a bug in the guard itself
+        out.error(f"internal error: {type(exc).__name__}: {exc}")
+        return EXIT_INTERNAL
+
+
+def _main(argv: list[str], out: Out) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except ParseError as exc:
+        out.error(exc.args[0], prog=exc.prog)
+        out.hint(f"try '{exc.prog} --help'")
+        return EXIT_USAGE
+    except SystemExit as exc:  # --help and --version (their output is on stdout)
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    if args.command is None:
+        out.error(f"a command is needed: {', '.join(_COMMANDS)}")
+        out.hint(f"try '{PROG} demo', or '{PROG} --help'")
+        return EXIT_USAGE
+    out.quiet = bool(getattr(args, "quiet", False))
+    out.add_secrets([*_secrets_in([]), getattr(args, "api_key", None)])
+    debug = bool(getattr(args, "debug", False))
+    handler = LogHandler(out)
+    library_log = logging.getLogger("wachat_async")
+    level = logging.WARNING
+    if debug:
+        level = logging.DEBUG
+    elif getattr(args, "verbose", False):
+        level = logging.INFO
+    handler.setLevel(level)
+    previous_level = library_log.level
+    library_log.addHandler(handler)
+    if library_log.getEffectiveLevel() > handler.level:
+        library_log.setLevel(handler.level)
+    try:
+        return asyncio.run(_COMMANDS[args.command](args, out))
+    except BrokenPipeError:
+        raise  # main() stops quietly
+    except WachatError as exc:
+        out.error(describe(exc))
+        for hint in hints(exc, args):
+            out.hint(hint)
+        return exit_code_for(exc)
+    except (UsageError, MissingExtraError) as exc:
+        out.error(str(exc))
+        if isinstance(exc, UsageError) and exc.hint:
+            out.hint(exc.hint)
+        return EXIT_USAGE
+    except ValueError as exc:  # a bad argument found late (a name, a path, an encoding)
+        out.error(str(exc) or type(exc).__name__)
+        return EXIT_USAGE
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        out.error(f"{where}{exc.strerror or exc}")
+        return EXIT_FILE
+    except Exception as exc:  # a bug: one line, a hint, and the traceback only with --debug
+        out.error(f"internal error: {type(exc).__name__}: {exc}")
+        if debug:
+            trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            with contextlib.suppress(OSError, ValueError):
+                sys.stderr.write(out.clean(trace))
+                sys.stderr.flush()
+        else:
+            out.hint("this is a bug: run again with --debug to see the traceback, and report it")
+        return EXIT_INTERNAL
+    finally:
+        library_log.removeHandler(handler)
+        library_log.setLevel(previous_level)

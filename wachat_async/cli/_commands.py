@@ -1,0 +1,302 @@
+"""The commands that talk to the Wachat API: ``fetch``, ``show``, ``url``, ``poll``, ``watch``,
+and ``fake-server`` (the fake server's own program, run under ``wachat-qr``).
+
+Each command is ``async def cmd_x(args, out) -> int``: it reads the parsed command line, builds
+the client (:func:`client_for`: key, base URL, timeout, retries, the ``http://`` refusal in CLI
+words), writes through :class:`~wachat_async.cli._output.Out` (or, for a PNG or the URL asked
+for, straight to stdout) and returns an exit status. A failure is raised (a library error,
+:class:`UsageError`, :class:`OSError`) and ``main`` turns it into one line and its status;
+:func:`hints` says what to try next where a message alone does not.
+
+Never parses the command line, never renders a QR itself (``_terminal`` does), never writes a
+file except through the atomic ``write_bytes_async``, and never prints the API key (only
+``url --expose-api-key``'s URL carries it, because it was asked for).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Final
+
+import attrs
+from yarl import URL
+
+from wachat_async import (
+    DEFAULT_BASE_URL,
+    ConfigurationError,
+    InstanceNotFoundError,
+    QRImage,
+    RetryPolicy,
+    WachatClient,
+    WachatError,
+    build_qr_image_url,
+)
+from wachat_async._files import write_bytes_async
+from wachat_async._polling import watch_qr
+from wachat_async._validate import check_instance_name
+
+from ._exit import EXIT_FAILED, EXIT_OK, UsageError, exit_code_for
+from ._extras import need
+from ._fleet import png_filename, poll_fleet, summary
+from ._output import PROG, Out, describe, isatty, print_qr
+
+__all__ = [
+    "NO_KEY_MESSAGE",
+    "RETRY_POLICY",
+    "client_for",
+    "cmd_fake_server",
+    "cmd_fetch",
+    "cmd_poll",
+    "cmd_show",
+    "cmd_url",
+    "cmd_watch",
+    "hints",
+]
+
+#: The retry policy of every command but ``demo`` (``--retries N`` changes its attempts; tests
+#: swap in a zero-wait one).
+RETRY_POLICY = RetryPolicy()
+
+
+def _api_key(args: argparse.Namespace) -> str | None:
+    key: str | None = getattr(args, "api_key", None)
+    return key if key is not None else os.environ.get("WACHAT_API_KEY")
+
+
+def _retry_policy(args: argparse.Namespace) -> RetryPolicy:
+    retries: int | None = getattr(args, "retries", None)
+    if retries is None:
+        return RETRY_POLICY
+    return attrs.evolve(RETRY_POLICY, max_attempts=retries + 1)
+
+
+#: What a user without a key is told (a fixed text: the redaction net leaves ``=<...>`` alone).
+NO_KEY_MESSAGE: Final = (
+    "no API key: export WACHAT_API_KEY=<your key> (or pass --api-key KEY, but a flag is "
+    f"visible in `ps`); no account? try '{PROG} demo'"
+)
+
+
+def _base_url(args: argparse.Namespace) -> str:
+    return getattr(args, "base_url", None) or os.environ.get("WACHAT_BASE_URL") or DEFAULT_BASE_URL
+
+
+def _host(url: str) -> str:
+    try:
+        return URL(url).host or url
+    except (TypeError, ValueError):
+        return url
+
+
+def client_for(args: argparse.Namespace, *, max_connections: int = 100) -> WachatClient:
+    """The client the command line asks for: key (``--api-key`` or ``WACHAT_API_KEY``), base
+    URL, timeout, retries. No key, or plain ``http://`` to another host without
+    ``--allow-insecure-http``, is a :class:`UsageError` worded for a shell user."""
+    key = _api_key(args)
+    if key is None or not key.strip():
+        raise UsageError(NO_KEY_MESSAGE)
+    allow_insecure = bool(getattr(args, "allow_insecure_http", False))
+    try:
+        return WachatClient(
+            api_key=key,
+            base_url=getattr(args, "base_url", None),
+            timeout=getattr(args, "timeout", None),
+            retry=_retry_policy(args),
+            max_connections=max_connections,
+            allow_insecure_http=allow_insecure,
+        )
+    except ConfigurationError as exc:
+        if not allow_insecure and "allow_insecure_http" in str(exc):
+            raise UsageError(
+                f"refusing plain http:// to {_host(_base_url(args))}: the API key would travel "
+                "in clear text; use https://, or --allow-insecure-http if you mean it (for "
+                "example for a fake server on another machine)"
+            ) from None
+        raise
+
+
+def _read_names(args: argparse.Namespace) -> list[str]:
+    """Names from the command line and --from-file (blank lines and ``#`` comments skipped),
+    checked up front so that one bad line is a usage error, not a crash mid-fleet."""
+    names: list[tuple[str, str]] = [(name, "argument") for name in args.names]
+    source: str | None = args.from_file
+    if source is not None:
+        try:
+            if source == "-":
+                lines = sys.stdin.read().splitlines()
+            else:
+                lines = Path(source).read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as exc:
+            raise UsageError(f"{source}: not UTF-8 text ({exc.reason})") from None
+        for number, line in enumerate(lines, 1):
+            name = line.strip()
+            if name and not name.startswith("#"):
+                names.append((name, f"{source}:{number}"))
+    checked = []
+    for name, where in names:
+        try:
+            checked.append(check_instance_name(name))
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"{where}: {exc}") from None
+    if not checked:
+        raise UsageError("no instance names: give NAME arguments or --from-file FILE")
+    return checked
+
+
+def hints(error: BaseException, args: argparse.Namespace) -> list[str]:
+    """What to try next, for the errors whose fix is not obvious from the message."""
+    base_url = _base_url(args)
+    if isinstance(error, InstanceNotFoundError):
+        path = URL(base_url).path.rstrip("/")
+        if not path.endswith("/api/v1") or "no such route" in error.body.lower():
+            return [
+                f"is --base-url (or WACHAT_BASE_URL) right? it should end in /api/v1; "
+                f"it is {base_url}"
+            ]
+    return []
+
+
+async def cmd_fetch(args: argparse.Namespace, out: Out) -> int:
+    if args.output == "-" and sys.stdout.isatty():
+        raise UsageError("refusing to write a PNG to a terminal: use -o FILE, or 'show' to see it")
+    async with client_for(args) as client:
+        qr = await client.get_qr_image(args.name)
+    if args.output == "-":
+        sys.stdout.buffer.write(qr.data)
+        sys.stdout.flush()
+        return EXIT_OK
+    path = Path(args.output) if args.output else Path(png_filename(args.name))
+    await write_bytes_async(path, qr.data)  # like qr.save, but Ctrl-C can stop a FIFO's wait
+    out.info(f"saved {path} ({qr.width}x{qr.height} PNG, {len(qr.data)} bytes)")
+    return EXIT_OK
+
+
+async def cmd_show(args: argparse.Namespace, out: Out) -> int:
+    need("PIL")
+    async with client_for(args) as client:
+        qr = await client.get_qr_image(args.name)
+    print_qr(qr, args)
+    out.note(f"QR code of {args.name!r}, fetched {qr.fetched_at:%H:%M:%S} UTC")
+    return EXIT_OK
+
+
+async def cmd_url(args: argparse.Namespace, out: Out) -> int:
+    base_url = _base_url(args)
+    try:
+        if not args.expose_api_key:
+            url = build_qr_image_url(args.name, base_url=base_url)
+        else:
+            key = _api_key(args)
+            if not key:
+                raise ConfigurationError(
+                    "--expose-api-key needs an API key: set WACHAT_API_KEY or pass --api-key"
+                )
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                url = build_qr_image_url(
+                    args.name, api_key=key, base_url=base_url, expose_api_key=True
+                )
+            for warning in caught:
+                out.warning(str(warning.message))
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, WachatError):
+            raise
+        raise UsageError(str(exc)) from None
+    # The one place the key may be printed: the user asked for exactly this URL.
+    sys.stdout.write(url + "\n")
+    return EXIT_OK
+
+
+async def cmd_poll(args: argparse.Namespace, out: Out) -> int:
+    if not args.json and not out.quiet:
+        need("rich")  # the summary tables: say so before any request is made
+    names = _read_names(args)
+    out_dir = Path(args.out_dir) if args.out_dir else None
+    async with client_for(args, max_connections=max(100, args.concurrency)) as client:
+        fleet = await poll_fleet(
+            client,
+            names,
+            concurrency=args.concurrency,
+            out_dir=out_dir,
+            out=out,
+            json_lines=args.json,
+        )
+    if not args.json:
+        summary(fleet, out, out_dir=out_dir)
+    if fleet.aborted is not None:
+        done = len(fleet.ok) + len(fleet.failed)
+        out.error(
+            f"{describe(fleet.aborted)}; stopped after {done} of {fleet.total} instances "
+            "(every request with this key would fail the same way)"
+        )
+        for hint in hints(fleet.aborted, args):
+            out.hint(hint)
+        return exit_code_for(fleet.aborted)
+    if fleet.failed and all(
+        isinstance(r.error, InstanceNotFoundError) for r in fleet.failed
+    ):  # every name unknown: more likely a wrong base URL than a fleet of typos
+        first = fleet.failed[0].error
+        assert first is not None
+        for hint in hints(first, args):
+            out.hint(hint)
+    return EXIT_FAILED if fleet.failed else EXIT_OK
+
+
+async def cmd_watch(args: argparse.Namespace, out: Out) -> int:
+    if args.show:
+        need("PIL")
+    redraw = args.show and isatty(sys.stdout)
+    updates = 0
+    async with client_for(args) as client:
+        # The first round must succeed: a wrong URL, port or key fails at once with its exit
+        # status instead of being "ridden out" as transient forever. Later failures are.
+        first: list[QRImage] = []
+        if args.until_connected:
+            if (await client.get_instance_state(args.name)).is_connected:
+                out.info(f"{args.name} is connected")
+                return EXIT_OK
+        else:
+            first.append(await client.get_qr_image(args.name))
+
+        async def fetch(name: str) -> QRImage:
+            return first.pop() if first else await client.get_qr_image(name)
+
+        async def no_sleep(seconds: float) -> None:
+            await asyncio.sleep(0)
+
+        watch = watch_qr(
+            fetch,
+            args.name,
+            interval=args.interval,
+            jitter=0.1,
+            get_state=client.get_instance_state if args.until_connected else None,
+            sleep=no_sleep if client.retry_policy.zero_wait else asyncio.sleep,
+        )
+        async for qr in watch:
+            updates += 1
+            if args.output:
+                await write_bytes_async(args.output, qr.data)
+            stamp = f"{qr.fetched_at:%H:%M:%S} UTC"
+            if args.show:
+                if redraw:
+                    sys.stdout.write("\x1b[2J\x1b[H")
+                print_qr(qr, args)
+                out.note(f"{stamp} QR of {args.name!r} (update {updates}); waiting for a scan")
+            else:
+                out.result(f"{stamp} {args.name} QR changed: sha256={qr.sha256}")
+            if args.count and updates >= args.count:
+                return EXIT_OK
+    out.info(f"{args.name} is connected")
+    return EXIT_OK
+
+
+async def cmd_fake_server(args: argparse.Namespace, out: Out) -> int:
+    # The same program as `python -m wachat_async.testing`: same options, same output.
+    from wachat_async.testing.__main__ import serve
+
+    return await serve(args, prog=f"{PROG} fake-server")

@@ -1,0 +1,104 @@
+"""How a ``wachat-qr`` run ends: the exit statuses, the error-to-status map, and the usage error.
+
+The table is in the package docstring (``wachat_async.cli``) and in ``--help``; :data:`EXIT_CODES`
+holds every status :func:`wachat_async.cli.main` can return. :class:`UsageError` is a usage
+problem found after parsing (a bad names file, no API key, ...): one line, exit status 2.
+
+Never writes anything, never makes a request, and imports no other module of the CLI: every
+other module of it may import this one.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from wachat_async import (
+    APIStatusError,
+    AuthenticationError,
+    BadRequestError,
+    ConfigurationError,
+    InstanceNotFoundError,
+    InvalidResponseError,
+    QRNotSupportedError,
+    SubscriptionRestrictedError,
+    WachatConnectionError,
+    WachatError,
+    WachatTimeoutError,
+)
+
+__all__ = [
+    "EXIT_AUTH",
+    "EXIT_BROKEN_PIPE",
+    "EXIT_CODES",
+    "EXIT_CONNECTION",
+    "EXIT_FAILED",
+    "EXIT_FILE",
+    "EXIT_INTERNAL",
+    "EXIT_INTERRUPTED",
+    "EXIT_INVALID",
+    "EXIT_NOT_FOUND",
+    "EXIT_OK",
+    "EXIT_UPSTREAM",
+    "EXIT_USAGE",
+    "UsageError",
+    "exit_code_for",
+]
+
+EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_AUTH: Final = 3
+EXIT_NOT_FOUND: Final = 4
+EXIT_UPSTREAM: Final = 5
+EXIT_CONNECTION: Final = 6
+EXIT_INVALID: Final = 7
+EXIT_FILE: Final = 8
+EXIT_INTERNAL: Final = 70  # sysexits.h EX_SOFTWARE
+EXIT_INTERRUPTED: Final = 130
+EXIT_BROKEN_PIPE: Final = 141  # 128 + SIGPIPE: what a shell reports for `cat` or `grep`
+
+#: Every exit status main() can return (the table in the package docstring).
+EXIT_CODES: Final = frozenset(
+    {
+        EXIT_OK,
+        EXIT_FAILED,
+        EXIT_USAGE,
+        EXIT_AUTH,
+        EXIT_NOT_FOUND,
+        EXIT_UPSTREAM,
+        EXIT_CONNECTION,
+        EXIT_INVALID,
+        EXIT_FILE,
+        EXIT_INTERNAL,
+        EXIT_INTERRUPTED,
+        EXIT_BROKEN_PIPE,
+    }
+)
+
+
+def exit_code_for(error: WachatError) -> int:
+    """The exit status for *error* (see the table in the package docstring)."""
+    if isinstance(error, (ConfigurationError, ValueError)):  # InvalidInstanceNameError too
+        return EXIT_USAGE
+    if isinstance(error, (AuthenticationError, SubscriptionRestrictedError)):
+        return EXIT_AUTH
+    if isinstance(error, (InstanceNotFoundError, QRNotSupportedError, BadRequestError)):
+        return EXIT_NOT_FOUND
+    if isinstance(error, APIStatusError):
+        return EXIT_UPSTREAM
+    if isinstance(error, (WachatConnectionError, WachatTimeoutError)):
+        return EXIT_CONNECTION
+    if isinstance(error, InvalidResponseError):
+        return EXIT_INVALID
+    return EXIT_FAILED
+
+
+class UsageError(Exception):
+    """A usage problem found after parsing (bad names file, ...): one line, exit status 2.
+
+    *hint*, when given, is printed on a second line.
+    """
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
