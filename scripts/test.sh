@@ -9,6 +9,9 @@ wachat_venv dev  # pip runs only when .venv is not current (scripts/_venv.sh)
 echo "== ruff check";          .venv/bin/ruff check .
 echo "== ruff format --check"; .venv/bin/ruff format --check .
 echo "== mypy --strict";       .venv/bin/mypy --strict wachat_async
+# Type completeness of everything users import (core, testing/, cli/, web/): 100%, every public
+# class and function documented (scripts/verify_types.py says what it checks and why).
+echo "== pyright --verifytypes wachat_async"; .venv/bin/python scripts/verify_types.py
 echo "== mkdocs build --strict"
 # Into a throwaway folder; its log is shown only on failure. Not --quiet: mkdocs then drops the
 # warnings before --strict counts them, so a broken link would pass.

@@ -73,7 +73,7 @@ def test_sdist_ships_the_license_and_the_sources(dist: tuple[Path, Path]) -> Non
         assert member is not None
         license_bytes = member.read()
     assert license_bytes == (ROOT / "LICENSE").read_bytes()
-    assert {"pyproject.toml", "README.md", "wachat_async/py.typed"} <= names
+    assert {"pyproject.toml", "README.md", "ARCHITECTURE.md", "wachat_async/py.typed"} <= names
     assert {"examples/aiohttp_proxy.py", "tests/test_packaging.py", "scripts/_venv.sh"} <= names
     assert not [n for n in names if n.startswith((".venv/", ".ci/")) or "__pycache__" in n]
 

@@ -26,7 +26,7 @@ TEST_SH = (ROOT / "scripts" / "test.sh").read_text(encoding="utf-8")
 VENV_PYTHON = f"""#!/bin/sh
 here="$(dirname "$0")"
 case "$1 $2" in
-  "-m coverage") echo "python $*" >> "$CALLS"; exit 0;;
+  "-m coverage"|"scripts/verify_types.py ") echo "python $*" >> "$CALLS"; exit 0;;
   "-m pip")
     echo "python $*" >> "$CALLS"
     [ -z "$FAIL_PIP" ] || exit 1
@@ -200,6 +200,7 @@ def test_test_script_runs_every_gate_and_installs_dev_only_when_needed(repo: Rep
         "ruff check .",
         "ruff format --check .",
         "mypy --strict wachat_async",
+        "python scripts/verify_types.py",
         "mkdocs build --strict --site-dir SITE",
         "python -m coverage erase",
         "python -m coverage run -m pytest -x",

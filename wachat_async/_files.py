@@ -468,6 +468,9 @@ async def write_bytes_async(path: PathArg, data: bytes) -> Path:
 
 
 class _MemorySink:
+    """A :class:`Sink` that keeps the chunks in memory, for a target written once whole (a
+    descriptor, a device, a FIFO, a file written in place)."""
+
     __slots__ = ("chunks",)
 
     def __init__(self) -> None:
@@ -481,6 +484,8 @@ class _MemorySink:
 
 
 class _TempSink:
+    """A :class:`Sink` that writes into the temp file beside the target, off the loop."""
+
     __slots__ = ("temp",)
 
     def __init__(self, temp: _TempFile) -> None:

@@ -140,6 +140,7 @@ class _Batch:
             return _END
 
     def spawn(self, first: object) -> None:
+        """Start a worker task whose first item is *first* (a name, or the end marker)."""
         self.running += 1
         name = f"{WORKER_TASK_PREFIX}-{self.number}.{len(self.tasks)}"
         self.tasks.append(asyncio.create_task(self.work(first), name=name))
@@ -177,6 +178,8 @@ class _Batch:
             return QRFailure(instance_name=cast(str, item), error=exc)
 
     async def work(self, item: object) -> None:
+        """One worker: admit, fetch and queue items until the names run out; the last one
+        out queues the end of the batch (a bug is queued as a failure for the consumer)."""
         pulls = 0
         try:
             while item is not _END:
@@ -222,6 +225,7 @@ class _Batch:
         return QRSuccess(instance_name=name, image=image)
 
     def cancel(self) -> None:
+        """Cancel every worker, without waiting (see :meth:`stop`)."""
         for task in self.tasks:
             task.cancel()
 
@@ -496,15 +500,15 @@ class QRWatch:
     )
 
     def __init__(self, instance_name: str, interval: float, max_backoff: float) -> None:
-        self.instance_name = instance_name
+        self.instance_name: str = instance_name
         #: The interval in force (the one asked for, raised to ``MIN_INTERVAL``).
-        self.interval = max(float(interval), MIN_INTERVAL)
-        self.max_backoff = float(max_backoff)
-        self.shown = 0
-        self.polls = 0
-        self.failures = 0
+        self.interval: float = max(float(interval), MIN_INTERVAL)
+        self.max_backoff: float = float(max_backoff)
+        self.shown: int = 0
+        self.polls: int = 0
+        self.failures: int = 0
         self.latest: QRImage | None = None
-        self.connected = False
+        self.connected: bool = False
         self._iterator: AsyncGenerator[QRImage, None] | None = None
 
     def __aiter__(self) -> QRWatch:

@@ -532,6 +532,8 @@ class _RetryState:
     async def run(
         self, first: WachatError, attempt: Callable[..., Awaitable[T]], args: tuple[Any, ...]
     ) -> T:
+        """The rest of a call under tenacity: *first*, the retryable error of the bare first
+        attempt, is replayed as tenacity's first attempt, then *attempt* runs again."""
         replay: list[WachatError] = [first]
 
         async def once() -> T:
@@ -616,6 +618,7 @@ class _RetryState:
             )
 
     def summary(self) -> str:
+        """The note on the error that ends the call: ``gave up after N attempts in T s``."""
         elapsed = self.retrier.clock() - self.started
         plural = "s" if self.attempts != 1 else ""
         text = f"gave up after {self.attempts} attempt{plural} in {elapsed:.1f} s"

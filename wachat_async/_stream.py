@@ -37,6 +37,13 @@ class QRStream:
     Obtained from :meth:`WachatClient.stream_qr_image`. The PNG header is validated before the
     first chunk is yielded (``width``/``height`` are set then), the size cap while reading, and
     the ``IEND`` trailer at the end, so a stream that finishes without error was a whole PNG.
+
+    :ivar instance_name: The instance whose QR this is.
+    :ivar content_type: The media type, ``image/png`` (checked before the stream is handed over).
+    :ivar content_length: The ``Content-Length`` the server announced, or ``None``.
+    :ivar bytes_read: Body bytes read so far (counted against ``max_image_bytes``).
+    :ivar width: The PNG's width in pixels, from its header; ``0`` until the first chunk.
+    :ivar height: The PNG's height in pixels, from its header; ``0`` until the first chunk.
     """
 
     def __init__(
@@ -59,9 +66,9 @@ class QRStream:
         self.instance_name = instance_name
         self.content_type: str = response.content_type
         self.content_length: int | None = response.content_length
-        self.bytes_read = 0
-        self.width = 0
-        self.height = 0
+        self.bytes_read: int = 0
+        self.width: int = 0
+        self.height: int = 0
 
     def __repr__(self) -> str:
         return (

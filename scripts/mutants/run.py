@@ -7,6 +7,12 @@ and restores the file, whatever happens. Run from the repository root, on a clea
 
     .venv/bin/python scripts/mutants/run.py            # all mutants
     .venv/bin/python scripts/mutants/run.py retry- budget-   # ids starting with these
+    .venv/bin/python scripts/mutants/run.py --check    # no test run: every snippet still found
+
+``--check`` (a second or so, no pytest) says for each mutant whether its snippet occurs exactly
+once in its module and its test files exist; code that moved or changed makes a mutant stale,
+and it fails (exit 1) naming where the snippet is found now, if anywhere. tests/test_mutants.py
+runs it, so a stale mutant fails the suite.
 
 Light on CPU by design: one pytest process at a time, niced, no coverage. Prints one line per
 mutant and a summary; exits 1 if any mutant survived that is not listed in EQUIVALENT.
@@ -25,10 +31,27 @@ ROOT = Path(__file__).resolve().parents[2]
 PY = ROOT / ".venv" / "bin" / "python"
 
 RETRY_TESTS = ("tests/test_retry.py", "tests/test_units.py")
-CLIENT_TESTS = ("tests/test_retry.py", "tests/test_client.py", "tests/hostile/test_faults.py")
-TRANSPORT_TESTS = ("tests/test_units.py", "tests/test_client.py", "tests/hostile/test_faults.py")
-REDACT_TESTS = ("tests/test_units.py", "tests/hostile/test_faults.py", "tests/hostile/test_fuzz.py")
-CONFIG_TESTS = ("tests/hostile/test_config_leaks.py", "tests/test_urls.py", "tests/test_units.py")
+LOOP_TESTS = ("tests/test_retry.py", "tests/test_client.py", "tests/hostile/test_faults.py")
+PARSE_TESTS = ("tests/test_transport.py", *RETRY_TESTS)
+TRANSPORT_TESTS = (
+    "tests/test_transport.py",
+    "tests/test_units.py",
+    "tests/test_client.py",
+    "tests/hostile/test_faults.py",
+)
+VALIDATE_TESTS = ("tests/test_validate.py", *RETRY_TESTS)
+REDACT_TESTS = (
+    "tests/test_redact.py",
+    "tests/test_units.py",
+    "tests/hostile/test_faults.py",
+    "tests/hostile/test_fuzz.py",
+)
+CONFIG_TESTS = (
+    "tests/hostile/test_config_leaks.py",
+    "tests/test_urls.py",
+    "tests/test_units.py",
+    "tests/test_validate.py",
+)
 POLLING_TESTS = ("tests/test_polling.py", "tests/test_retry.py")
 
 
@@ -43,7 +66,7 @@ class Mutant:
 
 M = Mutant
 MUTANTS = [
-    # -- _retry.py: backoff, Retry-After, predicates, validation, budget --------------------
+    # -- _retry.py: backoff, predicates, validation, budget (Retry-After: _transport.py) -----
     M(
         "retry-backoff-max-not-min",
         "wachat_async/_retry.py",
@@ -74,24 +97,24 @@ MUTANTS = [
     ),
     M(
         "retry-after-past-date-negative",
-        "wachat_async/_retry.py",
+        "wachat_async/_transport.py",
         "return max(0.0, (when - now).total_seconds())",
         "return (when - now).total_seconds()",
-        RETRY_TESTS,
+        PARSE_TESTS,
     ),
     M(
         "retry-after-empty-is-zero",
-        "wachat_async/_retry.py",
+        "wachat_async/_transport.py",
         "    if not value:\n        return None",
         "    if not value:\n        return 0.0",
-        RETRY_TESTS,
+        PARSE_TESTS,
     ),
     M(
         "retry-after-naive-date-kept-naive",
-        "wachat_async/_retry.py",
+        "wachat_async/_transport.py",
         "when = when.replace(tzinfo=timezone.utc)",
         "pass",
-        RETRY_TESTS,
+        PARSE_TESTS,
     ),
     M(
         "transport-fault-deadline-included",
@@ -187,23 +210,23 @@ MUTANTS = [
     M(
         "validate-zero-deadline-accepted",
         "wachat_async/_retry.py",
-        '        if value == 0:\n            raise ValueError("deadline must be > 0',
-        '        if value < 0:\n            raise ValueError("deadline must be > 0',
+        '        if value == 0 and not isinstance(value, bool):\n            raise ValueError("deadline must be > 0',
+        '        if value < 0 and not isinstance(value, bool):\n            raise ValueError("deadline must be > 0',
         RETRY_TESTS,
     ),
     M(
         "validate-zero-attempts-accepted",
         "wachat_async/_retry.py",
-        "isinstance(value, bool) or value < 1:",
-        "isinstance(value, bool) or value < 0:",
+        "integer=True, minimum=1, type_error=ValueError)",
+        "integer=True, minimum=0, type_error=ValueError)",
         RETRY_TESTS,
     ),
     M(
         "validate-infinite-accepted",
-        "wachat_async/_retry.py",
-        "if not (value >= 0 and math.isfinite(value)):",
-        "if not (value >= 0):",
-        RETRY_TESTS,
+        "wachat_async/_validate.py",
+        "and (infinite or math.isfinite(value))",
+        "and (infinite or value == value)",
+        VALIDATE_TESTS,
     ),
     M(
         "validate-status-600-accepted",
@@ -214,10 +237,10 @@ MUTANTS = [
     ),
     M(
         "validate-flag-any-type",
-        "wachat_async/_retry.py",
+        "wachat_async/_validate.py",
         "    if not isinstance(value, bool):\n        raise TypeError",
         "    if False:\n        raise TypeError",
-        ("tests/hostile/test_config_leaks.py", *RETRY_TESTS),
+        ("tests/hostile/test_config_leaks.py", *VALIDATE_TESTS),
     ),
     M(
         "budget-withdraw-from-empty",
@@ -247,210 +270,210 @@ MUTANTS = [
         "            self._slot_times[index] = second",
         RETRY_TESTS,
     ),
-    # -- _client.py: the retry loop ---------------------------------------------------------
+    # -- _retry.py: the retry loop (Retrier) -----------------------------------------------
     M(
         "decide-one-attempt-too-many",
-        "wachat_async/_client.py",
+        "wachat_async/_retry.py",
         "if self.attempts >= policy.max_attempts:",
         "if self.attempts > policy.max_attempts:",
-        CLIENT_TESTS,
+        LOOP_TESTS,
     ),
     M(
         "decide-retry-after-at-cap-refused",
-        "wachat_async/_client.py",
+        "wachat_async/_retry.py",
         "retry_after > policy.max_retry_after:",
         "retry_after >= policy.max_retry_after:",
-        CLIENT_TESTS,
+        LOOP_TESTS,
     ),
     M(
         "decide-sleep-to-the-deadline",
-        "wachat_async/_client.py",
+        "wachat_async/_retry.py",
         "elapsed + wait >= policy.deadline:",
         "elapsed + wait > policy.deadline:",
-        CLIENT_TESTS,
+        LOOP_TESTS,
     ),
     M(
         "decide-no-budget",
-        "wachat_async/_client.py",
-        "if not self.client._budget.try_withdraw():",
+        "wachat_async/_retry.py",
+        "if not self.retrier.budget.try_withdraw():",
         "if False:",
-        CLIENT_TESTS,
+        LOOP_TESTS,
     ),
     M(
         "decide-not-cached",
-        "wachat_async/_client.py",
+        "wachat_async/_retry.py",
         "        if self.decided_for == state.attempt_number:\n            return self.stopping\n",
         "",
-        CLIENT_TESTS,
+        LOOP_TESTS,
     ),
     M(
         "call-disabled-enters-tenacity",
-        "wachat_async/_client.py",
+        "wachat_async/_retry.py",
         "        try:\n            return await attempt(name, *args)\n        except WachatError as exc:\n            if policy.max_attempts == 1 or not policy.is_retryable(exc):",
         "        try:\n            return await attempt(name, *args)\n        except WachatError as exc:\n            if not policy.is_retryable(exc):",
-        CLIENT_TESTS,
+        LOOP_TESTS,
     ),
     M(
         "deadline-loses-cause",
-        "wachat_async/_client.py",
+        "wachat_async/_retry.py",
         "raise error from (retry.last_error if retry else first)",
         "raise error",
-        CLIENT_TESTS,
+        LOOP_TESTS,
     ),
     M(
         "deadline-catches-attempt-timeouts",
-        "wachat_async/_client.py",
+        "wachat_async/_retry.py",
         '        except WachatError as exc:\n            # First: a WachatTimeoutError is a TimeoutError too, and must not pass for the\n            # deadline\'s.\n            if retry is not None:\n                exc.attempts = retry.attempts\n                exc._note(retry.summary())\n            raise\n        except asyncio.TimeoutError:\n            if policy.deadline is None:  # pragma: no cover - no deadline, no timer to expire\n                raise\n            attempts = retry.attempts if retry else 1\n            error = DeadlineExceededError(\n                f"deadline of {policy.deadline:g} s exceeded after {attempts} attempt"\n                + ("s" if attempts != 1 else ""),\n                deadline=policy.deadline,\n                instance_name=name,\n                attempts=attempts,\n            )\n            raise error from (retry.last_error if retry else first)\n',
         '        except asyncio.TimeoutError:\n            if policy.deadline is None:  # pragma: no cover - no deadline, no timer to expire\n                raise\n            attempts = retry.attempts if retry else 1\n            error = DeadlineExceededError(\n                f"deadline of {policy.deadline:g} s exceeded after {attempts} attempt"\n                + ("s" if attempts != 1 else ""),\n                deadline=policy.deadline,\n                instance_name=name,\n                attempts=attempts,\n            )\n            raise error from (retry.last_error if retry else first)\n        except WachatError as exc:\n            # First: a WachatTimeoutError is a TimeoutError too, and must not pass for the\n            # deadline\'s.\n            if retry is not None:\n                exc.attempts = retry.attempts\n                exc._note(retry.summary())\n            raise\n',
-        CLIENT_TESTS,
+        LOOP_TESTS,
     ),
     M(
         "call-no-deposit",
-        "wachat_async/_client.py",
-        "        self._budget.deposit()\n",
+        "wachat_async/_retry.py",
+        "        self.budget.deposit()\n",
         "",
-        CLIENT_TESTS,
+        LOOP_TESTS,
     ),
     M(
         "guard-first-attempt-at-equal",
-        "wachat_async/_client.py",
-        "(total is None or total > deadline)",
-        "(total is None or total >= deadline)",
-        CLIENT_TESTS,
+        "wachat_async/_retry.py",
+        "attempt_timeout is None or attempt_timeout > deadline",
+        "attempt_timeout is None or attempt_timeout >= deadline",
+        LOOP_TESTS,
     ),
     M(
         "on-retry-not-called",
-        "wachat_async/_client.py",
+        "wachat_async/_retry.py",
         "        if policy.on_retry is not None:\n            policy.on_retry(",
         "        if False:\n            policy.on_retry(",
-        CLIENT_TESTS,
+        LOOP_TESTS,
     ),
     M(
         "attempts-not-recorded",
-        "wachat_async/_client.py",
+        "wachat_async/_retry.py",
         "                exc.attempts = retry.attempts\n",
         "",
-        CLIENT_TESTS,
+        LOOP_TESTS,
     ),
     M(
         "wait-when-stopping",
-        "wachat_async/_client.py",
+        "wachat_async/_retry.py",
         "return 0.0 if self._decide(state) else self.next_wait",
         "return self._decide(state) or self.next_wait",
-        CLIENT_TESTS,
+        LOOP_TESTS,
     ),
-    # -- _client.py: one attempt on the wire ------------------------------------------------
+    # -- _transport.py: one attempt on the wire (and _errors.raise_clean) ------------------
     M(
         "sanitise-no-chain-check",
-        "wachat_async/_client.py",
-        "if isinstance(exc, aiohttp.ClientResponseError) or self._chain_mentions_key(exc):",
+        "wachat_async/_transport.py",
+        "if isinstance(exc, aiohttp.ClientResponseError) or _chain_mentions(exc, secrets):",
         "if isinstance(exc, aiohttp.ClientResponseError):",
         TRANSPORT_TESTS,
     ),
     M(
         "sanitise-only-chain-check",
-        "wachat_async/_client.py",
-        "if isinstance(exc, aiohttp.ClientResponseError) or self._chain_mentions_key(exc):",
-        "if self._chain_mentions_key(exc):",
+        "wachat_async/_transport.py",
+        "if isinstance(exc, aiohttp.ClientResponseError) or _chain_mentions(exc, secrets):",
+        "if _chain_mentions(exc, secrets):",
         TRANSPORT_TESTS,
     ),
     M(
         "chain-check-skips-context",
-        "wachat_async/_client.py",
+        "wachat_async/_transport.py",
         "todo += (current.__cause__, current.__context__)",
         "todo += (current.__cause__,)",
         TRANSPORT_TESTS,
     ),
     M(
         "chain-check-skips-repr",
-        "wachat_async/_client.py",
+        "wachat_async/_transport.py",
         'text = f"{current!s}{current!r}"',
         'text = f"{current!s}"',
         TRANSPORT_TESTS,
     ),
     M(
         "transport-message-unredacted",
-        "wachat_async/_client.py",
-        "text = redact(str(exc), [self._api_key])",
+        "wachat_async/_transport.py",
+        "text = redact(str(exc), secrets)",
         "text = str(exc)",
         TRANSPORT_TESTS,
     ),
     M(
         "transport-timeout-as-connection-error",
-        "wachat_async/_client.py",
-        "        if isinstance(exc, asyncio.TimeoutError):\n            error: WachatError = WachatTimeoutError(",
-        "        if False:\n            error: WachatError = WachatTimeoutError(",
+        "wachat_async/_transport.py",
+        "    if isinstance(exc, asyncio.TimeoutError):\n        error: WachatError = WachatTimeoutError(",
+        "    if False:\n        error: WachatError = WachatTimeoutError(",
         TRANSPORT_TESTS,
     ),
     M(
         "transport-cut-body-not-truncated",
-        "wachat_async/_client.py",
+        "wachat_async/_transport.py",
         "error = InvalidImageError(message, instance_name=name, truncated=True)",
         "error = InvalidImageError(message, instance_name=name, truncated=False)",
         TRANSPORT_TESTS,
     ),
     M(
         "excerpt-body-never-released",
-        "wachat_async/_client.py",
-        "        finally:\n            if resp.content.is_eof() and len(raw) < _ERROR_BODY_LIMIT:\n                resp.release()\n            else:\n                resp.close()",
+        "wachat_async/_transport.py",
+        "        finally:\n            if resp.content.is_eof() and len(raw) < limit:\n                resp.release()\n            else:\n                resp.close()",
         "        finally:\n            pass",
         TRANSPORT_TESTS,
     ),
     M(
         "excerpt-body-always-released",
-        "wachat_async/_client.py",
-        "            if resp.content.is_eof() and len(raw) < _ERROR_BODY_LIMIT:\n                resp.release()",
+        "wachat_async/_transport.py",
+        "            if resp.content.is_eof() and len(raw) < limit:\n                resp.release()",
         "            if True:\n                resp.release()",
         TRANSPORT_TESTS,
     ),
     M(
         "excerpt-body-always-closed",
-        "wachat_async/_client.py",
-        "            if resp.content.is_eof() and len(raw) < _ERROR_BODY_LIMIT:\n                resp.release()",
+        "wachat_async/_transport.py",
+        "            if resp.content.is_eof() and len(raw) < limit:\n                resp.release()",
         "            if False:\n                resp.release()",
         TRANSPORT_TESTS,
     ),
     M(
         "redirects-followed",
-        "wachat_async/_client.py",
+        "wachat_async/_transport.py",
         "allow_redirects=False,",
         "allow_redirects=True,",
         TRANSPORT_TESTS,
     ),
     M(
         "raise-clean-keeps-context",
-        "wachat_async/_client.py",
+        "wachat_async/_errors.py",
         "        exc.__context__ = None\n        raise",
         "        raise",
         TRANSPORT_TESTS,
     ),
     M(
         "status-error-drops-retry-after",
-        "wachat_async/_client.py",
+        "wachat_async/_transport.py",
         "body=body, retry_after=retry_after)",
         "body=body, retry_after=None)",
-        CLIENT_TESTS,
+        ("tests/test_transport.py", *LOOP_TESTS),
     ),
     # -- _redact.py ----------------------------------------------------------------------------
     M(
         "redact-no-percent-encoded-form",
         "wachat_async/_redact.py",
-        'for form in (secret, quote(secret, safe=""), quote_plus(secret))',
-        "for form in (secret, quote_plus(secret))",
+        '    alternatives.append("".join(f"{_PERCENT}{byte:02x}" for byte in utf8))\n',
+        "",
         REDACT_TESTS,
     ),
     M(
         "redact-case-sensitive",
         "wachat_async/_redact.py",
-        "return re.compile(alternatives, re.IGNORECASE)",
-        "return re.compile(alternatives)",
+        "return re.compile(_char_pattern(char), re.IGNORECASE)",
+        "return re.compile(_char_pattern(char))",
         REDACT_TESTS,
     ),
     M(
         "redact-forms-unsorted",
         "wachat_async/_redact.py",
-        "for f in sorted(forms, key=len, reverse=True))",
-        "for f in sorted(forms, key=len))",
+        "key=len, reverse=True)  # longest first",
+        "key=len)  # longest first",
         REDACT_TESTS,
     ),
     M(
@@ -463,8 +486,8 @@ MUTANTS = [
     M(
         "redact-no-bearer",
         "wachat_async/_redact.py",
-        "token)[\\\"']?\\s*[=:]\\s*[\\\"']?|bearer\\s+)",
-        "token)[\\\"']?\\s*[=:]\\s*[\\\"']?)",
+        '|bearer(?:\\s+|%20|\\+))"',
+        ')"',
         REDACT_TESTS,
     ),
     M(
@@ -523,7 +546,7 @@ MUTANTS = [
         "    if False:\n        rest = rest[: query + 1] + REDACTED",
         CONFIG_TESTS,
     ),
-    # -- configuration: _errors.py, _urls.py, _validate.py, client __init__ ------------------
+    # -- configuration: _errors.py, _urls.py, _validate.py, client __init__ -----------------
     M(
         "config-error-ignores-secrets",
         "wachat_async/_errors.py",
@@ -562,15 +585,15 @@ MUTANTS = [
     M(
         "client-config-error-context-kept",
         "wachat_async/_client.py",
-        "            _raise_clean(ConfigurationError(str(exc), secrets=secrets))",
+        "            raise_clean(ConfigurationError(str(exc), secrets=secrets))",
         "            raise ConfigurationError(str(exc), secrets=secrets) from None",
         CONFIG_TESTS,
     ),
     M(
         "client-timeout-repr-echoed",
-        "wachat_async/_client.py",
-        'f"not {type(timeout).__name__}",',
-        'f"not {timeout!r}",',
+        "wachat_async/_validate.py",
+        'ClientTimeout, "\n            f"got {shown(value)}"',
+        'ClientTimeout, "\n            f"got {value!r}"',
         CONFIG_TESTS,
     ),
     M(
@@ -640,7 +663,7 @@ MUTANTS = [
     M(
         "watch-failure-count-not-reset",
         "wachat_async/_polling.py",
-        "            failures = 0\n            digest",
+        "            watch.failures = 0\n            digest",
         "            digest",
         POLLING_TESTS,
     ),
@@ -713,7 +736,45 @@ def run(mutant: Mutant) -> tuple[str, float]:
     return f"ERROR rc={proc.returncode}: {proc.stdout[-300:]} {proc.stderr[-300:]}", elapsed
 
 
+def stale(mutant: Mutant) -> str | None:
+    """Why *mutant* cannot run as written (its snippet is not found exactly once in its module,
+    it changes nothing, a test file is missing), or ``None`` when it can."""
+    path = ROOT / mutant.path
+    text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    count = text.count(mutant.old)
+    if count != 1:
+        found = [
+            f"{other.relative_to(ROOT)} ({n})"
+            for other in sorted((ROOT / "wachat_async").rglob("*.py"))
+            if (n := other.read_text(encoding="utf-8").count(mutant.old))
+        ]
+        return f"{count} matches in {mutant.path}; found in: {', '.join(found) or 'no module'}"
+    if mutant.old == mutant.new:
+        return "the replacement is the snippet itself"
+    missing = [test for test in mutant.tests if not (ROOT / test).is_file()]
+    if missing:
+        return f"no such test file: {', '.join(missing)}"
+    return None
+
+
+def check(mutants: list[Mutant], equivalent: dict[str, str] = EQUIVALENT) -> int:
+    """``--check``: report every stale mutant (and every *equivalent* entry that names no
+    mutant); 0 when none is. Runs no test."""
+    problems = {m.id: why for m in mutants if (why := stale(m)) is not None}
+    ids = [m.id for m in mutants]
+    problems.update({i: "id used twice" for i in ids if ids.count(i) > 1})
+    problems.update(
+        {i: "listed in EQUIVALENT but no such mutant" for i in equivalent if i not in ids}
+    )
+    for mutant_id, why in problems.items():
+        print(f"{mutant_id:45} STALE: {why}")
+    print(f"{len(mutants)} mutants: {len(mutants) - len(problems)} ready, {len(problems)} stale")
+    return 1 if problems else 0
+
+
 def main(argv: list[str]) -> int:
+    if argv == ["--check"]:
+        return check(MUTANTS)
     prefixes = tuple(argv) or ("",)
     chosen = [m for m in MUTANTS if m.id.startswith(prefixes)]
     results = {}

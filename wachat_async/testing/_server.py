@@ -39,6 +39,7 @@ class _AccessLogger(AbstractAccessLogger):
     """Access log without query strings: ``?apiKey=`` must never reach a log."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        """One line per request: remote, method, path (no query), status, duration."""
         self.logger.info(
             "%s %s %s %s %.6fs",
             request.remote,

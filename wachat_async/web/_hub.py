@@ -56,16 +56,16 @@ class Watch:
 
     def __init__(self, hub: QRHub, client: WachatClient, name: str, interval: float) -> None:
         self._hub = hub
-        self.name = name
-        self.interval = interval
-        self.viewers = 0
+        self.name: str = name
+        self.interval: float = interval
+        self.viewers: int = 0
         self.latest: QRImage | None = None
         #: Bumped on every new image, so viewers know what they have not seen yet.
-        self.version = 0
+        self.version: int = 0
         #: ``CONNECTED``, or the terminal error (a ``WachatError``, or a bug); ``None`` while on.
         self.ended: Connected | BaseException | None = None
         self._changed = asyncio.Event()
-        self.task = asyncio.get_running_loop().create_task(
+        self.task: asyncio.Task[None] = asyncio.get_running_loop().create_task(
             self._run(client), name=f"{WATCH_TASK_PREFIX}:{name}"
         )
 

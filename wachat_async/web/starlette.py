@@ -27,10 +27,10 @@ try:
     from starlette.responses import Response, StreamingResponse
     from starlette.routing import BaseRoute, Route
     from starlette.types import Receive, Scope, Send
-except ImportError as exc:  # pragma: no cover - exercised by the packaging test
+except ImportError as _missing:  # pragma: no cover - exercised by the packaging test
     raise ImportError(
         "wachat_async.web.starlette needs Starlette: pip install 'wachat-async[web-starlette]'"
-    ) from exc
+    ) from _missing
 
 from wachat_async import WachatClient
 
