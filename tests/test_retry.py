@@ -303,6 +303,125 @@ def test_budget_rejects_sub_second_ttl() -> None:
         RetryBudget(ttl=0.5)
 
 
+class ReferenceBudget:
+    """The budget as it was first written (one float per second, updated on every deposit):
+    the specification the lazy :class:`RetryBudget` must agree with, decision for decision."""
+
+    def __init__(self, ratio: float, min_retries_per_second: float, ttl: float, clock: FakeClock):
+        self.ratio, self.reserve, self.clock = ratio, min_retries_per_second * ttl, clock
+        self.slots = [0.0] * math.ceil(ttl)
+        self.slot_times = [-1] * math.ceil(ttl)
+        self.calls = self.retries = self.refused = 0
+
+    def _slot(self) -> int:
+        second = int(self.clock())
+        index = second % len(self.slots)
+        if self.slot_times[index] != second:
+            self.slot_times[index], self.slots[index] = second, 0.0
+        return index
+
+    @property
+    def balance(self) -> float:
+        horizon = int(self.clock()) - len(self.slots)
+        live = sum(v for v, t in zip(self.slots, self.slot_times, strict=True) if t > horizon)
+        return live + self.reserve
+
+    def deposit(self) -> None:
+        self.calls += 1
+        self.slots[self._slot()] += self.ratio
+
+    def try_withdraw(self) -> bool:
+        if self.balance >= 1.0 - 1e-9:
+            self.slots[self._slot()] -= 1.0
+            self.retries += 1
+            return True
+        self.refused += 1
+        return False
+
+
+_BUDGET_STEPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("deposit"), st.integers(1, 30)),
+        st.tuples(st.just("withdraw"), st.integers(1, 10)),
+        st.tuples(
+            st.just("advance"),
+            st.one_of(st.integers(0, 25).map(float), st.floats(0, 25, allow_nan=False)),
+        ),
+    ),
+    max_size=60,
+)
+
+
+@given(
+    ratio=st.sampled_from([0.0, 0.1, 0.2, 0.25, 0.5, 1.0, 3.0]),
+    reserve=st.sampled_from([0.0, 0.1, 0.5, 2.0]),
+    ttl=st.one_of(st.integers(1, 12).map(float), st.floats(1, 12, allow_nan=False)),
+    start=st.floats(0, 1e6, allow_nan=False),
+    steps=_BUDGET_STEPS,
+)
+def test_lazy_budget_decides_like_the_per_second_window(
+    ratio: float, reserve: float, ttl: float, start: float, steps: list[tuple[str, float]]
+) -> None:
+    """Any interleaving of calls, retries and clock moves: the same grants, refusals, balance."""
+    clock = FakeClock()
+    clock.now = start
+    budget = RetryBudget(ratio=ratio, min_retries_per_second=reserve, ttl=ttl, clock=clock)
+    reference = ReferenceBudget(ratio, reserve, ttl, clock)
+    for op, amount in steps:
+        if op == "advance":
+            clock.now += amount
+        elif op == "deposit":
+            for _ in range(int(amount)):
+                budget.deposit()
+                reference.deposit()
+        else:
+            decisions = [budget.try_withdraw() for _ in range(int(amount))]
+            expected = [reference.try_withdraw() for _ in range(int(amount))]
+            assert expected == decisions
+        assert budget.balance == pytest.approx(reference.balance, abs=1e-9)
+    assert (reference.calls, reference.retries, reference.refused) == (
+        budget.calls,
+        budget.retries,
+        budget.refused,
+    )
+
+
+def test_budget_window_counts_the_current_second_and_the_ones_before() -> None:
+    """ttl=3: a deposit at 10.9 counts at 12.99 (seconds 10, 11, 12) and is gone at 13.0."""
+    clock = FakeClock()
+    budget = RetryBudget(ratio=1.0, min_retries_per_second=0, ttl=3, clock=clock)
+    clock.now = 10.9
+    budget.deposit()
+    clock.now = 12.99
+    assert budget.balance == 1.0
+    clock.now = 13.0
+    assert budget.balance == 0.0
+
+
+def test_budget_withdrawals_expire_with_their_second() -> None:
+    """A retry taken at second 5 stops counting against the budget at second 5 + ttl."""
+    clock = FakeClock()
+    budget = RetryBudget(ratio=1.0, min_retries_per_second=0.5, ttl=2, clock=clock)
+    clock.now = 5.5
+    assert budget.try_withdraw()  # the reserve of 1 token
+    assert not budget.try_withdraw()
+    clock.now = 6.5
+    assert not budget.try_withdraw()  # the withdrawal at second 5 still counts
+    clock.now = 7.0
+    assert budget.try_withdraw()
+    assert (budget.retries, budget.refused) == (2, 2)
+
+
+def test_budget_repr_shows_counters_not_the_clock() -> None:
+    """repr() shows the configuration and live counters, never the clock or the window."""
+    budget = RetryBudget(ratio=0.5, clock=FakeClock())
+    budget.deposit()
+    assert repr(budget) == (
+        "RetryBudget(ratio=0.5, min_retries_per_second=2.0, ttl=10.0, calls=1, retries=0, "
+        "refused=0)"
+    )
+
+
 def test_unlimited_budget_never_refuses() -> None:
     """RetryBudget.unlimited() grants every retry."""
     budget = RetryBudget.unlimited()

@@ -259,77 +259,136 @@ class RetryPolicy:
         return backoff_wait(retry_number, initial_wait=self.initial_wait, max_wait=self.max_wait)
 
 
-@attrs.define(kw_only=True)
+class _Window:
+    """The budget's live state: plain slots, so the per-call ``deposit`` pays no attrs hook.
+
+    Deposits are not stored one by one: ``calls`` counts them all, ``start_calls`` is its value
+    when the current second began, and only when a new second starts is the finished second
+    written to its ring slot as ``(second, deposits, withdrawals)``.
+    """
+
+    __slots__ = (
+        "calls",
+        "end",
+        "refused",
+        "retries",
+        "ring",
+        "second",
+        "start_calls",
+        "withdrawn",
+    )
+
+    def __init__(self, slots: int) -> None:
+        self.calls = 0
+        self.retries = 0
+        self.refused = 0
+        self.second: float = -math.inf  # the current second (floor of the clock)
+        self.end = -math.inf  # when it ends: the first deposit starts a second
+        self.start_calls = 0  # ``calls`` when the current second began
+        self.withdrawn = 0  # withdrawals in the current second
+        # Finished seconds, one slot per second of the window: (second, deposits, withdrawals).
+        self.ring: list[tuple[float, int, int]] = [(-math.inf, 0, 0)] * slots
+
+    def roll(self, now: float) -> None:
+        """Start the second that holds *now*, filing the current one in its ring slot."""
+        second = math.floor(now)
+        ring = self.ring
+        if self.second != -math.inf:
+            deposits = self.calls - self.start_calls
+            ring[int(self.second) % len(ring)] = (self.second, deposits, self.withdrawn)
+        self.second, self.end = second, float(second + 1)
+        self.start_calls, self.withdrawn = self.calls, 0
+
+
+@attrs.define(kw_only=True, eq=False)
 class RetryBudget:
     """A token bucket that caps retries at a fraction of recent traffic (Finagle's RetryBudget).
 
     Every call deposits ``ratio`` of a token; every retry withdraws one. Deposits and
-    withdrawals count for ``ttl`` seconds, and ``min_retries_per_second * ttl`` tokens are always
+    withdrawals count for ``ttl`` seconds (whole seconds of the *clock*: the current one and
+    the ``ceil(ttl) - 1`` before it), and ``min_retries_per_second * ttl`` tokens are always
     available on top, so a quiet client can still retry. With the defaults, retries add at most
     about 20% to the load of an API that fails every call, plus 20 retries per 10 s.
     When the budget is empty the first attempt of every call still goes out; retries do not,
-    and the error raised says so. One budget is shared by all calls of a client.
+    and the error raised says so. One budget is shared by all calls of a client; *clock* is a
+    monotonic clock in seconds (``time.monotonic``; inject one in tests).
 
     ``calls``, ``retries`` and ``refused`` count what happened, for observability.
+
+    ``deposit`` runs on every call, so it is lazy: it counts the call and looks at the clock;
+    the window is tallied only when a second ends or a retry asks for a token.
     """
 
     ratio: float = attrs.field(default=0.2, validator=_non_negative)
     min_retries_per_second: float = attrs.field(default=2.0, validator=_reserve)
     ttl: float = attrs.field(default=10.0, validator=_non_negative)
-    clock: Callable[[], float] = attrs.field(default=time.monotonic, repr=False, eq=False)
-    calls: int = attrs.field(default=0, init=False)
-    retries: int = attrs.field(default=0, init=False)
-    refused: int = attrs.field(default=0, init=False)
-    # Per-second slots of (deposits - withdrawals) over the last ttl seconds.
-    _slots: list[float] = attrs.field(init=False, repr=False, eq=False)
-    _slot_times: list[int] = attrs.field(init=False, repr=False, eq=False)
-    _second: int = attrs.field(default=-1, init=False, repr=False, eq=False)
-    _index: int = attrs.field(default=0, init=False, repr=False, eq=False)
+    clock: Callable[[], float] = attrs.field(default=time.monotonic, repr=False)
+    _window: _Window = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         if self.ttl < 1:
             raise ValueError("ttl must be >= 1 second")
-        n = math.ceil(self.ttl)
-        self._slots = [0.0] * n
-        self._slot_times = [-1] * n
+        self._window = _Window(math.ceil(self.ttl))
+
+    def __repr__(self) -> str:
+        return (
+            f"RetryBudget(ratio={self.ratio!r}, min_retries_per_second="
+            f"{self.min_retries_per_second!r}, ttl={self.ttl!r}, calls={self.calls}, "
+            f"retries={self.retries}, refused={self.refused})"
+        )
 
     @classmethod
     def unlimited(cls) -> RetryBudget:
         """A budget that never refuses a retry (the policy's other limits still apply)."""
         return cls(min_retries_per_second=math.inf)
 
-    def _slot(self) -> int:
-        """Index of the current second's slot, clearing it when a new second starts."""
-        second = int(self.clock())
-        if second == self._second:  # the common case: same second as the last call
-            return self._index
-        index = second % len(self._slots)
-        if self._slot_times[index] != second:
-            self._slot_times[index] = second
-            self._slots[index] = 0.0
-        self._second, self._index = second, index
-        return index
+    @property
+    def calls(self) -> int:
+        """Calls recorded (one deposit each)."""
+        return self._window.calls
+
+    @property
+    def retries(self) -> int:
+        """Retries granted."""
+        return self._window.retries
+
+    @property
+    def refused(self) -> int:
+        """Retries refused because the budget was empty."""
+        return self._window.refused
 
     @property
     def balance(self) -> float:
         """Retries available right now."""
-        now = int(self.clock())
-        horizon = now - len(self._slots)
-        live = sum(v for v, t in zip(self._slots, self._slot_times, strict=True) if t > horizon)
-        return live + self.min_retries_per_second * self.ttl
+        window = self._window
+        now = self.clock()
+        if now >= window.end:
+            window.roll(now)
+        horizon = window.second - len(window.ring)
+        deposits = window.calls - window.start_calls
+        withdrawn = window.withdrawn
+        for second, d, w in window.ring:
+            if second > horizon:
+                deposits += d
+                withdrawn += w
+        return self.ratio * deposits - withdrawn + self.min_retries_per_second * self.ttl
 
     def deposit(self) -> None:
         """Record one call (its first attempt)."""
-        self.calls += 1
-        self._slots[self._slot()] += self.ratio
+        window = self._window
+        now = self.clock()
+        if now >= window.end:  # a new second: file the one that ended
+            window.roll(now)
+        window.calls += 1
 
     def try_withdraw(self) -> bool:
         """Take one retry from the budget; False (and count a refusal) if it is empty."""
+        window = self._window
         if self.balance >= 1.0 - 1e-9:  # deposits are fractions: allow rounding error
-            self._slots[self._slot()] -= 1.0
-            self.retries += 1
+            window.withdrawn += 1
+            window.retries += 1
             return True
-        self.refused += 1
+        window.refused += 1
         return False
 
 

@@ -252,22 +252,22 @@ MUTANTS = [
     M(
         "budget-deposit-whole-token",
         "wachat_async/_retry.py",
-        "self._slots[self._slot()] += self.ratio",
-        "self._slots[self._slot()] += 1.0",
+        "return self.ratio * deposits - withdrawn",
+        "return 1.0 * deposits - withdrawn",
         RETRY_TESTS,
     ),
     M(
         "budget-horizon-off-by-one",
         "wachat_async/_retry.py",
-        "if t > horizon)",
-        "if t >= horizon)",
+        "if second > horizon:",
+        "if second >= horizon:",
         RETRY_TESTS,
     ),
     M(
         "budget-slot-never-cleared",
         "wachat_async/_retry.py",
-        "            self._slot_times[index] = second\n            self._slots[index] = 0.0",
-        "            self._slot_times[index] = second",
+        "self.start_calls, self.withdrawn = self.calls, 0",
+        "self.start_calls = self.calls",
         RETRY_TESTS,
     ),
     # -- _retry.py: the retry loop (Retrier) -----------------------------------------------
