@@ -21,16 +21,20 @@ from ._errors import (
     InvalidImageError,
     InvalidInstanceNameError,
     InvalidResponseError,
+    ProxyAuthenticationError,
+    ProxyError,
     QRFetchFailedError,
     QRNotSupportedError,
     ResponseTooLargeError,
     SubscriptionRestrictedError,
+    TLSVerificationError,
     UnexpectedStatusError,
     WachatConnectionError,
     WachatError,
     WachatTimeoutError,
 )
 from ._models import InstanceState, QRFailure, QRImage, QRResult, QRSuccess
+from ._network import InsecureTLSWarning
 from ._polling import FetchMany
 from ._retry import RetryBudget, RetryEvent, RetryPolicy
 from ._urls import DEFAULT_BASE_URL, ApiKeyExposureWarning, build_qr_image_url, qr_img_tag
@@ -47,10 +51,13 @@ __all__ = [
     "FetchMany",
     "GatewayTimeoutError",
     "InstanceNotFoundError",
+    "InsecureTLSWarning",
     "InstanceState",
     "InvalidImageError",
     "InvalidInstanceNameError",
     "InvalidResponseError",
+    "ProxyAuthenticationError",
+    "ProxyError",
     "QRFailure",
     "QRFetchFailedError",
     "QRImage",
@@ -63,6 +70,7 @@ __all__ = [
     "RetryEvent",
     "RetryPolicy",
     "SubscriptionRestrictedError",
+    "TLSVerificationError",
     "UnexpectedStatusError",
     "WachatClient",
     "WachatConnectionError",
