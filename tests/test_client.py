@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import logging
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -595,12 +594,6 @@ def test_plain_http_to_remote_host_with_explicit_opt_in() -> None:
     assert client.base_url == "http://gw.internal/api/v1"
 
 
-def test_float_timeout_becomes_a_client_timeout() -> None:
-    """A number of seconds sets the total timeout explicitly."""
-    client = WachatClient(api_key=KEY, timeout=3)
-    assert client._timeout.total == 3.0
-
-
 async def test_borrowed_session_is_used_and_left_open(server: FakeWachatServer) -> None:
     """A caller's session serves the requests and is still open after the client closes."""
     async with aiohttp.ClientSession() as session:
@@ -723,13 +716,6 @@ def test_qr_image_is_exported_and_repr_safe() -> None:
     qr = QRImage.from_png(PNG_1X1, instance_name=NAME)
     assert "1x1 PNG" in repr(qr)
     assert "\\x89" not in repr(qr)
-
-
-def test_logger_name_is_wachat_async() -> None:
-    """Retry lines go to the documented logger name."""
-    from wachat_async import _client
-
-    assert _client.logger is logging.getLogger("wachat_async")
 
 
 @pytest.fixture

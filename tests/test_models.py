@@ -11,7 +11,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from wachat_async import InvalidImageError, QRImage
+from wachat_async import InstanceState, InvalidImageError, InvalidResponseError, QRImage
 from wachat_async._models import check_png_end, png_dimensions
 
 NAME = "t1_models"
@@ -202,3 +202,84 @@ def test_a_valid_png_with_bytes_appended_is_refused(width: int, height: int, jun
     assume(not data.endswith(_chunk(b"IEND", b"")))
     with pytest.raises(InvalidImageError, match="IEND"):
         QRImage(instance_name=NAME, data=data, width=width, height=height)
+
+
+# -- InstanceState.from_payload -------------------------------------------------------------
+
+STATE_KEY = "sk-live-TOPSECRET-0123456789abcdef"
+
+
+def _circular() -> dict[str, object]:
+    """A decoded value that cannot be written back as JSON (it contains itself)."""
+    loop: dict[str, object] = {}
+    loop["instance"] = {"self": loop}
+    return loop
+
+
+@pytest.mark.parametrize(
+    ("payload", "state", "integration"),
+    [
+        pytest.param(b'{"instance": {"state": "open"}}', "open", None, id="bytes"),
+        pytest.param('{"instance": {"state": "close"}}', "close", None, id="str"),
+        pytest.param(
+            {"instance": {"state": "connecting", "integration": "WHATSAPP-BAILEYS"}},
+            "connecting",
+            "WHATSAPP-BAILEYS",
+            id="decoded",
+        ),
+        pytest.param(
+            b'{"data": {"instance": {"state": "open"}}}', "open", None, id="wrapped-in-data"
+        ),
+        pytest.param(
+            b'{"instance": {"state": "new-state", "integration": 7}}',
+            "new-state",
+            None,
+            id="unknown-state-odd-integration",
+        ),
+        pytest.param(memoryview(b'{"instance": {"state": "open"}}'), "open", None, id="memoryview"),
+    ],
+)
+def test_from_payload_reads_the_state(payload: object, state: str, integration: str | None) -> None:
+    """The state comes from instance.state (or data.instance.state), kept as sent."""
+    result = InstanceState.from_payload(payload, instance_name=NAME)
+    assert (result.instance_name, result.state, result.integration) == (NAME, state, integration)
+    assert result.is_connected is (state == "open")
+    assert result.raw["instance" if "data" not in result.raw else "data"]
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        pytest.param(b"", id="empty"),
+        pytest.param(b"not json", id="not-json"),
+        pytest.param(b"[" * 100_000, id="deeply-nested"),
+        pytest.param(b'{"instance": {"state": 5}}', id="state-not-a-string"),
+        pytest.param(b'{"instance": "open"}', id="instance-not-an-object"),
+        pytest.param(None, id="none"),
+        pytest.param(["open"], id="decoded-list"),
+        pytest.param(_circular(), id="decoded-circular"),
+        pytest.param(f'{{"echo": "{STATE_KEY}"}}'.encode(), id="echoes-the-key"),
+    ],
+)
+def test_from_payload_refuses_a_body_without_a_state(payload: object) -> None:
+    """Untrusted JSON without a state string is an InvalidResponseError quoting a short,
+    redacted excerpt, and never anything else."""
+    with pytest.raises(InvalidResponseError, match="no state string") as info:
+        InstanceState.from_payload(payload, instance_name=NAME, secrets=[STATE_KEY])
+    assert STATE_KEY not in str(info.value)
+    assert len(str(info.value)) < 300
+    assert info.value.instance_name == NAME
+
+
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.text(), lambda c: st.lists(c) | st.dictionaries(st.text(), c)
+    )
+)
+def test_from_payload_never_raises_anything_else(payload: object) -> None:
+    """Whatever JSON value arrives, the result is an InstanceState or InvalidResponseError."""
+    try:
+        result = InstanceState.from_payload(payload, instance_name=NAME)
+    except InvalidResponseError:
+        result = None
+    assert result is None or isinstance(result.state, str)

@@ -1,4 +1,5 @@
-"""The README as a user copies it: every block runs (or says why it cannot), and its facts hold.
+"""The README and the docs pages as a user copies them: every block runs (or says why it
+cannot), and their facts hold.
 
 Python blocks run as complete programs in a subprocess against the embedded fake server
 (``WACHAT_BASE_URL``/``WACHAT_API_KEY`` point at it), top-level ``await`` allowed as in a
@@ -31,6 +32,8 @@ from .conftest import KEY
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
+#: Every page a user copies code from: the README and the documentation site's pages.
+PAGES = [README, *sorted((ROOT / "docs").rglob("*.md"))]
 FENCE = re.compile(r"^(?P<indent>\s*)```(?P<lang>[\w-]*)\s*$")
 FRAGMENT = re.compile(r"^<!--\s*fragment\b[^>]*-->$")
 
@@ -48,8 +51,9 @@ if asyncio.iscoroutine(result):
 
 @dataclass(frozen=True)
 class Block:
-    """One fenced block of the README."""
+    """One fenced block of the README or a docs page."""
 
+    page: Path
     line: int
     lang: str
     code: str
@@ -57,7 +61,8 @@ class Block:
 
     @property
     def id(self) -> str:
-        return f"line{self.line}-{self.lang or 'plain'}"
+        where = "" if self.page == README else f"{self.page.relative_to(ROOT).as_posix()}-"
+        return f"{where}line{self.line}-{self.lang or 'plain'}"
 
     @property
     def is_pytest(self) -> bool:
@@ -65,8 +70,13 @@ class Block:
 
 
 def readme_blocks() -> list[Block]:
+    """Every fenced block of every page, with whether a marker precedes it."""
+    return [block for page in PAGES for block in page_blocks(page)]
+
+
+def page_blocks(page: Path) -> list[Block]:
     """Every fenced block (indented ones in lists too), with whether a marker precedes it."""
-    lines = README.read_text(encoding="utf-8").splitlines()
+    lines = page.read_text(encoding="utf-8").splitlines()
     blocks: list[Block] = []
     i = 0
     while i < len(lines):
@@ -82,7 +92,8 @@ def readme_blocks() -> list[Block]:
             i += 1
         previous = next((ln.strip() for ln in reversed(lines[:start]) if ln.strip()), "")
         code = "\n".join(body) + "\n"
-        blocks.append(Block(start + 1, match["lang"], code, bool(FRAGMENT.match(previous))))
+        fragment = bool(FRAGMENT.match(previous))
+        blocks.append(Block(page, start + 1, match["lang"], code, fragment))
         i += 1
     return blocks
 
@@ -98,7 +109,7 @@ def test_every_block_is_run_or_marked_as_a_fragment() -> None:
     """No README block goes unchecked: it is Python or JSON this test runs, or it is marked."""
     unchecked = [b.id for b in BLOCKS if not b.fragment and b.lang not in ("python", "json")]
     assert unchecked == [], (
-        f"README blocks {unchecked} are neither run by tests/test_readme.py nor marked with"
+        f"blocks {unchecked} are neither run by tests/test_readme.py nor marked with"
         " <!-- fragment: why --> on the line before them"
     )
     assert PROGRAMS
@@ -170,7 +181,7 @@ async def test_ten_line_example_prints_and_saves_as_it_says(
     readme_server: FakeWachatServer, tmp_path: Path
 ) -> None:
     """'Ten lines' prints a QRImage and saves qr.png with the file mode the README states."""
-    (block,) = [b for b in PROGRAMS if "asyncio.run(main())" in b.code]
+    (block,) = [b for b in PROGRAMS if "asyncio.run(main())" in b.code and b.page == README]
     (tmp_path / "ten_lines.py").write_text(block.code, encoding="utf-8")
     env = _user_env(WACHAT_API_KEY=KEY, WACHAT_BASE_URL=readme_server.base_url)
     status, out, err = await _run(sys.executable, "ten_lines.py", cwd=tmp_path, env=env)
@@ -222,9 +233,13 @@ async def test_pytest_example_without_its_mark_would_fail(tmp_path: Path) -> Non
     assert "async def functions are not natively supported" in out
 
 
+def _all_pages() -> str:
+    return "\n".join(page.read_text(encoding="utf-8") for page in PAGES)
+
+
 def test_client_signature_lists_every_parameter() -> None:
-    """The README's `WachatClient(...)` line names exactly the constructor's parameters."""
-    text = README.read_text(encoding="utf-8")
+    """The docs' `WachatClient(...)` line names exactly the constructor's parameters."""
+    text = _all_pages()
     match = re.search(r"`WachatClient\((api_key=.*?)\)`", text, re.DOTALL)
     assert match is not None
     documented = re.findall(r"(\w+)=", match.group(1))
@@ -232,11 +247,11 @@ def test_client_signature_lists_every_parameter() -> None:
 
 
 def test_install_lines_name_extras_that_exist() -> None:
-    """Every `pip install -e '.[...]'` in the README names extras pyproject.toml defines."""
-    text = README.read_text(encoding="utf-8")
+    """Every `pip install -e '.[...]'` in the docs names extras pyproject.toml defines."""
+    text = _all_pages()
     pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
     extras = re.findall(r"pip install (?:-e )?'[^']*\[([a-z0-9_,-]+)\]'", text)
-    assert {"cli", "testing", "examples"} <= {e for group in extras for e in group.split(",")}
+    assert {"cli", "testing", "examples", "docs"} <= {e for g in extras for e in g.split(",")}
     for group in extras:
         for extra in group.split(","):
             assert re.search(rf"^{extra} = \[", pyproject, re.MULTILINE), extra

@@ -1,4 +1,4 @@
-"""Every ```python block of README.md passes ``mypy --strict``: the code users copy type-checks.
+"""Every ```python block of README.md and docs/ passes ``mypy --strict``: copied code type-checks.
 
 Each block is written to its own module in a temporary folder and all of them are checked in
 one mypy run. Two documented, minimal adjustments turn a *fragment* (a few lines from inside a
@@ -22,7 +22,10 @@ from pathlib import Path
 import pytest
 from mypy import api
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+#: The README and the documentation site's pages.
+PAGES = [README, *sorted((ROOT / "docs").rglob("*.md"))]
 
 #: Names README fragments may use without defining them, and the declaration each gets.
 PRELUDE: dict[str, tuple[str, str]] = {
@@ -37,16 +40,25 @@ PRELUDE: dict[str, tuple[str, str]] = {
 
 
 def readme_blocks() -> list[tuple[str, str]]:
-    """(id, source) of each ```python block, the id made from the heading above it."""
+    """(id, source) of each ```python block of every page, the id from the heading above it."""
+    return [block for page in PAGES for block in page_blocks(page)]
+
+
+def page_blocks(page: Path) -> list[tuple[str, str]]:
+    """(id, source) of each ```python block of *page*, the id made from the heading above it."""
     blocks: list[tuple[str, str]] = []
-    heading = "top"
+    heading = (
+        "top" if page == README else page.relative_to(ROOT / "docs").with_suffix("").as_posix()
+    )
+    prefix = "" if page == README else f"{heading}-"
     counts: dict[str, int] = {}
-    lines = README.read_text(encoding="utf-8").splitlines(keepends=True)
+    lines = page.read_text(encoding="utf-8").splitlines(keepends=True)
     index = 0
     while index < len(lines):
         line = lines[index]
         if line.startswith("#"):
             heading = re.sub(r"[^a-z0-9]+", "-", line.lstrip("#").strip().lower()).strip("-")
+            heading = prefix + heading
         if line.strip() == "```python":
             end = next(i for i in range(index + 1, len(lines)) if lines[i].strip() == "```")
             source = textwrap.dedent("".join(lines[index + 1 : end]))
@@ -144,8 +156,8 @@ def plain(result: QRResult) -> None:
 
 @pytest.fixture(scope="module")
 def mypy_output(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[str]]:
-    """One mypy --strict run over every README block (and the narrowing checks): its output
-    lines, keyed by module name."""
+    """One mypy --strict run over every README and docs block (and the narrowing checks): its
+    output lines, keyed by module name."""
     folder = tmp_path_factory.mktemp("readme_types")
     modules = {f"block_{i}": as_module(source) for i, (_, source) in enumerate(BLOCKS)}
     modules["narrowing"] = NARROWING
@@ -175,14 +187,14 @@ def mypy_output(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[str]
 
 @pytest.mark.parametrize("index", [pytest.param(i, id=b) for i, (b, _) in enumerate(BLOCKS)])
 def test_readme_block_passes_mypy_strict(mypy_output: dict[str, list[str]], index: int) -> None:
-    """The README block type-checks under mypy --strict, as written (fragments: with the
+    """The block type-checks under mypy --strict, as written (fragments: with the
     documented prelude)."""
     assert mypy_output[f"block_{index}"] == [], BLOCKS[index][1]
 
 
 def test_readme_has_the_blocks_this_checks() -> None:
     """The extractor finds every python block, the fleet one among them, so none goes unchecked."""
-    fences = README.read_text(encoding="utf-8").count("```python")
+    fences = sum(page.read_text(encoding="utf-8").count("```python") for page in PAGES)
     assert len(BLOCKS) == fences >= 8
     assert any("fetch_many" in source for _, source in BLOCKS)
 

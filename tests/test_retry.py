@@ -7,14 +7,15 @@ import logging
 import math
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
+from typing import Any
 
 import aiohttp
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import wachat_async._client
 import wachat_async._polling
+import wachat_async._retry
 from wachat_async import (
     ConfigurationError,
     DeadlineExceededError,
@@ -33,7 +34,7 @@ from wachat_async import (
     WachatTimeoutError,
 )
 from wachat_async._errors import status_error
-from wachat_async._retry import backoff_wait, is_transient, is_transport_fault, parse_retry_after
+from wachat_async._retry import Retrier, backoff_wait, is_transient, is_transport_fault
 from wachat_async.testing import FakeWachatServer, Fault
 
 from .conftest import (
@@ -123,39 +124,6 @@ def test_backoff_rejects_negative_retry_number() -> None:
     """A negative retry number is a bug in the caller."""
     with pytest.raises(ValueError, match="retry_number"):
         backoff_wait(-1, initial_wait=1, max_wait=1)
-
-
-NOW = datetime(2026, 11, 25, 12, 0, 0, tzinfo=timezone.utc)
-
-
-@pytest.mark.parametrize(
-    ("header", "expected"),
-    [
-        pytest.param(None, None, id="absent"),
-        pytest.param("", None, id="empty"),
-        pytest.param("3", 3.0, id="seconds"),
-        pytest.param(" 7 ", 7.0, id="seconds-padded"),
-        pytest.param("1.5", 1.5, id="fractional"),
-        pytest.param("-5", None, id="negative"),
-        pytest.param("soon", None, id="garbage"),
-        pytest.param("1e309", None, id="overflowing-exponent"),
-        pytest.param("9" * 400, math.inf, id="huge-integer-is-infinite"),
-        pytest.param(format_datetime(NOW + timedelta(seconds=30), usegmt=True), 30.0, id="date"),
-        pytest.param(format_datetime(NOW - timedelta(hours=1), usegmt=True), 0.0, id="past-date"),
-        pytest.param("Wed, 25 Nov 2026 12:00:10", 10.0, id="date-without-zone"),
-    ],
-)
-def test_parse_retry_after(header: str | None, expected: float | None) -> None:
-    """Retry-After is read as delta-seconds or HTTP-date; anything unusable is None."""
-    assert parse_retry_after(header, now=NOW) == expected
-
-
-def test_parse_retry_after_uses_the_current_time() -> None:
-    """Without an explicit now, a date a minute ahead is about 60 seconds away."""
-    ahead = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=60), usegmt=True)
-    wait = parse_retry_after(ahead)
-    assert wait is not None
-    assert 0 < wait <= 60
 
 
 @pytest.mark.parametrize(
@@ -333,6 +301,170 @@ def test_unlimited_budget_never_refuses() -> None:
     budget = RetryBudget.unlimited()
     assert all(budget.try_withdraw() for _ in range(1000))
     assert budget.refused == 0
+
+
+# -- the retry loop (Retrier), on a fake clock and fake attempts ---------------------------
+
+
+def make_retrier(clock: FakeClock, **policy: object) -> tuple[Retrier, list[float]]:
+    """A Retrier on *clock* whose sleep records each wait and advances the clock by it."""
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        clock.now += seconds
+
+    retrier = Retrier(
+        RetryPolicy(**policy),  # type: ignore[arg-type]
+        RetryBudget.unlimited(),
+        attempt_timeout=1.0,
+        sleep=sleep,
+        clock=clock,
+    )
+    return retrier, slept
+
+
+def failing(clock: FakeClock, *, took: float, then: object = None) -> tuple[Any, list[str]]:
+    """An attempt that takes *took* seconds of the fake clock and fails with a 502 (or, once
+    the script runs out, returns *then*)."""
+    calls: list[str] = []
+
+    async def attempt(name: str) -> object:
+        calls.append(name)
+        clock.now += took
+        if then is not None and len(calls) > 2:
+            return then
+        raise QRFetchFailedError(instance_name=name)
+
+    return attempt, calls
+
+
+async def test_loop_gives_up_when_the_next_wait_would_cross_the_deadline() -> None:
+    """Attempts of 4 s against a 10 s deadline: the third one's failure ends the call, by the
+    injected clock, with no real waiting."""
+    clock = FakeClock()
+    retrier, _ = make_retrier(clock, deadline=10.0, initial_wait=0, max_attempts=10)
+    attempt, calls = failing(clock, took=4.0)
+    with pytest.raises(QRFetchFailedError) as info:
+        await retrier.call(NAME, None, attempt)
+    assert len(calls) == info.value.attempts == 3
+    assert info.value.__notes__[-1] == (
+        "gave up after 3 attempts in 12.0 s (waiting 0.00 s would cross the 10 s deadline)"
+    )
+
+
+async def test_loop_sleeps_the_computed_waits_and_returns_the_result() -> None:
+    """Waits come from Retry-After when the error has one; the result of the attempt that
+    succeeds is returned as it is."""
+    clock = FakeClock()
+    retrier, slept = make_retrier(clock, deadline=None, max_retry_after=60)
+    calls: list[int] = []
+
+    async def attempt(name: str, extra: int) -> int:
+        calls.append(extra)
+        if len(calls) < 3:
+            raise QRFetchFailedError(instance_name=name, retry_after=float(len(calls) * 5))
+        return extra * 2
+
+    assert await retrier.call(NAME, None, attempt, 21) == 42
+    assert (calls, slept, clock.now) == ([21, 21, 21], [5.0, 10.0], 1015.0)
+
+
+async def test_the_deadline_timer_is_armed_with_what_the_clock_says_is_left() -> None:
+    """After a first attempt that took 9.99 s of a 10 s deadline (by the clock), a retry that
+    would hang forever is cancelled 10 ms later: DeadlineExceededError, chained to the last
+    real error, both attempts counted."""
+    clock = FakeClock()
+    retrier, _ = make_retrier(clock, deadline=10.0, initial_wait=0)
+    attempts = 0
+
+    async def attempt(name: str) -> None:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:
+            clock.now += 9.99  # the retry still fits, by the clock...
+            raise QRFetchFailedError(instance_name=name)
+        clock.now += 1.0
+        await asyncio.Event().wait()  # ...but this attempt never ends by itself
+
+    with pytest.raises(DeadlineExceededError) as info:
+        await asyncio.wait_for(retrier.call(NAME, None, attempt), timeout=30)
+    assert (attempts, info.value.attempts, info.value.deadline) == (2, 2, 10.0)
+    assert isinstance(info.value.__cause__, QRFetchFailedError)
+
+
+async def test_a_full_queue_puts_the_first_attempt_under_the_deadline() -> None:
+    """A first attempt that must queue for a connection runs under the deadline timer: with
+    no slot ever freed and the deadline spent, it ends as DeadlineExceededError."""
+    clock = FakeClock()
+    retrier = Retrier(
+        RetryPolicy(deadline=5.0),
+        RetryBudget.unlimited(),
+        attempt_timeout=1.0,
+        clock=iter([clock.now, clock.now + 6.0]).__next__,  # 6 s pass before the guard
+    )
+    queue = asyncio.Semaphore(1)
+    await queue.acquire()  # the only slot is taken, and never given back
+
+    async def attempt(name: str) -> None:
+        await queue.acquire()
+
+    assert not retrier.guards_first_attempt
+    with pytest.raises(DeadlineExceededError, match=r"after 1 attempt$"):
+        await asyncio.wait_for(retrier.call(NAME, queue, attempt), timeout=30)
+
+
+async def test_a_guarded_first_attempt_that_is_not_retryable_is_raised_as_it_is() -> None:
+    """Under the deadline timer from the start (no attempt timeout), a 404 is raised after one
+    attempt, with no gave-up note: there was nothing to give up."""
+    retrier = Retrier(RetryPolicy(zero_wait=True), RetryBudget.unlimited(), attempt_timeout=None)
+
+    async def attempt(name: str) -> None:
+        raise InstanceNotFoundError(instance_name=name)
+
+    assert retrier.guards_first_attempt
+    with pytest.raises(InstanceNotFoundError) as info:
+        await retrier.call(NAME, None, attempt)
+    assert (info.value.attempts, getattr(info.value, "__notes__", [])) == (1, [])
+
+
+@pytest.mark.parametrize(
+    ("deadline", "attempt_timeout", "guarded"),
+    [
+        pytest.param(30.0, 20.0, False, id="timeout-fits-the-deadline"),
+        pytest.param(0.5, 0.5, False, id="timeout-equals-the-deadline"),
+        pytest.param(10.0, 20.0, True, id="timeout-outlasts-the-deadline"),
+        pytest.param(10.0, None, True, id="no-total-timeout"),
+        pytest.param(None, None, False, id="no-deadline"),
+    ],
+)
+def test_first_attempt_is_guarded_only_when_it_could_outlast_the_deadline(
+    deadline: float | None, attempt_timeout: float | None, guarded: bool
+) -> None:
+    """The fast path runs bare unless the attempt's own timeout may outlast the deadline."""
+    retrier = Retrier(
+        RetryPolicy(deadline=deadline), RetryBudget.unlimited(), attempt_timeout=attempt_timeout
+    )
+    assert retrier.guards_first_attempt is guarded
+
+
+async def test_an_empty_budget_ends_the_call_after_the_first_attempt() -> None:
+    """With a budget that refuses every retry, one attempt is made and the note says why."""
+    clock = FakeClock()
+    budget = RetryBudget(ratio=0, min_retries_per_second=0, clock=clock)
+    retrier = Retrier(RetryPolicy(zero_wait=True), budget, attempt_timeout=1.0, clock=clock)
+    attempt, calls = failing(clock, took=0.0)
+    with pytest.raises(QRFetchFailedError) as info:
+        await retrier.call(NAME, None, attempt)
+    assert (len(calls), budget.calls, budget.refused) == (1, 1, 1)
+    assert "retry budget exhausted" in info.value.__notes__[-1]
+
+
+def test_zero_wait_policy_gets_a_sleep_that_does_not_wait() -> None:
+    """Without an injected sleep, zero_wait selects the no-wait sleep, else asyncio.sleep."""
+    budget = RetryBudget.unlimited()
+    assert Retrier(RetryPolicy(), budget).sleep is asyncio.sleep
+    assert Retrier(RetryPolicy(zero_wait=True), budget).sleep is not asyncio.sleep
 
 
 # -- behaviour on real sockets ------------------------------------------------------------
@@ -587,7 +719,6 @@ async def test_deadline_covers_retries_after_an_unguarded_first_attempt(
         retry=RetryPolicy(zero_wait=True, deadline=0.5, initial_wait=0),
         retry_budget=RetryBudget.unlimited(),
     ) as client:
-        assert not client._guard_first_attempt
         with pytest.raises(WachatTimeoutError, match="deadline") as info:
             await client.get_qr_image(NAME)
         assert_no_connection_checked_out(client)
@@ -741,7 +872,7 @@ async def test_one_attempt_policy_never_builds_a_tenacity_object(
     def forbidden(*args: object, **kwargs: object) -> None:
         raise AssertionError("tenacity entered for a policy that cannot retry")
 
-    monkeypatch.setattr(wachat_async._client, "AsyncRetrying", forbidden)
+    monkeypatch.setattr(wachat_async._retry, "AsyncRetrying", forbidden)
     server.script(NAME, [502])
     async with make_client(server, max_attempts=1) as client:
         with pytest.raises(QRFetchFailedError) as info:
@@ -757,7 +888,7 @@ async def test_success_path_never_builds_a_tenacity_object(
     def forbidden(*args: object, **kwargs: object) -> None:
         raise AssertionError("tenacity entered on the success path")
 
-    monkeypatch.setattr(wachat_async._client, "AsyncRetrying", forbidden)
+    monkeypatch.setattr(wachat_async._retry, "AsyncRetrying", forbidden)
     async with make_client(server) as client:
         for _ in range(3):
             await client.get_qr_image(NAME)
@@ -789,7 +920,6 @@ async def test_disabled_policy_leaves_the_timeout_alone(server: FakeWachatServer
         timeout=aiohttp.ClientTimeout(total=60.0, sock_read=0.1),
         retry=RetryPolicy.disabled(),
     ) as client:
-        assert not client._guard_first_attempt
         with pytest.raises(WachatTimeoutError) as info:
             await client.get_qr_image(NAME)
     assert not isinstance(info.value, DeadlineExceededError)

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+TEST_SH = (ROOT / "scripts" / "test.sh").read_text(encoding="utf-8")
 
 # The fake venv's python. Its "site-packages" is the folder named in .venv/site: `pip install -e`
 # points it at the current folder (creating the stub package there if it is missing).
@@ -43,6 +44,9 @@ for tool in wachat-qr ruff mypy; do
   printf '#!/bin/sh\\necho "%s $*" >> "$CALLS"\\n' "$tool" > ".venv/bin/$tool"
   chmod +x ".venv/bin/$tool"
 done
+printf '#!/bin/sh\\necho "mkdocs $*" >> "$CALLS"\\necho "mkdocs log"\\n[ -z "$FAIL_MKDOCS" ]\\n' \\
+  > .venv/bin/mkdocs
+chmod +x .venv/bin/mkdocs
 """
 UPGRADE = "python -m pip install --quiet --upgrade pip"
 VENV = "system-python -m venv .venv"
@@ -196,12 +200,46 @@ def test_test_script_runs_every_gate_and_installs_dev_only_when_needed(repo: Rep
         "ruff check .",
         "ruff format --check .",
         "mypy --strict wachat_async",
+        "mkdocs build --strict --site-dir SITE",
         "python -m coverage erase",
         "python -m coverage run -m pytest -x",
         "python -m coverage report",
     ]
-    assert repo.run("bash scripts/test.sh -x") == (0, [install("dev"), *gates])
-    assert repo.run("bash scripts/test.sh -x") == (0, gates)
+    status, calls = repo.run("bash scripts/test.sh -x")
+    assert (status, _site_dirs_named(calls)) == (0, [install("dev"), *gates])
+    status, calls = repo.run("bash scripts/test.sh -x")
+    assert (status, _site_dirs_named(calls)) == (0, gates)
+    assert "mkdocs log" not in repo.stderr  # quiet when the docs build
+
+
+def _site_dirs_named(calls: list[str]) -> list[str]:
+    """*calls* with mkdocs' --site-dir shown as SITE, after checking that folder is gone."""
+    named = []
+    for call in calls:
+        if call.startswith("mkdocs "):
+            site = call.split("--site-dir ", 1)[1]
+            assert Path(site).is_absolute()
+            assert not Path(site).exists()  # a throwaway folder, removed after the build
+            call = call.replace(site, "SITE")
+        named.append(call)
+    return named
+
+
+def test_test_script_stops_at_a_failing_docs_build_and_shows_its_log(repo: Repo) -> None:
+    """A broken docs build fails scripts/test.sh before pytest, with mkdocs' log on stderr."""
+    repo.run("bash scripts/test.sh")
+    status, calls = repo.run("bash scripts/test.sh", FAIL_MKDOCS="1")
+    assert status != 0
+    assert calls[-1].startswith("mkdocs build --strict --site-dir ")
+    assert "mkdocs log" in repo.stderr
+    assert not Path(calls[-1].split("--site-dir ", 1)[1]).exists()
+
+
+def test_test_script_does_not_quiet_mkdocs() -> None:
+    """`mkdocs build -q` drops warnings before --strict counts them: a broken link would pass."""
+    (line,) = [ln for ln in TEST_SH.splitlines() if ".venv/bin/mkdocs build" in ln]
+    assert "--strict" in line
+    assert not {"-q", "--quiet"} & set(line.replace('"', " ").split())
 
 
 def test_ci_runs_exactly_the_test_script() -> None:

@@ -50,6 +50,20 @@ async def call(client: WachatClient, how: str, name: str, tmp_path: Path) -> obj
 CALLS = [pytest.param(how, id=how) for how in ("get", "stream", "save", "state")]
 
 
+@pytest.mark.parametrize("how", CALLS)
+async def test_every_call_can_be_a_clients_first(
+    server: FakeWachatServer, how: str, tmp_path: Path
+) -> None:
+    """Without ``async with``, whichever call comes first opens the session in the running loop."""
+    client = WachatClient(api_key=KEY, base_url=server.base_url, retry=ZERO_WAIT)
+    try:
+        assert "state=unopened" in repr(client)
+        assert await call(client, how, NAME, tmp_path)
+        assert "state=open" in repr(client)
+    finally:
+        await client.aclose()
+
+
 @asynccontextmanager
 async def borrowing(
     server: FakeWachatServer, session: aiohttp.ClientSession, **kwargs: Any
@@ -399,21 +413,19 @@ async def test_slots_are_released_on_errors_and_cancellation(
 
 
 async def test_a_retry_waiting_out_its_backoff_holds_no_slot(server: FakeWachatServer) -> None:
-    """Between attempts (the backoff sleep) the call holds no connection slot."""
-    server.script(NAME, [502, 502])
+    """Between attempts (the backoff wait) a call holds no connection slot: with one slot, a
+    call queued behind a failing one is sent before the failing one's retry."""
+    server.add_instance("queued")
+    server.script(NAME, [502, 200])
     async with WachatClient(
         api_key=KEY, base_url=server.base_url, max_connections=1, retry=ZERO_WAIT
     ) as client:
-        free_while_sleeping: list[bool] = []
-
-        async def sleep(seconds: float) -> None:
-            free_while_sleeping.append(not client._slots.locked())
+        retrying = asyncio.ensure_future(client.get_qr_image(NAME))
+        while not server.request_count(NAME):
             await asyncio.sleep(0)
-
-        client._sleep = sleep
-        qr = await client.get_qr_image(NAME)
-    assert qr.instance_name == NAME
-    assert free_while_sleeping == [True, True]
+        await client.get_qr_image("queued")
+        await retrying
+    assert [r.instance_name for r in server.requests] == [NAME, "queued", NAME]
 
 
 async def test_deadline_bounds_the_wait_for_a_slot(server: FakeWachatServer) -> None:

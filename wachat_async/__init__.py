@@ -7,9 +7,12 @@ keeps the API key out of every repr, exception and log line::
     async with WachatClient() as client:  # key from WACHAT_API_KEY
         qr = await client.get_qr_image("t1_abc_store")
         qr.save("qr.png")
+
+This module only re-exports the public names from the private modules that define them
+(``__all__`` is the whole public surface); it defines nothing itself.
 """
 
-from ._client import QRStream, WachatClient
+from ._client import WachatClient
 from ._errors import (
     APIStatusError,
     AuthenticationError,
@@ -37,6 +40,7 @@ from ._models import InstanceState, QRFailure, QRImage, QRResult, QRSuccess
 from ._network import InsecureTLSWarning
 from ._polling import FetchMany
 from ._retry import RetryBudget, RetryEvent, RetryPolicy
+from ._stream import QRStream
 from ._urls import DEFAULT_BASE_URL, ApiKeyExposureWarning, build_qr_image_url, qr_img_tag
 from ._version import __version__
 

@@ -27,12 +27,16 @@ Every exception is a :class:`WachatError`; catch that to handle them all::
 After retries end, the *last real error* is raised (never a wrapper), with ``.attempts`` set and
 a note (``__notes__``) such as ``gave up after 4 attempts in 3.1 s``. Transport errors keep their
 cause (``raise ... from exc``), sanitised so that no request header can be read from it.
+
+Messages never carry the API key: :class:`ConfigurationError` redacts what it is given. Imports
+only ``_redact``; never the client, the transport or anything that does I/O.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from http import HTTPStatus
+from typing import NoReturn
 
 from ._redact import redact_message
 
@@ -58,6 +62,7 @@ __all__ = [
     "WachatConnectionError",
     "WachatError",
     "WachatTimeoutError",
+    "raise_clean",
     "status_error",
 ]
 
@@ -360,3 +365,18 @@ def status_error(
     """The typed exception for an HTTP *status* (``UnexpectedStatusError`` if undocumented)."""
     cls = _BY_STATUS.get(status, UnexpectedStatusError)
     return cls(status=status, instance_name=instance_name, body=body, retry_after=retry_after)
+
+
+def raise_clean(error: BaseException) -> NoReturn:
+    """Raise *error* with no implicit ``__context__``.
+
+    Our errors carry their real cause in ``__cause__``. On Python 3.10 a coroutine resumed by
+    aiohttp can still see an exception aiohttp handled elsewhere as "being handled", and Python
+    would attach it as ``__context__``: an unsanitised parser error that may quote bytes the
+    server sent (an echoed key included). Only failure paths come here.
+    """
+    try:
+        raise error
+    except BaseException as exc:
+        exc.__context__ = None
+        raise

@@ -4,23 +4,29 @@ All are frozen attrs classes. ``QRImage`` checks that its bytes are a complete P
 is built (``QRImage(...)``, :meth:`QRImage.from_png`, ``attrs.evolve``), so holding one means
 holding a valid image. The client, which has already validated the bytes while reading them,
 uses the private ``QRImage._trusted`` so the success path does not check them twice.
+:meth:`InstanceState.from_payload` is the one parser of a ``GET /instance/state`` body.
+
+Values and their parsing only: no network, and never imports the client, the transport, the
+retry loop or the stream (they import this).
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import struct
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
 import attrs
 
-from ._errors import InvalidImageError, WachatError
+from ._errors import InvalidImageError, InvalidResponseError, WachatError
 from ._files import PathArg, write_bytes
+from ._redact import excerpt
 
 __all__ = [
     "PNG_SIGNATURE",
@@ -313,7 +319,71 @@ class InstanceState:
     integration: str | None = None
     raw: Mapping[str, Any] = attrs.field(factory=dict, repr=False, eq=False)
 
+    @classmethod
+    def from_payload(
+        cls, payload: object, *, instance_name: str, secrets: Iterable[str] = ()
+    ) -> InstanceState:
+        """Read the state out of a ``GET /instance/state`` body.
+
+        *payload* is the body as sent (``bytes`` or ``str``, decoded as JSON here) or the JSON
+        value already decoded. The state is ``instance.state``, or ``data.instance.state`` as
+        some gateways wrap it; ``integration`` is ``instance.integration`` when it is a
+        string. Anything else (not JSON, nested too deeply, no state string) raises
+        :class:`InvalidResponseError` quoting a short excerpt of the body, with *secrets*
+        (the API key) redacted from it. Untrusted JSON never raises anything else::
+
+            >>> InstanceState.from_payload(b'{"instance": {"state": "open"}}',
+            ...                            instance_name="t1").is_connected
+            True
+        """
+        body = payload
+        if isinstance(body, memoryview):
+            body = bytes(body)
+        if isinstance(body, (bytes, bytearray, str)):
+            try:
+                decoded: object = json.loads(body)
+            except (ValueError, RecursionError):  # deeply nested JSON recurses
+                decoded = None
+        else:
+            decoded, body = body, None
+        instance = _field(decoded, "instance")
+        state = instance.get("state")
+        if state is None:
+            state = _field(_field(decoded, "data"), "instance").get("state")
+        if not isinstance(state, str):
+            raise InvalidResponseError(
+                "GET /instance/state returned no state string: "
+                + (excerpt(_shown_body(body, decoded), secrets, limit=200) or "empty body"),
+                instance_name=instance_name,
+            )
+        integration = instance.get("integration")
+        return cls(
+            instance_name=instance_name,
+            state=state,
+            integration=integration if isinstance(integration, str) else None,
+            raw=decoded if isinstance(decoded, dict) else {},  # a dict: it held the state
+        )
+
     @property
     def is_connected(self) -> bool:
         """True once the phone is linked (state ``"open"``)."""
         return self.state == "open"
+
+
+def _shown_body(body: bytes | bytearray | str | None, decoded: object) -> str:
+    """The text of a state body for an error message: as sent, or the decoded value as JSON."""
+    if isinstance(body, str):
+        return body
+    if body is not None:
+        return bytes(body).decode("utf-8", "replace")
+    try:
+        return json.dumps(decoded, default=repr)
+    except (ValueError, RecursionError):  # a circular or too deeply nested value
+        return f"a {type(decoded).__name__}"
+
+
+def _field(obj: object, key: str) -> dict[str, Any]:
+    """``obj[key]`` when both are JSON objects, else an empty dict: untrusted JSON never
+    raises while we look for the state."""
+    value = obj.get(key) if isinstance(obj, dict) else None
+    return value if isinstance(value, dict) else {}

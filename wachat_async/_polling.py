@@ -14,6 +14,8 @@ iterable (an endless ``itertools.cycle`` of names already seen included) can hol
 
 ``watch_qr`` polls one instance, yields a :class:`QRImage` only when its content hash changes,
 rides out transient failures (logged on the ``wachat_async`` logger) and raises terminal ones.
+
+Never imports the client, the transport or the stream: it is given the fetch (and state) callables.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import math
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from types import TracebackType
@@ -35,7 +36,7 @@ from ._errors import (
 )
 from ._models import InstanceState, QRFailure, QRImage, QRResult, QRSuccess
 from ._retry import is_transient  # the one definition, next to RetryPolicy.is_retryable
-from ._validate import check_instance_name
+from ._validate import check_bool, check_instance_name, check_number
 
 __all__ = ["AnyResult", "FetchMany", "fetch_many", "is_transient", "watch_qr"]
 
@@ -257,12 +258,8 @@ class FetchMany:
                 "instance_names must be an iterable of names, not a single "
                 f"{type(instance_names).__name__} (wrap one name in a list)"
             )
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int):
-            raise TypeError(f"concurrency must be an int, not {type(concurrency).__name__}")
-        if concurrency < 1:
-            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
-        if not isinstance(dedupe, bool):
-            raise TypeError(f"dedupe must be a bool, not {type(dedupe).__name__}")
+        check_number(concurrency, "concurrency", integer=True, minimum=1)
+        check_bool(dedupe, "dedupe")
         self._fetch = fetch
         self._names: Iterable[object] | None = instance_names
         self._concurrency = concurrency
@@ -385,16 +382,6 @@ def fetch_many(
     )
 
 
-def _check_interval(interval: float, jitter: float) -> None:
-    for what, value in (("interval", interval), ("jitter", jitter)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"{what} must be a number, not {type(value).__name__}")
-    if not (interval > 0 and math.isfinite(interval)):
-        raise ValueError(f"interval must be a finite number of seconds > 0, got {interval!r}")
-    if not 0 <= jitter < 1:
-        raise ValueError(f"jitter must be >= 0 and < 1, got {jitter!r}")
-
-
 def watch_qr(
     fetch: Fetch,
     instance_name: str,
@@ -417,7 +404,8 @@ def watch_qr(
     Terminal ones (400/401/403/404/409, an invalid image, ...) are raised. Arguments are
     checked at call time: *interval* must be > 0 and finite, *jitter* in ``[0, 1)``.
     """
-    _check_interval(interval, jitter)
+    check_number(interval, "interval", exclusive=True)
+    check_number(jitter, "jitter", below=1)
     return _watch(fetch, instance_name, interval, jitter, get_state, sleep, rand)
 
 

@@ -3,6 +3,8 @@
 Redaction is applied to text that came from outside (error bodies echoed by a server or a proxy)
 and to anything we build from it. The client itself never formats the key into a string; these
 helpers are the safety net for text we do not control.
+
+The bottom of the package: pure string functions that import nothing of wachat-async.
 """
 
 from __future__ import annotations

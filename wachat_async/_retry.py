@@ -1,24 +1,29 @@
-"""Retry policy and retry budget.
+"""Retries: the policy, the budget and the retry loop itself.
 
 Only the statuses Wachat documents as transient (502 and 504) are retried by default. Waits are
 "full jitter" exponential backoff; a total deadline bounds the whole call; ``Retry-After`` is
 honoured; and a :class:`RetryBudget` shared by a client stops retries from multiplying load when
-most calls fail. The client enters tenacity only after a first retryable failure, so a call that
-succeeds at once pays nothing for any of this.
+most calls fail. :class:`Retrier` is the loop: given the policy, the budget, a sleep and a clock,
+it runs attempts and decides after each failure. It enters tenacity only after a first
+retryable failure, so a call that succeeds at once pays nothing for any of this.
+
+The loop runs whatever attempt it is given and reads no client internals. Never imports the
+client, the transport or the stream; only the errors and the argument checks.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
 import random
-import re
+import sys
 import time
-from collections.abc import Callable, Iterable
-from datetime import datetime, timezone
-from email.utils import parsedate_to_datetime
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar
 
 import attrs
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
 from ._errors import (
     DeadlineExceededError,
@@ -28,18 +33,26 @@ from ._errors import (
     WachatError,
     WachatTimeoutError,
 )
+from ._validate import check_bool, check_number, shown
 
-_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+if sys.version_info >= (3, 11):
+    from asyncio import timeout as _timeout
+else:  # pragma: no cover - exercised on 3.10 only
+    from async_timeout import timeout as _timeout
 
 __all__ = [
+    "Retrier",
     "RetryBudget",
     "RetryEvent",
     "RetryPolicy",
     "backoff_wait",
     "is_transient",
     "is_transport_fault",
-    "parse_retry_after",
 ]
+
+logger = logging.getLogger("wachat_async")
+
+T = TypeVar("T")
 
 #: The statuses the Wachat API documents as transient.
 TRANSIENT_STATUSES: frozenset[int] = frozenset({502, 504})
@@ -111,30 +124,6 @@ def backoff_wait(
     return rand(0.0, ceiling) if ceiling > 0 else 0.0
 
 
-def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date).
-
-    Returns ``None`` for a missing, negative or unparsable value (the policy then uses its own
-    backoff), ``0.0`` for a date in the past, and ``inf`` for a number of seconds too large for
-    a float: a huge Retry-After means "not any time soon", so the policy gives up at once.
-    """
-    if value is None:
-        return None
-    value = value.strip()
-    if not value:
-        return None
-    if _SECONDS.fullmatch(value):
-        return float(value)  # ASCII digits only: float() cannot fail, and overflows to inf
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    now = datetime.now(timezone.utc) if now is None else now
-    return max(0.0, (when - now).total_seconds())
-
-
 @attrs.frozen(kw_only=True)
 class RetryEvent:
     """What ``RetryPolicy.on_retry`` receives before each retry's wait.
@@ -151,55 +140,45 @@ class RetryEvent:
     status: int | None = None
 
 
-def _shown(value: object) -> str:
-    """*value* for a validation message: a number as itself, anything else by type only (its
-    repr is the caller's text and may hold a secret)."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return repr(value)
-    return f"a {type(value).__name__}"
+# attrs validators: each is the one number (or flag) rule of _validate, named after the field.
 
 
 def _positive_int(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{attribute.name} must be an int >= 1, got {_shown(value)}")
+    # A wrong type is a ValueError here, as it always was for this field.
+    check_number(value, attribute.name, integer=True, minimum=1, type_error=ValueError)
 
 
 def _non_negative(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{attribute.name} must be a number, got {_shown(value)}")
-    if not (value >= 0 and math.isfinite(value)):
-        raise ValueError(f"{attribute.name} must be a finite number >= 0, got {value!r}")
+    check_number(value, attribute.name)
 
 
 def _reserve(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if value != math.inf:
-        _non_negative(instance, attribute, value)
+    check_number(value, attribute.name, infinite=True)
 
 
 def _deadline(instance: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
     if value is not None:
-        _non_negative(instance, attribute, value)
-        if value == 0:
+        if value == 0 and not isinstance(value, bool):
             raise ValueError("deadline must be > 0 (use None for no deadline)")
+        check_number(value, attribute.name, exclusive=True)
 
 
 def _flag(instance: object, attribute: attrs.Attribute[bool], value: bool) -> None:
-    if not isinstance(value, bool):
-        raise TypeError(f"{attribute.name} must be a bool, got {_shown(value)}")
+    check_bool(value, attribute.name)
 
 
 def _callable_or_none(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if value is not None and not callable(value):
-        raise TypeError(f"{attribute.name} must be callable or None, got {_shown(value)}")
+        raise TypeError(f"{attribute.name} must be callable or None, got {shown(value)}")
 
 
 def _statuses(value: Iterable[int]) -> frozenset[int]:
     if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
-        raise TypeError(f"statuses must be a collection of ints, got {_shown(value)}")
+        raise TypeError(f"statuses must be a collection of ints, got {shown(value)}")
     statuses = frozenset(value)
     for status in statuses:
         if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599:
-            raise ValueError(f"statuses must be HTTP status codes, got {_shown(status)}")
+            raise ValueError(f"statuses must be HTTP status codes, got {shown(status)}")
     return statuses
 
 
@@ -350,3 +329,258 @@ class RetryBudget:
             return True
         self.refused += 1
         return False
+
+
+async def _no_sleep(seconds: float) -> None:
+    """Zero-wait mode's sleep: yield to the loop once, never wait."""
+    await asyncio.sleep(0)
+
+
+class Retrier:
+    """The retry loop: runs one call's attempts under a :class:`RetryPolicy`.
+
+    Given everything it decides with, and nothing else: the *policy*, the *budget* its retries
+    draw on (shared by every call of a client), the *sleep* it waits with (``asyncio.sleep``,
+    or a zero-wait sleep when ``policy.zero_wait``) and the *clock* its deadline is measured on
+    (``time.monotonic`` by default; a test injects its own and so never waits for a deadline
+    in real time). *attempt_timeout* is the longest one attempt may take by itself (the
+    client's ``timeout.total``; ``None`` when unbounded).
+
+    :meth:`call` runs an attempt (any coroutine function whose first argument is the instance
+    name). Its fast path is bare: when an attempt cannot outlast the deadline on its own
+    (``guards_first_attempt`` is false) and does not have to queue for a connection first, the
+    first attempt runs with no deadline timer and no tenacity. After a retryable failure, or
+    when the first attempt needs the deadline, the rest of the call runs under
+    ``asyncio.timeout`` (armed with the time the clock says is left) with a fresh tenacity
+    ``AsyncRetrying``:
+
+    * before each retry one decision, in this order: ``max_attempts`` reached, ``Retry-After``
+      over ``max_retry_after``, a wait that would cross the deadline (by the clock), an empty
+      budget; any of them ends the call with the last real error;
+    * otherwise one INFO line on the ``wachat_async`` logger, ``policy.on_retry``, the wait;
+    * the error raised carries ``attempts`` and a note, ``gave up after N attempts in T s
+      (reason)``; a deadline that expires mid-attempt or mid-wait is a
+      :class:`DeadlineExceededError` chained to the last real error.
+
+    It never reads client internals; a retried attempt must release what it holds (its
+    response, its connection slot) before it raises.
+    """
+
+    __slots__ = ("budget", "clock", "guards_first_attempt", "policy", "sleep")
+
+    def __init__(
+        self,
+        policy: RetryPolicy,
+        budget: RetryBudget,
+        *,
+        attempt_timeout: float | None = None,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.policy = policy
+        self.budget = budget
+        if sleep is None:
+            sleep = _no_sleep if policy.zero_wait else asyncio.sleep
+        self.sleep: Callable[[float], Awaitable[None]] = sleep
+        self.clock = clock
+        deadline = policy.deadline
+        #: Whether even the first attempt runs under the deadline timer: only when its own
+        #: timeout may outlast the deadline.
+        self.guards_first_attempt = deadline is not None and (
+            attempt_timeout is None or attempt_timeout > deadline
+        )
+
+    async def call(
+        self,
+        name: str,
+        queue: asyncio.Semaphore | None,
+        attempt: Callable[..., Awaitable[T]],
+        *args: Any,
+    ) -> T:
+        """``await attempt(name, *args)`` under the policy; return its result or raise.
+
+        *queue* is the semaphore the attempt first waits in for a connection (or ``None``):
+        waiting counts toward the deadline, so when no slot is free the first attempt runs
+        under the deadline timer too.
+        """
+        policy = self.policy
+        self.budget.deposit()
+        started = self.clock()
+        if self.guards_first_attempt or (
+            # Semaphore.locked() without its per-call generator: no slot free, or a queue.
+            policy.deadline is not None
+            and queue is not None
+            and (queue._value <= 0 or queue._waiters)
+        ):
+            return await self._guarded(name, attempt, args, started, None)
+        try:
+            return await attempt(name, *args)
+        except WachatError as exc:
+            if policy.max_attempts == 1 or not policy.is_retryable(exc):
+                raise
+            first = exc
+        return await self._guarded(name, attempt, args, started, first)
+
+    async def _guarded(
+        self,
+        name: str,
+        attempt: Callable[..., Awaitable[T]],
+        args: tuple[Any, ...],
+        started: float,
+        first: WachatError | None,
+    ) -> T:
+        """The rest of a call under the deadline, retrying through tenacity."""
+        policy = self.policy
+        retry: _RetryState | None = None
+        remaining = None
+        if policy.deadline is not None:
+            remaining = policy.deadline - (self.clock() - started)
+        try:
+            async with _timeout(remaining):
+                if first is None:
+                    try:
+                        return await attempt(name, *args)
+                    except WachatError as exc:
+                        if policy.max_attempts == 1 or not policy.is_retryable(exc):
+                            raise
+                        first = exc
+                retry = _RetryState(self, name, started)
+                return await retry.run(first, attempt, args)
+        except WachatError as exc:
+            # First: a WachatTimeoutError is a TimeoutError too, and must not pass for the
+            # deadline's.
+            if retry is not None:
+                exc.attempts = retry.attempts
+                exc._note(retry.summary())
+            raise
+        except asyncio.TimeoutError:
+            if policy.deadline is None:  # pragma: no cover - no deadline, no timer to expire
+                raise
+            attempts = retry.attempts if retry else 1
+            error = DeadlineExceededError(
+                f"deadline of {policy.deadline:g} s exceeded after {attempts} attempt"
+                + ("s" if attempts != 1 else ""),
+                deadline=policy.deadline,
+                instance_name=name,
+                attempts=attempts,
+            )
+            raise error from (retry.last_error if retry else first)
+
+
+class _RetryState:
+    """Per-call retry bookkeeping: a fresh tenacity ``AsyncRetrying`` per call, never shared."""
+
+    __slots__ = (
+        "attempts",
+        "decided_for",
+        "last_error",
+        "name",
+        "next_wait",
+        "reason",
+        "retrier",
+        "started",
+        "stopping",
+    )
+
+    def __init__(self, retrier: Retrier, name: str, started: float) -> None:
+        self.retrier = retrier
+        self.name = name
+        self.started = started
+        self.attempts = 1
+        self.next_wait = 0.0
+        self.reason = ""
+        self.last_error: BaseException | None = None
+        self.decided_for = 0
+        self.stopping = False
+
+    async def run(
+        self, first: WachatError, attempt: Callable[..., Awaitable[T]], args: tuple[Any, ...]
+    ) -> T:
+        replay: list[WachatError] = [first]
+
+        async def once() -> T:
+            if replay:
+                raise replay.pop()
+            self.attempts += 1
+            return await attempt(self.name, *args)
+
+        retrying = AsyncRetrying(
+            stop=self._stop,
+            wait=self._wait,
+            retry=retry_if_exception(self.retrier.policy.is_retryable),
+            before_sleep=self._before_sleep,
+            sleep=self.retrier.sleep,
+            reraise=True,
+        )
+        return await retrying(once)
+
+    def _decide(self, state: RetryCallState) -> bool:
+        """Decide once per failed attempt whether to retry, and how long to wait first.
+
+        tenacity asks ``wait`` and ``stop`` separately (in an order that has changed between
+        its versions); both read this one decision, so the budget is charged at most once.
+        """
+        if self.decided_for == state.attempt_number:
+            return self.stopping
+        self.decided_for = state.attempt_number
+        self.stopping = True
+        policy = self.retrier.policy
+        error = state.outcome.exception() if state.outcome else None
+        self.last_error = error
+        if self.attempts >= policy.max_attempts:
+            self.reason = "max_attempts reached"
+            return True
+        retry_after = getattr(error, "retry_after", None) if policy.respect_retry_after else None
+        if retry_after is not None and retry_after > policy.max_retry_after:
+            self.reason = (
+                f"Retry-After of {retry_after:g} s is over max_retry_after="
+                f"{policy.max_retry_after:g} s"
+            )
+            return True
+        wait = policy.compute_wait(self.attempts - 1, retry_after)
+        elapsed = self.retrier.clock() - self.started
+        if policy.deadline is not None and elapsed + wait >= policy.deadline:
+            self.reason = f"waiting {wait:.2f} s would cross the {policy.deadline:g} s deadline"
+            return True
+        if not self.retrier.budget.try_withdraw():
+            self.reason = "retry budget exhausted"
+            return True
+        self.next_wait = wait
+        self.stopping = False
+        return False
+
+    def _stop(self, state: RetryCallState) -> bool:
+        return self._decide(state)
+
+    def _wait(self, state: RetryCallState) -> float:
+        return 0.0 if self._decide(state) else self.next_wait
+
+    def _before_sleep(self, state: RetryCallState) -> None:
+        policy = self.retrier.policy
+        error = self.last_error
+        assert isinstance(error, WachatError)
+        status = getattr(error, "status", None)
+        logger.info(
+            "Retrying QR call for instance %r: attempt %d of %d failed with %s; waiting %.2f s",
+            self.name,
+            self.attempts,
+            policy.max_attempts,
+            status if status is not None else type(error).__name__,
+            self.next_wait,
+        )
+        if policy.on_retry is not None:
+            policy.on_retry(
+                RetryEvent(
+                    instance_name=self.name,
+                    attempt=self.attempts,
+                    wait=self.next_wait,
+                    error=error,
+                    status=status,
+                )
+            )
+
+    def summary(self) -> str:
+        elapsed = self.retrier.clock() - self.started
+        plural = "s" if self.attempts != 1 else ""
+        text = f"gave up after {self.attempts} attempt{plural} in {elapsed:.1f} s"
+        return f"{text} ({self.reason})" if self.reason else text

@@ -12,6 +12,9 @@ The safer ways to show a QR in a page keep the key on the server:
   ``examples/fastapi_proxy.py``); the page then uses ``<img src="/qr/NAME.png">``.
 
 The query string is built by yarl, so no instance name or key can add, drop or break parameters.
+
+Uses only the argument checks (``_validate``) and redaction; never imports the client, the
+transport or the retry loop.
 """
 
 from __future__ import annotations

@@ -1,23 +1,51 @@
-"""Input checks shared by the client and the URL builder.
+"""Every argument check of wachat-async, in one place.
 
-Wachat documents no grammar for instance names (see related-endpoints.md), so the client only
-rejects what can never be a valid name and what could smuggle structure into a request: empty or
-whitespace-only names and control characters (CR/LF, NUL, ...). Query encoding itself is yarl's job.
+One rule per kind of input, shared by whoever takes that input (the client, the retry policy
+and budget, the polling helpers, the URL builder, the CLI):
+
+* :func:`check_number`: every number (timeouts, limits, waits, ratios, intervals, counts);
+  bools are never numbers, and a rejected value that is not a number is named by its type
+  only (its repr is the caller's text, and may hold a secret);
+* one control-character rule (C0, DEL, C1 and lone surrogates are never sent) behind
+  :func:`check_instance_name`, :func:`check_api_key` and :func:`check_user_agent`;
+* :func:`check_api_key`: the one key check (its messages never quote the key);
+* :func:`is_loopback_host`: the one loopback rule.
+
+Wachat documents no grammar for instance names (see related-endpoints.md), so only what can
+never be a valid name, or could smuggle structure into a request, is refused: empty or
+whitespace-only names and control characters (CR/LF, NUL, ...). Query encoding is yarl's job.
+
+Pure checks: no I/O, no state. Never imports the client, the transport, the retry loop or the
+models; only the errors it raises.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
-from typing import Final
+from typing import Final, TypeVar
+
+import aiohttp
 
 from ._errors import InvalidInstanceNameError
 
-__all__ = ["check_api_key", "check_instance_name", "check_user_agent", "is_loopback_host"]
+__all__ = [
+    "check_api_key",
+    "check_bool",
+    "check_instance_name",
+    "check_number",
+    "check_timeout",
+    "check_user_agent",
+    "is_loopback_host",
+    "shown",
+]
 
-# C0 controls, DEL and C1 controls.
+N = TypeVar("N", int, float)
+
+# The one control-character rule: C0 controls, DEL, C1 controls, and lone surrogates (which
+# cannot be encoded as UTF-8: yarl and aiohttp would drop or mangle them).
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-_SURROGATE = re.compile(r"[\ud800-\udfff]")
 _UNSENDABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 _SHOWN_CHARS: Final = 64  # of a rejected name, in its error message
 
@@ -61,7 +89,7 @@ def check_api_key(key: object) -> str:
         raise TypeError(f"api_key must be a str, not {type(key).__name__}")
     if not key.strip():
         raise ValueError("api_key must not be empty or whitespace")
-    if _CONTROL.search(key) or _SURROGATE.search(key) or key != key.strip():
+    if _UNSENDABLE.search(key) or key != key.strip():
         raise ValueError("api_key must not contain control characters or surrounding whitespace")
     return key
 
@@ -116,3 +144,75 @@ def is_loopback_host(host: str) -> bool:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return address.ipv4_mapped.is_loopback
     return address.is_loopback
+
+
+def shown(value: object) -> str:
+    """*value* for a validation message: a number as itself, anything else by type only (its
+    repr is the caller's text and may hold a secret)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return repr(value)
+    return f"a {type(value).__name__}"
+
+
+def check_number(
+    value: object,
+    what: str,
+    *,
+    integer: bool = False,
+    minimum: float = 0,
+    exclusive: bool = False,
+    below: float | None = None,
+    infinite: bool = False,
+    type_error: type[Exception] = TypeError,
+) -> float:
+    """Return *value* if it is a number in range, else raise; the one number validator.
+
+    *integer* asks for an ``int``; otherwise an ``int`` or a ``float``, and finite unless
+    *infinite*. The value must be ``>= minimum`` (``> minimum`` when *exclusive*) and, when
+    *below* is given, ``< below``. A ``bool`` is never a number. Raises *type_error*
+    (``TypeError``) for the wrong type and ``ValueError`` for a value out of range (NaN
+    included), both saying what *what* must be::
+
+        >>> check_number(0, "max_attempts", integer=True, minimum=1)
+        Traceback (most recent call last):
+        ValueError: max_attempts must be an int >= 1, got 0
+    """
+    kind = "an int" if integer else ("a number" if infinite else "a finite number")
+    rule = f"{'>' if exclusive else '>='} {minimum:g}"
+    if below is not None:
+        rule += f" and < {below:g}"
+    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+        raise type_error(f"{what} must be {kind} {rule}, got {shown(value)}")
+    if not (
+        (value > minimum if exclusive else value >= minimum)
+        and (below is None or value < below)
+        and (infinite or math.isfinite(value))
+    ):
+        raise ValueError(f"{what} must be {kind} {rule}, got {shown(value)}")
+    return value
+
+
+def check_bool(value: object, what: str) -> bool:
+    """Return *value* if it is a ``bool`` (not merely truthy), else raise ``TypeError``."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{what} must be a bool, got {shown(value)}")
+    return value
+
+
+def check_timeout(value: object) -> aiohttp.ClientTimeout | None:
+    """A per-attempt timeout: ``None`` (the default), an ``aiohttp.ClientTimeout`` with a
+    ``total`` or a ``sock_read`` limit, or a positive, finite number of seconds (which sets
+    ``total``, and ``sock_connect`` to at most 10 s)."""
+    if value is None:
+        return None
+    if isinstance(value, aiohttp.ClientTimeout):
+        if value.total is None and value.sock_read is None:
+            raise ValueError("timeout needs a total or a sock_read limit")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(
+            "timeout must be a positive number of seconds or an aiohttp.ClientTimeout, "
+            f"got {shown(value)}"
+        )
+    seconds = float(check_number(value, "timeout (seconds)", exclusive=True))
+    return aiohttp.ClientTimeout(total=seconds, sock_connect=min(seconds, 10.0))

@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from wachat_async import InvalidImageError, QRImage, RetryPolicy, WachatClient, WachatError
 from wachat_async._models import PNG_SIGNATURE, check_png_end, png_dimensions
 from wachat_async._redact import excerpt, redact
-from wachat_async._retry import parse_retry_after
+from wachat_async._transport import parse_retry_after
 
 from ._raw_server import Close, RawServer, RecordedRequest, Send, make_png
 from .conftest import KEY, assert_clean_exception, assert_pool_clean, leaked

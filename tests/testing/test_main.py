@@ -66,9 +66,10 @@ def test_cli_serves_the_readme_names_by_default() -> None:
 
 
 def test_default_names_cover_every_name_the_docs_expect_to_exist() -> None:
-    """Every t1_ name in the README and examples is served, except the ones shown missing."""
+    """Every t1_ name in the README, docs and examples is served, except the ones shown missing."""
     root = ROOT
-    texts = [root / "README.md", *sorted((root / "examples").glob("*.py"))]
+    texts = [root / "README.md", *sorted((root / "docs").rglob("*.md"))]
+    texts += sorted((root / "examples").rglob("*.py"))
     used = {m for path in texts for m in re.findall(r"\bt1_[A-Za-z0-9_]+", path.read_text())}
     # Names the docs use as the example of a missing or failing instance.
     missing = {n for n in used if re.search(r"gone|no_such|nothere|typo|stroe", n)}

@@ -1,0 +1,125 @@
+"""Enqueue one ``fetch_qr`` task per distinct instance name and wait for every result.
+
+Install: ``pip install -e '.[fleet]'``. Run from the repository root, with workers running
+(``taskiq worker examples.taskiq_fleet.worker:broker --workers 2``) and the same ``REDIS_URL``::
+
+    python -m examples.taskiq_fleet.produce --names-file names.txt --out-dir qr-codes
+
+``--names-file`` has one name per line (blank lines and ``#`` comments skipped, ``-`` for
+stdin); each distinct name is sent once. ``--out-dir`` is made absolute here, because the
+workers may run elsewhere (on other machines it must be a shared folder). Each failed
+instance is one line on stderr (``NAME: ErrorType: message``, key redacted); the last line on
+stdout is ``{"ok": N, "failed": M, "seconds": S}``. Exit status 0 when every name was saved,
+1 when any failed or ``--timeout`` passed first (the names still waiting count as failed),
+2 for a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from taskiq import AsyncTaskiqTask
+
+from .worker import broker, fetch_qr
+
+__all__ = ["main", "read_names", "run"]
+
+#: Tasks sent, and results awaited, at once.
+CONCURRENCY = 64
+
+
+def read_names(lines: Iterable[str]) -> list[str]:
+    """The distinct names in *lines*, in first-seen order (blank lines and ``#`` skipped)."""
+    names: dict[str, None] = {}
+    for line in lines:
+        name = line.strip()
+        if name and not name.startswith("#"):
+            names.setdefault(name, None)
+    return list(names)
+
+
+async def run(
+    names: Sequence[str], out_dir: str, *, timeout: float | None = None
+) -> tuple[list[dict[str, Any]], float]:
+    """Send a task per name, wait for all (or *timeout* s); return the outcomes and seconds."""
+    started = time.perf_counter()
+    outcomes: dict[str, dict[str, Any]] = {}
+    await broker.startup()
+    try:
+        sent = await _send(names, out_dir)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(_collect(sent, outcomes), timeout)
+    finally:
+        await broker.shutdown()
+    for name in names:
+        if name not in outcomes:
+            error = f"no result within {timeout} s"
+            outcomes[name] = {"instance": name, "ok": False, "error": error, "file": None}
+    return [outcomes[name] for name in names], time.perf_counter() - started
+
+
+Sent = list[tuple[str, AsyncTaskiqTask[dict[str, Any]]]]
+
+
+async def _send(names: Sequence[str], out_dir: str) -> Sent:
+    sent: Sent = []
+    for start in range(0, len(names), CONCURRENCY):
+        chunk = names[start : start + CONCURRENCY]
+        tasks = await asyncio.gather(*(fetch_qr.kiq(name, out_dir) for name in chunk))
+        sent += zip(chunk, tasks, strict=True)
+    return sent
+
+
+async def _collect(sent: Sent, outcomes: dict[str, dict[str, Any]]) -> None:
+    """Wait for the results in the order sent: by the time the first is in, most are."""
+    queue = iter(sent)
+
+    async def waiter() -> None:
+        for name, task in queue:
+            result = await task.wait_result(check_interval=0.05)
+            if result.is_err:  # the task raised something other than a WachatError or OSError
+                error = f"task failed: {result.error!r}"
+                outcomes[name] = {"instance": name, "ok": False, "error": error, "file": None}
+            else:
+                outcomes[name] = result.return_value
+
+    await asyncio.gather(*(waiter() for _ in range(min(CONCURRENCY, len(sent)))))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m examples.taskiq_fleet.produce", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--names-file", required=True, help="one name per line; - for stdin")
+    parser.add_argument("--out-dir", required=True, help="folder for NAME.png (shared)")
+    parser.add_argument("--timeout", type=float, default=None, help="seconds; default: none")
+    args = parser.parse_args(argv)
+    if args.timeout is not None and not args.timeout > 0:
+        parser.error("--timeout must be > 0")
+    try:
+        if args.names_file == "-":
+            names = read_names(sys.stdin)
+        else:
+            names = read_names(Path(args.names_file).read_text(encoding="utf-8").splitlines())
+    except (OSError, UnicodeDecodeError) as exc:
+        parser.error(f"cannot read --names-file: {exc}")
+    out_dir = str(Path(args.out_dir).absolute())
+    outcomes, seconds = asyncio.run(run(names, out_dir, timeout=args.timeout))
+    failed = [o for o in outcomes if not o["ok"]]
+    for outcome in failed:
+        print(f"{outcome['instance']}: {outcome['error']}", file=sys.stderr)
+    summary = {"ok": len(outcomes) - len(failed), "failed": len(failed), "seconds": seconds}
+    print(json.dumps({**summary, "seconds": round(seconds, 3)}), flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,287 @@
+"""taskiq workers that fetch Wachat QR codes: the broker, the ``fetch_qr`` task, one client each.
+
+Install: ``pip install -e '.[fleet]'`` (taskiq and taskiq-redis). Run, from the repository root::
+
+    export REDIS_URL=redis://127.0.0.1:6379/0 WACHAT_API_KEY=...
+    taskiq worker examples.taskiq_fleet.worker:broker --workers 2
+
+Each worker process opens one :class:`~wachat_async.WachatClient` when it starts (its key and
+base URL from ``WACHAT_API_KEY`` / ``WACHAT_BASE_URL``) and closes it when it stops, so every
+task in that process shares one connection pool and one retry budget.
+
+Nothing is lost when a worker dies. Tasks travel on a Redis stream read by one consumer group
+(:class:`ReclaimingStreamBroker`, a taskiq-redis ``RedisStreamBroker``): a task stays in the
+group's pending list until the worker that runs it has saved its result and acknowledged it.
+What the stock broker lacks, this one adds:
+
+- **A reclaim timer.** Every ``reclaim_interval`` seconds (1 s) each worker runs ``XAUTOCLAIM``
+  with a minimum idle time of ``idle_timeout`` ms (5 s here; the stock default is 10 minutes)
+  and runs what it claimed. The stock broker reclaims only after a read that returned new
+  messages, so the tasks of a killed worker waited for new traffic that might never come.
+- **A keep-alive.** Every ``keepalive_interval`` seconds (1 s) each worker re-claims the
+  messages it holds (``XCLAIM ... JUSTID``: read but not yet acknowledged, queued or running),
+  which resets their idle time. So the idle time can be short whatever a task's duration:
+  only the messages of a worker that stopped renewing them (killed, frozen, cut off from
+  Redis) go idle and are delivered again, a few seconds after it stopped.
+- **Acknowledged means deleted.** An acknowledgement is ``XACK`` + ``XDEL`` in one
+  transaction, so the stream holds only the tasks not yet done and never needs a ``MAXLEN``
+  (trimming can drop a task nobody has run).
+
+The trade-off: a worker whose event loop is blocked for longer than ``idle_timeout`` (a long
+synchronous call) or that loses Redis for that long has its tasks run a second time by another
+worker. For ``fetch_qr`` that is harmless: a second fetch saves the same file again, atomically
+(temp file + rename), and sets the same result. Raise ``idle_timeout`` if your tasks can
+block their loop that long; the price is that a dead worker's tasks wait that long.
+
+Retries are per process. Each worker's client has its own ``RetryBudget``: in a 502 storm
+every process adds at most ``ratio`` (20%) retries over its own calls, so the fleet adds at most
+20% too; but the reserve ``min_retries_per_second`` (2 by default) is per process, so N
+processes may retry 2 x N times a second even when almost no call succeeds. Set
+``WACHAT_MIN_RETRIES_PER_SECOND`` to the fleet-wide floor you accept divided by the number of
+worker processes (for example 0.1 for 20 processes and a floor of 2 a second).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from taskiq import AckableMessage, TaskiqEvents, TaskiqState
+from taskiq.serializers import JSONSerializer
+from taskiq_redis import RedisAsyncResultBackend, RedisStreamBroker
+
+from wachat_async import RetryBudget, WachatClient, WachatError
+
+__all__ = ["ReclaimingStreamBroker", "broker", "fetch_qr", "png_path"]
+
+log = logging.getLogger("examples.taskiq_fleet")
+
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+#: The Redis stream the tasks travel on (and its consumer group has the same name).
+QUEUE = "wachat-fleet"
+#: How long a result waits in Redis for the producer to read it.
+RESULT_TTL_SECONDS = 3600
+
+
+class ReclaimingStreamBroker(RedisStreamBroker):
+    """A ``RedisStreamBroker`` that re-delivers a dead worker's tasks within seconds.
+
+    ``idle_timeout`` (ms): a pending message idle this long belongs to a worker that stopped
+    renewing it and may be claimed by another. ``reclaim_interval`` (s): how often each worker
+    looks for such messages (``XAUTOCLAIM``, at most ``unacknowledged_batch_size`` a time).
+    ``keepalive_interval`` (s, default a fifth of ``idle_timeout``): how often each worker
+    renews the messages it holds. ``xread_block`` (ms) is capped at ``reclaim_interval``.
+    Other arguments are ``RedisStreamBroker``'s; ``consumer_id`` defaults to ``"0"``, so a group
+    created after tasks were sent still delivers them, and the default ``consumer_name`` is
+    ``HOST-PID-RANDOM``, chosen when the process starts reading (``XINFO CONSUMERS`` then
+    says which worker holds what).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        idle_timeout: int = 5000,
+        reclaim_interval: float = 1.0,
+        keepalive_interval: float | None = None,
+        consumer_id: str = "0",
+        **kwargs: Any,
+    ) -> None:
+        if keepalive_interval is None:
+            keepalive_interval = idle_timeout / 1000 / 5
+        if not 0 < keepalive_interval < idle_timeout / 1000:
+            raise ValueError("keepalive_interval must be above 0 and below idle_timeout")
+        if reclaim_interval <= 0:
+            raise ValueError("reclaim_interval must be above 0")
+        super().__init__(url, idle_timeout=idle_timeout, consumer_id=consumer_id, **kwargs)
+        self._name_consumer = kwargs.get("consumer_name") is None
+        self.block = min(self.block, max(1, int(reclaim_interval * 1000)))
+        self.reclaim_interval = reclaim_interval
+        self.keepalive_interval = keepalive_interval
+        #: Message ids this process holds (read or claimed, not yet acknowledged), per stream.
+        self.held: dict[bytes, set[bytes]] = {}
+        self._cursors: dict[bytes, bytes] = {}
+        self._keepalive: asyncio.Task[None] | None = None
+        # One client object on the pool: building one per acknowledgement costs ~0.5 ms.
+        self._redis = Redis(connection_pool=self.connection_pool)
+
+    def _streams(self) -> list[bytes]:
+        return [_b(s) for s in (self.queue_name, *self.additional_streams)]
+
+    def _hold(self, stream: bytes, msg_id: bytes, data: bytes) -> AckableMessage:
+        self.held.setdefault(stream, set()).add(msg_id)
+        return AckableMessage(data=data, ack=self._ack_generator(msg_id, stream))
+
+    def _ack_generator(  # type: ignore[override]  # bytes from Redis, not str
+        self, id: bytes, queue_name: bytes
+    ) -> Callable[[], Awaitable[None]]:
+        async def ack() -> None:
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.xack(queue_name, self.consumer_group_name, id)
+            pipe.xdel(queue_name, id)
+            await pipe.execute()
+            self.held.get(queue_name, set()).discard(id)
+
+        return ack
+
+    async def listen(self) -> AsyncGenerator[AckableMessage, None]:
+        """New messages (``XREADGROUP``), and every ``reclaim_interval`` the idle ones."""
+        if self._name_consumer:  # named here, in the process that reads (taskiq forks)
+            self.consumer_name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            self._name_consumer = False
+        if self._keepalive is None:
+            self._keepalive = asyncio.create_task(self._keep_alive())
+        loop = asyncio.get_running_loop()
+        next_reclaim = loop.time()
+        streams: dict[Any, Any] = {self.queue_name: ">", **self.additional_streams}
+        async with Redis(connection_pool=self.connection_pool) as conn:
+            while True:
+                ready: list[AckableMessage] = []
+                try:
+                    if loop.time() >= next_reclaim:
+                        for stream in self._streams():
+                            ready += await self._reclaim(conn, stream)
+                        next_reclaim = loop.time() + self.reclaim_interval
+                    fetched: Any = await conn.xreadgroup(  # redis-py's reply type is loose
+                        self.consumer_group_name,
+                        self.consumer_name,
+                        streams,
+                        block=self.block,
+                        count=self.count,
+                    )
+                    for stream, entries in fetched or []:
+                        ready += [self._hold(_b(stream), i, f[b"data"]) for i, f in entries]
+                except (RedisConnectionError, RedisTimeoutError) as exc:
+                    # A Redis restart or failover: read again shortly. What was claimed
+                    # already is still run below; the rest stays pending in Redis.
+                    log.warning("Redis unavailable (%s); reading again shortly", exc)
+                    await asyncio.sleep(self.reclaim_interval)
+                for message in ready:
+                    yield message
+
+    async def _reclaim(self, conn: Redis, stream: bytes) -> list[AckableMessage]:
+        """One ``XAUTOCLAIM`` step over *stream*, the scan resumed where the last one ended."""
+        reply: Any = await conn.xautoclaim(
+            stream,
+            self.consumer_group_name,
+            self.consumer_name,
+            min_idle_time=self.idle_timeout,
+            start_id=self._cursors.get(stream, b"0-0"),
+            count=self.unacknowledged_batch_size,
+        )
+        self._cursors[stream] = reply[0]
+        claimed = [(i, f) for i, f in reply[1] if f]  # Redis < 7 lists deleted entries as nil
+        if claimed:
+            log.warning("re-delivering %d unacknowledged task(s) from %r", len(claimed), stream)
+        return [self._hold(stream, msg_id, fields[b"data"]) for msg_id, fields in claimed]
+
+    async def _keep_alive(self) -> None:
+        """Reset the idle time of every message this process holds, forever."""
+        while True:
+            await asyncio.sleep(self.keepalive_interval)
+            try:
+                for stream, ids in list(self.held.items()):
+                    batch: list[Any] = list(ids)
+                    for start in range(0, len(batch), 1000):
+                        await self._redis.xclaim(
+                            stream,
+                            self.consumer_group_name,
+                            self.consumer_name,
+                            min_idle_time=0,
+                            message_ids=batch[start : start + 1000],
+                            justid=True,
+                        )
+            except Exception:  # Redis away for a moment: try again on the next tick
+                log.warning("keep-alive failed; retrying", exc_info=True)
+
+    async def shutdown(self) -> None:
+        """Stop renewing held messages (another worker takes them over), then close."""
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keepalive
+            self._keepalive = None
+        await super().shutdown()
+
+
+def _b(value: str | bytes) -> bytes:
+    return value.encode() if isinstance(value, str) else value
+
+
+broker = ReclaimingStreamBroker(
+    REDIS_URL,
+    queue_name=QUEUE,
+    consumer_group_name=QUEUE,
+    xread_count=32,
+).with_result_backend(
+    RedisAsyncResultBackend(
+        REDIS_URL,
+        keep_results=False,  # the producer's read deletes the result
+        result_ex_time=RESULT_TTL_SECONDS,
+        serializer=JSONSerializer(),  # not pickle: reading a result never runs code
+        prefix_str=f"{QUEUE}:result",
+    )
+)
+
+
+@broker.on_event(TaskiqEvents.WORKER_STARTUP)
+async def open_client(state: TaskiqState) -> None:
+    """One client per worker process: one connection pool, one retry budget."""
+    floor = float(os.environ.get("WACHAT_MIN_RETRIES_PER_SECOND", "2"))
+    client = WachatClient(retry_budget=RetryBudget(min_retries_per_second=floor))
+    state.wachat_client = await client.__aenter__()
+
+
+@broker.on_event(TaskiqEvents.WORKER_SHUTDOWN)
+async def close_client(state: TaskiqState) -> None:
+    """Close this process's client (after its last task)."""
+    client: WachatClient | None = state.data.pop("wachat_client", None)
+    if client is not None:
+        await client.aclose()
+
+
+def png_path(out_dir: str | os.PathLike[str], instance_name: str) -> Path:
+    """Where ``fetch_qr`` saves *instance_name*'s PNG: ``OUT_DIR/NAME.png``.
+
+    ``%``, ``/`` and ``\\`` in the name are percent-encoded, so every name maps to its own file
+    inside *out_dir* (``../x`` becomes ``..%2Fx.png``).
+    """
+    safe = "".join(f"%{ord(c):02X}" if c in "%/\\" else c for c in instance_name)
+    return Path(out_dir) / f"{safe}.png"
+
+
+@broker.task(task_name="wachat.fetch_qr")
+async def fetch_qr(instance_name: str, out_dir: str) -> dict[str, Any]:
+    """Save *instance_name*'s QR PNG into *out_dir*; return a JSON-able outcome.
+
+    ``{"instance": name, "ok": True, "error": None, "file": "/abs/OUT_DIR/NAME.png"}``, or
+    ``ok`` False with ``error`` (``"InstanceNotFoundError: ..."``, key redacted) and ``file``
+    None. A re-delivered task saves the same file again, atomically. Outside a worker (a
+    direct call) it opens a client for this call.
+    """
+    client: WachatClient | None = broker.state.data.get("wachat_client")
+    try:
+        target = png_path(out_dir, instance_name).absolute()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if client is None:
+            async with WachatClient() as own:
+                await own.save_qr_image(instance_name, target)
+        else:
+            await client.save_qr_image(instance_name, target)
+    except (WachatError, OSError) as exc:
+        return {"instance": instance_name, "ok": False, "error": _describe(exc), "file": None}
+    return {"instance": instance_name, "ok": True, "error": None, "file": str(target)}
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"

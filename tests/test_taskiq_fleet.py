@@ -1,0 +1,516 @@
+"""examples/taskiq_fleet: taskiq workers and the producer against a real redis-server, fake API.
+
+Each test starts what it needs on loopback: Debian's ``redis-server`` (on a free port, no
+persistence), a :class:`FakeWachatServer` on a thread, ``taskiq worker`` subprocesses (each in
+its own process group, killed in teardown) and the producer as a subprocess, exactly as the
+recipe's README runs them. Without ``redis-server`` the module is skipped locally and fails in
+CI (``CI=true``): there it must run.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import contextlib
+import importlib.metadata
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from wachat_async.testing import FakeWachatServer
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPE = ROOT / "examples" / "taskiq_fleet"
+REDIS_SERVER = shutil.which("redis-server")
+TASKIQ = Path(sys.executable).with_name("taskiq")
+KEY = "wk_fleet_T0PSECRET_9d8c7b6a"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+NAMES = [f"t1_{i:08x}_fleet_store" for i in range(2000)]
+
+if REDIS_SERVER is None:
+    reason = "needs Debian's redis-server (apt-get install redis-server; .ci/run installs it)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(reason, pytrace=False)  # a skip in CI would hide a missing install step
+    pytest.skip(reason, allow_module_level=True)
+
+import redis  # noqa: E402 - after the skip: the fleet extra brings it
+import redis.asyncio  # noqa: E402
+
+from examples.taskiq_fleet import produce, worker  # noqa: E402
+
+
+def _until(condition: Callable[[], bool], what: str, *, limit: float = 60.0) -> None:
+    """Poll *condition* every 20 ms, failing with *what* if it does not hold within *limit* s."""
+    end = time.monotonic() + limit
+    while not condition():
+        if time.monotonic() > end:
+            pytest.fail(f"gave up waiting for {what}")
+        time.sleep(0.02)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="module")
+def redis_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """A private redis-server on a free loopback port, no persistence; killed at the end."""
+    assert REDIS_SERVER is not None
+    folder = tmp_path_factory.mktemp("redis")
+    options = ("--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
+    for _ in range(5):  # another process may take the free port first: try another
+        port = _free_port()
+        proc = subprocess.Popen(  # noqa: S603 - a fixed program on loopback
+            [REDIS_SERVER, *options, "--port", str(port), "--dir", str(folder)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            client = redis.Redis(port=port, socket_timeout=1)
+
+            def up(client: redis.Redis = client, proc: subprocess.Popen[bytes] = proc) -> bool:
+                if proc.poll() is not None:
+                    return True
+                try:
+                    return bool(client.ping())
+                except redis.ConnectionError:
+                    return False
+
+            _until(up, "redis-server to answer PING", limit=20)
+            if proc.poll() is None:
+                yield port
+                return
+        finally:
+            proc.kill()
+            proc.wait()
+    pytest.fail("redis-server did not start on any of 5 free ports")
+
+
+@pytest.fixture
+def redis_url(redis_port: int) -> str:
+    """The private Redis, emptied for this test."""
+    redis.Redis(port=redis_port).flushall()
+    return f"redis://127.0.0.1:{redis_port}/0"
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeWachatServer]:
+    """The fake API on a thread; every name exists; requests not logged (thousands of them)."""
+    server = FakeWachatServer(KEY, auto_create=True, qr_rotation=None, max_logged_requests=0)
+    with server.run_in_thread() as running:
+        yield running
+
+
+def _env(redis_url: str, server: FakeWachatServer) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(REDIS_URL=redis_url, WACHAT_BASE_URL=server.base_url, WACHAT_API_KEY=KEY)
+    return env
+
+
+class Fleet:
+    """taskiq worker groups started by one test, all SIGKILLed (whole process group) at the end."""
+
+    def __init__(self, tmp: Path, env: dict[str, str]) -> None:
+        self.tmp, self.env = tmp, env
+        self.groups: list[subprocess.Popen[bytes]] = []
+
+    def start(self, processes: int) -> subprocess.Popen[bytes]:
+        """``taskiq worker examples.taskiq_fleet.worker:broker --workers N`` in a new session."""
+        index = len(self.groups)
+        workers = ("--workers", str(processes), "--log-level", "WARNING")
+        with (self.tmp / f"worker{index}.log").open("wb") as log:
+            proc = subprocess.Popen(  # noqa: S603 - our venv's taskiq, fixed arguments
+                [str(TASKIQ), "worker", "examples.taskiq_fleet.worker:broker", *workers],
+                cwd=ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.groups.append(proc)
+        return proc
+
+    def log(self, index: int) -> str:
+        return (self.tmp / f"worker{index}.log").read_text(encoding="utf-8", errors="replace")
+
+    def kill(self, proc: subprocess.Popen[bytes]) -> None:
+        """SIGKILL the group: the taskiq manager and its worker processes, no clean-up."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    def close(self) -> None:
+        for proc in self.groups:
+            self.kill(proc)
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, redis_url: str, fake: FakeWachatServer) -> Iterator[Fleet]:
+    """Worker groups for this test, pointed at the private Redis and the fake API."""
+    started = Fleet(tmp_path, _env(redis_url, fake))
+    try:
+        yield started
+    finally:
+        started.close()
+
+
+def _produce(fleet: Fleet, names: list[str], out: Path, *extra: str) -> subprocess.Popen[str]:
+    names_file = fleet.tmp / "names.txt"
+    names_file.write_text("".join(f"{n}\n" for n in names), encoding="utf-8")
+    options = ("--names-file", str(names_file), "--out-dir", str(out))
+    return subprocess.Popen(  # noqa: S603 - our interpreter, fixed arguments
+        [sys.executable, "-m", "examples.taskiq_fleet.produce", *options, *extra],
+        cwd=ROOT,
+        env=fleet.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _finish(producer: subprocess.Popen[str]) -> tuple[int, dict[str, Any], str]:
+    """Wait for the producer; its exit status, last stdout line as JSON, and stderr."""
+    try:
+        out, err = producer.communicate(timeout=240)
+    finally:
+        producer.kill()
+    summary = json.loads(out.splitlines()[-1])
+    return producer.returncode, summary, err
+
+
+def _pngs(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes()[:8] for p in out.iterdir() if p.name.endswith(".png")}
+
+
+def _redis_left(redis_url: str) -> tuple[int, int]:
+    """(entries in the task stream, pending entries of its group) once a run is over."""
+    client = redis.Redis.from_url(redis_url)
+    pending = client.xpending(worker.QUEUE, worker.QUEUE)["pending"]
+    return client.xlen(worker.QUEUE), pending
+
+
+def test_two_thousand_names_over_two_workers_give_one_png_each(
+    fleet: Fleet, tmp_path: Path, redis_url: str
+) -> None:
+    """2,000 names, `--workers 2`: exit 0, ok 2000, exactly one PNG per name, Redis left empty."""
+    fleet.start(2)
+    out = tmp_path / "qr"
+    code, summary, err = _finish(_produce(fleet, NAMES, out))
+    assert (code, summary["ok"], summary["failed"], err) == (0, 2000, 0, "")
+    assert set(summary) == {"ok", "failed", "seconds"}
+    assert summary["seconds"] > 0
+    pngs = _pngs(out)
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{n}.png" for n in NAMES)
+    assert set(pngs.values()) == {PNG_SIGNATURE}
+    assert _redis_left(redis_url) == (0, 0)
+    assert KEY not in fleet.log(0)
+
+
+def _consumers(redis_url: str) -> dict[int, int]:
+    """Pending messages per consumer, keyed by the pid in the recipe's ``HOST-PID-RANDOM`` names."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        rows = client.xpending(worker.QUEUE, worker.QUEUE)["consumers"]
+    except redis.ResponseError:  # no group yet
+        return {}
+    return {int(row["name"].decode().split("-")[-2]): row["pending"] for row in rows}
+
+
+def _worker_pid(group: subprocess.Popen[bytes]) -> int:
+    """The pid of the one worker process a `--workers 1` taskiq manager forked."""
+    children: list[int] = []
+
+    def forked() -> bool:
+        path = Path(f"/proc/{group.pid}/task/{group.pid}/children")
+        children[:] = [int(pid) for pid in path.read_text().split()] if path.exists() else []
+        return len(children) == 1
+
+    _until(forked, "the taskiq manager to fork its worker")
+    return children[0]
+
+
+def test_a_worker_killed_mid_run_loses_nothing(
+    fleet: Fleet, tmp_path: Path, redis_url: str
+) -> None:
+    """SIGKILL one of two worker groups while it holds tasks: the other runs them, all 2,000."""
+    victim, survivor = fleet.start(1), fleet.start(1)
+    victim_pid = _worker_pid(victim)
+    out = tmp_path / "qr"
+    producer = _produce(fleet, NAMES, out)
+    _until(
+        lambda: _consumers(redis_url).get(victim_pid, 0) >= 10 and len(_pngs(out)) >= 200,
+        "the victim to hold tasks after 200 results",
+        limit=120,
+    )
+    fleet.kill(victim)
+    held_when_killed = _consumers(redis_url)[victim_pid]
+    code, summary, err = _finish(producer)
+    assert (code, summary["ok"], summary["failed"], err) == (0, 2000, 0, "")
+    pngs = _pngs(out)
+    assert sorted(pngs) == sorted(f"{n}.png" for n in NAMES)
+    assert set(pngs.values()) == {PNG_SIGNATURE}
+    # A save cut by SIGKILL may leave its temporary file; nothing else is there.
+    assert [p.name for p in out.iterdir() if not p.name.endswith((".png", ".part"))] == []
+    assert held_when_killed >= 1
+    assert "re-delivering" in fleet.log(1)
+    assert survivor.poll() is None
+    assert _redis_left(redis_url) == (0, 0)
+
+
+def test_failures_are_outcomes_on_stderr_and_the_exit_status(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """Unknown and invalid names: exit 1, one stderr line each, the key nowhere in any output."""
+    server = FakeWachatServer(KEY)  # no auto_create: unknown names answer 404
+    server.add_instance("t1_known_store")
+    with server.run_in_thread():
+        fleet = Fleet(tmp_path, _env(redis_url, server))
+        try:
+            fleet.start(1)
+            names = ["t1_known_store", "t1_gone_store", "t1_bad\x7fname"]
+            code, summary, err = _finish(_produce(fleet, names, tmp_path / "qr"))
+        finally:
+            fleet.close()
+    assert (code, summary["ok"], summary["failed"]) == (1, 1, 2)
+    lines = err.splitlines()
+    assert [line.split(": ")[:2] for line in lines] == [
+        ["t1_gone_store", "InstanceNotFoundError"],
+        ["t1_bad\x7fname", "InvalidInstanceNameError"],
+    ]
+    assert sorted(p.name for p in (tmp_path / "qr").iterdir()) == ["t1_known_store.png"]
+    assert KEY not in err + fleet.log(0)
+
+
+def test_no_worker_means_every_name_fails_after_the_timeout(
+    tmp_path: Path, redis_url: str, fake: FakeWachatServer
+) -> None:
+    """`--timeout` with no worker running: exit 1 and every name counted as failed."""
+    fleet = Fleet(tmp_path, _env(redis_url, fake))
+    code, summary, err = _finish(
+        _produce(fleet, ["t1_a", "t1_b", "t1_a"], tmp_path / "qr", "--timeout", "0.3")
+    )
+    assert (code, summary["ok"], summary["failed"]) == (1, 0, 2)
+    assert err.splitlines() == ["t1_a: no result within 0.3 s", "t1_b: no result within 0.3 s"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--out-dir", "x"], ["--names-file", "f", "--out-dir", "x", "--timeout", "0"]],
+    ids=["names-file-missing", "timeout-zero"],
+)
+def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """A missing option or a timeout that is not > 0 is a usage error (exit 2), nothing sent."""
+    with pytest.raises(SystemExit) as exc:
+        produce.main(argv)
+    assert exc.value.code == 2
+    assert "usage:" in capsys.readouterr().err
+
+
+def test_unreadable_names_file_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A names file that does not exist: exit 2 naming it, before anything is sent."""
+    with pytest.raises(SystemExit) as exc:
+        produce.main(["--names-file", str(tmp_path / "none.txt"), "--out-dir", str(tmp_path)])
+    assert exc.value.code == 2
+    assert "none.txt" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("lines", "expected"),
+    [
+        (["a", "b", "a"], ["a", "b"]),
+        (["  a  ", "", "   ", "# comment", "b"], ["a", "b"]),
+        ([], []),
+    ],
+    ids=["duplicates-once-in-first-order", "blank-and-comments-skipped", "empty"],
+)
+def test_read_names(lines: list[str], expected: list[str]) -> None:
+    """Distinct names in first-seen order; blank lines and # comments skipped."""
+    assert produce.read_names(lines) == expected
+
+
+@given(st.text(min_size=1, max_size=40))
+def test_png_path_is_one_file_per_name_inside_the_folder(name: str) -> None:
+    """Any name maps to one file directly inside the folder, and different names differ."""
+    path = worker.png_path("/srv/qr", name)
+    assert path.parent == Path("/srv/qr")
+    assert path.name.endswith(".png")
+    assert worker.png_path("/srv/qr", name + "/") != path
+
+
+@pytest.mark.parametrize(
+    ("name", "file"),
+    [
+        ("t1_abc_store", "t1_abc_store.png"),
+        ("../etc/passwd", "..%2Fetc%2Fpasswd.png"),
+        ("a\\b%2F", "a%5Cb%252F.png"),
+        ("..", "...png"),
+    ],
+    ids=["plain", "traversal", "backslash-and-percent", "dot-dot"],
+)
+def test_png_path_encodes_separators(name: str, file: str) -> None:
+    """Separators and % are percent-encoded, so no name escapes the folder or collides."""
+    assert worker.png_path("out", name) == Path("out") / file
+
+
+async def test_fetch_qr_called_directly_opens_its_own_client(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, wachat_server: FakeWachatServer
+) -> None:
+    """Outside a worker the task opens a client for the call: a saved PNG, or a 404 outcome."""
+    monkeypatch.setenv("WACHAT_BASE_URL", wachat_server.base_url)
+    monkeypatch.setenv("WACHAT_API_KEY", wachat_server.api_key)
+    wachat_server.add_instance("t1_here_store")
+    ok = await worker.fetch_qr("t1_here_store", str(tmp_path))
+    gone = await worker.fetch_qr("t1_gone_store", str(tmp_path))
+    assert ok == {
+        "instance": "t1_here_store",
+        "ok": True,
+        "error": None,
+        "file": str(tmp_path / "t1_here_store.png"),
+    }
+    assert (tmp_path / "t1_here_store.png").read_bytes()[:8] == PNG_SIGNATURE
+    assert (gone["ok"], gone["file"], gone["error"].split(":")[0]) == (
+        False,
+        None,
+        "InstanceNotFoundError",
+    )
+    assert wachat_server.api_key not in json.dumps(gone)
+
+
+@pytest.fixture
+async def conn(redis_url: str) -> AsyncIterator[redis.asyncio.Redis]:
+    """An asyncio Redis client on the private server."""
+    client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+def _broker(redis_url: str, **kwargs: Any) -> worker.ReclaimingStreamBroker:
+    return worker.ReclaimingStreamBroker(
+        redis_url, queue_name="q", consumer_group_name="g", **kwargs
+    )
+
+
+async def _dead_consumer_holds(conn: redis.asyncio.Redis, idle_ms: int) -> bytes:
+    """A message read by consumer "dead" and never acknowledged, *idle_ms* idle (no sleeping)."""
+    await conn.xgroup_create("q", "g", id="0", mkstream=True)
+    msg_id: bytes = await conn.xadd("q", {b"data": b"payload"})
+    await conn.xreadgroup("g", "dead", {"q": ">"}, count=1)
+    await conn.xclaim("q", "g", "dead", 0, [msg_id], idle=idle_ms, justid=True)
+    return msg_id
+
+
+async def test_reclaim_delivers_an_idle_message_and_ack_deletes_it(
+    conn: redis.asyncio.Redis, redis_url: str
+) -> None:
+    """A message idle past idle_timeout is delivered to a new worker; its ack leaves Redis empty."""
+    await _dead_consumer_holds(conn, idle_ms=6000)
+    broker = _broker(redis_url, idle_timeout=5000)
+    broker.is_worker_process = True
+    listener = broker.listen()
+    try:
+        message = await asyncio.wait_for(anext(listener), 10)
+        assert message.data == b"payload"
+        await message.ack()  # type: ignore[misc]
+    finally:
+        await listener.aclose()
+        await broker.shutdown()
+    assert (await conn.xlen("q"), (await conn.xpending("q", "g"))["pending"]) == (0, 0)
+
+
+async def test_a_message_idle_for_less_than_idle_timeout_is_left_alone(
+    conn: redis.asyncio.Redis, redis_url: str
+) -> None:
+    """A message idle for less than idle_timeout (its worker is alive) is not taken."""
+    await _dead_consumer_holds(conn, idle_ms=1000)
+    broker = _broker(redis_url, idle_timeout=5000)
+    try:
+        assert await broker._reclaim(conn, b"q") == []
+    finally:
+        await broker.shutdown()
+    consumers = (await conn.xpending("q", "g"))["consumers"]
+    assert [(c["name"], c["pending"]) for c in consumers] == [(b"dead", 1)]
+
+
+async def test_keep_alive_renews_what_a_worker_holds(
+    conn: redis.asyncio.Redis, redis_url: str
+) -> None:
+    """A worker's keep-alive resets the idle time of a message it holds but has not acked."""
+    broker = _broker(redis_url, idle_timeout=2000, keepalive_interval=0.01)
+    await broker.startup()
+    await conn.xadd("q", {b"data": b"job"})
+    listener = broker.listen()
+    try:
+        message = await asyncio.wait_for(anext(listener), 10)
+        assert message.data == b"job"
+        (msg_id,) = broker.held[b"q"]
+        await conn.xclaim("q", "g", broker.consumer_name, 0, [msg_id], idle=10**6, justid=True)
+
+        async def idle() -> int:
+            rows = await conn.xpending_range("q", "g", "-", "+", 10)
+            return int(rows[0]["time_since_delivered"])
+
+        async def renewed() -> None:
+            while await idle() >= 10**6:
+                await asyncio.sleep(0.01)
+
+        await asyncio.wait_for(renewed(), 10)
+        assert await idle() < 2000
+    finally:
+        await listener.aclose()
+        await broker.shutdown()
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"idle_timeout": 1000, "keepalive_interval": 1.0},
+        {"idle_timeout": 1000, "keepalive_interval": 0},
+        {"reclaim_interval": 0},
+    ],
+    ids=["keepalive-not-below-idle", "keepalive-zero", "reclaim-zero"],
+)
+def test_broker_refuses_intervals_that_cannot_work(kwargs: dict[str, Any]) -> None:
+    """A keep-alive not below the idle time (or zero), or a zero reclaim interval: ValueError."""
+    with pytest.raises(ValueError, match="interval"):
+        worker.ReclaimingStreamBroker("redis://127.0.0.1:1/0", **kwargs)
+
+
+def _imports(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+@pytest.mark.parametrize("module", ["worker.py", "produce.py"])
+def test_recipe_imports_only_the_public_api_and_the_fleet_extra(module: str) -> None:
+    """The recipe uses wachat_async's public modules and what `.[fleet]` installs, nothing else."""
+    source = (RECIPE / module).read_text(encoding="utf-8")
+    assert "wachat_async._" not in source
+    assert "pip install -e '.[fleet]'" in source
+    third_party = _imports(RECIPE / module) - set(sys.stdlib_module_names) - {"__future__"}
+    by_module = importlib.metadata.packages_distributions()
+    dists = {d.lower() for top in third_party - {"wachat_async"} for d in by_module[top]}
+    assert dists <= {"taskiq", "taskiq-redis", "redis"}

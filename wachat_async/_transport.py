@@ -1,0 +1,406 @@
+"""One attempt on the wire: send, check the status, read the body under its limit, map errors.
+
+An attempt is one GET: the request is sent with aiohttp and the status checked here (never
+``raise_for_status``: aiohttp's exception carries the request headers); a failed response
+becomes the typed error for its status with a short, redacted excerpt of its body; a 200 is
+validated and read under the size cap. An aiohttp or OS exception becomes a
+:class:`WachatConnectionError`, :class:`WachatTimeoutError` or a truncated-body error whose
+``__cause__`` cannot show a request header (:class:`_SanitizedCause` stands in when it could).
+Every response is released (or its connection closed, when it was not read to the end) on
+every path: success, error and cancellation.
+
+The transport makes exactly one attempt: it never retries, sleeps or looks at a deadline (that
+is the retry loop's job, in ``_retry.py``) and never imports the client or the retry loop. Its
+session and connection queue belong to the client, which binds them to the running event loop
+and sets :attr:`Transport.session` and :attr:`Transport.slots`; each attempt takes a slot
+before it sends, so its timeout starts only once it has one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Iterable
+from contextlib import suppress
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+
+import aiohttp
+from yarl import URL
+
+from ._errors import (
+    ConfigurationError,
+    InvalidImageError,
+    InvalidResponseError,
+    ResponseTooLargeError,
+    WachatConnectionError,
+    WachatError,
+    WachatTimeoutError,
+    raise_clean,
+    status_error,
+)
+from ._files import Sink
+from ._models import InstanceState, QRImage
+from ._redact import Secret, excerpt, redact
+from ._stream import CHUNK_SIZE, TRANSPORT_ERRORS, QRStream
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "ERROR_BODY_LIMIT",
+    "JSON_LIMIT",
+    "_SanitizedCause",
+    "Transport",
+    "parse_retry_after",
+    "transport_error",
+]
+
+#: Per-attempt timeouts: ``total`` is set explicitly (aiohttp defaults every field to None).
+DEFAULT_TIMEOUT = aiohttp.ClientTimeout(total=20.0, sock_connect=10.0, sock_read=15.0)
+#: How much of an error body is read for its excerpt (more is not read: the connection closes).
+ERROR_BODY_LIMIT = 64 * 1024
+#: The largest ``GET /instance/state`` body accepted.
+JSON_LIMIT = 1024**2
+
+
+_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+
+
+def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date).
+
+    Returns ``None`` for a missing, negative or unparsable value (the policy then uses its own
+    backoff), ``0.0`` for a date in the past, and ``inf`` for a number of seconds too large for
+    a float: a huge Retry-After means "not any time soon", so the policy gives up at once.
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    if not value:
+        return None
+    if _SECONDS.fullmatch(value):
+        return float(value)  # ASCII digits only: float() cannot fail, and overflows to inf
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    now = datetime.now(timezone.utc) if now is None else now
+    return max(0.0, (when - now).total_seconds())
+
+
+class _SanitizedCause(Exception):
+    """Stands in for a transport exception whose repr could show request headers."""
+
+
+def transport_error(
+    exc: BaseException, name: str, secrets: Iterable[str], *, png: bool = True
+) -> WachatError:
+    """Map an aiohttp/OS exception to ours, with a cause that cannot leak headers or *secrets*.
+
+    A body cut short is an :class:`InvalidImageError` (``truncated``) when a PNG was being
+    read (*png*), else an :class:`InvalidResponseError`.
+    """
+    secrets = tuple(secrets)
+    text = redact(str(exc), secrets)
+    if isinstance(exc, asyncio.TimeoutError):
+        error: WachatError = WachatTimeoutError(
+            f"request timed out ({type(exc).__name__})", instance_name=name
+        )
+    elif isinstance(exc, aiohttp.ClientPayloadError):
+        message = f"response body cut short: {type(exc).__name__}: {excerpt(text, limit=200)}"
+        if png:
+            error = InvalidImageError(message, instance_name=name, truncated=True)
+        else:
+            error = InvalidResponseError(message, instance_name=name)
+    else:
+        error = WachatConnectionError(
+            f"connection failed: {type(exc).__name__}: {excerpt(text, limit=300)}",
+            instance_name=name,
+        )
+    # aiohttp's ClientResponseError repr shows the request headers, Authorization included,
+    # and a parser error chained below an exception may quote the raw bytes a server sent.
+    if isinstance(exc, aiohttp.ClientResponseError) or _chain_mentions(exc, secrets):
+        error.__cause__ = _SanitizedCause(f"{type(exc).__name__}: {excerpt(text)}")
+    else:
+        error.__cause__ = exc
+    return error
+
+
+def _chain_mentions(exc: BaseException, secrets: tuple[str, ...]) -> bool:
+    """Whether a secret appears in the str or repr of *exc* or anything chained to it."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        current = todo.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        text = f"{current!s}{current!r}"
+        if redact(text, secrets) != text:
+            return True
+        todo += (current.__cause__, current.__context__)
+    return False
+
+
+class Transport:
+    """One attempt of each call the client makes, against one base URL with one key.
+
+    Built once by the client from its checked configuration. The client sets ``session`` and
+    ``slots`` (its connection queue) whenever it binds to an event loop; an attempt runs only
+    once the session is set.
+    """
+
+    __slots__ = (
+        "_borrowed",
+        "_image_headers",
+        "_json_headers",
+        "_secrets",
+        "base_url",
+        "max_image_bytes",
+        "qr_url",
+        "session",
+        "slots",
+        "state_url",
+        "timeout",
+    )
+
+    def __init__(
+        self,
+        *,
+        api_key: Secret,
+        qr_url: URL,
+        timeout: aiohttp.ClientTimeout,
+        max_image_bytes: int,
+        user_agent: str,
+        borrowed: bool,
+        slots: asyncio.Semaphore,
+    ) -> None:
+        self.qr_url = qr_url
+        self.base_url = qr_url.parent.parent.parent
+        self.state_url = self.base_url.joinpath("instance", "state")
+        self.timeout = timeout
+        self.max_image_bytes = max_image_bytes
+        self.session: aiohttp.ClientSession | None = None
+        self.slots = slots
+        self._borrowed = borrowed
+        self._secrets = (api_key,)
+        self._image_headers = {
+            "Authorization": Secret(f"Bearer {api_key}"),
+            "User-Agent": user_agent,
+            "Accept": "image/png",
+        }
+        self._json_headers = {**self._image_headers, "Accept": "application/json"}
+
+    # -- the attempts ----------------------------------------------------------------------
+
+    async def fetch_image(self, name: str) -> QRImage:
+        """``GET /instance/qr/image`` read whole into a validated :class:`QRImage`."""
+        slots = self.slots
+        await slots.acquire()  # the per-attempt timeout starts once a slot is ours
+        try:
+            resp = await self.open_png(name)
+            if resp.content_length is None or "Content-Encoding" in resp.headers:
+                # Unknown or compressed length: read chunk by chunk so the cap holds while
+                # reading.
+                stream = self._stream(resp, name, CHUNK_SIZE, None)
+                try:
+                    data = await stream.read()
+                finally:
+                    stream.close()
+                return QRImage._trusted(
+                    instance_name=name, data=data, width=stream.width, height=stream.height
+                )
+            # Fast path: a plain body whose length open_png already checked against the cap.
+            failure: BaseException | None = None
+            try:
+                data = await resp.read()
+            except BaseException as exc:
+                resp.close()
+                if not isinstance(exc, TRANSPORT_ERRORS):
+                    raise
+                failure = self.transport_error(exc, name)
+        finally:
+            slots.release()
+        if failure is not None:
+            raise_clean(failure)
+        return QRImage.from_png(data, instance_name=name)
+
+    async def open_stream(self, name: str, chunk_size: int) -> QRStream:
+        """Open the PNG in a connection slot that the stream holds until it is closed."""
+        slots = self.slots
+        await slots.acquire()
+        try:
+            resp = await self.open_png(name)
+        except BaseException:
+            slots.release()
+            raise
+        return self._stream(resp, name, chunk_size, slots)
+
+    async def save_once(self, name: str, sink: Sink) -> None:
+        """Stream the PNG into *sink*, from its start (a retry starts a fresh body)."""
+        await sink.reset()
+        stream = await self.open_stream(name, CHUNK_SIZE)
+        try:
+            async for chunk in stream:
+                await sink.write(chunk)
+        finally:
+            stream.close()
+
+    async def fetch_state(self, name: str) -> InstanceState:
+        """``GET /instance/state``, parsed by :meth:`InstanceState.from_payload`."""
+        slots = self.slots
+        await slots.acquire()
+        try:
+            resp = await self.send(self.state_url, name, self._json_headers)
+            try:
+                raw = await self.read_limited(resp, JSON_LIMIT, name)
+            finally:
+                resp.close()
+        finally:
+            slots.release()
+        return InstanceState.from_payload(raw, instance_name=name, secrets=self._secrets)
+
+    # -- the steps of an attempt -----------------------------------------------------------
+
+    async def send(self, url: URL, name: str, headers: dict[str, str]) -> aiohttp.ClientResponse:
+        """Send one GET and return the 200 response; anything else becomes a typed error."""
+        session = self.session
+        assert session is not None  # the client bound it to the running loop
+        failure: BaseException
+        try:
+            # Everything a result depends on is set here, whatever the session's defaults.
+            resp = await session.get(
+                url.with_query(instanceName=name),
+                headers=headers,
+                allow_redirects=False,
+                raise_for_status=False,
+                timeout=self.timeout,
+            )
+        except TRANSPORT_ERRORS as exc:
+            failure = self.transport_error(exc, name)
+        except RuntimeError:
+            if not session.closed:
+                raise
+            failure = ConfigurationError(
+                "The aiohttp.ClientSession passed as session= was closed while the client "
+                "still uses it; close the session only after the client"
+                if self._borrowed
+                else "WachatClient is closed; create a new client (a closed one cannot be reused)"
+            )
+        else:
+            if resp.status == 200:
+                return resp
+            failure = await self.status_error(resp, name)
+        raise_clean(failure)
+
+    async def open_png(self, name: str) -> aiohttp.ClientResponse:
+        """Send the QR image request; return the response once its headers promise a PNG
+        within the size cap (else release it and raise)."""
+        resp = await self.send(self.qr_url, name, self._image_headers)
+        failure: WachatError | None = None
+        content_type = resp.content_type
+        if content_type != "image/png" and content_type.lower() != "image/png":
+            # Server-controlled text: it may echo the key or carry junk, so only an excerpt.
+            content_type = excerpt(content_type.lower(), self._secrets, limit=100)
+            detail = await self.read_excerpt(resp)
+            failure = InvalidImageError(
+                f"expected image/png, got {content_type or 'no content type'}"
+                + (f": {detail}" if detail else ""),
+                instance_name=name,
+                content_type=content_type,
+            )
+        elif (length := resp.content_length) is not None and length > self.max_image_bytes:
+            resp.close()
+            failure = ResponseTooLargeError(
+                f"QR image is {length} bytes, over max_image_bytes={self.max_image_bytes}",
+                instance_name=name,
+                limit=self.max_image_bytes,
+                content_length=length,
+            )
+        if failure is not None:
+            raise_clean(failure)
+        return resp
+
+    async def read_limited(self, resp: aiohttp.ClientResponse, limit: int, name: str) -> bytes:
+        """The whole body, or :class:`InvalidResponseError` once it passes *limit* bytes."""
+        chunks: list[bytes] = []
+        size = 0
+        failure: BaseException
+        try:
+            while chunk := await resp.content.read(CHUNK_SIZE):
+                size += len(chunk)
+                if size > limit:
+                    break
+                chunks.append(chunk)
+            else:
+                return b"".join(chunks)
+        except TRANSPORT_ERRORS as exc:
+            failure = self.transport_error(exc, name, png=False)
+        else:
+            failure = InvalidResponseError(f"response body over {limit} bytes", instance_name=name)
+        raise_clean(failure)
+
+    async def read_excerpt(self, resp: aiohttp.ClientResponse) -> str:
+        """A short redacted excerpt of an error body; never raises, always releases *resp*
+        (back to the pool when the body was read to its end, so a 502 storm reuses
+        connections; closed otherwise)."""
+        raw = b""
+        limit = ERROR_BODY_LIMIT
+        try:
+            with suppress(*TRANSPORT_ERRORS):
+                while len(raw) < limit and (chunk := await resp.content.read(CHUNK_SIZE)):
+                    raw += chunk
+        finally:
+            if resp.content.is_eof() and len(raw) < limit:
+                resp.release()
+            else:
+                resp.close()
+        text = raw[:limit].decode("utf-8", "replace")
+        if text[:1] in "{[" and text:
+            try:
+                payload = json.loads(text)
+            except (ValueError, RecursionError):  # deeply nested JSON recurses
+                pass
+            else:
+                if isinstance(payload, dict):
+                    for field in ("message", "error", "detail"):
+                        if isinstance(payload.get(field), str) and payload[field].strip():
+                            text = payload[field]
+                            break
+        return excerpt(text, self._secrets)
+
+    async def status_error(self, resp: aiohttp.ClientResponse, name: str) -> WachatError:
+        """The typed error for a response that is not a 200 (its body read for an excerpt)."""
+        status = resp.status
+        retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+        location = resp.headers.get("Location")
+        body = await self.read_excerpt(resp)
+        if 300 <= status < 400 and location:
+            body = f"redirect to {excerpt(location, self._secrets, limit=200)} not followed"
+        error = status_error(status, instance_name=name, body=body, retry_after=retry_after)
+        if status == 404 and not self.base_url.path.rstrip("/").endswith("/api/v1"):
+            # The route itself may be missing: a wrong base URL also answers 404.
+            error._note(f"is the base URL right? {self.base_url} does not end in /api/v1")
+        return error
+
+    def transport_error(self, exc: BaseException, name: str, *, png: bool = True) -> WachatError:
+        """:func:`transport_error` with this transport's key as the secret."""
+        return transport_error(exc, name, self._secrets, png=png)
+
+    def _stream(
+        self,
+        resp: aiohttp.ClientResponse,
+        name: str,
+        chunk_size: int,
+        slot: asyncio.Semaphore | None,
+    ) -> QRStream:
+        return QRStream(
+            resp,
+            instance_name=name,
+            limit=self.max_image_bytes,
+            chunk_size=chunk_size,
+            map_error=self.transport_error,
+            slot=slot,
+        )
