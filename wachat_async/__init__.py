@@ -39,7 +39,7 @@ from ._errors import (
 from ._models import InstanceState, QRFailure, QRImage, QRResult, QRSuccess
 from ._network import InsecureTLSWarning
 from ._polling import FetchMany
-from ._retry import RetryBudget, RetryEvent, RetryPolicy
+from ._retry import GiveUpEvent, RetryBudget, RetryEvent, RetryPolicy
 from ._stream import QRStream
 from ._urls import DEFAULT_BASE_URL, ApiKeyExposureWarning, build_qr_image_url, qr_img_tag
 from ._version import __version__
@@ -54,6 +54,7 @@ __all__ = [
     "DeadlineExceededError",
     "FetchMany",
     "GatewayTimeoutError",
+    "GiveUpEvent",
     "InstanceNotFoundError",
     "InsecureTLSWarning",
     "InstanceState",

@@ -13,13 +13,16 @@ It never does I/O on the network and never imports the client.
 from __future__ import annotations
 
 import base64
+import netrc
+import os
 import ssl
+import urllib.request
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
+from pathlib import Path
 
 import aiohttp
 import attrs
-from aiohttp.helpers import get_env_proxy_for_url
 from yarl import URL
 
 from ._errors import (
@@ -75,7 +78,7 @@ def check_ssl(value: object, *, secrets: Iterable[str] = ()) -> SSLOption:
             "impersonate the server and read the API key. Trust the server's CA instead "
             "(ssl=ssl.create_default_context(cafile='ca.pem'))",
             InsecureTLSWarning,
-            stacklevel=4,
+            stacklevel=3,  # check_ssl <- WachatClient.__init__ <- the caller's line
         )
         return False
     if isinstance(value, (ssl.SSLContext, aiohttp.Fingerprint)):
@@ -109,15 +112,29 @@ def check_trace_configs(value: object) -> tuple[aiohttp.TraceConfig, ...]:
 class Proxy:
     """An HTTP proxy: its URL without credentials, and the credentials apart.
 
-    ``url`` goes to aiohttp as ``proxy=`` and ``auth`` as ``proxy_auth=``, so no aiohttp
-    exception text or request info can quote the password; ``secrets`` are the forms of the
-    credentials the redaction point must hide (the password, ``user:password`` and its
-    base64 in ``Proxy-Authorization: Basic ...``).
+    ``url`` goes to aiohttp as the session's ``proxy=``; the credentials travel only as the
+    ``Proxy-Authorization`` header (:attr:`authorization`), so no aiohttp exception text or
+    URL can quote them (aiohttp's ``BasicAuth`` is deprecated, and would put them in reprs).
+    :attr:`secrets` are the forms the redaction point must hide: the password,
+    ``user:password`` and its base64 (what ``Proxy-Authorization: Basic ...`` carries).
     """
 
     url: URL
-    auth: aiohttp.BasicAuth | None = attrs.field(default=None, repr=False)
+    login: str = attrs.field(default="", repr=False)
+    password: str = attrs.field(default="", repr=False)
     from_env: bool = False
+
+    @property
+    def has_credentials(self) -> bool:
+        return bool(self.login or self.password)
+
+    @property
+    def authorization(self) -> str | None:
+        """The ``Proxy-Authorization`` value (``Basic ...``), or None without credentials."""
+        if not self.has_credentials:
+            return None
+        pair = f"{self.login}:{self.password}".encode()
+        return Secret("Basic " + base64.b64encode(pair).decode("ascii"))
 
     @property
     def display(self) -> str:
@@ -130,32 +147,29 @@ class Proxy:
     @property
     def secrets(self) -> tuple[str, ...]:
         """The credential forms to redact (empty without credentials)."""
-        auth = self.auth
-        if auth is None:
+        if not self.has_credentials:
             return ()
-        pair = f"{auth.login}:{auth.password}"
-        token = base64.b64encode(pair.encode(auth.encoding)).decode("ascii")
-        forms = [pair, token]
-        if auth.password:
-            forms.append(auth.password)
+        pair = f"{self.login}:{self.password}"
+        token = base64.b64encode(pair.encode()).decode("ascii")
+        forms = [pair, token, self.password]
+        # Very short forms would redact ordinary text; the pair and the token are never short.
         return tuple(Secret(form) for form in forms if len(form) >= 4)
 
     def __repr__(self) -> str:
         return f"<Proxy {self.display}{' (from the environment)' if self.from_env else ''}>"
 
 
-def _no_credentials(url: URL) -> URL:
-    return url.with_user(None).with_password(None) if url.user or url.password else url
-
-
-def parse_proxy(value: object, *, secrets: Iterable[str] = ()) -> Proxy | None:
+def parse_proxy(
+    value: object, *, secrets: Iterable[str] = (), what: str = "proxy", from_env: bool = False
+) -> Proxy | None:
     """The ``proxy=`` argument, checked: an ``http://`` URL (str or yarl.URL) with a host,
-    optionally ``user:password@`` (percent-encoded), and nothing after the port but ``/``."""
+    optionally ``user:password@`` (percent-encoded), and nothing after the port but ``/``.
+    *what* names the source in messages (``proxy``, or the environment variable)."""
     if value is None:
         return None
     if not isinstance(value, (str, URL)):
         raise ConfigurationError(
-            f"proxy must be an http:// URL (str or yarl.URL) or None, not {type(value).__name__}"
+            f"{what} must be an http:// URL (str or yarl.URL) or None, not {type(value).__name__}"
         )
     try:
         url = URL(value) if isinstance(value, str) else value
@@ -166,39 +180,76 @@ def parse_proxy(value: object, *, secrets: Iterable[str] = ()) -> Proxy | None:
     shown = str(value)
     if not host or port is None or not url.is_absolute():
         raise ConfigurationError(
-            f"proxy must be an absolute URL such as http://HOST:PORT, got {shown!r}",
+            f"{what} must be an absolute URL such as http://HOST:PORT, got {shown!r}",
             secrets=secrets,
         )
     if url.scheme != "http":
         raise ConfigurationError(
-            f"proxy must be an http:// URL (https:// to Wachat still goes through CONNECT, so "
-            f"the proxy never sees the key); {url.scheme}:// proxies are not supported, got "
-            f"{shown!r}",
+            f"{what} must be an http:// URL (https:// to Wachat still goes through CONNECT, "
+            f"so the proxy never sees the key); {url.scheme}:// proxies are not supported, "
+            f"got {shown!r}",
             secrets=secrets,
         )
     if url.path not in ("", "/") or url.query_string or url.fragment:
         raise ConfigurationError(
-            "proxy must be http://HOST:PORT (credentials as user:password@ before the host), "
-            f"without a path, query or fragment, got {shown!r}",
+            f"{what} must be http://HOST:PORT (credentials as user:password@ before the "
+            f"host), without a path, query or fragment, got {shown!r}",
             secrets=secrets,
         )
-    auth = None
-    if url.user is not None or url.password is not None:
-        auth = aiohttp.BasicAuth(url.user or "", url.password or "")
-    return Proxy(url=_no_credentials(url.with_path("")), auth=auth)
+    login, password = url.user or "", url.password or ""
+    if ":" in login:
+        raise ConfigurationError(
+            f"{what}: a proxy user name cannot contain ':' (percent-encode it as %3A in the "
+            "password part only)",
+            secrets=secrets,
+        )
+    bare = url.with_user(None).with_password(None).with_path("")
+    return Proxy(url=bare, login=login, password=password, from_env=from_env)
 
 
-def env_proxy(target: URL) -> Proxy | None:
-    """The proxy the environment chooses for *target*, exactly as aiohttp's ``trust_env``:
-    ``https_proxy``/``HTTPS_PROXY`` for https:// (``http_proxy`` for http://), none when the
-    host is in ``NO_PROXY``, credentials from the URL or else from ``~/.netrc``."""
+def _netrc_credentials(host: str) -> tuple[str, str] | None:
+    """(login, password) for *host* from ``$NETRC`` or ``~/.netrc``, as aiohttp reads it."""
+    path = os.environ.get("NETRC")
+    if not path:
+        try:
+            home = Path.home()
+        except RuntimeError:  # pragma: no cover - no home directory at all
+            return None
+        path = str(home / ("_netrc" if os.name == "nt" else ".netrc"))
     try:
-        url, auth = get_env_proxy_for_url(target)
-    except LookupError:
+        entry = netrc.netrc(path).authenticators(host)
+    except (OSError, netrc.NetrcParseError):
         return None
-    if auth is None and (url.user or url.password):  # pragma: no cover - aiohttp strips them
-        auth = aiohttp.BasicAuth(url.user or "", url.password or "")
-    return Proxy(url=_no_credentials(url), auth=auth, from_env=True)
+    if entry is None:
+        return None
+    login, _account, password = entry
+    return login or "", password or ""
+
+
+def env_proxy(target: URL, *, secrets: Iterable[str] = ()) -> Proxy | None:
+    """The proxy the environment chooses for *target*, the way aiohttp's ``trust_env`` does.
+
+    ``https_proxy``/``HTTPS_PROXY`` for an https:// target (``http_proxy``/``HTTP_PROXY`` for
+    http://; lower case first, and ``HTTP_PROXY`` is ignored in a CGI request, as urllib does),
+    none when the host matches ``NO_PROXY``; credentials from the URL or else from
+    ``~/.netrc`` (``$NETRC``) for the *proxy's* host. Unlike aiohttp, a proxy URL that cannot
+    work (an ``https://`` proxy, no host) is a :class:`ConfigurationError` naming the variable,
+    not a request that silently bypasses the proxy.
+    """
+    host = target.host
+    if host is not None and urllib.request.proxy_bypass(host):
+        return None
+    raw = urllib.request.getproxies().get(target.scheme)
+    if not raw:
+        return None
+    variable = f"{target.scheme.upper()}_PROXY"
+    proxy = parse_proxy(raw, secrets=secrets, what=f"{variable} (trust_env=True)", from_env=True)
+    assert proxy is not None
+    if not proxy.has_credentials and proxy.url.host is not None:
+        found = _netrc_credentials(proxy.url.host)
+        if found is not None:
+            proxy = attrs.evolve(proxy, login=found[0], password=found[1])
+    return proxy
 
 
 def ssl_for_session(
@@ -271,19 +322,24 @@ def classify(
 def proxy_status_error(
     status: int, *, proxy: Proxy | None, instance_name: str | None
 ) -> ProxyError:
-    """The error for a proxy's non-success answer *status* (407 needs credentials)."""
+    """The error for a proxy's non-success answer *status*.
+
+    407 (and 401 to a ``CONNECT``, which only the proxy answers: tinyproxy says 401 to wrong
+    credentials) is a :class:`ProxyAuthenticationError`; anything else a :class:`ProxyError`.
+    """
     name = f"the HTTP proxy {proxy.display}" if proxy is not None else "an HTTP proxy"
-    if status == 407:
-        given = proxy is not None and proxy.auth is not None
+    if status in (401, 407):
+        given = proxy is not None and proxy.has_credentials
         hint = (
-            "the credentials in proxy= were refused"
+            "it refused the credentials given (proxy= or the environment)"
             if given
-            else "pass them as proxy='http://user:password@host:port' (or in HTTPS_PROXY "
-            "with trust_env=True)"
+            else "it wants credentials: proxy='http://user:password@host:port' (or in "
+            "HTTPS_PROXY with trust_env=True)"
         )
+        phrase = "Proxy Authentication Required" if status == 407 else "Unauthorized"
         return ProxyAuthenticationError(
-            f"407 Proxy Authentication Required from {name}: {hint}",
-            proxy_status=407,
+            f"{status} {phrase} from {name}: {hint}",
+            proxy_status=status,
             instance_name=instance_name,
         )
     return ProxyError(
@@ -291,12 +347,3 @@ def proxy_status_error(
         proxy_status=status,
         instance_name=instance_name,
     )
-
-
-def all_secrets(api_key: str, proxies: Sequence[Proxy | None]) -> tuple[str, ...]:
-    """The API key and every proxy credential form: what the redaction point hides."""
-    forms: list[str] = [api_key]
-    for proxy in proxies:
-        if proxy is not None:
-            forms.extend(proxy.secrets)
-    return tuple(forms)
