@@ -1,20 +1,17 @@
-"""Show WhatsApp QR codes in a web page without giving the browser your Wachat API key.
+"""Show live WhatsApp QR codes in an aiohttp.web app without giving the browser your API key.
 
 An ``<img>`` cannot send an ``Authorization`` header, so the tempting fix is
 ``<img src="https://app.wachat.net/api/v1/instance/qr/image?instanceName=...&apiKey=SECRET">``,
-which puts the key in browser history, logs and analytics. Instead, this aiohttp.web app serves
-``<img src="/qr/NAME.png">`` from its own route, which fetches the PNG server-side with header
-auth (``WachatClient.stream_qr_image``) and streams it through:
+which puts the key in browser history, logs and analytics. Instead this app mounts
+:func:`wachat_async.web.aiohttp.qr_routes`, which fetches server-side with header auth:
 
-* ``Cache-Control: no-store``: a QR code is a short-lived login credential; no cache keeps it.
-* API errors become sensible statuses: 404 stays 404, 400 stays 400, 409 stays 409, 502/504 and
-  timeouts become 502/504, and auth/subscription problems become a bare 500 (details are logged
-  server-side, never sent to the browser).
-* When the browser goes away the upstream fetch is cancelled: run the app with
-  ``handler_cancellation=True`` (as :func:`main` does) so aiohttp cancels the handler.
+* ``/qr/NAME.png``: the PNG (``ETag``, ``no-store``, JSON errors, never a 500);
+* ``/qr/NAME/events``: server-sent events as the QR rotates, then ``connected``;
+* ``/qr/NAME``: a page that follows them (one upstream watch per instance, however many tabs).
 
-Put the QR route behind your own login: whoever can load ``/qr/NAME.png`` can link a phone to
-that instance. Pass ``instances=`` to serve only the names you list.
+Whoever can load these routes can link a phone to the instance, so ``authorize`` is required.
+Here it is an allow-list (``instances=``); in your app, check that the session's user owns the
+instance (see :func:`may_see`).
 
 Run it from a clone, after ``pip install -e '.[examples]'``::
 
@@ -41,25 +38,11 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from wachat_async import (
-    AuthenticationError,
-    BadRequestError,
-    GatewayTimeoutError,
-    InstanceNotFoundError,
-    QRNotSupportedError,
-    SubscriptionRestrictedError,
-    WachatClient,
-    WachatError,
-    WachatTimeoutError,
-    qr_img_tag,
-)
+from wachat_async import WachatClient, qr_img_tag
+from wachat_async.web.aiohttp import qr_routes
 
-logger = logging.getLogger("wachat_proxy")
-
-CLIENT: web.AppKey[WachatClient] = web.AppKey("wachat_client", WachatClient)
 INSTANCES: web.AppKey[frozenset[str] | None] = web.AppKey("wachat_instances")
 
-NO_STORE = {"Cache-Control": "no-store"}
 DEMO_INSTANCE = "t1_demo0001_store"
 #: Not 8080, where ``wachat-qr fake-server`` and ``python -m wachat_async.testing`` listen.
 DEFAULT_PORT = 8081
@@ -69,67 +52,18 @@ class CannotListenError(Exception):
     """The app could not bind its address (port taken, no permission, unknown host)."""
 
 
-def error_status(exc: Exception) -> tuple[int, str]:
-    """Map a client error to the status and the (detail-free) text the browser gets."""
-    if isinstance(exc, InstanceNotFoundError):
-        return 404, "No such WhatsApp instance."
-    if isinstance(exc, (BadRequestError, ValueError)):
-        return 400, "Invalid instance name."
-    if isinstance(exc, QRNotSupportedError):
-        return 409, "This instance has no QR code (only WhatsApp Baileys instances have one)."
-    if isinstance(exc, (GatewayTimeoutError, WachatTimeoutError)):
-        return 504, "The QR code service timed out. Try again."
-    if isinstance(exc, (AuthenticationError, SubscriptionRestrictedError)):
-        # Our configuration is wrong, not the browser's request: say nothing more.
-        return 500, "Internal server error."
-    # 502 upstream, undocumented statuses, transport failures, invalid images.
-    return 502, "The QR code service failed. Try again."
+def may_see(request: web.Request, instance_name: str) -> bool:
+    """The app's own rule: here an allow-list; in a real app, "the session's user owns it"::
 
-
-async def qr_png(request: web.Request) -> web.StreamResponse:
-    """``GET /qr/{name}.png``: stream the instance's QR PNG fetched with header auth."""
-    name = request.match_info["name"]
+    session = await aiohttp_session.get_session(request)      # an async rule works too
+    return instance_name in await owned_instances(session.get("user_id"))
+    """
     allowed = request.app[INSTANCES]
-    if allowed is not None and name not in allowed:
-        raise web.HTTPNotFound(text="No such WhatsApp instance.", headers=NO_STORE)
-    client = request.app[CLIENT]
-    response = web.StreamResponse(
-        headers={
-            "Content-Type": "image/png",
-            "X-Content-Type-Options": "nosniff",
-            **NO_STORE,
-        }
-    )
-    try:
-        async with client.stream_qr_image(name) as stream:
-            async for chunk in stream:
-                if not response.prepared:
-                    # Headers go out only with the first bytes, so every failure before them
-                    # still gets its own status.
-                    await response.prepare(request)
-                await response.write(chunk)
-    except (WachatError, ValueError) as exc:
-        if response.prepared:
-            # Part of the PNG is already out: the status cannot change. Drop the connection so
-            # the browser sees a truncated response instead of a complete-looking broken image.
-            logger.warning("QR stream for %r failed mid-body: %s", name, type(exc).__name__)
-            if request.transport is not None:
-                request.transport.close()
-            return response
-        status, text = error_status(exc)
-        log = logger.error if status == 500 else logger.warning
-        log("QR for %r failed: %s -> %d", name, exc, status)
-        return web.Response(status=status, text=text, headers=NO_STORE)
-    except ConnectionError:
-        # The browser went away while we were writing; aiohttp handles the closed socket.
-        return response
-    if not response.prepared:  # pragma: no cover - the client never yields an empty PNG
-        await response.prepare(request)
-    return response
+    return allowed is None or instance_name in allowed
 
 
 async def index(request: web.Request) -> web.Response:
-    """``GET /``: a page with one ``<img src="/qr/NAME.png">`` per configured instance."""
+    """``GET /``: per instance, its QR (a key-less ``<img>``) and a link to its live page."""
     items = "\n".join(_figure(name) for name in sorted(request.app[INSTANCES] or ()))
     page = (
         "<!doctype html>\n<html><head><meta charset='utf-8'><title>Link WhatsApp</title></head>"
@@ -139,7 +73,7 @@ async def index(request: web.Request) -> web.Response:
         text=page,
         content_type="text/html",
         headers={
-            **NO_STORE,
+            "Cache-Control": "no-store",
             "Content-Security-Policy": "default-src 'none'; img-src 'self'",
             "Referrer-Policy": "no-referrer",
         },
@@ -147,9 +81,9 @@ async def index(request: web.Request) -> web.Response:
 
 
 def _figure(name: str) -> str:
-    src = f"/qr/{quote(name, safe='')}.png"
-    caption = html.escape(name, quote=True)
-    img = qr_img_tag(src, alt=f"QR code for {name}")
+    path = f"/qr/{quote(name, safe='')}"
+    img = qr_img_tag(f"{path}.png", alt=f"QR code for {name}")
+    caption = f'<a href="{html.escape(path)}">{html.escape(name)}</a> (live page)'
     return f"<figure>{img}<figcaption>{caption}</figcaption></figure>"
 
 
@@ -158,14 +92,13 @@ def create_app(
 ) -> web.Application:
     """Build the app around *client*, which it borrows (the caller opens and closes it).
 
-    *instances*: the names the page shows and the QR route serves; any other name is a 404 that
-    never reaches Wachat. ``None`` serves any name (only do that behind your own access control).
+    *instances*: the names the page shows and the QR routes serve; any other name is a 403
+    that never reaches Wachat. ``None`` serves any name (only behind your own access control).
     """
     app = web.Application()
-    app[CLIENT] = client
     app[INSTANCES] = None if instances is None else frozenset(instances)
     app.router.add_get("/", index)
-    app.router.add_get("/qr/{name}.png", qr_png)
+    app.add_routes(qr_routes(client, prefix="/qr", authorize=may_see))
     return app
 
 

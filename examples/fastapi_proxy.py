@@ -1,18 +1,15 @@
-"""Show WhatsApp QR codes in a FastAPI page without giving the browser your Wachat API key.
+"""Show live WhatsApp QR codes in a FastAPI app without giving the browser your Wachat API key.
 
-The page uses ``<img src="/qr/NAME.png">``; that route fetches the PNG server-side with header
-auth (``WachatClient.stream_qr_image``) and streams it through, so the key never reaches the
-browser (compare ``?apiKey=`` in an ``<img>`` URL, which lands in history, logs and analytics).
+The app mounts :func:`wachat_async.web.starlette.qr_routes`: ``/qr/NAME.png`` (the PNG, fetched
+server-side with header auth), ``/qr/NAME/events`` (server-sent events as the QR rotates, then
+``connected``) and ``/qr/NAME`` (a page that follows them). One upstream watch per instance,
+however many tabs are open; a tab that closes stops its share at once. No custom response class:
+the routes are plain Starlette routes that FastAPI takes as they are.
 
 * The app's lifespan owns one :class:`WachatClient` (one connection pool for all requests).
-* ``Cache-Control: no-store`` on the image: a QR code is a short-lived login credential.
-* API errors become sensible statuses: 404 stays 404, 400 stays 400, 409 stays 409, 502/504 and
-  timeouts become 502/504, auth/subscription problems a bare 500 (details only in the log).
-* If the browser disconnects, the upstream fetch is cancelled, whether we are still waiting for
-  Wachat or already streaming (:class:`QRImageResponse` watches for ``http.disconnect``).
-
-Put the QR route behind your own login: whoever can load ``/qr/NAME.png`` can link a phone to
-that instance. ``Settings.instances`` limits the names served.
+* ``authorize`` is required: whoever can load these routes can link a phone to the instance.
+  Here it is the allow-list ``Settings.instances``; in your app, check that the session's user
+  owns the instance (see :func:`may_see`).
 
 Run it from a clone, after ``pip install -e '.[examples]'`` (FastAPI, uvicorn and the fake
 server)::
@@ -32,28 +29,14 @@ import os
 from collections.abc import AsyncIterator, Sequence
 from urllib.parse import quote
 
-import anyio
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, PlainTextResponse, Response
-from starlette.types import Receive, Scope, Send
+from fastapi.responses import HTMLResponse
 
-from wachat_async import (
-    AuthenticationError,
-    BadRequestError,
-    GatewayTimeoutError,
-    InstanceNotFoundError,
-    QRNotSupportedError,
-    RetryPolicy,
-    SubscriptionRestrictedError,
-    WachatClient,
-    WachatError,
-    WachatTimeoutError,
-    qr_img_tag,
-)
+from wachat_async import RetryPolicy, WachatClient, qr_img_tag
+from wachat_async.web.starlette import qr_routes
 
 logger = logging.getLogger("wachat_proxy")
 
-NO_STORE = {"Cache-Control": "no-store"}
 DEMO_INSTANCE = "t1_demo0001_store"
 
 
@@ -63,7 +46,7 @@ class Settings:
 
     *api_key*/*base_url* default to ``WACHAT_API_KEY``/``WACHAT_BASE_URL`` (the client reads
     them); *timeout* and *retry* go to :class:`WachatClient` as they are. *instances* is the
-    allow-list the page shows and the QR route serves (``None``: any name; only behind your own
+    allow-list the page shows and the QR routes serve (``None``: any name; only behind your own
     access control). *demo* starts the embedded fake server instead of talking to Wachat.
     """
 
@@ -75,108 +58,20 @@ class Settings:
     demo: bool = False
 
 
-def error_status(exc: Exception) -> tuple[int, str]:
-    """Map a client error to the status and the (detail-free) text the browser gets."""
-    if isinstance(exc, InstanceNotFoundError):
-        return 404, "No such WhatsApp instance."
-    if isinstance(exc, (BadRequestError, ValueError)):
-        return 400, "Invalid instance name."
-    if isinstance(exc, QRNotSupportedError):
-        return 409, "This instance has no QR code (only WhatsApp Baileys instances have one)."
-    if isinstance(exc, (GatewayTimeoutError, WachatTimeoutError)):
-        return 504, "The QR code service timed out. Try again."
-    if isinstance(exc, (AuthenticationError, SubscriptionRestrictedError)):
-        # Our configuration is wrong, not the browser's request: say nothing more.
-        return 500, "Internal server error."
-    # 502 upstream, undocumented statuses, transport failures, invalid images.
-    return 502, "The QR code service failed. Try again."
-
-
-class QRImageResponse(Response):
-    """Streams one instance's QR PNG; the status is decided only once Wachat has answered.
-
-    A plain ``StreamingResponse`` must commit to a status before the upstream call, and does
-    not notice a disconnect while the endpoint is still awaiting Wachat. This response opens
-    the upstream stream itself, inside a task group that also listens for ``http.disconnect``
-    and cancels everything when it arrives.
-    """
-
-    media_type = "image/png"
-
-    def __init__(self, client: WachatClient, instance_name: str) -> None:
-        # No Response.__init__: it would render an empty body and announce Content-Length: 0.
-        self.client = client
-        self.instance_name = instance_name
-        self.status_code = 200
-        self.background = None
-        self.init_headers({**NO_STORE, "X-Content-Type-Options": "nosniff"})
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        failure: Exception | None = None
-        async with anyio.create_task_group() as tg:
-
-            async def cancel_on_disconnect() -> None:
-                while (await receive())["type"] != "http.disconnect":
-                    pass
-                logger.info("browser left; cancelling QR fetch for %r", self.instance_name)
-                tg.cancel_scope.cancel()
-
-            tg.start_soon(cancel_on_disconnect)
-            try:
-                await self._respond(scope, receive, send)
-            except WachatError as exc:  # before OSError: WachatTimeoutError is a TimeoutError
-                failure = exc
-            except OSError:
-                pass  # ASGI >= 2.4 servers report a gone client by raising from send()
-            except Exception as exc:
-                failure = exc  # re-raised below, outside the task group (no ExceptionGroup)
-            tg.cancel_scope.cancel()
-        if failure is not None:
-            raise failure
-
-    async def _respond(self, scope: Scope, receive: Receive, send: Send) -> None:
-        started = False
-        try:
-            async with self.client.stream_qr_image(self.instance_name) as stream:
-                async for chunk in stream:
-                    if not started:
-                        # Headers go out with the first bytes: every failure before them
-                        # still gets its own status.
-                        started = True
-                        await send(
-                            {
-                                "type": "http.response.start",
-                                "status": 200,
-                                "headers": self.raw_headers,
-                            }
-                        )
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except (WachatError, ValueError) as exc:
-            if started:
-                # The status is out; failing the ASGI call makes the server drop the
-                # connection, so the browser sees a truncated response, not a complete one.
-                logger.warning("QR stream for %r failed mid-body: %s", self.instance_name, exc)
-                raise
-            status, text = error_status(exc)
-            log = logger.error if status == 500 else logger.warning
-            log("QR for %r failed: %s -> %d", self.instance_name, exc, status)
-            await PlainTextResponse(text, status_code=status, headers=NO_STORE)(
-                scope, receive, send
-            )
-            return
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; its lifespan opens the :class:`WachatClient` and closes it on shutdown."""
     settings = Settings() if settings is None else settings
     allowed = None if settings.instances is None else frozenset(settings.instances)
 
+    def may_see(request: Request, instance_name: str) -> bool:
+        """The app's own rule: an allow-list here; in a real app, e.g. (with SessionMiddleware)
+        ``instance_name in owned_by(request.session.get("user_id"))``. May be an async def."""
+        return allowed is None or instance_name in allowed
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
-            api_key: str | None = settings.api_key
-            base_url: str | None = settings.base_url
+            api_key, base_url = settings.api_key, settings.base_url
             if settings.demo:
                 from wachat_async.testing import FakeWachatServer
 
@@ -195,11 +90,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
             yield
 
-    app = FastAPI(title="Wachat QR proxy", lifespan=lifespan)
+    def client(request: Request) -> WachatClient:
+        wachat: WachatClient = request.app.state.client  # opened by the lifespan
+        return wachat
+
+    app = FastAPI(
+        title="Wachat QR proxy",
+        lifespan=lifespan,
+        routes=qr_routes(client, prefix="/qr", authorize=may_see),
+    )
 
     @app.get("/", response_class=HTMLResponse)
     async def index() -> HTMLResponse:
-        """A page with one ``<img src="/qr/NAME.png">`` per configured instance."""
+        """Per instance, its QR (a key-less ``<img>``) and a link to its live page."""
         items = "\n".join(_figure(name) for name in sorted(allowed or ()))
         page = (
             "<!doctype html>\n<html><head><meta charset='utf-8'><title>Link WhatsApp</title>"
@@ -208,29 +111,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return HTMLResponse(
             page,
             headers={
-                **NO_STORE,
+                "Cache-Control": "no-store",
                 "Content-Security-Policy": "default-src 'none'; img-src 'self'",
                 "Referrer-Policy": "no-referrer",
             },
         )
 
-    @app.get(
-        "/qr/{name}.png",
-        response_class=Response,
-        responses={200: {"content": {"image/png": {}}, "description": "The QR code PNG."}},
-    )
-    async def qr_png(name: str, request: Request) -> Response:
-        """Stream the instance's QR PNG, fetched server-side with header auth."""
-        if allowed is not None and name not in allowed:
-            return PlainTextResponse("No such WhatsApp instance.", 404, headers=NO_STORE)
-        return QRImageResponse(request.app.state.client, name)
-
     return app
 
 
 def _figure(name: str) -> str:
-    img = qr_img_tag(f"/qr/{quote(name, safe='')}.png", alt=f"QR code for {name}")
-    return f"<figure>{img}<figcaption>{html.escape(name)}</figcaption></figure>"
+    path = f"/qr/{quote(name, safe='')}"
+    img = qr_img_tag(f"{path}.png", alt=f"QR code for {name}")
+    caption = f'<a href="{html.escape(path)}">{html.escape(name)}</a> (live page)'
+    return f"<figure>{img}<figcaption>{caption}</figcaption></figure>"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -23,6 +23,9 @@ import yaml
 
 import wachat_async
 import wachat_async.testing
+import wachat_async.web
+import wachat_async.web.aiohttp
+import wachat_async.web.starlette
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -70,9 +73,14 @@ def _nav_files(node: object) -> list[str]:
 
 PUBLIC = [f"wachat_async.{name}" for name in wachat_async.__all__]
 TESTING = [f"wachat_async.testing.{name}" for name in wachat_async.testing.__all__]
+WEB = [
+    f"{module.__name__}.{name}"
+    for module in (wachat_async.web, wachat_async.web.aiohttp, wachat_async.web.starlette)
+    for name in module.__all__
+]
 
 
-@pytest.mark.parametrize("path", PUBLIC + TESTING, ids=PUBLIC + TESTING)
+@pytest.mark.parametrize("path", PUBLIC + TESTING + WEB, ids=PUBLIC + TESTING + WEB)
 def test_every_public_name_has_a_reference_entry(path: str) -> None:
     """Each name in `__all__` (and `wachat_async.testing.__all__`) is rendered by one directive."""
     assert [target for _, target in _directives()].count(path) == 1
@@ -80,7 +88,7 @@ def test_every_public_name_has_a_reference_entry(path: str) -> None:
 
 def test_the_reference_documents_only_public_names() -> None:
     """No directive points at a private module or at a name that is not exported."""
-    stray = [f"{page}: {t}" for page, t in _directives() if t not in PUBLIC + TESTING]
+    stray = [f"{page}: {t}" for page, t in _directives() if t not in PUBLIC + TESTING + WEB]
     assert stray == []
 
 

@@ -28,6 +28,8 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from wachat_async import InvalidImageError, QRImage, RetryPolicy, WachatClient, _files
 from wachat_async._cli import EXIT_FILE, main
@@ -229,12 +231,80 @@ async def test_setuid_bits_of_a_replaced_file_are_not_copied(save: Save, tmp_pat
     assert stat.S_IMODE(target.stat().st_mode) == 0o755
 
 
-async def test_a_long_file_name_still_gets_a_temp_file(save: Save, tmp_path: Path) -> None:
-    """A 255-character name (the limit) works: the temp name is shortened, not overflowed."""
-    target = tmp_path / ("q" * 251 + ".png")
-    await save(target)
-    assert target.read_bytes() == PNG
-    assert listing(tmp_path) == [target.name]
+#: What a long name is made of: characters of 1 to 4 UTF-8 bytes, grapheme clusters, and bytes
+#: that are not UTF-8 at all (a bytes path; os.fsdecode makes them lone surrogates).
+LONG_NAME_UNITS = {
+    "ascii": "q",
+    "latin-2-bytes": "\u00e9",
+    "cjk-3-bytes": "\u4e8c",
+    "emoji-4-bytes": "\U0001f600",
+    "mixed": "a\u00e9\u4e8c\U0001f600",
+    "zwj-family": "\U0001f468\u200d\U0001f469\u200d\U0001f467",
+    "undecodable-bytes": "\udcff\udcfeq",
+    "emoji-and-undecodable": "\U0001f600\udce9",
+}
+
+
+def long_name(unit: str, size: int) -> bytes:
+    """A file name of exactly *size* bytes: *unit* repeated, padded with "q", then ".png"."""
+    encoded = os.fsencode(unit)
+    body = encoded * ((size - 4) // len(encoded))
+    return body + b"q" * (size - 4 - len(body)) + b".png"
+
+
+@pytest.mark.parametrize("size", [200, 248, 254, 255], ids=lambda n: f"{n}-bytes")
+@pytest.mark.parametrize("unit", list(LONG_NAME_UNITS.values()), ids=list(LONG_NAME_UNITS))
+async def test_a_long_file_name_still_gets_a_temp_file(
+    save: Save, tmp_path: Path, unit: str, size: int
+) -> None:
+    """Any legal name up to NAME_MAX (255 bytes) works, however many bytes its characters
+    take: the temp name keeps a part of it measured in bytes, so it never overflows."""
+    name = long_name(unit, size)
+    assert len(name) == size
+    for target in (os.path.join(os.fsencode(tmp_path), name), tmp_path / os.fsdecode(name)):
+        await save(target)
+        assert Path(os.fsdecode(target)).read_bytes() == PNG
+        assert os.listdir(os.fsencode(tmp_path)) == [name]
+
+
+@given(
+    st.text(
+        st.characters(exclude_characters="/\x00", exclude_categories=["Cs"])
+        | st.characters(min_codepoint=0xDC80, max_codepoint=0xDCFF),
+        max_size=300,
+    )
+)
+@settings(deadline=None, derandomize=True, database=None)
+def test_the_temp_name_keeps_whole_characters_within_a_byte_budget(name: str) -> None:
+    """The name part of the temp name is the longest run of whole characters from the start
+    of the name that fits in 64 bytes: never more, never a character cut into bytes."""
+    prefix = _files._temp_prefix(name)
+    assert prefix[0] == prefix[-1] == "."
+    kept = prefix[1:-1]
+    assert name.startswith(kept)
+    size = len(os.fsencode(kept))
+    assert size <= 64
+    assert os.fsdecode(os.fsencode(kept)) == kept  # whole characters: decodes back the same
+    if kept != name:  # cut: the next character would not have fitted
+        assert size + len(os.fsencode(name[len(kept)])) > 64
+    with tempfile.TemporaryDirectory() as folder:  # and the OS takes it
+        fd, temp = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=".part")
+        os.close(fd)
+        assert len(os.fsencode(os.path.basename(temp))) <= 64 + 15
+
+
+async def test_a_name_that_cannot_be_encoded_is_an_os_error_before_any_request(
+    save: Save, tmp_path: Path, png_server: PngServer
+) -> None:
+    """A str path with a lone surrogate no byte stands for is an OSError naming it, not a
+    UnicodeEncodeError, and is raised before anything is fetched."""
+    target = os.path.join(tmp_path, "qr\ud800.png")
+    with pytest.raises(OSError, match="cannot be encoded") as caught:
+        await save(target)
+    assert caught.value.errno == errno.EILSEQ
+    assert_clean_error(caught.value, target)
+    assert png_server.requests == 0
+    assert listing(tmp_path) == []
 
 
 # -- symlinks ------------------------------------------------------------------------------
@@ -463,6 +533,159 @@ async def test_a_proc_link_to_a_deleted_file_is_written_in_place(tmp_path: Path,
     finally:
         os.close(fd)
     assert listing(tmp_path) == []
+
+
+# -- paths that name one of this process's file descriptors ---------------------------------
+
+#: How a path can name file descriptor N of this process (skipped where the OS has no such
+#: path), the last two through a symlink made in the test's folder.
+FD_PATHS = {
+    "dev-fd": "/dev/fd/{fd}",
+    "proc-self-fd": "/proc/self/fd/{fd}",
+    "proc-pid-fd": "/proc/{pid}/fd/{fd}",
+    "proc-thread-self-fd": "/proc/thread-self/fd/{fd}",
+    "symlink-to-dev-fd": "link",
+    "through-a-linked-folder": "folder-link/{fd}",
+}
+#: How the caller opened the file: (flags, what the file holds after "BEFORE\n" is written
+#: through it, then the PNG, then "AFTER\n").
+FD_OPENINGS = {
+    "write-only": os.O_WRONLY,
+    "read-write": os.O_RDWR,
+    "append": os.O_WRONLY | os.O_APPEND,
+}
+
+
+def _fd_path(tmp_path: Path, how: str, fd: int) -> str:
+    """The path *how* names *fd* with (creating the symlinks it needs)."""
+    if how == "symlink-to-dev-fd":
+        (tmp_path / "link").symlink_to(f"/dev/fd/{fd}")
+        return str(tmp_path / "link")
+    if how == "through-a-linked-folder":
+        (tmp_path / "folder-link").symlink_to("/dev/fd")
+        return str(tmp_path / "folder-link" / str(fd))
+    return FD_PATHS[how].format(fd=fd, pid=os.getpid())
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/fd"), reason="no /dev/fd on this OS")
+@pytest.mark.parametrize("opening", list(FD_OPENINGS.values()), ids=list(FD_OPENINGS))
+@pytest.mark.parametrize("how", list(FD_PATHS))
+async def test_a_path_naming_an_open_descriptor_is_written_through_it(
+    save: Save, tmp_path: Path, how: str, opening: int
+) -> None:
+    """/dev/fd/N, /proc/self/fd/N (and links to them) of a regular file open for writing: the
+    PNG goes through that descriptor after what was written before, the file keeps its inode
+    (nothing replaced, nothing truncated), and later writes through it land after the PNG."""
+    out = tmp_path / "out.log"
+    out.write_bytes(b"")
+    fd = os.open(out, opening)
+    try:
+        path = _fd_path(tmp_path, how, fd)
+        if not os.path.exists(path):
+            pytest.skip(f"{path} does not exist on this OS")
+        inode = os.fstat(fd).st_ino
+        os.write(fd, b"BEFORE\n")
+        assert await save(path) == Path(path)
+        os.write(fd, b"AFTER\n")
+        assert out.read_bytes() == b"BEFORE\n" + PNG + b"AFTER\n"
+        assert out.stat().st_ino == inode
+        assert os.fstat(fd).st_nlink == 1
+    finally:
+        os.close(fd)
+    assert [n for n in listing(tmp_path) if n.endswith(".part")] == []
+
+
+@pytest.mark.parametrize("name", ["1", "3", "007"])
+async def test_a_file_named_like_a_descriptor_elsewhere_is_an_ordinary_file(
+    save: Save, tmp_path: Path, name: str
+) -> None:
+    """A file whose name is a number, outside /dev/fd and /proc/.../fd, is replaced
+    atomically like any file, even while a descriptor of that number is open."""
+    target = tmp_path / name
+    target.write_bytes(b"old")
+    inode = target.stat().st_ino
+    await save(target)
+    assert target.read_bytes() == PNG
+    assert target.stat().st_ino != inode
+    assert listing(tmp_path) == [name]
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/fd"), reason="no /dev/fd on this OS")
+async def test_a_descriptor_open_only_for_reading_names_its_file(
+    save: Save, tmp_path: Path
+) -> None:
+    """/dev/fd/N of a file open read-only (what /dev/stdin is for ``< file``) cannot be written
+    through: it names its file like any other path, which is replaced atomically."""
+    out = tmp_path / "in.txt"
+    out.write_bytes(b"input")
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        await save(f"/dev/fd/{fd}")
+        assert os.pread(fd, 100, 0) == b"input"  # the old inode, still open, is untouched
+    finally:
+        os.close(fd)
+    assert out.read_bytes() == PNG
+    assert listing(tmp_path) == ["in.txt"]
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/fd"), reason="no /dev/fd on this OS")
+async def test_a_failed_write_through_a_descriptor_names_the_path(
+    save: Save, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk full while writing through /dev/fd/N is an OSError naming the caller's path."""
+    out = tmp_path / "out.log"
+    out.write_bytes(b"")
+    fd = os.open(out, os.O_WRONLY)
+    try:
+        path = f"/dev/fd/{fd}"
+        _fail(monkeypatch, "write", errno.ENOSPC)
+        with pytest.raises(OSError, match=os.strerror(errno.ENOSPC)) as info:
+            await save(path)
+        monkeypatch.undo()
+        assert info.value.errno == errno.ENOSPC
+        assert_clean_error(info.value, path)
+    finally:
+        os.close(fd)
+
+
+_STDOUT_CHILD = """
+import asyncio, sys
+from wachat_async import QRImage, _files
+png = bytes.fromhex(sys.argv[1])
+for path in sys.argv[2:]:
+    print("BEFORE", path)  # buffered: stdout is not a terminal
+    QRImage.from_png(png, instance_name="t1_store").save(path)
+    print("MIDDLE")
+    asyncio.run(_files.write_bytes_async(path, png))
+print("AFTER")
+"""
+STDOUT_PATHS = [p for p in ("/dev/stdout", "/dev/fd/1", "/proc/self/fd/1") if os.path.exists(p)]
+
+
+@pytest.mark.skipif(not STDOUT_PATHS, reason="no /dev/stdout on this OS")
+@pytest.mark.parametrize("stdout", ["file", "appended-file", "pipe"])
+def test_saving_to_dev_stdout_keeps_what_was_printed_around_it(tmp_path: Path, stdout: str) -> None:
+    """A script whose stdout is redirected to a file (``> out``, ``>> out``) or a pipe saves to
+    /dev/stdout, /dev/fd/1 and /proc/self/fd/1, sync and async: the output is what it printed
+    and the PNGs in order, in the same file (same inode), with nothing lost before or after."""
+    argv = [sys.executable, "-c", _STDOUT_CHILD, PNG.hex(), *STDOUT_PATHS]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # print buffers
+    each = (b"BEFORE %s\n" % os.fsencode(p) + PNG + b"MIDDLE\n" + PNG for p in STDOUT_PATHS)
+    expected = b"".join(each) + b"AFTER\n"
+    if stdout == "pipe":
+        done = subprocess.run(  # noqa: S603 - our interpreter, a fixed script
+            argv, stdout=subprocess.PIPE, env=env, check=True, timeout=60
+        )
+        assert done.stdout == expected
+        return
+    out = tmp_path / "out.log"
+    out.write_bytes(b"old\n")
+    with open(out, "ab" if stdout == "appended-file" else "wb") as fh:
+        inode = os.fstat(fh.fileno()).st_ino
+        subprocess.run(argv, stdout=fh, env=env, check=True, timeout=60)  # noqa: S603
+    assert out.read_bytes() == (b"old\n" if stdout == "appended-file" else b"") + expected
+    assert out.stat().st_ino == inode
+    assert listing(tmp_path) == ["out.log"]
 
 
 @pytest.mark.parametrize("mode", ["write_bytes", "write_bytes_async"])

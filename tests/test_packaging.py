@@ -25,7 +25,11 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
 PROJECT = PYPROJECT["project"]
 EXAMPLE_SCRIPTS = sorted((ROOT / "examples").glob("*.py"))
 #: First-party modules that need an extra beyond the base install.
-FIRST_PARTY_EXTRAS = {"wachat_async.testing": "testing", "wachat_async._cli": "cli"}
+FIRST_PARTY_EXTRAS = {
+    "wachat_async.testing": "testing",
+    "wachat_async._cli": "cli",
+    "wachat_async.web.starlette": "web-starlette",
+}
 INSTALL_LINE = re.compile(r"pip install -e '\.\[([a-z0-9_,-]+)\]'")
 
 

@@ -46,7 +46,16 @@ from wachat_async import (
     WachatTimeoutError,
     build_qr_image_url,
 )
-from wachat_async._polling import WORKER_TASK_PREFIX, FetchMany, fetch_many, is_transient, watch_qr
+from wachat_async._polling import (
+    MIN_INTERVAL,
+    WORKER_TASK_PREFIX,
+    FetchMany,
+    QRWatch,
+    fetch_many,
+    is_transient,
+    watch_qr,
+    watch_wait,
+)
 from wachat_async._validate import check_instance_name
 from wachat_async.testing import FakeWachatServer, Fault
 
@@ -1365,8 +1374,9 @@ async def test_state_check_errors_are_classified_too() -> None:
     with pytest.raises(AuthenticationError):
         async for _ in watch:
             pass
-    # Round 1: state timed out (logged). Round 2: state "close", QR yielded. Round 3: 401.
-    assert clock.waits == [1.0, 1.0]
+    # Round 1: state timed out (logged, so the wait doubles). Round 2: state "close", QR
+    # yielded (back to the interval). Round 3: 401.
+    assert clock.waits == [2.0, 1.0]
 
 
 @pytest.mark.parametrize(
@@ -1429,3 +1439,139 @@ async def test_failure_count_restarts_after_a_success(all_logs: pytest.LogCaptur
     warnings = [r.getMessage() for r in all_logs.records if r.levelno == logging.WARNING]
     counts = [[n for n in "123" if f"failure {n} in a row" in m] for m in warnings]
     assert counts == [["1"], ["1"], ["2"]]
+
+
+# -- watch_qr: the QR's life (minimum interval, backoff, counters) ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("interval", "expected"),
+    [
+        pytest.param(0.001, 1.0, id="tiny"),
+        pytest.param(0.5, 1.0, id="half-second"),
+        pytest.param(1.0, 1.0, id="floor"),
+        pytest.param(3.0, 3.0, id="above-floor"),
+    ],
+)
+async def test_watch_never_polls_faster_than_once_a_second(
+    interval: float, expected: float
+) -> None:
+    """An interval under MIN_INTERVAL (1 s) is raised to it, jitter included."""
+    clock = Clock()
+    watch = watch_qr(Recorder(), "a", interval=interval, jitter=0.5, get_state=None, sleep=clock)
+    assert watch.interval == expected
+    await watch.__anext__()
+    rounds = asyncio.ensure_future(watch.__anext__())
+    while len(clock.waits) < 30:
+        await asyncio.sleep(0)
+    rounds.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await rounds
+    assert MIN_INTERVAL == 1.0
+    assert min(clock.waits) >= MIN_INTERVAL
+    assert max(clock.waits) <= expected * 1.5
+
+
+@pytest.mark.parametrize(
+    ("interval", "failures", "cap", "expected"),
+    [
+        pytest.param(2.0, 0, 60.0, 2.0, id="success-is-the-interval"),
+        pytest.param(2.0, 1, 60.0, 4.0, id="one-failure-doubles"),
+        pytest.param(2.0, 4, 60.0, 32.0, id="four-failures"),
+        pytest.param(2.0, 5, 60.0, 60.0, id="capped"),
+        pytest.param(2.0, 10**6, 60.0, 60.0, id="endless-outage-no-overflow"),
+        pytest.param(0.1, 1, 60.0, 2.0, id="floor-before-doubling"),
+        pytest.param(90.0, 3, 60.0, 90.0, id="cap-never-below-interval"),
+        pytest.param(1.0, 3, 0.5, 1.0, id="cap-never-below-floor"),
+    ],
+)
+def test_watch_wait_backs_off_exponentially_up_to_the_cap(
+    interval: float, failures: int, cap: float, expected: float
+) -> None:
+    """watch_wait doubles per failure in a row from max(interval, 1 s), capped at max_backoff."""
+    assert watch_wait(interval, failures, cap) == expected
+
+
+async def test_consecutive_transient_failures_back_off_then_recover() -> None:
+    """Each transient failure in a row doubles the wait up to max_backoff; a success resets it."""
+    outcomes: list[QRImage | WachatError] = [
+        *(WachatConnectionError("down") for _ in range(6)),
+        image("a"),
+        WachatConnectionError("down"),
+    ]
+
+    async def fetch(name: str) -> QRImage:
+        await asyncio.sleep(0)  # the fake sleep never suspends: let the test's loop run
+        outcome = outcomes.pop(0) if outcomes else image("a")
+        if isinstance(outcome, WachatError):
+            raise outcome
+        return outcome
+
+    clock = Clock()
+    watch = watch_qr(
+        fetch, "a", interval=1.0, jitter=0.0, get_state=None, sleep=clock, max_backoff=10.0
+    )
+    first = await watch.__anext__()
+    assert (watch.shown, watch.polls, watch.failures, watch.latest) == (1, 7, 0, first)
+    rounds = asyncio.ensure_future(watch.__anext__())
+    while len(clock.waits) < 9:
+        await asyncio.sleep(0)
+    rounds.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await rounds
+    assert clock.waits[:9] == [2.0, 4.0, 8.0, 10.0, 10.0, 10.0, 1.0, 2.0, 1.0]
+
+
+async def test_watch_counts_the_qr_codes_shown(
+    still_server: FakeWachatServer, still_client: WachatClient
+) -> None:
+    """QRWatch.shown is the number of different QR codes seen; connected says why it ended."""
+    shown = []
+    async with still_client.watch_qr(NAME, interval=1.0, until_connected=True) as watch:
+        assert isinstance(watch, QRWatch)
+        assert (watch.shown, watch.latest, watch.connected) == (0, None, False)
+        async for qr in watch:
+            shown.append(watch.shown)
+            assert watch.latest is qr
+            still_server.rotate_qr(NAME)
+            if watch.shown == 3:
+                still_server.set_state(NAME, "open")
+    assert shown == [1, 2, 3]
+    assert watch.connected is True
+    assert watch.polls == still_server.request_count(NAME, path="/instance/qr/image") == 3
+    assert "shown=3" in repr(watch)
+    assert "connected" in repr(watch)
+    assert_no_key(repr(watch))
+
+
+async def test_watch_closed_early_is_not_connected(
+    still_server: FakeWachatServer, still_client: WachatClient
+) -> None:
+    """Leaving the async with block stops the watch; connected stays False; aclose is idempotent."""
+    async with still_client.watch_qr(NAME, until_connected=True) as watch:
+        async for _ in watch:
+            break
+    await watch.aclose()
+    assert (watch.shown, watch.connected) == (1, False)
+    with pytest.raises(StopAsyncIteration):
+        await watch.__anext__()
+
+
+@pytest.mark.parametrize(
+    ("max_backoff", "error"),
+    [
+        pytest.param(0, ValueError, id="zero"),
+        pytest.param(-1.0, ValueError, id="negative"),
+        pytest.param(float("inf"), ValueError, id="inf"),
+        pytest.param(float("nan"), ValueError, id="nan"),
+        pytest.param("60", TypeError, id="str"),
+        pytest.param(True, TypeError, id="bool"),
+    ],
+)
+def test_watch_max_backoff_is_validated_at_call_time(
+    max_backoff: float, error: type[Exception]
+) -> None:
+    """A bad max_backoff raises when watch_qr is called (client method included)."""
+    client = WachatClient(api_key=KEY, base_url="http://127.0.0.1:9/api/v1")
+    with pytest.raises(error, match="max_backoff"):
+        client.watch_qr(NAME, max_backoff=max_backoff)

@@ -308,6 +308,21 @@ def test_no_worker_means_every_name_fails_after_the_timeout(
     assert err.splitlines() == ["t1_a: no result within 0.3 s", "t1_b: no result within 0.3 s"]
 
 
+def test_redis_unreachable_is_one_line_and_exit_3(tmp_path: Path, fake: FakeWachatServer) -> None:
+    """No Redis at REDIS_URL: one line on stderr naming the cause, exit 3, no traceback."""
+    fleet = Fleet(tmp_path, _env(f"redis://127.0.0.1:{_free_port()}/0", fake))
+    producer = _produce(fleet, ["t1_a"], tmp_path / "qr")
+    try:
+        out, err = producer.communicate(timeout=120)
+    finally:
+        producer.kill()
+    assert producer.returncode == 3
+    assert out == ""
+    assert len(err.splitlines()) == 1
+    assert "cannot reach Redis" in err
+    assert "Traceback" not in err
+
+
 @pytest.mark.parametrize(
     "argv",
     [["--out-dir", "x"], ["--names-file", "f", "--out-dir", "x", "--timeout", "0"]],

@@ -38,7 +38,7 @@ from ._errors import (
 )
 from ._models import InstanceState, QRFailure, QRImage, QRResult, QRSuccess
 from ._network import InsecureTLSWarning
-from ._polling import FetchMany
+from ._polling import FetchMany, QRWatch
 from ._retry import GiveUpEvent, RetryBudget, RetryEvent, RetryPolicy
 from ._stream import QRStream
 from ._urls import DEFAULT_BASE_URL, ApiKeyExposureWarning, build_qr_image_url, qr_img_tag
@@ -70,6 +70,7 @@ __all__ = [
     "QRResult",
     "QRStream",
     "QRSuccess",
+    "QRWatch",
     "ResponseTooLargeError",
     "RetryBudget",
     "RetryEvent",

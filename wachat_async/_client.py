@@ -38,7 +38,7 @@ from ._network import (
     parse_proxy,
     ssl_for_session,
 )
-from ._polling import FetchMany, fetch_many, watch_qr
+from ._polling import DEFAULT_MAX_BACKOFF, FetchMany, QRWatch, fetch_many, watch_qr
 from ._redact import Secret, mentions
 from ._retry import Retrier, RetryBudget, RetryPolicy
 from ._stream import CHUNK_SIZE, QRStream
@@ -638,12 +638,16 @@ class WachatClient:
         interval: float = 5.0,
         until_connected: bool = False,
         jitter: float = 0.1,
-    ) -> AsyncIterator[QRImage]:
+        max_backoff: float = DEFAULT_MAX_BACKOFF,
+    ) -> QRWatch:
         """Poll one instance and yield its QR each time it changes (by content hash).
 
-        Transient errors go through the retry policy and watching goes on; terminal errors
-        (401/403/404/409, ...) are raised. With *until_connected* the watch ends cleanly once
-        :meth:`get_instance_state` reports ``"open"``. See :func:`wachat_async._polling.watch_qr`.
+        Never more often than once a second (a smaller *interval* is raised to 1 s). Transient
+        errors go through the retry policy and watching goes on, waiting twice as long after
+        each failure in a row, up to *max_backoff* seconds; terminal errors (401/403/404/409,
+        ...) are raised. With *until_connected* the watch ends cleanly once
+        :meth:`get_instance_state` reports ``"open"``. Returns a :class:`QRWatch`: its
+        ``shown`` counts the QR codes seen. See :func:`wachat_async._polling.watch_qr`.
         """
         name = check_instance_name(instance_name)
         return watch_qr(
@@ -653,6 +657,7 @@ class WachatClient:
             jitter=jitter,
             get_state=self.get_instance_state if until_connected else None,
             sleep=self._retrier.sleep,
+            max_backoff=max_backoff,
         )
 
     def qr_image_url(self, instance_name: str, *, expose_api_key: bool = False) -> str:

@@ -16,6 +16,15 @@ kind of path is treated alike:
   ``-o /dev/null`` works as it does for curl. A FIFO with no reader yet is waited for, as
   ``cmd > fifo`` would; the async path waits in a worker thread (the event loop stays free) and
   cancelling it gives up cleanly.
+* **A path naming one of this process's open file descriptors** (``/dev/stdout``,
+  ``/dev/stderr``, ``/dev/fd/N``, ``/proc/self/fd/N``, or a symlink to one) that is open for
+  writing on a regular file (``script > out.log``) is written *through that descriptor*, at its
+  current offset (appending if it was opened ``O_APPEND``), then fsynced: neither replaced (a
+  new inode would drop what the shell's redirect holds) nor reopened with ``O_TRUNC`` (which
+  would erase what was printed before). Whatever ``sys.stdout``/``sys.stderr`` hold in their
+  buffers for the same file is flushed first, so it stays before the PNG. The same flush
+  happens before writing to a pipe or a terminal that is stdout or stderr. A descriptor open
+  only for reading (``/dev/stdin``) names its file like any other path.
 * **A directory, a socket, a missing folder, a symlink loop, a trailing ``/``**: a clear
   :class:`OSError`, before anything is fetched.
 
@@ -39,6 +48,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import re
 import stat
 import sys
 import tempfile
@@ -48,6 +58,9 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Protocol, TypeVar, Union
 
+if sys.platform != "win32":
+    import fcntl
+
 __all__ = ["PathArg", "Sink", "write_bytes", "write_bytes_async", "write_stream"]
 
 #: What a save accepts as a path.
@@ -56,7 +69,9 @@ PathArg = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
 T = TypeVar("T")
 
 _MAX_LINKS = 40  # Linux's limit on symlinks followed in one lookup
-_NAME_IN_TEMP = 64  # characters of the file name kept in the temp name (NAME_MAX is 255)
+#: Bytes of the target's name kept in the temp name ".<name>.<8 random>.part": at most 79
+#: bytes in all, far below NAME_MAX (255 bytes; 143 on eCryptfs) whatever the target's name.
+_NAME_IN_TEMP = 64
 _WRITE_FLAGS = os.O_WRONLY | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
 _UNFSYNCABLE = {errno.EINVAL, errno.EBADF, getattr(errno, "ENOTSUP", errno.EINVAL)}
 _UNFSYNCABLE.add(getattr(errno, "EOPNOTSUPP", errno.EINVAL))
@@ -68,7 +83,12 @@ _WHY = {
 
 _NEW, _FILE, _FIFO, _CHAR, _BLOCK = "new", "file", "fifo", "char", "block"
 _IN_PLACE = "in-place"  # a regular file reached through a link readlink cannot follow
-_SPECIAL = (_FIFO, _CHAR, _BLOCK, _IN_PLACE)
+_FD = "fd"  # a regular file this process holds open for writing, named by /dev/fd/N & co.
+_SPECIAL = (_FIFO, _CHAR, _BLOCK, _IN_PLACE, _FD)
+
+#: The folders whose entries name this process's own file descriptors, once resolved
+#: (``/dev/fd`` is a link to ``/proc/self/fd`` on Linux, a file system of its own on BSD/macOS).
+_FD_FOLDER = re.compile(r"/proc/(?:self|thread-self|(?P<pid>[0-9]+))(?:/task/[0-9]+)?/fd\Z")
 
 
 class Sink(Protocol):
@@ -84,14 +104,17 @@ class Sink(Protocol):
 class _Target:
     """Where a save goes, decided before anything is written."""
 
-    __slots__ = ("kind", "path", "real", "shown", "stat")
+    __slots__ = ("fd", "kind", "path", "real", "shown", "stat")
 
-    def __init__(self, shown: str, real: str, kind: str, st: os.stat_result | None) -> None:
+    def __init__(
+        self, shown: str, real: str, kind: str, st: os.stat_result | None, fd: int = -1
+    ) -> None:
         self.shown = shown  # the caller's path, for messages and the return value
         self.path = Path(shown)
         self.real = real  # where the bytes land: symlinks followed
         self.kind = kind
-        self.stat = st  # of the regular file being replaced
+        self.stat = st  # of what is there: the file being replaced, the device, the FIFO
+        self.fd = fd  # _FD: the caller's open file descriptor (never ours to close)
 
     def error(self, exc: OSError, detail: str = "") -> OSError:
         """*exc* restated for the caller's path: never the temp file's name."""
@@ -121,41 +144,81 @@ def _resolve(path: PathArg) -> _Target:
         st = os.stat(shown)  # the kernel follows every link, /dev/stdout's included
     except FileNotFoundError:
         return _new_file(shown)
+    except UnicodeEncodeError:  # a str with a lone surrogate no byte sequence stands for
+        detail = "the name cannot be encoded for the file system"
+        raise _oserror(errno.EILSEQ, shown, detail) from None
     except OSError as exc:
         raise _oserror(exc.errno or errno.EIO, shown, _WHY.get(exc.errno or 0, "")) from None
     mode = st.st_mode
     if stat.S_ISREG(mode):
-        real = _follow(shown)
+        chain = _chain(shown)
+        for link in chain:
+            fd = _own_fd(link, st)
+            if fd >= 0:
+                return _Target(shown, shown, _FD, st, fd)
+        real = chain[-1]
         with suppress(OSError):
             if os.path.samestat(os.lstat(real), st):
                 return _Target(shown, real, _FILE, st)
         # A link the kernel resolves but readlink cannot (a /proc "magic" link to a deleted
         # file, say): there is no folder to rename into, so write in place.
-        return _Target(shown, shown, _IN_PLACE, None)
+        return _Target(shown, shown, _IN_PLACE, st)
     if stat.S_ISDIR(mode):
         raise _oserror(errno.EISDIR, shown, "give a file name inside it")
     if stat.S_ISFIFO(mode):
-        return _Target(shown, shown, _FIFO, None)
+        return _Target(shown, shown, _FIFO, st)
     if stat.S_ISCHR(mode):
-        return _Target(shown, shown, _CHAR, None)
+        return _Target(shown, shown, _CHAR, st)
     if stat.S_ISBLK(mode):
-        return _Target(shown, shown, _BLOCK, None)
+        return _Target(shown, shown, _BLOCK, st)
     what = "a socket" if stat.S_ISSOCK(mode) else "neither a file nor a device"
     raise _oserror(errno.ENXIO, shown, f"it is {what}: a PNG cannot be written there")
 
 
 def _follow(shown: str) -> str:
     """*shown* with its symlinks followed to the end (the last may dangle)."""
-    current = shown
+    return _chain(shown)[-1]
+
+
+def _chain(shown: str) -> list[str]:
+    """*shown*, then each path its symlinks point to, to the end (the last may dangle)."""
+    chain = [shown]
     for _ in range(_MAX_LINKS):
+        current = chain[-1]
         try:
             st = os.lstat(current)
         except FileNotFoundError:
-            return current
+            return chain
         if not stat.S_ISLNK(st.st_mode):
-            return current
-        current = os.path.join(os.path.dirname(current), os.readlink(current))
+            return chain
+        chain.append(os.path.join(os.path.dirname(current), os.readlink(current)))
     raise _oserror(errno.ELOOP, shown, "a symlink loop?")
+
+
+def _own_fd(path: str, st: os.stat_result) -> int:
+    """The file descriptor *path* names (``/dev/stdout``'s ``/proc/self/fd/1``, ``/dev/fd/N``),
+    if it is this process's, open for writing, on the file *st* describes; else -1.
+
+    Such a path must not be replaced (a new inode: what the shell's ``> file`` holds open, and
+    what was printed before, would be lost) nor reopened (``O_TRUNC`` would erase what was
+    printed before): the bytes go through the descriptor itself.
+    """
+    folder, name = os.path.split(path)
+    if sys.platform == "win32" or not (name.isascii() and name.isdigit()):
+        return -1
+    real = os.path.realpath(folder)
+    match = _FD_FOLDER.match(real)
+    if real != "/dev/fd" and (match is None or match["pid"] not in (None, str(os.getpid()))):
+        return -1
+    fd = int(name)
+    try:
+        held = os.fstat(fd)
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    except (OSError, OverflowError):  # not open (any more), or a number no descriptor has
+        return -1
+    if not os.path.samestat(held, st) or flags & os.O_ACCMODE == os.O_RDONLY:
+        return -1  # read-only (``/dev/stdin``): a path to that file like any other
+    return fd
 
 
 def _new_file(shown: str) -> _Target:
@@ -194,7 +257,7 @@ class _TempFile:
         self.folder = os.path.dirname(target.real) or os.curdir
         self.committed = False
         self.dirty = False
-        prefix = f".{os.path.basename(target.real)[:_NAME_IN_TEMP]}."
+        prefix = _temp_prefix(os.path.basename(target.real))
         try:
             self.fd, self.name = tempfile.mkstemp(dir=self.folder, prefix=prefix, suffix=".part")
         except OSError as exc:
@@ -273,6 +336,19 @@ class _TempFile:
                 os.unlink(self.name)
 
 
+def _temp_prefix(name: str) -> str:
+    """``.<name>.`` with *name* cut to at most ``_NAME_IN_TEMP`` bytes as the file system
+    stores them (``os.fsencode``), at a character boundary: a multi-byte character is kept
+    whole or dropped, never split into bytes that are not a character; an undecodable byte
+    (a lone surrogate from ``os.fsdecode``) is one byte and is kept as it came."""
+    size = 0
+    for end, char in enumerate(name):
+        size += len(os.fsencode(char))
+        if size > _NAME_IN_TEMP:
+            return f".{name[:end]}."
+    return f".{name}."
+
+
 def _fsync_folder(folder: str) -> None:
     """Make a rename in *folder* durable (POSIX: fsync the folder itself)."""
     if sys.platform == "win32":  # pragma: no cover - no directory fds on Windows
@@ -304,11 +380,19 @@ def write_bytes(path: PathArg, data: bytes) -> Path:
     """Write *data* to *path* atomically and durably (see the module docstring); return
     ``Path(path)``. Blocking: a FIFO with no reader is waited for, as ``open()`` would."""
     target = _resolve(path)
+    if target.kind == _FD:
+        _flush_python_streams(target)
+        try:
+            _write_through(target.fd, data)
+        except OSError as exc:
+            raise target.error(exc) from None
+        return target.path
     if target.kind in _SPECIAL:
         try:
             fd = os.open(target.real, _flags(target))
         except OSError as exc:
             raise target.error(exc) from None
+        _flush_python_streams(target)
         try:
             _write_all(fd, data)
             if target.kind in (_BLOCK, _IN_PLACE):
@@ -341,6 +425,15 @@ async def write_stream(path: PathArg, fill: Callable[[Sink], Awaitable[None]]) -
     bodies down a pipe, and a failed fetch writes nothing (the FIFO's reader sees end of file).
     """
     target = await _off_loop(_resolve, path)
+    if target.kind == _FD:  # the caller's descriptor: written once the body is whole
+        memory = _MemorySink()
+        await fill(memory)
+        _flush_python_streams(target)
+        try:
+            await _off_loop(_write_through, target.fd, b"".join(memory.chunks))
+        except OSError as exc:
+            raise target.error(exc) from None
+        return target.path
     if target.kind in _SPECIAL:
         # Opened first (a FIFO's reader then sees end of file if the fetch fails), except a
         # file written in place: opening truncates it, so that waits for a whole body.
@@ -350,6 +443,7 @@ async def write_stream(path: PathArg, fill: Callable[[Sink], Awaitable[None]]) -
             await fill(memory)
             if fd < 0:
                 fd = await _open_special(target)
+            _flush_python_streams(target)
             await _write_special(fd, target, b"".join(memory.chunks))
         finally:
             if fd >= 0:
@@ -506,6 +600,30 @@ async def _write_special(fd: int, target: _Target, data: bytes) -> None:
 def _write_and_sync(fd: int, data: bytes) -> None:
     _write_all(fd, data)
     os.fsync(fd)
+
+
+def _write_through(fd: int, data: bytes) -> None:
+    """Write *data* through the caller's open descriptor, at its offset (appending if it was
+    opened ``O_APPEND``), then fsync it where the file system can."""
+    _write_all(fd, data)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in _UNFSYNCABLE:
+            raise
+
+
+def _flush_python_streams(target: _Target) -> None:
+    """Flush ``sys.stdout``/``sys.stderr`` if they write where *target* is (``-o /dev/stdout``
+    to a file, a pipe or a terminal), so what was printed before the save stays before the PNG
+    (``print`` holds it in a buffer when stdout is not a terminal)."""
+    if target.stat is None:
+        return
+    streams = (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)
+    for stream in dict.fromkeys(s for s in streams if s is not None):
+        with suppress(OSError, ValueError, AttributeError):  # no fileno (pytest's capture)
+            if os.path.samestat(os.fstat(stream.fileno()), target.stat):
+                stream.flush()
 
 
 async def _writable(fd: int) -> bool:

@@ -12,8 +12,10 @@ before a request is made, so time spent waiting for a turn never eats into a req
 A worker yields to the loop at least once every ``PULLS_PER_YIELD`` names it pulls, so no
 iterable (an endless ``itertools.cycle`` of names already seen included) can hold the loop.
 
-``watch_qr`` polls one instance, yields a :class:`QRImage` only when its content hash changes,
-rides out transient failures (logged on the ``wachat_async`` logger) and raises terminal ones.
+``watch_qr`` polls one instance (never more often than once a second), yields a :class:`QRImage`
+only when its content hash changes, rides out transient failures (logged on the ``wachat_async``
+logger, with exponential backoff while they last) and raises terminal ones. It returns a
+:class:`QRWatch`, which counts the QR codes shown so far.
 
 Never imports the client, the transport or the stream: it is given the fetch (and state) callables.
 """
@@ -25,7 +27,7 @@ import contextlib
 import itertools
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Final, cast
 
@@ -38,7 +40,16 @@ from ._models import InstanceState, QRFailure, QRImage, QRResult, QRSuccess
 from ._retry import is_transient  # the one definition, next to RetryPolicy.is_retryable
 from ._validate import check_bool, check_instance_name, check_number
 
-__all__ = ["AnyResult", "FetchMany", "fetch_many", "is_transient", "watch_qr"]
+__all__ = [
+    "MIN_INTERVAL",
+    "AnyResult",
+    "FetchMany",
+    "QRWatch",
+    "fetch_many",
+    "is_transient",
+    "watch_qr",
+    "watch_wait",
+]
 
 logger = logging.getLogger("wachat_async")
 
@@ -382,6 +393,103 @@ def fetch_many(
     )
 
 
+#: ``watch_qr`` never polls one instance more often than once per this many seconds: WhatsApp
+#: gateways comparable to Wachat rate-limit QR fetches (Baileys #434, waha #1799). A smaller
+#: *interval* is raised to it. (The client's zero-wait mode, for tests, still skips the sleep.)
+MIN_INTERVAL: Final = 1.0
+#: Default cap of the backoff after consecutive transient failures (seconds, before jitter).
+DEFAULT_MAX_BACKOFF: Final = 60.0
+
+
+def watch_wait(interval: float, failures: int, max_backoff: float = DEFAULT_MAX_BACKOFF) -> float:
+    """The wait before the next poll, before jitter: ``interval`` doubled per failure in a row.
+
+    ``min(max(interval, MIN_INTERVAL) * 2**failures, max(max_backoff, interval, MIN_INTERVAL))``:
+    the normal interval after a success (``failures == 0``), then 2x, 4x, 8x... while transient
+    failures go on, capped at *max_backoff* (never below the interval itself), so a fleet of
+    watchers slows down through an outage instead of polling it at full rate.
+    """
+    base = max(interval, MIN_INTERVAL)
+    cap = max(max_backoff, base)
+    return min(base * 2.0 ** min(failures, 64), cap)
+
+
+class QRWatch:
+    """What :func:`watch_qr` returns: an async iterator of :class:`QRImage` (one per new QR)
+    that is also an async context manager, and tells how the watch is going.
+
+    * ``shown``: how many different QR codes the instance has shown during this watch (the
+      number of images yielded so far: the first is 1). WhatsApp rotates a QR about every
+      20 seconds, so ``shown`` also says how long the person has been looking at the page.
+    * ``polls``: QR fetches made (successful or not); ``failures``: transient failures in a
+      row right now (0 after a success; the wait doubles with each, see :func:`watch_wait`).
+    * ``latest``: the last image yielded (``None`` before the first).
+    * ``connected``: ``True`` once the watch ended because the instance is linked
+      (``until_connected=True`` and ``GET /instance/state`` said ``"open"``).
+
+    Leaving ``async with`` (or calling :meth:`aclose`) stops the watch::
+
+        async with client.watch_qr(name, until_connected=True) as watch:
+            async for qr in watch:
+                show(qr, f"QR number {watch.shown}")
+        print("linked" if watch.connected else "stopped")
+    """
+
+    __slots__ = (
+        "_iterator",
+        "connected",
+        "failures",
+        "instance_name",
+        "interval",
+        "latest",
+        "max_backoff",
+        "polls",
+        "shown",
+    )
+
+    def __init__(self, instance_name: str, interval: float, max_backoff: float) -> None:
+        self.instance_name = instance_name
+        #: The interval in force (the one asked for, raised to ``MIN_INTERVAL``).
+        self.interval = max(float(interval), MIN_INTERVAL)
+        self.max_backoff = float(max_backoff)
+        self.shown = 0
+        self.polls = 0
+        self.failures = 0
+        self.latest: QRImage | None = None
+        self.connected = False
+        self._iterator: AsyncGenerator[QRImage, None] | None = None
+
+    def __aiter__(self) -> QRWatch:
+        return self
+
+    async def __anext__(self) -> QRImage:
+        assert self._iterator is not None
+        return await self._iterator.__anext__()
+
+    async def aclose(self) -> None:
+        """Stop the watch (a request in flight is cancelled). Idempotent."""
+        if self._iterator is not None:
+            await self._iterator.aclose()
+
+    async def __aenter__(self) -> QRWatch:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        state = " connected" if self.connected else ""
+        return (
+            f"<QRWatch {self.instance_name!r} interval={self.interval:g} shown={self.shown} "
+            f"polls={self.polls} failures={self.failures}{state}>"
+        )
+
+
 def watch_qr(
     fetch: Fetch,
     instance_name: str,
@@ -391,57 +499,70 @@ def watch_qr(
     get_state: GetState | None,
     sleep: Callable[[float], Awaitable[None]],
     rand: Callable[[float, float], float] = random.uniform,
-) -> AsyncIterator[QRImage]:
+    max_backoff: float = DEFAULT_MAX_BACKOFF,
+) -> QRWatch:
     """Poll *instance_name* and yield its QR each time the image changes (by SHA-256).
 
     Each round: when *get_state* is given, check the instance state first and end cleanly once
     it ``is_connected``; then fetch the QR and yield it if its hash differs from the last one
-    yielded; then ``await sleep(interval * rand(1 - jitter, 1 + jitter))``. The jitter keeps a
-    fleet of watchers started together from polling in lock step.
+    yielded; then ``await sleep(max(MIN_INTERVAL, watch_wait(...) * rand(1 - jitter, 1 +
+    jitter)))``. The jitter keeps a fleet of watchers started together from polling in lock
+    step; *interval* below ``MIN_INTERVAL`` (1 s) is raised to it, so no watch polls faster.
 
     Transient failures (see :func:`is_transient`; the client's retry policy has already had its
-    go at them) are logged as warnings on the ``wachat_async`` logger and the watch goes on.
-    Terminal ones (400/401/403/404/409, an invalid image, ...) are raised. Arguments are
-    checked at call time: *interval* must be > 0 and finite, *jitter* in ``[0, 1)``.
+    go at them) are logged as warnings on the ``wachat_async`` logger and the watch goes on,
+    waiting twice as long after each one in a row, up to *max_backoff* (see
+    :func:`watch_wait`); a success brings the normal interval back. Terminal ones
+    (400/401/403/404/409, an invalid image, ...) are raised. Arguments are checked at call time:
+    *interval* and *max_backoff* must be > 0 and finite, *jitter* in ``[0, 1)``.
+
+    Returns a :class:`QRWatch` (its ``shown`` counts the QR codes seen so far).
     """
     check_number(interval, "interval", exclusive=True)
     check_number(jitter, "jitter", below=1)
-    return _watch(fetch, instance_name, interval, jitter, get_state, sleep, rand)
+    check_number(max_backoff, "max_backoff", exclusive=True)
+    watch = QRWatch(instance_name, interval, max_backoff)
+    watch._iterator = _watch(watch, fetch, jitter, get_state, sleep, rand)
+    return watch
 
 
 async def _watch(
+    watch: QRWatch,
     fetch: Fetch,
-    name: str,
-    interval: float,
     jitter: float,
     get_state: GetState | None,
     sleep: Callable[[float], Awaitable[None]],
     rand: Callable[[float, float], float],
-) -> AsyncIterator[QRImage]:
+) -> AsyncGenerator[QRImage, None]:
+    name = watch.instance_name
     last_digest: str | None = None
-    failures = 0
     while True:
         try:
             if get_state is not None and (await get_state(name)).is_connected:
                 logger.info("Instance %r is connected; watch ended", name)
+                watch.connected = True
                 return
+            watch.polls += 1
             image = await fetch(name)
         except WachatError as exc:
             if not is_transient(exc):
                 raise
-            failures += 1
+            watch.failures += 1
             status = exc.status if isinstance(exc, APIStatusError) else type(exc).__name__
             logger.warning(
                 "Watching instance %r: transient failure %d in a row (%s): %s; still watching",
                 name,
-                failures,
+                watch.failures,
                 status,
                 exc,
             )
         else:
-            failures = 0
+            watch.failures = 0
             digest = image.sha256
             if digest != last_digest:
                 last_digest = digest
+                watch.shown += 1
+                watch.latest = image
                 yield image
-        await sleep(interval * rand(1.0 - jitter, 1.0 + jitter))
+        wait = watch_wait(watch.interval, watch.failures, watch.max_backoff)
+        await sleep(max(MIN_INTERVAL, wait * rand(1.0 - jitter, 1.0 + jitter)))

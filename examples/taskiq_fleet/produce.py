@@ -11,7 +11,7 @@ workers may run elsewhere (on other machines it must be a shared folder). Each f
 instance is one line on stderr (``NAME: ErrorType: message``, key redacted); the last line on
 stdout is ``{"ok": N, "failed": M, "seconds": S}``. Exit status 0 when every name was saved,
 1 when any failed or ``--timeout`` passed first (the names still waiting count as failed),
-2 for a usage error.
+2 for a usage error, 3 when Redis cannot be reached (one line on stderr, no traceback).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from redis.exceptions import RedisError
 from taskiq import AsyncTaskiqTask
 
 from .worker import broker, fetch_qr
@@ -112,7 +113,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, UnicodeDecodeError) as exc:
         parser.error(f"cannot read --names-file: {exc}")
     out_dir = str(Path(args.out_dir).absolute())
-    outcomes, seconds = asyncio.run(run(names, out_dir, timeout=args.timeout))
+    try:
+        outcomes, seconds = asyncio.run(run(names, out_dir, timeout=args.timeout))
+    except (ConnectionError, RedisError) as exc:  # redis-py's errors, and the OS's below them
+        print(
+            f"{parser.prog}: error: cannot reach Redis ({type(exc).__name__}); is REDIS_URL right "
+            "and redis-server running?",
+            file=sys.stderr,
+        )
+        return 3
     failed = [o for o in outcomes if not o["ok"]]
     for outcome in failed:
         print(f"{outcome['instance']}: {outcome['error']}", file=sys.stderr)

@@ -13,14 +13,17 @@ from __future__ import annotations
 import array
 import asyncio
 import gc
+import html
+import json
 import logging
+import re
 import sys
 import traceback
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote, quote_plus, unquote
 
 import aiohttp
 import pytest
@@ -29,10 +32,30 @@ from wachat_async import RetryPolicy, WachatClient
 
 #: A distinctive key with characters that change under URL-encoding ('/', '+', '=').
 KEY = "wk_live_H0st1le/Key+7f3a9c1e=5b2d"
-#: Forms of the key that count as a leak, compared case-insensitively; the last two are its
-#: first characters and a fragment from the middle, so a partly printed key is caught too (a
-#: key cut short by an excerpt shows its start).
-LEAK_FORMS = (KEY, quote(KEY, safe=""), quote_plus(KEY), KEY[:8], "7f3a9c1e")
+#: The key's first characters and a fragment from its middle, so a partly printed key is
+#: caught too (a key cut short by an excerpt shows its start).
+KEY_PARTS = (KEY[:8], "7f3a9c1e")
+#: Forms of the key that count as a leak, compared case-insensitively: the key as sent,
+#: URL-encoded, JSON-escaped (also PHP's "\/" and "\uXXXX" for what is not a letter or
+#: digit), HTML-escaped (entities, decimal and hex references), and its parts. Beyond these,
+#: :func:`leaked` also looks in the text with those encodings undone.
+LEAK_FORMS = tuple(
+    dict.fromkeys(
+        (
+            KEY,
+            quote(KEY, safe=""),
+            quote_plus(KEY),
+            json.dumps(KEY)[1:-1],
+            KEY.replace("/", "\\/"),
+            "".join(c if c.isalnum() else f"\\u{ord(c):04x}" for c in KEY),
+            html.escape(KEY),
+            "".join(c if c.isalnum() else f"&#{ord(c)};" for c in KEY),
+            "".join(c if c.isalnum() else f"&#x{ord(c):x};" for c in KEY),
+            *KEY_PARTS,
+        )
+    )
+)
+_BACKSLASH_ESCAPE = re.compile(r"\\+(?:u\{?([0-9a-fA-F]{4,6})\}?|x([0-9a-fA-F]{2})|([^\\]))")
 NAME = "t1_hostile_store"
 
 #: Small per-attempt limits so a stall becomes a timeout after 0.3 s, not 15 s. Loopback answers
@@ -41,10 +64,28 @@ NAME = "t1_hostile_store"
 FAST_TIMEOUT = aiohttp.ClientTimeout(total=3.0, sock_connect=1.0, sock_read=0.3)
 
 
+def _unescape(match: re.Match[str]) -> str:
+    code = match.group(1) or match.group(2)
+    return chr(int(code, 16)) if code else match.group(3)
+
+
+def decoded(text: str) -> str:
+    """*text* with backslash escapes (JSON, JavaScript, Python), HTML references and
+    percent-encoding undone, twice over (an encoding inside an encoding)."""
+    for _ in range(2):
+        text = unquote(html.unescape(_BACKSLASH_ESCAPE.sub(_unescape, text)))
+    return text
+
+
 def leaked(text: str) -> str | None:
-    """The leak form found in *text* (case-insensitive), or None."""
+    """The leak form found in *text* (case-insensitive), or in *text* decoded, or None."""
     folded = text.casefold()
-    return next((form for form in LEAK_FORMS if form.casefold() in folded), None)
+    found = next((form for form in LEAK_FORMS if form.casefold() in folded), None)
+    if found is None:
+        plain = decoded(text).casefold()
+        forms = (KEY, *KEY_PARTS)
+        found = next((f"{form} (encoded)" for form in forms if form.casefold() in plain), None)
+    return found
 
 
 def assert_clean_text(text: str, where: str) -> None:

@@ -152,6 +152,15 @@ def _unicode_escaped(text: str) -> str:
     return "".join(f"\\u{ord(c):04x}" for c in text)
 
 
+def _html_references(text: str) -> str:
+    """*text* as an HTML page may write it: letters as they are, the rest as decimal, hex or
+    named character references in turn."""
+    names = {"/": "&sol;", "+": "&plus;", "=": "&equals;", "_": "&lowbar;"}
+    forms = (lambda c: f"&#{ord(c)};", lambda c: f"&#x{ord(c):X};", lambda c: names[c])
+    out = [c if c.isalnum() else forms[i % 3](c) for i, c in enumerate(text)]
+    return "".join(out)
+
+
 @dataclass(frozen=True)
 class Case:
     """One fault: the server's script and what the client must do about it."""
@@ -672,6 +681,46 @@ ECHO_CASES: dict[str, Case] = {
     "echo-location-not-utf8": Case(
         _fixed(_status(302, headers=[("Location", "https://evil.example/\xff\xfe")])),
         UnexpectedStatusError,
+    ),
+    # Escaped echoes in bodies with no message field (the raw body is what gets excerpted).
+    "echo-401-json-slash-escaped-no-message": Case(  # PHP's json_encode: "/" -> "\/"
+        _fixed(
+            _status(
+                401,
+                json.dumps({"status": 401, "provided": KEY}).replace("/", "\\/").encode(),
+                content_type="application/json",
+            )
+        ),
+        APIStatusError,
+        attrs={"status": 401},
+    ),
+    "echo-401-json-unicode-escaped-no-message": Case(
+        _fixed(
+            _status(
+                401,
+                ('{"status": 401, "provided": "' + _unicode_escaped(KEY) + '"}').encode(),
+                content_type="application/json",
+            )
+        ),
+        APIStatusError,
+        attrs={"status": 401},
+    ),
+    "echo-500-html-character-references": Case(
+        _fixed(
+            _status(
+                500,
+                f"<pre>Authorization: Bearer {_html_references(KEY)}</pre>".encode(),
+                content_type="text/html",
+            )
+        ),
+        UnexpectedStatusError,
+    ),
+    # The error body is read up to 64 KiB: the cut leaves the key's first characters at the
+    # end, and folding the white space before them brings them to the excerpt's start.
+    "echo-key-across-the-body-read-limit": Case(
+        _fixed(_status(404, b" " * (64 * 1024 - 12) + KEY.encode() + b" trailing")),
+        APIStatusError,
+        attrs={"status": 404},
     ),
 }
 

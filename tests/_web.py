@@ -1,0 +1,140 @@
+"""Shared helpers for the wachat_async.web tests: serve qr_routes on loopback, read SSE.
+
+Both frameworks run on real sockets: aiohttp.web under ``aiohttp.test_utils.TestServer`` and
+Starlette/FastAPI under uvicorn in this event loop (httpx's ASGI transport would buffer the
+event stream until it ends).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from wachat_async import WachatClient
+from wachat_async.web import WATCH_TASK_PREFIX
+
+FRAMEWORKS = ("aiohttp", "starlette")
+#: Bounds for waits in tests (never asserted on).
+LIMIT = 30.0
+
+
+def allow_all(request: object, instance_name: str) -> bool:
+    return True
+
+
+@contextlib.asynccontextmanager
+async def serve(
+    framework: str, client: WachatClient, *, fastapi: bool = False, **options: Any
+) -> AsyncIterator[str]:
+    """Serve ``qr_routes(client, **options)`` with *framework*; yield the base URL."""
+    options.setdefault("authorize", allow_all)
+    if framework == "aiohttp":
+        from wachat_async.web.aiohttp import qr_routes
+
+        app = web.Application()
+        app.add_routes(qr_routes(client, **options))
+        async with TestServer(app) as server:
+            yield str(server.make_url("")).rstrip("/")
+        return
+    import uvicorn
+
+    from wachat_async.web.starlette import qr_routes as starlette_routes
+
+    routes = starlette_routes(client, **options)
+    if fastapi:
+        from fastapi import FastAPI
+
+        asgi: Any = FastAPI(routes=routes)
+    else:
+        from starlette.applications import Starlette
+
+        asgi = Starlette(routes=routes)
+    config = uvicorn.Config(
+        asgi,
+        host="127.0.0.1",
+        port=0,
+        lifespan="off",
+        log_level="warning",
+        timeout_graceful_shutdown=1,
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.005)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, LIMIT)
+
+
+class EventReader:
+    """Reads one ``text/event-stream`` response into (event, data) pairs and comments."""
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self.response = response
+        self.comments: list[str] = []
+
+    async def next(self) -> tuple[str, Any] | None:
+        """The next event as (name, parsed JSON data); ``None`` once the stream has ended."""
+        kind, data = "message", []
+        while True:
+            raw = await asyncio.wait_for(self.response.content.readline(), LIMIT)
+            if not raw:
+                return None
+            line = raw.decode().rstrip("\n")
+            if not line:
+                if data:
+                    return kind, json.loads("\n".join(data))
+                continue
+            if line.startswith(":"):
+                self.comments.append(line)
+                continue
+            field, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if field == "event":
+                kind = value
+            elif field == "data":
+                data.append(value)
+
+    async def expect(self, kind: str) -> Any:
+        """The data of the next event, which must be *kind*."""
+        got = await self.next()
+        assert got is not None, f"stream ended while waiting for {kind!r}"
+        assert got[0] == kind, got
+        return got[1]
+
+    async def rest(self) -> list[tuple[str, Any]]:
+        """Every event until the stream ends."""
+        events = []
+        while (got := await self.next()) is not None:
+            events.append(got)
+        return events
+
+
+def watch_tasks() -> list[asyncio.Task[Any]]:
+    """The upstream watch tasks of wachat_async.web that exist right now."""
+    return [t for t in asyncio.all_tasks() if t.get_name().startswith(WATCH_TASK_PREFIX)]
+
+
+async def until(predicate: Callable[[], bool], what: str) -> None:
+    """Let the loop run until *predicate* holds (bounded; a failure names *what*)."""
+
+    async def wait() -> None:
+        while not predicate():
+            await asyncio.sleep(0.002)
+
+    try:
+        await asyncio.wait_for(wait(), LIMIT)
+    except asyncio.TimeoutError:
+        raise AssertionError(f"never happened: {what}") from None

@@ -1,0 +1,142 @@
+"""Headless Chromium follows the live QR page of wachat_async.web, on both frameworks.
+
+The page is served by an aiohttp.web app and by a FastAPI app under uvicorn, against the fake
+server. The test rotates the QR each time every tab shows the current one, so the image changes
+at least twice, then links the phone; the status must read ``connected``. No browser request
+carries the key, and the fake server's request log shows one upstream watch for three tabs.
+Chromium is driven as in tests/test_browser.py (DevTools over a websocket, no extra package).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from tests._web import serve, until
+from tests.test_browser import CDP, chromium, require_chromium
+from wachat_async import WachatClient
+from wachat_async.testing import FakeWachatServer
+
+pytestmark = pytest.mark.browser
+
+KEY = "wk_live_web_S3CRET_4242"
+NAME = "t1_mq9r2jov_jakarta_store"
+TABS = 3
+STATE_SCRIPT = """(() => {
+    const img = document.getElementById("wachat-qr");
+    const status = document.getElementById("wachat-status");
+    return {src: img.getAttribute("src"), loaded: img.complete ? img.naturalWidth : 0,
+            status: status.textContent};
+})()"""
+
+
+@pytest.fixture(scope="module")
+def chromium_path() -> str:
+    return require_chromium()
+
+
+async def open_tab(cdp: CDP, url: str) -> str:
+    """A new tab on *url*, with network events on; returns its DevTools session id."""
+    target = await cdp.call("Target.createTarget", {"url": "about:blank"})
+    attached = await cdp.call(
+        "Target.attachToTarget", {"targetId": target["targetId"], "flatten": True}
+    )
+    session: str = attached["sessionId"]
+    await cdp.call("Network.enable", session=session)
+    await cdp.call("Page.enable", session=session)
+    await cdp.call("Page.navigate", {"url": url}, session=session)
+    return session
+
+
+async def tab_state(cdp: CDP, session: str) -> dict[str, Any]:
+    result = await cdp.call(
+        "Runtime.evaluate", {"expression": STATE_SCRIPT, "returnByValue": True}, session=session
+    )
+    value: dict[str, Any] = result["result"]["value"]
+    return value
+
+
+@pytest.mark.parametrize("framework", ["aiohttp", "starlette"], ids=["aiohttp", "fastapi"])
+async def test_chromium_follows_the_live_qr_until_connected(
+    chromium_path: str, framework: str
+) -> None:
+    """Three tabs see the QR change twice, then read `connected`; one watch; no key sent."""
+    async with (
+        FakeWachatServer(api_key=KEY, qr_rotation=None) as fake,
+        WachatClient(api_key=KEY, base_url=fake.base_url) as client,  # real waits: 1 s polls
+        serve(framework, client, fastapi=True, interval=1.0) as base,
+        chromium(chromium_path) as cdp,
+    ):
+        fake.add_instance(NAME)
+        page_url = f"{base}/qr/{NAME}"
+        sessions = [await open_tab(cdp, page_url) for _ in range(TABS)]
+        shown: list[set[str]] = [set() for _ in sessions]
+        widths: set[int] = set()
+        linked = False
+        done = asyncio.Event()
+
+        async def drive() -> None:
+            nonlocal linked
+            while True:
+                states = [await tab_state(cdp, s) for s in sessions]
+                for seen, state in zip(shown, states, strict=True):
+                    if state["src"] and state["loaded"]:
+                        seen.add(state["src"])
+                        widths.add(state["loaded"])
+                if all(state["status"] == "connected" for state in states):
+                    done.set()
+                    return
+                current = {state["src"] for state in states}
+                everyone_sees_it = len(current) == 1 and all(s["loaded"] for s in states)
+                if everyone_sees_it and not linked:
+                    if min(len(seen) for seen in shown) < 3:
+                        fake.rotate_qr(NAME)
+                    else:
+                        fake.set_state(NAME, "open")
+                        linked = True
+                    # Wait for the next announcement before acting again.
+                    before = current
+                    await until_changed(before)
+                await asyncio.sleep(0.02)
+
+        async def until_changed(before: set[str | None]) -> None:
+            while True:
+                states = [await tab_state(cdp, s) for s in sessions]
+                if {s["src"] for s in states} != before or any(
+                    s["status"] == "connected" for s in states
+                ):
+                    return
+                await asyncio.sleep(0.02)
+
+        await asyncio.wait_for(drive(), 60)
+        await until(done.is_set, "every tab reads connected")
+        finals = [await tab_state(cdp, s) for s in sessions]
+        sent = [
+            e["params"]["request"]
+            for e in cdp.events
+            if e.get("method") == "Network.requestWillBeSent" and e.get("sessionId") in sessions
+        ]
+        qr_polls = fake.request_count(NAME, path="/instance/qr/image")
+        state_polls = fake.request_count(NAME, path="/instance/state")
+        browser_hits = [r for r in fake.requests if r.auth_via != "bearer"]
+
+    # Every tab showed at least three different QR codes (two changes), then "connected".
+    assert all(len(seen) >= 3 for seen in shown), shown
+    assert all(src.startswith(f"/qr/{NAME}.png?v=") for seen in shown for src in seen)
+    assert len(widths) == 1
+    assert all(state["status"] == "connected" for state in finals)
+    # Nothing the browser sent carries the key, in the URL or in a header.
+    urls = [request["url"] for request in sent]
+    assert any(url.endswith("/events") for url in urls)
+    assert any(".png?v=" in url for url in urls)
+    for request in sent:
+        assert KEY not in request["url"]
+        assert "apiKey" not in request["url"]
+        assert all(KEY not in str(value) for value in request.get("headers", {}).values())
+    assert browser_hits == []  # the browser never talked to Wachat itself
+    # One watch for three tabs: its rounds are state + QR, the last state said "open"; every
+    # PNG the tabs loaded came from the watch, never from another upstream fetch.
+    assert state_polls == qr_polls + 1
+    assert qr_polls >= 3

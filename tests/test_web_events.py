@@ -1,0 +1,406 @@
+"""wachat_async.web event streams and the hub: one upstream watch per instance, fan-out, cleanup.
+
+The fan-out tests hold every upstream request at a turnstile (an aiohttp trace hook on a
+borrowed session), so "one poll per round, whatever the number of viewers" is counted exactly,
+without clocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from collections.abc import AsyncIterator
+from types import SimpleNamespace
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests._web import FRAMEWORKS, LIMIT, EventReader, serve, until, watch_tasks
+from tests.conftest import KEY, NAME, assert_no_key
+from wachat_async import RetryPolicy, WachatClient
+from wachat_async.testing import FakeWachatServer
+from wachat_async.web import QRHub, hub_for, qr_events
+
+QR = "/instance/qr/image"
+STATE = "/instance/state"
+OTHER = "t1_zz99yy88_other_store"
+
+
+@pytest.fixture(params=FRAMEWORKS)
+def framework(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+async def still() -> AsyncIterator[FakeWachatServer]:
+    """A fake server whose QR changes only when a test rotates it."""
+    async with FakeWachatServer(api_key=KEY, qr_rotation=None) as fake:
+        fake.add_instance(NAME)
+        fake.add_instance(OTHER)
+        yield fake
+
+
+@pytest.fixture
+async def wachat(still: FakeWachatServer) -> AsyncIterator[WachatClient]:
+    async with WachatClient(
+        api_key=KEY, base_url=still.base_url, retry=RetryPolicy(zero_wait=True)
+    ) as client:
+        yield client
+
+
+class Turnstile:
+    """Holds every upstream request until the test lets one through."""
+
+    def __init__(self) -> None:
+        self.waiting = 0
+        self.passed = 0
+        self._permits = asyncio.Semaphore(0)
+
+    def let_through(self, count: int = 1) -> None:
+        for _ in range(count):
+            self._permits.release()
+
+    def trace(self) -> aiohttp.TraceConfig:
+        async def on_start(session: object, context: object, params: object) -> None:
+            self.waiting += 1
+            try:
+                await self._permits.acquire()
+            finally:
+                self.waiting -= 1
+            self.passed += 1
+
+        config = aiohttp.TraceConfig()
+        config.on_request_start.append(on_start)
+        return config
+
+
+@pytest.fixture
+async def gated(
+    still: FakeWachatServer,
+) -> AsyncIterator[tuple[WachatClient, Turnstile]]:
+    """A zero-wait client whose upstream requests wait at a Turnstile."""
+    turnstile = Turnstile()
+    async with (
+        aiohttp.ClientSession(trace_configs=[turnstile.trace()]) as session,
+        WachatClient(
+            api_key=KEY,
+            base_url=still.base_url,
+            retry=RetryPolicy(zero_wait=True),
+            session=session,
+        ) as client,
+    ):
+        yield client, turnstile
+
+
+async def test_events_announce_each_qr_then_connected_and_end(
+    framework: str, still: FakeWachatServer, wachat: WachatClient
+) -> None:
+    """qr at once and on every change (sha256 + src), connected once open, then the end."""
+    async with (
+        serve(framework, wachat) as base,
+        aiohttp.ClientSession() as http,
+        http.get(f"{base}/qr/{NAME}/events") as response,
+    ):
+        assert response.status == 200
+        assert response.headers["Content-Type"] == "text/event-stream"
+        assert response.headers["Cache-Control"] == "no-store"
+        reader = EventReader(response)
+        first = await reader.expect("qr")
+        still.rotate_qr(NAME)
+        second = await reader.expect("qr")
+        still.set_state(NAME, "open")
+        rest = await reader.rest()
+        async with http.get(base + second["src"]) as png:
+            image = await png.read()
+    assert set(first) == {"sha256", "src"}
+    assert first["src"] == f"/qr/{NAME}.png?v={first['sha256']}"
+    assert first["sha256"] != second["sha256"]
+    assert rest == [("connected", {"instance": NAME})]
+    assert png.headers["ETag"] == f'"{second["sha256"]}"'
+    assert image.startswith(b"\x89PNG")
+    assert_no_key(first, second, *response.headers.values())
+    await until(lambda: not watch_tasks(), "the watch ends once connected")
+
+
+async def test_an_instance_already_linked_says_connected_at_once(
+    framework: str, still: FakeWachatServer, wachat: WachatClient
+) -> None:
+    """A linked instance gets `connected` without a QR ever being fetched."""
+    still.set_state(NAME, "open")
+    async with (
+        serve(framework, wachat) as base,
+        aiohttp.ClientSession() as http,
+        http.get(f"{base}/qr/{NAME}/events") as response,
+    ):
+        events = await EventReader(response).rest()
+    assert events == [("connected", {"instance": NAME})]
+    assert still.request_count(NAME, path=QR) == 0
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        pytest.param(404, (404, "no such instance"), id="404"),
+        pytest.param(409, (409, "this instance has no QR code"), id="409"),
+        pytest.param(401, (502, "the QR code service failed"), id="401"),
+    ],
+)
+async def test_a_terminal_upstream_error_is_an_error_event_that_ends_the_stream(
+    framework: str,
+    still: FakeWachatServer,
+    wachat: WachatClient,
+    status: int,
+    expected: tuple[int, str],
+) -> None:
+    """A terminal error sends `event: error` with the PNG route's JSON, then the stream ends."""
+    still.script(NAME, [status])
+    async with (
+        serve(framework, wachat) as base,
+        aiohttp.ClientSession() as http,
+        http.get(f"{base}/qr/{NAME}/events") as response,
+    ):
+        events = await EventReader(response).rest()
+        async with http.get(f"{base}/qr/{NAME}.png") as png:
+            png_error = await png.json() if png.status != 200 else None
+    assert len(events) == 1
+    kind, data = events[0]
+    assert kind == "error"
+    assert data["instance"] == NAME
+    assert expected[1] in data["error"]
+    assert set(data) == {"error", "instance"}
+    assert png_error is None  # the script is spent: the next fetch works again
+    await until(lambda: not watch_tasks(), "the failed watch is gone")
+
+
+async def test_transient_failures_are_ridden_out_silently(
+    framework: str, still: FakeWachatServer, wachat: WachatClient
+) -> None:
+    """502s beyond the retry policy keep the stream open; the next QR still arrives."""
+    async with (
+        serve(framework, wachat) as base,
+        aiohttp.ClientSession() as http,
+        http.get(f"{base}/qr/{NAME}/events") as response,
+    ):
+        reader = EventReader(response)
+        await reader.expect("qr")
+        still.script(NAME, [502] * 8)
+        await until(lambda: not still.pending_script(NAME), "the 502s are served")
+        still.rotate_qr(NAME)
+        second = await reader.expect("qr")
+    assert second["src"].startswith(f"/qr/{NAME}.png?v=")
+
+
+async def test_heartbeat_comments_keep_an_idle_stream_alive(
+    framework: str, wachat: WachatClient
+) -> None:
+    """With nothing new to say, the stream sends `: ping` comments (period = heartbeat)."""
+    async with (
+        serve(framework, wachat, heartbeat=0.01) as base,
+        aiohttp.ClientSession() as http,
+        http.get(f"{base}/qr/{NAME}/events") as response,
+    ):
+        reader = EventReader(response)
+        await reader.expect("qr")
+        while len(reader.comments) < 2:
+            line = await asyncio.wait_for(response.content.readline(), LIMIT)
+            if line.startswith(b":"):
+                reader.comments.append(line.decode().strip())
+    assert reader.comments[:2] == [": ping", ": ping"]
+
+
+async def test_fifty_viewers_share_one_upstream_watch(
+    framework: str, still: FakeWachatServer, gated: tuple[WachatClient, Turnstile]
+) -> None:
+    """50 event streams of one instance make one state + one QR request per round, not 50."""
+    client, turnstile = gated
+    viewers = 50
+    async with (
+        serve(framework, client) as base,
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http,
+    ):
+        responses = await asyncio.gather(
+            *(http.get(f"{base}/qr/{NAME}/events") for _ in range(viewers))
+        )
+        try:
+            readers = [EventReader(r) for r in responses]
+            await until(lambda: turnstile.waiting == 1, "the watch's first request waits")
+            assert hub_for(client).viewers() == {NAME: viewers}
+            turnstile.let_through(2)  # round 1: state, then QR
+            firsts = await asyncio.gather(*(r.expect("qr") for r in readers))
+            await until(lambda: turnstile.waiting == 1, "round 2's state request waits")
+            assert still.request_count(NAME, path=STATE) == 1
+            assert still.request_count(NAME, path=QR) == 1
+
+            # While watched, the PNG route answers from the announced image: no upstream call.
+            async with http.get(base + firsts[0]["src"]) as png:
+                assert png.status == 200
+                assert png.headers["ETag"] == f'"{firsts[0]["sha256"]}"'
+            assert turnstile.waiting == 1
+            assert turnstile.passed == 2
+
+            still.rotate_qr(NAME)
+            turnstile.let_through(2)  # round 2: state, then the new QR
+            seconds = await asyncio.gather(*(r.expect("qr") for r in readers))
+            await until(lambda: turnstile.waiting == 1, "round 3 waits")
+            assert still.request_count(NAME, path=QR) == 2
+            assert still.request_count(NAME, path=STATE) == 2
+            assert len({f["sha256"] for f in firsts}) == 1
+            assert len({s["sha256"] for s in seconds}) == 1
+            assert firsts[0] != seconds[0]
+            assert len(watch_tasks()) == 1
+        finally:
+            for response in responses:
+                response.close()
+        await until(lambda: not watch_tasks(), "the last viewer leaving stops the watch")
+        assert hub_for(client).viewers() == {}
+        assert turnstile.waiting == 0
+
+
+async def test_last_viewer_leaving_stops_the_watch_and_a_new_one_restarts_it(
+    framework: str, still: FakeWachatServer, gated: tuple[WachatClient, Turnstile]
+) -> None:
+    """Viewers are counted: the watch outlives all but the last; a later viewer starts anew."""
+    client, turnstile = gated
+    async with serve(framework, client, heartbeat=0.01) as base, aiohttp.ClientSession() as http:
+        one = await http.get(f"{base}/qr/{NAME}/events")
+        two = await http.get(f"{base}/qr/{NAME}/events")
+        await until(lambda: hub_for(client).viewers() == {NAME: 2}, "two viewers")
+        turnstile.let_through(2)
+        await EventReader(one).expect("qr")
+        await EventReader(two).expect("qr")
+        first_task = watch_tasks()[0]
+        one.close()  # a browser goes away mid-stream
+        await until(lambda: hub_for(client).viewers() == {NAME: 1}, "one viewer left")
+        assert not first_task.done()
+        two.close()
+        await until(lambda: first_task.done(), "the last viewer stops the watch")
+        assert first_task.cancelled()
+        assert hub_for(client).viewers() == {}
+        assert turnstile.waiting == 0  # the cancelled request does not linger
+
+        three = await http.get(f"{base}/qr/{NAME}/events")
+        turnstile.let_through(2)
+        await EventReader(three).expect("qr")
+        assert [t for t in watch_tasks() if t is not first_task]
+        three.close()
+        await until(lambda: not watch_tasks(), "no watch task left")
+
+
+async def test_instances_are_watched_separately(
+    framework: str, still: FakeWachatServer, wachat: WachatClient
+) -> None:
+    """Two instances, two watches; each stream hears only of its own instance."""
+    async with (
+        serve(framework, wachat) as base,
+        aiohttp.ClientSession() as http,
+        http.get(f"{base}/qr/{NAME}/events") as mine,
+        http.get(f"{base}/qr/{OTHER}/events") as other,
+    ):
+        a = await EventReader(mine).expect("qr")
+        b = await EventReader(other).expect("qr")
+        assert sorted(hub_for(wachat).viewers()) == sorted([NAME, OTHER])
+        assert len(watch_tasks()) == 2
+    assert a["sha256"] != b["sha256"]
+    assert OTHER in b["src"]
+    await until(lambda: not watch_tasks(), "both watches end")
+
+
+async def test_png_route_fetches_upstream_when_nobody_watches(
+    framework: str, still: FakeWachatServer, wachat: WachatClient
+) -> None:
+    """Without a running watch each PNG request asks upstream (a stale ?v= included)."""
+    async with serve(framework, wachat) as base, aiohttp.ClientSession() as http:
+        for _ in range(2):
+            async with http.get(f"{base}/qr/{NAME}.png?v=stale") as png:
+                assert png.status == 200
+    assert still.request_count(NAME, path=QR) == 2
+
+
+# -- the hub, without a framework -----------------------------------------------------------------
+
+
+async def test_hub_is_per_client_and_per_event_loop(wachat: WachatClient) -> None:
+    """hub_for gives one hub per (client, loop): the same object twice, another elsewhere."""
+    hub = hub_for(wachat)
+    assert hub_for(wachat) is hub
+    assert isinstance(hub, QRHub)
+    other_client = WachatClient(api_key=KEY, base_url=wachat.base_url)
+    assert hub_for(other_client) is not hub
+
+    def in_another_loop() -> QRHub:
+        async def get() -> QRHub:
+            return hub_for(wachat)
+
+        return asyncio.run(get())
+
+    other_loop_hub = await asyncio.to_thread(in_another_loop)
+    assert other_loop_hub is not hub
+    await other_client.aclose()
+
+
+async def test_hub_does_not_keep_a_client_alive(still: FakeWachatServer) -> None:
+    """The registry holds clients weakly: a dropped client is collected with its hubs."""
+    import weakref
+
+    client = WachatClient(api_key=KEY, base_url=still.base_url)
+    hub_for(client)
+    ref = weakref.ref(client)
+    await client.aclose()
+    del client
+    gc.collect()
+    assert ref() is None
+
+
+async def test_qr_events_is_a_plain_async_iterator_of_bytes(
+    still: FakeWachatServer, wachat: WachatClient
+) -> None:
+    """qr_events works without a framework and closing it counts the viewer out."""
+    stream = qr_events(hub_for(wachat), NAME, png_path="/x/qr.png", interval=1.0, heartbeat=15.0)
+    chunk = await stream.__anext__()
+    assert chunk.startswith(b"event: qr\ndata: {")
+    assert b'"src":"/x/qr.png?v=' in chunk
+    assert chunk.endswith(b"\n\n")
+    assert hub_for(wachat).viewers() == {NAME: 1}
+    await stream.aclose()
+    assert hub_for(wachat).viewers() == {}
+    await until(lambda: not watch_tasks(), "closing the stream stops the watch")
+
+
+async def test_a_browser_that_leaves_is_noticed_without_a_write(
+    still: FakeWachatServer, wachat: WachatClient
+) -> None:
+    """The `gone` check ends a quiet stream (no heartbeat due) and releases the watch."""
+    state = SimpleNamespace(gone=False)
+
+    async def gone() -> bool:
+        return bool(state.gone)
+
+    stream = qr_events(
+        hub_for(wachat), NAME, png_path="/qr.png", interval=1.0, heartbeat=0.01, gone=gone
+    )
+    while not (await stream.__anext__()).startswith(b"event: qr"):
+        pass  # pings may come first: the heartbeat is shorter than the first poll
+    state.gone = True
+    rest = [chunk async for chunk in stream]
+    assert all(chunk == b": ping\n\n" for chunk in rest), rest
+    assert hub_for(wachat).viewers() == {}
+    await until(lambda: not watch_tasks(), "the watch is released")
+
+
+async def test_a_bug_in_the_watch_is_an_error_event_not_a_hang(
+    still: FakeWachatServer, wachat: WachatClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unexpected exception ends the stream with a 502-style error event (and is logged)."""
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(wachat, "watch_qr", broken)
+    stream = qr_events(hub_for(wachat), NAME, png_path="/qr.png", interval=1.0, heartbeat=15.0)
+    chunks = [chunk async for chunk in stream]
+    assert chunks == [
+        b'event: error\ndata: {"error":"the QR code service failed; try again",'
+        + f'"instance":"{NAME}"'.encode()
+        + b"}\n\n"
+    ]

@@ -1,0 +1,50 @@
+"""Live QR codes for async web backends (aiohttp.web, Starlette, FastAPI).
+
+A WhatsApp QR rotates about every 20 seconds and the page must learn when the phone is linked.
+:func:`wachat_async.web.aiohttp.qr_routes` and :func:`wachat_async.web.starlette.qr_routes`
+serve, for an instance name ``{name}``:
+
+* ``GET {prefix}/{name}.png``: the current QR PNG, fetched with header auth (the key never
+  reaches the browser); ``ETag`` (its SHA-256), ``Cache-Control: no-store``, ``304`` on a
+  matching ``If-None-Match``. Upstream errors become ``{"error": "...", "instance": "..."}``
+  with 404 (400/404 upstream, invalid names), 409, 502 (502, 504, an invalid image, our key
+  refused...) or 503 (timeouts, retry budget exhausted); never 500, never the key.
+* ``GET {prefix}/{name}/events``: ``text/event-stream``. ``event: qr`` with ``data:
+  {"sha256": ..., "src": "{prefix}/{name}.png?v=<sha256>"}`` at once and on every change;
+  ``event: connected`` once ``GET /instance/state`` says ``open`` (then the stream ends); a
+  ``: ping`` comment after 15 s of silence; ``event: error`` with the JSON above on a terminal
+  upstream error (then the stream ends).
+* ``GET {prefix}/{name}``: a self-contained page (no external scripts, a strict CSP) with
+  ``<img id="wachat-qr">`` following the events and ``<p id="wachat-status">`` that reads
+  ``connected`` once linked.
+
+**Whoever scans the QR links a phone to the instance**, so ``authorize(request, name)`` is a
+required keyword, called before anything else on every route; anything but ``True`` answers
+403 and nothing is sent upstream. The usual rule: the session's user owns the instance.
+
+**One upstream watch per instance** (per client and event loop), whatever the number of
+viewers: it starts with the first event stream and stops when the last one leaves; while it
+runs the PNG route answers from its latest image. ``wachat_async.web.aiohttp`` needs nothing
+beyond the core install; ``wachat_async.web.starlette`` needs the ``web-starlette`` extra.
+
+The pieces are framework-neutral and public here for other frameworks: :func:`qr_events` is
+the event stream as an async iterator of ``bytes`` (hand it to any streaming response) and
+:func:`error_status` the error table.
+"""
+
+from __future__ import annotations
+
+from ._core import DEFAULT_HEARTBEAT, DEFAULT_INTERVAL, Authorize, error_status
+from ._hub import WATCH_TASK_PREFIX, QRHub, hub_for
+from ._sse import qr_events
+
+__all__ = [
+    "DEFAULT_HEARTBEAT",
+    "DEFAULT_INTERVAL",
+    "WATCH_TASK_PREFIX",
+    "Authorize",
+    "QRHub",
+    "error_status",
+    "hub_for",
+    "qr_events",
+]
