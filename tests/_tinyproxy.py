@@ -36,7 +36,7 @@ __all__ = [
 
 PROXY_USER = "wachat-proxy-user"
 #: Distinctive, so a leak anywhere is easy to spot.
-PROXY_PASSWORD = "pr0xy-PASS-7f2e9c"  # noqa: S105 - a test proxy password (tinyproxy takes [A-Za-z0-9._-])
+PROXY_PASSWORD = "pr0xy-PASS-7f2e9c"
 
 #: How long tinyproxy may take to listen, and to stop (it normally needs milliseconds).
 _START_TIMEOUT = 10.0
@@ -147,8 +147,9 @@ class Tinyproxy:
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 return False
-            with contextlib.suppress(OSError), socket.create_connection(
-                ("127.0.0.1", self.port), timeout=1.0
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=1.0),
             ):
                 return True
             time.sleep(0.01)  # a process starting, not a test waiting for an effect
