@@ -25,18 +25,22 @@ from ._errors import (
     InvalidImageError,
     InvalidInstanceNameError,
     InvalidResponseError,
+    ProxyAuthenticationError,
+    ProxyError,
     QRFetchFailedError,
     QRNotSupportedError,
     ResponseTooLargeError,
     SubscriptionRestrictedError,
+    TLSVerificationError,
     UnexpectedStatusError,
     WachatConnectionError,
     WachatError,
     WachatTimeoutError,
 )
 from ._models import InstanceState, QRFailure, QRImage, QRResult, QRSuccess
+from ._network import InsecureTLSWarning
 from ._polling import FetchMany, QRWatch
-from ._retry import RetryBudget, RetryEvent, RetryPolicy
+from ._retry import GiveUpEvent, RetryBudget, RetryEvent, RetryPolicy
 from ._stream import QRStream
 from ._urls import DEFAULT_BASE_URL, ApiKeyExposureWarning, build_qr_image_url, qr_img_tag
 from ._version import __version__
@@ -52,11 +56,15 @@ __all__ = [
     "DeadlineExceededError",
     "FetchMany",
     "GatewayTimeoutError",
+    "GiveUpEvent",
     "InstanceNotFoundError",
+    "InsecureTLSWarning",
     "InstanceState",
     "InvalidImageError",
     "InvalidInstanceNameError",
     "InvalidResponseError",
+    "ProxyAuthenticationError",
+    "ProxyError",
     "QRFailure",
     "QRFetchFailedError",
     "QRImage",
@@ -70,6 +78,7 @@ __all__ = [
     "RetryEvent",
     "RetryPolicy",
     "SubscriptionRestrictedError",
+    "TLSVerificationError",
     "UnexpectedStatusError",
     "WachatClient",
     "WachatConnectionError",

@@ -18,7 +18,8 @@ import asyncio
 import os
 import sys
 import warnings
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
+import weakref
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any, Literal
@@ -29,6 +30,15 @@ from yarl import URL
 from ._errors import ClientClosedError, ConfigurationError, raise_clean
 from ._files import PathArg, write_stream
 from ._models import InstanceState, QRFailure, QRImage, QRSuccess
+from ._network import (
+    Proxy,
+    SSLOption,
+    check_ssl,
+    check_trace_configs,
+    env_proxy,
+    parse_proxy,
+    ssl_for_session,
+)
 from ._polling import DEFAULT_MAX_BACKOFF, FetchMany, QRWatch, fetch_many, watch_qr
 from ._redact import Secret, mentions
 from ._retry import Retrier, RetryBudget, RetryPolicy, note_slot_wait
@@ -56,6 +66,18 @@ __all__ = [
 ]
 
 DEFAULT_MAX_IMAGE_BYTES = 5 * 1024**2
+
+
+class _Unset:
+    """The default of a :meth:`WachatClient.with_options` argument: keep the current value."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<unchanged>"
+
+
+_UNSET: Any = _Unset()
 
 
 class WachatClient:
@@ -86,6 +108,23 @@ class WachatClient:
     request defaults (headers,
     cookies, auth, ``base_url``, ``raise_for_status``, timeout, middlewares, ``trust_env``).
 
+    Networks (see the README's "Networks"): *ssl* is aiohttp's: ``None`` verifies against the
+    default trust store, an ``ssl.SSLContext`` is used as is (a private CA:
+    ``ssl.create_default_context(cafile=...)``), ``False`` skips verification and warns
+    :class:`InsecureTLSWarning`. *proxy* is an ``http://`` proxy URL (credentials allowed:
+    they are sent as ``Proxy-Authorization`` and never shown); ``https://`` goes through
+    ``CONNECT``, so the proxy never sees the key. *trust_env* (default off, so a process's
+    environment never reroutes the key without the code saying so) reads ``HTTPS_PROXY``,
+    ``HTTP_PROXY``, ``NO_PROXY``, ``~/.netrc`` (for the proxy's credentials only) and
+    ``SSL_CERT_FILE``/``SSL_CERT_DIR`` as aiohttp does, when the session opens.
+    *trace_configs* are ``aiohttp.TraceConfig`` objects for the client's own session
+    (OpenTelemetry's ``create_trace_config()``: one span per attempt). With a borrowed
+    *session* these four belong on that session, and passing them is a
+    :class:`ConfigurationError`.
+
+    :meth:`with_options` returns a view with another timeout, retry policy, size cap or
+    user agent that shares this client's session, connection queue and retry budget.
+
     Every call (get, stream, save, state, and so ``fetch_many`` and ``watch_qr``) first waits
     for one of the client's connection slots (``max_connections``, or the borrowed connector's
     ``limit``/``limit_per_host``); each attempt's *timeout* starts only once it has one, and a
@@ -115,7 +154,14 @@ class WachatClient:
         session: aiohttp.ClientSession | None = None,
         allow_insecure_http: bool = False,
         user_agent: str | None = None,
+        ssl: SSLOption = None,
+        proxy: str | None = None,
+        trust_env: bool = False,
+        trace_configs: Sequence[aiohttp.TraceConfig] | None = None,
     ) -> None:
+        self._root = self
+        self._views: weakref.WeakSet[WachatClient] = weakref.WeakSet()
+        self._view_options = ""
         # The key is a Secret from the first line that reads it: a traceback rendered with its
         # frames' locals (rich, pytest --showlocals) shows repr() of each, and this frame holds
         # the key while the rest of the configuration is checked.
@@ -153,10 +199,34 @@ class WachatClient:
                 raise TypeError(
                     f"retry_budget must be a RetryBudget or None, not {type(retry_budget).__name__}"
                 )
+            check_bool(trust_env, "trust_env")
         except (TypeError, ValueError) as exc:
             raise_clean(ConfigurationError(str(exc), secrets=secrets))
         if attempt_timeout is None:
             attempt_timeout = DEFAULT_TIMEOUT
+        if session is not None:
+            given = [
+                name
+                for name, value in (
+                    ("ssl", ssl is not None),
+                    ("proxy", proxy is not None),
+                    ("trust_env", trust_env),
+                    ("trace_configs", bool(trace_configs)),
+                )
+                if value
+            ]
+            if given:
+                raise ConfigurationError(
+                    f"{', '.join(given)} cannot be combined with session=: a borrowed session "
+                    "brings its own connector, so set these on your session instead "
+                    "(aiohttp.TCPConnector(ssl=...), aiohttp.ClientSession(proxy=..., "
+                    "trace_configs=...)), or pass no session",
+                    secrets=secrets,
+                )
+        self._proxy: Proxy | None = parse_proxy(proxy, secrets=secrets)
+        self._ssl = check_ssl(ssl, secrets=secrets)
+        self._trust_env = trust_env
+        self._trace_configs = check_trace_configs(trace_configs)
         api_base = qr_url.parent.parent.parent
         if mentions(f"{api_base} {api_base.host} {api_base.path}", secrets):
             # It would be in every request line (and so in every access log) and in repr().
@@ -193,10 +263,91 @@ class WachatClient:
             qr_url=qr_url,
             timeout=attempt_timeout,
             max_image_bytes=max_image_bytes,
-            user_agent=ua or f"wachat-async/{__version__} aiohttp/{aiohttp.__version__}",
+            user_agent=ua or _default_user_agent(),
             borrowed=session is not None,
             slots=self._slots,
         )
+        self._transport.set_proxy(self._proxy)
+
+    # -- per-call options ------------------------------------------------------------------
+
+    def with_options(
+        self,
+        *,
+        timeout: aiohttp.ClientTimeout | float | None = _UNSET,
+        retry: RetryPolicy | None = _UNSET,
+        max_image_bytes: int = _UNSET,
+        user_agent: str | None = _UNSET,
+    ) -> WachatClient:
+        """A view of this client with other per-call options; everything else is shared.
+
+        The view uses this client's session (no new one is opened), its connection queue
+        (``max_connections`` bounds the client and all its views together), its retry
+        budget, key, base URL and network options; each argument given replaces the
+        current value (``None`` restores the constructor's default), so a view of a view
+        keeps what it does not change. Cheap enough to make per request::
+
+            fast = client.with_options(timeout=3.0, retry=RetryPolicy.disabled())
+            qr = await fast.get_qr_image("t1_abc_store")   # the fleet poller keeps 30 s
+
+        A view owns nothing: its ``aclose()`` (or ``async with``) closes nothing, and it is
+        closed when this client is. Options a view cannot change (``session``, ``proxy``,
+        ``ssl``, the key, ...) are a ``TypeError``.
+        """
+        secrets = self._transport._secrets
+        transport = self._transport
+        changed: list[str] = []
+        try:
+            if timeout is not _UNSET:
+                new_timeout = check_timeout(timeout) or DEFAULT_TIMEOUT
+                changed.append(f"timeout={new_timeout.total}")
+            else:
+                new_timeout = transport.timeout
+            if retry is not _UNSET:
+                if retry is not None and not isinstance(retry, RetryPolicy):
+                    raise TypeError(
+                        f"retry must be a RetryPolicy or None, not {type(retry).__name__}"
+                    )
+                policy = RetryPolicy() if retry is None else retry
+                changed.append("retry")
+            else:
+                policy = self._retry
+            if max_image_bytes is not _UNSET:
+                check_number(max_image_bytes, "max_image_bytes", integer=True, minimum=64)
+                changed.append(f"max_image_bytes={max_image_bytes}")
+            else:
+                max_image_bytes = transport.max_image_bytes
+            if user_agent is not _UNSET:
+                agent = check_user_agent(user_agent) or _default_user_agent()
+                changed.append("user_agent")
+            else:
+                agent = transport.user_agent
+        except (TypeError, ValueError) as exc:
+            raise_clean(ConfigurationError(str(exc), secrets=secrets))
+        root = self._root
+        view: WachatClient = object.__new__(WachatClient)
+        view.__dict__.update(self.__dict__)
+        view._root = root
+        view._loop_guard = None
+        view._owns_session = False
+        view._view_options = ", ".join(filter(None, [self._view_options, *changed]))
+        view._retry = policy
+        view._retrier = Retrier(policy, self._budget, attempt_timeout=new_timeout.total)
+        view._transport = transport.evolve(
+            timeout=new_timeout, max_image_bytes=max_image_bytes, user_agent=agent
+        )
+        view.__dict__.pop("_views", None)
+        root._views.add(view)
+        return view
+
+    def _share_binding(self) -> None:
+        """Give every live view this client's session, loop and connection queue."""
+        for view in list(self._views):
+            view._session, view._loop, view._slots = self._session, self._loop, self._slots
+            view._closed = self._closed
+            view._transport.session = self._session
+            view._transport.slots = self._slots
+            view._transport.set_proxy(self._transport.proxy)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -217,9 +368,9 @@ class WachatClient:
 
     @property
     def closed(self) -> bool:
-        """True after :meth:`aclose`; a closed client refuses every call
-        (:class:`ClientClosedError`)."""
-        return self._closed
+        """True after :meth:`aclose` (for a view: after its client's); a closed client refuses
+        every call (:class:`ClientClosedError`)."""
+        return getattr(self, "_root", self)._closed  # a half-built client has no _root
 
     async def _bind(self) -> aiohttp.ClientSession:
         """Make the session (and the connection queue) belong to the running event loop.
@@ -232,6 +383,9 @@ class WachatClient:
         is left scheduled or pending on it. A borrowed session cannot be replaced, so one that
         belongs to another loop (or is closed) is a :class:`ConfigurationError`.
         """
+        root = self._root
+        if root is not self:
+            return await root._bind_for_view()
         if self._closed:
             raise ClientClosedError(_CLOSED_MESSAGE, attempts=0)
         loop = asyncio.get_running_loop()
@@ -239,9 +393,22 @@ class WachatClient:
         self._session, self._loop, self._loop_guard = None, None, None
         self._transport.session = None
         borrowed = self._borrowed
+        proxy = self._proxy
         if borrowed is None:
-            connector = aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300)
-            session = _private_session(connector, self._transport.timeout)
+            if proxy is None and self._trust_env:
+                # Read when the session opens, as aiohttp would per request: one base URL.
+                proxy = env_proxy(self._base_url, secrets=(self._api_key,))
+            connector = aiohttp.TCPConnector(
+                limit=self._max_connections,
+                ttl_dns_cache=300,
+                ssl=ssl_for_session(self._ssl, trust_env=self._trust_env),
+            )
+            session = _private_session(
+                connector,
+                self._transport.timeout,
+                trace_configs=list(self._trace_configs) or None,
+                proxy=None if proxy is None else proxy.url,
+            )
             # asyncio.run() finishes every live async generator before it closes the loop:
             # this one closes the session then, while the loop can still close its sockets.
             guard = _close_at_loop_end(session)
@@ -252,8 +419,17 @@ class WachatClient:
         self._session, self._loop = session, loop
         self._slots = _new_slots(self._slot_limit)
         self._transport.session, self._transport.slots = session, self._slots
+        self._transport.set_proxy(proxy)
+        self._share_binding()
         # Only now may this coroutine suspend: concurrent calls find the new session bound.
         await self._dispose(*old)
+        return session
+
+    async def _bind_for_view(self) -> aiohttp.ClientSession:
+        """Bind this (root) client for a view's call, unless it already is for this loop."""
+        session = self._session
+        if self._closed or session is None or self._loop is not asyncio.get_running_loop():
+            return await self._bind()
         return session
 
     def _view_of(
@@ -306,6 +482,7 @@ class WachatClient:
         session, guard = self._session, self._loop_guard
         self._session, self._loop, self._loop_guard = None, None, None
         self._transport.session = None
+        self._share_binding()
         await self._dispose(session, guard)
 
     async def _dispose(
@@ -356,7 +533,11 @@ class WachatClient:
         a connection slot right now (they are woken, and send nothing) and, on the client's own
         session, the requests in flight. Safe from any event loop, also after the loop the
         session was used in has ended.
+        On a view (:meth:`with_options`) it does nothing: the client it came from owns the
+        session, and closing that client closes its views.
         """
+        if self._root is not self:
+            return
         self._closed = True
         self._transport.closed = True  # a request still in flight fails as ClientClosedError
         self._slots.close()  # calls waiting for a slot are refused now, not left waiting
@@ -364,7 +545,7 @@ class WachatClient:
 
     def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
         session = getattr(self, "_session", None)
-        if session is None:
+        if session is None or getattr(self, "_root", self) is not self:
             return
         if not getattr(self, "_owns_session", True):
             session.detach()  # a view of a borrowed session: nothing of ours to close
@@ -391,7 +572,17 @@ class WachatClient:
             return "<WachatClient state=unconfigured>"
         opened = self._session is not None or self._borrowed is not None
         state = "closed" if self._closed else ("open" if opened else "unopened")
-        return f"<WachatClient base_url={self.base_url!r} state={state}>"
+        extra = ""
+        proxy = self._transport.proxy or self._proxy
+        if proxy is not None:
+            extra += f" proxy={proxy.display}"  # host and port only: never the credentials
+        if self._trust_env:
+            extra += " trust_env=True"
+        if self._ssl is False:
+            extra += " ssl=False"
+        if self._root is not self:
+            extra += f" view({self._view_options})"
+        return f"<WachatClient base_url={self.base_url!r} state={state}{extra}>"
 
     # -- public calls ----------------------------------------------------------------------
 
@@ -554,6 +745,10 @@ def _env_key() -> Secret | None:
     in this frame, which raises nothing."""
     value = os.environ.get("WACHAT_API_KEY")
     return None if value is None else Secret(value)
+
+
+def _default_user_agent() -> str:
+    return f"wachat-async/{__version__} aiohttp/{aiohttp.__version__}"
 
 
 def _connector_limit(session: aiohttp.ClientSession) -> int | None:

@@ -17,7 +17,10 @@ Every exception is a :class:`WachatError`; catch that to handle them all::
     │   ├── QRFetchFailedError          502  upstream failed to fetch/decode (retryable)
     │   ├── GatewayTimeoutError         504  upstream timed out (retryable)
     │   └── UnexpectedStatusError       any other status (3xx included: redirects are not followed)
-    ├── WachatConnectionError       connect/reset/DNS/protocol failures (transport)
+    ├── WachatConnectionError       connect/reset/DNS/TLS/proxy/protocol failures (transport)
+    │   ├── TLSVerificationError        the server's certificate did not verify (never retried)
+    │   └── ProxyError                  the HTTP proxy refused or failed (.proxy_status)
+    │       └── ProxyAuthenticationError    407: the proxy wants (other) credentials
     ├── WachatTimeoutError          one attempt timed out (also a TimeoutError)
     │   └── DeadlineExceededError       the retry policy's deadline for the whole call expired
     └── InvalidResponseError        a 2xx whose body is not what the endpoint promises
@@ -52,10 +55,13 @@ __all__ = [
     "InvalidImageError",
     "InvalidInstanceNameError",
     "InvalidResponseError",
+    "ProxyAuthenticationError",
+    "ProxyError",
     "QRFetchFailedError",
     "QRNotSupportedError",
     "ResponseTooLargeError",
     "SubscriptionRestrictedError",
+    "TLSVerificationError",
     "UnexpectedStatusError",
     "WachatConnectionError",
     "WachatError",
@@ -237,6 +243,58 @@ class UnexpectedStatusError(APIStatusError):
 
 class WachatConnectionError(WachatError):
     """The connection failed: refused, reset, DNS, TLS, or a response that is not valid HTTP."""
+
+
+class TLSVerificationError(WachatConnectionError):
+    """The server's TLS certificate did not verify: an unknown CA (a private CA, a
+    TLS-inspecting gateway), a host name it does not name, or an expired certificate.
+
+    ``reason`` is OpenSSL's explanation (e.g. ``unable to get local issuer certificate``,
+    ``Hostname mismatch``, ``certificate has expired``), ``host``/``port`` the server dialled.
+    The message says how to trust a CA (``ssl=``, or ``SSL_CERT_FILE`` with ``trust_env``).
+    Never retried, even with ``retry_transport_errors=True``: it will not heal by itself.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str = "",
+        host: str | None = None,
+        port: int | None = None,
+        instance_name: str | None = None,
+        attempts: int = 1,
+    ) -> None:
+        super().__init__(message, instance_name=instance_name, attempts=attempts)
+        self.reason = reason
+        self.host = host
+        self.port = port
+
+
+class ProxyError(WachatConnectionError):
+    """The HTTP proxy between the client and Wachat refused or failed the request.
+
+    ``proxy_status`` is the status the proxy answered (to ``CONNECT`` for ``https://``, or to
+    the forwarded request), ``None`` when it did not answer at all. The message names the proxy
+    by host and port only: its credentials are never shown. A transport fault: retried with
+    ``retry_transport_errors=True``, except :class:`ProxyAuthenticationError`.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        proxy_status: int | None = None,
+        instance_name: str | None = None,
+        attempts: int = 1,
+    ) -> None:
+        super().__init__(message, instance_name=instance_name, attempts=attempts)
+        self.proxy_status = proxy_status
+
+
+class ProxyAuthenticationError(ProxyError):
+    """407 Proxy Authentication Required: the proxy wants credentials, or others than those
+    given (``proxy="http://user:password@host:port"``). Never retried."""
 
 
 class WachatTimeoutError(WachatError, TimeoutError):

@@ -20,7 +20,7 @@ import random
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import attrs
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
@@ -28,6 +28,8 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 from ._errors import (
     DeadlineExceededError,
     InvalidImageError,
+    ProxyAuthenticationError,
+    TLSVerificationError,
     UnexpectedStatusError,
     WachatConnectionError,
     WachatError,
@@ -41,6 +43,8 @@ else:  # pragma: no cover - exercised on 3.10 only
     from async_timeout import timeout as _timeout
 
 __all__ = [
+    "GiveUpEvent",
+    "GiveUpReason",
     "Retrier",
     "RetryBudget",
     "RetryEvent",
@@ -63,16 +67,19 @@ TRANSIENT_STATUSES: frozenset[int] = frozenset({502, 504})
 def is_transport_fault(error: BaseException) -> bool:
     """Whether *error* is a fault of the way to the server, not of the request or the answer.
 
-    True for a :class:`WachatConnectionError` (refused, reset, DNS, TLS, garbage instead of
-    HTTP), a :class:`WachatTimeoutError` of one attempt, and an :class:`InvalidImageError`
-    whose body was cut short (``truncated``). False for the policy's
-    :class:`DeadlineExceededError` (the caller's time is spent) and for a complete 200 that is
-    not a PNG (a captive portal's page, a proxy's error page: it comes back the same).
+    True for a :class:`WachatConnectionError` (refused, reset, DNS, a broken TLS handshake, a
+    proxy that failed, garbage instead of HTTP), a :class:`WachatTimeoutError` of one attempt,
+    and an :class:`InvalidImageError` whose body was cut short (``truncated``). False for the
+    policy's :class:`DeadlineExceededError` (the caller's time is spent), for a complete 200
+    that is not a PNG (a captive portal's page, a proxy's error page: it comes back the same),
+    and for the two connection failures that will not heal by themselves: a certificate that
+    does not verify (:class:`TLSVerificationError`) and a proxy that wants other credentials
+    (:class:`ProxyAuthenticationError`).
     """
     if isinstance(error, WachatTimeoutError):
         return not isinstance(error, DeadlineExceededError)
     if isinstance(error, WachatConnectionError):
-        return True
+        return not isinstance(error, (TLSVerificationError, ProxyAuthenticationError))
     return isinstance(error, InvalidImageError) and error.truncated
 
 
@@ -86,6 +93,8 @@ def is_transient(error: BaseException) -> bool:
         502 QRFetchFailedError, 504 GatewayTimeout  yes           yes
         429, any other 5xx (UnexpectedStatusError)  yes           no (add to ``statuses``)
         WachatConnectionError                       yes           with retry_transport_errors
+        TLSVerificationError (certificate)          no            never
+        ProxyAuthenticationError (407)              no            never
         WachatTimeoutError of one attempt           yes           with retry_transport_errors
         InvalidImageError, truncated                yes           with retry_transport_errors
         DeadlineExceededError (policy deadline)     yes           never
@@ -138,6 +147,31 @@ class RetryEvent:
     instance_name: str | None
     attempt: int
     wait: float
+    error: WachatError
+    status: int | None = None
+
+
+#: Why a retryable failure was not retried (``GiveUpEvent.reason``).
+GiveUpReason = Literal["max_attempts", "retry_after", "deadline", "budget"]
+
+
+@attrs.frozen(kw_only=True)
+class GiveUpEvent:
+    """What ``RetryPolicy.on_give_up`` receives when a call ends on a *retryable* failure
+    without retrying it (again).
+
+    ``reason`` says which limit ended it: ``"max_attempts"``, ``"retry_after"`` (the server's
+    ``Retry-After`` was over ``max_retry_after``), ``"deadline"`` (the next wait would cross it,
+    or it expired mid-attempt; ``error`` is then the :class:`DeadlineExceededError`) or
+    ``"budget"`` (the :class:`RetryBudget` refused the retry). ``attempts`` is how many attempts
+    the call made; ``error`` is the exception the call raises next. With ``on_retry`` this
+    counts everything: attempts = calls + retries, and refusals by reason. Errors that are never
+    retried (a 404, a certificate failure) are not give-ups.
+    """
+
+    instance_name: str | None
+    attempts: int
+    reason: GiveUpReason
     error: WachatError
     status: int | None = None
 
@@ -195,7 +229,9 @@ class RetryPolicy:
     ``deadline``, ends the call at once with the last error instead of sleeping. ``deadline``
     bounds the whole call, attempts and waits together, and is enforced by cancellation.
 
-    ``on_retry`` is called with a :class:`RetryEvent` before every wait, for metrics.
+    ``on_retry`` is called with a :class:`RetryEvent` before every wait, and ``on_give_up``
+    with a :class:`GiveUpEvent` when a retryable failure is not retried (which limit stopped
+    it), for metrics.
 
     ``retry_transport_errors`` also retries connection failures (refused, reset, a body cut
     short) and per-attempt timeouts before any byte reached the caller; the ``deadline``
@@ -216,6 +252,9 @@ class RetryPolicy:
     retry_transport_errors: bool = attrs.field(default=False, validator=_flag)
     zero_wait: bool = attrs.field(default=False, validator=_flag)
     on_retry: Callable[[RetryEvent], object] | None = attrs.field(
+        default=None, eq=False, validator=_callable_or_none
+    )
+    on_give_up: Callable[[GiveUpEvent], object] | None = attrs.field(
         default=None, eq=False, validator=_callable_or_none
     )
 
@@ -500,9 +539,34 @@ class Retrier:
             return await attempt(name, *args)
         except WachatError as exc:
             if policy.max_attempts == 1 or not policy.is_retryable(exc):
+                self._one_attempt_give_up(name, exc)
                 raise
             first = exc
         return await self._guarded(name, attempt, args, started, first)
+
+    def _one_attempt_give_up(self, name: str, error: WachatError) -> None:
+        """A retryable failure of a one-attempt policy is a give-up (``max_attempts``)."""
+        policy = self.policy
+        if (
+            policy.on_give_up is not None
+            and policy.max_attempts == 1
+            and policy.is_retryable(error)
+        ):
+            self._give_up(name, 1, "max_attempts", error)
+
+    def _give_up(self, name: str, attempts: int, reason: GiveUpReason, error: WachatError) -> None:
+        hook = self.policy.on_give_up
+        if hook is not None:
+            status = getattr(error, "status", None)
+            hook(
+                GiveUpEvent(
+                    instance_name=name,
+                    attempts=attempts,
+                    reason=reason,
+                    error=error,
+                    status=status if isinstance(status, int) else None,
+                )
+            )
 
     async def _guarded(
         self,
@@ -525,6 +589,7 @@ class Retrier:
                         return await attempt(name, *args)
                     except WachatError as exc:
                         if policy.max_attempts == 1 or not policy.is_retryable(exc):
+                            self._one_attempt_give_up(name, exc)
                             raise
                         first = exc
                 retry = _RetryState(self, name, started)
@@ -535,6 +600,8 @@ class Retrier:
             if retry is not None:
                 exc.attempts = retry.attempts
                 exc._note(retry.summary())
+                if retry.code is not None and exc is retry.last_error:
+                    self._give_up(name, retry.attempts, retry.code, exc)
             raise
         except asyncio.TimeoutError as expired:
             if policy.deadline is None:  # pragma: no cover - no deadline, no timer to expire
@@ -555,6 +622,7 @@ class Retrier:
             error = DeadlineExceededError(
                 message, deadline=policy.deadline, instance_name=name, attempts=attempts
             )
+            self._give_up(name, attempts, "deadline", error)
             raise error from (retry.last_error if retry else first)
 
 
@@ -567,6 +635,7 @@ class _RetryState:
 
     __slots__ = (
         "attempts",
+        "code",
         "decided_for",
         "last_error",
         "name",
@@ -584,6 +653,7 @@ class _RetryState:
         self.attempts = 1
         self.next_wait = 0.0
         self.reason = ""
+        self.code: GiveUpReason | None = None
         self.last_error: BaseException | None = None
         self.decided_for = 0
         self.stopping = False
@@ -625,7 +695,7 @@ class _RetryState:
         error = state.outcome.exception() if state.outcome else None
         self.last_error = error
         if self.attempts >= policy.max_attempts:
-            self.reason = "max_attempts reached"
+            self.reason, self.code = "max_attempts reached", "max_attempts"
             return True
         retry_after = getattr(error, "retry_after", None) if policy.respect_retry_after else None
         if retry_after is not None and retry_after > policy.max_retry_after:
@@ -633,14 +703,16 @@ class _RetryState:
                 f"Retry-After of {retry_after:g} s is over max_retry_after="
                 f"{policy.max_retry_after:g} s"
             )
+            self.code = "retry_after"
             return True
         wait = policy.compute_wait(self.attempts - 1, retry_after)
         elapsed = self.retrier.clock() - self.started
         if policy.deadline is not None and elapsed + wait >= policy.deadline:
             self.reason = f"waiting {wait:.2f} s would cross the {policy.deadline:g} s deadline"
+            self.code = "deadline"
             return True
         if not self.retrier.budget.try_withdraw():
-            self.reason = "retry budget exhausted"
+            self.reason, self.code = "retry budget exhausted", "budget"
             return True
         self.next_wait = wait
         self.stopping = False

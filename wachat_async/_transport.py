@@ -43,6 +43,7 @@ from ._errors import (
 )
 from ._files import Sink
 from ._models import InstanceState, QRImage
+from ._network import Proxy, classify, proxy_status_error
 from ._redact import Secret, excerpt, redact
 from ._stream import CHUNK_SIZE, TRANSPORT_ERRORS, QRStream
 
@@ -98,19 +99,34 @@ class _SanitizedCause(Exception):
 
 
 def transport_error(
-    exc: BaseException, name: str, secrets: Iterable[str], *, png: bool = True
+    exc: BaseException,
+    name: str,
+    secrets: Iterable[str],
+    *,
+    png: bool = True,
+    server: URL | None = None,
+    proxy: Proxy | None = None,
 ) -> WachatError:
     """Map an aiohttp/OS exception to ours, with a cause that cannot leak headers or *secrets*.
 
-    A body cut short is an :class:`InvalidImageError` (``truncated``) when a PNG was being
-    read (*png*), else an :class:`InvalidResponseError`.
+    A certificate that does not verify is a :class:`TLSVerificationError` and a proxy's refusal
+    a :class:`ProxyError` (see :func:`wachat_async._network.classify`; *server* is the URL
+    dialled, *proxy* the proxy in use). A body cut short is an :class:`InvalidImageError`
+    (``truncated``) when a PNG was being read (*png*), else an :class:`InvalidResponseError`.
     """
     secrets = tuple(secrets)
     text = redact(str(exc), secrets)
-    if isinstance(exc, asyncio.TimeoutError):
-        error: WachatError = WachatTimeoutError(
-            f"request timed out ({type(exc).__name__})", instance_name=name
-        )
+    network = classify(
+        exc,
+        host=None if server is None else server.host,
+        port=None if server is None else server.port,
+        proxy=proxy,
+        instance_name=name,
+    )
+    if network is not None:
+        error: WachatError = network
+    elif isinstance(exc, asyncio.TimeoutError):
+        error = WachatTimeoutError(f"request timed out ({type(exc).__name__})", instance_name=name)
     elif isinstance(exc, aiohttp.ClientPayloadError):
         message = f"response body cut short: {type(exc).__name__}: {excerpt(text, limit=200)}"
         if png:
@@ -156,18 +172,22 @@ class Transport:
     """
 
     __slots__ = (
+        "_api_key",
         "_borrowed",
         "_image_headers",
         "_json_headers",
+        "_proxy_headers",
         "_secrets",
         "base_url",
         "closed",
         "max_image_bytes",
+        "proxy",
         "qr_url",
         "session",
         "slots",
         "state_url",
         "timeout",
+        "user_agent",
     )
 
     def __init__(
@@ -191,13 +211,55 @@ class Transport:
         #: Set by the client's ``aclose()``: a failure from then on is :class:`ClientClosedError`.
         self.closed = False
         self._borrowed = borrowed
-        self._secrets = (api_key,)
+        self._api_key = api_key
+        self.user_agent = user_agent
+        #: The proxy the session sends through (set by the client when it binds), for messages.
+        self.proxy: Proxy | None = None
+        self._secrets: tuple[str, ...] = (api_key,)
+        #: ``Proxy-Authorization`` for the CONNECT of an https:// request (None: no proxy or
+        #: no credentials); for http:// it is one of the request's own headers instead.
+        self._proxy_headers: dict[str, str] | None = None
+        self._set_headers(None)
+
+    def _set_headers(self, proxy_authorization: str | None) -> None:
         self._image_headers = {
-            "Authorization": Secret(f"Bearer {api_key}"),
-            "User-Agent": user_agent,
+            "Authorization": Secret(f"Bearer {self._api_key}"),
+            "User-Agent": self.user_agent,
             "Accept": "image/png",
         }
+        if proxy_authorization is not None:
+            # Plain http:// through a proxy: the request itself goes to the proxy.
+            self._image_headers["Proxy-Authorization"] = proxy_authorization
         self._json_headers = {**self._image_headers, "Accept": "application/json"}
+
+    def set_proxy(self, proxy: Proxy | None) -> None:
+        """Use *proxy* in messages, and hide its credentials wherever the key is hidden."""
+        self.proxy = proxy
+        self._secrets = (self._api_key, *(() if proxy is None else proxy.secrets))
+        authorization = None if proxy is None else proxy.authorization
+        if authorization is not None and self.qr_url.scheme == "https":
+            self._proxy_headers = {"Proxy-Authorization": authorization}
+            self._set_headers(None)
+        else:
+            self._proxy_headers = None
+            self._set_headers(authorization)
+
+    def evolve(
+        self, *, timeout: aiohttp.ClientTimeout, max_image_bytes: int, user_agent: str
+    ) -> Transport:
+        """A transport with other per-call options, sharing session, slots and proxy."""
+        twin = Transport(
+            api_key=self._api_key,
+            qr_url=self.qr_url,
+            timeout=timeout,
+            max_image_bytes=max_image_bytes,
+            user_agent=user_agent,
+            borrowed=self._borrowed,
+            slots=self.slots,
+        )
+        twin.session = self.session
+        twin.set_proxy(self.proxy)
+        return twin
 
     # -- the attempts ----------------------------------------------------------------------
 
@@ -284,6 +346,7 @@ class Transport:
                 allow_redirects=False,
                 raise_for_status=False,
                 timeout=self.timeout,
+                proxy_headers=self._proxy_headers,
             )
         except TRANSPORT_ERRORS as exc:
             failure = self.transport_error(exc, name)
@@ -385,19 +448,31 @@ class Transport:
         retry_after = parse_retry_after(resp.headers.get("Retry-After"))
         location = resp.headers.get("Location")
         body = await self.read_excerpt(resp)
+        if status == 407:
+            # Only a proxy asks for proxy credentials: not a status of the instance.
+            return proxy_status_error(407, proxy=self.proxy, instance_name=name)
         if 300 <= status < 400 and location:
             body = f"redirect to {excerpt(location, self._secrets, limit=200)} not followed"
         error = status_error(status, instance_name=name, body=body, retry_after=retry_after)
+        if status == 401 and self.proxy is not None and self.qr_url.scheme == "http":
+            # Plain http:// goes to the proxy as is, and some proxies (tinyproxy) answer wrong
+            # credentials with a 401 of their own: it cannot be told from the API's.
+            error._note(
+                f"requests go through the HTTP proxy {self.proxy.display}: this 401 may be the "
+                "proxy refusing its credentials"
+            )
         if status == 404 and not self.base_url.path.rstrip("/").endswith("/api/v1"):
             # The route itself may be missing: a wrong base URL also answers 404.
             error._note(f"is the base URL right? {self.base_url} does not end in /api/v1")
         return error
 
     def transport_error(self, exc: BaseException, name: str, *, png: bool = True) -> WachatError:
-        """:func:`transport_error` with this transport's key as the secret; once the client is
-        closed, a :class:`ClientClosedError` (closing its session is what broke the exchange)
-        with the mapped error as its cause."""
-        error = transport_error(exc, name, self._secrets, png=png)
+        """:func:`transport_error` with this transport's secrets, server and proxy; once the
+        client is closed, a :class:`ClientClosedError` (closing its session is what broke the
+        exchange) with the mapped error as its cause."""
+        error = transport_error(
+            exc, name, self._secrets, png=png, server=self.base_url, proxy=self.proxy
+        )
         if not self.closed:
             return error
         closed = ClientClosedError(

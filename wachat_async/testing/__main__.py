@@ -30,9 +30,13 @@ import signal
 import socket
 import string
 import sys
+import tempfile
 import traceback
 from collections.abc import Callable, Sequence
-from typing import Final, NoReturn, TextIO
+from typing import TYPE_CHECKING, Final, NoReturn, TextIO
+
+if TYPE_CHECKING:
+    from ._server import FakeWachatServer
 
 __all__ = [
     "DEFAULT_API_KEY",
@@ -215,6 +219,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--access-log", action="store_true", help="log every request on stderr")
     parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="serve HTTPS with a certificate from a throwaway CA made at start (needs trustme, "
+        "in the testing extra); its CA certificate is written to --ca-file",
+    )
+    parser.add_argument(
+        "--ca-file",
+        default=None,
+        metavar="PATH",
+        help="with --tls: write the CA certificate to PATH, for wachat-qr --ca-file PATH or "
+        "SSL_CERT_FILE (default: a temporary file, removed on exit)",
+    )
+    parser.add_argument(
         "--duration",
         type=_seconds(zero=False),
         default=None,
@@ -260,7 +277,7 @@ def _names(args: argparse.Namespace) -> list[str]:
     return list(dict.fromkeys([*chosen, *generated_names(args.generated)]))
 
 
-def _remote_url(host: str, port: int) -> str | None:
+def _remote_url(host: str, port: int, scheme: str = "http") -> str | None:
     """The base URL another machine would use, when bound to every interface."""
     if host not in _ALL_INTERFACES:
         return None
@@ -268,7 +285,7 @@ def _remote_url(host: str, port: int) -> str | None:
         name = socket.gethostname()
     except OSError:  # pragma: no cover - gethostname practically never fails
         return None
-    return f"http://{name}:{port}/api/v1" if name else None
+    return f"{scheme}://{name}:{port}/api/v1" if name else None
 
 
 async def serve(
@@ -294,6 +311,9 @@ async def serve(
     try:
         from ._server import FakeWachatServer
 
+        if args.ca_file is not None and not args.tls:
+            say(f"{prog}: error: --ca-file needs --tls", err)
+            return EXIT_USAGE
         server = FakeWachatServer(
             DEFAULT_API_KEY if args.api_key is None else args.api_key,
             host=args.host,
@@ -303,10 +323,46 @@ async def serve(
             latency=args.latency,
             access_log=args.access_log,
             max_logged_requests=args.log_limit,
+            tls=args.tls,
         )
-    except ImportError as exc:  # segno: the testing extra
+    except ImportError as exc:  # segno or trustme: the testing extra
         say(f"{prog}: error: {exc}", err)
         return EXIT_USAGE
+    ca_file: str | None = None
+    temporary_ca = False
+    if args.tls:
+        try:
+            if args.ca_file is None:
+                handle, ca_file = tempfile.mkstemp(prefix="wachat-fake-ca-", suffix=".pem")
+                os.close(handle)
+                temporary_ca = True
+            else:
+                ca_file = args.ca_file
+            server.write_ca_file(ca_file)
+        except OSError as exc:
+            say(f"{prog}: error: cannot write the CA file {ca_file}: {exc.strerror or exc}", err)
+            return EXIT_USAGE
+    try:
+        return await _serve(server, args, prog=prog, ca_file=ca_file, out=out, err=err)
+    finally:
+        if temporary_ca and ca_file is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(ca_file)
+
+
+async def _serve(
+    server: FakeWachatServer,
+    args: argparse.Namespace,
+    *,
+    prog: str,
+    ca_file: str | None,
+    out: TextIO,
+    err: TextIO,
+) -> int:
+    def say(text: str, stream: TextIO) -> None:
+        stream.write(text + "\n")
+        stream.flush()
+
     names = _names(args)
     server.add_instances(names)
     stop = asyncio.Event()
@@ -331,8 +387,20 @@ async def serve(
                 say(f"  export WACHAT_API_KEY={DEFAULT_API_KEY}", out)
             else:
                 say("  # WACHAT_API_KEY: the key you gave with --api-key (not printed)", out)
-            remote = _remote_url(args.host, server.port)
-            if remote is not None:
+            if ca_file is not None:
+                say(
+                    f"  # TLS: trust the CA in {ca_file} (wachat-qr --ca-file {ca_file}, or "
+                    f"WachatClient(ssl=ssl.create_default_context(cafile={ca_file!r})))",
+                    out,
+                )
+            remote = _remote_url(args.host, server.port, "https" if server.tls else "http")
+            if remote is not None and server.tls:
+                say(
+                    f"From another machine: WACHAT_BASE_URL={remote} (the certificate names "
+                    "only 127.0.0.1, localhost and ::1: expect a host name mismatch)",
+                    out,
+                )
+            elif remote is not None:
                 say(
                     f"From another machine: WACHAT_BASE_URL={remote} (plain http: "
                     "wachat-qr --allow-insecure-http, WachatClient(allow_insecure_http=True))",

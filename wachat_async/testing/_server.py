@@ -15,9 +15,12 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
@@ -29,6 +32,7 @@ from ._handlers import API_PREFIX, QR_PATH, STATE_PATH, Routes, Waiting
 from ._png import PngCache, require_segno
 from ._png import qr_payload as _qr_payload
 from ._registry import BAILEYS, FakeInstance, RecordedRequest, Registry, friendly_name
+from ._tls import DEFAULT_TLS_HOSTNAMES, ThrowawayCA
 
 __all__ = ["FakeInstance", "FakeWachatServer", "Fault", "RecordedRequest"]
 
@@ -88,6 +92,14 @@ class FakeWachatServer:
     See :mod:`wachat_async.testing` for a tour. Configure it from any thread; serve it with
     ``async with server:`` (on the current loop) or ``with server.run_in_thread():`` (on a
     private loop in a daemon thread, for synchronous code).
+
+    ``tls=True`` serves HTTPS with a certificate from a throwaway CA made for this server
+    (trustme, in the ``testing`` extra), valid for *tls_hostnames* (``127.0.0.1``,
+    ``localhost`` and ``::1`` by default). :attr:`ssl_context` is a client context that trusts
+    that CA and nothing else, for ``WachatClient(ssl=server.ssl_context)``; :attr:`ca_pem` and
+    :meth:`write_ca_file` give the CA certificate to code that wants a file (``--ca-file``,
+    ``SSL_CERT_FILE``). A client that does not trust the CA fails verification, exactly as
+    it would against a private CA in production.
     """
 
     def __init__(
@@ -102,9 +114,21 @@ class FakeWachatServer:
         clock: Callable[[], float] = time.monotonic,
         access_log: bool = False,
         max_logged_requests: int | None = None,
+        tls: bool = False,
+        tls_hostnames: Iterable[str] | None = None,
     ) -> None:
         _check_key(api_key)
         require_segno()  # fail here, not with a 500 on the first QR request
+        if not isinstance(tls, bool):
+            raise TypeError(f"tls must be a bool, not {type(tls).__name__}")
+        if tls_hostnames is not None and not tls:
+            raise ValueError("tls_hostnames needs tls=True")
+        # Made here, so a missing trustme fails at construction, not at start().
+        self._ca = (
+            ThrowawayCA(DEFAULT_TLS_HOSTNAMES if tls_hostnames is None else tls_hostnames)
+            if tls
+            else None
+        )
         if qr_rotation is not None and (
             isinstance(qr_rotation, bool)
             or not isinstance(qr_rotation, (int, float))
@@ -170,7 +194,8 @@ class FakeWachatServer:
         )
         await runner.setup()
         try:
-            site = web.TCPSite(runner, self._host, self._requested_port)
+            server_context = None if self._ca is None else self._ca.server_context()
+            site = web.TCPSite(runner, self._host, self._requested_port, ssl_context=server_context)
             await site.start()
         except BaseException:
             await runner.cleanup()
@@ -260,8 +285,9 @@ class FakeWachatServer:
 
     @property
     def url(self) -> str:
-        """The server root, e.g. ``http://127.0.0.1:8080``."""
-        return f"http://{_url_host(self._host)}:{self.port}"
+        """The server root, e.g. ``http://127.0.0.1:8080`` (``https://`` with ``tls=True``)."""
+        scheme = "http" if self._ca is None else "https"
+        return f"{scheme}://{_url_host(self._host)}:{self.port}"
 
     @property
     def base_url(self) -> str:
@@ -272,6 +298,37 @@ class FakeWachatServer:
     def api_key(self) -> str:
         """The default valid API key (owner of instances added without ``api_key=``)."""
         return self._api_key
+
+    # -- TLS ----------------------------------------------------------------------------------
+
+    @property
+    def tls(self) -> bool:
+        """Whether this server speaks HTTPS (``tls=True``)."""
+        return self._ca is not None
+
+    @property
+    def ssl_context(self) -> ssl.SSLContext:
+        """A new client ``ssl.SSLContext`` that trusts this server's CA only (``tls=True``).
+
+        Host names are checked as usual: dial one of ``tls_hostnames``. Pass it as
+        ``WachatClient(ssl=server.ssl_context)`` or ``aiohttp.TCPConnector(ssl=...)``.
+        """
+        return self._require_ca().client_context()
+
+    @property
+    def ca_pem(self) -> bytes:
+        """The throwaway CA's certificate, PEM-encoded (``tls=True``)."""
+        return self._require_ca().ca_pem
+
+    def write_ca_file(self, path: str | os.PathLike[str]) -> Path:
+        """Write the CA certificate (:attr:`ca_pem`) to *path*, e.g. for ``--ca-file`` or
+        ``SSL_CERT_FILE``; returns the path."""
+        return self._require_ca().write_ca_file(path)
+
+    def _require_ca(self) -> ThrowawayCA:
+        if self._ca is None:
+            raise RuntimeError("this FakeWachatServer speaks plain HTTP: create it with tls=True")
+        return self._ca
 
     def __repr__(self) -> str:
         where = self.base_url if self._port is not None else "not started"

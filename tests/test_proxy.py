@@ -1,0 +1,344 @@
+"""HTTP proxies: ``WachatClient(proxy=...)`` and ``trust_env=True`` through a real tinyproxy.
+
+Debian's tinyproxy runs on a loopback port with BasicAuth (tests/_tinyproxy.py); its log
+proves each request went through it, and that ``https://`` went as ``CONNECT`` (so the proxy
+never saw the key, which travels inside TLS). The proxy's password, like the key, must appear in
+no repr, exception, log record or output.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from wachat_async import (
+    AuthenticationError,
+    ConfigurationError,
+    ProxyAuthenticationError,
+    ProxyError,
+    RetryPolicy,
+    UnexpectedStatusError,
+    WachatClient,
+    WachatConnectionError,
+)
+from wachat_async.testing import FakeWachatServer
+
+from ._tinyproxy import PROXY_PASSWORD, PROXY_USER, Tinyproxy, running_tinyproxy
+from .conftest import KEY, NAME, exception_texts
+
+WRONG_PASSWORD = "wr0ng-PW-11aa22"
+PROXY_ENV = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy")
+ALL_PROXY_ENV = (*PROXY_ENV, "ALL_PROXY", "all_proxy", "NETRC", "REQUEST_METHOD")
+
+
+@pytest.fixture(autouse=True)
+def clean_proxy_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No proxy variable of the machine running the tests leaks into these tests."""
+    for name in ALL_PROXY_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))  # not the user's ~/.netrc
+
+
+@pytest.fixture
+async def servers() -> AsyncIterator[tuple[FakeWachatServer, FakeWachatServer]]:
+    """(plain HTTP, HTTPS) fake servers, key KEY, instance NAME on both."""
+    async with FakeWachatServer(KEY) as plain, FakeWachatServer(KEY, tls=True) as tls:
+        plain.add_instance(NAME)
+        tls.add_instance(NAME)
+        yield plain, tls
+
+
+@pytest.fixture
+def proxy(
+    servers: tuple[FakeWachatServer, FakeWachatServer], tmp_path: Path
+) -> Iterator[Tinyproxy]:
+    """A tinyproxy with BasicAuth that may CONNECT to the HTTPS fake server's port."""
+    with running_tinyproxy(tmp_path, connect_ports=[servers[1].port]) as running:
+        yield running
+
+
+def secret_free(*texts: object) -> None:
+    """Fail if the key or a proxy password (right or wrong) is in any of *texts*."""
+    for text in map(str, texts):
+        assert KEY not in text, f"API key leaked: {text[:200]!r}"
+        for password in (PROXY_PASSWORD, WRONG_PASSWORD):
+            assert password not in text, f"proxy password leaked: {text[:200]!r}"
+
+
+def client_for(server: FakeWachatServer, **kwargs: Any) -> WachatClient:
+    """A zero-wait client for *server* (trusting its CA when it speaks TLS)."""
+    if server.tls:
+        kwargs.setdefault("ssl", server.ssl_context)
+    kwargs.setdefault("retry", RetryPolicy(zero_wait=True))
+    return WachatClient(api_key=KEY, base_url=server.base_url, **kwargs)
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+async def test_proxy_argument_routes_every_request_through_the_proxy(
+    servers: tuple[FakeWachatServer, FakeWachatServer], proxy: Tinyproxy, scheme: str
+) -> None:
+    """proxy=URL with credentials: tinyproxy logs the request (CONNECT for https://)."""
+    server = servers[0] if scheme == "http" else servers[1]
+    async with client_for(server, proxy=proxy.url_with_credentials) as client:
+        qr = await client.get_qr_image(NAME)
+        state = await client.get_instance_state(NAME)
+        secret_free(repr(client), client)
+    assert (qr.instance_name, state.instance_name) == (NAME, NAME)
+    seen = proxy.requests()
+    if scheme == "http":
+        assert [line.split()[0] for line in seen] == ["GET", "GET"]
+        assert all(f"127.0.0.1:{server.port}/api/v1/instance/" in line for line in seen)
+    else:
+        assert seen
+        assert set(seen) == {f"CONNECT 127.0.0.1:{server.port} HTTP/1.1"}
+    assert server.request_count() == 2
+    secret_free(proxy.log_text())
+
+
+async def test_https_through_connect_hides_the_key_and_path_from_the_proxy(
+    servers: tuple[FakeWachatServer, FakeWachatServer], proxy: Tinyproxy
+) -> None:
+    """Through CONNECT the proxy sees host and port only: no path, no instance, no key."""
+    server = servers[1]
+    async with client_for(server, proxy=proxy.url_with_credentials) as client:
+        await client.get_qr_image(NAME)
+    log = proxy.log_text()
+    assert f"CONNECT 127.0.0.1:{server.port}" in log
+    assert NAME not in log
+    assert "/instance/qr/image" not in log
+    secret_free(log)
+
+
+@pytest.mark.parametrize(
+    ("variable", "scheme"),
+    [
+        pytest.param("HTTPS_PROXY", "https", id="HTTPS_PROXY"),
+        pytest.param("https_proxy", "https", id="https_proxy"),
+        pytest.param("HTTP_PROXY", "http", id="HTTP_PROXY"),
+        pytest.param("http_proxy", "http", id="http_proxy"),
+    ],
+)
+async def test_trust_env_uses_the_proxy_variables(
+    servers: tuple[FakeWachatServer, FakeWachatServer],
+    proxy: Tinyproxy,
+    monkeypatch: pytest.MonkeyPatch,
+    variable: str,
+    scheme: str,
+) -> None:
+    """trust_env=True: the *_PROXY variable for the base URL's scheme carries the requests."""
+    server = servers[0] if scheme == "http" else servers[1]
+    monkeypatch.setenv(variable, proxy.url_with_credentials)
+    async with client_for(server, trust_env=True) as client:
+        await client.get_qr_image(NAME)
+        secret_free(repr(client))
+    assert len(proxy.requests()) == 1
+    assert server.request_count(NAME) == 1
+
+
+async def test_without_trust_env_the_proxy_variables_are_ignored(
+    servers: tuple[FakeWachatServer, FakeWachatServer],
+    proxy: Tinyproxy,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The default trust_env=False: HTTPS_PROXY/HTTP_PROXY change nothing."""
+    monkeypatch.setenv("HTTPS_PROXY", proxy.url_with_credentials)
+    monkeypatch.setenv("HTTP_PROXY", proxy.url_with_credentials)
+    for server in servers:
+        async with client_for(server) as client:
+            await client.get_qr_image(NAME)
+    assert proxy.requests() == []
+
+
+@pytest.mark.parametrize(
+    "no_proxy",
+    [
+        pytest.param("127.0.0.1", id="exact-host"),
+        pytest.param("localhost,127.0.0.1", id="list"),
+        pytest.param("*", id="star"),
+    ],
+)
+async def test_no_proxy_bypasses_the_proxy(
+    servers: tuple[FakeWachatServer, FakeWachatServer],
+    proxy: Tinyproxy,
+    monkeypatch: pytest.MonkeyPatch,
+    no_proxy: str,
+) -> None:
+    """trust_env=True with the host in NO_PROXY: straight to the server, tinyproxy unused."""
+    monkeypatch.setenv("HTTPS_PROXY", proxy.url_with_credentials)
+    monkeypatch.setenv("NO_PROXY", no_proxy)
+    async with client_for(servers[1], trust_env=True) as client:
+        await client.get_qr_image(NAME)
+    assert (proxy.requests(), servers[1].request_count(NAME)) == ([], 1)
+
+
+async def test_explicit_proxy_wins_over_the_environment(
+    servers: tuple[FakeWachatServer, FakeWachatServer],
+    proxy: Tinyproxy,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """proxy= is used even when trust_env=True and HTTPS_PROXY names another (dead) proxy."""
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    async with client_for(servers[1], proxy=proxy.url_with_credentials, trust_env=True) as c:
+        await c.get_qr_image(NAME)
+    assert len(proxy.requests()) == 1
+
+
+async def test_netrc_supplies_the_proxy_credentials_with_trust_env(
+    servers: tuple[FakeWachatServer, FakeWachatServer],
+    proxy: Tinyproxy,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """trust_env=True, HTTPS_PROXY without credentials: they come from $NETRC, like aiohttp."""
+    netrc = tmp_path / "netrc"
+    netrc.write_text(f"machine 127.0.0.1 login {PROXY_USER} password {PROXY_PASSWORD}\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+    async with client_for(servers[1], trust_env=True) as client:
+        await client.get_qr_image(NAME)
+    assert len(proxy.requests()) == 1
+    assert servers[1].requests[-1].auth_via == "bearer"  # netrc never replaced the Bearer key
+
+
+@pytest.mark.parametrize(
+    ("scheme", "credentials", "status"),
+    [
+        pytest.param("http", "none", 407, id="http-no-credentials"),
+        pytest.param("https", "none", 407, id="https-no-credentials"),
+        pytest.param("https", "wrong", 401, id="https-wrong-password"),
+    ],
+)
+async def test_proxy_refusing_credentials_is_a_proxy_authentication_error(
+    servers: tuple[FakeWachatServer, FakeWachatServer],
+    proxy: Tinyproxy,
+    scheme: str,
+    credentials: str,
+    status: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """407 (or tinyproxy's 401 to a CONNECT): ProxyAuthenticationError, never retried."""
+    caplog.set_level(logging.DEBUG)
+    server = servers[0] if scheme == "http" else servers[1]
+    url = (
+        proxy.url
+        if credentials == "none"
+        else f"http://{PROXY_USER}:{WRONG_PASSWORD}@127.0.0.1:{proxy.port}"
+    )
+    policy = RetryPolicy(zero_wait=True, retry_transport_errors=True, max_attempts=4)
+    async with client_for(server, proxy=url, retry=policy) as client:
+        with pytest.raises(ProxyAuthenticationError) as info:
+            await client.get_qr_image(NAME)
+    error = info.value
+    assert isinstance(error, ProxyError)
+    assert isinstance(error, WachatConnectionError)
+    assert not isinstance(error, UnexpectedStatusError)
+    assert (error.proxy_status, error.attempts, server.request_count()) == (status, 1, 0)
+    assert f"127.0.0.1:{proxy.port}" in str(error)
+    assert ("credentials" in str(error)) is True
+    secret_free(*exception_texts(error), *(r.getMessage() for r in caplog.records))
+
+
+async def test_plain_http_401_from_the_proxy_says_the_proxy_may_be_refusing(
+    servers: tuple[FakeWachatServer, FakeWachatServer], proxy: Tinyproxy
+) -> None:
+    """tinyproxy's 401 to a forwarded http:// request cannot be told from the API's: a note."""
+    url = f"http://{PROXY_USER}:{WRONG_PASSWORD}@127.0.0.1:{proxy.port}"
+    async with client_for(servers[0], proxy=url) as client:
+        with pytest.raises(AuthenticationError) as info:
+            await client.get_qr_image(NAME)
+    assert any(f"proxy 127.0.0.1:{proxy.port}" in n for n in info.value.__notes__)
+    secret_free(*exception_texts(info.value))
+
+
+async def test_unreachable_proxy_is_a_proxy_error(
+    servers: tuple[FakeWachatServer, FakeWachatServer],
+) -> None:
+    """A proxy that refuses connections: ProxyError naming it (host:port only)."""
+    async with client_for(servers[1], proxy="http://user:s3cret-pw@127.0.0.1:9") as client:
+        with pytest.raises(ProxyError) as info:
+            await client.get_qr_image(NAME)
+    assert "127.0.0.1:9" in str(info.value)
+    assert not [t for t in exception_texts(info.value) if "s3cret-pw" in t]
+
+
+async def test_connect_to_a_forbidden_port_is_a_proxy_error(
+    servers: tuple[FakeWachatServer, FakeWachatServer], tmp_path: Path
+) -> None:
+    """tinyproxy refusing CONNECT to a port (403): ProxyError with proxy_status 403."""
+    with running_tinyproxy(tmp_path, connect_ports=[443]) as strict:
+        async with client_for(servers[1], proxy=strict.url_with_credentials) as client:
+            with pytest.raises(ProxyError) as info:
+                await client.get_qr_image(NAME)
+    assert info.value.proxy_status == 403
+    assert not isinstance(info.value, ProxyAuthenticationError)
+
+
+@pytest.mark.parametrize(
+    "proxy_url",
+    [
+        pytest.param("http://alice:pr0xy-PASS-7f2e9c@proxy.corp.example:3128", id="plain"),
+        pytest.param("http://alice:pr0xy-PASS-7f2e9c@proxy.corp.example:3128/", id="slash"),
+        pytest.param("http://al%40ice:pr0xy-PASS-7f2e9c@proxy.corp.example:3128", id="encoded"),
+    ],
+)
+def test_repr_shows_the_proxy_host_only(proxy_url: str) -> None:
+    """repr(client) names proxy.corp.example:3128 and never its credentials."""
+    client = WachatClient(api_key=KEY, base_url="https://h.example/v1", proxy=proxy_url)
+    text = repr(client)
+    assert "proxy.corp.example:3128" in text
+    secret_free(text, str(client))
+    assert "alice" not in text
+
+
+@pytest.mark.parametrize(
+    "proxy_url",
+    [
+        pytest.param("https://alice:pr0xy-PASS-7f2e9c@proxy.example:3128", id="https-proxy"),
+        pytest.param("socks5://alice:pr0xy-PASS-7f2e9c@proxy.example:1080", id="socks"),
+        pytest.param("proxy.example:3128", id="no-scheme"),
+        pytest.param("http://alice:pr0xy-PASS-7f2e9c@proxy.example:3128/x", id="path"),
+        pytest.param("http://alice:pr0xy-PASS-7f2e9c@proxy.example:3128?k=v", id="query"),
+        pytest.param("http://alice:pr0xy-PASS-7f2e9c@:3128", id="no-host"),
+        pytest.param("http://alice:pr0xy-PASS-7f2e9c@proxy.example:99999", id="bad-port"),
+        pytest.param(3128, id="int"),
+    ],
+)
+def test_bad_proxy_urls_are_configuration_errors_without_the_password(proxy_url: object) -> None:
+    """A proxy= that cannot work fails at construction; the message hides the credentials."""
+    with pytest.raises(ConfigurationError) as info:
+        WachatClient(api_key=KEY, base_url="https://h.example/v1", proxy=proxy_url)  # type: ignore[arg-type]
+    assert "proxy" in str(info.value)
+    secret_free(*exception_texts(info.value))
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        pytest.param({"proxy": "http://127.0.0.1:3128"}, id="proxy"),
+        pytest.param({"trust_env": True}, id="trust_env"),
+        pytest.param({"ssl": False}, id="ssl"),
+        pytest.param({"trace_configs": [aiohttp.TraceConfig()]}, id="trace_configs"),
+    ],
+)
+async def test_network_options_with_a_borrowed_session_are_refused(option: dict[str, Any]) -> None:
+    """A borrowed session has its own connector: set these on it (ConfigurationError says so)."""
+    async with aiohttp.ClientSession() as session:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # ssl=False's own warning is not the point here
+            with pytest.raises(ConfigurationError, match="session"):
+                WachatClient(
+                    api_key=KEY, base_url="https://h.example/v1", session=session, **option
+                )
+
+
+def test_trust_env_must_be_a_bool() -> None:
+    """trust_env=1 is a ConfigurationError (a bool, not a truthy value)."""
+    with pytest.raises(ConfigurationError, match="trust_env"):
+        WachatClient(api_key=KEY, base_url="https://h.example/v1", trust_env=1)  # type: ignore[arg-type]

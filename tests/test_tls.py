@@ -1,0 +1,274 @@
+"""TLS: ``WachatClient(ssl=...)`` against real HTTPS servers on loopback (trustme CAs).
+
+A fake server with a throwaway CA (``FakeWachatServer(tls=True)``) is verified when the client
+trusts that CA, and refused (unknown CA, wrong host name, expired certificate) when it does not,
+with a :class:`TLSVerificationError` that says how to pass a CA and is never retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import ssl
+import warnings
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import trustme
+
+from wachat_async import (
+    InsecureTLSWarning,
+    RetryPolicy,
+    TLSVerificationError,
+    WachatClient,
+    WachatConnectionError,
+)
+from wachat_async.testing import FakeWachatServer
+
+from .conftest import KEY, NAME, exception_texts
+
+TRANSPORT_RETRIES = RetryPolicy(retry_transport_errors=True, zero_wait=True, max_attempts=4)
+
+
+@pytest.fixture
+async def tls_server() -> AsyncIterator[FakeWachatServer]:
+    """A started HTTPS fake server (key KEY, instance NAME) with a throwaway CA."""
+    async with FakeWachatServer(api_key=KEY, tls=True) as fake:
+        fake.add_instance(NAME)
+        yield fake
+
+
+class ExpiredServer:
+    """A TLS server whose certificate (from its own trustme CA) expired yesterday.
+
+    It completes no handshake with a verifying client, so it needs no HTTP.
+    """
+
+    def __init__(self) -> None:
+        self.ca = trustme.CA()
+        yesterday = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=1)
+        cert = self.ca.issue_cert(
+            "127.0.0.1", not_before=yesterday - datetime.timedelta(days=30), not_after=yesterday
+        )
+        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        cert.configure_cert(self.context)
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> ExpiredServer:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.close()
+
+        self._server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=self.context)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    @property
+    def base_url(self) -> str:
+        assert self._server is not None
+        return f"https://127.0.0.1:{self._server.sockets[0].getsockname()[1]}/api/v1"
+
+    def client_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context()
+        self.ca.configure_trust(context)
+        return context
+
+
+CALLS: list[Any] = [
+    pytest.param(lambda c: c.get_qr_image(NAME), id="get_qr_image"),
+    pytest.param(lambda c: c.get_instance_state(NAME), id="get_instance_state"),
+    pytest.param(lambda c: _stream(c), id="stream_qr_image"),
+]
+
+
+async def _stream(client: WachatClient) -> bytes:
+    async with client.stream_qr_image(NAME) as stream:
+        return await stream.read()
+
+
+async def test_client_trusting_the_ca_fetches_over_https(tls_server: FakeWachatServer) -> None:
+    """ssl=server.ssl_context: the QR arrives over HTTPS, the key as a Bearer header."""
+    async with WachatClient(
+        api_key=KEY, base_url=tls_server.base_url, ssl=tls_server.ssl_context
+    ) as client:
+        qr = await client.get_qr_image(NAME)
+    assert (qr.instance_name, tls_server.request_count(NAME)) == (NAME, 1)
+    assert tls_server.requests[-1].auth_via == "bearer"
+
+
+@pytest.mark.parametrize("call", CALLS)
+async def test_unknown_ca_is_a_tls_verification_error_with_the_hint(
+    tls_server: FakeWachatServer, call: Callable[[WachatClient], Awaitable[Any]]
+) -> None:
+    """Default trust store vs a private CA: TLSVerificationError naming ssl= and SSL_CERT_FILE."""
+    async with WachatClient(api_key=KEY, base_url=tls_server.base_url) as client:
+        with pytest.raises(TLSVerificationError) as info:
+            await call(client)
+    error = info.value
+    assert isinstance(error, WachatConnectionError)
+    assert "certificate verification failed" in str(error)
+    assert "ssl=" in str(error)
+    assert "SSL_CERT_FILE" in str(error)
+    assert "trust_env" in str(error)
+    assert (error.host, error.port, error.instance_name) == ("127.0.0.1", tls_server.port, NAME)
+    assert "issuer" in error.reason.lower()
+    assert error.__cause__ is not None
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        pytest.param(TRANSPORT_RETRIES, id="retry_transport_errors"),
+        pytest.param(
+            RetryPolicy(retry_transport_errors=True, zero_wait=True, statuses={502, 504, 407}),
+            id="with-407-status",
+        ),
+    ],
+)
+async def test_certificate_failure_is_never_retried(
+    tls_server: FakeWachatServer, policy: RetryPolicy
+) -> None:
+    """Even with retry_transport_errors=True: one attempt, no retry event, budget untouched."""
+    events: list[Any] = []
+    policy = attrs.evolve(policy, on_retry=events.append)
+    async with WachatClient(api_key=KEY, base_url=tls_server.base_url, retry=policy) as client:
+        with pytest.raises(TLSVerificationError) as info:
+            await client.get_qr_image(NAME)
+        assert not policy.is_retryable(info.value)
+        assert (info.value.attempts, events, client.retry_budget.retries) == (1, [], 0)
+
+
+async def test_wrong_host_name_is_a_tls_verification_error() -> None:
+    """A certificate for another name (trusted CA) fails with the host name reason."""
+    async with FakeWachatServer(KEY, tls=True, tls_hostnames=["api.wachat.test"]) as server:
+        server.add_instance(NAME)
+        async with WachatClient(
+            api_key=KEY, base_url=server.base_url, ssl=server.ssl_context, retry=TRANSPORT_RETRIES
+        ) as client:
+            with pytest.raises(TLSVerificationError) as info:
+                await client.get_qr_image(NAME)
+    assert "match" in info.value.reason.lower()
+    assert info.value.attempts == 1
+
+
+async def test_expired_certificate_is_a_tls_verification_error() -> None:
+    """An expired certificate from a trusted CA fails with the expiry reason, once."""
+    async with ExpiredServer() as server:
+        client = WachatClient(
+            api_key=KEY,
+            base_url=server.base_url,
+            ssl=server.client_context(),
+            retry=TRANSPORT_RETRIES,
+        )
+        async with client:
+            with pytest.raises(TLSVerificationError) as info:
+                await client.get_qr_image(NAME)
+    assert "expired" in info.value.reason.lower()
+    assert info.value.attempts == 1
+
+
+async def test_watch_qr_stops_at_a_certificate_failure(tls_server: FakeWachatServer) -> None:
+    """watch_qr does not keep polling a server whose certificate does not verify."""
+    async with WachatClient(api_key=KEY, base_url=tls_server.base_url) as client:
+        watch = client.watch_qr(NAME, interval=0.001)
+        with pytest.raises(TLSVerificationError):
+            await anext(watch)
+        await watch.aclose()
+
+
+async def test_fetch_many_reports_certificate_failures_per_name(
+    tls_server: FakeWachatServer,
+) -> None:
+    """fetch_many gives each name its TLSVerificationError (the batch goes on)."""
+    tls_server.add_instance("t1_second")
+    async with WachatClient(api_key=KEY, base_url=tls_server.base_url) as client:
+        results = [r async for r in client.fetch_many([NAME, "t1_second"])]
+    assert sorted(type(r.error).__name__ for r in results) == ["TLSVerificationError"] * 2
+
+
+async def test_certificate_failure_leaks_no_key_into_errors_or_logs(
+    tls_server: FakeWachatServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The key is in no text of the error chain and no log record."""
+    caplog.set_level(logging.DEBUG)
+    async with WachatClient(api_key=KEY, base_url=tls_server.base_url) as client:
+        with pytest.raises(TLSVerificationError) as info:
+            await client.get_qr_image(NAME)
+    texts = [*exception_texts(info.value), *(r.getMessage() for r in caplog.records)]
+    assert texts
+    assert not [t for t in texts if KEY in t]
+
+
+async def test_ca_file_through_ssl_create_default_context(
+    tls_server: FakeWachatServer, tmp_path: Path
+) -> None:
+    """The README recipe: ssl=ssl.create_default_context(cafile=...) with the CA's PEM file."""
+    path = tls_server.write_ca_file(tmp_path / "ca.pem")
+    context = ssl.create_default_context(cafile=str(path))
+    async with WachatClient(api_key=KEY, base_url=tls_server.base_url, ssl=context) as client:
+        assert (await client.get_qr_image(NAME)).instance_name == NAME
+
+
+async def test_ssl_cert_file_is_honoured_with_trust_env(
+    tls_server: FakeWachatServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """trust_env=True reads SSL_CERT_FILE when the session opens; trust_env=False does not."""
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SSL_CERT_FILE", str(tls_server.write_ca_file(tmp_path / "ca.pem")))
+    async with WachatClient(api_key=KEY, base_url=tls_server.base_url, trust_env=True) as client:
+        assert (await client.get_qr_image(NAME)).instance_name == NAME
+    async with WachatClient(api_key=KEY, base_url=tls_server.base_url) as client:
+        with pytest.raises(TLSVerificationError):
+            await client.get_qr_image(NAME)
+
+
+async def test_ssl_false_warns_at_construction_and_skips_verification(
+    tls_server: FakeWachatServer,
+) -> None:
+    """ssl=False: an InsecureTLSWarning (a UserWarning) at construction, then no verification."""
+    with pytest.warns(InsecureTLSWarning, match="verification") as caught:
+        client = WachatClient(api_key=KEY, base_url=tls_server.base_url, ssl=False)
+    assert issubclass(caught[0].category, UserWarning)
+    assert caught[0].filename == __file__
+    async with client:
+        assert (await client.get_qr_image(NAME)).instance_name == NAME
+
+
+def test_ssl_false_warning_can_be_silenced_by_the_standard_filters() -> None:
+    """warnings.filterwarnings('ignore', category=InsecureTLSWarning) silences it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warnings.filterwarnings("ignore", category=InsecureTLSWarning)
+        WachatClient(api_key=KEY, base_url="https://h.example/v1", ssl=False)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param("cert.pem", id="a-path-str"),
+        pytest.param(1, id="int"),
+        pytest.param(Path("ca.pem"), id="a-Path"),
+        pytest.param(ssl.PROTOCOL_TLS_CLIENT, id="protocol-constant"),
+    ],
+)
+def test_bad_ssl_values_are_configuration_errors(value: object) -> None:
+    """ssl= takes an SSLContext, False, an aiohttp.Fingerprint or None, nothing else."""
+    from wachat_async import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match=r"ssl must be an ssl\.SSLContext"):
+        WachatClient(api_key=KEY, base_url="https://h.example/v1", ssl=value)  # type: ignore[arg-type]
+
+
+async def test_ssl_true_means_default_verification(tls_server: FakeWachatServer) -> None:
+    """ssl=True is aiohttp's "verify with the default trust store" (a private CA fails)."""
+    async with WachatClient(api_key=KEY, base_url=tls_server.base_url, ssl=True) as client:
+        with pytest.raises(TLSVerificationError):
+            await client.get_qr_image(NAME)
