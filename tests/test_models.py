@@ -283,3 +283,27 @@ def test_from_payload_never_raises_anything_else(payload: object) -> None:
     except InvalidResponseError:
         result = None
     assert result is None or isinstance(result.state, str)
+
+
+@pytest.mark.parametrize(
+    ("changes", "error"),
+    [
+        pytest.param({"fetched_at": "2024-01-01"}, TypeError, id="fetched-at-str"),
+        pytest.param({"fetched_at": 1700000000}, TypeError, id="fetched-at-int"),
+        pytest.param({"fetched_at": datetime(2024, 1, 1)}, TypeError, id="fetched-at-naive"),
+        pytest.param({"content_type": "text/html"}, InvalidImageError, id="content-type-html"),
+        pytest.param({"content_type": 3}, InvalidImageError, id="content-type-int"),
+        pytest.param({"instance_name": None}, TypeError, id="name-none"),
+        pytest.param({"instance_name": b"t1"}, TypeError, id="name-bytes"),
+    ],
+)
+def test_the_other_fields_are_checked_too(changes: dict[str, object], error: type) -> None:
+    """fetched_at is an aware datetime, content_type image/png, instance_name a str: a value
+    that is not would make repr() or save() fail later, so it is refused when built."""
+    base: dict[str, object] = {"instance_name": "t1", "data": png()}
+    with pytest.raises(error):
+        QRImage(**{**base, **changes})  # type: ignore[arg-type]
+    good = QRImage(instance_name="t1", data=png(), content_type="IMAGE/PNG")
+    with pytest.raises(error):
+        attrs.evolve(good, **changes)
+    assert "t1" in repr(good)

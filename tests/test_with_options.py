@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 
 from wachat_async import (
+    ClientClosedError,
     ConfigurationError,
     QRFetchFailedError,
     ResponseTooLargeError,
@@ -179,6 +180,25 @@ async def test_closing_the_client_closes_its_views(server: FakeWachatServer) -> 
     assert view.closed
     with pytest.raises(RuntimeError, match="closed"):
         await view.get_qr_image(NAME)
+
+
+@pytest.mark.parametrize("through", ["client", "view"])
+async def test_a_request_in_flight_when_the_client_closes_is_client_closed(
+    server: FakeWachatServer, through: str
+) -> None:
+    """Closing the client fails a request in flight, direct or through a view, as closed."""
+    client = WachatClient(api_key=KEY, base_url=server.base_url)
+    caller = client if through == "client" else client.with_options(timeout=5.0)
+    server.script(NAME, [Fault(hang=True)])
+    call = asyncio.ensure_future(caller.get_qr_image(NAME))
+    for _ in range(1000):  # until the request reached the server (bounded, no sleeping)
+        if server.request_count(NAME):
+            break
+        await asyncio.sleep(0)
+    assert server.request_count(NAME) == 1
+    await client.aclose()
+    with pytest.raises(ClientClosedError):
+        await call
 
 
 async def test_view_works_with_fetch_many_and_stream(

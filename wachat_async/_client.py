@@ -539,7 +539,10 @@ class WachatClient:
         if self._root is not self:
             return
         self._closed = True
-        self._transport.closed = True  # a request still in flight fails as ClientClosedError
+        # A request still in flight (through this client or one of its views) fails as
+        # ClientClosedError.
+        for client in (self, *self._views):
+            client._transport.closed = True
         self._slots.close()  # calls waiting for a slot are refused now, not left waiting
         await self._unbind()
 

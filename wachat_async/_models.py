@@ -130,6 +130,18 @@ class QRImage:
     fetched_at: datetime = attrs.field(factory=_utcnow)
 
     def __attrs_post_init__(self) -> None:
+        if not isinstance(self.instance_name, str):
+            raise TypeError(
+                f"QRImage instance_name must be a str, got a {type(self.instance_name).__name__}"
+            )
+        if not isinstance(self.content_type, str) or self.content_type.lower() != "image/png":
+            raise InvalidImageError(
+                "QRImage content_type must be 'image/png'", instance_name=self.instance_name
+            )
+        fetched = self.fetched_at
+        if not isinstance(fetched, datetime) or fetched.utcoffset() is None:
+            kind = "naive datetime" if isinstance(fetched, datetime) else type(fetched).__name__
+            raise TypeError(f"QRImage fetched_at must be a timezone-aware datetime, got a {kind}")
         width, height = png_dimensions(self.data, instance_name=self.instance_name)
         check_png_end(self.data, instance_name=self.instance_name)
         given = (self.width or width, self.height or height)

@@ -338,6 +338,47 @@ def test_url_with_expose_api_key(run: Callable[..., Run], env: FakeWachatServer)
     assert "apiKey" in result.err or "key" in result.err.lower()
 
 
+@pytest.mark.parametrize(
+    ("base_url", "extra", "code"),
+    [
+        pytest.param("http://192.0.2.10:8080/api/v1", (), 2, id="http-remote-refused"),
+        pytest.param("http://wachat.example/api/v1", (), 2, id="http-name-refused"),
+        pytest.param(
+            "http://192.0.2.10:8080/api/v1", ("--allow-insecure-http",), 0, id="http-allowed"
+        ),
+        pytest.param("http://127.0.0.1:8080/api/v1", (), 0, id="http-loopback"),
+        pytest.param("https://app.wachat.net/api/v1", (), 0, id="https"),
+    ],
+)
+def test_url_with_the_key_over_plain_http_needs_allow_insecure_http(
+    run: Callable[..., Run],
+    monkeypatch: pytest.MonkeyPatch,
+    base_url: str,
+    extra: tuple[str, ...],
+    code: int,
+) -> None:
+    """--expose-api-key refuses a plain-http URL to another host, as every other command does."""
+    monkeypatch.setenv("WACHAT_API_KEY", KEY)
+    result = run("url", NAME, "--expose-api-key", "--base-url", base_url, *extra, allow_key=True)
+    assert result.code == code
+    if code:
+        assert KEY not in result.out
+        assert "clear text" in result.err
+        assert len(result.err.strip().splitlines()) <= 2
+
+
+@pytest.mark.parametrize("command", [("url", NAME), ("fetch", NAME, "-o", os.devnull)])
+@pytest.mark.parametrize("empty", ["", " "], ids=["empty", "blank"])
+def test_an_empty_base_url_is_a_usage_error(
+    run: Callable[..., Run], monkeypatch: pytest.MonkeyPatch, command: tuple[str, ...], empty: str
+) -> None:
+    """--base-url "$UNSET" never falls back to the production API: exit 2, one line."""
+    monkeypatch.setenv("WACHAT_API_KEY", KEY)
+    result = run(*command, "--base-url", empty)
+    assert result.code == 2
+    assert "--base-url is empty" in result.err
+
+
 def test_url_with_expose_api_key_needs_a_key(run: Callable[..., Run]) -> None:
     """--expose-api-key without any key is a configuration error."""
     result = run("url", NAME, "--expose-api-key")

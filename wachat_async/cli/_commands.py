@@ -38,7 +38,7 @@ from wachat_async import (
 )
 from wachat_async._files import write_bytes_async
 from wachat_async._polling import watch_qr
-from wachat_async._validate import check_instance_name
+from wachat_async._validate import check_instance_name, is_loopback_host
 
 from ._exit import EXIT_FAILED, EXIT_OK, UsageError, exit_code_for
 from ._extras import need
@@ -83,7 +83,10 @@ NO_KEY_MESSAGE: Final = (
 
 
 def _base_url(args: argparse.Namespace) -> str:
-    return getattr(args, "base_url", None) or os.environ.get("WACHAT_BASE_URL") or DEFAULT_BASE_URL
+    given = getattr(args, "base_url", None)
+    if given is not None and not given.strip():  # --base-url "$UNSET": never the production API
+        raise UsageError("--base-url is empty (an unset variable?): give the API root, .../api/v1")
+    return given or os.environ.get("WACHAT_BASE_URL") or DEFAULT_BASE_URL
 
 
 def _host(url: str) -> str:
@@ -101,10 +104,11 @@ def client_for(args: argparse.Namespace, *, max_connections: int = 100) -> Wacha
     if key is None or not key.strip():
         raise UsageError(NO_KEY_MESSAGE)
     allow_insecure = bool(getattr(args, "allow_insecure_http", False))
+    base_url = _base_url(args)
     try:
         return WachatClient(
             api_key=key,
-            base_url=getattr(args, "base_url", None),
+            base_url=base_url,
             timeout=getattr(args, "timeout", None),
             retry=_retry_policy(args),
             max_connections=max_connections,
@@ -195,6 +199,17 @@ async def cmd_url(args: argparse.Namespace, out: Out) -> int:
             if not key:
                 raise ConfigurationError(
                     "--expose-api-key needs an API key: set WACHAT_API_KEY or pass --api-key"
+                )
+            scheme, host = URL(base_url).scheme, URL(base_url).host or ""
+            if (
+                scheme == "http"
+                and not is_loopback_host(host)
+                and not getattr(args, "allow_insecure_http", False)
+            ):
+                raise UsageError(
+                    f"refusing a plain http:// URL with the API key in it for {host}: every "
+                    "browser that loads it would send the key in clear text; use https://, or "
+                    "--allow-insecure-http if you mean it"
                 )
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
