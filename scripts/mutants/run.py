@@ -133,7 +133,8 @@ MUTANTS = [
     M(
         "transport-fault-connection-excluded",
         "wachat_async/_retry.py",
-        "    if isinstance(error, WachatConnectionError):\n        return True",
+        "    if isinstance(error, WachatConnectionError):\n"
+        "        return not isinstance(error, (TLSVerificationError, ProxyAuthenticationError))",
         "    if isinstance(error, WachatConnectionError):\n        return False",
         RETRY_TESTS,
     ),
@@ -321,10 +322,11 @@ MUTANTS = [
         LOOP_TESTS,
     ),
     M(
-        "deadline-catches-attempt-timeouts",
+        "queue-wait-counted-as-attempt",
         "wachat_async/_retry.py",
-        '        except WachatError as exc:\n            # First: a WachatTimeoutError is a TimeoutError too, and must not pass for the\n            # deadline\'s.\n            if retry is not None:\n                exc.attempts = retry.attempts\n                exc._note(retry.summary())\n            raise\n        except asyncio.TimeoutError:\n            if policy.deadline is None:  # pragma: no cover - no deadline, no timer to expire\n                raise\n            attempts = retry.attempts if retry else 1\n            error = DeadlineExceededError(\n                f"deadline of {policy.deadline:g} s exceeded after {attempts} attempt"\n                + ("s" if attempts != 1 else ""),\n                deadline=policy.deadline,\n                instance_name=name,\n                attempts=attempts,\n            )\n            raise error from (retry.last_error if retry else first)\n',
-        '        except asyncio.TimeoutError:\n            if policy.deadline is None:  # pragma: no cover - no deadline, no timer to expire\n                raise\n            attempts = retry.attempts if retry else 1\n            error = DeadlineExceededError(\n                f"deadline of {policy.deadline:g} s exceeded after {attempts} attempt"\n                + ("s" if attempts != 1 else ""),\n                deadline=policy.deadline,\n                instance_name=name,\n                attempts=attempts,\n            )\n            raise error from (retry.last_error if retry else first)\n        except WachatError as exc:\n            # First: a WachatTimeoutError is a TimeoutError too, and must not pass for the\n            # deadline\'s.\n            if retry is not None:\n                exc.attempts = retry.attempts\n                exc._note(retry.summary())\n            raise\n',
+        "                # The attempt counted last was never sent: it was waiting for a slot.\n"
+        "                attempts -= 1\n",
+        "",
         LOOP_TESTS,
     ),
     M(
@@ -401,8 +403,8 @@ MUTANTS = [
     M(
         "transport-timeout-as-connection-error",
         "wachat_async/_transport.py",
-        "    if isinstance(exc, asyncio.TimeoutError):\n        error: WachatError = WachatTimeoutError(",
-        "    if False:\n        error: WachatError = WachatTimeoutError(",
+        "    elif isinstance(exc, asyncio.TimeoutError):\n        error = WachatTimeoutError(",
+        "    elif False:\n        error = WachatTimeoutError(",
         TRANSPORT_TESTS,
     ),
     M(
@@ -578,14 +580,16 @@ MUTANTS = [
     M(
         "client-accepts-keyed-base-url",
         "wachat_async/_client.py",
-        '        if mentions(f"{self._base_url} {self._base_url.host} {self._base_url.path}", secrets):',
+        '        if mentions(f"{api_base} {api_base.host} {api_base.path}", secrets):',
         "        if False:",
         CONFIG_TESTS,
     ),
     M(
         "client-config-error-context-kept",
         "wachat_async/_client.py",
+        '            check_bool(trust_env, "trust_env")\n        except (TypeError, ValueError) as exc:\n'
         "            raise_clean(ConfigurationError(str(exc), secrets=secrets))",
+        '            check_bool(trust_env, "trust_env")\n        except (TypeError, ValueError) as exc:\n'
         "            raise ConfigurationError(str(exc), secrets=secrets) from None",
         CONFIG_TESTS,
     ),
