@@ -63,7 +63,7 @@ T = TypeVar("T")
 #: deliberately no ``sock_read``: under a 20 s ``total`` it could only end a stall that starts in
 #: the first seconds a few seconds earlier (a 15 s ``sock_read`` fails a stall at its start +
 #: 15 s, so it saves at most 5 s, and nothing for a drip), while aiohttp cancels and re-arms its
-#: timer on every read, about 36k instructions per request (9% of a whole fetch, measured with
+#: timer on every read, 35k to 38k instructions per request (9-10% of a whole fetch, measured with
 #: ``benchmarks/instructions.py``). The retry policy's ``deadline`` still bounds the whole call.
 #: Pass ``timeout=aiohttp.ClientTimeout(total=..., sock_read=...)`` to have one anyway.
 DEFAULT_TIMEOUT = aiohttp.ClientTimeout(total=20.0, sock_connect=10.0)
