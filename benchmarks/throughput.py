@@ -40,6 +40,7 @@ from tenacity import (
 )
 
 from wachat_async import RetryPolicy, WachatClient
+from wachat_async._client import DEFAULT_TIMEOUT
 
 try:  # importable both as ``benchmarks.throughput`` and as a script (``benchmarks/`` on sys.path)
     from . import _server  # type: ignore[import-not-found,unused-ignore]
@@ -97,12 +98,12 @@ class Target:
 ClientFactory = Callable[[Target], AbstractAsyncContextManager[Fetch]]
 
 
-# Every client gets the same per-attempt timeouts as wachat-async's default (which a careful
-# aiohttp user sets anyway: aiohttp's own default has no read timeout). aiohttp arms a timer per
-# request for ``total`` and re-arms one per chunk for ``sock_read``, so leaving them out of the
-# floor would charge wachat-async for timers, not for its own code.
-AIOHTTP_TIMEOUT = aiohttp.ClientTimeout(total=20.0, sock_connect=10.0, sock_read=15.0)
-HTTPX_TIMEOUT = httpx.Timeout(20.0, connect=10.0, read=15.0)
+# Every client gets the same per-attempt timeouts as wachat-async's default, DEFAULT_TIMEOUT
+# (total=20, sock_connect=10, no sock_read). aiohttp arms a timer per request for ``total``
+# (and would re-arm one per chunk for a ``sock_read``), so a floor with other timers would
+# charge wachat-async, or credit it, for aiohttp's timers instead of its own code.
+AIOHTTP_TIMEOUT = DEFAULT_TIMEOUT
+HTTPX_TIMEOUT = httpx.Timeout(20.0, connect=10.0)
 
 
 def _aiohttp_session(t: Target) -> aiohttp.ClientSession:

@@ -31,6 +31,7 @@ def _load(name: str) -> ModuleType:
 server_mod = _load("_server")
 throughput = _load("throughput")
 fleet = _load("fleet")
+instructions = _load("instructions")
 
 
 @pytest.fixture
@@ -168,3 +169,18 @@ def test_fleet_main_runs_the_fake_server_in_a_child_process(
     assert code == 0
     assert "| 2 (warm) | 20 |" in out
     assert "fake server received 40 requests" in out
+
+
+@pytest.mark.parametrize("kind", list(instructions.CLIENTS))
+async def test_instructions_clients_fetch_every_image(bench_server: str, kind: str) -> None:
+    """Each client instructions.py measures (run here without valgrind) makes every request."""
+    await instructions._client(kind, f"{bench_server}/api/v1", 12, 3)
+    assert (await server_mod.control(bench_server, "_stats"))["requests"] == 12
+
+
+def test_instructions_rows_pair_a_floor_with_a_wachat_client() -> None:
+    """Every row compares a bare aiohttp client with a wachat-async one, both defined."""
+    for _label, floor, ours in instructions.ROWS.values():
+        assert floor.startswith("bare")
+        assert ours.startswith("wachat")
+        assert {floor, ours} <= instructions.CLIENTS.keys()

@@ -151,8 +151,8 @@ def test_attrs_evolve_validates_too(changes: dict[str, object], ok: bool) -> Non
 def test_the_trusted_path_builds_the_same_object_without_parsing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """_trusted (the client's already-validated path) equals from_png's result and parses
-    nothing; from_png parses exactly once."""
+    """_trusted (the client's already-validated path) and from_png on a good PNG build equal
+    objects; neither calls the slow, message-building parsers."""
     at = datetime(2024, 1, 2, tzinfo=timezone.utc)
     calls: list[str] = []
     import wachat_async._models as models
@@ -165,12 +165,156 @@ def test_the_trusted_path_builds_the_same_object_without_parsing(
         models, "check_png_end", lambda *a, **k: calls.append("end") or real_end(*a, **k)
     )
     trusted = QRImage._trusted(instance_name=NAME, data=GOOD, width=3, height=2, fetched_at=at)
-    assert calls == []
     from_png = QRImage.from_png(GOOD, instance_name=NAME, fetched_at=at)
-    assert calls == ["dims", "end"]
+    assert calls == []
     assert trusted == from_png
     assert repr(trusted) == repr(from_png)
     assert trusted.content_type == "image/png"
+    with pytest.raises(InvalidImageError, match="IEND"):
+        QRImage.from_png(GOOD[:-1], instance_name=NAME)
+    assert calls == ["dims", "end"]  # a refused image gets the precise message
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        pytest.param(lambda: QRImage.from_png(GOOD, instance_name=NAME), id="from_png"),
+        pytest.param(
+            lambda: QRImage._trusted(instance_name=NAME, data=GOOD, width=3, height=2),
+            id="trusted",
+        ),
+        pytest.param(lambda: QRImage(instance_name=NAME, data=GOOD), id="constructor"),
+    ],
+)
+def test_every_construction_path_gives_the_same_kind_of_object(build: object) -> None:
+    """Each path builds a frozen QRImage with every field set, stamped in UTC now-ish."""
+    before = datetime.now(timezone.utc)
+    qr = build()  # type: ignore[operator]
+    assert type(qr) is QRImage
+    assert (qr.instance_name, qr.data, qr.content_type, qr.width, qr.height) == (
+        NAME,
+        GOOD,
+        "image/png",
+        3,
+        2,
+    )
+    assert qr.fetched_at.tzinfo is timezone.utc
+    assert before <= qr.fetched_at <= datetime.now(timezone.utc)
+    assert attrs.asdict(qr).keys() == {
+        "instance_name",
+        "data",
+        "content_type",
+        "width",
+        "height",
+        "fetched_at",
+    }
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        qr.data = b""  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(bytearray(GOOD), id="bytearray"),
+        pytest.param(memoryview(GOOD), id="memoryview"),
+    ],
+)
+def test_from_png_keeps_an_immutable_copy_of_buffers(data: bytearray | memoryview) -> None:
+    """A bytearray or memoryview is copied into bytes, so later edits cannot reach the image."""
+    qr = QRImage.from_png(data, instance_name=NAME)  # type: ignore[arg-type]
+    assert type(qr.data) is bytes
+    assert qr.data == GOOD
+
+
+def _mutated_png() -> st.SearchStrategy[bytes]:
+    """Valid PNGs with a few bytes overwritten, cut off or appended: near misses of every rule."""
+
+    @st.composite
+    def build(draw: st.DrawFn) -> bytes:
+        data = bytearray(png(draw(st.integers(1, 40)), draw(st.integers(1, 40))))
+        # Mostly in the bytes the rules read: the 33-byte header and the 12-byte IEND.
+        where = st.one_of(
+            st.integers(0, 32), st.integers(len(data) - 12, len(data) - 1), st.integers(0, 99)
+        )
+        for _ in range(draw(st.integers(0, 3))):
+            data[min(draw(where), len(data) - 1)] = draw(st.integers(0, 255))
+        data = data[: draw(st.integers(0, len(data)))] if draw(st.booleans()) else data
+        return bytes(data) + draw(st.binary(max_size=3))
+
+    return build()
+
+
+def header_only(width: int, height: int) -> bytes:
+    """Signature, an IHDR of any declared size and IEND: what the validators read (no pixels)."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "ok"),
+    [
+        pytest.param(2**31 - 1, 1, True, id="widest"),
+        pytest.param(1, 2**31 - 1, True, id="tallest"),
+        pytest.param(2**31, 1, False, id="too-wide"),
+        pytest.param(1, 2**31, False, id="too-tall"),
+        pytest.param(2**32 - 1, 2**32 - 1, False, id="all-ones"),
+        pytest.param(0, 0, False, id="empty"),
+    ],
+)
+@pytest.mark.parametrize(
+    "build",
+    [
+        pytest.param(lambda d: QRImage.from_png(d, instance_name=NAME), id="from_png"),
+        pytest.param(lambda d: QRImage(instance_name=NAME, data=d), id="constructor"),
+    ],
+)
+def test_sides_at_the_png_spec_limits(width: int, height: int, ok: bool, build: object) -> None:
+    """Sides of 1..2**31-1 pixels are accepted, anything else refused, on every path."""
+    data = header_only(width, height)
+    if ok:
+        qr = build(data)  # type: ignore[operator]
+        assert (qr.width, qr.height) == (width, height)
+    else:
+        with pytest.raises(InvalidImageError, match="dimensions"):
+            build(data)  # type: ignore[operator]
+
+
+def _reference_verdict(data: bytes) -> tuple[str, bool] | tuple[int, int]:
+    try:
+        size = png_dimensions(data, instance_name=NAME)
+        check_png_end(data, instance_name=NAME)
+    except InvalidImageError as exc:
+        return str(exc), exc.truncated
+    return size
+
+
+def _from_png_verdict(data: bytes) -> tuple[str, bool] | tuple[int, int]:
+    try:
+        qr = QRImage.from_png(data, instance_name=NAME)
+    except InvalidImageError as exc:
+        return str(exc), exc.truncated
+    return qr.width, qr.height
+
+
+def test_from_png_reads_every_header_and_trailer_byte() -> None:
+    """Changing any one byte of the header or of IEND (to each of a few values): from_png
+    refuses exactly when the reference parsers do, with their message."""
+    good = png(5, 7)
+    positions = [*range(33), *range(len(good) - 12, len(good))]
+    verdicts = []
+    for i in positions:
+        for value in (0x00, 0x01, 0x7F, 0x80, 0xFF, good[i] ^ 0x01):
+            data = good[:i] + bytes([value]) + good[i + 1 :]
+            verdicts.append((i, value, _from_png_verdict(data), _reference_verdict(data)))
+    assert [v for v in verdicts if v[2] != v[3]] == []
+    assert sum(v[3] == (5, 7) for v in verdicts) < len(verdicts) / 2  # most edits are refused
+
+
+@given(st.one_of(_mutated_png(), st.binary(max_size=80)))
+def test_from_png_accepts_exactly_what_the_reference_parsers_accept(data: bytes) -> None:
+    """from_png's inline checks agree with png_dimensions + check_png_end on every input,
+    including the reason given when it refuses."""
+    assert _from_png_verdict(data) == _reference_verdict(data)
 
 
 def test_a_built_image_is_still_frozen() -> None:
