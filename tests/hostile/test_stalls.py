@@ -1,7 +1,7 @@
 """A stalled server fails within the default per-attempt timeout, which has no ``sock_read``.
 
 ``DEFAULT_TIMEOUT`` relies on its ``total`` alone to end a stall (see its comment in
-``_client.py``). These tests run the default's *shape* scaled down 50 times (20 s -> 0.4 s):
+``_transport.py``). These tests run the default's *shape* scaled down 50 times (20 s -> 0.4 s):
 every field the default sets, none it leaves out, so a stall before the headers, mid-body or
 as a slowloris drip must end in a ``WachatTimeoutError`` from ``total`` alone.
 """
@@ -15,7 +15,7 @@ import attrs
 import pytest
 
 from wachat_async import RetryPolicy, WachatClient, WachatTimeoutError
-from wachat_async._client import DEFAULT_TIMEOUT
+from wachat_async._transport import DEFAULT_TIMEOUT
 
 from ._raw_server import Action, Drip, Hang, RawServer, Send, http_response, make_png
 from .conftest import Guard, hostile_client
@@ -46,7 +46,7 @@ def test_the_default_bounds_each_attempt_by_total_alone() -> None:
 def test_a_client_without_a_timeout_uses_the_default() -> None:
     """WachatClient() with no timeout argument runs on DEFAULT_TIMEOUT."""
     client = WachatClient(api_key="k", base_url="http://127.0.0.1:9/api/v1")
-    assert client._timeout == DEFAULT_TIMEOUT
+    assert client._transport.timeout == DEFAULT_TIMEOUT
 
 
 STALLS: dict[str, list[Action]] = {
