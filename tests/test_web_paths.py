@@ -361,28 +361,38 @@ def test_max_name_length_is_checked_when_the_routes_are_built(
 
 
 @pytest.mark.parametrize(
-    ("target", "ours"),
+    ("method", "target", "ours"),
     [
-        pytest.param("/", False, id="root"),
-        pytest.param("/app/status", False, id="deeper-path"),
-        pytest.param("/a/b/c.png", False, id="deeper-png"),
-        pytest.param("//events", False, id="empty-name-events"),
-        pytest.param("/health", True, id="one-segment-is-a-page"),
-        pytest.param(f"/{NAME}.png", True, id="png"),
-        pytest.param("/a%2Fb/events", True, id="encoded-slash-events"),
+        pytest.param("POST", "/login", False, id="post-one-segment"),
+        pytest.param("DELETE", "/a/events", False, id="delete-events-shape"),
+        pytest.param("HEAD", "/a/events", True, id="head-events-is-our-405"),
+        pytest.param("GET", "/", False, id="root"),
+        pytest.param("GET", "/app/status", False, id="deeper-path"),
+        pytest.param("GET", "/a/b/c.png", False, id="deeper-png"),
+        pytest.param("GET", "//events", False, id="empty-name-events"),
+        pytest.param("GET", "/health", True, id="one-segment-is-a-page"),
+        pytest.param("GET", f"/{NAME}.png", True, id="png"),
+        pytest.param("GET", "/a%2Fb/events", True, id="encoded-slash-events"),
     ],
 )
 async def test_an_empty_prefix_leaves_the_rest_of_the_application_alone(
-    framework: str, fake: FakeWachatServer, wachat: WachatClient, target: str, ours: bool
+    framework: str,
+    fake: FakeWachatServer,
+    wachat: WachatClient,
+    method: str,
+    target: str,
+    ours: bool,
 ) -> None:
-    """With ``prefix=""`` the routes take ``/{name}``, ``/{name}.png`` and ``/{name}/events``;
-    any other path is the application's (its own 404 here)."""
+    """With ``prefix=""`` the routes take GET and HEAD of ``/{name}``, ``/{name}.png`` and
+    ``/{name}/events``; any other path or method is the application's (its own 404/405 here,
+    in plain text)."""
     async with serve(framework, wachat, prefix="") as base:
-        response = await raw_request(base, "GET", target)
+        response = await raw_request(base, method, target)
     if ours:
-        assert response.status == 200
+        assert response.headers["content-type"] != "text/plain; charset=utf-8"
+        assert response.status == (405 if method == "HEAD" else 200)
     else:
-        assert response.status == 404
+        assert response.status in (404, 405)
         assert response.headers["content-type"].startswith(NOT_FOUND_PLAIN)
 
 

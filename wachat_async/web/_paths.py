@@ -145,8 +145,8 @@ def locate(raw_path: str | None, tail: str) -> Target | Miss:
 
 def claims_root(raw_path: str | None, tail: str) -> bool:
     """Whether a path belongs to routes mounted with an empty prefix: there they take only
-    paths of their own shapes with a name (``/{name}``, ``/{name}/events``), and leave the
-    rest of the application alone."""
+    paths of their own shapes with a name (``/{name}``, ``/{name}/events``; GET and HEAD, the
+    adapters check), and leave the rest of the application alone."""
     segments = _raw_segments(raw_path, tail)
     return (
         segments is not None

@@ -73,7 +73,8 @@ def qr_routes(
 
     Every path under ``{prefix}/`` is answered by these routes, with the JSON error body when
     it is none of them (``404``) or the method is wrong (``405``). With an empty *prefix* they
-    take only ``/{name}`` and ``/{name}/events``.
+    take only GET and HEAD of ``/{name}`` and ``/{name}/events`` (a POST to ``/login`` is still
+    the application's).
     """
     base = check_route_options(prefix, authorize, interval, heartbeat, max_name_length)
     if not isinstance(client, WachatClient) and not callable(client):
@@ -139,7 +140,7 @@ def qr_routes(
 
     if base:  # everything under the prefix: never aiohttp's plain-text 404/405
         return [web.route("*", rf"{base}/{{tail:[\s\S]*}}", under_prefix)]  # \n too
-    return [  # at the root, only the routes' own shapes: the rest is the application's
-        web.route("*", "/{name}/events", event_path),
-        web.route("*", "/{name}", one_segment),
+    return [  # at the root, only the routes' own shapes and methods: the rest is the app's
+        web.get("/{name}/events", event_path),  # HEAD too, answered 405 in JSON
+        web.get("/{name}", one_segment),
     ]

@@ -69,8 +69,8 @@ def _raw_path(scope: Scope) -> str | None:
 
 class _QRRoute(Route):
     """``{prefix}/{tail:path}`` for every method: the routes answer the whole prefix (JSON
-    404/405, never Starlette's plain text). At the root (an empty prefix) it matches only
-    ``/{name}`` and ``/{name}/events``, so the application keeps the rest."""
+    404/405, never Starlette's plain text). At the root (an empty prefix) it matches only GET
+    and HEAD of ``/{name}`` and ``/{name}/events``, so the application keeps the rest."""
 
     def __init__(self, path: str, endpoint: Callable[[Request], Awaitable[Response]]) -> None:
         super().__init__(path, endpoint)
@@ -82,7 +82,9 @@ class _QRRoute(Route):
         match, child = super().matches(scope)
         if match is Match.FULL and not self.path.removesuffix("/{tail:path}"):
             tail = child["path_params"]["tail"]
-            if not claims_root(_raw_path(scope), tail):
+            if scope.get("method") not in ("GET", "HEAD") or not claims_root(
+                _raw_path(scope), tail
+            ):
                 return Match.NONE, {}
         return match, child
 
@@ -139,7 +141,8 @@ def qr_routes(
 
     The routes are one Starlette route that answers every path under ``{prefix}/``, with the
     JSON error body when it is none of the three (``404``) or the method is wrong (``405``).
-    With an empty *prefix* it takes only ``/{name}`` and ``/{name}/events``.
+    With an empty *prefix* it takes only GET and HEAD of ``/{name}`` and ``/{name}/events``
+    (a POST to ``/login`` is still the application's).
     """
     base = check_route_options(prefix, authorize, interval, heartbeat, max_name_length)
     if not isinstance(client, WachatClient) and not callable(client):
