@@ -138,3 +138,67 @@ async def until(predicate: Callable[[], bool], what: str) -> None:
         await asyncio.wait_for(wait(), LIMIT)
     except asyncio.TimeoutError:
         raise AssertionError(f"never happened: {what}") from None
+
+
+class RawResponse:
+    """What :func:`raw_request` read: the status, the headers (lower-case names), the body."""
+
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    def json(self) -> Any:
+        assert self.headers.get("content-type", "").startswith("application/json"), self.headers
+        return json.loads(self.body)
+
+
+async def raw_request(
+    base: str, method: str, target: str, headers: dict[str, str] | None = None
+) -> RawResponse:
+    """Send *target* exactly as written (no client normalises ``..`` or re-encodes ``%2F``),
+    with ``Connection: close``; read the answer (of an event stream: up to its first event)."""
+    host, port = base.removeprefix("http://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        lines = [f"{method} {target} HTTP/1.1", f"Host: {host}", "Connection: close"]
+        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("ascii"))
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), LIMIT)
+        status_line, *header_lines = head.decode("latin-1").split("\r\n")
+        fields: dict[str, str] = {}
+        for line in filter(None, header_lines):
+            key, _, value = line.partition(":")
+            fields[key.strip().lower()] = value.strip()
+        status = int(status_line.split()[1])
+        if method == "HEAD" or status in (204, 304):
+            body = b""
+        elif fields.get("content-type") == "text/event-stream":  # up to the first event
+            body = b""
+            while b"\n\n" not in body:
+                if fields.get("transfer-encoding") == "chunked":
+                    size = int((await asyncio.wait_for(reader.readline(), LIMIT)).strip(), 16)
+                    body += await asyncio.wait_for(reader.readexactly(size + 2), LIMIT)
+                    body = body[:-2]
+                else:
+                    body += await asyncio.wait_for(reader.readuntil(b"\n\n"), LIMIT)
+        else:
+            body = await asyncio.wait_for(reader.read(), LIMIT)
+            if fields.get("transfer-encoding") == "chunked":
+                body = _unchunk(body)
+        return RawResponse(status, fields, body)
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+
+def _unchunk(data: bytes) -> bytes:
+    out, rest = b"", data
+    while rest:
+        size_line, _, rest = rest.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            break
+        out, rest = out + rest[:size], rest[size + 2 :]
+    return out

@@ -54,8 +54,9 @@ async def tab_state(cdp: CDP, session: str) -> dict[str, Any]:
     result = await cdp.call(
         "Runtime.evaluate", {"expression": STATE_SCRIPT, "returnByValue": True}, session=session
     )
-    value: dict[str, Any] = result["result"]["value"]
-    return value
+    # Before the page has loaded, the script throws (no elements yet) and there is no value.
+    value: dict[str, Any] = result["result"].get("value") or {}
+    return {"src": None, "loaded": 0, "status": "", **value}
 
 
 @pytest.mark.parametrize("framework", ["aiohttp", "starlette"], ids=["aiohttp", "fastapi"])
@@ -140,3 +141,44 @@ async def test_chromium_follows_the_live_qr_until_connected(
     # PNG the tabs loaded came from the watch, never from another upstream fetch.
     assert state_polls == qr_polls + 1
     assert qr_polls >= 3
+
+
+@pytest.mark.parametrize("framework", ["aiohttp", "starlette"], ids=["aiohttp", "fastapi"])
+async def test_chromium_follows_a_name_with_a_slash_and_unicode(
+    chromium_path: str, framework: str
+) -> None:
+    """A name with ``/``, unicode and a space is one percent-encoded segment: the page's own
+    relative URLs (events, then the announced PNG) resolve to it in a real browser."""
+    from urllib.parse import quote
+
+    name = "shop/\u00e9t\u00e9 1"
+    segment = quote(name, safe="")
+    async with (
+        FakeWachatServer(api_key=KEY, qr_rotation=None) as fake,
+        WachatClient(api_key=KEY, base_url=fake.base_url) as client,
+        serve(framework, client, fastapi=True, interval=1.0) as base,
+        chromium(chromium_path) as cdp,
+    ):
+        fake.add_instance(name)
+        session = await open_tab(cdp, f"{base}/qr/{segment}")
+
+        async def state() -> dict[str, Any]:
+            return await tab_state(cdp, session)
+
+        async def wait_for(check: Any, what: str) -> dict[str, Any]:
+            async def poll() -> dict[str, Any]:
+                while not check(current := await state()):
+                    await asyncio.sleep(0.02)
+                return current
+
+            try:
+                return await asyncio.wait_for(poll(), 30)
+            except asyncio.TimeoutError:
+                raise AssertionError(f"never happened: {what}") from None
+
+        shown = await wait_for(lambda s: s["src"] and s["loaded"], "the QR shows")
+        fake.set_state(name, "open")
+        await wait_for(lambda s: s["status"] == "connected", "the page reads connected")
+        qr_fetches = [r.instance_name for r in fake.requests if r.path.endswith("/qr/image")]
+    assert shown["src"].startswith(f"/qr/{segment}.png?v=")
+    assert set(qr_fetches) == {name}

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import socket
+import struct
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
@@ -404,3 +406,82 @@ async def test_a_bug_in_the_watch_is_an_error_event_not_a_hang(
         + f'"instance":"{NAME}"'.encode()
         + b"}\n\n"
     ]
+
+
+# -- viewers that go away -------------------------------------------------------------------------
+
+
+async def _open_stream(base: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A raw event-stream request; returns once the response head has arrived."""
+    host, port = base.removeprefix("http://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(f"GET /qr/{NAME}/events HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), LIMIT)
+    assert head.startswith(b"HTTP/1.1 200 ")
+    return reader, writer
+
+
+def _leave(writer: asyncio.StreamWriter, how: str) -> None:
+    if how == "reset":  # RST, as a crashed browser or a dropped network leaves
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
+    else:
+        writer.close()
+
+
+@pytest.mark.parametrize("how", ["close", "reset"])
+@pytest.mark.parametrize("moment", ["before-the-first-image", "after-the-first-image"])
+async def test_a_viewer_leaving_mid_stream_stops_the_upstream_watch(
+    framework: str,
+    still: FakeWachatServer,
+    gated: tuple[WachatClient, Turnstile],
+    how: str,
+    moment: str,
+) -> None:
+    """A browser that closes or resets its connection, while the first upstream request is
+    still out or after the first image: its viewer count and the watch drop to zero, the
+    held request is cancelled, and upstream hears nothing more."""
+    client, turnstile = gated
+    async with serve(framework, client, heartbeat=30.0) as base:
+        reader, writer = await _open_stream(base)
+        await until(lambda: turnstile.waiting == 1, "the watch's first request waits")
+        if moment == "after-the-first-image":
+            turnstile.let_through(2)  # state, then QR
+            await asyncio.wait_for(reader.readuntil(b"event: qr"), LIMIT)
+            await until(lambda: turnstile.waiting == 1, "the next round waits")
+        sent = still.request_count()
+        assert hub_for(client).viewers() == {NAME: 1}
+        _leave(writer, how)
+        await until(lambda: not watch_tasks(), "the watch stops")
+        assert hub_for(client).viewers() == {}
+        assert turnstile.waiting == 0  # the held request was cancelled, not left waiting
+        turnstile.let_through(5)  # nothing is left to use them
+        await asyncio.sleep(0)
+        assert still.request_count() == sent
+
+
+async def test_one_viewer_resetting_leaves_the_others_watching(
+    framework: str, still: FakeWachatServer, gated: tuple[WachatClient, Turnstile]
+) -> None:
+    """Of three viewers, one resets its connection: the watch goes on for the other two, who
+    still get the next QR; it stops once they have left too."""
+    client, turnstile = gated
+    async with serve(framework, client, heartbeat=30.0) as base:
+        streams = [await _open_stream(base) for _ in range(3)]
+        await until(lambda: hub_for(client).viewers() == {NAME: 3}, "three viewers")
+        turnstile.let_through(2)
+        for reader, _ in streams:
+            await asyncio.wait_for(reader.readuntil(b"event: qr"), LIMIT)
+        _leave(streams[0][1], "reset")
+        await until(lambda: hub_for(client).viewers() == {NAME: 2}, "two viewers left")
+        assert len(watch_tasks()) == 1
+        still.rotate_qr(NAME)
+        turnstile.let_through(2)
+        for reader, _ in streams[1:]:
+            await asyncio.wait_for(reader.readuntil(b"event: qr"), LIMIT)
+        assert still.request_count(NAME, path=QR) == 2  # one poll for all of them
+        for _, writer in streams[1:]:
+            _leave(writer, "close")
+        await until(lambda: not watch_tasks(), "the watch stops with the last viewer")
+        assert hub_for(client).viewers() == {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -11,7 +12,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests._web import FRAMEWORKS, EventReader, serve, until, watch_tasks
+from tests._web import FRAMEWORKS, EventReader, raw_request, serve, until, watch_tasks
 from tests.conftest import KEY, NAME, assert_no_key
 from wachat_async import RetryBudget, RetryPolicy, WachatClient
 from wachat_async.testing import FakeWachatServer, Fault
@@ -101,6 +102,21 @@ async def test_events_route_answers_only_get(
         pytest.param('"other"', 200, id="other-tag"),
         pytest.param("{sha}", 200, id="unquoted"),
         pytest.param("", 200, id="empty"),
+        pytest.param('W/"a", "{sha}"', 304, id="weak-then-ours-in-a-list"),
+        pytest.param('W/"a", W/"{sha}"', 304, id="weak-list"),
+        pytest.param('"a","{sha}"', 304, id="list-without-spaces"),
+        pytest.param(' ,, "{sha}" ,', 304, id="list-with-empty-elements"),
+        pytest.param('"a,b", "{sha}"', 304, id="comma-inside-a-tag"),
+        pytest.param('"a", "b"', 200, id="list-without-ours"),
+        pytest.param(" * ", 304, id="star-with-spaces"),
+        pytest.param('*, "a"', 200, id="star-in-a-list-is-malformed"),
+        pytest.param('w/"{sha}"', 200, id="lowercase-weak-is-malformed"),
+        pytest.param('W/ "{sha}"', 200, id="space-after-weak-is-malformed"),
+        pytest.param('"{sha}', 200, id="unterminated"),
+        pytest.param('junk, "{sha}"', 200, id="ours-after-junk"),
+        pytest.param('"{sha}" junk', 304, id="ours-before-junk"),
+        pytest.param('"{sha}x"', 200, id="longer-tag"),
+        pytest.param('""', 200, id="empty-tag"),
     ],
 )
 async def test_png_route_answers_304_on_a_matching_if_none_match(
@@ -118,6 +134,72 @@ async def test_png_route_answers_304_on_a_matching_if_none_match(
     assert response.headers["ETag"] == f'"{sha}"'
     assert response.headers["Cache-Control"] == "no-store"
     assert (body == b"") is (status == 304)
+
+
+async def test_if_none_match_on_several_header_lines_is_one_list(
+    framework: str, wachat: WachatClient
+) -> None:
+    """Two ``If-None-Match`` lines are one list (RFC 9110 5.3): ours on the second is a 304."""
+    sha = (await wachat.get_qr_image(NAME)).sha256
+    async with serve(framework, wachat) as base:
+        host, port = base.removeprefix("http://").rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(
+            f"GET /qr/{NAME}.png HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            f'If-None-Match: "other"\r\nIf-None-Match: W/"{sha}"\r\n\r\n'.encode()
+        )
+        answer = await asyncio.wait_for(reader.read(), 30)
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 304 ")
+
+
+@pytest.mark.parametrize(
+    ("route", "status", "content_type"),
+    [
+        pytest.param("/qr/{}.png", 200, "image/png", id="png"),
+        pytest.param("/qr/{}", 200, "text/html; charset=utf-8", id="page"),
+        pytest.param("/qr/{}/events", 405, "application/json", id="events"),
+    ],
+)
+async def test_head_on_every_route(
+    framework: str,
+    still: FakeWachatServer,
+    wachat: WachatClient,
+    route: str,
+    status: int,
+    content_type: str,
+) -> None:
+    """HEAD gets GET's status and headers without a body (the PNG's ETag and length, the
+    page's CSP); on the event stream, which has no head, a JSON 405 that starts no watch."""
+    async with serve(framework, wachat) as base:
+        get = await raw_request(base, "GET", route.format(NAME)) if status == 200 else None
+        before = still.request_count(NAME, path=QR)
+        head = await raw_request(base, "HEAD", route.format(NAME))
+        after = still.request_count(NAME, path=QR)
+    assert head.status == status
+    assert head.body == b""
+    assert head.headers["content-type"] == content_type
+    assert head.headers["cache-control"] == "no-store"
+    if get is not None:
+        assert head.headers["content-length"] == str(len(get.body))
+        for field in ("etag", "content-security-policy", "x-content-type-options"):
+            assert head.headers.get(field) == get.headers.get(field)
+    if route.endswith(".png"):
+        assert after == before + 1  # the ETag is the current image's: HEAD asks upstream too
+    else:
+        assert after == before
+        assert watch_tasks() == []
+    if status == 405:
+        assert head.headers["allow"] == "GET"
+
+
+async def test_head_with_a_matching_etag_is_304(framework: str, wachat: WachatClient) -> None:
+    """HEAD honours If-None-Match as GET does."""
+    sha = (await wachat.get_qr_image(NAME)).sha256
+    async with serve(framework, wachat) as base:
+        head = await raw_request(base, "HEAD", f"/qr/{NAME}.png", {"If-None-Match": f'W/"{sha}"'})
+    assert head.status == 304
+    assert head.headers["etag"] == f'"{sha}"'
 
 
 UPSTREAM_ERRORS = [

@@ -19,8 +19,16 @@ serve, for an instance name ``{name}``:
   ``connected`` once linked.
 
 **Whoever scans the QR links a phone to the instance**, so ``authorize(request, name)`` is a
-required keyword, called before anything else on every route; anything but ``True`` answers
-403 and nothing is sent upstream. The usual rule: the session's user owns the instance.
+required keyword, called before anything else on every route. It returns ``True`` or
+``False`` or an awaitable of one; anything but ``True`` (another type, an awaitable of an
+awaitable, an exception) answers the same 403, is logged as an error, and nothing is sent
+upstream. The usual rule: the session's user owns the instance.
+
+Every path under ``{prefix}/`` answers a route or the JSON body above, never the framework's
+plain text: the name is one path segment, percent-decoded (``%2F`` for a ``/`` in it); other
+paths are a 404, other methods a 405 (both without asking ``authorize``); after it, names that
+are empty, ``.``/``..``, hold control characters or exceed ``max_name_length``
+(:data:`DEFAULT_MAX_NAME_LENGTH` characters) are a 404. Log lines show names shortened.
 
 **One upstream watch per instance** (per client and event loop), whatever the number of
 viewers: it starts with the first event stream and stops when the last one leaves; while it
@@ -36,11 +44,13 @@ from __future__ import annotations
 
 from ._core import DEFAULT_HEARTBEAT, DEFAULT_INTERVAL, Authorize, error_status
 from ._hub import WATCH_TASK_PREFIX, QRHub, hub_for
+from ._paths import DEFAULT_MAX_NAME_LENGTH
 from ._sse import qr_events
 
 __all__ = [
     "DEFAULT_HEARTBEAT",
     "DEFAULT_INTERVAL",
+    "DEFAULT_MAX_NAME_LENGTH",
     "WATCH_TASK_PREFIX",
     "Authorize",
     "QRHub",

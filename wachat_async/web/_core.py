@@ -7,12 +7,15 @@ here ever puts the API key, an exception's text from upstream or a traceback in 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import inspect
 import json
 import logging
 import math
+import traceback
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Final, TypeVar
+from typing import Final, Generic, TypeVar
 
 import attrs
 
@@ -33,17 +36,26 @@ from wachat_async import (
 )
 
 from ._hub import QRHub
+from ._paths import (
+    DEFAULT_MAX_NAME_LENGTH,
+    METHODS,
+    Miss,
+    Target,
+    body_name,
+    locate,
+    shown_name,
+)
 
 __all__ = [
     "DEFAULT_HEARTBEAT",
     "DEFAULT_INTERVAL",
     "Answer",
     "Authorize",
-    "check_name",
+    "Gate",
     "check_route_options",
     "error_answer",
     "error_status",
-    "is_authorized",
+    "etag_matches",
     "png_answer",
 ]
 
@@ -51,8 +63,9 @@ logger = logging.getLogger("wachat_async.web")
 
 RequestT = TypeVar("RequestT")
 
-#: ``authorize(request, instance_name)``: ``True`` lets the request through; ``False`` (or an
-#: awaitable of it) answers 403. Anything but ``True``, or an exception, also refuses.
+#: ``authorize(request, instance_name)``: returns ``True`` (let the request through) or
+#: ``False`` (403), or an awaitable whose result is one of them. Anything else (another type,
+#: an awaitable of an awaitable) is a programming error and refuses, as does an exception.
 Authorize = Callable[[RequestT, str], "bool | Awaitable[bool]"]
 
 #: Seconds between two upstream polls of a watched instance (``watch_qr`` never goes below 1).
@@ -63,6 +76,7 @@ DEFAULT_HEARTBEAT: Final = 15.0
 NO_STORE: Final = "no-store"
 JSON_TYPE: Final = "application/json"
 _BUDGET_NOTE: Final = "retry budget exhausted"
+_SHOWN_ERROR: Final = 200  # characters of an exception's text from authorize, in a log line
 
 
 @attrs.frozen
@@ -75,7 +89,11 @@ class Answer:
 
 
 def check_route_options(
-    prefix: object, authorize: object, interval: object, heartbeat: object
+    prefix: object,
+    authorize: object,
+    interval: object,
+    heartbeat: object,
+    max_name_length: object = DEFAULT_MAX_NAME_LENGTH,
 ) -> str:
     """Check ``qr_routes``' options at construction time; return the normalised prefix."""
     if not isinstance(prefix, str):
@@ -92,57 +110,164 @@ def check_route_options(
             raise TypeError(f"{what} must be a number of seconds, not {type(value).__name__}")
         if not (value > 0 and math.isfinite(value)):
             raise ValueError(f"{what} must be a finite number of seconds > 0, got {value!r}")
+    if isinstance(max_name_length, bool) or not isinstance(max_name_length, int):
+        raise TypeError(f"max_name_length must be an int, not {type(max_name_length).__name__}")
+    if max_name_length < 1:
+        raise ValueError(f"max_name_length must be at least 1, got {max_name_length!r}")
     return prefix.rstrip("/")
 
 
-async def is_authorized(
-    authorize: Authorize[RequestT],
-    request: RequestT,
-    name: str,
-    passthrough: tuple[type[BaseException], ...] = (),
-) -> bool:
-    """Ask the application's rule; fail closed.
+def _being_cancelled() -> bool:
+    """Whether the running task itself is being cancelled (not merely something it awaited).
 
-    Exceptions in *passthrough* (the framework's own HTTP exceptions, such as a redirect to a
-    login page) propagate; any other exception is logged and refuses, as does a result that
-    is not ``True`` or ``False``.
+    Python 3.10 cannot tell (no ``Task.cancelling``): there, a cancellation always goes on.
     """
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return cancelling is None or bool(cancelling())
+
+
+def _discard(result: object) -> None:
+    """Drop an awaitable that ``authorize``'s awaitable returned, without a warning: a
+    coroutine is closed (it never runs), a pending future or task is cancelled, a finished
+    one has its exception retrieved."""
+    if asyncio.isfuture(result):
+        if not result.done():
+            result.cancel()
+        elif not result.cancelled():
+            result.exception()
+        return
+    close = getattr(result, "close", None)
+    if callable(close):
+        with contextlib.suppress(Exception):
+            close()
+
+
+def _describe(exc: BaseException) -> str:
+    """An exception from ``authorize`` for the log: its traceback and type, and its text
+    shortened (it may quote a huge instance name). Never the request."""
     try:
-        verdict = authorize(request, name)
-        if inspect.isawaitable(verdict):
-            verdict = await verdict
-    except passthrough:
-        raise
+        text = str(exc)
     except Exception:
-        logger.exception("authorize raised for instance %r; refusing (403)", name)
-        return False
-    if not isinstance(verdict, bool):
-        logger.error(
-            "authorize returned %s for instance %r, not a bool; refusing (403)",
-            type(verdict).__name__,
-            name,
+        text = "<str() failed>"
+    stack = "".join(traceback.format_tb(exc.__traceback__))
+    return f"Traceback (most recent call last):\n{stack}{type(exc).__qualname__}: " + (
+        shown_name(text, _SHOWN_ERROR) if text else "(no message)"
+    )
+
+
+class Gate(Generic[RequestT]):
+    """What every request under the prefix passes before it is served: the route (404 or
+    405 when there is none), ``authorize`` (403), the name checks (404).
+
+    Nothing here sends anything upstream.
+    """
+
+    def __init__(
+        self,
+        authorize: Authorize[RequestT],
+        max_name_length: int,
+        passthrough: tuple[type[BaseException], ...] = (),
+    ) -> None:
+        self._authorize = authorize
+        self.max_name_length = max_name_length
+        self._passthrough = passthrough
+        self._reported: set[str] = set()
+
+    async def admit(
+        self, request: RequestT, method: str, raw_path: str | None, tail: str
+    ) -> Target | Answer:
+        """The route and name of a request (the framework's decoded *tail* after the prefix,
+        the *raw_path*), or the answer that refuses it."""
+        where = locate(raw_path, tail)
+        if isinstance(where, Miss):
+            return self.json(404, where.message, where.name)
+        allowed = METHODS[where.route]
+        if method not in allowed:
+            answer = self.json(405, f"method not allowed (use {' or '.join(allowed)})", where.name)
+            return attrs.evolve(answer, headers={**answer.headers, "Allow": ", ".join(allowed)})
+        if not await self.is_authorized(request, where.name):
+            return self.json(403, "forbidden", where.name)
+        problem = self.name_problem(where.name)
+        if problem is not None:
+            return self.json(404, problem, where.name)
+        return where
+
+    def json(self, status: int, message: str, name: str) -> Answer:
+        """``{"error": message, "instance": name}`` (a name longer than the routes accept cut
+        to that length)."""
+        return json_answer(status, message, body_name(name, self.max_name_length))
+
+    def name_problem(self, name: str) -> str | None:
+        """Why the routes do not pass *name* on (``None``: they do). Nothing is sent."""
+        if len(name) > self.max_name_length:
+            return (
+                f"instance name too long: {len(name)} characters (at most {self.max_name_length})"
+            )
+        if name in (".", ".."):
+            return "the instance name cannot be '.' or '..' (browsers resolve them as paths)"
+        try:
+            build_qr_image_url(name)  # the client's own name check; pure, no key
+        except (InvalidInstanceNameError, TypeError, ValueError) as exc:
+            return str(exc)
+        return None
+
+    async def is_authorized(self, request: RequestT, name: str) -> bool:
+        """Ask the application's rule; fail closed.
+
+        ``True`` or ``False``, or an awaitable of one (awaited once), is the verdict. Any
+        other result is a programming error: logged once (as an error) and refused; an
+        awaitable among them is closed or cancelled, so no "never awaited" warning follows.
+        The framework's own HTTP exceptions (``passthrough``, such as a redirect to a login
+        page) propagate; any other exception is logged (as an error, its text shortened) and
+        refuses. A cancellation of the request's own task propagates.
+        """
+        shown = shown_name(name)
+        verdict: object
+        try:
+            verdict = self._authorize(request, name)
+            if inspect.isawaitable(verdict):
+                verdict = await verdict
+        except self._passthrough:
+            raise
+        except asyncio.CancelledError as exc:
+            if _being_cancelled():
+                raise
+            logger.error(  # the awaitable authorize returned was cancelled, not this request
+                "authorize's awaitable was cancelled for instance %s; refusing (403)\n%s",
+                shown,
+                _describe(exc),
+            )
+            return False
+        except Exception as exc:
+            logger.error(
+                "authorize raised for instance %s; refusing (403)\n%s", shown, _describe(exc)
+            )
+            return False
+        if type(verdict) is bool:
+            return verdict
+        nested = inspect.isawaitable(verdict)
+        if nested:
+            _discard(verdict)
+        kind = "an awaitable of an awaitable" if nested else type(verdict).__qualname__
+        if kind in self._reported:
+            log = logger.debug
+        else:
+            self._reported.add(kind)
+            log = logger.error
+        log(
+            "authorize returned %s for instance %s: it must return True or False (or an "
+            "awaitable of one, awaited once); refusing (403). Logged once per kind of result.",
+            kind,
+            shown,
         )
         return False
-    return verdict
-
-
-def check_name(name: str) -> str | Answer:
-    """The name if the client would send it, else the 404 answer (nothing is sent upstream)."""
-    try:
-        build_qr_image_url(name)  # the client's own name check; pure, no key
-    except (InvalidInstanceNameError, TypeError, ValueError) as exc:
-        return json_answer(404, str(exc), name)
-    return name
 
 
 def json_answer(status: int, message: str, name: str) -> Answer:
     body = json.dumps({"error": message, "instance": name}).encode()
     headers = {"Content-Type": JSON_TYPE, "Cache-Control": NO_STORE}
     return Answer(status, headers, body)
-
-
-def forbidden(name: str) -> Answer:
-    return json_answer(403, "forbidden", name)
 
 
 def error_status(exc: BaseException) -> tuple[int, str]:
@@ -185,21 +310,42 @@ def error_answer(exc: BaseException, name: str) -> Answer:
     upstream = exc.status if isinstance(exc, APIStatusError) else type(exc).__name__
     if not isinstance(exc, WachatError):
         upstream = f"{upstream} (bug)"
-    log("QR for instance %r failed (%s) -> %d", name, upstream, status)
+    log("QR for instance %s failed (%s) -> %d", shown_name(name), upstream, status)
     return json_answer(status, message, name)
 
 
 def etag_matches(header: str | None, digest: str) -> bool:
-    """Weak comparison of ``If-None-Match`` (RFC 9110 13.1.2) with our ETag."""
-    if not header:
+    """Weak comparison (RFC 9110 13.1.2) of ``If-None-Match`` with our ETag, ``"<digest>"``.
+
+    *header* is the field value (several header lines joined with ``,``): ``*``, or a list of
+    entity tags, each ``"..."`` or ``W/"..."``. A malformed field matches nothing from where
+    it goes wrong: the full answer is always a safe reply.
+    """
+    if header is None:
         return False
-    for candidate in header.split(","):
-        tag = candidate.strip()
-        if tag == "*":
+    text = header.strip(" \t")
+    if text == "*":
+        return True
+    at, end = 0, len(text)
+    while at < end:
+        while at < end and text[at] in " \t,":
+            at += 1
+        if at == end:
+            return False
+        if text.startswith("W/", at):
+            at += 2
+        if at == end or text[at] != '"':
+            return False
+        close = text.find('"', at + 1)
+        if close < 0:
+            return False
+        if text[at + 1 : close] == digest:
             return True
-        tag = tag.removeprefix("W/")
-        if tag == f'"{digest}"':
-            return True
+        at = close + 1
+        while at < end and text[at] in " \t":
+            at += 1
+        if at < end and text[at] != ",":
+            return False
     return False
 
 

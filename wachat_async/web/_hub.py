@@ -21,6 +21,8 @@ from typing import Final
 
 from wachat_async import QRImage, WachatClient, WachatError
 
+from ._paths import shown_name
+
 __all__ = ["CONNECTED", "WATCH_TASK_PREFIX", "Connected", "QRHub", "Watch", "hub_for"]
 
 logger = logging.getLogger("wachat_async.web")
@@ -80,10 +82,10 @@ class Watch:
             self.ended = CONNECTED
         except WachatError as exc:  # terminal (watch_qr rides out the transient ones)
             status = getattr(exc, "status", None) or type(exc).__name__
-            logger.warning("Watch of instance %r ended: %s", self.name, status)
+            logger.warning("Watch of instance %s ended: %s", shown_name(self.name), status)
             self.ended = exc
         except Exception as exc:  # a bug: viewers get a 502-style error event, never a hang
-            logger.exception("Watch of instance %r failed", self.name)
+            logger.exception("Watch of instance %s failed", shown_name(self.name))
             self.ended = exc
         finally:
             self._hub._forget(self)

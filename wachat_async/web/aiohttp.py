@@ -31,14 +31,13 @@ from ._core import (
     DEFAULT_INTERVAL,
     Answer,
     Authorize,
-    check_name,
+    Gate,
     check_route_options,
-    forbidden,
-    is_authorized,
     png_answer,
 )
 from ._hub import hub_for
 from ._page import PAGE_HEADERS, page_html
+from ._paths import DEFAULT_MAX_NAME_LENGTH, EVENTS, PNG, Target
 from ._sse import EVENT_HEADERS, qr_events
 
 __all__ = ["qr_routes"]
@@ -57,52 +56,57 @@ def qr_routes(
     authorize: Authorize[web.Request],
     interval: float = DEFAULT_INTERVAL,
     heartbeat: float = DEFAULT_HEARTBEAT,
+    max_name_length: int = DEFAULT_MAX_NAME_LENGTH,
 ) -> list[web.RouteDef]:
     """The three QR routes for *client* (a :class:`WachatClient`, or a callable that returns the
     one to use for a request, such as ``lambda request: request.app[CLIENT]`` when the client is
     opened later, in the app's lifespan), for ``app.add_routes``.
 
     *authorize* (required) is called as ``authorize(request, instance_name)`` before anything
-    else on every route; anything but ``True`` (or an awaitable of it) answers ``403`` and
-    upstream never hears of the request. It may raise an ``aiohttp.web.HTTPException`` (a
-    redirect to your login page, say), which goes out as it is; any other exception is logged
-    and refuses. *interval* is the upstream poll period of a watched instance (1 s at least:
-    ``watch_qr`` never polls faster); *heartbeat* the longest silence on an event stream.
+    else on every route; it returns ``True`` or ``False`` or an awaitable of one, and anything
+    but ``True`` answers ``403`` (upstream never hears of the request). It may raise an
+    ``aiohttp.web.HTTPException`` (a redirect to your login page, say), which goes out as it
+    is; any other exception, or a result of another type, is logged as an error and refuses.
+    *interval* is the upstream poll period of a watched instance (1 s at least: ``watch_qr``
+    never polls faster); *heartbeat* the longest silence on an event stream;
+    *max_name_length* the longest instance name passed on (longer: ``404``).
+
+    Every path under ``{prefix}/`` is answered by these routes, with the JSON error body when
+    it is none of them (``404``) or the method is wrong (``405``). With an empty *prefix* they
+    take only GET and HEAD of ``/{name}`` and ``/{name}/events`` (a POST to ``/login`` is still
+    the application's).
     """
-    base = check_route_options(prefix, authorize, interval, heartbeat)
+    base = check_route_options(prefix, authorize, interval, heartbeat, max_name_length)
     if not isinstance(client, WachatClient) and not callable(client):
         raise TypeError(
             f"client must be a WachatClient or a callable request -> WachatClient, not "
             f"{type(client).__name__}"
         )
+    gate: Gate[web.Request] = Gate(authorize, max_name_length, (web.HTTPException,))
 
     def client_for(request: web.Request) -> WachatClient:
         return client if isinstance(client, WachatClient) else client(request)
 
-    async def admitted(request: web.Request) -> str | web.Response:
-        name = request.match_info["name"]
-        if not await is_authorized(authorize, request, name, (web.HTTPException,)):
-            return _response(forbidden(name))
-        checked = check_name(name)
-        return _response(checked) if isinstance(checked, Answer) else checked
+    async def serve(request: web.Request, tail: str) -> web.StreamResponse:
+        raw_path = request.rel_url.raw_path
+        where = await gate.admit(request, request.method, raw_path, tail)
+        if isinstance(where, Answer):
+            return _response(where)
+        if where.route == PNG:
+            return await png(request, where)
+        if where.route == EVENTS:
+            return await events(request, where, raw_path)
+        return web.Response(body=page_html(where.name), headers=PAGE_HEADERS)
 
-    async def png(request: web.Request) -> web.StreamResponse:
-        name = await admitted(request)
-        if isinstance(name, web.Response):
-            return name
+    async def png(request: web.Request, where: Target) -> web.StreamResponse:
         wachat = client_for(request)
-        answer = await png_answer(
-            wachat, hub_for(wachat), name, request.headers.get("If-None-Match")
-        )
+        if_none_match = ",".join(request.headers.getall("If-None-Match", ())) or None
+        answer = await png_answer(wachat, hub_for(wachat), where.name, if_none_match)
         return _response(answer)
 
-    async def events(request: web.Request) -> web.StreamResponse:
-        name = await admitted(request)
-        if isinstance(name, web.Response):
-            return name
+    async def events(request: web.Request, where: Target, raw_path: str) -> web.StreamResponse:
         response = web.StreamResponse(headers=EVENT_HEADERS)
         await response.prepare(request)
-        png_path = request.rel_url.raw_path.removesuffix("/events") + ".png"
 
         def gone() -> bool:
             transport = request.transport
@@ -110,8 +114,8 @@ def qr_routes(
 
         stream = qr_events(
             hub_for(client_for(request)),
-            name,
-            png_path=png_path,
+            where.name,
+            png_path=raw_path.removesuffix("/events") + ".png",
             interval=float(interval),
             heartbeat=float(heartbeat),
             gone=gone,
@@ -125,14 +129,18 @@ def qr_routes(
                 pass
         return response
 
-    async def page(request: web.Request) -> web.StreamResponse:
-        name = await admitted(request)
-        if isinstance(name, web.Response):
-            return name
-        return web.Response(body=page_html(name), headers=PAGE_HEADERS)
+    async def under_prefix(request: web.Request) -> web.StreamResponse:
+        return await serve(request, request.match_info["tail"])
 
-    return [
-        web.get(f"{base}/{{name}}.png", png),  # before the page route, which would match too
-        web.get(f"{base}/{{name}}/events", events, allow_head=False),
-        web.get(f"{base}/{{name}}", page),
+    async def one_segment(request: web.Request) -> web.StreamResponse:
+        return await serve(request, request.match_info["name"])
+
+    async def event_path(request: web.Request) -> web.StreamResponse:
+        return await serve(request, request.match_info["name"] + "/events")
+
+    if base:  # everything under the prefix: never aiohttp's plain-text 404/405
+        return [web.route("*", rf"{base}/{{tail:[\s\S]*}}", under_prefix)]  # \n too
+    return [  # at the root, only the routes' own shapes and methods: the rest is the app's
+        web.get("/{name}/events", event_path),  # HEAD too, answered 405 in JSON
+        web.get("/{name}", one_segment),
     ]

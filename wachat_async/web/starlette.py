@@ -18,14 +18,15 @@ away stops its share of the upstream watch at once. See :mod:`wachat_async.web`.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 try:
     import anyio
     from starlette.exceptions import HTTPException
     from starlette.requests import Request
     from starlette.responses import Response, StreamingResponse
-    from starlette.routing import BaseRoute, Route
+    from starlette.routing import BaseRoute, Match, Route
     from starlette.types import Receive, Scope, Send
 except ImportError as _missing:  # pragma: no cover - exercised by the packaging test
     raise ImportError(
@@ -39,14 +40,13 @@ from ._core import (
     DEFAULT_INTERVAL,
     Answer,
     Authorize,
-    check_name,
+    Gate,
     check_route_options,
-    forbidden,
-    is_authorized,
     png_answer,
 )
 from ._hub import hub_for
 from ._page import PAGE_HEADERS, page_html
+from ._paths import DEFAULT_MAX_NAME_LENGTH, EVENTS, PNG, claims_root
 from ._sse import EVENT_HEADERS, qr_events
 
 __all__ = ["EventStreamResponse", "qr_routes"]
@@ -54,6 +54,39 @@ __all__ = ["EventStreamResponse", "qr_routes"]
 
 def _response(answer: Answer) -> Response:
     return Response(answer.body, status_code=answer.status, headers=dict(answer.headers))
+
+
+def _raw_path(scope: Scope) -> str | None:
+    """The request's raw path (ASGI ``raw_path``, no query), if the server gave one."""
+    raw = scope.get("raw_path")
+    if not isinstance(raw, bytes):
+        return None
+    try:
+        return raw.decode("utf-8").split("?", 1)[0]
+    except UnicodeDecodeError:
+        return None
+
+
+class _QRRoute(Route):
+    """``{prefix}/{tail:path}`` for every method: the routes answer the whole prefix (JSON
+    404/405, never Starlette's plain text). At the root (an empty prefix) it matches only GET
+    and HEAD of ``/{name}`` and ``/{name}/events``, so the application keeps the rest."""
+
+    def __init__(self, path: str, endpoint: Callable[[Request], Awaitable[Response]]) -> None:
+        super().__init__(path, endpoint)
+        self.methods = None  # every method: the endpoint answers 405 itself, in JSON
+        # `.*` of the path convertor, across newlines too: a %0A in a name gets the JSON 404.
+        self.path_regex = re.compile(self.path_regex.pattern, re.DOTALL)
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        match, child = super().matches(scope)
+        if match is Match.FULL and not self.path.removesuffix("/{tail:path}"):
+            tail = child["path_params"]["tail"]
+            if scope.get("method") not in ("GET", "HEAD") or not claims_root(
+                _raw_path(scope), tail
+            ):
+                return Match.NONE, {}
+        return match, child
 
 
 class EventStreamResponse(StreamingResponse):
@@ -91,71 +124,58 @@ def qr_routes(
     authorize: Authorize[Request],
     interval: float = DEFAULT_INTERVAL,
     heartbeat: float = DEFAULT_HEARTBEAT,
+    max_name_length: int = DEFAULT_MAX_NAME_LENGTH,
 ) -> list[BaseRoute]:
     """The three QR routes for *client* (a :class:`WachatClient`, or a callable that returns the
     one to use for a request, such as ``lambda request: request.app[CLIENT]`` when the client is
     opened later, in the app's lifespan), for ``Starlette(routes=...)``/``FastAPI(routes=...)``.
 
     *authorize* (required) is called as ``authorize(request, instance_name)`` before anything
-    else on every route; anything but ``True`` (or an awaitable of it) answers ``403`` and
-    upstream never hears of the request. It may raise Starlette's (or FastAPI's)
-    ``HTTPException``, which goes out as it is; any other exception is logged and refuses.
-    *interval* is the upstream poll period of a watched instance (1 s at least); *heartbeat*
-    the longest silence on an event stream.
+    else on every route; it returns ``True`` or ``False`` or an awaitable of one, and anything
+    but ``True`` answers ``403`` (upstream never hears of the request). It may raise
+    Starlette's (or FastAPI's) ``HTTPException``, which goes out as it is; any other
+    exception, or a result of another type, is logged as an error and refuses. *interval* is
+    the upstream poll period of a watched instance (1 s at least); *heartbeat* the longest
+    silence on an event stream; *max_name_length* the longest instance name passed on
+    (longer: ``404``).
+
+    The routes are one Starlette route that answers every path under ``{prefix}/``, with the
+    JSON error body when it is none of the three (``404``) or the method is wrong (``405``).
+    With an empty *prefix* it takes only GET and HEAD of ``/{name}`` and ``/{name}/events``
+    (a POST to ``/login`` is still the application's).
     """
-    base = check_route_options(prefix, authorize, interval, heartbeat)
+    base = check_route_options(prefix, authorize, interval, heartbeat, max_name_length)
     if not isinstance(client, WachatClient) and not callable(client):
         raise TypeError(
             f"client must be a WachatClient or a callable request -> WachatClient, not "
             f"{type(client).__name__}"
         )
+    gate: Gate[Request] = Gate(authorize, max_name_length, (HTTPException,))
 
     def client_for(request: Request) -> WachatClient:
         return client if isinstance(client, WachatClient) else client(request)
 
-    async def admitted(request: Request) -> str | Response:
-        name = request.path_params["name"]
-        if not await is_authorized(authorize, request, name, (HTTPException,)):
-            return _response(forbidden(name))
-        checked = check_name(name)
-        return _response(checked) if isinstance(checked, Answer) else checked
+    async def endpoint(request: Request) -> Response:
+        raw_path = _raw_path(request.scope)
+        tail = request.path_params["tail"]
+        where = await gate.admit(request, request.method, raw_path, tail)
+        if isinstance(where, Answer):
+            return _response(where)
+        if where.route == PNG:
+            wachat = client_for(request)
+            if_none_match = ",".join(request.headers.getlist("If-None-Match")) or None
+            answer = await png_answer(wachat, hub_for(wachat), where.name, if_none_match)
+            return _response(answer)
+        if where.route == EVENTS:
+            path = raw_path if raw_path is not None else request.url.path
+            stream = qr_events(
+                hub_for(client_for(request)),
+                where.name,
+                png_path=path.removesuffix("/events") + ".png",
+                interval=float(interval),
+                heartbeat=float(heartbeat),
+            )
+            return EventStreamResponse(stream)
+        return Response(page_html(where.name), headers=dict(PAGE_HEADERS))
 
-    async def png(request: Request) -> Response:
-        name = await admitted(request)
-        if isinstance(name, Response):
-            return name
-        wachat = client_for(request)
-        answer = await png_answer(
-            wachat, hub_for(wachat), name, request.headers.get("If-None-Match")
-        )
-        return _response(answer)
-
-    async def events(request: Request) -> Response:
-        if request.method != "GET":  # Starlette adds HEAD to a GET route; a stream has no head
-            return Response(status_code=405, headers={"Allow": "GET"})
-        name = await admitted(request)
-        if isinstance(name, Response):
-            return name
-        raw = request.scope.get("raw_path")
-        path = raw.decode("latin-1") if isinstance(raw, bytes) else request.url.path
-        png_path = path.split("?", 1)[0].removesuffix("/events") + ".png"
-        stream = qr_events(
-            hub_for(client_for(request)),
-            name,
-            png_path=png_path,
-            interval=float(interval),
-            heartbeat=float(heartbeat),
-        )
-        return EventStreamResponse(stream)
-
-    async def page(request: Request) -> Response:
-        name = await admitted(request)
-        if isinstance(name, Response):
-            return name
-        return Response(page_html(name), headers=dict(PAGE_HEADERS))
-
-    return [
-        Route(f"{base}/{{name}}.png", png, methods=["GET", "HEAD"]),  # before the page route
-        Route(f"{base}/{{name}}/events", events, methods=["GET"]),
-        Route(f"{base}/{{name}}", page, methods=["GET", "HEAD"]),
-    ]
+    return [_QRRoute(f"{base}/{{tail:path}}", endpoint)]
