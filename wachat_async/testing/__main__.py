@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import math
 import os
 import random
 import signal
@@ -32,8 +31,10 @@ import string
 import sys
 import tempfile
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final, NoReturn, TextIO
+
+from ._argtypes import integer, seconds
 
 if TYPE_CHECKING:
     from ._server import FakeWachatServer
@@ -92,43 +93,13 @@ def generated_names(count: int) -> list[str]:
 # --------------------------------------------------------------------------------------------
 
 
-def _integer(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
-    bound = f"from {minimum} to {maximum}" if maximum is not None else f">= {minimum}"
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-        if value < minimum or (maximum is not None and value > maximum):
-            raise argparse.ArgumentTypeError(f"must be an integer {bound}, got {text!r}")
-        return value
-
-    return parse
-
-
-def _seconds(*, zero: bool) -> Callable[[str], float]:
-    bound = ">= 0" if zero else "> 0"
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
-            raise argparse.ArgumentTypeError(f"must be a finite number {bound}, got {text!r}")
-        return value
-
-    return parse
-
-
 def _count(text: str) -> int:
     if "," in text or (text.strip() and not text.strip().lstrip("+-").isdigit()):
         raise argparse.ArgumentTypeError(
             f"takes a number of generated instances, got {text!r}; give names with "
             "--instance NAME (repeatable)"
         )
-    return _integer(0, _MAX_GENERATED)(text)
+    return integer(0, _MAX_GENERATED)(text)
 
 
 def _name(text: str) -> str:
@@ -161,7 +132,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--port",
-        type=_integer(0, 65535),
+        type=integer(0, 65535),
         default=8080,
         help="TCP port, from 0 to 65535 (default 8080; 0 = any free port)",
     )
@@ -198,21 +169,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--rotation",
-        type=_seconds(zero=True),
+        type=seconds(zero=True),
         default=20.0,
         metavar="SECONDS",
         help="QR codes change every SECONDS, >= 0 (default 20; 0 = never)",
     )
     parser.add_argument(
         "--latency",
-        type=_seconds(zero=True),
+        type=seconds(zero=True),
         default=0.0,
         metavar="SECONDS",
         help="delay every answer by SECONDS, >= 0 (default 0)",
     )
     parser.add_argument(
         "--log-limit",
-        type=_integer(0),
+        type=integer(0),
         default=10_000,
         metavar="N",
         help="recorded requests kept in memory, >= 0 (default 10000)",
@@ -233,7 +204,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--duration",
-        type=_seconds(zero=False),
+        type=seconds(zero=False),
         default=None,
         metavar="SECONDS",
         help="stop after SECONDS, > 0 (default: run until Ctrl-C or SIGTERM)",
