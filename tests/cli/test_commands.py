@@ -5,6 +5,7 @@ retries, timeout, the http:// refusal), and the hints after an error."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import socket
@@ -406,6 +407,80 @@ def test_poll_from_file_and_stdin(
     assert from_file.code == from_stdin.code == 0
     assert len(from_file.out.splitlines()) == 2
     assert from_stdin.out.count(f'"instance": "{NAME}"') == 1
+
+
+_BOM = b"\xef\xbb\xbf"
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        pytest.param(_BOM + b"%(a)s\n%(b)s\n", id="utf8-bom"),
+        pytest.param(_BOM + b"%(a)s\r\n%(b)s\r\n", id="bom-and-crlf"),
+        pytest.param(b"%(a)s\r\n%(b)s\r\n", id="crlf"),
+        pytest.param(b"%(a)s\n%(b)s", id="no-final-newline"),
+        pytest.param(_BOM + b"%(a)s\r\n%(b)s", id="bom-crlf-no-final-newline"),
+        pytest.param(b"\n\n%(a)s\n\n\r\n  \t\n%(b)s\n\n", id="blank-lines"),
+        pytest.param(b"# fleet\n%(a)s\n  # indented comment\n%(b)s\n#\n", id="comments"),
+        pytest.param(_BOM + b"# a comment first\r\n%(a)s\r\n%(b)s", id="bom-before-comment"),
+        pytest.param(b"  %(a)s  \n\t%(b)s\t\n", id="surrounding-whitespace"),
+    ],
+)
+@pytest.mark.parametrize("source", ["file", "stdin"])
+def test_poll_names_file_formats(
+    run: Callable[..., Run],
+    env: FakeWachatServer,
+    cli_env: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    content: bytes,
+    source: str,
+) -> None:
+    """A names file as editors save it (BOM, CRLF, blank lines, comments, no final newline),
+    from a file or from stdin's bytes: exactly the two names, each fetched."""
+    data = content % {b"a": NAME.encode(), b"b": OTHER.encode()}
+    if source == "file":
+        (cli_env / "names.txt").write_bytes(data)
+        result = run("poll", "--from-file", "names.txt", "--json")
+    else:
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data), encoding="latin-1"))
+        result = run("poll", "-f", "-", "--json")
+    assert result.code == 0, result.err
+    fetched = sorted(json.loads(line)["instance"] for line in result.out.splitlines())
+    assert fetched == sorted([NAME, OTHER])
+    assert sorted(r.instance_name for r in env.requests) == sorted([NAME, OTHER])
+
+
+def test_poll_names_from_a_text_stdin_lose_the_bom(
+    run: Callable[..., Run], env: FakeWachatServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stdin with no bytes underneath (already decoded text) loses a leading BOM too."""
+    monkeypatch.setattr(sys, "stdin", io.StringIO(f"\ufeff{NAME}\r\n"))
+    result = run("poll", "-f", "-", "--json")
+    assert result.code == 0, result.err
+    assert json.loads(result.out)["instance"] == NAME
+
+
+@pytest.mark.parametrize(
+    ("content", "where"),
+    [
+        pytest.param(f"{NAME}\n{OTHER}\u2028x\n", None, id="line-separator-stays-in-name"),
+        pytest.param(f"{NAME}\nbad\x0cname\n", "names.txt:2", id="form-feed-refused"),
+        pytest.param(f"{NAME}\nbad\x85name\n", "names.txt:2", id="nel-refused"),
+    ],
+)
+def test_poll_names_file_splits_on_newlines_only(
+    run: Callable[..., Run], env: FakeWachatServer, cli_env: Path, content: str, where: str | None
+) -> None:
+    """Only \\n ends a name: other line breaks of str.splitlines stay in the line, which the
+    name check then accepts whole or refuses with its line number (never two names)."""
+    (cli_env / "names.txt").write_text(content, encoding="utf-8")
+    result = run("poll", "--from-file", "names.txt", "--json")
+    if where is None:
+        asked = [json.loads(line)["instance"] for line in result.out.split("\n") if line]
+        assert sorted(asked) == sorted([NAME, f"{OTHER}\u2028x"])
+    else:
+        assert (result.code, env.request_count()) == (2, 0)
+        assert where in result.err
 
 
 @pytest.mark.parametrize(

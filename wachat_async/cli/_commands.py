@@ -130,14 +130,7 @@ def _read_names(args: argparse.Namespace) -> list[str]:
     names: list[tuple[str, str]] = [(name, "argument") for name in args.names]
     source: str | None = args.from_file
     if source is not None:
-        try:
-            if source == "-":
-                lines = sys.stdin.read().splitlines()
-            else:
-                lines = Path(source).read_text(encoding="utf-8").splitlines()
-        except UnicodeDecodeError as exc:
-            raise UsageError(f"{source}: not UTF-8 text ({exc.reason})") from None
-        for number, line in enumerate(lines, 1):
+        for number, line in enumerate(_name_lines(source), 1):
             name = line.strip()
             if name and not name.startswith("#"):
                 names.append((name, f"{source}:{number}"))
@@ -150,6 +143,23 @@ def _read_names(args: argparse.Namespace) -> list[str]:
     if not checked:
         raise UsageError("no instance names: give NAME arguments or --from-file FILE")
     return checked
+
+
+def _name_lines(source: str) -> list[str]:
+    """The lines of a names file (``-``: stdin), read as UTF-8 with or without a byte-order
+    mark (Notepad, PowerShell's ``Out-File``), LF or CRLF, a last line with or without its
+    newline. Split on ``\\n`` only: ``str.splitlines`` would also split a line at U+2028, a
+    form feed or U+0085, making two names of one (the name check then judges the line whole)."""
+    try:
+        if source == "-":
+            stdin = sys.stdin
+            binary = getattr(stdin, "buffer", None)
+            text = binary.read().decode("utf-8-sig") if binary else stdin.read().lstrip("\ufeff")
+        else:
+            text = Path(source).read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{source}: not UTF-8 text ({exc.reason})") from None
+    return text.split("\n")
 
 
 def hints(error: BaseException, args: argparse.Namespace) -> list[str]:
