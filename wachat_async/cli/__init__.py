@@ -71,6 +71,7 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, Final
 
 from wachat_async import WachatError
+from wachat_async.testing._program import closed_streams_stand_in, writing
 
 from ._commands import cmd_fake_server, cmd_fetch, cmd_poll, cmd_show, cmd_url, cmd_watch, hints
 from ._demo import cmd_demo
@@ -93,7 +94,7 @@ from ._exit import (
 from ._exit import EXIT_CODES as EXIT_CODES  # importable here too (not in __all__)
 from ._extras import MissingExtraError
 from ._fleet import png_filename as png_filename  # importable here too (not in __all__)
-from ._output import PROG, LogHandler, Out, describe, silence_stdout
+from ._output import PROG, LogHandler, Out, OutputError, describe, silence_stdout
 from ._parser import ParseError, build_parser
 from ._terminal import qr_modules, render_half_blocks
 
@@ -150,17 +151,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     arguments = list(sys.argv[1:] if argv is None else argv)
     out = Out(False, _secrets_in(arguments))
-    try:
-        return _main(arguments, out)
-    except BrokenPipeError:
-        silence_stdout()
-        return EXIT_BROKEN_PIPE
-    except KeyboardInterrupt:
-        out.error("interrupted")
-        return EXIT_INTERRUPTED
-    except Exception as exc:  # pragma: no cover - a bug in the guard itself
-        out.error(f"internal error: {type(exc).__name__}: {exc}")
-        return EXIT_INTERNAL
+    with closed_streams_stand_in():  # started with `>&-`: writes fail with EBADF, not None
+        try:
+            code = _main(arguments, out)
+            with writing("stdout"):  # what is still buffered fails this run, not Python's exit
+                sys.stdout.flush()
+            return code
+        except BrokenPipeError:
+            silence_stdout()
+            return EXIT_BROKEN_PIPE
+        except OutputError as exc:  # a closed or full stdout (EBADF, ENOSPC, EIO)
+            silence_stdout()
+            out.error(str(exc))
+            return EXIT_FILE
+        except KeyboardInterrupt:
+            out.error("interrupted")
+            return EXIT_INTERRUPTED
+        except Exception as exc:  # pragma: no cover - a bug in the guard itself
+            out.error(f"internal error: {type(exc).__name__}: {exc}")
+            return EXIT_INTERNAL
 
 
 def _main(argv: list[str], out: Out) -> int:
@@ -193,8 +202,8 @@ def _main(argv: list[str], out: Out) -> int:
         library_log.setLevel(handler.level)
     try:
         return asyncio.run(_COMMANDS[args.command](args, out))
-    except BrokenPipeError:
-        raise  # main() stops quietly
+    except (BrokenPipeError, OutputError):
+        raise  # main() stops quietly, or says stdout failed
     except WachatError as exc:
         out.error(describe(exc))
         for hint in hints(exc, args):

@@ -43,7 +43,16 @@ from wachat_async._validate import check_instance_name, is_loopback_host
 from ._exit import EXIT_FAILED, EXIT_OK, UsageError, exit_code_for
 from ._extras import need
 from ._fleet import png_filename, poll_fleet, summary
-from ._output import PROG, Out, describe, isatty, print_qr
+from ._output import (
+    PROG,
+    Out,
+    describe,
+    is_stdout,
+    isatty,
+    print_qr,
+    write_stdout,
+    write_stdout_bytes,
+)
 
 __all__ = [
     "NO_KEY_MESSAGE",
@@ -176,17 +185,21 @@ def hints(error: BaseException, args: argparse.Namespace) -> list[str]:
 
 
 async def cmd_fetch(args: argparse.Namespace, out: Out) -> int:
-    if args.output == "-" and sys.stdout.isatty():
+    # -o -, /dev/stdout, /dev/fd/1, or the very file stdout is redirected to: the PNG is the
+    # output, so the "saved" line goes to stderr instead (never after the PNG's bytes).
+    to_stdout = args.output is not None and is_stdout(args.output)
+    if to_stdout and isatty(sys.stdout):
         raise UsageError("refusing to write a PNG to a terminal: use -o FILE, or 'show' to see it")
     async with client_for(args) as client:
         qr = await client.get_qr_image(args.name)
+    what = f"{qr.width}x{qr.height} PNG, {len(qr.data)} bytes"
     if args.output == "-":
-        sys.stdout.buffer.write(qr.data)
-        sys.stdout.flush()
+        write_stdout_bytes(qr.data)
+        out.note(f"wrote the QR of {args.name!r} to stdout ({what})")
         return EXIT_OK
     path = Path(args.output) if args.output else Path(png_filename(args.name))
     await write_bytes_async(path, qr.data)  # like qr.save, but Ctrl-C can stop a FIFO's wait
-    out.info(f"saved {path} ({qr.width}x{qr.height} PNG, {len(qr.data)} bytes)")
+    (out.note if to_stdout else out.info)(f"saved {path} ({what})")
     return EXIT_OK
 
 
@@ -233,7 +246,7 @@ async def cmd_url(args: argparse.Namespace, out: Out) -> int:
             raise
         raise UsageError(str(exc)) from None
     # The one place the key may be printed: the user asked for exactly this URL.
-    sys.stdout.write(url + "\n")
+    write_stdout(url + "\n")
     return EXIT_OK
 
 
@@ -309,7 +322,7 @@ async def cmd_watch(args: argparse.Namespace, out: Out) -> int:
             stamp = f"{qr.fetched_at:%H:%M:%S} UTC"
             if args.show:
                 if redraw:
-                    sys.stdout.write("\x1b[2J\x1b[H")
+                    write_stdout("\x1b[2J\x1b[H")
                 print_qr(qr, args)
                 out.note(f"{stamp} QR of {args.name!r} (update {updates}); waiting for a scan")
             else:

@@ -24,6 +24,13 @@ from typing import TYPE_CHECKING, Final
 
 from wachat_async import InvalidResponseError, QRImage, WachatError
 from wachat_async._redact import redact
+from wachat_async.testing._program import (
+    OutputError,
+    silence,
+    write_diagnostic,
+    write_out,
+    writing,
+)
 
 from ._exit import UsageError
 from ._extras import need
@@ -37,12 +44,17 @@ __all__ = [
     "PROG",
     "LogHandler",
     "Out",
+    "OutputError",
     "describe",
+    "is_stdout",
     "isatty",
     "one_line",
     "plural",
     "print_qr",
     "silence_stdout",
+    "stderr_line",
+    "write_stdout",
+    "write_stdout_bytes",
 ]
 
 #: The program's name: the first word of every line it writes on stderr.
@@ -76,8 +88,7 @@ class Out:
 
     def result(self, text: str) -> None:
         """A line of the command's output (stdout), shown even with --quiet."""
-        sys.stdout.write(self.clean(text) + "\n")
-        sys.stdout.flush()
+        write_stdout(self.clean(text) + "\n")
 
     def info(self, text: str) -> None:
         """An informational line (stdout), hidden by --quiet."""
@@ -87,28 +98,19 @@ class Out:
     def note(self, text: str) -> None:
         """A side remark (stderr), hidden by --quiet."""
         if not self.quiet:
-            sys.stderr.write(self.clean(text) + "\n")
-            sys.stderr.flush()
+            stderr_line(self.clean(text))
 
     def warning(self, text: str) -> None:
         """A warning (stderr), always shown."""
-        self._stderr_line(f"{PROG}: warning: {self.clean(text)}")
+        stderr_line(f"{PROG}: warning: {self.clean(text)}")
 
     def error(self, text: str, *, prog: str = PROG) -> None:
         """One line on stderr, always shown."""
-        self._stderr_line(f"{prog}: error: {one_line(self.clean(text))}")
+        stderr_line(f"{prog}: error: {one_line(self.clean(text))}")
 
     def hint(self, text: str) -> None:
         """A line that says what to try, after an error (stderr, always shown)."""
-        self._stderr_line(f"{PROG}: hint: {one_line(self.clean(text))}")
-
-    @staticmethod
-    def _stderr_line(line: str) -> None:
-        try:
-            sys.stderr.write(line + "\n")
-            sys.stderr.flush()
-        except (OSError, ValueError):  # stderr closed or gone: nowhere left to complain
-            pass
+        stderr_line(f"{PROG}: hint: {one_line(self.clean(text))}")
 
     def console(self, *, stderr: bool) -> Console:
         """A rich console on stdout or stderr (silent on stderr with --quiet)."""
@@ -120,18 +122,66 @@ class Out:
     def tables(self, *renderables: object) -> None:
         """Print rich tables on stdout: as they are on a terminal; piped, as plain lines that
         never wrap (an instance name stays whole, whatever its length) and never end in
-        spaces, for grep, awk and diff."""
+        spaces, for grep, awk and diff. A table's title is a line of its own above it, in both
+        cases: rich would wrap it to the table's width ("1000 instances in 2.86" / "s")."""
+        need("rich")
+        from rich.console import Console
+        from rich.text import Text
+
         console = self.console(stderr=False)
-        if console.is_terminal:
+        terminal = console.is_terminal
+        if not terminal:  # rendered in memory, as wide as it takes; stdout is written below
+            console = Console(file=io.StringIO(), width=_PIPE_WIDTH, highlight=False, no_color=True)
+        with writing("stdout"):
             for renderable in renderables:
-                console.print(renderable)
-            return
-        console.width = _PIPE_WIDTH
-        with console.capture() as captured:
-            for renderable in renderables:
+                title = getattr(renderable, "title", None)
+                if title is not None:
+                    renderable.title = None  # type: ignore[attr-defined]
+                    heading = title if isinstance(title, Text) else Text(str(title))
+                    heading.no_wrap = True
+                    console.print(heading, crop=False, soft_wrap=True)
                 console.print(renderable, crop=False)
-        for line in captured.get().splitlines():
-            self.result(line.rstrip())
+        if not terminal:
+            assert isinstance(console.file, io.StringIO)
+            for line in console.file.getvalue().splitlines():
+                self.result(line.rstrip())
+
+
+def write_stdout(text: str) -> None:
+    """Write *text* on stdout and flush it: a failure other than a gone reader (EPIPE, which
+    stays a BrokenPipeError) is an :class:`OutputError` (one line, exit 8)."""
+    write_out(text)
+
+
+def write_stdout_bytes(data: bytes) -> None:
+    """Write *data* (a PNG) on stdout's binary buffer, as :func:`write_stdout` does text."""
+    with writing("stdout"):
+        sys.stdout.flush()  # nothing written before may come after
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+
+
+def stderr_line(line: str) -> None:
+    """*line* on stderr if it can be written: stderr carries diagnostics only, and a closed
+    or full stderr leaves nowhere to complain, so a failure there never fails the command."""
+    write_diagnostic(line + "\n")
+
+
+def is_stdout(path: str) -> bool:
+    """Whether *path* is where stdout goes: ``-``, or a path to the same file as descriptor 1
+    (``/dev/stdout``, ``/dev/fd/1``, ``/proc/self/fd/1``, the file stdout is redirected to)."""
+    if path == "-":
+        return True
+    try:
+        return os.path.samestat(os.stat(path), os.fstat(sys.stdout.fileno()))
+    except (OSError, ValueError, AttributeError):  # no such file, or stdout has no descriptor
+        return False
+
+
+def silence_stdout() -> None:
+    """Point stdout at /dev/null after its reader went away or a write to it failed (see
+    :func:`wachat_async.testing._program.silence`)."""
+    silence(sys.stdout)
 
 
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
@@ -167,10 +217,10 @@ class LogHandler(logging.Handler):
         try:
             level = record.levelname.lower()
             line = " ".join(self.out.clean(record.getMessage()).splitlines())
-            sys.stderr.write(f"{PROG}: {level}: {line}\n")
-            sys.stderr.flush()
         except Exception:  # pragma: no cover - logging must never break the command
             self.handleError(record)
+        else:
+            stderr_line(f"{PROG}: {level}: {line}")
 
 
 def plural(count: int, noun: str) -> str:
@@ -184,19 +234,6 @@ def isatty(stream: object) -> bool:
         return bool(stream.isatty())  # type: ignore[attr-defined]
     except (AttributeError, OSError, ValueError):
         return False
-
-
-def silence_stdout() -> None:
-    """The reader of stdout went away: point stdout at /dev/null, so that the interpreter's
-    final flush cannot fail too and print "Exception ignored ... BrokenPipeError"."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        try:
-            os.dup2(devnull, sys.stdout.fileno())
-        finally:
-            os.close(devnull)
-    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
-        pass  # not a real file (tests) or already gone: nothing will be flushed to it
 
 
 def _use_color(choice: str) -> bool:
@@ -222,10 +259,9 @@ def print_qr(qr: QRImage, args: argparse.Namespace) -> None:
         modules, border=args.border, invert=args.invert, color=_use_color(args.color)
     )
     try:
-        sys.stdout.write(text)
+        write_stdout(text)
     except UnicodeEncodeError:
         raise UsageError(
             "this terminal cannot print Unicode block characters (set PYTHONIOENCODING=utf-8, "
             "or save the PNG with 'fetch -o FILE')"
         ) from None
-    sys.stdout.flush()

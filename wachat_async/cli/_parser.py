@@ -19,7 +19,7 @@ from typing import Final, NoReturn, Protocol
 
 from wachat_async import DEFAULT_BASE_URL, __version__
 from wachat_async._validate import check_instance_name
-from wachat_async.testing._argtypes import integer, seconds
+from wachat_async.testing._program import integer, print_message, seconds
 
 from ._output import PROG
 
@@ -51,10 +51,14 @@ class ParseError(Exception):
 
 
 class Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors raise :class:`ParseError` (see the module docstring)."""
+    """An ArgumentParser whose errors raise :class:`ParseError` (see the module docstring),
+    and whose ``--help`` and ``--version`` fail when stdout cannot take them."""
 
     def error(self, message: str) -> NoReturn:
         raise ParseError(self.prog, message)
+
+    def _print_message(self, message: str, file: object = None) -> None:
+        print_message(message, file)  # `--help >/dev/full` fails (exit 8) instead of exit 0
 
 
 def _instance_name(text: str) -> str:

@@ -34,7 +34,16 @@ import traceback
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final, NoReturn, TextIO
 
-from ._argtypes import integer, seconds
+from ._program import (
+    OutputError,
+    closed_streams_stand_in,
+    integer,
+    print_message,
+    seconds,
+    silence,
+    write_diagnostic,
+    write_out,
+)
 
 if TYPE_CHECKING:
     from ._server import FakeWachatServer
@@ -67,7 +76,7 @@ DEFAULT_INSTANCES: Final = (
 
 EXIT_OK: Final = 0
 EXIT_USAGE: Final = 2
-EXIT_BIND: Final = 8
+EXIT_BIND: Final = 8  # also: stdout could not be written (closed, full: a local I/O error)
 EXIT_INTERNAL: Final = 70
 EXIT_BROKEN_PIPE: Final = 141
 
@@ -224,6 +233,9 @@ class _Parser(argparse.ArgumentParser):
         )
         raise SystemExit(EXIT_USAGE)
 
+    def _print_message(self, message: str, file: object = None) -> None:
+        print_message(message, file)  # `--help >/dev/full` fails (exit 8) instead of exit 0
+
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
@@ -241,6 +253,17 @@ def _build_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------------------------
 # Serving
 # --------------------------------------------------------------------------------------------
+
+
+def _say(text: str, stream: TextIO) -> None:
+    """One line of output on *stream*: a failed write is an :class:`OutputError` (exit 8), a
+    gone reader a ``BrokenPipeError`` (exit 141)."""
+    write_out(text + "\n", stream)
+
+
+def _complain(text: str, stream: TextIO) -> None:
+    """One line of diagnostics on *stream* (stderr): a failure to write it is ignored."""
+    write_diagnostic(text + "\n", stream)
 
 
 def _names(args: argparse.Namespace) -> list[str]:
@@ -271,10 +294,6 @@ async def serve(
     out = sys.stdout if stdout is None else stdout
     err = sys.stderr if stderr is None else stderr
 
-    def say(text: str, stream: TextIO) -> None:
-        stream.write(text + "\n")
-        stream.flush()
-
     if args.access_log:
         import logging
 
@@ -283,7 +302,7 @@ async def serve(
         from ._server import FakeWachatServer
 
         if args.ca_file is not None and not args.tls:
-            say(f"{prog}: error: --ca-file needs --tls", err)
+            _complain(f"{prog}: error: --ca-file needs --tls", err)
             return EXIT_USAGE
         server = FakeWachatServer(
             DEFAULT_API_KEY if args.api_key is None else args.api_key,
@@ -297,7 +316,7 @@ async def serve(
             tls=args.tls,
         )
     except ImportError as exc:  # segno or trustme: the testing extra
-        say(f"{prog}: error: {exc}", err)
+        _complain(f"{prog}: error: {exc}", err)
         return EXIT_USAGE
     ca_file: str | None = None
     temporary_ca = False
@@ -311,7 +330,9 @@ async def serve(
                 ca_file = args.ca_file
             server.write_ca_file(ca_file)
         except OSError as exc:
-            say(f"{prog}: error: cannot write the CA file {ca_file}: {exc.strerror or exc}", err)
+            _complain(
+                f"{prog}: error: cannot write the CA file {ca_file}: {exc.strerror or exc}", err
+            )
             return EXIT_USAGE
     try:
         return await _serve(server, args, prog=prog, ca_file=ca_file, out=out, err=err)
@@ -330,10 +351,6 @@ async def _serve(
     out: TextIO,
     err: TextIO,
 ) -> int:
-    def say(text: str, stream: TextIO) -> None:
-        stream.write(text + "\n")
-        stream.flush()
-
     names = _names(args)
     server.add_instances(names)
     stop = asyncio.Event()
@@ -348,40 +365,40 @@ async def _serve(
             await server.start()
         except OSError as exc:
             where = f"{args.host}:{args.port}"
-            say(f"{prog}: error: cannot listen on {where}: {exc.strerror or exc}", err)
+            _complain(f"{prog}: error: cannot listen on {where}: {exc.strerror or exc}", err)
             return EXIT_BIND
         try:
-            say(f"Fake Wachat server listening on {server.base_url}", out)
-            say("Point a client at it (copy these lines into your shell):", out)
-            say(f"  export WACHAT_BASE_URL={server.base_url}", out)
+            _say(f"Fake Wachat server listening on {server.base_url}", out)
+            _say("Point a client at it (copy these lines into your shell):", out)
+            _say(f"  export WACHAT_BASE_URL={server.base_url}", out)
             if args.api_key is None:
-                say(f"  export WACHAT_API_KEY={DEFAULT_API_KEY}", out)
+                _say(f"  export WACHAT_API_KEY={DEFAULT_API_KEY}", out)
             else:
-                say("  # WACHAT_API_KEY: the key you gave with --api-key (not printed)", out)
+                _say("  # WACHAT_API_KEY: the key you gave with --api-key (not printed)", out)
             if ca_file is not None:
-                say(
+                _say(
                     f"  # TLS: trust the CA in {ca_file} (wachat-qr --ca-file {ca_file}, or "
                     f"WachatClient(ssl=ssl.create_default_context(cafile={ca_file!r})))",
                     out,
                 )
             remote = _remote_url(args.host, server.port, "https" if server.tls else "http")
             if remote is not None and server.tls:
-                say(
+                _say(
                     f"From another machine: WACHAT_BASE_URL={remote} (the certificate names "
                     "only 127.0.0.1, localhost and ::1: expect a host name mismatch)",
                     out,
                 )
             elif remote is not None:
-                say(
+                _say(
                     f"From another machine: WACHAT_BASE_URL={remote} (plain http: "
                     "wachat-qr --allow-insecure-http, WachatClient(allow_insecure_http=True))",
                     out,
                 )
             shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
             others = "created on first use" if args.auto_create else "404"
-            say(f"Instances ({len(names)}): {shown}; any other name: {others}", out)
+            _say(f"Instances ({len(names)}): {shown}; any other name: {others}", out)
             rotation = f"every {args.rotation:g} s" if args.rotation else "never"
-            say(f"QR codes change {rotation}. Press Ctrl-C to stop.", err)
+            _complain(f"QR codes change {rotation}. Press Ctrl-C to stop.", err)
             with contextlib.suppress(asyncio.TimeoutError):  # --duration over
                 await asyncio.wait_for(stop.wait(), args.duration)  # None: until a signal
         finally:
@@ -389,32 +406,44 @@ async def _serve(
     finally:
         for signum in installed:
             loop.remove_signal_handler(signum)
-    say("Stopped.", err)
+    _complain("Stopped.", err)
     return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse *argv* (default ``sys.argv[1:]``), serve until stopped, return the exit status."""
+    with closed_streams_stand_in():  # started with `>&-`: writes fail with EBADF, not None
+        try:
+            return _main(argv)
+        except BrokenPipeError:  # the reader of stdout went away: stop quietly
+            silence(sys.stdout)  # so the final flush cannot fail again
+            return EXIT_BROKEN_PIPE
+        except OutputError as exc:  # stdout closed or full: one line, a local I/O error
+            silence(sys.stdout)
+            write_diagnostic(f"{PROG}: error: {exc}\n")
+            return EXIT_BIND
+
+
+def _main(argv: Sequence[str] | None) -> int:
     try:
         args = _build_parser().parse_args(argv)
     except SystemExit as exc:  # --help and usage errors
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:
-        return asyncio.run(serve(args))
+        code = asyncio.run(serve(args))
+        write_out("")  # what is still buffered fails this run, not the interpreter's exit
+        return code
     except KeyboardInterrupt:  # pragma: no cover - only where add_signal_handler is missing
         return EXIT_OK
-    except BrokenPipeError:  # the reader of stdout went away: stop quietly
-        with contextlib.suppress(OSError, ValueError, AttributeError):
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())  # so the final flush cannot fail again
-            os.close(devnull)
-        return EXIT_BROKEN_PIPE
+    except (BrokenPipeError, OutputError):
+        raise
     except Exception as exc:  # a bug: one line, the traceback only with --debug
-        sys.stderr.write(f"{PROG}: error: internal error: {type(exc).__name__}: {exc}\n")
+        write_diagnostic(f"{PROG}: error: internal error: {type(exc).__name__}: {exc}\n")
         if args.debug:
-            traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+            trace = traceback.format_exception(type(exc), exc, exc.__traceback__)
+            write_diagnostic("".join(trace))
         else:
-            sys.stderr.write(f"{PROG}: hint: run again with --debug to see the traceback\n")
+            write_diagnostic(f"{PROG}: hint: run again with --debug to see the traceback\n")
         return EXIT_INTERNAL
 
 

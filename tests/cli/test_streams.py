@@ -1,0 +1,231 @@
+"""stdout and stderr that cannot be written: closed (``>&-``), full (``/dev/full``), failing.
+
+As Unix tools do: a gone reader (EPIPE) stops quietly with 141 (tests/cli/test_main.py); any
+other failure to write a result on stdout is one line on stderr and exit 8 (a local I/O
+error), ``--help`` and ``--version`` included; a stderr that cannot be written never fails a
+command (it carries diagnostics only). Both programs: ``wachat-qr`` and the fake server's.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.cli._support import OTHER, Run
+from tests.conftest import KEY, NAME
+from wachat_async.cli import main
+from wachat_async.testing import FakeWachatServer
+from wachat_async.testing._program import ClosedStream, OutputError, silence, writing
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX descriptors, /dev/full")
+
+WACHAT_QR = [sys.executable, "-m", "wachat_async"]
+FAKE_SERVER = [sys.executable, "-m", "wachat_async.testing"]
+
+#: Every kind of run that writes a result on stdout: (program, arguments).
+WRITERS = [
+    pytest.param(WACHAT_QR, ["--help"], id="help"),
+    pytest.param(WACHAT_QR, ["--version"], id="version"),
+    pytest.param(WACHAT_QR, ["fetch", "--help"], id="fetch-help"),
+    pytest.param(WACHAT_QR, ["url", NAME], id="url"),
+    pytest.param(WACHAT_QR, ["fetch", NAME, "-o", "-"], id="fetch-to-stdout"),
+    pytest.param(WACHAT_QR, ["fetch", NAME, "-o", "qr.png"], id="fetch-saved-line"),
+    pytest.param(WACHAT_QR, ["show", NAME], id="show"),
+    pytest.param(WACHAT_QR, ["poll", NAME, OTHER], id="poll-table"),
+    pytest.param(WACHAT_QR, ["poll", NAME, OTHER, "--json"], id="poll-json"),
+    pytest.param(WACHAT_QR, ["watch", NAME, "--no-show", "-n", "1"], id="watch"),
+    pytest.param(WACHAT_QR, ["fake-server", "--port", "0", "--duration", "60"], id="fake-server"),
+    pytest.param(FAKE_SERVER, ["--port", "0", "--duration", "60"], id="testing-module"),
+    pytest.param(FAKE_SERVER, ["--help"], id="testing-module-help"),
+]
+
+#: What stdout is, and the reason the one error line gives.
+BROKEN_STDOUT = [
+    pytest.param("closed", "Bad file descriptor", id="closed"),
+    pytest.param("full", "No space left on device", id="dev-full"),
+]
+
+
+def _run(
+    program: list[str],
+    argv: list[str],
+    server: FakeWachatServer,
+    cwd: Path,
+    *,
+    stdout: str,
+    stderr: str = "pipe",
+) -> tuple[int, bytes, bytes]:
+    """Run *program* with stdout and stderr each a pipe, closed, or /dev/full."""
+    env = {**os.environ, "WACHAT_API_KEY": KEY, "WACHAT_BASE_URL": server.base_url}
+    redirect = {"closed": ">&-", "full": ">/dev/full", "pipe": ""}
+    err_redirect = {"closed": "2>&-", "full": "2>/dev/full", "pipe": ""}
+    # The shell closes or redirects the descriptors before Python starts, as a user's would.
+    script = f'exec "$@" {redirect[stdout]} {err_redirect[stderr]}'
+    done = subprocess.run(  # noqa: S603 - our own interpreter and module, a fixed script
+        ["/bin/sh", "-c", script, "sh", *program, *argv],
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        timeout=60,
+        check=False,
+    )
+    return done.returncode, done.stdout, done.stderr
+
+
+@pytest.mark.parametrize(("stdout", "reason"), BROKEN_STDOUT)
+@pytest.mark.parametrize(("program", "argv"), WRITERS)
+def test_a_stdout_that_cannot_be_written_is_one_line_and_exit_8(
+    fake: FakeWachatServer,
+    cli_env: Path,
+    program: list[str],
+    argv: list[str],
+    stdout: str,
+    reason: str,
+) -> None:
+    """Closed or full stdout: exit 8 (not 0, not 70) and exactly one line saying why."""
+    code, _, err = _run(program, argv, fake, cli_env, stdout=stdout)
+    prog = "wachat-qr" if program == WACHAT_QR else "python -m wachat_async.testing"
+    assert (code, err.decode()) == (8, f"{prog}: error: cannot write to stdout: {reason}\n")
+
+
+@pytest.mark.parametrize("stderr", ["closed", "full"])
+@pytest.mark.parametrize(
+    ("program", "argv"),
+    [
+        pytest.param(WACHAT_QR, ["url", NAME], id="url"),
+        pytest.param(WACHAT_QR, ["show", NAME], id="show-note-on-stderr"),
+        pytest.param(WACHAT_QR, ["fetch", NAME, "-o", "-"], id="fetch-to-stdout"),
+        pytest.param(WACHAT_QR, ["-v", "--debug", "poll", NAME, "t1_nothere0_store"], id="logs"),
+        pytest.param(FAKE_SERVER, ["--port", "0", "--duration", "0.01"], id="testing-module"),
+    ],
+)
+def test_a_stderr_that_cannot_be_written_never_fails_a_command(
+    fake: FakeWachatServer, cli_env: Path, program: list[str], argv: list[str], stderr: str
+) -> None:
+    """Diagnostics that cannot be written are dropped: the result and exit status stand."""
+    code, out, _ = _run(program, argv, fake, cli_env, stdout="pipe", stderr=stderr)
+    assert code == (1 if "poll" in argv else 0)
+    assert out
+
+
+@pytest.mark.parametrize(("stdout", "reason"), BROKEN_STDOUT)
+def test_an_error_with_both_streams_unwritable_still_has_its_status(
+    fake: FakeWachatServer, cli_env: Path, stdout: str, reason: str
+) -> None:
+    """Nowhere to write at all: no crash, the exit status of the failure (stdout's, 8)."""
+    code, _, _ = _run(WACHAT_QR, ["url", NAME], fake, cli_env, stdout=stdout, stderr="closed")
+    assert code == 8
+
+
+# -- in process: every errno, every kind of write -------------------------------------------
+
+
+class Failing(io.StringIO):
+    """A stdout whose writes (text and bytes) fail with one errno."""
+
+    def __init__(self, error: int) -> None:
+        super().__init__()
+        self.error = error
+        self.buffer = self  # fetch -o - writes bytes here
+
+    def write(self, text: object) -> int:
+        if not text:
+            return 0
+        raise OSError(self.error, os.strerror(self.error))
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        pytest.param(errno.EBADF, id="EBADF"),
+        pytest.param(errno.ENOSPC, id="ENOSPC"),
+        pytest.param(errno.EIO, id="EIO"),
+        pytest.param(errno.EDQUOT, id="EDQUOT"),
+    ],
+)
+@pytest.mark.parametrize(
+    "argv",
+    [
+        pytest.param(["--version"], id="version"),
+        pytest.param(["poll", "--help"], id="poll-help"),
+        pytest.param(["url", NAME], id="url"),
+        pytest.param(["fetch", NAME, "-o", "-"], id="fetch-to-stdout"),
+        pytest.param(["poll", NAME, OTHER], id="poll-table"),
+        pytest.param(["poll", NAME, OTHER, "--json"], id="poll-json"),
+    ],
+)
+def test_every_write_error_of_stdout_is_exit_8(
+    run: Callable[..., Run],
+    env: FakeWachatServer,
+    monkeypatch: pytest.MonkeyPatch,
+    argv: list[str],
+    error: int,
+) -> None:
+    """Whatever the errno (but EPIPE), a failed write of stdout: one line, exit 8."""
+    monkeypatch.setattr(sys, "stdout", Failing(error))
+    result = run(*argv)
+    assert (result.code, result.err) == (
+        8,
+        f"wachat-qr: error: cannot write to stdout: {os.strerror(error)}\n",
+    )
+
+
+@pytest.mark.parametrize("stream", ["stdout", "stderr"])
+def test_a_none_stream_gets_a_stand_in_and_is_put_back(
+    env: FakeWachatServer, monkeypatch: pytest.MonkeyPatch, stream: str
+) -> None:
+    """Python's None for a stream closed at start: writes fail with EBADF; None is restored."""
+    monkeypatch.setattr(sys, stream, None)
+    if stream == "stderr":
+        monkeypatch.setattr(sys, "stdout", io.StringIO())
+        assert main(["url", NAME]) == 0
+        assert sys.stdout.getvalue().endswith(f"instanceName={NAME}\n")
+        assert main(["fetch", "t1_nothere0_store"]) == 4  # its error line has nowhere to go
+    else:
+        assert main(["url", NAME]) == 8
+    assert getattr(sys, stream) is None
+
+
+def test_the_closed_stream_stand_in() -> None:
+    """Writing nothing succeeds (rich does it), anything else is EBADF; no descriptor."""
+    closed = ClosedStream("<stdout>")
+    assert (closed.write(""), closed.buffer.write(b"")) == (0, 0)
+    for write in (lambda: closed.write("x"), lambda: closed.buffer.write(b"x")):
+        with pytest.raises(OSError, match="Bad file descriptor") as raised:
+            write()
+        assert raised.value.errno == errno.EBADF
+    assert not closed.isatty()
+    assert closed.writable()
+    closed.flush()
+    closed.buffer.flush()
+    with pytest.raises(OSError, match="closed when the program started"):
+        closed.fileno()
+    silence(closed)  # nothing to point at /dev/null: no error either
+
+
+@pytest.mark.parametrize(
+    ("raised", "passes"),
+    [
+        pytest.param(BrokenPipeError(errno.EPIPE, "Broken pipe"), True, id="epipe-passes"),
+        pytest.param(UnicodeEncodeError("ascii", "é", 0, 1, "no"), True, id="unicode-passes"),
+        pytest.param(OSError(errno.ENOSPC, "No space left"), False, id="enospc"),
+        pytest.param(ValueError("I/O operation on closed file."), False, id="closed-file"),
+    ],
+)
+def test_writing_turns_only_write_failures_into_output_errors(
+    raised: BaseException, passes: bool
+) -> None:
+    """EPIPE and encoding errors keep their own handling; the rest is an OutputError."""
+    expected: type[BaseException] = type(raised) if passes else OutputError
+    with pytest.raises(expected) as caught, writing("stdout"):
+        raise raised
+    if not passes:
+        assert str(caught.value).startswith("cannot write to stdout: ")
