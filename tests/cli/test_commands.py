@@ -19,7 +19,7 @@ import pytest
 import segno
 from PIL import Image
 
-from tests.cli._support import OTHER, Run, decode, terminal_to_image
+from tests.cli._support import OTHER, Run, cli_process, decode, terminal_to_image
 from tests.conftest import KEY, NAME
 from wachat_async.cli import main
 from wachat_async.testing import FakeWachatServer, Fault
@@ -60,6 +60,61 @@ def test_fetch_to_stdout_refuses_a_terminal(
     result = run("fetch", NAME, "-o", "-")
     assert result.code == 2
     assert env.request_count() == 0
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="/dev/stdout, /proc")
+@pytest.mark.parametrize(
+    ("target", "stdout_kind"),
+    [
+        pytest.param(target, kind, id=f"{target}-{kind}")
+        for target in ["-", "/dev/stdout", "/dev/fd/1", "/proc/self/fd/1"]
+        for kind in ["pipe", "regular-file"]
+    ]
+    + [pytest.param("the-redirect-target", "regular-file", id="the-file-itself")],
+)
+def test_fetch_to_stdout_by_any_name_keeps_stdout_a_pure_png(
+    fake: FakeWachatServer, cli_env: Path, target: str, stdout_kind: str
+) -> None:
+    """`fetch -o /dev/stdout | consumer`, or `> file`: stdout holds the PNG and nothing else;
+    the informational line goes to stderr (hidden by -q), however stdout is named."""
+    redirect = cli_env / "stdout.bin"
+    argv = ["fetch", NAME, "-o", str(redirect) if target == "the-redirect-target" else target]
+    with redirect.open("wb") as sink:
+        proc = cli_process(
+            argv,
+            fake,
+            stdout=subprocess.PIPE if stdout_kind == "pipe" else sink,
+            stderr=subprocess.PIPE,
+            text=False,
+            cwd=cli_env,
+        )
+        out, err = proc.communicate(timeout=60)
+    data = out if stdout_kind == "pipe" else redirect.read_bytes()
+    assert proc.returncode == 0, err
+    assert decode(Image.open(io.BytesIO(data))) == fake.qr_payload(NAME)
+    assert data.endswith(b"IEND\xaeB`\x82")  # nothing after the PNG's last chunk
+    assert err.decode().count("\n") == 1
+    assert ("wrote the QR" if target == "-" else "saved ") in err.decode()
+
+
+@pytest.mark.parametrize("target", ["-", "/dev/stdout", "/dev/fd/1"])
+def test_watch_refuses_stdout_as_its_output_file(
+    run: Callable[..., Run], env: FakeWachatServer, monkeypatch: pytest.MonkeyPatch, target: str
+) -> None:
+    """watch prints on stdout: PNGs there would be mixed into it, so -o stdout is refused."""
+    monkeypatch.setattr("wachat_async.cli._commands.is_stdout", lambda path: path == target)
+    result = run("watch", NAME, "--no-show", "-n", "1", "-o", target)
+    assert (result.code, env.request_count()) == (2, 0)
+    assert "watch -o cannot be stdout" in result.err
+
+
+def test_fetch_to_a_file_that_is_not_stdout_still_says_saved_on_stdout(
+    run: Callable[..., Run], env: FakeWachatServer
+) -> None:
+    """Only stdout's own file moves the line: a plain -o FILE says "saved" on stdout."""
+    result = run("fetch", NAME, "-o", "qr.png")
+    assert (result.code, result.err) == (0, "")
+    assert result.out.startswith("saved qr.png (")
 
 
 def test_api_key_flag_works_and_is_never_echoed(

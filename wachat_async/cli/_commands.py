@@ -286,6 +286,12 @@ async def cmd_poll(args: argparse.Namespace, out: Out) -> int:
 
 
 async def cmd_watch(args: argparse.Namespace, out: Out) -> int:
+    if args.output is not None and is_stdout(args.output):
+        # Each new PNG would land among the drawings or lines that watch prints there.
+        raise UsageError(
+            "watch -o cannot be stdout (watch prints there): give a file, or use "
+            f"'{PROG} fetch NAME -o -' for one PNG on stdout"
+        )
     if args.show:
         need("PIL")
     redraw = args.show and isatty(sys.stdout)
