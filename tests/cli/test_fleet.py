@@ -313,5 +313,6 @@ def test_a_piped_poll_of_1000_instances_has_a_whole_title_line(
     )
     first, *rest = result.out.split("\n")
     assert result.code == 0
-    assert first.startswith("1000 instances in ") and first.endswith(" s")
+    assert first.startswith("1000 instances in ")
+    assert first.endswith(" s")
     assert not [line for line in rest if line.strip() == "s"]

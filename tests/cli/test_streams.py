@@ -72,8 +72,7 @@ def _run(
         ["/bin/sh", "-c", script, "sh", *program, *argv],
         env=env,
         cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        capture_output=True,
         timeout=60,
         check=False,
     )
