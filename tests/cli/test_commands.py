@@ -21,7 +21,10 @@ from PIL import Image
 
 from tests.cli._support import OTHER, Run, cli_process, decode, terminal_to_image
 from tests.conftest import KEY, NAME
-from wachat_async.cli import main
+from wachat_async import InstanceNotFoundError
+from wachat_async.cli import exit_code_for, main
+from wachat_async.cli._exit import wrong_base_url
+from wachat_async.cli._output import describe
 from wachat_async.testing import FakeWachatServer, Fault
 
 # -- fetch ------------------------------------------------------------------------------------
@@ -246,30 +249,73 @@ def test_missing_key_says_how_to_set_it_from_a_shell(
     assert fake.request_count() == 0
 
 
-@pytest.mark.parametrize(
-    "suffix",
-    [pytest.param("", id="root"), pytest.param("/", id="root-slash"), pytest.param("/v1", id="v1")],
-)
-def test_a_wrong_base_url_gets_a_hint(
-    run: Callable[..., Run], env: FakeWachatServer, suffix: str
+_WRONG_ROOTS = [
+    pytest.param("", id="root"),
+    pytest.param("/", id="root-slash"),
+    pytest.param("/v1", id="v1"),
+    pytest.param("/api", id="api"),
+    pytest.param("/x/api/v1", id="ends-in-api-v1-but-no-such-route"),
+]
+_ONE_REQUEST_COMMANDS = [
+    pytest.param(["fetch", NAME, "-o", "qr.png"], id="fetch"),
+    pytest.param(["show", NAME], id="show"),
+    pytest.param(["watch", NAME, "--no-show", "-n", "1"], id="watch"),
+    pytest.param(["watch", NAME, "--until-connected"], id="watch-state-route"),
+    pytest.param(["poll", "-c", "1", *(f"t1_{i:08d}_store" for i in range(10))], id="poll"),
+]
+
+
+@pytest.mark.parametrize("argv", _ONE_REQUEST_COMMANDS)
+@pytest.mark.parametrize("suffix", _WRONG_ROOTS)
+def test_a_wrong_base_url_says_so_with_exit_2(
+    run: Callable[..., Run], env: FakeWachatServer, suffix: str, argv: list[str]
 ) -> None:
-    """A base URL without /api/v1 reaches no route: the 404 comes with a hint saying so."""
-    result = run("fetch", NAME, "--base-url", env.url + suffix)
-    assert result.code == 4
+    """A base URL that reaches no route (the fake server's "No such route", or no /api/v1 at
+    the end) is a configuration error: the error line says the base URL looks wrong (never
+    "instance not found"), a hint says what it should be, exit 2; a fleet stops at once."""
+    base_url = env.url + suffix
+    result = run(*argv, "--base-url", base_url)
     lines = result.err.splitlines()
-    assert len(lines) == 2
-    assert lines[0].startswith("wachat-qr: error: InstanceNotFoundError: 404")
+    assert result.code == 2, result.err
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("wachat-qr: error: the base URL looks wrong: 404 for the API route")
+    assert "instance not found" not in lines[0]
     assert lines[1].startswith("wachat-qr: hint: is --base-url (or WACHAT_BASE_URL) right? ")
-    assert "it should end in /api/v1" in lines[1]
+    assert f"it should end in /api/v1; it is {base_url}" in lines[1]
+    assert ("(try " in lines[1]) == (not suffix.endswith("/api/v1"))
+    assert env.request_count() <= 2  # poll stopped at the first answer (one more in flight)
 
 
-def test_a_wrong_base_url_hint_also_for_a_fleet(
+def test_a_wrong_base_url_in_json_lines_has_exit_code_2(
     run: Callable[..., Run], env: FakeWachatServer
 ) -> None:
-    """poll whose every name is a 404 from a wrong root prints the hint once."""
-    result = run("poll", NAME, OTHER, "--json", "--base-url", env.url)
-    assert result.code == 1
+    """poll --json: the one line written carries exit_code 2, as the process does."""
+    result = run("poll", NAME, OTHER, "--json", "-c", "1", "--base-url", env.url)
+    (line,) = result.out.splitlines()
+    assert (result.code, json.loads(line)["exit_code"]) == (2, 2)
     assert result.err.count("it should end in /api/v1") == 1
+    assert "stopped after 1 of 2 instances" in result.err
+
+
+@pytest.mark.parametrize(
+    ("note", "body", "wrong"),
+    [
+        pytest.param("is the base URL right? x does not end in /api/v1", "", True, id="note"),
+        pytest.param(None, "No such route: GET /x", True, id="no-such-route-body"),
+        pytest.param(None, "Instance not found for this API key.", False, id="a-real-404"),
+        pytest.param("gave up after 4 attempts", "", False, id="another-note"),
+    ],
+)
+def test_wrong_base_url_follows_the_client_note_or_the_server_body(
+    note: str | None, body: str, wrong: bool
+) -> None:
+    """The client's base-URL note or a "No such route" body make a 404 the base URL's."""
+    error = InstanceNotFoundError(status=404, instance_name=NAME, body=body)
+    if note is not None:
+        error._note(note)
+    assert wrong_base_url(error) is wrong
+    assert exit_code_for(error) == (2 if wrong else 4)
+    assert describe(error).startswith("the base URL looks wrong" if wrong else "InstanceNotFound")
 
 
 def test_a_real_missing_instance_has_no_base_url_hint(

@@ -29,7 +29,6 @@ from yarl import URL
 from wachat_async import (
     DEFAULT_BASE_URL,
     ConfigurationError,
-    InstanceNotFoundError,
     QRImage,
     RetryPolicy,
     WachatClient,
@@ -40,7 +39,7 @@ from wachat_async._files import write_bytes_async
 from wachat_async._polling import watch_qr
 from wachat_async._validate import check_instance_name, is_loopback_host
 
-from ._exit import EXIT_FAILED, EXIT_OK, UsageError, exit_code_for
+from ._exit import EXIT_FAILED, EXIT_OK, UsageError, exit_code_for, wrong_base_url
 from ._extras import need
 from ._fleet import png_filename, poll_fleet, summary
 from ._output import (
@@ -174,13 +173,13 @@ def _name_lines(source: str) -> list[str]:
 def hints(error: BaseException, args: argparse.Namespace) -> list[str]:
     """What to try next, for the errors whose fix is not obvious from the message."""
     base_url = _base_url(args)
-    if isinstance(error, InstanceNotFoundError):
+    if wrong_base_url(error):
         path = URL(base_url).path.rstrip("/")
-        if not path.endswith("/api/v1") or "no such route" in error.body.lower():
-            return [
-                f"is --base-url (or WACHAT_BASE_URL) right? it should end in /api/v1; "
-                f"it is {base_url}"
-            ]
+        guess = "" if path.endswith("/api/v1") else f" (try {base_url.rstrip('/')}/api/v1?)"
+        return [
+            f"is --base-url (or WACHAT_BASE_URL) right? it should end in /api/v1; "
+            f"it is {base_url}{guess}"
+        ]
     return []
 
 
@@ -270,18 +269,11 @@ async def cmd_poll(args: argparse.Namespace, out: Out) -> int:
         done = len(fleet.ok) + len(fleet.failed)
         out.error(
             f"{describe(fleet.aborted)}; stopped after {done} of {fleet.total} instances "
-            "(every request with this key would fail the same way)"
+            "(every other request would fail the same way)"
         )
         for hint in hints(fleet.aborted, args):
             out.hint(hint)
         return exit_code_for(fleet.aborted)
-    if fleet.failed and all(
-        isinstance(r.error, InstanceNotFoundError) for r in fleet.failed
-    ):  # every name unknown: more likely a wrong base URL than a fleet of typos
-        first = fleet.failed[0].error
-        assert first is not None
-        for hint in hints(first, args):
-            out.hint(hint)
     return EXIT_FAILED if fleet.failed else EXIT_OK
 
 

@@ -3,8 +3,8 @@
 :func:`poll_fleet` fetches every distinct name through the client's bounded ``fetch_many``,
 saves each PNG under a safe, collision-free file name (:func:`png_filename`) while the next
 ones are fetched, prints one JSON line per instance (``--json``) or a progress bar (a person
-at a terminal), and stops early on a 401/403 (every other request with that key would fail
-the same way). :func:`summary` prints the outcome tables.
+at a terminal), and stops early on a 401/403 or a 404 of the route itself (a wrong base URL):
+every other request would fail the same way. :func:`summary` prints the outcome tables.
 
 The files are written off the event loop (each save fsyncs the file and its folder), a few
 at a time: a slow disk slows the fetching down instead of piling images up in memory, and a
@@ -38,7 +38,7 @@ from wachat_async import (
 )
 from wachat_async._files import write_bytes_async
 
-from ._exit import exit_code_for
+from ._exit import exit_code_for, wrong_base_url
 from ._extras import has, need
 from ._output import Out, isatty, plural
 
@@ -204,8 +204,11 @@ async def poll_fleet(
                     await writer.save(path, image.data, functools.partial(done, result))
                 else:
                     done(result, None)
-                if isinstance(result.error, (AuthenticationError, SubscriptionRestrictedError)):
-                    # Every other request with this key would fail the same way.
+                if isinstance(
+                    result.error, (AuthenticationError, SubscriptionRestrictedError)
+                ) or wrong_base_url(result.error):
+                    # Every other request, with this key or to this base URL, would fail the
+                    # same way.
                     fleet.aborted = result.error
                     break
     fleet.elapsed = time.monotonic() - fleet.started

@@ -32,7 +32,7 @@ from wachat_async.testing._program import (
     writing,
 )
 
-from ._exit import UsageError
+from ._exit import BASE_URL_NOTE, UsageError, wrong_base_url
 from ._extras import need
 from ._terminal import qr_modules, render_half_blocks
 
@@ -193,14 +193,20 @@ def one_line(text: str) -> str:
     return _CONTROL_CHARS.sub(lambda m: repr(m.group())[1:-1], text)
 
 
-#: Notes the CLI replaces by its own, CLI-worded hint (see the commands' hints()).
-_BASE_URL_NOTE: Final = "is the base URL right?"
-
-
 def describe(error: WachatError) -> str:
-    """``ClassName: message (notes)`` on one line (the message is already redacted)."""
-    notes = [n for n in getattr(error, "__notes__", []) if not str(n).startswith(_BASE_URL_NOTE)]
-    text = f"{type(error).__name__}: {error}"
+    """``ClassName: message (notes)`` on one line (the message is already redacted); for a
+    404 that is the route's, not the instance's (:func:`wrong_base_url`), a line that says the
+    base URL looks wrong instead of "instance not found" (the commands' hints() then say what
+    the base URL should be)."""
+    # The client's base-URL note is replaced by the CLI's own hint, worded for --base-url.
+    notes = [n for n in getattr(error, "__notes__", []) if not str(n).startswith(BASE_URL_NOTE)]
+    if wrong_base_url(error):
+        body = getattr(error, "body", "")
+        text = "the base URL looks wrong: 404 for the API route itself, not the instance" + (
+            f"; server said: {body}" if body else ""
+        )
+    else:
+        text = f"{type(error).__name__}: {error}"
     if notes:
         text += " (" + "; ".join(str(n) for n in notes) + ")"
     return text
