@@ -37,6 +37,56 @@ from ._support import (
     wait_for_requests,
 )
 
+# --- addresses: which families each host serves --------------------------------------------
+
+
+async def _answers(family: socket.AddressFamily, address: str, port: int) -> bool:
+    """Whether an HTTP request to *address*:*port* over *family* gets an HTTP answer."""
+    try:
+        reader, writer = await asyncio.open_connection(address, port, family=family)
+    except OSError:
+        return False
+    try:
+        writer.write(b"GET /api/v1/instance/state HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        return (await reader.readline()).startswith(b"HTTP/1.1 ")
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+@pytest.mark.skipif(not socket.has_ipv6, reason="no IPv6 on this machine")
+@pytest.mark.parametrize(
+    ("host", "ipv4", "ipv6"),
+    [
+        pytest.param("::", True, True, id="ipv6-any-is-dual-stack"),
+        pytest.param("", True, True, id="empty-is-dual-stack"),
+        pytest.param("0.0.0.0", True, False, id="ipv4-any"),  # noqa: S104 - the case under test
+        pytest.param("127.0.0.1", True, False, id="ipv4-loopback"),
+        pytest.param("::1", False, True, id="ipv6-loopback"),
+    ],
+)
+async def test_each_host_serves_the_families_it_names(host: str, ipv4: bool, ipv6: bool) -> None:
+    """ "::" and "" take IPv4 and IPv6 clients on one port (dual stack, where the OS allows);
+    "0.0.0.0" and the loopback addresses their own family only; base_url always answers."""
+    dual = host in ("::", "") and socket.has_dualstack_ipv6()
+    async with FakeWachatServer(KEY, host=host) as server:
+        server.add_instance(NAME)
+        port = server.port
+        reached = (
+            await _answers(socket.AF_INET, "127.0.0.1", port),
+            await _answers(socket.AF_INET6, "::1", port),
+        )
+        async with aiohttp.ClientSession() as http:
+            status, _, _ = await get(http, server, route="/instance/state")
+        assert server.dual_stack is dual
+    if host in ("::", "") and not dual:  # pragma: no cover - an OS without dual-stack sockets
+        ipv4 = host == ""
+    assert reached == (ipv4, ipv6)
+    assert status == 200
+    assert not server.dual_stack  # closed: the flag only describes a running server's socket
+
+
 # --- auth and the 200 path -------------------------------------------------------------------
 
 

@@ -25,13 +25,15 @@ code  meaning
 0     success
 1     ``poll``: at least one instance failed (details in the table or the JSON); or a
       library error of no more specific kind
-2     usage or configuration error (bad option or name, no API key, missing ``cli`` extra)
+2     usage or configuration error (bad option or name, no API key, missing ``cli`` extra,
+      a base URL that looks wrong: a 404 for the route itself, not the instance)
 3     authentication: 401 invalid key, 403 subscription does not allow QR codes
 4     not found or not possible: 404 unknown instance, 409 not a Baileys instance, 400
 5     upstream failure: 502/504 after the retries gave up, or an undocumented status
 6     connection failure or timeout
 7     invalid response: not a PNG, truncated, or larger than the size cap
-8     local I/O error: a file could not be written, a port could not be bound
+8     local I/O error: a file could not be written, a port could not be bound, stdout
+      could not be written (closed, full: ``--help`` and ``--version`` too)
 70    internal error: an unexpected exception (a bug; ``--debug`` shows the traceback)
 130   interrupted (Ctrl-C)
 141   stdout was closed by its reader (``| head``): stop quietly, as SIGPIPE would

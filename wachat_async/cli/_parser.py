@@ -32,9 +32,10 @@ environment:
   WACHAT_BASE_URL   the API base URL (default https://app.wachat.net/api/v1)
 
 exit status:
-  0 ok    1 some instances failed (poll)    2 usage/configuration error
+  0 ok    1 some instances failed (poll)    2 usage/configuration error (a wrong base URL too)
   3 authentication (401/403)    4 not found (404/409/400)    5 upstream (502/504/other status)
-  6 connection/timeout    7 invalid response (not a PNG, too large)    8 local I/O error
+  6 connection/timeout    7 invalid response (not a PNG, too large)
+  8 local I/O error (a file, a port, or stdout closed or full)
   70 internal error (--debug shows the traceback)    130 interrupted
   141 stdout closed by its reader (e.g. `| head`)
 
@@ -329,7 +330,8 @@ def _add_fake_server(command: _AddCommand) -> None:
         "with the same options, as `python -m wachat_async.testing`",
         parents=(),
         epilog="exit status:\n  0 stopped (Ctrl-C, SIGTERM, --duration)    2 usage error or segno "
-        "missing\n  8 the address could not be bound    70 internal error    141 stdout closed\n",
+        "missing\n  8 the address could not be bound, or stdout not written    70 internal error"
+        "\n  141 stdout closed\n",
     )
     fake_server.add_arguments(p)
 

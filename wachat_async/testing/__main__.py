@@ -14,8 +14,9 @@ example, ``wachat-qr``, your own code) at it::
 The first line ends with the base URL (for scripts: last word of the first line). A key given
 with ``--api-key`` is never printed. Exit status: 0 stopped (Ctrl-C, SIGTERM or
 ``--duration``), 2 usage error or the ``testing`` extra (segno) missing, 8 the address could not
-be bound, 70 an unexpected error (``--debug`` shows its traceback), 141 stdout was closed by its
-reader. The same numbers as ``wachat-qr``'s table. This module never imports the client.
+be bound or stdout could not be written (closed, full), 70 an unexpected error (``--debug``
+shows its traceback), 141 stdout was closed by its reader. The same numbers as ``wachat-qr``'s
+table. This module never imports the client.
 """
 
 from __future__ import annotations
@@ -135,9 +136,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--host",
         default="127.0.0.1",
-        help="address to bind (default 127.0.0.1; 0.0.0.0 or :: = every interface, then a "
-        "client on another machine needs --allow-insecure-http: the fake server speaks plain "
-        "http)",
+        help="address to bind (default 127.0.0.1; 0.0.0.0 = every IPv4 interface, :: = every "
+        "interface of both families on one dual-stack socket where the OS allows; a client on "
+        "another machine then needs --allow-insecure-http: the fake server speaks plain http)",
     )
     parser.add_argument(
         "--port",
@@ -243,8 +244,8 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Serve a fake Wachat QR API until Ctrl-C (the same program as "
         "`wachat-qr fake-server`).",
         epilog="exit status: 0 stopped (Ctrl-C, SIGTERM, --duration); 2 usage error or segno "
-        "missing; 8 the address could not be bound; 70 unexpected error (a bug); 141 stdout "
-        "closed by its reader",
+        "missing; 8 the address could not be bound or stdout not written; 70 unexpected error "
+        "(a bug); 141 stdout closed by its reader",
     )
     add_arguments(parser)
     return parser
@@ -371,6 +372,11 @@ async def _serve(
             _say(f"Fake Wachat server listening on {server.base_url}", out)
             _say("Point a client at it (copy these lines into your shell):", out)
             _say(f"  export WACHAT_BASE_URL={server.base_url}", out)
+            if server.dual_stack:
+                ipv4 = f"{server.url.partition('://')[0]}://127.0.0.1:{server.port}/api/v1"
+                _say(f"  # IPv4 clients too (one dual-stack socket): {ipv4}", out)
+            elif args.host == "::":
+                _say("  # IPv6 only on this system: for IPv4 clients use --host 0.0.0.0", out)
             if args.api_key is None:
                 _say(f"  export WACHAT_API_KEY={DEFAULT_API_KEY}", out)
             else:
