@@ -133,6 +133,11 @@ _COMMANDS: Final[Mapping[str, _Command]] = {
 }
 
 
+#: How argparse begins its complaint about an option whose name the redactor would take for a
+#: credential's (``api-key: ...``): kept out of the redaction, the rest of the line is not.
+_OPTION_LABELS: Final = ("argument --api-key: ",)
+
+
 def _secrets_in(argv: Sequence[str]) -> list[str]:
     """The key from the environment and any ``--api-key`` value on the command line, so that
     even a message about a command line that did not parse cannot show it."""
@@ -178,7 +183,9 @@ def _main(argv: list[str], out: Out) -> int:
     try:
         args = build_parser().parse_args(argv)
     except ParseError as exc:
-        out.error(exc.args[0], prog=exc.prog)
+        message: str = exc.args[0]
+        label = next((lb for lb in _OPTION_LABELS if message.startswith(lb)), "")
+        out.error(message[len(label) :], prog=exc.prog, label=label)
         out.hint(f"try '{exc.prog} --help'")
         return EXIT_USAGE
     except SystemExit as exc:  # --help and --version (their output is on stdout)

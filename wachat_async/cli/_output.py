@@ -104,9 +104,11 @@ class Out:
         """A warning (stderr), always shown."""
         stderr_line(f"{PROG}: warning: {self.clean(text)}")
 
-    def error(self, text: str, *, prog: str = PROG) -> None:
-        """One line on stderr, always shown."""
-        stderr_line(f"{prog}: error: {one_line(self.clean(text))}")
+    def error(self, text: str, *, prog: str = PROG, label: str = "") -> None:
+        """One line on stderr, always shown. *label*, our own words put before *text*, is not
+        passed through the redactor (``argument --api-key: expected one argument`` would
+        otherwise look like an ``api-key: <secret>`` pair to it)."""
+        stderr_line(f"{prog}: error: {one_line(label + self.clean(text))}")
 
     def hint(self, text: str) -> None:
         """A line that says what to try, after an error (stderr, always shown)."""
