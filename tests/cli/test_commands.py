@@ -22,7 +22,7 @@ from PIL import Image
 from tests.cli._support import OTHER, Run, cli_process, decode, terminal_to_image
 from tests.conftest import KEY, NAME
 from wachat_async import InstanceNotFoundError
-from wachat_async.cli import exit_code_for, main
+from wachat_async.cli import _commands, exit_code_for, main
 from wachat_async.cli._exit import wrong_base_url
 from wachat_async.cli._output import describe
 from wachat_async.testing import FakeWachatServer, Fault
@@ -549,6 +549,44 @@ def test_poll_names_file_formats(
     fetched = sorted(json.loads(line)["instance"] for line in result.out.splitlines())
     assert fetched == sorted([NAME, OTHER])
     assert sorted(r.instance_name for r in env.requests) == sorted([NAME, OTHER])
+
+
+@pytest.mark.parametrize(
+    ("source", "size"),
+    [
+        pytest.param("/dev/zero", None, id="dev-zero"),
+        pytest.param("big.txt", 1025, id="one-byte-over"),
+        pytest.param("-", 1025, id="stdin-over"),
+    ],
+)
+def test_poll_names_file_is_read_within_a_bound(
+    run: Callable[..., Run],
+    env: FakeWachatServer,
+    cli_env: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    source: str,
+    size: int | None,
+) -> None:
+    """A device that never ends (-f /dev/zero) or a file over the bound is a usage error,
+    read only up to the bound (never until memory runs out)."""
+    monkeypatch.setattr(_commands, "MAX_NAMES_FILE", 1024)
+    data = (NAME + "\n").encode() * (1 + (size or 0) // (len(NAME) + 1))
+    if source == "big.txt":
+        (cli_env / source).write_bytes(data[: size or 0])
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data), encoding="utf-8"))
+    result = run("poll", "-f", source)
+    assert (result.code, env.request_count()) == (2, 0)
+    assert f"{source}: larger than 0 MiB: not a names file" in result.err
+
+
+def test_poll_names_from_a_closed_stdin_is_an_io_error(
+    run: Callable[..., Run], env: FakeWachatServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`poll -f - <&-`: Python's None stdin reads as EBADF: one line, exit 8."""
+    monkeypatch.setattr(sys, "stdin", None)
+    result = run("poll", "-f", "-")
+    assert (result.code, result.err) == (8, "wachat-qr: error: stdin: Bad file descriptor\n")
+    assert sys.stdin is None
 
 
 def test_poll_names_from_a_text_stdin_lose_the_bom(

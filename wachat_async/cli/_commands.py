@@ -153,6 +153,11 @@ def _read_names(args: argparse.Namespace) -> list[str]:
     return checked
 
 
+#: The largest names file read (a million long names fit): past it, a device such as /dev/zero
+#: or a wrong file would be read until memory runs out.
+MAX_NAMES_FILE: Final = 64 * 2**20
+
+
 def _name_lines(source: str) -> list[str]:
     """The lines of a names file (``-``: stdin), read as UTF-8 with or without a byte-order
     mark (Notepad, PowerShell's ``Out-File``), LF or CRLF, a last line with or without its
@@ -162,9 +167,24 @@ def _name_lines(source: str) -> list[str]:
         if source == "-":
             stdin = sys.stdin
             binary = getattr(stdin, "buffer", None)
-            text = binary.read().decode("utf-8-sig") if binary else stdin.read().lstrip("\ufeff")
+            try:
+                data = (
+                    binary.read(MAX_NAMES_FILE + 1)
+                    if binary
+                    else stdin.read().encode(errors="surrogatepass")
+                )
+            except OSError as exc:  # stdin closed at start (<&-): EBADF
+                exc.filename = "stdin"
+                raise
         else:
-            text = Path(source).read_text(encoding="utf-8-sig")
+            with open(source, "rb") as file:
+                data = file.read(MAX_NAMES_FILE + 1)
+        if len(data) > MAX_NAMES_FILE:  # /dev/zero, /dev/full, a log file by mistake
+            raise UsageError(
+                f"{source}: larger than {MAX_NAMES_FILE // 2**20} MiB: not a names file "
+                "(one instance name per line)"
+            )
+        text = data.decode("utf-8-sig").replace("\r\n", "\n")
     except UnicodeDecodeError as exc:
         raise UsageError(f"{source}: not UTF-8 text ({exc.reason})") from None
     return text.split("\n")

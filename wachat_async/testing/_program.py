@@ -135,11 +135,14 @@ def print_message(message: str, file: object = None) -> None:
 
 
 class _ClosedBinary:
-    """The ``buffer`` of a :class:`ClosedStream`: its writes fail the same way."""
+    """The ``buffer`` of a :class:`ClosedStream`: its reads and writes fail the same way."""
 
     def write(self, data: bytes) -> int:
         if not data:
             return 0
+        raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+
+    def read(self, size: int = -1) -> bytes:
         raise OSError(errno.EBADF, os.strerror(errno.EBADF))
 
     def flush(self) -> None:
@@ -147,10 +150,10 @@ class _ClosedBinary:
 
 
 class ClosedStream:
-    """Stands in for ``sys.stdout`` or ``sys.stderr`` when the process started with that
-    descriptor closed (``>&-``), where Python leaves ``None`` and a write would be an
-    ``AttributeError``. Writing anything fails with ``OSError(EBADF)``; it is no terminal and
-    has no descriptor."""
+    """Stands in for ``sys.stdin``, ``sys.stdout`` or ``sys.stderr`` when the process started
+    with that descriptor closed (``>&-``, ``<&-``), where Python leaves ``None`` and a write
+    would be an ``AttributeError``. Reading, or writing anything, fails with
+    ``OSError(EBADF)``; it is no terminal and has no descriptor."""
 
     encoding = "utf-8"
     errors = "strict"
@@ -163,6 +166,9 @@ class ClosedStream:
     def write(self, text: str) -> int:
         if not text:  # as a real stream: writing nothing cannot fail (rich does it)
             return 0
+        raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+
+    def read(self, size: int = -1) -> str:
         raise OSError(errno.EBADF, os.strerror(errno.EBADF))
 
     def flush(self) -> None:
@@ -180,9 +186,11 @@ class ClosedStream:
 
 @contextlib.contextmanager
 def closed_streams_stand_in() -> Iterator[None]:
-    """For the block, a :class:`ClosedStream` in place of a ``None`` stdout or stderr (put
-    back afterwards)."""
-    stdout, stderr = sys.stdout, sys.stderr
+    """For the block, a :class:`ClosedStream` in place of a ``None`` stdin, stdout or stderr
+    (put back afterwards): reading a closed stdin fails with ``EBADF`` too."""
+    stdin, stdout, stderr = sys.stdin, sys.stdout, sys.stderr
+    if stdin is None:
+        sys.stdin = cast(TextIO, ClosedStream("<stdin>"))
     if stdout is None:
         sys.stdout = cast(TextIO, ClosedStream("<stdout>"))
     if stderr is None:
@@ -190,7 +198,7 @@ def closed_streams_stand_in() -> Iterator[None]:
     try:
         yield
     finally:
-        sys.stdout, sys.stderr = stdout, stderr
+        sys.stdin, sys.stdout, sys.stderr = stdin, stdout, stderr
 
 
 def silence(stream: TextIO | None) -> None:
