@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import io
+import json
 import os
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from rich.cells import cell_len
 
 from tests.cli._support import OTHER, Run
 from tests.conftest import KEY, NAME
@@ -228,3 +230,44 @@ def test_writing_turns_only_write_failures_into_output_errors(
         raise raised
     if not passes:
         assert str(caught.value).startswith("cannot write to stdout: ")
+
+
+# -- a stdout whose encoding cannot carry every character ------------------------------------
+
+UNICODE_NAME = "t1_tökö_日本_store"
+
+
+@pytest.mark.parametrize("encoding", ["ascii", "latin-1", "utf-8"])
+@pytest.mark.parametrize("json_lines", [False, True], ids=["table", "json"])
+def test_poll_output_survives_any_stdout_encoding(
+    fake: FakeWachatServer, cli_env: Path, encoding: str, json_lines: bool
+) -> None:
+    """PYTHONIOENCODING=ascii or latin-1: the table is drawn (ASCII borders, escaped names,
+    columns aligned) and JSON lines stay valid JSON naming the true instance; exit 1 as for
+    any failed instance, never a codec error."""
+    env = {
+        **os.environ,
+        "WACHAT_API_KEY": KEY,
+        "WACHAT_BASE_URL": fake.base_url,
+        "PYTHONIOENCODING": encoding,
+    }
+    argv = ["poll", NAME, UNICODE_NAME, *(["--json"] if json_lines else [])]
+    done = subprocess.run(  # noqa: S603 - our own interpreter and module
+        [*WACHAT_QR, *argv], env=env, cwd=cli_env, capture_output=True, timeout=60, check=False
+    )
+    out = done.stdout.decode(encoding)
+    assert (done.returncode, done.stderr) == (1, b"")
+    if json_lines:
+        names = sorted(json.loads(line)["instance"] for line in out.splitlines())
+        assert names == sorted([NAME, UNICODE_NAME])
+    else:
+        rows = [line for line in out.splitlines() if "InstanceNotFoundError" in line]
+        table = [line for line in out.splitlines() if line[:1] in "|│┃+┏┗┡└╭╰┌"]
+        assert len(rows) == 2  # the count row and the failure row
+        assert len({cell_len(line) for line in table[-4:]}) == 1  # aligned (display width)
+        shown = (
+            UNICODE_NAME
+            if encoding == "utf-8"
+            else UNICODE_NAME.encode(encoding, "backslashreplace").decode(encoding)
+        )
+        assert any(shown in row for row in rows)

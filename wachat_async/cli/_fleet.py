@@ -40,7 +40,7 @@ from wachat_async._files import write_bytes_async
 
 from ._exit import exit_code_for, wrong_base_url
 from ._extras import has, need
-from ._output import Out, isatty, plural
+from ._output import Out, isatty, plural, stdout_is_unicode
 
 __all__ = ["Fleet", "png_filename", "poll_fleet", "summary"]
 
@@ -233,7 +233,7 @@ def _record(result: QRResult, path: Path | None, fleet: Fleet, out: Out, json_li
                         "bytes": len(image.data),
                         "sha256": image.sha256,
                     },
-                    ensure_ascii=False,
+                    ensure_ascii=not stdout_is_unicode(),
                 )
             )
         return
@@ -252,7 +252,7 @@ def _record(result: QRResult, path: Path | None, fleet: Fleet, out: Out, json_li
                     "message": str(error),
                     "attempts": error.attempts,
                 },
-                ensure_ascii=False,
+                ensure_ascii=not stdout_is_unicode(),
             )
         )
 
@@ -304,10 +304,10 @@ def summary(
             assert error is not None
             why = expected.get(result.instance_name)
             failures.add_row(
-                Text(out.clean(result.instance_name)),
+                Text(out.cell(result.instance_name)),
                 Text(type(error).__name__),
                 str(error.attempts),
-                Text(out.clean(f"expected: {why}" if why else _short(error))),
+                Text(out.cell(f"expected: {why}" if why else _short(error))),
             )
         if len(fleet.failed) > _FAILURES_LISTED:
             more = len(fleet.failed) - _FAILURES_LISTED

@@ -53,6 +53,7 @@ __all__ = [
     "print_qr",
     "silence_stdout",
     "stderr_line",
+    "stdout_is_unicode",
     "write_stdout",
     "write_stdout_bytes",
 ]
@@ -85,6 +86,15 @@ class Out:
 
     def clean(self, text: str) -> str:
         return redact(text, self.secrets)
+
+    def cell(self, text: str) -> str:
+        """*text* for a table cell: redacted, and escaped (``\\xf6``) where stdout's encoding
+        cannot carry a character, before the table is laid out (so its columns stay aligned)."""
+        text = self.clean(text)
+        if stdout_is_unicode():
+            return text
+        encoding = getattr(sys.stdout, "encoding", None) or "ascii"
+        return text.encode(encoding, "backslashreplace").decode(encoding)
 
     def result(self, text: str) -> None:
         """A line of the command's output (stdout), shown even with --quiet."""
@@ -133,7 +143,8 @@ class Out:
         console = self.console(stderr=False)
         terminal = console.is_terminal
         if not terminal:  # rendered in memory, as wide as it takes; stdout is written below
-            console = Console(file=io.StringIO(), width=_PIPE_WIDTH, highlight=False, no_color=True)
+            capture = _Capture(getattr(sys.stdout, "encoding", None) or "utf-8")
+            console = Console(file=capture, width=_PIPE_WIDTH, highlight=False, no_color=True)
         with writing("stdout"):
             for renderable in renderables:
                 title = getattr(renderable, "title", None)
@@ -149,10 +160,34 @@ class Out:
                 self.result(line.rstrip())
 
 
+class _Capture(io.StringIO):
+    """Where piped tables are rendered: a StringIO that states stdout's encoding, so that rich
+    draws ASCII borders for an ASCII stdout (``PYTHONIOENCODING=ascii``) as it would there."""
+
+    def __init__(self, encoding: str) -> None:
+        super().__init__()
+        self._encoding = encoding
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return self._encoding
+
+
+def stdout_is_unicode() -> bool:
+    """Whether stdout's encoding takes any character (UTF-8 and its kin)."""
+    encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+    return encoding.lower().replace("-", "").replace("_", "").startswith("utf")
+
+
 def write_stdout(text: str) -> None:
     """Write *text* on stdout and flush it: a failure other than a gone reader (EPIPE, which
-    stays a BrokenPipeError) is an :class:`OutputError` (one line, exit 8)."""
-    write_out(text)
+    stays a BrokenPipeError) is an :class:`OutputError` (one line, exit 8). A character that
+    stdout's encoding cannot carry (``PYTHONIOENCODING=ascii``) is written escaped, ``\\xf6``,
+    rather than failing the command."""
+    try:
+        write_out(text)
+    except UnicodeEncodeError as exc:
+        write_out(text.encode(exc.encoding, "backslashreplace").decode(exc.encoding))
 
 
 def write_stdout_bytes(data: bytes) -> None:
@@ -267,7 +302,7 @@ def print_qr(qr: QRImage, args: argparse.Namespace) -> None:
         modules, border=args.border, invert=args.invert, color=_use_color(args.color)
     )
     try:
-        write_stdout(text)
+        write_out(text)  # strict: an escaped block character would draw no QR
     except UnicodeEncodeError:
         raise UsageError(
             "this terminal cannot print Unicode block characters (set PYTHONIOENCODING=utf-8, "
