@@ -24,7 +24,7 @@ from tests.conftest import KEY, NAME
 from wachat_async import InstanceNotFoundError
 from wachat_async.cli import _commands, exit_code_for, main
 from wachat_async.cli._exit import wrong_base_url
-from wachat_async.cli._output import describe
+from wachat_async.cli._output import Out, describe
 from wachat_async.testing import FakeWachatServer, Fault
 
 # -- fetch ------------------------------------------------------------------------------------
@@ -437,7 +437,22 @@ def test_url_with_expose_api_key(run: Callable[..., Run], env: FakeWachatServer)
     assert result.code == 0
     assert result.out == f"{env.base_url}/instance/qr/image?instanceName={NAME}&apiKey={KEY}\n"
     assert result.err.startswith("wachat-qr: warning: ")
-    assert "apiKey" in result.err or "key" in result.err.lower()
+    assert "this QR image URL (apiKey=...): it will reach browser history" in result.err
+    assert "[REDACTED]" not in result.err  # the library's own words, not mangled
+
+
+def test_a_library_warning_holding_a_key_in_use_is_still_redacted() -> None:
+    """library=True skips only the credential-shape net: a key in use is always hidden."""
+    captured = io.StringIO()
+    out = Out(False, [KEY])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "stderr", captured)
+        out.warning(f"apiKey=... and {KEY}", library=True)
+        out.warning("apiKey=... alone", library=True)
+    assert captured.getvalue().splitlines() == [
+        "wachat-qr: warning: apiKey=[REDACTED] and [REDACTED]",
+        "wachat-qr: warning: apiKey=... alone",
+    ]
 
 
 @pytest.mark.parametrize(

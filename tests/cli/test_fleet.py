@@ -316,3 +316,14 @@ def test_a_piped_poll_of_1000_instances_has_a_whole_title_line(
     assert first.startswith("1000 instances in ")
     assert first.endswith(" s")
     assert not [line for line in rest if line.strip() == "s"]
+
+
+@pytest.mark.parametrize("command", [["poll", NAME], ["demo", "--no-wait"]], ids=["poll", "demo"])
+def test_an_out_dir_that_is_a_file_says_so(
+    run: Callable[..., Run], env: FakeWachatServer, cli_env: Path, command: list[str]
+) -> None:
+    """-d FILE: "exists and is not a folder" (not the bare "File exists"), exit 8."""
+    (cli_env / "taken").write_text("not a folder", encoding="utf-8")
+    result = run(*command, "-d", "taken")
+    assert result.code == 8
+    assert "wachat-qr: error: taken: exists and is not a folder\n" in result.err

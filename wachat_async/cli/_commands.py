@@ -259,7 +259,7 @@ async def cmd_url(args: argparse.Namespace, out: Out) -> int:
                     args.name, api_key=key, base_url=base_url, expose_api_key=True
                 )
             for warning in caught:
-                out.warning(str(warning.message))
+                out.warning(str(warning.message), library=True)
     except (TypeError, ValueError) as exc:
         if isinstance(exc, WachatError):
             raise

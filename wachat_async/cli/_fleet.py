@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import hashlib
 import json
@@ -157,7 +158,12 @@ async def poll_fleet(
     distinct = list(dict.fromkeys(names))
     fleet = Fleet(len(distinct))
     if out_dir is not None:
-        await asyncio.to_thread(out_dir.mkdir, parents=True, exist_ok=True)
+        try:
+            await asyncio.to_thread(out_dir.mkdir, parents=True, exist_ok=True)
+        except FileExistsError:  # a file of that name: "File exists" would not say what is wrong
+            raise NotADirectoryError(
+                errno.ENOTDIR, "exists and is not a folder", str(out_dir)
+            ) from None
     # The tables need rich; --json and --quiet do not, so scripts work without the extra
     # (--json then simply shows no progress bar). The bar is for a person watching a terminal:
     # on a piped or redirected stderr it would only leave a stray line behind.

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
 
 from wachat_async import InvalidResponseError, QRImage, WachatError
-from wachat_async._redact import redact
+from wachat_async._redact import mentions, redact
 from wachat_async.testing._program import (
     OutputError,
     silence,
@@ -110,9 +110,12 @@ class Out:
         if not self.quiet:
             stderr_line(self.clean(text))
 
-    def warning(self, text: str) -> None:
-        """A warning (stderr), always shown."""
-        stderr_line(f"{PROG}: warning: {self.clean(text)}")
+    def warning(self, text: str, *, library: bool = False) -> None:
+        """A warning (stderr), always shown. A *library* warning's fixed text (which names
+        ``apiKey=...`` as a placeholder, a credential's shape to the redactor) is shown as
+        written unless it holds a key in use."""
+        shown = text if library and not mentions(text, self.secrets) else self.clean(text)
+        stderr_line(f"{PROG}: warning: {shown}")
 
     def error(self, text: str, *, prog: str = PROG, label: str = "") -> None:
         """One line on stderr, always shown. *label*, our own words put before *text*, is not
