@@ -12,19 +12,33 @@ import errno
 import io
 import json
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TextIO, cast
 
 import pytest
 from rich.cells import cell_len
+from rich.console import Console
+from rich.table import Table
 
 from tests.cli._support import OTHER, Run
 from tests.conftest import KEY, NAME
 from wachat_async.cli import main
+from wachat_async.cli._output import Out
 from wachat_async.testing import FakeWachatServer
-from wachat_async.testing._program import ClosedStream, OutputError, silence, writing
+from wachat_async.testing.__main__ import _build_parser as build_fake_server_parser
+from wachat_async.testing.__main__ import main as fake_server_main
+from wachat_async.testing.__main__ import serve
+from wachat_async.testing._program import (
+    ClosedStream,
+    OutputError,
+    print_message,
+    silence,
+    writing,
+)
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX descriptors, /dev/full")
 
@@ -207,6 +221,9 @@ def test_the_closed_stream_stand_in() -> None:
     assert closed.writable()
     closed.flush()
     closed.buffer.flush()
+    for read in (closed.read, closed.buffer.read):
+        with pytest.raises(OSError, match="Bad file descriptor"):
+            read()
     with pytest.raises(OSError, match="closed when the program started"):
         closed.fileno()
     silence(closed)  # nothing to point at /dev/null: no error either
@@ -271,3 +288,113 @@ def test_poll_output_survives_any_stdout_encoding(
             else UNICODE_NAME.encode(encoding, "backslashreplace").decode(encoding)
         )
         assert any(shown in row for row in rows)
+
+
+# -- in process: the pieces the subprocess tests exercise ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "err"),
+    [
+        pytest.param(errno.ENOSPC, 8, "cannot write to stdout: No space left on device", id="full"),
+        pytest.param(errno.EPIPE, 141, "", id="gone-reader"),
+    ],
+)
+def test_the_fake_server_program_help_into_a_failing_stdout(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    error: int,
+    code: int,
+    err: str,
+) -> None:
+    """`python -m wachat_async.testing --help` into a full stdout is exit 8 with one line;
+    into a gone reader, 141 and nothing."""
+    monkeypatch.setattr(sys, "stdout", FailingWith(error))
+    assert fake_server_main(["--help"]) == code
+    assert capsys.readouterr().err == (
+        f"python -m wachat_async.testing: error: {err}\n" if err else ""
+    )
+
+
+class FailingWith(Failing):
+    """Failing, raising BrokenPipeError for EPIPE as a real stream does."""
+
+    def write(self, text: object) -> int:
+        if text and self.error == errno.EPIPE:
+            raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+        return super().write(text)
+
+
+@pytest.mark.parametrize(
+    ("dual", "line"),
+    [
+        pytest.param(
+            True, "  # IPv4 clients too (one dual-stack socket): http://127.0.0.1:", id="dual"
+        ),
+        pytest.param(
+            False, "  # IPv6 only on this system: for IPv4 clients use --host 0.0.0.0", id="v6only"
+        ),
+    ],
+)
+async def test_serve_on_ipv6_any_says_which_families_it_serves(
+    monkeypatch: pytest.MonkeyPatch, dual: bool, line: str
+) -> None:
+    """--host ::: with a dual-stack socket an IPv4 base URL follows the [::1] one; where the
+    OS cannot (simulated), a line says IPv4 clients need --host 0.0.0.0."""
+    if not socket.has_ipv6:  # pragma: no cover - every CI machine has IPv6 loopback
+        pytest.skip("no IPv6")
+    monkeypatch.setattr(socket, "has_dualstack_ipv6", lambda: dual)
+    args = build_fake_server_parser().parse_args(
+        ["--host", "::", "--port", "0", "--duration", "0.01"]
+    )
+    out, err = io.StringIO(), io.StringIO()
+    assert await serve(args, stdout=out, stderr=err) == 0
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("Fake Wachat server listening on http://[::1]:")
+    assert any(printed.startswith(line) for printed in lines), lines
+
+
+def test_print_message_to_another_file_is_a_diagnostic() -> None:
+    """argparse's usage to a given file is written there, and a failure there is ignored."""
+    target = io.StringIO()
+    print_message("usage: x\n", target)
+    print_message("", target)
+    print_message("usage: y\n", Failing(errno.ENOSPC))
+    assert target.getvalue() == "usage: x\n"
+
+
+def test_silence_points_a_real_descriptor_at_dev_null(tmp_path: Path) -> None:
+    """After silence(), what is still buffered for the stream goes to /dev/null, not its file."""
+    path = tmp_path / "out.txt"
+    with path.open("w", encoding="utf-8") as stream:
+        stream.write("kept\n")
+        stream.flush()
+        stream.write("buffered, then dropped\n")
+        silence(cast(TextIO, stream))
+    assert path.read_text(encoding="utf-8") == "kept\n"
+
+
+def test_a_result_stdout_cannot_encode_is_written_escaped(
+    run: Callable[..., Run], env: FakeWachatServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ASCII stdout and a non-ASCII path: the saved line is escaped, not a codec error."""
+    raw = io.BytesIO()
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(raw, encoding="ascii"))
+    result = run("fetch", NAME, "-o", "tökö.png")
+    sys.stdout.flush()
+    assert (result.code, result.err) == (0, "")
+    assert raw.getvalue().startswith(b"saved t\\xf6k\\xf6.png (")
+
+
+def test_tables_on_a_terminal_put_the_title_on_a_line_of_its_own(
+    env: FakeWachatServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a terminal (rich's own layout) the title is still a whole line above the table."""
+    screen = io.StringIO()
+    terminal = Console(file=screen, force_terminal=True, width=30, no_color=True)
+    monkeypatch.setattr(Out, "console", lambda self, *, stderr: terminal)
+    table = Table(title="100000 instances in 1234.57 s")
+    table.add_column("outcome")
+    table.add_row("ok")
+    Out(False, []).tables(table, Table())
+    assert screen.getvalue().splitlines()[0] == "100000 instances in 1234.57 s"

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
+import aiohttp.web
 import pytest
 
 from wachat_async.testing import FakeInstance, FakeWachatServer, Fault
@@ -85,6 +86,30 @@ async def test_each_host_serves_the_families_it_names(host: str, ipv4: bool, ipv
     assert reached == (ipv4, ipv6)
     assert status == 200
     assert not server.dual_stack  # closed: the flag only describes a running server's socket
+
+
+@pytest.mark.skipif(not socket.has_dualstack_ipv6(), reason="no dual-stack IPv6 here")
+async def test_a_dual_stack_site_that_fails_to_start_closes_its_socket(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """If the site cannot start, the socket made for it is closed and nothing claims dual stack."""
+    made: list[socket.socket] = []
+    real = socket.create_server
+
+    def recording(*args: Any, **kwargs: Any) -> socket.socket:
+        made.append(real(*args, **kwargs))
+        return made[-1]
+
+    async def refuse(self: object) -> None:
+        raise OSError(98, "Address already in use")
+
+    monkeypatch.setattr(socket, "create_server", recording)
+    monkeypatch.setattr(aiohttp.web.SockSite, "start", refuse)
+    server = FakeWachatServer(KEY, host="::")
+    with pytest.raises(OSError, match="already in use"):
+        await server.start()
+    assert [sock.fileno() for sock in made] == [-1]  # closed
+    assert not server.dual_stack
 
 
 # --- auth and the 200 path -------------------------------------------------------------------

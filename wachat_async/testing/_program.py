@@ -131,7 +131,7 @@ def print_message(message: str, file: object = None) -> None:
     if file is None or file is sys.stdout:
         write_out(message)
     else:
-        write_diagnostic(message)
+        write_diagnostic(message, cast(TextIO, file))
 
 
 class _ClosedBinary:
