@@ -398,3 +398,25 @@ def test_tables_on_a_terminal_put_the_title_on_a_line_of_its_own(
     table.add_row("ok")
     Out(False, []).tables(table, Table())
     assert screen.getvalue().splitlines()[0] == "100000 instances in 1234.57 s"
+
+
+def test_a_table_cell_is_escaped_for_an_ascii_stdout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Out.cell escapes what stdout cannot encode (and redacts), before the layout."""
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(io.BytesIO(), encoding="ascii"))
+    out = Out(False, [KEY])
+    assert out.cell(f"tökö {KEY}") == "t\\xf6k\\xf6 [REDACTED]"
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(io.BytesIO(), encoding="utf-8"))
+    assert out.cell("tökö") == "tökö"
+
+
+def test_an_interrupt_in_process_is_exit_130(
+    run: Callable[..., Run], env: FakeWachatServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C inside a command: one line, exit 130 (the stand-in streams are put back)."""
+
+    async def interrupted(self: object, name: str) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("wachat_async.WachatClient.get_qr_image", interrupted)
+    result = run("fetch", NAME)
+    assert (result.code, result.err) == (130, "wachat-qr: error: interrupted\n")
