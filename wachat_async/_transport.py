@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 from collections.abc import Iterable
 from contextlib import suppress
@@ -46,6 +47,11 @@ from ._models import InstanceState, QRImage
 from ._network import Proxy, classify, proxy_status_error
 from ._redact import Secret, excerpt, redact
 from ._stream import CHUNK_SIZE, TRANSPORT_ERRORS, QRStream
+
+#: Each HTTP attempt is one DEBUG line on this child of the library's logger ``wachat_async``
+#: (``wachat-qr --debug`` shows them): method, URL (never a key), status or failure.
+_log = logging.getLogger("wachat_async.http")
+
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -346,10 +352,11 @@ class Transport:
         failure: BaseException
         if session is None or self.closed:  # the client let go of it: it was closed
             raise ClientClosedError(_CLOSED, instance_name=name, attempts=0)
+        target = url.with_query(instanceName=name)
         try:
             # Everything a result depends on is set here, whatever the session's defaults.
             resp = await session.get(
-                url.with_query(instanceName=name),
+                target,
                 headers=headers,
                 allow_redirects=False,
                 raise_for_status=False,
@@ -358,6 +365,9 @@ class Transport:
             )
         except TRANSPORT_ERRORS as exc:
             failure = self.transport_error(exc, name)
+            if _log.isEnabledFor(logging.DEBUG):
+                shown = self._shown(target)
+                _log.debug("GET %s failed: %s: %s", shown, type(failure).__name__, failure)
         except RuntimeError:
             if not session.closed:
                 raise
@@ -369,10 +379,24 @@ class Transport:
             else:
                 failure = ClientClosedError(_CLOSED, instance_name=name, attempts=0)
         else:
+            if _log.isEnabledFor(logging.DEBUG):
+                _log.debug(
+                    "GET %s -> %d %s (%s, %s bytes)",
+                    self._shown(target),
+                    resp.status,
+                    excerpt(resp.reason or "", self._secrets, limit=60),
+                    excerpt(resp.headers.get("Content-Type", "no content type"), limit=60),
+                    resp.content_length if resp.content_length is not None else "unknown",
+                )
             if resp.status == 200:
                 return resp
             failure = await self.status_error(resp, name)
         raise_clean(failure)
+
+    def _shown(self, url: URL) -> str:
+        """*url* as a debug log line may show it: no key ever travels in it (the key is a
+        header), and it is redacted all the same."""
+        return redact(str(url), self._secrets)
 
     async def open_png(self, name: str) -> aiohttp.ClientResponse:
         """Send the QR image request; return the response once its headers promise a PNG

@@ -59,6 +59,7 @@ def cli_process(
     server: FakeWachatServer,
     *,
     env_extra: dict[str, str] | None = None,
+    text: bool = True,
     **kwargs: object,
 ) -> subprocess.Popen[str]:
     """``python -m wachat_async ARGV`` in a real process, with the key and base URL of *server*."""
@@ -67,6 +68,6 @@ def cli_process(
     return subprocess.Popen(  # noqa: S603 - our own interpreter and module
         [sys.executable, "-m", "wachat_async", *argv],
         env=environ,
-        text=True,
+        text=text,
         **kwargs,  # type: ignore[call-overload]
     )

@@ -5,6 +5,7 @@ retries, timeout, the http:// refusal), and the hints after an error."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import socket
@@ -18,9 +19,12 @@ import pytest
 import segno
 from PIL import Image
 
-from tests.cli._support import OTHER, Run, decode, terminal_to_image
+from tests.cli._support import OTHER, Run, cli_process, decode, terminal_to_image
 from tests.conftest import KEY, NAME
-from wachat_async.cli import main
+from wachat_async import InstanceNotFoundError
+from wachat_async.cli import _commands, exit_code_for, main
+from wachat_async.cli._exit import wrong_base_url
+from wachat_async.cli._output import Out, describe
 from wachat_async.testing import FakeWachatServer, Fault
 
 # -- fetch ------------------------------------------------------------------------------------
@@ -59,6 +63,61 @@ def test_fetch_to_stdout_refuses_a_terminal(
     result = run("fetch", NAME, "-o", "-")
     assert result.code == 2
     assert env.request_count() == 0
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="/dev/stdout, /proc")
+@pytest.mark.parametrize(
+    ("target", "stdout_kind"),
+    [
+        pytest.param(target, kind, id=f"{target}-{kind}")
+        for target in ["-", "/dev/stdout", "/dev/fd/1", "/proc/self/fd/1"]
+        for kind in ["pipe", "regular-file"]
+    ]
+    + [pytest.param("the-redirect-target", "regular-file", id="the-file-itself")],
+)
+def test_fetch_to_stdout_by_any_name_keeps_stdout_a_pure_png(
+    fake: FakeWachatServer, cli_env: Path, target: str, stdout_kind: str
+) -> None:
+    """`fetch -o /dev/stdout | consumer`, or `> file`: stdout holds the PNG and nothing else;
+    the informational line goes to stderr (hidden by -q), however stdout is named."""
+    redirect = cli_env / "stdout.bin"
+    argv = ["fetch", NAME, "-o", str(redirect) if target == "the-redirect-target" else target]
+    with redirect.open("wb") as sink:
+        proc = cli_process(
+            argv,
+            fake,
+            stdout=subprocess.PIPE if stdout_kind == "pipe" else sink,
+            stderr=subprocess.PIPE,
+            text=False,
+            cwd=cli_env,
+        )
+        out, err = proc.communicate(timeout=60)
+    data = out if stdout_kind == "pipe" else redirect.read_bytes()
+    assert proc.returncode == 0, err
+    assert decode(Image.open(io.BytesIO(data))) == fake.qr_payload(NAME)
+    assert data.endswith(b"IEND\xaeB`\x82")  # nothing after the PNG's last chunk
+    assert err.decode().count("\n") == 1
+    assert ("wrote the QR" if target == "-" else "saved ") in err.decode()
+
+
+@pytest.mark.parametrize("target", ["-", "/dev/stdout", "/dev/fd/1"])
+def test_watch_refuses_stdout_as_its_output_file(
+    run: Callable[..., Run], env: FakeWachatServer, monkeypatch: pytest.MonkeyPatch, target: str
+) -> None:
+    """watch prints on stdout: PNGs there would be mixed into it, so -o stdout is refused."""
+    monkeypatch.setattr("wachat_async.cli._commands.is_stdout", lambda path: path == target)
+    result = run("watch", NAME, "--no-show", "-n", "1", "-o", target)
+    assert (result.code, env.request_count()) == (2, 0)
+    assert "watch -o cannot be stdout" in result.err
+
+
+def test_fetch_to_a_file_that_is_not_stdout_still_says_saved_on_stdout(
+    run: Callable[..., Run], env: FakeWachatServer
+) -> None:
+    """Only stdout's own file moves the line: a plain -o FILE says "saved" on stdout."""
+    result = run("fetch", NAME, "-o", "qr.png")
+    assert (result.code, result.err) == (0, "")
+    assert result.out.startswith("saved qr.png (")
 
 
 def test_api_key_flag_works_and_is_never_echoed(
@@ -190,30 +249,73 @@ def test_missing_key_says_how_to_set_it_from_a_shell(
     assert fake.request_count() == 0
 
 
-@pytest.mark.parametrize(
-    "suffix",
-    [pytest.param("", id="root"), pytest.param("/", id="root-slash"), pytest.param("/v1", id="v1")],
-)
-def test_a_wrong_base_url_gets_a_hint(
-    run: Callable[..., Run], env: FakeWachatServer, suffix: str
+_WRONG_ROOTS = [
+    pytest.param("", id="root"),
+    pytest.param("/", id="root-slash"),
+    pytest.param("/v1", id="v1"),
+    pytest.param("/api", id="api"),
+    pytest.param("/x/api/v1", id="ends-in-api-v1-but-no-such-route"),
+]
+_ONE_REQUEST_COMMANDS = [
+    pytest.param(["fetch", NAME, "-o", "qr.png"], id="fetch"),
+    pytest.param(["show", NAME], id="show"),
+    pytest.param(["watch", NAME, "--no-show", "-n", "1"], id="watch"),
+    pytest.param(["watch", NAME, "--until-connected"], id="watch-state-route"),
+    pytest.param(["poll", "-c", "1", *(f"t1_{i:08d}_store" for i in range(10))], id="poll"),
+]
+
+
+@pytest.mark.parametrize("argv", _ONE_REQUEST_COMMANDS)
+@pytest.mark.parametrize("suffix", _WRONG_ROOTS)
+def test_a_wrong_base_url_says_so_with_exit_2(
+    run: Callable[..., Run], env: FakeWachatServer, suffix: str, argv: list[str]
 ) -> None:
-    """A base URL without /api/v1 reaches no route: the 404 comes with a hint saying so."""
-    result = run("fetch", NAME, "--base-url", env.url + suffix)
-    assert result.code == 4
+    """A base URL that reaches no route (the fake server's "No such route", or no /api/v1 at
+    the end) is a configuration error: the error line says the base URL looks wrong (never
+    "instance not found"), a hint says what it should be, exit 2; a fleet stops at once."""
+    base_url = env.url + suffix
+    result = run(*argv, "--base-url", base_url)
     lines = result.err.splitlines()
-    assert len(lines) == 2
-    assert lines[0].startswith("wachat-qr: error: InstanceNotFoundError: 404")
+    assert result.code == 2, result.err
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("wachat-qr: error: the base URL looks wrong: 404 for the API route")
+    assert "instance not found" not in lines[0]
     assert lines[1].startswith("wachat-qr: hint: is --base-url (or WACHAT_BASE_URL) right? ")
-    assert "it should end in /api/v1" in lines[1]
+    assert f"it should end in /api/v1; it is {base_url}" in lines[1]
+    assert ("(try " in lines[1]) == (not suffix.endswith("/api/v1"))
+    assert env.request_count() <= 2  # poll stopped at the first answer (one more in flight)
 
 
-def test_a_wrong_base_url_hint_also_for_a_fleet(
+def test_a_wrong_base_url_in_json_lines_has_exit_code_2(
     run: Callable[..., Run], env: FakeWachatServer
 ) -> None:
-    """poll whose every name is a 404 from a wrong root prints the hint once."""
-    result = run("poll", NAME, OTHER, "--json", "--base-url", env.url)
-    assert result.code == 1
+    """poll --json: the one line written carries exit_code 2, as the process does."""
+    result = run("poll", NAME, OTHER, "--json", "-c", "1", "--base-url", env.url)
+    (line,) = result.out.splitlines()
+    assert (result.code, json.loads(line)["exit_code"]) == (2, 2)
     assert result.err.count("it should end in /api/v1") == 1
+    assert "stopped after 1 of 2 instances" in result.err
+
+
+@pytest.mark.parametrize(
+    ("note", "body", "wrong"),
+    [
+        pytest.param("is the base URL right? x does not end in /api/v1", "", True, id="note"),
+        pytest.param(None, "No such route: GET /x", True, id="no-such-route-body"),
+        pytest.param(None, "Instance not found for this API key.", False, id="a-real-404"),
+        pytest.param("gave up after 4 attempts", "", False, id="another-note"),
+    ],
+)
+def test_wrong_base_url_follows_the_client_note_or_the_server_body(
+    note: str | None, body: str, wrong: bool
+) -> None:
+    """The client's base-URL note or a "No such route" body make a 404 the base URL's."""
+    error = InstanceNotFoundError(status=404, instance_name=NAME, body=body)
+    if note is not None:
+        error._note(note)
+    assert wrong_base_url(error) is wrong
+    assert exit_code_for(error) == (2 if wrong else 4)
+    assert describe(error).startswith("the base URL looks wrong" if wrong else "InstanceNotFound")
 
 
 def test_a_real_missing_instance_has_no_base_url_hint(
@@ -335,7 +437,22 @@ def test_url_with_expose_api_key(run: Callable[..., Run], env: FakeWachatServer)
     assert result.code == 0
     assert result.out == f"{env.base_url}/instance/qr/image?instanceName={NAME}&apiKey={KEY}\n"
     assert result.err.startswith("wachat-qr: warning: ")
-    assert "apiKey" in result.err or "key" in result.err.lower()
+    assert "this QR image URL (apiKey=...): it will reach browser history" in result.err
+    assert "[REDACTED]" not in result.err  # the library's own words, not mangled
+
+
+def test_a_library_warning_holding_a_key_in_use_is_still_redacted() -> None:
+    """library=True skips only the credential-shape net: a key in use is always hidden."""
+    captured = io.StringIO()
+    out = Out(False, [KEY])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "stderr", captured)
+        out.warning(f"apiKey=... and {KEY}", library=True)
+        out.warning("apiKey=... alone", library=True)
+    assert captured.getvalue().splitlines() == [
+        "wachat-qr: warning: apiKey=[REDACTED] and [REDACTED]",
+        "wachat-qr: warning: apiKey=... alone",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -406,6 +523,118 @@ def test_poll_from_file_and_stdin(
     assert from_file.code == from_stdin.code == 0
     assert len(from_file.out.splitlines()) == 2
     assert from_stdin.out.count(f'"instance": "{NAME}"') == 1
+
+
+_BOM = b"\xef\xbb\xbf"
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        pytest.param(_BOM + b"%(a)s\n%(b)s\n", id="utf8-bom"),
+        pytest.param(_BOM + b"%(a)s\r\n%(b)s\r\n", id="bom-and-crlf"),
+        pytest.param(b"%(a)s\r\n%(b)s\r\n", id="crlf"),
+        pytest.param(b"%(a)s\n%(b)s", id="no-final-newline"),
+        pytest.param(_BOM + b"%(a)s\r\n%(b)s", id="bom-crlf-no-final-newline"),
+        pytest.param(b"\n\n%(a)s\n\n\r\n  \t\n%(b)s\n\n", id="blank-lines"),
+        pytest.param(b"# fleet\n%(a)s\n  # indented comment\n%(b)s\n#\n", id="comments"),
+        pytest.param(_BOM + b"# a comment first\r\n%(a)s\r\n%(b)s", id="bom-before-comment"),
+        pytest.param(b"  %(a)s  \n\t%(b)s\t\n", id="surrounding-whitespace"),
+    ],
+)
+@pytest.mark.parametrize("source", ["file", "stdin"])
+def test_poll_names_file_formats(
+    run: Callable[..., Run],
+    env: FakeWachatServer,
+    cli_env: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    content: bytes,
+    source: str,
+) -> None:
+    """A names file as editors save it (BOM, CRLF, blank lines, comments, no final newline),
+    from a file or from stdin's bytes: exactly the two names, each fetched."""
+    data = content % {b"a": NAME.encode(), b"b": OTHER.encode()}
+    if source == "file":
+        (cli_env / "names.txt").write_bytes(data)
+        result = run("poll", "--from-file", "names.txt", "--json")
+    else:
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data), encoding="latin-1"))
+        result = run("poll", "-f", "-", "--json")
+    assert result.code == 0, result.err
+    fetched = sorted(json.loads(line)["instance"] for line in result.out.splitlines())
+    assert fetched == sorted([NAME, OTHER])
+    assert sorted(r.instance_name for r in env.requests) == sorted([NAME, OTHER])
+
+
+@pytest.mark.parametrize(
+    ("source", "size"),
+    [
+        pytest.param("/dev/zero", None, id="dev-zero"),
+        pytest.param("big.txt", 1025, id="one-byte-over"),
+        pytest.param("-", 1025, id="stdin-over"),
+    ],
+)
+def test_poll_names_file_is_read_within_a_bound(
+    run: Callable[..., Run],
+    env: FakeWachatServer,
+    cli_env: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    source: str,
+    size: int | None,
+) -> None:
+    """A device that never ends (-f /dev/zero) or a file over the bound is a usage error,
+    read only up to the bound (never until memory runs out)."""
+    monkeypatch.setattr(_commands, "MAX_NAMES_FILE", 1024)
+    data = (NAME + "\n").encode() * (1 + (size or 0) // (len(NAME) + 1))
+    if source == "big.txt":
+        (cli_env / source).write_bytes(data[: size or 0])
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data), encoding="utf-8"))
+    result = run("poll", "-f", source)
+    assert (result.code, env.request_count()) == (2, 0)
+    assert f"{source}: larger than 0 MiB: not a names file" in result.err
+
+
+def test_poll_names_from_a_closed_stdin_is_an_io_error(
+    run: Callable[..., Run], env: FakeWachatServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`poll -f - <&-`: Python's None stdin reads as EBADF: one line, exit 8."""
+    monkeypatch.setattr(sys, "stdin", None)
+    result = run("poll", "-f", "-")
+    assert (result.code, result.err) == (8, "wachat-qr: error: stdin: Bad file descriptor\n")
+    assert sys.stdin is None
+
+
+def test_poll_names_from_a_text_stdin_lose_the_bom(
+    run: Callable[..., Run], env: FakeWachatServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stdin with no bytes underneath (already decoded text) loses a leading BOM too."""
+    monkeypatch.setattr(sys, "stdin", io.StringIO(f"\ufeff{NAME}\r\n"))
+    result = run("poll", "-f", "-", "--json")
+    assert result.code == 0, result.err
+    assert json.loads(result.out)["instance"] == NAME
+
+
+@pytest.mark.parametrize(
+    ("content", "where"),
+    [
+        pytest.param(f"{NAME}\n{OTHER}\u2028x\n", None, id="line-separator-stays-in-name"),
+        pytest.param(f"{NAME}\nbad\x0cname\n", "names.txt:2", id="form-feed-refused"),
+        pytest.param(f"{NAME}\nbad\x85name\n", "names.txt:2", id="nel-refused"),
+    ],
+)
+def test_poll_names_file_splits_on_newlines_only(
+    run: Callable[..., Run], env: FakeWachatServer, cli_env: Path, content: str, where: str | None
+) -> None:
+    """Only \\n ends a name: other line breaks of str.splitlines stay in the line, which the
+    name check then accepts whole or refuses with its line number (never two names)."""
+    (cli_env / "names.txt").write_text(content, encoding="utf-8")
+    result = run("poll", "--from-file", "names.txt", "--json")
+    if where is None:
+        asked = [json.loads(line)["instance"] for line in result.out.split("\n") if line]
+        assert sorted(asked) == sorted([NAME, f"{OTHER}\u2028x"])
+    else:
+        assert (result.code, env.request_count()) == (2, 0)
+        assert where in result.err
 
 
 @pytest.mark.parametrize(

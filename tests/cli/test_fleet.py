@@ -15,8 +15,12 @@ import pytest
 
 from tests.cli._support import OTHER, Run
 from tests.conftest import KEY, NAME
+from wachat_async import InstanceNotFoundError, QRImage, QRResult
 from wachat_async.cli import main, png_filename
+from wachat_async.cli._fleet import Fleet, summary
+from wachat_async.cli._output import Out
 from wachat_async.testing import FakeWachatServer, Fault
+from wachat_async.testing._png import render_qr_png
 
 
 def test_poll_saves_pngs_and_prints_a_summary(
@@ -251,3 +255,75 @@ def test_a_terminal_gets_a_progress_bar_that_counts_every_instance(
     assert "3/3" in result.err
     assert "1 failed" in result.err
     assert "saved 2 PNG files in out" in result.out
+
+
+# -- piped summaries: no line wrapped or split, whatever the counts ---------------------------
+
+_LONG = "t1_" + "x" * 150 + "_a_name_far_wider_than_any_terminal"
+
+
+def _fleet(total: int, failed: int) -> Fleet:
+    """A finished fleet of *total* instances, *failed* of them unknown (404), one with a long
+    name and a long message."""
+    fleet = Fleet(total)
+    fleet.elapsed = 1234.5678
+    qr = QRImage.from_png(render_qr_png("payload"), instance_name=NAME)
+    fleet.ok = [QRResult(instance_name=NAME, image=qr)] * (total - failed)
+    names = [_LONG, *(f"t1_{i:08d}_gone" for i in range(failed - 1))][:failed]
+    fleet.failed = [
+        QRResult(
+            instance_name=name,
+            error=InstanceNotFoundError(status=404, instance_name=name, body="why " * 60),
+        )
+        for name in names
+    ]
+    return fleet
+
+
+@pytest.mark.parametrize("failed", [0, 1, 25], ids=["all-ok", "one-failed", "many-failed"])
+@pytest.mark.parametrize("total", [1, 999, 1000, 100_000])
+def test_piped_summary_lines_are_never_wrapped(
+    capsys: pytest.CaptureFixture[str], total: int, failed: int
+) -> None:
+    """1, 999, 1000 or 100000 instances: the title is one whole line, each table row one line
+    that holds its instance name whole, no line ends in a space."""
+    failed = min(failed, total)
+    summary(_fleet(total, failed), Out(False, []), out_dir=None)
+    lines = capsys.readouterr().out.split("\n")
+    noun = "instance" if total == 1 else "instances"
+    assert lines[0] == f"{total} {noun} in 1234.57 s"
+    assert not [line for line in lines if line != line.rstrip()]
+    assert any(line.startswith("│ ok ") and f" {total - failed} │" in line for line in lines)
+    if failed:
+        assert "failures" in lines
+        assert sum(_LONG in line for line in lines) == 1
+        shown = min(failed, 20)
+        assert sum("InstanceNotFoundError" in line and "│" in line for line in lines) == 1 + shown
+
+
+def test_a_piped_poll_of_1000_instances_has_a_whole_title_line(
+    run: Callable[..., Run], wachat_server_factory: Callable[..., FakeWachatServer], cli_env: Path
+) -> None:
+    """End to end, the stranger's case: `seq ... | wachat-qr poll -f - | head -1`."""
+    server = wachat_server_factory(api_key=KEY, auto_create=True, qr_rotation=None)
+    names = [f"inst_{i:05d}" for i in range(1, 1001)]
+    (cli_env / "names.txt").write_text("\n".join(names), encoding="utf-8")
+    result = run(
+        "poll", "-f", "names.txt", "-c", "64", "--api-key", KEY, "--base-url", server.base_url
+    )
+    first, *rest = result.out.split("\n")
+    assert result.code == 0
+    assert first.startswith("1000 instances in ")
+    assert first.endswith(" s")
+    assert not [line for line in rest if line.strip() == "s"]
+
+
+@pytest.mark.parametrize("command", [["poll", NAME], ["demo", "--no-wait"]], ids=["poll", "demo"])
+def test_an_out_dir_that_is_a_file_says_so(
+    run: Callable[..., Run], env: FakeWachatServer, cli_env: Path, command: list[str]
+) -> None:
+    """-d FILE: "exists and is not a folder" (not the bare "File exists"), exit 8."""
+    (cli_env / "taken").write_text("not a folder", encoding="utf-8")
+    result = run(*command, "-d", "taken")
+    assert result.code == 8
+    assert "wachat-qr: error: taken: exists and is not a folder\n" in result.err

@@ -7,6 +7,7 @@ import importlib
 import importlib.metadata
 import io
 import json
+import logging
 import os
 import runpy
 import signal
@@ -23,7 +24,7 @@ from tests.cli._support import OTHER, Run, cli_process
 from tests.conftest import KEY, NAME
 from wachat_async import WachatClient, WachatError, cli
 from wachat_async.cli import EXIT_CODES, main
-from wachat_async.testing import FakeWachatServer
+from wachat_async.testing import FakeWachatServer, Fault
 
 # -- help, version, python -m ---------------------------------------------------------------
 
@@ -216,6 +217,84 @@ def test_debug_prints_the_traceback_with_the_key_redacted(
     assert "Traceback (most recent call last)" in err
     assert "in broken" in err
     assert KEY not in err
+
+
+# -- --debug: the library's log on stderr ------------------------------------------------------
+
+
+@pytest.mark.parametrize("key_from", ["env", "flag"])
+@pytest.mark.parametrize(
+    ("argv", "script", "code"),
+    [
+        pytest.param(["fetch", NAME, "-o", "qr.png"], [], 0, id="fetch-ok"),
+        pytest.param(["poll", NAME, "t1_nothere0_store"], [], 1, id="poll-with-a-404"),
+        pytest.param(["fetch", NAME], [502, 504], 0, id="retried-502-504"),
+        pytest.param(["fetch", NAME], [Fault(drop=True)] * 4, 6, id="dropped-connection"),
+        pytest.param(
+            ["fetch", NAME],
+            [Fault(status=500, body=f'{{"message": "bad key {KEY}"}}'.encode())],
+            5,
+            id="key-echoed-in-the-body",
+        ),
+        pytest.param(
+            ["fetch", NAME],
+            [Fault(status=200, content_type=f"text/plain; k={KEY}", body=KEY.encode())],
+            7,
+            id="key-echoed-in-the-content-type",
+        ),
+        pytest.param(["watch", NAME, "--until-connected"], [], 0, id="state-route"),
+    ],
+)
+def test_debug_logs_every_attempt_without_the_key(
+    run: Callable[..., Run],
+    env: FakeWachatServer,
+    monkeypatch: pytest.MonkeyPatch,
+    argv: list[str],
+    script: list[int | Fault],
+    code: int,
+    key_from: str,
+) -> None:
+    """--debug: one `debug:` line per HTTP attempt (method, URL, status or failure) on stderr,
+    whatever the outcome; the key, planted in the answers too, never shows."""
+    if script:
+        env.script(NAME, script)
+    if argv[-1] == "--until-connected":
+        env.set_state(NAME, "open")
+    key_args = ["--api-key", KEY] if key_from == "flag" else []
+    if key_from == "flag":
+        monkeypatch.delenv("WACHAT_API_KEY")
+    result = run("--debug", *argv, *key_args)
+    debug = [line for line in result.err.splitlines() if line.startswith("wachat-qr: debug: GET ")]
+    assert result.code == code, result.err
+    assert 1 <= len(debug) <= env.request_count()
+    if not any(isinstance(step, Fault) and step.drop for step in script):
+        assert len(debug) == env.request_count()  # (aiohttp resends once on a dropped reuse)
+    assert all("instanceName=" in line for line in debug)
+    assert all((" -> " in line) or (" failed: " in line) for line in debug)
+
+
+@pytest.mark.parametrize(
+    ("flags", "debug_lines", "info_lines"),
+    [
+        pytest.param([], False, False, id="default"),
+        pytest.param(["-v"], False, True, id="verbose"),
+        pytest.param(["--debug"], True, True, id="debug"),
+    ],
+)
+def test_log_levels_follow_the_flags(
+    run: Callable[..., Run],
+    env: FakeWachatServer,
+    flags: list[str],
+    debug_lines: bool,
+    info_lines: bool,
+) -> None:
+    """Nothing by default; -v adds the retry lines (INFO); --debug adds every attempt."""
+    env.script(NAME, [502])
+    result = run("fetch", NAME, "-o", "qr.png", *flags)
+    assert result.code == 0
+    assert ("wachat-qr: debug: " in result.err) is debug_lines
+    assert ("wachat-qr: info: Retrying" in result.err) is info_lines
+    assert logging.getLogger("wachat_async").handlers == []  # main() takes its handler back
 
 
 # -- pipes ------------------------------------------------------------------------------------

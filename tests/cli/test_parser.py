@@ -9,7 +9,7 @@ import pytest
 import segno
 
 from tests.cli._support import Run
-from tests.conftest import NAME
+from tests.conftest import KEY, NAME
 from wachat_async.testing import FakeWachatServer
 
 
@@ -144,3 +144,29 @@ def test_options_go_before_or_after_the_command(
     before = run("-q", "--retries", "0", "fetch", NAME, "-o", "a.png")
     after = run("fetch", NAME, "-o", "b.png", "-q", "--retries", "0")
     assert (before.code, before.out, after.code, after.out) == (0, "", 0, "")
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        pytest.param(["--api-key"], "argument --api-key: expected one argument", id="bare"),
+        pytest.param(
+            ["--api-key", KEY, "fetch", NAME, "--api-key"],
+            "argument --api-key: expected one argument",
+            id="second-without-value",
+        ),
+        pytest.param(
+            ["url", NAME, f"--api-key={KEY}", "extra", "apiKey=guess"],
+            "unrecognized arguments: extra apiKey=[REDACTED]",
+            id="credential-shaped-leftover",
+        ),
+    ],
+)
+def test_parse_errors_about_the_api_key_option_stay_readable(
+    run: Callable[..., Run], argv: list[str], expected: str
+) -> None:
+    """The option's own name is not mistaken for an `api-key: <secret>` pair; the rest of the
+    line is still redacted (a known key, anything shaped like a credential)."""
+    result = run(*argv)
+    assert result.code == 2
+    assert result.err.splitlines()[0].endswith(f"error: {expected}")

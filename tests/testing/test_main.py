@@ -331,6 +331,32 @@ def test_all_interfaces_prints_urls_that_work() -> None:
     assert any("--allow-insecure-http" in line for line in lines)
 
 
+@pytest.mark.skipif(not socket.has_dualstack_ipv6(), reason="no dual-stack IPv6 here")
+@pytest.mark.parametrize("host", [pytest.param("::", id="ipv6-any"), pytest.param("", id="empty")])
+def test_every_interface_of_both_families_serves_ipv4_and_ipv6(host: str) -> None:
+    """--host :: (or ""): one dual-stack socket; the printed base URL ([::1]) and the printed
+    IPv4 one (127.0.0.1) both answer, as does the host name's URL for other machines."""
+    proc = _serve_in_a_process("--host", host)
+    try:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline() for _ in range(6)]
+        base_url = lines[0].rsplit(" ", 1)[-1].strip()
+        (ipv4_line,) = [line for line in lines if "IPv4 clients too" in line]
+        ipv4_url = ipv4_line.rsplit(" ", 1)[-1].strip()
+        answers = {
+            url: sync_get(f"{url}/instance/qr/image?instanceName={NAME}", "demo")[0]
+            for url in (base_url, ipv4_url)
+        }
+    finally:
+        _stop(proc)
+    port = base_url.rsplit(":", 1)[1].split("/")[0]
+    expected_v6 = (
+        f"http://[::1]:{port}/api/v1" if host == "::" else f"http://127.0.0.1:{port}/api/v1"
+    )
+    assert (base_url, ipv4_url) == (expected_v6, f"http://127.0.0.1:{port}/api/v1")
+    assert answers == {base_url: 200, ipv4_url: 200}
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX pipes")
 def test_python_dash_m_stops_quietly_when_its_reader_is_gone() -> None:
     """stdout is a pipe nobody reads (`| head` that already quit): exit 141, stderr empty."""

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
+import aiohttp.web
 import pytest
 
 from wachat_async.testing import FakeInstance, FakeWachatServer, Fault
@@ -36,6 +37,80 @@ from ._support import (
     sync_get,
     wait_for_requests,
 )
+
+# --- addresses: which families each host serves --------------------------------------------
+
+
+async def _answers(family: socket.AddressFamily, address: str, port: int) -> bool:
+    """Whether an HTTP request to *address*:*port* over *family* gets an HTTP answer."""
+    try:
+        reader, writer = await asyncio.open_connection(address, port, family=family)
+    except OSError:
+        return False
+    try:
+        writer.write(b"GET /api/v1/instance/state HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        return (await reader.readline()).startswith(b"HTTP/1.1 ")
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+@pytest.mark.skipif(not socket.has_ipv6, reason="no IPv6 on this machine")
+@pytest.mark.parametrize(
+    ("host", "ipv4", "ipv6"),
+    [
+        pytest.param("::", True, True, id="ipv6-any-is-dual-stack"),
+        pytest.param("", True, True, id="empty-is-dual-stack"),
+        pytest.param("0.0.0.0", True, False, id="ipv4-any"),  # noqa: S104 - the case under test
+        pytest.param("127.0.0.1", True, False, id="ipv4-loopback"),
+        pytest.param("::1", False, True, id="ipv6-loopback"),
+    ],
+)
+async def test_each_host_serves_the_families_it_names(host: str, ipv4: bool, ipv6: bool) -> None:
+    """ "::" and "" take IPv4 and IPv6 clients on one port (dual stack, where the OS allows);
+    "0.0.0.0" and the loopback addresses their own family only; base_url always answers."""
+    dual = host in ("::", "") and socket.has_dualstack_ipv6()
+    async with FakeWachatServer(KEY, host=host) as server:
+        server.add_instance(NAME)
+        port = server.port
+        reached = (
+            await _answers(socket.AF_INET, "127.0.0.1", port),
+            await _answers(socket.AF_INET6, "::1", port),
+        )
+        async with aiohttp.ClientSession() as http:
+            status, _, _ = await get(http, server, route="/instance/state")
+        assert server.dual_stack is dual
+    if host in ("::", "") and not dual:  # pragma: no cover - an OS without dual-stack sockets
+        ipv4 = host == ""
+    assert reached == (ipv4, ipv6)
+    assert status == 200
+    assert not server.dual_stack  # closed: the flag only describes a running server's socket
+
+
+@pytest.mark.skipif(not socket.has_dualstack_ipv6(), reason="no dual-stack IPv6 here")
+async def test_a_dual_stack_site_that_fails_to_start_closes_its_socket(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """If the site cannot start, the socket made for it is closed and nothing claims dual stack."""
+    made: list[socket.socket] = []
+    real = socket.create_server
+
+    def recording(*args: Any, **kwargs: Any) -> socket.socket:
+        made.append(real(*args, **kwargs))
+        return made[-1]
+
+    async def refuse(self: object) -> None:
+        raise OSError(98, "Address already in use")
+
+    monkeypatch.setattr(socket, "create_server", recording)
+    monkeypatch.setattr(aiohttp.web.SockSite, "start", refuse)
+    server = FakeWachatServer(KEY, host="::")
+    with pytest.raises(OSError, match="already in use"):
+        await server.start()
+    assert [sock.fileno() for sock in made] == [-1]  # closed
+    assert not server.dual_stack
+
 
 # --- auth and the 200 path -------------------------------------------------------------------
 

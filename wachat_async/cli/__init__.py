@@ -25,13 +25,15 @@ code  meaning
 0     success
 1     ``poll``: at least one instance failed (details in the table or the JSON); or a
       library error of no more specific kind
-2     usage or configuration error (bad option or name, no API key, missing ``cli`` extra)
+2     usage or configuration error (bad option or name, no API key, missing ``cli`` extra,
+      a base URL that looks wrong: a 404 for the route itself, not the instance)
 3     authentication: 401 invalid key, 403 subscription does not allow QR codes
 4     not found or not possible: 404 unknown instance, 409 not a Baileys instance, 400
 5     upstream failure: 502/504 after the retries gave up, or an undocumented status
 6     connection failure or timeout
 7     invalid response: not a PNG, truncated, or larger than the size cap
-8     local I/O error: a file could not be written, a port could not be bound
+8     local I/O error: a file could not be written, a port could not be bound, stdout
+      could not be written (closed, full: ``--help`` and ``--version`` too)
 70    internal error: an unexpected exception (a bug; ``--debug`` shows the traceback)
 130   interrupted (Ctrl-C)
 141   stdout was closed by its reader (``| head``): stop quietly, as SIGPIPE would
@@ -71,6 +73,7 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, Final
 
 from wachat_async import WachatError
+from wachat_async.testing._program import closed_streams_stand_in, writing
 
 from ._commands import cmd_fake_server, cmd_fetch, cmd_poll, cmd_show, cmd_url, cmd_watch, hints
 from ._demo import cmd_demo
@@ -93,7 +96,7 @@ from ._exit import (
 from ._exit import EXIT_CODES as EXIT_CODES  # importable here too (not in __all__)
 from ._extras import MissingExtraError
 from ._fleet import png_filename as png_filename  # importable here too (not in __all__)
-from ._output import PROG, LogHandler, Out, describe, silence_stdout
+from ._output import PROG, LogHandler, Out, OutputError, describe, silence_stdout
 from ._parser import ParseError, build_parser
 from ._terminal import qr_modules, render_half_blocks
 
@@ -130,6 +133,11 @@ _COMMANDS: Final[Mapping[str, _Command]] = {
 }
 
 
+#: How argparse begins its complaint about an option whose name the redactor would take for a
+#: credential's (``api-key: ...``): kept out of the redaction, the rest of the line is not.
+_OPTION_LABELS: Final = ("argument --api-key: ",)
+
+
 def _secrets_in(argv: Sequence[str]) -> list[str]:
     """The key from the environment and any ``--api-key`` value on the command line, so that
     even a message about a command line that did not parse cannot show it."""
@@ -150,24 +158,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     arguments = list(sys.argv[1:] if argv is None else argv)
     out = Out(False, _secrets_in(arguments))
-    try:
-        return _main(arguments, out)
-    except BrokenPipeError:
-        silence_stdout()
-        return EXIT_BROKEN_PIPE
-    except KeyboardInterrupt:
-        out.error("interrupted")
-        return EXIT_INTERRUPTED
-    except Exception as exc:  # pragma: no cover - a bug in the guard itself
-        out.error(f"internal error: {type(exc).__name__}: {exc}")
-        return EXIT_INTERNAL
+    with closed_streams_stand_in():  # started with `>&-`: writes fail with EBADF, not None
+        try:
+            code = _main(arguments, out)
+            with writing("stdout"):  # what is still buffered fails this run, not Python's exit
+                sys.stdout.flush()
+            return code
+        except BrokenPipeError:
+            silence_stdout()
+            return EXIT_BROKEN_PIPE
+        except OutputError as exc:  # a closed or full stdout (EBADF, ENOSPC, EIO)
+            silence_stdout()
+            out.error(str(exc))
+            return EXIT_FILE
+        except KeyboardInterrupt:
+            out.error("interrupted")
+            return EXIT_INTERRUPTED
+        except Exception as exc:  # pragma: no cover - a bug in the guard itself
+            out.error(f"internal error: {type(exc).__name__}: {exc}")
+            return EXIT_INTERNAL
 
 
 def _main(argv: list[str], out: Out) -> int:
     try:
         args = build_parser().parse_args(argv)
     except ParseError as exc:
-        out.error(exc.args[0], prog=exc.prog)
+        message: str = exc.args[0]
+        label = next((lb for lb in _OPTION_LABELS if message.startswith(lb)), "")
+        out.error(message[len(label) :], prog=exc.prog, label=label)
         out.hint(f"try '{exc.prog} --help'")
         return EXIT_USAGE
     except SystemExit as exc:  # --help and --version (their output is on stdout)
@@ -193,8 +211,8 @@ def _main(argv: list[str], out: Out) -> int:
         library_log.setLevel(handler.level)
     try:
         return asyncio.run(_COMMANDS[args.command](args, out))
-    except BrokenPipeError:
-        raise  # main() stops quietly
+    except (BrokenPipeError, OutputError):
+        raise  # main() stops quietly, or says stdout failed
     except WachatError as exc:
         out.error(describe(exc))
         for hint in hints(exc, args):

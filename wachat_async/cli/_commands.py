@@ -29,7 +29,6 @@ from yarl import URL
 from wachat_async import (
     DEFAULT_BASE_URL,
     ConfigurationError,
-    InstanceNotFoundError,
     QRImage,
     RetryPolicy,
     WachatClient,
@@ -40,10 +39,19 @@ from wachat_async._files import write_bytes_async
 from wachat_async._polling import watch_qr
 from wachat_async._validate import check_instance_name, is_loopback_host
 
-from ._exit import EXIT_FAILED, EXIT_OK, UsageError, exit_code_for
+from ._exit import EXIT_FAILED, EXIT_OK, UsageError, exit_code_for, wrong_base_url
 from ._extras import need
 from ._fleet import png_filename, poll_fleet, summary
-from ._output import PROG, Out, describe, isatty, print_qr
+from ._output import (
+    PROG,
+    Out,
+    describe,
+    is_stdout,
+    isatty,
+    print_qr,
+    write_stdout,
+    write_stdout_bytes,
+)
 
 __all__ = [
     "NO_KEY_MESSAGE",
@@ -130,14 +138,7 @@ def _read_names(args: argparse.Namespace) -> list[str]:
     names: list[tuple[str, str]] = [(name, "argument") for name in args.names]
     source: str | None = args.from_file
     if source is not None:
-        try:
-            if source == "-":
-                lines = sys.stdin.read().splitlines()
-            else:
-                lines = Path(source).read_text(encoding="utf-8").splitlines()
-        except UnicodeDecodeError as exc:
-            raise UsageError(f"{source}: not UTF-8 text ({exc.reason})") from None
-        for number, line in enumerate(lines, 1):
+        for number, line in enumerate(_name_lines(source), 1):
             name = line.strip()
             if name and not name.startswith("#"):
                 names.append((name, f"{source}:{number}"))
@@ -152,31 +153,72 @@ def _read_names(args: argparse.Namespace) -> list[str]:
     return checked
 
 
+#: The largest names file read (a million long names fit): past it, a device such as /dev/zero
+#: or a wrong file would be read until memory runs out.
+MAX_NAMES_FILE: Final = 64 * 2**20
+
+
+def _name_lines(source: str) -> list[str]:
+    """The lines of a names file (``-``: stdin), read as UTF-8 with or without a byte-order
+    mark (Notepad, PowerShell's ``Out-File``), LF or CRLF, a last line with or without its
+    newline. Split on ``\\n`` only: ``str.splitlines`` would also split a line at U+2028, a
+    form feed or U+0085, making two names of one (the name check then judges the line whole)."""
+    try:
+        if source == "-":
+            stdin = sys.stdin
+            binary = getattr(stdin, "buffer", None)
+            try:
+                data = (
+                    binary.read(MAX_NAMES_FILE + 1)
+                    if binary
+                    else stdin.read().encode(errors="surrogatepass")
+                )
+            except OSError as exc:  # stdin closed at start (<&-): EBADF
+                exc.filename = "stdin"
+                raise
+        else:
+            with open(source, "rb") as file:
+                data = file.read(MAX_NAMES_FILE + 1)
+        if len(data) > MAX_NAMES_FILE:  # /dev/zero, /dev/full, a log file by mistake
+            raise UsageError(
+                f"{source}: larger than {MAX_NAMES_FILE // 2**20} MiB: not a names file "
+                "(one instance name per line)"
+            )
+        text = data.decode("utf-8-sig").replace("\r\n", "\n")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{source}: not UTF-8 text ({exc.reason})") from None
+    return text.split("\n")
+
+
 def hints(error: BaseException, args: argparse.Namespace) -> list[str]:
     """What to try next, for the errors whose fix is not obvious from the message."""
     base_url = _base_url(args)
-    if isinstance(error, InstanceNotFoundError):
+    if wrong_base_url(error):
         path = URL(base_url).path.rstrip("/")
-        if not path.endswith("/api/v1") or "no such route" in error.body.lower():
-            return [
-                f"is --base-url (or WACHAT_BASE_URL) right? it should end in /api/v1; "
-                f"it is {base_url}"
-            ]
+        guess = "" if path.endswith("/api/v1") else f" (try {base_url.rstrip('/')}/api/v1?)"
+        return [
+            f"is --base-url (or WACHAT_BASE_URL) right? it should end in /api/v1; "
+            f"it is {base_url}{guess}"
+        ]
     return []
 
 
 async def cmd_fetch(args: argparse.Namespace, out: Out) -> int:
-    if args.output == "-" and sys.stdout.isatty():
+    # -o -, /dev/stdout, /dev/fd/1, or the very file stdout is redirected to: the PNG is the
+    # output, so the "saved" line goes to stderr instead (never after the PNG's bytes).
+    to_stdout = args.output is not None and is_stdout(args.output)
+    if to_stdout and isatty(sys.stdout):
         raise UsageError("refusing to write a PNG to a terminal: use -o FILE, or 'show' to see it")
     async with client_for(args) as client:
         qr = await client.get_qr_image(args.name)
+    what = f"{qr.width}x{qr.height} PNG, {len(qr.data)} bytes"
     if args.output == "-":
-        sys.stdout.buffer.write(qr.data)
-        sys.stdout.flush()
+        write_stdout_bytes(qr.data)
+        out.note(f"wrote the QR of {args.name!r} to stdout ({what})")
         return EXIT_OK
     path = Path(args.output) if args.output else Path(png_filename(args.name))
     await write_bytes_async(path, qr.data)  # like qr.save, but Ctrl-C can stop a FIFO's wait
-    out.info(f"saved {path} ({qr.width}x{qr.height} PNG, {len(qr.data)} bytes)")
+    (out.note if to_stdout else out.info)(f"saved {path} ({what})")
     return EXIT_OK
 
 
@@ -217,13 +259,13 @@ async def cmd_url(args: argparse.Namespace, out: Out) -> int:
                     args.name, api_key=key, base_url=base_url, expose_api_key=True
                 )
             for warning in caught:
-                out.warning(str(warning.message))
+                out.warning(str(warning.message), library=True)
     except (TypeError, ValueError) as exc:
         if isinstance(exc, WachatError):
             raise
         raise UsageError(str(exc)) from None
     # The one place the key may be printed: the user asked for exactly this URL.
-    sys.stdout.write(url + "\n")
+    write_stdout(url + "\n")
     return EXIT_OK
 
 
@@ -247,22 +289,21 @@ async def cmd_poll(args: argparse.Namespace, out: Out) -> int:
         done = len(fleet.ok) + len(fleet.failed)
         out.error(
             f"{describe(fleet.aborted)}; stopped after {done} of {fleet.total} instances "
-            "(every request with this key would fail the same way)"
+            "(every other request would fail the same way)"
         )
         for hint in hints(fleet.aborted, args):
             out.hint(hint)
         return exit_code_for(fleet.aborted)
-    if fleet.failed and all(
-        isinstance(r.error, InstanceNotFoundError) for r in fleet.failed
-    ):  # every name unknown: more likely a wrong base URL than a fleet of typos
-        first = fleet.failed[0].error
-        assert first is not None
-        for hint in hints(first, args):
-            out.hint(hint)
     return EXIT_FAILED if fleet.failed else EXIT_OK
 
 
 async def cmd_watch(args: argparse.Namespace, out: Out) -> int:
+    if args.output is not None and is_stdout(args.output):
+        # Each new PNG would land among the drawings or lines that watch prints there.
+        raise UsageError(
+            "watch -o cannot be stdout (watch prints there): give a file, or use "
+            f"'{PROG} fetch NAME -o -' for one PNG on stdout"
+        )
     if args.show:
         need("PIL")
     redraw = args.show and isatty(sys.stdout)
@@ -299,7 +340,7 @@ async def cmd_watch(args: argparse.Namespace, out: Out) -> int:
             stamp = f"{qr.fetched_at:%H:%M:%S} UTC"
             if args.show:
                 if redraw:
-                    sys.stdout.write("\x1b[2J\x1b[H")
+                    write_stdout("\x1b[2J\x1b[H")
                 print_qr(qr, args)
                 out.note(f"{stamp} QR of {args.name!r} (update {updates}); waiting for a scan")
             else:

@@ -41,7 +41,9 @@ __all__ = [
     "EXIT_UPSTREAM",
     "EXIT_USAGE",
     "UsageError",
+    "BASE_URL_NOTE",
     "exit_code_for",
+    "wrong_base_url",
 ]
 
 EXIT_OK: Final = 0
@@ -76,9 +78,28 @@ EXIT_CODES: Final = frozenset(
 )
 
 
+#: How the client's note on a 404 from a base URL that does not end in /api/v1 begins.
+BASE_URL_NOTE: Final = "is the base URL right?"
+
+
+def wrong_base_url(error: BaseException | None) -> bool:
+    """Whether *error* is a 404 for the route rather than for the instance: the client noted
+    that the base URL does not end in ``/api/v1``, or the server said "No such route" (the
+    fake server's answer to an unknown path). A configuration error then, not a missing
+    instance: exit 2, and every other request would fail the same way."""
+    if not isinstance(error, InstanceNotFoundError):
+        return False
+    notes = getattr(error, "__notes__", ())
+    return any(str(note).startswith(BASE_URL_NOTE) for note in notes) or (
+        "no such route" in error.body.lower()
+    )
+
+
 def exit_code_for(error: WachatError) -> int:
     """The exit status for *error* (see the table in the package docstring)."""
     if isinstance(error, (ConfigurationError, ValueError)):  # InvalidInstanceNameError too
+        return EXIT_USAGE
+    if wrong_base_url(error):
         return EXIT_USAGE
     if isinstance(error, (AuthenticationError, SubscriptionRestrictedError)):
         return EXIT_AUTH

@@ -3,8 +3,8 @@
 :func:`poll_fleet` fetches every distinct name through the client's bounded ``fetch_many``,
 saves each PNG under a safe, collision-free file name (:func:`png_filename`) while the next
 ones are fetched, prints one JSON line per instance (``--json``) or a progress bar (a person
-at a terminal), and stops early on a 401/403 (every other request with that key would fail
-the same way). :func:`summary` prints the outcome tables.
+at a terminal), and stops early on a 401/403 or a 404 of the route itself (a wrong base URL):
+every other request would fail the same way. :func:`summary` prints the outcome tables.
 
 The files are written off the event loop (each save fsyncs the file and its folder), a few
 at a time: a slow disk slows the fetching down instead of piling images up in memory, and a
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import hashlib
 import json
@@ -38,9 +39,9 @@ from wachat_async import (
 )
 from wachat_async._files import write_bytes_async
 
-from ._exit import exit_code_for
+from ._exit import exit_code_for, wrong_base_url
 from ._extras import has, need
-from ._output import Out, isatty, plural
+from ._output import Out, isatty, plural, stdout_is_unicode
 
 __all__ = ["Fleet", "png_filename", "poll_fleet", "summary"]
 
@@ -157,7 +158,12 @@ async def poll_fleet(
     distinct = list(dict.fromkeys(names))
     fleet = Fleet(len(distinct))
     if out_dir is not None:
-        await asyncio.to_thread(out_dir.mkdir, parents=True, exist_ok=True)
+        try:
+            await asyncio.to_thread(out_dir.mkdir, parents=True, exist_ok=True)
+        except FileExistsError:  # a file of that name: "File exists" would not say what is wrong
+            raise NotADirectoryError(
+                errno.ENOTDIR, "exists and is not a folder", str(out_dir)
+            ) from None
     # The tables need rich; --json and --quiet do not, so scripts work without the extra
     # (--json then simply shows no progress bar). The bar is for a person watching a terminal:
     # on a piped or redirected stderr it would only leave a stray line behind.
@@ -204,8 +210,11 @@ async def poll_fleet(
                     await writer.save(path, image.data, functools.partial(done, result))
                 else:
                     done(result, None)
-                if isinstance(result.error, (AuthenticationError, SubscriptionRestrictedError)):
-                    # Every other request with this key would fail the same way.
+                if isinstance(
+                    result.error, (AuthenticationError, SubscriptionRestrictedError)
+                ) or wrong_base_url(result.error):
+                    # Every other request, with this key or to this base URL, would fail the
+                    # same way.
                     fleet.aborted = result.error
                     break
     fleet.elapsed = time.monotonic() - fleet.started
@@ -230,7 +239,7 @@ def _record(result: QRResult, path: Path | None, fleet: Fleet, out: Out, json_li
                         "bytes": len(image.data),
                         "sha256": image.sha256,
                     },
-                    ensure_ascii=False,
+                    ensure_ascii=not stdout_is_unicode(),
                 )
             )
         return
@@ -249,7 +258,7 @@ def _record(result: QRResult, path: Path | None, fleet: Fleet, out: Out, json_li
                     "message": str(error),
                     "attempts": error.attempts,
                 },
-                ensure_ascii=False,
+                ensure_ascii=not stdout_is_unicode(),
             )
         )
 
@@ -301,10 +310,10 @@ def summary(
             assert error is not None
             why = expected.get(result.instance_name)
             failures.add_row(
-                Text(out.clean(result.instance_name)),
+                Text(out.cell(result.instance_name)),
                 Text(type(error).__name__),
                 str(error.attempts),
-                Text(out.clean(f"expected: {why}" if why else _short(error))),
+                Text(out.cell(f"expected: {why}" if why else _short(error))),
             )
         if len(fleet.failed) > _FAILURES_LISTED:
             more = len(fleet.failed) - _FAILURES_LISTED

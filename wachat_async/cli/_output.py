@@ -23,9 +23,16 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
 
 from wachat_async import InvalidResponseError, QRImage, WachatError
-from wachat_async._redact import redact
+from wachat_async._redact import mentions, redact
+from wachat_async.testing._program import (
+    OutputError,
+    silence,
+    write_diagnostic,
+    write_out,
+    writing,
+)
 
-from ._exit import UsageError
+from ._exit import BASE_URL_NOTE, UsageError, wrong_base_url
 from ._extras import need
 from ._terminal import qr_modules, render_half_blocks
 
@@ -37,12 +44,18 @@ __all__ = [
     "PROG",
     "LogHandler",
     "Out",
+    "OutputError",
     "describe",
+    "is_stdout",
     "isatty",
     "one_line",
     "plural",
     "print_qr",
     "silence_stdout",
+    "stderr_line",
+    "stdout_is_unicode",
+    "write_stdout",
+    "write_stdout_bytes",
 ]
 
 #: The program's name: the first word of every line it writes on stderr.
@@ -74,10 +87,18 @@ class Out:
     def clean(self, text: str) -> str:
         return redact(text, self.secrets)
 
+    def cell(self, text: str) -> str:
+        """*text* for a table cell: redacted, and escaped (``\\xf6``) where stdout's encoding
+        cannot carry a character, before the table is laid out (so its columns stay aligned)."""
+        text = self.clean(text)
+        if stdout_is_unicode():
+            return text
+        encoding = getattr(sys.stdout, "encoding", None) or "ascii"
+        return text.encode(encoding, "backslashreplace").decode(encoding)
+
     def result(self, text: str) -> None:
         """A line of the command's output (stdout), shown even with --quiet."""
-        sys.stdout.write(self.clean(text) + "\n")
-        sys.stdout.flush()
+        write_stdout(self.clean(text) + "\n")
 
     def info(self, text: str) -> None:
         """An informational line (stdout), hidden by --quiet."""
@@ -87,28 +108,24 @@ class Out:
     def note(self, text: str) -> None:
         """A side remark (stderr), hidden by --quiet."""
         if not self.quiet:
-            sys.stderr.write(self.clean(text) + "\n")
-            sys.stderr.flush()
+            stderr_line(self.clean(text))
 
-    def warning(self, text: str) -> None:
-        """A warning (stderr), always shown."""
-        self._stderr_line(f"{PROG}: warning: {self.clean(text)}")
+    def warning(self, text: str, *, library: bool = False) -> None:
+        """A warning (stderr), always shown. A *library* warning's fixed text (which names
+        ``apiKey=...`` as a placeholder, a credential's shape to the redactor) is shown as
+        written unless it holds a key in use."""
+        shown = text if library and not mentions(text, self.secrets) else self.clean(text)
+        stderr_line(f"{PROG}: warning: {shown}")
 
-    def error(self, text: str, *, prog: str = PROG) -> None:
-        """One line on stderr, always shown."""
-        self._stderr_line(f"{prog}: error: {one_line(self.clean(text))}")
+    def error(self, text: str, *, prog: str = PROG, label: str = "") -> None:
+        """One line on stderr, always shown. *label*, our own words put before *text*, is not
+        passed through the redactor (``argument --api-key: expected one argument`` would
+        otherwise look like an ``api-key: <secret>`` pair to it)."""
+        stderr_line(f"{prog}: error: {one_line(label + self.clean(text))}")
 
     def hint(self, text: str) -> None:
         """A line that says what to try, after an error (stderr, always shown)."""
-        self._stderr_line(f"{PROG}: hint: {one_line(self.clean(text))}")
-
-    @staticmethod
-    def _stderr_line(line: str) -> None:
-        try:
-            sys.stderr.write(line + "\n")
-            sys.stderr.flush()
-        except (OSError, ValueError):  # stderr closed or gone: nowhere left to complain
-            pass
+        stderr_line(f"{PROG}: hint: {one_line(self.clean(text))}")
 
     def console(self, *, stderr: bool) -> Console:
         """A rich console on stdout or stderr (silent on stderr with --quiet)."""
@@ -120,18 +137,91 @@ class Out:
     def tables(self, *renderables: object) -> None:
         """Print rich tables on stdout: as they are on a terminal; piped, as plain lines that
         never wrap (an instance name stays whole, whatever its length) and never end in
-        spaces, for grep, awk and diff."""
+        spaces, for grep, awk and diff. A table's title is a line of its own above it, in both
+        cases: rich would wrap it to the table's width ("1000 instances in 2.86" / "s")."""
+        need("rich")
+        from rich.console import Console
+        from rich.text import Text
+
         console = self.console(stderr=False)
-        if console.is_terminal:
+        terminal = console.is_terminal
+        if not terminal:  # rendered in memory, as wide as it takes; stdout is written below
+            capture = _Capture(getattr(sys.stdout, "encoding", None) or "utf-8")
+            console = Console(file=capture, width=_PIPE_WIDTH, highlight=False, no_color=True)
+        with writing("stdout"):
             for renderable in renderables:
-                console.print(renderable)
-            return
-        console.width = _PIPE_WIDTH
-        with console.capture() as captured:
-            for renderable in renderables:
+                title = getattr(renderable, "title", None)
+                if title is not None:
+                    renderable.title = None  # type: ignore[attr-defined]
+                    heading = title if isinstance(title, Text) else Text(str(title))
+                    heading.no_wrap = True
+                    console.print(heading, crop=False, soft_wrap=True)
                 console.print(renderable, crop=False)
-        for line in captured.get().splitlines():
-            self.result(line.rstrip())
+        if not terminal:
+            assert isinstance(console.file, io.StringIO)
+            for line in console.file.getvalue().splitlines():
+                self.result(line.rstrip())
+
+
+class _Capture(io.StringIO):
+    """Where piped tables are rendered: a StringIO that states stdout's encoding, so that rich
+    draws ASCII borders for an ASCII stdout (``PYTHONIOENCODING=ascii``) as it would there."""
+
+    def __init__(self, encoding: str) -> None:
+        super().__init__()
+        self._encoding = encoding
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return self._encoding
+
+
+def stdout_is_unicode() -> bool:
+    """Whether stdout's encoding takes any character (UTF-8 and its kin)."""
+    encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+    return encoding.lower().replace("-", "").replace("_", "").startswith("utf")
+
+
+def write_stdout(text: str) -> None:
+    """Write *text* on stdout and flush it: a failure other than a gone reader (EPIPE, which
+    stays a BrokenPipeError) is an :class:`OutputError` (one line, exit 8). A character that
+    stdout's encoding cannot carry (``PYTHONIOENCODING=ascii``) is written escaped, ``\\xf6``,
+    rather than failing the command."""
+    try:
+        write_out(text)
+    except UnicodeEncodeError as exc:
+        write_out(text.encode(exc.encoding, "backslashreplace").decode(exc.encoding))
+
+
+def write_stdout_bytes(data: bytes) -> None:
+    """Write *data* (a PNG) on stdout's binary buffer, as :func:`write_stdout` does text."""
+    with writing("stdout"):
+        sys.stdout.flush()  # nothing written before may come after
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+
+
+def stderr_line(line: str) -> None:
+    """*line* on stderr if it can be written: stderr carries diagnostics only, and a closed
+    or full stderr leaves nowhere to complain, so a failure there never fails the command."""
+    write_diagnostic(line + "\n")
+
+
+def is_stdout(path: str) -> bool:
+    """Whether *path* is where stdout goes: ``-``, or a path to the same file as descriptor 1
+    (``/dev/stdout``, ``/dev/fd/1``, ``/proc/self/fd/1``, the file stdout is redirected to)."""
+    if path == "-":
+        return True
+    try:
+        return os.path.samestat(os.stat(path), os.fstat(sys.stdout.fileno()))
+    except (OSError, ValueError, AttributeError):  # no such file, or stdout has no descriptor
+        return False
+
+
+def silence_stdout() -> None:
+    """Point stdout at /dev/null after its reader went away or a write to it failed (see
+    :func:`wachat_async.testing._program.silence`)."""
+    silence(sys.stdout)
 
 
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
@@ -143,14 +233,20 @@ def one_line(text: str) -> str:
     return _CONTROL_CHARS.sub(lambda m: repr(m.group())[1:-1], text)
 
 
-#: Notes the CLI replaces by its own, CLI-worded hint (see the commands' hints()).
-_BASE_URL_NOTE: Final = "is the base URL right?"
-
-
 def describe(error: WachatError) -> str:
-    """``ClassName: message (notes)`` on one line (the message is already redacted)."""
-    notes = [n for n in getattr(error, "__notes__", []) if not str(n).startswith(_BASE_URL_NOTE)]
-    text = f"{type(error).__name__}: {error}"
+    """``ClassName: message (notes)`` on one line (the message is already redacted); for a
+    404 that is the route's, not the instance's (:func:`wrong_base_url`), a line that says the
+    base URL looks wrong instead of "instance not found" (the commands' hints() then say what
+    the base URL should be)."""
+    # The client's base-URL note is replaced by the CLI's own hint, worded for --base-url.
+    notes = [n for n in getattr(error, "__notes__", []) if not str(n).startswith(BASE_URL_NOTE)]
+    if wrong_base_url(error):
+        body = getattr(error, "body", "")
+        text = "the base URL looks wrong: 404 for the API route itself, not the instance" + (
+            f"; server said: {body}" if body else ""
+        )
+    else:
+        text = f"{type(error).__name__}: {error}"
     if notes:
         text += " (" + "; ".join(str(n) for n in notes) + ")"
     return text
@@ -167,10 +263,10 @@ class LogHandler(logging.Handler):
         try:
             level = record.levelname.lower()
             line = " ".join(self.out.clean(record.getMessage()).splitlines())
-            sys.stderr.write(f"{PROG}: {level}: {line}\n")
-            sys.stderr.flush()
         except Exception:  # pragma: no cover - logging must never break the command
             self.handleError(record)
+        else:
+            stderr_line(f"{PROG}: {level}: {line}")
 
 
 def plural(count: int, noun: str) -> str:
@@ -184,19 +280,6 @@ def isatty(stream: object) -> bool:
         return bool(stream.isatty())  # type: ignore[attr-defined]
     except (AttributeError, OSError, ValueError):
         return False
-
-
-def silence_stdout() -> None:
-    """The reader of stdout went away: point stdout at /dev/null, so that the interpreter's
-    final flush cannot fail too and print "Exception ignored ... BrokenPipeError"."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        try:
-            os.dup2(devnull, sys.stdout.fileno())
-        finally:
-            os.close(devnull)
-    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
-        pass  # not a real file (tests) or already gone: nothing will be flushed to it
 
 
 def _use_color(choice: str) -> bool:
@@ -222,10 +305,9 @@ def print_qr(qr: QRImage, args: argparse.Namespace) -> None:
         modules, border=args.border, invert=args.invert, color=_use_color(args.color)
     )
     try:
-        sys.stdout.write(text)
+        write_out(text)  # strict: an escaped block character would draw no QR
     except UnicodeEncodeError:
         raise UsageError(
             "this terminal cannot print Unicode block characters (set PYTHONIOENCODING=utf-8, "
             "or save the PNG with 'fetch -o FILE')"
         ) from None
-    sys.stdout.flush()

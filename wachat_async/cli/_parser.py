@@ -14,12 +14,12 @@ Parsing only: never makes a request, never reads the environment or a file, neve
 from __future__ import annotations
 
 import argparse
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Final, NoReturn, Protocol
 
 from wachat_async import DEFAULT_BASE_URL, __version__
 from wachat_async._validate import check_instance_name
+from wachat_async.testing._program import integer, print_message, seconds
 
 from ._output import PROG
 
@@ -32,9 +32,10 @@ environment:
   WACHAT_BASE_URL   the API base URL (default https://app.wachat.net/api/v1)
 
 exit status:
-  0 ok    1 some instances failed (poll)    2 usage/configuration error
+  0 ok    1 some instances failed (poll)    2 usage/configuration error (a wrong base URL too)
   3 authentication (401/403)    4 not found (404/409/400)    5 upstream (502/504/other status)
-  6 connection/timeout    7 invalid response (not a PNG, too large)    8 local I/O error
+  6 connection/timeout    7 invalid response (not a PNG, too large)
+  8 local I/O error (a file, a port, or stdout closed or full)
   70 internal error (--debug shows the traceback)    130 interrupted
   141 stdout closed by its reader (e.g. `| head`)
 
@@ -51,42 +52,14 @@ class ParseError(Exception):
 
 
 class Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors raise :class:`ParseError` (see the module docstring)."""
+    """An ArgumentParser whose errors raise :class:`ParseError` (see the module docstring),
+    and whose ``--help`` and ``--version`` fail when stdout cannot take them."""
 
     def error(self, message: str) -> NoReturn:
         raise ParseError(self.prog, message)
 
-
-def _integer(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
-    """An argparse type for an integer option whose error states the true bounds."""
-    bound = f"from {minimum} to {maximum}" if maximum is not None else f">= {minimum}"
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-        if value < minimum or (maximum is not None and value > maximum):
-            raise argparse.ArgumentTypeError(f"must be an integer {bound}, got {text!r}")
-        return value
-
-    return parse
-
-
-def _seconds(*, zero: bool) -> Callable[[str], float]:
-    """An argparse type for a finite number of seconds, > 0 (or >= 0 when *zero*)."""
-    bound = ">= 0" if zero else "> 0"
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
-            raise argparse.ArgumentTypeError(f"must be a finite number {bound}, got {text!r}")
-        return value
-
-    return parse
+    def _print_message(self, message: str, file: object = None) -> None:
+        print_message(message, file)  # `--help >/dev/full` fails (exit 8) instead of exit 0
 
 
 def _instance_name(text: str) -> str:
@@ -139,14 +112,14 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     )
     group.add_argument(
         "--timeout",
-        type=_seconds(zero=False),
+        type=seconds(zero=False),
         metavar="SECONDS",
         default=default,
         help="timeout of each HTTP attempt, > 0 (default 20)",
     )
     group.add_argument(
         "--retries",
-        type=_integer(0, _MAX_RETRIES),
+        type=integer(0, _MAX_RETRIES),
         metavar="N",
         default=default,
         help=f"retries of a 502/504 answer, with jittered backoff, from 0 to {_MAX_RETRIES} "
@@ -195,7 +168,7 @@ def _terminal_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--border",
-        type=_integer(0, _MAX_BORDER),
+        type=integer(0, _MAX_BORDER),
         default=2,
         metavar="MODULES",
         help=f"quiet zone around the code, in modules, from 0 to {_MAX_BORDER} (default 2)",
@@ -305,7 +278,7 @@ def _add_poll(command: _AddCommand) -> None:
     p.add_argument(
         "-c",
         "--concurrency",
-        type=_integer(1),
+        type=integer(1),
         default=32,
         help="requests at once, >= 1 (default 32)",
     )
@@ -328,13 +301,13 @@ def _add_watch(command: _AddCommand) -> None:
     p.add_argument(
         "-i",
         "--interval",
-        type=_seconds(zero=False),
+        type=seconds(zero=False),
         default=5.0,
         metavar="SECONDS",
         help="seconds between polls, > 0, +-10%% jitter (default 5)",
     )
     p.add_argument(
-        "-n", "--count", type=_integer(1), metavar="N", help="stop after N QR codes, >= 1"
+        "-n", "--count", type=integer(1), metavar="N", help="stop after N QR codes, >= 1"
     )
     p.add_argument(
         "-o", "--output", metavar="FILE", type=_path, help="also save the latest QR to FILE"
@@ -357,7 +330,8 @@ def _add_fake_server(command: _AddCommand) -> None:
         "with the same options, as `python -m wachat_async.testing`",
         parents=(),
         epilog="exit status:\n  0 stopped (Ctrl-C, SIGTERM, --duration)    2 usage error or segno "
-        "missing\n  8 the address could not be bound    70 internal error    141 stdout closed\n",
+        "missing\n  8 the address could not be bound, or stdout not written    70 internal error"
+        "\n  141 stdout closed\n",
     )
     fake_server.add_arguments(p)
 
@@ -378,7 +352,7 @@ def _add_demo(command: _AddCommand) -> None:
     )
     p.add_argument(
         "--instances",
-        type=_integer(_DEMO_MIN, _DEMO_MAX),
+        type=integer(_DEMO_MIN, _DEMO_MAX),
         default=_DEMO_INSTANCES,
         metavar="N",
         help=f"fleet size, from {_DEMO_MIN} to {_DEMO_MAX} (default {_DEMO_INSTANCES})",
@@ -386,7 +360,7 @@ def _add_demo(command: _AddCommand) -> None:
     p.add_argument(
         "-c",
         "--concurrency",
-        type=_integer(1),
+        type=integer(1),
         default=8,
         help="requests at once, >= 1 (default 8)",
     )

@@ -14,8 +14,9 @@ example, ``wachat-qr``, your own code) at it::
 The first line ends with the base URL (for scripts: last word of the first line). A key given
 with ``--api-key`` is never printed. Exit status: 0 stopped (Ctrl-C, SIGTERM or
 ``--duration``), 2 usage error or the ``testing`` extra (segno) missing, 8 the address could not
-be bound, 70 an unexpected error (``--debug`` shows its traceback), 141 stdout was closed by its
-reader. The same numbers as ``wachat-qr``'s table. This module never imports the client.
+be bound or stdout could not be written (closed, full), 70 an unexpected error (``--debug``
+shows its traceback), 141 stdout was closed by its reader. The same numbers as ``wachat-qr``'s
+table. This module never imports the client.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import math
 import os
 import random
 import signal
@@ -32,8 +32,19 @@ import string
 import sys
 import tempfile
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final, NoReturn, TextIO
+
+from ._program import (
+    OutputError,
+    closed_streams_stand_in,
+    integer,
+    print_message,
+    seconds,
+    silence,
+    write_diagnostic,
+    write_out,
+)
 
 if TYPE_CHECKING:
     from ._server import FakeWachatServer
@@ -66,7 +77,7 @@ DEFAULT_INSTANCES: Final = (
 
 EXIT_OK: Final = 0
 EXIT_USAGE: Final = 2
-EXIT_BIND: Final = 8
+EXIT_BIND: Final = 8  # also: stdout could not be written (closed, full: a local I/O error)
 EXIT_INTERNAL: Final = 70
 EXIT_BROKEN_PIPE: Final = 141
 
@@ -92,43 +103,13 @@ def generated_names(count: int) -> list[str]:
 # --------------------------------------------------------------------------------------------
 
 
-def _integer(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
-    bound = f"from {minimum} to {maximum}" if maximum is not None else f">= {minimum}"
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-        if value < minimum or (maximum is not None and value > maximum):
-            raise argparse.ArgumentTypeError(f"must be an integer {bound}, got {text!r}")
-        return value
-
-    return parse
-
-
-def _seconds(*, zero: bool) -> Callable[[str], float]:
-    bound = ">= 0" if zero else "> 0"
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
-            raise argparse.ArgumentTypeError(f"must be a finite number {bound}, got {text!r}")
-        return value
-
-    return parse
-
-
 def _count(text: str) -> int:
     if "," in text or (text.strip() and not text.strip().lstrip("+-").isdigit()):
         raise argparse.ArgumentTypeError(
             f"takes a number of generated instances, got {text!r}; give names with "
             "--instance NAME (repeatable)"
         )
-    return _integer(0, _MAX_GENERATED)(text)
+    return integer(0, _MAX_GENERATED)(text)
 
 
 def _name(text: str) -> str:
@@ -155,13 +136,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--host",
         default="127.0.0.1",
-        help="address to bind (default 127.0.0.1; 0.0.0.0 or :: = every interface, then a "
-        "client on another machine needs --allow-insecure-http: the fake server speaks plain "
-        "http)",
+        help="address to bind (default 127.0.0.1; 0.0.0.0 = every IPv4 interface, :: = every "
+        "interface of both families on one dual-stack socket where the OS allows; a client on "
+        "another machine then needs --allow-insecure-http: the fake server speaks plain http)",
     )
     parser.add_argument(
         "--port",
-        type=_integer(0, 65535),
+        type=integer(0, 65535),
         default=8080,
         help="TCP port, from 0 to 65535 (default 8080; 0 = any free port)",
     )
@@ -198,21 +179,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--rotation",
-        type=_seconds(zero=True),
+        type=seconds(zero=True),
         default=20.0,
         metavar="SECONDS",
         help="QR codes change every SECONDS, >= 0 (default 20; 0 = never)",
     )
     parser.add_argument(
         "--latency",
-        type=_seconds(zero=True),
+        type=seconds(zero=True),
         default=0.0,
         metavar="SECONDS",
         help="delay every answer by SECONDS, >= 0 (default 0)",
     )
     parser.add_argument(
         "--log-limit",
-        type=_integer(0),
+        type=integer(0),
         default=10_000,
         metavar="N",
         help="recorded requests kept in memory, >= 0 (default 10000)",
@@ -233,7 +214,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--duration",
-        type=_seconds(zero=False),
+        type=seconds(zero=False),
         default=None,
         metavar="SECONDS",
         help="stop after SECONDS, > 0 (default: run until Ctrl-C or SIGTERM)",
@@ -253,6 +234,9 @@ class _Parser(argparse.ArgumentParser):
         )
         raise SystemExit(EXIT_USAGE)
 
+    def _print_message(self, message: str, file: object = None) -> None:
+        print_message(message, file)  # `--help >/dev/full` fails (exit 8) instead of exit 0
+
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
@@ -260,8 +244,8 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Serve a fake Wachat QR API until Ctrl-C (the same program as "
         "`wachat-qr fake-server`).",
         epilog="exit status: 0 stopped (Ctrl-C, SIGTERM, --duration); 2 usage error or segno "
-        "missing; 8 the address could not be bound; 70 unexpected error (a bug); 141 stdout "
-        "closed by its reader",
+        "missing; 8 the address could not be bound or stdout not written; 70 unexpected error "
+        "(a bug); 141 stdout closed by its reader",
     )
     add_arguments(parser)
     return parser
@@ -270,6 +254,17 @@ def _build_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------------------------
 # Serving
 # --------------------------------------------------------------------------------------------
+
+
+def _say(text: str, stream: TextIO) -> None:
+    """One line of output on *stream*: a failed write is an :class:`OutputError` (exit 8), a
+    gone reader a ``BrokenPipeError`` (exit 141)."""
+    write_out(text + "\n", stream)
+
+
+def _complain(text: str, stream: TextIO) -> None:
+    """One line of diagnostics on *stream* (stderr): a failure to write it is ignored."""
+    write_diagnostic(text + "\n", stream)
 
 
 def _names(args: argparse.Namespace) -> list[str]:
@@ -300,10 +295,6 @@ async def serve(
     out = sys.stdout if stdout is None else stdout
     err = sys.stderr if stderr is None else stderr
 
-    def say(text: str, stream: TextIO) -> None:
-        stream.write(text + "\n")
-        stream.flush()
-
     if args.access_log:
         import logging
 
@@ -312,7 +303,7 @@ async def serve(
         from ._server import FakeWachatServer
 
         if args.ca_file is not None and not args.tls:
-            say(f"{prog}: error: --ca-file needs --tls", err)
+            _complain(f"{prog}: error: --ca-file needs --tls", err)
             return EXIT_USAGE
         server = FakeWachatServer(
             DEFAULT_API_KEY if args.api_key is None else args.api_key,
@@ -326,7 +317,7 @@ async def serve(
             tls=args.tls,
         )
     except ImportError as exc:  # segno or trustme: the testing extra
-        say(f"{prog}: error: {exc}", err)
+        _complain(f"{prog}: error: {exc}", err)
         return EXIT_USAGE
     ca_file: str | None = None
     temporary_ca = False
@@ -340,7 +331,9 @@ async def serve(
                 ca_file = args.ca_file
             server.write_ca_file(ca_file)
         except OSError as exc:
-            say(f"{prog}: error: cannot write the CA file {ca_file}: {exc.strerror or exc}", err)
+            _complain(
+                f"{prog}: error: cannot write the CA file {ca_file}: {exc.strerror or exc}", err
+            )
             return EXIT_USAGE
     try:
         return await _serve(server, args, prog=prog, ca_file=ca_file, out=out, err=err)
@@ -359,10 +352,6 @@ async def _serve(
     out: TextIO,
     err: TextIO,
 ) -> int:
-    def say(text: str, stream: TextIO) -> None:
-        stream.write(text + "\n")
-        stream.flush()
-
     names = _names(args)
     server.add_instances(names)
     stop = asyncio.Event()
@@ -377,40 +366,45 @@ async def _serve(
             await server.start()
         except OSError as exc:
             where = f"{args.host}:{args.port}"
-            say(f"{prog}: error: cannot listen on {where}: {exc.strerror or exc}", err)
+            _complain(f"{prog}: error: cannot listen on {where}: {exc.strerror or exc}", err)
             return EXIT_BIND
         try:
-            say(f"Fake Wachat server listening on {server.base_url}", out)
-            say("Point a client at it (copy these lines into your shell):", out)
-            say(f"  export WACHAT_BASE_URL={server.base_url}", out)
+            _say(f"Fake Wachat server listening on {server.base_url}", out)
+            _say("Point a client at it (copy these lines into your shell):", out)
+            _say(f"  export WACHAT_BASE_URL={server.base_url}", out)
+            if server.dual_stack:
+                ipv4 = f"{server.url.partition('://')[0]}://127.0.0.1:{server.port}/api/v1"
+                _say(f"  # IPv4 clients too (one dual-stack socket): {ipv4}", out)
+            elif args.host == "::":
+                _say("  # IPv6 only on this system: for IPv4 clients use --host 0.0.0.0", out)
             if args.api_key is None:
-                say(f"  export WACHAT_API_KEY={DEFAULT_API_KEY}", out)
+                _say(f"  export WACHAT_API_KEY={DEFAULT_API_KEY}", out)
             else:
-                say("  # WACHAT_API_KEY: the key you gave with --api-key (not printed)", out)
+                _say("  # WACHAT_API_KEY: the key you gave with --api-key (not printed)", out)
             if ca_file is not None:
-                say(
+                _say(
                     f"  # TLS: trust the CA in {ca_file} (wachat-qr --ca-file {ca_file}, or "
                     f"WachatClient(ssl=ssl.create_default_context(cafile={ca_file!r})))",
                     out,
                 )
             remote = _remote_url(args.host, server.port, "https" if server.tls else "http")
             if remote is not None and server.tls:
-                say(
+                _say(
                     f"From another machine: WACHAT_BASE_URL={remote} (the certificate names "
                     "only 127.0.0.1, localhost and ::1: expect a host name mismatch)",
                     out,
                 )
             elif remote is not None:
-                say(
+                _say(
                     f"From another machine: WACHAT_BASE_URL={remote} (plain http: "
                     "wachat-qr --allow-insecure-http, WachatClient(allow_insecure_http=True))",
                     out,
                 )
             shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
             others = "created on first use" if args.auto_create else "404"
-            say(f"Instances ({len(names)}): {shown}; any other name: {others}", out)
+            _say(f"Instances ({len(names)}): {shown}; any other name: {others}", out)
             rotation = f"every {args.rotation:g} s" if args.rotation else "never"
-            say(f"QR codes change {rotation}. Press Ctrl-C to stop.", err)
+            _complain(f"QR codes change {rotation}. Press Ctrl-C to stop.", err)
             with contextlib.suppress(asyncio.TimeoutError):  # --duration over
                 await asyncio.wait_for(stop.wait(), args.duration)  # None: until a signal
         finally:
@@ -418,32 +412,44 @@ async def _serve(
     finally:
         for signum in installed:
             loop.remove_signal_handler(signum)
-    say("Stopped.", err)
+    _complain("Stopped.", err)
     return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse *argv* (default ``sys.argv[1:]``), serve until stopped, return the exit status."""
+    with closed_streams_stand_in():  # started with `>&-`: writes fail with EBADF, not None
+        try:
+            return _main(argv)
+        except BrokenPipeError:  # the reader of stdout went away: stop quietly
+            silence(sys.stdout)  # so the final flush cannot fail again
+            return EXIT_BROKEN_PIPE
+        except OutputError as exc:  # stdout closed or full: one line, a local I/O error
+            silence(sys.stdout)
+            write_diagnostic(f"{PROG}: error: {exc}\n")
+            return EXIT_BIND
+
+
+def _main(argv: Sequence[str] | None) -> int:
     try:
         args = _build_parser().parse_args(argv)
     except SystemExit as exc:  # --help and usage errors
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:
-        return asyncio.run(serve(args))
+        code = asyncio.run(serve(args))
+        write_out("")  # what is still buffered fails this run, not the interpreter's exit
+        return code
     except KeyboardInterrupt:  # pragma: no cover - only where add_signal_handler is missing
         return EXIT_OK
-    except BrokenPipeError:  # the reader of stdout went away: stop quietly
-        with contextlib.suppress(OSError, ValueError, AttributeError):
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())  # so the final flush cannot fail again
-            os.close(devnull)
-        return EXIT_BROKEN_PIPE
+    except (BrokenPipeError, OutputError):
+        raise
     except Exception as exc:  # a bug: one line, the traceback only with --debug
-        sys.stderr.write(f"{PROG}: error: internal error: {type(exc).__name__}: {exc}\n")
+        write_diagnostic(f"{PROG}: error: internal error: {type(exc).__name__}: {exc}\n")
         if args.debug:
-            traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+            trace = traceback.format_exception(type(exc), exc, exc.__traceback__)
+            write_diagnostic("".join(trace))
         else:
-            sys.stderr.write(f"{PROG}: hint: run again with --debug to see the traceback\n")
+            write_diagnostic(f"{PROG}: hint: run again with --debug to see the traceback\n")
         return EXIT_INTERNAL
 
 

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import math
 import os
+import socket
 import ssl
 import threading
 import time
@@ -52,6 +53,10 @@ class _AccessLogger(AbstractAccessLogger):
             response.status,
             time,
         )
+
+
+#: The hosts that mean "every interface" of both families (``0.0.0.0`` is IPv4's only).
+_ANY_ADDRESS = ("", "::")
 
 
 def _url_host(host: str) -> str:
@@ -167,6 +172,7 @@ class FakeWachatServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
+        self._dual_stack = False
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -195,9 +201,25 @@ class FakeWachatServer:
         await runner.setup()
         try:
             server_context = None if self._ca is None else self._ca.server_context()
-            site = web.TCPSite(runner, self._host, self._requested_port, ssl_context=server_context)
+            site: web.BaseSite
+            sock: socket.socket | None = None
+            if self._host in _ANY_ADDRESS and socket.has_dualstack_ipv6():
+                # asyncio binds "::" with IPV6_V6ONLY (IPv4 clients refused) and "" as two
+                # sockets (two ports when port=0): one dual-stack socket serves both families.
+                sock = socket.create_server(
+                    ("::", self._requested_port), family=socket.AF_INET6, dualstack_ipv6=True
+                )
+                site = web.SockSite(runner, sock, ssl_context=server_context)
+                self._dual_stack = True
+            else:
+                site = web.TCPSite(
+                    runner, self._host, self._requested_port, ssl_context=server_context
+                )
             await site.start()
         except BaseException:
+            self._dual_stack = False
+            if sock is not None:
+                sock.close()
             await runner.cleanup()
             raise
         self._runner = runner
@@ -216,6 +238,7 @@ class FakeWachatServer:
                 "(servers from run_in_thread() are closed by its context manager)"
             )
         self._status = "closed"
+        self._dual_stack = False
         self._waiting.close()
         assert self._runner is not None
         await self._runner.cleanup()
@@ -288,6 +311,14 @@ class FakeWachatServer:
         """The server root, e.g. ``http://127.0.0.1:8080`` (``https://`` with ``tls=True``)."""
         scheme = "http" if self._ca is None else "https"
         return f"{scheme}://{_url_host(self._host)}:{self.port}"
+
+    @property
+    def dual_stack(self) -> bool:
+        """Whether the server, bound to ``"::"`` or ``""`` (every interface), takes IPv4 and
+        IPv6 clients on one socket (where the OS allows it: Linux, macOS, Windows). Then
+        ``http://127.0.0.1:PORT`` reaches it as well as :attr:`url`'s ``[::1]``. False for any
+        other host, and for ``"::"`` on an OS that only binds it IPv6-only."""
+        return self._dual_stack
 
     @property
     def base_url(self) -> str:
