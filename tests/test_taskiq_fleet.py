@@ -50,13 +50,25 @@ import redis.asyncio  # noqa: E402
 
 from examples.taskiq_fleet import produce, worker  # noqa: E402
 
+#: Every wait in this module is bounded; these are the bounds (seconds). A 2,000-name run takes
+#: ~20 s on a loaded 2-core machine; a run that needs ten times that is stuck, not slow.
+RUN_LIMIT = 200.0
+STEP_LIMIT = 60.0
+KILL_LIMIT = 10.0
 
-def _until(condition: Callable[[], bool], what: str, *, limit: float = 60.0) -> None:
-    """Poll *condition* every 20 ms, failing with *what* if it does not hold within *limit* s."""
+
+def _until(
+    condition: Callable[[], bool],
+    what: str,
+    *,
+    limit: float = STEP_LIMIT,
+    context: Callable[[], str] = lambda: "",
+) -> None:
+    """Poll *condition* every 20 ms; fail naming *what* (and *context*) after *limit* s."""
     end = time.monotonic() + limit
     while not condition():
         if time.monotonic() > end:
-            pytest.fail(f"gave up waiting for {what}")
+            pytest.fail(f"gave up after {limit:g} s waiting for {what}\n{context()}", pytrace=False)
         time.sleep(0.02)
 
 
@@ -67,44 +79,105 @@ def _free_port() -> int:
         return port
 
 
-@pytest.fixture(scope="module")
-def redis_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    """A private redis-server on a free loopback port, no persistence; killed at the end."""
-    assert REDIS_SERVER is not None
-    folder = tmp_path_factory.mktemp("redis")
-    options = ("--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
-    for _ in range(5):  # another process may take the free port first: try another
-        port = _free_port()
-        proc = subprocess.Popen(  # noqa: S603 - a fixed program on loopback
-            [REDIS_SERVER, *options, "--port", str(port), "--dir", str(folder)],
+def _stop(proc: subprocess.Popen[Any], what: str, *, group: bool = False) -> None:
+    """SIGKILL *proc* (its whole process group with *group*) and reap it, or fail saying so."""
+    with contextlib.suppress(ProcessLookupError):
+        if group:
+            os.killpg(proc.pid, signal.SIGKILL)
+        else:
+            proc.kill()
+    try:
+        proc.wait(timeout=KILL_LIMIT)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{what} (pid {proc.pid}) still running {KILL_LIMIT:g} s after SIGKILL")
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    if not path.exists():
+        return f"({path.name}: none)"
+    text = path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:]
+    return f"--- {path.name} (last {len(text)} lines)\n" + "\n".join(text)
+
+
+class RedisServer:
+    """A private ``redis-server`` on a loopback port; :meth:`close` always kills it.
+
+    ``durable``: an append-only file synced on every write (``appendfsync always``), so a
+    SIGKILLed server restarted by :meth:`restart` comes back with every task and result.
+    """
+
+    def __init__(self, folder: Path, *, durable: bool = False) -> None:
+        self.folder, self.port = folder, 0
+        persistence = ("--appendonly", "yes", "--appendfsync", "always") if durable else ()
+        self.options = ("--bind", "127.0.0.1", "--save", "", "--appendonly", "no", *persistence)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        """Start on a free port (another of up to 5 if one is taken first), PING answered."""
+        for _ in range(5):
+            self.port = _free_port()
+            if self._launch():
+                return
+        pytest.fail("redis-server did not start on any of 5 free ports", pytrace=False)
+
+    def restart(self) -> None:
+        """Start again on the same port (after :meth:`kill`): the workers' REDIS_URL."""
+        if not self._launch():
+            pytest.fail(f"redis-server could not start again on port {self.port}", pytrace=False)
+
+    def _launch(self) -> bool:
+        """True once PING is answered; False if the server exited (its port was taken)."""
+        assert REDIS_SERVER is not None
+        self.proc = proc = subprocess.Popen(  # noqa: S603 - a fixed program on loopback
+            [REDIS_SERVER, *self.options, "--port", str(self.port), "--dir", str(self.folder)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+        client = redis.Redis(port=self.port, socket_timeout=1, socket_connect_timeout=1)
+
+        def up() -> bool:
+            if proc.poll() is not None:
+                return True
+            try:
+                return bool(client.ping())
+            except redis.ConnectionError:
+                return False
+
         try:
-            client = redis.Redis(port=port, socket_timeout=1)
-
-            def up(client: redis.Redis = client, proc: subprocess.Popen[bytes] = proc) -> bool:
-                if proc.poll() is not None:
-                    return True
-                try:
-                    return bool(client.ping())
-                except redis.ConnectionError:
-                    return False
-
-            _until(up, "redis-server to answer PING", limit=20)
-            if proc.poll() is None:
-                yield port
-                return
+            _until(up, f"redis-server to answer PING on port {self.port}", limit=20)
         finally:
-            proc.kill()
-            proc.wait()
-    pytest.fail("redis-server did not start on any of 5 free ports")
+            client.close()
+        return proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL the server (no shutdown, no save beyond what is synced) and reap it."""
+        if self.proc is not None:
+            _stop(self.proc, "redis-server")
+            self.proc = None
+
+    close = kill
+
+
+@pytest.fixture(scope="module")
+def redis_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """A private redis-server on a free loopback port, no persistence; killed at the end."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    try:
+        server.start()
+        yield server.port
+    finally:
+        server.close()
 
 
 @pytest.fixture
 def redis_url(redis_port: int) -> str:
     """The private Redis, emptied for this test."""
-    redis.Redis(port=redis_port).flushall()
+    with redis.Redis(port=redis_port) as client:
+        client.flushall()
     return f"redis://127.0.0.1:{redis_port}/0"
 
 
@@ -123,11 +196,16 @@ def _env(redis_url: str, server: FakeWachatServer) -> dict[str, str]:
 
 
 class Fleet:
-    """taskiq worker groups started by one test, all SIGKILLed (whole process group) at the end."""
+    """Worker groups and producers started by one test; :meth:`close` SIGKILLs them all.
+
+    Every process writes to a file in the test's folder (never a pipe that could fill up and
+    block it), and every failure message carries the tail of each file.
+    """
 
     def __init__(self, tmp: Path, env: dict[str, str]) -> None:
         self.tmp, self.env = tmp, env
         self.groups: list[subprocess.Popen[bytes]] = []
+        self.producers: list[subprocess.Popen[bytes]] = []
 
     def start(self, processes: int) -> subprocess.Popen[bytes]:
         """``taskiq worker examples.taskiq_fleet.worker:broker --workers N`` in a new session."""
@@ -150,11 +228,58 @@ class Fleet:
 
     def kill(self, proc: subprocess.Popen[bytes]) -> None:
         """SIGKILL the group: the taskiq manager and its worker processes, no clean-up."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        _stop(proc, "a taskiq worker group", group=True)
+
+    def produce(self, names: list[str], out: Path, *extra: str) -> subprocess.Popen[bytes]:
+        """The producer on *names*, with a ``--timeout`` unless *extra* gives one."""
+        index = len(self.producers)
+        names_file = self.tmp / f"names{index}.txt"
+        names_file.write_text("".join(f"{n}\n" for n in names), encoding="utf-8")
+        options = ["--names-file", str(names_file), "--out-dir", str(out), *extra]
+        if "--timeout" not in extra:
+            options += ["--timeout", str(RUN_LIMIT)]
+        with (
+            (self.tmp / f"produce{index}.out").open("wb") as out_file,
+            (self.tmp / f"produce{index}.err").open("wb") as err_file,
+        ):
+            proc = subprocess.Popen(  # noqa: S603 - our interpreter, fixed arguments
+                [sys.executable, "-m", "examples.taskiq_fleet.produce", *options],
+                cwd=ROOT,
+                env=self.env,
+                stdout=out_file,
+                stderr=err_file,
+            )
+        self.producers.append(proc)
+        return proc
+
+    def err(self, producer: subprocess.Popen[bytes]) -> str:
+        index = self.producers.index(producer)
+        return (self.tmp / f"produce{index}.err").read_text(encoding="utf-8", errors="replace")
+
+    def context(self) -> str:
+        """The tail of every log this test wrote, for a failure message."""
+        logs = sorted(self.tmp.glob("worker*.log")) + sorted(self.tmp.glob("produce*.*"))
+        return "\n".join(_tail(path) for path in logs)
+
+    def finish(self, producer: subprocess.Popen[bytes]) -> tuple[int, dict[str, Any], str]:
+        """Wait (bounded) for the producer: exit status, last stdout line as JSON, stderr."""
+        try:
+            producer.wait(timeout=RUN_LIMIT + 30)  # it gives up by itself after RUN_LIMIT
+        except subprocess.TimeoutExpired:
+            _stop(producer, "the producer")
+            pytest.fail(f"the producer ran over {RUN_LIMIT + 30:g} s\n{self.context()}")
+        index = self.producers.index(producer)
+        out = (self.tmp / f"produce{index}.out").read_text(encoding="utf-8").splitlines()
+        if not out:
+            pytest.fail(
+                f"the producer exited {producer.returncode} printing nothing\n{self.context()}",
+                pytrace=False,
+            )
+        return producer.returncode, json.loads(out[-1]), self.err(producer)
 
     def close(self) -> None:
+        for producer in self.producers:
+            _stop(producer, "the producer")
         for proc in self.groups:
             self.kill(proc)
 
@@ -169,39 +294,25 @@ def fleet(tmp_path: Path, redis_url: str, fake: FakeWachatServer) -> Iterator[Fl
         started.close()
 
 
-def _produce(fleet: Fleet, names: list[str], out: Path, *extra: str) -> subprocess.Popen[str]:
-    names_file = fleet.tmp / "names.txt"
-    names_file.write_text("".join(f"{n}\n" for n in names), encoding="utf-8")
-    options = ("--names-file", str(names_file), "--out-dir", str(out))
-    return subprocess.Popen(  # noqa: S603 - our interpreter, fixed arguments
-        [sys.executable, "-m", "examples.taskiq_fleet.produce", *options, *extra],
-        cwd=ROOT,
-        env=fleet.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def _finish(producer: subprocess.Popen[str]) -> tuple[int, dict[str, Any], str]:
-    """Wait for the producer; its exit status, last stdout line as JSON, and stderr."""
-    try:
-        out, err = producer.communicate(timeout=240)
-    finally:
-        producer.kill()
-    summary = json.loads(out.splitlines()[-1])
-    return producer.returncode, summary, err
-
-
 def _pngs(out: Path) -> dict[str, bytes]:
+    if not out.exists():
+        return {}
     return {p.name: p.read_bytes()[:8] for p in out.iterdir() if p.name.endswith(".png")}
 
 
 def _redis_left(redis_url: str) -> tuple[int, int]:
     """(entries in the task stream, pending entries of its group) once a run is over."""
-    client = redis.Redis.from_url(redis_url)
-    pending = client.xpending(worker.QUEUE, worker.QUEUE)["pending"]
-    return client.xlen(worker.QUEUE), pending
+    with redis.Redis.from_url(redis_url) as client:
+        pending = client.xpending(worker.QUEUE, worker.QUEUE)["pending"]
+        return client.xlen(worker.QUEUE), pending
+
+
+def _one_png_per_name(out: Path, names: list[str]) -> None:
+    """Exactly one PNG per name (and at most the temporary files a SIGKILL cut short)."""
+    pngs = _pngs(out)
+    assert sorted(pngs) == sorted(f"{n}.png" for n in names)
+    assert set(pngs.values()) == {PNG_SIGNATURE}
+    assert [p.name for p in out.iterdir() if not p.name.endswith((".png", ".part"))] == []
 
 
 def test_two_thousand_names_over_two_workers_give_one_png_each(
@@ -210,24 +321,24 @@ def test_two_thousand_names_over_two_workers_give_one_png_each(
     """2,000 names, `--workers 2`: exit 0, ok 2000, exactly one PNG per name, Redis left empty."""
     fleet.start(2)
     out = tmp_path / "qr"
-    code, summary, err = _finish(_produce(fleet, NAMES, out))
+    code, summary, err = fleet.finish(fleet.produce(NAMES, out))
     assert (code, summary["ok"], summary["failed"], err) == (0, 2000, 0, "")
     assert set(summary) == {"ok", "failed", "seconds"}
     assert summary["seconds"] > 0
-    pngs = _pngs(out)
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{n}.png" for n in NAMES)
-    assert set(pngs.values()) == {PNG_SIGNATURE}
+    _one_png_per_name(out, NAMES)
     assert _redis_left(redis_url) == (0, 0)
     assert KEY not in fleet.log(0)
+    assert "Traceback" not in fleet.log(0)
 
 
 def _consumers(redis_url: str) -> dict[int, int]:
     """Pending messages per consumer, keyed by the pid in the recipe's ``HOST-PID-RANDOM`` names."""
-    client = redis.Redis.from_url(redis_url)
-    try:
-        rows = client.xpending(worker.QUEUE, worker.QUEUE)["consumers"]
-    except redis.ResponseError:  # no group yet
-        return {}
+    with redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2) as client:
+        try:
+            rows = client.xpending(worker.QUEUE, worker.QUEUE)["consumers"]
+        except (redis.ResponseError, redis.ConnectionError):  # no group yet; Redis away
+            return {}
     return {int(row["name"].decode().split("-")[-2]): row["pending"] for row in rows}
 
 
@@ -236,6 +347,8 @@ def _worker_pid(group: subprocess.Popen[bytes]) -> int:
     children: list[int] = []
 
     def forked() -> bool:
+        if group.poll() is not None:
+            pytest.fail(f"the taskiq manager exited ({group.returncode}) before forking")
         path = Path(f"/proc/{group.pid}/task/{group.pid}/children")
         children[:] = [int(pid) for pid in path.read_text().split()] if path.exists() else []
         return len(children) == 1
@@ -251,25 +364,77 @@ def test_a_worker_killed_mid_run_loses_nothing(
     victim, survivor = fleet.start(1), fleet.start(1)
     victim_pid = _worker_pid(victim)
     out = tmp_path / "qr"
-    producer = _produce(fleet, NAMES, out)
+    producer = fleet.produce(NAMES, out)
     _until(
         lambda: _consumers(redis_url).get(victim_pid, 0) >= 10 and len(_pngs(out)) >= 200,
         "the victim to hold tasks after 200 results",
-        limit=120,
+        limit=RUN_LIMIT / 2,
+        context=fleet.context,
     )
     fleet.kill(victim)
     held_when_killed = _consumers(redis_url)[victim_pid]
-    code, summary, err = _finish(producer)
+    code, summary, err = fleet.finish(producer)
     assert (code, summary["ok"], summary["failed"], err) == (0, 2000, 0, "")
-    pngs = _pngs(out)
-    assert sorted(pngs) == sorted(f"{n}.png" for n in NAMES)
-    assert set(pngs.values()) == {PNG_SIGNATURE}
-    # A save cut by SIGKILL may leave its temporary file; nothing else is there.
-    assert [p.name for p in out.iterdir() if not p.name.endswith((".png", ".part"))] == []
+    _one_png_per_name(out, NAMES)
     assert held_when_killed >= 1
     assert "re-delivering" in fleet.log(1)
+    assert "Traceback" not in fleet.log(1)
     assert survivor.poll() is None
     assert _redis_left(redis_url) == (0, 0)
+
+
+OUTAGE = "Redis unreachable"
+BACK = "Redis reachable again after"
+OUTAGE_NAMES = NAMES[:1000]
+
+
+def test_a_redis_restart_mid_run_loses_nothing(tmp_path: Path, fake: FakeWachatServer) -> None:
+    """Redis SIGKILLed mid-run and started again (same port, its append-only file): one line
+    per process when it goes and one when it is back, no traceback, one PNG per name; a worker
+    started while Redis is down waits for it, and after the restart the reclaim still works
+    (the worker that ran through the outage is SIGKILLed holding tasks; the other runs them)."""
+    server = RedisServer(tmp_path / "redis", durable=True)
+    (tmp_path / "redis").mkdir()
+    fleet = Fleet(tmp_path, {})
+    try:
+        server.start()
+        fleet.env = _env(server.url, fake)
+        through = fleet.start(1)  # runs before, through and after the outage
+        through_pid = _worker_pid(through)
+        out = tmp_path / "qr"
+        producer = fleet.produce(OUTAGE_NAMES, out)
+        _until(lambda: len(_pngs(out)) >= 150, "150 PNGs before the outage", context=fleet.context)
+        server.kill()
+        fleet.start(1)  # starts while Redis is down
+        _until(
+            lambda: (
+                OUTAGE in fleet.log(0) and OUTAGE in fleet.log(1) and OUTAGE in fleet.err(producer)
+            ),
+            "every process to notice the outage",
+            context=fleet.context,
+        )
+        saved_in_outage = len(_pngs(out))
+        server.restart()
+        _until(
+            lambda: BACK in fleet.log(0) and _consumers(server.url).get(through_pid, 0) >= 1,
+            "the first worker to reconnect and hold tasks again",
+            context=fleet.context,
+        )
+        fleet.kill(through)
+        code, summary, err = fleet.finish(producer)
+        logs = [fleet.log(0), fleet.log(1)]
+    finally:
+        fleet.close()
+        server.close()
+    assert (code, summary["ok"], summary["failed"]) == (0, len(OUTAGE_NAMES), 0)
+    _one_png_per_name(out, OUTAGE_NAMES)
+    assert saved_in_outage < len(OUTAGE_NAMES)  # the outage was mid-run
+    for text in (*logs, err):
+        assert "Traceback" not in text
+        assert text.count(OUTAGE) == 1
+    assert [logs[0].count(BACK), logs[1].count(BACK), err.count(BACK)] == [1, 1, 1]
+    assert len(err.splitlines()) == 2  # the two outage lines, nothing else
+    assert "re-delivering" in logs[1]
 
 
 def test_failures_are_outcomes_on_stderr_and_the_exit_status(
@@ -283,7 +448,7 @@ def test_failures_are_outcomes_on_stderr_and_the_exit_status(
         try:
             fleet.start(1)
             names = ["t1_known_store", "t1_gone_store", "t1_bad\x7fname"]
-            code, summary, err = _finish(_produce(fleet, names, tmp_path / "qr"))
+            code, summary, err = fleet.finish(fleet.produce(names, tmp_path / "qr"))
         finally:
             fleet.close()
     assert (code, summary["ok"], summary["failed"]) == (1, 1, 2)
@@ -301,9 +466,11 @@ def test_no_worker_means_every_name_fails_after_the_timeout(
 ) -> None:
     """`--timeout` with no worker running: exit 1 and every name counted as failed."""
     fleet = Fleet(tmp_path, _env(redis_url, fake))
-    code, summary, err = _finish(
-        _produce(fleet, ["t1_a", "t1_b", "t1_a"], tmp_path / "qr", "--timeout", "0.3")
-    )
+    try:
+        producer = fleet.produce(["t1_a", "t1_b", "t1_a"], tmp_path / "qr", "--timeout", "0.3")
+        code, summary, err = fleet.finish(producer)
+    finally:
+        fleet.close()
     assert (code, summary["ok"], summary["failed"]) == (1, 0, 2)
     assert err.splitlines() == ["t1_a: no result within 0.3 s", "t1_b: no result within 0.3 s"]
 
@@ -311,13 +478,17 @@ def test_no_worker_means_every_name_fails_after_the_timeout(
 def test_redis_unreachable_is_one_line_and_exit_3(tmp_path: Path, fake: FakeWachatServer) -> None:
     """No Redis at REDIS_URL: one line on stderr naming the cause, exit 3, no traceback."""
     fleet = Fleet(tmp_path, _env(f"redis://127.0.0.1:{_free_port()}/0", fake))
-    producer = _produce(fleet, ["t1_a"], tmp_path / "qr")
     try:
-        out, err = producer.communicate(timeout=120)
+        producer = fleet.produce(["t1_a"], tmp_path / "qr")
+        try:
+            producer.wait(timeout=STEP_LIMIT)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the producer did not give up within {STEP_LIMIT:g} s", pytrace=False)
     finally:
-        producer.kill()
+        fleet.close()
+    err = fleet.err(producer)
     assert producer.returncode == 3
-    assert out == ""
+    assert (tmp_path / "produce0.out").read_text() == ""
     assert len(err.splitlines()) == 1
     assert "cannot reach Redis" in err
     assert "Traceback" not in err
@@ -458,7 +629,7 @@ async def test_a_message_idle_for_less_than_idle_timeout_is_left_alone(
     await _dead_consumer_holds(conn, idle_ms=1000)
     broker = _broker(redis_url, idle_timeout=5000)
     try:
-        assert await broker._reclaim(conn, b"q") == []
+        assert await broker._reclaim(b"q") == []
     finally:
         await broker.shutdown()
     consumers = (await conn.xpending("q", "g"))["consumers"]
