@@ -47,6 +47,8 @@ if REDIS_SERVER is None:
 
 import redis  # noqa: E402 - after the skip: the fleet extra brings it
 import redis.asyncio  # noqa: E402
+from taskiq import TaskiqResult  # noqa: E402
+from taskiq.serializers import JSONSerializer  # noqa: E402
 
 from examples.taskiq_fleet import produce, worker  # noqa: E402
 
@@ -678,6 +680,176 @@ def test_broker_refuses_intervals_that_cannot_work(kwargs: dict[str, Any]) -> No
     """A keep-alive not below the idle time (or zero), or a zero reclaim interval: ValueError."""
     with pytest.raises(ValueError, match="interval"):
         worker.ReclaimingStreamBroker("redis://127.0.0.1:1/0", **kwargs)
+
+
+def _outage(**kwargs: Any) -> tuple[worker.RedisOutage, list[float]]:
+    """A RedisOutage whose waits are recorded instead of slept (other tasks still run)."""
+    outage = worker.RedisOutage(**kwargs)
+    delays: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        delays.append(seconds)
+        await asyncio.sleep(0)
+
+    outage._sleep = sleep
+    return outage, delays
+
+
+def _failing(errors: list[BaseException], result: str = "done") -> Callable[[], Any]:
+    """An operation that raises *errors* one call at a time, then returns *result*."""
+
+    async def operation() -> str:
+        if errors:
+            raise errors.pop(0)
+        return result
+
+    return operation
+
+
+def _lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "examples.taskiq_fleet"]
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        redis.ConnectionError("Error 111 connecting to 127.0.0.1:6379"),
+        redis.TimeoutError("Timeout reading from 127.0.0.1:6379"),
+        redis.BusyLoadingError("Redis is loading the dataset in memory"),
+    ],
+    ids=["refused", "frozen-past-socket-timeout", "loading-after-restart"],
+)
+async def test_an_outage_is_one_line_when_it_goes_and_one_when_it_is_back(
+    error: redis.RedisError, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Five failed attempts: waits doubling up to the cap, two log lines, the result at last."""
+    outage, delays = _outage(first_delay=0.1, max_delay=0.5)
+    result = await outage.call(_failing([error] * 5))
+    assert result == "done"
+    assert delays == [0.1, 0.2, 0.4, 0.5, 0.5]
+    lines = _lines(caplog)
+    assert len(lines) == 2
+    assert lines[0].startswith(f"Redis unreachable ({type(error).__name__}: {error}); retrying")
+    assert lines[0].endswith("until it is back")
+    assert lines[1].startswith("Redis reachable again after ")
+    assert outage.since is None
+
+
+async def test_calls_in_one_outage_log_it_once(caplog: pytest.LogCaptureFixture) -> None:
+    """Many calls noticing the same outage: one line; a reply begun before it does not end it."""
+    outage, _ = _outage()
+    before = time.monotonic()
+    calls = [_failing([redis.ConnectionError("reset")] * 3) for _ in range(10)]
+    await asyncio.gather(*(outage.call(call) for call in calls[:5]))
+    assert len(_lines(caplog)) == 2
+    outage.failed(redis.ConnectionError("reset"))
+    outage.succeeded(before)  # its reply was on its way before Redis went
+    assert outage.since is not None
+    assert len(_lines(caplog)) == 3
+    await asyncio.gather(*(outage.call(call) for call in calls[5:]))
+    assert outage.since is None
+    assert _lines(caplog)[3].startswith("Redis reachable again")
+
+
+async def test_an_outage_longer_than_the_limit_raises_its_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """With a limit (the producer's) an outage that lasts raises the last error, logged once."""
+    outage, delays = _outage(limit=0)
+    error = redis.ConnectionError("Error 111")
+    with pytest.raises(redis.ConnectionError) as raised:
+        await outage.call(_failing([error]))
+    assert raised.value is error
+    assert delays == []
+    assert _lines(caplog) == [
+        "Redis unreachable (ConnectionError: Error 111); retrying every 5 s at most until "
+        "it is back, for 0 s"
+    ]
+
+
+async def test_other_redis_errors_are_not_an_outage(caplog: pytest.LogCaptureFixture) -> None:
+    """A ResponseError (a bug, a wrong command) is raised at once, not retried nor logged."""
+    outage, delays = _outage()
+    with pytest.raises(redis.ResponseError):
+        await outage.call(_failing([redis.ResponseError("WRONGTYPE")]))
+    assert (delays, _lines(caplog), outage.since) == ([], [], None)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"first_delay": -1}, {"first_delay": 2, "max_delay": 1}],
+    ids=["negative", "above-cap"],
+)
+def test_outage_refuses_delays_that_cannot_work(kwargs: dict[str, float]) -> None:
+    """A negative first delay, or one above the cap: ValueError."""
+    with pytest.raises(ValueError, match="first_delay"):
+        worker.RedisOutage(**kwargs)
+
+
+@pytest.mark.parametrize("in_worker", [True, False], ids=["worker-waits", "producer-raises"])
+async def test_startup_with_redis_down(in_worker: bool, caplog: pytest.LogCaptureFixture) -> None:
+    """A worker starting with Redis down waits for it (here: a zero limit ends the wait and
+    the one line says so); the producer's startup raises at once, logging nothing."""
+    outage, _ = _outage(limit=0)
+    broker = worker.ReclaimingStreamBroker(
+        f"redis://127.0.0.1:{_free_port()}/0",
+        queue_name="q",
+        consumer_group_name="g",
+        outage=outage,
+    )
+    broker.is_worker_process = in_worker
+    try:
+        with pytest.raises(redis.ConnectionError):
+            await broker._declare_consumer_group()
+    finally:
+        await broker.shutdown()
+    assert [line.split(" (")[0] for line in _lines(caplog)] == (
+        ["Redis unreachable"] if in_worker else []
+    )
+
+
+async def test_a_consumer_group_gone_with_redis_data_is_made_again(
+    conn: redis.asyncio.Redis, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis back without its data (no persistence): the listener says so once, makes the
+    group again and delivers what is sent from then on."""
+    broker = _broker(redis_url)
+    await broker.startup()
+    await conn.xadd("q", {b"data": b"before"})
+    listener = broker.listen()
+    try:
+        first = await asyncio.wait_for(anext(listener), 10)
+        await conn.flushall()  # the stream, its group and the unacknowledged "before" are gone
+        await conn.xadd("q", {b"data": b"after"})
+        second = await asyncio.wait_for(anext(listener), 10)
+    finally:
+        await listener.aclose()
+        await broker.shutdown()
+    assert (first.data, second.data) == (b"before", b"after")
+    assert [line for line in _lines(caplog) if "gone" in line] == [
+        "the consumer group 'g' is gone (Redis restarted without its data?); creating it "
+        "again: tasks sent before that are lost"
+    ]
+    assert set(broker.held[b"q"]) == {(await conn.xrange("q"))[0][0]}
+
+
+async def test_take_result_reads_then_deletes(conn: redis.asyncio.Redis, redis_url: str) -> None:
+    """A stored result is read once and removed; a result not there (yet) is None."""
+    store = worker.ResultStore(
+        redis_url, outage=worker.RedisOutage(), prefix_str="r", serializer=JSONSerializer()
+    )
+    try:
+        assert await store.take_result("t1") is None
+        result = TaskiqResult(is_err=False, return_value={"ok": True}, execution_time=0.1)
+        await store.set_result("t1", result)
+        assert await conn.exists("r:t1") == 1
+        taken = await store.take_result("t1")
+        assert taken is not None
+        assert (taken.is_err, taken.return_value) == (False, {"ok": True})
+        assert await conn.exists("r:t1") == 0
+        assert await store.take_result("t1") is None
+    finally:
+        await store.shutdown()
 
 
 def _imports(path: Path) -> set[str]:
