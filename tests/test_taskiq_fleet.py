@@ -66,12 +66,12 @@ def _until(
     limit: float = STEP_LIMIT,
     context: Callable[[], str] = lambda: "",
 ) -> None:
-    """Poll *condition* every 20 ms; fail naming *what* (and *context*) after *limit* s."""
+    """Poll *condition* every 50 ms; fail naming *what* (and *context*) after *limit* s."""
     end = time.monotonic() + limit
     while not condition():
         if time.monotonic() > end:
             pytest.fail(f"gave up after {limit:g} s waiting for {what}\n{context()}", pytrace=False)
-        time.sleep(0.02)
+        time.sleep(0.05)
 
 
 def _free_port() -> int:
@@ -183,15 +183,49 @@ def redis_url(redis_port: int) -> str:
     return f"redis://127.0.0.1:{redis_port}/0"
 
 
+class FakeApi:
+    """``python -m wachat_async.testing`` in a subprocess: every name exists, QRs never rotate.
+
+    A subprocess, not a thread of the test process: under ``coverage run`` (the full test
+    command) a fake server on a thread is traced and shares pytest's GIL, and serving
+    thousands of QRs then takes twice as long as the workers need.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        options = ("--port", "0", "--auto-create", "--rotation", "0", "--log-limit", "0")
+        self.log = folder / "fake.log"
+        with self.log.open("wb") as log:
+            self.proc = subprocess.Popen(  # noqa: S603 - our interpreter, fixed arguments
+                [sys.executable, "-m", "wachat_async.testing", *options, "--api-key", KEY],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        self.base_url = ""
+
+        def listening() -> bool:
+            if self.proc.poll() is not None:
+                pytest.fail(f"the fake server exited ({self.proc.returncode})\n{_tail(self.log)}")
+            first = self.log.read_text(encoding="utf-8").partition("\n")
+            self.base_url = first[0].rpartition(" ")[2] if first[1] else ""
+            return self.base_url.startswith("http://127.0.0.1:")
+
+        _until(listening, "the fake server to listen", context=lambda: _tail(self.log))
+
+    def close(self) -> None:
+        _stop(self.proc, "the fake server")
+
+
 @pytest.fixture(scope="module")
-def fake() -> Iterator[FakeWachatServer]:
-    """The fake API on a thread; every name exists; requests not logged (thousands of them)."""
-    server = FakeWachatServer(KEY, auto_create=True, qr_rotation=None, max_logged_requests=0)
-    with server.run_in_thread() as running:
-        yield running
+def fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeApi]:
+    """The fake API for the fleet tests, killed at the end of the module."""
+    api = FakeApi(tmp_path_factory.mktemp("fake"))
+    try:
+        yield api
+    finally:
+        api.close()
 
 
-def _env(redis_url: str, server: FakeWachatServer) -> dict[str, str]:
+def _env(redis_url: str, server: FakeWachatServer | FakeApi) -> dict[str, str]:
     env = dict(os.environ)
     env.update(REDIS_URL=redis_url, WACHAT_BASE_URL=server.base_url, WACHAT_API_KEY=KEY)
     return env
@@ -287,13 +321,20 @@ class Fleet:
 
 
 @pytest.fixture
-def fleet(tmp_path: Path, redis_url: str, fake: FakeWachatServer) -> Iterator[Fleet]:
+def fleet(tmp_path: Path, redis_url: str, fake: FakeApi) -> Iterator[Fleet]:
     """Worker groups for this test, pointed at the private Redis and the fake API."""
     started = Fleet(tmp_path, _env(redis_url, fake))
     try:
         yield started
     finally:
         started.close()
+
+
+def _saved(out: Path) -> int:
+    """How many PNGs are in *out* so far (names only: cheap enough to poll)."""
+    with contextlib.suppress(FileNotFoundError):
+        return sum(name.endswith(".png") for name in os.listdir(out))
+    return 0
 
 
 def _pngs(out: Path) -> dict[str, bytes]:
@@ -367,9 +408,11 @@ def test_a_worker_killed_mid_run_loses_nothing(
     victim_pid = _worker_pid(victim)
     out = tmp_path / "qr"
     producer = fleet.produce(NAMES, out)
+    # Late enough that the survivor alone has about as much left as the reclaim takes
+    # (idle_timeout + reclaim_interval, 6 s), early enough that the victim holds tasks.
     _until(
-        lambda: _consumers(redis_url).get(victim_pid, 0) >= 10 and len(_pngs(out)) >= 200,
-        "the victim to hold tasks after 200 results",
+        lambda: _saved(out) >= 1400 and _consumers(redis_url).get(victim_pid, 0) >= 10,
+        "the victim to hold tasks after 1,400 results",
         limit=RUN_LIMIT / 2,
         context=fleet.context,
     )
@@ -390,7 +433,7 @@ BACK = "Redis reachable again after"
 OUTAGE_NAMES = NAMES[:1000]
 
 
-def test_a_redis_restart_mid_run_loses_nothing(tmp_path: Path, fake: FakeWachatServer) -> None:
+def test_a_redis_restart_mid_run_loses_nothing(tmp_path: Path, fake: FakeApi) -> None:
     """Redis SIGKILLed mid-run and started again (same port, its append-only file): one line
     per process when it goes and one when it is back, no traceback, one PNG per name; a worker
     started while Redis is down waits for it, and after the restart the reclaim still works
@@ -405,7 +448,7 @@ def test_a_redis_restart_mid_run_loses_nothing(tmp_path: Path, fake: FakeWachatS
         through_pid = _worker_pid(through)
         out = tmp_path / "qr"
         producer = fleet.produce(OUTAGE_NAMES, out)
-        _until(lambda: len(_pngs(out)) >= 150, "150 PNGs before the outage", context=fleet.context)
+        _until(lambda: _saved(out) >= 150, "150 PNGs before the outage", context=fleet.context)
         server.kill()
         fleet.start(1)  # starts while Redis is down
         _until(
@@ -415,11 +458,15 @@ def test_a_redis_restart_mid_run_loses_nothing(tmp_path: Path, fake: FakeWachatS
             "every process to notice the outage",
             context=fleet.context,
         )
-        saved_in_outage = len(_pngs(out))
+        saved_in_outage = _saved(out)
         server.restart()
         _until(
-            lambda: BACK in fleet.log(0) and _consumers(server.url).get(through_pid, 0) >= 1,
-            "the first worker to reconnect and hold tasks again",
+            lambda: (
+                BACK in fleet.log(0)
+                and _saved(out) >= 650
+                and _consumers(server.url).get(through_pid, 0) >= 1
+            ),
+            "the first worker to reconnect and hold tasks after 650 results",
             context=fleet.context,
         )
         fleet.kill(through)
@@ -464,7 +511,7 @@ def test_failures_are_outcomes_on_stderr_and_the_exit_status(
 
 
 def test_no_worker_means_every_name_fails_after_the_timeout(
-    tmp_path: Path, redis_url: str, fake: FakeWachatServer
+    tmp_path: Path, redis_url: str, fake: FakeApi
 ) -> None:
     """`--timeout` with no worker running: exit 1 and every name counted as failed."""
     fleet = Fleet(tmp_path, _env(redis_url, fake))
@@ -477,7 +524,7 @@ def test_no_worker_means_every_name_fails_after_the_timeout(
     assert err.splitlines() == ["t1_a: no result within 0.3 s", "t1_b: no result within 0.3 s"]
 
 
-def test_redis_unreachable_is_one_line_and_exit_3(tmp_path: Path, fake: FakeWachatServer) -> None:
+def test_redis_unreachable_is_one_line_and_exit_3(tmp_path: Path, fake: FakeApi) -> None:
     """No Redis at REDIS_URL: one line on stderr naming the cause, exit 3, no traceback."""
     fleet = Fleet(tmp_path, _env(f"redis://127.0.0.1:{_free_port()}/0", fake))
     try:

@@ -380,8 +380,10 @@ class ResultStore(RedisAsyncResultBackend[Any]):
 
     async def set_result(self, task_id: str, result: TaskiqResult[Any]) -> None:
         """Store *result* (``SET ... EX``), waiting for Redis if it is away."""
-        store = super().set_result
-        await self.outage.call(lambda: store(task_id, result))
+        key = self._task_name(task_id)
+        value = self.serializer.dumpb(result.model_dump(mode="json"))
+        ex, px = self.result_ex_time, self.result_px_time
+        await self.outage.call(lambda: self._redis.set(key, value, ex=ex, px=px))
 
     async def take_result(self, task_id: str) -> TaskiqResult[Any] | None:
         """The result of *task_id*, deleted from Redis once read; None if not there (yet)."""
