@@ -1,10 +1,14 @@
 """examples/taskiq_fleet: taskiq workers and the producer against a real redis-server, fake API.
 
 Each test starts what it needs on loopback: Debian's ``redis-server`` (on a free port, no
-persistence), a :class:`FakeWachatServer` on a thread, ``taskiq worker`` subprocesses (each in
-its own process group, killed in teardown) and the producer as a subprocess, exactly as the
-recipe's README runs them. Without ``redis-server`` the module is skipped locally and fails in
-CI (``CI=true``): there it must run.
+persistence; with an append-only file for the restart test), the fake API
+(``python -m wachat_async.testing`` in a subprocess), ``taskiq worker`` subprocesses (each in
+its own process group) and the producer as a subprocess, exactly as the recipe's README runs
+them. Every wait is bounded (``RUN_LIMIT``, ``STEP_LIMIT``, ``KILL_LIMIT``) and fails saying
+what it waited for, with the tail of every log; every process is SIGKILLed in a ``finally``
+or a fixture's teardown, whether the test passed or not; every output goes to a file, never
+a pipe that could fill up. Without ``redis-server`` the module is skipped locally and fails
+in CI (``CI=true``): there it must run.
 """
 
 from __future__ import annotations
@@ -81,13 +85,34 @@ def _free_port() -> int:
         return port
 
 
-def _stop(proc: subprocess.Popen[Any], what: str, *, group: bool = False) -> None:
-    """SIGKILL *proc* (its whole process group with *group*) and reap it, or fail saying so."""
+def _group_members(pgid: int) -> bool:
+    """Whether any process is still in process group *pgid* (Linux: ``/proc/PID/stat``)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            if int(stat.read_text().rpartition(")")[2].split()[2]) == pgid:
+                return True
+    return False
+
+
+def _signal(proc: subprocess.Popen[Any], *, group: bool = False) -> None:
+    """SIGKILL *proc*, or its whole process group with *group*.
+
+    Once *proc* is reaped its id may belong to someone else's process: then nothing, except
+    a group that still has members (a leader that died on its own leaves its workers), whose
+    id cannot have been reused.
+    """
+    if proc.returncode is not None and not (group and _group_members(proc.pid)):
+        return
     with contextlib.suppress(ProcessLookupError):
         if group:
             os.killpg(proc.pid, signal.SIGKILL)
         else:
             proc.kill()
+
+
+def _stop(proc: subprocess.Popen[Any], what: str, *, group: bool = False) -> None:
+    """SIGKILL *proc* (its whole process group with *group*) and reap it, or fail saying so."""
+    _signal(proc, group=group)
     try:
         proc.wait(timeout=KILL_LIMIT)
     except subprocess.TimeoutExpired:
@@ -297,27 +322,47 @@ class Fleet:
         logs = sorted(self.tmp.glob("worker*.log")) + sorted(self.tmp.glob("produce*.*"))
         return "\n".join(_tail(path) for path in logs)
 
-    def finish(self, producer: subprocess.Popen[bytes]) -> tuple[int, dict[str, Any], str]:
-        """Wait (bounded) for the producer: exit status, last stdout line as JSON, stderr."""
-        try:
-            producer.wait(timeout=RUN_LIMIT + 30)  # it gives up by itself after RUN_LIMIT
-        except subprocess.TimeoutExpired:
-            _stop(producer, "the producer")
-            pytest.fail(f"the producer ran over {RUN_LIMIT + 30:g} s\n{self.context()}")
+    def finish(
+        self, producer: subprocess.Popen[bytes], out: Path | None = None
+    ) -> tuple[int, dict[str, Any], str]:
+        """Wait for the producer: exit status, last stdout line as JSON, stderr.
+
+        Bounded three ways, each failing with every log's tail: the producer's own
+        ``--timeout`` (then ``RUN_LIMIT`` + 30 s), every worker group gone, or no new PNG in
+        *out* for ``STEP_LIMIT`` seconds while the producer still waits.
+        """
+        end = time.monotonic() + RUN_LIMIT + 30
+        saved, progress = -1, time.monotonic()
+        while True:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                producer.wait(timeout=0.2)
+                break
+            now = time.monotonic()
+            if self.groups and all(group.poll() is not None for group in self.groups):
+                self._fail("every worker group exited while the producer waits")
+            if out is not None and _saved(out) != saved:
+                saved, progress = _saved(out), now
+            elif out is not None and now - progress > STEP_LIMIT:
+                self._fail(f"no new PNG for {STEP_LIMIT:g} s ({saved} saved)")
+            if now > end:
+                self._fail(f"the producer ran over {RUN_LIMIT + 30:g} s")
         index = self.producers.index(producer)
-        out = (self.tmp / f"produce{index}.out").read_text(encoding="utf-8").splitlines()
-        if not out:
-            pytest.fail(
-                f"the producer exited {producer.returncode} printing nothing\n{self.context()}",
-                pytrace=False,
-            )
-        return producer.returncode, json.loads(out[-1]), self.err(producer)
+        out_lines = (self.tmp / f"produce{index}.out").read_text(encoding="utf-8").splitlines()
+        if not out_lines:
+            self._fail(f"the producer exited {producer.returncode} printing nothing")
+        return producer.returncode, json.loads(out_lines[-1]), self.err(producer)
+
+    def _fail(self, why: str) -> None:
+        self.close()  # the logs are complete once every process is gone
+        pytest.fail(f"{why}\n{self.context()}", pytrace=False)
 
     def close(self) -> None:
-        for producer in self.producers:
-            _stop(producer, "the producer")
-        for proc in self.groups:
-            self.kill(proc)
+        """SIGKILL every producer and worker group (all signalled before any is waited for)."""
+        started = [(p, False) for p in self.producers] + [(g, True) for g in self.groups]
+        for proc, group in started:
+            _signal(proc, group=group)
+        for proc, group in started:
+            _stop(proc, "a taskiq worker group" if group else "the producer", group=group)
 
 
 @pytest.fixture
@@ -364,7 +409,7 @@ def test_two_thousand_names_over_two_workers_give_one_png_each(
     """2,000 names, `--workers 2`: exit 0, ok 2000, exactly one PNG per name, Redis left empty."""
     fleet.start(2)
     out = tmp_path / "qr"
-    code, summary, err = fleet.finish(fleet.produce(NAMES, out))
+    code, summary, err = fleet.finish(fleet.produce(NAMES, out), out)
     assert (code, summary["ok"], summary["failed"], err) == (0, 2000, 0, "")
     assert set(summary) == {"ok", "failed", "seconds"}
     assert summary["seconds"] > 0
@@ -418,7 +463,7 @@ def test_a_worker_killed_mid_run_loses_nothing(
     )
     fleet.kill(victim)
     held_when_killed = _consumers(redis_url)[victim_pid]
-    code, summary, err = fleet.finish(producer)
+    code, summary, err = fleet.finish(producer, out)
     assert (code, summary["ok"], summary["failed"], err) == (0, 2000, 0, "")
     _one_png_per_name(out, NAMES)
     assert held_when_killed >= 1
@@ -470,7 +515,7 @@ def test_a_redis_restart_mid_run_loses_nothing(tmp_path: Path, fake: FakeApi) ->
             context=fleet.context,
         )
         fleet.kill(through)
-        code, summary, err = fleet.finish(producer)
+        code, summary, err = fleet.finish(producer, out)
         logs = [fleet.log(0), fleet.log(1)]
     finally:
         fleet.close()
@@ -897,6 +942,45 @@ async def test_take_result_reads_then_deletes(conn: redis.asyncio.Redis, redis_u
         assert await store.take_result("t1") is None
     finally:
         await store.shutdown()
+
+
+async def _swallows_cancel(entered: asyncio.Event) -> list[Any]:
+    """What redis-py does on Python 3.11 when a cancel comes as a send completes: the
+    command returns as if nothing happened (``asyncio.wait_for`` before 3.12). Only the
+    first call waits for that cancel; later ones return at once (so a regression fails the
+    test instead of hanging it)."""
+    if entered.is_set():
+        return []
+    entered.set()
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.Event().wait()
+    return []
+
+
+async def test_shutdown_ends_a_keep_alive_whose_cancel_was_swallowed(redis_url: str) -> None:
+    """The keep-alive's Redis call swallows the cancel: shutdown still ends, and soon."""
+    broker = _broker(redis_url, idle_timeout=1000, keepalive_interval=0.01)
+    entered = asyncio.Event()
+    broker.held[b"q"] = {b"1-1"}
+    broker._redis.xclaim = lambda *a, **k: _swallows_cancel(entered)  # type: ignore[method-assign]
+    broker._keepalive = asyncio.create_task(broker._keep_alive())
+    await asyncio.wait_for(entered.wait(), 10)
+    shutdown = asyncio.create_task(broker.shutdown())
+    await asyncio.wait({shutdown}, timeout=10)  # never cancels: a hang shows as not done
+    assert shutdown.done()
+    assert broker._keepalive is None
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="Task.cancelling() is 3.11+")
+async def test_a_cancel_swallowed_inside_a_redis_call_is_raised_again() -> None:
+    """A cancel lost inside the operation (as redis-py loses it): the call raises it anyway."""
+    outage, _ = _outage()
+    entered = asyncio.Event()
+    call = asyncio.create_task(outage.call(lambda: _swallows_cancel(entered)))
+    await entered.wait()
+    call.cancel()
+    await asyncio.wait({call}, timeout=10)
+    assert call.cancelled()
 
 
 def _imports(path: Path) -> set[str]:

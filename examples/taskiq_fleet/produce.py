@@ -134,10 +134,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, UnicodeDecodeError) as exc:
         parser.error(f"cannot read --names-file: {exc}")
     out_dir = str(Path(args.out_dir).absolute())
-    handler = logging.StreamHandler()  # the outage lines, on stderr like the errors
-    handler.setFormatter(logging.Formatter(f"{parser.prog}: %(message)s"))
-    log.addHandler(handler)
-    log.propagate = False
+    if not log.handlers:  # the outage lines, on stderr like the errors
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter(f"{parser.prog}: %(message)s"))
+        log.addHandler(handler)
+        log.propagate = False
     try:
         outcomes, seconds = asyncio.run(run(names, out_dir, timeout=args.timeout))
     except (ConnectionError, RedisError) as exc:  # redis-py's errors, and the OS's below them

@@ -33,6 +33,15 @@ worker. For ``fetch_qr`` that is harmless: a second fetch saves the same file ag
 (temp file + rename), and sets the same result. Raise ``idle_timeout`` if your tasks can
 block their loop that long; the price is that a dead worker's tasks wait that long.
 
+Redis may restart (or fail over, or freeze): every Redis call of a worker goes through a
+:class:`RedisOutage` that waits and tries again (0.1 s, doubling to 5 s at most) for as long as
+Redis stays away, starting up included, and logs one line when the outage starts and one
+when it ends, never a traceback. Tasks survive the restart if Redis keeps its data (an
+append-only file, ``appendfsync always`` to lose no write): the workers carry on where they
+were, and the reclaim hands a worker's tasks to another if it did not come back. A Redis
+that comes back empty has lost the tasks it held (a worker says so, once, and makes the
+consumer group again); the producer then waits for them until its ``--timeout``.
+
 Retries are per process. Each worker's client has its own ``RetryBudget``: in a 502 storm
 every process adds at most ``ratio`` (20%) retries over its own calls, so the fleet adds at most
 20% too; but the reserve ``min_retries_per_second`` (2 by default) is per process, so N
@@ -44,7 +53,6 @@ worker processes (for example 0.1 for 20 processes and a floor of 2 a second).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -147,6 +155,7 @@ class RedisOutage:
             started = time.monotonic()
             try:
                 result = await operation()
+                _reraise_swallowed_cancel()
             except UNREACHABLE as exc:
                 lasted = self.failed(exc)
                 if self.limit is not None and lasted >= self.limit:
@@ -156,6 +165,20 @@ class RedisOutage:
             else:
                 self.succeeded(started)
                 return result
+
+
+def _reraise_swallowed_cancel() -> None:
+    """Raise ``CancelledError`` if this task was cancelled but the cancel did not arrive.
+
+    redis-py sends every command through ``asyncio.wait_for(..., socket_timeout)``, and
+    before Python 3.12 ``wait_for`` drops a cancel that comes as the send completes: the
+    command returns and the task runs on as if never cancelled (a worker that never stops, a
+    shutdown that waits for ever). ``Task.cancelling()`` (3.11+) still counts that cancel.
+    """
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    if cancelling is not None and cancelling():
+        raise asyncio.CancelledError
 
 
 class ReclaimingStreamBroker(RedisStreamBroker):
@@ -201,6 +224,7 @@ class ReclaimingStreamBroker(RedisStreamBroker):
         self.held: dict[bytes, set[bytes]] = {}
         self._cursors: dict[bytes, bytes] = {}
         self._keepalive: asyncio.Task[None] | None = None
+        self._stopping = False
         # One client object on the pool: building one per call costs ~0.5 ms.
         self._redis = Redis(connection_pool=self.connection_pool)
 
@@ -332,8 +356,8 @@ class ReclaimingStreamBroker(RedisStreamBroker):
         return [self._hold(stream, msg_id, fields[b"data"]) for msg_id, fields in claimed]
 
     async def _keep_alive(self) -> None:
-        """Reset the idle time of every message this process holds, forever."""
-        while True:
+        """Reset the idle time of every message this process holds, until :meth:`shutdown`."""
+        while not self._stopping:
             await asyncio.sleep(self.keepalive_interval)
             started = time.monotonic()
             try:
@@ -356,12 +380,23 @@ class ReclaimingStreamBroker(RedisStreamBroker):
                 self.outage.succeeded(started)
 
     async def shutdown(self) -> None:
-        """Stop renewing held messages (another worker takes them over), then close."""
-        if self._keepalive is not None:
-            self._keepalive.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._keepalive
-            self._keepalive = None
+        """Stop renewing held messages (another worker takes them over), then close.
+
+        Bounded: the keep-alive is cancelled again every 0.1 s until it ends (a cancel can
+        be lost inside redis-py, see :func:`_reraise_swallowed_cancel`), and it stops at its
+        next tick anyway; after ``keepalive_interval`` + 5 s it is left behind, said once.
+        """
+        task, self._keepalive = self._keepalive, None
+        if task is not None:
+            self._stopping = True
+            deadline = asyncio.get_running_loop().time() + self.keepalive_interval + 5
+            while not task.done() and asyncio.get_running_loop().time() < deadline:
+                task.cancel()
+                await asyncio.wait({task}, timeout=0.1)  # waits without cancelling anything
+            if task.done():
+                self._stopping = False
+            else:
+                log.warning("the keep-alive did not stop; closing without it")
         await super().shutdown()
 
 
