@@ -11,7 +11,9 @@ workers may run elsewhere (on other machines it must be a shared folder). Each f
 instance is one line on stderr (``NAME: ErrorType: message``, key redacted); the last line on
 stdout is ``{"ok": N, "failed": M, "seconds": S}``. Exit status 0 when every name was saved,
 1 when any failed or ``--timeout`` passed first (the names still waiting count as failed),
-2 for a usage error, 3 when Redis cannot be reached (one line on stderr, no traceback).
+2 for a usage error, 3 when Redis cannot be reached (one line on stderr, no traceback): at the
+start, or for more than ``OUTAGE_LIMIT`` seconds (60) in a row later. A shorter outage (a
+Redis restart) is ridden out: one line on stderr when it starts, one when it ends.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -27,14 +30,20 @@ from pathlib import Path
 from typing import Any
 
 from redis.exceptions import RedisError
-from taskiq import AsyncTaskiqTask
+from taskiq import AsyncTaskiqTask, TaskiqResult
 
-from .worker import broker, fetch_qr
+from .worker import ResultStore, broker, fetch_qr, log
 
 __all__ = ["main", "read_names", "run"]
 
-#: Tasks sent, and results awaited, at once.
+#: Tasks sent at once.
 CONCURRENCY = 64
+#: Results awaited at once, in the order sent (they arrive in about that order).
+WAITERS = 16
+#: Seconds between two reads of a result not there yet.
+POLL_INTERVAL = 0.1
+#: Seconds Redis may stay unreachable in a row, once the run has started, before giving up.
+OUTAGE_LIMIT = 60.0
 
 
 def read_names(lines: Iterable[str]) -> list[str]:
@@ -53,7 +62,8 @@ async def run(
     """Send a task per name, wait for all (or *timeout* s); return the outcomes and seconds."""
     started = time.perf_counter()
     outcomes: dict[str, dict[str, Any]] = {}
-    await broker.startup()
+    broker.outage.limit = OUTAGE_LIMIT
+    await broker.startup()  # an unreachable Redis raises here, at once
     try:
         sent = await _send(names, out_dir)
         with contextlib.suppress(asyncio.TimeoutError):
@@ -81,18 +91,29 @@ async def _send(names: Sequence[str], out_dir: str) -> Sent:
 
 async def _collect(sent: Sent, outcomes: dict[str, dict[str, Any]]) -> None:
     """Wait for the results in the order sent: by the time the first is in, most are."""
+    store = broker.result_backend
+    assert isinstance(store, ResultStore)
     queue = iter(sent)
 
     async def waiter() -> None:
         for name, task in queue:
-            result = await task.wait_result(check_interval=0.05)
+            result = await _result(store, task.task_id)
             if result.is_err:  # the task raised something other than a WachatError or OSError
                 error = f"task failed: {result.error!r}"
                 outcomes[name] = {"instance": name, "ok": False, "error": error, "file": None}
             else:
                 outcomes[name] = result.return_value
 
-    await asyncio.gather(*(waiter() for _ in range(min(CONCURRENCY, len(sent)))))
+    await asyncio.gather(*(waiter() for _ in range(min(WAITERS, len(sent)))))
+
+
+async def _result(store: ResultStore, task_id: str) -> TaskiqResult[Any]:
+    """Read *task_id*'s result every ``POLL_INTERVAL`` s until it is there."""
+    while True:
+        result = await store.take_result(task_id)
+        if result is not None:
+            return result
+        await asyncio.sleep(POLL_INTERVAL)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -113,6 +134,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, UnicodeDecodeError) as exc:
         parser.error(f"cannot read --names-file: {exc}")
     out_dir = str(Path(args.out_dir).absolute())
+    if not log.handlers:  # the outage lines, on stderr like the errors
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter(f"{parser.prog}: %(message)s"))
+        log.addHandler(handler)
+        log.propagate = False
     try:
         outcomes, seconds = asyncio.run(run(names, out_dir, timeout=args.timeout))
     except (ConnectionError, RedisError) as exc:  # redis-py's errors, and the OS's below them

@@ -33,6 +33,15 @@ worker. For ``fetch_qr`` that is harmless: a second fetch saves the same file ag
 (temp file + rename), and sets the same result. Raise ``idle_timeout`` if your tasks can
 block their loop that long; the price is that a dead worker's tasks wait that long.
 
+Redis may restart (or fail over, or freeze): every Redis call of a worker goes through a
+:class:`RedisOutage` that waits and tries again (0.1 s, doubling to 5 s at most) for as long as
+Redis stays away, starting up included, and logs one line when the outage starts and one
+when it ends, never a traceback. Tasks survive the restart if Redis keeps its data (an
+append-only file, ``appendfsync always`` to lose no write): the workers carry on where they
+were, and the reclaim hands a worker's tasks to another if it did not come back. A Redis
+that comes back empty has lost the tasks it held (a worker says so, once, and makes the
+consumer group again); the producer then waits for them until its ``--timeout``.
+
 Retries are per process. Each worker's client has its own ``RetryBudget``: in a 502 storm
 every process adds at most ``ratio`` (20%) retries over its own calls, so the fleet adds at most
 20% too; but the reserve ``min_retries_per_second`` (2 by default) is per process, so N
@@ -44,33 +53,132 @@ worker processes (for example 0.1 for 20 processes and a floor of 2 a second).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from taskiq import AckableMessage, TaskiqEvents, TaskiqState
+from taskiq import AckableMessage, BrokerMessage, TaskiqEvents, TaskiqResult, TaskiqState
 from taskiq.serializers import JSONSerializer
 from taskiq_redis import RedisAsyncResultBackend, RedisStreamBroker
 
 from wachat_async import RetryBudget, WachatClient, WachatError
 
-__all__ = ["ReclaimingStreamBroker", "broker", "fetch_qr", "png_path"]
+__all__ = [
+    "RedisOutage",
+    "ReclaimingStreamBroker",
+    "ResultStore",
+    "broker",
+    "fetch_qr",
+    "png_path",
+]
 
 log = logging.getLogger("examples.taskiq_fleet")
+
+T = TypeVar("T")
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 #: The Redis stream the tasks travel on (and its consumer group has the same name).
 QUEUE = "wachat-fleet"
 #: How long a result waits in Redis for the producer to read it.
 RESULT_TTL_SECONDS = 3600
+#: For every connection: a command that fails on a connection Redis closed (a pooled one, from
+#: before a restart) is sent again at once on a new one; only a second failure is an outage.
+RECONNECT_ONCE = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
+#: What a lost Redis looks like to redis-py: refused, reset, unknown host, or no answer within
+#: ``socket_timeout`` (5 s by default in redis-py, so a frozen server ends a call too).
+UNREACHABLE = (RedisConnectionError, RedisTimeoutError)
+
+
+class RedisOutage:
+    """Retries Redis calls while Redis is unreachable, and says so once per outage.
+
+    One object is shared by everything in a process that talks to Redis (the broker's reads,
+    keep-alive, acknowledgements and sends, the result store), so an outage is one log line
+    when it starts (``Redis unreachable (...)``) and one when it ends (``Redis reachable again
+    after S s``), however many calls notice it. :meth:`call` runs an operation; when it fails
+    with one of :data:`UNREACHABLE` it waits ``first_delay`` seconds, doubling up to
+    ``max_delay``, and tries again. ``limit`` is how long (seconds) an outage may last before
+    the call raises its last error instead; ``None`` (workers) waits for ever. Only idempotent
+    operations go through it (or ones whose repetition is harmless, such as sending a task).
+    """
+
+    def __init__(
+        self, *, first_delay: float = 0.1, max_delay: float = 5.0, limit: float | None = None
+    ) -> None:
+        if not 0 <= first_delay <= max_delay:
+            raise ValueError("need 0 <= first_delay <= max_delay")
+        self.first_delay, self.max_delay, self.limit = first_delay, max_delay, limit
+        #: ``time.monotonic()`` when the current outage was first noticed; None while Redis answers.
+        self.since: float | None = None
+        self._sleep: Callable[[float], Awaitable[None]] = asyncio.sleep  # tests replace it
+
+    def failed(self, exc: BaseException) -> float:
+        """Note a failed call (logging the outage if it is new); seconds it has lasted."""
+        now = time.monotonic()
+        if self.since is None:
+            self.since = now
+            until = "it is back" if self.limit is None else f"it is back, for {self.limit:g} s"
+            log.warning(
+                "Redis unreachable (%s: %s); retrying every %g s at most until %s",
+                type(exc).__name__,
+                exc,
+                self.max_delay,
+                until,
+            )
+        return now - self.since
+
+    def succeeded(self, started: float) -> None:
+        """Note a call begun at *started* (``time.monotonic()``) that went through.
+
+        It ends the outage (logged) only if it began after the outage did: a reply that was
+        already on its way when Redis went away says nothing about Redis now.
+        """
+        if self.since is not None and started >= self.since:
+            log.warning("Redis reachable again after %.1f s", time.monotonic() - self.since)
+            self.since = None
+
+    async def call(self, operation: Callable[[], Awaitable[T]]) -> T:
+        """``await operation()``, again and again while Redis is unreachable (see the class)."""
+        delay = self.first_delay
+        while True:
+            started = time.monotonic()
+            try:
+                result = await operation()
+                _reraise_swallowed_cancel()
+            except UNREACHABLE as exc:
+                lasted = self.failed(exc)
+                if self.limit is not None and lasted >= self.limit:
+                    raise
+                await self._sleep(delay)
+                delay = min(2 * delay, self.max_delay)
+            else:
+                self.succeeded(started)
+                return result
+
+
+def _reraise_swallowed_cancel() -> None:
+    """Raise ``CancelledError`` if this task was cancelled but the cancel did not arrive.
+
+    redis-py sends every command through ``asyncio.wait_for(..., socket_timeout)``, and
+    before Python 3.12 ``wait_for`` drops a cancel that comes as the send completes: the
+    command returns and the task runs on as if never cancelled (a worker that never stops, a
+    shutdown that waits for ever). ``Task.cancelling()`` (3.11+) still counts that cancel.
+    """
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    if cancelling is not None and cancelling():
+        raise asyncio.CancelledError
 
 
 class ReclaimingStreamBroker(RedisStreamBroker):
@@ -81,8 +189,10 @@ class ReclaimingStreamBroker(RedisStreamBroker):
     looks for such messages (``XAUTOCLAIM``, at most ``unacknowledged_batch_size`` a time).
     ``keepalive_interval`` (s, default a fifth of ``idle_timeout``): how often each worker
     renews the messages it holds. ``xread_block`` (ms) is capped at ``reclaim_interval``.
-    Other arguments are ``RedisStreamBroker``'s; ``consumer_id`` defaults to ``"0"``, so a group
-    created after tasks were sent still delivers them, and the default ``consumer_name`` is
+    ``outage``: how Redis calls ride out a Redis restart (:class:`RedisOutage`; in a worker
+    every call waits for Redis as long as it takes, starting up included). Other arguments are
+    ``RedisStreamBroker``'s; ``consumer_id`` defaults to ``"0"``, so a group created after
+    tasks were sent still delivers them, and the default ``consumer_name`` is
     ``HOST-PID-RANDOM``, chosen when the process starts reading (``XINFO CONSUMERS`` then
     says which worker holds what).
     """
@@ -95,6 +205,7 @@ class ReclaimingStreamBroker(RedisStreamBroker):
         reclaim_interval: float = 1.0,
         keepalive_interval: float | None = None,
         consumer_id: str = "0",
+        outage: RedisOutage | None = None,
         **kwargs: Any,
     ) -> None:
         if keepalive_interval is None:
@@ -108,11 +219,13 @@ class ReclaimingStreamBroker(RedisStreamBroker):
         self.block = min(self.block, max(1, int(reclaim_interval * 1000)))
         self.reclaim_interval = reclaim_interval
         self.keepalive_interval = keepalive_interval
+        self.outage = outage or RedisOutage()
         #: Message ids this process holds (read or claimed, not yet acknowledged), per stream.
         self.held: dict[bytes, set[bytes]] = {}
         self._cursors: dict[bytes, bytes] = {}
         self._keepalive: asyncio.Task[None] | None = None
-        # One client object on the pool: building one per acknowledgement costs ~0.5 ms.
+        self._stopping = False
+        # One client object on the pool: building one per call costs ~0.5 ms.
         self._redis = Redis(connection_pool=self.connection_pool)
 
     def _streams(self) -> list[bytes]:
@@ -122,14 +235,52 @@ class ReclaimingStreamBroker(RedisStreamBroker):
         self.held.setdefault(stream, set()).add(msg_id)
         return AckableMessage(data=data, ack=self._ack_generator(msg_id, stream))
 
+    async def _declare_consumer_group(self) -> None:
+        """Create the group on each stream (an existing one is kept); a worker waits for Redis.
+
+        Outside a worker (the producer) an unreachable Redis raises at once: there it is a
+        wrong ``REDIS_URL`` or a server that is not running, better said than waited for.
+        """
+        if self.is_worker_process:
+            await self.outage.call(self._create_groups)
+        else:
+            await self._create_groups()
+
+    async def _create_groups(self) -> None:
+        for stream in self._streams():
+            try:
+                await self._redis.xgroup_create(
+                    stream, self.consumer_group_name, id=self.consumer_id, mkstream=self.mkstream
+                )
+            except ResponseError as exc:
+                if not str(exc).startswith("BUSYGROUP"):  # BUSYGROUP: it exists already
+                    raise
+
+    async def kick(self, message: BrokerMessage) -> None:
+        """Append the task to the stream (``XADD``), riding out a Redis restart."""
+        stream = message.labels.get("queue_name") or self.queue_name
+        fields: dict[Any, Any] = {b"data": message.message}
+
+        async def add() -> Any:
+            return await self._redis.xadd(
+                stream, fields, maxlen=self.maxlen, approximate=self.approximate
+            )
+
+        # A send whose reply was lost is sent again: the task may then run twice (harmless
+        # for fetch_qr), never zero times.
+        await self.outage.call(add)
+
     def _ack_generator(  # type: ignore[override]  # bytes from Redis, not str
         self, id: bytes, queue_name: bytes
     ) -> Callable[[], Awaitable[None]]:
-        async def ack() -> None:
+        async def execute() -> Any:
             pipe = self._redis.pipeline(transaction=True)
             pipe.xack(queue_name, self.consumer_group_name, id)
             pipe.xdel(queue_name, id)
-            await pipe.execute()
+            return await pipe.execute()
+
+        async def ack() -> None:
+            await self.outage.call(execute)  # both commands can be repeated
             self.held.get(queue_name, set()).discard(id)
 
         return ack
@@ -144,34 +295,53 @@ class ReclaimingStreamBroker(RedisStreamBroker):
         loop = asyncio.get_running_loop()
         next_reclaim = loop.time()
         streams: dict[Any, Any] = {self.queue_name: ">", **self.additional_streams}
-        async with Redis(connection_pool=self.connection_pool) as conn:
-            while True:
-                ready: list[AckableMessage] = []
-                try:
-                    if loop.time() >= next_reclaim:
-                        for stream in self._streams():
-                            ready += await self._reclaim(conn, stream)
-                        next_reclaim = loop.time() + self.reclaim_interval
-                    fetched: Any = await conn.xreadgroup(  # redis-py's reply type is loose
-                        self.consumer_group_name,
-                        self.consumer_name,
-                        streams,
-                        block=self.block,
-                        count=self.count,
-                    )
-                    for stream, entries in fetched or []:
-                        ready += [self._hold(_b(stream), i, f[b"data"]) for i, f in entries]
-                except (RedisConnectionError, RedisTimeoutError) as exc:
-                    # A Redis restart or failover: read again shortly. What was claimed
-                    # already is still run below; the rest stays pending in Redis.
-                    log.warning("Redis unavailable (%s); reading again shortly", exc)
-                    await asyncio.sleep(self.reclaim_interval)
-                for message in ready:
-                    yield message
 
-    async def _reclaim(self, conn: Redis, stream: bytes) -> list[AckableMessage]:
+        async def read() -> Any:
+            return await self._redis.xreadgroup(
+                self.consumer_group_name,
+                self.consumer_name,
+                streams,
+                block=self.block,
+                count=self.count,
+            )
+
+        while True:
+            if loop.time() >= next_reclaim:
+                for stream in self._streams():
+
+                    async def reclaim(stream: bytes = stream) -> list[AckableMessage]:
+                        return await self._reclaim(stream)
+
+                    # Yielded before anything else can fail: what is claimed is always run.
+                    for message in await self._group_call(reclaim):
+                        yield message
+                next_reclaim = loop.time() + self.reclaim_interval
+            fetched: Any = await self._group_call(read)  # redis-py's reply type is loose
+            for stream, entries in fetched or []:
+                for msg_id, fields in entries:
+                    yield self._hold(_b(stream), msg_id, fields[b"data"])
+
+    async def _group_call(self, operation: Callable[[], Awaitable[T]]) -> T:
+        """*operation* through :attr:`outage`; a consumer group gone with Redis's data is made
+        again (Redis restarted without persistence: the tasks it held are lost with it)."""
+        while True:
+            try:
+                return await self.outage.call(operation)
+            except ResponseError as exc:
+                if not str(exc).startswith("NOGROUP"):
+                    raise
+                log.warning(
+                    "the consumer group %r is gone (Redis restarted without its data?); "
+                    "creating it again: tasks sent before that are lost",
+                    self.consumer_group_name,
+                )
+                self.held.clear()
+                self._cursors.clear()
+                await self.outage.call(self._create_groups)
+
+    async def _reclaim(self, stream: bytes) -> list[AckableMessage]:
         """One ``XAUTOCLAIM`` step over *stream*, the scan resumed where the last one ended."""
-        reply: Any = await conn.xautoclaim(
+        reply: Any = await self._redis.xautoclaim(
             stream,
             self.consumer_group_name,
             self.consumer_name,
@@ -186,9 +356,10 @@ class ReclaimingStreamBroker(RedisStreamBroker):
         return [self._hold(stream, msg_id, fields[b"data"]) for msg_id, fields in claimed]
 
     async def _keep_alive(self) -> None:
-        """Reset the idle time of every message this process holds, forever."""
-        while True:
+        """Reset the idle time of every message this process holds, until :meth:`shutdown`."""
+        while not self._stopping:
             await asyncio.sleep(self.keepalive_interval)
+            started = time.monotonic()
             try:
                 for stream, ids in list(self.held.items()):
                     batch: list[Any] = list(ids)
@@ -201,17 +372,62 @@ class ReclaimingStreamBroker(RedisStreamBroker):
                             message_ids=batch[start : start + 1000],
                             justid=True,
                         )
-            except Exception:  # Redis away for a moment: try again on the next tick
-                log.warning("keep-alive failed; retrying", exc_info=True)
+            except UNREACHABLE as exc:  # logged once per outage; the next tick tries again
+                self.outage.failed(exc)
+            except RedisError:  # NOGROUP after a restart without data: listen() makes it again
+                pass
+            else:
+                self.outage.succeeded(started)
 
     async def shutdown(self) -> None:
-        """Stop renewing held messages (another worker takes them over), then close."""
-        if self._keepalive is not None:
-            self._keepalive.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._keepalive
-            self._keepalive = None
+        """Stop renewing held messages (another worker takes them over), then close.
+
+        Bounded: the keep-alive is cancelled again every 0.1 s until it ends (a cancel can
+        be lost inside redis-py, see :func:`_reraise_swallowed_cancel`), and it stops at its
+        next tick anyway; after ``keepalive_interval`` + 5 s it is left behind, said once.
+        """
+        task, self._keepalive = self._keepalive, None
+        if task is not None:
+            self._stopping = True
+            deadline = asyncio.get_running_loop().time() + self.keepalive_interval + 5
+            while not task.done() and asyncio.get_running_loop().time() < deadline:
+                task.cancel()
+                await asyncio.wait({task}, timeout=0.1)  # waits without cancelling anything
+            if task.done():
+                self._stopping = False
+            else:
+                log.warning("the keep-alive did not stop; closing without it")
         await super().shutdown()
+
+
+class ResultStore(RedisAsyncResultBackend[Any]):
+    """taskiq-redis's result backend, its calls riding out a Redis restart (``outage``).
+
+    Results are kept when read (``keep_results=True``) and expire after ``result_ex_time``;
+    :meth:`take_result` reads one and then deletes it, two calls that can each be repeated, so
+    a reply lost in an outage never loses the result (a ``GETDEL`` could).
+    """
+
+    def __init__(self, redis_url: str, *, outage: RedisOutage, **kwargs: Any) -> None:
+        super().__init__(redis_url, keep_results=True, **kwargs)
+        self.outage = outage
+        self._redis = Redis(connection_pool=self.redis_pool)
+
+    async def set_result(self, task_id: str, result: TaskiqResult[Any]) -> None:
+        """Store *result* (``SET ... EX``), waiting for Redis if it is away."""
+        key = self._task_name(task_id)
+        value = self.serializer.dumpb(result.model_dump(mode="json"))
+        ex, px = self.result_ex_time, self.result_px_time
+        await self.outage.call(lambda: self._redis.set(key, value, ex=ex, px=px))
+
+    async def take_result(self, task_id: str) -> TaskiqResult[Any] | None:
+        """The result of *task_id*, deleted from Redis once read; None if not there (yet)."""
+        key = self._task_name(task_id)
+        raw: Any = await self.outage.call(lambda: self._redis.get(key))
+        if raw is None:
+            return None
+        await self.outage.call(lambda: self._redis.delete(key))
+        return TaskiqResult[Any].model_validate(self.serializer.loadb(raw))
 
 
 def _b(value: str | bytes) -> bytes:
@@ -223,10 +439,13 @@ broker = ReclaimingStreamBroker(
     queue_name=QUEUE,
     consumer_group_name=QUEUE,
     xread_count=32,
-).with_result_backend(
-    RedisAsyncResultBackend(
+    retry=RECONNECT_ONCE,
+)
+broker.with_result_backend(
+    ResultStore(
         REDIS_URL,
-        keep_results=False,  # the producer's read deletes the result
+        outage=broker.outage,
+        retry=RECONNECT_ONCE,
         result_ex_time=RESULT_TTL_SECONDS,
         serializer=JSONSerializer(),  # not pickle: reading a result never runs code
         prefix_str=f"{QUEUE}:result",
