@@ -42,6 +42,7 @@ from wachat_async._retry import (
     is_transport_fault,
     note_slot_wait,
 )
+from wachat_async._slots import Slots
 from wachat_async.testing import FakeWachatServer, Fault
 
 from .conftest import (
@@ -529,7 +530,7 @@ async def test_a_full_queue_puts_the_first_attempt_under_the_deadline() -> None:
         attempt_timeout=1.0,
         clock=iter([clock.now, clock.now + 6.0]).__next__,  # 6 s pass before the guard
     )
-    queue = asyncio.Semaphore(1)
+    queue = Slots(1)
     await queue.acquire()  # the only slot is taken, and never given back
 
     async def attempt(name: str) -> None:
@@ -590,7 +591,8 @@ async def test_a_deadline_spent_queueing_says_so_and_counts_only_sent_attempts(
         attempt_timeout=1.0,
         clock=readings.__next__,
     )
-    queue = asyncio.Semaphore(0)  # no slot free: the first attempt runs under the deadline
+    queue = Slots(1)
+    assert queue.try_acquire()  # no slot free: the first attempt runs under the deadline
     with pytest.raises(DeadlineExceededError) as info:
         await asyncio.wait_for(
             retrier.call(NAME, queue, queueing(3, fail_first=fail_first)), timeout=30

@@ -26,6 +26,7 @@ from wachat_async import (
     WachatTimeoutError,
 )
 from wachat_async._redact import Secret
+from wachat_async._slots import Slots
 from wachat_async._transport import (
     DEFAULT_TIMEOUT,
     Transport,
@@ -176,7 +177,7 @@ async def transport(server: FakeWachatServer) -> AsyncIterator[Transport]:
         max_image_bytes=5 * 1024**2,
         user_agent="tests",
         borrowed=False,
-        slots=asyncio.Semaphore(2),
+        slots=Slots(2),
     )
     async with aiohttp.ClientSession() as session:
         t.session = session
@@ -191,7 +192,7 @@ async def test_an_attempt_is_one_request_and_never_retries(
     with pytest.raises(QRFetchFailedError) as info:
         await transport.fetch_image(NAME)
     assert (server.request_count(NAME), info.value.attempts) == (1, 1)
-    assert transport.slots._value == 2  # the slot is back
+    assert transport.slots.free == 2  # the slot is back
 
 
 async def test_an_attempt_returns_a_validated_image(
@@ -213,7 +214,7 @@ async def test_a_404_names_the_route_when_the_base_url_looks_wrong(
         max_image_bytes=1024,
         user_agent="tests",
         borrowed=False,
-        slots=asyncio.Semaphore(1),
+        slots=Slots(1),
     )
     async with aiohttp.ClientSession() as session:
         t.session = session

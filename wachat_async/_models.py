@@ -25,7 +25,7 @@ import hashlib
 import json
 import struct
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -273,6 +273,21 @@ class QRImage:
         )
 
 
+def _instance_of(cls: type) -> Callable[[object, attrs.Attribute[Any], object], None]:
+    """An attrs validator like ``attrs.validators.instance_of`` whose message names types only:
+    attrs' own quotes the value's repr (a PNG's bytes, an error's text) in the message and
+    keeps the value in the exception's ``args``."""
+
+    def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if not isinstance(value, cls):
+            raise TypeError(
+                f"{type(instance).__name__} {attribute.name} must be a {cls.__name__}, "
+                f"not {type(value).__name__}"
+            )
+
+    return check
+
+
 def _exactly_one(instance: QRResult, attribute: attrs.Attribute[Any], value: object) -> None:
     if (instance.image is None) == (instance.error is None):
         raise ValueError(f"{type(instance).__name__} needs exactly one of image and error")
@@ -325,7 +340,7 @@ class QRResult:
 class QRSuccess(QRResult):
     """A :class:`QRResult` whose fetch succeeded: ``image`` is set, ``error`` is ``None``."""
 
-    image: QRImage = attrs.field(validator=attrs.validators.instance_of(QRImage))
+    image: QRImage = attrs.field(validator=_instance_of(QRImage))
     error: None = attrs.field(default=None, validator=_exactly_one)
 
     @property
@@ -340,7 +355,7 @@ class QRFailure(QRResult):
 
     image: None = None
     error: WachatError = attrs.field(
-        validator=[_exactly_one, attrs.validators.instance_of(WachatError)]
+        validator=[_exactly_one, _instance_of(WachatError)]
     )
 
     @property

@@ -18,6 +18,7 @@ import aiohttp
 
 from ._errors import InvalidImageError, ResponseTooLargeError, WachatError, raise_clean
 from ._models import check_png_end, png_dimensions
+from ._slots import Slots
 
 __all__ = ["CHUNK_SIZE", "TRANSPORT_ERRORS", "QRStream"]
 
@@ -54,7 +55,7 @@ class QRStream:
         limit: int,
         chunk_size: int,
         map_error: MapError,
-        slot: asyncio.Semaphore | None = None,
+        slot: Slots | None = None,
     ) -> None:
         self._resp = response
         self._slot = slot
