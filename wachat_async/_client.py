@@ -611,7 +611,8 @@ class WachatClient:
         The status and headers are checked (and 502/504 retried) before the stream is yielded;
         once the first chunk is handed over nothing is retried. The PNG header is validated
         before the first chunk, and the chunk structure and the ``IEND`` trailer at the end
-        (the rules of :class:`QRImage`); the size cap is enforced while reading. Leaving the block releases the connection, read or not::
+        (the rules of :class:`QRImage`); the size cap is enforced while reading. Leaving the
+        block releases the connection, read or not::
 
             async with client.stream_qr_image("t1_abc_store") as stream:
                 async for chunk in stream:

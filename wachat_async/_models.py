@@ -5,8 +5,9 @@ is built (``QRImage(...)``, :meth:`QRImage.from_png`, ``attrs.evolve``), so hold
 holding a well-formed image: signature, IHDR (checksum, sides, fields the spec allows), chunks
 chaining by their lengths to the final ``IEND``, at least one ``IDAT``. The pixels are not
 decompressed and the other chunks' CRCs are not checked (the image data's CRC alone would cost
-about 10k instructions for a 1 KB QR under callgrind, as much as the rest of ``from_png``). The client, which has already validated the bytes while reading them,
-uses the private ``QRImage._trusted`` so the success path does not check them twice.
+about 10k instructions for a 1 KB QR under callgrind, as much as the rest of ``from_png``).
+The client, which has already validated the bytes while reading them, uses the private
+``QRImage._trusted`` so the success path does not check them twice.
 
 ``QRImage`` is built on every successful fetch, so its construction is kept cheap (measured in
 instructions under callgrind): it is a dict-backed frozen class whose trusted constructor fills
@@ -27,11 +28,12 @@ import base64
 import hashlib
 import json
 import struct
+import time
 import zlib
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 
@@ -56,9 +58,6 @@ _IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 _HEADER_LEN = 33  # signature (8) + IHDR length/type (8) + IHDR data (13) + CRC (4)
 _PNG_START = PNG_SIGNATURE + b"\x00\x00\x00\x0dIHDR"  # signature, then a 13-byte IHDR
 _IHDR_FIELDS = struct.Struct(">II5sI")  # width, height, the five one-byte fields, CRC
-#: The whole 33-byte header in one unpack: the 16 fixed bytes, width, height, the five
-#: one-byte fields (bit depth, colour type, compression, filter, interlace), CRC.
-_HEADER = struct.Struct(">16sII5sI")
 _MAX_DIMENSION = 2**31 - 1  # the PNG spec's limit
 #: Bit depths allowed for each colour type (PNG spec, 11.2.2 IHDR).
 _DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
@@ -72,9 +71,13 @@ _IHDR_CODES = frozenset(
 )
 #: A chunk's length and type.
 _CHUNK = struct.Struct(">I4s")
+#: The header and the first chunk's length and type after it, in one unpack (from_png).
+_HEAD_AND_CHUNK = struct.Struct(">16sII5sII4s")
 _crc32 = zlib.crc32
 _unpack_chunk = _CHUNK.unpack_from
 _now = datetime.now
+_time = time.time
+_from_timestamp = datetime.fromtimestamp
 _UTC = timezone.utc
 
 
@@ -272,7 +275,10 @@ class QRImage:
         fields["content_type"] = content_type
         fields["width"] = width
         fields["height"] = height
-        fields["fetched_at"] = _now(_UTC) if fetched_at is None else fetched_at
+        if fetched_at is None:
+            fields["_fetched"] = _time()  # made a datetime on first use (see __getattr__)
+        else:
+            fields["fetched_at"] = fetched_at
         return self
 
     @classmethod
@@ -294,8 +300,8 @@ class QRImage:
         if type(data) is not bytes:
             data = _to_bytes(data)
         try:
-            start, width, height, codes, crc = _HEADER.unpack_from(data)
-        except struct.error:  # under 33 bytes
+            start, width, height, codes, crc, length, kind = _HEAD_AND_CHUNK.unpack_from(data)
+        except struct.error:  # under 41 bytes: never a whole PNG (57 at least)
             start = b""
         if (
             start == _PNG_START
@@ -305,23 +311,15 @@ class QRImage:
             and codes in _IHDR_CODES
             and data[-12:] == _IEND
         ):
-            # The chunk walk of check_png_chunks, inline: one unpack per chunk.
-            end = len(data) - 12
-            pos = _HEADER_LEN
-            idat = False
-            while pos < end:
-                length, kind = _unpack_chunk(data, pos)
-                if kind == b"IDAT":
-                    idat = True
-                elif kind == b"IEND":
-                    break
-                pos += length + 12
-            if pos != end or not idat:
+            # The chunk walk: a single IDAT reaching the final IEND (the usual QR) is read
+            # off the same unpack; anything else is walked chunk by chunk.
+            if (kind != b"IDAT" or length + 57 != len(data)) and _chunks_error(data):
                 check_png_chunks(data, instance_name=instance_name)  # raises, with the reason
         else:
             # The slow path: raise the precise error.
             width, height = png_dimensions(data, instance_name=instance_name)
             check_png_end(data, instance_name=instance_name)
+            check_png_chunks(data, instance_name=instance_name)
         self = object.__new__(cls)
         fields = self.__dict__
         fields["instance_name"] = instance_name
@@ -329,8 +327,26 @@ class QRImage:
         fields["content_type"] = content_type
         fields["width"] = width
         fields["height"] = height
-        fields["fetched_at"] = _now(_UTC) if fetched_at is None else fetched_at
+        if fetched_at is None:
+            fields["_fetched"] = _time()  # made a datetime on first use (see __getattr__)
+        else:
+            fields["fetched_at"] = fetched_at
         return self
+
+    if not TYPE_CHECKING:  # type checkers see the fields only
+
+        def __getattr__(self, name: str) -> Any:
+            # Only for an attribute missing from the instance: the ``fetched_at`` of an image
+            # made by from_png or _trusted is kept as the clock reading of its fetch and made
+            # a datetime the first time it is read (datetime.now() costs about 2k
+            # instructions, time.time() 0.4k: most fetched images are never asked).
+            if name == "fetched_at":
+                fields = self.__dict__
+                stamp = fields.get("_fetched")
+                if stamp is not None:
+                    fields["fetched_at"] = value = _from_timestamp(stamp, _UTC)
+                    return value
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @property
     def sha256(self) -> str:

@@ -414,13 +414,15 @@ class RetryBudget:
                 withdrawn += w
         return self.ratio * deposits - withdrawn + self.min_retries_per_second * self.ttl
 
-    def deposit(self) -> None:
-        """Record one call (its first attempt)."""
+    def deposit(self) -> float:
+        """Record one call (its first attempt); return the clock reading it was filed under
+        (a retry loop on the same clock starts its call's deadline from it)."""
         window = self._window
         now = self.clock()
         if now >= window.end:  # a new second: file the one that ended
             window.roll(now)
         window.calls += 1
+        return now
 
     def try_withdraw(self) -> bool:
         """Take one retry from the budget; False (and count a refusal) if it is empty."""
@@ -528,8 +530,12 @@ class Retrier:
         under the deadline timer too.
         """
         policy = self.policy
-        self.budget.deposit()
-        started = self.clock()
+        budget = self.budget
+        if budget.clock is self.clock:  # the default: one clock reading for both
+            started = budget.deposit()
+        else:
+            budget.deposit()
+            started = self.clock()
         if self.guards_first_attempt or (
             # No slot free (Slots hands a released slot straight to a waiter, so a free one
             # means nobody waits): the attempt will queue, and queueing counts.
