@@ -1139,3 +1139,32 @@ async def test_real_waits_are_slept_when_not_zero_wait(server: FakeWachatServer)
         assert client.retry_policy.max_wait == 0.001
         await client.get_qr_image(NAME)
     assert server.request_count(NAME) == 2
+
+
+class CountingClock:
+    """A clock that advances by one second per reading and counts its readings."""
+
+    def __init__(self) -> None:
+        self.readings = 0
+
+    def __call__(self) -> float:
+        self.readings += 1
+        return 1000.0 + self.readings
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["one-clock", "two-clocks"])
+async def test_a_call_reads_a_shared_clock_once(shared: bool) -> None:
+    """deposit() returns its clock reading, and a retrier on the budget's clock starts the
+    call's deadline from it: one reading per successful call. On a clock of its own the
+    retrier reads that one for the start instead."""
+    clock, other = CountingClock(), CountingClock()
+    budget = RetryBudget(clock=clock)
+    retrier = Retrier(RetryPolicy(), budget, attempt_timeout=1.0, clock=clock if shared else other)
+
+    async def attempt(name: str) -> str:
+        return name
+
+    assert await retrier.call(NAME, None, attempt) == NAME
+    assert (clock.readings, other.readings) == ((1, 0) if shared else (1, 1))
+    assert budget.deposit() == 1000.0 + clock.readings  # the reading it filed the call under
+    assert budget.calls == 2
