@@ -77,6 +77,8 @@ _crc32 = zlib.crc32
 _unpack_chunk = _CHUNK.unpack_from
 _now = datetime.now
 _time = time.time
+_new = object.__new__
+_setattr = object.__setattr__
 _from_timestamp = datetime.fromtimestamp
 _UTC = timezone.utc
 
@@ -320,17 +322,34 @@ class QRImage:
             width, height = png_dimensions(data, instance_name=instance_name)
             check_png_end(data, instance_name=instance_name)
             check_png_chunks(data, instance_name=instance_name)
-        self = object.__new__(cls)
-        fields = self.__dict__
-        fields["instance_name"] = instance_name
-        fields["data"] = data
-        fields["content_type"] = content_type
-        fields["width"] = width
-        fields["height"] = height
+        self = _new(cls)
+        # The whole instance dict in one go (frozen only against setattr, as in _trusted).
         if fetched_at is None:
-            fields["_fetched"] = _time()  # made a datetime on first use (see __getattr__)
+            _setattr(
+                self,
+                "__dict__",
+                {
+                    "instance_name": instance_name,
+                    "data": data,
+                    "content_type": content_type,
+                    "width": width,
+                    "height": height,
+                    "_fetched": _time(),  # made a datetime on first use (see __getattr__)
+                },
+            )
         else:
-            fields["fetched_at"] = fetched_at
+            _setattr(
+                self,
+                "__dict__",
+                {
+                    "instance_name": instance_name,
+                    "data": data,
+                    "content_type": content_type,
+                    "width": width,
+                    "height": height,
+                    "fetched_at": fetched_at,
+                },
+            )
         return self
 
     if not TYPE_CHECKING:  # type checkers see the fields only

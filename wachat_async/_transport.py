@@ -331,7 +331,10 @@ class Transport:
                             raise
                         failure = self.transport_error(exc, name)
         finally:
-            slots.release()
+            if slots._waiters or slots.free >= slots.limit:
+                slots.release()  # to the next waiter (or refused: released too often)
+            else:
+                slots.free += 1  # Slots.release() with nobody waiting, inline
         if failure is not None:
             raise_clean(failure)
         return QRImage.from_png(data, instance_name=name)

@@ -46,7 +46,7 @@ def test_the_default_bounds_each_attempt_by_total_alone() -> None:
 def test_a_client_without_a_timeout_uses_the_default() -> None:
     """WachatClient() with no timeout argument runs on DEFAULT_TIMEOUT."""
     client = WachatClient(api_key="k", base_url="http://127.0.0.1:9/api/v1")
-    assert client._timeout == DEFAULT_TIMEOUT
+    assert client._transport.timeout == DEFAULT_TIMEOUT
 
 
 STALLS: dict[str, list[Action]] = {
