@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import attrs
@@ -516,3 +516,27 @@ def test_a_wrong_type_is_named_never_quoted(build: Any, names: tuple[str, ...]) 
         assert "must-not-be-quoted" not in text
     for name in names:
         assert name in str(info.value)
+
+
+def test_a_fetched_images_time_is_made_when_first_read() -> None:
+    """from_png without fetched_at stamps the image with the clock and makes the datetime on
+    first read: an aware UTC datetime of the fetch, the same on every read, on copies and
+    pickles too; any other missing attribute is still an AttributeError."""
+    import copy
+    import pickle
+
+    before = datetime.now(timezone.utc)
+    qr = QRImage.from_png(GOOD, instance_name=NAME)
+    twin = pickle.loads(pickle.dumps(qr))  # noqa: S301  # our own bytes
+    shallow = copy.copy(qr)
+    assert "fetched_at" not in vars(qr)
+    stamp = qr.fetched_at
+    assert stamp.tzinfo is timezone.utc
+    assert before - timedelta(seconds=1) <= stamp <= datetime.now(timezone.utc)
+    assert qr.fetched_at is stamp  # made once
+    assert twin == shallow == qr
+    assert attrs.evolve(qr, instance_name="other").fetched_at == stamp
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        qr.nope  # type: ignore[attr-defined]  # noqa: B018
+    given = QRImage.from_png(GOOD, instance_name=NAME, fetched_at=before)
+    assert vars(given)["fetched_at"] is before

@@ -19,9 +19,11 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from wachat_async import (
+    ClientClosedError,
     InstanceNotFoundError,
     InvalidResponseError,
     QRFetchFailedError,
+    WachatClient,
     WachatConnectionError,
     WachatTimeoutError,
 )
@@ -221,3 +223,42 @@ async def test_a_404_names_the_route_when_the_base_url_looks_wrong(
         with pytest.raises(InstanceNotFoundError) as info:
             await t.fetch_image(NAME)
     assert any("base URL" in note for note in info.value.__notes__)
+
+
+async def test_an_attempt_without_a_session_is_refused_and_gives_its_slot_back(
+    transport: Transport,
+) -> None:
+    """Once the client has let go of the session (it was closed), an image attempt raises
+    ClientClosedError having sent nothing, and its slot is free again."""
+    transport.session = None
+    with pytest.raises(ClientClosedError) as info:
+        await transport.fetch_image(NAME)
+    assert (info.value.attempts, info.value.instance_name, transport.slots.free) == (0, NAME, 2)
+
+
+@pytest.mark.parametrize("call", ["get", "stream", "state"])
+async def test_a_runtime_error_of_an_open_session_is_not_taken_for_a_closed_client(
+    server: FakeWachatServer, call: str
+) -> None:
+    """A RuntimeError raised inside aiohttp while the session is open (here by a trace hook)
+    propagates as it is: only a closed session's RuntimeError means the client was closed."""
+
+    async def boom(*_: object) -> None:
+        raise RuntimeError("hook failed")
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_start.append(boom)
+    async with WachatClient(api_key=KEY, base_url=server.base_url, trace_configs=[trace]) as client:
+
+        async def run() -> object:
+            if call == "get":
+                return await client.get_qr_image(NAME)
+            if call == "stream":
+                async with client.stream_qr_image(NAME) as stream:
+                    return stream
+            return await client.get_instance_state(NAME)
+
+        with pytest.raises(RuntimeError, match="hook failed") as info:
+            await run()
+        assert not isinstance(info.value, ClientClosedError)
+        assert client._slots.free == client._slots.limit
