@@ -35,7 +35,7 @@ from wachat_async._transport import (
     parse_retry_after,
     transport_error,
 )
-from wachat_async.testing import FakeWachatServer
+from wachat_async.testing import FakeWachatServer, Fault
 
 from .conftest import KEY, NAME, assert_no_key, exception_texts
 
@@ -262,3 +262,20 @@ async def test_a_runtime_error_of_an_open_session_is_not_taken_for_a_closed_clie
             await run()
         assert not isinstance(info.value, ClientClosedError)
         assert client._slots.free == client._slots.limit
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["image/png; charset=binary", "IMAGE/PNG", "Image/Png"],
+    ids=["with-parameter", "capitals", "mixed-case"],
+)
+async def test_a_png_content_type_written_otherwise_is_still_a_png(
+    server: FakeWachatServer, content_type: str
+) -> None:
+    """The raw header is compared first; any other spelling of image/png is parsed and accepted
+    (the slower path), and the image is validated the same way."""
+    server.script(NAME, [Fault(content_type=content_type)])
+    async with WachatClient(api_key=KEY, base_url=server.base_url) as client:
+        qr = await client.get_qr_image(NAME)
+        assert client._slots.free == client._slots.limit
+    assert (qr.instance_name, qr.width > 0) == (NAME, True)
