@@ -268,8 +268,8 @@ class QRImage:
         fetched_at: datetime | None = None,
     ) -> QRImage:
         """Wrap bytes that were already validated (by :meth:`from_png` or a finished
-        ``QRStream``, which checked the header and the ``IEND`` trailer) without checking
-        them again. Private: for the library's own success path only."""
+        ``QRStream``, which checked the header, the chunks and the ``IEND`` trailer) without
+        checking them again. Private: for the library's own success path only."""
         self = object.__new__(cls)
         fields = self.__dict__  # frozen only against setattr; attrs fills it the same way
         fields["instance_name"] = instance_name
