@@ -47,9 +47,11 @@ from .conftest import (
     status_cases,
 )
 
+#: A 1x1 transparent RGBA PNG (its IDAT's length chains to IEND; Pillow decodes it).
 PNG_1X1 = bytes.fromhex(
     "89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c489"
-    "0000000d49444154789c63000100000500010d0a2db40000000049454e44ae426082"
+    "0000000b49444154789c6360000200000500017a5eab3f0000000049454e44ae42"
+    "6082"
 )
 
 

@@ -4,15 +4,24 @@ from __future__ import annotations
 
 import struct
 import zlib
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import attrs
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from wachat_async import InstanceState, InvalidImageError, InvalidResponseError, QRImage
-from wachat_async._models import check_png_end, png_dimensions
+from wachat_async import (
+    InstanceState,
+    InvalidImageError,
+    InvalidResponseError,
+    QRFailure,
+    QRImage,
+    QRSuccess,
+)
+from wachat_async._models import check_png_chunks, check_png_end, png_dimensions
+from wachat_async.testing import Fault
 
 NAME = "t1_models"
 
@@ -245,9 +254,15 @@ def _mutated_png() -> st.SearchStrategy[bytes]:
 
 
 def header_only(width: int, height: int) -> bytes:
-    """Signature, an IHDR of any declared size and IEND: what the validators read (no pixels)."""
+    """Signature, an IHDR of any declared size, an IDAT and IEND: what the validators read (the
+    pixels are never decompressed, so a huge declared size needs no huge body)."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", ihdr)
+        + _chunk(b"IDAT", zlib.compress(b""))
+        + _chunk(b"IEND", b"")
+    )
 
 
 @pytest.mark.parametrize(
@@ -283,6 +298,7 @@ def _reference_verdict(data: bytes) -> tuple[str, bool] | tuple[int, int]:
     try:
         size = png_dimensions(data, instance_name=NAME)
         check_png_end(data, instance_name=NAME)
+        check_png_chunks(data, instance_name=NAME)
     except InvalidImageError as exc:
         return str(exc), exc.truncated
     return size
@@ -312,8 +328,8 @@ def test_from_png_reads_every_header_and_trailer_byte() -> None:
 
 @given(st.one_of(_mutated_png(), st.binary(max_size=80)))
 def test_from_png_accepts_exactly_what_the_reference_parsers_accept(data: bytes) -> None:
-    """from_png's inline checks agree with png_dimensions + check_png_end on every input,
-    including the reason given when it refuses."""
+    """from_png's inline checks agree with png_dimensions + check_png_end + check_png_chunks on
+    every input, including the reason given when it refuses."""
     assert _from_png_verdict(data) == _reference_verdict(data)
 
 
@@ -331,6 +347,7 @@ def test_arbitrary_bytes_are_either_a_png_or_refused(data: bytes) -> None:
     try:
         png_dimensions(data)
         check_png_end(data)
+        check_png_chunks(data)
     except InvalidImageError:
         with pytest.raises(InvalidImageError):
             QRImage(instance_name=NAME, data=data)
@@ -451,3 +468,75 @@ def test_the_other_fields_are_checked_too(changes: dict[str, object], error: typ
     with pytest.raises(error):
         attrs.evolve(good, **changes)
     assert "t1" in repr(good)
+
+
+SECRETISH = b"\x89PNG-bytes-that-must-not-be-quoted-" + b"k" * 40
+
+
+@pytest.mark.parametrize(
+    ("build", "names"),
+    [
+        pytest.param(
+            lambda: QRSuccess(instance_name=NAME, image=SECRETISH),  # type: ignore[arg-type]
+            ("QRImage", "bytes"),
+            id="success-image-bytes",
+        ),
+        pytest.param(
+            lambda: QRSuccess(instance_name=NAME, image=bytearray(SECRETISH)),  # type: ignore[arg-type]
+            ("QRImage", "bytearray"),
+            id="success-image-bytearray",
+        ),
+        pytest.param(
+            lambda: QRFailure(instance_name=NAME, error=SECRETISH),  # type: ignore[arg-type]
+            ("WachatError", "bytes"),
+            id="failure-error-bytes",
+        ),
+        pytest.param(
+            lambda: Fault(body=SECRETISH.decode("latin-1")),  # type: ignore[arg-type]
+            ("bytes", "str"),
+            id="fault-body-str",
+        ),
+        pytest.param(lambda: Fault(status=SECRETISH), ("int", "bytes"), id="fault-status"),  # type: ignore[arg-type]
+        pytest.param(lambda: Fault(delay=SECRETISH), ("number", "bytes"), id="fault-delay"),  # type: ignore[arg-type]
+        pytest.param(lambda: Fault(hang=SECRETISH), ("bool", "bytes"), id="fault-flag"),  # type: ignore[arg-type]
+        pytest.param(
+            lambda: Fault(headers={"X-Raw": SECRETISH}),  # type: ignore[dict-item]
+            ("str", "bytes"),
+            id="fault-header-value",
+        ),
+    ],
+)
+def test_a_wrong_type_is_named_never_quoted(build: Any, names: tuple[str, ...]) -> None:
+    """attrs validators name the expected and the given type; the value itself (bytes a PNG or
+    a secret may be made of) is in neither the message, the repr nor the args."""
+    with pytest.raises((TypeError, ValueError)) as info:
+        build()
+    texts = [str(info.value), repr(info.value), *map(repr, info.value.args)]
+    for text in texts:
+        assert "must-not-be-quoted" not in text
+    for name in names:
+        assert name in str(info.value)
+
+
+def test_a_fetched_images_time_is_made_when_first_read() -> None:
+    """from_png without fetched_at stamps the image with the clock and makes the datetime on
+    first read: an aware UTC datetime of the fetch, the same on every read, on copies and
+    pickles too; any other missing attribute is still an AttributeError."""
+    import copy
+    import pickle
+
+    before = datetime.now(timezone.utc)
+    qr = QRImage.from_png(GOOD, instance_name=NAME)
+    twin = pickle.loads(pickle.dumps(qr))  # noqa: S301  # our own bytes
+    shallow = copy.copy(qr)
+    assert "fetched_at" not in vars(qr)
+    stamp = qr.fetched_at
+    assert stamp.tzinfo is timezone.utc
+    assert before - timedelta(seconds=1) <= stamp <= datetime.now(timezone.utc)
+    assert qr.fetched_at is stamp  # made once
+    assert twin == shallow == qr
+    assert attrs.evolve(qr, instance_name="other").fetched_at == stamp
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        qr.nope  # type: ignore[attr-defined]  # noqa: B018
+    given = QRImage.from_png(GOOD, instance_name=NAME, fetched_at=before)
+    assert vars(given)["fetched_at"] is before

@@ -42,6 +42,7 @@ from wachat_async._retry import (
     is_transport_fault,
     note_slot_wait,
 )
+from wachat_async._slots import Slots
 from wachat_async.testing import FakeWachatServer, Fault
 
 from .conftest import (
@@ -529,7 +530,7 @@ async def test_a_full_queue_puts_the_first_attempt_under_the_deadline() -> None:
         attempt_timeout=1.0,
         clock=iter([clock.now, clock.now + 6.0]).__next__,  # 6 s pass before the guard
     )
-    queue = asyncio.Semaphore(1)
+    queue = Slots(1)
     await queue.acquire()  # the only slot is taken, and never given back
 
     async def attempt(name: str) -> None:
@@ -590,7 +591,8 @@ async def test_a_deadline_spent_queueing_says_so_and_counts_only_sent_attempts(
         attempt_timeout=1.0,
         clock=readings.__next__,
     )
-    queue = asyncio.Semaphore(0)  # no slot free: the first attempt runs under the deadline
+    queue = Slots(1)
+    assert queue.try_acquire()  # no slot free: the first attempt runs under the deadline
     with pytest.raises(DeadlineExceededError) as info:
         await asyncio.wait_for(
             retrier.call(NAME, queue, queueing(3, fail_first=fail_first)), timeout=30
@@ -1137,3 +1139,32 @@ async def test_real_waits_are_slept_when_not_zero_wait(server: FakeWachatServer)
         assert client.retry_policy.max_wait == 0.001
         await client.get_qr_image(NAME)
     assert server.request_count(NAME) == 2
+
+
+class CountingClock:
+    """A clock that advances by one second per reading and counts its readings."""
+
+    def __init__(self) -> None:
+        self.readings = 0
+
+    def __call__(self) -> float:
+        self.readings += 1
+        return 1000.0 + self.readings
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["one-clock", "two-clocks"])
+async def test_a_call_reads_a_shared_clock_once(shared: bool) -> None:
+    """deposit() returns its clock reading, and a retrier on the budget's clock starts the
+    call's deadline from it: one reading per successful call. On a clock of its own the
+    retrier reads that one for the start instead."""
+    clock, other = CountingClock(), CountingClock()
+    budget = RetryBudget(clock=clock)
+    retrier = Retrier(RetryPolicy(), budget, attempt_timeout=1.0, clock=clock if shared else other)
+
+    async def attempt(name: str) -> str:
+        return name
+
+    assert await retrier.call(NAME, None, attempt) == NAME
+    assert (clock.readings, other.readings) == ((1, 0) if shared else (1, 1))
+    assert budget.deposit() == 1000.0 + clock.readings  # the reading it filed the call under
+    assert budget.calls == 2

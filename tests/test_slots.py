@@ -9,6 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from wachat_async import ClientClosedError
+from wachat_async._client import _ConnectionQueue
+from wachat_async._retry import slot_wait
 from wachat_async._slots import Slots
 
 
@@ -164,11 +167,14 @@ async def test_a_release_right_after_a_cancel_skips_the_cancelled_waiter() -> No
     assert slots.free == 1
 
 
+@pytest.mark.parametrize("kind", [Slots, _ConnectionQueue], ids=["slots", "connection-queue"])
 @pytest.mark.parametrize("queued_behind", [0, 1, 3], ids=["alone", "one-behind", "three-behind"])
-async def test_cancelled_after_being_handed_a_slot_passes_it_on(queued_behind: int) -> None:
+async def test_cancelled_after_being_handed_a_slot_passes_it_on(
+    kind: type[Slots], queued_behind: int
+) -> None:
     """A waiter handed the slot but cancelled before it ran gives it to the next waiter, or back
     to free: the slot is never lost."""
-    slots = Slots(1)
+    slots = kind(1)
     assert slots.try_acquire()
     first = asyncio.create_task(slots.acquire())
     await settle()
@@ -216,17 +222,18 @@ _ACTIONS = st.lists(
 )
 
 
+@pytest.mark.parametrize("kind", [Slots, _ConnectionQueue], ids=["slots", "connection-queue"])
 @settings(max_examples=150, deadline=None)
 @given(limit=st.integers(1, 3), actions=_ACTIONS)
 def test_random_interleavings_keep_the_count_and_the_order(
-    limit: int, actions: list[tuple[str, object]]
+    kind: type[Slots], limit: int, actions: list[tuple[str, object]]
 ) -> None:
     """Any mix of arrivals, releases, cancellations (waiting, holding, or just woken) and loop
     turns: never more holders than slots, queued callers served in arrival order, and once
     everything settles every slot is free again."""
 
     async def scenario() -> None:
-        slots = Slots(limit)
+        slots = kind(limit)
         users = Users(slots)
         for action, arg in actions:
             if action == "start":
@@ -249,3 +256,77 @@ def test_random_interleavings_keep_the_count_and_the_order(
         assert (slots.free, slots.waiting, users.holding) == (limit, 0, set())
 
     asyncio.run(scenario())
+
+
+# -- the client's connection queue: Slots that can be closed (wachat_async/_client.py) -------
+
+
+async def test_a_closed_queue_refuses_at_once_and_sends_nothing() -> None:
+    """acquire() on a closed queue raises ClientClosedError (attempts=0), even with slots free;
+    closing twice is harmless."""
+    queue = _ConnectionQueue(2)
+    queue.close()
+    queue.close()
+    with pytest.raises(ClientClosedError, match="is closed") as info:
+        await queue.acquire()
+    assert (info.value.attempts, queue.free) == (0, 2)
+
+
+@pytest.mark.parametrize("waiting", [1, 3], ids=["one-waiter", "three-waiters"])
+async def test_close_wakes_every_waiter_and_each_refuses(waiting: int) -> None:
+    """Calls queued when the queue closes are all woken and refused (nothing sent); the holders
+    that give their slots back afterwards never over-release."""
+    queue = _ConnectionQueue(1)
+    assert queue.try_acquire()
+    waiters = [asyncio.create_task(queue.acquire()) for _ in range(waiting)]
+    await settle()
+    assert queue.waiting == waiting
+    queue.close()
+    results = await asyncio.gather(*waiters, return_exceptions=True)
+    assert [type(r) for r in results] == [ClientClosedError] * waiting
+    assert all("while this call waited" in str(r) for r in results)
+    queue.release()  # the holder finishes after the close
+    assert (queue.free, queue.waiting, queue.in_use) == (1, 0, 0)
+
+
+async def test_a_waiter_woken_by_close_then_cancelled_gives_back_nothing() -> None:
+    """Cancelled after close() woke it (before it ran): it held no slot, so it releases none."""
+    queue = _ConnectionQueue(1)
+    assert queue.try_acquire()
+    waiter = asyncio.create_task(queue.acquire())
+    await settle()
+    queue.close()
+    waiter.cancel()
+    await settle()
+    assert waiter.cancelled()
+    queue.release()
+    assert queue.free == 1
+
+
+async def test_a_cancelled_wait_is_marked_with_the_slots_in_use() -> None:
+    """The CancelledError of a wait carries how many slots were held, which the retry loop
+    reads to say a deadline was spent queueing."""
+    queue = _ConnectionQueue(2)
+    assert queue.try_acquire()
+    assert queue.try_acquire()
+    with pytest.raises(TimeoutError) as info:
+        async with asyncio.timeout(0):
+            await queue.acquire()
+    assert slot_wait(info.value) == 2
+    assert (queue.free, queue.waiting) == (0, 0)
+
+
+def test_close_wakes_a_waiter_of_a_loop_that_has_ended() -> None:
+    """A waiter left in a loop that is closed now: close() still finishes its future (the loop
+    cannot schedule the wake-up, and that is not an error)."""
+    queue = _ConnectionQueue(1)
+    assert queue.try_acquire()
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(queue.acquire())
+    loop.run_until_complete(asyncio.sleep(0))  # the task is now waiting
+    loop.close()
+    (future,) = queue._waiters
+    queue.close()
+    assert future.done()
+    assert queue.waiting == 0
+    task._log_destroy_pending = False  # type: ignore[attr-defined]  # its loop is gone

@@ -8,10 +8,13 @@ without a retry loop around it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import math
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -19,20 +22,24 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from wachat_async import (
+    ClientClosedError,
     InstanceNotFoundError,
     InvalidResponseError,
     QRFetchFailedError,
+    RetryPolicy,
+    WachatClient,
     WachatConnectionError,
     WachatTimeoutError,
 )
 from wachat_async._redact import Secret
+from wachat_async._slots import Slots
 from wachat_async._transport import (
     DEFAULT_TIMEOUT,
     Transport,
     parse_retry_after,
     transport_error,
 )
-from wachat_async.testing import FakeWachatServer
+from wachat_async.testing import FakeWachatServer, Fault
 
 from .conftest import KEY, NAME, assert_no_key, exception_texts
 
@@ -176,7 +183,7 @@ async def transport(server: FakeWachatServer) -> AsyncIterator[Transport]:
         max_image_bytes=5 * 1024**2,
         user_agent="tests",
         borrowed=False,
-        slots=asyncio.Semaphore(2),
+        slots=Slots(2),
     )
     async with aiohttp.ClientSession() as session:
         t.session = session
@@ -191,7 +198,7 @@ async def test_an_attempt_is_one_request_and_never_retries(
     with pytest.raises(QRFetchFailedError) as info:
         await transport.fetch_image(NAME)
     assert (server.request_count(NAME), info.value.attempts) == (1, 1)
-    assert transport.slots._value == 2  # the slot is back
+    assert transport.slots.free == 2  # the slot is back
 
 
 async def test_an_attempt_returns_a_validated_image(
@@ -213,10 +220,121 @@ async def test_a_404_names_the_route_when_the_base_url_looks_wrong(
         max_image_bytes=1024,
         user_agent="tests",
         borrowed=False,
-        slots=asyncio.Semaphore(1),
+        slots=Slots(1),
     )
     async with aiohttp.ClientSession() as session:
         t.session = session
         with pytest.raises(InstanceNotFoundError) as info:
             await t.fetch_image(NAME)
     assert any("base URL" in note for note in info.value.__notes__)
+
+
+async def test_an_attempt_without_a_session_is_refused_and_gives_its_slot_back(
+    transport: Transport,
+) -> None:
+    """Once the client has let go of the session (it was closed), an image attempt raises
+    ClientClosedError having sent nothing, and its slot is free again."""
+    transport.session = None
+    with pytest.raises(ClientClosedError) as info:
+        await transport.fetch_image(NAME)
+    assert (info.value.attempts, info.value.instance_name, transport.slots.free) == (0, NAME, 2)
+
+
+@pytest.mark.parametrize("call", ["get", "stream", "state"])
+async def test_a_runtime_error_of_an_open_session_is_not_taken_for_a_closed_client(
+    server: FakeWachatServer, call: str
+) -> None:
+    """A RuntimeError raised inside aiohttp while the session is open (here by a trace hook)
+    propagates as it is: only a closed session's RuntimeError means the client was closed."""
+
+    async def boom(*_: object) -> None:
+        raise RuntimeError("hook failed")
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_start.append(boom)
+    async with WachatClient(api_key=KEY, base_url=server.base_url, trace_configs=[trace]) as client:
+
+        async def run() -> object:
+            if call == "get":
+                return await client.get_qr_image(NAME)
+            if call == "stream":
+                async with client.stream_qr_image(NAME) as stream:
+                    return stream
+            return await client.get_instance_state(NAME)
+
+        with pytest.raises(RuntimeError, match="hook failed") as info:
+            await run()
+        assert not isinstance(info.value, ClientClosedError)
+        assert client._slots.free == client._slots.limit
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["image/png; charset=binary", "IMAGE/PNG", "Image/Png"],
+    ids=["with-parameter", "capitals", "mixed-case"],
+)
+async def test_a_png_content_type_written_otherwise_is_still_a_png(
+    server: FakeWachatServer, content_type: str
+) -> None:
+    """The raw header is compared first; any other spelling of image/png is parsed and accepted
+    (the slower path), and the image is validated the same way."""
+    server.script(NAME, [Fault(content_type=content_type)])
+    async with WachatClient(api_key=KEY, base_url=server.base_url) as client:
+        qr = await client.get_qr_image(NAME)
+        assert client._slots.free == client._slots.limit
+    assert (qr.instance_name, qr.width > 0) == (NAME, True)
+
+
+# -- the DEBUG line of each attempt ------------------------------------------------------
+
+
+async def _each_call(client: WachatClient, how: str, tmp_path: Path) -> None:
+    if how == "get":
+        await client.get_qr_image(NAME)
+    elif how == "stream":
+        async with client.stream_qr_image(NAME) as stream:
+            await stream.read()
+    elif how == "save":
+        await client.save_qr_image(NAME, tmp_path / "qr.png")
+    else:
+        await client.get_instance_state(NAME)
+
+
+@pytest.mark.parametrize("how", ["get", "stream", "save", "state"])
+@pytest.mark.parametrize(
+    ("script", "expected"),
+    [
+        pytest.param([], ["-> 200 OK"], id="ok"),
+        pytest.param([Fault(status=502), Fault(status=200)], ["-> 502", "-> 200 OK"], id="retried"),
+        # The answer's line is logged when the headers come; the body then fails to arrive.
+        pytest.param([Fault(drop=True)], ["-> 200 OK"], id="cut-mid-body"),
+    ],
+)
+async def test_every_attempt_of_every_call_is_one_debug_line_without_the_key(
+    server: FakeWachatServer,
+    how: str,
+    script: list[Fault],
+    expected: list[str],
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+) -> None:
+    """``wachat_async.http`` logs one DEBUG line per attempt, on every kind of call, the
+    one-coroutine image fetch included; the key is never in it."""
+    if script:
+        server.script(NAME, script)
+    async with WachatClient(
+        api_key=KEY, base_url=server.base_url, retry=RetryPolicy(zero_wait=True)
+    ) as client:
+        with (
+            caplog.at_level(logging.DEBUG, logger="wachat_async.http"),
+            contextlib.suppress(WachatConnectionError),
+        ):
+            await _each_call(client, how, tmp_path)
+    lines = [r.getMessage() for r in caplog.records if r.name == "wachat_async.http"]
+    if how == "state":  # the state route is not scripted: one plain answer
+        expected = ["-> 200 OK"]
+    assert len(lines) == len(expected), lines
+    for line, part in zip(lines, expected, strict=True):
+        assert line.startswith("GET http"), line
+        assert part in line, line
+    assert_no_key(*lines)

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 import warnings
 import weakref
+from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import aiohttp
 from yarl import URL
@@ -42,6 +42,7 @@ from ._network import (
 from ._polling import DEFAULT_MAX_BACKOFF, FetchMany, QRWatch, fetch_many, watch_qr
 from ._redact import Secret, mentions
 from ._retry import Retrier, RetryBudget, RetryPolicy, note_slot_wait
+from ._slots import Slots
 from ._stream import CHUNK_SIZE, QRStream
 from ._transport import DEFAULT_TIMEOUT, Transport, _SanitizedCause
 from ._urls import DEFAULT_BASE_URL, _build_qr_image_url, _qr_image_endpoint
@@ -609,8 +610,9 @@ class WachatClient:
 
         The status and headers are checked (and 502/504 retried) before the stream is yielded;
         once the first chunk is handed over nothing is retried. The PNG header is validated
-        before the first chunk and the ``IEND`` trailer at the end; the size cap is enforced
-        while reading. Leaving the block releases the connection, read or not::
+        before the first chunk, and the chunk structure and the ``IEND`` trailer at the end
+        (the rules of :class:`QRImage`); the size cap is enforced while reading. Leaving the
+        block releases the connection, read or not::
 
             async with client.stream_qr_image("t1_abc_store") as stream:
                 async for chunk in stream:
@@ -765,67 +767,81 @@ def _connector_limit(session: aiohttp.ClientSession) -> int | None:
 
 
 def _new_slots(limit: int | None) -> _ConnectionQueue:
-    """The connection queue: one slot per connection (a semaphore never binds to a loop until
-    someone waits on it, and a new one is made for each loop the client runs in)."""
-    return _ConnectionQueue(sys.maxsize if limit is None else limit)
+    """The connection queue: one slot per connection (it binds to no event loop until someone
+    waits in it, and a new one is made for each loop the client runs in)."""
+    return _ConnectionQueue(limit)
 
 
 _CLOSED_MESSAGE = "WachatClient is closed; create a new client (a closed one cannot be reused)"
 
 
-class _ConnectionQueue(asyncio.Semaphore):
-    """The client's connection slots: a FIFO semaphore that can be closed.
+class _ConnectionQueue(Slots):
+    """The client's connection slots: FIFO :class:`~wachat_async._slots.Slots` that can be
+    closed.
 
-    * :meth:`acquire` refuses with :class:`ClientClosedError` once the queue is closed, also
-      for a call that was already waiting (nothing is sent);
-    * a wait that is cancelled (the policy's deadline, or the caller) marks the
-      ``CancelledError`` with how many slots were in use (:func:`note_slot_wait`), so a
-      deadline spent queueing says so;
-    * :meth:`close` wakes every waiter (each refuses, then hands the wake-up on).
+    Taking a free slot is a decrement (the transport does ``slots.free -= 1`` itself, no
+    coroutine); only a call that finds none free awaits :meth:`acquire`, which
 
-    The transport and the stream see an ``asyncio.Semaphore``: acquire, release.
+    * refuses with :class:`ClientClosedError` once the queue is closed, also for a call that
+      was already waiting (nothing is sent);
+    * marks the ``CancelledError`` of a cancelled wait (the policy's deadline, or the caller)
+      with how many slots were in use (:func:`note_slot_wait`), so a deadline spent queueing
+      says so; a call cancelled after it was handed a slot passes the slot on.
+
+    :meth:`close` wakes every waiter at once (each refuses). A free slot taken after
+    :meth:`close` is refused by the transport, which checks ``closed`` before it sends.
     """
 
-    def __init__(self, limit: int) -> None:
+    __slots__ = ("closed",)
+
+    def __init__(self, limit: int | None) -> None:
         super().__init__(limit)
-        self.limit = limit
         self.closed = False
 
     @property
     def in_use(self) -> int:
         """How many slots are held right now."""
-        return max(0, self.limit - max(self._value, 0))
+        return self.limit - self.free
 
-    async def acquire(self) -> Literal[True]:
+    async def acquire(self) -> None:
         if self.closed:
             raise ClientClosedError(_CLOSED_MESSAGE, attempts=0)
-        if self._value > 0 and not self._waiters:
-            self._value -= 1  # the common case: a free slot and nobody ahead, as super() does
-            return True
+        if self.free > 0:
+            self.free -= 1
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
         try:
-            await super().acquire()
+            await waiter
         except asyncio.CancelledError as exc:
+            if waiter.done() and not waiter.cancelled():
+                # Handed a slot (or woken by close()), then cancelled before running.
+                if not self.closed:
+                    self.release()  # the slot is ours: pass it on
+            else:
+                with suppress(ValueError):  # already dropped by a release() that skipped it
+                    self._waiters.remove(waiter)
             note_slot_wait(exc, self.in_use)
             raise
-        if self.closed:  # woken by close(): hand the wake-up on, refuse this call
-            self.release()
+        if self.closed:  # woken by close() (or handed a slot as it closed): refuse this call
             raise ClientClosedError(
                 "WachatClient was closed while this call waited for a connection slot "
                 "(nothing was sent)",
                 attempts=0,
             )
-        return True
 
     def close(self) -> None:
         """Refuse every later acquire and wake the calls waiting now (they refuse too)."""
         if self.closed:
             return
         self.closed = True
-        if self._waiters:
-            # One extra slot wakes the first waiter; each one releases it again as it refuses.
-            # The waiters may belong to another event loop, even a closed one.
-            with suppress(RuntimeError):
-                self.release()
+        waiters, self._waiters = self._waiters, deque()
+        for waiter in waiters:
+            if not waiter.done():
+                # The waiters may belong to another event loop, even a closed one: the
+                # future is done either way, whether or not its loop can schedule the wake-up.
+                with suppress(RuntimeError):
+                    waiter.set_result(None)
 
 
 def _private_session(

@@ -8,7 +8,8 @@ it runs attempts and decides after each failure. It enters tenacity only after a
 retryable failure, so a call that succeeds at once pays nothing for any of this.
 
 The loop runs whatever attempt it is given and reads no client internals. Never imports the
-client, the transport or the stream; only the errors and the argument checks.
+client, the transport or the stream; only the errors, the argument checks and the
+connection slots' type (:class:`~wachat_async._slots.Slots`, to see whether one is free).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from ._errors import (
     WachatError,
     WachatTimeoutError,
 )
+from ._slots import Slots
 from ._validate import check_bool, check_number, shown
 
 if sys.version_info >= (3, 11):
@@ -412,13 +414,15 @@ class RetryBudget:
                 withdrawn += w
         return self.ratio * deposits - withdrawn + self.min_retries_per_second * self.ttl
 
-    def deposit(self) -> None:
-        """Record one call (its first attempt)."""
+    def deposit(self) -> float:
+        """Record one call (its first attempt); return the clock reading it was filed under
+        (a retry loop on the same clock starts its call's deadline from it)."""
         window = self._window
         now = self.clock()
         if now >= window.end:  # a new second: file the one that ended
             window.roll(now)
         window.calls += 1
+        return now
 
     def try_withdraw(self) -> bool:
         """Take one retry from the budget; False (and count a refusal) if it is empty."""
@@ -515,24 +519,27 @@ class Retrier:
     async def call(
         self,
         name: str,
-        queue: asyncio.Semaphore | None,
+        queue: Slots | None,
         attempt: Callable[..., Awaitable[T]],
         *args: Any,
     ) -> T:
         """``await attempt(name, *args)`` under the policy; return its result or raise.
 
-        *queue* is the semaphore the attempt first waits in for a connection (or ``None``):
+        *queue* is the :class:`Slots` the attempt first waits in for a connection (or ``None``):
         waiting counts toward the deadline, so when no slot is free the first attempt runs
         under the deadline timer too.
         """
         policy = self.policy
-        self.budget.deposit()
-        started = self.clock()
+        budget = self.budget
+        if budget.clock is self.clock:  # the default: one clock reading for both
+            started = budget.deposit()
+        else:
+            budget.deposit()
+            started = self.clock()
         if self.guards_first_attempt or (
-            # Semaphore.locked() without its per-call generator: no slot free, or a queue.
-            policy.deadline is not None
-            and queue is not None
-            and (queue._value <= 0 or queue._waiters)
+            # No slot free (Slots hands a released slot straight to a waiter, so a free one
+            # means nobody waits): the attempt will queue, and queueing counts.
+            policy.deadline is not None and queue is not None and queue.free <= 0
         ):
             return await self._guarded(name, attempt, args, started, None)
         try:

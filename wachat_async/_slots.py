@@ -48,6 +48,11 @@ class Slots:
 
     __slots__ = ("_waiters", "free", "limit")
 
+    #: How many slots there are (``sys.maxsize`` for no limit).
+    limit: int
+    #: How many slots nobody holds right now.
+    free: int
+
     def __init__(self, limit: int | None = None) -> None:
         if limit is None:
             limit = sys.maxsize

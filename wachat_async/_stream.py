@@ -1,7 +1,8 @@
 """``QRStream``: the body of one QR image response, as an async iterator of ``bytes`` chunks.
 
 It validates while it reads: the PNG header before the first chunk is handed over, the size cap
-on every read, the ``IEND`` trailer at the end. It owns the response it was given (and the
+on every read, the chunk structure as the chunks arrive (``check_png_chunks``' rule, walked
+piece by piece) and the ``IEND`` trailer at the end. It owns the response it was given (and the
 connection slot, when it holds one) and releases both exactly once, on every path.
 
 It knows nothing of requests, retries or the client: the transport opens the response and
@@ -17,7 +18,8 @@ from collections.abc import Callable
 import aiohttp
 
 from ._errors import InvalidImageError, ResponseTooLargeError, WachatError, raise_clean
-from ._models import check_png_end, png_dimensions
+from ._models import _unpack_chunk, check_png_end, png_dimensions, walked_chunks_error
+from ._slots import Slots
 
 __all__ = ["CHUNK_SIZE", "TRANSPORT_ERRORS", "QRStream"]
 
@@ -36,7 +38,8 @@ class QRStream:
 
     Obtained from :meth:`WachatClient.stream_qr_image`. The PNG header is validated before the
     first chunk is yielded (``width``/``height`` are set then), the size cap while reading, and
-    the ``IEND`` trailer at the end, so a stream that finishes without error was a whole PNG.
+    the chunk structure and the ``IEND`` trailer at the end (the rules of :class:`QRImage`), so
+    a stream that finishes without error was a whole PNG.
 
     :ivar instance_name: The instance whose QR this is.
     :ivar content_type: The media type, ``image/png`` (checked before the stream is handed over).
@@ -54,7 +57,7 @@ class QRStream:
         limit: int,
         chunk_size: int,
         map_error: MapError,
-        slot: asyncio.Semaphore | None = None,
+        slot: Slots | None = None,
     ) -> None:
         self._resp = response
         self._slot = slot
@@ -69,6 +72,13 @@ class QRStream:
         self.bytes_read: int = 0
         self.width: int = 0
         self.height: int = 0
+        # The chunk walk (check_png_chunks' rule, piece by piece): where the next chunk starts,
+        # the start of its header when a read ended inside it, whether an IDAT came, where the
+        # first IEND starts (-1: not yet).
+        self._walk_at = 33
+        self._carry = b""
+        self._idat = False
+        self._iend_at = -1
 
     def __repr__(self) -> str:
         return (
@@ -98,9 +108,34 @@ class QRStream:
                 self._done = True
                 self.close()
                 check_png_end(self._tail, instance_name=self.instance_name)
+                error = walked_chunks_error(self._iend_at, self.bytes_read, self._idat)
+                if error is not None:
+                    raise InvalidImageError(f"not a PNG: {error}", instance_name=self.instance_name)
                 raise StopAsyncIteration
+        if self._iend_at < 0:
+            self._walk(chunk, self.bytes_read - len(chunk))
         self._tail = (self._tail + chunk)[-12:]
         return chunk
+
+    def _walk(self, chunk: bytes, start: int) -> None:
+        """Follow the chunk lengths through *chunk* (at offset *start* of the body) up to the
+        first ``IEND``: one unpack per chunk header, the chunks' contents skipped."""
+        if self._carry:
+            chunk = self._carry + chunk
+            start -= len(self._carry)
+        i = self._walk_at - start
+        size = len(chunk)
+        while i + 8 <= size:
+            length, kind = _unpack_chunk(chunk, i)
+            if kind == b"IDAT":
+                self._idat = True
+            elif kind == b"IEND":
+                self._iend_at = start + i
+                self._carry = b""
+                return
+            i += length + 12
+        self._walk_at = start + i
+        self._carry = chunk[i:] if i < size else b""
 
     async def read(self) -> bytes:
         """Read the rest of the body and return it (validated like the iteration)."""

@@ -46,6 +46,7 @@ from ._files import Sink
 from ._models import InstanceState, QRImage
 from ._network import Proxy, classify, proxy_status_error
 from ._redact import Secret, excerpt, redact
+from ._slots import Slots
 from ._stream import CHUNK_SIZE, TRANSPORT_ERRORS, QRStream
 
 #: Each HTTP attempt is one DEBUG line on this child of the library's logger ``wachat_async``
@@ -78,6 +79,10 @@ ERROR_BODY_LIMIT = 64 * 1024
 #: The largest ``GET /instance/state`` body accepted.
 JSON_LIMIT = 1024**2
 
+
+_CONTENT_TYPE = aiohttp.hdrs.CONTENT_TYPE
+_CONTENT_LENGTH = aiohttp.hdrs.CONTENT_LENGTH
+_CONTENT_ENCODING = aiohttp.hdrs.CONTENT_ENCODING
 
 _CLOSED = "WachatClient is closed; create a new client (a closed one cannot be reused)"
 
@@ -213,7 +218,7 @@ class Transport:
         max_image_bytes: int,
         user_agent: str,
         borrowed: bool,
-        slots: asyncio.Semaphore,
+        slots: Slots,
     ) -> None:
         self.qr_url = qr_url
         self.base_url = qr_url.parent.parent.parent
@@ -278,36 +283,101 @@ class Transport:
     # -- the attempts ----------------------------------------------------------------------
 
     async def fetch_image(self, name: str) -> QRImage:
-        """``GET /instance/qr/image`` read whole into a validated :class:`QRImage`."""
+        """``GET /instance/qr/image`` read whole into a validated :class:`QRImage`.
+
+        One coroutine for the whole success path (a plain 200 ``image/png`` of a known length
+        within the cap): the slot is taken inline when one is free, the request sent, the
+        headers checked and the body read here; anything else goes to :meth:`_image_otherwise`.
+        """
         slots = self.slots
-        await slots.acquire()  # the per-attempt timeout starts once a slot is ours
+        if slots.free > 0:
+            slots.free -= 1  # a free slot: taken without a coroutine (see _slots.py)
+        else:
+            await slots.acquire()  # the per-attempt timeout starts once a slot is ours
+        failure: BaseException | None = None
         try:
-            resp = await self.open_png(name)
-            if resp.content_length is None or "Content-Encoding" in resp.headers:
-                # Unknown or compressed length: read chunk by chunk so the cap holds while
-                # reading.
-                stream = self._stream(resp, name, CHUNK_SIZE, None)
+            session = self.session
+            if session is None or self.closed:  # the client let go of it: it was closed
+                failure = ClientClosedError(_CLOSED, instance_name=name, attempts=0)
+            else:
+                target = self.qr_url.with_query(instanceName=name)
                 try:
-                    data = await stream.read()
-                finally:
-                    stream.close()
-                return QRImage._trusted(
-                    instance_name=name, data=data, width=stream.width, height=stream.height
-                )
-            # Fast path: a plain body whose length open_png already checked against the cap.
-            failure: BaseException | None = None
-            try:
-                data = await resp.read()
-            except BaseException as exc:
-                resp.close()
-                if not isinstance(exc, TRANSPORT_ERRORS):
-                    raise
-                failure = self.transport_error(exc, name)
+                    # Everything a result depends on is set here, whatever the session's
+                    # defaults.
+                    resp = await session.get(
+                        target,
+                        headers=self._image_headers,
+                        allow_redirects=False,
+                        raise_for_status=False,
+                        timeout=self.timeout,
+                        proxy_headers=self._proxy_headers,
+                    )
+                except TRANSPORT_ERRORS as exc:
+                    failure = self.transport_error(exc, name)
+                    if _log.isEnabledFor(logging.DEBUG):
+                        self._log_failure(target, failure)
+                except RuntimeError:
+                    failure = self._session_failure(session, name)
+                    if failure is None:
+                        raise
+                else:
+                    if _log.isEnabledFor(logging.DEBUG):
+                        self._log_response(target, resp)
+                    headers = resp.headers
+                    length = headers.get(_CONTENT_LENGTH)
+                    if not (
+                        resp.status == 200
+                        and headers.get(_CONTENT_TYPE) == "image/png"
+                        and length is not None
+                        and _CONTENT_ENCODING not in headers
+                        and int(length) <= self.max_image_bytes
+                    ):
+                        return await self._image_otherwise(resp, name)
+                    # A plain body whose length is known to be within the cap.
+                    try:
+                        data = await resp.read()
+                    except BaseException as exc:
+                        resp.close()
+                        if not isinstance(exc, TRANSPORT_ERRORS):
+                            raise
+                        failure = self.transport_error(exc, name)
         finally:
-            slots.release()
+            if slots._waiters or slots.free >= slots.limit:
+                slots.release()  # to the next waiter (or refused: released too often)
+            else:
+                slots.free += 1  # Slots.release() with nobody waiting, inline
         if failure is not None:
             raise_clean(failure)
         return QRImage.from_png(data, instance_name=name)
+
+    async def _image_otherwise(self, resp: aiohttp.ClientResponse, name: str) -> QRImage:
+        """:meth:`fetch_image` for every response but a plain PNG of a known length within the
+        cap: an error status, a content type with parameters (or in capitals), a body too large,
+        or one of unknown or compressed length (read chunk by chunk, so the cap holds while
+        reading). Releases *resp* on every path."""
+        if resp.status != 200:
+            raise_clean(await self.status_error(resp, name))
+        await self._check_png_headers(resp, name)
+        if resp.content_length is None or _CONTENT_ENCODING in resp.headers:
+            stream = self._stream(resp, name, CHUNK_SIZE, None)
+            try:
+                data = await stream.read()
+            finally:
+                stream.close()
+            return QRImage._trusted(
+                instance_name=name, data=data, width=stream.width, height=stream.height
+            )
+        failure: BaseException
+        try:
+            data = await resp.read()
+        except BaseException as exc:
+            resp.close()
+            if not isinstance(exc, TRANSPORT_ERRORS):
+                raise
+            failure = self.transport_error(exc, name)
+        else:
+            return QRImage.from_png(data, instance_name=name)
+        raise_clean(failure)
 
     async def open_stream(self, name: str, chunk_size: int) -> QRStream:
         """Open the PNG in a connection slot that the stream holds until it is closed."""
@@ -366,28 +436,15 @@ class Transport:
         except TRANSPORT_ERRORS as exc:
             failure = self.transport_error(exc, name)
             if _log.isEnabledFor(logging.DEBUG):
-                shown = self._shown(target)
-                _log.debug("GET %s failed: %s: %s", shown, type(failure).__name__, failure)
+                self._log_failure(target, failure)
         except RuntimeError:
-            if not session.closed:
+            closed = self._session_failure(session, name)
+            if closed is None:
                 raise
-            if self._borrowed and not self.closed:
-                failure = ConfigurationError(
-                    "The aiohttp.ClientSession passed as session= was closed while the client "
-                    "still uses it; close the session only after the client"
-                )
-            else:
-                failure = ClientClosedError(_CLOSED, instance_name=name, attempts=0)
+            failure = closed
         else:
             if _log.isEnabledFor(logging.DEBUG):
-                _log.debug(
-                    "GET %s -> %d %s (%s, %s bytes)",
-                    self._shown(target),
-                    resp.status,
-                    excerpt(resp.reason or "", self._secrets, limit=60),
-                    excerpt(resp.headers.get("Content-Type", "no content type"), limit=60),
-                    resp.content_length if resp.content_length is not None else "unknown",
-                )
+                self._log_response(target, resp)
             if resp.status == 200:
                 return resp
             failure = await self.status_error(resp, name)
@@ -398,10 +455,48 @@ class Transport:
         header), and it is redacted all the same."""
         return redact(str(url), self._secrets)
 
+    def _log_response(self, url: URL, resp: aiohttp.ClientResponse) -> None:
+        """The DEBUG line of an attempt that got an answer (callers check the level first)."""
+        _log.debug(
+            "GET %s -> %d %s (%s, %s bytes)",
+            self._shown(url),
+            resp.status,
+            excerpt(resp.reason or "", self._secrets, limit=60),
+            excerpt(resp.headers.get("Content-Type", "no content type"), limit=60),
+            resp.content_length if resp.content_length is not None else "unknown",
+        )
+
+    def _log_failure(self, url: URL, failure: BaseException) -> None:
+        """The DEBUG line of an attempt that got no answer (callers check the level first)."""
+        _log.debug("GET %s failed: %s: %s", self._shown(url), type(failure).__name__, failure)
+
+    def _session_failure(self, session: aiohttp.ClientSession, name: str) -> WachatError | None:
+        """The error for a ``RuntimeError`` from aiohttp when *session* was closed under the
+        request (None when it was not: the ``RuntimeError`` is raised as it is)."""
+        if not session.closed:
+            return None
+        if self._borrowed and not self.closed:
+            return ConfigurationError(
+                "The aiohttp.ClientSession passed as session= was closed while the client "
+                "still uses it; close the session only after the client"
+            )
+        return ClientClosedError(_CLOSED, instance_name=name, attempts=0)
+
     async def open_png(self, name: str) -> aiohttp.ClientResponse:
         """Send the QR image request; return the response once its headers promise a PNG
         within the size cap (else release it and raise)."""
         resp = await self.send(self.qr_url, name, self._image_headers)
+        length = resp.content_length
+        if resp.headers.get(_CONTENT_TYPE) != "image/png" or (
+            length is not None and length > self.max_image_bytes
+        ):
+            await self._check_png_headers(resp, name)
+        return resp
+
+    async def _check_png_headers(self, resp: aiohttp.ClientResponse, name: str) -> None:
+        """Release *resp* and raise unless its headers promise a PNG within the size cap: its
+        media type (parameters and case aside) is ``image/png`` and its ``Content-Length``,
+        when it has one, at most ``max_image_bytes``."""
         failure: WachatError | None = None
         content_type = resp.content_type
         if content_type != "image/png" and content_type.lower() != "image/png":
@@ -424,7 +519,6 @@ class Transport:
             )
         if failure is not None:
             raise_clean(failure)
-        return resp
 
     async def read_limited(self, resp: aiohttp.ClientResponse, limit: int, name: str) -> bytes:
         """The whole body, or :class:`InvalidResponseError` once it passes *limit* bytes."""
@@ -518,7 +612,7 @@ class Transport:
         resp: aiohttp.ClientResponse,
         name: str,
         chunk_size: int,
-        slot: asyncio.Semaphore | None,
+        slot: Slots | None,
     ) -> QRStream:
         return QRStream(
             resp,

@@ -91,17 +91,35 @@ def test_png_dimensions_only_raises_invalid_image(data: bytes) -> None:
 
 
 @FUZZ
-@given(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1), st.binary(min_size=5, max_size=5))
+@given(
+    st.integers(0, 2**32 - 1),
+    st.integers(0, 2**32 - 1),
+    st.one_of(
+        st.binary(min_size=5, max_size=5),
+        st.sampled_from(
+            [b"\x08\x00\x00\x00\x00", b"\x01\x03\x00\x00\x01", b"\x10\x06\x00\x00\x00"]
+        ),
+    ),
+)
 def test_png_dimensions_accepts_exactly_the_valid_sizes(
     width: int, height: int, tail: bytes
 ) -> None:
-    """A well-formed IHDR is accepted iff both sides are 1..2**31-1, and its size is reported."""
+    """A well-formed IHDR is accepted iff both sides are 1..2**31-1 and its five one-byte fields
+    are a combination the PNG spec allows, and its size is reported; a bad side is named first."""
     head = _ihdr(width, height, tail)
-    valid = 0 < width < 2**31 and 0 < height < 2**31
-    if valid:
+    sides = 0 < width < 2**31 and 0 < height < 2**31
+    depth, colour, compression, filtering, interlace = tail
+    allowed = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
+    fields = depth in allowed.get(colour, ()) and (compression, filtering, interlace) in {
+        (0, 0, 0),
+        (0, 0, 1),
+    }
+    if sides and fields:
         assert png_dimensions(head) == (width, height)
     else:
-        with pytest.raises(InvalidImageError, match="invalid dimensions"):
+        with pytest.raises(
+            InvalidImageError, match="invalid dimensions" if not sides else "invalid IHDR"
+        ):
             png_dimensions(head)
 
 

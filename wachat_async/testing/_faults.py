@@ -35,12 +35,16 @@ def bad_header_text(text: str) -> bool:
 
 def _check_status(_inst: object, attribute: attrs.Attribute[int], value: int) -> None:
     if type(value) is not int or not 200 <= value <= 599:
-        raise ValueError(f"{attribute.name} must be an int HTTP status in 200..599, not {value!r}")
+        # A wrong type is named, never quoted (a bytes value would be dumped whole).
+        got = repr(value) if type(value) is int else f"a {type(value).__name__}"
+        raise ValueError(f"{attribute.name} must be an int HTTP status in 200..599, not {got}")
 
 
 def _check_delay(_inst: object, attribute: attrs.Attribute[float], value: float) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{attribute.name} must be a number of seconds, not {value!r}")
+        raise TypeError(
+            f"{attribute.name} must be a number of seconds, not a {type(value).__name__}"
+        )
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"{attribute.name} must be a finite number >= 0, not {value!r}")
 
@@ -56,9 +60,15 @@ def _check_header_text(
         raise ValueError(f"{attribute.name} must not contain CR, LF or NUL: {value!r}")
 
 
+def _check_body(_inst: object, attribute: attrs.Attribute[bytes | None], value: object) -> None:
+    # attrs' instance_of would quote the value (and keep it in the exception's args).
+    if value is not None and not isinstance(value, bytes):
+        raise TypeError(f"{attribute.name} must be bytes or None, not a {type(value).__name__}")
+
+
 def _check_bool(_inst: object, attribute: attrs.Attribute[bool], value: object) -> None:
     if not isinstance(value, bool):
-        raise TypeError(f"{attribute.name} must be a bool, not {value!r}")
+        raise TypeError(f"{attribute.name} must be a bool, not a {type(value).__name__}")
 
 
 def _freeze_headers(headers: Mapping[str, str]) -> Mapping[str, str]:
@@ -66,7 +76,10 @@ def _freeze_headers(headers: Mapping[str, str]) -> Mapping[str, str]:
         raise TypeError(f"headers must be a mapping, not {type(headers).__name__}")
     for name, value in headers.items():
         if not isinstance(name, str) or not isinstance(value, str):
-            raise TypeError(f"header names and values must be str: {name!r}: {value!r}")
+            raise TypeError(
+                "header names and values must be str, not "
+                f"{type(name).__name__}: {type(value).__name__}"
+            )
         if not name or bad_header_text(name) or ":" in name:
             raise ValueError(f"invalid header name: {name!r}")
         if bad_header_text(value):
@@ -102,7 +115,7 @@ class Fault:
     content_type: str | None = attrs.field(default=None, validator=_check_header_text)
     body: bytes | None = attrs.field(
         default=None,
-        validator=attrs.validators.optional(attrs.validators.instance_of(bytes)),
+        validator=_check_body,
         repr=_bytes_repr,
     )
     headers: Mapping[str, str] = attrs.field(
