@@ -171,6 +171,9 @@ class WachatClient:
             kind = type(api_key).__name__
             api_key = None  # the raw value leaves this frame before anything is raised
             raise ConfigurationError(f"api_key must be a str, not {kind}")
+        if isinstance(proxy, (str, URL)):
+            # The same care for the proxy URL, which may hold a password.
+            proxy = Secret(str(proxy))
         key = _env_key() if api_key is None else api_key
         if key is None or not key.strip():
             raise ConfigurationError(
@@ -246,6 +249,9 @@ class WachatClient:
                 "(only 127.0.0.0/8, ::1 and the name localhost count as loopback).",
                 secrets=secrets,
             )
+        if api_base.scheme == "http" and self._proxy is not None and not allow_insecure_http:
+            raise ConfigurationError(_http_through_proxy(api_base, self._proxy, "proxy="))
+        self._allow_insecure_http = allow_insecure_http
         self._base_url: URL = api_base
         self._retry = RetryPolicy() if retry is None else retry
         self._budget = RetryBudget() if retry_budget is None else retry_budget
@@ -389,15 +395,22 @@ class WachatClient:
         if self._closed:
             raise ClientClosedError(_CLOSED_MESSAGE, attempts=0)
         loop = asyncio.get_running_loop()
+        borrowed = self._borrowed
+        proxy = self._proxy
+        if borrowed is None and proxy is None and self._trust_env:
+            # Read when the session opens, as aiohttp would per request: one base URL. Before
+            # the old session is let go of: a proxy variable that cannot work raises here.
+            proxy = env_proxy(self._base_url, secrets=(self._api_key,))
+            plain = self._base_url.scheme == "http"
+            if proxy is not None and plain and not self._allow_insecure_http:
+                raise ConfigurationError(
+                    _http_through_proxy(self._base_url, proxy, "HTTP_PROXY, trust_env=True")
+                    + " (or exclude the host with NO_PROXY)"
+                )
         old = self._session, self._loop_guard
         self._session, self._loop, self._loop_guard = None, None, None
         self._transport.session = None
-        borrowed = self._borrowed
-        proxy = self._proxy
         if borrowed is None:
-            if proxy is None and self._trust_env:
-                # Read when the session opens, as aiohttp would per request: one base URL.
-                proxy = env_proxy(self._base_url, secrets=(self._api_key,))
             connector = aiohttp.TCPConnector(
                 limit=self._max_connections,
                 ttl_dns_cache=300,
@@ -748,6 +761,17 @@ def _env_key() -> Secret | None:
     in this frame, which raises nothing."""
     value = os.environ.get("WACHAT_API_KEY")
     return None if value is None else Secret(value)
+
+
+def _http_through_proxy(base: URL, proxy: Proxy, source: str) -> str:
+    """Why a plain http:// base URL through a proxy is refused without allow_insecure_http."""
+    return (
+        f"Refusing plain http:// to {base.host} through the HTTP proxy {proxy.display} "
+        f"({source}): a plain-http request goes to the proxy as it is, so the proxy and the "
+        "network to it would read the API key in clear text (and the proxy would resolve "
+        f"{base.host} itself). Use https:// (the key then travels inside the proxy's CONNECT "
+        "tunnel), or pass allow_insecure_http=True if you mean it"
+    )
 
 
 def _default_user_agent() -> str:
