@@ -72,7 +72,7 @@ HOSTNAME_HINT = (
 )
 #: A certificate pin that does not match.
 PIN_HINT = (
-    "The certificate is not the one pinned with ssl=aiohttp.Fingerprint(...): if the server's "
+    "The certificate is not the one pinned with ssl=aiohttp.Fingerprint: if the server's "
     "certificate was renewed, pin the new SHA-256; otherwise something on the path is "
     "impersonating the server"
 )
