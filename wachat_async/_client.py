@@ -161,7 +161,8 @@ class WachatClient:
     ) -> None:
         self._root = self
         self._views: weakref.WeakSet[WachatClient] = weakref.WeakSet()
-        self._view_options = ""
+        #: What a view changed, by option: its repr lists each once, with the value in force.
+        self._view_options: dict[str, str] = {}
         # The key is a Secret from the first line that reads it: a traceback rendered with its
         # frames' locals (rich, pytest --showlocals) shows repr() of each, and this frame holds
         # the key while the rest of the configuration is checked.
@@ -302,11 +303,11 @@ class WachatClient:
         """
         secrets = self._transport._secrets
         transport = self._transport
-        changed: list[str] = []
+        changed: dict[str, str] = {}
         try:
             if timeout is not _UNSET:
                 new_timeout = check_timeout(timeout) or DEFAULT_TIMEOUT
-                changed.append(f"timeout={new_timeout.total}")
+                changed["timeout"] = f"timeout={new_timeout.total}"
             else:
                 new_timeout = transport.timeout
             if retry is not _UNSET:
@@ -315,17 +316,17 @@ class WachatClient:
                         f"retry must be a RetryPolicy or None, not {type(retry).__name__}"
                     )
                 policy = RetryPolicy() if retry is None else retry
-                changed.append("retry")
+                changed["retry"] = "retry" if retry is not None else "retry=default"
             else:
                 policy = self._retry
             if max_image_bytes is not _UNSET:
                 check_number(max_image_bytes, "max_image_bytes", integer=True, minimum=64)
-                changed.append(f"max_image_bytes={max_image_bytes}")
+                changed["max_image_bytes"] = f"max_image_bytes={max_image_bytes}"
             else:
                 max_image_bytes = transport.max_image_bytes
             if user_agent is not _UNSET:
                 agent = check_user_agent(user_agent) or _default_user_agent()
-                changed.append("user_agent")
+                changed["user_agent"] = "user_agent"
             else:
                 agent = transport.user_agent
         except (TypeError, ValueError) as exc:
@@ -336,7 +337,7 @@ class WachatClient:
         view._root = root
         view._loop_guard = None
         view._owns_session = False
-        view._view_options = ", ".join(filter(None, [self._view_options, *changed]))
+        view._view_options = {**self._view_options, **changed}
         view._retry = policy
         view._retrier = Retrier(policy, self._budget, attempt_timeout=new_timeout.total)
         view._transport = transport.evolve(
@@ -597,7 +598,7 @@ class WachatClient:
         if self._ssl is False:
             extra += " ssl=False"
         if self._root is not self:
-            extra += f" view({self._view_options})"
+            extra += f" view({', '.join(self._view_options.values())})"
         return f"<WachatClient base_url={self.base_url!r} state={state}{extra}>"
 
     # -- public calls ----------------------------------------------------------------------
