@@ -396,6 +396,11 @@ class WachatClient:
         if self._closed:
             raise ClientClosedError(_CLOSED_MESSAGE, attempts=0)
         loop = asyncio.get_running_loop()
+        bound = self._loop
+        if self._session is not None and bound not in (None, loop) and bound.is_running():
+            # Another thread's loop is using the session right now: closing it would break
+            # that thread's calls under it.
+            raise ConfigurationError(_OTHER_LOOP_MESSAGE)
         borrowed = self._borrowed
         proxy = self._proxy
         if borrowed is None and proxy is None and self._trust_env:
@@ -762,6 +767,13 @@ def _env_key() -> Secret | None:
     in this frame, which raises nothing."""
     value = os.environ.get("WACHAT_API_KEY")
     return None if value is None else Secret(value)
+
+
+_OTHER_LOOP_MESSAGE = (
+    "This WachatClient is in use by an event loop that is running in another thread: a client "
+    "(and its views) belongs to one running event loop at a time. Make one client per thread "
+    "(or per event loop), or run every call in one loop (asyncio.run_coroutine_threadsafe)"
+)
 
 
 def _http_through_proxy(base: URL, proxy: Proxy, source: str) -> str:
