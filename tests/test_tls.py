@@ -11,7 +11,10 @@ import asyncio
 import contextlib
 import datetime
 import logging
+import os
 import ssl
+import subprocess
+import sys
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -331,3 +334,59 @@ async def test_each_certificate_failure_gets_the_hint_for_its_cause(
     for text in never:
         assert text not in message
     assert "\n" not in message
+
+
+@pytest.fixture
+def tls_server_in_thread(
+    wachat_server_factory: Callable[..., FakeWachatServer],
+) -> FakeWachatServer:
+    """A TLS fake server on its own thread: a child process's client can reach it."""
+    server = wachat_server_factory(api_key=KEY, tls=True)
+    server.add_instance(NAME)
+    return server
+
+
+_CHILD = """
+import asyncio, os, sys
+from wachat_async import TLSVerificationError, WachatClient
+if sys.argv[2] == "after-import":
+    os.environ["SSL_CERT_FILE"] = sys.argv[3]
+async def main():
+    async with WachatClient(api_key=sys.argv[4], base_url=sys.argv[1]) as client:
+        try:
+            await client.get_qr_image(sys.argv[5])
+        except TLSVerificationError:
+            print("REFUSED")
+        else:
+            print("TRUSTED")
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize(
+    ("when", "expected"),
+    [
+        pytest.param("at-start", "TRUSTED", id="set-before-the-process-starts"),
+        pytest.param("after-import", "REFUSED", id="set-after-import"),
+    ],
+)
+def test_ssl_cert_file_without_trust_env_is_read_once_at_import(
+    tls_server_in_thread: FakeWachatServer, tmp_path: Path, when: str, expected: str
+) -> None:
+    """The documented behaviour: with trust_env=False and no ssl=, OpenSSL reads SSL_CERT_FILE
+    when aiohttp builds its default context (at import), whatever trust_env says; a value set
+    later is not seen (trust_env=True re-reads it when each session opens)."""
+    ca = tmp_path / "ca.pem"
+    tls_server_in_thread.write_ca_file(ca)
+    environ = {k: v for k, v in os.environ.items() if k not in ("SSL_CERT_FILE", "SSL_CERT_DIR")}
+    if when == "at-start":
+        environ["SSL_CERT_FILE"] = str(ca)
+    result = subprocess.run(  # noqa: S603 - our own interpreter
+        [sys.executable, "-c", _CHILD, tls_server_in_thread.base_url, when, str(ca), KEY, NAME],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.stdout.strip() == expected, result.stderr

@@ -111,12 +111,17 @@ class WachatClient:
     Networks (see the README's "Networks"): *ssl* is aiohttp's: ``None`` verifies against the
     default trust store, an ``ssl.SSLContext`` is used as is (a private CA:
     ``ssl.create_default_context(cafile=...)``), ``False`` skips verification and warns
-    :class:`InsecureTLSWarning`. *proxy* is an ``http://`` proxy URL (credentials allowed:
-    they are sent as ``Proxy-Authorization`` and never shown); ``https://`` goes through
-    ``CONNECT``, so the proxy never sees the key. *trust_env* (default off, so a process's
-    environment never reroutes the key without the code saying so) reads ``HTTPS_PROXY``,
-    ``HTTP_PROXY``, ``NO_PROXY``, ``~/.netrc`` (for the proxy's credentials only) and
-    ``SSL_CERT_FILE``/``SSL_CERT_DIR`` as aiohttp does, when the session opens.
+    :class:`InsecureTLSWarning`. *proxy* is an ``http://HOST:PORT`` proxy URL, the port explicit
+    (credentials allowed: they are sent as ``Proxy-Authorization`` and never shown);
+    ``https://`` goes through ``CONNECT``, so the proxy never sees the key, and a plain
+    ``http://`` base URL through a proxy needs *allow_insecure_http*. *trust_env* (default off,
+    so a process's environment never reroutes the key without the code saying so) reads
+    ``HTTPS_PROXY``, ``HTTP_PROXY``, ``NO_PROXY`` and ``~/.netrc`` (for the proxy's credentials
+    only) as aiohttp does, when the session opens, and then builds a fresh default TLS context.
+    ``SSL_CERT_FILE``/``SSL_CERT_DIR`` are OpenSSL's and not gated by *trust_env*: with no
+    *ssl* they are read when a default context is built, which without *trust_env* is once,
+    when aiohttp is imported. One client (and its views) per running event loop: a call from
+    another thread's loop while the first still runs is a :class:`ConfigurationError`.
     *trace_configs* are ``aiohttp.TraceConfig`` objects for the client's own session
     (OpenTelemetry's ``create_trace_config()``: one span per attempt). With a borrowed
     *session* these four belong on that session, and passing them is a

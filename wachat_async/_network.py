@@ -358,8 +358,9 @@ def ssl_for_session(
     """The ``ssl=`` a new session's connector gets.
 
     With ``trust_env`` and no ``ssl=``, a fresh default context, so ``SSL_CERT_FILE`` and
-    ``SSL_CERT_DIR`` as set when the session opens take effect (aiohttp's own default context
-    is built once, at import). Otherwise *option* (``True``: aiohttp's default verification).
+    ``SSL_CERT_DIR`` as set when the session opens take effect. Otherwise *option* (``True``:
+    aiohttp's default context, which OpenSSL built once, when aiohttp was imported, reading
+    ``SSL_CERT_FILE``/``SSL_CERT_DIR`` as they were then: ``trust_env`` does not gate them).
     """
     if option is None:
         return ssl.create_default_context() if trust_env else True
