@@ -8,14 +8,21 @@ no repr, exception, log record or output.
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import logging
+import os
+import traceback
 import warnings
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from wachat_async import (
     AuthenticationError,
@@ -26,11 +33,15 @@ from wachat_async import (
     UnexpectedStatusError,
     WachatClient,
     WachatConnectionError,
+    WachatTimeoutError,
 )
+from wachat_async._network import parse_proxy
+from wachat_async._redact import REDACTED
 from wachat_async.testing import FakeWachatServer
 
 from ._tinyproxy import PROXY_PASSWORD, PROXY_USER, Tinyproxy, running_tinyproxy
 from .conftest import KEY, NAME, exception_texts
+from .hostile._raw_server import Close, RawServer, Send, http_response
 
 WRONG_PASSWORD = "wr0ng-PW-11aa22"
 PROXY_ENV = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy")
@@ -75,6 +86,9 @@ def client_for(server: FakeWachatServer, **kwargs: Any) -> WachatClient:
     """A zero-wait client for *server* (trusting its CA when it speaks TLS)."""
     if server.tls:
         kwargs.setdefault("ssl", server.ssl_context)
+    elif "proxy" in kwargs or kwargs.get("trust_env"):
+        # Plain http:// through a proxy hands the proxy the key: these tests mean it.
+        kwargs.setdefault("allow_insecure_http", True)
     kwargs.setdefault("retry", RetryPolicy(zero_wait=True))
     return WachatClient(api_key=KEY, base_url=server.base_url, **kwargs)
 
@@ -342,3 +356,269 @@ def test_trust_env_must_be_a_bool() -> None:
     """trust_env=1 is a ConfigurationError (a bool, not a truthy value)."""
     with pytest.raises(ConfigurationError, match="trust_env"):
         WachatClient(api_key=KEY, base_url="https://h.example/v1", trust_env=1)  # type: ignore[arg-type]
+
+
+# -- malformed proxy URLs: the credentials never show ---------------------------------------
+
+LEAK_PW = "Hunter2Secret"
+MALFORMED = [
+    pytest.param(f"alice:{LEAK_PW}@proxy.corp.example:3128", id="no-scheme"),
+    pytest.param(f"http:alice:{LEAK_PW}@proxy.corp.example:3128", id="no-slashes"),
+    pytest.param(f"//alice:{LEAK_PW}@proxy.corp.example:3128", id="scheme-relative"),
+    pytest.param(f"http://alice:{LEAK_PW}#x@proxy.corp.example:3128", id="raw-hash"),
+    pytest.param(f"http://alice:{LEAK_PW}?x@proxy.corp.example:3128", id="raw-question-mark"),
+    pytest.param(f"http://alice:{LEAK_PW}/x@proxy.corp.example:3128", id="raw-slash"),
+    pytest.param(f"http://alice:{LEAK_PW}@proxy.corp.example:3128/pac", id="path"),
+    pytest.param(f"http://alice:{LEAK_PW}@proxy.corp.example", id="no-port"),
+    pytest.param(f"http://alice:{LEAK_PW}@proxy.corp.example:0", id="port-0"),
+    pytest.param(f"socks5://alice:{LEAK_PW}@proxy.corp.example:1080", id="socks"),
+]
+
+
+def _no_password_anywhere(exc: BaseException, password: str) -> None:
+    """Not in str/repr/notes of the chain, nor in a library frame's locals."""
+    forms = {password, quote(password, safe=""), quote(password)}
+    plain = traceback.TracebackException.from_exception(exc)
+    texts = [*exception_texts(exc), "".join(plain.format())]
+    # The library's own frames (the test's own locals hold the URL it typed, of course).
+    rendered = traceback.TracebackException.from_exception(exc, capture_locals=True)
+    for frame in rendered.stack:
+        if f"{os.sep}wachat_async{os.sep}" in frame.filename:
+            texts += list((frame.locals or {}).values())
+    for text in texts:
+        for form in forms:
+            assert form not in text, f"proxy password leaked: {text[:200]!r}"
+
+
+@pytest.mark.parametrize("proxy_url", MALFORMED)
+def test_malformed_proxy_urls_never_show_the_password(proxy_url: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        WachatClient(api_key=KEY, base_url="https://h.example/v1", proxy=proxy_url)
+    assert "proxy" in str(info.value)
+    assert REDACTED in str(info.value)
+    _no_password_anywhere(info.value, LEAK_PW)
+
+
+@pytest.mark.parametrize("proxy_url", MALFORMED)
+async def test_malformed_https_proxy_variable_never_shows_the_password(
+    proxy_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same through HTTPS_PROXY with trust_env=True: refused at the first call."""
+    caplog.set_level(logging.DEBUG)
+    monkeypatch.setenv("HTTPS_PROXY", proxy_url)
+    client = WachatClient(api_key=KEY, base_url="https://h.example/v1", trust_env=True)
+    with pytest.raises(ConfigurationError) as info:
+        await client.get_qr_image(NAME)
+    await client.aclose()
+    assert "HTTPS_PROXY (trust_env=True)" in str(info.value)
+    _no_password_anywhere(info.value, LEAK_PW)
+    assert LEAK_PW not in caplog.text
+
+
+_PASSWORD_CHARS = st.characters(codec="utf-8", exclude_categories=("Cs", "Cc", "Zs"))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    password=st.text(alphabet=st.sampled_from("@:#?/%") | _PASSWORD_CHARS, min_size=1),
+    template=st.sampled_from(
+        [
+            "alice:{}@proxy.corp.example:3128",
+            "http:alice:{}@proxy.corp.example:3128",
+            "//alice:{}@proxy.corp.example:3128",
+            "http://alice:{}@proxy.corp.example:3128/pac",
+            "http://alice:{}@proxy.corp.example",
+            "http://alice:{}@proxy.corp.example:3128",
+        ]
+    ),
+)
+def test_no_proxy_password_shows_in_errors_reprs_or_locals(password: str, template: str) -> None:
+    """Any password (with @:#?/% and unicode, raw in the URL): never in a message, repr or
+    the locals of a traceback; a URL that works keeps it out of repr(client)."""
+    secret = "Zq9" + password + "Xw7"  # distinctive: no ordinary word holds it
+    proxy_url = template.format(secret)
+    try:
+        client = WachatClient(api_key=KEY, base_url="https://h.example/v1", proxy=proxy_url)
+    except ConfigurationError as exc:
+        _no_password_anywhere(exc, secret)
+    else:
+        assert secret not in repr(client)
+        assert "proxy.corp.example:3128" in repr(client)
+
+
+@pytest.mark.parametrize(
+    ("proxy_url", "login", "password"),
+    [
+        pytest.param(
+            "http://alice:p%40ss%3Aw%C3%B6rd%2F%23%3F@proxy.example:3128",
+            "alice",
+            "p@ss:wörd/#?",
+            id="encoded",
+        ),
+        pytest.param(
+            "http://alice:p@ss:w@proxy.example:3128", "alice", "p@ss:w", id="raw-at-and-colon"
+        ),
+        pytest.param("http://a%20b:pw@proxy.example:3128/", "a b", "pw", id="user-with-space"),
+        pytest.param("http://proxy.example:65535", "", "", id="no-credentials"),
+    ],
+)
+def test_good_proxy_urls_give_their_credentials(proxy_url: str, login: str, password: str) -> None:
+    parsed = parse_proxy(proxy_url)
+    assert parsed is not None
+    assert (parsed.login, parsed.password) == (login, password)
+    assert parsed.url.user is None
+    assert parsed.url.path in ("", "/")
+    assert parsed.url.explicit_port is not None
+    if password:
+        assert password not in repr(parsed)
+
+
+# -- plain http:// through a proxy hands the proxy the key ---------------------------------
+
+
+@pytest.mark.parametrize(
+    "proxy_url",
+    [
+        pytest.param("http://proxy.corp.example:3128", id="remote-proxy"),
+        pytest.param("http://127.0.0.1:3128", id="loopback-proxy"),
+        pytest.param("http://u:pw-123456@[::1]:3128", id="ipv6-proxy-with-credentials"),
+    ],
+)
+def test_plain_http_through_a_proxy_needs_allow_insecure_http(proxy_url: str) -> None:
+    with pytest.raises(ConfigurationError, match="allow_insecure_http") as info:
+        WachatClient(api_key=KEY, base_url="http://127.0.0.1:8080/api/v1", proxy=proxy_url)
+    assert "clear text" in str(info.value)
+    assert "pw-123456" not in str(info.value)
+    client = WachatClient(
+        api_key=KEY,
+        base_url="http://127.0.0.1:8080/api/v1",
+        proxy=proxy_url,
+        allow_insecure_http=True,
+    )
+    assert "proxy=" in repr(client)
+
+
+async def test_plain_http_through_an_env_proxy_is_refused_at_the_first_call(
+    servers: tuple[FakeWachatServer, FakeWachatServer],
+    proxy: Tinyproxy,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """HTTP_PROXY + trust_env=True with an http:// base URL: a clear error, nothing sent."""
+    monkeypatch.setenv("HTTP_PROXY", proxy.url_with_credentials)
+    plain = servers[0]
+    client = WachatClient(api_key=KEY, base_url=plain.base_url, trust_env=True)
+    with pytest.raises(ConfigurationError, match="HTTP_PROXY, trust_env=True") as info:
+        await client.get_qr_image(NAME)
+    await client.aclose()
+    assert "NO_PROXY" in str(info.value)
+    assert proxy.requests() == []
+    assert plain.request_count() == 0
+    secret_free(*exception_texts(info.value))
+
+
+# -- a proxy that cannot be reached, or answers garbage, is a ProxyError --------------------
+
+
+async def test_proxy_host_that_does_not_resolve_is_a_proxy_error(
+    servers: tuple[FakeWachatServer, FakeWachatServer],
+) -> None:
+    async with client_for(
+        servers[1], proxy="http://proxy.nonexistent.invalid:3128", retry=RetryPolicy.disabled()
+    ) as client:
+        with pytest.raises(ProxyError) as info:
+            await client.get_qr_image(NAME)
+    assert "proxy.nonexistent.invalid:3128" in str(info.value)
+    assert "DNS" in str(info.value)
+    assert "ssl:default" not in str(info.value)
+
+
+@pytest.mark.parametrize("scheme", ["https", "http"])
+@pytest.mark.parametrize(
+    ("actions", "says"),
+    [
+        pytest.param([Send(b"HELLO I AM NOT HTTP\r\n\r\n")], "not HTTP", id="garbage"),
+        pytest.param([Send(b"\x05\xff")], "not HTTP", id="socks-answer"),
+        pytest.param([Close()], "closed the connection", id="closes"),
+    ],
+)
+async def test_proxy_answering_garbage_or_closing_is_a_proxy_error(
+    servers: tuple[FakeWachatServer, FakeWachatServer],
+    actions: list[Any],
+    says: str,
+    scheme: str,
+) -> None:
+    """One clean line naming the proxy (no parser dump); retried only with
+    retry_transport_errors, as every ProxyError that may heal."""
+    server = servers[1] if scheme == "https" else servers[0]
+    async with RawServer(actions) as fake_proxy:
+        port = fake_proxy.port
+        policy = RetryPolicy(zero_wait=True, retry_transport_errors=True, max_attempts=2)
+        async with client_for(server, proxy=fake_proxy.url, retry=policy) as client:
+            with pytest.raises(ProxyError) as info:
+                await client.get_qr_image(NAME)
+    message = str(info.value)
+    assert says in message
+    assert f"127.0.0.1:{port}" in message
+    assert "\n" not in message
+    assert "\\x" not in message
+    assert "Bad status" not in message
+    assert info.value.attempts == 2
+    assert fake_proxy.connections >= 2  # aiohttp itself may retry a closed connection once
+    assert server.request_count() == 0
+
+
+async def test_connect_carries_the_clients_user_agent(
+    servers: tuple[FakeWachatServer, FakeWachatServer],
+) -> None:
+    """The CONNECT names the client (user_agent=), not aiohttp's default, and never the key."""
+    refusal = http_response(407, b"", headers=[("Proxy-Authenticate", 'Basic realm="x"')])
+    async with (
+        RawServer([Send(refusal), Close()]) as fake_proxy,
+        client_for(servers[1], proxy=fake_proxy.url, user_agent="acme-qr-poller/2.1") as client,
+    ):
+        with pytest.raises(ProxyAuthenticationError):
+            await client.get_qr_image(NAME)
+    assert fake_proxy.requests
+    for connect in fake_proxy.requests:
+        assert connect.method == "CONNECT"
+        assert connect.header("User-Agent") == "acme-qr-poller/2.1"
+        assert connect.header("Authorization") is None
+        assert KEY not in connect.raw
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="upstream aiohttp (3.14.5; bare aiohttp shows the same, finding 10): an attempt "
+    "that times out inside a CONNECT tunnel (TLS done, the answer not yet in) leaves the "
+    "tunnel's TCP socket to the garbage collector, probably the raw transport aiohttp hands to "
+    "loop.start_tls() in _create_proxy_connection (it is deliberately not closed there). No "
+    "exact upstream issue found (closest: aio-libs/aiohttp#4703, #1115). Closed late, not "
+    "leaked: no fd growth within one long-running loop.",
+)
+def test_https_through_a_proxy_timing_out_closes_its_socket(
+    tmp_path: Path, wachat_server_factory: Any
+) -> None:
+    """An attempt timeout on https:// through tinyproxy's CONNECT (the server answers later
+    than the timeout): once the loop has ended, no ResourceWarning (unclosed socket)."""
+    slow = wachat_server_factory(api_key=KEY, tls=True, latency=2.0)
+    slow.add_instance(NAME)
+    with running_tinyproxy(tmp_path, connect_ports=[slow.port], basic_auth=False) as tiny:
+
+        async def one_call() -> None:
+            async with WachatClient(
+                api_key=KEY,
+                base_url=slow.base_url,
+                ssl=slow.ssl_context,
+                proxy=f"http://127.0.0.1:{tiny.port}",
+                timeout=0.05,
+                retry=RetryPolicy.disabled(),
+            ) as client:
+                with pytest.raises(WachatTimeoutError):
+                    await client.get_qr_image(NAME)
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            asyncio.run(one_call())
+            gc.collect()
+    leaks = [w for w in caught if issubclass(w.category, ResourceWarning)]
+    assert leaks == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import math
@@ -1168,3 +1169,104 @@ async def test_a_call_reads_a_shared_clock_once(shared: bool) -> None:
     assert (clock.readings, other.readings) == ((1, 0) if shared else (1, 1))
     assert budget.deposit() == 1000.0 + clock.readings  # the reading it filed the call under
     assert budget.calls == 2
+
+
+# -- hooks observe: they cannot change a call's outcome ------------------------------------
+
+
+class _HookFailure(Exception):
+    """What a broken metrics backend raises from a hook (it mentions the key)."""
+
+
+def _raising_hook(event: object) -> None:
+    raise _HookFailure(f"metrics backend down, key {KEY}")
+
+
+def _awaitable_hook(event: object) -> object:
+    async def later() -> None:
+        raise AssertionError("an awaitable a hook returns is never run")
+
+    return later()
+
+
+@pytest.mark.parametrize(
+    "hook",
+    [
+        pytest.param(_raising_hook, id="raises"),
+        pytest.param(_awaitable_hook, id="returns-a-coroutine"),
+    ],
+)
+async def test_a_failing_on_retry_hook_does_not_change_the_outcome(
+    server: FakeWachatServer, hook: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The 502s are retried as without the hook; the hook's failure is logged once per call,
+    with its type and never the key."""
+    server.script(NAME, [502, 502, 200])
+    caplog.set_level(logging.WARNING, logger="wachat_async")
+    async with make_client(server, on_retry=hook) as client:
+        image = await client.get_qr_image(NAME)
+    assert image.data.startswith(b"\x89PNG")
+    hook_lines = [r for r in caplog.records if "on_retry hook" in r.getMessage()]
+    assert len(hook_lines) == 1  # two retries, one line
+    assert hook_lines[0].name == "wachat_async"
+    assert hook_lines[0].levelno == logging.WARNING
+    assert ("_HookFailure" if hook is _raising_hook else "coroutine") in hook_lines[0].getMessage()
+    assert KEY not in caplog.text
+
+
+@pytest.mark.parametrize(
+    "hook",
+    [
+        pytest.param(_raising_hook, id="raises"),
+        pytest.param(_awaitable_hook, id="returns-a-coroutine"),
+    ],
+)
+async def test_a_failing_on_give_up_hook_keeps_the_real_error(
+    server: FakeWachatServer, hook: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    server.script(NAME, [502] * 3)
+    caplog.set_level(logging.WARNING, logger="wachat_async")
+    async with make_client(server, max_attempts=2, on_give_up=hook) as client:
+        with pytest.raises(QRFetchFailedError) as caught:
+            await client.get_qr_image(NAME)
+    assert caught.value.status == 502
+    assert caught.value.attempts == 2
+    assert [r.getMessage() for r in caplog.records].count(
+        next(r.getMessage() for r in caplog.records if "on_give_up hook" in r.getMessage())
+    ) == 1
+    assert KEY not in caplog.text
+
+
+class _AsyncCallable:
+    async def __call__(self, event: object) -> None:  # pragma: no cover - never called
+        pass
+
+
+async def _async_hook(event: object) -> None:  # pragma: no cover - never called
+    pass
+
+
+@pytest.mark.parametrize("field", ["on_retry", "on_give_up"])
+@pytest.mark.parametrize(
+    "hook",
+    [
+        pytest.param(_async_hook, id="async-def"),
+        pytest.param(functools.partial(_async_hook), id="partial-of-async-def"),
+        pytest.param(_AsyncCallable(), id="async-call-method"),
+    ],
+)
+def test_async_hooks_are_rejected_at_construction(field: str, hook: object) -> None:
+    with pytest.raises(TypeError, match=rf"{field} must be a plain function, not an async one"):
+        RetryPolicy(**{field: hook})  # type: ignore[arg-type]
+
+
+async def test_a_cancelled_hook_still_cancels(server: FakeWachatServer) -> None:
+    """Only Exception is swallowed: cancellation raised in a hook propagates."""
+
+    def cancel(event: object) -> None:
+        raise asyncio.CancelledError
+
+    server.script(NAME, [502, 200])
+    async with make_client(server, on_retry=cancel) as client:
+        with pytest.raises(asyncio.CancelledError):
+            await client.get_qr_image(NAME)

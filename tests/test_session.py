@@ -15,6 +15,7 @@ import logging
 import subprocess
 import sys
 import textwrap
+import threading
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -1022,3 +1023,37 @@ def test_loop_changes_are_silent_under_python_dev_mode(
         check=False,
     )
     assert (child.returncode, child.stdout, child.stderr) == (0, "done\n", "")
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        pytest.param(lambda c: c.get_qr_image(NAME), id="get_qr_image"),
+        pytest.param(lambda c: c.with_options(timeout=5).get_qr_image(NAME), id="view"),
+        pytest.param(lambda c: c.__aenter__(), id="async-with"),
+    ],
+)
+def test_a_client_in_use_by_another_threads_loop_is_a_clear_error(
+    threaded_server: FakeWachatServer, call: Any
+) -> None:
+    """One client per event loop: while another thread's loop runs with the session, a call
+    from a second loop is a ConfigurationError and the other thread's session stays open."""
+    client = WachatClient(api_key=KEY, base_url=threaded_server.base_url)
+    other = asyncio.new_event_loop()
+    runner = threading.Thread(target=other.run_forever)
+    runner.start()
+    try:
+        asyncio.run_coroutine_threadsafe(client.get_qr_image(NAME), other).result(timeout=10)
+        session = client._session
+        with pytest.raises(ConfigurationError, match="one running event loop at a time"):
+            asyncio.run(call(client))
+        assert client._session is session
+        assert session is not None
+        assert not session.closed
+        qr = asyncio.run_coroutine_threadsafe(client.get_qr_image(NAME), other).result(10)
+        assert qr.instance_name == NAME
+        asyncio.run_coroutine_threadsafe(client.aclose(), other).result(timeout=10)
+    finally:
+        other.call_soon_threadsafe(other.stop)
+        runner.join(timeout=10)
+        other.close()

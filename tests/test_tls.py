@@ -8,14 +8,19 @@ with a :class:`TLSVerificationError` that says how to pass a CA and is never ret
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import logging
+import os
 import ssl
+import subprocess
+import sys
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import attrs
 import pytest
 import trustme
@@ -116,7 +121,7 @@ async def test_unknown_ca_is_a_tls_verification_error_with_the_hint(
     assert "certificate verification failed" in str(error)
     assert "ssl=" in str(error)
     assert "SSL_CERT_FILE" in str(error)
-    assert "trust_env" in str(error)
+    assert "--ca-file" in str(error)
     assert (error.host, error.port, error.instance_name) == ("127.0.0.1", tls_server.port, NAME)
     assert "issuer" in error.reason.lower()
     assert error.__cause__ is not None
@@ -272,3 +277,116 @@ async def test_ssl_true_means_default_verification(tls_server: FakeWachatServer)
     async with WachatClient(api_key=KEY, base_url=tls_server.base_url, ssl=True) as client:
         with pytest.raises(TLSVerificationError):
             await client.get_qr_image(NAME)
+
+
+@contextlib.asynccontextmanager
+async def _failing_server(cause: str) -> AsyncIterator[tuple[str, Any]]:
+    """(base_url, the client's ssl=) for a server whose certificate fails for *cause*."""
+    if cause == "expired":
+        async with ExpiredServer() as expired:
+            yield expired.base_url, expired.client_context()
+        return
+    hostnames = ["api.wachat.test"] if cause == "wrong-host" else None
+    async with FakeWachatServer(KEY, tls=True, tls_hostnames=hostnames) as server:
+        server.add_instance(NAME)
+        if cause == "unknown-ca":
+            yield server.base_url, None
+        elif cause == "pin":
+            yield server.base_url, aiohttp.Fingerprint(b"\x00" * 32)
+        else:
+            yield server.base_url, server.ssl_context
+
+
+@pytest.mark.parametrize(
+    ("cause", "says", "never"),
+    [
+        pytest.param(
+            "unknown-ca", ["private CA", "--ca-file", "SSL_CERT_FILE"], [], id="unknown-ca"
+        ),
+        pytest.param("expired", ["validity period", "clock"], ["private CA"], id="expired"),
+        pytest.param(
+            "wrong-host", ["not issued for that host name"], ["private CA"], id="wrong-host"
+        ),
+        pytest.param(
+            "pin", ["pin mismatch", "Fingerprint"], ["private CA", "\\x00", "b'"], id="pin"
+        ),
+    ],
+)
+async def test_each_certificate_failure_gets_the_hint_for_its_cause(
+    cause: str, says: list[str], never: list[str]
+) -> None:
+    """One TLSVerificationError per cause, never retried, with advice that fits the cause
+    (trusting a CA fixes neither an expired nor a wrong-host certificate), one period."""
+    async with (
+        _failing_server(cause) as (base_url, ssl_option),
+        WachatClient(
+            api_key=KEY, base_url=base_url, ssl=ssl_option, retry=TRANSPORT_RETRIES
+        ) as client,
+    ):
+        with pytest.raises(TLSVerificationError) as info:
+            await client.get_qr_image(NAME)
+    message = str(info.value)
+    assert info.value.attempts == 1
+    assert not TRANSPORT_RETRIES.is_retryable(info.value)
+    assert ".." not in message
+    for text in says:
+        assert text in message
+    for text in never:
+        assert text not in message
+    assert "\n" not in message
+
+
+@pytest.fixture
+def tls_server_in_thread(
+    wachat_server_factory: Callable[..., FakeWachatServer],
+) -> FakeWachatServer:
+    """A TLS fake server on its own thread: a child process's client can reach it."""
+    server = wachat_server_factory(api_key=KEY, tls=True)
+    server.add_instance(NAME)
+    return server
+
+
+_CHILD = """
+import asyncio, os, sys
+from wachat_async import TLSVerificationError, WachatClient
+if sys.argv[2] == "after-import":
+    os.environ["SSL_CERT_FILE"] = sys.argv[3]
+async def main():
+    async with WachatClient(api_key=sys.argv[4], base_url=sys.argv[1]) as client:
+        try:
+            await client.get_qr_image(sys.argv[5])
+        except TLSVerificationError:
+            print("REFUSED")
+        else:
+            print("TRUSTED")
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize(
+    ("when", "expected"),
+    [
+        pytest.param("at-start", "TRUSTED", id="set-before-the-process-starts"),
+        pytest.param("after-import", "REFUSED", id="set-after-import"),
+    ],
+)
+def test_ssl_cert_file_without_trust_env_is_read_once_at_import(
+    tls_server_in_thread: FakeWachatServer, tmp_path: Path, when: str, expected: str
+) -> None:
+    """The documented behaviour: with trust_env=False and no ssl=, OpenSSL reads SSL_CERT_FILE
+    when aiohttp builds its default context (at import), whatever trust_env says; a value set
+    later is not seen (trust_env=True re-reads it when each session opens)."""
+    ca = tmp_path / "ca.pem"
+    tls_server_in_thread.write_ca_file(ca)
+    environ = {k: v for k, v in os.environ.items() if k not in ("SSL_CERT_FILE", "SSL_CERT_DIR")}
+    if when == "at-start":
+        environ["SSL_CERT_FILE"] = str(ca)
+    result = subprocess.run(  # noqa: S603 - our own interpreter
+        [sys.executable, "-c", _CHILD, tls_server_in_thread.base_url, when, str(ca), KEY, NAME],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.stdout.strip() == expected, result.stderr

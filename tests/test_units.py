@@ -359,6 +359,9 @@ def test_excerpt_redacts_before_cutting(start: int) -> None:
     [
         pytest.param("bad URL: https://me:pw@h.example/v1", "me:pw", id="userinfo"),
         pytest.param("bad URL: https://u:pa/ss@h.example/v1", "pa/ss", id="userinfo-with-slash"),
+        pytest.param("bad URL: https://u:pa#ss@h.example/v1", "pa#ss", id="userinfo-with-hash"),
+        pytest.param("bad URL: https://u:pa?ss@h.example/v1", "pa?ss", id="userinfo-with-query"),
+        pytest.param("bad URL: https://u:pa?s#s@h.example/v1", "pa?s", id="userinfo-with-both"),
         pytest.param("bad URL: https://h.example/v1?apiKey=s3cr3t&x=1", "s3cr3t", id="query"),
         pytest.param("bad URL: https://h.example/v1?q=s3cr3t", "s3cr3t", id="any-query"),
         pytest.param("bad URL: HTTP://h.example/v1#s3cr3t", "s3cr3t", id="fragment"),

@@ -249,3 +249,36 @@ def test_with_options_rejects_unknown_options(client: WachatClient) -> None:
     """Options a view cannot change (session, proxy, api_key, ...) are a TypeError."""
     with pytest.raises(TypeError):
         client.with_options(proxy="http://127.0.0.1:3128")  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize(
+    ("chain", "expected"),
+    [
+        pytest.param(
+            [{"timeout": 5}, {"retry": RetryPolicy.disabled()}, {"timeout": None}, {"retry": None}],
+            "view(timeout=20.0, retry=default)",
+            id="replaced-and-restored",
+        ),
+        pytest.param(
+            [{"timeout": 1}, {"timeout": 2}, {"timeout": 3}],
+            "view(timeout=3.0)",
+            id="same-option-thrice",
+        ),
+        pytest.param(
+            [{"max_image_bytes": 1024}, {"user_agent": "a/1"}, {"max_image_bytes": 2048}],
+            "view(max_image_bytes=2048, user_agent)",
+            id="mixed",
+        ),
+    ],
+)
+def test_repr_of_a_view_of_a_view_lists_each_option_once(
+    client: WachatClient, chain: list[dict[str, Any]], expected: str
+) -> None:
+    view = client
+    for options in chain:
+        view = view.with_options(**options)
+    assert repr(view).endswith(f" {expected}>")
+    long_chain = client
+    for _ in range(50):
+        long_chain = long_chain.with_options(timeout=4)
+    assert repr(long_chain).count("timeout=") == 1

@@ -112,12 +112,17 @@ class WachatClient:
     Networks (see the README's "Networks"): *ssl* is aiohttp's: ``None`` verifies against the
     default trust store, an ``ssl.SSLContext`` is used as is (a private CA:
     ``ssl.create_default_context(cafile=...)``), ``False`` skips verification and warns
-    :class:`InsecureTLSWarning`. *proxy* is an ``http://`` proxy URL (credentials allowed:
-    they are sent as ``Proxy-Authorization`` and never shown); ``https://`` goes through
-    ``CONNECT``, so the proxy never sees the key. *trust_env* (default off, so a process's
-    environment never reroutes the key without the code saying so) reads ``HTTPS_PROXY``,
-    ``HTTP_PROXY``, ``NO_PROXY``, ``~/.netrc`` (for the proxy's credentials only) and
-    ``SSL_CERT_FILE``/``SSL_CERT_DIR`` as aiohttp does, when the session opens.
+    :class:`InsecureTLSWarning`. *proxy* is an ``http://HOST:PORT`` proxy URL, the port explicit
+    (credentials allowed: they are sent as ``Proxy-Authorization`` and never shown);
+    ``https://`` goes through ``CONNECT``, so the proxy never sees the key, and a plain
+    ``http://`` base URL through a proxy needs *allow_insecure_http*. *trust_env* (default off,
+    so a process's environment never reroutes the key without the code saying so) reads
+    ``HTTPS_PROXY``, ``HTTP_PROXY``, ``NO_PROXY`` and ``~/.netrc`` (for the proxy's credentials
+    only) as aiohttp does, when the session opens, and then builds a fresh default TLS context.
+    ``SSL_CERT_FILE``/``SSL_CERT_DIR`` are OpenSSL's and not gated by *trust_env*: with no
+    *ssl* they are read when a default context is built, which without *trust_env* is once,
+    when aiohttp is imported. One client (and its views) per running event loop: a call from
+    another thread's loop while the first still runs is a :class:`ConfigurationError`.
     *trace_configs* are ``aiohttp.TraceConfig`` objects for the client's own session
     (OpenTelemetry's ``create_trace_config()``: one span per attempt). With a borrowed
     *session* these four belong on that session, and passing them is a
@@ -162,7 +167,8 @@ class WachatClient:
     ) -> None:
         self._root = self
         self._views: weakref.WeakSet[WachatClient] = weakref.WeakSet()
-        self._view_options = ""
+        #: What a view changed, by option: its repr lists each once, with the value in force.
+        self._view_options: dict[str, str] = {}
         # The key is a Secret from the first line that reads it: a traceback rendered with its
         # frames' locals (rich, pytest --showlocals) shows repr() of each, and this frame holds
         # the key while the rest of the configuration is checked.
@@ -172,6 +178,9 @@ class WachatClient:
             kind = type(api_key).__name__
             api_key = None  # the raw value leaves this frame before anything is raised
             raise ConfigurationError(f"api_key must be a str, not {kind}")
+        if isinstance(proxy, (str, URL)):
+            # The same care for the proxy URL, which may hold a password.
+            proxy = Secret(str(proxy))
         key = _env_key() if api_key is None else api_key
         if key is None or not key.strip():
             raise ConfigurationError(
@@ -247,6 +256,9 @@ class WachatClient:
                 "(only 127.0.0.0/8, ::1 and the name localhost count as loopback).",
                 secrets=secrets,
             )
+        if api_base.scheme == "http" and self._proxy is not None and not allow_insecure_http:
+            raise ConfigurationError(_http_through_proxy(api_base, self._proxy, "proxy="))
+        self._allow_insecure_http = allow_insecure_http
         self._base_url: URL = api_base
         self._retry = RetryPolicy() if retry is None else retry
         self._budget = RetryBudget() if retry_budget is None else retry_budget
@@ -297,11 +309,11 @@ class WachatClient:
         """
         secrets = self._transport._secrets
         transport = self._transport
-        changed: list[str] = []
+        changed: dict[str, str] = {}
         try:
             if timeout is not _UNSET:
                 new_timeout = check_timeout(timeout) or DEFAULT_TIMEOUT
-                changed.append(f"timeout={new_timeout.total}")
+                changed["timeout"] = f"timeout={new_timeout.total}"
             else:
                 new_timeout = transport.timeout
             if retry is not _UNSET:
@@ -310,17 +322,17 @@ class WachatClient:
                         f"retry must be a RetryPolicy or None, not {type(retry).__name__}"
                     )
                 policy = RetryPolicy() if retry is None else retry
-                changed.append("retry")
+                changed["retry"] = "retry" if retry is not None else "retry=default"
             else:
                 policy = self._retry
             if max_image_bytes is not _UNSET:
                 check_number(max_image_bytes, "max_image_bytes", integer=True, minimum=64)
-                changed.append(f"max_image_bytes={max_image_bytes}")
+                changed["max_image_bytes"] = f"max_image_bytes={max_image_bytes}"
             else:
                 max_image_bytes = transport.max_image_bytes
             if user_agent is not _UNSET:
                 agent = check_user_agent(user_agent) or _default_user_agent()
-                changed.append("user_agent")
+                changed["user_agent"] = "user_agent"
             else:
                 agent = transport.user_agent
         except (TypeError, ValueError) as exc:
@@ -331,7 +343,7 @@ class WachatClient:
         view._root = root
         view._loop_guard = None
         view._owns_session = False
-        view._view_options = ", ".join(filter(None, [self._view_options, *changed]))
+        view._view_options = {**self._view_options, **changed}
         view._retry = policy
         view._retrier = Retrier(policy, self._budget, attempt_timeout=new_timeout.total)
         view._transport = transport.evolve(
@@ -390,15 +402,27 @@ class WachatClient:
         if self._closed:
             raise ClientClosedError(_CLOSED_MESSAGE, attempts=0)
         loop = asyncio.get_running_loop()
+        bound = self._loop
+        if self._session is not None and bound not in (None, loop) and bound.is_running():
+            # Another thread's loop is using the session right now: closing it would break
+            # that thread's calls under it.
+            raise ConfigurationError(_OTHER_LOOP_MESSAGE)
+        borrowed = self._borrowed
+        proxy = self._proxy
+        if borrowed is None and proxy is None and self._trust_env:
+            # Read when the session opens, as aiohttp would per request: one base URL. Before
+            # the old session is let go of: a proxy variable that cannot work raises here.
+            proxy = env_proxy(self._base_url, secrets=(self._api_key,))
+            plain = self._base_url.scheme == "http"
+            if proxy is not None and plain and not self._allow_insecure_http:
+                raise ConfigurationError(
+                    _http_through_proxy(self._base_url, proxy, "HTTP_PROXY, trust_env=True")
+                    + " (or exclude the host with NO_PROXY)"
+                )
         old = self._session, self._loop_guard
         self._session, self._loop, self._loop_guard = None, None, None
         self._transport.session = None
-        borrowed = self._borrowed
-        proxy = self._proxy
         if borrowed is None:
-            if proxy is None and self._trust_env:
-                # Read when the session opens, as aiohttp would per request: one base URL.
-                proxy = env_proxy(self._base_url, secrets=(self._api_key,))
             connector = aiohttp.TCPConnector(
                 limit=self._max_connections,
                 ttl_dns_cache=300,
@@ -585,7 +609,7 @@ class WachatClient:
         if self._ssl is False:
             extra += " ssl=False"
         if self._root is not self:
-            extra += f" view({self._view_options})"
+            extra += f" view({', '.join(self._view_options.values())})"
         return f"<WachatClient base_url={self.base_url!r} state={state}{extra}>"
 
     # -- public calls ----------------------------------------------------------------------
@@ -750,6 +774,24 @@ def _env_key() -> Secret | None:
     in this frame, which raises nothing."""
     value = os.environ.get("WACHAT_API_KEY")
     return None if value is None else Secret(value)
+
+
+_OTHER_LOOP_MESSAGE = (
+    "This WachatClient is in use by an event loop that is running in another thread: a client "
+    "(and its views) belongs to one running event loop at a time. Make one client per thread "
+    "(or per event loop), or run every call in one loop (asyncio.run_coroutine_threadsafe)"
+)
+
+
+def _http_through_proxy(base: URL, proxy: Proxy, source: str) -> str:
+    """Why a plain http:// base URL through a proxy is refused without allow_insecure_http."""
+    return (
+        f"Refusing plain http:// to {base.host} through the HTTP proxy {proxy.display} "
+        f"({source}): a plain-http request goes to the proxy as it is, so the proxy and the "
+        "network to it would read the API key in clear text (and the proxy would resolve "
+        f"{base.host} itself). Use https:// (the key then travels inside the proxy's CONNECT "
+        "tunnel), or pass allow_insecure_http=True if you mean it"
+    )
 
 
 def _default_user_agent() -> str:

@@ -251,7 +251,10 @@ class TLSVerificationError(WachatConnectionError):
 
     ``reason`` is OpenSSL's explanation (e.g. ``unable to get local issuer certificate``,
     ``Hostname mismatch``, ``certificate has expired``), ``host``/``port`` the server dialled.
-    The message says how to trust a CA (``ssl=``, or ``SSL_CERT_FILE`` with ``trust_env``).
+    A wrong ``ssl=aiohttp.Fingerprint`` pin is one too. The message gives the advice that fits
+    the cause: how to trust a CA (``ssl=``, ``SSL_CERT_FILE``, ``wachat-qr --ca-file``) for an
+    unknown one, the server or the clock for an expired certificate, the host name for a
+    mismatch.
     Never retried, even with ``retry_transport_errors=True``: it will not heal by itself.
     """
 

@@ -15,11 +15,13 @@ from __future__ import annotations
 import base64
 import netrc
 import os
+import re
 import ssl
 import urllib.request
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
+from urllib.parse import unquote
 
 import aiohttp
 import attrs
@@ -32,7 +34,7 @@ from ._errors import (
     TLSVerificationError,
     WachatConnectionError,
 )
-from ._redact import Secret
+from ._redact import REDACTED, Secret
 
 __all__ = [
     "CA_HINT",
@@ -50,12 +52,50 @@ __all__ = [
 #: What ``ssl=`` may be: aiohttp's own meanings.
 SSLOption = ssl.SSLContext | bool | aiohttp.Fingerprint | None
 
-#: How to trust a private CA: appended to every certificate failure.
+#: How to trust a private CA: appended to a certificate that chains to no CA the client trusts.
 CA_HINT = (
     "If the server uses a private CA (an internal gateway, a TLS-inspecting proxy), trust its "
     "certificate: WachatClient(ssl=ssl.create_default_context(cafile='ca.pem')), or "
-    "SSL_CERT_FILE=ca.pem with trust_env=True (wachat-qr --ca-file ca.pem)"
+    "SSL_CERT_FILE=ca.pem in the environment of the process (read by OpenSSL for the default "
+    "context; see the README's Networks), or from a shell wachat-qr --ca-file ca.pem"
 )
+#: A certificate out of its validity period: trusting a CA fixes nothing.
+EXPIRED_HINT = (
+    "The certificate is outside its validity period (expired, or not valid yet): the server "
+    "must renew it, or this machine's clock is wrong; trusting another CA will not help"
+)
+#: A certificate for another name: trusting a CA fixes nothing.
+HOSTNAME_HINT = (
+    "The certificate is not issued for that host name: use the name the certificate names in "
+    "base_url (an IP address works only if the certificate lists it), or have the server's "
+    "certificate reissued for this name; trusting another CA will not help"
+)
+#: A certificate pin that does not match.
+PIN_HINT = (
+    "The certificate is not the one pinned with ssl=aiohttp.Fingerprint: if the server's "
+    "certificate was renewed, pin the new SHA-256; otherwise something on the path is "
+    "impersonating the server"
+)
+
+# OpenSSL's X509_V_ERR_* codes (ssl.SSLCertVerificationError.verify_code).
+_EXPIRED_CODES = frozenset({9, 10})  # CERT_NOT_YET_VALID, CERT_HAS_EXPIRED
+_HOSTNAME_CODES = frozenset({62, 64})  # HOSTNAME_MISMATCH, IP_ADDRESS_MISMATCH
+
+
+def tls_hint(failure: BaseException, reason: str) -> str:
+    """The advice that fits a certificate failure: by OpenSSL's code, else by its text."""
+    code = getattr(failure, "verify_code", None)
+    text = reason.lower()
+    if code in _EXPIRED_CODES or "expired" in text or "not yet valid" in text:
+        return EXPIRED_HINT
+    if (
+        code in _HOSTNAME_CODES
+        or "mismatch" in text
+        or "doesn't match" in text
+        or "not valid for" in text
+    ):
+        return HOSTNAME_HINT
+    return CA_HINT
 
 
 class InsecureTLSWarning(UserWarning):
@@ -133,8 +173,9 @@ class Proxy:
         """The ``Proxy-Authorization`` value (``Basic ...``), or None without credentials."""
         if not self.has_credentials:
             return None
-        pair = f"{self.login}:{self.password}".encode()
-        return Secret("Basic " + base64.b64encode(pair).decode("ascii"))
+        return Secret(
+            "Basic " + base64.b64encode(f"{self.login}:{self.password}".encode()).decode("ascii")
+        )
 
     @property
     def display(self) -> str:
@@ -149,8 +190,8 @@ class Proxy:
         """The credential forms to redact (empty without credentials)."""
         if not self.has_credentials:
             return ()
-        pair = f"{self.login}:{self.password}"
-        token = base64.b64encode(pair.encode()).decode("ascii")
+        pair = Secret(f"{self.login}:{self.password}")
+        token = Secret(base64.b64encode(pair.encode()).decode("ascii"))
         forms = [pair, token, self.password]
         # Very short forms would redact ordinary text; the pair and the token are never short.
         return tuple(Secret(form) for form in forms if len(form) >= 4)
@@ -159,52 +200,110 @@ class Proxy:
         return f"<Proxy {self.display}{' (from the environment)' if self.from_env else ''}>"
 
 
+#: A scheme as a proxy URL may start with; ``alice:`` in ``alice:pw@host`` is not one.
+_SCHEME = re.compile(r"(?:[a-z][a-z0-9+.-]*:(?=//)|(?:https?|socks[45][ah]?):)", re.IGNORECASE)
+_PROXY_FORM = "http://HOST:PORT (with credentials: USER:PASSWORD@ before HOST)"
+
+
+def split_credentials(text: str) -> tuple[str, str, str]:
+    """``(before, credentials, after)`` of a proxy URL as typed, credentials included.
+
+    The credentials are everything between the scheme (and its ``//``, or the start of the
+    text when there is no scheme) and the *last* ``@``: whatever they hold (an unencoded
+    ``#``, ``?``, ``/`` or ``@``), they are treated as a secret, never parsed as a fragment,
+    query or path. *after* starts at that ``@``; without one, ``("", "", text)``.
+    """
+    scheme = _SCHEME.match(text)
+    start = scheme.end() if scheme else 0
+    if text.startswith("//", start):
+        start += 2
+    at = text.rfind("@", start)
+    if at < 0:
+        return "", "", text
+    return text[:start], text[start:at], text[at:]
+
+
+def _credential_forms(credentials: str) -> tuple[str, ...]:
+    """The forms of *credentials* a message must hide: raw and percent-decoded, the whole
+    ``user:password`` and the password alone (:func:`redact` adds every encoding of each)."""
+    password = credentials.partition(":")[2]
+    forms = {credentials, unquote(credentials), password, unquote(password)}
+    # The text itself is cut out of every message; these are the safety net, and very short
+    # forms would redact ordinary words.
+    return tuple(Secret(form) for form in forms if len(form) >= 4)
+
+
 def parse_proxy(
     value: object, *, secrets: Iterable[str] = (), what: str = "proxy", from_env: bool = False
 ) -> Proxy | None:
-    """The ``proxy=`` argument, checked: an ``http://`` URL (str or yarl.URL) with a host,
-    optionally ``user:password@`` (percent-encoded), and nothing after the port but ``/``.
-    *what* names the source in messages (``proxy``, or the environment variable)."""
+    """The ``proxy=`` argument, checked: an ``http://`` URL (str or yarl.URL) with a host and
+    an explicit port (1-65535), optionally ``user:password@`` (percent-encoded), and nothing
+    after the port but ``/``. *what* names the source in messages (``proxy``, or the
+    environment variable).
+
+    The credentials are cut out of the text before anything parses it (see
+    :func:`split_credentials`): no message quotes them, whatever the URL's mistake, and no
+    local of this frame holds them but as a :class:`Secret` (whose ``repr`` hides it), so a
+    traceback rendered with its locals cannot show them either.
+    """
     if value is None:
         return None
     if not isinstance(value, (str, URL)):
         raise ConfigurationError(
             f"{what} must be an http:// URL (str or yarl.URL) or None, not {type(value).__name__}"
         )
-    try:
-        url = URL(value) if isinstance(value, str) else value
-        host = url.host
-        port = url.port
-    except (TypeError, ValueError):
-        url, host, port = URL(), None, None
-    shown = str(value)
-    if not host or port is None or not url.is_absolute():
-        raise ConfigurationError(
-            f"{what} must be an absolute URL such as http://HOST:PORT, got {shown!r}",
-            secrets=secrets,
-        )
-    if url.scheme != "http":
-        raise ConfigurationError(
-            f"{what} must be an http:// URL (https:// to Wachat still goes through CONNECT, "
-            f"so the proxy never sees the key); {url.scheme}:// proxies are not supported, "
-            f"got {shown!r}",
-            secrets=secrets,
-        )
-    if url.path not in ("", "/") or url.query_string or url.fragment:
-        raise ConfigurationError(
-            f"{what} must be http://HOST:PORT (credentials as user:password@ before the "
-            f"host), without a path, query or fragment, got {shown!r}",
-            secrets=secrets,
-        )
-    login, password = url.user or "", url.password or ""
+    text = Secret(str(value))
+    value = None  # a yarl.URL's repr shows its password: only the Secret stays in this frame
+    before, credentials, after = split_credentials(text)
+    credentials = Secret(credentials)
+    secrets = (*secrets, *_credential_forms(credentials))
+    shown = f"{before}{REDACTED}{after}" if after.startswith("@") else str(text)
+    bare_text = before + after[1:] if after.startswith("@") else str(text)
+    problem = _proxy_problem(bare_text, credentials, what)
+    if problem is not None:
+        raise ConfigurationError(f"{problem}, got {shown!r}", secrets=secrets)
+    url = URL(bare_text)
+    user, _, password = credentials.partition(":")
+    login = Secret(unquote(user))
     if ":" in login:
         raise ConfigurationError(
             f"{what}: a proxy user name cannot contain ':' (percent-encode it as %3A in the "
             "password part only)",
             secrets=secrets,
         )
-    bare = url.with_user(None).with_password(None).with_path("")
-    return Proxy(url=bare, login=login, password=password, from_env=from_env)
+    bare = url.with_path("").with_query(None).with_fragment(None)
+    return Proxy(url=bare, login=login, password=Secret(unquote(password)), from_env=from_env)
+
+
+def _proxy_problem(bare_text: str, credentials: str, what: str) -> str | None:
+    """What is wrong with a proxy URL (its credentials cut out), or None."""
+    if any(char in credentials for char in "/?#"):
+        return (
+            f"{what}: the credentials before '@' hold a '/', '?' or '#', which ends them in a "
+            "URL: percent-encode those characters in the password (%2F, %3F, %23)"
+        )
+    try:
+        url = URL(bare_text)
+        host, port, scheme = url.host, url.explicit_port, url.scheme
+    except (TypeError, ValueError):
+        return f"{what} must be an absolute URL such as {_PROXY_FORM}"
+    if not scheme or "://" not in bare_text:
+        return f"{what} is not an absolute URL with a scheme: write it as {_PROXY_FORM}"
+    if scheme != "http":
+        return (
+            f"{what} must be an http:// URL (https:// to Wachat still goes through CONNECT, "
+            f"so the proxy never sees the key); {scheme}:// proxies are not supported"
+        )
+    if not host:
+        return f"{what} must be an absolute URL such as {_PROXY_FORM}"
+    if port is None:
+        # aiohttp would dial 80 and curl 1080: a port left out is a mistake, not a default.
+        return f"{what} has no port: write it as {_PROXY_FORM} (often 3128 or 8080)"
+    if port == 0:
+        return f"{what} has port 0, which no proxy listens on: write it as {_PROXY_FORM}"
+    if url.path not in ("", "/") or url.query_string or url.fragment:
+        return f"{what} must be {_PROXY_FORM}, without a path, query or fragment"
+    return None
 
 
 def _netrc_credentials(host: str) -> tuple[str, str] | None:
@@ -223,7 +322,7 @@ def _netrc_credentials(host: str) -> tuple[str, str] | None:
     if entry is None:
         return None
     login, _account, password = entry
-    return login or "", password or ""
+    return Secret(login or ""), Secret(password or "")
 
 
 def env_proxy(target: URL, *, secrets: Iterable[str] = ()) -> Proxy | None:
@@ -239,7 +338,8 @@ def env_proxy(target: URL, *, secrets: Iterable[str] = ()) -> Proxy | None:
     host = target.host
     if host is not None and urllib.request.proxy_bypass(host):
         return None
-    raw = urllib.request.getproxies().get(target.scheme)
+    # A Secret at once: it may hold the proxy's password, and a traceback may show locals.
+    raw = Secret(urllib.request.getproxies().get(target.scheme) or "")
     if not raw:
         return None
     variable = f"{target.scheme.upper()}_PROXY"
@@ -258,8 +358,9 @@ def ssl_for_session(
     """The ``ssl=`` a new session's connector gets.
 
     With ``trust_env`` and no ``ssl=``, a fresh default context, so ``SSL_CERT_FILE`` and
-    ``SSL_CERT_DIR`` as set when the session opens take effect (aiohttp's own default context
-    is built once, at import). Otherwise *option* (``True``: aiohttp's default verification).
+    ``SSL_CERT_DIR`` as set when the session opens take effect. Otherwise *option* (``True``:
+    aiohttp's default context, which OpenSSL built once, when aiohttp was imported, reading
+    ``SSL_CERT_FILE``/``SSL_CERT_DIR`` as they were then: ``trust_env`` does not gate them).
     """
     if option is None:
         return ssl.create_default_context() if trust_env else True
@@ -295,28 +396,107 @@ def classify(
     port: int | None,
     proxy: Proxy | None,
     instance_name: str | None,
+    scheme: str | None = None,
 ) -> WachatConnectionError | None:
     """A :class:`TLSVerificationError` or :class:`ProxyError` for *exc*, else ``None`` (the
-    caller maps it as any other transport error). Messages name hosts, never credentials."""
+    caller maps it as any other transport error). Messages name hosts, never credentials.
+
+    *host*, *port* and *scheme* are the server dialled. Through a *proxy*, a failure to reach
+    it (refused, unreachable, a name that does not resolve), and a proxy that closes or answers
+    something that is not HTTP to the ``CONNECT`` (or, for plain ``http://``, to the request
+    itself), are :class:`ProxyError`; the same inside an established tunnel is the server's.
+    A certificate pin (``ssl=aiohttp.Fingerprint``) that does not match is a
+    :class:`TLSVerificationError`."""
+    where = f"{host}:{port}" if host else "the server"
     failure = _certificate_failure(exc)
     if failure is not None:
-        reason = _reason(failure)
-        where = f"{host}:{port}" if host else "the server"
+        reason = _reason(failure).rstrip(". ")
         return TLSVerificationError(
-            f"TLS certificate verification failed for {where}: {reason}. {CA_HINT}",
+            f"TLS certificate verification failed for {where}: {reason}. "
+            f"{tls_hint(failure, reason)}",
             reason=reason,
+            host=host,
+            port=port,
+            instance_name=instance_name,
+        )
+    if isinstance(exc, aiohttp.ServerFingerprintMismatch):
+        got = _short_hex(exc.got)
+        return TLSVerificationError(
+            f"TLS certificate pin mismatch for {where}: the certificate's SHA-256 starts "
+            f"{got}, not the pinned {_short_hex(exc.expected)}. {PIN_HINT}",
+            reason="certificate fingerprint mismatch",
             host=host,
             port=port,
             instance_name=instance_name,
         )
     if isinstance(exc, aiohttp.ClientHttpProxyError):
         return proxy_status_error(exc.status, proxy=proxy, instance_name=instance_name)
-    if proxy is not None and isinstance(exc, aiohttp.ClientProxyConnectionError):
+    if proxy is None:
+        return None
+    if isinstance(exc, aiohttp.ClientConnectorError) and _is_proxy_address(exc, proxy):
+        # Refused, unreachable, or a name that does not resolve: aiohttp's text says
+        # "ssl:default", which is about the server, not the proxy.
+        if isinstance(exc, aiohttp.ClientConnectorDNSError):
+            why = "its host name does not resolve (DNS)"
+        else:
+            why = f"{type(exc.os_error).__name__}" if exc.os_error else type(exc).__name__
         return ProxyError(
-            f"cannot connect to the HTTP proxy {proxy.display}: {type(exc).__name__}",
+            f"cannot connect to the HTTP proxy {proxy.display}: {why}",
+            instance_name=instance_name,
+        )
+    if _connect_frames(exc):
+        stage: str | None = "the CONNECT"
+    elif scheme == "http":
+        stage = "the request"  # plain http:// talks to the proxy only
+    else:
+        stage = None  # inside the tunnel: the server's doing
+    if stage is not None and isinstance(exc, aiohttp.ServerDisconnectedError):
+        return ProxyError(
+            f"the HTTP proxy {proxy.display} closed the connection before answering {stage}",
+            instance_name=instance_name,
+        )
+    if stage is not None and type(exc) is aiohttp.ClientResponseError:
+        # A parser error (a real response of any status is no exception here): the proxy's
+        # port speaks something else (a SOCKS proxy, another service). aiohttp's message
+        # quotes the bytes: not repeated.
+        return ProxyError(
+            f"the HTTP proxy {proxy.display} answered {stage} with something that is not "
+            "HTTP (is it a SOCKS proxy, or the wrong port?)",
             instance_name=instance_name,
         )
     return None
+
+
+def _short_hex(digest: object) -> str:
+    """The first 8 bytes of a digest as hex with an ellipsis (no raw byte string)."""
+    if not isinstance(digest, bytes):
+        return "?"
+    return digest[:8].hex(":") + ":…"
+
+
+def _is_proxy_address(exc: aiohttp.ClientConnectorError, proxy: Proxy) -> bool:
+    """Whether a connection failure was dialling the proxy (not the server behind it)."""
+    try:
+        host, port = exc.host, exc.port
+    except (AttributeError, TypeError):  # pragma: no cover - every aiohttp 3.x has both
+        return isinstance(exc, aiohttp.ClientProxyConnectionError)
+    wanted = proxy.url.host
+    return isinstance(exc, aiohttp.ClientProxyConnectionError) or (
+        host == wanted and port == proxy.url.port
+    )
+
+
+def _connect_frames(exc: BaseException) -> bool:
+    """Whether *exc* was raised while aiohttp read the proxy's answer to ``CONNECT`` (before
+    the TLS handshake with the server inside the tunnel)."""
+    names: list[str] = []
+    tb = exc.__traceback__
+    while tb is not None:
+        names.append(tb.tb_frame.f_code.co_name)
+        tb = tb.tb_next
+    return "_create_proxy_connection" in names and not (
+        {"_start_tls_connection", "_wrap_existing_connection"} & set(names)
+    )
 
 
 def proxy_status_error(

@@ -263,10 +263,10 @@ def excerpt(text: str, secrets: Iterable[str] = (), *, limit: int = 500) -> str:
 def _scrub_url(match: re.Match[str]) -> str:
     """One URL with its user info, query and fragment replaced by ``[REDACTED]``."""
     rest = match.group("rest")
-    # The last "@" before any query: a browser, unlike RFC 3986, ends user info there even past
-    # a "/", and hiding a path that holds an "@" costs nothing.
-    query_start = min((i for i in map(rest.find, "?#") if i >= 0), default=len(rest))
-    at = rest.rfind("@", 0, query_start)
+    # The last "@" of all: a browser, unlike RFC 3986, ends user info there even past a "/",
+    # and a password typed with an unencoded "#" or "?" still ends at its "@". Hiding a path
+    # or query that holds an "@" costs nothing.
+    at = rest.rfind("@")
     if at >= 0:
         rest = REDACTED + rest[at:]
     query = min((i for i in map(rest.find, "?#") if i >= 0), default=-1)

@@ -15,6 +15,7 @@ connection slots' type (:class:`~wachat_async._slots.Slots`, to see whether one 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import math
 import random
@@ -205,9 +206,56 @@ def _flag(instance: object, attribute: attrs.Attribute[bool], value: bool) -> No
     check_bool(value, attribute.name)
 
 
+def _is_async_callable(value: object) -> bool:
+    """Whether calling *value* is known to give a coroutine (``async def``, a partial of one,
+    or an object whose ``__call__`` is one)."""
+    method = vars(type(value)).get("__call__") if not inspect.isroutine(value) else None
+    return inspect.iscoroutinefunction(value) or inspect.iscoroutinefunction(method)
+
+
 def _callable_or_none(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if value is not None and not callable(value):
         raise TypeError(f"{attribute.name} must be callable or None, got {shown(value)}")
+    if _is_async_callable(value):
+        raise TypeError(
+            f"{attribute.name} must be a plain function, not an async one: hooks are called "
+            "synchronously and never awaited (to feed an async backend, hand the event over, "
+            "e.g. with queue.put_nowait(event) or loop.create_task(...))"
+        )
+
+
+def _call_hook(which: str, hook: Callable[[Any], object], event: object, logged: set[str]) -> None:
+    """Call a hook; whatever it raises or returns cannot change the call's outcome.
+
+    A hook observes (metrics): an exception it raises is logged once per call and per hook
+    (WARNING on the ``wachat_async`` logger, with its type only: its text is not ours to
+    show) and the call goes on; an awaitable it returns (a coroutine, which would never run)
+    is closed and logged the same way. ``BaseException`` (cancellation) still propagates.
+    """
+    try:
+        result = hook(event)
+    except Exception as exc:  # a hook may fail in any way, and that must not matter
+        if which not in logged:
+            logged.add(which)
+            logger.warning(
+                "RetryPolicy.%s hook raised %s; ignored (hooks observe a call, they cannot "
+                "change its outcome)",
+                which,
+                type(exc).__name__,
+            )
+        return
+    if inspect.isawaitable(result):
+        close = getattr(result, "close", None)
+        if callable(close):
+            close()  # never awaited: closing it also keeps "never awaited" warnings away
+        if which not in logged:
+            logged.add(which)
+            logger.warning(
+                "RetryPolicy.%s hook returned an awaitable (%s); closed without running it "
+                "(hooks are called synchronously and never awaited)",
+                which,
+                type(result).__name__,
+            )
 
 
 def _statuses(value: Iterable[int]) -> frozenset[int]:
@@ -233,7 +281,10 @@ class RetryPolicy:
 
     ``on_retry`` is called with a :class:`RetryEvent` before every wait, and ``on_give_up``
     with a :class:`GiveUpEvent` when a retryable failure is not retried (which limit stopped
-    it), for metrics.
+    it), for metrics. Hooks observe, they cannot change the outcome: they are plain functions
+    called synchronously (an ``async def`` hook is a ``TypeError`` here; an awaitable a hook
+    returns anyway is closed unrun), and an exception a hook raises is logged once per call
+    (WARNING on the ``wachat_async`` logger, its type only) and otherwise ignored.
 
     ``retry_transport_errors`` also retries connection failures (refused, reset, a body cut
     short) and per-attempt timeouts before any byte reached the caller; the ``deadline``
@@ -565,14 +616,17 @@ class Retrier:
         hook = self.policy.on_give_up
         if hook is not None:
             status = getattr(error, "status", None)
-            hook(
+            _call_hook(
+                "on_give_up",
+                hook,
                 GiveUpEvent(
                     instance_name=name,
                     attempts=attempts,
                     reason=reason,
                     error=error,
                     status=status if isinstance(status, int) else None,
-                )
+                ),
+                set(),  # at most one give-up per call: logged at most once anyway
             )
 
     async def _guarded(
@@ -644,6 +698,7 @@ class _RetryState:
         "attempts",
         "code",
         "decided_for",
+        "hook_failures",
         "last_error",
         "name",
         "next_wait",
@@ -664,6 +719,8 @@ class _RetryState:
         self.last_error: BaseException | None = None
         self.decided_for = 0
         self.stopping = False
+        #: The hooks whose failure this call has logged already (once per call each).
+        self.hook_failures: set[str] = set()
 
     async def run(
         self, first: WachatError, attempt: Callable[..., Awaitable[T]], args: tuple[Any, ...]
@@ -745,14 +802,17 @@ class _RetryState:
             self.next_wait,
         )
         if policy.on_retry is not None:
-            policy.on_retry(
+            _call_hook(
+                "on_retry",
+                policy.on_retry,
                 RetryEvent(
                     instance_name=self.name,
                     attempt=self.attempts,
                     wait=self.next_wait,
                     error=error,
                     status=status,
-                )
+                ),
+                self.hook_failures,
             )
 
     def summary(self) -> str:

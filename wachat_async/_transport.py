@@ -141,6 +141,7 @@ def transport_error(
         port=None if server is None else server.port,
         proxy=proxy,
         instance_name=name,
+        scheme=None if server is None else server.scheme,
     )
     if network is not None:
         error: WachatError = network
@@ -235,8 +236,8 @@ class Transport:
         #: The proxy the session sends through (set by the client when it binds), for messages.
         self.proxy: Proxy | None = None
         self._secrets: tuple[str, ...] = (api_key,)
-        #: ``Proxy-Authorization`` for the CONNECT of an https:// request (None: no proxy or
-        #: no credentials); for http:// it is one of the request's own headers instead.
+        #: ``User-Agent`` and ``Proxy-Authorization`` for the CONNECT of an https:// request
+        #: (None: no proxy); for http:// they are the request's own headers instead.
         self._proxy_headers: dict[str, str] | None = None
         self._set_headers(None)
 
@@ -256,8 +257,12 @@ class Transport:
         self.proxy = proxy
         self._secrets = (self._api_key, *(() if proxy is None else proxy.secrets))
         authorization = None if proxy is None else proxy.authorization
-        if authorization is not None and self.qr_url.scheme == "https":
-            self._proxy_headers = {"Proxy-Authorization": authorization}
+        if proxy is not None and self.qr_url.scheme == "https":
+            # The CONNECT carries the client's User-Agent (proxies log and allow-list by it),
+            # not aiohttp's default, and the credentials; never the key.
+            self._proxy_headers = {"User-Agent": self.user_agent}
+            if authorization is not None:
+                self._proxy_headers["Proxy-Authorization"] = authorization
             self._set_headers(None)
         else:
             self._proxy_headers = None

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import ssl
 import sys
 import warnings
 from pathlib import Path
@@ -113,6 +114,7 @@ def client_for(args: argparse.Namespace, *, max_connections: int = 100) -> Wacha
         raise UsageError(NO_KEY_MESSAGE)
     allow_insecure = bool(getattr(args, "allow_insecure_http", False))
     base_url = _base_url(args)
+    context = _ca_context(getattr(args, "ca_file", None))
     try:
         return WachatClient(
             api_key=key,
@@ -121,6 +123,10 @@ def client_for(args: argparse.Namespace, *, max_connections: int = 100) -> Wacha
             retry=_retry_policy(args),
             max_connections=max_connections,
             allow_insecure_http=allow_insecure,
+            ssl=context,
+            proxy=getattr(args, "proxy", None),
+            # Like curl: the proxy variables count unless --no-env-proxy.
+            trust_env=not getattr(args, "no_env_proxy", False),
         )
     except ConfigurationError as exc:
         if not allow_insecure and "allow_insecure_http" in str(exc):
@@ -130,6 +136,21 @@ def client_for(args: argparse.Namespace, *, max_connections: int = 100) -> Wacha
                 "example for a fake server on another machine)"
             ) from None
         raise
+
+
+def _ca_context(path: str | None) -> ssl.SSLContext | None:
+    """A verifying context trusting the CA file *path* (None: the default trust store)."""
+    if path is None:
+        return None
+    try:
+        return ssl.create_default_context(cafile=path)
+    except (OSError, ssl.SSLError) as exc:
+        reason = (
+            exc.strerror
+            if isinstance(exc, OSError) and exc.strerror
+            else "no PEM certificate in it"
+        )
+        raise UsageError(f"cannot use the CA file {path!r}: {reason}") from None
 
 
 def _read_names(args: argparse.Namespace) -> list[str]:

@@ -111,6 +111,27 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
         "only for a fake server, e.g. `wachat-qr fake-server --host 0.0.0.0` elsewhere)",
     )
     group.add_argument(
+        "--ca-file",
+        metavar="FILE",
+        type=_path,
+        default=default,
+        help="trust the CA certificates in FILE (PEM) instead of the system store: a private "
+        "CA, a TLS-inspecting gateway, `wachat-qr fake-server --tls --ca-file FILE`",
+    )
+    group.add_argument(
+        "--proxy",
+        metavar="URL",
+        default=default,
+        help="send every request through this HTTP proxy, http://[USER:PASSWORD@]HOST:PORT "
+        "(default: HTTPS_PROXY/HTTP_PROXY and NO_PROXY from the environment, as curl does)",
+    )
+    group.add_argument(
+        "--no-env-proxy",
+        action="store_true",
+        default=default if suppress else False,
+        help="ignore HTTPS_PROXY, HTTP_PROXY, NO_PROXY and ~/.netrc",
+    )
+    group.add_argument(
         "--timeout",
         type=seconds(zero=False),
         metavar="SECONDS",

@@ -1,0 +1,186 @@
+"""The CLI on real networks: ``--ca-file``, ``--proxy``, the proxy variables (honoured like
+curl does, ``--no-env-proxy`` to ignore them), against ``FakeWachatServer(tls=True)`` and a real
+tinyproxy, in process (``main([...])``) and in a real subprocess. Proxy passwords never show."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from wachat_async.testing import FakeWachatServer
+
+from .._tinyproxy import PROXY_PASSWORD, Tinyproxy, running_tinyproxy
+from ..conftest import KEY, NAME
+from ._support import Run, cli_process
+
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy")
+
+
+@pytest.fixture(autouse=True)
+def no_machine_proxy(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in (*PROXY_VARIABLES, "ALL_PROXY", "all_proxy", "SSL_CERT_FILE", "SSL_CERT_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+
+
+@pytest.fixture
+def tls_fake(
+    wachat_server_factory: Callable[..., FakeWachatServer],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> tuple[FakeWachatServer, Path]:
+    server = wachat_server_factory(api_key=KEY, tls=True)
+    server.add_instance(NAME)
+    ca = tmp_path / "ca.pem"
+    server.write_ca_file(ca)
+    monkeypatch.setenv("WACHAT_API_KEY", KEY)
+    monkeypatch.setenv("WACHAT_BASE_URL", server.base_url)
+    return server, ca
+
+
+@pytest.fixture
+def proxy(tls_fake: tuple[FakeWachatServer, Path], tmp_path: Path) -> Iterator[Tinyproxy]:
+    (tmp_path / "proxy").mkdir()
+    with running_tinyproxy(tmp_path / "proxy", connect_ports=[tls_fake[0].port]) as running:
+        yield running
+
+
+@pytest.mark.parametrize(
+    "where",
+    [pytest.param("after-command", id="after-command"), pytest.param("before", id="before")],
+)
+@pytest.mark.parametrize(
+    "command",
+    [
+        pytest.param(["fetch", NAME, "-o", "q.png"], id="fetch"),
+        pytest.param(["poll", NAME], id="poll"),
+    ],
+)
+def test_ca_file_trusts_the_fake_servers_ca(
+    run: Callable[..., Run], tls_fake: tuple[FakeWachatServer, Path], where: str, command: list[str]
+) -> None:
+    server, ca = tls_fake
+    argv = (
+        [*command, "--ca-file", str(ca)]
+        if where == "after-command"
+        else ["--ca-file", str(ca), *command]
+    )
+    result = run(*argv)
+    assert result.code == 0, result.err
+    assert server.request_count(NAME) >= 1
+
+
+def test_without_ca_file_the_hint_names_the_flag(
+    run: Callable[..., Run], tls_fake: tuple[FakeWachatServer, Path]
+) -> None:
+    result = run("fetch", NAME, "-o", "q.png")
+    assert result.code == 6  # a connection error
+    assert "certificate verification failed" in result.err
+    assert "--ca-file" in result.err
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        pytest.param(None, "No such file", id="missing"),
+        pytest.param("not a certificate", "cannot use the CA file", id="not-pem"),
+    ],
+)
+def test_a_bad_ca_file_is_a_usage_error(
+    run: Callable[..., Run],
+    tls_fake: tuple[FakeWachatServer, Path],
+    tmp_path: Path,
+    content: str | None,
+    says: str,
+) -> None:
+    path = tmp_path / "bad.pem"
+    if content is not None:
+        path.write_text(content)
+    result = run("fetch", NAME, "--ca-file", str(path))
+    assert result.code == 2
+    assert says in result.err
+    assert tls_fake[0].request_count() == 0
+
+
+@pytest.mark.parametrize("source", ["flag", "HTTPS_PROXY", "https_proxy"])
+def test_proxy_from_the_flag_or_the_environment(
+    run: Callable[..., Run],
+    tls_fake: tuple[FakeWachatServer, Path],
+    proxy: Tinyproxy,
+    monkeypatch: pytest.MonkeyPatch,
+    source: str,
+) -> None:
+    """--proxy URL, or the variables (like curl); tinyproxy's log shows the CONNECT."""
+    server, ca = tls_fake
+    extra = []
+    if source == "flag":
+        extra = ["--proxy", proxy.url_with_credentials]
+    else:
+        monkeypatch.setenv(source, proxy.url_with_credentials)
+    result = run("fetch", NAME, "-o", "q.png", "--ca-file", str(ca), "-v", "--debug", *extra)
+    assert result.code == 0, result.err
+    assert f"CONNECT 127.0.0.1:{server.port} HTTP/1.1" in proxy.requests()
+    assert PROXY_PASSWORD not in result.out + result.err
+
+
+def test_no_env_proxy_ignores_the_variables(
+    run: Callable[..., Run],
+    tls_fake: tuple[FakeWachatServer, Path],
+    proxy: Tinyproxy,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", proxy.url_with_credentials)
+    result = run("fetch", NAME, "-o", "q.png", "--ca-file", str(tls_fake[1]), "--no-env-proxy")
+    assert result.code == 0, result.err
+    assert proxy.requests() == []
+
+
+@pytest.mark.parametrize(
+    "proxy_url",
+    [
+        pytest.param(f"alice:{PROXY_PASSWORD}@127.0.0.1:3128", id="no-scheme"),
+        pytest.param(f"http://alice:{PROXY_PASSWORD}@127.0.0.1:9", id="unreachable"),
+        pytest.param(f"http://alice:{PROXY_PASSWORD}#x@127.0.0.1:3128", id="raw-hash"),
+    ],
+)
+@pytest.mark.parametrize("source", ["flag", "HTTPS_PROXY"])
+def test_proxy_passwords_never_in_cli_output(
+    run: Callable[..., Run],
+    tls_fake: tuple[FakeWachatServer, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    proxy_url: str,
+    source: str,
+) -> None:
+    extra = ["--proxy", proxy_url] if source == "flag" else []
+    if source != "flag":
+        monkeypatch.setenv("HTTPS_PROXY", proxy_url)
+    result = run(
+        "fetch", NAME, "--ca-file", str(tls_fake[1]), "--debug", "-v", "--retries", "0", *extra
+    )
+    assert result.code in (2, 6)
+    assert "proxy" in result.err.lower()
+    assert PROXY_PASSWORD not in result.out + result.err
+
+
+def test_subprocess_through_tinyproxy_with_ca_file(
+    tls_fake: tuple[FakeWachatServer, Path], proxy: Tinyproxy, tmp_path: Path
+) -> None:
+    """The installed entry point, a real process: HTTPS_PROXY honoured, the CA file trusted."""
+    server, ca = tls_fake
+    out = tmp_path / "q.png"
+    process = cli_process(
+        ["fetch", NAME, "-o", str(out), "--ca-file", str(ca)],
+        server,
+        env_extra={"HTTPS_PROXY": proxy.url_with_credentials, "NO_PROXY": ""},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr
+    assert out.read_bytes().startswith(b"\x89PNG")
+    assert f"CONNECT 127.0.0.1:{server.port} HTTP/1.1" in proxy.requests()
+    assert PROXY_PASSWORD not in stdout + stderr
+    assert KEY not in stdout + stderr
