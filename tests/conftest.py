@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -27,6 +28,13 @@ from wachat_async import (
     WachatClient,
 )
 from wachat_async.testing import FakeWachatServer
+
+# The machine's proxy settings (a CI runner's HTTPS_PROXY for the package registries) are not
+# the suite's: every test, and every process a test starts, begins without them. The tests of
+# proxies set what they need with monkeypatch.
+for _variable in ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY", "WS_PROXY", "WSS_PROXY"):
+    os.environ.pop(_variable, None)
+    os.environ.pop(_variable.lower(), None)
 
 #: A distinctive key, so a leak anywhere is easy to spot.
 KEY = "sk-live-TOPSECRET-0123456789abcdef"

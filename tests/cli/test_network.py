@@ -1,10 +1,13 @@
 """The CLI on real networks: ``--ca-file``, ``--proxy``, the proxy variables (honoured like
-curl does, ``--no-env-proxy`` to ignore them), against ``FakeWachatServer(tls=True)`` and a real
-tinyproxy, in process (``main([...])``) and in a real subprocess. Proxy passwords never show."""
+curl does, for any base URL but a loopback one; ``--no-env-proxy`` to ignore them), against
+``FakeWachatServer(tls=True)``, a real tinyproxy and a recording proxy, in process
+(``main([...])``) and in a real subprocess. Proxy passwords never show."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -105,37 +108,106 @@ def test_a_bad_ca_file_is_a_usage_error(
     assert tls_fake[0].request_count() == 0
 
 
-@pytest.mark.parametrize("source", ["flag", "HTTPS_PROXY", "https_proxy"])
-def test_proxy_from_the_flag_or_the_environment(
-    run: Callable[..., Run],
-    tls_fake: tuple[FakeWachatServer, Path],
-    proxy: Tinyproxy,
-    monkeypatch: pytest.MonkeyPatch,
-    source: str,
+def test_proxy_from_the_flag(
+    run: Callable[..., Run], tls_fake: tuple[FakeWachatServer, Path], proxy: Tinyproxy
 ) -> None:
-    """--proxy URL, or the variables (like curl); tinyproxy's log shows the CONNECT."""
+    """--proxy URL, for any base URL (a loopback one too); tinyproxy's log shows the CONNECT."""
     server, ca = tls_fake
-    extra = []
-    if source == "flag":
-        extra = ["--proxy", proxy.url_with_credentials]
-    else:
-        monkeypatch.setenv(source, proxy.url_with_credentials)
-    result = run("fetch", NAME, "-o", "q.png", "--ca-file", str(ca), "-v", "--debug", *extra)
+    result = run(
+        "fetch", NAME, "-o", "q.png", "--ca-file", str(ca), "-v", "--debug",
+        "--proxy", proxy.url_with_credentials,
+    )  # fmt: skip
     assert result.code == 0, result.err
     assert f"CONNECT 127.0.0.1:{server.port} HTTP/1.1" in proxy.requests()
     assert PROXY_PASSWORD not in result.out + result.err
 
 
-def test_no_env_proxy_ignores_the_variables(
+@pytest.mark.parametrize("variable", ["HTTPS_PROXY", "https_proxy"])
+@pytest.mark.parametrize("no_env_proxy", [False, True], ids=["variables", "no-env-proxy"])
+def test_the_variables_never_take_a_loopback_base_url_to_a_proxy(
     run: Callable[..., Run],
     tls_fake: tuple[FakeWachatServer, Path],
     proxy: Tinyproxy,
     monkeypatch: pytest.MonkeyPatch,
+    variable: str,
+    no_env_proxy: bool,
 ) -> None:
-    monkeypatch.setenv("HTTPS_PROXY", proxy.url_with_credentials)
-    result = run("fetch", NAME, "-o", "q.png", "--ca-file", str(tls_fake[1]), "--no-env-proxy")
+    """A fake server on this machine is reached directly whatever HTTPS_PROXY says (like Go's
+    net/http, unlike curl): the company proxy named for everything else never sees it."""
+    monkeypatch.setenv(variable, proxy.url_with_credentials)
+    extra = ["--no-env-proxy"] if no_env_proxy else []
+    result = run("fetch", NAME, "-o", "q.png", "--ca-file", str(tls_fake[1]), *extra)
     assert result.code == 0, result.err
     assert proxy.requests() == []
+    assert tls_fake[0].request_count(NAME) == 1
+
+
+class _RecordingProxy:
+    """A loopback "proxy" that records each request line and refuses it with a 403."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self._socket = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._socket.getsockname()[1]
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._socket.accept()
+            except OSError:
+                return
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    piece = conn.recv(4096)
+                    if not piece:
+                        break
+                    data += piece
+                self.lines.append(data.split(b"\r\n", 1)[0].decode("latin-1"))
+                conn.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+
+    def close(self) -> None:
+        self._socket.close()
+        self._thread.join(timeout=10)
+
+
+@pytest.fixture
+def recording_proxy() -> Iterator[_RecordingProxy]:
+    proxy = _RecordingProxy()
+    try:
+        yield proxy
+    finally:
+        proxy.close()
+
+
+@pytest.mark.parametrize("variable", ["HTTPS_PROXY", "https_proxy"])
+@pytest.mark.parametrize("no_env_proxy", [False, True], ids=["variables", "no-env-proxy"])
+def test_the_variables_take_a_remote_base_url_to_the_proxy(
+    run: Callable[..., Run],
+    recording_proxy: _RecordingProxy,
+    monkeypatch: pytest.MonkeyPatch,
+    variable: str,
+    no_env_proxy: bool,
+) -> None:
+    """For any other base URL the variables count, as curl's do (unless --no-env-proxy):
+    the CONNECT reaches the proxy the variable names (which refuses it here, offline)."""
+    monkeypatch.setenv("WACHAT_API_KEY", KEY)
+    monkeypatch.setenv("WACHAT_BASE_URL", "https://wachat.example:8443/api/v1")
+    monkeypatch.setenv(variable, f"http://alice:{PROXY_PASSWORD}@127.0.0.1:{recording_proxy.port}")
+    if no_env_proxy:
+        # Offline, the direct attempt fails on its own: what matters is the proxy never hears.
+        monkeypatch.setenv("WACHAT_BASE_URL", "https://127.0.0.2:9/api/v1")
+    extra = ["--no-env-proxy"] if no_env_proxy else []
+    result = run("fetch", NAME, "-o", "q.png", "--retries", "0", *extra)
+    assert result.code != 0
+    if no_env_proxy:
+        assert recording_proxy.lines == []
+    else:
+        assert recording_proxy.lines == ["CONNECT wachat.example:8443 HTTP/1.1"]
+        assert "proxy" in result.err.lower()
+    assert PROXY_PASSWORD not in result.out + result.err
 
 
 @pytest.mark.parametrize(
@@ -156,6 +228,8 @@ def test_proxy_passwords_never_in_cli_output(
 ) -> None:
     extra = ["--proxy", proxy_url] if source == "flag" else []
     if source != "flag":
+        # The variables count for a remote base URL only (never for a loopback one).
+        monkeypatch.setenv("WACHAT_BASE_URL", "https://wachat.example:8443/api/v1")
         monkeypatch.setenv("HTTPS_PROXY", proxy_url)
     result = run(
         "fetch", NAME, "--ca-file", str(tls_fake[1]), "--debug", "-v", "--retries", "0", *extra
@@ -168,13 +242,22 @@ def test_proxy_passwords_never_in_cli_output(
 def test_subprocess_through_tinyproxy_with_ca_file(
     tls_fake: tuple[FakeWachatServer, Path], proxy: Tinyproxy, tmp_path: Path
 ) -> None:
-    """The installed entry point, a real process: HTTPS_PROXY honoured, the CA file trusted."""
+    """The installed entry point, a real process: --proxy honoured, the CA file trusted."""
     server, ca = tls_fake
     out = tmp_path / "q.png"
     process = cli_process(
-        ["fetch", NAME, "-o", str(out), "--ca-file", str(ca)],
+        [
+            "fetch",
+            NAME,
+            "-o",
+            str(out),
+            "--ca-file",
+            str(ca),
+            "--proxy",
+            proxy.url_with_credentials,
+        ],
         server,
-        env_extra={"HTTPS_PROXY": proxy.url_with_credentials, "NO_PROXY": ""},
+        env_extra={"NO_PROXY": ""},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )

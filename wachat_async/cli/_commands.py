@@ -115,6 +115,10 @@ def client_for(args: argparse.Namespace, *, max_connections: int = 100) -> Wacha
     allow_insecure = bool(getattr(args, "allow_insecure_http", False))
     base_url = _base_url(args)
     context = _ca_context(getattr(args, "ca_file", None))
+    # Like curl, the proxy variables count unless --no-env-proxy; unlike curl (and like Go's
+    # net/http), never for a loopback base URL: a fake server on this machine must not be sent
+    # to a company proxy that HTTP_PROXY names for everything else. --proxy still applies.
+    trust_env = not getattr(args, "no_env_proxy", False) and not is_loopback_host(_host(base_url))
     try:
         return WachatClient(
             api_key=key,
@@ -125,8 +129,7 @@ def client_for(args: argparse.Namespace, *, max_connections: int = 100) -> Wacha
             allow_insecure_http=allow_insecure,
             ssl=context,
             proxy=getattr(args, "proxy", None),
-            # Like curl: the proxy variables count unless --no-env-proxy.
-            trust_env=not getattr(args, "no_env_proxy", False),
+            trust_env=trust_env,
         )
     except ConfigurationError as exc:
         if not allow_insecure and "allow_insecure_http" in str(exc):

@@ -123,7 +123,8 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
         metavar="URL",
         default=default,
         help="send every request through this HTTP proxy, http://[USER:PASSWORD@]HOST:PORT "
-        "(default: HTTPS_PROXY/HTTP_PROXY and NO_PROXY from the environment, as curl does)",
+        "(default: HTTPS_PROXY/HTTP_PROXY and NO_PROXY from the environment, as curl does, "
+        "except for a loopback base URL)",
     )
     group.add_argument(
         "--no-env-proxy",
