@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -156,6 +157,8 @@ def _read_names(args: argparse.Namespace) -> list[str]:
 #: The largest names file read (a million long names fit): past it, a device such as /dev/zero
 #: or a wrong file would be read until memory runs out.
 MAX_NAMES_FILE: Final = 64 * 2**20
+#: A path segment that names an API version (``v1``, ``v2``): the part a wrong base URL replaces.
+_VERSION_SEGMENT: Final = re.compile(r"v[0-9]+")
 
 
 def _name_lines(source: str) -> list[str]:
@@ -190,12 +193,32 @@ def _name_lines(source: str) -> list[str]:
     return text.split("\n")
 
 
+def suggested_base_url(base_url: str) -> str | None:
+    """The base URL to try instead of *base_url*, or None if its path already ends in /api/v1.
+
+    The path's wrong part is replaced, never appended to: everything from the last ``api``
+    segment on (``/api``, ``/api/v2``, ``/api/v1/instance``) or a last version segment
+    (``/v1``) becomes ``/api/v1``; what comes before it (a gateway's prefix) stays. The query
+    and fragment are dropped: the API root has neither.
+    """
+    url = URL(base_url)
+    segments = [segment for segment in url.raw_path.split("/") if segment]
+    if segments[-2:] == ["api", "v1"]:
+        return None
+    if "api" in segments:
+        segments = segments[: len(segments) - 1 - segments[::-1].index("api")]
+    elif segments and _VERSION_SEGMENT.fullmatch(segments[-1]):
+        segments = segments[:-1]
+    path = "/" + "/".join([*segments, "api", "v1"])
+    return str(url.with_path(path, encoded=True).with_query(None).with_fragment(None))
+
+
 def hints(error: BaseException, args: argparse.Namespace) -> list[str]:
     """What to try next, for the errors whose fix is not obvious from the message."""
     base_url = _base_url(args)
     if wrong_base_url(error):
-        path = URL(base_url).path.rstrip("/")
-        guess = "" if path.endswith("/api/v1") else f" (try {base_url.rstrip('/')}/api/v1?)"
+        suggestion = suggested_base_url(base_url)
+        guess = "" if suggestion is None else f" (try {suggestion}?)"
         return [
             f"is --base-url (or WACHAT_BASE_URL) right? it should end in /api/v1; "
             f"it is {base_url}{guess}"
