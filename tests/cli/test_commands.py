@@ -604,6 +604,35 @@ def test_poll_names_file_formats(
 
 
 @pytest.mark.parametrize(
+    ("line", "name"),
+    [
+        pytest.param(
+            "beta # trailing comment", "beta # trailing comment", id="inline-hash-is-name"
+        ),
+        pytest.param("a#b", "a#b", id="hash-inside"),
+        pytest.param("beta#", "beta#", id="hash-at-the-end"),
+        pytest.param("  # indented", None, id="indented-comment"),
+        pytest.param("#beta", None, id="comment-without-space"),
+        pytest.param("\t#\t", None, id="tab-hash-tab"),
+    ],
+)
+def test_poll_names_file_comments_are_whole_lines(
+    run: Callable[..., Run],
+    env: FakeWachatServer,
+    cli_env: Path,
+    line: str,
+    name: str | None,
+) -> None:
+    """Only a line whose first non-blank character is ``#`` is a comment, as --help and
+    docs/cli.md say: a ``#`` later in a line is part of the name (names may contain ``#``)."""
+    (cli_env / "names.txt").write_text(f"{NAME}\n{line}\n", encoding="utf-8")
+    result = run("poll", "--from-file", "names.txt", "--json")
+    fetched = sorted(json.loads(out)["instance"] for out in result.out.splitlines())
+    assert fetched == sorted([NAME] if name is None else [NAME, name])
+    assert sorted(r.instance_name for r in env.requests) == fetched
+
+
+@pytest.mark.parametrize(
     ("source", "size"),
     [
         pytest.param("/dev/zero", None, id="dev-zero"),

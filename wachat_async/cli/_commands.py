@@ -309,15 +309,27 @@ async def cmd_poll(args: argparse.Namespace, out: Out) -> int:
     if not args.json:
         summary(fleet, out, out_dir=out_dir)
     if fleet.aborted is not None:
-        done = len(fleet.ok) + len(fleet.failed)
         out.error(
-            f"{describe(fleet.aborted)}; stopped after {done} of {fleet.total} instances "
-            "(every other request would fail the same way)"
+            stopped_message(describe(fleet.aborted), len(fleet.ok) + len(fleet.failed), fleet.total)
         )
         for hint in hints(fleet.aborted, args):
             out.hint(hint)
         return exit_code_for(fleet.aborted)
     return EXIT_FAILED if fleet.failed else EXIT_OK
+
+
+def stopped_message(error: str, done: int, total: int) -> str:
+    """The error line of a fleet stopped at once: *error* (the description of what stopped it),
+    then, if any instance was left unfetched, how many and why; one sentence, whatever
+    punctuation *error* ends with (a server message often ends in ``.``)."""
+    left = total - done
+    if left <= 0:
+        return error
+    others = "the other one" if left == 1 else f"the other {left}"
+    return (
+        f"{error.rstrip('.')}; stopped after {done} of {total} instances: "
+        f"{others} would fail the same way"
+    )
 
 
 async def cmd_watch(args: argparse.Namespace, out: Out) -> int:
