@@ -111,17 +111,6 @@ def _requirements(extras: set[str]) -> set[str]:
     return names | {f"wachat-async[{extra}]" for extra in seen}
 
 
-def _imports(path: Path) -> set[str]:
-    """Every module *path* imports, at the top or inside a function (lazy imports count)."""
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module)
-    return found
-
-
 @pytest.mark.parametrize("example", EXAMPLE_SCRIPTS, ids=[p.name for p in EXAMPLE_SCRIPTS])
 def test_example_install_line_brings_every_module_it_imports(example: Path) -> None:
     """The docstring's one `pip install -e '.[...]'` line provides each third-party import."""
@@ -130,10 +119,27 @@ def test_example_install_line_brings_every_module_it_imports(example: Path) -> N
     assert len(lines) == 1, f"{example.name}: want one install line, found {lines}"
     extras = set(lines[0].split(","))
     assert extras <= set(PROJECT["optional-dependencies"]), extras
+    missing = _not_brought(_imports_of(example.read_text(encoding="utf-8")), extras)
+    assert missing == [], f"{example.name}: {lines[0]!r} does not bring {missing}"
+
+
+def _imports_of(code: str) -> set[str]:
+    """Every module *code* imports, at the top or inside a function (lazy imports count)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+    return found
+
+
+def _not_brought(modules: set[str], extras: set[str]) -> list[str]:
+    """The third-party or extra-gated modules that ``.[extras]`` does not install."""
     provided = _requirements(extras)
     by_module = importlib.metadata.packages_distributions()
     missing = []
-    for module in sorted(_imports(example)):
+    for module in sorted(modules):
         top = module.split(".")[0]
         if top in sys.stdlib_module_names or top == "__future__":
             continue
@@ -145,7 +151,85 @@ def test_example_install_line_brings_every_module_it_imports(example: Path) -> N
         dists = {canonicalize_name(d) for d in by_module.get(top, [])}
         if not dists & provided:
             missing.append(f"{module} (from {sorted(dists) or 'an unknown distribution'})")
-    assert missing == [], f"{example.name}: {lines[0]!r} does not bring {missing}"
+    return missing
+
+
+def _web_fragments() -> list[tuple[str, str, str]]:
+    """(page, install line's extras, code) for each Python block right after a paragraph that
+    names one ``pip install -e '.[...]'`` line: README's and docs/web.md's web backends."""
+    found = []
+    for page in ("README.md", "docs/web.md"):
+        text = (ROOT / page).read_text(encoding="utf-8")
+        for match in re.finditer(
+            r"\n\n((?:[^\n]+\n)+)\n(?:<!--[^\n]*-->\n)?```python\n(.*?)```", text, re.S
+        ):
+            lines = INSTALL_LINE.findall(match.group(1))
+            if lines:
+                found.append((page, lines[-1], match.group(2)))
+    return found
+
+
+WEB_FRAGMENTS = _web_fragments()
+
+
+def test_web_fragments_are_found() -> None:
+    """Control: both pages' Starlette/FastAPI blocks follow an install line."""
+    pages = sorted({page for page, _, code in WEB_FRAGMENTS if "fastapi" in code})
+    assert pages == ["README.md", "docs/web.md"], WEB_FRAGMENTS
+
+
+@pytest.mark.parametrize(
+    ("page", "extras", "code"),
+    WEB_FRAGMENTS,
+    ids=[f"{page}-{extras}" for page, extras, _ in WEB_FRAGMENTS],
+)
+def test_a_docs_block_runs_with_the_extra_its_paragraph_installs(
+    page: str, extras: str, code: str
+) -> None:
+    """The last extra named before a block (FastAPI's: web-fastapi) brings all it imports."""
+    missing = _not_brought(_imports_of(code), set(extras.split(",")))
+    assert missing == [], f"{page}: {extras!r} does not bring {missing}"
+
+
+def test_web_fastapi_brings_an_asgi_server() -> None:
+    """The FastAPI extra runs the app as the docs say (`uvicorn app:app`): uvicorn is in it."""
+    assert {"fastapi", "uvicorn", "starlette"} <= _requirements({"web-fastapi"})
+
+
+def _listed_extras(page: str) -> list[tuple[str, set[str]]]:
+    """Every list of extras on *page*: the install comment, the sentence or the table."""
+    text = (ROOT / page).read_text(encoding="utf-8")
+    lists = [
+        (f"{page} comment", set(m.split(", "))) for m in re.findall(r"extras: ([a-z, -]+)\n", text)
+    ]
+    sentence = re.search(r"^Extras: (.*?)\n\n", text, re.S | re.M)
+    if sentence:
+        lists.append((f"{page} sentence", set(re.findall(r"`([a-z-]+)` \(", sentence.group(1)))))
+    table = re.findall(r"^\| `([a-z-]+)` \|", text, re.M)
+    if table:
+        lists.append((f"{page} table", set(table)))
+    return lists
+
+
+EXTRAS_LISTS = [
+    item for page in ("README.md", "docs/getting-started.md") for item in _listed_extras(page)
+]
+
+
+def test_every_extras_list_is_found() -> None:
+    """Control: README's comment and sentence, getting-started's comment and table."""
+    assert sorted(where for where, _ in EXTRAS_LISTS) == [
+        "README.md comment",
+        "README.md sentence",
+        "docs/getting-started.md comment",
+        "docs/getting-started.md table",
+    ]
+
+
+@pytest.mark.parametrize(("where", "listed"), EXTRAS_LISTS, ids=[w for w, _ in EXTRAS_LISTS])
+def test_the_docs_list_exactly_the_extras_pyproject_defines(where: str, listed: set[str]) -> None:
+    """README and Getting started name the same extras as pyproject.toml, none missing or extra."""
+    assert listed == set(PROJECT["optional-dependencies"]), where
 
 
 def test_examples_extra_is_in_dev() -> None:

@@ -114,6 +114,7 @@ def test_every_block_is_run_or_marked_as_a_fragment() -> None:
     )
     assert PROGRAMS
     assert PYTEST_EXAMPLES
+    assert any(b.page == README for b in PYTEST_EXAMPLES)  # "Test your code"
 
 
 @pytest.mark.parametrize("block", FRAGMENTS, ids=[b.id for b in FRAGMENTS])
@@ -221,9 +222,9 @@ async def test_pytest_example_passes_as_pasted(block: Block, tmp_path: Path) -> 
     assert re.search(r"^1 passed\b", out, re.MULTILINE), out
 
 
-async def test_pytest_example_without_its_mark_would_fail(tmp_path: Path) -> None:
+@pytest.mark.parametrize("block", PYTEST_EXAMPLES, ids=[b.id for b in PYTEST_EXAMPLES])
+async def test_pytest_example_without_its_mark_would_fail(block: Block, tmp_path: Path) -> None:
     """Control: without the asyncio mark the same test fails here, so the run above is honest."""
-    (block,) = PYTEST_EXAMPLES
     unmarked = re.sub(r"^@pytest\.mark\.asyncio.*\n", "", block.code, flags=re.MULTILINE)
     assert unmarked != block.code
     test_file = tmp_path / "test_pasted.py"

@@ -201,6 +201,38 @@ async def test_names_the_routes_do_not_pass_on_are_a_json_404(
 
 
 @pytest.mark.parametrize(
+    "segment",
+    [
+        pytest.param("%FF", id="ff"),
+        pytest.param("%ff", id="ff-lower-case-kept"),
+        pytest.param("a%FFb%41", id="valid-escapes-kept-too"),
+        pytest.param("%C3", id="cut-utf8"),
+        pytest.param("%ED%A0%80", id="encoded-surrogate"),
+        pytest.param("caf%C3%A9%E9", id="utf8-then-latin1"),
+    ],
+)
+@pytest.mark.parametrize("route", ROUTE_PARAMS)
+async def test_a_name_that_does_not_decode_is_shown_as_sent_by_both_frameworks(
+    framework: str,
+    fake: FakeWachatServer,
+    wachat: WachatClient,
+    route: str,
+    segment: str,
+) -> None:
+    """The same JSON body on aiohttp and Starlette (each decodes such bytes its own way:
+    ``%FF`` kept, or U+FFFD): ``instance`` is the raw segment as sent, escapes and their case
+    kept, as docs/web.md's Paths table says."""
+    async with serve(framework, wachat, authorize=Recorder()) as base:
+        response = await raw_request(base, "GET", ROUTES[route].format(segment))
+    assert response.status == 404
+    assert response.json() == {
+        "error": "the instance name is not percent-encoded UTF-8",
+        "instance": segment,
+    }
+    assert fake.request_count() == 0
+
+
+@pytest.mark.parametrize(
     ("route", "method", "allow"),
     [
         pytest.param("png", "POST", "GET, HEAD", id="png-post"),

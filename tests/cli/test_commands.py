@@ -254,6 +254,8 @@ _WRONG_ROOTS = [
     pytest.param("/", id="root-slash"),
     pytest.param("/v1", id="v1"),
     pytest.param("/api", id="api"),
+    pytest.param("/api/v2", id="api-v2"),
+    pytest.param("/api/v1/instance", id="api-v1-and-more"),
     pytest.param("/x/api/v1", id="ends-in-api-v1-but-no-such-route"),
 ]
 _ONE_REQUEST_COMMANDS = [
@@ -282,8 +284,43 @@ def test_a_wrong_base_url_says_so_with_exit_2(
     assert "instance not found" not in lines[0]
     assert lines[1].startswith("wachat-qr: hint: is --base-url (or WACHAT_BASE_URL) right? ")
     assert f"it should end in /api/v1; it is {base_url}" in lines[1]
-    assert ("(try " in lines[1]) == (not suffix.endswith("/api/v1"))
+    if suffix.endswith("/api/v1"):
+        assert "(try " not in lines[1]
+    else:  # the wrong path is replaced, never appended to
+        assert lines[1].endswith(f" (try {env.url}/api/v1?)"), lines[1]
     assert env.request_count() <= 2  # poll stopped at the first answer (one more in flight)
+
+
+@pytest.mark.parametrize(
+    ("path", "suggested"),
+    [
+        pytest.param("", "/api/v1", id="no-path"),
+        pytest.param("/", "/api/v1", id="slash"),
+        pytest.param("/api", "/api/v1", id="api"),
+        pytest.param("/api/", "/api/v1", id="api-slash"),
+        pytest.param("/api/v2", "/api/v1", id="api-v2"),
+        pytest.param("/api/v2/", "/api/v1", id="api-v2-slash"),
+        pytest.param("/v1", "/api/v1", id="v1"),
+        pytest.param("/v2", "/api/v1", id="v2"),
+        pytest.param("/api/v1/instance", "/api/v1", id="api-v1-and-a-route"),
+        pytest.param("/api/v1/instance/qr/image", "/api/v1", id="api-v1-and-the-whole-route"),
+        pytest.param("/api/v2?x=1", "/api/v1", id="query-dropped"),
+        pytest.param("/api/v2#top", "/api/v1", id="fragment-dropped"),
+        pytest.param("/gw/api/v2", "/gw/api/v1", id="gateway-prefix-kept"),
+        pytest.param("/gw/v3", "/gw/api/v1", id="gateway-prefix-and-version"),
+        pytest.param("/gw%20x/api", "/gw%20x/api/v1", id="encoded-prefix-kept"),
+        pytest.param("/wachat", "/wachat/api/v1", id="prefix-only"),
+        pytest.param("/api/v1", None, id="right"),
+        pytest.param("/api/v1/", None, id="right-slash"),
+        pytest.param("/x/api/v1", None, id="right-ending-behind-a-prefix"),
+    ],
+)
+def test_the_base_url_hint_replaces_the_wrong_path(path: str, suggested: str | None) -> None:
+    """The hint's URL replaces a wrong version or path with /api/v1 (never http://h/api/v2/api/v1),
+    keeps scheme, host, port and a gateway prefix, and is absent when the path is right."""
+    root = "https://gw.example:8443"
+    expected = None if suggested is None else root + suggested
+    assert _commands.suggested_base_url(root + path) == expected
 
 
 def test_a_wrong_base_url_in_json_lines_has_exit_code_2(
@@ -564,6 +601,35 @@ def test_poll_names_file_formats(
     fetched = sorted(json.loads(line)["instance"] for line in result.out.splitlines())
     assert fetched == sorted([NAME, OTHER])
     assert sorted(r.instance_name for r in env.requests) == sorted([NAME, OTHER])
+
+
+@pytest.mark.parametrize(
+    ("line", "name"),
+    [
+        pytest.param(
+            "beta # trailing comment", "beta # trailing comment", id="inline-hash-is-name"
+        ),
+        pytest.param("a#b", "a#b", id="hash-inside"),
+        pytest.param("beta#", "beta#", id="hash-at-the-end"),
+        pytest.param("  # indented", None, id="indented-comment"),
+        pytest.param("#beta", None, id="comment-without-space"),
+        pytest.param("\t#\t", None, id="tab-hash-tab"),
+    ],
+)
+def test_poll_names_file_comments_are_whole_lines(
+    run: Callable[..., Run],
+    env: FakeWachatServer,
+    cli_env: Path,
+    line: str,
+    name: str | None,
+) -> None:
+    """Only a line whose first non-blank character is ``#`` is a comment, as --help and
+    docs/cli.md say: a ``#`` later in a line is part of the name (names may contain ``#``)."""
+    (cli_env / "names.txt").write_text(f"{NAME}\n{line}\n", encoding="utf-8")
+    result = run("poll", "--from-file", "names.txt", "--json")
+    fetched = sorted(json.loads(out)["instance"] for out in result.out.splitlines())
+    assert fetched == sorted([NAME] if name is None else [NAME, name])
+    assert sorted(r.instance_name for r in env.requests) == fetched
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ from tests.cli._support import OTHER, Run
 from tests.conftest import KEY, NAME
 from wachat_async import InstanceNotFoundError, QRImage, QRResult
 from wachat_async.cli import main, png_filename
+from wachat_async.cli._commands import stopped_message
 from wachat_async.cli._fleet import Fleet, summary
 from wachat_async.cli._output import Out
 from wachat_async.testing import FakeWachatServer, Fault
@@ -178,6 +179,69 @@ def test_poll_stops_at_once_on_a_wrong_key(
     assert "stopped after" in result.err
     assert "not fetched (stopped early)" in result.out
     assert fake.request_count() < 20
+
+
+@pytest.mark.parametrize(
+    ("count", "tail"),
+    [
+        pytest.param(1, "server said: Missing or invalid API key.", id="one-instance-nothing-left"),
+        pytest.param(
+            2,
+            "server said: Missing or invalid API key; stopped after 1 of 2 instances: "
+            "the other one would fail the same way",
+            id="one-left",
+        ),
+        pytest.param(
+            4,
+            "server said: Missing or invalid API key; stopped after 1 of 4 instances: "
+            "the other 3 would fail the same way",
+            id="three-left",
+        ),
+    ],
+)
+def test_poll_stopped_on_a_401_says_how_many_were_left(
+    run: Callable[..., Run],
+    fake: FakeWachatServer,
+    monkeypatch: pytest.MonkeyPatch,
+    count: int,
+    tail: str,
+) -> None:
+    """One sentence: no ``.;`` after the server's message, and "the other ..." only for
+    instances really left unfetched (none with one instance)."""
+    monkeypatch.setenv("WACHAT_API_KEY", "wrong-key")
+    names = [f"t1_{i:08d}_store" for i in range(count)]
+    result = run("poll", *names, "--base-url", fake.base_url, "-c", "1")
+    (line,) = result.err.splitlines()
+    assert result.code == 3
+    assert line.startswith("wachat-qr: error: AuthenticationError: 401")
+    assert line.endswith(tail), line
+    assert ".;" not in line
+
+
+@pytest.mark.parametrize(
+    ("error", "done", "total", "expected"),
+    [
+        pytest.param("E: x.", 1, 1, "E: x.", id="all-done-keeps-the-period"),
+        pytest.param("E: x", 3, 3, "E: x", id="all-done-in-flight"),
+        pytest.param(
+            "E: x.",
+            1,
+            2,
+            "E: x; stopped after 1 of 2 instances: the other one would fail the same way",
+            id="period-dropped-one-left",
+        ),
+        pytest.param(
+            "E: x",
+            2,
+            10,
+            "E: x; stopped after 2 of 10 instances: the other 8 would fail the same way",
+            id="many-left",
+        ),
+    ],
+)
+def test_stopped_message(error: str, done: int, total: int, expected: str) -> None:
+    """The stop line for any count: punctuation joined once, the number left spelled right."""
+    assert stopped_message(error, done, total) == expected
 
 
 def test_poll_quiet_prints_nothing(run: Callable[..., Run], env: FakeWachatServer) -> None:

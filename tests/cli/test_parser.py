@@ -10,6 +10,7 @@ import segno
 
 from tests.cli._support import Run
 from tests.conftest import KEY, NAME
+from wachat_async._polling import MIN_INTERVAL
 from wachat_async.testing import FakeWachatServer
 
 
@@ -170,3 +171,27 @@ def test_parse_errors_about_the_api_key_option_stay_readable(
     result = run(*argv)
     assert result.code == 2
     assert result.err.splitlines()[0].endswith(f"error: {expected}")
+
+
+@pytest.mark.parametrize("command", ["fetch", "show", "url", "watch"])
+def test_every_single_name_command_explains_name(run: Callable[..., Run], command: str) -> None:
+    """``NAME`` has the same help line on each command that takes one instance name."""
+    result = run(command, "--help")
+    assert result.code == 0
+    assert (
+        " ".join(result.out.split()).count("NAME instance name, e.g. t1_mq9r2jov_jakarta_store")
+        == 1
+    ), result.out
+
+
+def test_watch_help_states_the_interval_floor(run: Callable[..., Run]) -> None:
+    """--interval's help says the floor that watch_qr applies (MIN_INTERVAL), not only "> 0"."""
+    result = run("watch", "--help")
+    text = " ".join(result.out.split())
+    assert f"never under {MIN_INTERVAL:g}: a shorter interval counts as {MIN_INTERVAL:g}" in text
+
+
+def test_poll_help_says_only_whole_lines_are_comments(run: Callable[..., Run]) -> None:
+    """--from-file's help says a ``#`` later in a line is part of the name."""
+    text = " ".join(run("poll", "--help").out.split())
+    assert "a line starting with # is a comment (a # later in a line is part of the name)" in text

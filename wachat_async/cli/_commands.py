@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import ssl
 import sys
 import warnings
@@ -180,6 +181,8 @@ def _read_names(args: argparse.Namespace) -> list[str]:
 #: The largest names file read (a million long names fit): past it, a device such as /dev/zero
 #: or a wrong file would be read until memory runs out.
 MAX_NAMES_FILE: Final = 64 * 2**20
+#: A path segment that names an API version (``v1``, ``v2``): the part a wrong base URL replaces.
+_VERSION_SEGMENT: Final = re.compile(r"v[0-9]+")
 
 
 def _name_lines(source: str) -> list[str]:
@@ -214,12 +217,32 @@ def _name_lines(source: str) -> list[str]:
     return text.split("\n")
 
 
+def suggested_base_url(base_url: str) -> str | None:
+    """The base URL to try instead of *base_url*, or None if its path already ends in /api/v1.
+
+    The path's wrong part is replaced, never appended to: everything from the last ``api``
+    segment on (``/api``, ``/api/v2``, ``/api/v1/instance``) or a last version segment
+    (``/v1``) becomes ``/api/v1``; what comes before it (a gateway's prefix) stays. The query
+    and fragment are dropped: the API root has neither.
+    """
+    url = URL(base_url)
+    segments = [segment for segment in url.raw_path.split("/") if segment]
+    if segments[-2:] == ["api", "v1"]:
+        return None
+    if "api" in segments:
+        segments = segments[: len(segments) - 1 - segments[::-1].index("api")]
+    elif segments and _VERSION_SEGMENT.fullmatch(segments[-1]):
+        segments = segments[:-1]
+    path = "/" + "/".join([*segments, "api", "v1"])
+    return str(url.with_path(path, encoded=True).with_query(None).with_fragment(None))
+
+
 def hints(error: BaseException, args: argparse.Namespace) -> list[str]:
     """What to try next, for the errors whose fix is not obvious from the message."""
     base_url = _base_url(args)
     if wrong_base_url(error):
-        path = URL(base_url).path.rstrip("/")
-        guess = "" if path.endswith("/api/v1") else f" (try {base_url.rstrip('/')}/api/v1?)"
+        suggestion = suggested_base_url(base_url)
+        guess = "" if suggestion is None else f" (try {suggestion}?)"
         return [
             f"is --base-url (or WACHAT_BASE_URL) right? it should end in /api/v1; "
             f"it is {base_url}{guess}"
@@ -310,15 +333,27 @@ async def cmd_poll(args: argparse.Namespace, out: Out) -> int:
     if not args.json:
         summary(fleet, out, out_dir=out_dir)
     if fleet.aborted is not None:
-        done = len(fleet.ok) + len(fleet.failed)
         out.error(
-            f"{describe(fleet.aborted)}; stopped after {done} of {fleet.total} instances "
-            "(every other request would fail the same way)"
+            stopped_message(describe(fleet.aborted), len(fleet.ok) + len(fleet.failed), fleet.total)
         )
         for hint in hints(fleet.aborted, args):
             out.hint(hint)
         return exit_code_for(fleet.aborted)
     return EXIT_FAILED if fleet.failed else EXIT_OK
+
+
+def stopped_message(error: str, done: int, total: int) -> str:
+    """The error line of a fleet stopped at once: *error* (the description of what stopped it),
+    then, if any instance was left unfetched, how many and why; one sentence, whatever
+    punctuation *error* ends with (a server message often ends in ``.``)."""
+    left = total - done
+    if left <= 0:
+        return error
+    others = "the other one" if left == 1 else f"the other {left}"
+    return (
+        f"{error.rstrip('.')}; stopped after {done} of {total} instances: "
+        f"{others} would fail the same way"
+    )
 
 
 async def cmd_watch(args: argparse.Namespace, out: Out) -> int:

@@ -250,14 +250,13 @@ class _AddCommand(Protocol):
     ) -> argparse.ArgumentParser: ...
 
 
+#: The help of every command's one NAME (fetch, show, url, watch).
+_NAME_HELP: Final = "instance name, e.g. t1_mq9r2jov_jakarta_store"
+
+
 def _add_fetch(command: _AddCommand) -> None:
     p = command("fetch", "save an instance's QR code as a PNG file")
-    p.add_argument(
-        "name",
-        metavar="NAME",
-        type=_instance_name,
-        help="instance name, e.g. t1_mq9r2jov_jakarta_store",
-    )
+    p.add_argument("name", metavar="NAME", type=_instance_name, help=_NAME_HELP)
     p.add_argument(
         "-o",
         "--output",
@@ -269,7 +268,7 @@ def _add_fetch(command: _AddCommand) -> None:
 
 def _add_show(command: _AddCommand) -> None:
     p = command("show", "print an instance's QR code in the terminal")
-    p.add_argument("name", metavar="NAME", type=_instance_name)
+    p.add_argument("name", metavar="NAME", type=_instance_name, help=_NAME_HELP)
     _terminal_options(p)
 
 
@@ -278,7 +277,7 @@ def _add_url(command: _AddCommand) -> None:
         "url",
         "print the QR image URL (without the API key unless --expose-api-key)",
     )
-    p.add_argument("name", metavar="NAME", type=_instance_name)
+    p.add_argument("name", metavar="NAME", type=_instance_name, help=_NAME_HELP)
     p.add_argument(
         "--expose-api-key",
         action="store_true",
@@ -295,7 +294,8 @@ def _add_poll(command: _AddCommand) -> None:
         "--from-file",
         metavar="FILE",
         type=_path,
-        help="read names from FILE, one per line (# comments; - for stdin)",
+        help="read names from FILE, one per line; a line starting with # is a comment (a # "
+        "later in a line is part of the name); - for stdin",
     )
     p.add_argument(
         "-c",
@@ -314,7 +314,7 @@ def _add_poll(command: _AddCommand) -> None:
 
 def _add_watch(command: _AddCommand) -> None:
     p = command("watch", "show the QR code again each time it changes")
-    p.add_argument("name", metavar="NAME", type=_instance_name)
+    p.add_argument("name", metavar="NAME", type=_instance_name, help=_NAME_HELP)
     p.add_argument(
         "--until-connected",
         action="store_true",
@@ -326,7 +326,8 @@ def _add_watch(command: _AddCommand) -> None:
         type=seconds(zero=False),
         default=5.0,
         metavar="SECONDS",
-        help="seconds between polls, > 0, +-10%% jitter (default 5)",
+        help="seconds between polls, > 0, +-10%% jitter (default 5); never under 1: a "
+        "shorter interval counts as 1, as in watch_qr",
     )
     p.add_argument(
         "-n", "--count", type=integer(1), metavar="N", help="stop after N QR codes, >= 1"

@@ -139,7 +139,9 @@ def locate(raw_path: str | None, tail: str) -> Target | Miss:
         try:
             name = unquote(raw_name, errors="strict")
         except UnicodeDecodeError:
-            return Miss("the instance name is not percent-encoded UTF-8", _guess(tail))
+            # The raw segment as sent (``%FF``), the same on every framework: each decodes
+            # the bytes its own way (aiohttp keeps ``%FF``, Starlette makes it U+FFFD).
+            return Miss("the instance name is not percent-encoded UTF-8", raw_name)
     return Target(route, name)
 
 
