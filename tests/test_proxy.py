@@ -399,18 +399,22 @@ def test_malformed_proxy_urls_never_show_the_password(proxy_url: str) -> None:
     _no_password_anywhere(info.value, LEAK_PW)
 
 
+@pytest.mark.parametrize("variable", ["HTTPS_PROXY", "https_proxy"])
 @pytest.mark.parametrize("proxy_url", MALFORMED)
 async def test_malformed_https_proxy_variable_never_shows_the_password(
-    proxy_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    proxy_url: str, variable: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The same through HTTPS_PROXY with trust_env=True: refused at the first call."""
+    """The same through HTTPS_PROXY (or https_proxy) with trust_env=True: refused at the first
+    call, naming the variable as it is set."""
     caplog.set_level(logging.DEBUG)
-    monkeypatch.setenv("HTTPS_PROXY", proxy_url)
+    for name in ("HTTPS_PROXY", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(variable, proxy_url)
     client = WachatClient(api_key=KEY, base_url="https://h.example/v1", trust_env=True)
     with pytest.raises(ConfigurationError) as info:
         await client.get_qr_image(NAME)
     await client.aclose()
-    assert "HTTPS_PROXY (trust_env=True)" in str(info.value)
+    assert f"{variable} (trust_env=True)" in str(info.value)
     _no_password_anywhere(info.value, LEAK_PW)
     assert LEAK_PW not in caplog.text
 

@@ -1242,8 +1242,52 @@ class _AsyncCallable:
         pass
 
 
+class _InheritedAsyncCallable(_AsyncCallable):
+    """Its async ``__call__`` comes from the base class."""
+
+
+class _SyncOverride(_AsyncCallable):
+    def __call__(self, event: object) -> None:  # type: ignore[override]
+        pass
+
+
 async def _async_hook(event: object) -> None:  # pragma: no cover - never called
     pass
+
+
+@pytest.mark.parametrize(
+    "hook",
+    [
+        pytest.param(_SyncOverride(), id="sync-call-overriding-an-async-one"),
+        pytest.param(functools.partial(_raising_hook), id="partial-of-sync-def"),
+        pytest.param(print, id="builtin"),
+    ],
+)
+def test_sync_hooks_are_accepted(hook: object) -> None:
+    assert RetryPolicy(on_retry=hook).on_retry is hook  # type: ignore[arg-type]
+
+
+async def test_a_hook_that_schedules_a_task_runs_it_without_a_warning(
+    server: FakeWachatServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``loop.create_task(...)`` (what the async-hook TypeError suggests) returns a Task: it
+    runs on its own, so nothing is closed and nothing is logged."""
+    seen: list[int] = []
+
+    async def report(attempt: int) -> None:
+        seen.append(attempt)
+
+    def hook(event: Any) -> object:
+        return asyncio.get_running_loop().create_task(report(event.attempt))
+
+    server.script(NAME, [502, 200])
+    caplog.set_level(logging.DEBUG, logger="wachat_async")
+    async with make_client(server, on_retry=hook) as client:
+        await client.get_qr_image(NAME)
+        for _ in range(3):
+            await asyncio.sleep(0)
+    assert seen == [1]
+    assert not [r for r in caplog.records if "hook" in r.getMessage()]
 
 
 @pytest.mark.parametrize("field", ["on_retry", "on_give_up"])
@@ -1253,6 +1297,11 @@ async def _async_hook(event: object) -> None:  # pragma: no cover - never called
         pytest.param(_async_hook, id="async-def"),
         pytest.param(functools.partial(_async_hook), id="partial-of-async-def"),
         pytest.param(_AsyncCallable(), id="async-call-method"),
+        pytest.param(_InheritedAsyncCallable(), id="inherited-async-call-method"),
+        pytest.param(functools.partial(_AsyncCallable()), id="partial-of-async-call-method"),
+        pytest.param(
+            functools.partial(functools.partial(_async_hook)), id="partial-of-partial-of-async-def"
+        ),
     ],
 )
 def test_async_hooks_are_rejected_at_construction(field: str, hook: object) -> None:

@@ -272,6 +272,67 @@ def test_bad_ssl_values_are_configuration_errors(value: object) -> None:
         WachatClient(api_key=KEY, base_url="https://h.example/v1", ssl=value)  # type: ignore[arg-type]
 
 
+def _unverified_context() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+@pytest.mark.parametrize(
+    ("make", "warns"),
+    [
+        pytest.param(_unverified_context, True, id="cert-none"),
+        pytest.param(ssl.create_default_context, False, id="default"),
+        pytest.param(lambda: ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), False, id="tls-client"),
+    ],
+)
+def test_an_ssl_context_that_does_not_verify_warns_like_ssl_false(make: Any, warns: bool) -> None:
+    """A context with verify_mode=CERT_NONE is ssl=False by another name: the same warning, at
+    the caller's line; a verifying one is silent."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        WachatClient(api_key=KEY, base_url="https://h.example/v1", ssl=make())
+    insecure = [w for w in caught if issubclass(w.category, InsecureTLSWarning)]
+    assert len(insecure) == (1 if warns else 0)
+    if warns:
+        assert insecure[0].filename == __file__
+        assert "CERT_NONE" in str(insecure[0].message)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda: ssl.create_default_context(ssl.Purpose.CLIENT_AUTH), id="client-auth"),
+        pytest.param(lambda: ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), id="tls-server"),
+    ],
+)
+def test_a_server_side_ssl_context_is_a_configuration_error(make: Any) -> None:
+    """A server-side context cannot open a client connection: refused at construction, not a
+    connection error retried like a network blip."""
+    from wachat_async import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="server-side SSLContext"):
+        WachatClient(api_key=KEY, base_url="https://h.example/v1", ssl=make())
+
+
+@pytest.mark.parametrize(
+    ("host", "shown"),
+    [
+        pytest.param("127.0.0.1", "127.0.0.1:{port}", id="ipv4"),
+        pytest.param("::1", "[::1]:{port}", id="ipv6"),
+    ],
+)
+async def test_a_tls_error_writes_host_and_port_unambiguously(host: str, shown: str) -> None:
+    """An IPv6 address is bracketed before its port (the port cannot read as part of it)."""
+    async with FakeWachatServer(KEY, tls=True, host=host, tls_hostnames=["api.wachat.test"]) as srv:
+        srv.add_instance(NAME)
+        async with WachatClient(api_key=KEY, base_url=srv.base_url, ssl=srv.ssl_context) as client:
+            with pytest.raises(TLSVerificationError) as info:
+                await client.get_qr_image(NAME)
+    assert f"verification failed for {shown.format(port=srv.port)}:" in str(info.value)
+
+
 async def test_ssl_true_means_default_verification(tls_server: FakeWachatServer) -> None:
     """ssl=True is aiohttp's "verify with the default trust store" (a private CA fails)."""
     async with WachatClient(api_key=KEY, base_url=tls_server.base_url, ssl=True) as client:

@@ -121,7 +121,24 @@ def check_ssl(value: object, *, secrets: Iterable[str] = ()) -> SSLOption:
             stacklevel=3,  # check_ssl <- WachatClient.__init__ <- the caller's line
         )
         return False
-    if isinstance(value, (ssl.SSLContext, aiohttp.Fingerprint)):
+    if isinstance(value, ssl.SSLContext):
+        if value.protocol == ssl.PROTOCOL_TLS_SERVER:
+            raise ConfigurationError(
+                "ssl is a server-side SSLContext (ssl.Purpose.CLIENT_AUTH or "
+                "PROTOCOL_TLS_SERVER), which cannot open a client connection: use "
+                "ssl.create_default_context() (its default purpose is SERVER_AUTH)",
+                secrets=secrets,
+            )
+        if value.verify_mode == ssl.CERT_NONE:
+            warnings.warn(
+                "this SSLContext does not verify certificates (verify_mode=CERT_NONE): anyone "
+                "on the network path can impersonate the server and read the API key. Trust "
+                "the server's CA instead (ssl.create_default_context(cafile='ca.pem'))",
+                InsecureTLSWarning,
+                stacklevel=3,  # check_ssl <- WachatClient.__init__ <- the caller's line
+            )
+        return value
+    if isinstance(value, aiohttp.Fingerprint):
         return value
     raise ConfigurationError(
         "ssl must be an ssl.SSLContext, False (no verification), an aiohttp.Fingerprint or "
@@ -342,7 +359,9 @@ def env_proxy(target: URL, *, secrets: Iterable[str] = ()) -> Proxy | None:
     raw = Secret(urllib.request.getproxies().get(target.scheme) or "")
     if not raw:
         return None
-    variable = f"{target.scheme.upper()}_PROXY"
+    # The variable that is set (lower case wins, as urllib reads them), named as the user wrote it.
+    lower = f"{target.scheme}_proxy"
+    variable = lower if os.environ.get(lower) else lower.upper()
     proxy = parse_proxy(raw, secrets=secrets, what=f"{variable} (trust_env=True)", from_env=True)
     assert proxy is not None
     if not proxy.has_credentials and proxy.url.host is not None:
@@ -407,7 +426,9 @@ def classify(
     itself), are :class:`ProxyError`; the same inside an established tunnel is the server's.
     A certificate pin (``ssl=aiohttp.Fingerprint``) that does not match is a
     :class:`TLSVerificationError`."""
-    where = f"{host}:{port}" if host else "the server"
+    where = "the server"
+    if host:
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"  # IPv6 in brackets
     failure = _certificate_failure(exc)
     if failure is not None:
         reason = _reason(failure).rstrip(". ")

@@ -15,6 +15,7 @@ connection slots' type (:class:`~wachat_async._slots.Slots`, to see whether one 
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import math
@@ -208,9 +209,18 @@ def _flag(instance: object, attribute: attrs.Attribute[bool], value: bool) -> No
 
 def _is_async_callable(value: object) -> bool:
     """Whether calling *value* is known to give a coroutine (``async def``, a partial of one,
-    or an object whose ``__call__`` is one)."""
-    method = vars(type(value)).get("__call__") if not inspect.isroutine(value) else None
-    return inspect.iscoroutinefunction(value) or inspect.iscoroutinefunction(method)
+    or an object whose ``__call__``, its class's own or inherited, is one)."""
+    while isinstance(value, functools.partial):
+        value = value.func
+    if inspect.iscoroutinefunction(value):
+        return True
+    if inspect.isroutine(value):
+        return False
+    # The __call__ a call runs: the first class of the MRO that defines one (own or inherited).
+    for cls in type(value).__mro__:
+        if "__call__" in vars(cls):
+            return inspect.iscoroutinefunction(vars(cls)["__call__"])
+    return False  # not callable at all (None: no hook)
 
 
 def _callable_or_none(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -244,6 +254,8 @@ def _call_hook(which: str, hook: Callable[[Any], object], event: object, logged:
                 type(exc).__name__,
             )
         return
+    if asyncio.isfuture(result):
+        return  # a Task or Future runs (or resolves) on its own: loop.create_task(...) is fine
     if inspect.isawaitable(result):
         close = getattr(result, "close", None)
         if callable(close):
