@@ -332,8 +332,8 @@ MUTANTS = [
     M(
         "call-no-deposit",
         "wachat_async/_retry.py",
-        "        self.budget.deposit()\n",
-        "",
+        "            started = budget.deposit()\n",
+        "            started = self.clock()\n",
         LOOP_TESTS,
     ),
     M(
@@ -346,8 +346,8 @@ MUTANTS = [
     M(
         "on-retry-not-called",
         "wachat_async/_retry.py",
-        "        if policy.on_retry is not None:\n            policy.on_retry(",
-        "        if False:\n            policy.on_retry(",
+        "        if policy.on_retry is not None:\n            _call_hook(",
+        "        if False:\n            _call_hook(",
         LOOP_TESTS,
     ),
     M(
@@ -438,8 +438,8 @@ MUTANTS = [
     M(
         "redirects-followed",
         "wachat_async/_transport.py",
-        "allow_redirects=False,",
-        "allow_redirects=True,",
+        "headers=self._image_headers,\n                        allow_redirects=False,",
+        "headers=self._image_headers,\n                        allow_redirects=True,",
         TRANSPORT_TESTS,
     ),
     M(
