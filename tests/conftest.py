@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import logging
 import os
@@ -130,3 +131,20 @@ def all_logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     """Capture every logger at DEBUG."""
     caplog.set_level(logging.DEBUG)
     return caplog
+
+
+_FROZEN_TESTS = [0]
+
+
+@pytest.fixture(autouse=True)
+def _collections_see_only_this_tests_objects() -> None:
+    """Move everything alive before the test into the garbage collector's permanent generation
+    (``gc.freeze()``), so a test's ``gc.collect()`` (unawaited coroutines, unclosed sessions)
+    scans what this test made, not the whole suite's heap: late in a full run, with hundreds
+    of MB alive, each full collection took about a second. Every 300 tests the frozen objects
+    are thawed and collected once, so garbage from earlier tests is still freed."""
+    _FROZEN_TESTS[0] += 1
+    if _FROZEN_TESTS[0] % 300 == 0:
+        gc.unfreeze()
+        gc.collect()
+    gc.freeze()
