@@ -324,32 +324,18 @@ class QRImage:
             check_png_chunks(data, instance_name=instance_name)
         self = _new(cls)
         # The whole instance dict in one go (frozen only against setattr, as in _trusted).
+        fields = {
+            "instance_name": instance_name,
+            "data": data,
+            "content_type": content_type,
+            "width": width,
+            "height": height,
+        }
         if fetched_at is None:
-            _setattr(
-                self,
-                "__dict__",
-                {
-                    "instance_name": instance_name,
-                    "data": data,
-                    "content_type": content_type,
-                    "width": width,
-                    "height": height,
-                    "_fetched": _time(),  # made a datetime on first use (see __getattr__)
-                },
-            )
+            fields["_fetched"] = _time()  # made a datetime on first use (see __getattr__)
         else:
-            _setattr(
-                self,
-                "__dict__",
-                {
-                    "instance_name": instance_name,
-                    "data": data,
-                    "content_type": content_type,
-                    "width": width,
-                    "height": height,
-                    "fetched_at": fetched_at,
-                },
-            )
+            fields["fetched_at"] = fetched_at
+        _setattr(self, "__dict__", fields)
         return self
 
     if not TYPE_CHECKING:  # type checkers see the fields only

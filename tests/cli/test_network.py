@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import trustme
 
 from wachat_async.testing import FakeWachatServer
 
@@ -83,6 +84,20 @@ def test_without_ca_file_the_hint_names_the_flag(
     assert result.code == 6  # a connection error
     assert "certificate verification failed" in result.err
     assert "--ca-file" in result.err
+
+
+def test_a_ca_file_that_does_not_sign_the_server_says_so(
+    run: Callable[..., Run], tls_fake: tuple[FakeWachatServer, Path], tmp_path: Path
+) -> None:
+    """--ca-file with another CA: the message names the file, instead of advising --ca-file."""
+    other = tmp_path / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(other))
+    result = run("fetch", NAME, "-o", "q.png", "--ca-file", str(other))
+    assert result.code == 6
+    assert "certificate verification failed" in result.err
+    assert f"The CA certificates in {other} (--ca-file) do not sign" in result.err
+    assert "wachat-qr --ca-file ca.pem" not in result.err
+    assert "ssl.create_default_context" not in result.err
 
 
 @pytest.mark.parametrize(

@@ -214,7 +214,7 @@ def _main(argv: list[str], out: Out) -> int:
     except (BrokenPipeError, OutputError):
         raise  # main() stops quietly, or says stdout failed
     except WachatError as exc:
-        out.error(describe(exc))
+        out.error(describe(exc, ca_file=getattr(args, "ca_file", None)))
         for hint in hints(exc, args):
             out.hint(hint)
         return exit_code_for(exc)

@@ -22,7 +22,8 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
 
-from wachat_async import InvalidResponseError, QRImage, WachatError
+from wachat_async import InvalidResponseError, QRImage, TLSVerificationError, WachatError
+from wachat_async._network import CA_HINT
 from wachat_async._redact import mentions, redact
 from wachat_async.testing._program import (
     OutputError,
@@ -233,11 +234,12 @@ def one_line(text: str) -> str:
     return _CONTROL_CHARS.sub(lambda m: repr(m.group())[1:-1], text)
 
 
-def describe(error: WachatError) -> str:
+def describe(error: WachatError, *, ca_file: str | None = None) -> str:
     """``ClassName: message (notes)`` on one line (the message is already redacted); for a
     404 that is the route's, not the instance's (:func:`wrong_base_url`), a line that says the
     base URL looks wrong instead of "instance not found" (the commands' hints() then say what
-    the base URL should be)."""
+    the base URL should be). With *ca_file* (``--ca-file`` was given), an unknown-CA failure
+    says that file's CAs do not sign the certificate, instead of advising ``--ca-file``."""
     # The client's base-URL note is replaced by the CLI's own hint, worded for --base-url.
     notes = [n for n in getattr(error, "__notes__", []) if not str(n).startswith(BASE_URL_NOTE)]
     if wrong_base_url(error):
@@ -247,6 +249,12 @@ def describe(error: WachatError) -> str:
         )
     else:
         text = f"{type(error).__name__}: {error}"
+        if ca_file is not None and isinstance(error, TLSVerificationError):
+            text = text.replace(
+                CA_HINT,
+                f"The CA certificates in {ca_file} (--ca-file) do not sign this server's "
+                "certificate: is it the CA that issued it?",
+            )
     if notes:
         text += " (" + "; ".join(str(n) for n in notes) + ")"
     return text
