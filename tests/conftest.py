@@ -30,6 +30,8 @@ from wachat_async import (
 )
 from wachat_async.testing import FakeWachatServer
 
+from ._web import FRAMEWORKS
+
 # The machine's proxy settings (a CI runner's HTTPS_PROXY for the package registries) are not
 # the suite's: every test, and every process a test starts, begins without them. The tests of
 # proxies set what they need with monkeypatch.
@@ -148,3 +150,9 @@ def _collections_see_only_this_tests_objects() -> None:
         gc.unfreeze()
         gc.collect()
     gc.freeze()
+
+
+@pytest.fixture(params=FRAMEWORKS)
+def framework(request: pytest.FixtureRequest) -> str:
+    """Each web test runs on aiohttp.web and on Starlette (tests/_web.py serves both)."""
+    return str(request.param)

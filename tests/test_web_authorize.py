@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests._web import FRAMEWORKS, raw_request, serve, until, watch_tasks
+from tests._web import raw_request, serve, until, watch_tasks
 from tests.conftest import KEY, NAME, assert_no_key
 from wachat_async import RetryPolicy, WachatClient
 from wachat_async.testing import FakeWachatServer
@@ -26,11 +26,6 @@ from wachat_async.testing import FakeWachatServer
 SECRET_TEXT = "db-password=hunter2"  # an exception's text: never in an answer
 ROUTES = {"png": f"/qr/{NAME}.png", "events": f"/qr/{NAME}/events", "page": f"/qr/{NAME}"}
 ROUTE_PARAMS = [pytest.param(route, id=route) for route in ROUTES]
-
-
-@pytest.fixture(params=FRAMEWORKS)
-def framework(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests._web import FRAMEWORKS, LIMIT, EventReader, serve, until, watch_tasks
+from tests._web import LIMIT, EventReader, serve, until, watch_tasks
 from tests.conftest import KEY, NAME, assert_no_key
 from wachat_async import RetryPolicy, WachatClient
 from wachat_async.testing import FakeWachatServer
@@ -27,11 +27,6 @@ from wachat_async.web import QRHub, hub_for, qr_events
 QR = "/instance/qr/image"
 STATE = "/instance/state"
 OTHER = "t1_zz99yy88_other_store"
-
-
-@pytest.fixture(params=FRAMEWORKS)
-def framework(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
 
 
 @pytest.fixture

@@ -30,11 +30,6 @@ ROUTE_PARAMS = [pytest.param(route, id=route) for route in ROUTES]
 NOT_FOUND_PLAIN = ("text/plain", "text/html")  # what the frameworks would have answered
 
 
-@pytest.fixture(params=FRAMEWORKS)
-def framework(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeWachatServer]:
     """A fake server that creates any instance it is asked about; QRs change only on demand."""

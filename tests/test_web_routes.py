@@ -21,11 +21,6 @@ from wachat_async.web import error_status
 QR = "/instance/qr/image"
 
 
-@pytest.fixture(params=FRAMEWORKS)
-def framework(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 @pytest.fixture
 async def still() -> AsyncIterator[FakeWachatServer]:
     """A fake server whose QR changes only when a test rotates it."""
