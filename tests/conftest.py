@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import importlib.util
 import logging
 import os
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import pytest
@@ -44,7 +45,41 @@ KEY = "sk-live-TOPSECRET-0123456789abcdef"
 NAME = "t1_mq9r2jov_jakarta_store"
 
 
+T = TypeVar("T")
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+class SkippingLoop(asyncio.SelectorEventLoop):
+    """An event loop whose clock a test moves forward (:meth:`skip`): the timers of asyncio
+    and aiohttp (timeouts, deadlines) fire when the test says, not when the scheduler does."""
+
+    skipped = 0.0
+
+    def time(self) -> float:
+        return super().time() + self.skipped
+
+    def skip(self, seconds: float) -> None:
+        """Move this loop's clock *seconds* ahead: every timer due by then fires next turn."""
+        self.skipped += seconds
+
+
+def run_skipping(body: Callable[[SkippingLoop], Coroutine[Any, Any, T]]) -> T:
+    """Run ``body(loop)`` to completion on a new :class:`SkippingLoop` (closed afterwards)."""
+    with asyncio.Runner(loop_factory=SkippingLoop) as runner:
+        loop = runner.get_loop()
+        assert isinstance(loop, SkippingLoop)
+        return runner.run(body(loop))
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Let the loop run until *condition* holds (a hang guard, not a timing assertion)."""
+
+    async def poll() -> None:
+        while not condition():
+            await asyncio.sleep(0)
+
+    await asyncio.wait_for(poll(), 10)
 
 
 def load_example(name: str) -> ModuleType:
