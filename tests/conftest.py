@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import gc
 import importlib.util
+import itertools
 import logging
 import os
 import sys
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any, TypeVar
@@ -80,6 +81,14 @@ async def until(condition: Callable[[], bool]) -> None:
             await asyncio.sleep(0)
 
     await asyncio.wait_for(poll(), 10)
+
+
+def endless(names: Iterable[str], limit: int = 1_000) -> Iterator[str]:
+    """*names* over and over, like an endless iterable, until *limit* pulls: then an
+    AssertionError, so that a batch that never ends fails its test instead of hanging it."""
+    for pulls, name in enumerate(itertools.cycle(names)):
+        assert pulls < limit, f"still pulling names after {limit}: the batch never ended"
+        yield name
 
 
 def load_example(name: str) -> ModuleType:

@@ -20,7 +20,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import KEY, NAME, assert_no_connection_checked_out, assert_no_key, status_cases
+from tests.conftest import (
+    KEY,
+    NAME,
+    assert_no_connection_checked_out,
+    assert_no_key,
+    endless,
+    status_cases,
+)
 from wachat_async import (
     AuthenticationError,
     BadRequestError,
@@ -1149,7 +1156,7 @@ async def test_a_closed_client_ends_the_batch_with_client_closed_error(dedupe: b
     flight are cancelled, even for an endless iterable."""
     closed = ClientClosedError("WachatClient is closed")
     fetch = Recorder(fail={"closed": closed}, hang={"h"})
-    names = itertools.chain(["a", "h", "closed"], itertools.cycle(["x", "y"]))
+    names = itertools.chain(["a", "h", "closed"], endless(["x", "y"]))
     got: list[str] = []
 
     async def consume() -> None:

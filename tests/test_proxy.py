@@ -9,13 +9,14 @@ no repr, exception, log record or output.
 from __future__ import annotations
 
 import asyncio
+import base64
 import gc
 import logging
 import os
 import re
 import traceback
 import warnings
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -34,6 +35,7 @@ from wachat_async import (
     UnexpectedStatusError,
     WachatClient,
     WachatConnectionError,
+    WachatError,
     WachatTimeoutError,
 )
 from wachat_async._network import parse_proxy
@@ -42,7 +44,7 @@ from wachat_async.testing import FakeWachatServer, Fault
 
 from ._tinyproxy import PROXY_PASSWORD, PROXY_USER, Tinyproxy, running_tinyproxy
 from .conftest import KEY, NAME, SkippingLoop, exception_texts, run_skipping, until
-from .hostile._raw_server import Close, RawServer, Send, http_response
+from .hostile._raw_server import Close, RawServer, RecordedRequest, Send, http_response
 
 WRONG_PASSWORD = "wr0ng-PW-11aa22"
 PROXY_ENV = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy")
@@ -638,3 +640,85 @@ def test_https_through_a_proxy_ended_mid_call_leaves_no_socket_but_the_tunnels(
     for text in leaks:
         assert text.startswith(("unclosed <socket.socket", "unclosed transport")), leaks
         assert "raddr" not in text or f"raddr=('127.0.0.1', {tiny.port})" in text, leaks
+
+
+# -- a proxy that echoes its credentials ------------------------------------------------------
+
+ECHO_USER = "echo-user"
+#: "/", "+" and "=" so that percent-encoding changes the password, the pair and the token.
+ECHO_PASSWORD = "echo/Pa55+w0rd="
+ECHO_PAIR = f"{ECHO_USER}:{ECHO_PASSWORD}"
+ECHO_TOKEN = base64.b64encode(ECHO_PAIR.encode()).decode("ascii")
+#: How the proxy quotes what it received, by form: the header value as sent, the base64 token,
+#: the user:password pair, each also percent-encoded (as a URL or a log line would).
+ECHOES = {
+    "header": f"Basic {ECHO_TOKEN}",
+    "token": ECHO_TOKEN,
+    "token-percent": quote(ECHO_TOKEN, safe=""),
+    "pair": ECHO_PAIR,
+    "pair-percent": quote(ECHO_PAIR, safe=""),
+    "password-percent": quote(ECHO_PASSWORD, safe=""),
+}
+#: What must be nowhere: every secret form, raw and percent-encoded.
+ECHO_SECRETS = {
+    form
+    for secret in (ECHO_TOKEN, ECHO_PAIR, ECHO_PASSWORD)
+    for form in (secret, quote(secret, safe=""), quote(secret))
+}
+
+
+def _echoing_proxy(status: int, where: str, form: str) -> Callable[[RecordedRequest], list[Any]]:
+    """A proxy stand-in's script: answer *status*, quoting the request's Proxy-Authorization
+    (in the *form* given) in the body, a header or the reason phrase."""
+
+    def answer(request: RecordedRequest) -> list[Any]:
+        assert request.header("Proxy-Authorization") == ECHOES["header"]  # what it got, echoed
+        echo = ECHOES[form]
+        body = f"<h1>{status}</h1><p>you sent Proxy-Authorization: {echo}</p>".encode()
+        response = http_response(
+            status,
+            body if where == "body" else b"denied",
+            reason=f"Denied {echo}" if where == "reason" else "Denied",
+            headers=[("X-Echo", echo)] if where == "header" else [],
+            content_type="text/html",
+        )
+        return [Send(response), Close()]
+
+    return answer
+
+
+@pytest.mark.parametrize("form", ECHOES)
+@pytest.mark.parametrize("where", ["body", "header", "reason"])
+@pytest.mark.parametrize("status", [407, 502])
+@pytest.mark.parametrize("scheme", ["https", "http"], ids=["connect", "plain-http"])
+async def test_a_proxy_echoing_its_credentials_leaves_no_trace_of_them(
+    scheme: str, status: int, where: str, form: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A proxy that quotes the Proxy-Authorization it received (base64 token, user:password,
+    percent-encoded) in its 407/502 body, a header or its reason phrase, to a CONNECT
+    (https://) or a plain request: no form of the credentials in the exception chain (str,
+    repr, notes, attributes, the traceback), the client's repr or any log record."""
+    caplog.set_level(logging.DEBUG)
+    async with RawServer(_echoing_proxy(status, where, form)) as fake_proxy:
+        base_url = f"{scheme}://127.0.0.1:9/api/v1"  # never reached: the proxy answers first
+        async with WachatClient(
+            api_key=KEY,
+            base_url=base_url,
+            proxy=f"http://{quote(ECHO_USER)}:{quote(ECHO_PASSWORD, safe='')}@{fake_proxy.url[7:]}",
+            allow_insecure_http=scheme == "http",
+            retry=RetryPolicy(zero_wait=True, max_attempts=2),
+        ) as client:
+            with pytest.raises(WachatConnectionError if scheme == "https" else WachatError) as info:
+                await client.get_qr_image(NAME)
+            shown = repr(client)
+    assert fake_proxy.requests, "the proxy was never asked"
+    texts = [
+        *exception_texts(info.value),
+        "".join(traceback.format_exception(info.value)),
+        shown,
+        *(record.getMessage() for record in caplog.records),
+        *(caplog.text.splitlines()),
+    ]
+    for text in texts:
+        for secret in ECHO_SECRETS:
+            assert secret.lower() not in text.lower(), f"proxy credentials leaked: {text[:300]!r}"
