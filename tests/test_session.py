@@ -443,7 +443,7 @@ async def _queued_for_a_minute(
     clock a minute ahead (any timer they had armed fires), check that none has ended, close
     the stream, and hand back the running calls."""
     async with client.stream_qr_image(NAME):
-        running = [asyncio.ensure_future(c) for c in calls]
+        running: list[asyncio.Future[T]] = [asyncio.ensure_future(c) for c in calls]
         await settle()
         loop.skip(60)
         await settle()
@@ -465,7 +465,7 @@ def test_borrowed_session_queue_follows_its_connector(connector_kwargs: dict[str
     timeouts would run (a minute passes on the loop's clock), all succeed, and fetch_many is
     capped the same way."""
 
-    async def queue_a_minute(loop: SkippingLoop) -> tuple[list[object], list[bool]]:
+    async def queue_a_minute(loop: SkippingLoop) -> tuple[list[str], list[bool]]:
         async with FakeWachatServer(api_key=KEY) as server:
             names = [f"{NAME}_{i}" for i in range(4)]
             server.add_instances([NAME, *names])
