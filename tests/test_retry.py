@@ -157,6 +157,14 @@ def test_policy_validates_its_fields(kwargs: dict[str, object]) -> None:
         RetryPolicy(**kwargs)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("zero", [0, 0.0], ids=["int", "float"])
+def test_a_zero_deadline_says_how_to_have_none(zero: float) -> None:
+    """deadline=0 (a call that could never start) is refused with the way to ask for no
+    deadline at all."""
+    with pytest.raises(ValueError, match=r"deadline must be > 0 \(use None for no deadline\)"):
+        RetryPolicy(deadline=zero)
+
+
 def test_policy_accepts_every_http_status() -> None:
     """The whole 100-599 range can be configured."""
     assert RetryPolicy(statuses=[100, 429, 599]).statuses == {100, 429, 599}
