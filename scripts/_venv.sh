@@ -27,8 +27,9 @@ wachat_venv() {
 # pythonVERSION on PATH, checked by running it (a pyenv shim of an inactive version fails);
 # fail if there is none.
 wachat_python() {
-  local version="$1" candidate
-  for candidate in "$(pyenv prefix "$version" 2>/dev/null)/bin/python$version" "python$version"; do
+  local version="$1" prefix candidate
+  prefix="$(pyenv prefix "$version" 2>/dev/null)" || prefix=""
+  for candidate in ${prefix:+"$prefix/bin/python$version"} "python$version"; do
     if [ "$("$candidate" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)" \
       = "$version" ]; then
       command -v "$candidate"
