@@ -23,12 +23,13 @@ wachat_venv() {
   "$venv/bin/python" scripts/_venv_state.py stamp "$extra" "$venv"
 }
 
-# wachat_python VERSION: print the path of a Python VERSION (such as 3.12), pyenv's or
-# pythonVERSION on PATH, checked by running it (a pyenv shim of an inactive version fails);
-# fail if there is none.
+# wachat_python VERSION: print the path of a Python VERSION (such as 3.12), pyenv's (pyenv on
+# PATH, else in its default place) or pythonVERSION on PATH, checked by running it (a pyenv shim
+# of an inactive version fails); fail if there is none.
 wachat_python() {
   local version="$1" prefix candidate
-  prefix="$(pyenv prefix "$version" 2>/dev/null)" || prefix=""
+  prefix="$(PATH="$PATH:${PYENV_ROOT:-${HOME:-}/.pyenv}/bin" pyenv prefix "$version" 2>/dev/null)" ||
+    prefix=""
   for candidate in ${prefix:+"$prefix/bin/python$version"} "python$version"; do
     if [ "$("$candidate" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)" \
       = "$version" ]; then
