@@ -136,7 +136,7 @@ async def until(predicate: Callable[[], bool], what: str) -> None:
 
     try:
         await asyncio.wait_for(wait(), LIMIT)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise AssertionError(f"never happened: {what}") from None
 
 

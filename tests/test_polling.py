@@ -9,7 +9,6 @@ import gc
 import itertools
 import logging
 import struct
-import sys
 import warnings
 import zlib
 from collections import Counter
@@ -100,10 +99,8 @@ def workers() -> list[asyncio.Task[object]]:
 
 
 def cancel_requested(task: asyncio.Task[object]) -> bool:
-    """Whether *task* is done or has been asked to cancel (unknowable before 3.11)."""
-    if task.done():
-        return True
-    return task.cancelling() > 0 if sys.version_info >= (3, 11) else True
+    """Whether *task* is done or has been asked to cancel."""
+    return task.done() or task.cancelling() > 0
 
 
 async def finish(tasks: list[asyncio.Task[object]]) -> None:

@@ -7,7 +7,7 @@ import functools
 import itertools
 import logging
 import math
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Any
 
@@ -745,7 +745,7 @@ async def test_retry_after_seconds_is_the_wait(
 async def test_retry_after_http_date_is_honoured(server: FakeWachatServer) -> None:
     """An HTTP-date a few seconds ahead becomes a wait of at most those seconds."""
     events: list[RetryEvent] = []
-    when = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=5), usegmt=True)
+    when = format_datetime(datetime.now(UTC) + timedelta(seconds=5), usegmt=True)
     server.script(NAME, [Fault(status=504, retry_after=when), 200])
     async with make_client(server, on_retry=events.append) as client:
         await client.get_qr_image(NAME)

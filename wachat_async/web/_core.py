@@ -118,13 +118,9 @@ def check_route_options(
 
 
 def _being_cancelled() -> bool:
-    """Whether the running task itself is being cancelled (not merely something it awaited).
-
-    Python 3.10 cannot tell (no ``Task.cancelling``): there, a cancellation always goes on.
-    """
+    """Whether the running task itself is being cancelled (not merely something it awaited)."""
     task = asyncio.current_task()
-    cancelling = getattr(task, "cancelling", None)
-    return cancelling is None or bool(cancelling())
+    return task is None or task.cancelling() > 0
 
 
 def _discard(result: object) -> None:

@@ -14,7 +14,6 @@ buffering them. This module never imports a web framework; it uses only public n
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import weakref
 from typing import Final
@@ -95,12 +94,10 @@ class Watch:
         self._changed.set()
         self._changed = asyncio.Event()
 
-    async def wait(self, seen: int, timeout: float) -> None:
-        """Return once there is news for a viewer that has seen *seen*, or after *timeout*."""
-        if self.version != seen or self.ended is not None:
-            return
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), timeout)
+    async def wait(self, seen: int) -> None:
+        """Return once there is news for a viewer that has seen *seen*."""
+        if self.version == seen and self.ended is None:
+            await self._changed.wait()
 
 
 class QRHub:

@@ -18,6 +18,7 @@ viewer out of the hub, which stops the upstream watch when it was the last one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Final
@@ -82,7 +83,9 @@ async def qr_events(
                 return
             # Wake for news, for the liveness check, or just in time for the heartbeat.
             due = heartbeat - (loop.time() - last_write)
-            await watch.wait(seen, max(0.0, min(tick, due)))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, min(tick, due))):
+                    await watch.wait(seen)
             if gone is not None:
                 left = gone()
                 if not isinstance(left, bool):
