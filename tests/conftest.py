@@ -85,7 +85,7 @@ def status_cases(*statuses: int) -> list[Any]:
 
 #: What ``pytest -m "not slow"`` (the fast tier) leaves out, by why: a test file (all of it) or
 #: file::function (every case). Also slow: tests marked ``browser`` (a headless Chromium) and
-#: tests using a fixture in SLOW_FIXTURES. A fast test that starts a process fails.
+#: tests using a fixture in SLOW_FIXTURES. A fast test that runs a process fails.
 SLOW = {
     "a Redis server": [
         "test_taskiq_fleet.py::test_a_redis_restart_mid_run_loses_nothing",
@@ -175,19 +175,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.slow)
 
 
-_PROCESSES: list[object] = []
-sys.addaudithook(
-    lambda event, args: _PROCESSES.append(args[1]) if event == "subprocess.Popen" else None
-)
+def _children_cpu() -> float:
+    times = os.times()
+    return times.children_user + times.children_system
 
 
 @pytest.fixture(autouse=True)
 def _processes_only_in_the_slow_tier(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Keep the fast tier fast: a test that starts a process must be in the slow tier."""
-    _PROCESSES.clear()
+    """Keep the fast tier fast: a test whose processes used CPU (once reaped) must be slow."""
+    before = _children_cpu()
     yield
+    used = _children_cpu() - before
     if request.node.get_closest_marker("slow") is None:
-        assert not _PROCESSES, f"a fast test started {_PROCESSES}: list it in SLOW (conftest.py)"
+        assert not used, f"a fast test ran processes ({used:.2f} s CPU): list it in SLOW"
 
 
 @pytest.fixture
