@@ -1,14 +1,11 @@
-"""Atomic, durable file writes: the one place wachat-async writes a file (``QRImage.save``,
-``WachatClient.save_qr_image``, the CLI's ``-o``).
+"""Atomic, durable file writes: the one place wachat-async writes a file.
 
-A new path or a regular file gets a temporary file in its folder, fsynced, renamed over it,
-then the folder fsynced: the old file or the whole new one, even after a crash. A new file is
-mode 0600 (a QR is a live login); a replaced one keeps its permission bits and, where the OS
-allows, its owner. Symlinks are followed (the link stays). Anything else that exists (a device,
-a FIFO, a terminal, ``/dev/stdout`` on a pipe) is written in place; opening a FIFO waits for
-its reader, as ``cmd > fifo`` does. A folder, a socket or a missing folder is an
-:class:`OSError` naming the caller's path (never the temporary file), before anything is
-fetched. ``~`` is not expanded.
+A new path or a regular file (symlinks followed; the link stays) gets a temporary file in its
+folder, fsynced, renamed over it, and the folder fsynced: the old file or the whole new one,
+even after a crash. New files are mode 0600 (a QR is a live login); a replaced file keeps its
+mode and, where allowed, its owner. Anything else that exists (a device, a FIFO, a terminal,
+``/dev/stdout`` on a pipe) is written in place; opening a FIFO waits for its reader, as
+``cmd > fifo`` does. Errors are OSErrors naming the caller's path, never the temp file.
 """
 
 from __future__ import annotations
@@ -30,8 +27,7 @@ PathArg = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
 
 T = TypeVar("T")
 
-#: Bytes of the target's name kept in the temp name ".<name>.<8 random>.part": at most 79
-#: bytes in all, below NAME_MAX (255; 143 on eCryptfs) whatever the target's name.
+#: Bytes of the name kept in the temp name (79 in all: under NAME_MAX, 143 on eCryptfs).
 _NAME_IN_TEMP = 64
 _WRITE = os.O_WRONLY | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
 #: What fsync of a folder raises where the file system cannot sync one.
@@ -70,7 +66,6 @@ class _Target:
             self.real = shown
 
     def error(self, exc: OSError, detail: str = "") -> OSError:
-        """*exc* restated for the caller's path."""
         if not detail and self.real not in (self.shown, os.path.abspath(self.shown)):
             detail = f"writing to {self.real!r}, where the symlink points"
         return _oserror(exc.errno or errno.EIO, self.shown, detail)
@@ -121,9 +116,8 @@ def _replace(target: _Target, data: bytes) -> None:
     try:
         try:
             if target.st is not None:
-                if hasattr(os, "chown"):
-                    with suppress(OSError):  # only root may give a file away: ours then
-                        os.chown(temp, target.st.st_uid, target.st.st_gid)
+                with suppress(OSError, AttributeError):  # only root gives files away; Windows
+                    os.chown(temp, target.st.st_uid, target.st.st_gid)
                 os.chmod(temp, stat.S_IMODE(target.st.st_mode) & 0o777)  # no setuid, sticky
             _write_all(fd, data)
             os.fsync(fd)
@@ -158,8 +152,7 @@ def _temp_prefix(real: str) -> str:
 
 
 def _write(target: _Target, data: bytes, fd: int = -1) -> None:
-    """Write *data* where *target* says: replaced, or in place (through *fd* if it is open:
-    this closes it); a device, FIFO or terminal is not fsynced."""
+    """Replace *target*, or write it in place (through *fd* if open: this closes it)."""
     if not target.in_place:
         return _replace(target, data)
     try:
@@ -234,23 +227,22 @@ async def _open(target: _Target) -> int:
     """Open a device or FIFO for writing. A FIFO without a reader is waited for in the
     default executor; if cancelled, opening its read end for a moment ends that wait."""
     try:
-        try:
-            fd = os.open(target.real, _WRITE | os.O_NONBLOCK)
-        except OSError as exc:
-            if exc.errno != errno.ENXIO:  # ENXIO: a FIFO with no reader yet
-                raise
-            opening = asyncio.get_running_loop().run_in_executor(None, os.open, target.real, _WRITE)
-            try:
-                return await asyncio.shield(opening)
-            except asyncio.CancelledError:
-                reader = os.open(target.real, os.O_RDONLY | os.O_NONBLOCK)
-                try:
-                    with suppress(OSError):
-                        os.close(await asyncio.shield(opening))
-                finally:
-                    os.close(reader)
-                raise
+        fd = os.open(target.real, _WRITE | os.O_NONBLOCK)
+        os.set_blocking(fd, True)
+        return fd
+    except OSError as exc:
+        if exc.errno != errno.ENXIO:  # ENXIO: a FIFO with no reader yet
+            raise target.error(exc) from None
+    opening = asyncio.get_running_loop().run_in_executor(None, os.open, target.real, _WRITE)
+    try:
+        return await asyncio.shield(opening)
     except OSError as exc:
         raise target.error(exc) from None
-    os.set_blocking(fd, True)
-    return fd
+    except asyncio.CancelledError:
+        reader = os.open(target.real, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            with suppress(OSError):
+                os.close(await asyncio.shield(opening))
+        finally:
+            os.close(reader)
+        raise
