@@ -323,15 +323,10 @@ async def cmd_poll(args: argparse.Namespace, out: Out) -> int:
     out_dir = Path(args.out_dir) if args.out_dir else None
     async with client_for(args, max_connections=max(100, args.concurrency)) as client:
         fleet = await poll_fleet(
-            client,
-            names,
-            concurrency=args.concurrency,
-            out_dir=out_dir,
-            out=out,
-            json_lines=args.json,
+            client, names, out, concurrency=args.concurrency, out_dir=out_dir, json_lines=args.json
         )
     if not args.json:
-        summary(fleet, out, out_dir=out_dir)
+        summary(fleet, out)
     if fleet.aborted is not None:
         out.error(
             stopped_message(describe(fleet.aborted), len(fleet.ok) + len(fleet.failed), fleet.total)
