@@ -57,6 +57,7 @@ __all__ = [
     "error_status",
     "etag_matches",
     "png_answer",
+    "route_kit",
 ]
 
 logger = logging.getLogger("wachat_async.web")
@@ -115,6 +116,31 @@ def check_route_options(
     if max_name_length < 1:
         raise ValueError(f"max_name_length must be at least 1, got {max_name_length!r}")
     return prefix.rstrip("/")
+
+
+def route_kit(
+    client: WachatClient | Callable[[RequestT], WachatClient],
+    prefix: object,
+    authorize: Authorize[RequestT],
+    interval: object,
+    heartbeat: object,
+    max_name_length: int,
+    passthrough: tuple[type[BaseException], ...],
+) -> tuple[str, Gate[RequestT], Callable[[RequestT], WachatClient]]:
+    """What both ``qr_routes`` start from, once their options are checked: the normalised
+    prefix, the :class:`Gate` (*passthrough*: the framework's HTTP exceptions) and how to find
+    the client of a request."""
+    base = check_route_options(prefix, authorize, interval, heartbeat, max_name_length)
+    if not isinstance(client, WachatClient) and not callable(client):
+        raise TypeError(
+            f"client must be a WachatClient or a callable request -> WachatClient, not "
+            f"{type(client).__name__}"
+        )
+
+    def client_for(request: RequestT) -> WachatClient:
+        return client if isinstance(client, WachatClient) else client(request)
+
+    return base, Gate(authorize, max_name_length, passthrough), client_for
 
 
 def _being_cancelled() -> bool:
