@@ -120,15 +120,12 @@ GiveUpReason = Literal["max_attempts", "retry_after", "deadline", "budget"]
 @attrs.frozen(kw_only=True)
 class GiveUpEvent:
     """What ``RetryPolicy.on_give_up`` receives when a call ends on a *retryable* failure
-    without retrying it (again).
+    without retrying it (again); never for errors that are never retried (a 404).
 
-    ``reason`` says which limit ended it: ``"max_attempts"``, ``"retry_after"`` (the server's
-    ``Retry-After`` was over ``max_retry_after``), ``"deadline"`` (the next wait would cross it,
-    or it expired mid-attempt; ``error`` is then the :class:`DeadlineExceededError`) or
-    ``"budget"`` (the :class:`RetryBudget` refused the retry). ``attempts`` is how many attempts
-    the call made; ``error`` is the exception the call raises next. With ``on_retry`` this
-    counts everything: attempts = calls + retries, and refusals by reason. Errors that are never
-    retried (a 404, a certificate failure) are not give-ups.
+    ``reason`` is the limit that ended it: ``"max_attempts"``, ``"retry_after"`` (over
+    ``max_retry_after``), ``"deadline"`` (the next wait would cross it, or it expired: ``error``
+    is then the :class:`DeadlineExceededError`) or ``"budget"``. ``attempts`` is how many the
+    call made, ``error`` what it raises. With ``on_retry``: attempts = calls + retries.
     """
 
     instance_name: str | None
@@ -138,20 +135,9 @@ class GiveUpEvent:
     status: int | None = None
 
 
-# attrs validators: each is the one number (or flag) rule of _validate, named after the field.
-
-
-def _positive_int(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
-    # A wrong type is a ValueError here, as it always was for this field.
-    check_number(value, attribute.name, integer=True, minimum=1, type_error=ValueError)
-
-
-def _non_negative(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
-    check_number(value, attribute.name)
-
-
-def _reserve(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
-    check_number(value, attribute.name, infinite=True)
+def _number(**rule: Any) -> Callable[[object, attrs.Attribute[Any], Any], object]:
+    """An attrs validator: the one number rule of _validate, named after the field."""
+    return lambda _, attribute, value: check_number(value, attribute.name, **rule)
 
 
 def _ttl(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
@@ -172,25 +158,15 @@ def _flag(instance: object, attribute: attrs.Attribute[bool], value: bool) -> No
     check_bool(value, attribute.name)
 
 
-def _is_async_callable(value: object) -> bool:
-    """Whether calling *value* gives a coroutine (``async def``, a partial of one, or an object
-    whose ``__call__``, own or inherited, is one)."""
+def _callable_or_none(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is None:
+        return
+    if not callable(value):
+        raise TypeError(f"{attribute.name} must be callable or None, got {shown(value)}")
     while isinstance(value, functools.partial):
         value = value.func
-    if inspect.iscoroutinefunction(value):
-        return True
-    if inspect.isroutine(value):
-        return False
-    for cls in type(value).__mro__:  # the __call__ a call runs: the first class defining one
-        if "__call__" in vars(cls):
-            return inspect.iscoroutinefunction(vars(cls)["__call__"])
-    return False  # not callable at all (None: no hook)
-
-
-def _callable_or_none(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if value is not None and not callable(value):
-        raise TypeError(f"{attribute.name} must be callable or None, got {shown(value)}")
-    if _is_async_callable(value):
+    # async def, a partial of one, or an object whose __call__ (own or inherited) is one
+    if inspect.iscoroutinefunction(value) or inspect.iscoroutinefunction(type(value).__call__):
         raise TypeError(
             f"{attribute.name} must be a plain function, not an async one: hooks are called "
             "synchronously and never awaited (to feed an async backend, hand the event over, "
@@ -205,29 +181,19 @@ def _call_hook(which: str, hook: Callable[[Any], object], event: object, logged:
     try:
         result = hook(event)
     except Exception as exc:  # a hook may fail in any way, and that must not matter
-        if which not in logged:
-            logged.add(which)
-            logger.warning(
-                "RetryPolicy.%s hook raised %s; ignored (hooks observe a call, they cannot "
-                "change its outcome)",
-                which,
-                type(exc).__name__,
-            )
-        return
-    if asyncio.isfuture(result):
-        return  # a Task or Future runs (or resolves) on its own: loop.create_task(...) is fine
-    if inspect.isawaitable(result):
+        problem = f"raised {type(exc).__name__}; ignored (hooks observe a call, they cannot"
+        problem += " change its outcome)"
+    else:
+        if asyncio.isfuture(result) or not inspect.isawaitable(result):
+            return  # a Task or Future runs on its own: loop.create_task(...) is fine
         close = getattr(result, "close", None)
         if callable(close):
             close()  # never awaited: closing it also keeps "never awaited" warnings away
-        if which not in logged:
-            logged.add(which)
-            logger.warning(
-                "RetryPolicy.%s hook returned an awaitable (%s); closed without running it "
-                "(hooks are called synchronously and never awaited)",
-                which,
-                type(result).__name__,
-            )
+        problem = f"returned an awaitable ({type(result).__name__}); closed without running it"
+        problem += " (hooks are called synchronously and never awaited)"
+    if which not in logged:
+        logged.add(which)
+        logger.warning("RetryPolicy.%s hook %s", which, problem)
 
 
 def _statuses(value: Iterable[int]) -> frozenset[int]:
@@ -242,38 +208,32 @@ def _statuses(value: Iterable[int]) -> frozenset[int]:
 
 @attrs.frozen(kw_only=True)
 class RetryPolicy:
-    """When and how long to retry a failed call.
+    """When and how long to retry a failed call (docs/retries.md).
 
-    Defaults: up to ``max_attempts=4`` attempts, retrying only ``statuses={502, 504}``; before
-    retry *n* (0-based) the client waits ``uniform(0, min(max_wait, initial_wait * 2**n))``
-    seconds (full jitter), or the server's ``Retry-After`` when ``respect_retry_after`` and it
-    is present. A ``Retry-After`` above ``max_retry_after``, or a wait that would cross the
-    ``deadline``, ends the call at once with the last error instead of sleeping. ``deadline``
-    bounds the whole call, attempts and waits together, and is enforced by cancellation.
+    Up to ``max_attempts`` attempts, retrying ``statuses`` (and, with ``retry_transport_errors``,
+    transport faults: see :meth:`is_retryable`). Before retry *n* (0-based) the client waits
+    ``uniform(0, min(max_wait, initial_wait * 2**n))`` s (full jitter), or the server's
+    ``Retry-After`` when ``respect_retry_after``. A ``Retry-After`` over ``max_retry_after``, or
+    a wait that would cross the ``deadline`` (the whole call's, enforced by cancellation), ends
+    the call at once with the last error.
 
-    ``on_retry`` is called with a :class:`RetryEvent` before every wait, and ``on_give_up``
-    with a :class:`GiveUpEvent` when a retryable failure is not retried (which limit stopped
-    it), for metrics. Hooks observe, they cannot change the outcome: they are plain functions
-    called synchronously (an ``async def`` hook is a ``TypeError`` here; an awaitable a hook
-    returns anyway is closed unrun), and an exception a hook raises is logged once per call
-    (WARNING on the ``wachat_async`` logger, its type only) and otherwise ignored.
-
-    ``retry_transport_errors`` also retries connection failures (refused, reset, a body cut
-    short) and per-attempt timeouts before any byte reached the caller; the ``deadline``
-    itself (:class:`DeadlineExceededError`) is never retried. See :meth:`is_retryable`.
-
-    Tests: ``RetryPolicy(zero_wait=True)`` (or ``policy.without_waits()``) computes and reports
-    waits exactly as usual but does not sleep. ``RetryPolicy.disabled()`` makes one attempt and
-    sets no deadline, so only the client's ``timeout`` bounds the call.
+    ``on_retry`` gets a :class:`RetryEvent` before every wait, ``on_give_up`` a
+    :class:`GiveUpEvent` when a retryable failure is not retried. Hooks observe: plain functions
+    called synchronously (``async def`` is a ``TypeError``); what they raise or return is logged
+    once per call and ignored. ``zero_wait=True`` (or ``without_waits()``) computes and reports
+    waits but never sleeps, for tests.
     """
 
-    max_attempts: int = attrs.field(default=4, validator=_positive_int)
+    # A wrong type of max_attempts is a ValueError, as it always was.
+    max_attempts: int = attrs.field(
+        default=4, validator=_number(integer=True, minimum=1, type_error=ValueError)
+    )
     statuses: frozenset[int] = attrs.field(default=frozenset({502, 504}), converter=_statuses)
-    initial_wait: float = attrs.field(default=0.5, validator=_non_negative)
-    max_wait: float = attrs.field(default=8.0, validator=_non_negative)
+    initial_wait: float = attrs.field(default=0.5, validator=_number())
+    max_wait: float = attrs.field(default=8.0, validator=_number())
     deadline: float | None = attrs.field(default=30.0, validator=_deadline)
     respect_retry_after: bool = attrs.field(default=True, validator=_flag)
-    max_retry_after: float = attrs.field(default=30.0, validator=_non_negative)
+    max_retry_after: float = attrs.field(default=30.0, validator=_number())
     retry_transport_errors: bool = attrs.field(default=False, validator=_flag)
     zero_wait: bool = attrs.field(default=False, validator=_flag)
     on_retry: Callable[[RetryEvent], object] | None = attrs.field(
@@ -316,46 +276,25 @@ class RetryPolicy:
 
 
 class _Window:
-    """The budget's counts, in plain slots (``deposit`` runs on every call: no attrs hook).
+    """The budget's counts (``deposit`` runs on every call: plain attributes, no attrs hook).
 
-    The current second holds ``calls - start_calls`` deposits and ``withdrawn`` withdrawals;
-    ``past`` holds the finished seconds still in the window, ``(second, deposits,
-    withdrawals)``, with running sums: each second is added and dropped once, whatever the ttl.
+    ``marks`` holds, for each second of the window that had traffic, the counts at its end;
+    the counts of the seconds gone from the window are ``expired``. Each second is marked and
+    dropped once, whatever the ttl.
     """
-
-    __slots__ = (
-        "calls",
-        "end",
-        "past",
-        "past_deposits",
-        "past_withdrawn",
-        "refused",
-        "retries",
-        "second",
-        "start_calls",
-        "withdrawn",
-    )
 
     def __init__(self) -> None:
         self.calls = self.retries = self.refused = 0
-        self.second = self.end = -math.inf  # the first deposit starts a second
-        self.start_calls = self.withdrawn = self.past_deposits = self.past_withdrawn = 0
-        self.past: deque[tuple[float, int, int]] = deque()
+        self.end = -math.inf  # when the current second ends
+        self.marks: deque[tuple[float, int, int]] = deque()  # (second, calls, retries)
+        self.expired = (0, 0)  # calls and retries before the window
 
     def roll(self, now: float, seconds: int) -> None:
         """Start the second that holds *now*, keeping the *seconds* - 1 before it."""
-        deposits = self.calls - self.start_calls
-        if deposits or self.withdrawn:
-            self.past.append((self.second, deposits, self.withdrawn))
-            self.past_deposits += deposits
-            self.past_withdrawn += self.withdrawn
-        self.second = math.floor(now)
-        self.end = self.second + 1
-        self.start_calls, self.withdrawn = self.calls, 0
-        while self.past and self.past[0][0] <= self.second - seconds:
-            _, deposits, withdrawn = self.past.popleft()
-            self.past_deposits -= deposits
-            self.past_withdrawn -= withdrawn
+        self.marks.append((self.end - 1, self.calls, self.retries))
+        self.end = math.floor(now) + 1
+        while self.marks and self.marks[0][0] <= self.end - 1 - seconds:
+            self.expired = self.marks.popleft()[1:]
 
 
 @attrs.define(kw_only=True, eq=False)
@@ -373,8 +312,8 @@ class RetryBudget:
     what happened, for observability.
     """
 
-    ratio: float = attrs.field(default=0.2, validator=_non_negative)
-    min_retries_per_second: float = attrs.field(default=2.0, validator=_reserve)
+    ratio: float = attrs.field(default=0.2, validator=_number())
+    min_retries_per_second: float = attrs.field(default=2.0, validator=_number(infinite=True))
     ttl: float = attrs.field(default=10.0, validator=_ttl)
     clock: Callable[[], float] = attrs.field(default=time.monotonic, repr=False)
     _window: _Window = attrs.field(init=False, repr=False, factory=_Window)
@@ -413,8 +352,8 @@ class RetryBudget:
         now = self.clock()
         if now >= window.end:
             window.roll(now, math.ceil(self.ttl))
-        deposits = window.past_deposits + window.calls - window.start_calls
-        withdrawn = window.past_withdrawn + window.withdrawn
+        calls, retries = window.expired
+        deposits, withdrawn = window.calls - calls, window.retries - retries
         return self.ratio * deposits - withdrawn + self.min_retries_per_second * self.ttl
 
     def deposit(self) -> float:
@@ -431,7 +370,6 @@ class RetryBudget:
         """Take one retry from the budget; False (and count a refusal) if it is empty."""
         window = self._window
         if self.balance >= 1.0 - 1e-9:  # deposits are fractions: allow rounding error
-            window.withdrawn += 1
             window.retries += 1
             return True
         window.refused += 1
@@ -470,16 +408,10 @@ def _attempts(n: int) -> str:
 
 
 class Retrier:
-    """The retry loop: runs one call's attempts under a :class:`RetryPolicy`.
-
-    Its retries draw on *budget* (shared by a client's calls); it waits with *sleep* (a no-wait
-    sleep in zero-wait mode) and measures the deadline on *clock* (tests inject both).
-    *attempt_timeout* is the longest one attempt may take by itself (``None``: unbounded).
-
-    A first attempt that cannot outlast the deadline by itself, and need not queue for a
-    connection, runs bare: no timer, no tenacity. After a retryable failure (or from the start
-    otherwise) the call goes on in tenacity's loop under ``asyncio.timeout`` (see
-    :class:`_Call`). A retried attempt must release what it holds before it raises.
+    """The retry loop: runs one call's attempts under a :class:`RetryPolicy`, drawing retries
+    from *budget*, waiting with *sleep* and measuring the deadline on *clock* (tests inject
+    both). *attempt_timeout* is one attempt's own limit (``None``: unbounded). A retried attempt
+    must release what it holds before it raises.
     """
 
     __slots__ = ("budget", "clock", "guards_first_attempt", "policy", "sleep")
@@ -511,11 +443,9 @@ class Retrier:
         attempt: Callable[..., Awaitable[T]],
         *args: Any,
     ) -> T:
-        """``await attempt(name, *args)`` under the policy; return its result or raise.
-
-        Waiting in *queue* for a connection counts toward the deadline, so when no slot is free
-        the first attempt runs under the deadline timer too.
-        """
+        """``await attempt(name, *args)`` under the policy. A first attempt that can neither
+        outlast the deadline nor queue in *queue* for a connection (queueing counts) runs bare:
+        no timer, no tenacity; the rest of the call is a :class:`_Call`."""
         policy = self.policy
         started = self.budget.deposit()  # one clock reading for both, on a shared clock
         if self.budget.clock is not self.clock:
@@ -535,28 +465,14 @@ class Retrier:
 
 
 class _Call:
-    """The rest of one call, in a fresh tenacity ``AsyncRetrying`` under the deadline timer.
+    """The rest of one call: a fresh tenacity ``AsyncRetrying`` under the deadline's timer.
 
-    Its ``wait``, ``stop`` and ``before_sleep`` are tenacity's callbacks, called once per
-    failed retryable attempt in that order (tenacity >= 8.3, whose ``stop_before_delay`` reads
-    the upcoming sleep too): ``stop`` ends the call at ``max_attempts``, at a ``Retry-After``
-    over ``max_retry_after``, at a wait that would cross the deadline, or when the budget,
-    charged last (so once per retry), refuses. The error that ends the call carries
+    tenacity calls ``wait``, ``stop`` and ``before_sleep`` once per failed retryable attempt,
+    in that order (since 8.3: ``stop_before_delay`` reads the upcoming sleep too). ``stop``
+    charges the budget last, so once per retry. The error that ends the call carries
     ``attempts`` and a note, ``gave up after N attempts in T s (reason)``; a deadline that
-    strikes mid-attempt or mid-wait is a :class:`DeadlineExceededError` chained to the last
-    real error.
+    strikes is a :class:`DeadlineExceededError` chained to the last real error.
     """
-
-    __slots__ = (
-        "error",
-        "hook_failures",
-        "name",
-        "reason",
-        "retrier",
-        "retrying",
-        "started",
-        "state",
-    )
 
     def __init__(
         self, retrier: Retrier, name: str, started: float, error: WachatError | None
@@ -636,27 +552,20 @@ class _Call:
         policy = self.retrier.policy
         error = cast(WachatError, self.error)
         status = getattr(error, "status", None)
+        attempt, wait = state.attempt_number, state.upcoming_sleep
         logger.info(
             "Retrying QR call for instance %r: attempt %d of %d failed with %s; waiting %.2f s",
             self.name,
-            state.attempt_number,
+            attempt,
             policy.max_attempts,
-            status if status is not None else type(error).__name__,
-            state.upcoming_sleep,
+            status or type(error).__name__,
+            wait,
         )
         if policy.on_retry is not None:
-            _call_hook(
-                "on_retry",
-                policy.on_retry,
-                RetryEvent(
-                    instance_name=self.name,
-                    attempt=state.attempt_number,
-                    wait=state.upcoming_sleep,
-                    error=error,
-                    status=status,
-                ),
-                self.hook_failures,
+            event = RetryEvent(
+                instance_name=self.name, attempt=attempt, wait=wait, error=error, status=status
             )
+            _call_hook("on_retry", policy.on_retry, event, self.hook_failures)
 
     def summary(self) -> str:
         """The note on the error that ends the call: ``gave up after N attempts in T s``."""
