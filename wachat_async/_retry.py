@@ -35,26 +35,9 @@ from ._errors import (
 from ._slots import Slots
 from ._validate import check_bool, check_number, shown
 
-__all__ = [
-    "GiveUpEvent",
-    "GiveUpReason",
-    "Retrier",
-    "RetryBudget",
-    "RetryEvent",
-    "RetryPolicy",
-    "backoff_wait",
-    "is_transient",
-    "is_transport_fault",
-    "note_slot_wait",
-    "slot_wait",
-]
-
 logger = logging.getLogger("wachat_async")
 
 T = TypeVar("T")
-
-#: The statuses the Wachat API documents as transient.
-TRANSIENT_STATUSES: frozenset[int] = frozenset({502, 504})
 
 
 def is_transport_fault(error: BaseException) -> bool:
@@ -77,7 +60,7 @@ def is_transient(error: BaseException) -> bool:
     if isinstance(status, int):
         if isinstance(error, UnexpectedStatusError):
             return status == 429 or status >= 500
-        return status in TRANSIENT_STATUSES
+        return status in (502, 504)  # what Wachat documents as transient
     return isinstance(error, DeadlineExceededError) or is_transport_fault(error)
 
 
@@ -276,11 +259,9 @@ class RetryPolicy:
 
 
 class _Window:
-    """The budget's counts (``deposit`` runs on every call: plain attributes, no attrs hook).
-
-    ``marks`` holds, for each second of the window that had traffic, the counts at its end;
-    the counts of the seconds gone from the window are ``expired``. Each second is marked and
-    dropped once, whatever the ttl.
+    """The budget's counts, in plain attributes (no attrs hook: ``deposit`` runs on every call).
+    ``marks`` holds the counts at the end of each second of the window that had traffic;
+    ``expired``, those of the seconds gone. Each second is marked and dropped once.
     """
 
     def __init__(self) -> None:
@@ -301,15 +282,12 @@ class _Window:
 class RetryBudget:
     """A token bucket that caps retries at a fraction of recent traffic (Finagle's RetryBudget).
 
-    Every call deposits ``ratio`` of a token; every retry withdraws one. Both count for ``ttl``
-    seconds, 1 to 60 (whole seconds of the *clock*: the current one and the ``ceil(ttl) - 1``
-    before it), and ``min_retries_per_second * ttl`` tokens are always available on top, so a
-    quiet client can still retry. With the defaults, retries add at most about 20% to the load
-    of an API that fails every call, plus 20 retries per 10 s. When the budget is empty the
-    first attempt of every call still goes out; retries do not, and the error raised says so.
-    One budget is shared by all calls of a client; *clock* is a monotonic clock in seconds
-    (``time.monotonic``; inject one in tests). ``calls``, ``retries`` and ``refused`` count
-    what happened, for observability.
+    Every call deposits ``ratio`` of a token and every retry withdraws one, for ``ttl`` seconds
+    (1 to 60, counted in whole seconds of *clock*), with ``min_retries_per_second * ttl``
+    tokens always there on top so that a quiet client can still retry: with the defaults,
+    retries add at most about 20% to the load of an API that fails every call, plus 20 per
+    10 s. An empty budget refuses retries, never first attempts. One budget serves all calls of
+    a client; ``calls``, ``retries`` and ``refused`` count what happened.
     """
 
     ratio: float = attrs.field(default=0.2, validator=_number())
@@ -381,16 +359,14 @@ _SLOT_WAIT = "_wachat_slots_in_use"
 
 
 def note_slot_wait(cancelled: BaseException, in_use: int) -> None:
-    """Mark *cancelled* (the ``CancelledError`` that ended an attempt's wait for a connection
-    slot) with how many slots were in use, for :class:`Retrier` to explain a deadline that
-    expired in the queue. The connection queue calls this; nothing else needs to."""
+    """Mark the ``CancelledError`` that ended an attempt's wait for a connection slot with how
+    many slots were in use (the connection queue calls this), for :class:`Retrier` to say so."""
     setattr(cancelled, _SLOT_WAIT, in_use)
 
 
 def slot_wait(error: BaseException) -> int | None:
-    """How many slots were in use when the deadline found the attempt queueing for one (None
-    if it was not queueing): read from the ``TimeoutError`` of the deadline, whose cause (or
-    context) is the marked ``CancelledError``."""
+    """The slots in use when the deadline's ``TimeoutError`` found the attempt queueing (from
+    its cause or context, the marked ``CancelledError``), or None if it was not queueing."""
     for cancelled in (error.__cause__, error.__context__):
         in_use = getattr(cancelled, _SLOT_WAIT, None)
         if isinstance(in_use, int):
@@ -507,7 +483,7 @@ class _Call:
                     do = await self.retrying.iter(state)  # raises when the call ends
                     if isinstance(do, DoSleep):
                         await retrier.sleep(do)
-                        state.prepare_for_next_attempt()  # after: counts attempts sent
+                        state.prepare_for_next_attempt()  # after the wait: attempts sent
                         continue
                     try:
                         return await attempt(self.name, *args)
@@ -517,7 +493,9 @@ class _Call:
         except WachatError as exc:  # first: a WachatTimeoutError is a TimeoutError too
             exc.attempts = state.attempt_number
             if self.reason is not None or state.attempt_number > 1:
-                exc.add_note(self.summary())
+                elapsed = retrier.clock() - self.started
+                note = f"gave up after {_attempts(exc.attempts)} in {elapsed:.1f} s"
+                exc.add_note(f"{note} ({self.reason[1]})" if self.reason else note)
             if self.reason is not None:
                 self.give_up(self.reason[0], exc)
             raise
@@ -567,12 +545,6 @@ class _Call:
             )
             _call_hook("on_retry", policy.on_retry, event, self.hook_failures)
 
-    def summary(self) -> str:
-        """The note on the error that ends the call: ``gave up after N attempts in T s``."""
-        elapsed = self.retrier.clock() - self.started
-        text = f"gave up after {_attempts(self.state.attempt_number)} in {elapsed:.1f} s"
-        return f"{text} ({self.reason[1]})" if self.reason else text
-
     def deadline_exceeded(self, expired: TimeoutError) -> DeadlineExceededError:
         deadline = cast(float, self.retrier.policy.deadline)  # a timer expired: there is one
         attempts = self.state.attempt_number
@@ -595,12 +567,11 @@ class _Call:
     def give_up(self, reason: GiveUpReason, error: WachatError) -> None:
         hook = self.retrier.policy.on_give_up
         if hook is not None:
-            status = getattr(error, "status", None)
             event = GiveUpEvent(
                 instance_name=self.name,
                 attempts=error.attempts,
                 reason=reason,
                 error=error,
-                status=status if isinstance(status, int) else None,
+                status=getattr(error, "status", None),
             )
             _call_hook("on_give_up", hook, event, self.hook_failures)
