@@ -430,13 +430,9 @@ class QRWatch(contextlib.AbstractAsyncContextManager["QRWatch"]):
         except BaseException as exc:
             closed, self._done = self._done, True
             task = asyncio.current_task()
-            if (
-                closed
-                and isinstance(exc, asyncio.CancelledError)
-                and task
-                and not task.cancelling()
-            ):
-                raise StopAsyncIteration from None  # aclose() cancelled the round, not us
+            by_aclose = closed and isinstance(exc, asyncio.CancelledError)
+            if by_aclose and task is not None and not task.cancelling():
+                raise StopAsyncIteration from None  # the round was cancelled, not the consumer
             raise
         if image is None:
             self._done = True
