@@ -701,19 +701,6 @@ def test_a_long_invalid_name_is_shortened_in_the_message() -> None:
     assert message.isprintable()
 
 
-def test_a_str_subclass_cannot_smuggle_its_own_repr() -> None:
-    """The message uses str's repr, not a subclass's, so a hostile __repr__ echoes nothing."""
-
-    class Sneaky(str):
-        def __repr__(self) -> str:
-            return "\r\nforged log line"
-
-    with pytest.raises(InvalidInstanceNameError) as caught:
-        check_instance_name(Sneaky("a\r\nb"))
-    assert "forged" not in str(caught.value)
-    assert str(caught.value).isprintable()
-
-
 @FUZZ
 @given(
     st.lists(st.sampled_from(["a", "b", "c", "", " ", "x\x00"]) | st.text(max_size=5), max_size=16),
