@@ -82,12 +82,9 @@ def backoff_wait(
 
 @attrs.frozen(kw_only=True)
 class RetryEvent:
-    """What ``RetryPolicy.on_retry`` receives before each retry's wait.
-
-    ``attempt`` is the attempt that just failed (1 for the first), ``wait`` the computed seconds
-    before the next one (reported even in zero-wait mode, where it is not slept), ``status``
-    the HTTP status when the failure was one.
-    """
+    """What ``RetryPolicy.on_retry`` receives before each retry's wait: ``attempt`` is the one
+    that just failed (1 for the first), ``wait`` the seconds before the next (reported even in
+    zero-wait mode, where it is not slept), ``status`` the HTTP status when there was one."""
 
     instance_name: str | None
     attempt: int
@@ -103,13 +100,10 @@ GiveUpReason = Literal["max_attempts", "retry_after", "deadline", "budget"]
 @attrs.frozen(kw_only=True)
 class GiveUpEvent:
     """What ``RetryPolicy.on_give_up`` receives when a call ends on a *retryable* failure
-    without retrying it (again); never for errors that are never retried (a 404).
-
-    ``reason`` is the limit that ended it: ``"max_attempts"``, ``"retry_after"`` (over
-    ``max_retry_after``), ``"deadline"`` (the next wait would cross it, or it expired: ``error``
-    is then the :class:`DeadlineExceededError`) or ``"budget"``. ``attempts`` is how many the
-    call made, ``error`` what it raises. With ``on_retry``: attempts = calls + retries.
-    """
+    without retrying it (again): ``reason`` is the limit that ended it, ``"max_attempts"``,
+    ``"retry_after"`` (over ``max_retry_after``), ``"deadline"`` (crossed or about to be:
+    ``error`` may be the :class:`DeadlineExceededError`) or ``"budget"``; ``attempts`` how many
+    the call made, ``error`` what it raises. With ``on_retry``: attempts = calls + retries."""
 
     instance_name: str | None
     attempts: int
@@ -194,17 +188,14 @@ class RetryPolicy:
     """When and how long to retry a failed call (docs/retries.md).
 
     Up to ``max_attempts`` attempts, retrying ``statuses`` (and, with ``retry_transport_errors``,
-    transport faults: see :meth:`is_retryable`). Before retry *n* (0-based) the client waits
-    ``uniform(0, min(max_wait, initial_wait * 2**n))`` s (full jitter), or the server's
-    ``Retry-After`` when ``respect_retry_after``. A ``Retry-After`` over ``max_retry_after``, or
-    a wait that would cross the ``deadline`` (the whole call's, enforced by cancellation), ends
-    the call at once with the last error.
-
+    transport faults: see :meth:`is_retryable`), after ``uniform(0, min(max_wait, initial_wait
+    * 2**n))`` s before retry *n* (full jitter) or the server's ``Retry-After`` when
+    ``respect_retry_after``; one over ``max_retry_after``, or a wait that would cross the
+    ``deadline`` (the whole call's, enforced by cancellation), ends the call with the last error.
     ``on_retry`` gets a :class:`RetryEvent` before every wait, ``on_give_up`` a
-    :class:`GiveUpEvent` when a retryable failure is not retried. Hooks observe: plain functions
-    called synchronously (``async def`` is a ``TypeError``); what they raise or return is logged
-    once per call and ignored. ``zero_wait=True`` (or ``without_waits()``) computes and reports
-    waits but never sleeps, for tests.
+    :class:`GiveUpEvent` when a retryable failure is not retried: plain functions (``async def``
+    is a ``TypeError``) whose exceptions and return values are logged and ignored.
+    ``zero_wait=True`` (``without_waits()``) reports waits but never sleeps, for tests.
     """
 
     # A wrong type of max_attempts is a ValueError, as it always was.
@@ -228,11 +219,8 @@ class RetryPolicy:
 
     @classmethod
     def disabled(cls) -> RetryPolicy:
-        """A policy that makes exactly one attempt and has no deadline of its own.
-
-        The client's ``timeout`` alone then bounds the call: ``WachatClient(timeout=60,
-        retry=RetryPolicy.disabled())`` waits up to 60 s, not a default deadline's 30.
-        """
+        """One attempt and no deadline: the client's ``timeout`` alone bounds the call
+        (``WachatClient(timeout=60, retry=RetryPolicy.disabled())`` waits up to 60 s)."""
         return cls(max_attempts=1, deadline=None)
 
     def without_waits(self) -> RetryPolicy:
@@ -401,12 +389,10 @@ class Retrier:
         sleep: Callable[[float], Awaitable[None]] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.policy = policy
-        self.budget = budget
+        self.policy, self.budget, self.clock = policy, budget, clock
         self.sleep: Callable[[float], Awaitable[None]] = sleep or (
             _no_sleep if policy.zero_wait else asyncio.sleep
         )
-        self.clock = clock
         #: Whether even the first attempt runs under the deadline timer.
         self.guards_first_attempt = policy.deadline is not None and (
             attempt_timeout is None or attempt_timeout > policy.deadline
@@ -453,9 +439,7 @@ class _Call:
     def __init__(
         self, retrier: Retrier, name: str, started: float, error: WachatError | None
     ) -> None:
-        self.retrier = retrier
-        self.name = name
-        self.started = started
+        self.retrier, self.name, self.started = retrier, name, started
         self.error = error  # the last real error
         self.reason: tuple[GiveUpReason, str] | None = None  # why stop() ended the call
         self.hook_failures: set[str] = set()  # hooks whose failure was logged (once per call)
