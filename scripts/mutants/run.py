@@ -271,6 +271,13 @@ MUTANTS = [
         "self.marks.popleft()",
         RETRY_TESTS,
     ),
+    M(
+        "budget-ttl-unbounded",
+        "wachat_async/_retry.py",
+        "if not 1 <= value <= 60:",
+        "if not 1 <= value:",
+        RETRY_TESTS,
+    ),
     # -- _retry.py: the retry loop (Retrier) -----------------------------------------------
     M(
         "decide-one-attempt-too-many",
