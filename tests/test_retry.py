@@ -162,6 +162,12 @@ def test_policy_validates_its_fields(kwargs: dict[str, object]) -> None:
         RetryPolicy(**kwargs)  # type: ignore[arg-type]
 
 
+def test_a_zero_deadline_says_how_to_have_none() -> None:
+    """deadline=0 is refused with the way to ask for no deadline."""
+    with pytest.raises(ValueError, match=r"use None for no deadline"):
+        RetryPolicy(deadline=0)
+
+
 def test_policy_accepts_every_http_status() -> None:
     """The whole 100-599 range can be configured."""
     assert RetryPolicy(statuses=[100, 429, 599]).statuses == {100, 429, 599}
