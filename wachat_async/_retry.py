@@ -475,8 +475,8 @@ class _Call:
                         self.error = exc
                         state.set_exception((type(exc), exc, exc.__traceback__))
         except WachatError as exc:  # first: a WachatTimeoutError is a TimeoutError too
-            exc.attempts = state.attempt_number
-            if self.reason is not None or state.attempt_number > 1:
+            if self.reason is not None or state.attempt_number > 1:  # else: as it was raised
+                exc.attempts = state.attempt_number
                 elapsed = retrier.clock() - self.started
                 note = f"gave up after {_attempts(exc.attempts)} in {elapsed:.1f} s"
                 exc.add_note(f"{note} ({self.reason[1]})" if self.reason else note)

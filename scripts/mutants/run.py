@@ -359,7 +359,7 @@ MUTANTS = [
     M(
         "attempts-not-recorded",
         "wachat_async/_retry.py",
-        "            exc.attempts = state.attempt_number\n",
+        "                exc.attempts = state.attempt_number\n",
         "",
         LOOP_TESTS,
     ),
