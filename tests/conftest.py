@@ -168,6 +168,7 @@ SLOW = {
         "cli/test_streams.py::test_an_error_with_both_streams_unwritable_still_has_its_status",
         "cli/test_streams.py::test_poll_output_survives_any_stdout_encoding",
         "test_files.py::test_permission_denied_for_real_names_the_path",
+        "test_files.py::test_saving_to_dev_stdout_on_a_pipe_writes_down_the_pipe",
         "test_mutants.py::test_every_mutant_matches_its_module_exactly_once",
         "test_packaging.py::test_sdist_ships_the_license_and_the_sources",
         "test_packaging.py::test_wheel_ships_the_license_py_typed_and_the_metadata",
