@@ -1,21 +1,9 @@
 """Value objects: the QR image, a per-instance polling result, an instance's state.
 
-All are frozen attrs classes. ``QRImage`` checks that its bytes are a complete PNG whenever it
-is built (``QRImage(...)``, :meth:`QRImage.from_png`, ``attrs.evolve``), so holding one means
-holding a well-formed image: signature, IHDR (checksum, sides, fields the spec allows), chunks
-chaining by their lengths to the final ``IEND``, at least one ``IDAT``. The pixels are not
-decompressed and the other chunks' CRCs are not checked (the image data's CRC alone would cost
-about 10k instructions for a 1 KB QR under callgrind, as much as the rest of ``from_png``).
-The client, which has already validated the bytes while reading them, uses the private
-``QRImage._trusted`` so the success path does not check them twice.
-
-``QRImage`` is built on every successful fetch, so its construction is kept cheap (measured in
-instructions under callgrind): it is a dict-backed frozen class whose trusted constructor fills
-the instance ``__dict__`` directly (as attrs' own frozen ``__init__`` does for such classes),
-where a slotted frozen class costs an ``object.__setattr__`` call, about 1k instructions, per
-field; :meth:`QRImage.from_png` checks the PNG inline, with the same rules as
-:func:`png_dimensions` and :func:`check_png_end` (their slow paths build the error messages).
-
+All are frozen attrs classes. Every ``QRImage`` holds a complete PNG, however it is built: the
+PNG rules are here, once (:func:`check_png`), and ``QRStream`` applies the same functions to a
+body as it arrives. The pixels are not decompressed and only IHDR's and IEND's checksums are
+checked: the image data's CRC alone would cost as much as the rest of the check.
 :meth:`InstanceState.from_payload` is the one parser of a ``GET /instance/state`` body.
 
 Values and their parsing only: no network, and never imports the client, the transport, the
@@ -28,12 +16,11 @@ import base64
 import hashlib
 import json
 import struct
-import time
 import zlib
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import attrs
 
@@ -43,19 +30,24 @@ from ._redact import excerpt
 
 __all__ = [
     "PNG_SIGNATURE",
+    "PNG_HEADER_SIZE",
     "InstanceState",
     "QRFailure",
     "QRImage",
     "QRResult",
     "QRSuccess",
+    "check_chunk_walk",
+    "check_png",
     "check_png_chunks",
     "check_png_end",
     "png_dimensions",
+    "walk_chunks",
 ]
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+#: The signature and the whole IHDR chunk: length and type (8), data (13), CRC (4).
+PNG_HEADER_SIZE = 33
 _IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
-_HEADER_LEN = 33  # signature (8) + IHDR length/type (8) + IHDR data (13) + CRC (4)
 _PNG_START = PNG_SIGNATURE + b"\x00\x00\x00\x0dIHDR"  # signature, then a 13-byte IHDR
 _IHDR_FIELDS = struct.Struct(">II5sI")  # width, height, the five one-byte fields, CRC
 _MAX_DIMENSION = 2**31 - 1  # the PNG spec's limit
@@ -69,18 +61,7 @@ _IHDR_CODES = frozenset(
     for depth in depths
     for interlace in (0, 1)
 )
-#: A chunk's length and type.
-_CHUNK = struct.Struct(">I4s")
-#: The header and the first chunk's length and type after it, in one unpack (from_png).
-_HEAD_AND_CHUNK = struct.Struct(">16sII5sII4s")
-_crc32 = zlib.crc32
-_unpack_chunk = _CHUNK.unpack_from
-_now = datetime.now
-_time = time.time
-_new = object.__new__
-_setattr = object.__setattr__
-_from_timestamp = datetime.fromtimestamp
-_UTC = timezone.utc
+_CHUNK = struct.Struct(">I4s")  # a chunk's length and type
 
 
 def png_dimensions(head: bytes, *, instance_name: str | None = None) -> tuple[int, int]:
@@ -88,11 +69,9 @@ def png_dimensions(head: bytes, *, instance_name: str | None = None) -> tuple[in
 
     Needs the first 33 bytes. Raises :class:`InvalidImageError` when they are not the start of a
     PNG: wrong signature, first chunk not a 13-byte IHDR, bad CRC, a zero or oversized side, or
-    IHDR fields the PNG spec does not allow (a bit depth the colour type does not have, a
-    compression or filter method other than 0, an interlace method other than 0 or 1).
+    IHDR fields the PNG spec does not allow.
     """
-    # Fast path (every successful fetch): one prefix test, one unpack, one CRC, one lookup.
-    if len(head) >= _HEADER_LEN and head.startswith(_PNG_START):
+    if len(head) >= PNG_HEADER_SIZE and head.startswith(_PNG_START):
         width, height, codes, crc = _IHDR_FIELDS.unpack_from(head, 16)
         if (
             zlib.crc32(head[12:29]) == crc
@@ -105,10 +84,10 @@ def png_dimensions(head: bytes, *, instance_name: str | None = None) -> tuple[in
 
 
 def _png_error(head: bytes, instance_name: str | None) -> InvalidImageError:
-    """Why *head* is not the start of a valid PNG (the slow path, for the message)."""
+    """Why *head* is not the start of a valid PNG."""
     if not head:
         return InvalidImageError("not a PNG: empty body", instance_name=instance_name)
-    if len(head) < _HEADER_LEN:
+    if len(head) < PNG_HEADER_SIZE:
         if PNG_SIGNATURE.startswith(head[:8]):
             return InvalidImageError(
                 f"PNG truncated: {len(head)} bytes, too short for its header",
@@ -135,58 +114,6 @@ def _png_error(head: bytes, instance_name: str | None) -> InvalidImageError:
     )
 
 
-def check_png_chunks(data: bytes, *, instance_name: str | None = None) -> None:
-    """Raise :class:`InvalidImageError` unless the chunks of *data* chain from IHDR to IEND.
-
-    For bytes that :func:`png_dimensions` and :func:`check_png_end` accept (a valid header,
-    the 12-byte ``IEND`` chunk last): walking the chunks after IHDR by their lengths must land
-    exactly on that ``IEND`` (no other ``IEND`` before it, no bytes between chunks), and at
-    least one ``IDAT`` chunk must come before it. One unpack per chunk; chunk contents are not
-    read (their CRCs are not checked, nor is the image data decompressed).
-    """
-    error = _chunks_error(data)
-    if error is not None:
-        raise InvalidImageError(f"not a PNG: {error}", instance_name=instance_name)
-
-
-def walked_chunks_error(iend_at: int, size: int, idat: bool) -> str | None:
-    """:func:`check_png_chunks`' verdict for a body walked piece by piece (``QRStream``):
-    *iend_at* is where the walk met its first ``IEND`` chunk (-1: none), *size* the body's
-    length, *idat* whether an ``IDAT`` came before that ``IEND``. The same reasons in the same
-    order as :func:`check_png_chunks` (None when the chunks chain)."""
-    if 0 <= iend_at < size - 12:
-        return _IEND_EARLY
-    if iend_at != size - 12:
-        return _NO_CHAIN
-    if not idat:
-        return _NO_IDAT
-    return None
-
-
-_IEND_EARLY = "an IEND chunk before the end"
-_NO_CHAIN = "chunk lengths do not chain to the IEND trailer"
-_NO_IDAT = "no IDAT chunk"
-
-
-def _chunks_error(data: bytes) -> str | None:
-    """Why the chunks after IHDR do not chain to the final ``IEND`` (None when they do)."""
-    end = len(data) - 12  # where the final IEND starts
-    pos = _HEADER_LEN
-    idat = False
-    while pos < end:
-        length, kind = _unpack_chunk(data, pos)
-        if kind == b"IDAT":
-            idat = True
-        elif kind == b"IEND":
-            return _IEND_EARLY
-        pos += length + 12
-    if pos != end:
-        return _NO_CHAIN
-    if not idat:
-        return _NO_IDAT
-    return None
-
-
 def check_png_end(data: bytes, *, instance_name: str | None = None) -> None:
     """Raise :class:`InvalidImageError` (``truncated``) unless *data* ends with the IEND chunk."""
     if not data.endswith(_IEND):
@@ -197,8 +124,54 @@ def check_png_end(data: bytes, *, instance_name: str | None = None) -> None:
         )
 
 
+def walk_chunks(data: bytes, pos: int, idat: bool) -> tuple[int, bool, int]:
+    """Follow the chunk lengths in *data* from *pos* (where a chunk starts) while a chunk's
+    length and type fit, up to the first ``IEND``; chunk contents are skipped.
+
+    Returns where the walk stopped, whether an ``IDAT`` came (or *idat*), and where that
+    ``IEND`` starts (-1: none yet). Resumable: a body read in pieces is walked piece by piece.
+    """
+    while pos + 8 <= len(data):
+        length, kind = _CHUNK.unpack_from(data, pos)
+        if kind == b"IEND":
+            return pos, idat, pos
+        idat = idat or kind == b"IDAT"
+        pos += length + 12
+    return pos, idat, -1
+
+
+def check_chunk_walk(iend_at: int, size: int, idat: bool, instance_name: str | None) -> None:
+    """Raise :class:`InvalidImageError` unless the walk of a *size*-byte body met its first
+    ``IEND`` as its last chunk (*iend_at*), after an ``IDAT`` (*idat*)."""
+    if 0 <= iend_at < size - 12:
+        reason = "an IEND chunk before the end"
+    elif iend_at != size - 12:
+        reason = "chunk lengths do not chain to the IEND trailer"
+    elif not idat:
+        reason = "no IDAT chunk"
+    else:
+        return
+    raise InvalidImageError(f"not a PNG: {reason}", instance_name=instance_name)
+
+
+def check_png_chunks(data: bytes, *, instance_name: str | None = None) -> None:
+    """Raise :class:`InvalidImageError` unless the chunks after IHDR chain by their lengths to
+    the final ``IEND``, with an ``IDAT`` among them (for bytes whose header and end are valid)."""
+    _, idat, iend_at = walk_chunks(data, PNG_HEADER_SIZE, False)
+    check_chunk_walk(iend_at, len(data), idat, instance_name)
+
+
+def check_png(data: bytes, *, instance_name: str | None = None) -> tuple[int, int]:
+    """The whole check of a PNG: :func:`png_dimensions`, :func:`check_png_end`,
+    :func:`check_png_chunks`, in that order. Returns (width, height)."""
+    size = png_dimensions(data, instance_name=instance_name)
+    check_png_end(data, instance_name=instance_name)
+    check_png_chunks(data, instance_name=instance_name)
+    return size
+
+
 def _utcnow() -> datetime:
-    return _now(_UTC)
+    return datetime.now(timezone.utc)
 
 
 def _to_bytes(data: object) -> bytes:
@@ -209,18 +182,16 @@ def _to_bytes(data: object) -> bytes:
     raise TypeError(f"QRImage data must be bytes, not {type(data).__name__}")
 
 
+# Dict-backed: attrs fills a frozen dict class's fields without an object.__setattr__ each.
 @attrs.frozen(kw_only=True, repr=False, slots=False)
 class QRImage:
     """A validated QR code PNG, as returned by ``GET /instance/qr/image``.
 
-    Every way of building one validates *data* as a complete PNG (signature; IHDR with its
-    CRC, sides of 1..2**31-1 and fields the spec allows; chunks chaining by their lengths to
-    the final ``IEND``, at least one ``IDAT``; see :func:`check_png_chunks`) and raises
-    :class:`InvalidImageError` otherwise: :meth:`from_png`, ``QRImage(...)`` and
-    ``attrs.evolve``. ``width`` and ``height`` come from the PNG header: leave them out (or 0)
-    to take them from it; values that disagree with the header are refused. ``repr()``
-    summarises the image and never dumps its bytes; in Jupyter the image is shown inline
-    (``_repr_png_``).
+    Every way of building one (``QRImage(...)``, :meth:`from_png`, ``attrs.evolve``) checks
+    *data* with :func:`check_png` and raises :class:`InvalidImageError` if it is not a
+    complete PNG. ``width`` and ``height`` come from the PNG header: leave them out (or 0) to
+    take them from it; values that disagree with the header are refused. ``repr()`` never
+    dumps the bytes; in Jupyter the image is shown inline (``_repr_png_``).
     """
 
     instance_name: str
@@ -243,9 +214,7 @@ class QRImage:
         if not isinstance(fetched, datetime) or fetched.utcoffset() is None:
             kind = "naive datetime" if isinstance(fetched, datetime) else type(fetched).__name__
             raise TypeError(f"QRImage fetched_at must be a timezone-aware datetime, got a {kind}")
-        width, height = png_dimensions(self.data, instance_name=self.instance_name)
-        check_png_end(self.data, instance_name=self.instance_name)
-        check_png_chunks(self.data, instance_name=self.instance_name)
+        width, height = check_png(self.data, instance_name=self.instance_name)
         given = (self.width or width, self.height or height)
         if given != (width, height):
             raise InvalidImageError(
@@ -257,33 +226,6 @@ class QRImage:
         object.__setattr__(self, "height", height)
 
     @classmethod
-    def _trusted(
-        cls,
-        *,
-        instance_name: str,
-        data: bytes,
-        width: int,
-        height: int,
-        content_type: str = "image/png",
-        fetched_at: datetime | None = None,
-    ) -> QRImage:
-        """Wrap bytes that were already validated (by :meth:`from_png` or a finished
-        ``QRStream``, which checked the header, the chunks and the ``IEND`` trailer) without
-        checking them again. Private: for the library's own success path only."""
-        self = object.__new__(cls)
-        fields = self.__dict__  # frozen only against setattr; attrs fills it the same way
-        fields["instance_name"] = instance_name
-        fields["data"] = data
-        fields["content_type"] = content_type
-        fields["width"] = width
-        fields["height"] = height
-        if fetched_at is None:
-            fields["_fetched"] = _time()  # made a datetime on first use (see __getattr__)
-        else:
-            fields["fetched_at"] = fetched_at
-        return self
-
-    @classmethod
     def from_png(
         cls,
         data: bytes,
@@ -292,66 +234,14 @@ class QRImage:
         content_type: str = "image/png",
         fetched_at: datetime | None = None,
     ) -> QRImage:
-        """Validate *data* as a complete PNG and wrap it. Raises :class:`InvalidImageError`.
-
-        The checks are :func:`png_dimensions`', :func:`check_png_end`'s and
-        :func:`check_png_chunks`' (signature, a 13-byte IHDR first with a good CRC, sides in
-        1..2**31-1 and fields the spec allows, chunks chaining by their lengths to ``IEND``
-        last, at least one ``IDAT``), done inline.
-        """
-        if type(data) is not bytes:
-            data = _to_bytes(data)
-        try:
-            start, width, height, codes, crc, length, kind = _HEAD_AND_CHUNK.unpack_from(data)
-        except struct.error:  # under 41 bytes: never a whole PNG (57 at least)
-            start = b""
-        if (
-            start == _PNG_START
-            and _crc32(data[12:29]) == crc
-            and 0 < width <= _MAX_DIMENSION
-            and 0 < height <= _MAX_DIMENSION
-            and codes in _IHDR_CODES
-            and data[-12:] == _IEND
-        ):
-            # The chunk walk: a single IDAT reaching the final IEND (the usual QR) is read
-            # off the same unpack; anything else is walked chunk by chunk.
-            if (kind != b"IDAT" or length + 57 != len(data)) and _chunks_error(data):
-                check_png_chunks(data, instance_name=instance_name)  # raises, with the reason
-        else:
-            # The slow path: raise the precise error.
-            width, height = png_dimensions(data, instance_name=instance_name)
-            check_png_end(data, instance_name=instance_name)
-            check_png_chunks(data, instance_name=instance_name)
-        self = _new(cls)
-        # The whole instance dict in one go (frozen only against setattr, as in _trusted).
-        fields = {
-            "instance_name": instance_name,
-            "data": data,
-            "content_type": content_type,
-            "width": width,
-            "height": height,
-        }
-        if fetched_at is None:
-            fields["_fetched"] = _time()  # made a datetime on first use (see __getattr__)
-        else:
-            fields["fetched_at"] = fetched_at
-        _setattr(self, "__dict__", fields)
-        return self
-
-    if not TYPE_CHECKING:  # type checkers see the fields only
-
-        def __getattr__(self, name: str) -> Any:
-            # Only for an attribute missing from the instance: the ``fetched_at`` of an image
-            # made by from_png or _trusted is kept as the clock reading of its fetch and made
-            # a datetime the first time it is read (datetime.now() costs about 2k
-            # instructions, time.time() 0.4k: most fetched images are never asked).
-            if name == "fetched_at":
-                fields = self.__dict__
-                stamp = fields.get("_fetched")
-                if stamp is not None:
-                    fields["fetched_at"] = value = _from_timestamp(stamp, _UTC)
-                    return value
-            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        """Validate *data* as a complete PNG and wrap it, stamped *fetched_at* (default: now).
+        Raises :class:`InvalidImageError`."""
+        return cls(
+            instance_name=instance_name,
+            data=data,
+            content_type=content_type,
+            fetched_at=_utcnow() if fetched_at is None else fetched_at,
+        )
 
     @property
     def sha256(self) -> str:

@@ -9,7 +9,7 @@ retryable failure, so a call that succeeds at once pays nothing for any of this.
 
 The loop runs whatever attempt it is given and reads no client internals. Never imports the
 client, the transport or the stream; only the errors, the argument checks and the
-connection slots' type (:class:`~wachat_async._slots.Slots`, to see whether one is free).
+connection queue (whether an attempt will queue, and whether a deadline found it queueing).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from ._errors import (
     WachatError,
     WachatTimeoutError,
 )
-from ._slots import Slots
+from ._slots import ConnectionQueue, slot_wait
 from ._validate import check_bool, check_number, shown
 
 if sys.version_info >= (3, 11):
@@ -56,8 +56,6 @@ __all__ = [
     "backoff_wait",
     "is_transient",
     "is_transport_fault",
-    "note_slot_wait",
-    "slot_wait",
 ]
 
 logger = logging.getLogger("wachat_async")
@@ -498,28 +496,6 @@ class RetryBudget:
         return False
 
 
-#: The attribute that marks a ``CancelledError`` which ended a wait for a connection slot.
-_SLOT_WAIT = "_wachat_slots_in_use"
-
-
-def note_slot_wait(cancelled: BaseException, in_use: int) -> None:
-    """Mark *cancelled* (the ``CancelledError`` that ended an attempt's wait for a connection
-    slot) with how many slots were in use, for :class:`Retrier` to explain a deadline that
-    expired in the queue. The connection queue calls this; nothing else needs to."""
-    setattr(cancelled, _SLOT_WAIT, in_use)
-
-
-def slot_wait(error: BaseException) -> int | None:
-    """How many slots were in use when the deadline found the attempt queueing for one (None
-    if it was not queueing): read from the ``TimeoutError`` of the deadline, whose cause (or
-    context) is the marked ``CancelledError``."""
-    for cancelled in (error.__cause__, error.__context__):
-        in_use = getattr(cancelled, _SLOT_WAIT, None)
-        if isinstance(in_use, int):
-            return in_use
-    return None
-
-
 async def _no_sleep(seconds: float) -> None:
     """Zero-wait mode's sleep: yield to the loop once, never wait."""
     await asyncio.sleep(0)
@@ -582,13 +558,13 @@ class Retrier:
     async def call(
         self,
         name: str,
-        queue: Slots | None,
+        queue: ConnectionQueue | None,
         attempt: Callable[..., Awaitable[T]],
         *args: Any,
     ) -> T:
         """``await attempt(name, *args)`` under the policy; return its result or raise.
 
-        *queue* is the :class:`Slots` the attempt first waits in for a connection (or ``None``):
+        *queue* is the connection queue the attempt first waits in for a connection (or ``None``):
         waiting counts toward the deadline, so when no slot is free the first attempt runs
         under the deadline timer too.
         """
@@ -600,9 +576,8 @@ class Retrier:
             budget.deposit()
             started = self.clock()
         if self.guards_first_attempt or (
-            # No slot free (Slots hands a released slot straight to a waiter, so a free one
-            # means nobody waits): the attempt will queue, and queueing counts.
-            policy.deadline is not None and queue is not None and queue.free <= 0
+            # No slot free: the attempt will queue, and queueing counts.
+            policy.deadline is not None and queue is not None and queue.locked()
         ):
             return await self._guarded(name, attempt, args, started, None)
         try:
