@@ -216,8 +216,8 @@ def near_misses(draw: st.DrawFn) -> bytes:
 @example(SIG + ihdr() + IEND)
 @example(GOOD)
 def test_every_sync_path_agrees_with_the_rules_and_the_spec(data: bytes) -> None:
-    """On near misses, from_png's inline walk, the constructor and evolve give the reference
-    verdict (same message), and accept exactly what an independent parser accepts."""
+    """On near misses, from_png, the constructor and evolve give the reference verdict (same
+    message), and accept exactly what an independent parser accepts."""
     verdicts = {build: built(build, data) for build in BUILDS}
     assert set(verdicts.values()) == {reference(data)}
     assert (not isinstance(reference(data)[0], str)) == independent(data)

@@ -1,4 +1,4 @@
-"""``WachatClient``: the public calls, the client's lifecycle and its connection queue.
+"""``WachatClient``: the public calls and the client's lifecycle.
 
 The client checks its configuration once, owns (or borrows) the aiohttp session and binds it,
 with its connection queue, to the running event loop; each public call checks its arguments

@@ -1,15 +1,8 @@
 """One attempt on the wire: send, check the status and headers, read the body, map errors.
 
-An attempt is one GET. The status is checked here (never ``raise_for_status``: aiohttp's
-exception carries the request headers); a failed response becomes the typed error for its
-status, with a short redacted excerpt of its body. An image is "open, check, read" for every
-call: :meth:`Transport.open_png` sends and checks the headers, and a :class:`QRStream` reads and
-validates the body. An aiohttp or OS exception becomes one of our errors whose ``__cause__``
-cannot show a request header. Every response is released on every path.
-
-The transport makes exactly one attempt: retrying, sleeping and the deadline are the retry
-loop's (``_retry.py``). The client sets :attr:`Transport.session` and :attr:`Transport.slots`
-when it binds to an event loop; each attempt takes a slot before it sends.
+Statuses are checked here, never with ``raise_for_status`` (aiohttp's exception carries the
+request headers). Every image call is "open, check, read": :meth:`Transport.open_png`, then a
+:class:`QRStream`. Exactly one attempt: retrying and the deadline are ``_retry.py``'s.
 """
 
 from __future__ import annotations
@@ -169,29 +162,9 @@ def _chain_mentions(exc: BaseException, secrets: tuple[str, ...]) -> bool:
 class Transport:
     """One attempt of each call the client makes, against one base URL with one key.
 
-    Built once by the client from its checked configuration. The client sets ``session`` and
-    ``slots`` (its connection queue) whenever it binds to an event loop; an attempt runs only
-    once the session is set.
+    The client sets ``session`` and ``slots`` (its connection queue) whenever it binds to an
+    event loop.
     """
-
-    __slots__ = (
-        "_api_key",
-        "_borrowed",
-        "_image_headers",
-        "_json_headers",
-        "_proxy_headers",
-        "_secrets",
-        "base_url",
-        "closed",
-        "max_image_bytes",
-        "proxy",
-        "qr_url",
-        "session",
-        "slots",
-        "state_url",
-        "timeout",
-        "user_agent",
-    )
 
     def __init__(
         self,
@@ -343,7 +316,9 @@ class Transport:
         except TRANSPORT_ERRORS as exc:
             failure = self.transport_error(exc, name)
             if _log.isEnabledFor(logging.DEBUG):
-                self._log_failure(target, failure)
+                _log.debug(
+                    "GET %s failed: %s: %s", self._shown(target), type(failure).__name__, failure
+                )
         except RuntimeError:
             closed = self._session_failure(session, name)
             if closed is None:
@@ -358,8 +333,7 @@ class Transport:
         raise_clean(failure)
 
     def _shown(self, url: URL) -> str:
-        """*url* as a debug log line may show it: no key ever travels in it (the key is a
-        header), and it is redacted all the same."""
+        """*url* for a log line: it never holds the key (a header), but is redacted anyway."""
         return redact(str(url), self._secrets)
 
     def _log_response(self, url: URL, resp: aiohttp.ClientResponse) -> None:
@@ -372,10 +346,6 @@ class Transport:
             excerpt(resp.headers.get("Content-Type", "no content type"), limit=60),
             resp.content_length if resp.content_length is not None else "unknown",
         )
-
-    def _log_failure(self, url: URL, failure: BaseException) -> None:
-        """The DEBUG line of an attempt that got no answer (callers check the level first)."""
-        _log.debug("GET %s failed: %s: %s", self._shown(url), type(failure).__name__, failure)
 
     def _session_failure(self, session: aiohttp.ClientSession, name: str) -> WachatError | None:
         """The error for a ``RuntimeError`` from aiohttp when *session* was closed under the
