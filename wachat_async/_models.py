@@ -38,7 +38,6 @@ __all__ = [
     "QRSuccess",
     "check_chunk_walk",
     "check_png",
-    "check_png_chunks",
     "check_png_end",
     "png_dimensions",
     "walk_chunks",
@@ -62,9 +61,13 @@ _IHDR_CODES = frozenset(
     for interlace in (0, 1)
 )
 _CHUNK = struct.Struct(">I4s")  # a chunk's length and type
+# Bound once: these run on every fetched image.
+_unpack_ihdr = _IHDR_FIELDS.unpack_from
+_unpack_chunk = _CHUNK.unpack_from
+_crc32 = zlib.crc32
 
 
-def png_dimensions(head: bytes, *, instance_name: str | None = None) -> tuple[int, int]:
+def png_dimensions(head: bytes, instance_name: str | None = None) -> tuple[int, int]:
     """Validate the PNG signature and IHDR chunk at the start of *head*; return (width, height).
 
     Needs the first 33 bytes. Raises :class:`InvalidImageError` when they are not the start of a
@@ -72,9 +75,9 @@ def png_dimensions(head: bytes, *, instance_name: str | None = None) -> tuple[in
     IHDR fields the PNG spec does not allow.
     """
     if len(head) >= PNG_HEADER_SIZE and head.startswith(_PNG_START):
-        width, height, codes, crc = _IHDR_FIELDS.unpack_from(head, 16)
+        width, height, codes, crc = _unpack_ihdr(head, 16)
         if (
-            zlib.crc32(head[12:29]) == crc
+            _crc32(head[12:29]) == crc
             and 0 < width <= _MAX_DIMENSION
             and 0 < height <= _MAX_DIMENSION
             and codes in _IHDR_CODES
@@ -114,7 +117,7 @@ def _png_error(head: bytes, instance_name: str | None) -> InvalidImageError:
     )
 
 
-def check_png_end(data: bytes, *, instance_name: str | None = None) -> None:
+def check_png_end(data: bytes, instance_name: str | None = None) -> None:
     """Raise :class:`InvalidImageError` (``truncated``) unless *data* ends with the IEND chunk."""
     if not data.endswith(_IEND):
         raise InvalidImageError(
@@ -131,8 +134,9 @@ def walk_chunks(data: bytes, pos: int, idat: bool) -> tuple[int, bool, int]:
     Returns where the walk stopped, whether an ``IDAT`` came (or *idat*), and where that
     ``IEND`` starts (-1: none yet). Resumable: a body read in pieces is walked piece by piece.
     """
-    while pos + 8 <= len(data):
-        length, kind = _CHUNK.unpack_from(data, pos)
+    last = len(data) - 8  # the last place a chunk's length and type fit
+    while pos <= last:
+        length, kind = _unpack_chunk(data, pos)
         if kind == b"IEND":
             return pos, idat, pos
         idat = idat or kind == b"IDAT"
@@ -154,19 +158,17 @@ def check_chunk_walk(iend_at: int, size: int, idat: bool, instance_name: str | N
     raise InvalidImageError(f"not a PNG: {reason}", instance_name=instance_name)
 
 
-def check_png_chunks(data: bytes, *, instance_name: str | None = None) -> None:
-    """Raise :class:`InvalidImageError` unless the chunks after IHDR chain by their lengths to
-    the final ``IEND``, with an ``IDAT`` among them (for bytes whose header and end are valid)."""
+def check_png(data: bytes, instance_name: str | None = None) -> tuple[int, int]:
+    """Raise :class:`InvalidImageError` unless *data* is a complete PNG; return its size.
+
+    In this order: the header (:func:`png_dimensions`), the ``IEND`` trailer
+    (:func:`check_png_end`), then the chunks after IHDR chaining by their lengths to that
+    ``IEND`` with an ``IDAT`` among them (:func:`walk_chunks`, :func:`check_chunk_walk`).
+    """
+    size = png_dimensions(data, instance_name)
+    check_png_end(data, instance_name)
     _, idat, iend_at = walk_chunks(data, PNG_HEADER_SIZE, False)
     check_chunk_walk(iend_at, len(data), idat, instance_name)
-
-
-def check_png(data: bytes, *, instance_name: str | None = None) -> tuple[int, int]:
-    """The whole check of a PNG: :func:`png_dimensions`, :func:`check_png_end`,
-    :func:`check_png_chunks`, in that order. Returns (width, height)."""
-    size = png_dimensions(data, instance_name=instance_name)
-    check_png_end(data, instance_name=instance_name)
-    check_png_chunks(data, instance_name=instance_name)
     return size
 
 
@@ -180,6 +182,24 @@ def _to_bytes(data: object) -> bytes:
     if isinstance(data, (bytes, bytearray, memoryview)):
         return bytes(data)  # an immutable, hashable copy
     raise TypeError(f"QRImage data must be bytes, not {type(data).__name__}")
+
+
+def _check_image(
+    instance_name: object, data: bytes, content_type: object, fetched_at: object
+) -> tuple[int, int]:
+    """Every check of a :class:`QRImage`'s fields; returns the PNG's size."""
+    if not isinstance(instance_name, str):
+        raise TypeError(
+            f"QRImage instance_name must be a str, got a {type(instance_name).__name__}"
+        )
+    if not isinstance(content_type, str) or content_type.lower() != "image/png":
+        raise InvalidImageError(
+            "QRImage content_type must be 'image/png'", instance_name=instance_name
+        )
+    if not isinstance(fetched_at, datetime) or fetched_at.utcoffset() is None:
+        kind = "naive datetime" if isinstance(fetched_at, datetime) else type(fetched_at).__name__
+        raise TypeError(f"QRImage fetched_at must be a timezone-aware datetime, got a {kind}")
+    return check_png(data, instance_name)
 
 
 # Dict-backed: attrs fills a frozen dict class's fields without an object.__setattr__ each.
@@ -202,19 +222,9 @@ class QRImage:
     fetched_at: datetime = attrs.field(factory=_utcnow)
 
     def __attrs_post_init__(self) -> None:
-        if not isinstance(self.instance_name, str):
-            raise TypeError(
-                f"QRImage instance_name must be a str, got a {type(self.instance_name).__name__}"
-            )
-        if not isinstance(self.content_type, str) or self.content_type.lower() != "image/png":
-            raise InvalidImageError(
-                "QRImage content_type must be 'image/png'", instance_name=self.instance_name
-            )
-        fetched = self.fetched_at
-        if not isinstance(fetched, datetime) or fetched.utcoffset() is None:
-            kind = "naive datetime" if isinstance(fetched, datetime) else type(fetched).__name__
-            raise TypeError(f"QRImage fetched_at must be a timezone-aware datetime, got a {kind}")
-        width, height = check_png(self.data, instance_name=self.instance_name)
+        width, height = _check_image(
+            self.instance_name, self.data, self.content_type, self.fetched_at
+        )
         given = (self.width or width, self.height or height)
         if given != (width, height):
             raise InvalidImageError(
@@ -236,12 +246,23 @@ class QRImage:
     ) -> QRImage:
         """Validate *data* as a complete PNG and wrap it, stamped *fetched_at* (default: now).
         Raises :class:`InvalidImageError`."""
-        return cls(
+        if type(data) is not bytes:
+            data = _to_bytes(data)
+        if fetched_at is None:
+            fetched_at = datetime.now(timezone.utc)
+        width, height = _check_image(instance_name, data, content_type, fetched_at)
+        # The constructor's checks, made once: the fields are stored as attrs' own __init__
+        # stores them (frozen against setattr only), without running the checks again.
+        self = object.__new__(cls)
+        self.__dict__.update(
             instance_name=instance_name,
             data=data,
             content_type=content_type,
-            fetched_at=_utcnow() if fetched_at is None else fetched_at,
+            width=width,
+            height=height,
+            fetched_at=fetched_at,
         )
+        return self
 
     @property
     def sha256(self) -> str:
@@ -259,18 +280,9 @@ class QRImage:
     def save(self, path: PathArg) -> Path:
         """Write the PNG to *path* atomically and durably; return ``Path(path)``.
 
-        A regular file (or a new one) is written to a temporary file in the same folder,
-        fsynced and renamed into place, then the folder is fsynced: never a partial file, and
-        no temporary file is left on any error. A new file is readable by its owner only (mode
-        0600: whoever scans the QR links a phone to the instance); a replaced file keeps its
-        mode. A symlink is followed (the PNG lands at its target; the link stays). A device or
-        FIFO (``/dev/null``, a named pipe) is written to directly, never replaced. A folder,
-        a socket or a missing parent folder raises an :class:`OSError` that names *path*.
-        ``~`` is not expanded.
-
-        Blocking (the fsyncs wait for the disk; a FIFO with no reader waits for one, like
-        ``open()``). In async code prefer ``WachatClient.save_qr_image``, which streams from
-        the network and keeps all disk waits off the event loop.
+        Written as ``WachatClient.save_qr_image`` writes (a new file is mode 0600, a symlink is
+        followed, a device or FIFO is written in place; see "Saving" in docs/fetching.md), but
+        blocking: in async code prefer ``save_qr_image``, which keeps disk waits off the loop.
         """
         return write_bytes(path, self.data)
 

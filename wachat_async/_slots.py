@@ -1,9 +1,9 @@
 """The client's connection queue: one slot per connection, taken before each request is sent.
 
 A call queues here, before its per-attempt timeout starts, never inside aiohttp's pool. The
-slots are an ``asyncio.Semaphore``, which is FIFO on CPython 3.11.1 and later: ``locked()`` is
-true while anyone waits, so no newcomer overtakes the queue, and a release hands the slot to the
-longest waiter (tests/test_slots.py holds it to that).
+slots are an ``asyncio.Semaphore``, FIFO in CPython since gh-90155 (2022; the docs do not
+promise it, tests/test_slots.py checks it): ``locked()`` is true while anyone waits, so no
+newcomer overtakes the queue, and a release hands the slot to the longest waiter.
 """
 
 from __future__ import annotations
@@ -76,8 +76,9 @@ class ConnectionQueue:
         return f"<ConnectionQueue limit={self.limit} in_use={self.in_use} waiting={self.waiting}>"
 
     def locked(self) -> bool:
-        """True when a call now would wait for a slot."""
-        return self._slots.locked()
+        """True when a call now would wait for a slot (the semaphore's own ``locked()``,
+        from these counters: a slot handed to a waiter counts until the waiter runs)."""
+        return self.limit is not None and self.in_use + self.waiting >= self.limit
 
     async def acquire(self) -> None:
         """Take a slot, waiting in FIFO order when none is free."""

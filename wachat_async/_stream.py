@@ -23,7 +23,7 @@ from ._models import (
 )
 from ._slots import ConnectionQueue
 
-__all__ = ["CHUNK_SIZE", "TRANSPORT_ERRORS", "QRStream"]
+__all__ = ["CHUNK_SIZE", "TRANSPORT_ERRORS", "QRStream", "too_large"]
 
 #: Default read size of a stream (and of every body the transport reads in chunks).
 CHUNK_SIZE = 64 * 1024
@@ -33,6 +33,16 @@ TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
 
 #: Maps a transport exception raised while reading to our error: ``(exc, instance_name)``.
 MapError = Callable[[BaseException, str], WachatError]
+
+
+def too_large(limit: int, read: int, content_length: int | None, name: str) -> WachatError:
+    """The error for a QR image body that passed *limit* bytes while being read."""
+    return ResponseTooLargeError(
+        f"QR image is over max_image_bytes={limit} (stopped reading at {read} bytes)",
+        instance_name=name,
+        limit=limit,
+        content_length=content_length,
+    )
 
 
 class QRStream:
@@ -136,12 +146,8 @@ class QRStream:
             self.bytes_read += len(chunk)
             if self.bytes_read <= self._limit:
                 return chunk
-            failure = ResponseTooLargeError(
-                f"QR image is over max_image_bytes={self._limit} (stopped reading at "
-                f"{self.bytes_read} bytes)",
-                instance_name=self.instance_name,
-                limit=self._limit,
-                content_length=self.content_length,
+            failure = too_large(
+                self._limit, self.bytes_read, self.content_length, self.instance_name
             )
         self._done = True
         self.close()

@@ -36,7 +36,7 @@ from ._models import InstanceState, QRImage
 from ._network import Proxy, classify, proxy_status_error
 from ._redact import Secret, excerpt, redact
 from ._slots import CLOSED_MESSAGE, ConnectionQueue
-from ._stream import CHUNK_SIZE, TRANSPORT_ERRORS, QRStream
+from ._stream import CHUNK_SIZE, TRANSPORT_ERRORS, QRStream, too_large
 
 #: Each HTTP attempt is one DEBUG line on this child of the library's logger ``wachat_async``
 #: (``wachat-qr --debug`` shows them): method, URL (never a key), status or failure.
@@ -63,6 +63,7 @@ ERROR_BODY_LIMIT = 64 * 1024
 JSON_LIMIT = 1024**2
 
 _SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+_CONTENT_TYPE = aiohttp.hdrs.CONTENT_TYPE
 
 
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
@@ -245,12 +246,14 @@ class Transport:
 
     async def fetch_image(self, name: str) -> QRImage:
         """``GET /instance/qr/image`` read whole into a validated :class:`QRImage`."""
-        stream = await self.open_stream(name, CHUNK_SIZE)
+        slots = self.slots
+        await slots.acquire()
         try:
-            data = await stream.read()
+            resp = await self.open_png(name)
+            data = await self.read_limited(resp, self.max_image_bytes, name, png=True)
         finally:
-            stream.close()
-        return QRImage(instance_name=name, data=data)
+            slots.release()
+        return QRImage.from_png(data, instance_name=name)
 
     async def open_stream(self, name: str, chunk_size: int) -> QRStream:
         """Open the PNG in a connection slot that the stream holds until it is closed."""
@@ -286,10 +289,7 @@ class Transport:
         await slots.acquire()
         try:
             resp = await self.send(self.state_url, name, self._json_headers)
-            try:
-                raw = await self.read_limited(resp, JSON_LIMIT, name)
-            finally:
-                resp.release()
+            raw = await self.read_limited(resp, JSON_LIMIT, name, png=False)
         finally:
             slots.release()
         return InstanceState.from_payload(raw, instance_name=name, secrets=self._secrets)
@@ -365,7 +365,9 @@ class Transport:
         resp = await self.send(self.qr_url, name, self._image_headers)
         length = resp.content_length
         failure: WachatError
-        if resp.content_type != "image/png":  # aiohttp's parse: lower case, no parameters
+        # The raw header first (parsing it costs more); aiohttp's parse is lower case, without
+        # parameters.
+        if resp.headers.get(_CONTENT_TYPE) != "image/png" and resp.content_type != "image/png":
             # Server-controlled text: it may echo the key or carry junk, so only an excerpt.
             content_type = excerpt(resp.content_type, self._secrets, limit=100)
             detail = await self.read_excerpt(resp)
@@ -386,8 +388,12 @@ class Transport:
             return resp
         raise_clean(failure)
 
-    async def read_limited(self, resp: aiohttp.ClientResponse, limit: int, name: str) -> bytes:
-        """The whole body, or :class:`InvalidResponseError` once it passes *limit* bytes."""
+    async def read_limited(
+        self, resp: aiohttp.ClientResponse, limit: int, name: str, *, png: bool
+    ) -> bytes:
+        """The whole body (read to its end, aiohttp gives the connection back), or the error
+        for a body over *limit* bytes or cut short (*resp* released). *png*: the body is the
+        QR image (over the limit: :class:`ResponseTooLargeError`)."""
         chunks: list[bytes] = []
         size = 0
         failure: BaseException
@@ -399,10 +405,19 @@ class Transport:
                 chunks.append(chunk)
             else:
                 return b"".join(chunks)
-        except TRANSPORT_ERRORS as exc:
-            failure = self.transport_error(exc, name, png=False)
+        except BaseException as exc:
+            resp.release()
+            if not isinstance(exc, TRANSPORT_ERRORS):
+                raise
+            failure = self.transport_error(exc, name, png=png)
         else:
-            failure = InvalidResponseError(f"response body over {limit} bytes", instance_name=name)
+            resp.release()
+            if png:
+                failure = too_large(limit, size, resp.content_length, name)
+            else:
+                failure = InvalidResponseError(
+                    f"response body over {limit} bytes", instance_name=name
+                )
         raise_clean(failure)
 
     async def read_excerpt(self, resp: aiohttp.ClientResponse) -> str:
