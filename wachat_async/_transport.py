@@ -1,8 +1,9 @@
 """One attempt on the wire: send, check the status and headers, read the body, map errors.
 
 Statuses are checked here, never with ``raise_for_status`` (aiohttp's exception carries the
-request headers). Every image call is "open, check, read": :meth:`Transport.open_png`, then a
-:class:`QRStream`. Exactly one attempt: retrying and the deadline are ``_retry.py``'s.
+request headers). Every image call opens and checks with :meth:`Transport.open_png`, then reads
+the body whole (get) or through a :class:`QRStream` (stream, save). Exactly one attempt:
+retrying and the deadline are ``_retry.py``'s.
 """
 
 from __future__ import annotations
