@@ -31,7 +31,7 @@ from wachat_async import (
     WachatTimeoutError,
 )
 from wachat_async._redact import Secret
-from wachat_async._slots import Slots
+from wachat_async._slots import ConnectionQueue
 from wachat_async._transport import (
     DEFAULT_TIMEOUT,
     Transport,
@@ -182,7 +182,7 @@ async def transport(server: FakeWachatServer) -> AsyncIterator[Transport]:
         max_image_bytes=5 * 1024**2,
         user_agent="tests",
         borrowed=False,
-        slots=Slots(2),
+        slots=ConnectionQueue(2),
     )
     async with aiohttp.ClientSession() as session:
         t.session = session
@@ -197,7 +197,7 @@ async def test_an_attempt_is_one_request_and_never_retries(
     with pytest.raises(QRFetchFailedError) as info:
         await transport.fetch_image(NAME)
     assert (server.request_count(NAME), info.value.attempts) == (1, 1)
-    assert transport.slots.free == 2  # the slot is back
+    assert transport.slots.in_use == 0  # the slot is back
 
 
 async def test_an_attempt_returns_a_validated_image(
@@ -219,7 +219,7 @@ async def test_a_404_names_the_route_when_the_base_url_looks_wrong(
         max_image_bytes=1024,
         user_agent="tests",
         borrowed=False,
-        slots=Slots(1),
+        slots=ConnectionQueue(1),
     )
     async with aiohttp.ClientSession() as session:
         t.session = session
@@ -236,7 +236,7 @@ async def test_an_attempt_without_a_session_is_refused_and_gives_its_slot_back(
     transport.session = None
     with pytest.raises(ClientClosedError) as info:
         await transport.fetch_image(NAME)
-    assert (info.value.attempts, info.value.instance_name, transport.slots.free) == (0, NAME, 2)
+    assert (info.value.attempts, info.value.instance_name, transport.slots.in_use) == (0, NAME, 0)
 
 
 @pytest.mark.parametrize("call", ["get", "stream", "state"])
@@ -264,7 +264,7 @@ async def test_a_runtime_error_of_an_open_session_is_not_taken_for_a_closed_clie
         with pytest.raises(RuntimeError, match="hook failed") as info:
             await run()
         assert not isinstance(info.value, ClientClosedError)
-        assert client._slots.free == client._slots.limit
+        assert client._slots.in_use == 0
 
 
 @pytest.mark.parametrize(
@@ -280,7 +280,7 @@ async def test_a_png_content_type_written_otherwise_is_still_a_png(
     server.script(NAME, [Fault(content_type=content_type)])
     async with WachatClient(api_key=KEY, base_url=server.base_url) as client:
         qr = await client.get_qr_image(NAME)
-        assert client._slots.free == client._slots.limit
+        assert client._slots.in_use == 0
     assert (qr.instance_name, qr.width > 0) == (NAME, True)
 
 

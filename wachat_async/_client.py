@@ -1,4 +1,4 @@
-"""``WachatClient``: the public calls, the client's lifecycle and its connection queue.
+"""``WachatClient``: the public calls and the client's lifecycle.
 
 The client checks its configuration once, owns (or borrows) the aiohttp session and binds it,
 with its connection queue, to the running event loop; each public call checks its arguments
@@ -18,7 +18,6 @@ import asyncio
 import os
 import warnings
 import weakref
-from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
@@ -41,8 +40,8 @@ from ._network import (
 )
 from ._polling import DEFAULT_MAX_BACKOFF, FetchMany, QRWatch, fetch_many, watch_qr
 from ._redact import Secret, mentions
-from ._retry import Retrier, RetryBudget, RetryPolicy, note_slot_wait
-from ._slots import Slots
+from ._retry import Retrier, RetryBudget, RetryPolicy
+from ._slots import CLOSED_MESSAGE, ConnectionQueue, queue_limit
 from ._stream import CHUNK_SIZE, QRStream
 from ._transport import DEFAULT_TIMEOUT, Transport, _SanitizedCause
 from ._urls import DEFAULT_BASE_URL, _build_qr_image_url, _qr_image_endpoint
@@ -266,10 +265,8 @@ class WachatClient:
         self._max_connections = max_connections
         #: How many requests this client runs at once (None: no limit): the pool's own size, so
         #: a call queues here, before its per-attempt timeout starts, never inside aiohttp's pool.
-        self._slot_limit: int | None = (
-            max_connections if session is None else _connector_limit(session)
-        )
-        self._slots = _new_slots(self._slot_limit)
+        self._slot_limit = queue_limit(max_connections, session)
+        self._slots = ConnectionQueue(self._slot_limit)
         self._closed = False
         self._transport = Transport(
             api_key=self._api_key,
@@ -400,7 +397,7 @@ class WachatClient:
         if root is not self:
             return await root._bind_for_view()
         if self._closed:
-            raise ClientClosedError(_CLOSED_MESSAGE, attempts=0)
+            raise ClientClosedError(CLOSED_MESSAGE, attempts=0)
         loop = asyncio.get_running_loop()
         bound = self._loop
         if self._session is not None and bound not in (None, loop) and bound.is_running():
@@ -442,7 +439,7 @@ class WachatClient:
         else:
             session = self._view_of(borrowed, loop)
         self._session, self._loop = session, loop
-        self._slots = _new_slots(self._slot_limit)
+        self._slots = ConnectionQueue(self._slot_limit)
         self._transport.session, self._transport.slots = session, self._slots
         self._transport.set_proxy(proxy)
         self._share_binding()
@@ -796,94 +793,6 @@ def _http_through_proxy(base: URL, proxy: Proxy, source: str) -> str:
 
 def _default_user_agent() -> str:
     return f"wachat-async/{__version__} aiohttp/{aiohttp.__version__}"
-
-
-def _connector_limit(session: aiohttp.ClientSession) -> int | None:
-    """How many connections a borrowed session's connector opens to one host (None: no limit;
-    aiohttp's 0 means unlimited for both ``limit`` and ``limit_per_host``)."""
-    connector = session.connector
-    if connector is None:
-        return None
-    limits = [n for n in (connector.limit, connector.limit_per_host) if n]
-    return min(limits) if limits else None
-
-
-def _new_slots(limit: int | None) -> _ConnectionQueue:
-    """The connection queue: one slot per connection (it binds to no event loop until someone
-    waits in it, and a new one is made for each loop the client runs in)."""
-    return _ConnectionQueue(limit)
-
-
-_CLOSED_MESSAGE = "WachatClient is closed; create a new client (a closed one cannot be reused)"
-
-
-class _ConnectionQueue(Slots):
-    """The client's connection slots: FIFO :class:`~wachat_async._slots.Slots` that can be
-    closed.
-
-    Taking a free slot is a decrement (the transport does ``slots.free -= 1`` itself, no
-    coroutine); only a call that finds none free awaits :meth:`acquire`, which
-
-    * refuses with :class:`ClientClosedError` once the queue is closed, also for a call that
-      was already waiting (nothing is sent);
-    * marks the ``CancelledError`` of a cancelled wait (the policy's deadline, or the caller)
-      with how many slots were in use (:func:`note_slot_wait`), so a deadline spent queueing
-      says so; a call cancelled after it was handed a slot passes the slot on.
-
-    :meth:`close` wakes every waiter at once (each refuses). A free slot taken after
-    :meth:`close` is refused by the transport, which checks ``closed`` before it sends.
-    """
-
-    __slots__ = ("closed",)
-
-    def __init__(self, limit: int | None) -> None:
-        super().__init__(limit)
-        self.closed = False
-
-    @property
-    def in_use(self) -> int:
-        """How many slots are held right now."""
-        return self.limit - self.free
-
-    async def acquire(self) -> None:
-        if self.closed:
-            raise ClientClosedError(_CLOSED_MESSAGE, attempts=0)
-        if self.free > 0:
-            self.free -= 1
-            return
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        try:
-            await waiter
-        except asyncio.CancelledError as exc:
-            if waiter.done() and not waiter.cancelled():
-                # Handed a slot (or woken by close()), then cancelled before running.
-                if not self.closed:
-                    self.release()  # the slot is ours: pass it on
-            else:
-                with suppress(ValueError):  # already dropped by a release() that skipped it
-                    self._waiters.remove(waiter)
-            note_slot_wait(exc, self.in_use)
-            raise
-        if self.closed:  # woken by close() (or handed a slot as it closed): refuse this call
-            raise ClientClosedError(
-                "WachatClient was closed while this call waited for a connection slot "
-                "(nothing was sent)",
-                attempts=0,
-            )
-
-    def close(self) -> None:
-        """Refuse every later acquire and wake the calls waiting now (they refuse too)."""
-        if self.closed:
-            return
-        self.closed = True
-        waiters, self._waiters = self._waiters, deque()
-        for waiter in waiters:
-            if not waiter.done():
-                # The waiters may belong to another event loop, even a closed one: the
-                # future is done either way, whether or not its loop can schedule the wake-up.
-                with suppress(RuntimeError):
-                    waiter.set_result(None)
 
 
 def _private_session(

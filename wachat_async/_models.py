@@ -1,21 +1,9 @@
 """Value objects: the QR image, a per-instance polling result, an instance's state.
 
-All are frozen attrs classes. ``QRImage`` checks that its bytes are a complete PNG whenever it
-is built (``QRImage(...)``, :meth:`QRImage.from_png`, ``attrs.evolve``), so holding one means
-holding a well-formed image: signature, IHDR (checksum, sides, fields the spec allows), chunks
-chaining by their lengths to the final ``IEND``, at least one ``IDAT``. The pixels are not
-decompressed and the other chunks' CRCs are not checked (the image data's CRC alone would cost
-about 10k instructions for a 1 KB QR under callgrind, as much as the rest of ``from_png``).
-The client, which has already validated the bytes while reading them, uses the private
-``QRImage._trusted`` so the success path does not check them twice.
-
-``QRImage`` is built on every successful fetch, so its construction is kept cheap (measured in
-instructions under callgrind): it is a dict-backed frozen class whose trusted constructor fills
-the instance ``__dict__`` directly (as attrs' own frozen ``__init__`` does for such classes),
-where a slotted frozen class costs an ``object.__setattr__`` call, about 1k instructions, per
-field; :meth:`QRImage.from_png` checks the PNG inline, with the same rules as
-:func:`png_dimensions` and :func:`check_png_end` (their slow paths build the error messages).
-
+All are frozen attrs classes. Every ``QRImage`` holds a complete PNG, however it is built: the
+PNG rules are here, once (:func:`check_png`), and ``QRStream`` applies the same functions to a
+body as it arrives. The pixels are not decompressed and only IHDR's and IEND's checksums are
+checked: the image data's CRC alone would cost as much as the rest of the check.
 :meth:`InstanceState.from_payload` is the one parser of a ``GET /instance/state`` body.
 
 Values and their parsing only: no network, and never imports the client, the transport, the
@@ -28,12 +16,11 @@ import base64
 import hashlib
 import json
 import struct
-import time
 import zlib
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import attrs
 
@@ -43,19 +30,23 @@ from ._redact import excerpt
 
 __all__ = [
     "PNG_SIGNATURE",
+    "PNG_HEADER_SIZE",
     "InstanceState",
     "QRFailure",
     "QRImage",
     "QRResult",
     "QRSuccess",
-    "check_png_chunks",
+    "check_chunk_walk",
+    "check_png",
     "check_png_end",
     "png_dimensions",
+    "walk_chunks",
 ]
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+#: The signature and the whole IHDR chunk: length and type (8), data (13), CRC (4).
+PNG_HEADER_SIZE = 33
 _IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
-_HEADER_LEN = 33  # signature (8) + IHDR length/type (8) + IHDR data (13) + CRC (4)
 _PNG_START = PNG_SIGNATURE + b"\x00\x00\x00\x0dIHDR"  # signature, then a 13-byte IHDR
 _IHDR_FIELDS = struct.Struct(">II5sI")  # width, height, the five one-byte fields, CRC
 _MAX_DIMENSION = 2**31 - 1  # the PNG spec's limit
@@ -69,32 +60,24 @@ _IHDR_CODES = frozenset(
     for depth in depths
     for interlace in (0, 1)
 )
-#: A chunk's length and type.
-_CHUNK = struct.Struct(">I4s")
-#: The header and the first chunk's length and type after it, in one unpack (from_png).
-_HEAD_AND_CHUNK = struct.Struct(">16sII5sII4s")
-_crc32 = zlib.crc32
+_CHUNK = struct.Struct(">I4s")  # a chunk's length and type
+# Bound once: these run on every fetched image.
+_unpack_ihdr = _IHDR_FIELDS.unpack_from
 _unpack_chunk = _CHUNK.unpack_from
-_now = datetime.now
-_time = time.time
-_new = object.__new__
-_setattr = object.__setattr__
-_from_timestamp = datetime.fromtimestamp
+_crc32 = zlib.crc32
 
 
-def png_dimensions(head: bytes, *, instance_name: str | None = None) -> tuple[int, int]:
+def png_dimensions(head: bytes, instance_name: str | None = None) -> tuple[int, int]:
     """Validate the PNG signature and IHDR chunk at the start of *head*; return (width, height).
 
     Needs the first 33 bytes. Raises :class:`InvalidImageError` when they are not the start of a
     PNG: wrong signature, first chunk not a 13-byte IHDR, bad CRC, a zero or oversized side, or
-    IHDR fields the PNG spec does not allow (a bit depth the colour type does not have, a
-    compression or filter method other than 0, an interlace method other than 0 or 1).
+    IHDR fields the PNG spec does not allow.
     """
-    # Fast path (every successful fetch): one prefix test, one unpack, one CRC, one lookup.
-    if len(head) >= _HEADER_LEN and head.startswith(_PNG_START):
-        width, height, codes, crc = _IHDR_FIELDS.unpack_from(head, 16)
+    if len(head) >= PNG_HEADER_SIZE and head.startswith(_PNG_START):
+        width, height, codes, crc = _unpack_ihdr(head, 16)
         if (
-            zlib.crc32(head[12:29]) == crc
+            _crc32(head[12:29]) == crc
             and 0 < width <= _MAX_DIMENSION
             and 0 < height <= _MAX_DIMENSION
             and codes in _IHDR_CODES
@@ -104,10 +87,10 @@ def png_dimensions(head: bytes, *, instance_name: str | None = None) -> tuple[in
 
 
 def _png_error(head: bytes, instance_name: str | None) -> InvalidImageError:
-    """Why *head* is not the start of a valid PNG (the slow path, for the message)."""
+    """Why *head* is not the start of a valid PNG."""
     if not head:
         return InvalidImageError("not a PNG: empty body", instance_name=instance_name)
-    if len(head) < _HEADER_LEN:
+    if len(head) < PNG_HEADER_SIZE:
         if PNG_SIGNATURE.startswith(head[:8]):
             return InvalidImageError(
                 f"PNG truncated: {len(head)} bytes, too short for its header",
@@ -134,59 +117,7 @@ def _png_error(head: bytes, instance_name: str | None) -> InvalidImageError:
     )
 
 
-def check_png_chunks(data: bytes, *, instance_name: str | None = None) -> None:
-    """Raise :class:`InvalidImageError` unless the chunks of *data* chain from IHDR to IEND.
-
-    For bytes that :func:`png_dimensions` and :func:`check_png_end` accept (a valid header,
-    the 12-byte ``IEND`` chunk last): walking the chunks after IHDR by their lengths must land
-    exactly on that ``IEND`` (no other ``IEND`` before it, no bytes between chunks), and at
-    least one ``IDAT`` chunk must come before it. One unpack per chunk; chunk contents are not
-    read (their CRCs are not checked, nor is the image data decompressed).
-    """
-    error = _chunks_error(data)
-    if error is not None:
-        raise InvalidImageError(f"not a PNG: {error}", instance_name=instance_name)
-
-
-def walked_chunks_error(iend_at: int, size: int, idat: bool) -> str | None:
-    """:func:`check_png_chunks`' verdict for a body walked piece by piece (``QRStream``):
-    *iend_at* is where the walk met its first ``IEND`` chunk (-1: none), *size* the body's
-    length, *idat* whether an ``IDAT`` came before that ``IEND``. The same reasons in the same
-    order as :func:`check_png_chunks` (None when the chunks chain)."""
-    if 0 <= iend_at < size - 12:
-        return _IEND_EARLY
-    if iend_at != size - 12:
-        return _NO_CHAIN
-    if not idat:
-        return _NO_IDAT
-    return None
-
-
-_IEND_EARLY = "an IEND chunk before the end"
-_NO_CHAIN = "chunk lengths do not chain to the IEND trailer"
-_NO_IDAT = "no IDAT chunk"
-
-
-def _chunks_error(data: bytes) -> str | None:
-    """Why the chunks after IHDR do not chain to the final ``IEND`` (None when they do)."""
-    end = len(data) - 12  # where the final IEND starts
-    pos = _HEADER_LEN
-    idat = False
-    while pos < end:
-        length, kind = _unpack_chunk(data, pos)
-        if kind == b"IDAT":
-            idat = True
-        elif kind == b"IEND":
-            return _IEND_EARLY
-        pos += length + 12
-    if pos != end:
-        return _NO_CHAIN
-    if not idat:
-        return _NO_IDAT
-    return None
-
-
-def check_png_end(data: bytes, *, instance_name: str | None = None) -> None:
+def check_png_end(data: bytes, instance_name: str | None = None) -> None:
     """Raise :class:`InvalidImageError` (``truncated``) unless *data* ends with the IEND chunk."""
     if not data.endswith(_IEND):
         raise InvalidImageError(
@@ -196,8 +127,53 @@ def check_png_end(data: bytes, *, instance_name: str | None = None) -> None:
         )
 
 
+def walk_chunks(data: bytes, pos: int, idat: bool) -> tuple[int, bool, int]:
+    """Follow the chunk lengths in *data* from *pos* (where a chunk starts) while a chunk's
+    length and type fit, up to the first ``IEND``; chunk contents are skipped.
+
+    Returns where the walk stopped, whether an ``IDAT`` came (or *idat*), and where that
+    ``IEND`` starts (-1: none yet). Resumable: a body read in pieces is walked piece by piece.
+    """
+    last = len(data) - 8  # the last place a chunk's length and type fit
+    while pos <= last:
+        length, kind = _unpack_chunk(data, pos)
+        if kind == b"IEND":
+            return pos, idat, pos
+        idat = idat or kind == b"IDAT"
+        pos += length + 12
+    return pos, idat, -1
+
+
+def check_chunk_walk(iend_at: int, size: int, idat: bool, instance_name: str | None) -> None:
+    """Raise :class:`InvalidImageError` unless the walk of a *size*-byte body met its first
+    ``IEND`` as its last chunk (*iend_at*), after an ``IDAT`` (*idat*)."""
+    if 0 <= iend_at < size - 12:
+        reason = "an IEND chunk before the end"
+    elif iend_at != size - 12:
+        reason = "chunk lengths do not chain to the IEND trailer"
+    elif not idat:
+        reason = "no IDAT chunk"
+    else:
+        return
+    raise InvalidImageError(f"not a PNG: {reason}", instance_name=instance_name)
+
+
+def check_png(data: bytes, instance_name: str | None = None) -> tuple[int, int]:
+    """Raise :class:`InvalidImageError` unless *data* is a complete PNG; return its size.
+
+    In this order: the header (:func:`png_dimensions`), the ``IEND`` trailer
+    (:func:`check_png_end`), then the chunks after IHDR chaining by their lengths to that
+    ``IEND`` with an ``IDAT`` among them (:func:`walk_chunks`, :func:`check_chunk_walk`).
+    """
+    size = png_dimensions(data, instance_name)
+    check_png_end(data, instance_name)
+    _, idat, iend_at = walk_chunks(data, PNG_HEADER_SIZE, False)
+    check_chunk_walk(iend_at, len(data), idat, instance_name)
+    return size
+
+
 def _utcnow() -> datetime:
-    return _now(UTC)
+    return datetime.now(UTC)
 
 
 def _to_bytes(data: object) -> bytes:
@@ -208,18 +184,34 @@ def _to_bytes(data: object) -> bytes:
     raise TypeError(f"QRImage data must be bytes, not {type(data).__name__}")
 
 
+def _check_image(
+    instance_name: object, data: bytes, content_type: object, fetched_at: object
+) -> tuple[int, int]:
+    """Every check of a :class:`QRImage`'s fields; returns the PNG's size."""
+    if not isinstance(instance_name, str):
+        raise TypeError(
+            f"QRImage instance_name must be a str, got a {type(instance_name).__name__}"
+        )
+    if not isinstance(content_type, str) or content_type.lower() != "image/png":
+        raise InvalidImageError(
+            "QRImage content_type must be 'image/png'", instance_name=instance_name
+        )
+    if not isinstance(fetched_at, datetime) or fetched_at.utcoffset() is None:
+        kind = "naive datetime" if isinstance(fetched_at, datetime) else type(fetched_at).__name__
+        raise TypeError(f"QRImage fetched_at must be a timezone-aware datetime, got a {kind}")
+    return check_png(data, instance_name)
+
+
+# Dict-backed: attrs fills a frozen dict class's fields without an object.__setattr__ each.
 @attrs.frozen(kw_only=True, repr=False, slots=False)
 class QRImage:
     """A validated QR code PNG, as returned by ``GET /instance/qr/image``.
 
-    Every way of building one validates *data* as a complete PNG (signature; IHDR with its
-    CRC, sides of 1..2**31-1 and fields the spec allows; chunks chaining by their lengths to
-    the final ``IEND``, at least one ``IDAT``; see :func:`check_png_chunks`) and raises
-    :class:`InvalidImageError` otherwise: :meth:`from_png`, ``QRImage(...)`` and
-    ``attrs.evolve``. ``width`` and ``height`` come from the PNG header: leave them out (or 0)
-    to take them from it; values that disagree with the header are refused. ``repr()``
-    summarises the image and never dumps its bytes; in Jupyter the image is shown inline
-    (``_repr_png_``).
+    Every way of building one (``QRImage(...)``, :meth:`from_png`, ``attrs.evolve``) checks
+    *data* with :func:`check_png` and raises :class:`InvalidImageError` if it is not a
+    complete PNG. ``width`` and ``height`` come from the PNG header: leave them out (or 0) to
+    take them from it; values that disagree with the header are refused. ``repr()`` never
+    dumps the bytes; in Jupyter the image is shown inline (``_repr_png_``).
     """
 
     instance_name: str
@@ -230,21 +222,9 @@ class QRImage:
     fetched_at: datetime = attrs.field(factory=_utcnow)
 
     def __attrs_post_init__(self) -> None:
-        if not isinstance(self.instance_name, str):
-            raise TypeError(
-                f"QRImage instance_name must be a str, got a {type(self.instance_name).__name__}"
-            )
-        if not isinstance(self.content_type, str) or self.content_type.lower() != "image/png":
-            raise InvalidImageError(
-                "QRImage content_type must be 'image/png'", instance_name=self.instance_name
-            )
-        fetched = self.fetched_at
-        if not isinstance(fetched, datetime) or fetched.utcoffset() is None:
-            kind = "naive datetime" if isinstance(fetched, datetime) else type(fetched).__name__
-            raise TypeError(f"QRImage fetched_at must be a timezone-aware datetime, got a {kind}")
-        width, height = png_dimensions(self.data, instance_name=self.instance_name)
-        check_png_end(self.data, instance_name=self.instance_name)
-        check_png_chunks(self.data, instance_name=self.instance_name)
+        width, height = _check_image(
+            self.instance_name, self.data, self.content_type, self.fetched_at
+        )
         given = (self.width or width, self.height or height)
         if given != (width, height):
             raise InvalidImageError(
@@ -256,33 +236,6 @@ class QRImage:
         object.__setattr__(self, "height", height)
 
     @classmethod
-    def _trusted(
-        cls,
-        *,
-        instance_name: str,
-        data: bytes,
-        width: int,
-        height: int,
-        content_type: str = "image/png",
-        fetched_at: datetime | None = None,
-    ) -> QRImage:
-        """Wrap bytes that were already validated (by :meth:`from_png` or a finished
-        ``QRStream``, which checked the header, the chunks and the ``IEND`` trailer) without
-        checking them again. Private: for the library's own success path only."""
-        self = object.__new__(cls)
-        fields = self.__dict__  # frozen only against setattr; attrs fills it the same way
-        fields["instance_name"] = instance_name
-        fields["data"] = data
-        fields["content_type"] = content_type
-        fields["width"] = width
-        fields["height"] = height
-        if fetched_at is None:
-            fields["_fetched"] = _time()  # made a datetime on first use (see __getattr__)
-        else:
-            fields["fetched_at"] = fetched_at
-        return self
-
-    @classmethod
     def from_png(
         cls,
         data: bytes,
@@ -291,66 +244,25 @@ class QRImage:
         content_type: str = "image/png",
         fetched_at: datetime | None = None,
     ) -> QRImage:
-        """Validate *data* as a complete PNG and wrap it. Raises :class:`InvalidImageError`.
-
-        The checks are :func:`png_dimensions`', :func:`check_png_end`'s and
-        :func:`check_png_chunks`' (signature, a 13-byte IHDR first with a good CRC, sides in
-        1..2**31-1 and fields the spec allows, chunks chaining by their lengths to ``IEND``
-        last, at least one ``IDAT``), done inline.
-        """
+        """Validate *data* as a complete PNG and wrap it, stamped *fetched_at* (default: now).
+        Raises :class:`InvalidImageError`."""
         if type(data) is not bytes:
             data = _to_bytes(data)
-        try:
-            start, width, height, codes, crc, length, kind = _HEAD_AND_CHUNK.unpack_from(data)
-        except struct.error:  # under 41 bytes: never a whole PNG (57 at least)
-            start = b""
-        if (
-            start == _PNG_START
-            and _crc32(data[12:29]) == crc
-            and 0 < width <= _MAX_DIMENSION
-            and 0 < height <= _MAX_DIMENSION
-            and codes in _IHDR_CODES
-            and data[-12:] == _IEND
-        ):
-            # The chunk walk: a single IDAT reaching the final IEND (the usual QR) is read
-            # off the same unpack; anything else is walked chunk by chunk.
-            if (kind != b"IDAT" or length + 57 != len(data)) and _chunks_error(data):
-                check_png_chunks(data, instance_name=instance_name)  # raises, with the reason
-        else:
-            # The slow path: raise the precise error.
-            width, height = png_dimensions(data, instance_name=instance_name)
-            check_png_end(data, instance_name=instance_name)
-            check_png_chunks(data, instance_name=instance_name)
-        self = _new(cls)
-        # The whole instance dict in one go (frozen only against setattr, as in _trusted).
-        fields = {
-            "instance_name": instance_name,
-            "data": data,
-            "content_type": content_type,
-            "width": width,
-            "height": height,
-        }
         if fetched_at is None:
-            fields["_fetched"] = _time()  # made a datetime on first use (see __getattr__)
-        else:
-            fields["fetched_at"] = fetched_at
-        _setattr(self, "__dict__", fields)
+            fetched_at = datetime.now(UTC)
+        width, height = _check_image(instance_name, data, content_type, fetched_at)
+        # The constructor's checks without the constructor (12,000 instructions more per
+        # fetched image): the fields go into the instance dict as attrs' __init__ puts them.
+        self = object.__new__(cls)
+        self.__dict__.update(
+            instance_name=instance_name,
+            data=data,
+            content_type=content_type,
+            width=width,
+            height=height,
+            fetched_at=fetched_at,
+        )
         return self
-
-    if not TYPE_CHECKING:  # type checkers see the fields only
-
-        def __getattr__(self, name: str) -> Any:
-            # Only for an attribute missing from the instance: the ``fetched_at`` of an image
-            # made by from_png or _trusted is kept as the clock reading of its fetch and made
-            # a datetime the first time it is read (datetime.now() costs about 2k
-            # instructions, time.time() 0.4k: most fetched images are never asked).
-            if name == "fetched_at":
-                fields = self.__dict__
-                stamp = fields.get("_fetched")
-                if stamp is not None:
-                    fields["fetched_at"] = value = _from_timestamp(stamp, UTC)
-                    return value
-            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @property
     def sha256(self) -> str:
@@ -368,18 +280,9 @@ class QRImage:
     def save(self, path: PathArg) -> Path:
         """Write the PNG to *path* atomically and durably; return ``Path(path)``.
 
-        A regular file (or a new one) is written to a temporary file in the same folder,
-        fsynced and renamed into place, then the folder is fsynced: never a partial file, and
-        no temporary file is left on any error. A new file is readable by its owner only (mode
-        0600: whoever scans the QR links a phone to the instance); a replaced file keeps its
-        mode. A symlink is followed (the PNG lands at its target; the link stays). A device or
-        FIFO (``/dev/null``, a named pipe) is written to directly, never replaced. A folder,
-        a socket or a missing parent folder raises an :class:`OSError` that names *path*.
-        ``~`` is not expanded.
-
-        Blocking (the fsyncs wait for the disk; a FIFO with no reader waits for one, like
-        ``open()``). In async code prefer ``WachatClient.save_qr_image``, which streams from
-        the network and keeps all disk waits off the event loop.
+        Written as ``WachatClient.save_qr_image`` writes (a new file is mode 0600, a symlink is
+        followed, a device or FIFO is written in place; see "Saving" in docs/fetching.md), but
+        blocking: in async code prefer ``save_qr_image``, which keeps disk waits off the loop.
         """
         return write_bytes(path, self.data)
 

@@ -32,7 +32,7 @@ from ._errors import (
     WachatError,
     WachatTimeoutError,
 )
-from ._slots import Slots
+from ._slots import ConnectionQueue, slot_wait
 from ._validate import check_bool, check_number, shown
 
 logger = logging.getLogger("wachat_async")
@@ -342,26 +342,6 @@ class RetryBudget:
         return False
 
 
-#: The attribute that marks a ``CancelledError`` which ended a wait for a connection slot.
-_SLOT_WAIT = "_wachat_slots_in_use"
-
-
-def note_slot_wait(cancelled: BaseException, in_use: int) -> None:
-    """Mark the ``CancelledError`` that ended an attempt's wait for a connection slot with how
-    many slots were in use (the connection queue calls this), for :class:`Retrier` to say so."""
-    setattr(cancelled, _SLOT_WAIT, in_use)
-
-
-def slot_wait(error: BaseException) -> int | None:
-    """The slots in use when the deadline's ``TimeoutError`` found the attempt queueing (from
-    its cause or context, the marked ``CancelledError``), or None if it was not queueing."""
-    for cancelled in (error.__cause__, error.__context__):
-        in_use = getattr(cancelled, _SLOT_WAIT, None)
-        if isinstance(in_use, int):
-            return in_use
-    return None
-
-
 async def _no_sleep(seconds: float) -> None:
     """Zero-wait mode's sleep: yield to the loop once, never wait."""
     await asyncio.sleep(0)
@@ -401,7 +381,7 @@ class Retrier:
     async def call(
         self,
         name: str,
-        queue: Slots | None,
+        queue: ConnectionQueue | None,
         attempt: Callable[..., Awaitable[T]],
         *args: Any,
     ) -> T:
@@ -414,8 +394,8 @@ class Retrier:
             started = self.clock()
         error: WachatError | None = None
         if not self.guards_first_attempt and not (
-            # A free slot means nobody waits (a released one goes straight to a waiter).
-            policy.deadline is not None and queue is not None and queue.free <= 0
+            # No slot free: the attempt will queue, and queueing counts.
+            policy.deadline is not None and queue is not None and queue.locked()
         ):
             try:
                 return await attempt(name, *args)

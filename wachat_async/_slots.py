@@ -1,112 +1,115 @@
-"""Connection slots: a FIFO counting semaphore whose uncontended acquire is a plain decrement.
+"""The client's connection queue: one slot per connection, taken before each request is sent.
 
-The client's connection queue is taken and given back on every call. ``asyncio.Semaphore``
-creates a coroutine per ``acquire()`` and runs Python-level bookkeeping on each release (about
-12k instructions per call under callgrind); here, when a slot is free, taking it is
-``slots.free -= 1`` (or :meth:`Slots.try_acquire`), and giving it back with nobody waiting is
-one increment. Only a caller that must wait creates a future.
-
-Rules:
-
-* FIFO: a released slot goes straight to the longest waiter (it never becomes ``free`` while
-  someone waits), so a newcomer cannot overtake the queue.
-* Cancellation: a waiter cancelled while waiting leaves the queue; a waiter cancelled *after*
-  being handed a slot, before it could run, passes the slot on (to the next waiter, or back to
-  ``free``). No slot is ever lost or duplicated.
-* ``release()`` more often than acquisitions raises ``ValueError`` (like
-  ``asyncio.BoundedSemaphore``).
-
-Like ``asyncio.Semaphore`` it belongs to no event loop until someone waits; the futures it
-creates belong to the loop of the waiter. Never imports the client.
+A call queues here, before its per-attempt timeout starts, never inside aiohttp's pool. The
+slots are an ``asyncio.Semaphore``, FIFO in CPython since gh-90155 (2022; the docs do not
+promise it, tests/test_slots.py checks it): ``locked()`` is true while anyone waits, so no
+newcomer overtakes the queue, and a release hands the slot to the longest waiter.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sys
-from collections import deque
 from contextlib import suppress
+from typing import TYPE_CHECKING
 
-__all__ = ["Slots"]
+from ._errors import ClientClosedError
+
+if TYPE_CHECKING:
+    import aiohttp
+
+__all__ = ["CLOSED_MESSAGE", "ConnectionQueue", "note_slot_wait", "queue_limit", "slot_wait"]
+
+CLOSED_MESSAGE = "WachatClient is closed; create a new client (a closed one cannot be reused)"
+
+#: The attribute that marks a ``CancelledError`` which ended a wait for a connection slot.
+_SLOT_WAIT = "_wachat_slots_in_use"
 
 
-class Slots:
-    """*limit* slots (``None``: unlimited), taken with :meth:`acquire` or, without awaiting,
-    :meth:`try_acquire`, and given back with :meth:`release`.
+def note_slot_wait(cancelled: BaseException, in_use: int) -> None:
+    """Mark *cancelled*, which ended a wait for a slot, with how many slots were in use."""
+    setattr(cancelled, _SLOT_WAIT, in_use)
 
-    The fast path, for code that must not create a coroutine when a slot is free::
 
-        if not slots.try_acquire():
-            await slots.acquire()
-        try:
-            ...
-        finally:
-            slots.release()
+def slot_wait(error: BaseException) -> int | None:
+    """How many slots were in use when the deadline's *error* found the attempt queueing for
+    one (None if it was not queueing): its cause or context is the marked ``CancelledError``."""
+    for cancelled in (error.__cause__, error.__context__):
+        in_use: int | None = getattr(cancelled, _SLOT_WAIT, None)
+        if in_use is not None:
+            return in_use
+    return None
 
-    ``free`` is the number of slots nobody holds; ``waiting`` the number of callers queued.
+
+def queue_limit(max_connections: int, session: aiohttp.ClientSession | None) -> int | None:
+    """How many requests a client sends at once (None: no limit): *max_connections*, or what a
+    borrowed *session*'s connector allows to one host (aiohttp's 0 means unlimited)."""
+    if session is None:
+        return max_connections
+    connector = session.connector
+    if connector is None:  # a closed session: the client refuses it when it binds
+        return None
+    limits = [n for n in (connector.limit, connector.limit_per_host) if n]
+    return min(limits) if limits else None
+
+
+class ConnectionQueue:
+    """*limit* connection slots (None: unlimited) that can be closed.
+
+    :meth:`acquire` refuses with :class:`ClientClosedError` once the queue is closed, and so
+    does every call waiting when it closes (nothing is sent). A wait ended by cancellation (the
+    policy's deadline) is marked (:func:`note_slot_wait`), so the deadline's error can say it
+    was queueing.
     """
 
-    __slots__ = ("_waiters", "free", "limit")
+    __slots__ = ("_slots", "closed", "in_use", "limit", "waiting")
 
-    #: How many slots there are (``sys.maxsize`` for no limit).
-    limit: int
-    #: How many slots nobody holds right now.
-    free: int
-
-    def __init__(self, limit: int | None = None) -> None:
-        if limit is None:
-            limit = sys.maxsize
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise ValueError("limit must be an int >= 1 or None")
+    def __init__(self, limit: int | None) -> None:
         self.limit = limit
-        self.free = limit
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self.closed = False
+        #: Slots held now, and calls waiting for one.
+        self.in_use = 0
+        self.waiting = 0
+        self._slots = asyncio.Semaphore(sys.maxsize if limit is None else limit)
 
     def __repr__(self) -> str:
-        return f"<Slots free={self.free} limit={self.limit} waiting={self.waiting}>"
-
-    @property
-    def waiting(self) -> int:
-        """Callers queued for a slot (not counting cancelled ones)."""
-        return sum(not f.done() for f in self._waiters)
+        return f"<ConnectionQueue limit={self.limit} in_use={self.in_use} waiting={self.waiting}>"
 
     def locked(self) -> bool:
-        """True when an :meth:`acquire` now would wait."""
-        return self.free <= 0
-
-    def try_acquire(self) -> bool:
-        """Take a slot if one is free, without waiting; True if taken."""
-        if self.free > 0:
-            self.free -= 1
-            return True
-        return False
+        """True when a call now would wait for a slot (the semaphore's own ``locked()``,
+        from these counters: a slot handed to a waiter counts until the waiter runs)."""
+        return self.limit is not None and self.in_use + self.waiting >= self.limit
 
     async def acquire(self) -> None:
-        """Take a slot, waiting in FIFO order for one if none is free."""
-        if self.free > 0:
-            self.free -= 1
-            return
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
+        """Take a slot, waiting in FIFO order when none is free."""
+        if self.closed:
+            raise ClientClosedError(CLOSED_MESSAGE, attempts=0)
+        self.waiting += 1  # close() wakes this many
         try:
-            await waiter
-        except BaseException:
-            if waiter.done() and not waiter.cancelled():
-                # Handed a slot, then cancelled before running: the slot is ours, pass it on.
-                self.release()
-            else:
-                with suppress(ValueError):  # already dropped by a release() that skipped it
-                    self._waiters.remove(waiter)
+            await self._slots.acquire()
+        except asyncio.CancelledError as exc:
+            note_slot_wait(exc, self.in_use)
             raise
+        finally:
+            self.waiting -= 1
+        if self.closed:
+            raise ClientClosedError(
+                "WachatClient was closed while this call waited for a connection slot "
+                "(nothing was sent)",
+                attempts=0,
+            )
+        self.in_use += 1
 
     def release(self) -> None:
-        """Give a slot back: to the longest waiter if there is one, else to ``free``."""
-        waiters = self._waiters
-        while waiters:
-            waiter = waiters.popleft()
-            if not waiter.done():  # a cancelled waiter leaves on its own; skip it
-                waiter.set_result(None)
-                return
-        if self.free >= self.limit:
-            raise ValueError("Slots.release() called more often than acquire()")
-        self.free += 1
+        """Give a slot back (to the longest waiter, if any)."""
+        self.in_use -= 1
+        self._slots.release()
+
+    def close(self) -> None:
+        """Refuse every later :meth:`acquire` and wake every call waiting now (each refuses)."""
+        if self.closed:
+            return
+        self.closed = True
+        for _ in range(self.waiting):
+            with suppress(RuntimeError):  # a waiter of a loop that has ended cannot be woken
+                self._slots.release()

@@ -1,13 +1,9 @@
 """``QRStream``: the body of one QR image response, as an async iterator of ``bytes`` chunks.
 
-It validates while it reads: the PNG header before the first chunk is handed over, the size cap
-on every read, the chunk structure as the chunks arrive (``check_png_chunks``' rule, walked
-piece by piece) and the ``IEND`` trailer at the end. It owns the response it was given (and the
-connection slot, when it holds one) and releases both exactly once, on every path.
-
-It knows nothing of requests, retries or the client: the transport opens the response and
-hands over what the stream needs (the size cap, how to map a transport exception). Never
-imports the client, the retry loop or the transport.
+It applies :class:`QRImage`'s PNG rules (``_models.py``) as the body arrives: the header before
+the first chunk is handed over, the chunk walk piece by piece, the ``IEND`` trailer at the end;
+and the size cap on every read. It owns its response and connection slot and releases both
+exactly once. Never imports the client, the retry loop or the transport.
 """
 
 from __future__ import annotations
@@ -18,10 +14,16 @@ from collections.abc import Callable
 import aiohttp
 
 from ._errors import InvalidImageError, ResponseTooLargeError, WachatError, raise_clean
-from ._models import _unpack_chunk, check_png_end, png_dimensions, walked_chunks_error
-from ._slots import Slots
+from ._models import (
+    PNG_HEADER_SIZE,
+    check_chunk_walk,
+    check_png_end,
+    png_dimensions,
+    walk_chunks,
+)
+from ._slots import ConnectionQueue
 
-__all__ = ["CHUNK_SIZE", "TRANSPORT_ERRORS", "QRStream"]
+__all__ = ["CHUNK_SIZE", "TRANSPORT_ERRORS", "QRStream", "too_large"]
 
 #: Default read size of a stream (and of every body the transport reads in chunks).
 CHUNK_SIZE = 64 * 1024
@@ -31,6 +33,16 @@ TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
 
 #: Maps a transport exception raised while reading to our error: ``(exc, instance_name)``.
 MapError = Callable[[BaseException, str], WachatError]
+
+
+def too_large(limit: int, read: int, content_length: int | None, name: str) -> WachatError:
+    """The error for a QR image body that passed *limit* bytes while being read."""
+    return ResponseTooLargeError(
+        f"QR image is over max_image_bytes={limit} (stopped reading at {read} bytes)",
+        instance_name=name,
+        limit=limit,
+        content_length=content_length,
+    )
 
 
 class QRStream:
@@ -57,7 +69,7 @@ class QRStream:
         limit: int,
         chunk_size: int,
         map_error: MapError,
-        slot: Slots | None = None,
+        slot: ConnectionQueue | None = None,
     ) -> None:
         self._resp = response
         self._slot = slot
@@ -72,10 +84,9 @@ class QRStream:
         self.bytes_read: int = 0
         self.width: int = 0
         self.height: int = 0
-        # The chunk walk (check_png_chunks' rule, piece by piece): where the next chunk starts,
-        # the start of its header when a read ended inside it, whether an IDAT came, where the
-        # first IEND starts (-1: not yet).
-        self._walk_at = 33
+        # The chunk walk (walk_chunks): where the next chunk starts in the body, the bytes of a
+        # chunk header that a read cut in two, whether an IDAT came, where IEND starts.
+        self._walk_at = PNG_HEADER_SIZE
         self._carry = b""
         self._idat = False
         self._iend_at = -1
@@ -92,50 +103,34 @@ class QRStream:
     async def __anext__(self) -> bytes:
         if self._done:
             raise StopAsyncIteration
+        name = self.instance_name
         if not self.width:
-            head = await self._read()
-            while head and len(head) < 33 and (more := await self._read()):
-                head += more
+            chunk = await self._read()
+            while chunk and len(chunk) < PNG_HEADER_SIZE and (more := await self._read()):
+                chunk += more
             try:
-                self.width, self.height = png_dimensions(head, instance_name=self.instance_name)
+                self.width, self.height = png_dimensions(chunk, instance_name=name)
             except InvalidImageError:
                 self.close()
                 raise
-            chunk = head
         else:
             chunk = await self._read()
             if not chunk:
                 self._done = True
                 self.close()
-                check_png_end(self._tail, instance_name=self.instance_name)
-                error = walked_chunks_error(self._iend_at, self.bytes_read, self._idat)
-                if error is not None:
-                    raise InvalidImageError(f"not a PNG: {error}", instance_name=self.instance_name)
+                check_png_end(self._tail, instance_name=name)
+                check_chunk_walk(self._iend_at, self.bytes_read, self._idat, name)
                 raise StopAsyncIteration
         if self._iend_at < 0:
-            self._walk(chunk, self.bytes_read - len(chunk))
+            # Resume the walk where it stopped: the cut chunk header first, if any.
+            data = self._carry + chunk
+            start = self.bytes_read - len(data)
+            pos, self._idat, iend = walk_chunks(data, self._walk_at - start, self._idat)
+            self._walk_at = start + pos
+            self._iend_at = iend if iend < 0 else start + iend
+            self._carry = data[pos:]
         self._tail = (self._tail + chunk)[-12:]
         return chunk
-
-    def _walk(self, chunk: bytes, start: int) -> None:
-        """Follow the chunk lengths through *chunk* (at offset *start* of the body) up to the
-        first ``IEND``: one unpack per chunk header, the chunks' contents skipped."""
-        if self._carry:
-            chunk = self._carry + chunk
-            start -= len(self._carry)
-        i = self._walk_at - start
-        size = len(chunk)
-        while i + 8 <= size:
-            length, kind = _unpack_chunk(chunk, i)
-            if kind == b"IDAT":
-                self._idat = True
-            elif kind == b"IEND":
-                self._iend_at = start + i
-                self._carry = b""
-                return
-            i += length + 12
-        self._walk_at = start + i
-        self._carry = chunk[i:] if i < size else b""
 
     async def read(self) -> bytes:
         """Read the rest of the body and return it (validated like the iteration)."""
@@ -151,24 +146,17 @@ class QRStream:
             self.bytes_read += len(chunk)
             if self.bytes_read <= self._limit:
                 return chunk
-            failure = ResponseTooLargeError(
-                f"QR image is over max_image_bytes={self._limit} (stopped reading at "
-                f"{self.bytes_read} bytes)",
-                instance_name=self.instance_name,
-                limit=self._limit,
-                content_length=self.content_length,
+            failure = too_large(
+                self._limit, self.bytes_read, self.content_length, self.instance_name
             )
         self._done = True
         self.close()
         raise_clean(failure)
 
     def close(self) -> None:
-        """Release the connection: back to the pool if the body was read to its end, else
-        closed (a half-read connection is never reused). Idempotent."""
-        if self._resp.content.is_eof():
-            self._resp.release()
-        else:
-            self._resp.close()
+        """Release the response (aiohttp reuses its connection only if the body was read to
+        its end) and the connection slot. Idempotent."""
+        self._resp.release()
         slot, self._slot = self._slot, None
         if slot is not None:
-            slot.release()  # the client's connection slot, held since the stream was opened
+            slot.release()

@@ -1,19 +1,9 @@
-"""One attempt on the wire: send, check the status, read the body under its limit, map errors.
+"""One attempt on the wire: send, check the status and headers, read the body, map errors.
 
-An attempt is one GET: the request is sent with aiohttp and the status checked here (never
-``raise_for_status``: aiohttp's exception carries the request headers); a failed response
-becomes the typed error for its status with a short, redacted excerpt of its body; a 200 is
-validated and read under the size cap. An aiohttp or OS exception becomes a
-:class:`WachatConnectionError`, :class:`WachatTimeoutError` or a truncated-body error whose
-``__cause__`` cannot show a request header (:class:`_SanitizedCause` stands in when it could).
-Every response is released (or its connection closed, when it was not read to the end) on
-every path: success, error and cancellation.
-
-The transport makes exactly one attempt: it never retries, sleeps or looks at a deadline (that
-is the retry loop's job, in ``_retry.py``) and never imports the client or the retry loop. Its
-session and connection queue belong to the client, which binds them to the running event loop
-and sets :attr:`Transport.session` and :attr:`Transport.slots`; each attempt takes a slot
-before it sends, so its timeout starts only once it has one.
+Statuses are checked here, never with ``raise_for_status`` (aiohttp's exception carries the
+request headers). Every image call opens and checks with :meth:`Transport.open_png`, then reads
+the body whole (get) or through a :class:`QRStream` (stream, save). Exactly one attempt:
+retrying and the deadline are ``_retry.py``'s.
 """
 
 from __future__ import annotations
@@ -46,8 +36,8 @@ from ._files import Sink
 from ._models import InstanceState, QRImage
 from ._network import Proxy, classify, proxy_status_error
 from ._redact import Secret, excerpt, redact
-from ._slots import Slots
-from ._stream import CHUNK_SIZE, TRANSPORT_ERRORS, QRStream
+from ._slots import CLOSED_MESSAGE, ConnectionQueue
+from ._stream import CHUNK_SIZE, TRANSPORT_ERRORS, QRStream, too_large
 
 #: Each HTTP attempt is one DEBUG line on this child of the library's logger ``wachat_async``
 #: (``wachat-qr --debug`` shows them): method, URL (never a key), status or failure.
@@ -64,29 +54,17 @@ __all__ = [
     "transport_error",
 ]
 
-#: Per-attempt timeouts: ``total`` (set explicitly: aiohttp defaults every field to None) bounds
-#: every stall, before the headers or mid-body, slowloris drips included: an attempt fails 20 s
-#: after it got its connection slot. ``sock_connect`` fails an unreachable host sooner. There is
-#: deliberately no ``sock_read``: under a 20 s ``total`` it could only end a stall that starts in
-#: the first seconds a few seconds earlier (a 15 s ``sock_read`` fails a stall at its start +
-#: 15 s, so it saves at most 5 s, and nothing for a drip), while aiohttp cancels and re-arms its
-#: timer on every read, 35k to 38k instructions per request (9-10% of a whole fetch, measured with
-#: ``benchmarks/instructions.py``). The retry policy's ``deadline`` still bounds the whole call.
-#: Pass ``timeout=aiohttp.ClientTimeout(total=..., sock_read=...)`` to have one anyway.
+#: Per-attempt timeouts: ``total`` bounds every stall (slowloris drips included) from the moment
+#: the attempt has its connection slot. No ``sock_read``: under ``total`` it would save seconds
+#: at most, for a timer aiohttp re-arms on every read.
 DEFAULT_TIMEOUT = aiohttp.ClientTimeout(total=20.0, sock_connect=10.0)
 #: How much of an error body is read for its excerpt (more is not read: the connection closes).
 ERROR_BODY_LIMIT = 64 * 1024
 #: The largest ``GET /instance/state`` body accepted.
 JSON_LIMIT = 1024**2
 
-
-_CONTENT_TYPE = aiohttp.hdrs.CONTENT_TYPE
-_CONTENT_LENGTH = aiohttp.hdrs.CONTENT_LENGTH
-_CONTENT_ENCODING = aiohttp.hdrs.CONTENT_ENCODING
-
-_CLOSED = "WachatClient is closed; create a new client (a closed one cannot be reused)"
-
 _SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+_CONTENT_TYPE = aiohttp.hdrs.CONTENT_TYPE
 
 
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
@@ -186,29 +164,9 @@ def _chain_mentions(exc: BaseException, secrets: tuple[str, ...]) -> bool:
 class Transport:
     """One attempt of each call the client makes, against one base URL with one key.
 
-    Built once by the client from its checked configuration. The client sets ``session`` and
-    ``slots`` (its connection queue) whenever it binds to an event loop; an attempt runs only
-    once the session is set.
+    The client sets ``session`` and ``slots`` (its connection queue) whenever it binds to an
+    event loop.
     """
-
-    __slots__ = (
-        "_api_key",
-        "_borrowed",
-        "_image_headers",
-        "_json_headers",
-        "_proxy_headers",
-        "_secrets",
-        "base_url",
-        "closed",
-        "max_image_bytes",
-        "proxy",
-        "qr_url",
-        "session",
-        "slots",
-        "state_url",
-        "timeout",
-        "user_agent",
-    )
 
     def __init__(
         self,
@@ -219,7 +177,7 @@ class Transport:
         max_image_bytes: int,
         user_agent: str,
         borrowed: bool,
-        slots: Slots,
+        slots: ConnectionQueue,
     ) -> None:
         self.qr_url = qr_url
         self.base_url = qr_url.parent.parent.parent
@@ -288,101 +246,15 @@ class Transport:
     # -- the attempts ----------------------------------------------------------------------
 
     async def fetch_image(self, name: str) -> QRImage:
-        """``GET /instance/qr/image`` read whole into a validated :class:`QRImage`.
-
-        One coroutine for the whole success path (a plain 200 ``image/png`` of a known length
-        within the cap): the slot is taken inline when one is free, the request sent, the
-        headers checked and the body read here; anything else goes to :meth:`_image_otherwise`.
-        """
+        """``GET /instance/qr/image`` read whole into a validated :class:`QRImage`."""
         slots = self.slots
-        if slots.free > 0:
-            slots.free -= 1  # a free slot: taken without a coroutine (see _slots.py)
-        else:
-            await slots.acquire()  # the per-attempt timeout starts once a slot is ours
-        failure: BaseException | None = None
+        await slots.acquire()
         try:
-            session = self.session
-            if session is None or self.closed:  # the client let go of it: it was closed
-                failure = ClientClosedError(_CLOSED, instance_name=name, attempts=0)
-            else:
-                target = self.qr_url.with_query(instanceName=name)
-                try:
-                    # Everything a result depends on is set here, whatever the session's
-                    # defaults.
-                    resp = await session.get(
-                        target,
-                        headers=self._image_headers,
-                        allow_redirects=False,
-                        raise_for_status=False,
-                        timeout=self.timeout,
-                        proxy_headers=self._proxy_headers,
-                    )
-                except TRANSPORT_ERRORS as exc:
-                    failure = self.transport_error(exc, name)
-                    if _log.isEnabledFor(logging.DEBUG):
-                        self._log_failure(target, failure)
-                except RuntimeError:
-                    failure = self._session_failure(session, name)
-                    if failure is None:
-                        raise
-                else:
-                    if _log.isEnabledFor(logging.DEBUG):
-                        self._log_response(target, resp)
-                    headers = resp.headers
-                    length = headers.get(_CONTENT_LENGTH)
-                    if not (
-                        resp.status == 200
-                        and headers.get(_CONTENT_TYPE) == "image/png"
-                        and length is not None
-                        and _CONTENT_ENCODING not in headers
-                        and int(length) <= self.max_image_bytes
-                    ):
-                        return await self._image_otherwise(resp, name)
-                    # A plain body whose length is known to be within the cap.
-                    try:
-                        data = await resp.read()
-                    except BaseException as exc:
-                        resp.close()
-                        if not isinstance(exc, TRANSPORT_ERRORS):
-                            raise
-                        failure = self.transport_error(exc, name)
+            resp = await self.open_png(name)
+            data = await self.read_limited(resp, self.max_image_bytes, name, png=True)
         finally:
-            if slots._waiters or slots.free >= slots.limit:
-                slots.release()  # to the next waiter (or refused: released too often)
-            else:
-                slots.free += 1  # Slots.release() with nobody waiting, inline
-        if failure is not None:
-            raise_clean(failure)
+            slots.release()
         return QRImage.from_png(data, instance_name=name)
-
-    async def _image_otherwise(self, resp: aiohttp.ClientResponse, name: str) -> QRImage:
-        """:meth:`fetch_image` for every response but a plain PNG of a known length within the
-        cap: an error status, a content type with parameters (or in capitals), a body too large,
-        or one of unknown or compressed length (read chunk by chunk, so the cap holds while
-        reading). Releases *resp* on every path."""
-        if resp.status != 200:
-            raise_clean(await self.status_error(resp, name))
-        await self._check_png_headers(resp, name)
-        if resp.content_length is None or _CONTENT_ENCODING in resp.headers:
-            stream = self._stream(resp, name, CHUNK_SIZE, None)
-            try:
-                data = await stream.read()
-            finally:
-                stream.close()
-            return QRImage._trusted(
-                instance_name=name, data=data, width=stream.width, height=stream.height
-            )
-        failure: BaseException
-        try:
-            data = await resp.read()
-        except BaseException as exc:
-            resp.close()
-            if not isinstance(exc, TRANSPORT_ERRORS):
-                raise
-            failure = self.transport_error(exc, name)
-        else:
-            return QRImage.from_png(data, instance_name=name)
-        raise_clean(failure)
 
     async def open_stream(self, name: str, chunk_size: int) -> QRStream:
         """Open the PNG in a connection slot that the stream holds until it is closed."""
@@ -393,7 +265,14 @@ class Transport:
         except BaseException:
             slots.release()
             raise
-        return self._stream(resp, name, chunk_size, slots)
+        return QRStream(
+            resp,
+            instance_name=name,
+            limit=self.max_image_bytes,
+            chunk_size=chunk_size,
+            map_error=self.transport_error,
+            slot=slots,
+        )
 
     async def save_once(self, name: str, sink: Sink) -> None:
         """Stream the PNG into *sink*, from its start (a retry starts a fresh body)."""
@@ -411,10 +290,7 @@ class Transport:
         await slots.acquire()
         try:
             resp = await self.send(self.state_url, name, self._json_headers)
-            try:
-                raw = await self.read_limited(resp, JSON_LIMIT, name)
-            finally:
-                resp.close()
+            raw = await self.read_limited(resp, JSON_LIMIT, name, png=False)
         finally:
             slots.release()
         return InstanceState.from_payload(raw, instance_name=name, secrets=self._secrets)
@@ -426,7 +302,7 @@ class Transport:
         session = self.session
         failure: BaseException
         if session is None or self.closed:  # the client let go of it: it was closed
-            raise ClientClosedError(_CLOSED, instance_name=name, attempts=0)
+            raise ClientClosedError(CLOSED_MESSAGE, instance_name=name, attempts=0)
         target = url.with_query(instanceName=name)
         try:
             # Everything a result depends on is set here, whatever the session's defaults.
@@ -441,7 +317,9 @@ class Transport:
         except TRANSPORT_ERRORS as exc:
             failure = self.transport_error(exc, name)
             if _log.isEnabledFor(logging.DEBUG):
-                self._log_failure(target, failure)
+                _log.debug(
+                    "GET %s failed: %s: %s", self._shown(target), type(failure).__name__, failure
+                )
         except RuntimeError:
             closed = self._session_failure(session, name)
             if closed is None:
@@ -456,8 +334,7 @@ class Transport:
         raise_clean(failure)
 
     def _shown(self, url: URL) -> str:
-        """*url* as a debug log line may show it: no key ever travels in it (the key is a
-        header), and it is redacted all the same."""
+        """*url* for a log line: it never holds the key (a header), but is redacted anyway."""
         return redact(str(url), self._secrets)
 
     def _log_response(self, url: URL, resp: aiohttp.ClientResponse) -> None:
@@ -471,10 +348,6 @@ class Transport:
             resp.content_length if resp.content_length is not None else "unknown",
         )
 
-    def _log_failure(self, url: URL, failure: BaseException) -> None:
-        """The DEBUG line of an attempt that got no answer (callers check the level first)."""
-        _log.debug("GET %s failed: %s: %s", self._shown(url), type(failure).__name__, failure)
-
     def _session_failure(self, session: aiohttp.ClientSession, name: str) -> WachatError | None:
         """The error for a ``RuntimeError`` from aiohttp when *session* was closed under the
         request (None when it was not: the ``RuntimeError`` is raised as it is)."""
@@ -485,48 +358,43 @@ class Transport:
                 "The aiohttp.ClientSession passed as session= was closed while the client "
                 "still uses it; close the session only after the client"
             )
-        return ClientClosedError(_CLOSED, instance_name=name, attempts=0)
+        return ClientClosedError(CLOSED_MESSAGE, instance_name=name, attempts=0)
 
     async def open_png(self, name: str) -> aiohttp.ClientResponse:
         """Send the QR image request; return the response once its headers promise a PNG
         within the size cap (else release it and raise)."""
         resp = await self.send(self.qr_url, name, self._image_headers)
         length = resp.content_length
-        if resp.headers.get(_CONTENT_TYPE) != "image/png" or (
-            length is not None and length > self.max_image_bytes
-        ):
-            await self._check_png_headers(resp, name)
-        return resp
-
-    async def _check_png_headers(self, resp: aiohttp.ClientResponse, name: str) -> None:
-        """Release *resp* and raise unless its headers promise a PNG within the size cap: its
-        media type (parameters and case aside) is ``image/png`` and its ``Content-Length``,
-        when it has one, at most ``max_image_bytes``."""
-        failure: WachatError | None = None
-        content_type = resp.content_type
-        if content_type != "image/png" and content_type.lower() != "image/png":
+        failure: WachatError
+        # The raw header first (parsing it costs more); aiohttp's parse is lower case, without
+        # parameters.
+        if resp.headers.get(_CONTENT_TYPE) != "image/png" and resp.content_type != "image/png":
             # Server-controlled text: it may echo the key or carry junk, so only an excerpt.
-            content_type = excerpt(content_type.lower(), self._secrets, limit=100)
+            content_type = excerpt(resp.content_type, self._secrets, limit=100)
             detail = await self.read_excerpt(resp)
             failure = InvalidImageError(
-                f"expected image/png, got {content_type or 'no content type'}"
-                + (f": {detail}" if detail else ""),
+                f"expected image/png, got {content_type}" + (f": {detail}" if detail else ""),
                 instance_name=name,
                 content_type=content_type,
             )
-        elif (length := resp.content_length) is not None and length > self.max_image_bytes:
-            resp.close()
+        elif length is not None and length > self.max_image_bytes:
+            resp.release()
             failure = ResponseTooLargeError(
                 f"QR image is {length} bytes, over max_image_bytes={self.max_image_bytes}",
                 instance_name=name,
                 limit=self.max_image_bytes,
                 content_length=length,
             )
-        if failure is not None:
-            raise_clean(failure)
+        else:
+            return resp
+        raise_clean(failure)
 
-    async def read_limited(self, resp: aiohttp.ClientResponse, limit: int, name: str) -> bytes:
-        """The whole body, or :class:`InvalidResponseError` once it passes *limit* bytes."""
+    async def read_limited(
+        self, resp: aiohttp.ClientResponse, limit: int, name: str, *, png: bool
+    ) -> bytes:
+        """The whole body (read to its end, aiohttp gives the connection back), or the error
+        for a body over *limit* bytes or cut short (*resp* released). *png*: the body is the
+        QR image (over the limit: :class:`ResponseTooLargeError`)."""
         chunks: list[bytes] = []
         size = 0
         failure: BaseException
@@ -538,16 +406,24 @@ class Transport:
                 chunks.append(chunk)
             else:
                 return b"".join(chunks)
-        except TRANSPORT_ERRORS as exc:
-            failure = self.transport_error(exc, name, png=False)
+        except BaseException as exc:
+            resp.release()
+            if not isinstance(exc, TRANSPORT_ERRORS):
+                raise
+            failure = self.transport_error(exc, name, png=png)
         else:
-            failure = InvalidResponseError(f"response body over {limit} bytes", instance_name=name)
+            resp.release()
+            if png:
+                failure = too_large(limit, size, resp.content_length, name)
+            else:
+                failure = InvalidResponseError(
+                    f"response body over {limit} bytes", instance_name=name
+                )
         raise_clean(failure)
 
     async def read_excerpt(self, resp: aiohttp.ClientResponse) -> str:
         """A short redacted excerpt of an error body; never raises, always releases *resp*
-        (back to the pool when the body was read to its end, so a 502 storm reuses
-        connections; closed otherwise)."""
+        (its connection is reused when the body was read to its end)."""
         raw = b""
         limit = ERROR_BODY_LIMIT
         try:
@@ -555,10 +431,7 @@ class Transport:
                 while len(raw) < limit and (chunk := await resp.content.read(CHUNK_SIZE)):
                     raw += chunk
         finally:
-            if resp.content.is_eof() and len(raw) < limit:
-                resp.release()
-            else:
-                resp.close()
+            resp.release()
         text = raw[:limit].decode("utf-8", "replace")
         if text[:1] in "{[" and text:
             try:
@@ -611,19 +484,3 @@ class Transport:
         )
         closed.__cause__ = error
         return closed
-
-    def _stream(
-        self,
-        resp: aiohttp.ClientResponse,
-        name: str,
-        chunk_size: int,
-        slot: Slots | None,
-    ) -> QRStream:
-        return QRStream(
-            resp,
-            instance_name=name,
-            limit=self.max_image_bytes,
-            chunk_size=chunk_size,
-            map_error=self.transport_error,
-            slot=slot,
-        )
