@@ -125,7 +125,7 @@ async def test_chromium_follows_the_live_qr_until_connected(
 
     # Every tab showed at least three different QR codes (two changes), then "connected".
     assert all(len(seen) >= 3 for seen in shown), shown
-    assert all(src.startswith(f"/qr/{NAME}.png?v=") for seen in shown for src in seen)
+    assert all(src.startswith(f"{base}/qr/{NAME}.png?v=") for seen in shown for src in seen)
     assert len(widths) == 1
     assert all(state["status"] == "connected" for state in finals)
     # Nothing the browser sent carries the key, in the URL or in a header.
@@ -180,5 +180,5 @@ async def test_chromium_follows_a_name_with_a_slash_and_unicode(
         fake.set_state(name, "open")
         await wait_for(lambda s: s["status"] == "connected", "the page reads connected")
         qr_fetches = [r.instance_name for r in fake.requests if r.path.endswith("/qr/image")]
-    assert shown["src"].startswith(f"/qr/{segment}.png?v=")
+    assert shown["src"].startswith(f"{base}/qr/{segment}.png?v=")  # resolved by the page
     assert set(qr_fetches) == {name}

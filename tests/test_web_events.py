@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import re
 import socket
 import struct
 from collections.abc import AsyncIterator
@@ -18,7 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests._web import LIMIT, EventReader, serve, until, watch_tasks
+from tests._web import LIMIT, EventReader, png_url, serve, until, watch_tasks
 from tests.conftest import KEY, NAME, assert_no_key
 from wachat_async import RetryPolicy, WachatClient
 from wachat_async.testing import FakeWachatServer
@@ -108,10 +109,10 @@ async def test_events_announce_each_qr_then_connected_and_end(
         second = await reader.expect("qr")
         still.set_state(NAME, "open")
         rest = await reader.rest()
-        async with http.get(base + second["src"]) as png:
+        async with http.get(png_url(f"{base}/qr/{NAME}/events", second["src"])) as png:
             image = await png.read()
     assert set(first) == {"sha256", "src"}
-    assert first["src"] == f"/qr/{NAME}.png?v={first['sha256']}"
+    assert first["src"] == f"../{NAME}.png?v={first['sha256']}"
     assert first["sha256"] != second["sha256"]
     assert rest == [("connected", {"instance": NAME})]
     assert png.headers["ETag"] == f'"{second["sha256"]}"'
@@ -150,7 +151,8 @@ async def test_a_terminal_upstream_error_is_an_error_event_that_ends_the_stream(
     status: int,
     expected: tuple[int, str],
 ) -> None:
-    """A terminal error sends `event: error` with the PNG route's JSON, then the stream ends."""
+    """A terminal error sends `event: failed` with the PNG route's JSON and status, then the
+    stream ends (not `error`, which is EventSource's own event)."""
     still.script(NAME, [status])
     async with (
         serve(framework, wachat) as base,
@@ -162,18 +164,20 @@ async def test_a_terminal_upstream_error_is_an_error_event_that_ends_the_stream(
             png_error = await png.json() if png.status != 200 else None
     assert len(events) == 1
     kind, data = events[0]
-    assert kind == "error"
+    assert kind == "failed"
     assert data["instance"] == NAME
     assert expected[1] in data["error"]
-    assert set(data) == {"error", "instance"}
+    assert data["status"] == expected[0]
+    assert set(data) == {"error", "instance", "status"}
     assert png_error is None  # the script is spent: the next fetch works again
     await until(lambda: not watch_tasks(), "the failed watch is gone")
 
 
-async def test_transient_failures_are_ridden_out_silently(
+async def test_transient_failures_are_announced_and_ridden_out(
     framework: str, still: FakeWachatServer, wachat: WachatClient
 ) -> None:
-    """502s beyond the retry policy keep the stream open; the next QR still arrives."""
+    """502s beyond the retry policy keep the stream open: each failed poll is an `unavailable`
+    event (why, and when the next try is), and the next good poll brings the QR back."""
     async with (
         serve(framework, wachat) as base,
         aiohttp.ClientSession() as http,
@@ -181,11 +185,21 @@ async def test_transient_failures_are_ridden_out_silently(
     ):
         reader = EventReader(response)
         await reader.expect("qr")
-        still.script(NAME, [502] * 8)
-        await until(lambda: not still.pending_script(NAME), "the 502s are served")
+        still.script(NAME, [502] * 8)  # two polls of four attempts each
+        down = await reader.expect("unavailable")
+        while (got := await reader.next()) is not None and got[0] == "unavailable":
+            pass
         still.rotate_qr(NAME)
-        second = await reader.expect("qr")
-    assert second["src"].startswith(f"/qr/{NAME}.png?v=")
+        second = got if got and got[0] == "qr" and not still.pending_script(NAME) else None
+        if second is None:
+            second = (None, await reader.expect("qr"))
+    assert down == {
+        "instance": NAME,
+        "error": "the QR code service failed; try again",
+        "retry_in": down["retry_in"],
+    }
+    assert isinstance(down["retry_in"], float)
+    assert second[1]["src"].startswith(f"../{NAME}.png?v=")
 
 
 async def test_heartbeat_comments_keep_an_idle_stream_alive(
@@ -230,7 +244,7 @@ async def test_fifty_viewers_share_one_upstream_watch(
             assert still.request_count(NAME, path=QR) == 1
 
             # While watched, the PNG route answers from the announced image: no upstream call.
-            async with http.get(base + firsts[0]["src"]) as png:
+            async with http.get(png_url(f"{base}/qr/{NAME}/events", firsts[0]["src"])) as png:
                 assert png.status == 200
                 assert png.headers["ETag"] == f'"{firsts[0]["sha256"]}"'
             assert turnstile.waiting == 1
@@ -354,6 +368,7 @@ async def test_qr_events_is_a_plain_async_iterator_of_bytes(
 ) -> None:
     """qr_events works without a framework and closing it counts the viewer out."""
     stream = qr_events(hub_for(wachat), NAME, png_path="/x/qr.png", interval=1.0, heartbeat=15.0)
+    assert re.fullmatch(rb"retry: \d{4}\n\n", await stream.__anext__())
     chunk = await stream.__anext__()
     assert chunk.startswith(b"event: qr\ndata: {")
     assert b'"src":"/x/qr.png?v=' in chunk
@@ -388,17 +403,17 @@ async def test_a_browser_that_leaves_is_noticed_without_a_write(
 async def test_a_bug_in_the_watch_is_an_error_event_not_a_hang(
     still: FakeWachatServer, wachat: WachatClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An unexpected exception ends the stream with a 502-style error event (and is logged)."""
+    """An unexpected exception ends the stream with a 502-style final event (and is logged)."""
 
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("bug")
 
-    monkeypatch.setattr(wachat, "watch_qr", broken)
+    monkeypatch.setattr(wachat, "get_instance_state", broken)
     stream = qr_events(hub_for(wachat), NAME, png_path="/qr.png", interval=1.0, heartbeat=15.0)
     chunks = [chunk async for chunk in stream]
-    assert chunks == [
-        b'event: error\ndata: {"error":"the QR code service failed; try again",'
-        + f'"instance":"{NAME}"'.encode()
+    assert chunks[1:] == [
+        b'event: failed\ndata: {"error":"the QR code service failed; try again",'
+        + f'"instance":"{NAME}","status":502'.encode()
         + b"}\n\n"
     ]
 

@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 import pytest
 
-from tests._web import FRAMEWORKS, LIMIT, raw_request, serve, until, watch_tasks
+from tests._web import FRAMEWORKS, LIMIT, png_url, raw_request, serve, until, watch_tasks
 from tests.conftest import KEY, NAME, assert_no_key
 from wachat_async import RetryPolicy, WachatClient
 from wachat_async.testing import FakeWachatServer
@@ -103,7 +103,7 @@ async def test_a_name_is_one_percent_decoded_segment(
     elif route == "events":
         assert response.body.startswith(b"event: qr\ndata: ")
         data = json.loads(response.body.split(b"data: ", 1)[1])
-        assert data["src"] == f"/qr/{segment}.png?v={data['sha256']}"
+        assert data["src"] == f"../{quote(name, safe='')}.png?v={data['sha256']}"
         await until(lambda: not watch_tasks(), "the watch ends with its viewer")
     else:
         assert response.headers["content-type"].startswith("text/html")
@@ -453,7 +453,9 @@ async def test_routes_mounted_in_a_starlette_mount_and_fastapi_router(
             assert_json_error(wrong, 405, "method not allowed", "a/b")
             events = await raw_request(base, "GET", f"{mount}/qr/a%2Fb/events")
             data = json.loads(events.body.split(b"data: ", 1)[1])
-            assert data["src"] == f"{mount}/qr/a%2Fb.png?v={data['sha256']}"
+            assert data["src"] == f"../a%2Fb.png?v={data['sha256']}"
+            image = await raw_request(base, "GET", png_url(f"{mount}/qr/a%2Fb/events", data["src"]))
+            assert image.status == 200, (mount, image.body[:200])
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, LIMIT)

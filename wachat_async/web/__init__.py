@@ -42,18 +42,29 @@ the event stream as an async iterator of ``bytes`` (hand it to any streaming res
 
 from __future__ import annotations
 
-from ._core import DEFAULT_HEARTBEAT, DEFAULT_INTERVAL, Authorize, error_status
-from ._hub import WATCH_TASK_PREFIX, QRHub, hub_for
+from ._core import DEFAULT_HEARTBEAT, DEFAULT_INTERVAL, Authorize
+from ._hub import (
+    DEFAULT_MAX_AGE,
+    DEFAULT_MAX_BACKOFF,
+    WATCH_TASK_PREFIX,
+    QRHub,
+    end_event_streams,
+    error_status,
+    hub_for,
+)
 from ._paths import DEFAULT_MAX_NAME_LENGTH
 from ._sse import qr_events
 
 __all__ = [
     "DEFAULT_HEARTBEAT",
     "DEFAULT_INTERVAL",
+    "DEFAULT_MAX_AGE",
+    "DEFAULT_MAX_BACKOFF",
     "DEFAULT_MAX_NAME_LENGTH",
     "WATCH_TASK_PREFIX",
     "Authorize",
     "QRHub",
+    "end_event_streams",
     "error_status",
     "hub_for",
     "qr_events",

@@ -22,20 +22,14 @@ import attrs
 from wachat_async import (
     APIStatusError,
     AuthenticationError,
-    BadRequestError,
-    InstanceNotFoundError,
     InvalidInstanceNameError,
     QRImage,
-    QRNotSupportedError,
     SubscriptionRestrictedError,
-    UnexpectedStatusError,
-    WachatClient,
     WachatError,
-    WachatTimeoutError,
     build_qr_image_url,
 )
 
-from ._hub import QRHub
+from ._hub import DEFAULT_MAX_AGE, DEFAULT_MAX_BACKOFF, QRHub, Unavailable, error_status
 from ._paths import (
     DEFAULT_MAX_NAME_LENGTH,
     METHODS,
@@ -75,7 +69,6 @@ DEFAULT_HEARTBEAT: Final = 15.0
 
 NO_STORE: Final = "no-store"
 JSON_TYPE: Final = "application/json"
-_BUDGET_NOTE: Final = "retry budget exhausted"
 _SHOWN_ERROR: Final = 200  # characters of an exception's text from authorize, in a log line
 
 
@@ -94,6 +87,8 @@ def check_route_options(
     interval: object,
     heartbeat: object,
     max_name_length: object = DEFAULT_MAX_NAME_LENGTH,
+    max_age: object = DEFAULT_MAX_AGE,
+    max_backoff: object = DEFAULT_MAX_BACKOFF,
 ) -> str:
     """Check ``qr_routes``' options at construction time; return the normalised prefix."""
     if not isinstance(prefix, str):
@@ -105,7 +100,8 @@ def check_route_options(
             "authorize must be a callable authorize(request, instance_name) -> bool (or an "
             "async one): whoever scans a QR links a phone, so the routes are never open"
         )
-    for what, value in (("interval", interval), ("heartbeat", heartbeat)):
+    numbers = {"interval": interval, "heartbeat": heartbeat, "max_age": max_age}
+    for what, value in {**numbers, "max_backoff": max_backoff}.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TypeError(f"{what} must be a number of seconds, not {type(value).__name__}")
         if not (value > 0 and math.isfinite(value)):
@@ -270,34 +266,6 @@ def json_answer(status: int, message: str, name: str) -> Answer:
     return Answer(status, headers, body)
 
 
-def error_status(exc: BaseException) -> tuple[int, str]:
-    """The status and message a browser gets for an upstream failure.
-
-    * invalid name, 400, 404: 404 (no such QR here);
-    * 409 (not a Baileys instance): 409 (this instance has no QR);
-    * client-side timeout, deadline: 503 (try again);
-    * retry budget exhausted, 429, 503: 503 (upstream overloaded: try later);
-    * 502, 504, an invalid or oversized image, 401, 403 (*our* key or plan is wrong), connection
-      errors, any other status: 502 (the gateway failed).
-
-    Never 500, and the message is fixed text: never the exception's own text, which may quote
-    an upstream body.
-    """
-    if isinstance(exc, InvalidInstanceNameError):
-        return 404, "invalid instance name"
-    if isinstance(exc, (BadRequestError, InstanceNotFoundError)):
-        return 404, "no such instance"
-    if isinstance(exc, QRNotSupportedError):
-        return 409, "this instance has no QR code (only WhatsApp Baileys instances have one)"
-    if isinstance(exc, WachatTimeoutError):  # before OSError: it is also a TimeoutError
-        return 503, "the QR code service timed out; try again"
-    if any(_BUDGET_NOTE in note for note in getattr(exc, "__notes__", ())) or (
-        isinstance(exc, UnexpectedStatusError) and exc.status in (429, 503)
-    ):
-        return 503, "the QR code service is overloaded; try again later"
-    return 502, "the QR code service failed; try again"
-
-
 def error_answer(exc: BaseException, name: str) -> Answer:
     """Log *exc* (its class and status: the client already redacted it) and map it."""
     status, message = error_status(exc)
@@ -349,16 +317,35 @@ def etag_matches(header: str | None, digest: str) -> bool:
     return False
 
 
+def unavailable_answer(state: Unavailable, name: str, now: float) -> Answer:
+    """``503`` while the instance's watch has no current QR (what its viewers are told too),
+    with ``Retry-After`` when the next try is known."""
+    answer = json_answer(503, state.message, name)
+    if state.retry_at is None:
+        return answer
+    return attrs.evolve(
+        answer, headers={**answer.headers, "Retry-After": str(math.ceil(state.retry_at - now))}
+    )
+
+
 async def png_answer(
-    client: WachatClient, hub: QRHub, name: str, if_none_match: str | None
+    hub: QRHub, name: str, if_none_match: str | None, max_age: float = DEFAULT_MAX_AGE
 ) -> Answer:
-    """The instance's current QR PNG: the watch's latest image while it is watched, else
-    fetched now (whole: the ETag is its SHA-256, and an invalid image must become a 502, not a
-    half-sent 200). ``304`` when *if_none_match* names it."""
-    image: QRImage | None = hub.latest(name)
+    """The instance's current QR PNG: while it is watched, the watch's (polled at most
+    *max_age* seconds ago; older, or while its polls fail, a ``503``: the page says the same);
+    else fetched now, one upstream request for all concurrent callers (whole: the ETag is its
+    SHA-256, and an invalid image must become a 502, not a half-sent 200). ``304`` when
+    *if_none_match* names it."""
+    now = asyncio.get_running_loop().time()
+    states = [watch.state(now, max_age) for watch in hub.watches(name)]
+    images = [state for state in states if isinstance(state, QRImage)]
+    image: QRImage | None = max(images, key=lambda qr: qr.fetched_at) if images else None
     if image is None:
+        for state in states:
+            if isinstance(state, Unavailable):
+                return unavailable_answer(state, name, now)
         try:
-            image = await client.get_qr_image(name)
+            image = await hub.fetch(name)
         except Exception as exc:  # WachatError, or a bug: both a JSON answer, never a 500
             return error_answer(exc, name)
     headers = {
