@@ -148,7 +148,7 @@ async def test_paths_that_are_no_route_are_a_json_404(
     assert fake.request_count() == 0
 
 
-# Not passed on: authorize is asked first (it may refuse), then a 404 names the problem.
+# Not passed on: a 404 names the problem, before authorize is asked (it never sees them).
 REFUSED_NAMES = [
     pytest.param("", "", "must not be empty", id="empty"),
     pytest.param("%20", " ", "must not be empty or whitespace", id="space"),
@@ -180,15 +180,15 @@ async def test_names_the_routes_do_not_pass_on_are_a_json_404(
     fragment: str,
 ) -> None:
     """Empty, whitespace, ``.``/``..`` (a browser would resolve them), control characters, text
-    that is not UTF-8: a JSON 404 on every route and nothing sent upstream. authorize is asked
-    first whenever there is a name to ask about."""
+    that is not UTF-8: a JSON 404 on every route and nothing sent upstream. authorize is not
+    asked: the application's rule never sees such a name."""
     recorder = Recorder()
     async with serve(framework, wachat, authorize=recorder) as base:
         response = await raw_request(base, "GET", ROUTES[route].format(segment))
     payload = response.json()
     assert response.status == 404
     assert fragment in payload["error"]
-    assert recorder.names == ([] if name is None else [name])
+    assert recorder.names == []
     if name is not None:
         assert payload["instance"] == name
     assert fake.request_count() == 0
@@ -286,9 +286,9 @@ async def test_names_over_the_cap_are_a_json_404_after_authorize(
     length: int,
     limit: int | None,
 ) -> None:
-    """Longer than ``max_name_length`` (256 characters by default): authorize is asked (it
-    comes before anything), then 404 naming the length; the body's ``instance`` is cut to the
-    cap, nothing goes upstream and no log line carries the whole name."""
+    """Longer than ``max_name_length`` (256 characters by default): 404 naming the length,
+    before authorize is asked; the body's ``instance`` is cut to the cap, nothing goes upstream
+    and no log line carries the whole name."""
     caplog.set_level(logging.DEBUG)
     name = char * length
     cap = DEFAULT_MAX_NAME_LENGTH if limit is None else limit
@@ -298,20 +298,23 @@ async def test_names_over_the_cap_are_a_json_404_after_authorize(
         response = await raw_request(base, "GET", ROUTES[route].format(encoded * length))
     message = f"too long: {length} characters (at most {cap})"
     assert_json_error(response, 404, message, name[:cap] + "\u2026")
-    assert recorder.names == [name]
+    assert recorder.names == []
     assert fake.request_count() == 0
     ours = [r.getMessage() for r in caplog.records if r.name.startswith("wachat_async")]
     assert all(name not in m for m in ours)  # the frameworks' access logs are theirs
 
 
 @pytest.mark.parametrize("route", ROUTE_PARAMS)
-async def test_a_huge_name_refused_by_authorize_is_a_403_with_a_cut_name(
+async def test_a_huge_name_never_reaches_authorize(
     framework: str, fake: FakeWachatServer, wachat: WachatClient, route: str
 ) -> None:
-    """A refusal comes first, and its body's ``instance`` is cut to the cap too."""
-    async with serve(framework, wachat, authorize=lambda r, n: False) as base:
-        response = await raw_request(base, "GET", ROUTES[route].format("y" * 5000))
-    assert_json_error(response, 403, "forbidden", "y" * DEFAULT_MAX_NAME_LENGTH + "\u2026")
+    """8,000 characters: a 404 before the application's rule runs, the name cut in the body."""
+    asked: list[str] = []
+    async with serve(framework, wachat, authorize=lambda r, n: asked.append(n)) as base:
+        response = await raw_request(base, "GET", ROUTES[route].format("y" * 8000))
+    message = f"too long: 8000 characters (at most {DEFAULT_MAX_NAME_LENGTH})"
+    assert_json_error(response, 404, message, "y" * DEFAULT_MAX_NAME_LENGTH + "\u2026")
+    assert asked == []
     assert fake.request_count() == 0
 
 
@@ -329,7 +332,7 @@ async def test_logs_of_a_huge_name_are_short(
     def explode(request: object, instance_name: str) -> bool:
         raise KeyError(instance_name)  # the exception's text is the whole name
 
-    async with serve(framework, wachat, authorize=explode) as base:
+    async with serve(framework, wachat, authorize=explode, max_name_length=10_000) as base:
         response = await raw_request(base, "GET", ROUTES["png"].format(long_name))
     assert response.status == 403
     web_records = [r for r in caplog.records if r.name == "wachat_async.web"]

@@ -13,6 +13,7 @@ import inspect
 import json
 import logging
 import math
+import time
 import traceback
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Final, Generic, TypeVar
@@ -69,6 +70,8 @@ DEFAULT_HEARTBEAT: Final = 15.0
 
 NO_STORE: Final = "no-store"
 JSON_TYPE: Final = "application/json"
+#: The same exception from ``authorize`` (type and place) is an error at most this often.
+REPEAT_AFTER: Final = 60.0
 _SHOWN_ERROR: Final = 200  # characters of an exception's text from authorize, in a log line
 
 
@@ -154,7 +157,7 @@ def _describe(exc: BaseException) -> str:
 
 class Gate(Generic[RequestT]):
     """What every request under the prefix passes before it is served: the route (404 or
-    405 when there is none), ``authorize`` (403), the name checks (404).
+    405 when there is none), the name checks (404), ``authorize`` (403).
 
     Nothing here sends anything upstream.
     """
@@ -164,11 +167,14 @@ class Gate(Generic[RequestT]):
         authorize: Authorize[RequestT],
         max_name_length: int,
         passthrough: tuple[type[BaseException], ...] = (),
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._authorize = authorize
         self.max_name_length = max_name_length
         self._passthrough = passthrough
         self._reported: set[str] = set()
+        self._clock = clock
+        self._raised: dict[tuple[str, str, int | None], float] = {}  # cause -> last logged
 
     async def admit(
         self, request: RequestT, method: str, raw_path: str | None, tail: str
@@ -182,11 +188,11 @@ class Gate(Generic[RequestT]):
         if method not in allowed:
             answer = self.json(405, f"method not allowed (use {' or '.join(allowed)})", where.name)
             return attrs.evolve(answer, headers={**answer.headers, "Allow": ", ".join(allowed)})
+        problem = self.name_problem(where.name)  # cheap, and the application's rule never
+        if problem is not None:  # sees an 8,000-character name or a NUL
+            return self.json(404, problem, where.name)
         if not await self.is_authorized(request, where.name):
             return self.json(403, "forbidden", where.name)
-        problem = self.name_problem(where.name)
-        if problem is not None:
-            return self.json(404, problem, where.name)
         return where
 
     def json(self, status: int, message: str, name: str) -> Answer:
@@ -208,6 +214,21 @@ class Gate(Generic[RequestT]):
             return str(exc)
         return None
 
+    def _log_raised(self, what: str, shown: str, exc: BaseException) -> None:
+        """An error with the traceback, once a minute per cause (type and place raised); a
+        debug line for the repeats, so a rule that fails on every request cannot flood."""
+        frames = traceback.extract_tb(exc.__traceback__)
+        cause = (
+            type(exc).__qualname__,
+            *((frames[-1].filename, frames[-1].lineno) if frames else ("", None)),
+        )
+        now = self._clock()
+        log = logger.debug
+        if now - self._raised.get(cause, -math.inf) >= REPEAT_AFTER:
+            self._raised[cause] = now
+            log = logger.error
+        log("%s for instance %s; refusing (403)\n%s", what, shown, _describe(exc))
+
     async def is_authorized(self, request: RequestT, name: str) -> bool:
         """Ask the application's rule; fail closed.
 
@@ -215,8 +236,9 @@ class Gate(Generic[RequestT]):
         other result is a programming error: logged once (as an error) and refused; an
         awaitable among them is closed or cancelled, so no "never awaited" warning follows.
         The framework's own HTTP exceptions (``passthrough``, such as a redirect to a login
-        page) propagate; any other exception is logged (as an error, its text shortened) and
-        refuses. A cancellation of the request's own task propagates.
+        page) propagate; any other exception refuses and is logged (as an error with its
+        traceback and shortened text, once a minute per cause; repeats as debug lines). A
+        cancellation of the request's own task propagates.
         """
         shown = shown_name(name)
         verdict: object
@@ -229,16 +251,11 @@ class Gate(Generic[RequestT]):
         except asyncio.CancelledError as exc:
             if _being_cancelled():
                 raise
-            logger.error(  # the awaitable authorize returned was cancelled, not this request
-                "authorize's awaitable was cancelled for instance %s; refusing (403)\n%s",
-                shown,
-                _describe(exc),
-            )
+            # the awaitable authorize returned was cancelled, not this request
+            self._log_raised("authorize's awaitable was cancelled", shown, exc)
             return False
         except Exception as exc:
-            logger.error(
-                "authorize raised for instance %s; refusing (403)\n%s", shown, _describe(exc)
-            )
+            self._log_raised("authorize raised", shown, exc)
             return False
         if type(verdict) is bool:
             return verdict
