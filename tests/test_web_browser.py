@@ -182,3 +182,82 @@ async def test_chromium_follows_a_name_with_a_slash_and_unicode(
         qr_fetches = [r.instance_name for r in fake.requests if r.path.endswith("/qr/image")]
     assert shown["src"].startswith(f"{base}/qr/{segment}.png?v=")  # resolved by the page
     assert set(qr_fetches) == {name}
+
+
+PAGE_STATE = """(() => {
+    const img = document.getElementById("wachat-qr");
+    const status = document.getElementById("wachat-status");
+    return {state: status.getAttribute("data-state"), text: status.textContent,
+            hidden: img.hidden, dim: img.className === "stale", src: img.getAttribute("src")};
+})()"""
+
+
+@pytest.mark.parametrize("framework", ["aiohttp", "starlette"], ids=["aiohttp", "fastapi"])
+async def test_chromium_shows_outages_and_final_states_honestly(
+    chromium_path: str, framework: str
+) -> None:
+    """An outage dims the QR and says it is retrying, and the QR comes back; the server's
+    final event and a refused reconnect (the session expired: 403) replace the QR with a
+    message instead of leaving the old QR and "reconnecting..." forever."""
+    from wachat_async import RetryPolicy
+    from wachat_async.web import end_event_streams
+
+    allowed = {"yes": True}
+    async with (
+        FakeWachatServer(api_key=KEY, qr_rotation=None) as fake,
+        WachatClient(
+            api_key=KEY, base_url=fake.base_url, retry=RetryPolicy(max_attempts=1)
+        ) as client,
+        serve(
+            framework,
+            client,
+            fastapi=True,
+            interval=1.0,
+            max_backoff=1.0,
+            authorize=lambda request, name: allowed["yes"],
+        ) as base,
+        chromium(chromium_path) as cdp,
+    ):
+        fake.add_instance(NAME)
+        tab = await open_tab(cdp, f"{base}/qr/{NAME}")
+        gone = await open_tab(cdp, f"{base}/qr/t1_nosuch00_store")
+
+        async def wait_for(session: str, check: Any, what: str) -> dict[str, Any]:
+            async def poll() -> dict[str, Any]:
+                while True:
+                    result = await cdp.call(
+                        "Runtime.evaluate",
+                        {"expression": PAGE_STATE, "returnByValue": True},
+                        session=session,
+                    )
+                    current = result["result"].get("value")
+                    if current and check(current):
+                        return dict(current)
+                    await asyncio.sleep(0.02)
+
+            try:
+                return await asyncio.wait_for(poll(), 30)
+            except asyncio.TimeoutError:
+                raise AssertionError(f"never happened: {what}") from None
+
+        shown = await wait_for(tab, lambda s: s["state"] == "qr" and not s["hidden"], "a QR")
+        fake.script(NAME, [502, 502])
+        down = await wait_for(tab, lambda s: s["state"] == "unavailable", "the outage shows")
+        back = await wait_for(tab, lambda s: s["state"] == "qr", "the QR comes back")
+        failed = await wait_for(gone, lambda s: s["state"] == "failed", "a final event")
+        allowed["yes"] = False
+        await end_event_streams()  # a deploy: the page reconnects, and is refused
+        refused = await wait_for(tab, lambda s: s["state"] == "refused", "the refusal shows")
+    assert shown["dim"] is False
+    assert down["dim"] is True
+    assert not down["hidden"]
+    assert "unavailable" in down["text"]
+    assert "retrying" in down["text"]
+    assert back["dim"] is False
+    assert not back["hidden"]
+    assert failed["hidden"]
+    assert failed["src"] is None
+    assert failed["text"] == "error: no such instance"
+    assert refused["hidden"]
+    assert refused["src"] is None
+    assert "refused" in refused["text"]
