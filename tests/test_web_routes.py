@@ -515,12 +515,17 @@ def _routes_factory(framework: str) -> Any:
         pytest.param({"heartbeat": -1}, ValueError, id="negative-heartbeat"),
         pytest.param({"heartbeat": "15"}, TypeError, id="str-heartbeat"),
         pytest.param({"interval": True}, TypeError, id="bool-interval"),
+        pytest.param({"max_age": 0}, ValueError, id="zero-max-age"),
+        pytest.param({"max_age": float("inf")}, ValueError, id="inf-max-age"),
+        pytest.param({"max_backoff": -1.0}, ValueError, id="negative-max-backoff"),
+        pytest.param({"max_backoff": "10"}, TypeError, id="str-max-backoff"),
     ],
 )
 def test_route_options_are_checked_when_the_routes_are_built(
     framework_name: str, options: dict[str, Any], error: type[Exception]
 ) -> None:
-    """Bad prefix/interval/heartbeat raise at qr_routes(), not at the first request."""
+    """Bad prefix/interval/heartbeat/max_age/max_backoff raise at qr_routes(), not at the
+    first request."""
     client = WachatClient(api_key=KEY, base_url="http://127.0.0.1:9/api/v1")
     with pytest.raises(error):
         _routes_factory(framework_name)(client, authorize=refuse, **options)
