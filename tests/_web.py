@@ -44,8 +44,6 @@ async def serve(
         async with TestServer(app) as server:
             yield str(server.make_url("")).rstrip("/")
         return
-    import uvicorn
-
     from wachat_async.web.starlette import qr_routes as starlette_routes
 
     routes = starlette_routes(client, **options)
@@ -57,6 +55,15 @@ async def serve(
         from starlette.applications import Starlette
 
         asgi = Starlette(routes=routes)
+    async with serve_asgi(asgi) as base:
+        yield base
+
+
+@contextlib.asynccontextmanager
+async def serve_asgi(asgi: Any) -> AsyncIterator[str]:
+    """Serve an ASGI app under uvicorn in this event loop; yield the base URL."""
+    import uvicorn
+
     config = uvicorn.Config(
         asgi,
         host="127.0.0.1",
