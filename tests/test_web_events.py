@@ -636,3 +636,21 @@ async def test_concurrent_png_requests_share_one_upstream_fetch(
     assert {status for status, _ in answers} == {200}
     assert len({body for _, body in answers}) == 1
     assert still.request_count(NAME, path=QR) == 1
+
+
+async def test_an_interval_below_a_second_is_raised_and_its_watch_still_stops(
+    gated: tuple[WachatClient, Turnstile],
+) -> None:
+    """interval=0.5 polls once a second, and the last viewer leaving forgets that watch, so
+    the next viewer gets a new one instead of a finished one."""
+    client, _ = gated
+    hub = hub_for(client)
+    first = hub.join(NAME, 0.5)
+    assert first.interval == 1.0
+    hub.leave(first)
+    assert hub.viewers() == {}
+    second = hub.join(NAME, 0.5)
+    assert second is not first
+    assert second.ended is None
+    hub.leave(second)
+    await until(lambda: not watch_tasks(), "the watches stop")

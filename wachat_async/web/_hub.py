@@ -173,7 +173,7 @@ class Watch:
     ) -> None:
         self._hub = hub
         self.name: str = name
-        self.interval: float = max(interval, 1.0)  # as watch_qr: never faster than 1 s
+        self.interval: float = interval
         self.max_backoff: float = max_backoff
         self.viewers: int = 0
         #: The newest image, current as of ``confirmed`` (the loop time of the last good poll).
@@ -311,6 +311,7 @@ class QRHub:
         """Count one viewer in; start the instance's watch if it is not running, or make a
         failing one try again now."""
         _hook_signals()
+        interval = max(interval, 1.0)  # as watch_qr: never faster than once a second
         per_name = self._watches.setdefault(name, {})
         watch = per_name.get((interval, max_backoff))
         if watch is None:
