@@ -40,7 +40,7 @@ PING: Final = b": ping\n\n"
 FINAL: Final = "failed"
 #: At most this many seconds between two checks that the browser is still there (only where
 #: the framework does not say so itself).
-LIVENESS_CHECK: Final = 1.0
+LIVENESS_CHECK: Final = 5.0
 #: The ``retry:`` a stream opens with (ms), drawn from this range, so that pages cut off
 #: together (a deploy) come back spread out.
 RECONNECT_MS: Final = (1000, 4000)

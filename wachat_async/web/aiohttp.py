@@ -14,7 +14,7 @@ Serves ``GET {prefix}/{name}.png``, ``GET {prefix}/{name}/events`` (``text/event
 ``GET {prefix}/{name}`` (the page). Needs nothing beyond the core install. See
 :mod:`wachat_async.web` for the contract. Run the app with ``handler_cancellation=True``
 (``web.run_app(..., handler_cancellation=True)`` or ``web.AppRunner(...)``) so a browser that
-goes away cancels its handler at once; without it, the event route notices within a second.
+goes away cancels its handler at once; without it, the event route notices within 5 seconds.
 """
 
 from __future__ import annotations
