@@ -196,9 +196,10 @@ PAGE_STATE = """(() => {
 async def test_chromium_shows_outages_and_final_states_honestly(
     chromium_path: str, framework: str
 ) -> None:
-    """An outage dims the QR and says it is retrying, and the QR comes back; the server's
-    final event and a refused reconnect (the session expired: 403) replace the QR with a
-    message instead of leaving the old QR and "reconnecting..." forever."""
+    """An outage dims the QR and says it is retrying, and the QR comes back; after a deploy
+    the page reconnects and shows the QR again; the server's final event and a refused
+    reconnect (the session expired: 403) replace the QR with a message instead of leaving the
+    old QR and "reconnecting..." forever."""
     from wachat_async import RetryPolicy
     from wachat_async.web import end_event_streams
 
@@ -245,6 +246,9 @@ async def test_chromium_shows_outages_and_final_states_honestly(
         down = await wait_for(tab, lambda s: s["state"] == "unavailable", "the outage shows")
         back = await wait_for(tab, lambda s: s["state"] == "qr", "the QR comes back")
         failed = await wait_for(gone, lambda s: s["state"] == "failed", "a final event")
+        await end_event_streams()  # a deploy: the stream ends, the page reconnects by itself
+        await wait_for(tab, lambda s: s["state"] == "reconnecting", "the page reconnects")
+        again = await wait_for(tab, lambda s: s["state"] == "qr", "the QR after reconnecting")
         allowed["yes"] = False
         await end_event_streams()  # a deploy: the page reconnects, and is refused
         refused = await wait_for(tab, lambda s: s["state"] == "refused", "the refusal shows")
@@ -255,6 +259,7 @@ async def test_chromium_shows_outages_and_final_states_honestly(
     assert "retrying" in down["text"]
     assert back["dim"] is False
     assert not back["hidden"]
+    assert not again["hidden"]
     assert failed["hidden"]
     assert failed["src"] is None
     assert failed["text"] == "error: no such instance"
