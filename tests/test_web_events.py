@@ -601,6 +601,8 @@ async def test_a_watch_serves_its_qr_until_max_age_after_its_last_good_poll(
     turnstile.let_through(2)
     await until(lambda: watch.latest is not None, "the first image")
     assert watch.state(watch.confirmed + 14.9, 15.0) is watch.latest
+    assert hub.latest(NAME) is watch.latest  # one dict lookup, however many instances
+    assert hub.latest(OTHER) is None
     later = watch.state(watch.confirmed + 15.1, 15.0)
     assert isinstance(later, Unavailable)
     assert later.retry_at is None
