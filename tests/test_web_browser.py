@@ -266,3 +266,55 @@ async def test_chromium_shows_outages_and_final_states_honestly(
     assert refused["hidden"]
     assert refused["src"] is None
     assert "refused" in refused["text"]
+
+
+@pytest.mark.parametrize(
+    ("example", "ready"),
+    [("aiohttp_proxy.py", "Open http"), ("fastapi_proxy.py", "Uvicorn running")],
+    ids=["aiohttp", "fastapi"],
+)
+async def test_chromium_comes_back_after_a_deploy_of_the_shipped_example(
+    chromium_path: str, example: str, ready: str
+) -> None:
+    """The example as its docstring runs it; SIGTERM (a deploy) while the page is open: the
+    process exits cleanly, and the page, reconnecting by itself, shows the next process's QR."""
+    import signal
+
+    from tests.conftest import EXAMPLES
+    from tests.test_web_shutdown import _free_port, _start
+
+    port = _free_port()
+    args = [str(EXAMPLES / example), "--port", str(port)]
+    old, _ = await _start(args, ready)
+    try:
+        async with chromium(chromium_path) as cdp:
+            tab = await open_tab(cdp, f"http://127.0.0.1:{port}/qr/t1_demo0001_store")
+
+            async def shown(what: str, not_src: str | None = None) -> dict[str, Any]:
+                async def poll() -> dict[str, Any]:
+                    while True:
+                        state = await tab_state(cdp, tab)
+                        if state["loaded"] and state["src"] and state["src"] != not_src:
+                            return state
+                        await asyncio.sleep(0.02)
+
+                try:
+                    return await asyncio.wait_for(poll(), 30)
+                except asyncio.TimeoutError:
+                    raise AssertionError(f"never happened: {what}") from None
+
+            first = await shown("the first process's QR")
+            old.send_signal(signal.SIGTERM)
+            old_status = await asyncio.wait_for(old.wait(), 30)
+            new, _ = await _start(args, ready)
+            try:
+                second = await shown("the next process's QR", not_src=first["src"])
+            finally:
+                new.send_signal(signal.SIGTERM)
+                await asyncio.wait_for(new.wait(), 30)
+    finally:
+        if old.returncode is None:
+            old.kill()
+            await old.wait()
+    assert old_status in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once stopped
+    assert second["status"].startswith("Scan the QR code")
