@@ -38,7 +38,9 @@ viewers: it starts with the first event stream and stops when the last one leave
 runs the PNG route answers from its latest image (:data:`DEFAULT_MAX_AGE` seconds old at
 most). While polls fail it waits up to ``max_backoff`` (:data:`DEFAULT_MAX_BACKOFF`) between
 two, and a new viewer makes it try at once. ``wachat_async.web.aiohttp`` needs nothing
-beyond the core install; ``wachat_async.web.starlette`` needs the ``web-starlette`` extra.
+beyond the core install; ``wachat_async.web.starlette`` needs the ``web-starlette`` extra;
+:func:`wachat_async.web.fastapi.qr_router` (the routes as an ``APIRouter`` that honours
+``dependencies=``, with ``authorize`` as a dependency) the ``web-fastapi`` extra.
 
 The pieces are framework-neutral and public here for other frameworks: :func:`qr_events` is
 the event stream as an async iterator of ``bytes`` (hand it to any streaming response) and
