@@ -28,7 +28,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 
@@ -281,7 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     pin = not args.no_pin and len(cpus) >= 2
     client_cpu, server_cpu = (cpus[0], cpus[1]) if pin else (None, None)
     names = fleet_names(args.instances)
-    print(f"# wachat-async fleet benchmark, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
+    print(f"# wachat-async fleet benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
     print(
         f"{args.instances:,} instances, concurrency {args.concurrency}, {args.passes} pass(es); "
         f"{len(cpus) or os.cpu_count()} CPUs, client and server pinned to one each: {pin}\n"

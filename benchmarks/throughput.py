@@ -27,7 +27,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import aiohttp
 import httpx
@@ -505,7 +505,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.sched_setaffinity(0, {client_cpu})
     include_wachat = not args.no_wachat
 
-    print(f"# wachat-async benchmarks, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
+    print(f"# wachat-async benchmarks, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
     print(f"machine: {machine}; client and server pinned to one CPU each: {pin}")
     print(f"load average at start: {_load()}\n")
     with _server.ServerProcess(cpu=server_cpu) as server:

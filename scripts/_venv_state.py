@@ -1,15 +1,16 @@
-"""Is .venv's install of this checkout current for an extra? Used by ``scripts/_venv.sh``.
+"""Is a venv's install of this checkout current for an extra? Used by ``scripts/_venv.sh``.
 
-``python scripts/_venv_state.py check EXTRA`` exits 0 when the stamp
-``.venv/.wachat-install-EXTRA.sha256`` holds the sha256 of (pyproject.toml, EXTRA, this Python's
-version) *and* the install is intact: ``wachat_async`` resolves to this checkout and every
-requirement of ``.[EXTRA]`` is installed. Otherwise it exits 1 and the caller reinstalls.
+``python scripts/_venv_state.py check EXTRA [VENV]`` exits 0 when the stamp
+``VENV/.wachat-install-EXTRA.sha256`` (VENV: ``.venv`` unless given) holds the sha256 of
+(pyproject.toml, EXTRA, this Python's version) *and* the install is intact: ``wachat_async``
+resolves to this checkout and every requirement of ``.[EXTRA]`` is installed. Otherwise it
+exits 1 and the caller reinstalls.
 
-``python scripts/_venv_state.py stamp EXTRA`` runs after ``pip install -e .[EXTRA]`` and writes
-the stamp for EXTRA and for every extra it includes (``dev`` includes ``cli``, so a demo run
-after a test run installs nothing).
+``python scripts/_venv_state.py stamp EXTRA [VENV]`` runs after ``pip install -e .[EXTRA]`` and
+writes the stamp for EXTRA and for every extra it includes (``dev`` includes ``cli``, so a demo
+run after a test run installs nothing).
 
-It runs under ``.venv/bin/python``, uses the standard library (and the ``packaging`` that pip
+It runs under ``VENV/bin/python``, uses the standard library (and the ``packaging`` that pip
 vendors, for requirement markers), and never imports wachat_async.
 """
 
@@ -33,9 +34,9 @@ ROOT = Path(__file__).resolve().parent.parent
 DIST = "wachat-async"
 
 
-def stamp_path(extra: str) -> Path:
-    """Where the stamp for *extra* lives, inside the venv (deleting .venv deletes it)."""
-    return ROOT / ".venv" / f".wachat-install-{extra}.sha256"
+def stamp_path(extra: str, venv: str) -> Path:
+    """Where the stamp for *extra* lives, inside the venv (deleting it deletes the stamp)."""
+    return ROOT / venv / f".wachat-install-{extra}.sha256"
 
 
 def digest(extra: str) -> str:
@@ -77,16 +78,16 @@ def installed(extra: str) -> bool:
     return True
 
 
-def check(extra: str) -> bool:
+def check(extra: str, venv: str) -> bool:
     """True when the stamp is current and the install intact: no pip run is needed."""
     try:
-        current = stamp_path(extra).read_text(encoding="ascii").strip() == digest(extra)
+        current = stamp_path(extra, venv).read_text(encoding="ascii").strip() == digest(extra)
     except (OSError, UnicodeError):
         return False
     return current and installed(extra)
 
 
-def stamp(extra: str) -> list[str]:
+def stamp(extra: str, venv: str) -> list[str]:
     """Record that ``.[extra]`` is installed, for it and every extra it includes."""
     if not installed(extra):
         raise SystemExit(f"_venv_state.py: .[{extra}] is not installed from {ROOT}")
@@ -97,7 +98,7 @@ def stamp(extra: str) -> list[str]:
         if requirements(other) <= done
     ]
     for other in covered:
-        path = stamp_path(other)
+        path = stamp_path(other, venv)
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(digest(other) + "\n", encoding="ascii")
         os.replace(tmp, path)
@@ -105,14 +106,14 @@ def stamp(extra: str) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    """``check EXTRA`` or ``stamp EXTRA``; see the module docstring."""
-    if len(argv) != 2 or argv[0] not in ("check", "stamp"):
-        print("usage: _venv_state.py check|stamp EXTRA", file=sys.stderr)
+    """``check EXTRA [VENV]`` or ``stamp EXTRA [VENV]``; see the module docstring."""
+    if len(argv) not in (2, 3) or argv[0] not in ("check", "stamp"):
+        print("usage: _venv_state.py check|stamp EXTRA [VENV]", file=sys.stderr)
         return 2
-    command, extra = argv
+    command, extra, venv = [*argv, ".venv"][:3]
     if command == "check":
-        return 0 if check(extra) else 1
-    stamp(extra)
+        return 0 if check(extra, venv) else 1
+    stamp(extra, venv)
     return 0
 
 

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# The full test command: sets up .venv (if needed) and runs every quality gate.
+# The full test command: sets up .venv (if needed) and runs every quality gate; then the fast
+# tier on each other Python version pyproject.toml claims, each in its own .venv-3.X; then the
+# full suite with coverage.
 # Usage (from the repository root): bash scripts/test.sh [extra pytest args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,7 +22,24 @@ if ! docs_log="$(NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --site-di
   rm -rf "$site"; printf '%s\n' "$docs_log" >&2; exit 1
 fi
 rm -rf "$site"
-echo "== pytest (branch coverage, warnings as errors)"
+# Every other version in pyproject.toml's classifiers runs the fast tier, before the full run:
+# a failure there shows within minutes. Missing: skipped with a note, but in CI it fails.
+main="$(.venv/bin/python -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+for version in $(sed -n 's/^ *"Programming Language :: Python :: \(3\.[0-9]*\)",$/\1/p' pyproject.toml); do
+  [ "$version" != "$main" ] || continue
+  if ! python="$(wachat_python "$version")"; then
+    if [ "${CI:-}" = "true" ]; then
+      echo "Python $version (claimed in pyproject.toml) not found: pyenv install $version" >&2
+      exit 1
+    fi
+    echo "== Python $version: skipped, not found (pyenv install $version, or python$version on PATH)"
+    continue
+  fi
+  echo "== pytest -m 'not slow' on Python $version ($python)"
+  PYTHON="$python" wachat_venv dev ".venv-$version"
+  ".venv-$version/bin/python" -m pytest -m "not slow" "$@"
+done
+echo "== pytest on Python $main (branch coverage, warnings as errors)"
 .venv/bin/python -m coverage erase
 .venv/bin/python -m coverage run -m pytest "$@"
 echo "== coverage (fail under 95%)"

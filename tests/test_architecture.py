@@ -30,7 +30,7 @@ ROW = re.compile(
 RULE = re.compile(r"^\|\s*`(?P<group>\w+)`\s*\|(?P<may>[^|]*)\|\s*$")
 ADDED, REMOVED = "(being added)", "(being removed)"
 #: Third-party packages the core may import: the base install (yarl arrives with aiohttp).
-CORE_THIRD_PARTY = {"aiohttp", "attrs", "tenacity", "yarl", "async_timeout"}
+CORE_THIRD_PARTY = {"aiohttp", "attrs", "tenacity", "yarl"}
 
 
 class Row(NamedTuple):

@@ -290,6 +290,9 @@ def _recorder(log: list[tuple[str, dict[str, str]]]) -> Any:
     return record
 
 
+# Chromium's start and each page have their own bounds (STARTUP_LIMIT, PAGE_LIMIT): they fail
+# first, saying which.
+@pytest.mark.timeout(180)
 async def test_chromium_shows_the_qr_three_ways_and_the_proxy_never_sees_the_key(
     chromium_path: str,
 ) -> None:

@@ -45,6 +45,7 @@ from .conftest import (
     assert_no_key,
     exception_texts,
     status_cases,
+    until,
 )
 
 #: A 1x1 transparent RGBA PNG (its IDAT's length chains to IEND; Pillow decodes it).
@@ -410,7 +411,7 @@ async def test_cancelled_save_leaves_no_file_and_no_connection(
     async with WachatClient(api_key=KEY, base_url=base_url) as client:
         task = asyncio.create_task(client.save_qr_image(NAME, tmp_path / "qr.png"))
         await started.wait()
-        await asyncio.sleep(0.01)  # let the client read the first bytes
+        await until(lambda: any(tmp_path.iterdir()))  # mid-body: the temporary file is there
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -422,17 +423,17 @@ async def test_cancelled_stream_releases_the_connection(
     stalling_server: tuple[str, asyncio.Event],
 ) -> None:
     """Cancelling a consumer blocked inside a stream closes its connection."""
-    base_url, started = stalling_server
+    base_url, _ = stalling_server
+    first_bytes = asyncio.Event()
     async with WachatClient(api_key=KEY, base_url=base_url) as client:
 
         async def consume() -> None:
             async with client.stream_qr_image(NAME) as stream:
                 async for _ in stream:
-                    pass
+                    first_bytes.set()
 
         task = asyncio.create_task(consume())
-        await started.wait()
-        await asyncio.sleep(0.01)
+        await asyncio.wait_for(first_bytes.wait(), 10)  # blocked mid-body now: the rest never comes
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

@@ -1,9 +1,9 @@
 """The one write path (wachat_async/_files.py) through QRImage.save, save_qr_image and the CLI.
 
 Every case runs through each way a PNG reaches the disk ("save" fixture): ``QRImage.save``
-(blocking), ``WachatClient.save_qr_image`` (streaming, from a loopback server) and
-``write_bytes_async`` (what the CLI's ``-o`` uses). Real FIFOs, /dev/null, /dev/full, sockets,
-symlinks and folders; no mocks except to inject a disk failure.
+(blocking), ``WachatClient.save_qr_image`` (from a loopback server) and ``write_bytes_async``
+(what the CLI's ``-o`` uses). Real FIFOs, pipes, /dev/null, /dev/full, sockets, symlinks and
+folders; no mocks except to inject a disk failure or an interrupt.
 """
 
 from __future__ import annotations
@@ -481,39 +481,6 @@ async def test_cancelling_a_wait_for_a_fifo_reader_leaves_nothing_behind(
     assert reader.result() == PNG
 
 
-async def test_fifos_waiting_for_readers_do_not_take_the_default_executor(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """More FIFO waits than the default executor has threads: work sent to the executor (where
-    aiohttp resolves host names) still runs, and cancelling them all leaves nothing behind."""
-    loop = asyncio.get_running_loop()
-    fifos = [tmp_path / f"pipe{i}" for i in range(40)]
-    started: list[asyncio.Event] = []
-    for fifo in fifos:
-        os.mkfifo(fifo)
-    real_open = os.open
-
-    def spy(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
-        if flags & os.O_WRONLY and not flags & os.O_NONBLOCK and "pipe" in os.fspath(path):
-            loop.call_soon_threadsafe(started[fifos.index(Path(path))].set)
-        return real_open(path, flags, *args, **kwargs)
-
-    monkeypatch.setattr(os, "open", spy)
-    started.extend(asyncio.Event() for _ in fifos)
-    tasks = [asyncio.ensure_future(_files.write_bytes_async(f, PNG)) for f in fifos]
-    for event in started:
-        await event.wait()
-    assert await loop.run_in_executor(None, sum, [1, 2]) == 3
-    for task in tasks:
-        task.cancel()
-    results = await asyncio.gather(*tasks, return_exceptions=True)
-    assert all(isinstance(r, asyncio.CancelledError) for r in results)
-    waiters = [t for t in threading.enumerate() if t.name == "wachat-async-fifo-open"]
-    for thread in waiters:  # each was released by the cancellation; it only has to return
-        thread.join(timeout=30)
-    assert not [t for t in waiters if t.is_alive()]
-
-
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs Linux /proc")
 @pytest.mark.parametrize("how", ["sync", "async"])
 async def test_a_proc_link_to_a_deleted_file_is_written_in_place(tmp_path: Path, how: str) -> None:
@@ -547,13 +514,6 @@ FD_PATHS = {
     "symlink-to-dev-fd": "link",
     "through-a-linked-folder": "folder-link/{fd}",
 }
-#: How the caller opened the file: (flags, what the file holds after "BEFORE\n" is written
-#: through it, then the PNG, then "AFTER\n").
-FD_OPENINGS = {
-    "write-only": os.O_WRONLY,
-    "read-write": os.O_RDWR,
-    "append": os.O_WRONLY | os.O_APPEND,
-}
 
 
 def _fd_path(tmp_path: Path, how: str, fd: int) -> str:
@@ -568,31 +528,50 @@ def _fd_path(tmp_path: Path, how: str, fd: int) -> str:
 
 
 @pytest.mark.skipif(not os.path.isdir("/dev/fd"), reason="no /dev/fd on this OS")
-@pytest.mark.parametrize("opening", list(FD_OPENINGS.values()), ids=list(FD_OPENINGS))
 @pytest.mark.parametrize("how", list(FD_PATHS))
-async def test_a_path_naming_an_open_descriptor_is_written_through_it(
-    save: Save, tmp_path: Path, how: str, opening: int
+async def test_a_path_naming_a_pipe_descriptor_is_written_in_place(
+    save: Save, tmp_path: Path, how: str
 ) -> None:
-    """/dev/fd/N, /proc/self/fd/N (and links to them) of a regular file open for writing: the
-    PNG goes through that descriptor after what was written before, the file keeps its inode
-    (nothing replaced, nothing truncated), and later writes through it land after the PNG."""
-    out = tmp_path / "out.log"
-    out.write_bytes(b"")
-    fd = os.open(out, opening)
+    """/dev/fd/N, /proc/self/fd/N (and links to them) of a pipe (what /dev/stdout is for
+    ``script | consumer``): the PNG goes down the pipe, after what was written before."""
+    read_end, write_end = os.pipe()
     try:
-        path = _fd_path(tmp_path, how, fd)
+        path = _fd_path(tmp_path, how, write_end)
         if not os.path.exists(path):
             pytest.skip(f"{path} does not exist on this OS")
-        inode = os.fstat(fd).st_ino
-        os.write(fd, b"BEFORE\n")
+        os.write(write_end, b"BEFORE\n")
         assert await save(path) == Path(path)
-        os.write(fd, b"AFTER\n")
-        assert out.read_bytes() == b"BEFORE\n" + PNG + b"AFTER\n"
-        assert out.stat().st_ino == inode
-        assert os.fstat(fd).st_nlink == 1
+        os.write(write_end, b"AFTER\n")
+        assert os.read(read_end, 1 << 16) == b"BEFORE\n" + PNG + b"AFTER\n"
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    assert [n for n in listing(tmp_path) if n.endswith(".part")] == []
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/fd"), reason="no /dev/fd on this OS")
+@pytest.mark.parametrize(
+    "opening",
+    [os.O_RDONLY, os.O_WRONLY, os.O_WRONLY | os.O_APPEND],
+    ids=["read-only", "write-only", "append"],
+)
+async def test_a_descriptor_path_to_a_regular_file_is_a_symlink_like_any_other(
+    save: Save, tmp_path: Path, opening: int
+) -> None:
+    """/dev/fd/N of a regular file is followed to that file, which is replaced atomically:
+    the descriptor keeps the old inode. (The CLI writes its stdout through descriptor 1.)"""
+    out = tmp_path / "out.txt"
+    out.write_bytes(b"before")
+    fd, old = os.open(out, opening), os.open(out, os.O_RDONLY)
+    try:
+        await save(f"/dev/fd/{fd}")
+        assert os.fstat(fd).st_nlink == 0  # the old inode, still open, is untouched
+        assert os.pread(old, 100, 0) == b"before"
     finally:
         os.close(fd)
-    assert [n for n in listing(tmp_path) if n.endswith(".part")] == []
+        os.close(old)
+    assert out.read_bytes() == PNG
+    assert listing(tmp_path) == ["out.txt"]
 
 
 @pytest.mark.parametrize("name", ["1", "3", "007"])
@@ -611,33 +590,13 @@ async def test_a_file_named_like_a_descriptor_elsewhere_is_an_ordinary_file(
 
 
 @pytest.mark.skipif(not os.path.isdir("/dev/fd"), reason="no /dev/fd on this OS")
-async def test_a_descriptor_open_only_for_reading_names_its_file(
-    save: Save, tmp_path: Path
+async def test_a_failed_write_to_a_descriptor_path_names_the_path(
+    save: Save, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """/dev/fd/N of a file open read-only (what /dev/stdin is for ``< file``) cannot be written
-    through: it names its file like any other path, which is replaced atomically."""
-    out = tmp_path / "in.txt"
-    out.write_bytes(b"input")
-    fd = os.open(out, os.O_RDONLY)
+    """A write down /dev/fd/N that fails is an OSError naming the caller's path."""
+    read_end, write_end = os.pipe()
     try:
-        await save(f"/dev/fd/{fd}")
-        assert os.pread(fd, 100, 0) == b"input"  # the old inode, still open, is untouched
-    finally:
-        os.close(fd)
-    assert out.read_bytes() == PNG
-    assert listing(tmp_path) == ["in.txt"]
-
-
-@pytest.mark.skipif(not os.path.isdir("/dev/fd"), reason="no /dev/fd on this OS")
-async def test_a_failed_write_through_a_descriptor_names_the_path(
-    save: Save, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A disk full while writing through /dev/fd/N is an OSError naming the caller's path."""
-    out = tmp_path / "out.log"
-    out.write_bytes(b"")
-    fd = os.open(out, os.O_WRONLY)
-    try:
-        path = f"/dev/fd/{fd}"
+        path = f"/dev/fd/{write_end}"
         _fail(monkeypatch, "write", errno.ENOSPC)
         with pytest.raises(OSError, match=os.strerror(errno.ENOSPC)) as info:
             await save(path)
@@ -645,7 +604,8 @@ async def test_a_failed_write_through_a_descriptor_names_the_path(
         assert info.value.errno == errno.ENOSPC
         assert_clean_error(info.value, path)
     finally:
-        os.close(fd)
+        os.close(read_end)
+        os.close(write_end)
 
 
 _STDOUT_CHILD = """
@@ -653,9 +613,9 @@ import asyncio, sys
 from wachat_async import QRImage, _files
 png = bytes.fromhex(sys.argv[1])
 for path in sys.argv[2:]:
-    print("BEFORE", path)  # buffered: stdout is not a terminal
+    print("BEFORE", path, flush=True)
     QRImage.from_png(png, instance_name="t1_store").save(path)
-    print("MIDDLE")
+    print("MIDDLE", flush=True)
     asyncio.run(_files.write_bytes_async(path, png))
 print("AFTER")
 """
@@ -663,29 +623,15 @@ STDOUT_PATHS = [p for p in ("/dev/stdout", "/dev/fd/1", "/proc/self/fd/1") if os
 
 
 @pytest.mark.skipif(not STDOUT_PATHS, reason="no /dev/stdout on this OS")
-@pytest.mark.parametrize("stdout", ["file", "appended-file", "pipe"])
-def test_saving_to_dev_stdout_keeps_what_was_printed_around_it(tmp_path: Path, stdout: str) -> None:
-    """A script whose stdout is redirected to a file (``> out``, ``>> out``) or a pipe saves to
-    /dev/stdout, /dev/fd/1 and /proc/self/fd/1, sync and async: the output is what it printed
-    and the PNGs in order, in the same file (same inode), with nothing lost before or after."""
+def test_saving_to_dev_stdout_on_a_pipe_writes_down_the_pipe() -> None:
+    """A script whose stdout is a pipe saves to /dev/stdout, /dev/fd/1 and /proc/self/fd/1,
+    sync and async: the consumer reads what it printed (flushed) and the PNGs, in order."""
     argv = [sys.executable, "-c", _STDOUT_CHILD, PNG.hex(), *STDOUT_PATHS]
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # print buffers
     each = (b"BEFORE %s\n" % os.fsencode(p) + PNG + b"MIDDLE\n" + PNG for p in STDOUT_PATHS)
-    expected = b"".join(each) + b"AFTER\n"
-    if stdout == "pipe":
-        done = subprocess.run(  # noqa: S603 - our interpreter, a fixed script
-            argv, stdout=subprocess.PIPE, env=env, check=True, timeout=60
-        )
-        assert done.stdout == expected
-        return
-    out = tmp_path / "out.log"
-    out.write_bytes(b"old\n")
-    with open(out, "ab" if stdout == "appended-file" else "wb") as fh:
-        inode = os.fstat(fh.fileno()).st_ino
-        subprocess.run(argv, stdout=fh, env=env, check=True, timeout=60)  # noqa: S603
-    assert out.read_bytes() == (b"old\n" if stdout == "appended-file" else b"") + expected
-    assert out.stat().st_ino == inode
-    assert listing(tmp_path) == ["out.log"]
+    done = subprocess.run(  # noqa: S603 - our interpreter, a fixed script
+        argv, stdout=subprocess.PIPE, check=True, timeout=60
+    )
+    assert done.stdout == b"".join(each) + b"AFTER\n"
 
 
 @pytest.mark.parametrize("mode", ["write_bytes", "write_bytes_async"])
@@ -991,6 +937,59 @@ async def test_a_disk_failure_names_the_path_and_leaves_no_temp_file(
     assert listing(tmp_path) == (["qr.png"] if existing else [])
     if existing:
         assert target.read_bytes() == b"previous"
+
+
+@pytest.mark.parametrize("call", ["write", "fsync", "replace"])
+@pytest.mark.parametrize("raised", [KeyboardInterrupt, SystemExit], ids=lambda e: e.__name__)
+def test_an_interrupt_inside_the_write_leaves_no_temp_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, call: str, raised: type[BaseException]
+) -> None:
+    """Ctrl-C (or an exit) while the file is written: it propagates as itself, the temp file
+    is removed and an existing file is untouched."""
+    target = tmp_path / "qr.png"
+    target.write_bytes(b"previous")
+
+    def interrupt(*args: Any, **kwargs: Any) -> Any:
+        raise raised
+
+    monkeypatch.setattr(os, call, interrupt)
+    with pytest.raises(raised):
+        _files.write_bytes(target, PNG)
+    monkeypatch.undo()
+    assert listing(tmp_path) == ["qr.png"]
+    assert target.read_bytes() == b"previous"
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new", "existing"])
+async def test_a_save_cancelled_while_the_disk_works_returns_once_it_is_settled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, existing: bool
+) -> None:
+    """Cancelled while its worker thread is writing (a thread cannot be stopped): the
+    CancelledError comes only once the thread is done, so no temp file is left after it, and
+    the path holds the old file or the whole new one."""
+    target = tmp_path / "qr.png"
+    if existing:
+        target.write_bytes(b"previous")
+    loop = asyncio.get_running_loop()
+    inside, release = asyncio.Event(), threading.Event()
+    real_fsync = os.fsync
+
+    def slow_fsync(fd: int) -> None:
+        loop.call_soon_threadsafe(inside.set)
+        release.wait(30)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", slow_fsync)
+    task = asyncio.ensure_future(_files.write_bytes_async(target, PNG))
+    await inside.wait()
+    task.cancel()
+    await asyncio.sleep(0)
+    assert not task.done()  # still waiting for the thread
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert listing(tmp_path) == ["qr.png"]
+    assert target.read_bytes() == PNG
 
 
 async def test_a_device_that_cannot_be_opened_is_a_clear_error(

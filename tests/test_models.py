@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import attrs
@@ -162,7 +162,7 @@ def test_the_trusted_path_builds_the_same_object_without_parsing(
 ) -> None:
     """_trusted (the client's already-validated path) and from_png on a good PNG build equal
     objects; neither calls the slow, message-building parsers."""
-    at = datetime(2024, 1, 2, tzinfo=timezone.utc)
+    at = datetime(2024, 1, 2, tzinfo=UTC)
     calls: list[str] = []
     import wachat_async._models as models
 
@@ -197,7 +197,7 @@ def test_the_trusted_path_builds_the_same_object_without_parsing(
 )
 def test_every_construction_path_gives_the_same_kind_of_object(build: object) -> None:
     """Each path builds a frozen QRImage with every field set, stamped in UTC now-ish."""
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
     qr = build()  # type: ignore[operator]
     assert type(qr) is QRImage
     assert (qr.instance_name, qr.data, qr.content_type, qr.width, qr.height) == (
@@ -207,8 +207,8 @@ def test_every_construction_path_gives_the_same_kind_of_object(build: object) ->
         3,
         2,
     )
-    assert qr.fetched_at.tzinfo is timezone.utc
-    assert before <= qr.fetched_at <= datetime.now(timezone.utc)
+    assert qr.fetched_at.tzinfo is UTC
+    assert before <= qr.fetched_at <= datetime.now(UTC)
     assert attrs.asdict(qr).keys() == {
         "instance_name",
         "data",
@@ -525,14 +525,14 @@ def test_a_fetched_images_time_is_made_when_first_read() -> None:
     import copy
     import pickle
 
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
     qr = QRImage.from_png(GOOD, instance_name=NAME)
     twin = pickle.loads(pickle.dumps(qr))  # noqa: S301  # our own bytes
     shallow = copy.copy(qr)
     assert "fetched_at" not in vars(qr)
     stamp = qr.fetched_at
-    assert stamp.tzinfo is timezone.utc
-    assert before - timedelta(seconds=1) <= stamp <= datetime.now(timezone.utc)
+    assert stamp.tzinfo is UTC
+    assert before - timedelta(seconds=1) <= stamp <= datetime.now(UTC)
     assert qr.fetched_at is stamp  # made once
     assert twin == shallow == qr
     assert attrs.evolve(qr, instance_name="other").fetched_at == stamp

@@ -8,17 +8,13 @@ import re
 import subprocess
 import sys
 import tarfile
+import tomllib
 import zipfile
 from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
-
-try:
-    import tomllib
-except ImportError:  # Python 3.10
-    from pip._vendor import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
@@ -244,3 +240,15 @@ def test_readme_names_the_wheel_that_is_built(dist: tuple[Path, Path]) -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     named = set(re.findall(r"dist/(wachat_async-[^\s'\[]+\.whl)", readme))
     assert named == {wheel.name}
+
+
+def test_the_docs_claim_the_pythons_pyproject_claims() -> None:
+    """The classifiers start at requires-python's floor, and README and docs name the same."""
+    floor = PROJECT["requires-python"].removeprefix(">=")
+    prefix = "Programming Language :: Python :: 3."
+    versions = [c.rpartition(" :: ")[2] for c in PROJECT["classifiers"] if c.startswith(prefix)]
+    assert versions[0] == floor
+    tested = f"(tested on {', '.join(versions[:-1])} and {versions[-1]})"
+    assert f"Python {floor}+ {tested}" in (ROOT / "README.md").read_text(encoding="utf-8")
+    for page in ("docs/index.md", "docs/getting-started.md"):
+        assert f"Python {floor}+" in (ROOT / page).read_text(encoding="utf-8"), page

@@ -9,7 +9,6 @@ import gc
 import itertools
 import logging
 import struct
-import sys
 import warnings
 import zlib
 from collections import Counter
@@ -20,7 +19,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import KEY, NAME, assert_no_connection_checked_out, assert_no_key, status_cases
+from tests.conftest import (
+    KEY,
+    NAME,
+    assert_no_connection_checked_out,
+    assert_no_key,
+    endless,
+    status_cases,
+)
 from wachat_async import (
     AuthenticationError,
     BadRequestError,
@@ -93,10 +99,8 @@ def workers() -> list[asyncio.Task[object]]:
 
 
 def cancel_requested(task: asyncio.Task[object]) -> bool:
-    """Whether *task* is done or has been asked to cancel (unknowable before 3.11)."""
-    if task.done():
-        return True
-    return task.cancelling() > 0 if sys.version_info >= (3, 11) else True
+    """Whether *task* is done or has been asked to cancel."""
+    return task.done() or task.cancelling() > 0
 
 
 async def finish(tasks: list[asyncio.Task[object]]) -> None:
@@ -1149,7 +1153,7 @@ async def test_a_closed_client_ends_the_batch_with_client_closed_error(dedupe: b
     flight are cancelled, even for an endless iterable."""
     closed = ClientClosedError("WachatClient is closed")
     fetch = Recorder(fail={"closed": closed}, hang={"h"})
-    names = itertools.chain(["a", "h", "closed"], itertools.cycle(["x", "y"]))
+    names = itertools.chain(["a", "h", "closed"], endless(["x", "y"]))
     got: list[str] = []
 
     async def consume() -> None:

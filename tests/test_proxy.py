@@ -9,12 +9,14 @@ no repr, exception, log record or output.
 from __future__ import annotations
 
 import asyncio
+import base64
 import gc
 import logging
 import os
+import re
 import traceback
 import warnings
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -33,15 +35,16 @@ from wachat_async import (
     UnexpectedStatusError,
     WachatClient,
     WachatConnectionError,
+    WachatError,
     WachatTimeoutError,
 )
 from wachat_async._network import parse_proxy
 from wachat_async._redact import REDACTED
-from wachat_async.testing import FakeWachatServer
+from wachat_async.testing import FakeWachatServer, Fault
 
 from ._tinyproxy import PROXY_PASSWORD, PROXY_USER, Tinyproxy, running_tinyproxy
-from .conftest import KEY, NAME, exception_texts
-from .hostile._raw_server import Close, RawServer, Send, http_response
+from .conftest import KEY, NAME, SkippingLoop, exception_texts, run_skipping, until
+from .hostile._raw_server import Close, RawServer, RecordedRequest, Send, http_response
 
 WRONG_PASSWORD = "wr0ng-PW-11aa22"
 PROXY_ENV = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy")
@@ -590,39 +593,132 @@ async def test_connect_carries_the_clients_user_agent(
         assert KEY not in connect.raw
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="upstream aiohttp (3.14.5; bare aiohttp shows the same, finding 10): an attempt "
-    "that times out inside a CONNECT tunnel (TLS done, the answer not yet in) leaves the "
-    "tunnel's TCP socket to the garbage collector, probably the raw transport aiohttp hands to "
-    "loop.start_tls() in _create_proxy_connection (it is deliberately not closed there). No "
-    "exact upstream issue found (closest: aio-libs/aiohttp#4703, #1115). Closed late, not "
-    "leaked: no fd growth within one long-running loop.",
-)
-def test_https_through_a_proxy_timing_out_closes_its_socket(
-    tmp_path: Path, wachat_server_factory: Any
+@pytest.mark.parametrize("ending", ["timeout", "cancel"])
+def test_https_through_a_proxy_ended_mid_call_leaves_no_socket_but_the_tunnels(
+    tmp_path: Path, wachat_server_factory: Any, ending: str
 ) -> None:
-    """An attempt timeout on https:// through tinyproxy's CONNECT (the server answers later
-    than the timeout): once the loop has ended, no ResourceWarning (unclosed socket)."""
-    slow = wachat_server_factory(api_key=KEY, tls=True, latency=2.0)
-    slow.add_instance(NAME)
-    with running_tinyproxy(tmp_path, connect_ports=[slow.port], basic_auth=False) as tiny:
+    """An attempt through tinyproxy's CONNECT that ends (its timeout, or a cancellation) once
+    the tunnel and TLS are up and the request is in: the error is the right one, and once the
+    loop has ended the only ResourceWarning (if any) is for the tunnel's one socket to the proxy,
+    which aiohttp 3.14 leaves to the garbage collector (docs/networks.md, upstream)."""
+    hanging = wachat_server_factory(api_key=KEY, tls=True)
+    hanging.add_instance(NAME)
+    hanging.script(NAME, [Fault(hang=True)])
 
-        async def one_call() -> None:
-            async with WachatClient(
-                api_key=KEY,
-                base_url=slow.base_url,
-                ssl=slow.ssl_context,
-                proxy=f"http://127.0.0.1:{tiny.port}",
-                timeout=0.05,
-                retry=RetryPolicy.disabled(),
-            ) as client:
+    async def one_call(loop: SkippingLoop) -> None:
+        async with WachatClient(
+            api_key=KEY,
+            base_url=hanging.base_url,
+            ssl=hanging.ssl_context,
+            proxy=f"http://127.0.0.1:{tiny.port}",
+            timeout=30,
+            retry=RetryPolicy.disabled(),
+        ) as client:
+            call = asyncio.ensure_future(client.get_qr_image(NAME))
+            await until(lambda: hanging.request_count() == 1 or call.done())  # tunnel and TLS up
+            assert not call.done()
+            if ending == "timeout":
+                loop.skip(60)  # the attempt's 30 s pass now, not in real time
                 with pytest.raises(WachatTimeoutError):
-                    await client.get_qr_image(NAME)
+                    await call
+            else:
+                call.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await call
 
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            asyncio.run(one_call())
-            gc.collect()
-    leaks = [w for w in caught if issubclass(w.category, ResourceWarning)]
-    assert leaks == []
+    with (
+        running_tinyproxy(tmp_path, connect_ports=[hanging.port], basic_auth=False) as tiny,
+        warnings.catch_warnings(record=True) as caught,
+    ):
+        warnings.simplefilter("always")
+        run_skipping(one_call)
+        gc.collect()
+    leaks = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    # The socket and its transport warn in either order (or only the transport, which closes
+    # the socket as it goes): one file descriptor at most, and a socket to the proxy.
+    assert len({fd for text in leaks for fd in re.findall(r"fd=(\d+)", text)}) <= 1, leaks
+    for text in leaks:
+        assert text.startswith(("unclosed <socket.socket", "unclosed transport")), leaks
+        assert "raddr" not in text or f"raddr=('127.0.0.1', {tiny.port})" in text, leaks
+
+
+# -- a proxy that echoes its credentials ------------------------------------------------------
+
+ECHO_USER = "echo-user"
+#: "/", "+" and "=" so that percent-encoding changes the password, the pair and the token.
+ECHO_PASSWORD = "echo/Pa55+w0rd="
+ECHO_PAIR = f"{ECHO_USER}:{ECHO_PASSWORD}"
+ECHO_TOKEN = base64.b64encode(ECHO_PAIR.encode()).decode("ascii")
+#: How the proxy quotes what it received, by form: the header value as sent, the base64 token,
+#: the user:password pair, each also percent-encoded (as a URL or a log line would).
+ECHOES = {
+    "header": f"Basic {ECHO_TOKEN}",
+    "token": ECHO_TOKEN,
+    "token-percent": quote(ECHO_TOKEN, safe=""),
+    "pair": ECHO_PAIR,
+    "pair-percent": quote(ECHO_PAIR, safe=""),
+    "password-percent": quote(ECHO_PASSWORD, safe=""),
+}
+#: What must be nowhere: every secret form, raw and percent-encoded.
+ECHO_SECRETS = {
+    form
+    for secret in (ECHO_TOKEN, ECHO_PAIR, ECHO_PASSWORD)
+    for form in (secret, quote(secret, safe=""), quote(secret))
+}
+
+
+def _echoing_proxy(status: int, where: str, form: str) -> Callable[[RecordedRequest], list[Any]]:
+    """A proxy stand-in's script: answer *status*, quoting the request's Proxy-Authorization
+    (in the *form* given) in the body, a header or the reason phrase."""
+
+    def answer(request: RecordedRequest) -> list[Any]:
+        assert request.header("Proxy-Authorization") == ECHOES["header"]  # what it got, echoed
+        echo = ECHOES[form]
+        body = f"<h1>{status}</h1><p>you sent Proxy-Authorization: {echo}</p>".encode()
+        response = http_response(
+            status,
+            body if where == "body" else b"denied",
+            reason=f"Denied {echo}" if where == "reason" else "Denied",
+            headers=[("X-Echo", echo)] if where == "header" else [],
+            content_type="text/html",
+        )
+        return [Send(response), Close()]
+
+    return answer
+
+
+@pytest.mark.parametrize("form", ECHOES)
+@pytest.mark.parametrize("where", ["body", "header", "reason"])
+@pytest.mark.parametrize("status", [407, 502])
+@pytest.mark.parametrize("scheme", ["https", "http"], ids=["connect", "plain-http"])
+async def test_a_proxy_echoing_its_credentials_leaves_no_trace_of_them(
+    scheme: str, status: int, where: str, form: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A proxy that quotes the Proxy-Authorization it received (base64 token, user:password,
+    percent-encoded) in its 407/502 body, a header or its reason phrase, to a CONNECT
+    (https://) or a plain request: no form of the credentials in the exception chain (str,
+    repr, notes, attributes, the traceback), the client's repr or any log record."""
+    caplog.set_level(logging.DEBUG)
+    async with RawServer(_echoing_proxy(status, where, form)) as fake_proxy:
+        base_url = f"{scheme}://127.0.0.1:9/api/v1"  # never reached: the proxy answers first
+        async with WachatClient(
+            api_key=KEY,
+            base_url=base_url,
+            proxy=f"http://{quote(ECHO_USER)}:{quote(ECHO_PASSWORD, safe='')}@{fake_proxy.url[7:]}",
+            allow_insecure_http=scheme == "http",
+            retry=RetryPolicy(zero_wait=True, max_attempts=2),
+        ) as client:
+            with pytest.raises(WachatConnectionError if scheme == "https" else WachatError) as info:
+                await client.get_qr_image(NAME)
+            shown = repr(client)
+    assert fake_proxy.requests, "the proxy was never asked"
+    texts = [
+        *exception_texts(info.value),
+        "".join(traceback.format_exception(info.value)),
+        shown,
+        *(record.getMessage() for record in caplog.records),
+        *(caplog.text.splitlines()),
+    ]
+    for text in texts:
+        for secret in ECHO_SECRETS:
+            assert secret.lower() not in text.lower(), f"proxy credentials leaked: {text[:300]!r}"

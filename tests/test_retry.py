@@ -7,7 +7,7 @@ import functools
 import itertools
 import logging
 import math
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Any
 
@@ -155,6 +155,14 @@ def test_policy_validates_its_fields(kwargs: dict[str, object]) -> None:
     """Nonsense configuration fails when the policy is made, not at the first retry."""
     with pytest.raises((ValueError, TypeError)):
         RetryPolicy(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("zero", [0, 0.0], ids=["int", "float"])
+def test_a_zero_deadline_says_how_to_have_none(zero: float) -> None:
+    """deadline=0 (a call that could never start) is refused with the way to ask for no
+    deadline at all."""
+    with pytest.raises(ValueError, match=r"deadline must be > 0 \(use None for no deadline\)"):
+        RetryPolicy(deadline=zero)
 
 
 def test_policy_accepts_every_http_status() -> None:
@@ -737,7 +745,7 @@ async def test_retry_after_seconds_is_the_wait(
 async def test_retry_after_http_date_is_honoured(server: FakeWachatServer) -> None:
     """An HTTP-date a few seconds ahead becomes a wait of at most those seconds."""
     events: list[RetryEvent] = []
-    when = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=5), usegmt=True)
+    when = format_datetime(datetime.now(UTC) + timedelta(seconds=5), usegmt=True)
     server.script(NAME, [Fault(status=504, retry_after=when), 200])
     async with make_client(server, on_retry=events.append) as client:
         await client.get_qr_image(NAME)
@@ -791,12 +799,13 @@ async def test_deadline_ends_a_hanging_call(server: FakeWachatServer, transport:
     """The deadline, not the 20 s request timeout, ends a call whose server hangs; it is never
     retried, even when transport errors are."""
     server.script(NAME, [Fault(hang=True), 200])
-    async with make_client(server, deadline=0.2, retry_transport_errors=transport) as client:
-        with pytest.raises(DeadlineExceededError, match=r"deadline of 0\.2 s exceeded") as info:
+    # A hang is a hang at any deadline: 1 s only leaves a loaded machine room to send the request.
+    async with make_client(server, deadline=1.0, retry_transport_errors=transport) as client:
+        with pytest.raises(DeadlineExceededError, match=r"deadline of 1 s exceeded") as info:
             await client.get_qr_image(NAME)
         assert_no_connection_checked_out(client)
     assert isinstance(info.value, TimeoutError)
-    assert (info.value.attempts, info.value.deadline) == (1, 0.2)
+    assert (info.value.attempts, info.value.deadline) == (1, 1.0)
     assert server.request_count(NAME) == 1
 
 
@@ -809,7 +818,8 @@ async def test_attempt_timeout_is_retried_with_transport_retries(
     async with WachatClient(
         api_key=KEY,
         base_url=server.base_url,
-        timeout=aiohttp.ClientTimeout(total=5.0, sock_read=0.1),
+        # The retry's answer must come within sock_read: 1 s, not 0.1 s, on a loaded machine.
+        timeout=aiohttp.ClientTimeout(total=5.0, sock_read=1.0),
         retry=RetryPolicy(zero_wait=True, retry_transport_errors=True, on_retry=events.append),
     ) as client:
         qr = await client.get_qr_image(NAME)
@@ -886,7 +896,8 @@ async def test_deadline_during_retries_keeps_the_last_error_as_cause(
 ) -> None:
     """A deadline hit on the second attempt chains the first attempt's 502."""
     server.script(NAME, [502, Fault(hang=True)])
-    async with make_client(server, deadline=0.3, initial_wait=0) as client:
+    # The first 502 must come within the deadline: 1 s leaves a loaded machine room.
+    async with make_client(server, deadline=1.0, initial_wait=0) as client:
         with pytest.raises(WachatTimeoutError) as info:
             await client.get_qr_image(NAME)
     assert info.value.attempts == 2
@@ -897,14 +908,15 @@ async def test_deadline_covers_retries_after_an_unguarded_first_attempt(
     server: FakeWachatServer,
 ) -> None:
     """With total <= deadline the first attempt runs bare, yet a hanging retry hits the deadline."""
-    # The slow first 502 puts the deadline (0.5 s after the start) well before the second
-    # attempt's own timeout (0.5 s after *its* start), so the deadline is what ends the call.
+    # The slow first 502 puts the deadline (1 s after the start) at least 0.2 s before the
+    # second attempt's own timeout (1 s after *its* start), on one loop clock, so the deadline
+    # is what ends the call; 1 s leaves a loaded machine room for the 502 to arrive in time.
     server.script(NAME, [Fault(status=502, delay=0.2), Fault(hang=True)])
     async with WachatClient(
         api_key=KEY,
         base_url=server.base_url,
-        timeout=0.5,
-        retry=RetryPolicy(zero_wait=True, deadline=0.5, initial_wait=0),
+        timeout=1.0,
+        retry=RetryPolicy(zero_wait=True, deadline=1.0, initial_wait=0),
         retry_budget=RetryBudget.unlimited(),
     ) as client:
         with pytest.raises(WachatTimeoutError, match="deadline") as info:

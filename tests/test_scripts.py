@@ -1,10 +1,13 @@
 """scripts/demo.sh and scripts/test.sh: pip runs on the first run and when .venv is stale, only.
 
 Each test copies the scripts and pyproject.toml into a temporary root with stub Pythons: the
-"system" one records ``-m venv`` and creates a fake ``.venv`` whose ``python`` records ``-m pip``
-and ``-m coverage`` instead of running them, and runs everything else (``scripts/_venv_state.py``)
-with this interpreter, where a stub ``wachat_async`` package shadows the real one (the real
-install's metadata stands for the extras' requirements). No network, no real install.
+"system" one records ``-m venv`` and creates a fake venv whose ``python`` records ``-m pip``,
+``-m pytest`` and ``-m coverage`` instead of running them, and runs everything else
+(``scripts/_venv_state.py``) with this interpreter, where a stub ``wachat_async`` package shadows
+the real one (the real install's metadata stands for the extras' requirements). The other
+Pythons pyproject.toml claims are stubs too, found through a stub ``pyenv`` or on PATH, or
+missing (PATH's ``python3.X`` fail, as pyenv's shims of inactive versions do). No network, no
+real install.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,15 +24,29 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_SH = (ROOT / "scripts" / "test.sh").read_text(encoding="utf-8")
+CLASSIFIERS = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"][
+    "classifiers"
+]
+PREFIX = "Programming Language :: Python :: 3."
+#: The Pythons the package claims but this one: test.sh runs the fast tier on each.
+OTHERS = [
+    c.removeprefix("Programming Language :: Python :: ")
+    for c in CLASSIFIERS
+    if c.startswith(PREFIX) and c != f"{PREFIX}{sys.version_info.minor}"
+]
 
-# The fake venv's python. Its "site-packages" is the folder named in .venv/site: `pip install -e`
-# points it at the current folder (creating the stub package there if it is missing).
+# A fake venv's python (recorded as `python` in .venv, as `.venv-3.X/bin/python` elsewhere). Its
+# "site-packages" is the folder named in VENV/site: `pip install -e` points it at the current
+# folder (creating the stub package there if it is missing). FAIL_PYTEST fails `-m pytest`.
 VENV_PYTHON = f"""#!/bin/sh
 here="$(dirname "$0")"
+venv="$(basename "$(dirname "$here")")"
+me=python; [ "$venv" = .venv ] || me="$venv/bin/python"
 case "$1 $2" in
-  "-m coverage"|"scripts/verify_types.py ") echo "python $*" >> "$CALLS"; exit 0;;
+  "-m coverage"|"scripts/verify_types.py ") echo "$me $*" >> "$CALLS"; exit 0;;
+  "-m pytest") echo "$me $*" >> "$CALLS"; [ -z "$FAIL_PYTEST" ]; exit;;
   "-m pip")
-    echo "python $*" >> "$CALLS"
+    echo "$me $*" >> "$CALLS"
     [ -z "$FAIL_PIP" ] || exit 1
     if [ "$3" = install ] && [ "$5" = -e ]; then
       mkdir -p wachat_async && touch wachat_async/__init__.py && pwd > "$here/../site"
@@ -37,16 +55,29 @@ case "$1 $2" in
 esac
 PYTHONPATH="$(cat "$here/../site" 2>/dev/null)" exec {sys.executable} "$@"
 """
+# A Python outside any venv: `system-python` (PYTHON, for .venv) or `python3.X` (another claimed
+# version, which answers test.sh's version query). `-m venv DIR` makes a fake venv in DIR.
 SYSTEM_PYTHON = """#!/bin/sh
-echo "system-python $*" >> "$CALLS"
-mkdir -p .venv/bin && cp "$STUBS/venv-python" .venv/bin/python && chmod +x .venv/bin/python
+name="$(basename "$0")"
+if [ "$1" = -c ]; then echo "${name#python}"; exit 0; fi
+echo "$name $*" >> "$CALLS"
+mkdir -p "$3/bin" && cp "$STUBS/venv-python" "$3/bin/python" && chmod +x "$3/bin/python"
 for tool in wachat-qr ruff mypy; do
-  printf '#!/bin/sh\\necho "%s $*" >> "$CALLS"\\n' "$tool" > ".venv/bin/$tool"
-  chmod +x ".venv/bin/$tool"
+  printf '#!/bin/sh\\necho "%s $*" >> "$CALLS"\\n' "$tool" > "$3/bin/$tool"
+  chmod +x "$3/bin/$tool"
 done
 printf '#!/bin/sh\\necho "mkdocs $*" >> "$CALLS"\\necho "mkdocs log"\\n[ -z "$FAIL_MKDOCS" ]\\n' \\
-  > .venv/bin/mkdocs
-chmod +x .venv/bin/mkdocs
+  > "$3/bin/mkdocs"
+chmod +x "$3/bin/mkdocs"
+"""
+# pyenv's `prefix VERSION`: the folder STUBS/pyenv/VERSION if a test made it.
+PYENV = """#!/bin/sh
+[ "$1" = prefix ] && [ -d "$STUBS/pyenv/$2" ] && echo "$STUBS/pyenv/$2"
+"""
+# What pyenv's shim of an inactive version does.
+SHIM = """#!/bin/sh
+echo "pyenv: $(basename "$0"): command not found" >&2
+exit 127
 """
 UPGRADE = "python -m pip install --quiet --upgrade pip"
 VENV = "system-python -m venv .venv"
@@ -66,16 +97,30 @@ class Repo:
         for name in ("_venv.sh", "_venv_state.py", "demo.sh", "test.sh"):
             shutil.copy(ROOT / "scripts" / name, root / "scripts" / name)
         shutil.copy(ROOT / "pyproject.toml", root / "pyproject.toml")
-        for name, text in (("venv-python", VENV_PYTHON), ("system-python", SYSTEM_PYTHON)):
-            (root / name).write_text(text, encoding="utf-8")
-            (root / name).chmod(0o755)
+        (root / "bin").mkdir()
+        stubs = {"venv-python": VENV_PYTHON, "system-python": SYSTEM_PYTHON, "bin/pyenv": PYENV}
+        stubs.update({f"bin/python{version}": SHIM for version in OTHERS})
+        for name, text in stubs.items():
+            self.stub(name, text)
         self.calls = root / "calls.log"
         self.env = {
-            "PATH": os.environ["PATH"],
+            "PATH": f"{root / 'bin'}:{os.environ['PATH']}",
             "CALLS": str(self.calls),
             "STUBS": str(root),
             "PYTHON": str(root / "system-python"),
         }
+
+    def stub(self, name: str, text: str) -> None:
+        """Write the executable stub *name* (a path under the root)."""
+        path = self.root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        path.chmod(0o755)
+
+    def provide(self, version: str, via: str) -> None:
+        """Make Python *version* findable, ``via`` pyenv or PATH."""
+        folder = f"pyenv/{version}/bin" if via == "pyenv" else "bin"
+        self.stub(f"{folder}/python{version}", SYSTEM_PYTHON)
 
     def run(self, command: str, **env: str) -> tuple[int, list[str]]:
         """Run a bash *command* in the root; return its status and the recorded calls."""
@@ -90,7 +135,7 @@ class Repo:
             check=False,
         )
         assert "Traceback" not in proc.stderr, proc.stderr
-        self.stderr = proc.stderr
+        self.stdout, self.stderr = proc.stdout, proc.stderr
         return proc.returncode, self.calls.read_text(encoding="utf-8").splitlines()
 
     def venv(self, extra: str, **env: str) -> list[str]:
@@ -196,24 +241,89 @@ def test_demo_script_installs_once_then_only_runs_the_demo(repo: Repo) -> None:
     assert repo.run("bash scripts/demo.sh --no-wait") == (0, ["wachat-qr demo --no-wait"])
 
 
+#: What `bash scripts/test.sh -x` runs in .venv: the gates, then the full suite with coverage.
+GATES = [
+    "ruff check .",
+    "ruff format --check .",
+    "mypy --strict wachat_async",
+    "python scripts/verify_types.py",
+    "mkdocs build --strict --site-dir SITE",
+]
+FULL_RUN = [
+    "python -m coverage erase",
+    "python -m coverage run -m pytest -x",
+    "python -m coverage report",
+]
+
+
+def fast_tier(version: str) -> str:
+    """The fast tier's pytest call on another Python, with the script's ``-x``."""
+    return f".venv-{version}/bin/python -m pytest -m not slow -x"
+
+
 def test_test_script_runs_every_gate_and_installs_dev_only_when_needed(repo: Repo) -> None:
-    """`bash scripts/test.sh ARGS` after a demo run installs [dev] once, then runs the gates."""
+    """`bash scripts/test.sh ARGS` after a demo run installs [dev] once, then runs the gates;
+    each other claimed Python that cannot be found is skipped, saying how to get it."""
     repo.run("bash scripts/demo.sh")
-    gates = [
-        "ruff check .",
-        "ruff format --check .",
-        "mypy --strict wachat_async",
-        "python scripts/verify_types.py",
-        "mkdocs build --strict --site-dir SITE",
-        "python -m coverage erase",
-        "python -m coverage run -m pytest -x",
-        "python -m coverage report",
-    ]
     status, calls = repo.run("bash scripts/test.sh -x")
-    assert (status, _site_dirs_named(calls)) == (0, [install("dev"), *gates])
+    assert (status, _site_dirs_named(calls)) == (0, [install("dev"), *GATES, *FULL_RUN])
     status, calls = repo.run("bash scripts/test.sh -x")
-    assert (status, _site_dirs_named(calls)) == (0, gates)
+    assert (status, _site_dirs_named(calls)) == (0, [*GATES, *FULL_RUN])
     assert "mkdocs log" not in repo.stderr  # quiet when the docs build
+    skipped = [line for line in repo.stdout.splitlines() if "skipped" in line]
+    assert skipped == [
+        f"== Python {v}: skipped, not found (pyenv install {v}, or python{v} on PATH)"
+        for v in OTHERS
+    ]
+
+
+@pytest.mark.parametrize("via", ["pyenv", "path"])
+def test_test_script_runs_the_fast_tier_on_each_other_claimed_python(repo: Repo, via: str) -> None:
+    """Every other Python in pyproject's classifiers gets its own venv, set up once, and runs
+    `pytest -m "not slow"` with the script's arguments, before the full run (fail fast)."""
+    assert len(OTHERS) == 2  # 3.11-3.13 claimed, one of them runs this test
+    for version in OTHERS:
+        repo.provide(version, via)
+    first_setup = [VENV, UPGRADE, install("dev")]
+    for version in OTHERS:
+        venv = f".venv-{version}"
+        first_setup += [
+            f"python{version} -m venv {venv}",
+            f"{venv}/bin/{UPGRADE}",
+            f"{venv}/bin/{install('dev')}",
+            fast_tier(version),
+        ]
+    status, calls = repo.run("bash scripts/test.sh -x")
+    assert (status, _site_dirs_named(calls)) == (
+        0,
+        [*first_setup[:3], *GATES, *first_setup[3:], *FULL_RUN],
+    )
+    status, calls = repo.run("bash scripts/test.sh -x")
+    assert (status, _site_dirs_named(calls)) == (
+        0,
+        [*GATES, *(fast_tier(v) for v in OTHERS), *FULL_RUN],
+    )
+
+
+def test_test_script_stops_at_a_failing_fast_tier(repo: Repo) -> None:
+    """The first other Python's fast tier fails: the script fails before the full run."""
+    for version in OTHERS:
+        repo.provide(version, "pyenv")
+    repo.run("bash scripts/test.sh")
+    status, calls = repo.run("bash scripts/test.sh -x", FAIL_PYTEST="1")
+    assert (status, calls[-1]) == (1, fast_tier(OTHERS[0]))
+
+
+def test_in_ci_a_claimed_python_that_is_missing_fails_the_run(repo: Repo) -> None:
+    """With CI=true a Python the package claims must be there: the run fails, naming it."""
+    repo.provide(OTHERS[0], "path")
+    status, calls = repo.run("bash scripts/test.sh -x", CI="true")
+    assert status == 1
+    assert calls[-1] == fast_tier(OTHERS[0])
+    missing = OTHERS[1]
+    assert repo.stderr == (
+        f"Python {missing} (claimed in pyproject.toml) not found: pyenv install {missing}\n"
+    )
 
 
 def _site_dirs_named(calls: list[str]) -> list[str]:
@@ -264,4 +374,4 @@ def test_venv_state_usage_errors(argv: list[str]) -> None:
         timeout=60,
         check=False,
     )
-    assert (proc.returncode, proc.stderr) == (2, "usage: _venv_state.py check|stamp EXTRA\n")
+    assert (proc.returncode, proc.stderr) == (2, "usage: _venv_state.py check|stamp EXTRA [VENV]\n")

@@ -43,9 +43,14 @@ from wachat_async.testing import FakeWachatServer, Fault
 from .conftest import (
     KEY,
     NAME,
+    SkippingLoop,
+    T,
     assert_no_connection_checked_out,
     assert_no_key,
+    endless,
     exception_texts,
+    run_skipping,
+    until,
 )
 
 ZERO_WAIT = RetryPolicy(zero_wait=True)
@@ -404,27 +409,46 @@ async def test_unclosed_client_on_a_borrowed_session_is_collected_silently(
 
 
 @pytest.mark.parametrize("how", CALLS)
-async def test_more_calls_than_connections_queue_instead_of_timing_out(
-    how: str, tmp_path: Path
-) -> None:
-    """max_connections=1, a slow server, four concurrent calls: every call succeeds, because
-    each waits for a connection before its per-attempt timeout starts."""
-    async with FakeWachatServer(api_key=KEY, latency=0.1) as server:
-        names = [f"{NAME}_{i}" for i in range(4)]
-        for name in names:
-            server.add_instance(name)
-        async with WachatClient(
-            api_key=KEY,
-            base_url=server.base_url,
-            max_connections=1,
-            timeout=0.3,
-            retry=RetryPolicy.disabled(),
-        ) as client:
-            results = await asyncio.gather(
-                *(call(client, how, name, tmp_path) for name in names), return_exceptions=True
-            )
-            assert_no_connection_checked_out(client)
+def test_more_calls_than_connections_queue_instead_of_timing_out(how: str, tmp_path: Path) -> None:
+    """max_connections=1, held by an open stream; four calls queue behind it while a minute
+    passes on the loop's clock (twelve of their 5 s timeouts): none ends, and each succeeds
+    once the stream closes, because a call waits for a connection before its timeout starts."""
+
+    async def queue_a_minute(loop: SkippingLoop) -> list[object]:
+        async with FakeWachatServer(api_key=KEY) as server:
+            names = [f"{NAME}_{i}" for i in range(4)]
+            server.add_instances([NAME, *names])
+            async with WachatClient(
+                api_key=KEY,
+                base_url=server.base_url,
+                max_connections=1,
+                timeout=5.0,
+                retry=RetryPolicy.disabled(),
+            ) as client:
+                calls = await _queued_for_a_minute(
+                    loop, client, [call(client, how, name, tmp_path) for name in names]
+                )
+                results = await asyncio.gather(*calls, return_exceptions=True)
+                assert_no_connection_checked_out(client)
+        return results
+
+    results = run_skipping(queue_a_minute)
     assert [r for r in results if isinstance(r, BaseException)] == []
+
+
+async def _queued_for_a_minute(
+    loop: SkippingLoop, client: WachatClient, calls: list[Awaitable[T]]
+) -> list[asyncio.Future[T]]:
+    """Start *calls* behind a stream that holds *client*'s only connection, move *loop*'s
+    clock a minute ahead (any timer they had armed fires), check that none has ended, close
+    the stream, and hand back the running calls."""
+    async with client.stream_qr_image(NAME):
+        running: list[asyncio.Future[T]] = [asyncio.ensure_future(c) for c in calls]
+        await settle()
+        loop.skip(60)
+        await settle()
+        assert [f for f in running if f.done()] == [], "a queued call ended while it queued"
+    return running
 
 
 @pytest.mark.parametrize(
@@ -435,41 +459,46 @@ async def test_more_calls_than_connections_queue_instead_of_timing_out(
         pytest.param({"limit": 5, "limit_per_host": 1}, id="both"),
     ],
 )
-async def test_borrowed_session_queue_follows_its_connector(
-    connector_kwargs: dict[str, int],
-) -> None:
+def test_borrowed_session_queue_follows_its_connector(connector_kwargs: dict[str, int]) -> None:
     """With a borrowed session the queue is sized from its connector (limit, limit_per_host):
-    more calls than connections all succeed, and fetch_many is capped the same way."""
-    async with FakeWachatServer(api_key=KEY, latency=0.1) as server:
-        names = [f"{NAME}_{i}" for i in range(4)]
-        for name in names:
-            server.add_instance(name)
-        connector = aiohttp.TCPConnector(**connector_kwargs)
-        async with (
-            aiohttp.ClientSession(connector=connector) as session,
-            WachatClient(
-                api_key=KEY,
-                base_url=server.base_url,
-                session=session,
-                timeout=0.3,
-                retry=RetryPolicy.disabled(),
-            ) as client,
-        ):
-            images = await asyncio.gather(*(client.get_qr_image(n) for n in names))
-            async with client.fetch_many(names, concurrency=50) as results:
-                outcomes = [r async for r in results]
-    assert [qr.instance_name for qr in images] == names
-    assert all(result.ok for result in outcomes)
+    calls behind the one connection queue in the client, not in the connector where their
+    timeouts would run (a minute passes on the loop's clock), all succeed, and fetch_many is
+    capped the same way."""
+
+    async def queue_a_minute(loop: SkippingLoop) -> tuple[list[str], list[bool]]:
+        async with FakeWachatServer(api_key=KEY) as server:
+            names = [f"{NAME}_{i}" for i in range(4)]
+            server.add_instances([NAME, *names])
+            async with (
+                aiohttp.ClientSession(connector=aiohttp.TCPConnector(**connector_kwargs)) as s,
+                WachatClient(
+                    api_key=KEY,
+                    base_url=server.base_url,
+                    session=s,
+                    timeout=5.0,
+                    retry=RetryPolicy.disabled(),
+                ) as client,
+            ):
+                calls = await _queued_for_a_minute(
+                    loop, client, [client.get_qr_image(n) for n in names]
+                )
+                images = [qr.instance_name for qr in await asyncio.gather(*calls)]
+                async with client.fetch_many(names, concurrency=50) as results:
+                    outcomes = [r.ok async for r in results]
+        return images, outcomes
+
+    images, outcomes = run_skipping(queue_a_minute)
+    assert images == [f"{NAME}_{i}" for i in range(4)]
+    assert outcomes == [True] * 4
 
 
-async def until(condition: Callable[[], bool]) -> None:
-    """Let the loop run until *condition* holds (a hang guard, not a timing assertion)."""
-
-    async def poll() -> None:
-        while not condition():
-            await asyncio.sleep(0)
-
-    await asyncio.wait_for(poll(), 10)
+def spent_deadline(view: WachatClient) -> WachatClient:
+    """*view*, its calls' clock saying the whole deadline has passed as each call starts: the
+    deadline timer fires on the next turn of the loop, not after real time."""
+    deadline = view.retry_policy.deadline
+    assert deadline is not None
+    view._retrier.clock = itertools.cycle([0.0, deadline]).__next__  # started, then remaining
+    return view
 
 
 async def settle() -> None:
@@ -550,9 +579,9 @@ async def test_stream_holds_its_slot_until_closed(server: FakeWachatServer) -> N
         max_connections=1,
         retry=ZERO_WAIT,
     ) as client:
-        # Only the queued call has a short deadline: real requests on a loaded machine may not
-        # fit in 20 ms. The view shares the client's connection slots.
-        queued = client.with_options(retry=RetryPolicy(zero_wait=True, deadline=0.02))
+        # Only the queued call has a deadline (spent at once, by its clock): the view shares
+        # the client's connection slots.
+        queued = spent_deadline(client.with_options(retry=RetryPolicy(zero_wait=True, deadline=5)))
         for read in (True, False):
             async with client.stream_qr_image(NAME) as stream:
                 if read:
@@ -615,6 +644,9 @@ async def test_aclose_refuses_the_calls_queued_for_a_slot(
         await settle()
         assert not any(task.done() for task in queued)
         await client.aclose()
+        await settle()
+        if how != "save":  # save_qr_image may reach the queue late: see below
+            assert all(task.done() for task in queued), "aclose() left queued calls waiting"
         outcomes = await asyncio.wait_for(asyncio.gather(*queued, return_exceptions=True), 10)
         if borrowed:
             assert not in_flight.done()
@@ -649,8 +681,10 @@ async def test_aclose_wakes_calls_queued_behind_an_open_stream(server: FakeWacha
     queued = asyncio.ensure_future(client.get_qr_image(NAME))
     await settle()
     await client.aclose()
+    await settle()
+    assert queued.done(), "aclose() left a call queued behind the stream waiting"
     with pytest.raises(ClientClosedError):
-        await asyncio.wait_for(queued, 10)  # the stream is still open here
+        await queued  # the stream is still open here
     assert not holder.done()
     gate.set()
     await holder
@@ -666,7 +700,7 @@ async def test_closing_the_client_mid_batch_ends_fetch_many_with_client_closed_e
     for name in slow:
         server.add_instance(name)
         server.script(name, [Fault(hang=True)])
-    names = itertools.chain([NAME], slow, itertools.cycle([NAME]))  # endless
+    names = itertools.chain([NAME], slow, endless([NAME]))
     client = WachatClient(api_key=KEY, base_url=server.base_url, max_connections=4)
     got: list[str] = []
 
@@ -702,21 +736,19 @@ async def test_a_retry_waiting_out_its_backoff_holds_no_slot(server: FakeWachatS
 
 async def test_deadline_bounds_the_wait_for_a_slot(server: FakeWachatServer) -> None:
     """A call queued behind a connection that is never freed ends at the policy's deadline
-    with WachatTimeoutError, and its place in the queue is given up."""
+    (spent at once by the call's clock: no real waiting) with WachatTimeoutError, and its place
+    in the queue is given up."""
     async with WachatClient(
-        api_key=KEY,
-        base_url=server.base_url,
-        max_connections=1,
-        timeout=5.0,
-        retry=RetryPolicy(zero_wait=True, deadline=0.05),
+        api_key=KEY, base_url=server.base_url, max_connections=1, timeout=5.0, retry=ZERO_WAIT
     ) as client:
+        queued = spent_deadline(client.with_options(retry=RetryPolicy(zero_wait=True, deadline=5)))
         async with client.stream_qr_image(NAME):
             with pytest.raises(WachatTimeoutError, match="deadline") as info:
-                await client.get_qr_image(NAME)
+                await queued.get_qr_image(NAME)
         assert (await client.get_qr_image(NAME)).instance_name == NAME
     assert server.request_count(NAME) == 2
     assert str(info.value) == (
-        "deadline of 0.05 s exceeded while waiting for a connection slot "
+        "deadline of 5 s exceeded while waiting for a connection slot "
         "(1 in use: is a stream left open?)"
     )
     assert info.value.attempts == 0

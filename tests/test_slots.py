@@ -282,6 +282,8 @@ async def test_close_wakes_every_waiter_and_each_refuses(waiting: int) -> None:
     await settle()
     assert queue.waiting == waiting
     queue.close()
+    await settle()
+    assert all(w.done() for w in waiters), "close() left a waiter waiting"
     results = await asyncio.gather(*waiters, return_exceptions=True)
     assert [type(r) for r in results] == [ClientClosedError] * waiting
     assert all("while this call waited" in str(r) for r in results)

@@ -61,6 +61,8 @@ from examples.taskiq_fleet import produce, worker  # noqa: E402
 RUN_LIMIT = 200.0
 STEP_LIMIT = 60.0
 KILL_LIMIT = 10.0
+# pytest-timeout past those bounds, so they fail first, with every log's tail.
+pytestmark = pytest.mark.timeout(RUN_LIMIT + 60)
 
 
 def _until(
@@ -971,7 +973,6 @@ async def test_shutdown_ends_a_keep_alive_whose_cancel_was_swallowed(redis_url: 
     assert broker._keepalive is None
 
 
-@pytest.mark.skipif(sys.version_info < (3, 11), reason="Task.cancelling() is 3.11+")
 async def test_a_cancel_swallowed_inside_a_redis_call_is_raised_again() -> None:
     """A cancel lost inside the operation (as redis-py loses it): the call raises it anyway."""
     outage, _ = _outage()

@@ -55,7 +55,7 @@ class ExpiredServer:
 
     def __init__(self) -> None:
         self.ca = trustme.CA()
-        yesterday = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=1)
+        yesterday = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=1)
         cert = self.ca.issue_cert(
             "127.0.0.1", not_before=yesterday - datetime.timedelta(days=30), not_after=yesterday
         )

@@ -7,12 +7,11 @@ without a retry loop around it.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import math
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
 
@@ -46,7 +45,7 @@ from .conftest import KEY, NAME, assert_no_key, exception_texts
 # -- Retry-After --------------------------------------------------------------------------
 
 
-NOW = datetime(2026, 11, 25, 12, 0, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC)
 
 
 @pytest.mark.parametrize(
@@ -73,7 +72,7 @@ def test_parse_retry_after(header: str | None, expected: float | None) -> None:
 
 def test_parse_retry_after_uses_the_current_time() -> None:
     """Without an explicit now, a date a minute ahead is about 60 seconds away."""
-    ahead = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=60), usegmt=True)
+    ahead = format_datetime(datetime.now(UTC) + timedelta(seconds=60), usegmt=True)
     wait = parse_retry_after(ahead)
     assert wait is not None
     assert 0 < wait <= 60
@@ -134,7 +133,7 @@ def test_transport_error_keeps_a_clean_cause() -> None:
 @pytest.mark.parametrize(
     ("exc", "expected", "png"),
     [
-        pytest.param(asyncio.TimeoutError(), WachatTimeoutError, True, id="timeout"),
+        pytest.param(TimeoutError(), WachatTimeoutError, True, id="timeout"),
         pytest.param(aiohttp.ClientPayloadError("cut"), "truncated-png", True, id="cut-png"),
         pytest.param(aiohttp.ClientPayloadError("cut"), InvalidResponseError, False, id="cut-json"),
         pytest.param(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import subprocess
-import sys
+import tomllib
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -200,10 +200,6 @@ def test_main_judges_what_pyright_printed(
 
 def test_pyright_is_pinned_in_the_dev_extra() -> None:
     """The gate's judge is one exact pyright version, installed with the dev extra."""
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover - the suite runs on 3.11+ in CI
-        pytest.skip("tomllib is 3.11+")
     dev = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"][
         "optional-dependencies"
     ]["dev"]

@@ -19,7 +19,9 @@ from tests.test_browser import CDP, chromium, require_chromium
 from wachat_async import WachatClient
 from wachat_async.testing import FakeWachatServer
 
-pytestmark = pytest.mark.browser
+# timeout: Chromium's start and each wait have their own bounds (tests/_web.py's LIMIT,
+# tests/test_browser.py's), which fail first, saying which.
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(180)]
 
 KEY = "wk_live_web_S3CRET_4242"
 NAME = "t1_mq9r2jov_jakarta_store"
@@ -173,7 +175,7 @@ async def test_chromium_follows_a_name_with_a_slash_and_unicode(
 
             try:
                 return await asyncio.wait_for(poll(), 30)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise AssertionError(f"never happened: {what}") from None
 
         shown = await wait_for(lambda s: s["src"] and s["loaded"], "the QR shows")
@@ -238,7 +240,7 @@ async def test_chromium_shows_outages_and_final_states_honestly(
 
             try:
                 return await asyncio.wait_for(poll(), 30)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise AssertionError(f"never happened: {what}") from None
 
         shown = await wait_for(tab, lambda s: s["state"] == "qr" and not s["hidden"], "a QR")
@@ -300,7 +302,7 @@ async def test_chromium_comes_back_after_a_deploy_of_the_shipped_example(
 
                 try:
                     return await asyncio.wait_for(poll(), 30)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     raise AssertionError(f"never happened: {what}") from None
 
             first = await shown("the first process's QR")

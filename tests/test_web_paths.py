@@ -9,7 +9,6 @@ client normalises ``..`` or re-encodes ``%2F`` on the way.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -18,7 +17,7 @@ from urllib.parse import quote
 
 import pytest
 
-from tests._web import FRAMEWORKS, LIMIT, png_url, raw_request, serve, until, watch_tasks
+from tests._web import FRAMEWORKS, png_url, raw_request, serve, serve_asgi, until, watch_tasks
 from tests.conftest import KEY, NAME, assert_no_key
 from wachat_async import RetryPolicy, WachatClient
 from wachat_async.testing import FakeWachatServer
@@ -431,7 +430,6 @@ async def test_routes_mounted_in_a_starlette_mount_and_fastapi_router(
 ) -> None:
     """Under ``Mount`` and FastAPI's ``include_router`` the routes keep their JSON answers and
     ``%2F`` names (``include_router`` rebuilds the route; every method still reaches it)."""
-    import uvicorn
     from fastapi import APIRouter, FastAPI
     from starlette.routing import Mount
 
@@ -440,13 +438,7 @@ async def test_routes_mounted_in_a_starlette_mount_and_fastapi_router(
     app = FastAPI(routes=[Mount("/mounted", routes=qr_routes(wachat, authorize=lambda r, n: True))])
     router = APIRouter(routes=qr_routes(wachat, prefix="/qr", authorize=lambda r, n: True))
     app.include_router(router, prefix="/included")
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="off", log_level="warning")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    try:
-        await until(lambda: server.started, "uvicorn starts")
-        port = server.servers[0].sockets[0].getsockname()[1]
-        base = f"http://127.0.0.1:{port}"
+    async with serve_asgi(app) as base:
         for mount in ("/mounted", "/included"):
             png = await raw_request(base, "GET", f"{mount}/qr/a%2Fb.png")
             assert png.status == 200, (mount, png.body[:200])
@@ -459,8 +451,5 @@ async def test_routes_mounted_in_a_starlette_mount_and_fastapi_router(
             assert data["src"] == f"../a%2Fb.png?v={data['sha256']}"
             image = await raw_request(base, "GET", png_url(f"{mount}/qr/a%2Fb/events", data["src"]))
             assert image.status == 200, (mount, image.body[:200])
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, LIMIT)
     assert [r.instance_name for r in fake.requests if r.path.endswith(QR)].count("a/b") >= 2
     await until(lambda: hub_for(wachat).viewers() == {}, "the viewers are gone")

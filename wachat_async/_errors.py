@@ -401,10 +401,9 @@ def status_error(
 def raise_clean(error: BaseException) -> NoReturn:
     """Raise *error* with no implicit ``__context__``.
 
-    Our errors carry their real cause in ``__cause__``. On Python 3.10 a coroutine resumed by
-    aiohttp can still see an exception aiohttp handled elsewhere as "being handled", and Python
-    would attach it as ``__context__``: an unsanitised parser error that may quote bytes the
-    server sent (an echoed key included). Only failure paths come here.
+    Our errors carry their real cause in ``__cause__``. Raised inside an ``except`` block,
+    Python would attach the handled exception as ``__context__``: an unsanitised error that may
+    quote the key or bytes the server sent. Only failure paths come here.
     """
     try:
         raise error

@@ -31,7 +31,7 @@ import struct
 import time
 import zlib
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -80,7 +80,6 @@ _time = time.time
 _new = object.__new__
 _setattr = object.__setattr__
 _from_timestamp = datetime.fromtimestamp
-_UTC = timezone.utc
 
 
 def png_dimensions(head: bytes, *, instance_name: str | None = None) -> tuple[int, int]:
@@ -198,7 +197,7 @@ def check_png_end(data: bytes, *, instance_name: str | None = None) -> None:
 
 
 def _utcnow() -> datetime:
-    return _now(_UTC)
+    return _now(UTC)
 
 
 def _to_bytes(data: object) -> bytes:
@@ -349,7 +348,7 @@ class QRImage:
                 fields = self.__dict__
                 stamp = fields.get("_fetched")
                 if stamp is not None:
-                    fields["fetched_at"] = value = _from_timestamp(stamp, _UTC)
+                    fields["fetched_at"] = value = _from_timestamp(stamp, UTC)
                     return value
             raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 

@@ -20,7 +20,6 @@ import inspect
 import logging
 import math
 import random
-import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Literal, TypeVar
@@ -40,11 +39,6 @@ from ._errors import (
 )
 from ._slots import Slots
 from ._validate import check_bool, check_number, shown
-
-if sys.version_info >= (3, 11):
-    from asyncio import timeout as _timeout
-else:  # pragma: no cover - exercised on 3.10 only
-    from async_timeout import timeout as _timeout
 
 __all__ = [
     "GiveUpEvent",
@@ -656,7 +650,7 @@ class Retrier:
         if policy.deadline is not None:
             remaining = policy.deadline - (self.clock() - started)
         try:
-            async with _timeout(remaining):
+            async with asyncio.timeout(remaining):
                 if first is None:
                     try:
                         return await attempt(name, *args)
@@ -676,7 +670,7 @@ class Retrier:
                 if retry.code is not None and exc is retry.last_error:
                     self._give_up(name, retry.attempts, retry.code, exc)
             raise
-        except asyncio.TimeoutError as expired:
+        except TimeoutError as expired:
             if policy.deadline is None:  # pragma: no cover - no deadline, no timer to expire
                 raise
             attempts = retry.attempts if retry else 1

@@ -24,7 +24,7 @@ import logging
 import re
 from collections.abc import Iterable
 from contextlib import suppress
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
 import aiohttp
@@ -108,8 +108,8 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    now = datetime.now(timezone.utc) if now is None else now
+        when = when.replace(tzinfo=UTC)
+    now = datetime.now(UTC) if now is None else now
     return max(0.0, (when - now).total_seconds())
 
 

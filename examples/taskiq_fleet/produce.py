@@ -57,7 +57,10 @@ def read_names(lines: Iterable[str]) -> list[str]:
 
 
 async def run(
-    names: Sequence[str], out_dir: str, *, timeout: float | None = None
+    names: Sequence[str],
+    out_dir: str,
+    *,
+    timeout: float | None = None,  # noqa: ASYNC109 - bounds the wait for results only
 ) -> tuple[list[dict[str, Any]], float]:
     """Send a task per name, wait for all (or *timeout* s); return the outcomes and seconds."""
     started = time.perf_counter()

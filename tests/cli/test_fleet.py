@@ -352,7 +352,7 @@ def test_piped_summary_lines_are_never_wrapped(
     """1, 999, 1000 or 100000 instances: the title is one whole line, each table row one line
     that holds its instance name whole, no line ends in a space."""
     failed = min(failed, total)
-    summary(_fleet(total, failed), Out(False, []), out_dir=None)
+    summary(_fleet(total, failed), Out(False, []))
     lines = capsys.readouterr().out.split("\n")
     noun = "instance" if total == 1 else "instances"
     assert lines[0] == f"{total} {noun} in 1234.57 s"

@@ -184,8 +184,11 @@ class _RecordingProxy:
                 conn.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
 
     def close(self) -> None:
+        # On Linux close() alone does not wake a thread blocked in accept(); shutdown() does.
+        self._socket.shutdown(socket.SHUT_RDWR)
         self._socket.close()
         self._thread.join(timeout=10)
+        assert not self._thread.is_alive(), "the recording proxy's thread did not stop"
 
 
 @pytest.fixture

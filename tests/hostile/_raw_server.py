@@ -290,7 +290,7 @@ class RawServer:
                     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), MAX_WAIT)
                 except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
                     return
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     return
                 request = _parse_head(head, number)
                 async with self._arrived:

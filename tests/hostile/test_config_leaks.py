@@ -68,10 +68,13 @@ class _LeakyRepr:
 
 
 def _assert_clean(exc: BaseException) -> None:
-    """No form of KEY in *exc* anywhere, chained (even suppressed) context included."""
+    """No form of KEY in *exc* anywhere, chained (even suppressed) context included; and no
+    implicit context at all: the error a check raised inside is not chained, so it cannot
+    carry a value the check quoted (nor show in the traceback)."""
     assert_clean_exception(exc)
     for link in exception_chain(exc):
         assert not link.__suppress_context__ or link.__context__ is None, "hidden context"
+        assert link.__context__ is None or link.__context__ is link.__cause__, "implicit context"
 
 
 @pytest.mark.parametrize("base_url", [*BAD_BASE_URLS, *KEYED_BASE_URLS])

@@ -17,7 +17,7 @@ import unicodedata
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, quote_plus
 
@@ -244,7 +244,7 @@ def test_redact_is_case_insensitive() -> None:
 
 # -- Retry-After ----------------------------------------------------------------------------
 
-_NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
+_NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
 
 def _check_retry_after(value: str) -> None:

@@ -43,14 +43,6 @@ def test_text_check_catches_every_form_of_the_key(text: str) -> None:
         assert_clean_text(text, "sample")
 
 
-class _Group(Exception):
-    """Shaped like an ExceptionGroup (3.11+) for the chain walk, on 3.10 too."""
-
-    def __init__(self, exceptions: list[Exception]) -> None:
-        super().__init__("group")
-        self.exceptions = exceptions
-
-
 @pytest.mark.parametrize("where", ["cause", "context", "note", "attribute", "arg", "group"])
 def test_exception_check_walks_the_whole_chain(where: str) -> None:
     """A key hidden in a cause, context, note, attribute, argument or group member is found."""
@@ -67,7 +59,7 @@ def test_exception_check_walks_the_whole_chain(where: str) -> None:
     elif where == "arg":
         error.args = ("clean message", {"headers": {"Authorization": KEY}})
     else:
-        error.__cause__ = _Group([ValueError("x"), hidden])
+        error.__cause__ = ExceptionGroup("group", [ValueError("x"), hidden])
     assert_clean_exception(WachatConnectionError("clean"))
     with pytest.raises(AssertionError, match="leaked"):
         assert_clean_exception(error)

@@ -120,7 +120,7 @@ class RawTLSFaultServer:
         task.add_done_callback(self._tasks.discard)
         try:
             await asyncio.wait_for(self.handler(reader, writer), 5.0)
-        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ssl.SSLError):
+        except (TimeoutError, OSError, asyncio.IncompleteReadError, ssl.SSLError):
             pass
         finally:
             writer.close()

@@ -251,21 +251,21 @@ def hints(error: BaseException, args: argparse.Namespace) -> list[str]:
 
 
 async def cmd_fetch(args: argparse.Namespace, out: Out) -> int:
-    # -o -, /dev/stdout, /dev/fd/1, or the very file stdout is redirected to: the PNG is the
-    # output, so the "saved" line goes to stderr instead (never after the PNG's bytes).
+    # -o -, /dev/stdout, /dev/fd/1, or the very file stdout is redirected to: written through
+    # descriptor 1, at its offset (a file stdout is on is never replaced), and the line saying
+    # so goes to stderr (never after the PNG's bytes).
     to_stdout = args.output is not None and is_stdout(args.output)
     if to_stdout and isatty(sys.stdout):
         raise UsageError("refusing to write a PNG to a terminal: use -o FILE, or 'show' to see it")
     async with client_for(args) as client:
         qr = await client.get_qr_image(args.name)
     what = f"{qr.width}x{qr.height} PNG, {len(qr.data)} bytes"
-    if args.output == "-":
+    if to_stdout:
         write_stdout_bytes(qr.data)
         out.note(f"wrote the QR of {args.name!r} to stdout ({what})")
         return EXIT_OK
-    path = Path(args.output) if args.output else Path(png_filename(args.name))
-    await write_bytes_async(path, qr.data)  # like qr.save, but Ctrl-C can stop a FIFO's wait
-    (out.note if to_stdout else out.info)(f"saved {path} ({what})")
+    path = await write_bytes_async(args.output or png_filename(args.name), qr.data)
+    out.info(f"saved {path} ({what})")
     return EXIT_OK
 
 
@@ -323,15 +323,10 @@ async def cmd_poll(args: argparse.Namespace, out: Out) -> int:
     out_dir = Path(args.out_dir) if args.out_dir else None
     async with client_for(args, max_connections=max(100, args.concurrency)) as client:
         fleet = await poll_fleet(
-            client,
-            names,
-            concurrency=args.concurrency,
-            out_dir=out_dir,
-            out=out,
-            json_lines=args.json,
+            client, names, out, concurrency=args.concurrency, out_dir=out_dir, json_lines=args.json
         )
     if not args.json:
-        summary(fleet, out, out_dir=out_dir)
+        summary(fleet, out)
     if fleet.aborted is not None:
         out.error(
             stopped_message(describe(fleet.aborted), len(fleet.ok) + len(fleet.failed), fleet.total)

@@ -95,7 +95,6 @@ async def cmd_demo(args: argparse.Namespace, out: Out) -> int:
             f"with {len(names)} instances; {len(absorbed)} answer 502/504 at first ({absorbing}) "
             f"and {len(failing)} fail on purpose."
         )
-        out_dir = Path(args.out_dir)
         async with WachatClient(
             api_key=key,
             base_url=server.base_url,
@@ -103,17 +102,12 @@ async def cmd_demo(args: argparse.Namespace, out: Out) -> int:
             timeout=getattr(args, "timeout", None) or 10.0,
         ) as client:
             fleet = await poll_fleet(
-                client,
-                names,
-                concurrency=args.concurrency,
-                out_dir=out_dir,
-                out=out,
-                json_lines=False,
+                client, names, out, concurrency=args.concurrency, out_dir=Path(args.out_dir)
             )
-            summary(fleet, out, out_dir=out_dir, expected=failing)
+            summary(fleet, out, expected=failing)
             unexpected = [r for r in fleet.failed if r.instance_name not in failing]
             first = fleet.ok[0] if fleet.ok else None
-            if first is not None and first.image is not None and not out.quiet:
+            if first is not None and not out.quiet:
                 out.info(
                     f"\nThe QR of {first.instance_name} (saved as "
                     f"{fleet.saved.get(first.instance_name, '-')}); it encodes "

@@ -5,7 +5,7 @@ holds every status :func:`wachat_async.cli.main` can return. :class:`UsageError`
 problem found after parsing (a bad names file, no API key, ...): one line, exit status 2.
 
 Never writes anything, never makes a request, and imports no other module of the CLI: every
-other module of it may import this one.
+other module of it may import this one. The statuses are public as ``wachat_async.cli``'s.
 """
 
 from __future__ import annotations
@@ -25,26 +25,6 @@ from wachat_async import (
     WachatError,
     WachatTimeoutError,
 )
-
-__all__ = [
-    "EXIT_AUTH",
-    "EXIT_BROKEN_PIPE",
-    "EXIT_CODES",
-    "EXIT_CONNECTION",
-    "EXIT_FAILED",
-    "EXIT_FILE",
-    "EXIT_INTERNAL",
-    "EXIT_INTERRUPTED",
-    "EXIT_INVALID",
-    "EXIT_NOT_FOUND",
-    "EXIT_OK",
-    "EXIT_UPSTREAM",
-    "EXIT_USAGE",
-    "UsageError",
-    "BASE_URL_NOTE",
-    "exit_code_for",
-    "wrong_base_url",
-]
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1

@@ -32,7 +32,8 @@ from typing import Final
 from wachat_async import (
     APIStatusError,
     AuthenticationError,
-    QRResult,
+    QRFailure,
+    QRSuccess,
     SubscriptionRestrictedError,
     WachatClient,
     WachatError,
@@ -72,10 +73,11 @@ def png_filename(instance_name: str) -> str:
 class Fleet:
     """Outcome of a fleet poll, for the summary."""
 
-    def __init__(self, total: int) -> None:
+    def __init__(self, total: int, out_dir: Path | None = None) -> None:
         self.total = total
-        self.ok: list[QRResult] = []
-        self.failed: list[QRResult] = []
+        self.out_dir = out_dir
+        self.ok: list[QRSuccess] = []
+        self.failed: list[QRFailure] = []
         self.saved: dict[str, Path] = {}
         self.aborted: WachatError | None = None
         self.started = time.monotonic()
@@ -148,15 +150,16 @@ class _Writer:
 async def poll_fleet(
     client: WachatClient,
     names: Sequence[str],
+    out: Out,
     *,
     concurrency: int,
-    out_dir: Path | None,
-    out: Out,
-    json_lines: bool,
+    out_dir: Path | None = None,
+    json_lines: bool = False,
 ) -> Fleet:
-    """Fetch each distinct name of *names*, save and report it; return the outcome."""
+    """Fetch each distinct name of *names*, save it into *out_dir* (if given) and report it;
+    return the outcome."""
     distinct = list(dict.fromkeys(names))
-    fleet = Fleet(len(distinct))
+    fleet = Fleet(len(distinct), out_dir)
     if out_dir is not None:
         try:
             await asyncio.to_thread(out_dir.mkdir, parents=True, exist_ok=True)
@@ -189,7 +192,7 @@ async def poll_fleet(
             transient=False,
         )
 
-    def done(result: QRResult, path: Path | None) -> None:
+    def done(result: QRSuccess | QRFailure, path: Path | None) -> None:
         _record(result, path, fleet, out, json_lines)
         if progress is not None and task is not None:
             progress.update(task, advance=1, failed=len(fleet.failed))
@@ -221,9 +224,11 @@ async def poll_fleet(
     return fleet
 
 
-def _record(result: QRResult, path: Path | None, fleet: Fleet, out: Out, json_lines: bool) -> None:
-    image = result.image
-    if image is not None:
+def _record(
+    result: QRSuccess | QRFailure, path: Path | None, fleet: Fleet, out: Out, json_lines: bool
+) -> None:
+    if isinstance(result, QRSuccess):
+        image = result.image
         fleet.ok.append(result)
         if path is not None:
             fleet.saved[result.instance_name] = path
@@ -244,7 +249,6 @@ def _record(result: QRResult, path: Path | None, fleet: Fleet, out: Out, json_li
             )
         return
     error = result.error
-    assert error is not None
     fleet.failed.append(result)
     if json_lines:
         out.result(
@@ -271,9 +275,7 @@ def _short(error: WachatError) -> str:
     return text if len(text) <= 100 else text[:99] + "…"
 
 
-def summary(
-    fleet: Fleet, out: Out, *, out_dir: Path | None, expected: Mapping[str, str] | None = None
-) -> None:
+def summary(fleet: Fleet, out: Out, *, expected: Mapping[str, str] | None = None) -> None:
     """The summary tables (stdout): outcome counts, then the failures (*expected* gives the
     reason of the failures that were meant to happen, for the demo)."""
     if out.quiet:
@@ -285,7 +287,6 @@ def summary(
     counts: Counter[str] = Counter()
     for result in fleet.failed:
         error = result.error
-        assert error is not None
         status = getattr(error, "status", None)
         counts[f"{type(error).__name__}" + (f" ({status})" if status else "")] += 1
     title = f"{plural(fleet.total, 'instance')} in {fleet.elapsed:.2f} s"
@@ -307,7 +308,6 @@ def summary(
         failures.add_column("why", overflow="fold")
         for result in fleet.failed[:_FAILURES_LISTED]:
             error = result.error
-            assert error is not None
             why = expected.get(result.instance_name)
             failures.add_row(
                 Text(out.cell(result.instance_name)),
@@ -320,5 +320,5 @@ def summary(
             failures.add_row(Text(f"... and {more} more"), "", "", "")
         tables.append(failures)
     out.tables(*tables)
-    if out_dir is not None and fleet.saved:
-        out.info(f"saved {plural(len(fleet.saved), 'PNG file')} in {out_dir}")
+    if fleet.saved:
+        out.info(f"saved {plural(len(fleet.saved), 'PNG file')} in {fleet.out_dir}")

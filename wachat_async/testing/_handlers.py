@@ -227,6 +227,16 @@ def _with_fault(answer: Answer, fault: Fault) -> Answer:
     )
 
 
+def _name_and_key(asked: Asked, auth: Auth) -> tuple[str, str] | Answer:
+    """What both API routes answer first: 401 without a valid key, 400 without a name."""
+    if not auth.valid or auth.key is None:
+        return _error(401)
+    name = asked.instance_name
+    if name is None or not name.strip():
+        return _error(400)
+    return name, auth.key
+
+
 def decide_qr(asked: Asked, auth: Auth, registry: Registry, draw: Draw) -> Answer:
     """``GET /instance/qr/image``: the PNG, a documented error, or the next scripted fault.
 
@@ -234,16 +244,14 @@ def decide_qr(asked: Asked, auth: Auth, registry: Registry, draw: Draw) -> Answe
     be scripted); a scripted 200 behaves normally with the fault's overrides on top. When segno
     is missing the answer is a 500 naming the install command, whatever the script says.
     """
-    name = asked.instance_name
-    if not auth.valid:
-        return _error(401)
-    if name is None or not name.strip():
-        return _error(400)
-    assert auth.key is not None
+    checked = _name_and_key(asked, auth)
+    if isinstance(checked, Answer):
+        return checked
+    name, key = checked
     fault = registry.next_fault(name)
     if fault is not None and fault.status != 200:
         answer = _error(fault.status)
-    elif (found := registry.find(name, auth.key)) is None:
+    elif (found := registry.find(name, key)) is None:
         answer = _error(404)
     elif auth.restricted:
         answer = _error(403)
@@ -264,13 +272,10 @@ def decide_state(asked: Asked, auth: Auth, registry: Registry) -> Answer:
 
     Scripts are for the QR route only: this route neither sees nor consumes them.
     """
-    name = asked.instance_name
-    if not auth.valid:
-        return _error(401)
-    if name is None or not name.strip():
-        return _error(400)
-    assert auth.key is not None
-    found = registry.find(name, auth.key)
+    checked = _name_and_key(asked, auth)
+    if isinstance(checked, Answer):
+        return checked
+    found = registry.find(*checked)
     if found is None:
         return _error(404)
     return Answer(status=200, headers=_JSON_HEADERS, body=_state_body(found[0]))

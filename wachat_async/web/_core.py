@@ -26,6 +26,7 @@ from wachat_async import (
     InvalidInstanceNameError,
     QRImage,
     SubscriptionRestrictedError,
+    WachatClient,
     WachatError,
     build_qr_image_url,
 )
@@ -52,6 +53,7 @@ __all__ = [
     "error_status",
     "etag_matches",
     "png_answer",
+    "route_kit",
 ]
 
 logger = logging.getLogger("wachat_async.web")
@@ -116,14 +118,39 @@ def check_route_options(
     return prefix.rstrip("/")
 
 
-def _being_cancelled() -> bool:
-    """Whether the running task itself is being cancelled (not merely something it awaited).
+def route_kit(
+    client: WachatClient | Callable[[RequestT], WachatClient],
+    prefix: object,
+    authorize: Authorize[RequestT],
+    interval: object,
+    heartbeat: object,
+    max_name_length: int,
+    passthrough: tuple[type[BaseException], ...],
+    max_age: object = DEFAULT_MAX_AGE,
+    max_backoff: object = DEFAULT_MAX_BACKOFF,
+) -> tuple[str, Gate[RequestT], Callable[[RequestT], WachatClient]]:
+    """What both ``qr_routes`` start from, once their options are checked: the normalised
+    prefix, the :class:`Gate` (*passthrough*: the framework's HTTP exceptions) and how to find
+    the client of a request."""
+    base = check_route_options(
+        prefix, authorize, interval, heartbeat, max_name_length, max_age, max_backoff
+    )
+    if not isinstance(client, WachatClient) and not callable(client):
+        raise TypeError(
+            f"client must be a WachatClient or a callable request -> WachatClient, not "
+            f"{type(client).__name__}"
+        )
 
-    Python 3.10 cannot tell (no ``Task.cancelling``): there, a cancellation always goes on.
-    """
+    def client_for(request: RequestT) -> WachatClient:
+        return client if isinstance(client, WachatClient) else client(request)
+
+    return base, Gate(authorize, max_name_length, passthrough), client_for
+
+
+def _being_cancelled() -> bool:
+    """Whether the running task itself is being cancelled (not merely something it awaited)."""
     task = asyncio.current_task()
-    cancelling = getattr(task, "cancelling", None)
-    return cancelling is None or bool(cancelling())
+    return task is None or task.cancelling() > 0
 
 
 def _discard(result: object) -> None:

@@ -283,14 +283,10 @@ class Watch:
         self._changed.set()
         self._changed = asyncio.Event()
 
-    async def wait(self, seen: int, timeout: float) -> None:
-        """Return once there is news for a viewer that has seen version *seen*, or after
-        *timeout* seconds."""
-        if self.version != seen or self.ended is not None:
-            return
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                await self._changed.wait()
+    async def wait(self, seen: int) -> None:
+        """Return once there is news for a viewer that has seen version *seen*."""
+        if self.version == seen and self.ended is None:
+            await self._changed.wait()
 
 
 class QRHub:

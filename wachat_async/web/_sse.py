@@ -24,6 +24,7 @@ viewer out of the hub, which stops the upstream watch when it was the last one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -116,7 +117,9 @@ async def qr_events(
                 due = min(due, watch.confirmed + max_age + 0.001)
             if gone is not None:
                 due = min(due, now + LIVENESS_CHECK)
-            await watch.wait(seen, max(0.0, due - now))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, due - now)):
+                    await watch.wait(seen)
             if gone is not None:
                 left = gone()
                 if not isinstance(left, bool):

@@ -26,15 +26,7 @@ from aiohttp import web
 
 from wachat_async import WachatClient
 
-from ._core import (
-    DEFAULT_HEARTBEAT,
-    DEFAULT_INTERVAL,
-    Answer,
-    Authorize,
-    Gate,
-    check_route_options,
-    png_answer,
-)
+from ._core import DEFAULT_HEARTBEAT, DEFAULT_INTERVAL, Answer, Authorize, png_answer, route_kit
 from ._hub import DEFAULT_MAX_AGE, DEFAULT_MAX_BACKOFF, hub_for
 from ._page import PAGE_HEADERS, page_html
 from ._paths import DEFAULT_MAX_NAME_LENGTH, EVENTS, PNG, Target, png_from_events
@@ -80,18 +72,17 @@ def qr_routes(
     take only GET and HEAD of ``/{name}`` and ``/{name}/events`` (a POST to ``/login`` is still
     the application's).
     """
-    base = check_route_options(
-        prefix, authorize, interval, heartbeat, max_name_length, max_age, max_backoff
+    base, gate, client_for = route_kit(
+        client,
+        prefix,
+        authorize,
+        interval,
+        heartbeat,
+        max_name_length,
+        (web.HTTPException,),
+        max_age,
+        max_backoff,
     )
-    if not isinstance(client, WachatClient) and not callable(client):
-        raise TypeError(
-            f"client must be a WachatClient or a callable request -> WachatClient, not "
-            f"{type(client).__name__}"
-        )
-    gate: Gate[web.Request] = Gate(authorize, max_name_length, (web.HTTPException,))
-
-    def client_for(request: web.Request) -> WachatClient:
-        return client if isinstance(client, WachatClient) else client(request)
 
     async def serve(request: web.Request, tail: str) -> web.StreamResponse:
         raw_path = request.rel_url.raw_path
