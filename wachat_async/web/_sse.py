@@ -105,10 +105,9 @@ async def qr_events(
                 if isinstance(state, QRImage):
                     yield event("qr", {"sha256": key, "src": f"{png_path}?v={key}"})
                 elif state is not None:
-                    retry_in = None if state.retry_at is None else max(0.0, state.retry_at - now)
+                    at = state.retry_at
+                    retry_in = None if at is None else round(max(0.0, at - now), 1)
                     data = {"instance": name, "error": state.message, "retry_in": retry_in}
-                    if retry_in is not None:
-                        data["retry_in"] = round(retry_in, 1)
                     yield event("unavailable", data)
                 last_write = now = loop.time()
             # Wake for news, for the heartbeat, when the QR grows too old, for the check.
