@@ -198,7 +198,8 @@ PAGE_STATE = """(() => {
 async def test_chromium_shows_outages_and_final_states_honestly(
     chromium_path: str, framework: str
 ) -> None:
-    """An outage dims the QR and says it is retrying, and the QR comes back; after a deploy
+    """An outage dims the QR and says it is retrying, and the QR comes back; an image that
+    fails to load is replaced by a message until the next one; after a deploy
     the page reconnects and shows the QR again; the server's final event and a refused
     reconnect (the session expired: 403) replace the QR with a message instead of leaving the
     old QR and "reconnecting..." forever."""
@@ -247,6 +248,19 @@ async def test_chromium_shows_outages_and_final_states_honestly(
         fake.script(NAME, [502, 502])
         down = await wait_for(tab, lambda s: s["state"] == "unavailable", "the outage shows")
         back = await wait_for(tab, lambda s: s["state"] == "qr", "the QR comes back")
+        # The next image fails to load (the browser is told so by DevTools): no stale QR.
+        await cdp.call("Fetch.enable", {"patterns": [{"urlPattern": "*.png*"}]}, session=tab)
+        fake.rotate_qr(NAME)
+        paused = await cdp.wait_event("Fetch.requestPaused", tab)
+        await cdp.call(
+            "Fetch.failRequest",
+            {"requestId": paused["params"]["requestId"], "errorReason": "Failed"},
+            session=tab,
+        )
+        broken = await wait_for(tab, lambda s: s["state"] == "broken", "a broken image shows")
+        await cdp.call("Fetch.disable", session=tab)
+        fake.rotate_qr(NAME)
+        await wait_for(tab, lambda s: s["state"] == "qr", "the next QR loads")
         failed = await wait_for(gone, lambda s: s["state"] == "failed", "a final event")
         await end_event_streams()  # a deploy: the stream ends, the page reconnects by itself
         await wait_for(tab, lambda s: s["state"] == "reconnecting", "the page reconnects")
@@ -261,6 +275,9 @@ async def test_chromium_shows_outages_and_final_states_honestly(
     assert "retrying" in down["text"]
     assert back["dim"] is False
     assert not back["hidden"]
+    assert broken["hidden"]
+    assert broken["src"] is None
+    assert "did not load" in broken["text"]
     assert not again["hidden"]
     assert failed["hidden"]
     assert failed["src"] is None
