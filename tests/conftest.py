@@ -150,7 +150,7 @@ SLOW = {
     ],
     "a tinyproxy process": [
         "test_proxy.py::test_connect_to_a_forbidden_port_is_a_proxy_error",
-        "test_proxy.py::test_https_through_a_proxy_timing_out_closes_its_socket",
+        "test_proxy.py::test_https_through_a_proxy_ended_mid_call_leaves_no_socket_but_the_tunnels",
     ],
     "a program in a new process (0.3-2 s each: an interpreter and its imports)": [
         "test_taskiq_fleet.py::test_redis_unreachable_is_one_line_and_exit_3",
@@ -167,8 +167,8 @@ SLOW = {
         "cli/test_streams.py::test_a_stderr_that_cannot_be_written_never_fails_a_command",
         "cli/test_streams.py::test_an_error_with_both_streams_unwritable_still_has_its_status",
         "cli/test_streams.py::test_poll_output_survives_any_stdout_encoding",
-        "test_files.py::test_saving_to_dev_stdout_keeps_what_was_printed_around_it",
         "test_files.py::test_permission_denied_for_real_names_the_path",
+        "test_files.py::test_saving_to_dev_stdout_on_a_pipe_writes_down_the_pipe",
         "test_mutants.py::test_every_mutant_matches_its_module_exactly_once",
         "test_packaging.py::test_sdist_ships_the_license_and_the_sources",
         "test_packaging.py::test_wheel_ships_the_license_py_typed_and_the_metadata",
@@ -210,18 +210,25 @@ SLOW_FIXTURES = {"proxy": "a tinyproxy process", "redis_port": "a Redis server"}
 _SLOW_TESTS = {test for tests in SLOW.values() for test in tests}
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark ``slow`` what SLOW, SLOW_FIXTURES and the ``browser`` marker name."""
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark ``slow`` what SLOW, SLOW_FIXTURES and the ``browser`` marker name; in a run of the
+    whole suite, an entry of SLOW that names no test (a renamed one) is an error."""
     here = Path(__file__).parent
+    unmatched = set(_SLOW_TESTS)
     for item in items:
         module = item.path.relative_to(here).as_posix()
         function = getattr(item, "originalname", item.name)
+        names = {module, f"{module}::{function}"}
+        unmatched -= names
         if (
-            {module, f"{module}::{function}"} & _SLOW_TESTS
+            names & _SLOW_TESTS
             or SLOW_FIXTURES.keys() & set(getattr(item, "fixturenames", ()))
             or item.get_closest_marker("browser")
         ):
             item.add_marker(pytest.mark.slow)
+    whole = [Path(arg).resolve() for arg in config.args] == [here]
+    if whole and unmatched and not config.getoption("keyword"):
+        raise pytest.UsageError(f"tests/conftest.py SLOW names no test: {sorted(unmatched)}")
 
 
 def _children_cpu() -> float:

@@ -45,7 +45,6 @@ from .conftest import (
     assert_no_key,
     exception_texts,
     status_cases,
-    until,
 )
 
 #: A 1x1 transparent RGBA PNG (its IDAT's length chains to IEND; Pillow decodes it).
@@ -406,12 +405,11 @@ async def stalling_server() -> AsyncIterator[tuple[str, asyncio.Event]]:
 async def test_cancelled_save_leaves_no_file_and_no_connection(
     stalling_server: tuple[str, asyncio.Event], tmp_path: Path
 ) -> None:
-    """Cancelling save_qr_image mid-body removes the temp file and frees the connection."""
+    """Cancelling save_qr_image mid-body leaves no file and frees the connection."""
     base_url, started = stalling_server
     async with WachatClient(api_key=KEY, base_url=base_url) as client:
         task = asyncio.create_task(client.save_qr_image(NAME, tmp_path / "qr.png"))
-        await started.wait()
-        await until(lambda: any(tmp_path.iterdir()))  # mid-body: the temporary file is there
+        await started.wait()  # half the body is sent; the rest never comes
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

@@ -7,8 +7,12 @@ import functools
 import itertools
 import logging
 import math
+import re
+import sys
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from types import FrameType
 from typing import Any
 
 import aiohttp
@@ -22,6 +26,7 @@ from wachat_async import (
     ConfigurationError,
     DeadlineExceededError,
     GatewayTimeoutError,
+    GiveUpEvent,
     InstanceNotFoundError,
     InvalidImageError,
     InvalidResponseError,
@@ -307,10 +312,65 @@ def test_budget_reused_slot_forgets_its_old_second() -> None:
     assert budget.balance == 1.0
 
 
-def test_budget_rejects_sub_second_ttl() -> None:
-    """The window is counted in whole seconds."""
-    with pytest.raises(ValueError, match="ttl"):
-        RetryBudget(ttl=0.5)
+@pytest.mark.parametrize(
+    "ttl",
+    [0.5, 0, -1, 61, 1e7, math.nan, math.inf],
+    ids=["half-second", "zero", "negative", "61", "1e7", "nan", "inf"],
+)
+def test_budget_ttl_outside_finagles_bounds_is_refused(ttl: float) -> None:
+    """ttl is 1 to 60 seconds, as in Finagle; anything else is a ConfigurationError saying so."""
+    with pytest.raises(ConfigurationError, match=r"^ttl must be between 1 and 60 seconds, got"):
+        RetryBudget(ttl=ttl)
+
+
+@pytest.mark.parametrize("ttl", [1, 1.5, 60], ids=["1", "1.5", "60"])
+def test_budget_ttl_within_the_bounds_is_accepted(ttl: float) -> None:
+    assert RetryBudget(ttl=ttl).ttl == ttl
+
+
+@pytest.mark.parametrize("ttl", ["10", True, None], ids=["str", "bool", "none"])
+def test_budget_ttl_must_be_a_number(ttl: object) -> None:
+    with pytest.raises(TypeError, match="ttl must be a number of seconds"):
+        RetryBudget(ttl=ttl)  # type: ignore[arg-type]
+
+
+def _lines_run(work: Callable[[], object]) -> int:
+    """How many lines of wachat_async/_retry.py *work* runs: a count, not a time."""
+    count = 0
+
+    def tracer(frame: FrameType, event: str, arg: object) -> Any:
+        nonlocal count
+        if frame.f_code.co_filename == wachat_async._retry.__file__:
+            count += event == "line"
+            return tracer
+        return None
+
+    previous = sys.gettrace()
+    sys.settrace(tracer)
+    try:
+        work()
+    finally:
+        sys.settrace(previous)
+    return count
+
+
+def test_budget_decisions_cost_the_same_whatever_the_ttl() -> None:
+    """Ten minutes of traffic, a deposit and a retry each second: a 60 s window runs no more
+    lines than a 1 s one (no scan of the window per decision)."""
+
+    def traffic(ttl: float) -> Callable[[], object]:
+        clock = FakeClock()
+        budget = RetryBudget(ratio=1.0, min_retries_per_second=0, ttl=ttl, clock=clock)
+
+        def run() -> None:
+            for _ in range(600):
+                clock.now += 1
+                budget.deposit()
+                assert budget.try_withdraw()
+
+        return run
+
+    assert _lines_run(traffic(60)) <= _lines_run(traffic(1))
 
 
 class ReferenceBudget:
@@ -686,6 +746,8 @@ async def test_504_storm_gives_up_after_max_attempts(server: FakeWachatServer) -
     assert info.value.attempts == 5
     assert server.request_count(NAME) == 5
     assert info.value.__notes__[-1].startswith("gave up after 5 attempts in ")
+    budget = client.retry_budget  # charged once per retry, not when giving up
+    assert (budget.calls, budget.retries, budget.refused) == (1, 4, 0)
 
 
 @pytest.mark.parametrize(
@@ -1064,20 +1126,33 @@ async def test_every_call_deposits_into_the_budget(server: FakeWachatServer) -> 
     assert (budget.calls, budget.retries, budget.refused) == (2, 2, 0)
 
 
-async def test_one_attempt_policy_never_builds_a_tenacity_object(
+async def test_a_failure_that_is_never_retried_never_builds_a_tenacity_object(
     server: FakeWachatServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With max_attempts=1 a retryable failure is raised as it is: no tenacity, no note."""
+    """A 404 is raised as it is: no tenacity, no note."""
 
     def forbidden(*args: object, **kwargs: object) -> None:
-        raise AssertionError("tenacity entered for a policy that cannot retry")
+        raise AssertionError("tenacity entered for a failure that is never retried")
 
     monkeypatch.setattr(wachat_async._retry, "AsyncRetrying", forbidden)
+    async with make_client(server) as client:
+        with pytest.raises(InstanceNotFoundError) as info:
+            await client.get_qr_image("t1_missing")
+    assert (info.value.attempts, getattr(info.value, "__notes__", [])) == (1, [])
+
+
+async def test_a_one_attempt_policy_gives_up_like_any_other(server: FakeWachatServer) -> None:
+    """max_attempts=1: a 502 is sent once, and the call gives up on it as on a last retry."""
+    events: list[GiveUpEvent] = []
     server.script(NAME, [502])
-    async with make_client(server, max_attempts=1) as client:
+    async with make_client(server, max_attempts=1, on_give_up=events.append) as client:
         with pytest.raises(QRFetchFailedError) as info:
             await client.get_qr_image(NAME)
-    assert getattr(info.value, "__notes__", []) == []
+    assert server.request_count(NAME) == info.value.attempts == 1
+    assert re.fullmatch(
+        r"gave up after 1 attempt in \d+\.\d s \(max_attempts reached\)", info.value.__notes__[-1]
+    )
+    assert [(e.reason, e.attempts, e.error) for e in events] == [("max_attempts", 1, info.value)]
 
 
 async def test_success_path_never_builds_a_tenacity_object(

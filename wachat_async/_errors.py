@@ -1,38 +1,10 @@
-"""The exceptions wachat-async raises.
+"""The exceptions wachat-async raises: every one is a :class:`WachatError` (their tree is in
+docs/reference/errors.md).
 
-Every exception is a :class:`WachatError`; catch that to handle them all::
-
-    WachatError
-    ├── ConfigurationError          bad client configuration (also a ValueError), e.g. no API key
-    ├── InvalidInstanceNameError    empty, blank or control-character name (also a ValueError);
-    │                               not a str at all: also a TypeError
-    ├── ClientClosedError           the client was closed before or during the call (also a
-    │                               RuntimeError)
-    ├── APIStatusError              .status .instance_name .body (short, redacted) .attempts
-    │   ├── BadRequestError             400  missing/invalid instanceName
-    │   ├── AuthenticationError         401  missing or invalid API key
-    │   ├── SubscriptionRestrictedError 403  plan does not allow QR generation
-    │   ├── InstanceNotFoundError       404  no such instance for this key
-    │   ├── QRNotSupportedError         409  QR only for WhatsApp Baileys instances
-    │   ├── QRFetchFailedError          502  upstream failed to fetch/decode (retryable)
-    │   ├── GatewayTimeoutError         504  upstream timed out (retryable)
-    │   └── UnexpectedStatusError       any other status (3xx included: redirects are not followed)
-    ├── WachatConnectionError       connect/reset/DNS/TLS/proxy/protocol failures (transport)
-    │   ├── TLSVerificationError        the server's certificate did not verify (never retried)
-    │   └── ProxyError                  the HTTP proxy refused or failed (.proxy_status)
-    │       └── ProxyAuthenticationError    407: the proxy wants (other) credentials
-    ├── WachatTimeoutError          one attempt timed out (also a TimeoutError)
-    │   └── DeadlineExceededError       the retry policy's deadline for the whole call expired
-    └── InvalidResponseError        a 2xx whose body is not what the endpoint promises
-        ├── InvalidImageError           200 but not a PNG / wrong content type / truncated
-        └── ResponseTooLargeError       body over max_image_bytes
-
-After retries end, the *last real error* is raised (never a wrapper), with ``.attempts`` set and
-a note (``__notes__``) such as ``gave up after 4 attempts in 3.1 s``. Transport errors keep their
-cause (``raise ... from exc``), sanitised so that no request header can be read from it.
-
-Messages never carry the API key: :class:`ConfigurationError` redacts what it is given. Imports
-only ``_redact``; never the client, the transport or anything that does I/O.
+After retries end, the *last real error* is raised (never a wrapper), with ``.attempts`` and a
+note (``__notes__``) such as ``gave up after 4 attempts in 3.1 s``. Transport errors keep
+their cause, sanitised so that no request header can be read from it. Messages never carry
+the API key: :class:`ConfigurationError` redacts what it is given. Imports only ``_redact``.
 """
 
 from __future__ import annotations
@@ -91,11 +63,6 @@ class WachatError(Exception):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.message!r})"
-
-    def _note(self, note: str) -> None:
-        # BaseException.add_note is 3.11+; __notes__ is what tracebacks print on every version.
-        notes: list[str] = self.__dict__.setdefault("__notes__", [])
-        notes.append(note)
 
 
 class ConfigurationError(WachatError, ValueError):
@@ -399,12 +366,8 @@ def status_error(
 
 
 def raise_clean(error: BaseException) -> NoReturn:
-    """Raise *error* with no implicit ``__context__``.
-
-    Our errors carry their real cause in ``__cause__``. Raised inside an ``except`` block,
-    Python would attach the handled exception as ``__context__``: an unsanitised error that may
-    quote the key or bytes the server sent. Only failure paths come here.
-    """
+    """Raise *error* with no ``__context__``: ``raise ... from None`` only hides the exception
+    being handled (which may quote the key, or bytes the server sent), it does not drop it."""
     try:
         raise error
     except BaseException as exc:

@@ -66,9 +66,11 @@ class _Target:
             self.real = shown
 
     def error(self, exc: OSError, detail: str = "") -> OSError:
+        if exc.errno is None:
+            return exc  # no errno to restate: its own words are all there is
         if not detail and self.real not in (self.shown, os.path.abspath(self.shown)):
             detail = f"writing to {self.real!r}, where the symlink points"
-        return _oserror(exc.errno or errno.EIO, self.shown, detail)
+        return _oserror(exc.errno, self.shown, detail)
 
 
 def _resolve(path: PathArg) -> _Target:

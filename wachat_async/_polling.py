@@ -1,23 +1,8 @@
-"""Polling many instances (:func:`fetch_many`) and watching one (:func:`watch_qr`).
+"""Polling many instances (:class:`FetchMany`) and watching one (:class:`QRWatch`).
 
-Both work on a small *fetch* callable (``WachatClient.get_qr_image``), not on the client class,
-so the client can offer them as thin methods without an import circle.
-
-``fetch_many`` runs at most *concurrency* worker tasks that pull names from the caller's
-iterable one at a time. Nothing is created per name: a worker starts only when there is a name
-for it, and the pool never exceeds *concurrency*. So a fleet of a million names costs at most
-*concurrency* tasks, a result queue of *concurrency* slots, one entry per name in flight and,
-with ``dedupe=True`` only, the set of names already seen. Queueing happens in our own workers,
-before a request is made, so time spent waiting for a turn never eats into a request's timeout.
-A worker yields to the loop at least once every ``PULLS_PER_YIELD`` names it pulls, so no
-iterable (an endless ``itertools.cycle`` of names already seen included) can hold the loop.
-
-``watch_qr`` polls one instance (never more often than once a second), yields a :class:`QRImage`
-only when its content hash changes, rides out transient failures (logged on the ``wachat_async``
-logger, with exponential backoff while they last) and raises terminal ones. It returns a
-:class:`QRWatch`, which counts the QR codes shown so far.
-
-Never imports the client, the transport or the stream: it is given the fetch (and state) callables.
+Both work on a *fetch* callable (``WachatClient.get_qr_image``), not on the client class, so
+the client offers them as thin methods without an import circle. Never imports the client,
+the transport or the stream.
 """
 
 from __future__ import annotations
@@ -27,8 +12,7 @@ import contextlib
 import itertools
 import logging
 import random
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Iterator
-from types import TracebackType
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Final, cast
 
 from ._errors import (
@@ -40,17 +24,6 @@ from ._errors import (
 from ._models import InstanceState, QRFailure, QRImage, QRResult, QRSuccess
 from ._retry import is_transient  # the one definition, next to RetryPolicy.is_retryable
 from ._validate import check_bool, check_instance_name, check_number
-
-__all__ = [
-    "MIN_INTERVAL",
-    "AnyResult",
-    "FetchMany",
-    "QRWatch",
-    "fetch_many",
-    "is_transient",
-    "watch_qr",
-    "watch_wait",
-]
 
 logger = logging.getLogger("wachat_async")
 
@@ -94,11 +67,8 @@ class _Batch:
 
     Workers reference this object, never the :class:`FetchMany` the consumer holds, so when a
     consumer drops its iterator (``break`` without ``async with``) the iterator is freed at once
-    and its ``__del__`` can cancel the workers.
-
-    State, all bounded by *concurrency* except ``seen`` (``dedupe=True`` only): at most
-    *concurrency* worker tasks, each holding at most one name pulled from the iterable; a
-    result queue of *concurrency* slots; ``in_flight``, the names being fetched.
+    and its ``__del__`` can cancel the workers. Everything is bounded by *concurrency* (workers
+    each holding one name, the result queue, ``in_flight``) except ``seen`` (``dedupe=True``).
     """
 
     def __init__(
@@ -107,9 +77,7 @@ class _Batch:
         self.fetch = fetch
         self.names = names
         self.concurrency = concurrency
-        self.seen: set[object] | None = set() if dedupe else None
-        #: Unhashable items seen (``dedupe=True`` only): compared by equality, a bug's cost.
-        self.seen_unhashable: list[object] | None = None
+        self.seen: set[str] | None = set() if dedupe else None
         self.in_flight: dict[str, asyncio.Event | None] = {}
         self.queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=concurrency)
         self.tasks: list[asyncio.Task[None]] = []
@@ -118,11 +86,9 @@ class _Batch:
         self.number = next(_worker_batches)
 
     def start(self) -> None:
-        """Pull the first name and start a worker for it (or end at once: no names).
-
-        The first name is pulled here, in the consumer's task, so an iterable that fails at
-        once raises from the first ``__anext__`` and leaves nothing running.
-        """
+        """Pull the first name and start a worker for it (or end at once: no names). In the
+        consumer's task, so an iterable that fails at once raises from the first
+        ``__anext__`` and leaves nothing running."""
         first = self.pull()
         if first is _END:
             self.queue.put_nowait(_DONE)
@@ -140,41 +106,31 @@ class _Batch:
             return _END
 
     def spawn(self, first: object) -> None:
-        """Start a worker task whose first item is *first* (a name, or the end marker)."""
+        """Start a worker task whose first item is *first*."""
         self.running += 1
         name = f"{WORKER_TASK_PREFIX}-{self.number}.{len(self.tasks)}"
         self.tasks.append(asyncio.create_task(self.work(first), name=name))
 
     def grow(self) -> None:
-        """Start one more worker, with the next name, while there is room and a next name.
-
-        Called by a worker that has a name to fetch: the pool grows to *concurrency* as fast
-        as names come, but never has a worker without a name to start with.
-        """
+        """Start one more worker, with the next name, while there is room and a next name: the
+        pool grows as fast as names come, but no worker starts without a name."""
         if self.running < self.concurrency:
             following = self.pull()
             if following is not _END:
                 self.spawn(following)
 
     def admit(self, item: object) -> str | QRFailure | None:
-        """What to do with *item*: the name to fetch, a failure to report (an invalid name),
-        or ``None`` to skip it (a duplicate, when deduplicating)."""
-        if self.seen is not None:
-            try:
-                if item in self.seen:
-                    return None
-                self.seen.add(item)
-            except TypeError:  # unhashable: not a name, but still reported once
-                if self.seen_unhashable is None:
-                    self.seen_unhashable = []
-                if _contains(self.seen_unhashable, item):
-                    return None
-                self.seen_unhashable.append(item)
+        """The name to fetch, a failure to report (an invalid name), or ``None`` to skip a
+        name seen before (``dedupe=True``). Items that are not a ``str`` are no names at all:
+        reported each time."""
+        if self.seen is not None and isinstance(item, str):
+            if item in self.seen:
+                return None
+            self.seen.add(item)
         try:
             return check_instance_name(item)
         except InvalidInstanceNameError as exc:  # a non-str too: also a TypeError
-            # Reported under the very object the iterable gave, so callers can map it back;
-            # the error's instance_name is the name, or shown_item() of a non-str.
+            # Reported under the very object the iterable gave, so callers can map it back.
             return QRFailure(instance_name=cast(str, item), error=exc)
 
     async def work(self, item: object) -> None:
@@ -237,15 +193,6 @@ class _Batch:
             await asyncio.gather(*self.tasks, return_exceptions=True)
 
 
-def _contains(items: list[object], item: object) -> bool:
-    """Whether *item* equals one of *items* (an ``==`` that fails counts as unequal)."""
-    for seen in items:
-        with contextlib.suppress(Exception):
-            if seen is item or bool(seen == item):
-                return True
-    return False
-
-
 _CANCELLED = (
     "this fetch_many batch was cancelled while waiting for a result (asyncio.wait_for() or a "
     "cancelled task): the fetches still in flight were cancelled and their results are lost, "
@@ -259,35 +206,44 @@ _CANCELLED = (
 AnyResult = QRSuccess | QRFailure
 
 
-class FetchMany:
-    """What :func:`fetch_many` returns: an async iterator of results (each a :class:`QRSuccess`
-    or a :class:`QRFailure`, both :class:`QRResult`) that is also an async context manager.
-
-    Iterate it to get the results in order of completion::
+class FetchMany(contextlib.AbstractAsyncContextManager["FetchMany"]):
+    """Fetches the QR of the names in *instance_names*, at most *concurrency* at a time: an
+    async iterator of results in order of completion (each a :class:`QRSuccess` or a
+    :class:`QRFailure`, both :class:`QRResult`), and an async context manager; what
+    :func:`fetch_many` returns::
 
         async with client.fetch_many(names, concurrency=50) as results:
             async for result in results:
                 if not result.ok:
                     print(result.instance_name, result.error)
 
-    Leaving the ``async with`` block (normally, by ``break``, by an exception or by
-    cancellation) cancels the fetches still in flight and waits for them, so no task is left
-    pending and no connection stays checked out. A plain ``async for`` without ``async with``
-    also works: finishing the loop ends everything; on ``break`` the dropped iterator cancels its
-    workers at once and they finish on the next turns of the event loop (use ``async with`` or
-    ``contextlib.aclosing`` when you need that to have happened before the next line runs).
-    Cancelling the task that is waiting for the next result cancels the whole batch, and so
-    does ``asyncio.wait_for(anext(results), t)`` when it times out: the results still to come
-    are lost, so every later ``__anext__`` raises ``RuntimeError`` (a batch cut short never
-    looks complete). Put a time limit around the whole loop instead, and report progress with
-    *on_progress*.
+    * At most *concurrency* worker tasks pull names from the iterable lazily (a generator,
+      even an endless one, will do) and never hold the event loop: each yields at least once
+      every ``PULLS_PER_YIELD`` (16) names it pulls. Workers start on the first
+      ``__anext__``; it can be iterated once.
+    * ``dedupe=True`` (the default): one result per distinct name; a name seen again is
+      skipped (the set of names seen grows with them). ``dedupe=False``: every name pulled is
+      fetched, so ``itertools.cycle(names)`` is a polling loop in memory bounded by
+      *concurrency*. Either way one name is never in flight twice at once within the batch
+      (two batches do not know of each other).
+    * A :class:`WachatError` becomes a :class:`QRFailure` and the others go on, except
+      :class:`ClientClosedError` (the client was closed): it cancels the fetches in flight and
+      is raised from the loop once the results completed before are consumed. An invalid name
+      (empty, blank, control characters, not a ``str`` at all) is a :class:`QRFailure` with an
+      :class:`InvalidInstanceNameError` under the very object the iterable gave; nothing is
+      sent. Any other exception (a bug, in *fetch* or in the iterable) cancels the batch and
+      is raised from the loop.
+    * *on_progress* is called with each result just before it is yielded, in the consumer's
+      task; an exception from it cancels the batch and propagates.
 
-    Closing the client while a batch runs ends the batch with :class:`ClientClosedError`,
-    raised from the loop once the results that completed before are consumed; it is not
-    reported once per remaining name (an endless iterable would never end).
-
-    Workers start on the first ``__anext__``; an iterator that is never iterated starts nothing.
-    It can be iterated once.
+    Leaving the ``async with`` block (in any way) cancels the fetches still in flight and waits
+    for them: no task left pending, no connection checked out. A plain ``async for`` works
+    too; on ``break`` the dropped iterator cancels its workers, which finish on the next turns
+    of the loop. Cancelling the task waiting for the next result (or ``asyncio.wait_for``
+    around ``anext``) cancels the whole batch: the results still to come are lost, so every
+    later ``__anext__`` raises ``RuntimeError``. Put a time limit around the whole loop instead.
+    ``TypeError``/``ValueError`` at once for a bad *concurrency* (an int >= 1), a *dedupe*
+    that is not a bool, or a single string as *instance_names*.
     """
 
     def __init__(
@@ -361,15 +317,7 @@ class FetchMany:
         if batch is not None:
             await batch.stop()
 
-    async def __aenter__(self) -> FetchMany:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
     def __del__(self) -> None:
@@ -392,57 +340,7 @@ class FetchMany:
         return f"<FetchMany concurrency={self._concurrency}{dedupe} {state}>"
 
 
-def fetch_many(
-    fetch: Fetch,
-    instance_names: Iterable[str],
-    *,
-    concurrency: int,
-    dedupe: bool = True,
-    on_progress: Callable[[AnyResult], object] | None = None,
-) -> FetchMany:
-    """Fetch the QR of the names in *instance_names*, at most *concurrency* at a time.
-
-    Returns a :class:`FetchMany`: an async iterator yielding a result per fetched name as each
-    fetch completes (order of completion), each a :class:`QRSuccess` (``ok``, ``image``) or a
-    :class:`QRFailure` (``error``), and an async context manager that cancels what is still in
-    flight when the block is left.
-
-    * At most *concurrency* fetches run at once, in at most that many worker tasks pulling
-      names from the iterable lazily: names may come from a generator, even an endless one.
-      Whatever the iterable yields, the workers never hold the event loop: each yields at
-      least once every ``PULLS_PER_YIELD`` (16) names it pulls.
-    * ``dedupe=True`` (the default): one result per distinct name for the whole batch; a name
-      seen again is skipped. The set of names seen grows with the number of distinct names.
-      An endless iterable that stops producing new names keeps the batch pulling (without
-      results) until you end it.
-    * ``dedupe=False``: every name pulled is fetched and gives a result, so an endless
-      repeating iterable (``itertools.cycle(names)``) is a polling loop. Memory is bounded by
-      *concurrency*: at most *concurrency* workers each holding one name, a result queue of
-      *concurrency* slots, and no per-name history.
-    * In both modes one name is never in flight twice at the same time *within this batch*: a
-      worker that pulls a name already being fetched waits for that fetch to finish, then
-      fetches it again. Two batches (or a batch and a direct call) do not know of each other.
-    * A fetch that raises a :class:`WachatError` becomes a :class:`QRFailure`; it never stops
-      the others, with one exception: a :class:`ClientClosedError` (the client was closed)
-      cancels the fetches in flight and is raised from the ``async for``, after the results
-      already completed. An invalid name becomes a :class:`QRFailure` too (empty,
-      whitespace-only, control characters, or not a ``str`` at all): its result carries an
-      :class:`InvalidInstanceNameError` and the name as the iterable gave it
-      (``result.instance_name`` is that very object), and nothing is sent. The error's
-      ``instance_name`` is the name for a ``str``; for anything else it is what a direct call
-      reports: ``None`` for ``None``, else the item's shortened ``repr``. With ``dedupe=True``
-      an unhashable item (a list, a dict) is reported once too. Any other exception (a bug, in
-      *fetch* or in the iterable) cancels the fetches in flight and is raised from the
-      ``async for``.
-    * *on_progress* is called with each result just before it is yielded, in the consumer's
-      task; an exception from it cancels the batch and propagates.
-
-    Raises ``TypeError``/``ValueError`` at once for a bad *concurrency* (an int >= 1 is needed),
-    a *dedupe* that is not a bool, or when *instance_names* is a single string.
-    """
-    return FetchMany(
-        fetch, instance_names, concurrency=concurrency, dedupe=dedupe, on_progress=on_progress
-    )
+fetch_many = FetchMany
 
 
 #: ``watch_qr`` never polls one instance more often than once per this many seconds: WhatsApp
@@ -454,32 +352,36 @@ DEFAULT_MAX_BACKOFF: Final = 60.0
 
 
 def watch_wait(interval: float, failures: int, max_backoff: float = DEFAULT_MAX_BACKOFF) -> float:
-    """The wait before the next poll, before jitter: ``interval`` doubled per failure in a row.
-
-    ``min(max(interval, MIN_INTERVAL) * 2**failures, max(max_backoff, interval, MIN_INTERVAL))``:
-    the normal interval after a success (``failures == 0``), then 2x, 4x, 8x... while transient
-    failures go on, capped at *max_backoff* (never below the interval itself), so a fleet of
-    watchers slows down through an outage instead of polling it at full rate.
-    """
+    """The wait before the next poll, before jitter: the interval (at least ``MIN_INTERVAL``)
+    doubled per transient failure in a row, capped at *max_backoff* (never below the interval),
+    so a fleet of watchers slows down through an outage."""
     base = max(interval, MIN_INTERVAL)
     cap = max(max_backoff, base)
     return min(base * 2.0 ** min(failures, 64), cap)
 
 
-class QRWatch:
-    """What :func:`watch_qr` returns: an async iterator of :class:`QRImage` (one per new QR)
-    that is also an async context manager, and tells how the watch is going.
+class QRWatch(contextlib.AbstractAsyncContextManager["QRWatch"]):
+    """Polls one instance and yields its QR (a :class:`QRImage`) each time it changes (by
+    SHA-256); what :func:`watch_qr` returns. Also an async context manager: leaving it, or
+    :meth:`aclose` from any task, stops the watch.
 
-    * ``shown``: how many different QR codes the instance has shown during this watch (the
-      number of images yielded so far: the first is 1). WhatsApp rotates a QR about every
-      20 seconds, so ``shown`` also says how long the person has been looking at the page.
-    * ``polls``: QR fetches made (successful or not); ``failures``: transient failures in a
-      row right now (0 after a success; the wait doubles with each, see :func:`watch_wait`).
+    Each round: when *get_state* is given, check the instance state first and end cleanly once
+    it ``is_connected``; then fetch the QR, yield it if its hash differs from the last one
+    yielded, and ``await sleep(max(MIN_INTERVAL, watch_wait(...) * rand(1 - jitter, 1 +
+    jitter)))`` before the next round. Transient failures (:func:`is_transient`: the client's
+    retry policy has had its go at them) are logged as warnings on the ``wachat_async`` logger
+    and the watch goes on, waiting twice as long after each one in a row, up to
+    *max_backoff*; terminal ones (400/401/403/404/409, an invalid image, ...) are raised.
+    *interval* and *max_backoff* must be > 0 and finite, *jitter* in ``[0, 1)``.
+
+    * ``shown``: how many different QR codes the instance has shown (the images yielded so
+      far). WhatsApp rotates a QR about every 20 seconds, so it also says how long the person
+      has been looking at the page.
+    * ``polls``: QR fetches made; ``failures``: transient failures in a row right now.
     * ``latest``: the last image yielded (``None`` before the first).
-    * ``connected``: ``True`` once the watch ended because the instance is linked
-      (``until_connected=True`` and ``GET /instance/state`` said ``"open"``).
+    * ``connected``: ``True`` once the watch ended because the instance is linked.
 
-    Leaving ``async with`` (or calling :meth:`aclose`) stops the watch::
+    ::
 
         async with client.watch_qr(name, until_connected=True) as watch:
             async for qr in watch:
@@ -487,51 +389,99 @@ class QRWatch:
         print("linked" if watch.connected else "stopped")
     """
 
-    __slots__ = (
-        "_iterator",
-        "connected",
-        "failures",
-        "instance_name",
-        "interval",
-        "latest",
-        "max_backoff",
-        "polls",
-        "shown",
-    )
-
-    def __init__(self, instance_name: str, interval: float, max_backoff: float) -> None:
-        self.instance_name: str = instance_name
+    def __init__(
+        self,
+        fetch: Fetch,
+        instance_name: str,
+        *,
+        interval: float,
+        jitter: float,
+        get_state: GetState | None,
+        sleep: Callable[[float], Awaitable[None]],
+        rand: Callable[[float, float], float] = random.uniform,
+        max_backoff: float = DEFAULT_MAX_BACKOFF,
+    ) -> None:
+        check_number(interval, "interval", exclusive=True)
+        check_number(jitter, "jitter", below=1)
+        check_number(max_backoff, "max_backoff", exclusive=True)
+        self.instance_name = instance_name
         #: The interval in force (the one asked for, raised to ``MIN_INTERVAL``).
-        self.interval: float = max(float(interval), MIN_INTERVAL)
-        self.max_backoff: float = float(max_backoff)
-        self.shown: int = 0
-        self.polls: int = 0
-        self.failures: int = 0
+        self.interval = max(float(interval), MIN_INTERVAL)
+        self.max_backoff = float(max_backoff)
+        self.shown = self.polls = self.failures = 0
         self.latest: QRImage | None = None
-        self.connected: bool = False
-        self._iterator: AsyncGenerator[QRImage, None] | None = None
+        self.connected = False
+        self._fetch, self._get_state, self._sleep, self._rand = fetch, get_state, sleep, rand
+        self._jitter = jitter
+        self._waits = False  # whether the next round waits first (all but the first)
+        self._done = False
+        self._round: asyncio.Task[QRImage | None] | None = None  # the one running, if any
 
     def __aiter__(self) -> QRWatch:
         return self
 
     async def __anext__(self) -> QRImage:
-        assert self._iterator is not None
-        return await self._iterator.__anext__()
+        if self._done:
+            raise StopAsyncIteration
+        # Its own task, so that aclose() from another task can cancel it (and only it).
+        self._round = asyncio.ensure_future(self._next())
+        try:
+            image = await self._round
+        except BaseException as exc:
+            closed, self._done = self._done, True
+            task = asyncio.current_task()
+            by_aclose = closed and isinstance(exc, asyncio.CancelledError)
+            if by_aclose and task is not None and not task.cancelling():
+                raise StopAsyncIteration from None  # the round was cancelled, not the consumer
+            raise
+        if image is None:
+            self._done = True
+            raise StopAsyncIteration
+        return image
+
+    async def _next(self) -> QRImage | None:
+        """Poll until the QR changes (return it) or the instance is linked (return None)."""
+        name = self.instance_name
+        while True:
+            if self._waits:
+                wait = watch_wait(self.interval, self.failures, self.max_backoff)
+                jitter = self._rand(1.0 - self._jitter, 1.0 + self._jitter)
+                await self._sleep(max(MIN_INTERVAL, wait * jitter))
+            self._waits = True
+            try:
+                if self._get_state is not None and (await self._get_state(name)).is_connected:
+                    logger.info("Instance %r is connected; watch ended", name)
+                    self.connected = True
+                    return None
+                self.polls += 1
+                image = await self._fetch(name)
+            except WachatError as exc:
+                if not is_transient(exc):
+                    raise
+                self.failures += 1
+                logger.warning(
+                    "Watching instance %r: transient failure %d in a row (%s): %s; still watching",
+                    name,
+                    self.failures,
+                    exc.status if isinstance(exc, APIStatusError) else type(exc).__name__,
+                    exc,
+                )
+                continue
+            self.failures = 0
+            if self.latest is None or image.sha256 != self.latest.sha256:
+                self.shown += 1
+                self.latest = image
+                return image
 
     async def aclose(self) -> None:
-        """Stop the watch (a request in flight is cancelled). Idempotent."""
-        if self._iterator is not None:
-            await self._iterator.aclose()
+        """Stop the watch, from any task: the request in flight is cancelled and the consumer's
+        ``async for`` ends. Idempotent."""
+        self._done = True
+        if self._round is not None:
+            self._round.cancel()
+            await asyncio.wait([self._round])
 
-    async def __aenter__(self) -> QRWatch:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
     def __repr__(self) -> str:
@@ -542,79 +492,4 @@ class QRWatch:
         )
 
 
-def watch_qr(
-    fetch: Fetch,
-    instance_name: str,
-    *,
-    interval: float,
-    jitter: float,
-    get_state: GetState | None,
-    sleep: Callable[[float], Awaitable[None]],
-    rand: Callable[[float, float], float] = random.uniform,
-    max_backoff: float = DEFAULT_MAX_BACKOFF,
-) -> QRWatch:
-    """Poll *instance_name* and yield its QR each time the image changes (by SHA-256).
-
-    Each round: when *get_state* is given, check the instance state first and end cleanly once
-    it ``is_connected``; then fetch the QR and yield it if its hash differs from the last one
-    yielded; then ``await sleep(max(MIN_INTERVAL, watch_wait(...) * rand(1 - jitter, 1 +
-    jitter)))``. The jitter keeps a fleet of watchers started together from polling in lock
-    step; *interval* below ``MIN_INTERVAL`` (1 s) is raised to it, so no watch polls faster.
-
-    Transient failures (see :func:`is_transient`; the client's retry policy has already had its
-    go at them) are logged as warnings on the ``wachat_async`` logger and the watch goes on,
-    waiting twice as long after each one in a row, up to *max_backoff* (see
-    :func:`watch_wait`); a success brings the normal interval back. Terminal ones
-    (400/401/403/404/409, an invalid image, ...) are raised. Arguments are checked at call time:
-    *interval* and *max_backoff* must be > 0 and finite, *jitter* in ``[0, 1)``.
-
-    Returns a :class:`QRWatch` (its ``shown`` counts the QR codes seen so far).
-    """
-    check_number(interval, "interval", exclusive=True)
-    check_number(jitter, "jitter", below=1)
-    check_number(max_backoff, "max_backoff", exclusive=True)
-    watch = QRWatch(instance_name, interval, max_backoff)
-    watch._iterator = _watch(watch, fetch, jitter, get_state, sleep, rand)
-    return watch
-
-
-async def _watch(
-    watch: QRWatch,
-    fetch: Fetch,
-    jitter: float,
-    get_state: GetState | None,
-    sleep: Callable[[float], Awaitable[None]],
-    rand: Callable[[float, float], float],
-) -> AsyncGenerator[QRImage, None]:
-    name = watch.instance_name
-    last_digest: str | None = None
-    while True:
-        try:
-            if get_state is not None and (await get_state(name)).is_connected:
-                logger.info("Instance %r is connected; watch ended", name)
-                watch.connected = True
-                return
-            watch.polls += 1
-            image = await fetch(name)
-        except WachatError as exc:
-            if not is_transient(exc):
-                raise
-            watch.failures += 1
-            status = exc.status if isinstance(exc, APIStatusError) else type(exc).__name__
-            logger.warning(
-                "Watching instance %r: transient failure %d in a row (%s): %s; still watching",
-                name,
-                watch.failures,
-                status,
-                exc,
-            )
-        else:
-            watch.failures = 0
-            digest = image.sha256
-            if digest != last_digest:
-                last_digest = digest
-                watch.shown += 1
-                watch.latest = image
-                yield image
-        wait = watch_wait(watch.interval, watch.failures, watch.max_backoff)
-        await sleep(max(MIN_INTERVAL, wait * rand(1.0 - jitter, 1.0 + jitter)))
+watch_qr = QRWatch

@@ -55,26 +55,13 @@ class Secret(str):
 
 # -- the forms of a known secret -----------------------------------------------------------
 #
-# A server, a proxy or a framework's error page may echo the key encoded, and each character may
-# be encoded its own way (PHP's json_encode escapes only "/", Go's only "&", "<" and ">",
-# html.escape only "&", "<", ">" and quotes). So a secret is matched character by character,
-# each character in any of its encodings:
-#
-# * as itself, in any letter case (a server may case-fold it);
-# * percent-encoded, each UTF-8 byte as %XX in either hex case, also twice (%25XX: a URL
-#   inside a URL), and a space as "+";
-# * backslash-escaped: \/ (JSON), \uXXXX and \u{X} (JSON, JavaScript), \xXX and \UXXXXXXXX
-#   (Python), a UTF-16 surrogate pair for a character outside the BMP, and a backslash before
-#   any punctuation (JavaScript, regular expressions, shells), with any number of
-#   backslashes (an escaped string inside an escaped string);
-# * HTML character references: &#N; and &#xH; with leading zeros and with or without the
-#   ";" (as browsers read them), every HTML5 name for the character (&amp; &sol; &plus;...),
-#   also with the "&" itself escaped (&amp;#47; after escaping twice, \u0026#47; from Go).
-#
-# A run of backslashes is only tried from its start and zeros only after "&#" or "\\u", so a
-# hostile body (64 KiB of backslashes or zeros) costs linear time. A text cut short (an error
-# body is read up to a size limit) may end with the start of the key: a trailing part of at
-# least _MIN_TAIL characters is hidden too.
+# A server, a proxy or an error page may echo the key encoded, each character its own way (PHP's
+# json_encode escapes only "/", Go's only "&", "<" and ">"), so a secret is matched character by
+# character, each in any letter case, percent-encoded (also twice), backslash-escaped (JSON,
+# JavaScript, Python, with any number of backslashes) or as an HTML reference (also with its
+# "&" escaped). Backslash runs are tried from their start and zeros only after "&#" or "\\u",
+# so a hostile body costs linear time. A text cut short may end with the start of the key: a
+# trailing part of at least _MIN_TAIL characters is hidden too.
 
 _MIN_TAIL = 4  # characters of a secret's start hidden at the very end of a text
 # One backslash or more (an escape inside an escaped string), from the start of a run only: a
@@ -244,13 +231,9 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
 
 
 def excerpt(text: str, secrets: Iterable[str] = (), *, limit: int = 500) -> str:
-    """A one-line, redacted, length-capped excerpt of untrusted text.
-
-    Control characters (CR/LF included, so a hostile body cannot forge log lines) and lone
-    surrogates become spaces,
-    runs of white space fold to one, and the result is cut at *limit* characters with an ellipsis.
-    Redaction runs before cutting, so a key split by the cut cannot survive in part.
-    """
+    """A one-line, redacted excerpt of untrusted text, cut at *limit* characters with an
+    ellipsis. Control characters (so a hostile body cannot forge log lines) and lone surrogates
+    become spaces; white space folds. Redaction runs first, so the cut cannot split a key."""
     if limit < 1:
         raise ValueError("limit must be >= 1")
     text = redact(text, secrets)

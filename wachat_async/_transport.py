@@ -588,13 +588,13 @@ class Transport:
         if status == 401 and self.proxy is not None and self.qr_url.scheme == "http":
             # Plain http:// goes to the proxy as is, and some proxies (tinyproxy) answer wrong
             # credentials with a 401 of their own: it cannot be told from the API's.
-            error._note(
+            error.add_note(
                 f"requests go through the HTTP proxy {self.proxy.display}: this 401 may be the "
                 "proxy refusing its credentials"
             )
         if status == 404 and not self.base_url.path.rstrip("/").endswith("/api/v1"):
             # The route itself may be missing: a wrong base URL also answers 404.
-            error._note(f"is the base URL right? {self.base_url} does not end in /api/v1")
+            error.add_note(f"is the base URL right? {self.base_url} does not end in /api/v1")
         return error
 
     def transport_error(self, exc: BaseException, name: str, *, png: bool = True) -> WachatError:

@@ -5,11 +5,8 @@ send an ``Authorization`` header. A key in a URL ends up in browser history, ser
 logs, analytics and screenshots, so putting it there is refused unless the caller opts in with
 ``expose_api_key=True``, and every opted-in call emits :class:`ApiKeyExposureWarning`.
 
-The safer ways to show a QR in a page keep the key on the server:
-
-* ``QRImage.to_data_uri()``: fetch with header auth, inline the PNG as a ``data:`` URI;
-* a proxy route in your own app that streams the PNG (``examples/aiohttp_proxy.py``,
-  ``examples/fastapi_proxy.py``); the page then uses ``<img src="/qr/NAME.png">``.
+The safer ways keep the key on the server (see ``_SAFER_OPTIONS``, which every refusal and
+warning quotes): ``QRImage.to_data_uri()``, or a proxy route in your own app.
 
 The query string is built by yarl, so no instance name or key can add, drop or break parameters.
 
@@ -199,14 +196,10 @@ def qr_img_tag(
     >>> print(qr_img_tag("/qr/a&b.png", alt='"QR"'))
     <img src="/qr/a&amp;b.png" alt="&quot;QR&quot;" referrerpolicy="no-referrer" decoding="async">
 
-    ``referrerpolicy="no-referrer"`` stops the browser from sending the *page's* URL in the
-    ``Referer`` header of the image request, so a secret in your page URL (a session token, a
-    signed link) does not leak to the image host or to whatever that host logs or analyses.
-
-    It does **not** protect an API key that is in the image URL itself: that URL is still in
-    the page source and the DOM, in browser history and caches, in the logs of every server,
-    CDN and proxy the request passes, in browser extensions and devtools, and in screenshots
-    and screen shares. Keep the key out of the URL instead (see :func:`build_qr_image_url`).
+    ``referrerpolicy="no-referrer"`` keeps the *page's* URL (a session token, a signed link)
+    out of the image request's ``Referer``. It does **not** protect a key in the image URL
+    itself: page source, history, caches, the logs of every server and proxy on the way and
+    screenshots see that URL. Keep the key out of it instead (see :func:`build_qr_image_url`).
     """
     if not isinstance(url, str):
         raise TypeError(f"url must be a str, not {type(url).__name__}")

@@ -24,7 +24,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
-from typing import Final, TypeVar
+from typing import Final
 
 import aiohttp
 
@@ -41,8 +41,6 @@ __all__ = [
     "shown",
     "shown_item",
 ]
-
-N = TypeVar("N", int, float)
 
 # The one control-character rule: C0 controls, DEL, C1 controls, and lone surrogates (which
 # cannot be encoded as UTF-8: yarl and aiohttp would drop or mangle them).
@@ -82,10 +80,9 @@ def check_instance_name(name: object) -> str:
 
 def _shown(name: str) -> str:
     """*name* for an error message: its ``repr`` (escapes every control character), shortened."""
-    # str.__repr__, not repr(): a str subclass could override __repr__ to echo the name raw.
     if len(name) <= _SHOWN_CHARS:
-        return str.__repr__(name)
-    return f"{str.__repr__(name[:_SHOWN_CHARS])}... ({len(name)} characters)"
+        return repr(name)
+    return f"{name[:_SHOWN_CHARS]!r}... ({len(name)} characters)"
 
 
 def shown_item(item: object) -> str | None:
@@ -95,7 +92,7 @@ def shown_item(item: object) -> str | None:
     if item is None:
         return None
     try:
-        text = str.__str__(repr(item))  # a plain str, even when __repr__ returned a subclass
+        text = repr(item)
     except Exception:
         text = f"<{type(item).__name__} object>"
     if len(text) > _SHOWN_CHARS:
@@ -139,27 +136,17 @@ def check_user_agent(value: object) -> str | None:
 
 
 def is_loopback_host(host: str) -> bool:
-    """Whether *host* (a URL's host, brackets optional) is this machine's loopback interface.
+    """Whether *host* (a URL's host, brackets optional) is this machine's loopback interface:
+    ``127.0.0.0/8``, ``::1`` or ``::ffff:127.x.y.z``, or ``localhost`` in any letter case. The
+    one rule of the client (plain ``http://`` only to loopback) and the URL builder.
 
-    The one rule the client (refusing ``http://`` to anything else) and the URL builder (its
-    clear-text warning) share. Loopback is:
-
-    * an IPv4 address in ``127.0.0.0/8``;
-    * the IPv6 address ``::1``, or ``::ffff:127.x.y.z`` (IPv4-mapped loopback);
-    * the name ``localhost``, in any letter case, with no trailing dot.
-
-    Nothing else counts, because names other than ``localhost`` reach whatever resolver the
-    process uses: ``dev.localhost`` (RFC 6761 reserves ``*.localhost`` for loopback, but
-    stock glibc, musl and macOS resolvers send it to DNS, which may answer anything),
-    ``localhost.`` (an absolute name that ``/etc/hosts`` does not match), ``127.0.0.1.nip.io``
-    or ``localhost.example.com``. Nor do the unspecified addresses ``0.0.0.0`` and ``::``, or
-    an empty host. Such hosts need ``allow_insecure_http=True`` for plain ``http://``.
+    Nothing else: other names reach whatever resolver the process uses (stock resolvers send
+    ``dev.localhost`` to DNS; ``localhost.`` is not in ``/etc/hosts``), and ``0.0.0.0``/``::``
+    are not loopback. Such hosts need ``allow_insecure_http=True`` for plain ``http://``.
 
     >>> [is_loopback_host(h) for h in ("127.0.0.1", "[::1]", "LOCALHOST", "dev.localhost")]
     [True, True, True, False]
     """
-    if not isinstance(host, str) or not host:
-        return False
     if host.lower() == "localhost":
         return True
     if host.startswith("[") and host.endswith("]"):

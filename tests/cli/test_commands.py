@@ -349,7 +349,7 @@ def test_wrong_base_url_follows_the_client_note_or_the_server_body(
     """The client's base-URL note or a "No such route" body make a 404 the base URL's."""
     error = InstanceNotFoundError(status=404, instance_name=NAME, body=body)
     if note is not None:
-        error._note(note)
+        error.add_note(note)
     assert wrong_base_url(error) is wrong
     assert exit_code_for(error) == (2 if wrong else 4)
     assert describe(error).startswith("the base URL looks wrong" if wrong else "InstanceNotFound")

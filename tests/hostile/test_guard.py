@@ -53,7 +53,7 @@ def test_exception_check_walks_the_whole_chain(where: str) -> None:
     elif where == "context":
         error.__context__ = hidden
     elif where == "note":
-        error._note(f"key was {KEY}")
+        error.add_note(f"key was {KEY}")
     elif where == "attribute":
         error.instance_name = KEY
     elif where == "arg":

@@ -26,7 +26,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Final
 
 from wachat_async import (
@@ -84,7 +83,7 @@ class Fleet:
         self.elapsed = 0.0
 
 
-class _Writer:
+class _Writer(contextlib.AbstractAsyncContextManager["_Writer"]):
     """Writes PNGs off the event loop, at most *limit* at once, and reports each once written.
 
     :meth:`save` first waits for a free slot, so the caller (the fetch loop) slows down to the
@@ -99,15 +98,7 @@ class _Writer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._failure: BaseException | None = None
 
-    async def __aenter__(self) -> _Writer:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         if exc is None:
             while self._tasks and self._failure is None:
                 await asyncio.wait(set(self._tasks), return_when=asyncio.FIRST_COMPLETED)
