@@ -19,7 +19,8 @@ Run it from a clone, after ``pip install -e '.[examples]'``::
     WACHAT_API_KEY=... python examples/aiohttp_proxy.py t1_mq9r2jov_jakarta_store
 
 It listens on 127.0.0.1:8081 (``--host``, ``--port``; 8080 is the fake server's own default). A
-port that is already taken is a one-line error and exit status 1.
+port that is already taken is a one-line error and exit status 1. Ctrl-C or SIGTERM stops it at
+once: open QR pages see their event stream end cleanly and reconnect to the next process.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import contextlib
 import html
 import logging
 import os
+import signal
 import socket
 import sys
 from collections.abc import Collection, Sequence
@@ -39,6 +41,7 @@ from urllib.parse import quote
 from aiohttp import web
 
 from wachat_async import WachatClient, qr_img_tag
+from wachat_async.web import end_event_streams
 from wachat_async.web.aiohttp import qr_routes
 
 INSTANCES: web.AppKey[frozenset[str] | None] = web.AppKey("wachat_instances")
@@ -99,6 +102,7 @@ def create_app(
     app[INSTANCES] = None if instances is None else frozenset(instances)
     app.router.add_get("/", index)
     app.add_routes(qr_routes(client, prefix="/qr", authorize=may_see))
+    app.on_shutdown.append(end_event_streams)  # open QR pages must not hold up a shutdown
     return app
 
 
@@ -139,7 +143,9 @@ async def serve(host: str, port: int, names: Sequence[str]) -> None:
         if ":" in bound_host:
             bound_host = f"[{bound_host}]"
         print(f"Open http://{bound_host}:{bound_port}/ (Ctrl-C to stop)", flush=True)
-        await asyncio.Event().wait()
+        stop = asyncio.Event()  # SIGTERM (a deploy) stops as Ctrl-C does; the streams end first
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

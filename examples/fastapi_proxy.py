@@ -1,15 +1,17 @@
 """Show live WhatsApp QR codes in a FastAPI app without giving the browser your Wachat API key.
 
-The app mounts :func:`wachat_async.web.starlette.qr_routes`: ``/qr/NAME.png`` (the PNG, fetched
+The app includes :func:`wachat_async.web.fastapi.qr_router`: ``/qr/NAME.png`` (the PNG, fetched
 server-side with header auth), ``/qr/NAME/events`` (server-sent events as the QR rotates, then
 ``connected``) and ``/qr/NAME`` (a page that follows them). One upstream watch per instance,
-however many tabs are open; a tab that closes stops its share at once. No custom response class:
-the routes are plain Starlette routes that FastAPI takes as they are.
+however many tabs are open; a tab that closes stops its share at once. An ``APIRouter``: the
+app's ``dependencies=`` (your login) run for these routes too, and they are in ``/docs``.
 
 * The app's lifespan owns one :class:`WachatClient` (one connection pool for all requests).
 * ``authorize`` is required: whoever can load these routes can link a phone to the instance.
-  Here it is the allow-list ``Settings.instances``; in your app, check that the session's user
-  owns the instance (see :func:`may_see`).
+  It is a FastAPI dependency; here the allow-list ``Settings.instances``; in your app, check
+  that the session's user owns the instance (see :func:`may_see`).
+* Ctrl-C or SIGTERM stops uvicorn at once, open pages or not: their streams end cleanly and
+  they reconnect to the next process.
 
 Run it from a clone, after ``pip install -e '.[examples]'`` (FastAPI, uvicorn and the fake
 server)::
@@ -33,7 +35,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse
 
 from wachat_async import RetryPolicy, WachatClient, qr_img_tag
-from wachat_async.web.starlette import qr_routes
+from wachat_async.web.fastapi import qr_router
 
 logger = logging.getLogger("wachat_proxy")
 
@@ -63,9 +65,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = Settings() if settings is None else settings
     allowed = None if settings.instances is None else frozenset(settings.instances)
 
-    def may_see(request: Request, instance_name: str) -> bool:
-        """The app's own rule: an allow-list here; in a real app, e.g. (with SessionMiddleware)
-        ``instance_name in owned_by(request.session.get("user_id"))``. May be an async def."""
+    def may_see(instance_name: str) -> bool:
+        """The app's own rule, a dependency: an allow-list here; in a real app, e.g.
+        ``instance_name in user.instances`` with ``user = Depends(current_user)``."""
         return allowed is None or instance_name in allowed
 
     @contextlib.asynccontextmanager
@@ -94,11 +96,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         wachat: WachatClient = request.app.state.client  # opened by the lifespan
         return wachat
 
-    app = FastAPI(
-        title="Wachat QR proxy",
-        lifespan=lifespan,
-        routes=qr_routes(client, prefix="/qr", authorize=may_see),
-    )
+    app = FastAPI(title="Wachat QR proxy", lifespan=lifespan)
+    app.include_router(qr_router(client, authorize=may_see), prefix="/qr", tags=["QR"])
 
     @app.get("/", response_class=HTMLResponse)
     async def index() -> HTMLResponse:

@@ -12,6 +12,7 @@ import contextlib
 import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
+from urllib.parse import urljoin
 
 import aiohttp
 from aiohttp import web
@@ -130,6 +131,11 @@ class EventReader:
         return events
 
 
+def png_url(events_url: str, src: str) -> str:
+    """The PNG an event's ``src`` names: it is relative to the event stream's URL."""
+    return urljoin(events_url, src)  # as a browser resolves it (yarl's join decodes %2F)
+
+
 def watch_tasks() -> list[asyncio.Task[Any]]:
     """The upstream watch tasks of wachat_async.web that exist right now."""
     return [t for t in asyncio.all_tasks() if t.get_name().startswith(WATCH_TASK_PREFIX)]
@@ -183,13 +189,14 @@ async def raw_request(
             body = b""
         elif fields.get("content-type") == "text/event-stream":  # up to the first event
             body = b""
-            while b"\n\n" not in body:
+            while b"event:" not in body or not body.endswith(b"\n\n"):
                 if fields.get("transfer-encoding") == "chunked":
                     size = int((await asyncio.wait_for(reader.readline(), LIMIT)).strip(), 16)
                     body += await asyncio.wait_for(reader.readexactly(size + 2), LIMIT)
                     body = body[:-2]
                 else:
                     body += await asyncio.wait_for(reader.readuntil(b"\n\n"), LIMIT)
+            body = body[body.index(b"event:") :]  # after the opening retry:
         else:
             body = await asyncio.wait_for(reader.read(), LIMIT)
             if fields.get("transfer-encoding") == "chunked":

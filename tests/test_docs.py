@@ -25,6 +25,7 @@ import wachat_async
 import wachat_async.testing
 import wachat_async.web
 import wachat_async.web.aiohttp
+import wachat_async.web.fastapi
 import wachat_async.web.starlette
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,7 +76,12 @@ PUBLIC = [f"wachat_async.{name}" for name in wachat_async.__all__]
 TESTING = [f"wachat_async.testing.{name}" for name in wachat_async.testing.__all__]
 WEB = [
     f"{module.__name__}.{name}"
-    for module in (wachat_async.web, wachat_async.web.aiohttp, wachat_async.web.starlette)
+    for module in (
+        wachat_async.web,
+        wachat_async.web.aiohttp,
+        wachat_async.web.starlette,
+        wachat_async.web.fastapi,
+    )
     for name in module.__all__
 ]
 

@@ -25,6 +25,7 @@ FIRST_PARTY_EXTRAS = {
     "wachat_async.testing": "testing",
     "wachat_async.cli": "cli",
     "wachat_async.web.starlette": "web-starlette",
+    "wachat_async.web.fastapi": "web-fastapi",
 }
 INSTALL_LINE = re.compile(r"pip install -e '\.\[([a-z0-9_,-]+)\]'")
 

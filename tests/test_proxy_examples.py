@@ -181,6 +181,7 @@ async def test_aiohttp_live_page_follows_the_events(
     page = await aio.get(f"/qr/{OK}")
     assert '<img id="wachat-qr"' in await page.text()
     events = await aio.get(f"/qr/{OK}/events")
+    assert (await events.content.readuntil(b"\n\n")).startswith(b"retry: ")
     first = await events.content.readuntil(b"\n\n")
     fake.set_state(OK, "open")
     rest = await events.content.read()

@@ -22,6 +22,7 @@ from tests._web import raw_request, serve, until, watch_tasks
 from tests.conftest import KEY, NAME, assert_no_key
 from wachat_async import RetryPolicy, WachatClient
 from wachat_async.testing import FakeWachatServer
+from wachat_async.web._core import Gate
 
 SECRET_TEXT = "db-password=hunter2"  # an exception's text: never in an answer
 ROUTES = {"png": f"/qr/{NAME}.png", "events": f"/qr/{NAME}/events", "page": f"/qr/{NAME}"}
@@ -347,24 +348,48 @@ async def test_a_wrong_type_is_logged_as_an_error_once_per_kind(
     ]
 
 
-async def test_an_exception_is_logged_with_its_traceback_every_time(
+async def test_an_exception_is_logged_with_its_traceback_once_a_minute_per_cause(
     framework: str,
     fake: FakeWachatServer,
     wachat: WachatClient,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """An exception (a database down, say) is an error on every request, with the traceback
-    and the exception's type and text, so the application's bug can be found."""
+    """An exception (a database down, say) is an error with the traceback and the exception's
+    type and text, so the application's bug can be found; the same cause again within a
+    minute is a debug line, so a rule that fails on every request cannot flood the log."""
     caplog.set_level(logging.DEBUG, logger="wachat_async.web")
     made: list[Any] = []
     async with serve(framework, wachat, authorize=sync_raises(made)) as base:
-        for _ in range(2):
+        for _ in range(3):
             assert (await raw_request(base, "GET", ROUTES["png"])).status == 403
-    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
-    assert len(errors) == 2
-    assert "Traceback (most recent call last)" in errors[0]
-    assert f"RuntimeError: {SECRET_TEXT!r}" in errors[0]
-    assert "in authorize" in errors[0]
+    web = [r for r in caplog.records if r.name == "wachat_async.web"]
+    assert [r.levelname for r in web] == ["ERROR", "DEBUG", "DEBUG"]
+    assert "Traceback (most recent call last)" in web[0].getMessage()
+    assert f"RuntimeError: {SECRET_TEXT!r}" in web[0].getMessage()
+    assert "in authorize" in web[0].getMessage()
+
+
+@pytest.mark.parametrize(
+    ("later", "second"), [(59.9, "DEBUG"), (60.0, "ERROR")], ids=["within", "after"]
+)
+async def test_the_same_cause_is_an_error_again_after_a_minute(
+    caplog: pytest.LogCaptureFixture, later: float, second: str
+) -> None:
+    """Per cause (type and the place it was raised): another cause is an error at once."""
+    caplog.set_level(logging.DEBUG, logger="wachat_async.web")
+    now = [0.0]
+
+    def rule(request: object, name: str) -> bool:
+        if name == "other":
+            raise KeyError(name)
+        raise RuntimeError(name)
+
+    gate: Gate[object] = Gate(rule, 256, clock=lambda: now[0])
+    await gate.is_authorized(None, "a")
+    await gate.is_authorized(None, "other")
+    now[0] = later
+    await gate.is_authorized(None, "b")
+    assert [r.levelname for r in caplog.records] == ["ERROR", "ERROR", second]
 
 
 async def test_cancelling_the_request_is_not_a_refusal(wachat: WachatClient) -> None:

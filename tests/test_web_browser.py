@@ -127,7 +127,7 @@ async def test_chromium_follows_the_live_qr_until_connected(
 
     # Every tab showed at least three different QR codes (two changes), then "connected".
     assert all(len(seen) >= 3 for seen in shown), shown
-    assert all(src.startswith(f"/qr/{NAME}.png?v=") for seen in shown for src in seen)
+    assert all(src.startswith(f"{base}/qr/{NAME}.png?v=") for seen in shown for src in seen)
     assert len(widths) == 1
     assert all(state["status"] == "connected" for state in finals)
     # Nothing the browser sent carries the key, in the URL or in a header.
@@ -182,5 +182,158 @@ async def test_chromium_follows_a_name_with_a_slash_and_unicode(
         fake.set_state(name, "open")
         await wait_for(lambda s: s["status"] == "connected", "the page reads connected")
         qr_fetches = [r.instance_name for r in fake.requests if r.path.endswith("/qr/image")]
-    assert shown["src"].startswith(f"/qr/{segment}.png?v=")
+    assert shown["src"].startswith(f"{base}/qr/{segment}.png?v=")  # resolved by the page
     assert set(qr_fetches) == {name}
+
+
+PAGE_STATE = """(() => {
+    const img = document.getElementById("wachat-qr");
+    const status = document.getElementById("wachat-status");
+    return {state: status.getAttribute("data-state"), text: status.textContent,
+            hidden: img.hidden, dim: img.className === "stale", src: img.getAttribute("src")};
+})()"""
+
+
+@pytest.mark.parametrize("framework", ["aiohttp", "starlette"], ids=["aiohttp", "fastapi"])
+async def test_chromium_shows_outages_and_final_states_honestly(
+    chromium_path: str, framework: str
+) -> None:
+    """An outage dims the QR and says it is retrying, and the QR comes back; an image that
+    fails to load is replaced by a message until the next one; after a deploy
+    the page reconnects and shows the QR again; the server's final event and a refused
+    reconnect (the session expired: 403) replace the QR with a message instead of leaving the
+    old QR and "reconnecting..." forever."""
+    from wachat_async import RetryPolicy
+    from wachat_async.web import end_event_streams
+
+    allowed = {"yes": True}
+    async with (
+        FakeWachatServer(api_key=KEY, qr_rotation=None) as fake,
+        WachatClient(
+            api_key=KEY, base_url=fake.base_url, retry=RetryPolicy(max_attempts=1)
+        ) as client,
+        serve(
+            framework,
+            client,
+            fastapi=True,
+            interval=1.0,
+            max_backoff=1.0,
+            authorize=lambda request, name: allowed["yes"],
+        ) as base,
+        chromium(chromium_path) as cdp,
+    ):
+        fake.add_instance(NAME)
+        tab = await open_tab(cdp, f"{base}/qr/{NAME}")
+        gone = await open_tab(cdp, f"{base}/qr/t1_nosuch00_store")
+
+        async def wait_for(session: str, check: Any, what: str) -> dict[str, Any]:
+            async def poll() -> dict[str, Any]:
+                while True:
+                    result = await cdp.call(
+                        "Runtime.evaluate",
+                        {"expression": PAGE_STATE, "returnByValue": True},
+                        session=session,
+                    )
+                    current = result["result"].get("value")
+                    if current and check(current):
+                        return dict(current)
+                    await asyncio.sleep(0.02)
+
+            try:
+                return await asyncio.wait_for(poll(), 30)
+            except TimeoutError:
+                raise AssertionError(f"never happened: {what}") from None
+
+        shown = await wait_for(tab, lambda s: s["state"] == "qr" and not s["hidden"], "a QR")
+        fake.script(NAME, [502, 502])
+        down = await wait_for(tab, lambda s: s["state"] == "unavailable", "the outage shows")
+        back = await wait_for(tab, lambda s: s["state"] == "qr", "the QR comes back")
+        # The next image fails to load (the browser is told so by DevTools): no stale QR.
+        await cdp.call("Fetch.enable", {"patterns": [{"urlPattern": "*.png*"}]}, session=tab)
+        fake.rotate_qr(NAME)
+        paused = await cdp.wait_event("Fetch.requestPaused", tab)
+        await cdp.call(
+            "Fetch.failRequest",
+            {"requestId": paused["params"]["requestId"], "errorReason": "Failed"},
+            session=tab,
+        )
+        broken = await wait_for(tab, lambda s: s["state"] == "broken", "a broken image shows")
+        await cdp.call("Fetch.disable", session=tab)
+        fake.rotate_qr(NAME)
+        await wait_for(tab, lambda s: s["state"] == "qr", "the next QR loads")
+        failed = await wait_for(gone, lambda s: s["state"] == "failed", "a final event")
+        await end_event_streams()  # a deploy: the stream ends, the page reconnects by itself
+        await wait_for(tab, lambda s: s["state"] == "reconnecting", "the page reconnects")
+        again = await wait_for(tab, lambda s: s["state"] == "qr", "the QR after reconnecting")
+        allowed["yes"] = False
+        await end_event_streams()  # a deploy: the page reconnects, and is refused
+        refused = await wait_for(tab, lambda s: s["state"] == "refused", "the refusal shows")
+    assert shown["dim"] is False
+    assert down["dim"] is True
+    assert not down["hidden"]
+    assert "unavailable" in down["text"]
+    assert "retrying" in down["text"]
+    assert back["dim"] is False
+    assert not back["hidden"]
+    assert broken["hidden"]
+    assert broken["src"] is None
+    assert "did not load" in broken["text"]
+    assert not again["hidden"]
+    assert failed["hidden"]
+    assert failed["src"] is None
+    assert failed["text"] == "error: no such instance"
+    assert refused["hidden"]
+    assert refused["src"] is None
+    assert "refused" in refused["text"]
+
+
+@pytest.mark.parametrize(
+    ("example", "ready"),
+    [("aiohttp_proxy.py", "Open http"), ("fastapi_proxy.py", "Uvicorn running")],
+    ids=["aiohttp", "fastapi"],
+)
+async def test_chromium_comes_back_after_a_deploy_of_the_shipped_example(
+    chromium_path: str, example: str, ready: str
+) -> None:
+    """The example as its docstring runs it; SIGTERM (a deploy) while the page is open: the
+    process exits cleanly, and the page, reconnecting by itself, shows the next process's QR."""
+    import signal
+
+    from tests.conftest import EXAMPLES
+    from tests.test_web_shutdown import _free_port, _start
+
+    port = _free_port()
+    args = [str(EXAMPLES / example), "--port", str(port)]
+    old, _ = await _start(args, ready)
+    try:
+        async with chromium(chromium_path) as cdp:
+            tab = await open_tab(cdp, f"http://127.0.0.1:{port}/qr/t1_demo0001_store")
+
+            async def shown(what: str, not_src: str | None = None) -> dict[str, Any]:
+                async def poll() -> dict[str, Any]:
+                    while True:
+                        state = await tab_state(cdp, tab)
+                        if state["loaded"] and state["src"] and state["src"] != not_src:
+                            return state
+                        await asyncio.sleep(0.02)
+
+                try:
+                    return await asyncio.wait_for(poll(), 30)
+                except TimeoutError:
+                    raise AssertionError(f"never happened: {what}") from None
+
+            first = await shown("the first process's QR")
+            old.send_signal(signal.SIGTERM)
+            old_status = await asyncio.wait_for(old.wait(), 30)
+            new, _ = await _start(args, ready)
+            try:
+                second = await shown("the next process's QR", not_src=first["src"])
+            finally:
+                new.send_signal(signal.SIGTERM)
+                await asyncio.wait_for(new.wait(), 30)
+    finally:
+        if old.returncode is None:
+            old.kill()
+            await old.wait()
+    assert old_status in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once stopped
+    assert second["status"].startswith("Scan the QR code")

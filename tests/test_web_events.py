@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import re
 import socket
 import struct
 from collections.abc import AsyncIterator
@@ -18,11 +19,12 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests._web import LIMIT, EventReader, serve, until, watch_tasks
+from tests._web import LIMIT, EventReader, png_url, serve, until, watch_tasks
 from tests.conftest import KEY, NAME, assert_no_key
 from wachat_async import RetryPolicy, WachatClient
 from wachat_async.testing import FakeWachatServer
 from wachat_async.web import QRHub, hub_for, qr_events
+from wachat_async.web._hub import Unavailable
 
 QR = "/instance/qr/image"
 STATE = "/instance/state"
@@ -108,10 +110,10 @@ async def test_events_announce_each_qr_then_connected_and_end(
         second = await reader.expect("qr")
         still.set_state(NAME, "open")
         rest = await reader.rest()
-        async with http.get(base + second["src"]) as png:
+        async with http.get(png_url(f"{base}/qr/{NAME}/events", second["src"])) as png:
             image = await png.read()
     assert set(first) == {"sha256", "src"}
-    assert first["src"] == f"/qr/{NAME}.png?v={first['sha256']}"
+    assert first["src"] == f"../{NAME}.png?v={first['sha256']}"
     assert first["sha256"] != second["sha256"]
     assert rest == [("connected", {"instance": NAME})]
     assert png.headers["ETag"] == f'"{second["sha256"]}"'
@@ -150,7 +152,8 @@ async def test_a_terminal_upstream_error_is_an_error_event_that_ends_the_stream(
     status: int,
     expected: tuple[int, str],
 ) -> None:
-    """A terminal error sends `event: error` with the PNG route's JSON, then the stream ends."""
+    """A terminal error sends `event: failed` with the PNG route's JSON and status, then the
+    stream ends (not `error`, which is EventSource's own event)."""
     still.script(NAME, [status])
     async with (
         serve(framework, wachat) as base,
@@ -162,30 +165,41 @@ async def test_a_terminal_upstream_error_is_an_error_event_that_ends_the_stream(
             png_error = await png.json() if png.status != 200 else None
     assert len(events) == 1
     kind, data = events[0]
-    assert kind == "error"
+    assert kind == "failed"
     assert data["instance"] == NAME
     assert expected[1] in data["error"]
-    assert set(data) == {"error", "instance"}
+    assert data["status"] == expected[0]
+    assert set(data) == {"error", "instance", "status"}
     assert png_error is None  # the script is spent: the next fetch works again
     await until(lambda: not watch_tasks(), "the failed watch is gone")
 
 
-async def test_transient_failures_are_ridden_out_silently(
+async def test_transient_failures_are_announced_and_ridden_out(
     framework: str, still: FakeWachatServer, wachat: WachatClient
 ) -> None:
-    """502s beyond the retry policy keep the stream open; the next QR still arrives."""
+    """502s beyond the retry policy keep the stream open: a failed poll is an `unavailable`
+    event (why, and when the next try is), and the next good poll brings the QR back."""
     async with (
         serve(framework, wachat) as base,
         aiohttp.ClientSession() as http,
         http.get(f"{base}/qr/{NAME}/events") as response,
     ):
         reader = EventReader(response)
-        await reader.expect("qr")
-        still.script(NAME, [502] * 8)
-        await until(lambda: not still.pending_script(NAME), "the 502s are served")
+        first = await reader.expect("qr")
+        still.script(NAME, [502] * 8)  # two polls of four attempts each
+        down = await reader.expect("unavailable")
+        while (got := await reader.next()) is not None and got[0] == "unavailable":
+            pass  # a viewer may skip states it was too slow to see: it reads the latest
         still.rotate_qr(NAME)
         second = await reader.expect("qr")
-    assert second["src"].startswith(f"/qr/{NAME}.png?v=")
+    assert down == {
+        "instance": NAME,
+        "error": "the QR code service failed; try again",
+        "retry_in": down["retry_in"],
+    }
+    assert isinstance(down["retry_in"], float)
+    assert got == ("qr", first)  # the same QR, current again
+    assert second["sha256"] != first["sha256"]
 
 
 async def test_heartbeat_comments_keep_an_idle_stream_alive(
@@ -230,7 +244,7 @@ async def test_fifty_viewers_share_one_upstream_watch(
             assert still.request_count(NAME, path=QR) == 1
 
             # While watched, the PNG route answers from the announced image: no upstream call.
-            async with http.get(base + firsts[0]["src"]) as png:
+            async with http.get(png_url(f"{base}/qr/{NAME}/events", firsts[0]["src"])) as png:
                 assert png.status == 200
                 assert png.headers["ETag"] == f'"{firsts[0]["sha256"]}"'
             assert turnstile.waiting == 1
@@ -354,6 +368,7 @@ async def test_qr_events_is_a_plain_async_iterator_of_bytes(
 ) -> None:
     """qr_events works without a framework and closing it counts the viewer out."""
     stream = qr_events(hub_for(wachat), NAME, png_path="/x/qr.png", interval=1.0, heartbeat=15.0)
+    assert re.fullmatch(rb"retry: \d{4}\n\n", await stream.__anext__())
     chunk = await stream.__anext__()
     assert chunk.startswith(b"event: qr\ndata: {")
     assert b'"src":"/x/qr.png?v=' in chunk
@@ -388,17 +403,17 @@ async def test_a_browser_that_leaves_is_noticed_without_a_write(
 async def test_a_bug_in_the_watch_is_an_error_event_not_a_hang(
     still: FakeWachatServer, wachat: WachatClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An unexpected exception ends the stream with a 502-style error event (and is logged)."""
+    """An unexpected exception ends the stream with a 502-style final event (and is logged)."""
 
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("bug")
 
-    monkeypatch.setattr(wachat, "watch_qr", broken)
+    monkeypatch.setattr(wachat, "get_instance_state", broken)
     stream = qr_events(hub_for(wachat), NAME, png_path="/qr.png", interval=1.0, heartbeat=15.0)
     chunks = [chunk async for chunk in stream]
-    assert chunks == [
-        b'event: error\ndata: {"error":"the QR code service failed; try again",'
-        + f'"instance":"{NAME}"'.encode()
+    assert chunks[1:] == [
+        b'event: failed\ndata: {"error":"the QR code service failed; try again",'
+        + f'"instance":"{NAME}","status":502'.encode()
         + b"}\n\n"
     ]
 
@@ -480,3 +495,164 @@ async def test_one_viewer_resetting_leaves_the_others_watching(
             _leave(writer, "close")
         await until(lambda: not watch_tasks(), "the watch stops with the last viewer")
         assert hub_for(client).viewers() == {}
+
+
+# -- outages and recovery --------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def slow(still: FakeWachatServer) -> AsyncIterator[WachatClient]:
+    """A client with real waits but one attempt per call: each poll is one upstream request,
+    and a watch's next poll (an hour away in these tests) comes only when something wakes it."""
+    async with WachatClient(
+        api_key=KEY, base_url=still.base_url, retry=RetryPolicy(max_attempts=1)
+    ) as client:
+        yield client
+
+
+async def test_down_from_the_start_both_routes_say_unavailable_and_a_new_viewer_wakes_it(
+    framework: str,
+    still: FakeWachatServer,
+    slow: WachatClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Upstream fails the first poll: the stream says `unavailable` (why, the next try), the
+    PNG route answers the same 503 with Retry-After (the routes agree); once upstream is back,
+    a viewer that joins makes the backing-off watch poll at once, and both viewers get the QR."""
+    monkeypatch.setattr("wachat_async.web._hub.WAKE_GAP", 0.0)
+    still.script(NAME, [502])
+    hour = {"interval": 3600.0, "max_backoff": 7200.0}
+    async with (
+        serve(framework, slow, **hour) as base,
+        aiohttp.ClientSession() as http,
+        http.get(f"{base}/qr/{NAME}/events") as first,
+    ):
+        down = await EventReader(first).expect("unavailable")
+        async with http.get(f"{base}/qr/{NAME}.png") as png:
+            body = await png.json()
+            retry_after = int(png.headers["Retry-After"])
+        assert png.status == 503
+        assert still.request_count(NAME, path=QR) == 1  # the PNG route did not ask again
+        async with http.get(f"{base}/qr/{NAME}/events") as second:
+            await EventReader(second).expect("unavailable")  # what it missed, first
+            back = await EventReader(second).expect("qr")
+            assert await EventReader(first).expect("qr") == back
+    assert down["error"] == body["error"] == "the QR code service failed; try again"
+    assert 6480 <= down["retry_in"] <= 7200 * 1.1  # 2 x interval, jittered
+    assert 6480 <= retry_after <= 7200 * 1.1
+    assert still.request_count(NAME, path=QR) == 2
+
+
+async def test_the_wait_between_failing_polls_is_capped_by_max_backoff(
+    framework: str, still: FakeWachatServer, wachat: WachatClient
+) -> None:
+    """While polls fail, each `unavailable` names the next try, never beyond max_backoff
+    (plus jitter): a page opened after the outage gets its QR within seconds, not a minute."""
+    still.script(NAME, [502] * 24)  # six polls of four attempts
+    async with (
+        serve(framework, wachat, interval=1.0, max_backoff=3.0) as base,
+        aiohttp.ClientSession() as http,
+        http.get(f"{base}/qr/{NAME}/events") as response,
+    ):
+        reader = EventReader(response)
+        waits = []
+        while (got := await reader.next()) is not None and got[0] == "unavailable":
+            waits.append(got[1]["retry_in"])
+        assert got is not None
+        assert got[0] == "qr"
+    assert len(waits) == 6
+    assert 1.8 <= waits[0] <= 2.2  # twice the interval after the first failure
+    assert all(wait <= 3.0 * 1.1 for wait in waits)
+    assert max(waits) >= 2.7  # the cap is reached
+
+
+async def test_a_qr_older_than_max_age_is_not_served_as_current(
+    framework: str, still: FakeWachatServer, gated: tuple[WachatClient, Turnstile]
+) -> None:
+    """While the next poll hangs, the QR gets older: past max_age (here at once) the stream
+    says `unavailable` (no next try known: a poll is under way), never `qr`, and the PNG route
+    answers 503."""
+    client, turnstile = gated
+    async with (
+        serve(framework, client, max_age=1e-9) as base,
+        aiohttp.ClientSession() as http,
+        http.get(f"{base}/qr/{NAME}/events") as response,
+    ):
+        reader = EventReader(response)
+        await until(lambda: turnstile.waiting == 1, "the first poll waits")
+        turnstile.let_through(2)
+        stale = await reader.expect("unavailable")  # round 2 is held at the turnstile
+        async with http.get(f"{base}/qr/{NAME}.png") as png:
+            assert png.status == 503
+            assert "Retry-After" not in png.headers
+            body = await png.json()
+        assert turnstile.passed == 2
+    assert stale == {"instance": NAME, "error": body["error"], "retry_in": None}
+    assert "slow" in body["error"]
+
+
+async def test_a_watch_serves_its_qr_until_max_age_after_its_last_good_poll(
+    still: FakeWachatServer, gated: tuple[WachatClient, Turnstile]
+) -> None:
+    """Watch.state, the one rule both routes follow, at chosen clock readings."""
+    client, turnstile = gated
+    hub = hub_for(client)
+    watch = hub.join(NAME, 1.0)
+    turnstile.let_through(2)
+    await until(lambda: watch.latest is not None, "the first image")
+    assert watch.state(watch.confirmed + 14.9, 15.0) is watch.latest
+    assert hub.latest(NAME) is watch.latest  # one dict lookup, however many instances
+    assert hub.latest(OTHER) is None
+    later = watch.state(watch.confirmed + 15.1, 15.0)
+    assert isinstance(later, Unavailable)
+    assert later.retry_at is None
+    hub.leave(watch)
+    await until(lambda: not watch_tasks(), "the watch stops")
+
+
+async def test_concurrent_png_requests_share_one_upstream_fetch(
+    framework: str, still: FakeWachatServer, gated: tuple[WachatClient, Turnstile]
+) -> None:
+    """With nobody watching, 20 requests at once for one instance make one upstream request."""
+    client, turnstile = gated
+    asked: list[str] = []
+
+    def counting(request: object, name: str) -> bool:
+        asked.append(name)
+        return True
+
+    async with (
+        serve(framework, client, authorize=counting) as base,
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http,
+    ):
+
+        async def get() -> tuple[int, bytes]:
+            async with http.get(f"{base}/qr/{NAME}.png") as png:
+                return png.status, await png.read()
+
+        requests = asyncio.gather(*(get() for _ in range(20)))
+        # authorize, then the fetch, with no await between: once all 20 asked, all share it.
+        await until(lambda: len(asked) == 20 and turnstile.waiting == 1, "all 20 wait")
+        turnstile.let_through(1)
+        answers = await requests
+    assert {status for status, _ in answers} == {200}
+    assert len({body for _, body in answers}) == 1
+    assert still.request_count(NAME, path=QR) == 1
+
+
+async def test_an_interval_below_a_second_is_raised_and_its_watch_still_stops(
+    gated: tuple[WachatClient, Turnstile],
+) -> None:
+    """interval=0.5 polls once a second, and the last viewer leaving forgets that watch, so
+    the next viewer gets a new one instead of a finished one."""
+    client, _ = gated
+    hub = hub_for(client)
+    first = hub.join(NAME, 0.5)
+    assert first.interval == 1.0
+    hub.leave(first)
+    assert hub.viewers() == {}
+    second = hub.join(NAME, 0.5)
+    assert second is not first
+    assert second.ended is None
+    hub.leave(second)
+    await until(lambda: not watch_tasks(), "the watches stop")

@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 import pytest
 
-from tests._web import FRAMEWORKS, raw_request, serve, serve_asgi, until, watch_tasks
+from tests._web import FRAMEWORKS, png_url, raw_request, serve, serve_asgi, until, watch_tasks
 from tests.conftest import KEY, NAME, assert_no_key
 from wachat_async import RetryPolicy, WachatClient
 from wachat_async.testing import FakeWachatServer
@@ -102,7 +102,7 @@ async def test_a_name_is_one_percent_decoded_segment(
     elif route == "events":
         assert response.body.startswith(b"event: qr\ndata: ")
         data = json.loads(response.body.split(b"data: ", 1)[1])
-        assert data["src"] == f"/qr/{segment}.png?v={data['sha256']}"
+        assert data["src"] == f"../{quote(name, safe='')}.png?v={data['sha256']}"
         await until(lambda: not watch_tasks(), "the watch ends with its viewer")
     else:
         assert response.headers["content-type"].startswith("text/html")
@@ -147,7 +147,7 @@ async def test_paths_that_are_no_route_are_a_json_404(
     assert fake.request_count() == 0
 
 
-# Not passed on: authorize is asked first (it may refuse), then a 404 names the problem.
+# Not passed on: a 404 names the problem, before authorize is asked (it never sees them).
 REFUSED_NAMES = [
     pytest.param("", "", "must not be empty", id="empty"),
     pytest.param("%20", " ", "must not be empty or whitespace", id="space"),
@@ -179,15 +179,15 @@ async def test_names_the_routes_do_not_pass_on_are_a_json_404(
     fragment: str,
 ) -> None:
     """Empty, whitespace, ``.``/``..`` (a browser would resolve them), control characters, text
-    that is not UTF-8: a JSON 404 on every route and nothing sent upstream. authorize is asked
-    first whenever there is a name to ask about."""
+    that is not UTF-8: a JSON 404 on every route and nothing sent upstream. authorize is not
+    asked: the application's rule never sees such a name."""
     recorder = Recorder()
     async with serve(framework, wachat, authorize=recorder) as base:
         response = await raw_request(base, "GET", ROUTES[route].format(segment))
     payload = response.json()
     assert response.status == 404
     assert fragment in payload["error"]
-    assert recorder.names == ([] if name is None else [name])
+    assert recorder.names == []
     if name is not None:
         assert payload["instance"] == name
     assert fake.request_count() == 0
@@ -285,9 +285,9 @@ async def test_names_over_the_cap_are_a_json_404_after_authorize(
     length: int,
     limit: int | None,
 ) -> None:
-    """Longer than ``max_name_length`` (256 characters by default): authorize is asked (it
-    comes before anything), then 404 naming the length; the body's ``instance`` is cut to the
-    cap, nothing goes upstream and no log line carries the whole name."""
+    """Longer than ``max_name_length`` (256 characters by default): 404 naming the length,
+    before authorize is asked; the body's ``instance`` is cut to the cap, nothing goes upstream
+    and no log line carries the whole name."""
     caplog.set_level(logging.DEBUG)
     name = char * length
     cap = DEFAULT_MAX_NAME_LENGTH if limit is None else limit
@@ -297,20 +297,23 @@ async def test_names_over_the_cap_are_a_json_404_after_authorize(
         response = await raw_request(base, "GET", ROUTES[route].format(encoded * length))
     message = f"too long: {length} characters (at most {cap})"
     assert_json_error(response, 404, message, name[:cap] + "\u2026")
-    assert recorder.names == [name]
+    assert recorder.names == []
     assert fake.request_count() == 0
     ours = [r.getMessage() for r in caplog.records if r.name.startswith("wachat_async")]
     assert all(name not in m for m in ours)  # the frameworks' access logs are theirs
 
 
 @pytest.mark.parametrize("route", ROUTE_PARAMS)
-async def test_a_huge_name_refused_by_authorize_is_a_403_with_a_cut_name(
+async def test_a_huge_name_never_reaches_authorize(
     framework: str, fake: FakeWachatServer, wachat: WachatClient, route: str
 ) -> None:
-    """A refusal comes first, and its body's ``instance`` is cut to the cap too."""
-    async with serve(framework, wachat, authorize=lambda r, n: False) as base:
-        response = await raw_request(base, "GET", ROUTES[route].format("y" * 5000))
-    assert_json_error(response, 403, "forbidden", "y" * DEFAULT_MAX_NAME_LENGTH + "\u2026")
+    """8,000 characters: a 404 before the application's rule runs, the name cut in the body."""
+    asked: list[str] = []
+    async with serve(framework, wachat, authorize=lambda r, n: asked.append(n)) as base:
+        response = await raw_request(base, "GET", ROUTES[route].format("y" * 8000))
+    message = f"too long: 8000 characters (at most {DEFAULT_MAX_NAME_LENGTH})"
+    assert_json_error(response, 404, message, "y" * DEFAULT_MAX_NAME_LENGTH + "\u2026")
+    assert asked == []
     assert fake.request_count() == 0
 
 
@@ -328,7 +331,7 @@ async def test_logs_of_a_huge_name_are_short(
     def explode(request: object, instance_name: str) -> bool:
         raise KeyError(instance_name)  # the exception's text is the whole name
 
-    async with serve(framework, wachat, authorize=explode) as base:
+    async with serve(framework, wachat, authorize=explode, max_name_length=10_000) as base:
         response = await raw_request(base, "GET", ROUTES["png"].format(long_name))
     assert response.status == 403
     web_records = [r for r in caplog.records if r.name == "wachat_async.web"]
@@ -445,6 +448,8 @@ async def test_routes_mounted_in_a_starlette_mount_and_fastapi_router(
             assert_json_error(wrong, 405, "method not allowed", "a/b")
             events = await raw_request(base, "GET", f"{mount}/qr/a%2Fb/events")
             data = json.loads(events.body.split(b"data: ", 1)[1])
-            assert data["src"] == f"{mount}/qr/a%2Fb.png?v={data['sha256']}"
+            assert data["src"] == f"../a%2Fb.png?v={data['sha256']}"
+            image = await raw_request(base, "GET", png_url(f"{mount}/qr/a%2Fb/events", data["src"]))
+            assert image.status == 200, (mount, image.body[:200])
     assert [r.instance_name for r in fake.requests if r.path.endswith(QR)].count("a/b") >= 2
     await until(lambda: hub_for(wachat).viewers() == {}, "the viewers are gone")

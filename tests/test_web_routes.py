@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests._web import FRAMEWORKS, EventReader, raw_request, serve, until, watch_tasks
+from tests._web import FRAMEWORKS, EventReader, png_url, raw_request, serve, until, watch_tasks
 from tests.conftest import KEY, NAME, assert_no_key
 from wachat_async import RetryBudget, RetryPolicy, WachatClient
 from wachat_async.testing import FakeWachatServer, Fault
@@ -515,12 +515,17 @@ def _routes_factory(framework: str) -> Any:
         pytest.param({"heartbeat": -1}, ValueError, id="negative-heartbeat"),
         pytest.param({"heartbeat": "15"}, TypeError, id="str-heartbeat"),
         pytest.param({"interval": True}, TypeError, id="bool-interval"),
+        pytest.param({"max_age": 0}, ValueError, id="zero-max-age"),
+        pytest.param({"max_age": float("inf")}, ValueError, id="inf-max-age"),
+        pytest.param({"max_backoff": -1.0}, ValueError, id="negative-max-backoff"),
+        pytest.param({"max_backoff": "10"}, TypeError, id="str-max-backoff"),
     ],
 )
 def test_route_options_are_checked_when_the_routes_are_built(
     framework_name: str, options: dict[str, Any], error: type[Exception]
 ) -> None:
-    """Bad prefix/interval/heartbeat raise at qr_routes(), not at the first request."""
+    """Bad prefix/interval/heartbeat/max_age/max_backoff raise at qr_routes(), not at the
+    first request."""
     client = WachatClient(api_key=KEY, base_url="http://127.0.0.1:9/api/v1")
     with pytest.raises(error):
         _routes_factory(framework_name)(client, authorize=refuse, **options)
@@ -530,7 +535,7 @@ def test_route_options_are_checked_when_the_routes_are_built(
 async def test_any_prefix_serves_all_three_routes(
     framework: str, wachat: WachatClient, http: aiohttp.ClientSession, prefix: str
 ) -> None:
-    """The routes live under the prefix (a trailing slash is dropped) and src follows it."""
+    """The routes live under the prefix (a trailing slash is dropped); src is relative."""
     base_path = prefix.rstrip("/")
     async with serve(framework, wachat, prefix=prefix) as base:
         async with http.get(f"{base}{base_path}/{NAME}.png") as png:
@@ -539,7 +544,9 @@ async def test_any_prefix_serves_all_three_routes(
             assert page.status == 200
         async with http.get(f"{base}{base_path}/{NAME}/events") as events:
             data = await EventReader(events).expect("qr")
-    assert data["src"] == f"{base_path}/{NAME}.png?v={data['sha256']}"
+        async with http.get(png_url(str(events.url), data["src"])) as png:
+            assert png.status == 200
+    assert data["src"] == f"../{NAME}.png?v={data['sha256']}"
 
 
 # -- the page -------------------------------------------------------------------------------------
@@ -601,7 +608,10 @@ async def test_no_key_in_any_log_record(
         async with http.get(f"{base}/qr/{NAME}/events") as response:
             events = await EventReader(response).rest()
     assert events == [
-        ("error", {"error": "the QR code service failed; try again", "instance": NAME})
+        (
+            "failed",
+            {"error": "the QR code service failed; try again", "instance": NAME, "status": 502},
+        )
     ]
     assert any(r.name == "wachat_async.web" for r in caplog.records)
     assert_no_key(caplog.text, *(r.getMessage() for r in caplog.records))

@@ -200,6 +200,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--access-log", action="store_true", help="log every request on stderr")
     parser.add_argument(
+        "--admin",
+        action="store_true",
+        help="serve POST /_fake/NAME/state (body: open), /_fake/NAME/rotate and "
+        "/_fake/NAME/script (body: 502,502,200), with the key as a Bearer token: link a "
+        "phone, rotate a QR, script faults from a shell",
+    )
+    parser.add_argument(
         "--tls",
         action="store_true",
         help="serve HTTPS with a certificate from a throwaway CA made at start (needs trustme, "
@@ -315,6 +322,7 @@ async def serve(
             access_log=args.access_log,
             max_logged_requests=args.log_limit,
             tls=args.tls,
+            admin=args.admin,
         )
     except ImportError as exc:  # segno or trustme: the testing extra
         _complain(f"{prog}: error: {exc}", err)
@@ -403,6 +411,13 @@ async def _serve(
             shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
             others = "created on first use" if args.auto_create else "404"
             _say(f"Instances ({len(names)}): {shown}; any other name: {others}", out)
+            if args.admin:
+                origin = server.base_url.removesuffix("/api/v1")
+                _say(
+                    'Admin: curl -X POST -H "Authorization: Bearer $WACHAT_API_KEY" -d open '
+                    f"{origin}/_fake/NAME/state (also /rotate, and /script with -d 502,502,200)",
+                    out,
+                )
             rotation = f"every {args.rotation:g} s" if args.rotation else "never"
             _complain(f"QR codes change {rotation}. Press Ctrl-C to stop.", err)
             with contextlib.suppress(asyncio.TimeoutError):  # --duration over

@@ -36,7 +36,7 @@ import attrs
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from ._faults import Fault, Misbehaviour, misbehaviour
+from ._faults import Fault, Misbehaviour, as_fault, misbehaviour
 from ._png import INSTALL_HINT, qr_payload
 from ._registry import BAILEYS, FakeInstance, RecordedRequest, Registry
 
@@ -63,6 +63,8 @@ _log = logging.getLogger("wachat_async.testing")
 API_PREFIX = "/api/v1"
 QR_PATH = f"{API_PREFIX}/instance/qr/image"
 STATE_PATH = f"{API_PREFIX}/instance/state"
+#: The admin route of a server made with ``admin=True`` (see :meth:`Routes.admin`).
+ADMIN_PATH = "/_fake/{name}/{action}"
 
 #: Draws the QR PNG of (instance name, payload); raises ImportError without segno.
 Draw = Callable[[str, str], bytes]
@@ -449,6 +451,34 @@ class Routes:
     async def other(self, request: web.Request) -> web.StreamResponse:
         """Every other method and path."""
         return await self._serve(request, lambda asked, _auth: decide_other(asked))
+
+    async def admin(self, request: web.Request) -> web.Response:
+        """``POST /_fake/{name}/{state|rotate|script}`` (servers made with ``admin=True``), with
+        the key as a Bearer token: ``state`` sets the text body (``open`` links the phone),
+        ``rotate`` changes the QR, ``script`` queues the statuses of the body (``502,502,200``).
+        What the server's methods do, for end-to-end tests in any language. Not recorded."""
+        key = _parse_bearer(request.headers.get("Authorization"))
+        if self._registry.restriction(key) is None:
+            return web.json_response({"error": "send a key as a Bearer token"}, status=401)
+        name, action = request.match_info["name"], request.match_info["action"]
+        text = (await request.text()).strip()
+        try:
+            if action == "state":
+                if not text:
+                    raise ValueError("the body must be the state, such as 'open'")
+                self._registry.set_state(name, text)
+            elif action == "rotate":
+                self._registry.rotate_qr(name)
+            elif action == "script":
+                faults = [as_fault(int(item)) for item in text.replace(",", " ").split()]
+                self._registry.set_script(name, faults)
+            else:
+                return web.json_response({"error": "use state, rotate or script"}, status=404)
+        except KeyError as exc:
+            return web.json_response({"error": exc.args[0]}, status=404)
+        except ValueError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        return web.json_response({"instance": name, "done": action})
 
     async def _serve(
         self, request: web.Request, decide: Callable[[Asked, Auth], Answer]

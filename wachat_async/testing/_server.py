@@ -28,7 +28,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from ._faults import Fault, as_fault, bad_header_text
-from ._handlers import API_PREFIX, QR_PATH, STATE_PATH, Routes, Waiting
+from ._handlers import ADMIN_PATH, API_PREFIX, QR_PATH, STATE_PATH, Routes, Waiting
 from ._png import PngCache, require_segno
 from ._png import qr_payload as _qr_payload
 from ._registry import BAILEYS, FakeInstance, RecordedRequest, Registry, friendly_name
@@ -104,6 +104,11 @@ class FakeWachatServer:
     :meth:`write_ca_file` give the CA certificate to code that wants a file (``--ca-file``,
     ``SSL_CERT_FILE``). A client that does not trust the CA fails verification, exactly as
     it would against a private CA in production.
+
+    ``admin=True`` adds ``POST /_fake/{name}/state`` (body ``open``: the phone is linked),
+    ``/_fake/{name}/rotate`` and ``/_fake/{name}/script`` (body ``502,502,200``), with the key
+    as a Bearer token: :meth:`set_state`, :meth:`rotate_qr` and :meth:`script` from a shell or
+    any language's end-to-end test (``--admin`` on the command line).
     """
 
     def __init__(
@@ -120,8 +125,12 @@ class FakeWachatServer:
         max_logged_requests: int | None = None,
         tls: bool = False,
         tls_hostnames: Iterable[str] | None = None,
+        admin: bool = False,
     ) -> None:
         _check_key(api_key)
+        if not isinstance(admin, bool):
+            raise TypeError(f"admin must be a bool, not {type(admin).__name__}")
+        self._admin = admin
         require_segno()  # fail here, not with a 500 on the first QR request
         if not isinstance(tls, bool):
             raise TypeError(f"tls must be a bool, not {type(tls).__name__}")
@@ -184,6 +193,8 @@ class FakeWachatServer:
         app = web.Application()
         app.router.add_get(QR_PATH, routes.qr)
         app.router.add_get(STATE_PATH, routes.state)
+        if self._admin:
+            app.router.add_post(ADMIN_PATH, routes.admin)
         app.router.add_route("*", "/{tail:.*}", routes.other)
         runner = web.AppRunner(
             app,

@@ -8,32 +8,39 @@ serve, for an instance name ``{name}``:
   reaches the browser); ``ETag`` (its SHA-256), ``Cache-Control: no-store``, ``304`` on a
   matching ``If-None-Match``. Upstream errors become ``{"error": "...", "instance": "..."}``
   with 404 (400/404 upstream, invalid names), 409, 502 (502, 504, an invalid image, our key
-  refused...) or 503 (timeouts, retry budget exhausted); never 500, never the key.
-* ``GET {prefix}/{name}/events``: ``text/event-stream``. ``event: qr`` with ``data:
-  {"sha256": ..., "src": "{prefix}/{name}.png?v=<sha256>"}`` at once and on every change;
-  ``event: connected`` once ``GET /instance/state`` says ``open`` (then the stream ends); a
-  ``: ping`` comment after 15 s of silence; ``event: error`` with the JSON above on a terminal
-  upstream error (then the stream ends).
+  refused...) or 503 (timeouts, retry budget exhausted, a watched QR older than ``max_age``
+  or whose polls fail); never 500, never the key.
+* ``GET {prefix}/{name}/events``: ``text/event-stream``. ``retry:`` (jittered); ``event: qr``
+  with ``data: {"sha256": ..., "src": "../{name}.png?v=<sha256>"}`` (relative to the stream)
+  at once and on every change; ``event: unavailable`` (why, ``retry_in``) while polls fail;
+  ``event: connected`` once ``GET /instance/state`` says ``open`` or ``event: failed`` with
+  the JSON above and its ``status`` on a terminal upstream error (then the stream ends); a
+  ``: ping`` comment after 15 s of silence. On SIGINT/SIGTERM (and
+  :func:`end_event_streams`) every stream ends cleanly, so a server can stop at once.
 * ``GET {prefix}/{name}``: a self-contained page (no external scripts, a strict CSP) with
-  ``<img id="wachat-qr">`` following the events and ``<p id="wachat-status">`` that reads
-  ``connected`` once linked.
+  ``<img id="wachat-qr">`` following the events and ``<p id="wachat-status">`` whose
+  ``data-state`` says what it shows (``connected`` once linked).
 
 **Whoever scans the QR links a phone to the instance**, so ``authorize(request, name)`` is a
-required keyword, called before anything else on every route. It returns ``True`` or
+required keyword, called on every route before anything is sent upstream. It returns ``True`` or
 ``False`` or an awaitable of one; anything but ``True`` (another type, an awaitable of an
 awaitable, an exception) answers the same 403, is logged as an error, and nothing is sent
 upstream. The usual rule: the session's user owns the instance.
 
 Every path under ``{prefix}/`` answers a route or the JSON body above, never the framework's
 plain text: the name is one path segment, percent-decoded (``%2F`` for a ``/`` in it); other
-paths are a 404, other methods a 405 (both without asking ``authorize``); after it, names that
-are empty, ``.``/``..``, hold control characters or exceed ``max_name_length``
-(:data:`DEFAULT_MAX_NAME_LENGTH` characters) are a 404. Log lines show names shortened.
+paths are a 404, other methods a 405, and names that are empty, ``.``/``..``, hold control
+characters or exceed ``max_name_length`` (:data:`DEFAULT_MAX_NAME_LENGTH` characters) a 404,
+all without asking ``authorize``. Log lines show names shortened.
 
 **One upstream watch per instance** (per client and event loop), whatever the number of
 viewers: it starts with the first event stream and stops when the last one leaves; while it
-runs the PNG route answers from its latest image. ``wachat_async.web.aiohttp`` needs nothing
-beyond the core install; ``wachat_async.web.starlette`` needs the ``web-starlette`` extra.
+runs the PNG route answers from its latest image (:data:`DEFAULT_MAX_AGE` seconds old at
+most). While polls fail it waits up to ``max_backoff`` (:data:`DEFAULT_MAX_BACKOFF`) between
+two, and a new viewer makes it try at once. ``wachat_async.web.aiohttp`` needs nothing
+beyond the core install; ``wachat_async.web.starlette`` needs the ``web-starlette`` extra;
+:func:`wachat_async.web.fastapi.qr_router` (the routes as an ``APIRouter`` that honours
+``dependencies=``, with ``authorize`` as a dependency) the ``web-fastapi`` extra.
 
 The pieces are framework-neutral and public here for other frameworks: :func:`qr_events` is
 the event stream as an async iterator of ``bytes`` (hand it to any streaming response) and
@@ -42,18 +49,29 @@ the event stream as an async iterator of ``bytes`` (hand it to any streaming res
 
 from __future__ import annotations
 
-from ._core import DEFAULT_HEARTBEAT, DEFAULT_INTERVAL, Authorize, error_status
-from ._hub import WATCH_TASK_PREFIX, QRHub, hub_for
+from ._core import DEFAULT_HEARTBEAT, DEFAULT_INTERVAL, Authorize
+from ._hub import (
+    DEFAULT_MAX_AGE,
+    DEFAULT_MAX_BACKOFF,
+    WATCH_TASK_PREFIX,
+    QRHub,
+    end_event_streams,
+    error_status,
+    hub_for,
+)
 from ._paths import DEFAULT_MAX_NAME_LENGTH
 from ._sse import qr_events
 
 __all__ = [
     "DEFAULT_HEARTBEAT",
     "DEFAULT_INTERVAL",
+    "DEFAULT_MAX_AGE",
+    "DEFAULT_MAX_BACKOFF",
     "DEFAULT_MAX_NAME_LENGTH",
     "WATCH_TASK_PREFIX",
     "Authorize",
     "QRHub",
+    "end_event_streams",
     "error_status",
     "hub_for",
     "qr_events",

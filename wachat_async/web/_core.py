@@ -13,6 +13,7 @@ import inspect
 import json
 import logging
 import math
+import time
 import traceback
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Final, Generic, TypeVar
@@ -22,20 +23,15 @@ import attrs
 from wachat_async import (
     APIStatusError,
     AuthenticationError,
-    BadRequestError,
-    InstanceNotFoundError,
     InvalidInstanceNameError,
     QRImage,
-    QRNotSupportedError,
     SubscriptionRestrictedError,
-    UnexpectedStatusError,
     WachatClient,
     WachatError,
-    WachatTimeoutError,
     build_qr_image_url,
 )
 
-from ._hub import QRHub
+from ._hub import DEFAULT_MAX_AGE, DEFAULT_MAX_BACKOFF, QRHub, Unavailable, error_status
 from ._paths import (
     DEFAULT_MAX_NAME_LENGTH,
     METHODS,
@@ -76,7 +72,8 @@ DEFAULT_HEARTBEAT: Final = 15.0
 
 NO_STORE: Final = "no-store"
 JSON_TYPE: Final = "application/json"
-_BUDGET_NOTE: Final = "retry budget exhausted"
+#: The same exception from ``authorize`` (type and place) is an error at most this often.
+REPEAT_AFTER: Final = 60.0
 _SHOWN_ERROR: Final = 200  # characters of an exception's text from authorize, in a log line
 
 
@@ -95,6 +92,8 @@ def check_route_options(
     interval: object,
     heartbeat: object,
     max_name_length: object = DEFAULT_MAX_NAME_LENGTH,
+    max_age: object = DEFAULT_MAX_AGE,
+    max_backoff: object = DEFAULT_MAX_BACKOFF,
 ) -> str:
     """Check ``qr_routes``' options at construction time; return the normalised prefix."""
     if not isinstance(prefix, str):
@@ -106,7 +105,8 @@ def check_route_options(
             "authorize must be a callable authorize(request, instance_name) -> bool (or an "
             "async one): whoever scans a QR links a phone, so the routes are never open"
         )
-    for what, value in (("interval", interval), ("heartbeat", heartbeat)):
+    numbers = {"interval": interval, "heartbeat": heartbeat, "max_age": max_age}
+    for what, value in {**numbers, "max_backoff": max_backoff}.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TypeError(f"{what} must be a number of seconds, not {type(value).__name__}")
         if not (value > 0 and math.isfinite(value)):
@@ -126,11 +126,15 @@ def route_kit(
     heartbeat: object,
     max_name_length: int,
     passthrough: tuple[type[BaseException], ...],
+    max_age: object = DEFAULT_MAX_AGE,
+    max_backoff: object = DEFAULT_MAX_BACKOFF,
 ) -> tuple[str, Gate[RequestT], Callable[[RequestT], WachatClient]]:
     """What both ``qr_routes`` start from, once their options are checked: the normalised
     prefix, the :class:`Gate` (*passthrough*: the framework's HTTP exceptions) and how to find
     the client of a request."""
-    base = check_route_options(prefix, authorize, interval, heartbeat, max_name_length)
+    base = check_route_options(
+        prefix, authorize, interval, heartbeat, max_name_length, max_age, max_backoff
+    )
     if not isinstance(client, WachatClient) and not callable(client):
         raise TypeError(
             f"client must be a WachatClient or a callable request -> WachatClient, not "
@@ -180,7 +184,7 @@ def _describe(exc: BaseException) -> str:
 
 class Gate(Generic[RequestT]):
     """What every request under the prefix passes before it is served: the route (404 or
-    405 when there is none), ``authorize`` (403), the name checks (404).
+    405 when there is none), the name checks (404), ``authorize`` (403).
 
     Nothing here sends anything upstream.
     """
@@ -190,11 +194,14 @@ class Gate(Generic[RequestT]):
         authorize: Authorize[RequestT],
         max_name_length: int,
         passthrough: tuple[type[BaseException], ...] = (),
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._authorize = authorize
         self.max_name_length = max_name_length
         self._passthrough = passthrough
         self._reported: set[str] = set()
+        self._clock = clock
+        self._raised: dict[tuple[str, str, int | None], float] = {}  # cause -> last logged
 
     async def admit(
         self, request: RequestT, method: str, raw_path: str | None, tail: str
@@ -208,11 +215,11 @@ class Gate(Generic[RequestT]):
         if method not in allowed:
             answer = self.json(405, f"method not allowed (use {' or '.join(allowed)})", where.name)
             return attrs.evolve(answer, headers={**answer.headers, "Allow": ", ".join(allowed)})
+        problem = self.name_problem(where.name)  # cheap, and the application's rule never
+        if problem is not None:  # sees an 8,000-character name or a NUL
+            return self.json(404, problem, where.name)
         if not await self.is_authorized(request, where.name):
             return self.json(403, "forbidden", where.name)
-        problem = self.name_problem(where.name)
-        if problem is not None:
-            return self.json(404, problem, where.name)
         return where
 
     def json(self, status: int, message: str, name: str) -> Answer:
@@ -234,6 +241,21 @@ class Gate(Generic[RequestT]):
             return str(exc)
         return None
 
+    def _log_raised(self, what: str, shown: str, exc: BaseException) -> None:
+        """An error with the traceback, once a minute per cause (type and place raised); a
+        debug line for the repeats, so a rule that fails on every request cannot flood."""
+        frames = traceback.extract_tb(exc.__traceback__)
+        cause = (
+            type(exc).__qualname__,
+            *((frames[-1].filename, frames[-1].lineno) if frames else ("", None)),
+        )
+        now = self._clock()
+        log = logger.debug
+        if now - self._raised.get(cause, -math.inf) >= REPEAT_AFTER:
+            self._raised[cause] = now
+            log = logger.error
+        log("%s for instance %s; refusing (403)\n%s", what, shown, _describe(exc))
+
     async def is_authorized(self, request: RequestT, name: str) -> bool:
         """Ask the application's rule; fail closed.
 
@@ -241,8 +263,9 @@ class Gate(Generic[RequestT]):
         other result is a programming error: logged once (as an error) and refused; an
         awaitable among them is closed or cancelled, so no "never awaited" warning follows.
         The framework's own HTTP exceptions (``passthrough``, such as a redirect to a login
-        page) propagate; any other exception is logged (as an error, its text shortened) and
-        refuses. A cancellation of the request's own task propagates.
+        page) propagate; any other exception refuses and is logged (as an error with its
+        traceback and shortened text, once a minute per cause; repeats as debug lines). A
+        cancellation of the request's own task propagates.
         """
         shown = shown_name(name)
         verdict: object
@@ -255,16 +278,11 @@ class Gate(Generic[RequestT]):
         except asyncio.CancelledError as exc:
             if _being_cancelled():
                 raise
-            logger.error(  # the awaitable authorize returned was cancelled, not this request
-                "authorize's awaitable was cancelled for instance %s; refusing (403)\n%s",
-                shown,
-                _describe(exc),
-            )
+            # the awaitable authorize returned was cancelled, not this request
+            self._log_raised("authorize's awaitable was cancelled", shown, exc)
             return False
         except Exception as exc:
-            logger.error(
-                "authorize raised for instance %s; refusing (403)\n%s", shown, _describe(exc)
-            )
+            self._log_raised("authorize raised", shown, exc)
             return False
         if type(verdict) is bool:
             return verdict
@@ -290,34 +308,6 @@ def json_answer(status: int, message: str, name: str) -> Answer:
     body = json.dumps({"error": message, "instance": name}).encode()
     headers = {"Content-Type": JSON_TYPE, "Cache-Control": NO_STORE}
     return Answer(status, headers, body)
-
-
-def error_status(exc: BaseException) -> tuple[int, str]:
-    """The status and message a browser gets for an upstream failure.
-
-    * invalid name, 400, 404: 404 (no such QR here);
-    * 409 (not a Baileys instance): 409 (this instance has no QR);
-    * client-side timeout, deadline: 503 (try again);
-    * retry budget exhausted, 429, 503: 503 (upstream overloaded: try later);
-    * 502, 504, an invalid or oversized image, 401, 403 (*our* key or plan is wrong), connection
-      errors, any other status: 502 (the gateway failed).
-
-    Never 500, and the message is fixed text: never the exception's own text, which may quote
-    an upstream body.
-    """
-    if isinstance(exc, InvalidInstanceNameError):
-        return 404, "invalid instance name"
-    if isinstance(exc, (BadRequestError, InstanceNotFoundError)):
-        return 404, "no such instance"
-    if isinstance(exc, QRNotSupportedError):
-        return 409, "this instance has no QR code (only WhatsApp Baileys instances have one)"
-    if isinstance(exc, WachatTimeoutError):  # before OSError: it is also a TimeoutError
-        return 503, "the QR code service timed out; try again"
-    if any(_BUDGET_NOTE in note for note in getattr(exc, "__notes__", ())) or (
-        isinstance(exc, UnexpectedStatusError) and exc.status in (429, 503)
-    ):
-        return 503, "the QR code service is overloaded; try again later"
-    return 502, "the QR code service failed; try again"
 
 
 def error_answer(exc: BaseException, name: str) -> Answer:
@@ -371,16 +361,35 @@ def etag_matches(header: str | None, digest: str) -> bool:
     return False
 
 
+def unavailable_answer(state: Unavailable, name: str, now: float) -> Answer:
+    """``503`` while the instance's watch has no current QR (what its viewers are told too),
+    with ``Retry-After`` when the next try is known."""
+    answer = json_answer(503, state.message, name)
+    if state.retry_at is None:
+        return answer
+    return attrs.evolve(
+        answer, headers={**answer.headers, "Retry-After": str(math.ceil(state.retry_at - now))}
+    )
+
+
 async def png_answer(
-    client: WachatClient, hub: QRHub, name: str, if_none_match: str | None
+    hub: QRHub, name: str, if_none_match: str | None, max_age: float = DEFAULT_MAX_AGE
 ) -> Answer:
-    """The instance's current QR PNG: the watch's latest image while it is watched, else
-    fetched now (whole: the ETag is its SHA-256, and an invalid image must become a 502, not a
-    half-sent 200). ``304`` when *if_none_match* names it."""
-    image: QRImage | None = hub.latest(name)
+    """The instance's current QR PNG: while it is watched, the watch's (polled at most
+    *max_age* seconds ago; older, or while its polls fail, a ``503``: the page says the same);
+    else fetched now, one upstream request for all concurrent callers (whole: the ETag is its
+    SHA-256, and an invalid image must become a 502, not a half-sent 200). ``304`` when
+    *if_none_match* names it."""
+    now = asyncio.get_running_loop().time()
+    states = [watch.state(now, max_age) for watch in hub.watches(name)]
+    images = [state for state in states if isinstance(state, QRImage)]
+    image: QRImage | None = max(images, key=lambda qr: qr.fetched_at) if images else None
     if image is None:
+        for state in states:
+            if isinstance(state, Unavailable):
+                return unavailable_answer(state, name, now)
         try:
-            image = await client.get_qr_image(name)
+            image = await hub.fetch(name)
         except Exception as exc:  # WachatError, or a bug: both a JSON answer, never a 500
             return error_answer(exc, name)
     headers = {

@@ -1,120 +1,320 @@
-"""One upstream watch per instance, shared by every viewer: the fan-out behind the event routes.
+"""One upstream poll loop per instance, shared by every viewer: the fan-out behind the event routes.
 
 A :class:`QRHub` belongs to one :class:`~wachat_async.WachatClient` and one event loop
-(:func:`hub_for` finds or makes it). ``join(name, interval)`` counts a viewer in and starts the
-instance's watch (``client.watch_qr(name, until_connected=True)``) if none runs yet; ``leave``
-counts it out and cancels the watch when the last viewer has gone. Fifty viewers of one instance
-therefore cost one upstream poll per interval, not fifty.
+(:func:`hub_for` finds or makes it). ``join`` counts a viewer in and starts the instance's
+:class:`Watch` if none runs yet; ``leave`` counts it out and stops the watch when the last viewer
+has gone. Fifty viewers of one instance therefore cost one upstream poll per interval, not fifty.
 
-Viewers never queue images: each remembers the last version it has seen and reads the watch's
-``latest`` when woken, so a slow viewer skips QR codes that are already stale instead of
-buffering them. This module never imports a web framework; it uses only public names.
+A watch polls ``GET /instance/state`` then the QR, every *interval*; while polls fail it says so
+(:class:`Outage`: why, and when the next try is) and waits twice as long after each failure, up
+to *max_backoff*; a viewer that joins cuts that wait short. Viewers never queue images: each
+reads the watch's state when woken. On SIGINT or SIGTERM, and on :func:`end_event_streams`,
+every stream of the loop ends cleanly (browsers reconnect to the next process). This module
+never imports a web framework; it uses only public names.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import random
+import signal
+import threading
 import weakref
-from typing import Final
+from collections.abc import Callable
+from types import FrameType
+from typing import Any, Final
 
-from wachat_async import QRImage, WachatClient, WachatError
+import attrs
+
+from wachat_async import (
+    AuthenticationError,
+    BadRequestError,
+    ClientClosedError,
+    InstanceNotFoundError,
+    InvalidInstanceNameError,
+    QRImage,
+    QRNotSupportedError,
+    SubscriptionRestrictedError,
+    UnexpectedStatusError,
+    WachatClient,
+    WachatError,
+    WachatTimeoutError,
+)
 
 from ._paths import shown_name
 
-__all__ = ["CONNECTED", "WATCH_TASK_PREFIX", "Connected", "QRHub", "Watch", "hub_for"]
+__all__ = [
+    "CLOSED",
+    "CONNECTED",
+    "DEFAULT_MAX_AGE",
+    "DEFAULT_MAX_BACKOFF",
+    "WATCH_TASK_PREFIX",
+    "Outage",
+    "QRHub",
+    "Unavailable",
+    "Watch",
+    "end_event_streams",
+    "error_status",
+    "hub_for",
+]
 
 logger = logging.getLogger("wachat_async.web")
 
 #: Name prefix of the watch tasks (``asyncio.all_tasks()``), followed by ``:`` and the name.
 WATCH_TASK_PREFIX: Final = "wachat-web-watch"
+#: Longest wait (seconds, before jitter) between two polls of a watch whose polls fail.
+DEFAULT_MAX_BACKOFF: Final = 10.0
+#: Waits vary by up to this fraction, so watches started together do not poll in step.
+JITTER: Final = 0.1
+#: A viewer that joins makes a failing watch poll at once, but at most once per this many seconds.
+WAKE_GAP: Final = 1.0
+#: Statuses (of :func:`error_status`) that end a watch: no such instance, or no QR ever.
+TERMINAL: Final = frozenset({404, 409})
+#: Failures that end a watch too: our key or plan refused (polling again cannot fix them).
+_OURS: Final = (AuthenticationError, SubscriptionRestrictedError)
+_BUDGET_NOTE: Final = "retry budget exhausted"
 
 
-class Connected:
-    """How a watch ends when the phone is linked (``GET /instance/state`` said ``open``)."""
+def error_status(exc: BaseException) -> tuple[int, str]:
+    """The status and message a browser gets for an upstream failure.
+
+    * invalid name, 400, 404: 404 (no such QR here);
+    * 409 (not a Baileys instance): 409 (this instance has no QR);
+    * client-side timeout, deadline, the client closed (the app is stopping): 503 (try again);
+    * retry budget exhausted, 429, 503: 503 (upstream overloaded: try later);
+    * 502, 504, an invalid or oversized image, 401, 403 (*our* key or plan is wrong), connection
+      errors, any other status: 502 (the gateway failed).
+
+    Never 500, and the message is fixed text: never the exception's own text, which may quote
+    an upstream body.
+    """
+    if isinstance(exc, InvalidInstanceNameError):
+        return 404, "invalid instance name"
+    if isinstance(exc, (BadRequestError, InstanceNotFoundError)):
+        return 404, "no such instance"
+    if isinstance(exc, QRNotSupportedError):
+        return 409, "this instance has no QR code (only WhatsApp Baileys instances have one)"
+    if isinstance(exc, WachatTimeoutError):  # before OSError: it is also a TimeoutError
+        return 503, "the QR code service timed out; try again"
+    if isinstance(exc, ClientClosedError):
+        return 503, "the server is stopping; try again"
+    if any(_BUDGET_NOTE in note for note in getattr(exc, "__notes__", ())) or (
+        isinstance(exc, UnexpectedStatusError) and exc.status in (429, 503)
+    ):
+        return 503, "the QR code service is overloaded; try again later"
+    return 502, "the QR code service failed; try again"
+
+
+def _jitter() -> float:
+    return random.uniform(1 - JITTER, 1 + JITTER)  # noqa: S311 - spreading load, not security
+
+
+class _End:
+    def __init__(self, name: str) -> None:
+        self._name = name
 
     def __repr__(self) -> str:
-        return "CONNECTED"
+        return self._name
 
 
-CONNECTED: Final = Connected()
+#: How a watch ends when the phone is linked (``GET /instance/state`` said ``open``).
+CONNECTED: Final = _End("CONNECTED")
+#: How a watch ends when the app stops or closes its client: streams end without an event.
+CLOSED: Final = _End("CLOSED")
+
+
+#: How old the watch's QR may be (since its last good poll) and still be served as current.
+DEFAULT_MAX_AGE: Final = 15.0
+_SLOW: Final = "the QR code service is slow to answer; still trying"
+
+
+@attrs.frozen
+class Unavailable:
+    """What viewers and the PNG route say while a watch has no current QR: *message*, and the
+    next try (the loop's clock; ``None``: a poll is under way)."""
+
+    message: str
+    retry_at: float | None
+
+
+@attrs.frozen
+class Outage:
+    """Why a watch has no current QR: its last poll failed with *error*; the next try is at
+    *retry_at* (the event loop's clock)."""
+
+    error: BaseException
+    retry_at: float
 
 
 class Watch:
-    """The one upstream watch of an instance, its latest image and its viewers."""
+    """The one upstream poll loop of an instance, what it last saw, and its viewers."""
 
     __slots__ = (
         "_changed",
         "_hub",
+        "_wake",
+        "confirmed",
         "ended",
         "interval",
         "latest",
+        "max_backoff",
         "name",
+        "outage",
+        "polled",
         "task",
         "version",
         "viewers",
     )
 
-    def __init__(self, hub: QRHub, client: WachatClient, name: str, interval: float) -> None:
+    def __init__(
+        self, hub: QRHub, client: WachatClient, name: str, interval: float, max_backoff: float
+    ) -> None:
         self._hub = hub
         self.name: str = name
         self.interval: float = interval
+        self.max_backoff: float = max_backoff
         self.viewers: int = 0
+        #: The newest image, current as of ``confirmed`` (the loop time of the last good poll).
         self.latest: QRImage | None = None
-        #: Bumped on every new image, so viewers know what they have not seen yet.
+        self.confirmed: float = float("-inf")
+        #: Set while polls fail; ``None`` once one succeeds.
+        self.outage: Outage | None = None
+        #: Bumped on every change viewers must hear of (an image, an outage, the end).
         self.version: int = 0
-        #: ``CONNECTED``, or the terminal error (a ``WachatError``, or a bug); ``None`` while on.
-        self.ended: Connected | BaseException | None = None
+        #: ``CONNECTED``, ``CLOSED``, or the terminal error (a ``WachatError``, or a bug).
+        self.ended: _End | BaseException | None = None
+        self.polled: float = float("-inf")  # loop time the last poll started
         self._changed = asyncio.Event()
+        self._wake = asyncio.Event()
         self.task: asyncio.Task[None] = asyncio.get_running_loop().create_task(
             self._run(client), name=f"{WATCH_TASK_PREFIX}:{name}"
         )
 
     async def _run(self, client: WachatClient) -> None:
+        loop = asyncio.get_running_loop()
+        failures = 0
         try:
-            watch = client.watch_qr(self.name, interval=self.interval, until_connected=True)
-            async with watch:
-                async for qr in watch:
-                    self.latest = qr
-                    self.version += 1
+            while True:
+                self.polled = loop.time()
+                try:
+                    if (await client.get_instance_state(self.name)).is_connected:
+                        self.ended = CONNECTED
+                        return
+                    image = await client.get_qr_image(self.name)
+                except ClientClosedError:
+                    self.ended = CLOSED  # the app is stopping: not the instance's fault
+                    return
+                except WachatError as exc:
+                    status = getattr(exc, "status", None) or type(exc).__name__
+                    if error_status(exc)[0] in TERMINAL or isinstance(exc, _OURS):
+                        name = shown_name(self.name)
+                        logger.warning("Watch of instance %s ended: %s", name, status)
+                        self.ended = exc
+                        return
+                    failures += 1
+                    wait = min(self.interval * 2.0 ** min(failures, 32), self.max_backoff)
+                    wait = max(wait, self.interval) * _jitter()
+                    if self.outage is None:
+                        logger.warning(
+                            "QR of instance %s unavailable (%s); retrying every %g s at most",
+                            shown_name(self.name),
+                            status,
+                            max(self.max_backoff, self.interval),
+                        )
+                    self.outage = Outage(exc, loop.time() + wait)
                     self._notify()
-            self.ended = CONNECTED
-        except WachatError as exc:  # terminal (watch_qr rides out the transient ones)
-            status = getattr(exc, "status", None) or type(exc).__name__
-            logger.warning("Watch of instance %s ended: %s", shown_name(self.name), status)
-            self.ended = exc
-        except Exception as exc:  # a bug: viewers get a 502-style error event, never a hang
+                else:
+                    failures = 0
+                    wait = self.interval * _jitter()
+                    self.confirmed = loop.time()
+                    news = self.latest is None or self.latest.sha256 != image.sha256
+                    if news or self.outage is not None:
+                        if self.outage is not None:
+                            logger.info("QR of instance %s is back", shown_name(self.name))
+                        self.latest, self.outage = image, None
+                        self._notify()
+                await self._pause(wait, client.retry_policy.zero_wait)
+        except Exception as exc:  # a bug: viewers get a 502-style final event, never a hang
             logger.exception("Watch of instance %s failed", shown_name(self.name))
             self.ended = exc
         finally:
             self._hub._forget(self)
             self._notify()
 
+    def state(self, now: float, max_age: float) -> QRImage | Unavailable | None:
+        """What a viewer sees at loop time *now*: the current QR (polled at most *max_age*
+        seconds ago), why there is none, or ``None`` before the first poll ends."""
+        if self.outage is not None:
+            return Unavailable(error_status(self.outage.error)[1], self.outage.retry_at)
+        if self.latest is None:
+            return None
+        if now - self.confirmed > max_age:
+            return Unavailable(_SLOW, None)
+        return self.latest
+
+    async def _pause(self, seconds: float, zero_wait: bool) -> None:
+        """Wait *seconds*, or until :meth:`wake` (the client's zero-wait mode, for tests, only
+        yields)."""
+        self._wake.clear()
+        if zero_wait:
+            await asyncio.sleep(0)
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
+
+    def wake(self) -> None:
+        """Poll now if polls are failing (a viewer is waiting), at most once per ``WAKE_GAP``."""
+        if self.outage is not None and asyncio.get_running_loop().time() - self.polled >= WAKE_GAP:
+            self._wake.set()
+
+    def end(self, how: _End) -> None:
+        """Stop polling; viewers end their streams as *how* says."""
+        if self.ended is None:
+            self.ended = how
+            self.task.cancel()
+            self._hub._forget(self)
+            self._notify()
+
     def _notify(self) -> None:
+        self.version += 1
         self._changed.set()
         self._changed = asyncio.Event()
 
     async def wait(self, seen: int) -> None:
-        """Return once there is news for a viewer that has seen *seen*."""
+        """Return once there is news for a viewer that has seen version *seen*."""
         if self.version == seen and self.ended is None:
             await self._changed.wait()
 
 
 class QRHub:
-    """The watches of one client on one event loop, keyed by instance name and interval."""
+    """The watches of one client on one event loop, by instance name (then interval, backoff)."""
 
     def __init__(self, client: WachatClient) -> None:
         # Weak: the hub lives in a registry keyed by the client, and must not keep it alive.
         self._client = weakref.ref(client)
-        self._watches: dict[tuple[str, float], Watch] = {}
+        self._watches: dict[str, dict[tuple[float, float], Watch]] = {}
+        self._fetches: dict[str, asyncio.Task[QRImage]] = {}
 
-    def join(self, name: str, interval: float) -> Watch:
-        """Count one viewer in; start the instance's watch if it is not running."""
-        watch = self._watches.get((name, interval))
+    def _client_now(self) -> WachatClient:
+        client = self._client()
+        assert client is not None  # the routes hold the client
+        return client
+
+    def join(self, name: str, interval: float, max_backoff: float = DEFAULT_MAX_BACKOFF) -> Watch:
+        """Count one viewer in; start the instance's watch if it is not running, or make a
+        failing one try again now."""
+        _hook_signals()
+        interval = max(interval, 1.0)  # as watch_qr: never faster than once a second
+        per_name = self._watches.setdefault(name, {})
+        watch = per_name.get((interval, max_backoff))
         if watch is None:
-            client = self._client()
-            assert client is not None  # the routes hold the client
-            watch = self._watches[name, interval] = Watch(self, client, name, interval)
+            watch = Watch(self, self._client_now(), name, interval, max_backoff)
+            per_name[interval, max_backoff] = watch
+        else:
+            watch.wake()
         watch.viewers += 1
         return watch
 
@@ -125,22 +325,52 @@ class QRHub:
             self._forget(watch)
             watch.task.cancel()
 
+    def watches(self, name: str) -> list[Watch]:
+        """The running watches of *name* (usually one)."""
+        return list(self._watches.get(name, {}).values())
+
     def latest(self, name: str) -> QRImage | None:
         """The newest image a running watch of *name* has announced, if any."""
-        images = [w.latest for (n, _), w in self._watches.items() if n == name and w.latest]
+        images = [w.latest for w in self._watches.get(name, {}).values() if w.latest]
         return max(images, key=lambda qr: qr.fetched_at) if images else None
 
     def viewers(self) -> dict[str, int]:
         """Instance name -> viewers, for the instances being watched right now."""
-        counts: dict[str, int] = {}
-        for (name, _), watch in self._watches.items():
-            counts[name] = counts.get(name, 0) + watch.viewers
-        return counts
+        return {
+            name: sum(w.viewers for w in per_name.values())
+            for name, per_name in self._watches.items()
+        }
+
+    async def fetch(self, name: str) -> QRImage:
+        """``client.get_qr_image(name)``, one request for every concurrent caller (a caller
+        that leaves does not cancel it for the others)."""
+        task = self._fetches.get(name)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._client_now().get_qr_image(name))
+            self._fetches[name] = task
+
+            def done(finished: asyncio.Task[QRImage]) -> None:
+                if self._fetches.get(name) is finished:
+                    del self._fetches[name]
+                if not finished.cancelled():
+                    finished.exception()  # retrieved: every caller may have left
+
+            task.add_done_callback(done)
+        return await asyncio.shield(task)
+
+    def close(self) -> None:
+        """End every stream of this hub cleanly (no event: browsers reconnect) and stop its
+        watches. The hub stays usable: a later viewer starts a new watch."""
+        for per_name in list(self._watches.values()):
+            for watch in list(per_name.values()):
+                watch.end(CLOSED)
 
     def _forget(self, watch: Watch) -> None:
-        key = (watch.name, watch.interval)
-        if self._watches.get(key) is watch:
-            del self._watches[key]
+        per_name = self._watches.get(watch.name, {})
+        if per_name.get((watch.interval, watch.max_backoff)) is watch:
+            del per_name[watch.interval, watch.max_backoff]
+        if not per_name:
+            self._watches.pop(watch.name, None)
 
 
 _HUBS: weakref.WeakKeyDictionary[
@@ -158,3 +388,57 @@ def hub_for(client: WachatClient) -> QRHub:
     if hub is None:
         hub = per_loop[loop] = QRHub(client)
     return hub
+
+
+async def end_event_streams(*_: object) -> None:
+    """End every event stream on the running loop cleanly (no event: the browser reconnects,
+    to the next process after a deploy) and stop the upstream watches.
+
+    Called on SIGINT and SIGTERM by itself; call it yourself when the app stops any other way
+    (``app.on_shutdown.append(end_event_streams)`` takes it as it is).
+    """
+    _end_streams_now()
+
+
+# -- SIGINT / SIGTERM ------------------------------------------------------------------------------
+# Servers stop on these signals but wait for open responses first: uvicorn forever (an event
+# stream never ends by itself), aiohttp up to shutdown_timeout twice. No ASGI message tells an
+# app that the server is stopping, so the first event stream chains a handler in front of the
+# one in place (the server's: uvicorn's, asyncio's), through the public signal module.
+
+_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
+_loops: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+
+
+class _Chained:
+    """A signal handler that ends the streams of every hooked loop, then calls *previous*."""
+
+    def __init__(self, previous: Callable[[int, FrameType | None], Any]) -> None:
+        self.previous = previous
+
+    def __call__(self, sig: int, frame: FrameType | None) -> None:
+        for loop in list(_loops):
+            with contextlib.suppress(RuntimeError):  # a loop that has closed since
+                loop.call_soon_threadsafe(_end_streams_now)
+        self.previous(sig, frame)
+
+
+def _end_streams_now() -> None:
+    loop = asyncio.get_running_loop()
+    for per_loop in list(_HUBS.values()):
+        hub = per_loop.get(loop)
+        if hub is not None:
+            hub.close()
+
+
+def _hook_signals() -> None:
+    """Chain a :class:`_Chained` before the handlers of SIGINT and SIGTERM, unless one is
+    there. Only from the main thread (the only one that may); a default or ignored signal
+    is left as it is (SIGTERM's default already ends the process)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    _loops.add(asyncio.get_running_loop())
+    for sig in _SIGNALS:
+        current = signal.getsignal(sig)
+        if callable(current) and not isinstance(current, _Chained):
+            signal.signal(sig, _Chained(current))

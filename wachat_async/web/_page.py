@@ -23,25 +23,43 @@ SCRIPT: Final = """
   var img = document.getElementById("wachat-qr");
   var status = document.getElementById("wachat-status");
   var source = new EventSource(img.getAttribute("data-events"));
-  function say(text) { status.textContent = text; }
+  function show(state, text, qr) {  /* qr: "shown", "dim" or "hidden" */
+    status.setAttribute("data-state", state);
+    status.textContent = text;
+    img.hidden = qr === "hidden" || !img.getAttribute("src");
+    img.className = qr === "dim" ? "stale" : "";
+  }
+  function stop(state, text) {  /* final: no QR, no more events */
+    source.close();
+    img.removeAttribute("src");
+    show(state, text, "hidden");
+  }
   source.addEventListener("qr", function (e) {
-    img.src = JSON.parse(e.data).src;
-    img.hidden = false;
-    say("Scan the QR code with WhatsApp (Linked devices)");
+    img.src = new URL(JSON.parse(e.data).src, source.url).href;
+    show("qr", "Scan the QR code with WhatsApp (Linked devices)", "shown");
+  });
+  source.addEventListener("unavailable", function (e) {
+    var d = JSON.parse(e.data);
+    var when = d.retry_in === null ? "" : " in " + Math.ceil(d.retry_in) + " s";
+    show("unavailable", "QR code unavailable (" + d.error + "); retrying" + when + "\u2026", "dim");
   });
   source.addEventListener("connected", function () {
-    source.close();
-    img.hidden = true;
-    img.removeAttribute("src");
-    say("connected");
+    stop("connected", "connected");
   });
-  source.addEventListener("error", function (e) {
-    if (typeof e.data === "string") {  /* our own error event: final */
-      source.close();
-      img.hidden = true;
-      say("error: " + JSON.parse(e.data).error);
-    } else if (source.readyState !== EventSource.CLOSED) {
-      say("reconnecting\\u2026");  /* the browser retries by itself */
+  source.addEventListener("failed", function (e) {
+    stop("failed", "error: " + JSON.parse(e.data).error);
+  });
+  source.addEventListener("error", function () {  /* EventSource's own: not an event of ours */
+    if (source.readyState === EventSource.CLOSED) {
+      stop("refused", "Live updates stopped: the server refused them. Reload the page to retry.");
+    } else {
+      show("reconnecting", "reconnecting\u2026", "dim");  /* the browser retries by itself */
+    }
+  });
+  img.addEventListener("error", function () {
+    if (img.getAttribute("src")) {
+      img.removeAttribute("src");
+      show("broken", "The QR code image did not load; waiting for the next one\u2026", "hidden");
     }
   });
 })();
@@ -50,6 +68,7 @@ SCRIPT: Final = """
 STYLE: Final = (
     "body{font-family:system-ui,sans-serif;text-align:center;margin:2em}"
     "img{image-rendering:pixelated;width:264px;height:264px}"
+    "img.stale{opacity:.15;filter:grayscale(1)}"
 )
 
 
@@ -85,7 +104,8 @@ def page_html(name: str) -> bytes:
         f"<body><h1>Link WhatsApp</h1><p>{title}</p>\n"
         f'<img id="wachat-qr" alt="WhatsApp QR code" width="264" height="264" hidden '
         f'data-events="{events}">\n'
-        '<p id="wachat-status" role="status">Waiting for the QR code\u2026</p>\n'
+        '<p id="wachat-status" role="status" data-state="waiting">'
+        "Waiting for the QR code\u2026</p>\n"
         f"<script>{SCRIPT}</script>\n"
         "</body></html>\n"
     ).encode()

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Final, Literal
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 import attrs
 
@@ -33,6 +33,7 @@ __all__ = [
     "body_name",
     "claims_root",
     "locate",
+    "png_from_events",
     "shown_name",
 ]
 
@@ -155,3 +156,9 @@ def claims_root(raw_path: str | None, tail: str) -> bool:
         and segments[0] != ""
         and (len(segments) == 1 or segments[1] == "events")
     )
+
+
+def png_from_events(name: str) -> str:
+    """The PNG route of *name*, relative to its event stream (``{prefix}/{name}/events``), so
+    it holds under any mount point and behind a proxy that strips a prefix."""
+    return "../" + quote(name, safe="") + ".png"

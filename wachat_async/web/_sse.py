@@ -1,10 +1,16 @@
-"""The ``text/event-stream`` of one viewer: ``qr`` events, then ``connected`` or ``error``.
+"""The ``text/event-stream`` of one viewer: ``qr`` and ``unavailable`` events, then
+``connected`` or ``failed``.
 
 :func:`qr_events` is an async iterator of ``bytes`` that any framework can stream as it is
 (Starlette's ``StreamingResponse``, aiohttp's ``StreamResponse.write``). Wire format::
 
+    retry: 2718
+
     event: qr
-    data: {"sha256": "...", "src": "/qr/NAME.png?v=..."}
+    data: {"sha256": "...", "src": "../NAME.png?v=..."}
+
+    event: unavailable
+    data: {"instance": "NAME", "error": "...", "retry_in": 4.2}
 
     : ping
 
@@ -20,17 +26,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import random
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Final
 
-from ._core import error_status
-from ._hub import CONNECTED, QRHub
+from wachat_async import QRImage
 
-__all__ = ["LIVENESS_CHECK", "PING", "event", "qr_events"]
+from ._hub import CLOSED, CONNECTED, DEFAULT_MAX_AGE, DEFAULT_MAX_BACKOFF, QRHub, error_status
+
+__all__ = ["FINAL", "LIVENESS_CHECK", "PING", "RECONNECT_MS", "event", "qr_events"]
 
 PING: Final = b": ping\n\n"
-#: At most this many seconds between two checks that the browser is still there.
-LIVENESS_CHECK: Final = 1.0
+#: The terminal event (not ``error``: EventSource fires its own ``error`` on every reconnect).
+FINAL: Final = "failed"
+#: At most this many seconds between two checks that the browser is still there (only where
+#: the framework does not say so itself).
+LIVENESS_CHECK: Final = 5.0
+#: The ``retry:`` a stream opens with (ms), drawn from this range, so that pages cut off
+#: together (a deploy) come back spread out.
+RECONNECT_MS: Final = (1000, 4000)
 
 EVENT_HEADERS: Final = {
     "Content-Type": "text/event-stream",
@@ -53,38 +67,57 @@ async def qr_events(
     interval: float,
     heartbeat: float,
     gone: Callable[[], bool | Awaitable[bool]] | None = None,
+    max_age: float = DEFAULT_MAX_AGE,
+    max_backoff: float = DEFAULT_MAX_BACKOFF,
 ) -> AsyncGenerator[bytes, None]:
-    """Follow *name*'s shared watch: a ``qr`` event now (once an image is known) and on every
-    change, with ``src`` = ``{png_path}?v=<sha256>``; ``connected`` or ``error`` at the end.
+    """Follow *name*'s shared watch: ``retry:`` first; a ``qr`` event (``src`` =
+    ``{png_path}?v=<sha256>``) once an image is known and on every change; ``unavailable``
+    (why, and ``retry_in`` seconds) while polls fail or the QR is older than *max_age*; at the
+    end ``connected`` or ``failed``, or nothing when the app stops (the browser reconnects).
 
     A ``: ping`` comment goes out after *heartbeat* seconds of silence. *gone*, when given, is
     asked at least every ``LIVENESS_CHECK`` seconds whether the browser has left (for servers
     that do not cancel the handler); a true answer ends the stream.
     """
     loop = asyncio.get_running_loop()
-    tick = min(heartbeat, LIVENESS_CHECK)
-    watch = hub.join(name, interval)
+    watch = hub.join(name, interval, max_backoff)
     try:
-        seen = 0
+        yield f"retry: {random.randint(*RECONNECT_MS)}\n\n".encode()  # noqa: S311 - not a secret
+        told: object = None
         last_write = loop.time()
         while True:
-            if watch.version != seen and watch.latest is not None:
-                seen = watch.version
-                digest = watch.latest.sha256
-                yield event("qr", {"sha256": digest, "src": f"{png_path}?v={digest}"})
-                last_write = loop.time()
+            seen = watch.version
             ended = watch.ended
+            if ended is CLOSED:
+                return
             if ended is CONNECTED:
                 yield event("connected", {"instance": name})
                 return
             if isinstance(ended, BaseException):
-                message = error_status(ended)[1]
-                yield event("error", {"error": message, "instance": name})
+                status, message = error_status(ended)
+                yield event(FINAL, {"error": message, "instance": name, "status": status})
                 return
-            # Wake for news, for the liveness check, or just in time for the heartbeat.
-            due = heartbeat - (loop.time() - last_write)
+            now = loop.time()
+            state = watch.state(now, max_age)
+            key = state.sha256 if isinstance(state, QRImage) else state
+            if key != told:
+                told = key
+                if isinstance(state, QRImage):
+                    yield event("qr", {"sha256": key, "src": f"{png_path}?v={key}"})
+                elif state is not None:
+                    at = state.retry_at
+                    retry_in = None if at is None else round(max(0.0, at - now), 1)
+                    data = {"instance": name, "error": state.message, "retry_in": retry_in}
+                    yield event("unavailable", data)
+                last_write = now = loop.time()
+            # Wake for news, for the heartbeat, when the QR grows too old, for the check.
+            due = last_write + heartbeat
+            if isinstance(state, QRImage):
+                due = min(due, watch.confirmed + max_age + 0.001)
+            if gone is not None:
+                due = min(due, now + LIVENESS_CHECK)
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(0.0, min(tick, due))):
+                async with asyncio.timeout(max(0.0, due - now)):
                     await watch.wait(seen)
             if gone is not None:
                 left = gone()

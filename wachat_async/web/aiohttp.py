@@ -14,7 +14,7 @@ Serves ``GET {prefix}/{name}.png``, ``GET {prefix}/{name}/events`` (``text/event
 ``GET {prefix}/{name}`` (the page). Needs nothing beyond the core install. See
 :mod:`wachat_async.web` for the contract. Run the app with ``handler_cancellation=True``
 (``web.run_app(..., handler_cancellation=True)`` or ``web.AppRunner(...)``) so a browser that
-goes away cancels its handler at once; without it, the event route notices within a second.
+goes away cancels its handler at once; without it, the event route notices within 5 seconds.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from aiohttp import web
 from wachat_async import WachatClient
 
 from ._core import DEFAULT_HEARTBEAT, DEFAULT_INTERVAL, Answer, Authorize, png_answer, route_kit
-from ._hub import hub_for
+from ._hub import DEFAULT_MAX_AGE, DEFAULT_MAX_BACKOFF, hub_for
 from ._page import PAGE_HEADERS, page_html
-from ._paths import DEFAULT_MAX_NAME_LENGTH, EVENTS, PNG, Target
+from ._paths import DEFAULT_MAX_NAME_LENGTH, EVENTS, PNG, Target, png_from_events
 from ._sse import EVENT_HEADERS, qr_events
 
 __all__ = ["qr_routes"]
@@ -49,6 +49,8 @@ def qr_routes(
     interval: float = DEFAULT_INTERVAL,
     heartbeat: float = DEFAULT_HEARTBEAT,
     max_name_length: int = DEFAULT_MAX_NAME_LENGTH,
+    max_age: float = DEFAULT_MAX_AGE,
+    max_backoff: float = DEFAULT_MAX_BACKOFF,
 ) -> list[web.RouteDef]:
     """The three QR routes for *client* (a :class:`WachatClient`, or a callable that returns the
     one to use for a request, such as ``lambda request: request.app[CLIENT]`` when the client is
@@ -61,7 +63,9 @@ def qr_routes(
     is; any other exception, or a result of another type, is logged as an error and refuses.
     *interval* is the upstream poll period of a watched instance (1 s at least: ``watch_qr``
     never polls faster); *heartbeat* the longest silence on an event stream;
-    *max_name_length* the longest instance name passed on (longer: ``404``).
+    *max_name_length* the longest instance name passed on (longer: ``404``); *max_age* how old
+    (since its last good poll) a watched QR may be and still be served (older: ``503`` and
+    ``unavailable``); *max_backoff* the longest wait between two polls while they fail.
 
     Every path under ``{prefix}/`` is answered by these routes, with the JSON error body when
     it is none of them (``404``) or the method is wrong (``405``). With an empty *prefix* they
@@ -69,7 +73,15 @@ def qr_routes(
     the application's).
     """
     base, gate, client_for = route_kit(
-        client, prefix, authorize, interval, heartbeat, max_name_length, (web.HTTPException,)
+        client,
+        prefix,
+        authorize,
+        interval,
+        heartbeat,
+        max_name_length,
+        (web.HTTPException,),
+        max_age,
+        max_backoff,
     )
 
     async def serve(request: web.Request, tail: str) -> web.StreamResponse:
@@ -80,16 +92,16 @@ def qr_routes(
         if where.route == PNG:
             return await png(request, where)
         if where.route == EVENTS:
-            return await events(request, where, raw_path)
+            return await events(request, where)
         return web.Response(body=page_html(where.name), headers=PAGE_HEADERS)
 
     async def png(request: web.Request, where: Target) -> web.StreamResponse:
         wachat = client_for(request)
         if_none_match = ",".join(request.headers.getall("If-None-Match", ())) or None
-        answer = await png_answer(wachat, hub_for(wachat), where.name, if_none_match)
+        answer = await png_answer(hub_for(wachat), where.name, if_none_match, max_age)
         return _response(answer)
 
-    async def events(request: web.Request, where: Target, raw_path: str) -> web.StreamResponse:
+    async def events(request: web.Request, where: Target) -> web.StreamResponse:
         response = web.StreamResponse(headers=EVENT_HEADERS)
         await response.prepare(request)
 
@@ -100,10 +112,12 @@ def qr_routes(
         stream = qr_events(
             hub_for(client_for(request)),
             where.name,
-            png_path=raw_path.removesuffix("/events") + ".png",
+            png_path=png_from_events(where.name),
             interval=float(interval),
             heartbeat=float(heartbeat),
             gone=gone,
+            max_age=float(max_age),
+            max_backoff=float(max_backoff),
         )
         async with contextlib.aclosing(stream):
             try:

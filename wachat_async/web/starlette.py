@@ -36,9 +36,9 @@ except ImportError as _missing:  # pragma: no cover - exercised by the packaging
 from wachat_async import WachatClient
 
 from ._core import DEFAULT_HEARTBEAT, DEFAULT_INTERVAL, Answer, Authorize, png_answer, route_kit
-from ._hub import hub_for
+from ._hub import DEFAULT_MAX_AGE, DEFAULT_MAX_BACKOFF, hub_for
 from ._page import PAGE_HEADERS, page_html
-from ._paths import DEFAULT_MAX_NAME_LENGTH, EVENTS, PNG, claims_root
+from ._paths import DEFAULT_MAX_NAME_LENGTH, EVENTS, PNG, claims_root, png_from_events
 from ._sse import EVENT_HEADERS, qr_events
 
 __all__ = ["EventStreamResponse", "qr_routes"]
@@ -117,6 +117,8 @@ def qr_routes(
     interval: float = DEFAULT_INTERVAL,
     heartbeat: float = DEFAULT_HEARTBEAT,
     max_name_length: int = DEFAULT_MAX_NAME_LENGTH,
+    max_age: float = DEFAULT_MAX_AGE,
+    max_backoff: float = DEFAULT_MAX_BACKOFF,
 ) -> list[BaseRoute]:
     """The three QR routes for *client* (a :class:`WachatClient`, or a callable that returns the
     one to use for a request, such as ``lambda request: request.app[CLIENT]`` when the client is
@@ -129,7 +131,9 @@ def qr_routes(
     exception, or a result of another type, is logged as an error and refuses. *interval* is
     the upstream poll period of a watched instance (1 s at least); *heartbeat* the longest
     silence on an event stream; *max_name_length* the longest instance name passed on
-    (longer: ``404``).
+    (longer: ``404``); *max_age* how old (since its last good poll) a watched QR may be and
+    still be served (older: ``503`` and ``unavailable``); *max_backoff* the longest wait
+    between two polls while they fail.
 
     The routes are one Starlette route that answers every path under ``{prefix}/``, with the
     JSON error body when it is none of the three (``404``) or the method is wrong (``405``).
@@ -137,7 +141,15 @@ def qr_routes(
     (a POST to ``/login`` is still the application's).
     """
     base, gate, client_for = route_kit(
-        client, prefix, authorize, interval, heartbeat, max_name_length, (HTTPException,)
+        client,
+        prefix,
+        authorize,
+        interval,
+        heartbeat,
+        max_name_length,
+        (HTTPException,),
+        max_age,
+        max_backoff,
     )
 
     async def endpoint(request: Request) -> Response:
@@ -149,16 +161,17 @@ def qr_routes(
         if where.route == PNG:
             wachat = client_for(request)
             if_none_match = ",".join(request.headers.getlist("If-None-Match")) or None
-            answer = await png_answer(wachat, hub_for(wachat), where.name, if_none_match)
+            answer = await png_answer(hub_for(wachat), where.name, if_none_match, max_age)
             return _response(answer)
         if where.route == EVENTS:
-            path = raw_path if raw_path is not None else request.url.path
             stream = qr_events(
                 hub_for(client_for(request)),
                 where.name,
-                png_path=path.removesuffix("/events") + ".png",
+                png_path=png_from_events(where.name),
                 interval=float(interval),
                 heartbeat=float(heartbeat),
+                max_age=float(max_age),
+                max_backoff=float(max_backoff),
             )
             return EventStreamResponse(stream)
         return Response(page_html(where.name), headers=dict(PAGE_HEADERS))
