@@ -112,6 +112,8 @@ def _jitter() -> float:
 
 
 class _End:
+    """The end of a watch, as the hub's streams see it."""
+
     def __init__(self, name: str) -> None:
         self._name = name
 
