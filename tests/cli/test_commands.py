@@ -19,7 +19,7 @@ import pytest
 import segno
 from PIL import Image
 
-from tests.cli._support import OTHER, Run, cli_process, decode, terminal_to_image
+from tests.cli._support import OTHER, Run, cli_process, decode, instance_rows, terminal_to_image
 from tests.conftest import KEY, NAME
 from wachat_async import InstanceNotFoundError
 from wachat_async.cli import _commands, exit_code_for, main
@@ -326,10 +326,13 @@ def test_the_base_url_hint_replaces_the_wrong_path(path: str, suggested: str | N
 def test_a_wrong_base_url_in_json_lines_has_exit_code_2(
     run: Callable[..., Run], env: FakeWachatServer
 ) -> None:
-    """poll --json: the one line written carries exit_code 2, as the process does."""
+    """poll --json: the one instance's line carries exit_code 2, as the process does, and
+    the summary record says what stopped the poll."""
     result = run("poll", NAME, OTHER, "--json", "-c", "1", "--base-url", env.url)
-    (line,) = result.out.splitlines()
+    line, last = result.out.splitlines()
     assert (result.code, json.loads(line)["exit_code"]) == (2, 2)
+    summary = json.loads(last)["summary"]
+    assert (summary["stopped"], summary["not_fetched"]) == ("InstanceNotFoundError", 1)
     assert result.err.count("it should end in /api/v1") == 1
     assert "stopped after 1 of 2 instances" in result.err
 
@@ -558,7 +561,7 @@ def test_poll_from_file_and_stdin(
     monkeypatch.setattr(sys, "stdin", io.StringIO(f"{NAME}\n"))
     from_stdin = run("poll", "-f", "-", "--json")
     assert from_file.code == from_stdin.code == 0
-    assert len(from_file.out.splitlines()) == 2
+    assert len(instance_rows(from_file.out)) == 2
     assert from_stdin.out.count(f'"instance": "{NAME}"') == 1
 
 
@@ -598,7 +601,7 @@ def test_poll_names_file_formats(
         monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data), encoding="latin-1"))
         result = run("poll", "-f", "-", "--json")
     assert result.code == 0, result.err
-    fetched = sorted(json.loads(line)["instance"] for line in result.out.splitlines())
+    fetched = sorted(row["instance"] for row in instance_rows(result.out))
     assert fetched == sorted([NAME, OTHER])
     assert sorted(r.instance_name for r in env.requests) == sorted([NAME, OTHER])
 
@@ -627,7 +630,7 @@ def test_poll_names_file_comments_are_whole_lines(
     docs/cli.md say: a ``#`` later in a line is part of the name (names may contain ``#``)."""
     (cli_env / "names.txt").write_text(f"{NAME}\n{line}\n", encoding="utf-8")
     result = run("poll", "--from-file", "names.txt", "--json")
-    fetched = sorted(json.loads(out)["instance"] for out in result.out.splitlines())
+    fetched = sorted(row["instance"] for row in instance_rows(result.out))
     assert fetched == sorted([NAME] if name is None else [NAME, name])
     assert sorted(r.instance_name for r in env.requests) == fetched
 
@@ -677,7 +680,7 @@ def test_poll_names_from_a_text_stdin_lose_the_bom(
     monkeypatch.setattr(sys, "stdin", io.StringIO(f"\ufeff{NAME}\r\n"))
     result = run("poll", "-f", "-", "--json")
     assert result.code == 0, result.err
-    assert json.loads(result.out)["instance"] == NAME
+    assert [row["instance"] for row in instance_rows(result.out)] == [NAME]
 
 
 @pytest.mark.parametrize(
@@ -696,7 +699,7 @@ def test_poll_names_file_splits_on_newlines_only(
     (cli_env / "names.txt").write_text(content, encoding="utf-8")
     result = run("poll", "--from-file", "names.txt", "--json")
     if where is None:
-        asked = [json.loads(line)["instance"] for line in result.out.split("\n") if line]
+        asked = [row["instance"] for row in instance_rows(result.out)]
         assert sorted(asked) == sorted([NAME, f"{OTHER}\u2028x"])
     else:
         assert (result.code, env.request_count()) == (2, 0)

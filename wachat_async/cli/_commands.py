@@ -43,7 +43,7 @@ from wachat_async._validate import check_instance_name, is_loopback_host
 
 from ._exit import EXIT_FAILED, EXIT_OK, UsageError, exit_code_for, wrong_base_url
 from ._extras import need
-from ._fleet import png_filename, poll_fleet, summary
+from ._fleet import Fleet, png_filename, poll_fleet, summary
 from ._output import (
     PROG,
     Out,
@@ -319,18 +319,16 @@ async def cmd_url(args: argparse.Namespace, out: Out) -> int:
 async def cmd_poll(args: argparse.Namespace, out: Out) -> int:
     if not args.json and not out.quiet:
         need("rich")  # the summary tables: say so before any request is made
-    names = _read_names(args)
-    out_dir = Path(args.out_dir) if args.out_dir else None
+    fleet = Fleet(_read_names(args), Path(args.out_dir) if args.out_dir else None)
     async with client_for(args, max_connections=max(100, args.concurrency)) as client:
-        fleet = await poll_fleet(
-            client, names, out, concurrency=args.concurrency, out_dir=out_dir, json_lines=args.json
-        )
-    if not args.json:
-        summary(fleet, out)
+        try:
+            await poll_fleet(client, fleet, out, concurrency=args.concurrency, json_lines=args.json)
+        except asyncio.CancelledError:  # a signal: what was done before it, then main says why
+            summary(fleet, out, json_lines=args.json)
+            raise
+    summary(fleet, out, json_lines=args.json)
     if fleet.aborted is not None:
-        out.error(
-            stopped_message(describe(fleet.aborted), len(fleet.ok) + len(fleet.failed), fleet.total)
-        )
+        out.error(stopped_message(describe(fleet.aborted), fleet.done, fleet.total))
         for hint in hints(fleet.aborted, args):
             out.hint(hint)
         return exit_code_for(fleet.aborted)

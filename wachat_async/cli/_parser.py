@@ -36,8 +36,8 @@ exit status:
   3 authentication (401/403)    4 not found (404/409/400)    5 upstream (502/504/other status)
   6 connection/timeout    7 invalid response (not a PNG, too large)
   8 local I/O error (a file, a port, or stdout closed or full)
-  70 internal error (--debug shows the traceback)    130 interrupted
-  141 stdout closed by its reader (e.g. `| head`)
+  70 internal error (--debug shows the traceback)    130 interrupted (Ctrl-C)
+  143 terminated (SIGTERM)    141 stdout closed by its reader (e.g. `| head`)
 
 Try it without an account: wachat-qr demo
 """
