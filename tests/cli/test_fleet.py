@@ -8,13 +8,15 @@ import io
 import json
 import os
 import re
+import signal
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.cli._support import OTHER, Run
+from tests.cli._support import OTHER, Run, instance_rows
 from tests.conftest import KEY, NAME
 from wachat_async import InstanceNotFoundError, QRImage, QRResult
 from wachat_async.cli import _fleet as fleet_module
@@ -443,3 +445,37 @@ def test_a_piped_stderr_gets_a_progress_line_every_few_seconds(
     assert len(progress) == lines
     assert all(int(ok) + int(failed) == 2 for ok, failed in progress)
     assert result.err.count("\n") == lines
+
+
+def test_a_signal_during_a_save_lets_it_end_and_reports_it(
+    run: Callable[..., Run], env: FakeWachatServer, monkeypatch: pytest.MonkeyPatch, cli_env: Path
+) -> None:
+    """SIGTERM while a PNG is being written: the write ends, its JSON line is printed and it is
+    counted, so every file left in --out-dir is whole and named; no temporary file is left."""
+    env.script(OTHER, [Fault(hang=True)])
+    leaving = threading.Event()
+    real_exit = fleet_module._Writer.__aexit__
+
+    async def exit_(self: fleet_module._Writer, *exc_info: Any) -> None:
+        leaving.set()  # the fetches are cancelled: now the writer is told to stop
+        await real_exit(self, *exc_info)
+
+    fsync = os.fsync
+    sent: list[int] = []
+
+    def signalling_fsync(fd: int) -> None:  # the first one: mid-write, in a worker thread
+        if not sent:
+            sent.append(fd)
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert leaving.wait(60)  # a guard against a hang only: set at once in practice
+        fsync(fd)
+
+    monkeypatch.setattr(fleet_module._Writer, "__aexit__", exit_)
+    monkeypatch.setattr(os, "fsync", signalling_fsync)
+    result = run("poll", NAME, OTHER, "--json", "-d", "out")
+    assert result.code == 143
+    rows = instance_rows(result.out)
+    summary = json.loads(result.out.splitlines()[-1])["summary"]
+    assert [row["file"] for row in rows] == [str(Path("out") / f"{NAME}.png")]
+    assert (summary["saved"], summary["not_fetched"]) == (1, 1)
+    assert [p.name for p in (cli_env / "out").iterdir()] == [f"{NAME}.png"]

@@ -160,22 +160,23 @@ def _ca_context(path: str | None) -> ssl.SSLContext | None:
 def _read_names(args: argparse.Namespace) -> list[str]:
     """Names from the command line and --from-file (blank lines and ``#`` comments skipped),
     checked up front so that one bad line is a usage error, not a crash mid-fleet."""
-    names: list[tuple[str, str]] = [(name, "argument") for name in args.names]
+    checked = [_checked(name, "argument") for name in args.names]
     source: str | None = args.from_file
     if source is not None:
         for number, line in enumerate(_name_lines(source), 1):
             name = line.strip()
             if name and not name.startswith("#"):
-                names.append((name, f"{source}:{number}"))
-    checked = []
-    for name, where in names:
-        try:
-            checked.append(check_instance_name(name))
-        except (TypeError, ValueError) as exc:
-            raise UsageError(f"{where}: {exc}") from None
+                checked.append(_checked(name, f"{source}:{number}"))
     if not checked:
         raise UsageError("no instance names: give NAME arguments or --from-file FILE")
     return checked
+
+
+def _checked(name: str, where: str) -> str:
+    try:
+        return check_instance_name(name)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"{where}: {exc}") from None
 
 
 #: The largest names file read (a million long names fit): past it, a device such as /dev/zero

@@ -151,7 +151,8 @@ class _Writer(contextlib.AbstractAsyncContextManager["_Writer"]):
     disk's pace. The first failure of a write or of its *then* (an :class:`OSError` of the disk,
     a :class:`BrokenPipeError` of stdout) is raised as itself by the next :meth:`save` or at
     the end of the block, and the writes still in flight are cancelled (a cancelled write
-    leaves no temporary file behind). Leaving the block on an exception cancels them too.
+    leaves no temporary file behind). Leaving the block on an exception cancels them too, but
+    for a cancellation (a signal), which lets them end.
     """
 
     def __init__(self, limit: int) -> None:
@@ -160,7 +161,9 @@ class _Writer(contextlib.AbstractAsyncContextManager["_Writer"]):
         self._failure: BaseException | None = None
 
     async def __aexit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
-        if exc is None:
+        # Cancelled (a signal): the few writes in flight end and are reported all the same, so
+        # that every file left in the folder is named by a JSON line and counted as saved.
+        if exc is None or isinstance(exc, asyncio.CancelledError):
             while self._tasks and self._failure is None:
                 await asyncio.wait(set(self._tasks), return_when=asyncio.FIRST_COMPLETED)
         await self._cancel_all()
