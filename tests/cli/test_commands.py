@@ -869,3 +869,70 @@ def test_fake_server_stops_on_sigint(tmp_path: Path) -> None:
     assert process.returncode == 0
     assert "Stopped." in err
     assert KEY not in first + out + err
+
+
+# -- state ------------------------------------------------------------------------------------
+
+
+def test_state_prints_one_line_per_name_in_order(
+    run: Callable[..., Run], env: FakeWachatServer
+) -> None:
+    """One `NAME STATE` line per distinct name, in the order given; exit 0."""
+    env.set_state(OTHER, "open")
+    result = run("state", OTHER, NAME, OTHER)
+    assert (result.code, result.out, result.err) == (0, f"{OTHER} open\n{NAME} connecting\n", "")
+
+
+def test_state_json(run: Callable[..., Run], env: FakeWachatServer) -> None:
+    """--json: one record per name, a failure shaped as poll's; the exit status is the
+    failure's."""
+    env.set_state(NAME, "open")
+    result = run("state", NAME, "t1_nothere0_store", "--json")
+    ok, failed = map(json.loads, result.out.splitlines())
+    assert result.code == 4
+    assert ok == {
+        "instance": NAME,
+        "ok": True,
+        "state": "open",
+        "connected": True,
+        "integration": "WHATSAPP-BAILEYS",
+    }
+    assert failed | {"message": ""} == {
+        "instance": "t1_nothere0_store",
+        "ok": False,
+        "error": "InstanceNotFoundError",
+        "status": 404,
+        "exit_code": 4,
+        "message": "",
+        "attempts": 1,
+    }
+
+
+@pytest.mark.parametrize(
+    ("names", "code"),
+    [
+        pytest.param(["t1_nothere0_store", NAME], 4, id="first-failure-404"),
+        pytest.param([NAME, "t1_nothere0_store"], 4, id="later-failure-404"),
+    ],
+)
+def test_state_reports_each_failure_and_exits_with_the_first(
+    run: Callable[..., Run], env: FakeWachatServer, names: list[str], code: int
+) -> None:
+    """A name that fails is one error line on stderr; the others are still printed."""
+    result = run("state", *names)
+    assert result.code == code
+    assert result.out == f"{NAME} connecting\n"
+    assert result.err.count("\n") == 1
+    assert "wachat-qr: error: " in result.err
+    assert "t1_nothere0_store" in result.err
+
+
+def test_state_with_a_wrong_key_is_one_line_and_exit_3(
+    run: Callable[..., Run], fake: FakeWachatServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 401 fails every name the same way: one line, exit 3, nothing on stdout."""
+    monkeypatch.setenv("WACHAT_API_KEY", "wrong-key")
+    monkeypatch.setenv("WACHAT_BASE_URL", fake.base_url)
+    result = run("state", NAME, OTHER)
+    assert (result.code, result.out, result.err.count("\n")) == (3, "", 1)
+    assert "401" in result.err

@@ -33,8 +33,9 @@ def test_help_lists_commands_and_exit_codes(run: Callable[..., Run]) -> None:
     """--help exits 0 and documents the commands, the key's env var and the exit codes."""
     result = run("--help")
     assert result.code == 0
-    for word in ("fetch", "show", "url", "poll", "watch", "fake-server", "demo", "WACHAT_API_KEY"):
+    for word in ("fetch", "show", "url", "poll", "watch", "state", "fake-server", "demo"):
         assert word in result.out
+    assert "WACHAT_API_KEY" in result.out
     assert "3 authentication (401/403)" in result.out
     assert "visible in `ps`" in result.out
 
@@ -51,7 +52,8 @@ def test_no_command_names_the_commands_and_the_demo(run: Callable[..., Run]) -> 
     result = run()
     assert result.code == 2
     assert result.err.splitlines() == [
-        "wachat-qr: error: a command is needed: fetch, show, url, poll, watch, fake-server, demo",
+        "wachat-qr: error: a command is needed: "
+        "fetch, show, url, poll, watch, state, fake-server, demo",
         "wachat-qr: hint: try 'wachat-qr demo', or 'wachat-qr --help'",
     ]
 

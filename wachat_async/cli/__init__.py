@@ -8,6 +8,7 @@ and segno); ``python -m wachat_async`` runs the same ``main``. Commands::
     wachat-qr url NAME [--expose-api-key]     print the image URL (key only with the flag)
     wachat-qr poll NAME... | --from-file F    fetch a fleet: progress, summary table or --json
     wachat-qr watch NAME [--until-connected]  print the QR again each time it changes
+    wachat-qr state NAME... [--json]          each instance's connection state (open = linked)
     wachat-qr fake-server                     the fake server (= python -m wachat_async.testing)
     wachat-qr demo                            all of the above against an in-process fake server
 
@@ -51,7 +52,8 @@ One concern per module; imports run one way, down this list (none imports this p
 the library's core never imports the CLI)::
 
     __init__    main(): parse, set up logging, run the command, map failures to exit statuses
-    _commands   fetch, show, url, poll, watch, fake-server: the client from the command line
+    _commands   fetch, show, url, poll, watch, state, fake-server: the client from the command
+                line
     _demo       demo: a fleet on an in-process fake server
     _fleet      polling many instances: bounded fetches, off-loop PNG saves, JSON lines, summary
     _parser     the grammar: commands, options, bounds, help (parsing only)
@@ -77,7 +79,16 @@ from typing import Any, Final
 from wachat_async import WachatError
 from wachat_async.testing._program import closed_streams_stand_in, writing
 
-from ._commands import cmd_fake_server, cmd_fetch, cmd_poll, cmd_show, cmd_url, cmd_watch, hints
+from ._commands import (
+    cmd_fake_server,
+    cmd_fetch,
+    cmd_poll,
+    cmd_show,
+    cmd_state,
+    cmd_url,
+    cmd_watch,
+    hints,
+)
 from ._demo import cmd_demo
 from ._exit import (
     EXIT_AUTH,
@@ -133,6 +144,7 @@ _COMMANDS: Final[Mapping[str, _Command]] = {
     "url": cmd_url,
     "poll": cmd_poll,
     "watch": cmd_watch,
+    "state": cmd_state,
     "fake-server": cmd_fake_server,
     "demo": cmd_demo,
 }

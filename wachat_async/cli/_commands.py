@@ -1,5 +1,5 @@
 """The commands that talk to the Wachat API: ``fetch``, ``show``, ``url``, ``poll``, ``watch``,
-and ``fake-server`` (the fake server's own program, run under ``wachat-qr``).
+``state`` and ``fake-server`` (the fake server's own program, run under ``wachat-qr``).
 
 Each command is ``async def cmd_x(args, out) -> int``: it reads the parsed command line, builds
 the client (:func:`client_for`: key, base URL, timeout, retries, the ``http://`` refusal in CLI
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import re
 import ssl
@@ -31,6 +32,7 @@ from yarl import URL
 from wachat_async import (
     DEFAULT_BASE_URL,
     ConfigurationError,
+    InstanceState,
     QRImage,
     RetryPolicy,
     WachatClient,
@@ -41,9 +43,16 @@ from wachat_async._files import write_bytes_async
 from wachat_async._polling import watch_qr
 from wachat_async._validate import check_instance_name, is_loopback_host
 
-from ._exit import EXIT_FAILED, EXIT_OK, UsageError, exit_code_for, wrong_base_url
+from ._exit import (
+    EXIT_FAILED,
+    EXIT_OK,
+    UsageError,
+    exit_code_for,
+    fails_every_request,
+    wrong_base_url,
+)
 from ._extras import need
-from ._fleet import Fleet, png_filename, poll_fleet, summary
+from ._fleet import Fleet, failure_record, png_filename, poll_fleet, summary
 from ._output import (
     PROG,
     Out,
@@ -51,6 +60,7 @@ from ._output import (
     is_stdout,
     isatty,
     print_qr,
+    stdout_is_unicode,
     write_stdout,
     write_stdout_bytes,
 )
@@ -63,6 +73,7 @@ __all__ = [
     "cmd_fetch",
     "cmd_poll",
     "cmd_show",
+    "cmd_state",
     "cmd_url",
     "cmd_watch",
     "hints",
@@ -402,6 +413,43 @@ async def cmd_watch(args: argparse.Namespace, out: Out) -> int:
                 return EXIT_OK
     out.info(f"{args.name} is connected")
     return EXIT_OK
+
+
+async def cmd_state(args: argparse.Namespace, out: Out) -> int:
+    names = list(dict.fromkeys(args.names))
+    async with client_for(args) as client:
+        results = await asyncio.gather(
+            *(client.get_instance_state(name) for name in names), return_exceptions=True
+        )
+    code = EXIT_OK
+    for name, result in zip(names, results, strict=True):
+        if isinstance(result, InstanceState):
+            out.result(
+                _json_line(
+                    {
+                        "instance": name,
+                        "ok": True,
+                        "state": result.state,
+                        "connected": result.is_connected,
+                        "integration": result.integration,
+                    }
+                )
+                if args.json
+                else f"{name} {result.state}"
+            )
+            continue
+        if not isinstance(result, WachatError) or fails_every_request(result):
+            raise result  # a bug, or every name failed the same way: one line, its status
+        code = code or exit_code_for(result)
+        if args.json:
+            out.result(_json_line(failure_record(name, result)))
+        else:
+            out.error(describe(result))
+    return code
+
+
+def _json_line(record: dict[str, object]) -> str:
+    return json.dumps(record, ensure_ascii=not stdout_is_unicode())
 
 
 async def cmd_fake_server(args: argparse.Namespace, out: Out) -> int:

@@ -79,6 +79,14 @@ def wrong_base_url(error: BaseException | None) -> bool:
     )
 
 
+def fails_every_request(error: BaseException | None) -> bool:
+    """Whether every other request would fail as this one did: a 401/403 (the key) or a wrong
+    base URL. A fleet command stops at once then."""
+    return isinstance(error, (AuthenticationError, SubscriptionRestrictedError)) or wrong_base_url(
+        error
+    )
+
+
 def exit_code_for(error: WachatError) -> int:
     """The exit status for *error* (see the table in the package docstring)."""
     if isinstance(error, (ConfigurationError, ValueError)):  # InvalidInstanceNameError too

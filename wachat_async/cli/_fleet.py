@@ -31,20 +31,18 @@ from typing import Final
 
 from wachat_async import (
     APIStatusError,
-    AuthenticationError,
     QRFailure,
     QRSuccess,
-    SubscriptionRestrictedError,
     WachatClient,
     WachatError,
 )
 from wachat_async._files import write_bytes_async
 
-from ._exit import exit_code_for, wrong_base_url
+from ._exit import exit_code_for, fails_every_request
 from ._extras import has, need
 from ._output import PROG, Out, isatty, plural, stdout_is_unicode
 
-__all__ = ["Fleet", "png_filename", "poll_fleet", "summary"]
+__all__ = ["Fleet", "failure_record", "png_filename", "poll_fleet", "summary"]
 
 #: PNG writes in flight at once. Each waits on the disk (two fsyncs) in a worker thread of the
 #: loop's default executor (min(32, CPUs + 4) threads), so a few overlap the disk's latency:
@@ -279,11 +277,7 @@ async def poll_fleet(
                         await writer.save(path, image.data, functools.partial(done, result))
                     else:
                         done(result, None)
-                    if isinstance(
-                        result.error, (AuthenticationError, SubscriptionRestrictedError)
-                    ) or wrong_base_url(result.error):
-                        # Every other request, with this key or to this base URL, would fail
-                        # the same way.
+                    if fails_every_request(result.error):
                         fleet.aborted = result.error
                         break
     except asyncio.CancelledError:
@@ -305,9 +299,13 @@ def _json_record(result: QRSuccess | QRFailure, path: Path | None) -> dict[str, 
             "bytes": len(image.data),
             "sha256": image.sha256,
         }
-    error = result.error
+    return failure_record(result.instance_name, result.error)
+
+
+def failure_record(name: str, error: WachatError) -> dict[str, object]:
+    """The JSON record of a request for *name* that failed with *error*."""
     return {
-        "instance": result.instance_name,
+        "instance": name,
         "ok": False,
         "error": type(error).__name__,
         "status": getattr(error, "status", None),

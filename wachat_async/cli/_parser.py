@@ -235,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_url,
         _add_poll,
         _add_watch,
+        _add_state,
         _add_fake_server,
         _add_demo,
     ):
@@ -342,6 +343,18 @@ def _add_watch(command: _AddCommand) -> None:
         help="print one line per change instead of drawing the QR",
     )
     _terminal_options(p)
+
+
+def _add_state(command: _AddCommand) -> None:
+    p = command(
+        "state",
+        "print each instance's connection state (open = linked), one line per name; exit "
+        "status of the first name that failed",
+    )
+    p.add_argument("names", metavar="NAME", nargs="+", type=_instance_name, help="instance names")
+    p.add_argument(
+        "--json", action="store_true", help="print one JSON object per instance (JSON Lines)"
+    )
 
 
 def _add_fake_server(command: _AddCommand) -> None:
