@@ -135,8 +135,18 @@ def test_the_library_never_imports_the_cli(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
-def test_ctrl_c_is_exit_130_in_one_line(fake: FakeWachatServer) -> None:
-    """Ctrl-C (SIGINT) during a watch ends with status 130 and one line, no traceback."""
+@pytest.mark.parametrize(
+    ("signum", "code", "line"),
+    [
+        pytest.param(signal.SIGINT, 130, "wachat-qr: error: interrupted\n", id="SIGINT"),
+        pytest.param(signal.SIGTERM, 143, "wachat-qr: error: terminated (SIGTERM)\n", id="TERM"),
+    ],
+)
+def test_ctrl_c_is_exit_130_in_one_line(
+    fake: FakeWachatServer, signum: signal.Signals, code: int, line: str
+) -> None:
+    """Ctrl-C (SIGINT) during a watch ends with status 130 and one line, no traceback;
+    SIGTERM (systemd, Kubernetes, `timeout`) likewise with 143."""
     proc = cli_process(
         ["watch", NAME, "--no-show", "--interval", "3600"],
         fake,
@@ -147,14 +157,14 @@ def test_ctrl_c_is_exit_130_in_one_line(fake: FakeWachatServer) -> None:
     try:
         assert proc.stdout is not None
         first = proc.stdout.readline()  # the first QR is out: now it waits an hour
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:  # pragma: no cover - only when the test already failed
             proc.kill()
             proc.wait()
     assert "QR changed: sha256=" in first
-    assert (proc.returncode, out, err) == (130, "", "wachat-qr: error: interrupted\n")
+    assert (proc.returncode, out, err) == (code, "", line)
 
 
 _HANGING_FLEET = [f"t1_{i:08d}_store" for i in range(20)]
