@@ -152,9 +152,12 @@ def test_bad_header_text_spots_line_breaks_and_nul(text: str, bad: bool) -> None
     ],
 )
 def test_conditions_validate_fields(kwargs: dict[str, Any], message: str) -> None:
+    """Each impossible condition is refused when made, naming the field and its bound."""
     with pytest.raises(ValueError, match=re.escape(message)):
         Conditions(**kwargs)
 
 
 def test_conditions_accept_the_edges() -> None:
-    Conditions(rate_limit=0.5, retry_after=0, outage=0, share_502=0.5, share_hang=0.5)
+    """The bounds themselves are allowed: a zero Retry-After and shares adding up to 1."""
+    conditions = Conditions(rate_limit=0.5, retry_after=0, share_502=0.5, share_hang=0.5)
+    assert conditions.share_502 + conditions.share_hang == 1

@@ -281,6 +281,7 @@ def test_a_rate_limit_answers_429_above_its_rate_and_refills_with_time() -> None
 
 
 def test_an_outage_answers_502_for_its_seconds_from_when_it_is_set() -> None:
+    """502 until the outage's seconds have passed on the server's clock, then normal."""
     clock = Clock()
     state = registry(clock)
     state.set_conditions(Conditions(outage=5))
@@ -309,6 +310,7 @@ def test_shares_of_502s_and_hangs_are_drawn_from_the_seed() -> None:
 
 
 def test_a_script_comes_before_the_conditions_and_is_not_rate_limited() -> None:
+    """Scripted faults are answered first and take no token of the rate limit."""
     state = registry()
     state.set_conditions(Conditions(rate_limit=1))
     state.set_script(NAME, [Fault(status=504)] * 3)

@@ -924,5 +924,6 @@ async def test_conditions_answer_429_with_retry_after_then_502_for_an_outage(
 
 
 def test_set_conditions_takes_conditions_only(wachat_server: FakeWachatServer) -> None:
+    """A mapping of options is not silently taken for conditions."""
     with pytest.raises(TypeError, match="conditions must be a Conditions, not dict"):
         wachat_server.set_conditions({"rate_limit": 1})  # type: ignore[arg-type]

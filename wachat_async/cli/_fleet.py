@@ -1,10 +1,12 @@
 """Polling a fleet (``poll`` and ``demo``): fetch, save, report each instance, then summarise.
 
-:func:`poll_fleet` fetches every distinct name through the client's bounded ``fetch_many``,
-saves each PNG under a safe, collision-free file name (:func:`png_filename`) while the next
-ones are fetched, prints one JSON line per instance (``--json``) or a progress bar (a person
-at a terminal), and stops early on a 401/403 or a 404 of the route itself (a wrong base URL):
-every other request would fail the same way. :func:`summary` prints the outcome tables.
+:func:`poll_fleet` fetches every distinct name of a :class:`Fleet` through the client's
+bounded ``fetch_many``, saves each PNG under a safe, collision-free file name
+(:func:`png_filename`) while the next ones are fetched, prints one JSON line per instance
+(``--json``) and a progress bar (a person at a terminal) or a line every few seconds (a log),
+and stops early on a 401/403 or a 404 of the route itself (a wrong base URL): every other
+request would fail the same way. The :class:`Fleet` keeps counts, not images, so memory stays
+flat whatever the fleet's size. :func:`summary` prints the outcome tables or JSON record.
 
 The files are written off the event loop (each save fsyncs the file and its folder), a few
 at a time: a slow disk slows the fetching down instead of piling images up in memory, and a
