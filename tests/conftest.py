@@ -160,6 +160,7 @@ SLOW = {
         "cli/test_main.py::test_python_dash_m_runs_main",
         "cli/test_main.py::test_the_library_never_imports_the_cli",
         "cli/test_main.py::test_ctrl_c_is_exit_130_in_one_line",
+        "cli/test_main.py::test_a_signal_stops_a_poll_with_its_partial_summary_and_no_temporary_file",
         "cli/test_main.py::test_poll_json_into_head_stops_quietly",
         "cli/test_main.py::test_every_command_into_a_gone_reader_is_quiet",
         "cli/test_network.py::test_subprocess_through_tinyproxy_with_ca_file",

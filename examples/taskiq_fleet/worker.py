@@ -3,7 +3,7 @@
 Install: ``pip install -e '.[fleet]'`` (taskiq and taskiq-redis). Run, from the repository root::
 
     export REDIS_URL=redis://127.0.0.1:6379/0 WACHAT_API_KEY=...
-    taskiq worker examples.taskiq_fleet.worker:broker --workers 2
+    taskiq worker examples.taskiq_fleet.worker:broker --workers 2 --log-level WARNING
 
 Each worker process opens one :class:`~wachat_async.WachatClient` when it starts (its key and
 base URL from ``WACHAT_API_KEY`` / ``WACHAT_BASE_URL``) and closes it when it stops, so every

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -13,6 +14,14 @@ from tests.conftest import KEY
 from wachat_async.testing import FakeWachatServer
 
 OTHER = "t1_zz9r2jov_bandung_store"
+
+
+def instance_rows(out: str) -> list[dict[str, object]]:
+    """The per-instance records of ``poll --json``'s *out*, checking that the last line is the
+    summary record."""
+    *rows, last = (json.loads(line) for line in out.split("\n") if line)
+    assert set(last) == {"summary"}, last
+    return rows
 
 
 class Run:

@@ -19,7 +19,7 @@ import pytest
 import segno
 from PIL import Image
 
-from tests.cli._support import OTHER, Run, cli_process, decode, terminal_to_image
+from tests.cli._support import OTHER, Run, cli_process, decode, instance_rows, terminal_to_image
 from tests.conftest import KEY, NAME
 from wachat_async import InstanceNotFoundError
 from wachat_async.cli import _commands, exit_code_for, main
@@ -326,10 +326,13 @@ def test_the_base_url_hint_replaces_the_wrong_path(path: str, suggested: str | N
 def test_a_wrong_base_url_in_json_lines_has_exit_code_2(
     run: Callable[..., Run], env: FakeWachatServer
 ) -> None:
-    """poll --json: the one line written carries exit_code 2, as the process does."""
+    """poll --json: the one instance's line carries exit_code 2, as the process does, and
+    the summary record says what stopped the poll."""
     result = run("poll", NAME, OTHER, "--json", "-c", "1", "--base-url", env.url)
-    (line,) = result.out.splitlines()
+    line, last = result.out.splitlines()
     assert (result.code, json.loads(line)["exit_code"]) == (2, 2)
+    summary = json.loads(last)["summary"]
+    assert (summary["stopped"], summary["not_fetched"]) == ("InstanceNotFoundError", 1)
     assert result.err.count("it should end in /api/v1") == 1
     assert "stopped after 1 of 2 instances" in result.err
 
@@ -558,7 +561,7 @@ def test_poll_from_file_and_stdin(
     monkeypatch.setattr(sys, "stdin", io.StringIO(f"{NAME}\n"))
     from_stdin = run("poll", "-f", "-", "--json")
     assert from_file.code == from_stdin.code == 0
-    assert len(from_file.out.splitlines()) == 2
+    assert len(instance_rows(from_file.out)) == 2
     assert from_stdin.out.count(f'"instance": "{NAME}"') == 1
 
 
@@ -598,7 +601,7 @@ def test_poll_names_file_formats(
         monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data), encoding="latin-1"))
         result = run("poll", "-f", "-", "--json")
     assert result.code == 0, result.err
-    fetched = sorted(json.loads(line)["instance"] for line in result.out.splitlines())
+    fetched = sorted(row["instance"] for row in instance_rows(result.out))
     assert fetched == sorted([NAME, OTHER])
     assert sorted(r.instance_name for r in env.requests) == sorted([NAME, OTHER])
 
@@ -627,7 +630,7 @@ def test_poll_names_file_comments_are_whole_lines(
     docs/cli.md say: a ``#`` later in a line is part of the name (names may contain ``#``)."""
     (cli_env / "names.txt").write_text(f"{NAME}\n{line}\n", encoding="utf-8")
     result = run("poll", "--from-file", "names.txt", "--json")
-    fetched = sorted(json.loads(out)["instance"] for out in result.out.splitlines())
+    fetched = sorted(row["instance"] for row in instance_rows(result.out))
     assert fetched == sorted([NAME] if name is None else [NAME, name])
     assert sorted(r.instance_name for r in env.requests) == fetched
 
@@ -677,7 +680,7 @@ def test_poll_names_from_a_text_stdin_lose_the_bom(
     monkeypatch.setattr(sys, "stdin", io.StringIO(f"\ufeff{NAME}\r\n"))
     result = run("poll", "-f", "-", "--json")
     assert result.code == 0, result.err
-    assert json.loads(result.out)["instance"] == NAME
+    assert [row["instance"] for row in instance_rows(result.out)] == [NAME]
 
 
 @pytest.mark.parametrize(
@@ -696,7 +699,7 @@ def test_poll_names_file_splits_on_newlines_only(
     (cli_env / "names.txt").write_text(content, encoding="utf-8")
     result = run("poll", "--from-file", "names.txt", "--json")
     if where is None:
-        asked = [json.loads(line)["instance"] for line in result.out.split("\n") if line]
+        asked = [row["instance"] for row in instance_rows(result.out)]
         assert sorted(asked) == sorted([NAME, f"{OTHER}\u2028x"])
     else:
         assert (result.code, env.request_count()) == (2, 0)
@@ -866,3 +869,71 @@ def test_fake_server_stops_on_sigint(tmp_path: Path) -> None:
     assert process.returncode == 0
     assert "Stopped." in err
     assert KEY not in first + out + err
+
+
+# -- state ------------------------------------------------------------------------------------
+
+
+def test_state_prints_one_line_per_name_in_order(
+    run: Callable[..., Run], env: FakeWachatServer
+) -> None:
+    """One `NAME STATE` line per distinct name, in the order given; exit 0."""
+    env.set_state(OTHER, "open")
+    result = run("state", OTHER, NAME, OTHER)
+    assert (result.code, result.out, result.err) == (0, f"{OTHER} open\n{NAME} connecting\n", "")
+
+
+def test_state_json(run: Callable[..., Run], env: FakeWachatServer) -> None:
+    """--json: one record per name, a failure shaped as poll's; the exit status is the
+    failure's."""
+    env.set_state(NAME, "open")
+    result = run("state", NAME, "t1_nothere0_store", "--json")
+    ok, failed = map(json.loads, result.out.splitlines())
+    assert result.code == 4
+    assert ok == {
+        "instance": NAME,
+        "ok": True,
+        "state": "open",
+        "connected": True,
+        "integration": "WHATSAPP-BAILEYS",
+    }
+    assert failed | {"message": ""} == {
+        "instance": "t1_nothere0_store",
+        "ok": False,
+        "error": "InstanceNotFoundError",
+        "status": 404,
+        "exit_code": 4,
+        "message": "",
+        "attempts": 1,
+    }
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        pytest.param(["t1_nothere0_store", NAME], id="failure-first"),
+        pytest.param([NAME, "t1_nothere0_store"], id="failure-last"),
+    ],
+)
+def test_state_reports_each_failure_and_exits_with_its_status(
+    run: Callable[..., Run], env: FakeWachatServer, names: list[str]
+) -> None:
+    """A name that fails is one error line on stderr and sets the exit status (4: not
+    found), wherever it comes; the others are still printed."""
+    result = run("state", *names)
+    assert result.code == 4
+    assert result.out == f"{NAME} connecting\n"
+    assert result.err.count("\n") == 1
+    assert "wachat-qr: error: " in result.err
+    assert "t1_nothere0_store" in result.err
+
+
+def test_state_with_a_wrong_key_is_one_line_and_exit_3(
+    run: Callable[..., Run], fake: FakeWachatServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 401 fails every name the same way: one line, exit 3, nothing on stdout."""
+    monkeypatch.setenv("WACHAT_API_KEY", "wrong-key")
+    monkeypatch.setenv("WACHAT_BASE_URL", fake.base_url)
+    result = run("state", NAME, OTHER)
+    assert (result.code, result.out, result.err.count("\n")) == (3, "", 1)
+    assert "401" in result.err

@@ -7,15 +7,19 @@ import hashlib
 import io
 import json
 import os
+import re
+import signal
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.cli._support import OTHER, Run
+from tests.cli._support import OTHER, Run, instance_rows
 from tests.conftest import KEY, NAME
 from wachat_async import InstanceNotFoundError, QRImage, QRResult
+from wachat_async.cli import _fleet as fleet_module
 from wachat_async.cli import main, png_filename
 from wachat_async.cli._commands import stopped_message
 from wachat_async.cli._fleet import Fleet, summary
@@ -54,7 +58,8 @@ def test_poll_json_lines(run: Callable[..., Run], env: FakeWachatServer, cli_env
     env.script(OTHER, [502] * 4)
     result = run("poll", NAME, OTHER, "t1_nothere0_store", "--json", "-d", "pngs")
     assert result.code == 1
-    rows = {row["instance"]: row for row in map(json.loads, result.out.splitlines())}
+    *lines, last = result.out.splitlines()
+    rows = {row["instance"]: row for row in map(json.loads, lines)}
     assert set(rows) == {NAME, OTHER, "t1_nothere0_store"}
     assert rows[NAME]["ok"] is True
     assert set(rows[NAME]) == {"instance", "ok", "file", "width", "height", "bytes", "sha256"}
@@ -71,6 +76,18 @@ def test_poll_json_lines(run: Callable[..., Run], env: FakeWachatServer, cli_env
         "attempts": 4,
     }
     assert rows["t1_nothere0_store"]["exit_code"] == 4
+    record = json.loads(last)["summary"]
+    assert record | {"seconds": 0} == {
+        "instances": 3,
+        "ok": 1,
+        "failed": 2,
+        "not_fetched": 0,
+        "saved": 1,
+        "errors": {"QRFetchFailedError (502)": 1, "InstanceNotFoundError (404)": 1},
+        "stopped": None,
+        "seconds": 0,
+    }
+    assert record["seconds"] >= 0
 
 
 def test_poll_json_without_out_dir_names_no_file(
@@ -79,7 +96,9 @@ def test_poll_json_without_out_dir_names_no_file(
     """Without --out-dir nothing is written and each success says "file": null."""
     result = run("poll", NAME, OTHER, "--json")
     assert result.code == 0
-    assert [json.loads(line)["file"] for line in result.out.splitlines()] == [None, None]
+    *lines, last = result.out.splitlines()
+    assert [json.loads(line)["file"] for line in lines] == [None, None]
+    assert json.loads(last)["summary"]["saved"] == 0
     assert list(cli_env.iterdir()) == []
 
 
@@ -94,7 +113,7 @@ class _CheckingStdout(io.StringIO):
     def write(self, text: str) -> int:
         for line in text.splitlines():
             row = json.loads(line)
-            if row["ok"]:
+            if row.get("ok"):
                 data = (self.folder / row["file"]).read_bytes()  # there, and whole
                 assert hashlib.sha256(data).hexdigest() == row["sha256"]
                 assert len(data) == row["bytes"]
@@ -329,18 +348,18 @@ _LONG = "t1_" + "x" * 150 + "_a_name_far_wider_than_any_terminal"
 def _fleet(total: int, failed: int) -> Fleet:
     """A finished fleet of *total* instances, *failed* of them unknown (404), one with a long
     name and a long message."""
-    fleet = Fleet(total)
-    fleet.elapsed = 1234.5678
-    qr = QRImage.from_png(render_qr_png("payload"), instance_name=NAME)
-    fleet.ok = [QRResult(instance_name=NAME, image=qr)] * (total - failed)
     names = [_LONG, *(f"t1_{i:08d}_gone" for i in range(failed - 1))][:failed]
-    fleet.failed = [
-        QRResult(
-            instance_name=name,
-            error=InstanceNotFoundError(status=404, instance_name=name, body="why " * 60),
+    fleet = Fleet([*names, *(f"t1_{i:08d}_ok" for i in range(total - failed))])
+    qr = QRImage.from_png(render_qr_png("payload"), instance_name=NAME)
+    for name in fleet.names:
+        error = InstanceNotFoundError(status=404, instance_name=name, body="why " * 60)
+        fleet.add(
+            QRResult(instance_name=name, error=error)
+            if name in names
+            else QRResult(instance_name=name, image=qr),
+            None,
         )
-        for name in names
-    ]
+    fleet.elapsed = 1234.5678
     return fleet
 
 
@@ -391,3 +410,72 @@ def test_an_out_dir_that_is_a_file_says_so(
     result = run(*command, "-d", "taken")
     assert result.code == 8
     assert "wachat-qr: error: taken: exists and is not a folder\n" in result.err
+
+
+# -- progress on a stderr that is not a terminal ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "lines"),
+    [
+        pytest.param([], 1, id="tables"),
+        pytest.param(["--json"], 1, id="json"),
+        pytest.param(["-q"], 0, id="quiet"),
+    ],
+)
+def test_a_piped_stderr_gets_a_progress_line_every_few_seconds(
+    run: Callable[..., Run],
+    env: FakeWachatServer,
+    monkeypatch: pytest.MonkeyPatch,
+    argv: list[str],
+    lines: int,
+) -> None:
+    """Cron, CI, Kubernetes: one line every PROGRESS_EVERY seconds of the (injected) clock,
+    none before the first period is over, none with -q."""
+    ticks = iter(range(0, 1000, 3))  # each reading of the clock is 3 s later
+    monkeypatch.setattr(fleet_module, "clock", lambda: float(next(ticks)))
+    result = run("poll", NAME, OTHER, "t1_cloudapi_office", *argv)
+    assert result.code == 1
+    # Readings: start 0, then one per instance (3, 6, 9): a line at 6 only (the next at 11).
+    progress = re.findall(
+        r"^wachat-qr: polled 2 of 3 instances in 6 s: ([12]) ok, ([01]) failed$",
+        result.err,
+        re.MULTILINE,
+    )
+    assert len(progress) == lines
+    assert all(int(ok) + int(failed) == 2 for ok, failed in progress)
+    assert result.err.count("\n") == lines
+
+
+def test_a_signal_during_a_save_lets_it_end_and_reports_it(
+    run: Callable[..., Run], env: FakeWachatServer, monkeypatch: pytest.MonkeyPatch, cli_env: Path
+) -> None:
+    """SIGTERM while a PNG is being written: the write ends, its JSON line is printed and it is
+    counted, so every file left in --out-dir is whole and named; no temporary file is left."""
+    env.script(OTHER, [Fault(hang=True)])
+    leaving = threading.Event()
+    real_exit = fleet_module._Writer.__aexit__
+
+    async def exit_(self: fleet_module._Writer, *exc_info: Any) -> None:
+        leaving.set()  # the fetches are cancelled: now the writer is told to stop
+        await real_exit(self, *exc_info)
+
+    fsync = os.fsync
+    sent: list[int] = []
+
+    def signalling_fsync(fd: int) -> None:  # the first one: mid-write, in a worker thread
+        if not sent:
+            sent.append(fd)
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert leaving.wait(60)  # a guard against a hang only: set at once in practice
+        fsync(fd)
+
+    monkeypatch.setattr(fleet_module._Writer, "__aexit__", exit_)
+    monkeypatch.setattr(os, "fsync", signalling_fsync)
+    result = run("poll", NAME, OTHER, "--json", "-d", "out")
+    assert result.code == 143
+    rows = instance_rows(result.out)
+    summary = json.loads(result.out.splitlines()[-1])["summary"]
+    assert [row["file"] for row in rows] == [str(Path("out") / f"{NAME}.png")]
+    assert (summary["saved"], summary["not_fetched"]) == (1, 1)
+    assert [p.name for p in (cli_env / "out").iterdir()] == [f"{NAME}.png"]

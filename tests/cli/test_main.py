@@ -33,8 +33,9 @@ def test_help_lists_commands_and_exit_codes(run: Callable[..., Run]) -> None:
     """--help exits 0 and documents the commands, the key's env var and the exit codes."""
     result = run("--help")
     assert result.code == 0
-    for word in ("fetch", "show", "url", "poll", "watch", "fake-server", "demo", "WACHAT_API_KEY"):
+    for word in ("fetch", "show", "url", "poll", "watch", "state", "fake-server", "demo"):
         assert word in result.out
+    assert "WACHAT_API_KEY" in result.out
     assert "3 authentication (401/403)" in result.out
     assert "visible in `ps`" in result.out
 
@@ -51,7 +52,8 @@ def test_no_command_names_the_commands_and_the_demo(run: Callable[..., Run]) -> 
     result = run()
     assert result.code == 2
     assert result.err.splitlines() == [
-        "wachat-qr: error: a command is needed: fetch, show, url, poll, watch, fake-server, demo",
+        "wachat-qr: error: a command is needed: "
+        "fetch, show, url, poll, watch, state, fake-server, demo",
         "wachat-qr: hint: try 'wachat-qr demo', or 'wachat-qr --help'",
     ]
 
@@ -133,8 +135,18 @@ def test_the_library_never_imports_the_cli(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
-def test_ctrl_c_is_exit_130_in_one_line(fake: FakeWachatServer) -> None:
-    """Ctrl-C (SIGINT) during a watch ends with status 130 and one line, no traceback."""
+@pytest.mark.parametrize(
+    ("signum", "code", "line"),
+    [
+        pytest.param(signal.SIGINT, 130, "wachat-qr: error: interrupted\n", id="SIGINT"),
+        pytest.param(signal.SIGTERM, 143, "wachat-qr: error: terminated (SIGTERM)\n", id="TERM"),
+    ],
+)
+def test_ctrl_c_is_exit_130_in_one_line(
+    fake: FakeWachatServer, signum: signal.Signals, code: int, line: str
+) -> None:
+    """Ctrl-C (SIGINT) during a watch ends with status 130 and one line, no traceback;
+    SIGTERM (systemd, Kubernetes, `timeout`) likewise with 143."""
     proc = cli_process(
         ["watch", NAME, "--no-show", "--interval", "3600"],
         fake,
@@ -145,14 +157,90 @@ def test_ctrl_c_is_exit_130_in_one_line(fake: FakeWachatServer) -> None:
     try:
         assert proc.stdout is not None
         first = proc.stdout.readline()  # the first QR is out: now it waits an hour
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:  # pragma: no cover - only when the test already failed
             proc.kill()
             proc.wait()
     assert "QR changed: sha256=" in first
-    assert (proc.returncode, out, err) == (130, "", "wachat-qr: error: interrupted\n")
+    assert (proc.returncode, out, err) == (code, "", line)
+
+
+_HANGING_FLEET = [f"t1_{i:08d}_store" for i in range(20)]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize(
+    ("signum", "code", "line"),
+    [
+        pytest.param(signal.SIGTERM, 143, "wachat-qr: error: terminated (SIGTERM)\n", id="SIGTERM"),
+        pytest.param(signal.SIGINT, 130, "wachat-qr: error: interrupted\n", id="SIGINT"),
+    ],
+)
+def test_a_signal_stops_a_poll_with_its_partial_summary_and_no_temporary_file(
+    wachat_server_factory: Callable[..., FakeWachatServer],
+    tmp_path: Path,
+    signum: signal.Signals,
+    code: int,
+    line: str,
+) -> None:
+    """In a real process, SIGTERM (systemd, Kubernetes, `timeout`) or Ctrl-C mid-poll: the
+    hanging fetches are cancelled, the JSON summary says what was done, nothing but whole
+    PNGs is left in --out-dir, and the exit status says which signal."""
+    server = wachat_server_factory(api_key=KEY, auto_create=True)
+    for name in _HANGING_FLEET[5:]:
+        server.script(name, [Fault(hang=True)])
+    (tmp_path / "names.txt").write_text("\n".join(_HANGING_FLEET), encoding="utf-8")
+    out_dir = tmp_path / "out"
+    proc = cli_process(
+        ["poll", "-f", "names.txt", "--json", "-d", str(out_dir), "-c", "4"],
+        server,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env_extra={"PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert proc.stdout is not None
+        first = [json.loads(proc.stdout.readline()) for _ in range(5)]  # the rest hang
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:  # pragma: no cover - only when the test already failed
+            proc.kill()
+            proc.wait()
+    assert (proc.returncode, err) == (code, line)
+    assert [row["ok"] for row in first] == [True] * 5
+    summary = json.loads(out)["summary"]  # the only line left: the hanging ones print none
+    assert (summary["ok"], summary["failed"], summary["not_fetched"]) == (5, 0, 15)
+    assert (summary["saved"], summary["stopped"]) == (5, "signal")
+    assert sorted(p.name for p in out_dir.iterdir()) == sorted(
+        f"{n}.png" for n in _HANGING_FLEET[:5]
+    )
+
+
+def test_a_signal_mid_poll_prints_the_partial_summary_table(
+    run: Callable[..., Run],
+    env: FakeWachatServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SIGTERM once one instance is done and the other hangs: the table counts what was done
+    and what was not; exit 143, one line on stderr."""
+    env.script(OTHER, [Fault(hang=True)])
+    add = cli._fleet.Fleet.add
+
+    def add_then_signal(fleet: cli._fleet.Fleet, *args: object) -> None:
+        add(fleet, *args)  # type: ignore[arg-type]
+        if fleet.done == 1:  # only while main's handler is in place
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(cli._fleet.Fleet, "add", add_then_signal)
+    result = run("poll", NAME, OTHER)
+    assert (result.code, result.err) == (143, "wachat-qr: error: terminated (SIGTERM)\n")
+    assert result.out.startswith("2 instances in ")
+    assert "not fetched (stopped early)" in result.out
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
 
 
 class LateNameError(WachatError, ValueError):

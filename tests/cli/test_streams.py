@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import io
-import json
 import os
 import socket
 import subprocess
@@ -24,7 +23,7 @@ from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Table
 
-from tests.cli._support import OTHER, Run
+from tests.cli._support import OTHER, Run, instance_rows
 from tests.conftest import KEY, NAME
 from wachat_async.cli import main
 from wachat_async.cli._output import Out
@@ -275,7 +274,7 @@ def test_poll_output_survives_any_stdout_encoding(
     out = done.stdout.decode(encoding)
     assert (done.returncode, done.stderr) == (1, b"")
     if json_lines:
-        names = sorted(json.loads(line)["instance"] for line in out.splitlines())
+        names = sorted(row["instance"] for row in instance_rows(out))
         assert names == sorted([NAME, UNICODE_NAME])
     else:
         rows = [line for line in out.splitlines() if "InstanceNotFoundError" in line]

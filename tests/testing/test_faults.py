@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
+import re
 from typing import Any
 
 import pytest
 
-from wachat_async.testing import Fault
+from wachat_async.testing import Conditions, Fault
 from wachat_async.testing._faults import as_fault, bad_header_text, misbehaviour
 
 
@@ -133,3 +135,29 @@ def test_script_entries_are_ints_or_faults_only(entry: object) -> None:
 def test_bad_header_text_spots_line_breaks_and_nul(text: str, bad: bool) -> None:
     """CR, LF and NUL are what could end a header line or the header block."""
     assert bad_header_text(text) is bad
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        pytest.param({"rate_limit": 0}, "rate_limit must be a number > 0", id="zero-rate"),
+        pytest.param({"rate_limit": math.inf}, "rate_limit must be", id="infinite-rate"),
+        pytest.param({"rate_limit": True}, "rate_limit must be", id="bool-rate"),
+        pytest.param({"retry_after": -1}, "retry_after must be an int >= 0", id="negative-ra"),
+        pytest.param({"retry_after": 1.5}, "retry_after must be an int", id="float-ra"),
+        pytest.param({"outage": -1}, "outage must be a finite number >= 0", id="negative-outage"),
+        pytest.param({"share_502": 1.1}, "share_502 must be a share from 0 to 1", id="share>1"),
+        pytest.param({"share_hang": -0.1}, "share_hang must be a finite", id="negative-share"),
+        pytest.param({"share_502": 0.6, "share_hang": 0.5}, "must not be over 1", id="sum>1"),
+    ],
+)
+def test_conditions_validate_fields(kwargs: dict[str, Any], message: str) -> None:
+    """Each impossible condition is refused when made, naming the field and its bound."""
+    with pytest.raises(ValueError, match=re.escape(message)):
+        Conditions(**kwargs)
+
+
+def test_conditions_accept_the_edges() -> None:
+    """The bounds themselves are allowed: a zero Retry-After and shares adding up to 1."""
+    conditions = Conditions(rate_limit=0.5, retry_after=0, share_502=0.5, share_hang=0.5)
+    assert conditions.share_502 + conditions.share_hang == 1

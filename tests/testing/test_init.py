@@ -11,10 +11,11 @@ from wachat_async.testing import RecordedRequest
 
 
 def test_public_surface() -> None:
-    """wachat_async.testing exports exactly the four public names."""
+    """wachat_async.testing exports exactly the five public names."""
     import wachat_async.testing as testing
 
     assert sorted(testing.__all__) == [
+        "Conditions",
         "FakeInstance",
         "FakeWachatServer",
         "Fault",

@@ -94,6 +94,10 @@ def test_default_names_cover_every_name_the_docs_expect_to_exist() -> None:
         (["--instance", " "], "must not be empty or whitespace"),
         (["--instance", "a\nb"], "control characters: 'a\\nb'"),
         (["--api-key", " padded "], "without surrounding whitespace"),
+        (["--share-502", "1.5"], "must be a share from 0 to 1, got '1.5'"),
+        (["--share-hang", "-0.1"], "must be a finite number >= 0, got '-0.1'"),
+        (["--rate-limit", "0"], "must be a finite number > 0, got '0'"),
+        (["--retry-after", "0.5"], "not an integer: '0.5'"),
     ],
     ids=[
         "non-number",
@@ -108,6 +112,10 @@ def test_default_names_cover_every_name_the_docs_expect_to_exist() -> None:
         "blank-name",
         "newline-name",
         "padded-key",
+        "share-over-one",
+        "negative-share",
+        "zero-rate",
+        "fractional-retry-after",
     ],
 )
 def test_cli_rejects_bad_values_with_the_true_bound(
@@ -166,6 +174,49 @@ def test_cli_serves_until_sigint(
     assert "QR codes change every 5 s" in err
     assert err.endswith("Stopped.\n")
     assert CLI_KEY not in out + err
+
+
+def test_cli_serves_its_faults_and_says_which(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--rate-limit, --retry-after and --share-502 apply to every instance's QR requests (one
+    request each 1000 s: the second is a 429; a 502 share of 1: the first is a 502), and a
+    line on stderr says what goes wrong."""
+    statuses: list[tuple[int, str | None]] = []
+
+    async def probe(server: FakeWachatServer) -> None:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(2):
+                async with session.get(
+                    f"{server.base_url}/instance/qr/image",
+                    params={"instanceName": "a", "apiKey": CLI_KEY},
+                ) as response:
+                    statuses.append((response.status, response.headers.get("Retry-After")))
+        signal.raise_signal(signal.SIGINT)
+
+    class ProbedServer(FakeWachatServer):
+        async def start(self) -> None:
+            await super().start()
+            probes.append(asyncio.ensure_future(probe(self)))
+
+    probes: list[asyncio.Future[None]] = []
+    monkeypatch.setattr(_server, "FakeWachatServer", ProbedServer)
+    argv = ["--port", "0", "--api-key", CLI_KEY, "--instance", "a", "--rate-limit", "0.001"]
+    code = cli.main([*argv, "--retry-after", "7", "--share-502", "1"])
+    err = capsys.readouterr().err
+    assert (code, statuses) == (0, [(502, None), (429, "7")])
+    assert (
+        "Faults of the QR requests: 429 (Retry-After: 7) above 0.001 requests/s; "
+        "100% answered 502.\n"
+    ) in err
+
+
+def test_cli_shares_over_one_are_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """--share-502 and --share-hang together over 1: one line, exit 2, nothing served."""
+    code = cli.main(["--port", "0", "--share-502", "0.6", "--share-hang", "0.5"])
+    out, err = capsys.readouterr()
+    assert (code, out) == (2, "")
+    assert err == f"{cli.PROG}: error: --share-502 and --share-hang add up to over 1\n"
 
 
 def test_cli_busy_port_exits_8(capsys: pytest.CaptureFixture[str]) -> None:

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from wachat_async.testing import FakeInstance, Fault, RecordedRequest
+from wachat_async.testing import Conditions, FakeInstance, Fault, RecordedRequest
 from wachat_async.testing._registry import Registry, friendly_name
 
 from ._support import KEY, NAME, OTHER_KEY, Clock
@@ -264,3 +264,67 @@ def test_operations_from_many_threads_lose_nothing() -> None:
         1600,
         1600,
     )
+
+
+# -- conditions -------------------------------------------------------------------------------
+
+
+def test_a_rate_limit_answers_429_above_its_rate_and_refills_with_time() -> None:
+    """A full bucket of one second's requests, then 429 with Retry-After; time refills it."""
+    clock = Clock()
+    state = registry(clock)
+    state.set_conditions(Conditions(rate_limit=3, retry_after=2))
+    faults = [state.next_fault(NAME) for _ in range(4)]
+    assert faults == [None, None, None, Fault(status=429, retry_after="2")]
+    clock.now += 1 / 3  # one request's worth
+    assert [state.next_fault(NAME) for _ in range(2)] == [None, Fault(status=429, retry_after="2")]
+
+
+def test_an_outage_answers_502_for_its_seconds_from_when_it_is_set() -> None:
+    """502 until the outage's seconds have passed on the server's clock, then normal."""
+    clock = Clock()
+    state = registry(clock)
+    state.set_conditions(Conditions(outage=5))
+    assert state.next_fault(NAME) == Fault(status=502)
+    clock.now += 4.999
+    assert state.next_fault(NAME) == Fault(status=502)
+    clock.now += 0.001
+    assert state.next_fault(NAME) is None
+
+
+def test_shares_of_502s_and_hangs_are_drawn_from_the_seed() -> None:
+    """About the shares asked for, the same sequence for the same seed; no share, no fault."""
+    state = registry()
+    conditions = Conditions(share_502=0.25, share_hang=0.1, seed=7)
+    state.set_conditions(conditions)
+    drawn = [state.next_fault(NAME) for _ in range(4000)]
+    state.set_conditions(conditions)
+    assert [state.next_fault(NAME) for _ in range(4000)] == drawn
+    assert 900 <= drawn.count(Fault(status=502)) <= 1100
+    assert 300 <= drawn.count(Fault(hang=True)) <= 500
+    assert drawn.count(None) == 4000 - drawn.count(Fault(status=502)) - drawn.count(
+        Fault(hang=True)
+    )
+    state.set_conditions(Conditions())
+    assert {state.next_fault(NAME) for _ in range(100)} == {None}
+
+
+def test_a_script_comes_before_the_conditions_and_is_not_rate_limited() -> None:
+    """Scripted faults are answered first and take no token of the rate limit."""
+    state = registry()
+    state.set_conditions(Conditions(rate_limit=1))
+    state.set_script(NAME, [Fault(status=504)] * 3)
+    assert [state.next_fault(NAME) for _ in range(5)] == [
+        Fault(status=504),
+        Fault(status=504),
+        Fault(status=504),
+        None,  # the bucket's one token
+        Fault(status=429, retry_after="1"),
+    ]
+
+
+def test_a_rate_under_one_per_second_still_lets_one_request_through() -> None:
+    """The bucket holds at least one request: one every 1000 s is one now, then 429s."""
+    state = registry()
+    state.set_conditions(Conditions(rate_limit=0.001))
+    assert [state.next_fault(NAME) for _ in range(2)] == [None, Fault(status=429, retry_after="1")]

@@ -23,7 +23,7 @@ import aiohttp
 import aiohttp.web
 import pytest
 
-from wachat_async.testing import FakeInstance, FakeWachatServer, Fault
+from wachat_async.testing import Conditions, FakeInstance, FakeWachatServer, Fault
 from wachat_async.testing._server import _url_host
 
 from ._support import (
@@ -902,3 +902,28 @@ async def test_threaded_server_works_from_async_tests(http: aiohttp.ClientSessio
         server.add_instance(NAME)
         status, _, _ = await get(http, server)
     assert status == 200
+
+
+async def test_conditions_answer_429_with_retry_after_then_502_for_an_outage(
+    fake: FakeWachatServer, http: aiohttp.ClientSession, clock: Clock
+) -> None:
+    """On the wire: a request over the rate is a 429 with Retry-After and the API's JSON error
+    shape; an outage is a 502; clearing the conditions restores the PNG. The state route is
+    never limited."""
+    fake.set_conditions(Conditions(rate_limit=1, retry_after=3))
+    assert (await get(http, fake))[0] == 200
+    status, headers, body = await get(http, fake)
+    assert (status, headers["Retry-After"], json.loads(body)["success"]) == (429, "3", False)
+    assert (await get(http, fake, route="/instance/state"))[0] == 200
+    fake.set_conditions(Conditions(outage=1))
+    assert (await get(http, fake))[0] == 502
+    clock.now += 1
+    fake.set_conditions(None)
+    status, _, body = await get(http, fake)
+    assert (status, body[:8]) == (200, PNG_SIGNATURE)
+
+
+def test_set_conditions_takes_conditions_only(wachat_server: FakeWachatServer) -> None:
+    """A mapping of options is not silently taken for conditions."""
+    with pytest.raises(TypeError, match="conditions must be a Conditions, not dict"):
+        wachat_server.set_conditions({"rate_limit": 1})  # type: ignore[arg-type]

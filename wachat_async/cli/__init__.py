@@ -8,6 +8,7 @@ and segno); ``python -m wachat_async`` runs the same ``main``. Commands::
     wachat-qr url NAME [--expose-api-key]     print the image URL (key only with the flag)
     wachat-qr poll NAME... | --from-file F    fetch a fleet: progress, summary table or --json
     wachat-qr watch NAME [--until-connected]  print the QR again each time it changes
+    wachat-qr state NAME... [--json]          each instance's connection state (open = linked)
     wachat-qr fake-server                     the fake server (= python -m wachat_async.testing)
     wachat-qr demo                            all of the above against an in-process fake server
 
@@ -35,22 +36,24 @@ code  meaning
 8     local I/O error: a file could not be written, a port could not be bound, stdout
       could not be written (closed, full: ``--help`` and ``--version`` too)
 70    internal error: an unexpected exception (a bug; ``--debug`` shows the traceback)
-130   interrupted (Ctrl-C)
+130   interrupted (Ctrl-C, SIGINT)
+143   terminated (SIGTERM: systemd, Kubernetes, ``timeout``)
 141   stdout was closed by its reader (``| head``): stop quietly, as SIGPIPE would
 ====  ==========================================================================
 
 ``poll --json`` writes JSON Lines: one object per distinct instance, in order of completion,
-flushed as each completes, and nothing else on stdout. Success:
+flushed as each completes, then a summary record; nothing else on stdout. Success:
 ``{"instance": ..., "ok": true, "file": path-or-null, "width": ..., "height": ...,
 "bytes": ..., "sha256": ...}``; failure: ``{"instance": ..., "ok": false,
 "error": "InstanceNotFoundError", "status": 404-or-null, "exit_code": 4, "message": ...,
-"attempts": ...}``.
+"attempts": ...}``; the last line is ``{"summary": {...}}`` (counts, see docs/cli.md).
 
 One concern per module; imports run one way, down this list (none imports this package, and
 the library's core never imports the CLI)::
 
     __init__    main(): parse, set up logging, run the command, map failures to exit statuses
-    _commands   fetch, show, url, poll, watch, fake-server: the client from the command line
+    _commands   fetch, show, url, poll, watch, state, fake-server: the client from the command
+                line
     _demo       demo: a fleet on an in-process fake server
     _fleet      polling many instances: bounded fetches, off-loop PNG saves, JSON lines, summary
     _parser     the grammar: commands, options, bounds, help (parsing only)
@@ -67,6 +70,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Callable, Coroutine, Mapping, Sequence
@@ -75,7 +79,16 @@ from typing import Any, Final
 from wachat_async import WachatError
 from wachat_async.testing._program import closed_streams_stand_in, writing
 
-from ._commands import cmd_fake_server, cmd_fetch, cmd_poll, cmd_show, cmd_url, cmd_watch, hints
+from ._commands import (
+    cmd_fake_server,
+    cmd_fetch,
+    cmd_poll,
+    cmd_show,
+    cmd_state,
+    cmd_url,
+    cmd_watch,
+    hints,
+)
 from ._demo import cmd_demo
 from ._exit import (
     EXIT_AUTH,
@@ -88,8 +101,10 @@ from ._exit import (
     EXIT_INVALID,
     EXIT_NOT_FOUND,
     EXIT_OK,
+    EXIT_TERMINATED,
     EXIT_UPSTREAM,
     EXIT_USAGE,
+    Interrupted,
     UsageError,
     exit_code_for,
 )
@@ -111,6 +126,7 @@ __all__ = [
     "EXIT_INVALID",
     "EXIT_NOT_FOUND",
     "EXIT_OK",
+    "EXIT_TERMINATED",
     "EXIT_UPSTREAM",
     "EXIT_USAGE",
     "exit_code_for",
@@ -128,6 +144,7 @@ _COMMANDS: Final[Mapping[str, _Command]] = {
     "url": cmd_url,
     "poll": cmd_poll,
     "watch": cmd_watch,
+    "state": cmd_state,
     "fake-server": cmd_fake_server,
     "demo": cmd_demo,
 }
@@ -148,6 +165,37 @@ def _secrets_in(argv: Sequence[str]) -> list[str]:
         elif arg.startswith("--api-key="):
             found.append(arg.partition("=")[2])
     return found
+
+
+async def _until_signal(command: _Command, args: argparse.Namespace, out: Out) -> int:
+    """Run *command*; SIGINT (Ctrl-C) or SIGTERM cancels it, so that its cleanups run (no
+    temporary file is left; ``poll`` prints its partial summary), and raises
+    :class:`Interrupted`."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None  # asyncio.run runs this as a task
+    received: list[int] = []
+
+    def stop(signum: int) -> None:
+        received.append(signum)
+        task.cancel()
+
+    installed: list[int] = []
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        # Windows has no add_signal_handler (Ctrl-C then raises KeyboardInterrupt: 130).
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signum, stop, signum)
+            installed.append(signum)
+    try:
+        return await command(args, out)
+    except asyncio.CancelledError:
+        if not received:
+            raise
+        task.uncancel()
+        raise Interrupted(received[0]) from None
+    finally:
+        for installed_signal in installed:
+            loop.remove_signal_handler(installed_signal)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -210,9 +258,12 @@ def _main(argv: list[str], out: Out) -> int:
     if library_log.getEffectiveLevel() > handler.level:
         library_log.setLevel(handler.level)
     try:
-        return asyncio.run(_COMMANDS[args.command](args, out))
+        return asyncio.run(_until_signal(_COMMANDS[args.command], args, out))
     except (BrokenPipeError, OutputError):
         raise  # main() stops quietly, or says stdout failed
+    except Interrupted as exc:
+        out.error(str(exc))
+        return exc.exit_code
     except WachatError as exc:
         out.error(describe(exc, ca_file=getattr(args, "ca_file", None)))
         for hint in hints(exc, args):

@@ -1,5 +1,5 @@
 """The commands that talk to the Wachat API: ``fetch``, ``show``, ``url``, ``poll``, ``watch``,
-and ``fake-server`` (the fake server's own program, run under ``wachat-qr``).
+``state`` and ``fake-server`` (the fake server's own program, run under ``wachat-qr``).
 
 Each command is ``async def cmd_x(args, out) -> int``: it reads the parsed command line, builds
 the client (:func:`client_for`: key, base URL, timeout, retries, the ``http://`` refusal in CLI
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import re
 import ssl
@@ -31,6 +32,7 @@ from yarl import URL
 from wachat_async import (
     DEFAULT_BASE_URL,
     ConfigurationError,
+    InstanceState,
     QRImage,
     RetryPolicy,
     WachatClient,
@@ -41,9 +43,16 @@ from wachat_async._files import write_bytes_async
 from wachat_async._polling import watch_qr
 from wachat_async._validate import check_instance_name, is_loopback_host
 
-from ._exit import EXIT_FAILED, EXIT_OK, UsageError, exit_code_for, wrong_base_url
+from ._exit import (
+    EXIT_FAILED,
+    EXIT_OK,
+    UsageError,
+    exit_code_for,
+    fails_every_request,
+    wrong_base_url,
+)
 from ._extras import need
-from ._fleet import png_filename, poll_fleet, summary
+from ._fleet import Fleet, failure_record, png_filename, poll_fleet, summary
 from ._output import (
     PROG,
     Out,
@@ -51,6 +60,7 @@ from ._output import (
     is_stdout,
     isatty,
     print_qr,
+    stdout_is_unicode,
     write_stdout,
     write_stdout_bytes,
 )
@@ -63,6 +73,7 @@ __all__ = [
     "cmd_fetch",
     "cmd_poll",
     "cmd_show",
+    "cmd_state",
     "cmd_url",
     "cmd_watch",
     "hints",
@@ -160,22 +171,23 @@ def _ca_context(path: str | None) -> ssl.SSLContext | None:
 def _read_names(args: argparse.Namespace) -> list[str]:
     """Names from the command line and --from-file (blank lines and ``#`` comments skipped),
     checked up front so that one bad line is a usage error, not a crash mid-fleet."""
-    names: list[tuple[str, str]] = [(name, "argument") for name in args.names]
+    checked = [_checked(name, "argument") for name in args.names]
     source: str | None = args.from_file
     if source is not None:
         for number, line in enumerate(_name_lines(source), 1):
             name = line.strip()
             if name and not name.startswith("#"):
-                names.append((name, f"{source}:{number}"))
-    checked = []
-    for name, where in names:
-        try:
-            checked.append(check_instance_name(name))
-        except (TypeError, ValueError) as exc:
-            raise UsageError(f"{where}: {exc}") from None
+                checked.append(_checked(name, f"{source}:{number}"))
     if not checked:
         raise UsageError("no instance names: give NAME arguments or --from-file FILE")
     return checked
+
+
+def _checked(name: str, where: str) -> str:
+    try:
+        return check_instance_name(name)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"{where}: {exc}") from None
 
 
 #: The largest names file read (a million long names fit): past it, a device such as /dev/zero
@@ -319,18 +331,16 @@ async def cmd_url(args: argparse.Namespace, out: Out) -> int:
 async def cmd_poll(args: argparse.Namespace, out: Out) -> int:
     if not args.json and not out.quiet:
         need("rich")  # the summary tables: say so before any request is made
-    names = _read_names(args)
-    out_dir = Path(args.out_dir) if args.out_dir else None
+    fleet = Fleet(_read_names(args), Path(args.out_dir) if args.out_dir else None)
     async with client_for(args, max_connections=max(100, args.concurrency)) as client:
-        fleet = await poll_fleet(
-            client, names, out, concurrency=args.concurrency, out_dir=out_dir, json_lines=args.json
-        )
-    if not args.json:
-        summary(fleet, out)
+        try:
+            await poll_fleet(client, fleet, out, concurrency=args.concurrency, json_lines=args.json)
+        except asyncio.CancelledError:  # a signal: what was done before it, then main says why
+            summary(fleet, out, json_lines=args.json)
+            raise
+    summary(fleet, out, json_lines=args.json)
     if fleet.aborted is not None:
-        out.error(
-            stopped_message(describe(fleet.aborted), len(fleet.ok) + len(fleet.failed), fleet.total)
-        )
+        out.error(stopped_message(describe(fleet.aborted), fleet.done, fleet.total))
         for hint in hints(fleet.aborted, args):
             out.hint(hint)
         return exit_code_for(fleet.aborted)
@@ -403,6 +413,43 @@ async def cmd_watch(args: argparse.Namespace, out: Out) -> int:
                 return EXIT_OK
     out.info(f"{args.name} is connected")
     return EXIT_OK
+
+
+async def cmd_state(args: argparse.Namespace, out: Out) -> int:
+    names = list(dict.fromkeys(args.names))
+    async with client_for(args) as client:
+        results = await asyncio.gather(
+            *(client.get_instance_state(name) for name in names), return_exceptions=True
+        )
+    code = EXIT_OK
+    for name, result in zip(names, results, strict=True):
+        if isinstance(result, InstanceState):
+            out.result(
+                _json_line(
+                    {
+                        "instance": name,
+                        "ok": True,
+                        "state": result.state,
+                        "connected": result.is_connected,
+                        "integration": result.integration,
+                    }
+                )
+                if args.json
+                else f"{name} {result.state}"
+            )
+            continue
+        if not isinstance(result, WachatError) or fails_every_request(result):
+            raise result  # a bug, or every name failed the same way: one line, its status
+        code = code or exit_code_for(result)
+        if args.json:
+            out.result(_json_line(failure_record(name, result)))
+        else:
+            out.error(describe(result))
+    return code
+
+
+def _json_line(record: dict[str, object]) -> str:
+    return json.dumps(record, ensure_ascii=not stdout_is_unicode())
 
 
 async def cmd_fake_server(args: argparse.Namespace, out: Out) -> int:

@@ -24,7 +24,7 @@ from wachat_async import RetryPolicy, WachatClient
 
 from ._exit import EXIT_FAILED, EXIT_OK
 from ._extras import need
-from ._fleet import poll_fleet, summary
+from ._fleet import Fleet, poll_fleet, summary
 from ._output import Out, plural, print_qr
 
 __all__ = ["cmd_demo"]
@@ -101,16 +101,13 @@ async def cmd_demo(args: argparse.Namespace, out: Out) -> int:
             retry=policy,
             timeout=getattr(args, "timeout", None) or 10.0,
         ) as client:
-            fleet = await poll_fleet(
-                client, names, out, concurrency=args.concurrency, out_dir=Path(args.out_dir)
-            )
-            summary(fleet, out, expected=failing)
-            unexpected = [r for r in fleet.failed if r.instance_name not in failing]
-            first = fleet.ok[0] if fleet.ok else None
-            if first is not None and not out.quiet:
+            fleet = Fleet(names, Path(args.out_dir), expected=failing)
+            await poll_fleet(client, fleet, out, concurrency=args.concurrency)
+            summary(fleet, out)
+            if fleet.first is not None and not out.quiet:
+                first, path = fleet.first
                 out.info(
-                    f"\nThe QR of {first.instance_name} (saved as "
-                    f"{fleet.saved.get(first.instance_name, '-')}); it encodes "
+                    f"\nThe QR of {first.instance_name} (saved as {path or '-'}); it encodes "
                     f"{server.qr_payload(first.instance_name)!r}:"
                 )
                 print_qr(first.image, args)
@@ -118,8 +115,8 @@ async def cmd_demo(args: argparse.Namespace, out: Out) -> int:
                     "Next: `wachat-qr fake-server` serves this fake API for your own code; "
                     "with WACHAT_API_KEY set, `wachat-qr show NAME` shows a real QR."
                 )
-    if unexpected:
-        verb = "was" if len(unexpected) == 1 else "were"
-        out.error(f"{plural(len(unexpected), 'instance')} failed that {verb} meant to succeed")
+    if fleet.unexpected:
+        verb = "was" if fleet.unexpected == 1 else "were"
+        out.error(f"{plural(fleet.unexpected, 'instance')} failed that {verb} meant to succeed")
         return EXIT_FAILED
     return EXIT_OK

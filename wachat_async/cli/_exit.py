@@ -2,7 +2,8 @@
 
 The table is in the package docstring (``wachat_async.cli``) and in ``--help``; :data:`EXIT_CODES`
 holds every status :func:`wachat_async.cli.main` can return. :class:`UsageError` is a usage
-problem found after parsing (a bad names file, no API key, ...): one line, exit status 2.
+problem found after parsing (a bad names file, no API key, ...): one line, exit status 2;
+:class:`Interrupted`, a command stopped by SIGINT or SIGTERM.
 
 Never writes anything, never makes a request, and imports no other module of the CLI: every
 other module of it may import this one. The statuses are public as ``wachat_async.cli``'s.
@@ -10,6 +11,7 @@ other module of it may import this one. The statuses are public as ``wachat_asyn
 
 from __future__ import annotations
 
+import signal
 from typing import Final
 
 from wachat_async import (
@@ -36,7 +38,8 @@ EXIT_CONNECTION: Final = 6
 EXIT_INVALID: Final = 7
 EXIT_FILE: Final = 8
 EXIT_INTERNAL: Final = 70  # sysexits.h EX_SOFTWARE
-EXIT_INTERRUPTED: Final = 130
+EXIT_INTERRUPTED: Final = 130  # 128 + SIGINT (Ctrl-C)
+EXIT_TERMINATED: Final = 143  # 128 + SIGTERM: what systemd, Kubernetes and `timeout` send
 EXIT_BROKEN_PIPE: Final = 141  # 128 + SIGPIPE: what a shell reports for `cat` or `grep`
 
 #: Every exit status main() can return (the table in the package docstring).
@@ -53,6 +56,7 @@ EXIT_CODES: Final = frozenset(
         EXIT_FILE,
         EXIT_INTERNAL,
         EXIT_INTERRUPTED,
+        EXIT_TERMINATED,
         EXIT_BROKEN_PIPE,
     }
 )
@@ -75,6 +79,14 @@ def wrong_base_url(error: BaseException | None) -> bool:
     )
 
 
+def fails_every_request(error: BaseException | None) -> bool:
+    """Whether every other request would fail as this one did: a 401/403 (the key) or a wrong
+    base URL. A fleet command stops at once then."""
+    return isinstance(error, (AuthenticationError, SubscriptionRestrictedError)) or wrong_base_url(
+        error
+    )
+
+
 def exit_code_for(error: WachatError) -> int:
     """The exit status for *error* (see the table in the package docstring)."""
     if isinstance(error, (ConfigurationError, ValueError)):  # InvalidInstanceNameError too
@@ -92,6 +104,14 @@ def exit_code_for(error: WachatError) -> int:
     if isinstance(error, InvalidResponseError):
         return EXIT_INVALID
     return EXIT_FAILED
+
+
+class Interrupted(Exception):
+    """A signal stopped the command: SIGINT (Ctrl-C, exit 130) or SIGTERM (exit 143)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__("interrupted" if signum == signal.SIGINT else "terminated (SIGTERM)")
+        self.exit_code = EXIT_INTERRUPTED if signum == signal.SIGINT else EXIT_TERMINATED
 
 
 class UsageError(Exception):

@@ -36,8 +36,8 @@ exit status:
   3 authentication (401/403)    4 not found (404/409/400)    5 upstream (502/504/other status)
   6 connection/timeout    7 invalid response (not a PNG, too large)
   8 local I/O error (a file, a port, or stdout closed or full)
-  70 internal error (--debug shows the traceback)    130 interrupted
-  141 stdout closed by its reader (e.g. `| head`)
+  70 internal error (--debug shows the traceback)    130 interrupted (Ctrl-C)
+  143 terminated (SIGTERM)    141 stdout closed by its reader (e.g. `| head`)
 
 Try it without an account: wachat-qr demo
 """
@@ -235,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_url,
         _add_poll,
         _add_watch,
+        _add_state,
         _add_fake_server,
         _add_demo,
     ):
@@ -342,6 +343,18 @@ def _add_watch(command: _AddCommand) -> None:
         help="print one line per change instead of drawing the QR",
     )
     _terminal_options(p)
+
+
+def _add_state(command: _AddCommand) -> None:
+    p = command(
+        "state",
+        "print each instance's connection state (open = linked), one line per name; exit "
+        "status of the first name that failed",
+    )
+    p.add_argument("names", metavar="NAME", nargs="+", type=_instance_name, help="instance names")
+    p.add_argument(
+        "--json", action="store_true", help="print one JSON object per instance (JSON Lines)"
+    )
 
 
 def _add_fake_server(command: _AddCommand) -> None:

@@ -5,9 +5,10 @@
 describes them: ``Authorization: Bearer`` or ``?apiKey=`` auth, every documented status
 (400, 401, 403, 404, 409, 502, 504) with a JSON error body, real scannable QR PNGs that rotate,
 Baileys and non-Baileys instances, subscription-restricted keys, scripted faults per instance
-(statuses, ``Retry-After``, delays, truncated bodies, dropped or hanging connections) and a
-log of every request it received (API keys redacted). It needs the ``testing`` extra for QR
-rendering: ``pip install 'wachat-async[testing]'``.
+(statuses, ``Retry-After``, delays, truncated bodies, dropped or hanging connections),
+:class:`Conditions` for every instance at once (a rate limit answered 429, an outage, a share
+of 502s or hangs) and a log of every request it received (API keys redacted). It needs the
+``testing`` extra for QR rendering: ``pip install 'wachat-async[testing]'``.
 
 In an async test::
 
@@ -35,10 +36,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["FakeInstance", "FakeWachatServer", "Fault", "RecordedRequest"]
+__all__ = ["Conditions", "FakeInstance", "FakeWachatServer", "Fault", "RecordedRequest"]
 
 if TYPE_CHECKING:
-    from ._faults import Fault
+    from ._faults import Conditions, Fault
     from ._registry import FakeInstance, RecordedRequest
     from ._server import FakeWachatServer
 
@@ -47,7 +48,7 @@ def __getattr__(name: str) -> Any:
     # Lazy: the pytest plugin imports this package in every pytest run of every project that
     # installs wachat-async; aiohttp.web is only paid for when a fake server is actually used
     # (each name comes from the module that defines it: Fault alone does not load aiohttp).
-    if name == "Fault":
+    if name in ("Conditions", "Fault"):
         from . import _faults as home
     elif name in ("FakeInstance", "RecordedRequest"):
         from . import _registry as home  # type: ignore[no-redef]

@@ -35,6 +35,7 @@ import traceback
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final, NoReturn, TextIO
 
+from ._faults import Conditions
 from ._program import (
     OutputError,
     closed_streams_stand_in,
@@ -131,6 +132,41 @@ def _key(text: str) -> str:
     return text
 
 
+def _share(text: str) -> float:
+    value = seconds(zero=True)(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must be a share from 0 to 1, got {text!r}")
+    return value
+
+
+def _conditions(args: argparse.Namespace) -> Conditions:
+    return Conditions(
+        rate_limit=args.rate_limit,
+        retry_after=args.retry_after,
+        outage=args.outage,
+        share_502=args.share_502,
+        share_hang=args.share_hang,
+        seed=args.seed,
+    )
+
+
+def _describe(conditions: Conditions) -> str | None:
+    """The conditions in a few words, or None when there are none."""
+    parts = []
+    if conditions.outage:
+        parts.append(f"502 for the first {conditions.outage:g} s")
+    if conditions.rate_limit is not None:
+        parts.append(
+            f"429 (Retry-After: {conditions.retry_after}) above "
+            f"{conditions.rate_limit:g} requests/s"
+        )
+    if conditions.share_502:
+        parts.append(f"{conditions.share_502:.0%} answered 502")
+    if conditions.share_hang:
+        parts.append(f"{conditions.share_hang:.0%} left hanging")
+    return f"Faults of the QR requests: {'; '.join(parts)}." if parts else None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the fake server's options to *parser* (both entry points use exactly these)."""
     parser.add_argument(
@@ -197,6 +233,55 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=10_000,
         metavar="N",
         help="recorded requests kept in memory, >= 0 (default 10000)",
+    )
+    faults = parser.add_argument_group(
+        "faults",
+        "what goes wrong for the QR requests of every instance (the state route is spared), "
+        "to rehearse a fleet against an upstream at its limits",
+    )
+    faults.add_argument(
+        "--rate-limit",
+        type=seconds(zero=False),
+        default=None,
+        metavar="N",
+        help="accept N QR requests per second, > 0 (a token bucket holding one second's "
+        "worth); answer each one above it 429 with Retry-After (default: no limit)",
+    )
+    faults.add_argument(
+        "--retry-after",
+        type=integer(0),
+        default=1,
+        metavar="SECONDS",
+        help="the Retry-After of those 429s, an integer >= 0 (default 1)",
+    )
+    faults.add_argument(
+        "--outage",
+        type=seconds(zero=True),
+        default=0.0,
+        metavar="SECONDS",
+        help="answer every QR request 502 for the first SECONDS, >= 0 (default 0)",
+    )
+    faults.add_argument(
+        "--share-502",
+        type=_share,
+        default=0.0,
+        metavar="P",
+        help="answer this share of QR requests 502, from 0 to 1 (default 0)",
+    )
+    faults.add_argument(
+        "--share-hang",
+        type=_share,
+        default=0.0,
+        metavar="P",
+        help="leave this share of QR requests hanging (no answer until the client gives up), "
+        "from 0 to 1 (default 0)",
+    )
+    faults.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        metavar="N",
+        help="seed the draws of --share-502 and --share-hang (the same faults on every run)",
     )
     parser.add_argument("--access-log", action="store_true", help="log every request on stderr")
     parser.add_argument(
@@ -312,6 +397,9 @@ async def serve(
         if args.ca_file is not None and not args.tls:
             _complain(f"{prog}: error: --ca-file needs --tls", err)
             return EXIT_USAGE
+        if args.share_502 + args.share_hang > 1:
+            _complain(f"{prog}: error: --share-502 and --share-hang add up to over 1", err)
+            return EXIT_USAGE
         server = FakeWachatServer(
             DEFAULT_API_KEY if args.api_key is None else args.api_key,
             host=args.host,
@@ -362,6 +450,7 @@ async def _serve(
 ) -> int:
     names = _names(args)
     server.add_instances(names)
+    conditions = _conditions(args)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     installed: list[signal.Signals] = []
@@ -372,6 +461,7 @@ async def _serve(
     try:
         try:
             await server.start()
+            server.set_conditions(conditions)  # an --outage starts now
         except OSError as exc:
             where = f"{args.host}:{args.port}"
             _complain(f"{prog}: error: cannot listen on {where}: {exc.strerror or exc}", err)
@@ -420,6 +510,8 @@ async def _serve(
                 )
             rotation = f"every {args.rotation:g} s" if args.rotation else "never"
             _complain(f"QR codes change {rotation}. Press Ctrl-C to stop.", err)
+            if (faults := _describe(conditions)) is not None:
+                _complain(faults, err)
             with contextlib.suppress(asyncio.TimeoutError):  # --duration over
                 await asyncio.wait_for(stop.wait(), args.duration)  # None: until a signal
         finally:

@@ -1,5 +1,8 @@
 """Scripted faults: :class:`Fault`, one way for the fake server to misbehave on a QR request.
 
+:class:`Conditions`: what goes wrong for every instance (a rate limit, an outage, a share of
+502s or hangs), for rehearsing a fleet against an upstream at its limits.
+
 A fault is a frozen value that says *what* should go wrong (a status, a ``Retry-After``, a body,
 a delay, a dropped, hanging or truncated connection), validated when it is made so that a test
 cannot script something impossible or smuggle a header. What a fault means for one request is
@@ -19,7 +22,7 @@ from typing import Literal
 
 import attrs
 
-__all__ = ["Fault", "Misbehaviour", "as_fault", "bad_header_text", "misbehaviour"]
+__all__ = ["Conditions", "Fault", "Misbehaviour", "as_fault", "bad_header_text", "misbehaviour"]
 
 #: What a fault can do to the connection instead of answering normally.
 Misbehaviour = Literal["truncate", "drop", "hang"]
@@ -148,3 +151,48 @@ def as_fault(item: int | Fault) -> Fault:
     if type(item) is int:
         return Fault(status=item)
     raise TypeError(f"script entries must be int statuses or Fault objects, not {item!r}")
+
+
+def _check_share(_inst: object, attribute: attrs.Attribute[float], value: float) -> None:
+    _check_delay(_inst, attribute, value)
+    if value > 1:
+        raise ValueError(f"{attribute.name} must be a share from 0 to 1, not {value!r}")
+
+
+def _check_rate(_inst: object, attribute: attrs.Attribute[float | None], value: object) -> None:
+    if value is not None and (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ValueError(f"{attribute.name} must be a number > 0 or None, not {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class Conditions:
+    """What goes wrong for every instance, on the QR requests that no script answers.
+
+    ``outage``: seconds, from when the conditions are set, during which every QR request is
+    answered 502. ``rate_limit``: QR requests per second accepted (a token bucket holding one
+    second's worth, at least one request); each one above it is answered 429 with
+    ``Retry-After: retry_after``.
+    ``share_502`` and ``share_hang``: shares (0 to 1) of the other QR requests answered 502
+    or left hanging, drawn from a ``random.Random(seed)``.
+    """
+
+    rate_limit: float | None = attrs.field(default=None, validator=_check_rate)
+    retry_after: int = attrs.field(default=1)
+    outage: float = attrs.field(default=0.0, validator=_check_delay)
+    share_502: float = attrs.field(default=0.0, validator=_check_share)
+    share_hang: float = attrs.field(default=0.0, validator=_check_share)
+    seed: int | None = None
+
+    @retry_after.validator
+    def _check_retry_after(self, attribute: attrs.Attribute[int], value: object) -> None:
+        if type(value) is not int or value < 0:
+            raise ValueError(f"retry_after must be an int >= 0 (seconds), not {value!r}")
+
+    def __attrs_post_init__(self) -> None:
+        if self.share_502 + self.share_hang > 1:
+            raise ValueError("share_502 + share_hang must not be over 1")

@@ -12,6 +12,7 @@ imports aiohttp or the client.
 from __future__ import annotations
 
 import math
+import random
 import re
 import threading
 from collections import Counter, deque
@@ -21,11 +22,14 @@ from typing import Literal
 
 import attrs
 
-from ._faults import Fault
+from ._faults import Conditions, Fault
 
 __all__ = ["BAILEYS", "FakeInstance", "RecordedRequest", "Registry", "friendly_name"]
 
 BAILEYS = "WHATSAPP-BAILEYS"
+
+_BAD_GATEWAY = Fault(status=502)
+_HANG = Fault(hang=True)
 
 # "t1_" + 8 lowercase alphanumerics + "_" + friendly name (related-endpoints.md).
 _PREFIXED_NAME = re.compile(r"t\d+_[a-z0-9]{8}_(.+)", re.DOTALL)
@@ -108,6 +112,11 @@ class Registry:
         self._scripts: dict[str, deque[Fault]] = {}
         self._log: deque[RecordedRequest] = deque(maxlen=max_logged_requests)
         self._counts: Counter[tuple[str | None, str]] = Counter()
+        self._conditions = Conditions()
+        self._outage_ends = -math.inf
+        self._tokens = 0.0
+        self._filled = 0.0
+        self._random = random.Random()  # noqa: S311 - simulated faults, not security
 
     # -- keys ---------------------------------------------------------------------------------
 
@@ -201,16 +210,46 @@ class Registry:
         with self._lock:
             return tuple(self._scripts.get(name, ()))
 
+    def set_conditions(self, conditions: Conditions) -> None:
+        """Apply *conditions* from now on (an outage starts now; the bucket starts full)."""
+        with self._lock:
+            self._conditions = conditions
+            now = self._clock()
+            self._outage_ends = now + conditions.outage
+            self._tokens = max(conditions.rate_limit or 0.0, 1)
+            self._filled = now
+            self._random = random.Random(conditions.seed)  # noqa: S311 - not security
+
     def next_fault(self, name: str) -> Fault | None:
-        """Take the oldest fault queued for *name*, if any."""
+        """Take the oldest fault queued for *name*, or else the one the conditions impose."""
         with self._lock:
             script = self._scripts.get(name)
             if not script:
-                return None
+                return self._imposed()
             fault = script.popleft()
             if not script:
                 del self._scripts[name]
             return fault
+
+    def _imposed(self) -> Fault | None:
+        conditions = self._conditions
+        now = self._clock()
+        if now < self._outage_ends:
+            return _BAD_GATEWAY
+        rate = conditions.rate_limit
+        if rate is not None:
+            self._tokens = min(max(rate, 1), self._tokens + (now - self._filled) * rate)
+            self._filled = now
+            if self._tokens < 1:
+                return Fault(status=429, retry_after=str(conditions.retry_after))
+            self._tokens -= 1
+        if conditions.share_502 or conditions.share_hang:
+            roll = self._random.random()
+            if roll < conditions.share_502:
+                return _BAD_GATEWAY
+            if roll < conditions.share_502 + conditions.share_hang:
+                return _HANG
+        return None
 
     # -- the request log ----------------------------------------------------------------------
 

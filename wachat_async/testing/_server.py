@@ -27,14 +27,14 @@ from typing import Literal
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from ._faults import Fault, as_fault, bad_header_text
+from ._faults import Conditions, Fault, as_fault, bad_header_text
 from ._handlers import ADMIN_PATH, API_PREFIX, QR_PATH, STATE_PATH, Routes, Waiting
 from ._png import PngCache, require_segno
 from ._png import qr_payload as _qr_payload
 from ._registry import BAILEYS, FakeInstance, RecordedRequest, Registry, friendly_name
 from ._tls import DEFAULT_TLS_HOSTNAMES, ThrowawayCA
 
-__all__ = ["FakeInstance", "FakeWachatServer", "Fault", "RecordedRequest"]
+__all__ = ["Conditions", "FakeInstance", "FakeWachatServer", "Fault", "RecordedRequest"]
 
 _log = logging.getLogger("wachat_async.testing")
 
@@ -445,6 +445,15 @@ class FakeWachatServer:
         """
         _check_name(name)
         self._registry.set_script(name, [as_fault(item) for item in responses])
+
+    def set_conditions(self, conditions: Conditions | None = None) -> None:
+        """Make every instance's QR requests meet *conditions* (a rate limit, an outage, a
+        share of 502s or hangs) from now on, replacing earlier ones; ``None`` clears them. A
+        scripted fault comes first, and the rate limit does not count it.
+        """
+        if conditions is not None and not isinstance(conditions, Conditions):
+            raise TypeError(f"conditions must be a Conditions, not {type(conditions).__name__}")
+        self._registry.set_conditions(conditions or Conditions())
 
     def pending_script(self, name: str) -> tuple[Fault, ...]:
         """The scripted responses for *name* not consumed yet."""
