@@ -119,19 +119,17 @@ def check_route_options(
 
 
 def route_kit(
+    passthrough: tuple[type[BaseException], ...],
     client: WachatClient | Callable[[RequestT], WachatClient],
     prefix: object,
     authorize: Authorize[RequestT],
-    interval: object,
-    heartbeat: object,
-    max_name_length: int,
-    passthrough: tuple[type[BaseException], ...],
-    max_age: object = DEFAULT_MAX_AGE,
-    max_backoff: object = DEFAULT_MAX_BACKOFF,
+    limits: tuple[object, object, int, object, object],
 ) -> tuple[str, Gate[RequestT], Callable[[RequestT], WachatClient]]:
     """What both ``qr_routes`` start from, once their options are checked: the normalised
     prefix, the :class:`Gate` (*passthrough*: the framework's HTTP exceptions) and how to find
-    the client of a request."""
+    the client of a request. *limits*: interval, heartbeat, max_name_length, max_age and
+    max_backoff, as ``qr_routes`` takes them."""
+    interval, heartbeat, max_name_length, max_age, max_backoff = limits
     base = check_route_options(
         prefix, authorize, interval, heartbeat, max_name_length, max_age, max_backoff
     )

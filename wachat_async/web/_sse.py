@@ -33,6 +33,7 @@ from typing import Final
 from wachat_async import QRImage
 
 from ._hub import CLOSED, CONNECTED, DEFAULT_MAX_AGE, DEFAULT_MAX_BACKOFF, QRHub, error_status
+from ._paths import png_from_events
 
 __all__ = ["FINAL", "LIVENESS_CHECK", "PING", "RECONNECT_MS", "event", "qr_events"]
 
@@ -130,3 +131,24 @@ async def qr_events(
                 last_write = loop.time()
     finally:
         hub.leave(watch)
+
+
+def route_events(
+    hub: QRHub,
+    name: str,
+    limits: tuple[object, object, int, object, object],
+    gone: Callable[[], bool | Awaitable[bool]] | None = None,
+) -> AsyncGenerator[bytes, None]:
+    """:func:`qr_events` as both ``qr_routes`` call it, with their checked *limits* (interval,
+    heartbeat, max_name_length, max_age, max_backoff)."""
+    interval, heartbeat, _, max_age, max_backoff = limits
+    return qr_events(
+        hub,
+        name,
+        png_path=png_from_events(name),
+        interval=float(interval),  # type: ignore[arg-type]
+        heartbeat=float(heartbeat),  # type: ignore[arg-type]
+        gone=gone,
+        max_age=float(max_age),  # type: ignore[arg-type]
+        max_backoff=float(max_backoff),  # type: ignore[arg-type]
+    )

@@ -29,8 +29,8 @@ from wachat_async import WachatClient
 from ._core import DEFAULT_HEARTBEAT, DEFAULT_INTERVAL, Answer, Authorize, png_answer, route_kit
 from ._hub import DEFAULT_MAX_AGE, DEFAULT_MAX_BACKOFF, hub_for
 from ._page import PAGE_HEADERS, page_html
-from ._paths import DEFAULT_MAX_NAME_LENGTH, EVENTS, PNG, Target, png_from_events
-from ._sse import EVENT_HEADERS, qr_events
+from ._paths import DEFAULT_MAX_NAME_LENGTH, EVENTS, PNG, Target
+from ._sse import EVENT_HEADERS, route_events
 
 __all__ = ["qr_routes"]
 
@@ -72,17 +72,8 @@ def qr_routes(
     take only GET and HEAD of ``/{name}`` and ``/{name}/events`` (a POST to ``/login`` is still
     the application's).
     """
-    base, gate, client_for = route_kit(
-        client,
-        prefix,
-        authorize,
-        interval,
-        heartbeat,
-        max_name_length,
-        (web.HTTPException,),
-        max_age,
-        max_backoff,
-    )
+    limits = (interval, heartbeat, max_name_length, max_age, max_backoff)
+    base, gate, client_for = route_kit((web.HTTPException,), client, prefix, authorize, limits)
 
     async def serve(request: web.Request, tail: str) -> web.StreamResponse:
         raw_path = request.rel_url.raw_path
@@ -109,16 +100,7 @@ def qr_routes(
             transport = request.transport
             return transport is None or transport.is_closing()
 
-        stream = qr_events(
-            hub_for(client_for(request)),
-            where.name,
-            png_path=png_from_events(where.name),
-            interval=float(interval),
-            heartbeat=float(heartbeat),
-            gone=gone,
-            max_age=float(max_age),
-            max_backoff=float(max_backoff),
-        )
+        stream = route_events(hub_for(client_for(request)), where.name, limits, gone)
         async with contextlib.aclosing(stream):
             try:
                 async for chunk in stream:

@@ -38,8 +38,8 @@ from wachat_async import WachatClient
 from ._core import DEFAULT_HEARTBEAT, DEFAULT_INTERVAL, Answer, Authorize, png_answer, route_kit
 from ._hub import DEFAULT_MAX_AGE, DEFAULT_MAX_BACKOFF, hub_for
 from ._page import PAGE_HEADERS, page_html
-from ._paths import DEFAULT_MAX_NAME_LENGTH, EVENTS, PNG, claims_root, png_from_events
-from ._sse import EVENT_HEADERS, qr_events
+from ._paths import DEFAULT_MAX_NAME_LENGTH, EVENTS, PNG, claims_root
+from ._sse import EVENT_HEADERS, route_events
 
 __all__ = ["EventStreamResponse", "qr_routes"]
 
@@ -140,17 +140,8 @@ def qr_routes(
     With an empty *prefix* it takes only GET and HEAD of ``/{name}`` and ``/{name}/events``
     (a POST to ``/login`` is still the application's).
     """
-    base, gate, client_for = route_kit(
-        client,
-        prefix,
-        authorize,
-        interval,
-        heartbeat,
-        max_name_length,
-        (HTTPException,),
-        max_age,
-        max_backoff,
-    )
+    limits = (interval, heartbeat, max_name_length, max_age, max_backoff)
+    base, gate, client_for = route_kit((HTTPException,), client, prefix, authorize, limits)
 
     async def endpoint(request: Request) -> Response:
         raw_path = _raw_path(request.scope)
@@ -164,15 +155,7 @@ def qr_routes(
             answer = await png_answer(hub_for(wachat), where.name, if_none_match, max_age)
             return _response(answer)
         if where.route == EVENTS:
-            stream = qr_events(
-                hub_for(client_for(request)),
-                where.name,
-                png_path=png_from_events(where.name),
-                interval=float(interval),
-                heartbeat=float(heartbeat),
-                max_age=float(max_age),
-                max_backoff=float(max_backoff),
-            )
+            stream = route_events(hub_for(client_for(request)), where.name, limits)
             return EventStreamResponse(stream)
         return Response(page_html(where.name), headers=dict(PAGE_HEADERS))
 
