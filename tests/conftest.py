@@ -101,7 +101,7 @@ async def client(server: FakeWachatServer) -> AsyncIterator[WachatClient]:
 
 def assert_no_connection_checked_out(client: WachatClient) -> None:
     """Fail if the client's own pool still has a connection checked out."""
-    session = client._session
+    session = client._state.session
     if session is None:
         return
     connector = session.connector

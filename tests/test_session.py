@@ -1044,10 +1044,10 @@ def test_a_client_in_use_by_another_threads_loop_is_a_clear_error(
     runner.start()
     try:
         asyncio.run_coroutine_threadsafe(client.get_qr_image(NAME), other).result(timeout=10)
-        session = client._session
+        session = client._state.session
         with pytest.raises(ConfigurationError, match="one running event loop at a time"):
             asyncio.run(call(client))
-        assert client._session is session
+        assert client._state.session is session
         assert session is not None
         assert not session.closed
         qr = asyncio.run_coroutine_threadsafe(client.get_qr_image(NAME), other).result(10)

@@ -265,7 +265,7 @@ async def test_a_runtime_error_of_an_open_session_is_not_taken_for_a_closed_clie
         with pytest.raises(RuntimeError, match="hook failed") as info:
             await run()
         assert not isinstance(info.value, ClientClosedError)
-        assert client._slots.free == client._slots.limit
+        assert client._state.slots.free == client._state.slots.limit
 
 
 @pytest.mark.parametrize(
@@ -281,7 +281,7 @@ async def test_a_png_content_type_written_otherwise_is_still_a_png(
     server.script(NAME, [Fault(content_type=content_type)])
     async with WachatClient(api_key=KEY, base_url=server.base_url) as client:
         qr = await client.get_qr_image(NAME)
-        assert client._slots.free == client._slots.limit
+        assert client._state.slots.free == client._state.slots.limit
     assert (qr.instance_name, qr.width > 0) == (NAME, True)
 
 
