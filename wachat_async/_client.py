@@ -417,11 +417,12 @@ class WachatClient:
         guard: AsyncGenerator[None, None] | None,
         loop: asyncio.AbstractEventLoop | None,
     ) -> None:
-        """Close our session (detach a borrowed one's stand-in) with what asyncio publishes.
+        """Close our session (detach a borrowed one's stand-in) in the loop it belongs to.
 
-        Its own loop closes it: now if it is this one, soon if another thread runs it. A loop
-        that is not running cannot close its sockets: the guard's close waits for that loop to
-        run again (a closed one closes nothing), and :data:`_IDLE_LOOP_MESSAGE` says so once.
+        That loop closes it: now if it is the running one, soon if another thread runs it. A
+        loop left idle (``run_until_complete`` returned) with nothing of its owner's pending is
+        run here, in a worker thread, just long enough to close it. A closed loop, or an idle
+        one with tasks pending, cannot close it now: :data:`_IDLE_LOOP_MESSAGE` says so, once.
         """
         if session is None or session.closed or loop is None:
             return
@@ -431,15 +432,17 @@ class WachatClient:
             await guard.aclose()  # its ``finally`` closes the session
         elif loop.is_running():
             asyncio.run_coroutine_threadsafe(guard.aclose(), loop)
+        elif not loop.is_closed() and not asyncio.all_tasks(loop):
+            await asyncio.to_thread(loop.run_until_complete, guard.aclose())
         else:
             state = self._state
             if not state.warned:
                 state.warned = True
                 warnings.warn(_IDLE_LOOP_MESSAGE, ResourceWarning, stacklevel=3)
             if loop.is_closed():
-                await guard.aclose()  # marks the session closed; the loop took the sockets
+                await guard.aclose()  # marks it closed; the loop's transports keep the sockets
             else:
-                asyncio.run_coroutine_threadsafe(guard.aclose(), loop)
+                asyncio.run_coroutine_threadsafe(guard.aclose(), loop)  # if that loop runs
 
     async def __aenter__(self) -> WachatClient:
         if self._stale():
@@ -643,8 +646,8 @@ def _env_key() -> Secret | None:
 
 
 _IDLE_LOOP_MESSAGE = (
-    "WachatClient: the event loop that holds this client's connections is not running, so "
-    "they cannot be closed now (they close if that loop runs again). Close the client with "
+    "WachatClient: the event loop that holds this client's connections was closed (or has "
+    "tasks pending and is not running), so they cannot be closed now. Close the client with "
     "'await client.aclose()' in the loop that used it, or use 'async with'; a script that runs "
     "each call with asyncio.run() needs neither"
 )
