@@ -421,11 +421,11 @@ def classify(
     caller maps it as any other transport error). Messages name hosts, never credentials.
 
     *host*, *port* and *scheme* are the server dialled. Through a *proxy*, a failure to reach
-    it (refused, unreachable, a name that does not resolve), and a proxy that closes or answers
-    something that is not HTTP to the ``CONNECT`` (or, for plain ``http://``, to the request
-    itself), are :class:`ProxyError`; the same inside an established tunnel is the server's.
-    A certificate pin (``ssl=aiohttp.Fingerprint``) that does not match is a
-    :class:`TLSVerificationError`."""
+    it (``ClientProxyConnectionError``, or a name of the proxy's that does not resolve), a
+    closed connection, and an answer that is not HTTP to the ``CONNECT`` (or, for plain
+    ``http://``, to the request itself) are :class:`ProxyError`. A certificate pin
+    (``ssl=aiohttp.Fingerprint``) that does not match is a :class:`TLSVerificationError`.
+    """
     where = "the server"
     if host:
         where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"  # IPv6 in brackets
@@ -454,32 +454,33 @@ def classify(
         return proxy_status_error(exc.status, proxy=proxy, instance_name=instance_name)
     if proxy is None:
         return None
-    if isinstance(exc, aiohttp.ClientConnectorError) and _is_proxy_address(exc, proxy):
-        # Refused, unreachable, or a name that does not resolve: aiohttp's text says
-        # "ssl:default", which is about the server, not the proxy.
+    if isinstance(exc, aiohttp.ClientProxyConnectionError) or (
+        isinstance(exc, aiohttp.ClientConnectorError)
+        and (exc.host, exc.port) == (proxy.url.host, proxy.url.port)  # the proxy's DNS
+    ):
+        # aiohttp's text says "ssl:default", which is about the server, not the proxy.
         if isinstance(exc, aiohttp.ClientConnectorDNSError):
             why = "its host name does not resolve (DNS)"
         else:
-            why = f"{type(exc.os_error).__name__}" if exc.os_error else type(exc).__name__
+            why = type(exc.os_error).__name__
         return ProxyError(
             f"cannot connect to the HTTP proxy {proxy.display}: {why}",
             instance_name=instance_name,
         )
-    if _connect_frames(exc):
-        stage: str | None = "the CONNECT"
-    elif scheme == "http":
-        stage = "the request"  # plain http:// talks to the proxy only
-    else:
-        stage = None  # inside the tunnel: the server's doing
-    if stage is not None and isinstance(exc, aiohttp.ServerDisconnectedError):
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        # Inside a tunnel the proxy also closes our connection for the server: aiohttp's
+        # exception does not say which of the two hung up.
         return ProxyError(
-            f"the HTTP proxy {proxy.display} closed the connection before answering {stage}",
+            f"the HTTP proxy {proxy.display} closed the connection before an answer came",
             instance_name=instance_name,
         )
-    if stage is not None and type(exc) is aiohttp.ClientResponseError:
-        # A parser error (a real response of any status is no exception here): the proxy's
-        # port speaks something else (a SOCKS proxy, another service). aiohttp's message
-        # quotes the bytes: not repeated.
+    # A parser error (a real response of any status is no exception here) to the CONNECT, or
+    # to a plain http:// request (which goes to the proxy as it is); aiohttp's message quotes
+    # the bytes: not repeated.
+    if type(exc) is aiohttp.ClientResponseError and (
+        exc.request_info.method == "CONNECT" or scheme == "http"
+    ):
+        stage = "the CONNECT" if exc.request_info.method == "CONNECT" else "the request"
         return ProxyError(
             f"the HTTP proxy {proxy.display} answered {stage} with something that is not "
             "HTTP (is it a SOCKS proxy, or the wrong port?)",
@@ -493,31 +494,6 @@ def _short_hex(digest: object) -> str:
     if not isinstance(digest, bytes):
         return "?"
     return digest[:8].hex(":") + ":…"
-
-
-def _is_proxy_address(exc: aiohttp.ClientConnectorError, proxy: Proxy) -> bool:
-    """Whether a connection failure was dialling the proxy (not the server behind it)."""
-    try:
-        host, port = exc.host, exc.port
-    except (AttributeError, TypeError):  # pragma: no cover - every aiohttp 3.x has both
-        return isinstance(exc, aiohttp.ClientProxyConnectionError)
-    wanted = proxy.url.host
-    return isinstance(exc, aiohttp.ClientProxyConnectionError) or (
-        host == wanted and port == proxy.url.port
-    )
-
-
-def _connect_frames(exc: BaseException) -> bool:
-    """Whether *exc* was raised while aiohttp read the proxy's answer to ``CONNECT`` (before
-    the TLS handshake with the server inside the tunnel)."""
-    names: list[str] = []
-    tb = exc.__traceback__
-    while tb is not None:
-        names.append(tb.tb_frame.f_code.co_name)
-        tb = tb.tb_next
-    return "_create_proxy_connection" in names and not (
-        {"_start_tls_connection", "_wrap_existing_connection"} & set(names)
-    )
 
 
 def proxy_status_error(
