@@ -47,6 +47,15 @@ from .conftest import (
     status_cases,
 )
 
+#: The client's lifecycle tests run on asyncio's loop and on uvloop (tests/conftest.py).
+ON_EVERY_LOOP = {
+    "test_borrowed_session_is_used_and_left_open",
+    "test_every_use_of_a_closed_client_raises_client_closed_error",
+    "test_a_client_closed_before_its_first_call_refuses_it",
+    "test_client_opens_lazily_without_async_with",
+    "test_garbage_collected_open_client_warns",
+}
+
 #: A 1x1 transparent RGBA PNG (its IDAT's length chains to IEND; Pillow decodes it).
 PNG_1X1 = bytes.fromhex(
     "89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c489"
@@ -790,8 +799,7 @@ async def test_garbage_collected_open_client_warns(server: FakeWachatServer) -> 
     del client
     gc.collect()  # the view still holds the shared state: nothing to say yet
     with pytest.warns(ResourceWarning, match="Unclosed WachatClient"):
-        del view
-        gc.collect()
+        del view  # the last holder of the shared state
     for _ in range(100):  # bounded turns of the loop, no sleeping
         if session.closed:
             break

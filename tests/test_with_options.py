@@ -28,6 +28,9 @@ from wachat_async.testing import FakeWachatServer, Fault
 
 from .conftest import KEY, NAME
 
+#: Every async test here runs on asyncio's loop and on uvloop (tests/conftest.py).
+ON_EVERY_LOOP = True
+
 
 @pytest.fixture
 async def server() -> AsyncIterator[FakeWachatServer]:
