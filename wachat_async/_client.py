@@ -177,32 +177,20 @@ class WachatClient:
             check_bool(allow_insecure_http, "allow_insecure_http")
             check_number(max_connections, "max_connections", integer=True, minimum=1)
             check_number(max_image_bytes, "max_image_bytes", integer=True, minimum=64)
-            _check_retry(retry)
-            if retry_budget is not None and not isinstance(retry_budget, RetryBudget):
-                raise TypeError(
-                    f"retry_budget must be a RetryBudget or None, not {type(retry_budget).__name__}"
-                )
+            _check_type(retry, RetryPolicy, "retry")
+            _check_type(retry_budget, RetryBudget, "retry_budget")
             check_bool(trust_env, "trust_env")
         except (TypeError, ValueError) as exc:
             raise_clean(ConfigurationError(str(exc), secrets=secrets))
-        if session is not None:
-            given = [
-                name
-                for name, value in (
-                    ("ssl", ssl is not None),
-                    ("trust_env", trust_env),
-                    ("trace_configs", bool(trace_configs)),
-                )
-                if value
-            ]
-            if given:
-                raise ConfigurationError(
-                    f"{', '.join(given)} cannot be combined with session=: a borrowed session "
-                    "brings its own connector, so set these on your session instead "
-                    "(aiohttp.TCPConnector(ssl=...), aiohttp.ClientSession(trace_configs=...)), "
-                    "or pass no session",
-                    secrets=secrets,
-                )
+        options = {"ssl": ssl is not None, "trust_env": trust_env, "trace_configs": trace_configs}
+        if session is not None and (given := [name for name, v in options.items() if v]):
+            raise ConfigurationError(
+                f"{', '.join(given)} cannot be combined with session=: a borrowed session "
+                "brings its own connector, so set these on your session instead "
+                "(aiohttp.TCPConnector(ssl=...), aiohttp.ClientSession(trace_configs=...)), "
+                "or pass no session",
+                secrets=secrets,
+            )
         self._proxy: Proxy | None = parse_proxy(proxy, secrets=secrets)
         self._ssl = check_ssl(ssl, secrets=secrets)
         self._trust_env = trust_env
@@ -288,7 +276,7 @@ class WachatClient:
                 new_timeout = check_timeout(timeout) or DEFAULT_TIMEOUT
                 changed["timeout"] = f"timeout={new_timeout.total}"
             if retry is not _UNSET:
-                _check_retry(retry)
+                _check_type(retry, RetryPolicy, "retry")
                 policy = RetryPolicy() if retry is None else retry
                 changed["retry"] = "retry" if retry is not None else "retry=default"
             if max_image_bytes is not _UNSET:
@@ -565,23 +553,13 @@ class WachatClient:
         dedupe: bool = True,
         on_progress: Callable[[QRSuccess | QRFailure], object] | None = None,
     ) -> FetchMany:
-        """Fetch many QR codes, *concurrency* at a time; a :class:`QRSuccess` or
-        :class:`QRFailure` per name as each completes.
+        """Fetch many QR codes, *concurrency* at a time (at most the client's connection
+        slots); a :class:`QRSuccess` or :class:`QRFailure` per name as each completes.
 
-        ``dedupe=True``: one result per distinct name (the names seen are remembered).
-        ``dedupe=False``: every name pulled is fetched, so ``itertools.cycle(names)`` is a
-        polling loop in memory bounded by *concurrency*. Either way one name is never in flight
-        twice at once within the batch (two batches do not know of each other), an invalid
-        name becomes a :class:`QRFailure` with an :class:`InvalidInstanceNameError`, and the
-        event loop is never held.
-
-        Returns a :class:`FetchMany`: iterate it, ideally inside ``async with`` so that leaving
-        the block cancels what is still in flight. *concurrency* is capped at the client's
-        connection slots (``max_connections``, or a borrowed connector's limit), and each fetch
-        queues for a slot before its timeout starts. Closing the client ends the batch with
-        :class:`ClientClosedError`, raised from the loop; a batch whose pending result was
-        cancelled (``asyncio.wait_for`` around ``anext``) raises ``RuntimeError`` from then on.
-        See :func:`wachat_async._polling.fetch_many`.
+        ``dedupe=True``: one result per distinct name; ``dedupe=False``: every name pulled is
+        fetched (``itertools.cycle(names)`` polls in bounded memory). Returns a
+        :class:`FetchMany`: iterate it inside ``async with``, so that leaving the block cancels
+        what is still in flight. Details: docs/fleets.md, :func:`~wachat_async._polling.fetch_many`.
         """
         return fetch_many(
             self.get_qr_image,
@@ -604,12 +582,10 @@ class WachatClient:
     ) -> QRWatch:
         """Poll one instance and yield its QR each time it changes (by content hash).
 
-        Never more often than once a second (a smaller *interval* is raised to 1 s). Transient
-        errors go through the retry policy and watching goes on, waiting twice as long after
-        each failure in a row, up to *max_backoff* seconds; terminal errors (401/403/404/409,
-        ...) are raised. With *until_connected* the watch ends cleanly once
-        :meth:`get_instance_state` reports ``"open"``. Returns a :class:`QRWatch`: its
-        ``shown`` counts the QR codes seen. See :func:`wachat_async._polling.watch_qr`.
+        At most once a second; after transient errors it waits twice as long each time, up to
+        *max_backoff* seconds, and terminal errors are raised. With *until_connected* the watch
+        ends once :meth:`get_instance_state` reports ``"open"``. Returns a :class:`QRWatch`.
+        Details: docs/fleets.md and :func:`~wachat_async._polling.watch_qr`.
         """
         name = check_instance_name(instance_name)
         return watch_qr(
@@ -623,11 +599,8 @@ class WachatClient:
         )
 
     def qr_image_url(self, instance_name: str, *, expose_api_key: bool = False) -> str:
-        """The QR image URL for this client's base URL.
-
-        Without *expose_api_key* the URL carries no key (for header auth or a proxy). With
-        ``expose_api_key=True`` it carries this client's key as ``apiKey`` for a bare ``<img>``
-        tag, and :class:`ApiKeyExposureWarning` is emitted: see :func:`build_qr_image_url`.
+        """The QR image URL for this client's base URL, without the key unless
+        *expose_api_key* (then :class:`ApiKeyExposureWarning`): see :func:`build_qr_image_url`.
         """
         return _build_qr_image_url(
             instance_name,
@@ -670,9 +643,9 @@ def _http_through_proxy(base: URL, proxy: Proxy, source: str) -> str:
     )
 
 
-def _check_retry(retry: object) -> None:
-    if retry is not None and not isinstance(retry, RetryPolicy):
-        raise TypeError(f"retry must be a RetryPolicy or None, not {type(retry).__name__}")
+def _check_type(value: object, kind: type, name: str) -> None:
+    if value is not None and not isinstance(value, kind):
+        raise TypeError(f"{name} must be a {kind.__name__} or None, not {type(value).__name__}")
 
 
 def _default_user_agent() -> str:

@@ -1,13 +1,11 @@
 """The client's network options: TLS, HTTP proxies, the environment and trace configs.
 
-It checks what ``WachatClient(ssl=, proxy=, trust_env=, trace_configs=)`` receives, turns a
-proxy URL into a credential-free URL plus ``aiohttp.BasicAuth`` (so no aiohttp message or
-repr can hold the password), reads the proxy and CA settings of the environment the way
-aiohttp does (``HTTPS_PROXY``, ``HTTP_PROXY``, ``NO_PROXY``, ``~/.netrc`` for the proxy's
-credentials, ``SSL_CERT_FILE``/``SSL_CERT_DIR``), and classifies TLS and proxy failures into
-:class:`TLSVerificationError` and :class:`ProxyError`, with messages that say what to do.
-
-It never does I/O on the network and never imports the client.
+It checks what ``WachatClient(ssl=, proxy=, trust_env=, trace_configs=)`` receives, splits a
+proxy URL into a credential-free URL and a ``Proxy-Authorization`` value (so no aiohttp
+message or repr can hold the password), reads the environment's proxy settings the way
+aiohttp does, and classifies TLS and proxy failures into :class:`TLSVerificationError` and
+:class:`ProxyError`, with messages that say what to do. No network I/O; never imports the
+client.
 """
 
 from __future__ import annotations
@@ -253,15 +251,11 @@ def _credential_forms(credentials: str) -> tuple[str, ...]:
 def parse_proxy(
     value: object, *, secrets: Iterable[str] = (), what: str = "proxy", from_env: bool = False
 ) -> Proxy | None:
-    """The ``proxy=`` argument, checked: an ``http://`` URL (str or yarl.URL) with a host and
-    an explicit port (1-65535), optionally ``user:password@`` (percent-encoded), and nothing
-    after the port but ``/``. *what* names the source in messages (``proxy``, or the
-    environment variable).
+    """The ``proxy=`` argument, checked: ``http://[USER:PASSWORD@]HOST:PORT[/]``, a str or
+    yarl.URL. *what* names the source in messages (``proxy``, or the environment variable).
 
-    The credentials are cut out of the text before anything parses it (see
-    :func:`split_credentials`): no message quotes them, whatever the URL's mistake, and no
-    local of this frame holds them but as a :class:`Secret` (whose ``repr`` hides it), so a
-    traceback rendered with its locals cannot show them either.
+    The credentials are cut out of the text before anything parses it, so no message quotes
+    them, and this frame holds them only as :class:`Secret` (a traceback's locals hide them).
     """
     if value is None:
         return None
@@ -374,12 +368,8 @@ def env_proxy(target: URL, *, secrets: Iterable[str] = ()) -> Proxy | None:
 def ssl_for_session(
     option: SSLOption, *, trust_env: bool
 ) -> ssl.SSLContext | bool | aiohttp.Fingerprint:
-    """The ``ssl=`` a new session's connector gets.
-
-    With ``trust_env`` and no ``ssl=``, a fresh default context, so ``SSL_CERT_FILE`` and
-    ``SSL_CERT_DIR`` as set when the session opens take effect. Otherwise *option* (``True``:
-    aiohttp's default context, which OpenSSL built once, when aiohttp was imported, reading
-    ``SSL_CERT_FILE``/``SSL_CERT_DIR`` as they were then: ``trust_env`` does not gate them).
+    """The ``ssl=`` a new session's connector gets: with ``trust_env`` and no ``ssl=``, a
+    fresh default context, so ``SSL_CERT_FILE``/``SSL_CERT_DIR`` are read as the session opens.
     """
     if option is None:
         return ssl.create_default_context() if trust_env else True
@@ -489,10 +479,8 @@ def classify(
     return None
 
 
-def _short_hex(digest: object) -> str:
+def _short_hex(digest: bytes) -> str:
     """The first 8 bytes of a digest as hex with an ellipsis (no raw byte string)."""
-    if not isinstance(digest, bytes):
-        return "?"
     return digest[:8].hex(":") + ":…"
 
 
