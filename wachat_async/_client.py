@@ -339,7 +339,7 @@ class WachatClient:
         if state.closed:
             raise ClientClosedError(_CLOSED_MESSAGE, attempts=0)
         loop = asyncio.get_running_loop()
-        if state.loop is not loop or state.session is None:
+        if state.loop is not loop:
             old = state.session, state.guard, state.loop
             if old[0] is not None and old[2] is not None and old[2].is_running():
                 # Closing the session would break the other thread's calls under it.
