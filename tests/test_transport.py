@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import aiohttp
 import pytest
@@ -183,10 +184,10 @@ async def transport(server: FakeWachatServer) -> AsyncIterator[Transport]:
         max_image_bytes=5 * 1024**2,
         user_agent="tests",
         borrowed=False,
-        slots=Slots(2),
+        link=SimpleNamespace(session=None, slots=Slots(2), closed=False),
     )
     async with aiohttp.ClientSession() as session:
-        t.session = session
+        t.link.session = session
         yield t
 
 
@@ -220,10 +221,10 @@ async def test_a_404_names_the_route_when_the_base_url_looks_wrong(
         max_image_bytes=1024,
         user_agent="tests",
         borrowed=False,
-        slots=Slots(1),
+        link=SimpleNamespace(session=None, slots=Slots(1), closed=False),
     )
     async with aiohttp.ClientSession() as session:
-        t.session = session
+        t.link.session = session
         with pytest.raises(InstanceNotFoundError) as info:
             await t.fetch_image(NAME)
     assert any("base URL" in note for note in info.value.__notes__)
@@ -234,7 +235,7 @@ async def test_an_attempt_without_a_session_is_refused_and_gives_its_slot_back(
 ) -> None:
     """Once the client has let go of the session (it was closed), an image attempt raises
     ClientClosedError having sent nothing, and its slot is free again."""
-    transport.session = None
+    transport.link.session = None
     with pytest.raises(ClientClosedError) as info:
         await transport.fetch_image(NAME)
     assert (info.value.attempts, info.value.instance_name, transport.slots.free) == (0, NAME, 2)
