@@ -38,7 +38,7 @@ from ._redact import Secret, mentions
 from ._retry import Retrier, RetryBudget, RetryPolicy, note_slot_wait
 from ._slots import Slots
 from ._stream import CHUNK_SIZE, QRStream
-from ._transport import DEFAULT_TIMEOUT, Transport, _SanitizedCause
+from ._transport import DEFAULT_TIMEOUT, Transport
 from ._urls import DEFAULT_BASE_URL, _build_qr_image_url, _qr_image_endpoint
 from ._validate import (
     check_api_key,
@@ -51,14 +51,7 @@ from ._validate import (
 )
 from ._version import __version__
 
-# QRStream, DEFAULT_TIMEOUT and _SanitizedCause lived here before the split: still importable.
-__all__ = [
-    "DEFAULT_MAX_IMAGE_BYTES",
-    "DEFAULT_TIMEOUT",
-    "QRStream",
-    "_SanitizedCause",
-    "WachatClient",
-]
+__all__ = ["DEFAULT_MAX_IMAGE_BYTES", "WachatClient"]
 
 DEFAULT_MAX_IMAGE_BYTES = 5 * 1024**2
 
