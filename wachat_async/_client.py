@@ -261,9 +261,9 @@ class WachatClient:
         closed when this client is. Options a view cannot change are a ``TypeError``.
         """
         transport = self._transport
-        changed: dict[str, str] = {}
+        changed: dict[str, str] = {}  # by option, as the view's repr shows it
         new_timeout, policy = transport.timeout, self._retry
-        agent = transport.user_agent
+        size, agent = transport.max_image_bytes, transport.user_agent
         try:
             if timeout is not _UNSET:
                 new_timeout = check_timeout(timeout) or DEFAULT_TIMEOUT
@@ -271,12 +271,11 @@ class WachatClient:
             if retry is not _UNSET:
                 _check_type(retry, RetryPolicy, "retry")
                 policy = RetryPolicy() if retry is None else retry
-                changed["retry"] = "retry" if retry is not None else "retry=default"
+                changed["retry"] = "retry=default" if retry is None else "retry"
             if max_image_bytes is not _UNSET:
                 check_number(max_image_bytes, "max_image_bytes", integer=True, minimum=64)
-                changed["max_image_bytes"] = f"max_image_bytes={max_image_bytes}"
-            else:
-                max_image_bytes = transport.max_image_bytes
+                size = max_image_bytes
+                changed["max_image_bytes"] = f"max_image_bytes={size}"
             if user_agent is not _UNSET:
                 agent = check_user_agent(user_agent) or _default_user_agent()
                 changed["user_agent"] = "user_agent"
@@ -289,7 +288,7 @@ class WachatClient:
         view._retry = policy
         view._retrier = Retrier(policy, self._budget, attempt_timeout=new_timeout.total)
         view._transport = transport.evolve(
-            timeout=new_timeout, max_image_bytes=max_image_bytes, user_agent=agent
+            timeout=new_timeout, max_image_bytes=size, user_agent=agent
         )
         view._seen = None
         return view
