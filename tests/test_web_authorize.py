@@ -23,6 +23,9 @@ from tests.conftest import KEY, NAME, assert_no_key
 from wachat_async import RetryPolicy, WachatClient
 from wachat_async.testing import FakeWachatServer
 
+#: Every async test here runs on asyncio's loop and on uvloop (tests/conftest.py).
+ON_EVERY_LOOP = True
+
 SECRET_TEXT = "db-password=hunter2"  # an exception's text: never in an answer
 ROUTES = {"png": f"/qr/{NAME}.png", "events": f"/qr/{NAME}/events", "page": f"/qr/{NAME}"}
 ROUTE_PARAMS = [pytest.param(route, id=route) for route in ROUTES]

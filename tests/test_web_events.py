@@ -24,6 +24,9 @@ from wachat_async import RetryPolicy, WachatClient
 from wachat_async.testing import FakeWachatServer
 from wachat_async.web import QRHub, hub_for, qr_events
 
+#: Every async test here runs on asyncio's loop and on uvloop (tests/conftest.py).
+ON_EVERY_LOOP = True
+
 QR = "/instance/qr/image"
 STATE = "/instance/state"
 OTHER = "t1_zz99yy88_other_store"
