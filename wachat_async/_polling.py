@@ -406,11 +406,13 @@ class QRWatch(contextlib.AbstractAsyncContextManager["QRWatch"]):
         check_number(max_backoff, "max_backoff", exclusive=True)
         self.instance_name = instance_name
         #: The interval in force (the one asked for, raised to ``MIN_INTERVAL``).
-        self.interval = max(float(interval), MIN_INTERVAL)
-        self.max_backoff = float(max_backoff)
-        self.shown = self.polls = self.failures = 0
+        self.interval: float = max(float(interval), MIN_INTERVAL)
+        self.max_backoff: float = float(max_backoff)
+        self.shown: int = 0
+        self.polls: int = 0
+        self.failures: int = 0
         self.latest: QRImage | None = None
-        self.connected = False
+        self.connected: bool = False
         self._fetch, self._get_state, self._sleep, self._rand = fetch, get_state, sleep, rand
         self._jitter = jitter
         self._waits = False  # whether the next round waits first (all but the first)

@@ -65,11 +65,11 @@ class ConnectionQueue:
     __slots__ = ("_slots", "closed", "in_use", "limit", "waiting")
 
     def __init__(self, limit: int | None) -> None:
-        self.limit = limit
-        self.closed = False
+        self.limit: int | None = limit
+        self.closed: bool = False
         #: Slots held now, and calls waiting for one.
-        self.in_use = 0
-        self.waiting = 0
+        self.in_use: int = 0
+        self.waiting: int = 0
         self._slots = asyncio.Semaphore(sys.maxsize if limit is None else limit)
 
     def __repr__(self) -> str:
