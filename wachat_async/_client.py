@@ -1,10 +1,7 @@
 """``WachatClient``: the public calls and the client's lifecycle.
 
-The client checks its configuration once, owns (or borrows) the aiohttp session and binds it,
-with its connection queue, to the running event loop; each public call checks its arguments
-and hands one attempt of the transport (``_transport.py``) to the retry loop (``_retry.py``).
-A client and its views (:meth:`WachatClient.with_options`) share one :class:`_State`, the only
-mutable state of the library.
+Each call checks its arguments, binds the session to the running loop if needed, and hands one
+attempt of the transport to the retry loop. A client and its views share one :class:`_State`.
 """
 
 from __future__ import annotations
@@ -68,9 +65,7 @@ _UNSET: Any = _Unset()
 
 
 class _State:
-    """What a client and its views share: the session, the loop it is bound to, the guard
-    that closes it as that loop ends, the connection queue, the proxy in use, the closed flag.
-    """
+    """What a client and its views share (the transport reads it as its ``link``)."""
 
     __slots__ = ("borrowed", "closed", "guard", "loop", "proxy", "session", "slots", "warned")
 
@@ -107,19 +102,11 @@ class WachatClient:
             qr = await client.get_qr_image("t1_abc_store")
             qr.save("qr.png")
 
-    The key (*api_key* or ``WACHAT_API_KEY``) is sent only as ``Authorization: Bearer`` and
-    never appears in a repr, an exception or a log line. The base URL comes from *base_url*,
-    ``WACHAT_BASE_URL`` or the production default; plain ``http://`` is refused for anything
-    but loopback unless *allow_insecure_http*. *timeout* bounds each attempt, the *retry*
-    policy's ``deadline`` a whole call; *retry_budget* is shared by all calls of the client.
-    Every call first waits for one of *max_connections* slots (or the borrowed connector's
-    limit), and its timeout starts only then.
-
-    Without *session* the client opens its own in the running event loop at the first call,
-    and a new one when a later call runs in another loop. A *session* you pass is borrowed,
-    never closed: its connector and trace configs are used, none of its request defaults.
-    *ssl*, *proxy*, *trust_env* and *trace_configs* are aiohttp's network options (see
-    docs/networks.md). One client (and its views) per running event loop.
+    The key (*api_key* or ``WACHAT_API_KEY``) never appears in a repr, an exception or a log
+    line. *timeout* bounds each attempt, the *retry* policy's ``deadline`` a whole call; a call
+    first waits for one of *max_connections* slots. A *session* you pass is borrowed, never
+    closed. Options: docs/getting-started.md, "Configuring the client"; *ssl*, *proxy*,
+    *trust_env* and *trace_configs*: docs/networks.md.
     """
 
     def __init__(
@@ -215,8 +202,7 @@ class WachatClient:
         self._budget = RetryBudget() if retry_budget is None else retry_budget
         self._retrier = Retrier(self._retry, self._budget, attempt_timeout=attempt_timeout.total)
         self._max_connections = max_connections
-        #: The pool's own size, so a call queues here, before its timeout starts, never in
-        #: aiohttp's pool (None: no limit).
+        #: The pool's size: a call queues here, before its timeout starts, not in aiohttp's pool.
         self._slot_limit = queue_limit(max_connections, session)
         self._state = _State(ConnectionQueue(self._slot_limit), borrowed=session is not None)
         self._owner = True  # False for a view: closing it closes nothing
@@ -243,19 +229,9 @@ class WachatClient:
         max_image_bytes: int = _UNSET,
         user_agent: str | None = _UNSET,
     ) -> WachatClient:
-        """A view of this client with other per-call options; everything else is shared.
-
-        The view shares this client's session, connection queue (``max_connections`` bounds
-        the client and its views together), retry budget, key, base URL and network options.
-        Each argument given replaces the current value (``None`` restores the constructor's
-        default), so a view of a view keeps what it does not change. Cheap enough to make per
-        request::
-
-            fast = client.with_options(timeout=3.0, retry=RetryPolicy.disabled())
-            qr = await fast.get_qr_image("t1_abc_store")   # the fleet poller keeps 30 s
-
-        A view owns nothing: its ``aclose()`` (or ``async with``) closes nothing, and it is
-        closed when this client is. Options a view cannot change are a ``TypeError``.
+        """A view of this client with other per-call options, sharing everything else (session,
+        connection queue, budget); ``None`` restores the default. Its ``aclose()`` closes
+        nothing. Details: docs/networks.md, "Per-call options".
         """
         transport = self._transport
         changed: dict[str, str] = {}  # by option, as the view's repr shows it
@@ -309,8 +285,7 @@ class WachatClient:
 
     @property
     def closed(self) -> bool:
-        """True after :meth:`aclose` (for a view: after its client's); a closed client refuses
-        every call (:class:`ClientClosedError`)."""
+        """True after :meth:`aclose` (of the client, for a view): every call then refuses."""
         return self._state.closed
 
     def _stale(self) -> bool:
@@ -319,11 +294,7 @@ class WachatClient:
         return self._seen is not state.session or state.loop is not asyncio.get_running_loop()
 
     async def _bind(self) -> None:
-        """Bind the shared session to the running event loop, then this object's transport.
-
-        The first call opens the session; a call in another loop (a second ``asyncio.run``,
-        a re-run notebook cell) opens a new one there and lets the old one go.
-        """
+        """Open the shared session in the running loop (letting an older loop's one go)."""
         state = self._state
         if state.closed:
             raise ClientClosedError(CLOSED_MESSAGE, attempts=0)
@@ -360,13 +331,8 @@ class WachatClient:
     def _open(
         self, proxy: Proxy | None
     ) -> tuple[aiohttp.ClientSession, AsyncGenerator[None, None] | None]:
-        """A session for the running loop, and the guard that closes it as that loop ends
-        (None for a borrowed session, which is never ours to close).
-
-        Over a borrowed session's connector the session is our own: aiohttp always merges a
-        session's default headers, cookies and ``auth`` into a request, so none of the
-        lender's request defaults may apply.
-        """
+        """A session for the running loop and the guard that closes it (None when borrowed:
+        ours over the lender's connector, since aiohttp always merges a session's defaults)."""
         url = None if proxy is None else proxy.url
         borrowed = self._borrowed
         if borrowed is None:
@@ -394,13 +360,8 @@ class WachatClient:
         guard: AsyncGenerator[None, None] | None,
         loop: asyncio.AbstractEventLoop | None,
     ) -> None:
-        """Close our session (detach a borrowed one's stand-in) in the loop it belongs to.
-
-        That loop closes it: now if it is the running one, soon if another thread runs it. A
-        loop left idle (``run_until_complete`` returned) with nothing of its owner's pending is
-        run here, in a worker thread, just long enough to close it. A closed loop, or an idle
-        one with tasks pending, cannot close it now: :data:`_IDLE_LOOP_MESSAGE` says so, once.
-        """
+        """Close our session in the loop it belongs to; an idle loop is run in a worker thread
+        for it. A closed loop, or an idle one with tasks pending, cannot: one ResourceWarning."""
         if session is None or session.closed or loop is None:
             return
         if guard is None:
@@ -430,13 +391,9 @@ class WachatClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the client's own session (a borrowed one is left open). Idempotent.
-
-        From then on every call raises :class:`ClientClosedError`; so do the calls waiting for
-        a connection slot (woken at once, nothing sent) and, on the client's own session, the
-        requests in flight. On a view (:meth:`with_options`) it does nothing: closing the client
-        closes its views. Close the client in the loop that used it: from another loop that is
-        not running, its connections cannot be closed (a ``ResourceWarning`` says so).
+        """Close the client's own session (a borrowed one stays open); idempotent, a no-op on a
+        view. Every later, queued or (own session) in-flight call raises
+        :class:`ClientClosedError`. Details: docs/getting-started.md, "Sessions and connections".
         """
         state = self._state
         if not self._owner or state.closed:
@@ -468,12 +425,8 @@ class WachatClient:
     # -- public calls ----------------------------------------------------------------------
 
     async def get_qr_image(self, instance_name: str) -> QRImage:
-        """Fetch the instance's current QR code as a validated :class:`QRImage`.
-
-        Raises the :class:`APIStatusError` subclass for the status (after retrying 502/504 per
-        the policy), :class:`InvalidImageError`, :class:`ResponseTooLargeError`,
-        :class:`WachatConnectionError` or :class:`WachatTimeoutError`.
-        """
+        """Fetch the instance's current QR code as a validated :class:`QRImage`; errors:
+        docs/errors.md."""
         name = check_instance_name(instance_name)
         if self._stale():
             await self._bind()
@@ -483,16 +436,8 @@ class WachatClient:
     async def stream_qr_image(
         self, instance_name: str, *, chunk_size: int = CHUNK_SIZE
     ) -> AsyncIterator[QRStream]:
-        """Open the QR image and yield a :class:`QRStream` of its bytes.
-
-        The status and headers are checked (and 502/504 retried) before the stream is yielded;
-        once the first chunk is handed over nothing is retried. The PNG is validated as it
-        streams and the size cap enforced while reading. Leaving the block releases the
-        connection, read or not::
-
-            async with client.stream_qr_image("t1_abc_store") as stream:
-                async for chunk in stream:
-                    await response.write(chunk)
+        """Yield a :class:`QRStream` of the QR image, its status checked (and retried) first;
+        leaving the block releases the connection. Details: docs/fetching.md, "Streaming".
         """
         name = check_instance_name(instance_name)
         check_number(chunk_size, "chunk_size", integer=True, minimum=1)
@@ -507,13 +452,8 @@ class WachatClient:
             stream.close()
 
     async def save_qr_image(self, instance_name: str, path: PathArg) -> Path:
-        """Stream the QR PNG to *path* atomically and durably; return ``Path(path)``.
-
-        A regular file is replaced only once the whole PNG arrived and validated (a temporary
-        file in the same folder, fsynced and renamed; a new file is mode 0600); on any error
-        or cancellation *path* is left as it was. A device or FIFO is written in place. A
-        folder, a socket or a missing parent folder raises an :class:`OSError` naming *path*
-        before any request. Details: docs/fetching.md, "Saving".
+        """Stream the QR PNG to *path* atomically and durably (in place for a device or FIFO);
+        return ``Path(path)``. Details: docs/fetching.md, "Saving".
         """
         name = check_instance_name(instance_name)
         if self._stale():
@@ -525,10 +465,7 @@ class WachatClient:
         )
 
     async def get_instance_state(self, instance_name: str) -> InstanceState:
-        """``GET /instance/state``: whether the instance's phone is linked yet.
-
-        Unknown state strings are kept as they are; only ``"open"`` counts as connected.
-        """
+        """``GET /instance/state``: whether the instance's phone is linked (``"open"``)."""
         name = check_instance_name(instance_name)
         if self._stale():
             await self._bind()
@@ -542,13 +479,9 @@ class WachatClient:
         dedupe: bool = True,
         on_progress: Callable[[QRSuccess | QRFailure], object] | None = None,
     ) -> FetchMany:
-        """Fetch many QR codes, *concurrency* at a time (at most the client's connection
-        slots); a :class:`QRSuccess` or :class:`QRFailure` per name as each completes.
-
-        ``dedupe=True``: one result per distinct name; ``dedupe=False``: every name pulled is
-        fetched (``itertools.cycle(names)`` polls in bounded memory). Returns a
-        :class:`FetchMany`: iterate it inside ``async with``, so that leaving the block cancels
-        what is still in flight. Details: docs/fleets.md, :func:`~wachat_async._polling.fetch_many`.
+        """Fetch many QR codes, *concurrency* at a time (at most the client's slots): a
+        :class:`FetchMany` of a :class:`QRSuccess` or :class:`QRFailure` per name as each
+        completes. Details: docs/fleets.md.
         """
         return fetch_many(
             self.get_qr_image,
@@ -569,12 +502,8 @@ class WachatClient:
         jitter: float = 0.1,
         max_backoff: float = DEFAULT_MAX_BACKOFF,
     ) -> QRWatch:
-        """Poll one instance and yield its QR each time it changes (by content hash).
-
-        At most once a second; after transient errors it waits twice as long each time, up to
-        *max_backoff* seconds, and terminal errors are raised. With *until_connected* the watch
-        ends once :meth:`get_instance_state` reports ``"open"``. Returns a :class:`QRWatch`.
-        Details: docs/fleets.md and :func:`~wachat_async._polling.watch_qr`.
+        """A :class:`QRWatch` of one instance's QR each time it changes; with *until_connected*
+        it ends once the instance is linked. Details: docs/fleets.md, "Watching one instance".
         """
         name = check_instance_name(instance_name)
         return watch_qr(
@@ -601,8 +530,7 @@ class WachatClient:
 
 
 def _env_key() -> Secret | None:
-    """``WACHAT_API_KEY`` as a :class:`Secret` (None when unset): the plain value lives only
-    in this frame, which raises nothing."""
+    """``WACHAT_API_KEY`` as a :class:`Secret`: the plain value stays in this frame."""
     value = os.environ.get("WACHAT_API_KEY")
     return None if value is None else Secret(value)
 
@@ -649,8 +577,7 @@ def _private_session(
     *,
     owner: bool = True,
 ) -> aiohttp.ClientSession:
-    """A session whose every request default is ours: no cookies (a dummy jar), no default
-    headers or auth, no base URL, no status raising, no middlewares, no environment."""
+    """A session with no request defaults of its own: no cookies, headers, auth or env."""
     return aiohttp.ClientSession(
         connector=connector,
         connector_owner=owner,
@@ -665,12 +592,8 @@ def _private_session(
 
 
 async def _close_at_loop_end(session: aiohttp.ClientSession) -> AsyncGenerator[None, None]:
-    """Suspended for as long as the session's loop runs; finishing it closes the session.
-
-    ``asyncio.run`` (and ``asyncio.Runner``) finish every live async generator before closing
-    the loop, so a client left open in a script or a notebook cell releases its connections
-    while their loop can still close them.
-    """
+    """Suspended while the session's loop runs: ``asyncio.run`` finishes it (closing the
+    session) before it closes the loop."""
     try:
         yield
     finally:
