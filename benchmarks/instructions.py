@@ -38,7 +38,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import aiohttp
 
 from wachat_async import WachatClient
-from wachat_async._client import DEFAULT_TIMEOUT
+from wachat_async._transport import DEFAULT_TIMEOUT
 
 try:  # importable both as ``benchmarks.instructions`` and as a script
     from ._server import BENCH_API_KEY, ServerProcess  # type: ignore[import-not-found,unused-ignore]

@@ -40,7 +40,7 @@ from tenacity import (
 )
 
 from wachat_async import RetryPolicy, WachatClient
-from wachat_async._client import DEFAULT_TIMEOUT
+from wachat_async._transport import DEFAULT_TIMEOUT
 
 try:  # importable both as ``benchmarks.throughput`` and as a script (``benchmarks/`` on sys.path)
     from . import _server  # type: ignore[import-not-found,unused-ignore]

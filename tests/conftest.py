@@ -9,7 +9,7 @@ import itertools
 import logging
 import os
 import sys
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any, TypeVar
@@ -33,6 +33,11 @@ from wachat_async import (
 from wachat_async.testing import FakeWachatServer
 
 from ._web import FRAMEWORKS
+
+try:
+    import uvloop
+except ImportError:  # pragma: no cover - Windows, where uvloop does not exist
+    uvloop = None
 
 # The machine's proxy settings (a CI runner's HTTPS_PROXY for the package registries) are not
 # the suite's: every test, and every process a test starts, begins without them. The tests of
@@ -270,7 +275,7 @@ async def client(server: FakeWachatServer) -> AsyncIterator[WachatClient]:
 
 def assert_no_connection_checked_out(client: WachatClient) -> None:
     """Fail if the client's own pool still has a connection checked out."""
-    session = client._session
+    session = client._state.session
     if session is None:
         return
     connector = session.connector
@@ -325,3 +330,28 @@ def _collections_see_only_this_tests_objects() -> None:
 def framework(request: pytest.FixtureRequest) -> str:
     """Each web test runs on aiohttp.web and on Starlette (tests/_web.py serves both)."""
     return str(request.param)
+
+
+#: The event loops the client's lifecycle and the web routes are tested on: asyncio's own and
+#: uvloop (what uvicorn runs on when installed with its standard extra).
+LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {"asyncio": asyncio.new_event_loop}
+if uvloop is not None:
+    LOOPS["uvloop"] = uvloop.new_event_loop
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """pytest-asyncio's hook: a module that sets ``ON_EVERY_LOOP`` (True, or the names of some
+    of its tests) runs those async tests on every loop of :data:`LOOPS`; the rest on asyncio's."""
+    chosen = getattr(getattr(item, "module", None), "ON_EVERY_LOOP", False)
+    if chosen is True or (chosen and item.name in chosen):
+        return LOOPS
+    return {"asyncio": asyncio.new_event_loop}
+
+
+@pytest.fixture(params=LOOPS.values(), ids=LOOPS.keys())
+def new_loop(request: pytest.FixtureRequest) -> Callable[[], asyncio.AbstractEventLoop]:
+    """For a synchronous test that makes its own event loops: each loop of :data:`LOOPS`."""
+    factory: Callable[[], asyncio.AbstractEventLoop] = request.param
+    return factory

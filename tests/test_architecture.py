@@ -295,3 +295,139 @@ def test_import_targets_are_resolved_to_files(tmp_path: Path) -> None:
         {"wachat_async/pkg/__init__.py", "wachat_async/pkg/mod.py"},
         {"re"},
     )
+
+
+# -- public APIs only ----------------------------------------------------------------------
+
+#: Names that read a traceback's or a stack's frames, to tell errors apart by function names.
+FRAME_NAMES = {
+    "tb_frame",
+    "f_code",
+    "f_back",
+    "co_name",
+    "co_qualname",
+    "extract_tb",
+    "extract_stack",
+    "walk_tb",
+    "walk_stack",
+    "currentframe",
+    "getframeinfo",
+    "getouterframes",
+    "getinnerframes",
+    "_getframe",
+}
+#: Private names of asyncio and aiohttp that the package reached for once: never ours, so a
+#: use cannot pass as one of our own attributes.
+THEIRS = {
+    "_loop",
+    "_conns",
+    "_acquired",
+    "_ssl_protocol",
+    "_sock",
+    "_ready",
+    "_callback",
+    "_call_connection_lost",
+    "_default_proxy",
+    "_default_proxy_auth",
+    "_connector",
+    "_protocol",
+    "_waiters",
+}
+ACCESSORS = {"getattr", "hasattr", "setattr", "delattr"}
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def defined_names(package: Path) -> set[str]:
+    """Every name the package itself defines: functions, classes, parameters, variables,
+    attributes it assigns, ``__slots__`` entries and import aliases."""
+    names: set[str] = set()
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                names.add(node.name)
+            elif isinstance(node, ast.arg):
+                names.add(node.arg)
+            elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                names.add(node.id)
+            elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+                names.add(node.attr)
+            elif isinstance(node, ast.alias):
+                names.add((node.asname or node.name).rpartition(".")[2])
+            elif isinstance(node, ast.Assign) and any(
+                isinstance(t, ast.Name) and t.id == "__slots__" for t in node.targets
+            ):
+                names |= {
+                    c.value
+                    for c in ast.walk(node.value)
+                    if isinstance(c, ast.Constant) and isinstance(c.value, str)
+                }
+    return names
+
+
+def foreign_internals(package: Path) -> list[str]:
+    """``path:line: what`` for each use of a private name the package does not define (an
+    attribute, or a ``getattr``-family string), of a name in :data:`THEIRS`, and of frame
+    inspection (:data:`FRAME_NAMES`, ``inspect.stack``)."""
+    ours = defined_names(package) - THEIRS
+    found: list[str] = []
+    for path in sorted(package.rglob("*.py")):
+        where = path.relative_to(package.parent)
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            name = None
+            if isinstance(node, ast.Attribute):
+                name = node.attr
+                if name == "stack" and isinstance(node.value, ast.Name):
+                    name = "inspect.stack" if node.value.id == "inspect" else None
+            elif isinstance(node, (ast.Name, ast.alias)):
+                given = node.id if isinstance(node, ast.Name) else node.name.rpartition(".")[2]
+                name = given if given in FRAME_NAMES else None
+            elif (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id in ACCESSORS
+                and len(node.args) > 1
+                and isinstance(node.args[1], ast.Constant)
+                and isinstance(node.args[1].value, str)
+            ):
+                name = node.args[1].value
+            if name is None:
+                continue
+            if name in FRAME_NAMES or name == "inspect.stack":
+                found.append(f"{where}:{node.lineno}: frame inspection ({name})")
+            elif _private(name) and name not in ours:
+                found.append(f"{where}:{node.lineno}: private name {name}")
+    return found
+
+
+def test_the_package_uses_public_apis_only() -> None:
+    """No private attribute of asyncio, aiohttp, yarl, multidict (or anything else not ours),
+    and no reading of traceback frames: when those change, the failure would be silent."""
+    assert foreign_internals(PACKAGE) == []
+
+
+@pytest.mark.parametrize(
+    ("source", "found"),
+    [
+        pytest.param("x = session._loop\n", "private name _loop", id="their-attribute"),
+        pytest.param('x = getattr(c, "_conns", {})\n', "private name _conns", id="getattr"),
+        pytest.param("c._close()\n", "private name _close", id="their-method"),
+        pytest.param("n = tb.tb_frame.f_code.co_name\n", "frame inspection", id="frames"),
+        pytest.param("import inspect\ns = inspect.stack()\n", "inspect.stack", id="stack"),
+        pytest.param("from traceback import walk_tb\n", "walk_tb", id="import"),
+        pytest.param("self._loop = 1\nx = self._loop\n", "private name _loop", id="theirs"),
+    ],
+)
+def test_the_walk_catches_each_kind_of_internal(tmp_path: Path, source: str, found: str) -> None:
+    package = _package(tmp_path, {"mod.py": source})
+    assert any(found in line for line in foreign_internals(package))
+
+
+def test_the_walk_accepts_our_own_private_names(tmp_path: Path) -> None:
+    source = (
+        "class A:\n    __slots__ = ('_b',)\n    def _c(self):\n        return self._b, self._c\n"
+        "x = getattr(A(), '_b', None)\nimport asyncio\nasyncio.get_running_loop().__class__\n"
+    )
+    assert foreign_internals(_package(tmp_path, {"mod.py": source})) == []

@@ -338,7 +338,6 @@ def test_bad_proxy_urls_are_configuration_errors_without_the_password(proxy_url:
 @pytest.mark.parametrize(
     "option",
     [
-        pytest.param({"proxy": "http://127.0.0.1:3128"}, id="proxy"),
         pytest.param({"trust_env": True}, id="trust_env"),
         pytest.param({"ssl": False}, id="ssl"),
         pytest.param({"trace_configs": [aiohttp.TraceConfig()]}, id="trace_configs"),

@@ -37,11 +37,13 @@ from wachat_async import (
     RetryPolicy,
     WachatClient,
     WachatTimeoutError,
+    _client,
 )
 from wachat_async.testing import FakeWachatServer, Fault
 
 from .conftest import (
     KEY,
+    LOOPS,
     NAME,
     SkippingLoop,
     T,
@@ -54,6 +56,9 @@ from .conftest import (
 )
 
 ZERO_WAIT = RetryPolicy(zero_wait=True)
+
+#: Every async test here runs on asyncio's loop and on uvloop (tests/conftest.py).
+ON_EVERY_LOOP = True
 
 
 async def call(client: WachatClient, how: str, name: str, tmp_path: Path) -> object:
@@ -316,42 +321,51 @@ async def authenticating_proxy(
         await upstream.close()
 
 
-def _proxied_session(proxy: str, auth: bool) -> aiohttp.ClientSession:
-    """A session with a default proxy, and (if *auth*) its default proxy_auth."""
-    if not auth:
-        return aiohttp.ClientSession(proxy=proxy)
-    # aiohttp 3.14 deprecates BasicAuth and proxy_auth=: those warnings are the lender's.
-    with pytest.warns(DeprecationWarning, match="BasicAuth is deprecated"):
-        proxy_auth = aiohttp.BasicAuth("me", "proxy-pw")
-    with pytest.warns(DeprecationWarning, match="'proxy_auth' parameter is deprecated"):
-        return aiohttp.ClientSession(proxy=proxy, proxy_auth=proxy_auth)
-
-
-@pytest.mark.parametrize("auth", [True, False], ids=["proxy-auth-carried-over", "no-proxy-auth"])
-async def test_borrowed_default_proxy_keeps_its_proxy_auth(
+@pytest.mark.parametrize("auth", [True, False], ids=["credentials", "no-credentials"])
+async def test_borrowed_session_goes_through_the_clients_proxy(
     server: FakeWachatServer, auth: bool
 ) -> None:
-    """A borrowed session's default proxy is used with its default proxy_auth (the proxy sees
-    the credentials and lets the request through), and the client adds no warning of its own;
-    without them the proxy's 407 is reported, and the proxy password shows nowhere."""
+    """With a borrowed session the proxy is the client's ``proxy=`` (the proxy sees its
+    credentials and lets the request through); without them the proxy's 407 is reported, and
+    the proxy password shows nowhere."""
     seen: list[str | None] = []
-    async with (
-        authenticating_proxy(server, seen) as proxy,
-        _proxied_session(proxy, auth) as session,
-        WachatClient(
-            api_key=KEY, base_url=server.base_url, session=session, retry=ZERO_WAIT
-        ) as client,
-    ):
-        if auth:
-            assert (await client.get_qr_image(NAME)).instance_name == NAME
-        else:
-            with pytest.raises(ProxyAuthenticationError) as info:  # the proxy's, not Wachat's
-                await client.get_qr_image(NAME)
-            assert_no_key(*exception_texts(info.value))
-            assert "proxy-pw" not in " ".join(exception_texts(info.value))
+    async with authenticating_proxy(server, seen) as proxy:
+        url = proxy.replace("http://", "http://me:proxy-pw@") if auth else proxy
+        async with (
+            aiohttp.ClientSession() as session,
+            WachatClient(
+                api_key=KEY,
+                base_url=server.base_url,
+                session=session,
+                proxy=url,
+                allow_insecure_http=True,  # the fake server speaks plain http
+                retry=ZERO_WAIT,
+            ) as client,
+        ):
+            if auth:
+                assert (await client.get_qr_image(NAME)).instance_name == NAME
+            else:
+                with pytest.raises(ProxyAuthenticationError) as info:  # the proxy's
+                    await client.get_qr_image(NAME)
+                assert_no_key(*exception_texts(info.value))
+                assert "proxy-pw" not in " ".join(exception_texts(info.value))
     expected = aiohttp.encode_basic_auth("me", "proxy-pw") if auth else None
     assert seen == [expected]
     assert server.request_count(NAME) == (1 if auth else 0)
+
+
+async def test_a_borrowed_sessions_default_proxy_is_not_used(server: FakeWachatServer) -> None:
+    """aiohttp has no public getter for a session's default proxy: the client does not lend it
+    (pass ``proxy=`` to the client), so a request goes straight to the server."""
+    seen: list[str | None] = []
+    async with (
+        authenticating_proxy(server, seen) as proxy,
+        aiohttp.ClientSession(proxy=proxy) as session,
+        WachatClient(api_key=KEY, base_url=server.base_url, session=session) as client,
+    ):
+        assert (await client.get_qr_image(NAME)).instance_name == NAME
+    assert seen == []
+    assert server.request_count(NAME) == 1
 
 
 async def test_redirects_are_never_followed_whatever_the_session(
@@ -780,13 +794,20 @@ async def test_fetch_many_concurrency_is_capped_at_the_queue_size(
 
 
 # -- a client used across event loops -----------------------------------------------------
+#
+# Each test runs on asyncio's loop and on uvloop (the ``new_loop`` fixture), with every warning
+# an error.
+
+LoopFactory = Callable[[], asyncio.AbstractEventLoop]
 
 
-def _run(fn: Callable[[], Awaitable[Any]]) -> Any:
-    """asyncio.run(fn()) with every warning an error and a full collection afterwards."""
+def _run(fn: Callable[[], Awaitable[Any]], new_loop: LoopFactory) -> Any:
+    """What ``asyncio.run(fn())`` does, on a loop from *new_loop*, with every warning an error
+    and a full collection afterwards."""
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        result = asyncio.run(fn())  # type: ignore[arg-type]
+        with asyncio.Runner(loop_factory=new_loop) as runner:
+            result = runner.run(fn())
         gc.collect()
     return result
 
@@ -802,7 +823,7 @@ def threaded_server(
 
 
 def test_bare_calls_across_two_asyncio_runs(
-    threaded_server: FakeWachatServer, tmp_path: Path
+    threaded_server: FakeWachatServer, tmp_path: Path, new_loop: LoopFactory
 ) -> None:
     """A module-level client used by successive asyncio.run calls works in each, with no
     warning and no 'Event loop is closed' (its session follows the loop)."""
@@ -818,16 +839,18 @@ def test_bare_calls_across_two_asyncio_runs(
             await client.get_qr_image(NAME),
         ]
 
-    first = _run(use)
-    second = _run(use)
-    third = _run(use)
+    first = _run(use, new_loop)
+    second = _run(use, new_loop)
+    third = _run(use, new_loop)
     assert len(first) == len(second) == len(third) == 8
-    _run(client.aclose)
+    _run(client.aclose, new_loop)
     assert client.closed
     assert threaded_server.request_count() == 24
 
 
-def test_async_with_after_bare_calls_in_an_earlier_run(threaded_server: FakeWachatServer) -> None:
+def test_async_with_after_bare_calls_in_an_earlier_run(
+    threaded_server: FakeWachatServer, new_loop: LoopFactory
+) -> None:
     """Bare calls in one asyncio.run, then ``async with client`` in the next: both work and the
     client ends closed, without warnings."""
     client = WachatClient(api_key=KEY, base_url=threaded_server.base_url)
@@ -839,54 +862,70 @@ def test_async_with_after_bare_calls_in_an_earlier_run(threaded_server: FakeWach
         async with client:
             return await client.get_qr_image(NAME)
 
-    assert _run(bare).instance_name == NAME
-    assert _run(scoped).instance_name == NAME
+    assert _run(bare, new_loop).instance_name == NAME
+    assert _run(scoped, new_loop).instance_name == NAME
     assert client.closed
     with pytest.raises(RuntimeError, match="closed"):
-        _run(bare)
+        _run(bare, new_loop)
 
 
 def test_client_left_open_at_the_end_of_a_run_warns_about_nothing(
-    threaded_server: FakeWachatServer,
+    threaded_server: FakeWachatServer, new_loop: LoopFactory
 ) -> None:
     """A script that never closes its client gets no warning: the session is closed as the
-    loop finishes, and collecting the client afterwards is silent."""
+    loop finishes (asyncio.run finalises async generators), and collecting the client
+    afterwards is silent."""
 
     async def script() -> None:
         client = WachatClient(api_key=KEY, base_url=threaded_server.base_url)
         await client.get_qr_image(NAME)
         globals()["_leftover_client"] = client
 
-    _run(script)
+    _run(script, new_loop)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         del globals()["_leftover_client"]
         gc.collect()
 
 
-def test_loop_closed_without_finishing_async_generators(threaded_server: FakeWachatServer) -> None:
-    """Even a loop closed by hand (no shutdown_asyncgens) leaves no warning behind: the next
-    loop drops the dead session and opens a new one."""
+def test_a_loop_closed_with_the_clients_connections_open_warns_once(
+    threaded_server: FakeWachatServer, new_loop: LoopFactory
+) -> None:
+    """A loop closed by hand (no shutdown_asyncgens) takes the client's sockets with it: the
+    next loop opens a new session and works, and one ResourceWarning of ours names the fix
+    (asyncio and uvloop report the sockets they were left with themselves)."""
     client = WachatClient(api_key=KEY, base_url=threaded_server.base_url)
 
     async def many() -> list[QRImage]:
         return await asyncio.gather(*(client.get_qr_image(NAME) for _ in range(3)))
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        for _ in range(2):
-            loop = asyncio.new_event_loop()
-            try:
-                images = loop.run_until_complete(many())
-            finally:
-                loop.close()
-            assert [qr.instance_name for qr in images] == [NAME] * 3
-            gc.collect()
-        _run(client.aclose)
+    def in_a_loop_closed_by_hand() -> list[str]:
+        loop = new_loop()
+        try:
+            images = loop.run_until_complete(many())
+        finally:
+            loop.close()
+        return [qr.instance_name for qr in images]
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            assert in_a_loop_closed_by_hand() == [NAME] * 3
+        with asyncio.Runner(loop_factory=new_loop) as runner:
+            runner.run(client.aclose())
+        gc.collect()
+        messages = [(w.category, str(w.message)) for w in caught]
+        caught.clear()  # the warnings' sources hold transports, to be collected in here
+        gc.collect()
+    ours = [m for m in messages if "WachatClient" in m[1]]
+    assert ours == [(ResourceWarning, _client._IDLE_LOOP_MESSAGE)]
+    assert "await client.aclose()" in ours[0][1]
+    others = {text.split(" ", 2)[1] for _, text in messages if "WachatClient" not in text}
+    assert others <= {"resource", "transport", "<socket.socket"}  # "unclosed ..." of the loops
 
 
 def test_borrowed_session_from_another_loop_is_a_clear_error(
-    threaded_server: FakeWachatServer,
+    threaded_server: FakeWachatServer, new_loop: LoopFactory
 ) -> None:
     """A borrowed session created in one asyncio.run and used in the next raises
     ConfigurationError naming the event loop, never a raw aiohttp error."""
@@ -894,14 +933,15 @@ def test_borrowed_session_from_another_loop_is_a_clear_error(
     async def make() -> aiohttp.ClientSession:
         return aiohttp.ClientSession()
 
-    session = asyncio.run(make())
+    with asyncio.Runner(loop_factory=new_loop) as runner:
+        session = runner.run(make())
     client = WachatClient(api_key=KEY, base_url=threaded_server.base_url, session=session)
 
     async def use() -> None:
         await client.get_qr_image(NAME)
 
     with pytest.raises(ConfigurationError, match="another event loop") as info:
-        _run(use)
+        _run(use, new_loop)
     assert_no_key(info.value, repr(info.value))
     session.detach()  # its loop is gone: nothing left to close
     assert threaded_server.request_count() == 0
@@ -945,92 +985,109 @@ def _get(loop: asyncio.AbstractEventLoop, client: WachatClient) -> QRImage:
         pytest.param("three-loops-then-asyncio-run", id="three-loops-then-asyncio-run"),
     ],
 )
-def test_a_session_of_an_idle_loop_is_disposed_of_without_warnings(
-    threaded_server: FakeWachatServer, scenario: str, caplog: pytest.LogCaptureFixture
+def test_a_session_of_an_idle_loop_is_closed_without_warnings(
+    threaded_server: FakeWachatServer,
+    scenario: str,
+    caplog: pytest.LogCaptureFixture,
+    new_loop: LoopFactory,
 ) -> None:
     """The session of a loop that is still open but not running (a sync wrapper doing
     ``new_event_loop().run_until_complete(call)`` per call, a notebook's previous loop) is
-    disposed of when the client moves to another loop or is closed from one: no pending task,
-    no never-awaited coroutine, no unclosed socket, and nothing runs twice if the old loop
-    runs again."""
+    closed when the client moves to another loop or is closed from one: no pending task, no
+    never-awaited coroutine, no unclosed socket, and nothing runs twice if the old loop runs
+    again."""
     client = WachatClient(api_key=KEY, base_url=threaded_server.base_url)
     opened: list[asyncio.AbstractEventLoop] = []
 
-    def new_loop() -> asyncio.AbstractEventLoop:
-        opened.append(asyncio.new_event_loop())
+    def fresh() -> asyncio.AbstractEventLoop:
+        opened.append(new_loop())
         return opened[-1]
 
     with nothing_left_behind(caplog):
         try:
-            first = new_loop()
+            first = fresh()
             assert _get(first, client).instance_name == NAME
             if scenario == "aclose-from-another-loop":
-                asyncio.run(client.aclose())
+                _run(client.aclose, new_loop)
             elif scenario == "new-loop-per-call":
-                assert _get(new_loop(), client).instance_name == NAME
-                assert _get(new_loop(), client).instance_name == NAME
-                new_loop().run_until_complete(client.aclose())
+                assert _get(fresh(), client).instance_name == NAME
+                assert _get(fresh(), client).instance_name == NAME
+                fresh().run_until_complete(client.aclose())
             elif scenario == "old-loop-runs-again":
-                second = new_loop()
-                assert _get(second, client).instance_name == NAME  # disposes of first's session
-                first.run_until_complete(asyncio.sleep(0))  # what it had scheduled runs now
+                second = fresh()
+                assert _get(second, client).instance_name == NAME  # closes first's session
+                first.run_until_complete(asyncio.sleep(0))
                 assert _get(second, client).instance_name == NAME
                 second.run_until_complete(client.aclose())
             else:
-                assert _get(new_loop(), client).instance_name == NAME
-                assert _get(new_loop(), client).instance_name == NAME
-                assert asyncio.run(client.get_qr_image(NAME)).instance_name == NAME
-                asyncio.run(client.aclose())
+                assert _get(fresh(), client).instance_name == NAME
+                assert _get(fresh(), client).instance_name == NAME
+                assert _run(lambda: client.get_qr_image(NAME), new_loop).instance_name == NAME
+                _run(client.aclose, new_loop)
         finally:
             for loop in opened:
                 loop.close()
     assert client.closed
     with pytest.raises(ClientClosedError):
-        asyncio.run(client.get_qr_image(NAME))
+        _run(lambda: client.get_qr_image(NAME), new_loop)
 
 
-def test_a_dropped_client_of_an_idle_loop_warns_once(
-    threaded_server: FakeWachatServer, caplog: pytest.LogCaptureFixture
+async def _drain() -> None:
+    """Run until every other task of this loop is done (the finaliser's close among them)."""
+    await asyncio.sleep(0)  # the task the finaliser scheduled starts
+    while pending := asyncio.all_tasks() - {asyncio.current_task()}:
+        await asyncio.gather(*pending)
+
+
+def test_a_dropped_client_warns_once_and_its_loop_closes_it(
+    threaded_server: FakeWachatServer, caplog: pytest.LogCaptureFixture, new_loop: LoopFactory
 ) -> None:
-    """A client dropped without aclose() after its loop stopped running (or was closed
-    without finishing async generators) gives one ResourceWarning, its own, and closes its
-    sockets: no aiohttp or asyncio warning follows it."""
+    """A client dropped without aclose() gives one ResourceWarning, its own; when its loop
+    runs again, asyncio's async-generator finaliser closes the session there, and nothing else
+    is reported."""
     client = WachatClient(api_key=KEY, base_url=threaded_server.base_url)
-    loop = asyncio.new_event_loop()
+    loop = new_loop()
     try:
         _get(loop, client)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            del client
+            gc.collect()
+        messages = [str(w.message) for w in caught]
+        del caught  # the warning's source holds the session
+        assert messages == [
+            "Unclosed WachatClient: use 'async with WachatClient() as client' "
+            "or 'await client.aclose()'"
+        ]
+        with nothing_left_behind(caplog):
+            gc.collect()
+            loop.run_until_complete(_drain())
     finally:
         loop.close()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        del client
-        gc.collect()
-    assert [str(w.message) for w in caught] == [
-        "Unclosed WachatClient: use 'async with WachatClient() as client' "
-        "or 'await client.aclose()'"
-    ]
 
 
 #: Scripts run in a child ``python -X dev -W error`` (asyncio debug mode, every warning shown).
 CHILD_SCRIPTS = {
     "aclose-from-another-loop": """
-        l1 = asyncio.new_event_loop()
+        l1 = new_loop()
         l1.run_until_complete(client.get_qr_image(NAME))
-        asyncio.run(client.aclose())
+        with asyncio.Runner(loop_factory=new_loop) as runner:
+            runner.run(client.aclose())
         l1.close()
     """,
     "new-loop-per-call": """
         def get(name):
-            return asyncio.new_event_loop().run_until_complete(client.get_qr_image(name))
+            return new_loop().run_until_complete(client.get_qr_image(name))
         get(NAME); get(NAME)
-        asyncio.new_event_loop().run_until_complete(client.aclose())
+        new_loop().run_until_complete(client.aclose())
     """,
 }
 
 
+@pytest.mark.parametrize("loop", LOOPS)
 @pytest.mark.parametrize("script", CHILD_SCRIPTS.values(), ids=CHILD_SCRIPTS.keys())
 def test_loop_changes_are_silent_under_python_dev_mode(
-    threaded_server: FakeWachatServer, script: str
+    threaded_server: FakeWachatServer, script: str, loop: str
 ) -> None:
     """Under ``python -X dev -W error`` (asyncio debug mode), moving a client between loops
     left open and closing it from another loop prints no warning, no "Task was destroyed",
@@ -1039,6 +1096,8 @@ def test_loop_changes_are_silent_under_python_dev_mode(
         [
             "import asyncio, gc, warnings",
             "warnings.filterwarnings('ignore', 'unclosed event loop', ResourceWarning)",
+            f"import {loop}",
+            f"new_loop = {loop}.new_event_loop",
             "from wachat_async import WachatClient",
             f"NAME = {NAME!r}",
             f"client = WachatClient(api_key={KEY!r}, base_url={threaded_server.base_url!r})",
@@ -1066,25 +1125,31 @@ def test_loop_changes_are_silent_under_python_dev_mode(
     ],
 )
 def test_a_client_in_use_by_another_threads_loop_is_a_clear_error(
-    threaded_server: FakeWachatServer, call: Any
+    threaded_server: FakeWachatServer, call: Any, new_loop: LoopFactory
 ) -> None:
     """One client per event loop: while another thread's loop runs with the session, a call
-    from a second loop is a ConfigurationError and the other thread's session stays open."""
+    from a second loop is a ConfigurationError and the other thread's session stays open;
+    aclose() from the second loop closes the session in the loop that runs it."""
     client = WachatClient(api_key=KEY, base_url=threaded_server.base_url)
-    other = asyncio.new_event_loop()
+    other = new_loop()
     runner = threading.Thread(target=other.run_forever)
     runner.start()
     try:
         asyncio.run_coroutine_threadsafe(client.get_qr_image(NAME), other).result(timeout=10)
-        session = client._session
+        session = client._state.session
         with pytest.raises(ConfigurationError, match="one running event loop at a time"):
-            asyncio.run(call(client))
-        assert client._session is session
+            _run(lambda: call(client), new_loop)
+        assert client._state.session is session
         assert session is not None
         assert not session.closed
         qr = asyncio.run_coroutine_threadsafe(client.get_qr_image(NAME), other).result(10)
         assert qr.instance_name == NAME
-        asyncio.run_coroutine_threadsafe(client.aclose(), other).result(timeout=10)
+        _run(client.aclose, new_loop)
+        for _ in range(1000):  # bounded turns of the other loop, no sleeping
+            if session.closed:
+                break
+            asyncio.run_coroutine_threadsafe(asyncio.sleep(0), other).result(timeout=10)
+        assert session.closed
     finally:
         other.call_soon_threadsafe(other.stop)
         runner.join(timeout=10)

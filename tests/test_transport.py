@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import aiohttp
 import pytest
@@ -182,10 +183,10 @@ async def transport(server: FakeWachatServer) -> AsyncIterator[Transport]:
         max_image_bytes=5 * 1024**2,
         user_agent="tests",
         borrowed=False,
-        slots=ConnectionQueue(2),
+        link=SimpleNamespace(session=None, slots=ConnectionQueue(2), closed=False),
     )
     async with aiohttp.ClientSession() as session:
-        t.session = session
+        t.link.session = session
         yield t
 
 
@@ -219,10 +220,10 @@ async def test_a_404_names_the_route_when_the_base_url_looks_wrong(
         max_image_bytes=1024,
         user_agent="tests",
         borrowed=False,
-        slots=ConnectionQueue(1),
+        link=SimpleNamespace(session=None, slots=ConnectionQueue(1), closed=False),
     )
     async with aiohttp.ClientSession() as session:
-        t.session = session
+        t.link.session = session
         with pytest.raises(InstanceNotFoundError) as info:
             await t.fetch_image(NAME)
     assert any("base URL" in note for note in info.value.__notes__)
@@ -233,7 +234,7 @@ async def test_an_attempt_without_a_session_is_refused_and_gives_its_slot_back(
 ) -> None:
     """Once the client has let go of the session (it was closed), an image attempt raises
     ClientClosedError having sent nothing, and its slot is free again."""
-    transport.session = None
+    transport.link.session = None
     with pytest.raises(ClientClosedError) as info:
         await transport.fetch_image(NAME)
     assert (info.value.attempts, info.value.instance_name, transport.slots.in_use) == (0, NAME, 0)
@@ -264,7 +265,7 @@ async def test_a_runtime_error_of_an_open_session_is_not_taken_for_a_closed_clie
         with pytest.raises(RuntimeError, match="hook failed") as info:
             await run()
         assert not isinstance(info.value, ClientClosedError)
-        assert client._slots.in_use == 0
+        assert client._state.slots.in_use == 0
 
 
 @pytest.mark.parametrize(
@@ -280,7 +281,7 @@ async def test_a_png_content_type_written_otherwise_is_still_a_png(
     server.script(NAME, [Fault(content_type=content_type)])
     async with WachatClient(api_key=KEY, base_url=server.base_url) as client:
         qr = await client.get_qr_image(NAME)
-        assert client._slots.in_use == 0
+        assert client._state.slots.in_use == 0
     assert (qr.instance_name, qr.width > 0) == (NAME, True)
 
 

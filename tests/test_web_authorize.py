@@ -24,6 +24,9 @@ from wachat_async import RetryPolicy, WachatClient
 from wachat_async.testing import FakeWachatServer
 from wachat_async.web._core import Gate
 
+#: Every async test here runs on asyncio's loop and on uvloop (tests/conftest.py).
+ON_EVERY_LOOP = True
+
 SECRET_TEXT = "db-password=hunter2"  # an exception's text: never in an answer
 ROUTES = {"png": f"/qr/{NAME}.png", "events": f"/qr/{NAME}/events", "page": f"/qr/{NAME}"}
 ROUTE_PARAMS = [pytest.param(route, id=route) for route in ROUTES]

@@ -26,6 +26,9 @@ from wachat_async.testing import FakeWachatServer
 from wachat_async.web import QRHub, hub_for, qr_events
 from wachat_async.web._hub import Unavailable
 
+#: Every async test here runs on asyncio's loop and on uvloop (tests/conftest.py).
+ON_EVERY_LOOP = True
+
 QR = "/instance/qr/image"
 STATE = "/instance/state"
 OTHER = "t1_zz99yy88_other_store"

@@ -23,6 +23,9 @@ from wachat_async import RetryPolicy, WachatClient
 from wachat_async.testing import FakeWachatServer
 from wachat_async.web import DEFAULT_MAX_NAME_LENGTH, hub_for
 
+#: Every async test here runs on asyncio's loop and on uvloop (tests/conftest.py).
+ON_EVERY_LOOP = True
+
 QR = "/instance/qr/image"
 ROUTES = {"png": "/qr/{}.png", "events": "/qr/{}/events", "page": "/qr/{}"}
 ROUTE_PARAMS = [pytest.param(route, id=route) for route in ROUTES]

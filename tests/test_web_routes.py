@@ -18,6 +18,9 @@ from wachat_async import RetryBudget, RetryPolicy, WachatClient
 from wachat_async.testing import FakeWachatServer, Fault
 from wachat_async.web import error_status
 
+#: Every async test here runs on asyncio's loop and on uvloop (tests/conftest.py).
+ON_EVERY_LOOP = True
+
 QR = "/instance/qr/image"
 
 

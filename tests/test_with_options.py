@@ -28,6 +28,9 @@ from wachat_async.testing import FakeWachatServer, Fault
 
 from .conftest import KEY, NAME
 
+#: Every async test here runs on asyncio's loop and on uvloop (tests/conftest.py).
+ON_EVERY_LOOP = True
+
 
 @pytest.fixture
 async def server() -> AsyncIterator[FakeWachatServer]:
@@ -80,11 +83,12 @@ async def test_view_timeout_applies_to_its_calls(
 async def test_view_shares_the_session_and_opens_none(client: WachatClient) -> None:
     """Calls through views use the client's one session (no session per view)."""
     await client.get_qr_image(NAME)
-    session = client._session
+    state = client._state
+    session = state.session
     views = [client.with_options(timeout=3.0) for _ in range(50)]
     await asyncio.gather(*(v.get_qr_image(NAME) for v in views))
-    assert client._session is session
-    assert all(v._session in (None, session) for v in views)
+    assert state.session is session
+    assert all(v._state is state for v in views)
 
 
 async def until(condition: Any, turns: int = 2000) -> None:

@@ -1,13 +1,11 @@
 """The client's network options: TLS, HTTP proxies, the environment and trace configs.
 
-It checks what ``WachatClient(ssl=, proxy=, trust_env=, trace_configs=)`` receives, turns a
-proxy URL into a credential-free URL plus ``aiohttp.BasicAuth`` (so no aiohttp message or
-repr can hold the password), reads the proxy and CA settings of the environment the way
-aiohttp does (``HTTPS_PROXY``, ``HTTP_PROXY``, ``NO_PROXY``, ``~/.netrc`` for the proxy's
-credentials, ``SSL_CERT_FILE``/``SSL_CERT_DIR``), and classifies TLS and proxy failures into
-:class:`TLSVerificationError` and :class:`ProxyError`, with messages that say what to do.
-
-It never does I/O on the network and never imports the client.
+It checks what ``WachatClient(ssl=, proxy=, trust_env=, trace_configs=)`` receives, splits a
+proxy URL into a credential-free URL and a ``Proxy-Authorization`` value (so no aiohttp
+message or repr can hold the password), reads the environment's proxy settings the way
+aiohttp does, and classifies TLS and proxy failures into :class:`TLSVerificationError` and
+:class:`ProxyError`, with messages that say what to do. No network I/O; never imports the
+client.
 """
 
 from __future__ import annotations
@@ -253,15 +251,11 @@ def _credential_forms(credentials: str) -> tuple[str, ...]:
 def parse_proxy(
     value: object, *, secrets: Iterable[str] = (), what: str = "proxy", from_env: bool = False
 ) -> Proxy | None:
-    """The ``proxy=`` argument, checked: an ``http://`` URL (str or yarl.URL) with a host and
-    an explicit port (1-65535), optionally ``user:password@`` (percent-encoded), and nothing
-    after the port but ``/``. *what* names the source in messages (``proxy``, or the
-    environment variable).
+    """The ``proxy=`` argument, checked: ``http://[USER:PASSWORD@]HOST:PORT[/]``, a str or
+    yarl.URL. *what* names the source in messages (``proxy``, or the environment variable).
 
-    The credentials are cut out of the text before anything parses it (see
-    :func:`split_credentials`): no message quotes them, whatever the URL's mistake, and no
-    local of this frame holds them but as a :class:`Secret` (whose ``repr`` hides it), so a
-    traceback rendered with its locals cannot show them either.
+    The credentials are cut out of the text before anything parses it, so no message quotes
+    them, and this frame holds them only as :class:`Secret` (a traceback's locals hide them).
     """
     if value is None:
         return None
@@ -374,12 +368,8 @@ def env_proxy(target: URL, *, secrets: Iterable[str] = ()) -> Proxy | None:
 def ssl_for_session(
     option: SSLOption, *, trust_env: bool
 ) -> ssl.SSLContext | bool | aiohttp.Fingerprint:
-    """The ``ssl=`` a new session's connector gets.
-
-    With ``trust_env`` and no ``ssl=``, a fresh default context, so ``SSL_CERT_FILE`` and
-    ``SSL_CERT_DIR`` as set when the session opens take effect. Otherwise *option* (``True``:
-    aiohttp's default context, which OpenSSL built once, when aiohttp was imported, reading
-    ``SSL_CERT_FILE``/``SSL_CERT_DIR`` as they were then: ``trust_env`` does not gate them).
+    """The ``ssl=`` a new session's connector gets: with ``trust_env`` and no ``ssl=``, a
+    fresh default context, so ``SSL_CERT_FILE``/``SSL_CERT_DIR`` are read as the session opens.
     """
     if option is None:
         return ssl.create_default_context() if trust_env else True
@@ -421,11 +411,11 @@ def classify(
     caller maps it as any other transport error). Messages name hosts, never credentials.
 
     *host*, *port* and *scheme* are the server dialled. Through a *proxy*, a failure to reach
-    it (refused, unreachable, a name that does not resolve), and a proxy that closes or answers
-    something that is not HTTP to the ``CONNECT`` (or, for plain ``http://``, to the request
-    itself), are :class:`ProxyError`; the same inside an established tunnel is the server's.
-    A certificate pin (``ssl=aiohttp.Fingerprint``) that does not match is a
-    :class:`TLSVerificationError`."""
+    it (``ClientProxyConnectionError``, or a name of the proxy's that does not resolve), a
+    closed connection, and an answer that is not HTTP to the ``CONNECT`` (or, for plain
+    ``http://``, to the request itself) are :class:`ProxyError`. A certificate pin
+    (``ssl=aiohttp.Fingerprint``) that does not match is a :class:`TLSVerificationError`.
+    """
     where = "the server"
     if host:
         where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"  # IPv6 in brackets
@@ -454,32 +444,33 @@ def classify(
         return proxy_status_error(exc.status, proxy=proxy, instance_name=instance_name)
     if proxy is None:
         return None
-    if isinstance(exc, aiohttp.ClientConnectorError) and _is_proxy_address(exc, proxy):
-        # Refused, unreachable, or a name that does not resolve: aiohttp's text says
-        # "ssl:default", which is about the server, not the proxy.
+    if isinstance(exc, aiohttp.ClientProxyConnectionError) or (
+        isinstance(exc, aiohttp.ClientConnectorError)
+        and (exc.host, exc.port) == (proxy.url.host, proxy.url.port)  # the proxy's DNS
+    ):
+        # aiohttp's text says "ssl:default", which is about the server, not the proxy.
         if isinstance(exc, aiohttp.ClientConnectorDNSError):
             why = "its host name does not resolve (DNS)"
         else:
-            why = f"{type(exc.os_error).__name__}" if exc.os_error else type(exc).__name__
+            why = type(exc.os_error).__name__
         return ProxyError(
             f"cannot connect to the HTTP proxy {proxy.display}: {why}",
             instance_name=instance_name,
         )
-    if _connect_frames(exc):
-        stage: str | None = "the CONNECT"
-    elif scheme == "http":
-        stage = "the request"  # plain http:// talks to the proxy only
-    else:
-        stage = None  # inside the tunnel: the server's doing
-    if stage is not None and isinstance(exc, aiohttp.ServerDisconnectedError):
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        # Inside a tunnel the proxy also closes our connection for the server: aiohttp's
+        # exception does not say which of the two hung up.
         return ProxyError(
-            f"the HTTP proxy {proxy.display} closed the connection before answering {stage}",
+            f"the HTTP proxy {proxy.display} closed the connection before an answer came",
             instance_name=instance_name,
         )
-    if stage is not None and type(exc) is aiohttp.ClientResponseError:
-        # A parser error (a real response of any status is no exception here): the proxy's
-        # port speaks something else (a SOCKS proxy, another service). aiohttp's message
-        # quotes the bytes: not repeated.
+    # A parser error (a real response of any status is no exception here) to the CONNECT, or
+    # to a plain http:// request (which goes to the proxy as it is); aiohttp's message quotes
+    # the bytes: not repeated.
+    if type(exc) is aiohttp.ClientResponseError and (
+        exc.request_info.method == "CONNECT" or scheme == "http"
+    ):
+        stage = "the CONNECT" if exc.request_info.method == "CONNECT" else "the request"
         return ProxyError(
             f"the HTTP proxy {proxy.display} answered {stage} with something that is not "
             "HTTP (is it a SOCKS proxy, or the wrong port?)",
@@ -488,36 +479,9 @@ def classify(
     return None
 
 
-def _short_hex(digest: object) -> str:
+def _short_hex(digest: bytes) -> str:
     """The first 8 bytes of a digest as hex with an ellipsis (no raw byte string)."""
-    if not isinstance(digest, bytes):
-        return "?"
     return digest[:8].hex(":") + ":…"
-
-
-def _is_proxy_address(exc: aiohttp.ClientConnectorError, proxy: Proxy) -> bool:
-    """Whether a connection failure was dialling the proxy (not the server behind it)."""
-    try:
-        host, port = exc.host, exc.port
-    except (AttributeError, TypeError):  # pragma: no cover - every aiohttp 3.x has both
-        return isinstance(exc, aiohttp.ClientProxyConnectionError)
-    wanted = proxy.url.host
-    return isinstance(exc, aiohttp.ClientProxyConnectionError) or (
-        host == wanted and port == proxy.url.port
-    )
-
-
-def _connect_frames(exc: BaseException) -> bool:
-    """Whether *exc* was raised while aiohttp read the proxy's answer to ``CONNECT`` (before
-    the TLS handshake with the server inside the tunnel)."""
-    names: list[str] = []
-    tb = exc.__traceback__
-    while tb is not None:
-        names.append(tb.tb_frame.f_code.co_name)
-        tb = tb.tb_next
-    return "_create_proxy_connection" in names and not (
-        {"_start_tls_connection", "_wrap_existing_connection"} & set(names)
-    )
 
 
 def proxy_status_error(

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from contextlib import suppress
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from typing import Protocol
 
 import aiohttp
 from yarl import URL
@@ -63,6 +64,12 @@ ERROR_BODY_LIMIT = 64 * 1024
 #: The largest ``GET /instance/state`` body accepted.
 JSON_LIMIT = 1024**2
 
+_BORROWED_OTHER_LOOP = (
+    "The aiohttp.ClientSession passed as session= belongs to another event loop (aiohttp "
+    "refused it with a RuntimeError: a session works only in the loop that created it, e.g. one "
+    "asyncio.run() call). Create the session inside the loop that uses the client, or pass no "
+    "session: the client's own session follows the running loop."
+)
 _SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 _CONTENT_TYPE = aiohttp.hdrs.CONTENT_TYPE
 
@@ -161,11 +168,22 @@ def _chain_mentions(exc: BaseException, secrets: tuple[str, ...]) -> bool:
     return False
 
 
+class Link(Protocol):
+    """What :class:`Transport` reads of the state the client shares with its views."""
+
+    @property
+    def session(self) -> aiohttp.ClientSession | None: ...
+    @property
+    def slots(self) -> ConnectionQueue: ...
+    @property
+    def closed(self) -> bool: ...
+
+
 class Transport:
     """One attempt of each call the client makes, against one base URL with one key.
 
-    The client sets ``session`` and ``slots`` (its connection queue) whenever it binds to an
-    event loop.
+    ``session``, ``slots`` (the connection queue) and ``closed`` are read from *link*, the
+    state the client and its views share.
     """
 
     def __init__(
@@ -177,17 +195,14 @@ class Transport:
         max_image_bytes: int,
         user_agent: str,
         borrowed: bool,
-        slots: ConnectionQueue,
+        link: Link,
     ) -> None:
         self.qr_url = qr_url
         self.base_url = qr_url.parent.parent.parent
         self.state_url = self.base_url.joinpath("instance", "state")
         self.timeout = timeout
         self.max_image_bytes = max_image_bytes
-        self.session: aiohttp.ClientSession | None = None
-        self.slots = slots
-        #: Set by the client's ``aclose()``: a failure from then on is :class:`ClientClosedError`.
-        self.closed = False
+        self.link = link
         self._borrowed = borrowed
         self._api_key = api_key
         self.user_agent = user_agent
@@ -198,6 +213,19 @@ class Transport:
         #: (None: no proxy); for http:// they are the request's own headers instead.
         self._proxy_headers: dict[str, str] | None = None
         self._set_headers(None)
+
+    @property
+    def session(self) -> aiohttp.ClientSession | None:
+        return self.link.session
+
+    @property
+    def slots(self) -> ConnectionQueue:
+        return self.link.slots
+
+    @property
+    def closed(self) -> bool:
+        """Set by the client's ``aclose()``: a failure from then on is a ClientClosedError."""
+        return self.link.closed
 
     def _set_headers(self, proxy_authorization: str | None) -> None:
         self._image_headers = {
@@ -229,7 +257,7 @@ class Transport:
     def evolve(
         self, *, timeout: aiohttp.ClientTimeout, max_image_bytes: int, user_agent: str
     ) -> Transport:
-        """A transport with other per-call options, sharing session, slots and proxy."""
+        """A transport with other per-call options, sharing the link and the proxy."""
         twin = Transport(
             api_key=self._api_key,
             qr_url=self.qr_url,
@@ -237,9 +265,8 @@ class Transport:
             max_image_bytes=max_image_bytes,
             user_agent=user_agent,
             borrowed=self._borrowed,
-            slots=self.slots,
+            link=self.link,
         )
-        twin.session = self.session
         twin.set_proxy(self.proxy)
         return twin
 
@@ -349,9 +376,12 @@ class Transport:
         )
 
     def _session_failure(self, session: aiohttp.ClientSession, name: str) -> WachatError | None:
-        """The error for a ``RuntimeError`` from aiohttp when *session* was closed under the
-        request (None when it was not: the ``RuntimeError`` is raised as it is)."""
+        """The error for a ``RuntimeError`` from aiohttp: *session* was closed under the
+        request, or a borrowed one belongs to another event loop (None otherwise: the
+        ``RuntimeError`` is raised as it is)."""
         if not session.closed:
+            if self._borrowed:
+                return ConfigurationError(_BORROWED_OTHER_LOOP)
             return None
         if self._borrowed and not self.closed:
             return ConfigurationError(

@@ -145,7 +145,7 @@ def record_texts(record: logging.LogRecord) -> Iterable[str]:
 
 def assert_pool_clean(client: WachatClient) -> None:
     """No connection of the client's own pool is checked out."""
-    session = client._session
+    session = client._state.session
     if session is None:
         return
     connector = session.connector
@@ -155,7 +155,7 @@ def assert_pool_clean(client: WachatClient) -> None:
 
 def client_sockets(client: WachatClient) -> Iterator[Any]:
     """The sockets of *client*'s pool: checked out, then idle."""
-    session = client._session
+    session = client._state.session
     if session is None or session.connector is None:
         return
     connector = session.connector

@@ -1227,7 +1227,7 @@ async def test_client_response_error_never_chained_as_is(guard: Guard) -> None:
 
 
 def _acquired(client: WachatClient) -> Iterator[object]:
-    session = client._session
+    session = client._state.session
     assert session is not None
     assert session.connector is not None
     yield from session.connector._acquired

@@ -89,6 +89,7 @@ _DEMO_INSTANCES: Final = 50
 
 def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     default = argparse.SUPPRESS if suppress else None
+    flag = default if suppress else False  # of a store_true option
     group = parser.add_argument_group("connection options")
     group.add_argument(
         "--api-key",
@@ -106,7 +107,7 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     group.add_argument(
         "--allow-insecure-http",
         action="store_true",
-        default=default if suppress else False,
+        default=flag,
         help="allow a plain http:// base URL on another host (the key travels in clear text: "
         "only for a fake server, e.g. `wachat-qr fake-server --host 0.0.0.0` elsewhere)",
     )
@@ -129,7 +130,7 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     group.add_argument(
         "--no-env-proxy",
         action="store_true",
-        default=default if suppress else False,
+        default=flag,
         help="ignore HTTPS_PROXY, HTTP_PROXY, NO_PROXY and ~/.netrc",
     )
     group.add_argument(
@@ -147,29 +148,24 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
         help=f"retries of a 502/504 answer, with jittered backoff, from 0 to {_MAX_RETRIES} "
         "(default 3; 0 disables)",
     )
-    _output_options(group, suppress=suppress)
-
-
-def _output_options(group: argparse._ActionsContainer, *, suppress: bool) -> None:
-    default = argparse.SUPPRESS if suppress else False
     group.add_argument(
         "-q",
         "--quiet",
         action="store_true",
-        default=default,
+        default=flag,
         help="print only results and errors (no progress, no summary)",
     )
     group.add_argument(
         "-v",
         "--verbose",
         action="store_true",
-        default=default,
+        default=flag,
         help="also log every retry on stderr",
     )
     group.add_argument(
         "--debug",
         action="store_true",
-        default=default,
+        default=flag,
         help="on an unexpected error, print the traceback (key redacted); log everything",
     )
 

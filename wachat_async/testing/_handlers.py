@@ -371,7 +371,7 @@ class Waiting:
     """Every wait of one server's handlers; :meth:`close` ends them all at once."""
 
     def __init__(self) -> None:
-        self._waiters: set[asyncio.Future[None]] = set()
+        self._pauses: set[asyncio.Future[None]] = set()
         self.closing = False
 
     async def pause(self, seconds: float | None) -> None:
@@ -381,18 +381,18 @@ class Waiting:
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] = loop.create_future()
         timer = None if seconds is None else loop.call_later(seconds, _resolve, waiter)
-        self._waiters.add(waiter)
+        self._pauses.add(waiter)
         try:
             await waiter
         finally:
-            self._waiters.discard(waiter)
+            self._pauses.discard(waiter)
             if timer is not None:
                 timer.cancel()
 
     def close(self) -> None:
         """Wake every pause now, and make later ones return at once."""
         self.closing = True
-        for waiter in self._waiters:
+        for waiter in self._pauses:
             _resolve(waiter)
 
 

@@ -177,7 +177,7 @@ class FakeWachatServer:
         self._waiting = Waiting()
 
         self._status: Literal["new", "running", "closed"] = "new"
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._started_in: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
         self._dual_stack = False
@@ -188,7 +188,7 @@ class FakeWachatServer:
         """Bind and start serving on the running loop (``port=0`` picks a free port)."""
         if self._status != "new":
             raise RuntimeError(f"FakeWachatServer cannot be started: it is {self._status}")
-        self._loop = asyncio.get_running_loop()
+        self._started_in = asyncio.get_running_loop()
         routes = Routes(self._registry, self._pngs.png, self._waiting, latency=self._latency)
         app = web.Application()
         app.router.add_get(QR_PATH, routes.qr)
@@ -242,7 +242,7 @@ class FakeWachatServer:
         if self._status != "running":
             self._status = "closed"
             return
-        if asyncio.get_running_loop() is not self._loop:
+        if asyncio.get_running_loop() is not self._started_in:
             raise RuntimeError(
                 "close() must be awaited on the loop that started the server "
                 "(servers from run_in_thread() are closed by its context manager)"
