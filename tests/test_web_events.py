@@ -584,7 +584,14 @@ async def test_a_qr_older_than_max_age_is_not_served_as_current(
         reader = EventReader(response)
         await until(lambda: turnstile.waiting == 1, "the first poll waits")
         turnstile.let_through(2)
-        stale = await reader.expect("unavailable")  # round 2 is held at the turnstile
+        event = await reader.next()
+        if event is not None and event[0] == "qr":
+            # uvloop's clock counts whole milliseconds: the QR may be seen in the millisecond
+            # it was polled in, then the stream wakes as it goes stale.
+            event = await reader.next()
+        assert event is not None
+        assert event[0] == "unavailable"  # round 2 is held at the turnstile
+        stale = event[1]
         async with http.get(f"{base}/qr/{NAME}.png") as png:
             assert png.status == 503
             assert "Retry-After" not in png.headers

@@ -240,13 +240,9 @@ class Gate(Generic[RequestT]):
         return None
 
     def _log_raised(self, what: str, shown: str, exc: BaseException) -> None:
-        """An error with the traceback, once a minute per cause (type and place raised); a
+        """An error with the traceback, once a minute per cause (what failed, and the type); a
         debug line for the repeats, so a rule that fails on every request cannot flood."""
-        frames = traceback.extract_tb(exc.__traceback__)
-        cause = (
-            type(exc).__qualname__,
-            *((frames[-1].filename, frames[-1].lineno) if frames else ("", None)),
-        )
+        cause = (type(exc).__qualname__, what)
         now = self._clock()
         log = logger.debug
         if now - self._raised.get(cause, -math.inf) >= REPEAT_AFTER:
