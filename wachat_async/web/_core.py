@@ -199,7 +199,7 @@ class Gate(Generic[RequestT]):
         self._passthrough = passthrough
         self._reported: set[str] = set()
         self._clock = clock
-        self._raised: dict[tuple[str, str, int | None], float] = {}  # cause -> last logged
+        self._raised: dict[tuple[str, str], float] = {}  # cause -> last logged
 
     async def admit(
         self, request: RequestT, method: str, raw_path: str | None, tail: str
