@@ -45,6 +45,7 @@ from .conftest import (
     assert_no_key,
     exception_texts,
     status_cases,
+    until,
 )
 
 #: The client's lifecycle tests run on asyncio's loop and on uvloop (tests/conftest.py).
@@ -799,11 +800,7 @@ async def test_garbage_collected_open_client_warns(server: FakeWachatServer) -> 
     gc.collect()  # the view still holds the shared state: nothing to say yet
     with pytest.warns(ResourceWarning, match="Unclosed WachatClient"):
         del view  # the last holder of the shared state
-    for _ in range(100):  # bounded turns of the loop, no sleeping
-        if session.closed:
-            break
-        await asyncio.sleep(0)
-    assert session.closed
+    await until(lambda: session.closed)
 
 
 async def test_connection_refused_is_a_connection_error() -> None:

@@ -26,7 +26,7 @@ from wachat_async import (
 )
 from wachat_async.testing import FakeWachatServer, Fault
 
-from .conftest import KEY, NAME
+from .conftest import KEY, NAME, until
 
 #: Every async test here runs on asyncio's loop and on uvloop (tests/conftest.py).
 ON_EVERY_LOOP = True
@@ -89,15 +89,6 @@ async def test_view_shares_the_session_and_opens_none(client: WachatClient) -> N
     await asyncio.gather(*(v.get_qr_image(NAME) for v in views))
     assert state.session is session
     assert all(v._state is state for v in views)
-
-
-async def until(condition: Any, turns: int = 2000) -> None:
-    """Let the loop run until *condition()* holds (bounded by turns, not by time)."""
-    for _ in range(turns):
-        if condition():
-            return
-        await asyncio.sleep(0)
-    raise AssertionError("condition never held")
 
 
 async def test_view_shares_the_connection_queue(server: FakeWachatServer) -> None:
@@ -195,11 +186,7 @@ async def test_a_request_in_flight_when_the_client_closes_is_client_closed(
     caller = client if through == "client" else client.with_options(timeout=5.0)
     server.script(NAME, [Fault(hang=True)])
     call = asyncio.ensure_future(caller.get_qr_image(NAME))
-    for _ in range(1000):  # until the request reached the server (bounded, no sleeping)
-        if server.request_count(NAME):
-            break
-        await asyncio.sleep(0)
-    assert server.request_count(NAME) == 1
+    await until(lambda: server.request_count(NAME) == 1)  # the request reached the server
     await client.aclose()
     with pytest.raises(ClientClosedError):
         await call
