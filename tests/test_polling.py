@@ -37,6 +37,7 @@ from wachat_async import (
     InvalidImageError,
     InvalidInstanceNameError,
     InvalidResponseError,
+    QRExpiredError,
     QRFailure,
     QRFetchFailedError,
     QRImage,
@@ -1773,3 +1774,167 @@ def test_watch_max_backoff_is_validated_at_call_time(
     client = WachatClient(api_key=KEY, base_url="http://127.0.0.1:9/api/v1")
     with pytest.raises(error, match="max_backoff"):
         client.watch_qr(NAME, max_backoff=max_backoff)
+
+
+# -- watch_qr limits: max_qrs and linking_timeout ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "max_qrs", [pytest.param(1, id="max-qrs-1"), pytest.param(3, id="max-qrs-3")]
+)
+async def test_max_qrs_ends_the_watch_when_the_last_qr_is_replaced(
+    still_server: FakeWachatServer, still_client: WachatClient, max_qrs: int
+) -> None:
+    """The consumer gets max_qrs QRs; the poll that sees the next one raises, nothing follows."""
+    watch = still_client.watch_qr(NAME, max_qrs=max_qrs)
+    images = []
+
+    async def consume() -> None:
+        async for qr in watch:
+            images.append(qr)
+            still_server.rotate_qr(NAME)
+
+    with pytest.raises(
+        QRExpiredError, match=rf"after {max_qrs} QR code.*start a new watch"
+    ) as info:
+        await consume()
+    assert len({qr.sha256 for qr in images}) == max_qrs
+    assert (info.value.qrs_shown, info.value.instance_name) == (max_qrs, NAME)
+    assert info.value.elapsed >= 0
+    assert still_server.request_count(NAME) == max_qrs + 1
+    with pytest.raises(StopAsyncIteration):
+        await watch.__anext__()
+    await watch.aclose()
+    assert still_server.request_count(NAME) == max_qrs + 1
+
+
+async def test_the_last_qr_allowed_is_watched_until_it_is_replaced(
+    still_server: FakeWachatServer, still_client: WachatClient
+) -> None:
+    """With max_qrs=1 the watch keeps polling the one QR (it can still be scanned) until it
+    rotates: polls 1-3 see it, poll 4 sees its successor and raises."""
+    clock = Clock({3: lambda: still_server.rotate_qr(NAME)})
+    watch = watch_qr(
+        still_client.get_qr_image,
+        NAME,
+        interval=1.0,
+        jitter=0.0,
+        get_state=None,
+        sleep=clock,
+        max_qrs=1,
+    )
+    assert (await watch.__anext__()).instance_name == NAME
+    with pytest.raises(QRExpiredError):
+        await watch.__anext__()
+    assert still_server.request_count(NAME) == 4
+    assert watch.shown == 1
+
+
+async def test_linked_before_the_limit_ends_cleanly(
+    still_server: FakeWachatServer, still_client: WachatClient
+) -> None:
+    """A phone linked while the last QR allowed is on show ends the watch with no error."""
+    watch = still_client.watch_qr(NAME, until_connected=True, max_qrs=2, linking_timeout=600)
+    images = []
+    async for qr in watch:
+        images.append(qr)
+        still_server.rotate_qr(NAME)
+        if len(images) == 2:
+            still_server.set_state(NAME, "open")
+    assert len(images) == 2
+    assert watch.connected
+
+
+class Ticks:
+    """A fake clock reading *values* in turn, then the last one for ever."""
+
+    def __init__(self, *values: float) -> None:
+        self.values = list(values)
+
+    def __call__(self) -> float:
+        return self.values.pop(0) if len(self.values) > 1 else self.values[0]
+
+
+async def forever(seconds: float) -> None:
+    """A wait between polls that never ends by itself."""
+    await asyncio.Event().wait()
+
+
+@pytest.mark.parametrize(
+    ("first_poll", "sleep", "readings", "requests"),
+    [
+        # Readings: the start, the time left before round 1, before round 2, then the error's.
+        pytest.param(200, forever, (0.0, 0.0, 10 - 1e-6, 10.0), 1, id="during-the-wait"),
+        pytest.param(200, Clock(), (0.0, 0.0, 10.0), 1, id="before-a-round"),
+    ],
+)
+async def test_linking_timeout_cancels_what_is_running_and_sends_nothing_more(
+    still_server: FakeWachatServer,
+    still_client: WachatClient,
+    first_poll: int | Fault,
+    sleep: Callable[[float], Awaitable[None]],
+    readings: tuple[float, ...],
+    requests: int,
+) -> None:
+    """linking_timeout, on the watch's clock, bounds a wait or a round that has not started:
+    QRExpiredError, no connection left, no request after it."""
+    still_server.script(NAME, [first_poll])
+    watch = watch_qr(
+        still_client.get_qr_image,
+        NAME,
+        interval=1.0,
+        jitter=0.0,
+        get_state=None,
+        sleep=sleep,
+        linking_timeout=10,
+        clock=Ticks(*readings),
+    )
+    with pytest.raises(QRExpiredError, match="/ 10 s; start a new watch") as info:
+        async for _ in watch:
+            pass
+    assert info.value.elapsed == 10.0
+    assert info.value.qrs_shown == (0 if isinstance(first_poll, Fault) else 1)
+    await watch.aclose()
+    assert still_server.request_count(NAME) == requests
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error"),
+    [
+        pytest.param({"max_qrs": 0}, ValueError, id="zero-max-qrs"),
+        pytest.param({"max_qrs": -3}, ValueError, id="negative-max-qrs"),
+        pytest.param({"max_qrs": 1.5}, TypeError, id="float-max-qrs"),
+        pytest.param({"max_qrs": True}, TypeError, id="bool-max-qrs"),
+        pytest.param({"linking_timeout": 0}, ValueError, id="zero-linking-timeout"),
+        pytest.param({"linking_timeout": -1.0}, ValueError, id="negative-linking-timeout"),
+        pytest.param({"linking_timeout": float("nan")}, ValueError, id="nan-linking-timeout"),
+        pytest.param({"linking_timeout": float("inf")}, ValueError, id="inf-linking-timeout"),
+        pytest.param({"linking_timeout": "60"}, TypeError, id="str-linking-timeout"),
+    ],
+)
+def test_watch_limits_are_validated_at_call_time(
+    arguments: dict[str, object], error: type[Exception]
+) -> None:
+    """Bad limits raise when watch_qr is called, naming the argument."""
+    client = WachatClient(api_key=KEY, base_url="http://127.0.0.1:9/api/v1")
+    with pytest.raises(error, match=next(iter(arguments))):
+        client.watch_qr(NAME, **arguments)  # type: ignore[arg-type]
+
+
+async def test_linking_timeout_cancels_a_poll_in_flight() -> None:
+    """A poll that outlives linking_timeout is cancelled and the watch expires."""
+    fetch = Recorder(hang={"a"})
+    watch = watch_qr(
+        fetch,
+        "a",
+        interval=1.0,
+        jitter=0.0,
+        get_state=None,
+        sleep=Clock(),
+        linking_timeout=10,
+        clock=Ticks(0.0, 10 - 1e-6, 12.5),
+    )
+    with pytest.raises(QRExpiredError, match=r"after 0 QR code.*/ 12 s") as info:
+        await watch.__anext__()
+    assert (info.value.qrs_shown, info.value.elapsed) == (0, 12.5)
+    assert (fetch.calls["a"], fetch.cancelled, fetch.in_flight) == (1, ["a"], 0)

@@ -501,9 +501,12 @@ class WachatClient:
         until_connected: bool = False,
         jitter: float = 0.1,
         max_backoff: float = DEFAULT_MAX_BACKOFF,
+        max_qrs: int | None = None,
+        linking_timeout: float | None = None,
     ) -> QRWatch:
         """A :class:`QRWatch` of one instance's QR each time it changes; with *until_connected*
-        it ends once the instance is linked. Details: docs/fleets.md, "Watching one instance".
+        it ends once the instance is linked; *max_qrs* / *linking_timeout* end it with
+        :class:`QRExpiredError`. Details: docs/fleets.md, "Watching one instance".
         """
         name = check_instance_name(instance_name)
         return watch_qr(
@@ -514,6 +517,9 @@ class WachatClient:
             get_state=self.get_instance_state if until_connected else None,
             sleep=self._retrier.sleep,
             max_backoff=max_backoff,
+            max_qrs=max_qrs,
+            linking_timeout=linking_timeout,
+            clock=self._retrier.clock,
         )
 
     def qr_image_url(self, instance_name: str, *, expose_api_key: bool = False) -> str:

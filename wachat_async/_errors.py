@@ -29,6 +29,7 @@ __all__ = [
     "InvalidResponseError",
     "ProxyAuthenticationError",
     "ProxyError",
+    "QRExpiredError",
     "QRFetchFailedError",
     "QRNotSupportedError",
     "ResponseTooLargeError",
@@ -294,6 +295,24 @@ class DeadlineExceededError(WachatTimeoutError):
     ) -> None:
         super().__init__(message, instance_name=instance_name, attempts=attempts)
         self.deadline = deadline
+
+
+class QRExpiredError(WachatError):
+    """A ``watch_qr`` limit (``max_qrs`` or ``linking_timeout``) was reached before the phone
+    was linked: the watch ended without a further request. Never retried: start a new watch.
+
+    ``qrs_shown`` is how many QR codes the watch yielded, ``elapsed`` the seconds since it began.
+    """
+
+    def __init__(self, *, instance_name: str, qrs_shown: int, elapsed: float) -> None:
+        super().__init__(
+            f"instance {instance_name!r}: the phone was not linked after {qrs_shown} QR "
+            f"code(s) / {elapsed:.0f} s; start a new watch for a new QR",
+            instance_name=instance_name,
+            attempts=0,
+        )
+        self.qrs_shown: int = qrs_shown
+        self.elapsed: float = elapsed
 
 
 class InvalidResponseError(WachatError):

@@ -12,6 +12,7 @@ import contextlib
 import itertools
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Final, cast
 
@@ -19,6 +20,7 @@ from ._errors import (
     APIStatusError,
     ClientClosedError,
     InvalidInstanceNameError,
+    QRExpiredError,
     WachatError,
 )
 from ._models import InstanceState, QRFailure, QRImage, QRResult, QRSuccess
@@ -374,6 +376,12 @@ class QRWatch(contextlib.AbstractAsyncContextManager["QRWatch"]):
     *max_backoff*; terminal ones (400/401/403/404/409, an invalid image, ...) are raised.
     *interval* and *max_backoff* must be > 0 and finite, *jitter* in ``[0, 1)``.
 
+    Limits (WhatsApp QRs expire about every 20 s; a forgotten watch must not poll for ever):
+    with *max_qrs* (an int >= 1) the last QR allowed stays on show for its whole life, and
+    when upstream replaces it the watch raises :class:`QRExpiredError` instead of yielding
+    it; *linking_timeout* (seconds > 0 on *clock*, from the first ``__anext__``) raises it
+    too, cancelling a poll in flight or a wait. Either way no request follows.
+
     * ``shown``: how many different QR codes the instance has shown (the images yielded so
       far). WhatsApp rotates a QR about every 20 seconds, so it also says how long the person
       has been looking at the page.
@@ -400,7 +408,18 @@ class QRWatch(contextlib.AbstractAsyncContextManager["QRWatch"]):
         sleep: Callable[[float], Awaitable[None]],
         rand: Callable[[float, float], float] = random.uniform,
         max_backoff: float = DEFAULT_MAX_BACKOFF,
+        max_qrs: int | None = None,
+        linking_timeout: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if max_qrs is not None:
+            check_number(max_qrs, "max_qrs", integer=True, minimum=1)
+        if linking_timeout is not None:
+            check_number(linking_timeout, "linking_timeout", exclusive=True)
+        self.max_qrs: int | None = max_qrs
+        self.linking_timeout: float | None = linking_timeout
+        self._clock = clock
+        self._started: float | None = None
         check_number(interval, "interval", exclusive=True)
         check_number(jitter, "jitter", below=1)
         check_number(max_backoff, "max_backoff", exclusive=True)
@@ -441,7 +460,31 @@ class QRWatch(contextlib.AbstractAsyncContextManager["QRWatch"]):
             raise StopAsyncIteration
         return image
 
+    def _expired(self) -> QRExpiredError:
+        assert self._started is not None
+        elapsed = self._clock() - self._started
+        return QRExpiredError(
+            instance_name=self.instance_name, qrs_shown=self.shown, elapsed=elapsed
+        )
+
     async def _next(self) -> QRImage | None:
+        """One round within *linking_timeout*: what :meth:`_poll` returns, else expire."""
+        if self._started is None:
+            self._started = self._clock()
+        left = None
+        if self.linking_timeout is not None:
+            left = self.linking_timeout - (self._clock() - self._started)
+            if left <= 0:
+                raise self._expired()
+        try:
+            async with asyncio.timeout(left) as scope:
+                return await self._poll()
+        except TimeoutError:
+            if not scope.expired():
+                raise  # a WachatTimeoutError of the poll itself
+        raise self._expired()
+
+    async def _poll(self) -> QRImage | None:
         """Poll until the QR changes (return it) or the instance is linked (return None)."""
         name = self.instance_name
         while True:
@@ -471,6 +514,8 @@ class QRWatch(contextlib.AbstractAsyncContextManager["QRWatch"]):
                 continue
             self.failures = 0
             if self.latest is None or image.sha256 != self.latest.sha256:
+                if self.shown == self.max_qrs:
+                    raise self._expired()  # the last QR allowed has been replaced
                 self.shown += 1
                 self.latest = image
                 return image

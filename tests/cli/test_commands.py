@@ -792,6 +792,50 @@ def test_watch_until_connected(run: Callable[..., Run], env: FakeWachatServer) -
     assert result.out == f"{NAME} is connected\n"
 
 
+def test_watch_max_qrs_gives_up_with_exit_9(
+    run: Callable[..., Run], rotating: FakeWachatServer
+) -> None:
+    """--max-qrs 2: two QRs, then the poll that sees a third ends it: one line, exit 9."""
+    result = run("watch", NAME, "--no-show", "--max-qrs", "2", "-i", "0.001")
+    assert result.code == 9, result.err
+    assert len(result.out.splitlines()) == 2
+    assert result.err.count("\n") == 1
+    assert "not linked after 2 QR code(s)" in result.err
+    assert "start a new watch" in result.err
+    assert rotating.request_count(NAME, path="/instance/qr/image") == 3
+
+
+def test_watch_linking_timeout_gives_up_with_exit_9(
+    run: Callable[..., Run], env: FakeWachatServer
+) -> None:
+    """--linking-timeout cancels the poll that hangs: one line, exit 9."""
+    env.script(NAME, [200, Fault(hang=True)])
+    result = run("watch", NAME, "--no-show", "--linking-timeout", "0.05", "-i", "0.001")
+    assert result.code == 9, result.err
+    assert len(result.out.splitlines()) == 1
+    assert result.err.count("\n") == 1
+    assert "not linked after 1 QR code(s)" in result.err
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        pytest.param(["--max-qrs", "0"], id="zero-max-qrs"),
+        pytest.param(["--max-qrs", "2.5"], id="float-max-qrs"),
+        pytest.param(["--linking-timeout", "0"], id="zero-linking-timeout"),
+        pytest.param(["--linking-timeout", "-5"], id="negative-linking-timeout"),
+    ],
+)
+def test_watch_limits_are_checked(
+    run: Callable[..., Run], env: FakeWachatServer, option: list[str]
+) -> None:
+    """A limit out of range is a usage error (exit 2) before any request."""
+    result = run("watch", NAME, *option)
+    assert result.code == 2
+    assert option[0] in result.err
+    assert env.request_count() == 0
+
+
 def test_watch_terminal_error(run: Callable[..., Run], env: FakeWachatServer) -> None:
     """A 404 ends the watch with status 4."""
     result = run("watch", "t1_nothere0_store", "--no-show")

@@ -35,6 +35,8 @@ code  meaning
 7     invalid response: not a PNG, truncated, or larger than the size cap
 8     local I/O error: a file could not be written, a port could not be bound, stdout
       could not be written (closed, full: ``--help`` and ``--version`` too)
+9     ``watch``: ``--max-qrs`` or ``--linking-timeout`` reached before the phone was
+      linked (run it again for a new QR)
 70    internal error: an unexpected exception (a bug; ``--debug`` shows the traceback)
 130   interrupted (Ctrl-C, SIGINT)
 143   terminated (SIGTERM: systemd, Kubernetes, ``timeout``)
@@ -94,6 +96,7 @@ from ._exit import (
     EXIT_AUTH,
     EXIT_BROKEN_PIPE,
     EXIT_CONNECTION,
+    EXIT_EXPIRED,
     EXIT_FAILED,
     EXIT_FILE,
     EXIT_INTERNAL,
@@ -119,6 +122,7 @@ __all__ = [
     "EXIT_AUTH",
     "EXIT_BROKEN_PIPE",
     "EXIT_CONNECTION",
+    "EXIT_EXPIRED",
     "EXIT_FAILED",
     "EXIT_FILE",
     "EXIT_INTERNAL",

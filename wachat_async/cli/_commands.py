@@ -396,6 +396,8 @@ async def cmd_watch(args: argparse.Namespace, out: Out) -> int:
             jitter=0.1,
             get_state=client.get_instance_state if args.until_connected else None,
             sleep=no_sleep if client.retry_policy.zero_wait else asyncio.sleep,
+            max_qrs=args.max_qrs,
+            linking_timeout=args.linking_timeout,
         )
         async for qr in watch:
             updates += 1

@@ -21,6 +21,7 @@ from wachat_async import (
     ConfigurationError,
     InstanceNotFoundError,
     InvalidResponseError,
+    QRExpiredError,
     QRNotSupportedError,
     SubscriptionRestrictedError,
     WachatConnectionError,
@@ -37,6 +38,7 @@ EXIT_UPSTREAM: Final = 5
 EXIT_CONNECTION: Final = 6
 EXIT_INVALID: Final = 7
 EXIT_FILE: Final = 8
+EXIT_EXPIRED: Final = 9  # watch --max-qrs / --linking-timeout reached, not linked
 EXIT_INTERNAL: Final = 70  # sysexits.h EX_SOFTWARE
 EXIT_INTERRUPTED: Final = 130  # 128 + SIGINT (Ctrl-C)
 EXIT_TERMINATED: Final = 143  # 128 + SIGTERM: what systemd, Kubernetes and `timeout` send
@@ -54,6 +56,7 @@ EXIT_CODES: Final = frozenset(
         EXIT_CONNECTION,
         EXIT_INVALID,
         EXIT_FILE,
+        EXIT_EXPIRED,
         EXIT_INTERNAL,
         EXIT_INTERRUPTED,
         EXIT_TERMINATED,
@@ -93,6 +96,8 @@ def exit_code_for(error: WachatError) -> int:
         return EXIT_USAGE
     if wrong_base_url(error):
         return EXIT_USAGE
+    if isinstance(error, QRExpiredError):
+        return EXIT_EXPIRED
     if isinstance(error, (AuthenticationError, SubscriptionRestrictedError)):
         return EXIT_AUTH
     if isinstance(error, (InstanceNotFoundError, QRNotSupportedError, BadRequestError)):

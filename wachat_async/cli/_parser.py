@@ -35,7 +35,7 @@ exit status:
   0 ok    1 some instances failed (poll)    2 usage/configuration error (a wrong base URL too)
   3 authentication (401/403)    4 not found (404/409/400)    5 upstream (502/504/other status)
   6 connection/timeout    7 invalid response (not a PNG, too large)
-  8 local I/O error (a file, a port, or stdout closed or full)
+  8 local I/O error (a file, a port, or stdout closed or full)    9 watch limit reached, not linked
   70 internal error (--debug shows the traceback)    130 interrupted (Ctrl-C)
   143 terminated (SIGTERM)    141 stdout closed by its reader (e.g. `| head`)
 
@@ -328,6 +328,18 @@ def _add_watch(command: _AddCommand) -> None:
     )
     p.add_argument(
         "-n", "--count", type=integer(1), metavar="N", help="stop after N QR codes, >= 1"
+    )
+    p.add_argument(
+        "--max-qrs",
+        type=integer(1),
+        metavar="N",
+        help="give up (exit 9) when the Nth QR code expires unscanned, >= 1",
+    )
+    p.add_argument(
+        "--linking-timeout",
+        type=seconds(zero=False),
+        metavar="SECONDS",
+        help="give up (exit 9) if the phone is not linked within SECONDS, > 0",
     )
     p.add_argument(
         "-o", "--output", metavar="FILE", type=_path, help="also save the latest QR to FILE"
