@@ -654,6 +654,20 @@ MUTANTS = [
         POLLING_TESTS,
     ),
     M(
+        "watch-max-qrs-one-late",
+        "wachat_async/_polling.py",
+        "                if self.shown == self.max_qrs:",
+        "                if self.shown > (self.max_qrs or 10**9):",
+        POLLING_TESTS,
+    ),
+    M(
+        "watch-linking-timeout-does-not-cancel",
+        "wachat_async/_polling.py",
+        "            async with asyncio.timeout(left) as scope:",
+        "            async with asyncio.timeout(None) as scope:",
+        POLLING_TESTS,
+    ),
+    M(
         "watch-yields-repeats",
         "wachat_async/_polling.py",
         "            if self.latest is None or image.sha256 != self.latest.sha256:",
