@@ -145,7 +145,7 @@ async def test_an_instance_already_linked_says_connected_at_once(
     [
         pytest.param(404, (404, "no such instance"), id="404"),
         pytest.param(409, (409, "this instance has no QR code"), id="409"),
-        pytest.param(401, (502, "the QR code service failed"), id="401"),
+        pytest.param(401, (502, "the service refused the app"), id="401"),
     ],
 )
 async def test_a_terminal_upstream_error_is_an_error_event_that_ends_the_stream(
