@@ -265,6 +265,21 @@ async def test_chromium_shows_outages_and_final_states_honestly(
         await end_event_streams()  # a deploy: the stream ends, the page reconnects by itself
         await wait_for(tab, lambda s: s["state"] == "reconnecting", "the page reconnects")
         again = await wait_for(tab, lambda s: s["state"] == "qr", "the QR after reconnecting")
+        # A proxy answers 502 while the app restarts: transient, the page keeps retrying.
+        cdp.events[:] = [e for e in cdp.events if e.get("method") != "Fetch.requestPaused"]
+        await cdp.call("Fetch.enable", {"patterns": [{"urlPattern": "*/events*"}]}, session=tab)
+        await end_event_streams()
+        for _ in range(2):  # the EventSource's reconnect, then the page's probe
+            paused = await cdp.wait_event("Fetch.requestPaused", tab)
+            await cdp.call(
+                "Fetch.fulfillRequest",
+                {"requestId": paused["params"]["requestId"], "responseCode": 502},
+                session=tab,
+            )
+            cdp.events.remove(paused)
+        gateway = await wait_for(tab, lambda s: s["state"] == "reconnecting", "still retrying")
+        await cdp.call("Fetch.disable", session=tab)
+        await wait_for(tab, lambda s: s["state"] == "qr", "the QR after the proxy's 502")
         allowed["yes"] = False
         await end_event_streams()  # a deploy: the page reconnects, and is refused
         refused = await wait_for(tab, lambda s: s["state"] == "refused", "the refusal shows")
@@ -285,6 +300,7 @@ async def test_chromium_shows_outages_and_final_states_honestly(
     assert refused["hidden"]
     assert refused["src"] is None
     assert "refused" in refused["text"]
+    assert gateway["dim"] is True
 
 
 @pytest.mark.parametrize(

@@ -145,7 +145,7 @@ async def test_an_instance_already_linked_says_connected_at_once(
     [
         pytest.param(404, (404, "no such instance"), id="404"),
         pytest.param(409, (409, "this instance has no QR code"), id="409"),
-        pytest.param(401, (502, "the QR code service failed"), id="401"),
+        pytest.param(401, (502, "the service refused the app"), id="401"),
     ],
 )
 async def test_a_terminal_upstream_error_is_an_error_event_that_ends_the_stream(
@@ -666,3 +666,19 @@ async def test_an_interval_below_a_second_is_raised_and_its_watch_still_stops(
     assert second.ended is None
     hub.leave(second)
     await until(lambda: not watch_tasks(), "the watches stop")
+
+
+@pytest.mark.parametrize(
+    ("retry_at", "expected"),
+    [(110.2, "11"), (100.0, "1"), (98.0, "1"), (100.4, "1")],
+    ids=["ahead", "now", "past", "under-a-second"],
+)
+def test_png_retry_after_is_never_below_one(retry_at: float, expected: str) -> None:
+    """Once the announced try is due or past (a poll is running), Retry-After stays a
+    delay of at least 1 s, never 0 or negative."""
+    from wachat_async.web._core import unavailable_answer
+    from wachat_async.web._hub import Unavailable
+
+    answer = unavailable_answer(Unavailable("down", retry_at), "t1_abc_store", now=100.0)
+    assert answer.status == 503
+    assert answer.headers["Retry-After"] == expected

@@ -48,10 +48,15 @@ async def test_the_aiohttp_snippet_runs_as_pasted(
     """Its client opens in cleanup_ctx, on_shutdown ends the streams, authorize refuses a
     request without a user (no auth middleware here) and nothing reaches upstream."""
     given: list[web.Application] = []
-    monkeypatch.setattr(web, "run_app", lambda app, **options: given.append(app))
+    run_options: dict[str, Any] = {}
+    monkeypatch.setattr(
+        web, "run_app", lambda app, **options: (given.append(app), run_options.update(options))
+    )
     exec(compile(_snippet(page, "aiohttp"), str(page), "exec"), {"__name__": "__main__"})  # noqa: S102
     (app,) = given
     assert end_event_streams in app.on_shutdown
+    assert run_options["host"] == "127.0.0.1"  # not every interface, not the fake server's 8080
+    assert run_options["port"] != 8080
     async with (
         TestServer(app) as server,
         aiohttp.ClientSession() as http,

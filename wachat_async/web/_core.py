@@ -362,7 +362,8 @@ def unavailable_answer(state: Unavailable, name: str, now: float) -> Answer:
     if state.retry_at is None:
         return answer
     return attrs.evolve(
-        answer, headers={**answer.headers, "Retry-After": str(math.ceil(state.retry_at - now))}
+        answer,
+        headers={**answer.headers, "Retry-After": str(max(1, math.ceil(state.retry_at - now)))},
     )
 
 

@@ -104,6 +104,8 @@ def error_status(exc: BaseException) -> tuple[int, str]:
         isinstance(exc, UnexpectedStatusError) and exc.status in (429, 503)
     ):
         return 503, "the QR code service is overloaded; try again later"
+    if isinstance(exc, _OURS):  # final: no "try again"
+        return 502, "this QR code cannot be shown right now (the service refused the app's access)"
     return 502, "the QR code service failed; try again"
 
 

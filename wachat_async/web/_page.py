@@ -22,7 +22,7 @@ SCRIPT: Final = """
   "use strict";
   var img = document.getElementById("wachat-qr");
   var status = document.getElementById("wachat-status");
-  var source = new EventSource(img.getAttribute("data-events"));
+  var events = img.getAttribute("data-events"), source, failures = 0;
   function show(state, text, qr) {  /* qr: "shown", "dim" or "hidden" */
     status.setAttribute("data-state", state);
     status.textContent = text;
@@ -30,32 +30,55 @@ SCRIPT: Final = """
     img.className = qr === "dim" ? "stale" : "";
   }
   function stop(state, text) {  /* final: no QR, no more events */
-    source.close();
+    if (source) source.close();
     img.removeAttribute("src");
     show(state, text, "hidden");
   }
-  source.addEventListener("qr", function (e) {
-    img.src = new URL(JSON.parse(e.data).src, source.url).href;
-    show("qr", "Scan the QR code with WhatsApp (Linked devices)", "shown");
-  });
-  source.addEventListener("unavailable", function (e) {
-    var d = JSON.parse(e.data);
-    var when = d.retry_in === null ? "" : " in " + Math.ceil(d.retry_in) + " s";
-    show("unavailable", "QR code unavailable (" + d.error + "); retrying" + when + "\u2026", "dim");
-  });
-  source.addEventListener("connected", function () {
-    stop("connected", "connected");
-  });
-  source.addEventListener("failed", function (e) {
-    stop("failed", "error: " + JSON.parse(e.data).error);
-  });
-  source.addEventListener("error", function () {  /* EventSource's own: not an event of ours */
-    if (source.readyState === EventSource.CLOSED) {
-      stop("refused", "Live updates stopped: the server refused them. Reload the page to retry.");
-    } else {
-      show("reconnecting", "reconnecting\u2026", "dim");  /* the browser retries by itself */
-    }
-  });
+  function probe() {  /* why it closed: 401/403/404-type refusals are final; else retry */
+    var ctl = new AbortController();
+    fetch(events, {signal: ctl.signal, cache: "no-store"}).then(function (r) {
+      ctl.abort();
+      if (r.status >= 400 && r.status < 500 && r.status !== 408 && r.status !== 429) {
+        stop("refused", "Live updates stopped: the server refused them. Reload the page to retry.");
+      } else {
+        retry();
+      }
+    }, retry);
+  }
+  function retry() {  /* gateway error or network failure: back off, capped at 30 s */
+    var wait = Math.min(30000, 1000 * Math.pow(2, failures++)) * (0.5 + Math.random() / 2);
+    show("reconnecting", "reconnecting\u2026", "dim");
+    setTimeout(open, wait);
+  }
+  function open() {
+    source = new EventSource(events);
+    source.addEventListener("open", function () { failures = 0; });
+    source.addEventListener("qr", function (e) {
+      img.src = new URL(JSON.parse(e.data).src, source.url).href;
+      show("qr", "Scan the QR code with WhatsApp (Linked devices)", "shown");
+    });
+    source.addEventListener("unavailable", function (e) {
+      var d = JSON.parse(e.data);
+      var when = d.retry_in === null ? "" : " in " + Math.ceil(d.retry_in) + " s";
+      var text = "QR code unavailable (" + d.error + "); retrying" + when + "\u2026";
+      show("unavailable", text, "dim");
+    });
+    source.addEventListener("connected", function () {
+      stop("connected", "connected");
+    });
+    source.addEventListener("failed", function (e) {
+      stop("failed", "error: " + JSON.parse(e.data).error);
+    });
+    source.addEventListener("error", function () {  /* EventSource's own: not an event of ours */
+      if (source.readyState === EventSource.CLOSED) {
+        source.close();
+        probe();
+      } else {
+        show("reconnecting", "reconnecting\u2026", "dim");  /* the browser retries by itself */
+      }
+    });
+  }
+  open();
   img.addEventListener("error", function () {
     if (img.getAttribute("src")) {
       img.removeAttribute("src");
