@@ -231,8 +231,7 @@ class WachatClient:
     ) -> WachatClient:
         """A view of this client with other per-call options, sharing everything else (session,
         connection queue, budget); ``None`` restores the default. Its ``aclose()`` closes
-        nothing. Details: docs/networks.md, "Per-call options".
-        """
+        nothing. Details: docs/networks.md, "Per-call options"."""
         transport = self._transport
         changed: dict[str, str] = {}  # by option, as the view's repr shows it
         new_timeout, policy = transport.timeout, self._retry
@@ -437,8 +436,7 @@ class WachatClient:
         self, instance_name: str, *, chunk_size: int = CHUNK_SIZE
     ) -> AsyncIterator[QRStream]:
         """Yield a :class:`QRStream` of the QR image, its status checked (and retried) first;
-        leaving the block releases the connection. Details: docs/fetching.md, "Streaming".
-        """
+        leaving the block releases the connection. Details: docs/fetching.md, "Streaming"."""
         name = check_instance_name(instance_name)
         check_number(chunk_size, "chunk_size", integer=True, minimum=1)
         if self._stale():
@@ -452,9 +450,8 @@ class WachatClient:
             stream.close()
 
     async def save_qr_image(self, instance_name: str, path: PathArg) -> Path:
-        """Stream the QR PNG to *path* atomically and durably (in place for a device or FIFO);
-        return ``Path(path)``. Details: docs/fetching.md, "Saving".
-        """
+        """Write the QR PNG to *path* once it is whole and valid, atomically and durably (in
+        place for a device or FIFO); return ``Path(path)``. Details: docs/fetching.md, "Saving"."""
         name = check_instance_name(instance_name)
         if self._stale():
             await self._bind()
@@ -481,8 +478,7 @@ class WachatClient:
     ) -> FetchMany:
         """Fetch many QR codes, *concurrency* at a time (at most the client's slots): a
         :class:`FetchMany` of a :class:`QRSuccess` or :class:`QRFailure` per name as each
-        completes. Details: docs/fleets.md.
-        """
+        completes. Details: docs/fleets.md."""
         return fetch_many(
             self.get_qr_image,
             instance_names,
@@ -506,8 +502,7 @@ class WachatClient:
     ) -> QRWatch:
         """A :class:`QRWatch` of one instance's QR each time it changes; with *until_connected*
         it ends once the instance is linked; *max_qrs* / *linking_timeout* end it with
-        :class:`QRExpiredError`. Details: docs/fleets.md, "Watching one instance".
-        """
+        :class:`QRExpiredError`. Details: docs/fleets.md, "Watching one instance"."""
         name = check_instance_name(instance_name)
         return watch_qr(
             self.get_qr_image,
@@ -524,8 +519,7 @@ class WachatClient:
 
     def qr_image_url(self, instance_name: str, *, expose_api_key: bool = False) -> str:
         """The QR image URL for this client's base URL, without the key unless
-        *expose_api_key* (then :class:`ApiKeyExposureWarning`): see :func:`build_qr_image_url`.
-        """
+        *expose_api_key* (then :class:`ApiKeyExposureWarning`): see :func:`build_qr_image_url`."""
         return _build_qr_image_url(
             instance_name,
             api_key=self._api_key if expose_api_key is True else None,

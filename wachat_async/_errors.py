@@ -15,34 +15,6 @@ from typing import NoReturn
 
 from ._redact import redact_message
 
-__all__ = [
-    "APIStatusError",
-    "AuthenticationError",
-    "BadRequestError",
-    "ClientClosedError",
-    "ConfigurationError",
-    "DeadlineExceededError",
-    "GatewayTimeoutError",
-    "InstanceNotFoundError",
-    "InvalidImageError",
-    "InvalidInstanceNameError",
-    "InvalidResponseError",
-    "ProxyAuthenticationError",
-    "ProxyError",
-    "QRExpiredError",
-    "QRFetchFailedError",
-    "QRNotSupportedError",
-    "ResponseTooLargeError",
-    "SubscriptionRestrictedError",
-    "TLSVerificationError",
-    "UnexpectedStatusError",
-    "WachatConnectionError",
-    "WachatError",
-    "WachatTimeoutError",
-    "raise_clean",
-    "status_error",
-]
-
 
 class WachatError(Exception):
     """Base class of every error wachat-async raises.
