@@ -49,6 +49,7 @@ def test_a_hung_test_fails_at_its_timeout(tmp_path: Path) -> None:
             "-o",
             "timeout=0.5",
             "-q",
+            "-rN",  # no short summary: CI=true prints its lines untruncated, repeating the message
             "test_hung.py",
         ],
         cwd=tmp_path,
