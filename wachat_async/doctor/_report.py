@@ -70,7 +70,7 @@ class Cause(enum.StrEnum):
         return _EXIT_STATUS[self]
 
 
-_EXIT_STATUS = dict(zip(Cause, (0, *range(10, 25)), strict=True))
+_EXIT_STATUS: dict[Cause, int] = dict(zip(Cause, (0, *range(10, 25)), strict=True))
 
 
 @attrs.frozen(kw_only=True)
