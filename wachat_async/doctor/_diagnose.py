@@ -269,21 +269,21 @@ class _Walk:
         except WachatError as error:
             self._met(error, Check.STATE, early)
         state = self.state
+        self.linked = state is not None and state.is_connected
         if state is not None and state.integration not in (None, BAILEYS):
             self.stops[Check.INTEGRATION] = _Stop(
                 Cause.NOT_BAILEYS,
                 f"{name!r} is a {state.integration} instance: only WhatsApp Baileys ones have a QR",
                 "link it the way its integration says, or create a WHATSAPP-BAILEYS instance",
             )
-        elif state is not None and state.is_connected:
+        elif self.linked:
             self.stops[Check.STATE] = _Stop(
                 Cause.LINKED,
                 "'open': the phone is already linked",
                 "no QR is needed (to link another phone, log this one out first)",
                 Outcome.OK,
             )
-        self.linked = linked = state is not None and state.is_connected
-        if not linked and self.stops.keys().isdisjoint(early):
+        if not self.linked and self.stops.keys().isdisjoint(early):
             try:
                 self.qr = await client.get_qr_image(name)
             except _RAISED:
@@ -308,7 +308,7 @@ class _Walk:
                 Step(check=check, outcome=stop.outcome, found=stop.found, advice=stop.advice)
             )
             cause = stop.cause
-            linked = stop.cause is Cause.LINKED
+            linked = cause is Cause.LINKED
             after = "no QR needed: the phone is linked" if linked else f"the {check} step failed"
         return Diagnosis(
             instance_name=name, base_url=str(self.base), cause=cause, steps=tuple(steps)
