@@ -75,20 +75,22 @@ async def test_png_route_serves_the_qr_with_etag_and_no_store(
     assert_clean(response, body)
 
 
-@pytest.mark.parametrize("method", ["HEAD", "POST", "PUT", "DELETE"])
-async def test_events_route_answers_only_get(
+@pytest.mark.parametrize("method", ["HEAD", "PUT", "DELETE"])
+async def test_events_route_answers_only_get_and_post(
     framework: str,
     still: FakeWachatServer,
     wachat: WachatClient,
     http: aiohttp.ClientSession,
     method: str,
 ) -> None:
-    """Any method but GET on {prefix}/{name}/events is a 405 and never reaches upstream."""
+    """Any method but GET and POST (a restart) on {prefix}/{name}/events is a 405 with
+    Allow, and never reaches upstream."""
     async with serve(framework, wachat, prefix="/qr") as base:
         before = len(still.requests)
         async with http.request(method, f"{base}/qr/{NAME}/events") as response:
             await response.read()
     assert response.status == 405
+    assert response.headers["Allow"] == "GET, POST"
     assert len(still.requests) == before
 
 

@@ -25,6 +25,7 @@ try:
     from fastapi import APIRouter, Depends, Request
     from fastapi.dependencies.utils import get_typed_signature
     from fastapi.responses import Response
+    from starlette.convertors import Convertor, register_url_convertor
     from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException
 except ImportError as _missing:  # pragma: no cover - exercised by the packaging test
@@ -45,9 +46,26 @@ _PNG = {200: {"content": {"image/png": {}}, "description": "The current QR code"
 _EVENTS = {200: {"content": {"text/event-stream": {}}, "description": "qr, unavailable, ..."}}
 _RESTART = {204: {"description": "The watch polls again (for every viewer)"}}
 _PAGE = {200: {"content": {"text/html": {}}, "description": "The live QR page"}}
-#: Answered by a hidden route with the JSON 405 (or HEAD as GET), never FastAPI's own.
+#: Answered by a hidden route with the JSON 405 (or HEAD as GET), never FastAPI's own (a
+#: method outside this list gets FastAPI's 405: a route cannot take "any method").
 _OTHER_METHODS = ["HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"]
 _ADMITTED = "wachat_admitted_"  # the parameter of the guard that carries the checks' verdict
+
+
+class _AnyText(Convertor[str]):
+    """A path parameter that may span newlines too (a ``%0A`` in a name gets the JSON 404,
+    not FastAPI's), registered as ``wachat_path``."""
+
+    regex = r"[\s\S]*"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("wachat_path", _AnyText())
 
 
 def _guard(
@@ -160,7 +178,7 @@ def qr_router(
         ("", "GET", "", _PAGE, "A page that shows the live QR"),
     ):
         router.add_api_route(
-            "/{instance_name:path}" + path,
+            "/{instance_name:wachat_path}" + path,
             endpoint(suffix),
             methods=[method],
             response_class=Response,
@@ -168,7 +186,7 @@ def qr_router(
             summary=summary,
         )
     router.add_api_route(  # last: whatever the routes above did not take, answered alike
-        "/{instance_name:path}",
+        "/{instance_name:wachat_path}",
         endpoint(""),
         methods=_OTHER_METHODS,
         response_class=Response,
