@@ -82,9 +82,10 @@ def router_app(client: WachatClient, **options: Any) -> Any:
 
     keyword = inspect.Parameter.KEYWORD_ONLY  # annotations as objects: Request is local here
     authorize.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-        [inspect.Parameter("request", keyword, annotation=Request), *[
-            inspect.Parameter("instance_name", keyword, annotation=str)
-        ]]
+        [
+            inspect.Parameter("request", keyword, annotation=Request),
+            *[inspect.Parameter("instance_name", keyword, annotation=str)],
+        ]
     )
 
     app = FastAPI()
@@ -129,7 +130,7 @@ class EventReader:
 
     async def next(self) -> tuple[str, Any] | None:
         """The next event as (name, parsed JSON data); ``None`` once the stream has ended."""
-        kind, data = "message", []
+        kind, data = "message", list[str]()
         while True:
             raw = await asyncio.wait_for(self.response.content.readline(), LIMIT)
             if not raw:

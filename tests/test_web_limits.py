@@ -99,16 +99,18 @@ async def test_a_page_left_open_stops_polling_at_max_qrs(
 ) -> None:
     """After max_qrs QRs the watch makes no further request; every viewer hears `expired`,
     then only pings; the PNG route answers 410 without asking upstream."""
-    async with serve(framework, wachat, max_qrs=3, heartbeat=60.0) as base:
-        async with http.get(f"{base}/qr/{NAME}/events") as response:
-            reader = EventReader(response)
-            qrs, expired = await rotate_until(still, reader, "expired")
-            await until(lambda: not watch_tasks(), "the watch stops polling")
-            sent = still.request_count()
-            async with http.get(f"{base}/qr/{NAME}.png") as png:
-                answer = png.status, await png.json()
-            later = await raw_events(http, f"{base}/qr/{NAME}/events")
-            assert still.request_count() == sent  # nothing upstream since the limit
+    async with (
+        serve(framework, wachat, max_qrs=3, heartbeat=60.0) as base,
+        http.get(f"{base}/qr/{NAME}/events") as response,
+    ):
+        reader = EventReader(response)
+        qrs, expired = await rotate_until(still, reader, "expired")
+        await until(lambda: not watch_tasks(), "the watch stops polling")
+        sent = still.request_count()
+        async with http.get(f"{base}/qr/{NAME}.png") as png:
+            answer = png.status, await png.json()
+        later = await raw_events(http, f"{base}/qr/{NAME}/events")
+        assert still.request_count() == sent  # nothing upstream since the limit
     assert qrs == 3
     assert expired["instance"] == NAME
     assert expired["qrs_shown"] == 3
@@ -149,8 +151,10 @@ async def test_one_restart_brings_a_new_qr_to_every_viewer(
             async with http.post(url, headers=RESTART) as again:
                 assert again.status == 204
             fresh = [await reader.expect("qr") for reader in readers]
-    assert refused == (400, {"error": "a restart needs the Wachat-Restart request header",
-                             "instance": NAME})
+    assert refused == (
+        400,
+        {"error": "a restart needs the Wachat-Restart request header", "instance": NAME},
+    )
     assert fresh[0] == fresh[1]
 
 
@@ -197,8 +201,10 @@ def test_linking_timeout_stops_the_watch_and_no_request_follows(new_loop: object
             for _ in range(20):
                 await asyncio.sleep(0)
             assert fake.request_count() == sent
-            assert watch.expired.qrs_shown == 1
-            assert watch.expired.elapsed >= 30.0
+            expired = watch.expired
+            assert expired is not None
+            assert expired.qrs_shown == 1
+            assert expired.elapsed >= 30.0
             assert hub.watches(NAME) == [watch]  # kept, with its viewer, for a restart
             hub.leave(watch)
             assert hub.watches(NAME) == []
@@ -210,13 +216,15 @@ async def test_no_limit_with_none(
     still: FakeWachatServer, wachat: WachatClient, http: aiohttp.ClientSession
 ) -> None:
     """max_qrs=None, linking_timeout=None: the watch goes on past the default 6 QRs."""
-    async with serve("aiohttp", wachat, max_qrs=None, linking_timeout=None) as base:
-        async with http.get(f"{base}/qr/{NAME}/events") as response:
-            reader = EventReader(response)
-            for _ in range(8):
-                await reader.expect("qr")
-                still.rotate_qr(NAME)
-            assert watch_tasks()
+    async with (
+        serve("aiohttp", wachat, max_qrs=None, linking_timeout=None) as base,
+        http.get(f"{base}/qr/{NAME}/events") as response,
+    ):
+        reader = EventReader(response)
+        for _ in range(8):
+            await reader.expect("qr")
+            still.rotate_qr(NAME)
+        assert watch_tasks()
 
 
 @pytest.mark.parametrize(
@@ -316,17 +324,19 @@ async def test_a_png_request_during_the_first_poll_shares_it(
     """A viewer's watch is fetching its first QR: PNG requests wait for it instead of asking
     upstream themselves (N viewers' images cost the watch's one poll)."""
     client, turnstile = gated
-    async with serve(framework, client) as base:
-        async with http.get(f"{base}/qr/{NAME}/events") as response:
-            reader = EventReader(response)
-            await until(lambda: turnstile.waiting == 1, "the watch asks the state")
-            pngs = [asyncio.ensure_future(http.get(f"{base}/qr/{NAME}.png")) for _ in range(5)]
-            turnstile.let_through(2)  # the state, then the QR
-            await reader.expect("qr")
-            statuses = []
-            for pending in pngs:
-                async with await pending as png:
-                    statuses.append(png.status)
+    async with (
+        serve(framework, client) as base,
+        http.get(f"{base}/qr/{NAME}/events") as response,
+    ):
+        reader = EventReader(response)
+        await until(lambda: turnstile.waiting == 1, "the watch asks the state")
+        pngs = [asyncio.ensure_future(http.get(f"{base}/qr/{NAME}.png")) for _ in range(5)]
+        turnstile.let_through(2)  # the state, then the QR
+        await reader.expect("qr")
+        statuses = []
+        for pending in pngs:
+            async with await pending as png:
+                statuses.append(png.status)
     assert statuses == [200] * 5
     assert still.request_count(NAME, path=QR) == 1
     assert turnstile.waiting == 0

@@ -17,7 +17,16 @@ from urllib.parse import quote
 
 import pytest
 
-from tests._web import EVERY_FRAMEWORK, FRAMEWORKS, png_url, raw_request, serve, serve_asgi, until, watch_tasks
+from tests._web import (
+    EVERY_FRAMEWORK,
+    FRAMEWORKS,
+    png_url,
+    raw_request,
+    serve,
+    serve_asgi,
+    until,
+    watch_tasks,
+)
 from tests.conftest import KEY, NAME, assert_no_key
 from wachat_async import RetryPolicy, WachatClient
 from wachat_async.testing import FakeWachatServer

@@ -12,7 +12,16 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests._web import EVERY_FRAMEWORK, FRAMEWORKS, EventReader, png_url, raw_request, serve, until, watch_tasks
+from tests._web import (
+    EVERY_FRAMEWORK,
+    FRAMEWORKS,
+    EventReader,
+    png_url,
+    raw_request,
+    serve,
+    until,
+    watch_tasks,
+)
 from tests.conftest import KEY, NAME, assert_no_key
 from wachat_async import RetryBudget, RetryPolicy, WachatClient
 from wachat_async.testing import FakeWachatServer, Fault

@@ -25,8 +25,8 @@ try:
     from fastapi import APIRouter, Depends, Request
     from fastapi.dependencies.utils import get_typed_signature
     from fastapi.responses import Response
-    from starlette.convertors import Convertor, register_url_convertor
     from starlette.concurrency import run_in_threadpool
+    from starlette.convertors import Convertor, register_url_convertor
     from starlette.exceptions import HTTPException
 except ImportError as _missing:  # pragma: no cover - exercised by the packaging test
     raise ImportError(
