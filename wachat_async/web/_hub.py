@@ -212,7 +212,7 @@ class Watch:
         self.name: str = name
         self.interval: float = interval
         self.max_backoff: float = max_backoff
-        self.limits = limits
+        self.limits: tuple[int | None, float | None] = limits
         self.viewers: int = 0
         #: The newest image, current as of ``confirmed`` (the loop time of the last good poll).
         self.latest: QRImage | None = None
