@@ -24,7 +24,8 @@ let now = 0, timers = [], seq = 0, opened = [], fetched = [];
 function el() {
   const attrs = {}, handlers = {};
   return {hidden: false, textContent: "", className: "", disabled: false,
-    setAttribute(k, v) { attrs[k] = String(v); }, getAttribute(k) { return k in attrs ? attrs[k] : null; },
+    setAttribute(k, v) { attrs[k] = String(v); },
+    getAttribute(k) { return k in attrs ? attrs[k] : null; },
     removeAttribute(k) { delete attrs[k]; },
     addEventListener(k, f) { (handlers[k] = handlers[k] || []).push(f); },
     fire(k, e) { (handlers[k] || []).forEach(f => f(e || {})); }};
@@ -35,8 +36,10 @@ global.document = {getElementById: id => elements[id]};
 global.setTimeout = (f, ms) => timers.push({at: now + ms, f, n: seq++});
 global.AbortController = class { constructor() { this.signal = {}; } abort() {} };
 class FakeSource {
-  constructor(url) { this.url = "http://h/qr/" + url; this.readyState = 0; this.h = {}; opened.push(now);
-    source = this; setTimeout(() => this.connect(), 0); }
+  constructor(url) {
+    this.url = "http://h/qr/" + url; this.readyState = 0; this.h = {}; opened.push(now);
+    source = this; setTimeout(() => this.connect(), 0);
+  }
   addEventListener(k, f) { (this.h[k] = this.h[k] || []).push(f); }
   fire(k, e) { (this.h[k] || []).forEach(f => f(e || {})); }
   close() { this.readyState = 2; }
@@ -84,7 +87,7 @@ async function runFor(ms) {
 def run_page(scenario: str) -> dict[str, object]:
     node = shutil.which("node")
     assert node is not None
-    done = subprocess.run(
+    done = subprocess.run(  # noqa: S603 - our own script, no shell
         [node, "-e", HARNESS, "--", scenario, SCRIPT],
         capture_output=True,
         text=True,
