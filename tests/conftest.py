@@ -203,6 +203,7 @@ SLOW = {
         "test_benchmarks_smoke.py::test_main_runs_both_modes_against_a_child_process_server",
         "test_benchmarks_smoke.py::test_fleet_main_runs_the_fake_server_in_a_child_process",
         "test_web_shutdown.py::test_a_signal_ends_every_stream_cleanly_and_the_app_exits",
+        "test_web_page_js.py",
         "testing/test_admin.py::test_the_program_serves_the_admin_route_with_admin",
     ],
     "an nginx process": [
