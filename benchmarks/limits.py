@@ -239,7 +239,7 @@ class Row:
         data = asdict(self)
         data["outcomes"] = dict(self.outcomes)
         data["statuses"] = {str(k): v for k, v in sorted(self.statuses.items())}
-        data.update(failed=self.failed, requests=self.requests)
+        data.update(failed=self.failed, requests=self.requests, answered=self.answered)
         return data
 
 
@@ -391,18 +391,19 @@ def table(rows: Iterable[Row]) -> str:
     """Markdown, one line per row."""
     lines = [
         "| scenario | client | names | failed | failed by type | requests | requests/name "
-        "| answered 429 | wall s | wall/ideal | requests/s | client CPU s |",
-        "|---|---|--:|--:|---|--:|--:|--:|--:|--:|--:|--:|",
+        "| goodput | answered 429 | wall s | wall/ideal | requests/s | client CPU s |",
+        "|---|---|--:|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for r in rows:
         share_429 = f"{r.statuses[429] / r.answered:.0%}" if r.answered else "-"
         requests = f"{r.requests:,}" if r.requests else "-"
         per_name = f"{r.requests / r.names:.2f}" if r.requests else "-"
+        goodput = f"{r.outcomes['ok'] / r.requests:.0%}" if r.requests else "-"
         ideal = f"{r.wall_s / r.ideal_s:.2f}x" if r.ideal_s else "-"
         lines.append(
             f"| {r.scenario} | {r.client} | {r.names:,} | {r.failed:,} ({r.failed / r.names:.0%}) "
-            f"| {_outcomes(r)} | {requests} | {per_name} | {share_429} | {r.wall_s:.1f} "
-            f"| {ideal} | {r.requests / r.wall_s:,.0f} | {r.cpu_s:.1f} |"
+            f"| {_outcomes(r)} | {requests} | {per_name} | {goodput} | {share_429} "
+            f"| {r.wall_s:.1f} | {ideal} | {r.requests / r.wall_s:,.0f} | {r.cpu_s:.1f} |"
         )
     return "\n".join(lines)
 
