@@ -97,12 +97,17 @@ SCENARIOS = {
 class FakeProgram:
     """``python -m wachat_async.testing`` in a child process (sync context manager).
 
-    ``statuses`` counts the QR requests its access log shows, by status; a request left
-    hanging is never answered, so it is not there.
+    ``statuses`` counts the QR requests its access log shows, by status (a request left
+    hanging is never answered, so it is not there); ``paths`` every request, by path.
     """
 
     def __init__(
-        self, *, instances: int, server_args: Sequence[str], cpu: int | None = None
+        self,
+        *,
+        instances: int,
+        server_args: Sequence[str] = (),
+        cpu: int | None = None,
+        names: Sequence[str] = ("t1_limits_bench",),
     ) -> None:
         self.argv = [
             sys.executable,
@@ -114,8 +119,7 @@ class FakeProgram:
             "0",
             "--api-key",
             LIMITS_API_KEY,
-            "--instance",
-            "t1_limits_bench",
+            *[arg for name in names for arg in ("--instance", name)],
             "--instances",
             str(instances),
             "--rotation",
@@ -130,6 +134,7 @@ class FakeProgram:
         self._reader: threading.Thread | None = None
         self.base_url = ""
         self.statuses: Counter[int] = Counter()
+        self.paths: Counter[str] = Counter()
         self.started = 0.0  # perf_counter() when it said it listens (its faults start then)
 
     def _pin(self) -> None:  # runs in the child before exec
@@ -141,8 +146,10 @@ class FakeProgram:
         assert self._proc.stderr is not None
         for line in self._proc.stderr:
             parts = line.split()  # "127.0.0.1 GET /api/v1/instance/qr/image 429 0.000401s"
-            if len(parts) == 5 and parts[2].endswith(QR_PATH):
-                self.statuses[int(parts[3])] += 1
+            if len(parts) == 5 and parts[2].startswith("/"):
+                self.paths[parts[2]] += 1
+                if parts[2].endswith(QR_PATH):
+                    self.statuses[int(parts[3])] += 1
 
     def __enter__(self) -> FakeProgram:
         self._proc = subprocess.Popen(
@@ -408,7 +415,7 @@ def table(rows: Iterable[Row]) -> str:
     return "\n".join(lines)
 
 
-def _load() -> str:
+def load_average() -> str:
     if not hasattr(os, "getloadavg"):
         return "n/a"
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -437,7 +444,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"package: {where}; {platform.system()}, {len(cpus) or os.cpu_count()} CPUs, Python "
         f"{platform.python_version()}, aiohttp {aiohttp.__version__}"
         f"{'' if httpx is None else f', httpx {httpx.__version__}'}; "
-        f"concurrency {args.concurrency}; pinned: {pin}; load at start: {_load()}"
+        f"concurrency {args.concurrency}; pinned: {pin}; load at start: {load_average()}"
     )
     print(header, file=sys.stderr if args.json else sys.stdout, flush=True)
     if pin:
@@ -463,7 +470,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for scenario in scenarios:
             print(f"\n**{scenario.name}**: {scenario.what} (`{' '.join(scenario.server_args)}`)\n")
             print(table(r for r in rows if r.scenario == scenario.name))
-        print(f"\nload average at end: {_load()} (other processes share these CPUs)")
+        print(f"\nload average at end: {load_average()} (other processes share these CPUs)")
     return 0
 
 
