@@ -131,7 +131,7 @@ class FakeProgram:
         ]
         self._cpu = cpu
         self._proc: subprocess.Popen[str] | None = None
-        self._reader: threading.Thread | None = None
+        self._readers: list[threading.Thread] = []
         self.base_url = ""
         self.statuses: Counter[int] = Counter()
         self.paths: Counter[str] = Counter()
@@ -167,9 +167,12 @@ class FakeProgram:
             _, err = self._proc.communicate()
             raise RuntimeError(f"fake server program failed to start: {line!r} {err[-500:]!r}")
         self.base_url = line.split()[-1]
-        self._reader = threading.Thread(target=self._read_log, daemon=True)
-        self._reader.start()
-        threading.Thread(target=self._proc.stdout.read, daemon=True).start()  # drain stdout
+        self._readers = [
+            threading.Thread(target=self._read_log, daemon=True),
+            threading.Thread(target=self._proc.stdout.read, daemon=True),  # drain stdout
+        ]
+        for reader in self._readers:
+            reader.start()
         return self
 
     def __exit__(
@@ -185,8 +188,11 @@ class FakeProgram:
         except subprocess.TimeoutExpired:
             self._proc.kill()
             self._proc.wait()
-        if self._reader is not None:
-            self._reader.join(timeout=30)
+        for reader in self._readers:
+            reader.join(timeout=30)
+        for pipe in (self._proc.stdout, self._proc.stderr):
+            if pipe is not None:
+                pipe.close()
 
 
 def server_names(instances: int) -> list[str]:
