@@ -19,6 +19,7 @@ from yarl import URL
 
 from ._errors import ClientClosedError, ConfigurationError, raise_clean
 from ._files import PathArg, write_stream
+from ._logs import apply_log_env
 from ._models import InstanceState, QRFailure, QRImage, QRSuccess
 from ._network import (
     Proxy,
@@ -151,6 +152,7 @@ class WachatClient:
         except (TypeError, ValueError) as exc:
             raise_clean(ConfigurationError(str(exc)))
         secrets = (self._api_key,)
+        apply_log_env()
         base = base_url or os.environ.get("WACHAT_BASE_URL") or DEFAULT_BASE_URL
         try:
             qr_url = _qr_image_endpoint(base)
