@@ -34,16 +34,14 @@ class ClientStats:
 
     ``calls_started`` = ``calls_succeeded`` + ``calls_failed`` + ``calls_cancelled`` + those
     running (a stream's call ends once its status is checked). ``responses`` counts answers by
-    HTTP status, ``response_seconds`` sums their times to the status line;
-    ``transport_failures`` counts by error class the requests that got no answer or lost their
-    body (those count in ``responses`` too). ``in_flight``: requests holding a connection slot
-    now; ``waiting``: calls queued for one.
+    HTTP status; ``transport_failures`` counts by error class the requests that got no answer
+    or lost their body (those count in ``responses`` too). ``in_flight``: requests holding a
+    connection slot now; ``waiting``: calls queued for one. (Latencies: ``wachat_async.otel``.)
     """
 
     requests: int
     responses: Mapping[int, int]
     transport_failures: Mapping[str, int]
-    response_seconds: float
     calls_started: int
     calls_succeeded: int
     calls_failed: int
@@ -63,7 +61,6 @@ class Counts:
     def __init__(self) -> None:
         self.requests = self.ok = self.calls = self.succeeded = 0
         self.failed = self.cancelled = self.retries = self.refused = 0
-        self.seconds = 0.0
         self.statuses: Counter[int] = Counter()
         self.failures: Counter[str] = Counter()
         self.observer: Observer | None = None
@@ -74,7 +71,6 @@ class Counts:
             requests=self.requests,
             responses=MappingProxyType(dict(sorted(responses.items()))),
             transport_failures=MappingProxyType(dict(sorted(self.failures.items()))),
-            response_seconds=self.seconds,
             calls_started=self.calls,
             calls_succeeded=self.succeeded,
             calls_failed=self.failed,

@@ -338,7 +338,8 @@ class Transport:
         target = url.with_query(instanceName=name)
         counts = self.counts
         counts.requests += 1
-        sent = monotonic()
+        observer = counts.observer  # telemetry, if any: only then is the clock read
+        sent = 0.0 if observer is None else monotonic()
         try:
             # Everything a result depends on is set here, whatever the session's defaults.
             resp = await session.get(
@@ -351,8 +352,8 @@ class Transport:
             )
         except TRANSPORT_ERRORS as exc:
             failure = self.transport_error(exc, name)
-            if counts.observer is not None:
-                counts.observer.request(url.path, None, type(failure).__name__, monotonic() - sent)
+            if observer is not None:
+                observer.request(url.path, None, type(failure).__name__, monotonic() - sent)
             if _log.isEnabledFor(logging.DEBUG):
                 _log.debug(
                     "GET %s failed: %s: %s", self._shown(target), type(failure).__name__, failure
@@ -364,10 +365,8 @@ class Transport:
                 raise
             failure = closed
         else:
-            seconds = monotonic() - sent
-            counts.seconds += seconds
-            if counts.observer is not None:
-                counts.observer.request(url.path, resp.status, None, seconds)
+            if observer is not None:
+                observer.request(url.path, resp.status, None, monotonic() - sent)
             if _log.isEnabledFor(logging.DEBUG):
                 self._log_response(target, resp)
             if resp.status == 200:
