@@ -20,7 +20,7 @@ from wachat_async import (
     WachatConnectionError,
     WachatError,
 )
-from wachat_async import _logs
+from wachat_async import _stats as _logs
 from wachat_async.testing import FakeWachatServer
 
 from .conftest import KEY, NAME, until
@@ -48,7 +48,9 @@ async def test_a_new_client_has_counted_nothing(client: WachatClient) -> None:
     )
 
 
-async def test_a_502_then_200_call_and_a_404(server: FakeWachatServer, client: WachatClient) -> None:
+async def test_a_502_then_200_call_and_a_404(
+    server: FakeWachatServer, client: WachatClient
+) -> None:
     server.script(NAME, [502])
     await client.get_qr_image(NAME)
     with pytest.raises(InstanceNotFoundError):
@@ -174,7 +176,8 @@ def test_wachat_log_sets_the_level_and_one_handler(
     assert library_logger.level == level
     (handler,) = library_logger.handlers
     assert isinstance(handler, logging.StreamHandler)
-    assert handler.formatter is not None and handler.formatter._fmt == _logs.FORMAT
+    assert handler.formatter is not None
+    assert handler.formatter._fmt == _logs.LOG_FORMAT
 
 
 def test_another_value_later_changes_the_level_not_the_handlers(

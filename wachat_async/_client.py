@@ -19,7 +19,6 @@ from yarl import URL
 
 from ._errors import ClientClosedError, ConfigurationError, raise_clean
 from ._files import PathArg, write_stream
-from ._logs import apply_log_env
 from ._models import InstanceState, QRFailure, QRImage, QRSuccess
 from ._network import (
     Proxy,
@@ -35,7 +34,7 @@ from ._polling import DEFAULT_MAX_BACKOFF, FetchMany, QRWatch, fetch_many, watch
 from ._redact import Secret, mentions
 from ._retry import Retrier, RetryBudget, RetryPolicy
 from ._slots import CLOSED_MESSAGE, ConnectionQueue, queue_limit
-from ._stats import ClientStats
+from ._stats import ClientStats, apply_log_env
 from ._stream import CHUNK_SIZE, QRStream
 from ._transport import DEFAULT_TIMEOUT, Transport
 from ._urls import DEFAULT_BASE_URL, _build_qr_image_url, _qr_image_endpoint

@@ -394,9 +394,8 @@ class Retrier:
         no timer, no tenacity; the rest of the call is a :class:`_Call`."""
         counts = self.counts
         if counts.observer is not None and not observed:
-            return await counts.observer.call(
-                name, attempt, lambda wrapped: self.call(name, queue, wrapped, *args, observed=True)
-            )
+            again = lambda wrapped: self.call(name, queue, wrapped, *args, observed=True)  # noqa: E731
+            return cast(T, await counts.observer.call(name, attempt, again))
         counts.calls += 1
         policy = self.policy
         started = self.budget.deposit()  # one clock reading for both, on a shared clock
@@ -520,10 +519,7 @@ class _Call:
         error = cast(WachatError, self.error)
         status = getattr(error, "status", None)
         attempt, wait = state.attempt_number, state.upcoming_sleep
-        counts = self.retrier.counts
-        counts.retries += 1
-        if counts.observer is not None:
-            counts.observer.retried()
+        self.retrier.counts.retries += 1
         logger.info(
             "Retrying QR call for instance %r: attempt %d of %d failed with %s; waiting %.2f s",
             self.name,

@@ -1,31 +1,22 @@
-"""What a client has done: live :class:`Counts`, their :class:`ClientStats` snapshot, and the
-hook of ``wachat_async.otel`` (:class:`Observer`: one attribute check while there is none)."""
+"""What a client has done: live :class:`Counts` and their :class:`ClientStats` snapshot; the
+telemetry hook (``Counts.observer``, set by ``wachat_async.otel``); ``WACHAT_LOG``."""
 
 from __future__ import annotations
 
+import logging
+import os
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Protocol, TypeVar
+from typing import Any
 
 import attrs
 
-__all__ = ["ClientStats", "Counts", "Observer"]
+__all__ = ["LOG_FORMAT", "ClientStats", "Counts", "apply_log_env"]
 
-T = TypeVar("T")
-Attempt = Callable[..., Awaitable[T]]
-
-
-class Observer(Protocol):
-    """Telemetry: :meth:`call` runs a logical call as ``run(attempt)`` (the retry loop; it may
-    wrap *attempt*), the transport reports each request, the retry loop retries and refusals."""
-
-    def call(
-        self, name: str, attempt: Attempt[T], run: Callable[[Attempt[T]], Awaitable[T]]
-    ) -> Awaitable[T]: ...
-    def request(self, path: str, status: int | None, error: str | None, took: float) -> None: ...
-    def retried(self) -> None: ...
-    def refused(self) -> None: ...
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_LOG_LEVELS = {"info": logging.INFO, "debug": logging.DEBUG}
+_applied: dict[str, str] = {}  # the WACHAT_LOG value applied last
 
 
 @attrs.frozen(kw_only=True)
@@ -34,9 +25,9 @@ class ClientStats:
 
     ``calls_started`` = ``calls_succeeded`` + ``calls_failed`` + ``calls_cancelled`` + those
     running (a stream's call ends once its status is checked). ``responses`` counts answers by
-    HTTP status; ``transport_failures`` counts by error class the requests that got no answer
-    or lost their body (those count in ``responses`` too). ``in_flight``: requests holding a
-    connection slot now; ``waiting``: calls queued for one. (Latencies: ``wachat_async.otel``.)
+    HTTP status; ``transport_failures`` by error class the requests that got no answer or lost
+    their body (those count in ``responses`` too). ``in_flight``: requests holding a connection
+    slot now; ``waiting``: calls queued for one. Latencies: ``wachat_async.otel``.
     """
 
     requests: int
@@ -55,15 +46,15 @@ class ClientStats:
 
 
 class Counts:
-    """The live counters of a client and its views; ``ok`` counts 200s (a short success path),
-    ``statuses`` the other answers."""
+    """The live counters of a client and its views (200s in ``ok``: a short success path).
+    ``observer``: ``wachat_async.otel``'s, with ``call``, ``request`` and ``refused``."""
 
     def __init__(self) -> None:
         self.requests = self.ok = self.calls = self.succeeded = 0
         self.failed = self.cancelled = self.retries = self.refused = 0
         self.statuses: Counter[int] = Counter()
         self.failures: Counter[str] = Counter()
-        self.observer: Observer | None = None
+        self.observer: Any = None  # None: one attribute check per call and request
 
     def snapshot(self, in_flight: int, waiting: int) -> ClientStats:
         responses = self.statuses + Counter({200: self.ok})
@@ -80,3 +71,21 @@ class Counts:
             in_flight=in_flight,
             waiting=waiting,
         )
+
+
+def apply_log_env(environ: Mapping[str, str] = os.environ) -> None:
+    """``WACHAT_LOG=info|debug`` (read as each client is made; a value is applied once): the
+    ``wachat_async`` logger's level, and a stderr handler if the application has none."""
+    value = environ.get("WACHAT_LOG", "").strip()
+    if not value or _applied.get("value") == value:
+        return
+    _applied["value"] = value
+    logger = logging.getLogger("wachat_async")
+    if (level := _LOG_LEVELS.get(value.lower())) is None:
+        logger.warning("WACHAT_LOG=%.20r ignored: use info or debug", value)
+        return
+    logger.setLevel(level)
+    if not logger.hasHandlers():  # on this logger or above it
+        handler = logging.StreamHandler()  # stderr
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        logger.addHandler(handler)

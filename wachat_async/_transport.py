@@ -198,7 +198,7 @@ class Transport:
         user_agent: str,
         borrowed: bool,
         link: Link,
-        counts: Counts,
+        counts: Counts | None = None,
     ) -> None:
         self.qr_url = qr_url
         self.base_url = qr_url.parent.parent.parent
@@ -206,7 +206,7 @@ class Transport:
         self.timeout = timeout
         self.max_image_bytes = max_image_bytes
         self.link = link
-        self.counts = counts  # the client's, shared with its views
+        self.counts = Counts() if counts is None else counts  # the client's, shared
         self._borrowed = borrowed
         self._api_key = api_key
         self.user_agent = user_agent

@@ -85,7 +85,8 @@ def _failed(span: Span, error: BaseException) -> str:
 
 
 class _Telemetry:
-    """The client's observer (see ``wachat_async._stats.Observer``)."""
+    """The client's observer (``Counts.observer``): the retry loop runs each call through
+    :meth:`call` and reports each refusal of the budget, the transport each request."""
 
     def __init__(
         self,
@@ -175,6 +176,8 @@ class _Telemetry:
             finally:
                 span.set_attribute("wachat.attempts", number)
                 self.calls.add(1, outcome)
+                if number > 1:
+                    self.retries.add(number - 1, self.server)
             return result
 
     def request(self, path: str, status: int | None, error: str | None, took: float) -> None:
@@ -189,9 +192,6 @@ class _Telemetry:
             attributes["error.type"] = error or str(status)
         self.duration.record(took, attributes)
         self.requests.add(1, attributes)
-
-    def retried(self) -> None:
-        self.retries.add(1, self.server)
 
     def refused(self) -> None:
         self.refusals.add(1, self.server)
