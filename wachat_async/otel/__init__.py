@@ -1,5 +1,5 @@
 """OpenTelemetry for a :class:`~wachat_async.WachatClient`: spans and metrics (the ``otel``
-extra, ``pip install 'wachat-async[otel]'``: opentelemetry-api only)::
+extra, ``pip install -e '.[otel]'`` in a clone: opentelemetry-api only)::
 
     from wachat_async.otel import instrument
 
