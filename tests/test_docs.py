@@ -23,6 +23,7 @@ import yaml
 
 import wachat_async
 import wachat_async.doctor
+import wachat_async.otel
 import wachat_async.testing
 import wachat_async.web
 import wachat_async.web.aiohttp
@@ -84,6 +85,7 @@ WEB = [
         wachat_async.web.aiohttp,
         wachat_async.web.starlette,
         wachat_async.web.fastapi,
+        wachat_async.otel,
     )
     for name in module.__all__
 ]

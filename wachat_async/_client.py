@@ -26,6 +26,7 @@ from ._network import (
     check_ssl,
     check_trace_configs,
     env_proxy,
+    http_through_proxy,
     parse_proxy,
     ssl_for_session,
 )
@@ -33,6 +34,7 @@ from ._polling import DEFAULT_MAX_BACKOFF, FetchMany, QRWatch, fetch_many, watch
 from ._redact import Secret, mentions
 from ._retry import Retrier, RetryBudget, RetryPolicy
 from ._slots import CLOSED_MESSAGE, ConnectionQueue, queue_limit
+from ._stats import ClientStats, apply_log_env
 from ._stream import CHUNK_SIZE, QRStream
 from ._transport import DEFAULT_TIMEOUT, Transport
 from ._urls import DEFAULT_BASE_URL, _build_qr_image_url, _qr_image_endpoint
@@ -42,6 +44,7 @@ from ._validate import (
     check_instance_name,
     check_number,
     check_timeout,
+    check_type,
     check_user_agent,
     is_loopback_host,
 )
@@ -148,6 +151,7 @@ class WachatClient:
         except (TypeError, ValueError) as exc:
             raise_clean(ConfigurationError(str(exc)))
         secrets = (self._api_key,)
+        apply_log_env()
         base = base_url or os.environ.get("WACHAT_BASE_URL") or DEFAULT_BASE_URL
         try:
             qr_url = _qr_image_endpoint(base)
@@ -156,8 +160,8 @@ class WachatClient:
             check_bool(allow_insecure_http, "allow_insecure_http")
             check_number(max_connections, "max_connections", integer=True, minimum=1)
             check_number(max_image_bytes, "max_image_bytes", integer=True, minimum=64)
-            _check_type(retry, RetryPolicy, "retry")
-            _check_type(retry_budget, RetryBudget, "retry_budget")
+            check_type(retry, RetryPolicy, "retry")
+            check_type(retry_budget, RetryBudget, "retry_budget")
             check_bool(trust_env, "trust_env")
         except (TypeError, ValueError) as exc:
             raise_clean(ConfigurationError(str(exc), secrets=secrets))
@@ -194,7 +198,7 @@ class WachatClient:
                 secrets=secrets,
             )
         if api_base.scheme == "http" and self._proxy is not None and not allow_insecure_http:
-            raise ConfigurationError(_http_through_proxy(api_base, self._proxy, "proxy="))
+            raise ConfigurationError(http_through_proxy(api_base, self._proxy, "proxy="))
         self._allow_insecure_http = allow_insecure_http
         self._base_url = api_base
         self._borrowed = session
@@ -215,6 +219,7 @@ class WachatClient:
             user_agent=ua or _default_user_agent(),
             borrowed=session is not None,
             link=self._state,
+            counts=self._retrier.counts,  # the client's counters, shared with its views
         )
         #: The session this object's transport was last set up for (see :meth:`_bind`).
         self._seen: aiohttp.ClientSession | None = None
@@ -241,7 +246,7 @@ class WachatClient:
                 new_timeout = check_timeout(timeout) or DEFAULT_TIMEOUT
                 changed["timeout"] = f"timeout={new_timeout.total}"
             if retry is not _UNSET:
-                _check_type(retry, RetryPolicy, "retry")
+                check_type(retry, RetryPolicy, "retry")
                 policy = RetryPolicy() if retry is None else retry
                 changed["retry"] = "retry=default" if retry is None else "retry"
             if max_image_bytes is not _UNSET:
@@ -258,7 +263,9 @@ class WachatClient:
         view._owner = False
         view._view_options = {**self._view_options, **changed}
         view._retry = policy
-        view._retrier = Retrier(policy, self._budget, attempt_timeout=new_timeout.total)
+        view._retrier = Retrier(
+            policy, self._budget, attempt_timeout=new_timeout.total, counts=self._retrier.counts
+        )
         view._transport = transport.evolve(
             timeout=new_timeout, max_image_bytes=size, user_agent=agent
         )
@@ -281,6 +288,12 @@ class WachatClient:
     def retry_budget(self) -> RetryBudget:
         """The :class:`RetryBudget` shared by this client's calls (its counters are live)."""
         return self._budget
+
+    def stats(self) -> ClientStats:
+        """A :class:`ClientStats` snapshot of what this client and its views have done so
+        far: requests, calls, retries, connection slots. Details: docs/observability.md."""
+        slots = self._state.slots
+        return self._retrier.counts.snapshot(slots.in_use, slots.waiting)
 
     @property
     def closed(self) -> bool:
@@ -322,7 +335,7 @@ class WachatClient:
         proxy = env_proxy(base, secrets=(self._api_key,))
         if proxy is not None and base.scheme == "http" and not self._allow_insecure_http:
             raise ConfigurationError(
-                _http_through_proxy(base, proxy, "HTTP_PROXY, trust_env=True")
+                http_through_proxy(base, proxy, "HTTP_PROXY, trust_env=True")
                 + " (or exclude the host with NO_PROXY)"
             )
         return proxy
@@ -547,22 +560,6 @@ _OTHER_LOOP_MESSAGE = (
     "(and its views) belongs to one running event loop at a time. Make one client per thread "
     "(or per event loop), or run every call in one loop (asyncio.run_coroutine_threadsafe)"
 )
-
-
-def _http_through_proxy(base: URL, proxy: Proxy, source: str) -> str:
-    """Why a plain http:// base URL through a proxy is refused without allow_insecure_http."""
-    return (
-        f"Refusing plain http:// to {base.host} through the HTTP proxy {proxy.display} "
-        f"({source}): a plain-http request goes to the proxy as it is, so the proxy and the "
-        "network to it would read the API key in clear text (and the proxy would resolve "
-        f"{base.host} itself). Use https:// (the key then travels inside the proxy's CONNECT "
-        "tunnel), or pass allow_insecure_http=True if you mean it"
-    )
-
-
-def _check_type(value: object, kind: type, name: str) -> None:
-    if value is not None and not isinstance(value, kind):
-        raise TypeError(f"{name} must be a {kind.__name__} or None, not {type(value).__name__}")
 
 
 def _default_user_agent() -> str:

@@ -43,6 +43,7 @@ __all__ = [
     "check_trace_configs",
     "classify",
     "env_proxy",
+    "http_through_proxy",
     "parse_proxy",
     "ssl_for_session",
 ]
@@ -511,4 +512,15 @@ def proxy_status_error(
         f"{name} answered {status} instead of forwarding the request",
         proxy_status=status,
         instance_name=instance_name,
+    )
+
+
+def http_through_proxy(base: URL, proxy: Proxy, source: str) -> str:
+    """Why a plain http:// base URL through a proxy is refused without allow_insecure_http."""
+    return (
+        f"Refusing plain http:// to {base.host} through the HTTP proxy {proxy.display} "
+        f"({source}): a plain-http request goes to the proxy as it is, so the proxy and the "
+        "network to it would read the API key in clear text (and the proxy would resolve "
+        f"{base.host} itself). Use https:// (the key then travels inside the proxy's CONNECT "
+        "tunnel), or pass allow_insecure_http=True if you mean it"
     )

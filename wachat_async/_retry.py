@@ -33,6 +33,7 @@ from ._errors import (
     WachatTimeoutError,
 )
 from ._slots import ConnectionQueue, slot_wait
+from ._stats import Counts
 from ._validate import check_bool, check_number, shown
 
 logger = logging.getLogger("wachat_async")
@@ -358,7 +359,7 @@ class Retrier:
     must release what it holds before it raises.
     """
 
-    __slots__ = ("budget", "clock", "guards_first_attempt", "policy", "sleep")
+    __slots__ = ("budget", "clock", "counts", "guards_first_attempt", "policy", "sleep")
 
     def __init__(
         self,
@@ -368,8 +369,10 @@ class Retrier:
         attempt_timeout: float | None = None,
         sleep: Callable[[float], Awaitable[None]] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        counts: Counts | None = None,
     ) -> None:
         self.policy, self.budget, self.clock = policy, budget, clock
+        self.counts = Counts() if counts is None else counts  # the client's, shared
         self.sleep: Callable[[float], Awaitable[None]] = sleep or (
             _no_sleep if policy.zero_wait else asyncio.sleep
         )
@@ -384,26 +387,44 @@ class Retrier:
         queue: ConnectionQueue | None,
         attempt: Callable[..., Awaitable[T]],
         *args: Any,
+        observed: bool = False,
     ) -> T:
         """``await attempt(name, *args)`` under the policy. A first attempt that can neither
         outlast the deadline nor queue in *queue* for a connection (queueing counts) runs bare:
         no timer, no tenacity; the rest of the call is a :class:`_Call`."""
+        counts = self.counts
+        if counts.observer is not None and not observed:
+            again = lambda wrapped: self.call(name, queue, wrapped, *args, observed=True)  # noqa: E731
+            return cast(T, await counts.observer.call(name, attempt, again))
+        counts.calls += 1
         policy = self.policy
         started = self.budget.deposit()  # one clock reading for both, on a shared clock
         if self.budget.clock is not self.clock:
             started = self.clock()
         error: WachatError | None = None
-        if not self.guards_first_attempt and not (
-            # No slot free: the attempt will queue, and queueing counts.
-            policy.deadline is not None and queue is not None and queue.locked()
-        ):
-            try:
-                return await attempt(name, *args)
-            except WachatError as exc:
-                if not policy.is_retryable(exc):
-                    raise
-                error = exc
-        return await _Call(self, name, started, error).run(attempt, args)
+        try:
+            if not self.guards_first_attempt and not (
+                # No slot free: the attempt will queue, and queueing counts.
+                policy.deadline is not None and queue is not None and queue.locked()
+            ):
+                try:
+                    result = await attempt(name, *args)
+                except WachatError as exc:
+                    if not policy.is_retryable(exc):
+                        raise
+                    error = exc
+                else:
+                    counts.succeeded += 1
+                    return result
+            result = await _Call(self, name, started, error).run(attempt, args)
+        except asyncio.CancelledError:
+            counts.cancelled += 1
+            raise
+        except BaseException:
+            counts.failed += 1
+            raise
+        counts.succeeded += 1
+        return result
 
 
 class _Call:
@@ -487,6 +508,9 @@ class _Call:
             self.reason = ("deadline", crossing)
         elif not retrier.budget.try_withdraw():
             self.reason = ("budget", "retry budget exhausted")
+            retrier.counts.refused += 1
+            if retrier.counts.observer is not None:
+                retrier.counts.observer.refused()
         return self.reason is not None
 
     def before_sleep(self, state: RetryCallState) -> None:
@@ -495,6 +519,7 @@ class _Call:
         error = cast(WachatError, self.error)
         status = getattr(error, "status", None)
         attempt, wait = state.attempt_number, state.upcoming_sleep
+        self.retrier.counts.retries += 1
         logger.info(
             "Retrying QR call for instance %r: attempt %d of %d failed with %s; waiting %.2f s",
             self.name,
