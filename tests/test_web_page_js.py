@@ -4,19 +4,22 @@ reconnects; this one drives every timer).
 
 * a closed client (every reconnect answered 503): the page backs off, no tight reconnect loop;
 * ``expired``: the QR is hidden, the button shows; a click POSTs the restart with its header.
+
+Outside CI a missing Node.js skips these tests; with ``CI=true`` it fails them (``.ci/run``
+installs Debian's ``nodejs`` package, which provides ``node``).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 
 from wachat_async.web._page import SCRIPT
-
-pytestmark = pytest.mark.skipif(shutil.which("node") is None, reason="needs Node.js")
 
 HARNESS = r"""
 const scenario = process.argv[1];
@@ -84,9 +87,27 @@ async function runFor(ms) {
 """
 
 
+def find_node() -> str | None:
+    """$NODE, else ``node`` on PATH, else Debian's /usr/bin/node (the ``nodejs`` package)."""
+    for candidate in (os.environ.get("NODE"), shutil.which("node"), "/usr/bin/node"):
+        if candidate and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def require_node() -> str:
+    """The Node.js to use; skip without one, except in CI (CI=true), where that is a failure."""
+    node = find_node()
+    if node is None:
+        message = "no Node.js found (install Debian's 'nodejs' package or set $NODE)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{message}; CI=true, so this is a failure, not a skip")
+        pytest.skip(message)
+    return node
+
+
 def run_page(scenario: str) -> dict[str, object]:
-    node = shutil.which("node")
-    assert node is not None
+    node = require_node()
     done = subprocess.run(  # noqa: S603 - our own script, no shell
         [node, "-e", HARNESS, "--", scenario, SCRIPT],
         capture_output=True,
@@ -120,3 +141,18 @@ def test_expired_hides_the_qr_and_the_button_asks_for_a_restart() -> None:
     assert result["after"] == "waiting"
     assert result["buttonAfter"] is False
     assert result["opened"] == 1
+
+
+def test_missing_node_skips_outside_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys.modules[__name__], "find_node", lambda: None)
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match=r"no Node\.js found"):
+        require_node()
+
+
+def test_missing_node_fails_in_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With CI=true a missing Node.js is a failure, never a silent skip."""
+    monkeypatch.setattr(sys.modules[__name__], "find_node", lambda: None)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true"):
+        require_node()
