@@ -1,6 +1,6 @@
 """``wachat-qr``: the command line for the Wachat QR-code endpoint.
 
-Installed with the ``cli`` extra (``pip install 'wachat-async[cli]'``, which brings rich, Pillow
+Installed with the ``cli`` extra (``pip install -e '.[cli]'`` in the clone: rich, Pillow
 and segno); ``python -m wachat_async`` runs the same ``main``. Commands::
 
     wachat-qr fetch NAME [-o FILE]            save the QR PNG (-o - writes it to stdout)
