@@ -603,7 +603,7 @@ async def test_a_phone_linked_during_the_rotation_wait_is_linked_not_stuck(timeo
 
 
 #: Failures of one rotation poll that the step polls through, within its window.
-PASSING = {
+PASSING: dict[str, list[int | Fault]] = {
     "429-retry-after": [Fault(status=429, retry_after="5")] * ZERO_WAIT.max_attempts,
     "502": [502] * ZERO_WAIT.max_attempts,
     "truncated": [Fault(truncate=True)] * ZERO_WAIT.max_attempts,
