@@ -562,6 +562,8 @@ async def test_a_step_is_ok_only_when_an_answer_showed_it(case: str) -> None:
     at = list(Check).index(check)
     assert (report.cause, report.steps[at].outcome) == (cause, Outcome.FAILED)
     assert word in report.steps[at].found
+    if case == "429":  # said once, not again in the advice
+        assert str(report.steps[at]).count(word) == 1
     shown = {s.check: s.outcome for s in report.steps[:at]}
     assert shown.get(Check.CONNECTION, Outcome.OK) is Outcome.OK  # something answered
     assert {o for c, o in shown.items() if c != Check.CONNECTION} <= {Outcome.UNKNOWN}
@@ -704,3 +706,16 @@ async def test_each_step_is_handed_over_as_it_is_known() -> None:
         )
     assert tuple(step for step, _ in seen) == report.steps
     assert seen[-2][1] == 0 < seen[-1][1]  # decode before the rotation's wait, rotation after
+
+
+async def test_a_rate_limit_longer_than_the_rotation_window_leaves_the_rotation_unknown() -> None:
+    clock = Clock()
+    async with stand_in("healthy", clock) as client:
+        SERVERS[client.base_url].script(
+            NAME, [Fault(), *[Fault(status=429, retry_after="30")] * 40]
+        )
+        report = await diagnose(client, NAME, rotation_timeout=27, sleep=clock.sleep, clock=clock)
+    rotation = report.steps[-1]
+    assert (report.cause, rotation.outcome) == (Cause.HEALTHY, Outcome.UNKNOWN)
+    assert "rate limited by the API; wait 30 s" in rotation.found
+    assert clock.now == 27  # waited within the window, not past it

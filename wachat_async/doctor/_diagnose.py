@@ -229,6 +229,11 @@ def _said(error: WachatError, cause: Cause, name: str, base: URL) -> tuple[str, 
             f"the answer was cut short mid-transfer{attempts}: the connection dropped",
             "a transient fault on the way (network, proxy, a server restart): run doctor again",
         )
+    if cause is Cause.UNEXPECTED and isinstance(error, InvalidResponseError):
+        return (
+            f"a 200 that is not the API's answer: {error}",
+            "something else answers for Wachat (a sign-in page, a proxy?): check the base URL",
+        )
     if cause is Cause.UNEXPECTED and isinstance(error, BadRequestError):
         named = "instancename" in body.lower()
         return (
@@ -287,10 +292,7 @@ def _said(error: WachatError, cause: Cause, name: str, base: URL) -> tuple[str, 
             f"a 200 that is not a PNG QR image: {error}",
             "something else answers for Wachat (a proxy, a gateway?): check the base URL",
         ),
-        Cause.RATE_LIMITED: (
-            f"429: rate limited by the API; {wait}",
-            f"{wait}, then run doctor again",
-        ),
+        Cause.RATE_LIMITED: (f"429: rate limited by the API; {wait}", "then run doctor again"),
     }
     return said.get(
         cause, (f"{type(error).__name__}: {error}", "run doctor again; if it stays, report it")
@@ -431,6 +433,8 @@ class _Walk:
                 self._met(error, Check.QR, early[1:])
             else:
                 self._answered()
+                for check in (Check.KEY, Check.INSTANCE):
+                    self.shown.setdefault(check, _SHOWN[check].format(name=name))
                 self.shown.setdefault(Check.INTEGRATION, "no 409: it can have a QR")
                 self.shown[Check.SUBSCRIPTION] = "no 403: the subscription allows QR codes"
                 self.shown[Check.QR] = f"a {qr.width}x{qr.height} PNG, {len(qr.data)} bytes"
@@ -548,7 +552,15 @@ class _Walk:
                     found=f"a new QR after {clock() - started:.0f} s",
                 )
         if failure is not None and not answered:
-            return _stop(failure, self.name, self.base)
+            stop = _stop(failure, self.name, self.base)
+            if stop.cause is Cause.RATE_LIMITED:  # the QR is fine; its rotation not known
+                return Step(
+                    check=Check.ROTATION,
+                    outcome=Outcome.UNKNOWN,
+                    found=f"{stop.found}: no new QR could be asked for within {timeout:g} s",
+                    advice=stop.advice,
+                )
+            return stop
         if cut and not answered:
             return _Stop(
                 Cause.UNREACHABLE,
