@@ -9,11 +9,15 @@ a :class:`Clock` that its own ``sleep`` moves (the fake server reads the same cl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import logging
 import socket
+import struct
 import sys
+import threading
+import zlib
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
@@ -25,7 +29,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from tests.conftest import KEY, NAME
+from tests.conftest import KEY, NAME, SkippingLoop, run_skipping, until
 from wachat_async import InvalidInstanceNameError, RetryPolicy, WachatClient
 from wachat_async.doctor import (
     Cause,
@@ -35,6 +39,7 @@ from wachat_async.doctor import (
     Step,
     diagnose,
 )
+from wachat_async.doctor import _diagnose as _diagnose_module
 from wachat_async.testing import FakeWachatServer, Fault
 
 ZERO_WAIT = RetryPolicy(zero_wait=True)
@@ -103,7 +108,10 @@ CASES = {
     "200-not-png": Expect(Cause.NOT_PNG, Check.QR),
     "200-not-qr": Expect(Cause.NOT_QR, Check.DECODE),
     "not-rotating": Expect(Cause.NOT_ROTATING, Check.ROTATION),
-    "429-undocumented": Expect(Cause.UNEXPECTED, Check.QR),
+    "429": Expect(Cause.RATE_LIMITED, Check.QR),
+    "500-undocumented": Expect(Cause.UNEXPECTED, Check.QR),
+    "truncated": Expect(Cause.UNREACHABLE, Check.QR),
+    "proxy": Expect(Cause.PROXY, Check.CONNECTION),
 }
 
 
@@ -127,6 +135,10 @@ def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+#: The fake server behind each stand-in's base URL (to script it further).
+SERVERS: dict[str, FakeWachatServer] = {}
 
 
 @asynccontextmanager
@@ -156,7 +168,9 @@ async def stand_in(case: str, clock: Clock) -> AsyncIterator[WachatClient]:
                 Fault(status=200, body=b"<html>sign in</html>", content_type="text/html")
             ],
             "200-not-qr": [Fault(status=200, body=not_a_qr_png())],
-            "429-undocumented": [429],
+            "429": [429] * ZERO_WAIT.max_attempts,
+            "500-undocumented": [500] * ZERO_WAIT.max_attempts,
+            "truncated": [Fault(truncate=True)] * ZERO_WAIT.max_attempts,
         }
         server.script(NAME, script.get(case, []))
         if case == "refused":
@@ -170,7 +184,11 @@ async def stand_in(case: str, clock: Clock) -> AsyncIterator[WachatClient]:
             )
         elif case == "wrong-base-url":
             base_url = server.url + "/v2"
-        client = WachatClient(key, base_url=base_url, retry=ZERO_WAIT, session=session)
+        proxy = None
+        if case == "proxy":  # nothing listens at the proxy's port
+            base_url, proxy = "https://api.wachat.test/api/v1", f"http://127.0.0.1:{_closed_port()}"
+        client = WachatClient(key, base_url=base_url, retry=ZERO_WAIT, session=session, proxy=proxy)
+        SERVERS[client.base_url] = server
         async with client:
             yield client
 
@@ -205,7 +223,7 @@ def test_every_cause_has_its_own_exit_status_and_only_healthy_is_zero() -> None:
     statuses = [cause.exit_status for cause in Cause]
     assert len(set(statuses)) == len(Cause)
     assert Cause.HEALTHY.exit_status == 0
-    assert all(10 <= status <= 24 for status in statuses[1:])
+    assert all(10 <= status <= 26 for status in statuses[1:])
     assert {c.cause for c in CASES.values()} == set(Cause)  # every cause is tested above
 
 
@@ -221,10 +239,10 @@ async def test_a_linked_phone_asks_for_no_qr() -> None:
 async def test_rotation_is_bounded_by_its_timeout_and_polls_every_two_seconds() -> None:
     clock = Clock()
     async with stand_in("not-rotating", clock) as client:
-        report = await diagnose(client, NAME, rotation_timeout=7, sleep=clock.sleep, clock=clock)
+        report = await diagnose(client, NAME, rotation_timeout=27, sleep=clock.sleep, clock=clock)
     assert report.cause is Cause.NOT_ROTATING
-    assert clock.slept == [2.0, 2.0, 2.0, 1.0]
-    assert "7 s" in report.steps[-1].found
+    assert clock.slept == [2.0] * 13 + [1.0]
+    assert "27 s" in report.steps[-1].found
 
 
 @pytest.mark.parametrize("timeout", [0, None], ids=["zero", "none"])
@@ -248,7 +266,7 @@ async def test_without_the_decoder_the_decode_step_says_how_to_install_it(
         report = await diagnose(client, NAME, rotation_timeout=0, sleep=clock.sleep, clock=clock)
     decode = report.steps[list(Check).index(Check.DECODE)]
     assert decode.outcome is Outcome.SKIPPED
-    assert "pip install 'wachat-async[doctor]'" in decode.advice
+    assert "pip install -e '.[doctor]' in the wachat-async clone" in decode.advice
     assert report.cause is Cause.HEALTHY  # nothing found wrong: not checked
 
 
@@ -333,3 +351,371 @@ def test_the_key_is_in_no_report_repr_json_or_log(caplog: pytest.LogCaptureFixtu
                 assert key not in text or key in reference[accepted]
 
         check()
+
+
+# --- the PNG that does not decode, or is too large to try (never an exception) ---------------
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    crc = zlib.crc32(kind + data)
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+
+def _png(width: int, height: int, idat: bytes) -> bytes:
+    """A grey PNG whose chunks and CRCs are valid, whatever *idat* holds."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"".join(
+        (b"\x89PNG\r\n\x1a\n", _chunk(b"IHDR", header), _chunk(b"IDAT", idat), _chunk(b"IEND", b""))
+    )
+
+
+#: A PNG the client accepts (its chunks are sound) that no decoder can read, or that is too
+#: large to try: the cause the decode step reports for each.
+BROKEN_PNGS = {
+    "idat-not-zlib": (_png(64, 64, b"not zlib data at all"), Cause.NOT_PNG),
+    "idat-too-short": (_png(64, 64, zlib.compress(b"\x00\xff")), Cause.NOT_PNG),
+    "20000x20000": (_png(20000, 20000, zlib.compress(b"\x00" * 1000)), Cause.NOT_QR),
+    "12000x12000": (_png(12000, 12000, zlib.compress(b"\x00" * 1000)), Cause.NOT_QR),
+    "4097x4096": (_png(4097, 4096, zlib.compress(b"\x00" * 1000)), Cause.NOT_QR),
+}
+
+
+@pytest.mark.parametrize("case", BROKEN_PNGS, ids=BROKEN_PNGS.keys())
+async def test_a_png_that_does_not_decode_is_a_finding_not_an_exception(case: str) -> None:
+    """Broken image data or a decompression-bomb size: the decode step fails with its reason
+    (warnings are errors in this suite: none leaks), and a bomb is refused from its header."""
+    png, cause = BROKEN_PNGS[case]
+    clock = Clock()
+    async with stand_in("healthy", clock) as client:
+        report = await _diagnose_with_script(client, [Fault(status=200, body=png)], clock)
+    decode = report.steps[list(Check).index(Check.DECODE)]
+    assert (report.cause, decode.outcome) == (cause, Outcome.FAILED)
+    assert decode.advice
+    if cause is Cause.NOT_QR:
+        assert "not decoded" in decode.found
+    else:
+        assert "does not decode" in decode.found
+
+
+async def _diagnose_with_script(
+    client: WachatClient, script: list[int | Fault], clock: Clock
+) -> Diagnosis:
+    server = SERVERS[client.base_url]
+    server.script(NAME, script)
+    return await diagnose(client, NAME, rotation_timeout=0, sleep=clock.sleep, clock=clock)
+
+
+async def test_the_decode_runs_off_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    threads: list[int] = []
+    decode = _diagnose_module._decode
+
+    def spy(png: bytes) -> int | None:
+        threads.append(threading.get_ident())
+        return decode(png)
+
+    monkeypatch.setattr(_diagnose_module, "_decode", spy)
+    clock = Clock()
+    async with stand_in("healthy", clock) as client:
+        report = await diagnose(client, NAME, rotation_timeout=0, sleep=clock.sleep, clock=clock)
+    assert report.cause is Cause.HEALTHY
+    assert threads
+    assert threads[0] != threading.get_ident()
+
+
+async def test_without_the_decoder_healthy_says_the_decode_was_not_checked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "zxingcpp", None)
+    clock = Clock()
+    async with stand_in("healthy", clock) as client:
+        report = await _diagnose_with_script(
+            client, [Fault(status=200, body=BROKEN_PNGS["idat-not-zlib"][0])], clock
+        )
+    assert report.cause is Cause.HEALTHY
+    assert report.cause_line.startswith("cause: healthy (exit status 0); not checked: decode")
+    assert str(report).endswith(report.cause_line)
+
+
+# --- a dead or misnamed proxy is named, not the Wachat host --------------------------------
+
+PROXY_SECRET = "pr0xy-PASSWORD-s3cret"
+
+
+@pytest.mark.parametrize("how", ["argument", "environment", "dns"])
+async def test_a_dead_proxy_is_blamed_on_the_proxy_never_showing_its_password(
+    how: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port = _closed_port()
+    proxy = f"http://user:{PROXY_SECRET}@127.0.0.1:{port}"
+    options: dict[str, object] = {"proxy": proxy}
+    async with AsyncExitStack() as stack:
+        if how == "environment":
+            monkeypatch.setenv("HTTPS_PROXY", proxy)
+            options = {"trust_env": True}
+        elif how == "dns":
+            options["proxy"] = f"http://user:{PROXY_SECRET}@proxy.corp.test:3128"
+            options["session"] = await stack.enter_async_context(
+                aiohttp.ClientSession(connector=aiohttp.TCPConnector(resolver=FailingResolver()))
+            )
+        client = await stack.enter_async_context(
+            WachatClient(
+                KEY,
+                base_url="https://app.wachat.test/api/v1",
+                retry=ZERO_WAIT,
+                **options,  # type: ignore[arg-type]
+            )
+        )
+        report = await diagnose(client, NAME, rotation_timeout=0)
+    first = report.steps[0]
+    assert (report.cause, first.check, first.outcome) == (Cause.PROXY, Check.CONNECTION, "failed")
+    assert ("proxy.corp.test:3128" if how == "dns" else f"127.0.0.1:{port}") in first.found
+    assert "app.wachat.test" not in first.found
+    assert "proxy" in first.advice.lower()
+    assert PROXY_SECRET not in report.to_json() + repr(report)
+
+
+# --- a step is ok only when an answer showed it ----------------------------------------------
+
+
+@asynccontextmanager
+async def _answering(response: bytes) -> AsyncIterator[str]:
+    """A raw server that answers every request with *response*: its base URL."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(response)
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/api/v1"
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def _response(status: str, body: bytes, content_type: str, *extra: str) -> bytes:
+    head = [f"HTTP/1.1 {status}", f"Content-Type: {content_type}", *extra]
+    head += [f"Content-Length: {len(body)}", "Connection: close", "", ""]
+    return "\r\n".join(head).encode() + body
+
+
+JSON = "application/json"
+#: Answers to every request (the state's first) that show nothing of the key or the instance:
+#: the cause, the step it fails, and a word its line must hold.
+NO_VERDICT = {
+    "429": (
+        _response("429 Too Many Requests", b'{"message":"slow down"}', JSON, "Retry-After: 30"),
+        Cause.RATE_LIMITED,
+        Check.STATE,
+        "wait 30 s",
+    ),
+    "500": (
+        _response("500 Oops", b'{"message":"boom"}', JSON),
+        Cause.UNEXPECTED,
+        Check.STATE,
+        "500",
+    ),
+    "301": (
+        _response("301 Moved", b"", JSON, "Location: https://example.test/api/v1"),
+        Cause.UNEXPECTED,
+        Check.STATE,
+        "301",
+    ),
+    "html-200": (
+        _response("200 OK", b"<html><form>Sign in to the Wi-Fi</form></html>", "text/html"),
+        Cause.UNEXPECTED,
+        Check.STATE,
+        "state",
+    ),
+    "state-without-state": (
+        _response("200 OK", b'{"success": true}', JSON),
+        Cause.UNEXPECTED,
+        Check.STATE,
+        "state",
+    ),
+    "400-header-too-long": (
+        _response("400 Bad Request", b'{"message":"Request header field too long"}', JSON),
+        Cause.UNEXPECTED,
+        Check.STATE,
+        "does not mention the instance name",
+    ),
+    "html-404-everywhere": (
+        _response("404 Not Found", b"<html><title>404 Not Found</title>nginx</html>", "text/html"),
+        Cause.WRONG_BASE_URL,
+        Check.CONNECTION,
+        "not the API",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", NO_VERDICT, ids=NO_VERDICT.keys())
+async def test_a_step_is_ok_only_when_an_answer_showed_it(case: str) -> None:
+    response, cause, check, word = NO_VERDICT[case]
+    async with (
+        _answering(response) as base_url,
+        WachatClient(KEY, base_url=base_url, retry=ZERO_WAIT) as client,
+    ):
+        report = await diagnose(client, NAME, rotation_timeout=0)
+    at = list(Check).index(check)
+    assert (report.cause, report.steps[at].outcome) == (cause, Outcome.FAILED)
+    assert word in report.steps[at].found
+    if case == "429":  # said once, not again in the advice
+        assert str(report.steps[at]).count(word) == 1
+    shown = {s.check: s.outcome for s in report.steps[:at]}
+    assert shown.get(Check.CONNECTION, Outcome.OK) is Outcome.OK  # something answered
+    assert {o for c, o in shown.items() if c != Check.CONNECTION} <= {Outcome.UNKNOWN}
+    assert "a 200 that is not a PNG" not in str(report)
+
+
+# --- the rotation step: its window, a phone linked meanwhile, polls through, Retry-After ----
+
+
+@pytest.mark.parametrize("timeout", [0.5, 10, 24])
+async def test_a_rotation_window_shorter_than_the_period_gives_no_verdict(timeout: float) -> None:
+    clock = Clock()
+    async with stand_in("not-rotating", clock) as client:
+        report = await diagnose(
+            client, NAME, rotation_timeout=timeout, sleep=clock.sleep, clock=clock
+        )
+    rotation = report.steps[-1]
+    assert (report.cause, rotation.outcome) == (Cause.HEALTHY, Outcome.UNKNOWN)
+    assert f"no new QR within {timeout:g} s" in rotation.found
+    assert "--rotation-timeout 30" in rotation.found
+    assert "not checked: rotation" in report.cause_line
+
+
+@pytest.mark.parametrize("timeout", [10, 45])
+async def test_a_phone_linked_during_the_rotation_wait_is_linked_not_stuck(timeout: float) -> None:
+    clock = Clock()
+    async with stand_in("not-rotating", clock) as client:
+        server = SERVERS[client.base_url]
+
+        async def sleep(seconds: float) -> None:
+            await clock.sleep(seconds)
+            if clock.now >= 3:
+                server.set_state(NAME, "open")  # the person scanned it meanwhile
+
+        report = await diagnose(client, NAME, rotation_timeout=timeout, sleep=sleep, clock=clock)
+    assert report.cause is Cause.LINKED
+    assert report.steps[-1].outcome is Outcome.OK
+    assert "linked while" in report.steps[-1].found
+
+
+#: Failures of one rotation poll that the step polls through, within its window.
+PASSING: dict[str, list[int | Fault]] = {
+    "429-retry-after": [Fault(status=429, retry_after="5")] * ZERO_WAIT.max_attempts,
+    "502": [502] * ZERO_WAIT.max_attempts,
+    "truncated": [Fault(truncate=True)] * ZERO_WAIT.max_attempts,
+    "dropped": [Fault(drop=True)] * ZERO_WAIT.max_attempts,
+}
+
+
+@pytest.mark.parametrize("case", PASSING, ids=PASSING.keys())
+async def test_a_failed_rotation_poll_is_polled_through(case: str) -> None:
+    clock = Clock()
+    async with stand_in("healthy", clock) as client:
+        SERVERS[client.base_url].script(NAME, [Fault(), *PASSING[case]])
+        report = await diagnose(client, NAME, rotation_timeout=45, sleep=clock.sleep, clock=clock)
+    assert (report.cause, report.steps[-1].outcome) == (Cause.HEALTHY, Outcome.OK)
+    if case == "429-retry-after":
+        assert 5.0 in clock.slept  # Retry-After honoured, within the window
+
+
+def test_no_rotation_poll_outlasts_the_rotation_timeout() -> None:
+    """A poll that hangs is cut when the rotation window ends, not at the client's timeout:
+    the loop's clock only moves when the test moves it, once the hanging poll has arrived."""
+
+    async def body(loop: SkippingLoop) -> tuple[Diagnosis, float]:
+        async def sleep(seconds: float) -> None:
+            loop.skip(seconds)
+            await asyncio.sleep(0)
+
+        async with FakeWachatServer(KEY, qr_rotation=None) as server:
+            server.add_instance(NAME)
+            server.script(NAME, [Fault(), Fault(hang=True)])
+            async with WachatClient(
+                KEY, base_url=server.base_url, retry=RetryPolicy(max_attempts=1), timeout=600
+            ) as client:
+                started = loop.time()
+                task = asyncio.create_task(
+                    diagnose(client, NAME, rotation_timeout=30, sleep=sleep, clock=loop.time)
+                )
+                await until(lambda: server.request_count(NAME) == 3)  # state, QR, the hang
+                loop.skip(30)
+                report = await task
+                return report, loop.time() - started
+
+    report, took = run_skipping(body)
+    assert took < 600  # cut at the window's end, long before the client's timeout
+    assert report.cause is Cause.UNREACHABLE
+    assert "within 30 s" in report.steps[-1].found
+
+
+# --- TLS and wrong-port wording ---------------------------------------------------------------
+
+
+async def test_https_to_a_plain_http_port_says_so() -> None:
+    async with FakeWachatServer(KEY) as server:
+        base_url = server.base_url.replace("http://", "https://")
+        async with WachatClient(KEY, base_url=base_url, retry=ZERO_WAIT) as client:
+            report = await diagnose(client, NAME, rotation_timeout=0)
+    first = report.steps[0]
+    assert (report.cause, first.outcome) == (Cause.WRONG_BASE_URL, Outcome.FAILED)
+    assert "speaks plain HTTP" in first.found
+    assert "use http://" in first.advice
+
+
+async def test_a_certificate_for_another_host_name_gets_host_name_advice() -> None:
+    async with FakeWachatServer(KEY, tls=True, tls_hostnames=["example.test"]) as server:
+        ctx = server.ssl_context  # its CA is trusted: only the name is wrong
+        async with WachatClient(KEY, base_url=server.base_url, ssl=ctx, retry=ZERO_WAIT) as client:
+            report = await diagnose(client, NAME, rotation_timeout=0)
+    first = report.steps[0]
+    assert report.cause is Cause.TLS
+    assert "another host name" in first.found
+    assert "host name" in first.advice
+    assert "trust its CA" not in first.advice
+
+
+async def test_a_service_that_is_not_http_says_so() -> None:
+    async with (
+        _answering(b"SSH-2.0-OpenSSH_9.6\r\nnot http\r\n") as base_url,
+        WachatClient(KEY, base_url=base_url, retry=ZERO_WAIT) as client,
+    ):
+        report = await diagnose(client, NAME, rotation_timeout=0)
+    assert report.cause is Cause.WRONG_BASE_URL
+    assert "not an HTTP server" in report.steps[0].found
+
+
+# --- streaming ------------------------------------------------------------------------------
+
+
+async def test_each_step_is_handed_over_as_it_is_known() -> None:
+    clock = Clock()
+    seen: list[tuple[Step, float]] = []
+    async with stand_in("healthy", clock) as client:
+        report = await diagnose(
+            client,
+            NAME,
+            sleep=clock.sleep,
+            clock=clock,
+            on_step=lambda step: seen.append((step, clock.now)),
+        )
+    assert tuple(step for step, _ in seen) == report.steps
+    assert seen[-2][1] == 0 < seen[-1][1]  # decode before the rotation's wait, rotation after
+
+
+async def test_a_rate_limit_longer_than_the_rotation_window_leaves_the_rotation_unknown() -> None:
+    clock = Clock()
+    async with stand_in("healthy", clock) as client:
+        SERVERS[client.base_url].script(
+            NAME, [Fault(), *[Fault(status=429, retry_after="30")] * 40]
+        )
+        report = await diagnose(client, NAME, rotation_timeout=27, sleep=clock.sleep, clock=clock)
+    rotation = report.steps[-1]
+    assert (report.cause, rotation.outcome) == (Cause.HEALTHY, Outcome.UNKNOWN)
+    assert "rate limited by the API; wait 30 s" in rotation.found
+    assert clock.now == 27  # waited within the window, not past it

@@ -593,3 +593,25 @@ def test_public_names_are_exported() -> None:
         wachat_async.ApiKeyExposureWarning,
         wachat_async.DEFAULT_BASE_URL,
     ) == (build_qr_image_url, qr_img_tag, ApiKeyExposureWarning, DEFAULT_BASE_URL)
+
+
+@pytest.mark.parametrize("slashes", [0, 1, 2, 3], ids=lambda n: f"{n}-slashes")
+async def test_every_call_joins_a_base_url_with_trailing_slashes_the_same_way(slashes: int) -> None:
+    """One rule for every URL the client builds: the base URL's trailing slashes are dropped
+    once, so the state, the QR and the handed-out URL all land on /api/v1/instance/..."""
+    from wachat_async import WachatClient
+    from wachat_async.testing import FakeWachatServer
+
+    async with FakeWachatServer("k-0123456789") as server:
+        server.add_instance("t1_abc_store")
+        base_url = server.base_url + "/" * slashes
+        async with WachatClient("k-0123456789", base_url=base_url) as client:
+            assert client.base_url == server.base_url
+            assert (await client.get_instance_state("t1_abc_store")).state == "connecting"
+            assert (await client.get_qr_image("t1_abc_store")).width > 0
+            url = client.qr_image_url("t1_abc_store")
+        assert url == f"{server.base_url}/instance/qr/image?instanceName=t1_abc_store"
+        assert {r.path for r in server.requests} == {
+            "/api/v1/instance/state",
+            "/api/v1/instance/qr/image",
+        }

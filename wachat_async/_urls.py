@@ -154,7 +154,7 @@ def _parse(url: str) -> URL | None:
 
 
 def _qr_image_endpoint(base_url: str | URL, *, secrets: Iterable[str] = ()) -> URL:
-    """Join the QR image path onto *base_url*, keeping its path (``/api/v1``).
+    """Join the QR image path onto *base_url*, keeping its path (``/api/v1``; no trailing "/").
 
     Raises ``TypeError``/``ValueError`` whose messages pass through
     :func:`~wachat_async._redact.redact_message` with *secrets* (the key, when known) and
@@ -177,7 +177,7 @@ def _qr_image_endpoint(base_url: str | URL, *, secrets: Iterable[str] = ()) -> U
         raise ValueError(
             redact_message(f"{problem}; got {_where(base)} (the rest is not shown)", secrets)
         )
-    return base.joinpath(*_QR_IMAGE_PATH)
+    return base.with_path(base.raw_path.rstrip("/"), encoded=True).joinpath(*_QR_IMAGE_PATH)
 
 
 def qr_img_tag(

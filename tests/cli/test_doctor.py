@@ -4,9 +4,13 @@ server whose CA is not trusted). The rotation step runs on a clock the test move
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
+import os
+import signal
 import socket
+import sys
 import threading
 from collections.abc import Callable, Iterator
 
@@ -22,6 +26,7 @@ from wachat_async.doctor import Cause, Check
 from wachat_async.testing import FakeWachatServer, Fault
 
 RESTRICTED = "sk-live-RESTRICTED-fedcba9876543210"
+PROXY_SECRET = "pr0xy-PASSWORD-s3cret"
 #: The statuses of the other commands: doctor's causes must not reuse any of them.
 OTHER_STATUSES = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 70, 130, 141, 143}
 
@@ -93,6 +98,8 @@ CASES = {
     "200-not-png": (Cause.NOT_PNG, Check.QR),
     "200-not-qr": (Cause.NOT_QR, Check.DECODE),
     "not-rotating": (Cause.NOT_ROTATING, Check.ROTATION),
+    "429": (Cause.RATE_LIMITED, Check.QR),
+    "proxy": (Cause.PROXY, Check.CONNECTION),
 }
 
 
@@ -121,6 +128,7 @@ def stand_in(
         "502-persists": [502] * 8,
         "200-not-png": [Fault(status=200, body=b"<html/>", content_type="text/html")],
         "200-not-qr": [Fault(status=200, body=_grey_png())],
+        "429": [Fault(status=429, retry_after="30")] * 8,
     }
     server.script(NAME, scripts.get(case, []))
     base_url = server.base_url
@@ -130,6 +138,9 @@ def stand_in(
         base_url = f"http://127.0.0.1:{request.getfixturevalue('hang_up')}/api/v1"
     elif case == "wrong-base-url":
         base_url = f"{server.url}/api/v2"
+    elif case == "proxy":  # a dead proxy from the environment, never the Wachat host
+        base_url = "https://app.wachat.test/api/v1"
+        monkeypatch.setenv("HTTPS_PROXY", f"http://user:{PROXY_SECRET}@127.0.0.1:{closed_port}")
     key = {"401": "sk-wrong-000000000000", "403": RESTRICTED}.get(case, KEY)
     monkeypatch.setenv("WACHAT_API_KEY", key)
     monkeypatch.setenv("WACHAT_BASE_URL", base_url)
@@ -144,6 +155,7 @@ def test_doctor_tells_each_cause_apart_with_its_exit_status(
     result = run("doctor", NAME, *(["--json"] if json_output else []))
     assert result.code == cause.exit_status
     assert result.err == ""
+    assert PROXY_SECRET not in result.out
     if json_output:
         report = json.loads(result.out)
         assert report["cause"] == str(cause)
@@ -179,10 +191,10 @@ def test_rotation_timeout_zero_skips_the_rotation_step(
 def test_the_rotation_wait_is_bounded_by_the_option(
     run: Callable[..., Run], env: FakeWachatServer, clock: Clock
 ) -> None:
-    result = run("doctor", NAME, "--rotation-timeout", "9")
+    result = run("doctor", NAME, "--rotation-timeout", "27")
     assert result.code == Cause.NOT_ROTATING.exit_status
-    assert clock.now == 9
-    assert "the same QR for 9 s" in result.out
+    assert clock.now == 27
+    assert "the same QR for 27 s" in result.out
 
 
 @pytest.mark.parametrize("value", ["-1", "nan", "soon"], ids=["negative", "nan", "word"])
@@ -244,3 +256,69 @@ def test_the_key_never_reaches_the_output_or_the_debug_log(
         assert key not in output(key) or key in reference[accepted]
 
     check()
+
+
+def test_each_line_is_printed_as_its_step_is_known(
+    run: Callable[..., Run],
+    env: FakeWachatServer,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    clock: Clock,
+) -> None:
+    """By the rotation step's first wait, every earlier step's line is already out."""
+    early: list[str] = []
+
+    async def sleep(seconds: float) -> None:
+        if not early:
+            early.append(capsys.readouterr().out)
+        await clock.sleep(seconds)
+
+    monkeypatch.setattr(_commands, "SLEEP", sleep)
+    result = run("doctor", NAME, "--rotation-timeout", "27")
+    lines = early[0].splitlines()
+    assert [line.split()[1] for line in lines] == [str(c) for c in list(Check)[:-1]]
+    assert result.out.splitlines()[0].split()[:2] == ["failed", "rotation"]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize(
+    ("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["INT", "TERM"]
+)
+@pytest.mark.parametrize("json_output", [False, True], ids=["lines", "json"])
+def test_a_signal_prints_what_was_found_and_says_interrupted(
+    run: Callable[..., Run],
+    env: FakeWachatServer,
+    monkeypatch: pytest.MonkeyPatch,
+    signum: int,
+    code: int,
+    json_output: bool,
+) -> None:
+    async def sleep(_seconds: float) -> None:  # the rotation step's first wait: a signal
+        os.kill(os.getpid(), signum)
+        await asyncio.sleep(3600)  # cancelled by the handler at once: never waited
+
+    monkeypatch.setattr(_commands, "SLEEP", sleep)
+    result = run("doctor", NAME, *(["--json"] if json_output else []))
+    assert result.code == code
+    assert result.err.startswith("wachat-qr: error: ")
+    done = list(Check)[:-1]  # every step but the rotation
+    if json_output:
+        report = json.loads(result.out)
+        assert report["interrupted"] is True
+        assert [s["check"] for s in report["steps"]] == [str(c) for c in done]
+    else:
+        lines = result.out.splitlines()
+        assert [line.split()[1] for line in lines[:-1]] == [str(c) for c in done]
+        assert lines[-1] == f"interrupted after {len(done)} of {len(Check)} steps"
+
+
+def test_healthy_without_the_decoder_says_the_decode_was_not_checked(
+    run: Callable[..., Run], env: FakeWachatServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "zxingcpp", None)
+    result = run("doctor", NAME, "--rotation-timeout", "0")
+    assert result.code == 0
+    assert result.out.splitlines()[-1] == (
+        "cause: healthy (exit status 0); not checked: decode, rotation"
+    )
+    assert "pip install -e '.[doctor]' in the wachat-async clone" in result.out

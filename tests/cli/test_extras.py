@@ -37,7 +37,7 @@ def test_missing_cli_extra_prints_the_install_hint(
     result = run(*argv)
     assert result.code == 2
     assert result.err.count("\n") == 1
-    assert "pip install 'wachat-async[cli]'" in result.err
+    assert "pip install -e '.[cli]' in the wachat-async clone" in result.err
     assert env.request_count() == 0
 
 
@@ -78,5 +78,5 @@ def test_the_cli_imports_and_runs_without_the_extra(tmp_path: Path) -> None:
     ]
     assert done.stderr == (
         "wachat-qr: error: this command needs Pillow, from the 'cli' extra: "
-        "pip install 'wachat-async[cli]'\n"
+        "pip install -e '.[cli]' in the wachat-async clone\n"
     )

@@ -927,3 +927,28 @@ def test_set_conditions_takes_conditions_only(wachat_server: FakeWachatServer) -
     """A mapping of options is not silently taken for conditions."""
     with pytest.raises(TypeError, match="conditions must be a Conditions, not dict"):
         wachat_server.set_conditions({"rate_limit": 1})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("level", [logging.DEBUG, logging.WARNING], ids=["debug", "warning"])
+@pytest.mark.parametrize("size", [9_000, 20_000], ids=["over-8190", "20000"])
+async def test_an_over_long_authorization_header_never_reaches_the_log(
+    caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str], level: int, size: int
+) -> None:
+    """aiohttp's parser error quotes the header's first bytes (a client's key): the fake
+    server logs one line naming the error instead, at any level."""
+    caplog.set_level(level)
+    key = "sk-OVERLONG-" + "k" * size
+    async with FakeWachatServer("test-key") as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(
+            b"GET /api/v1/instance/state?instanceName=t1_abc HTTP/1.1\r\nHost: x\r\n"
+            + f"Authorization: Bearer {key}\r\n\r\n".encode()
+        )
+        await writer.drain()
+        status = await reader.readline()
+        writer.close()
+    out, err = capfd.readouterr()
+    assert b" 400 " in status
+    logged = caplog.text + out + err
+    assert "sk-OVERLONG" not in logged
+    assert "not valid HTTP (LineTooLong)" in caplog.text

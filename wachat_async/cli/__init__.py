@@ -1,6 +1,6 @@
 """``wachat-qr``: the command line for the Wachat QR-code endpoint.
 
-Installed with the ``cli`` extra (``pip install 'wachat-async[cli]'``, which brings rich, Pillow
+Installed with the ``cli`` extra (``pip install -e '.[cli]'`` in the clone: rich, Pillow
 and segno); ``python -m wachat_async`` runs the same ``main``. Commands::
 
     wachat-qr fetch NAME [-o FILE]            save the QR PNG (-o - writes it to stdout)
@@ -41,18 +41,20 @@ code  meaning
 10    ``doctor``: the phone is already linked (no QR is needed)
 11    ``doctor``: the base URL's host name does not resolve (DNS)
 12    ``doctor``: the connection was refused (nothing listens at that host and port)
-13    ``doctor``: no answer (a timeout, no route, a proxy in the way)
+13    ``doctor``: no answer, or one cut short (a timeout, no route, a dropped connection)
 14    ``doctor``: the server's TLS certificate does not verify
-15    ``doctor``: a server answers, but not the API (404 for the route: the base URL)
+15    ``doctor``: a server answers, but not the API (404 for the route, plain HTTP, not HTTP)
 16    ``doctor``: 401, the key is refused
 17    ``doctor``: 404, no such instance for this key
 18    ``doctor``: 409, not a WhatsApp Baileys instance (no QR exists for it)
 19    ``doctor``: 403, the subscription does not allow QR codes
 20    ``doctor``: 502/504 that persisted through the retries
-21    ``doctor``: a 200 that is not a PNG
+21    ``doctor``: a 200 that is not a PNG, or a PNG whose image data does not decode
 22    ``doctor``: a PNG that is not a QR code (checked with the ``doctor`` extra)
 23    ``doctor``: the QR did not change within ``--rotation-timeout``
 24    ``doctor``: anything else (an undocumented status, a state body that does not parse)
+25    ``doctor``: 429, rate limited by the API (wait its ``Retry-After``)
+26    ``doctor``: the HTTP proxy is down, misnamed, or refused the request
 70    internal error: an unexpected exception (a bug; ``--debug`` shows the traceback)
 130   interrupted (Ctrl-C, SIGINT)
 143   terminated (SIGTERM: systemd, Kubernetes, ``timeout``)

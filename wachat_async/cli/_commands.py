@@ -45,7 +45,7 @@ from wachat_async import (
 from wachat_async._files import write_bytes_async
 from wachat_async._polling import watch_qr
 from wachat_async._validate import check_instance_name, is_loopback_host
-from wachat_async.doctor import diagnose
+from wachat_async.doctor import Check, Step, diagnose
 
 from ._exit import (
     EXIT_FAILED,
@@ -463,16 +463,40 @@ def _json_line(record: dict[str, object]) -> str:
 
 
 async def cmd_doctor(args: argparse.Namespace, out: Out) -> int:
-    # Each request failure is a finding of the report; only a usage problem is raised.
+    # Each request failure is a finding of the report; only a usage problem is raised. Lines
+    # are printed as each step is known; a signal prints what was found (--json: a partial
+    # document saying "interrupted") before main says why it stopped.
+    steps: list[Step] = []
+    ascii_only = not stdout_is_unicode()
+
+    def found(step: Step) -> None:
+        steps.append(step)
+        if not args.json:
+            out.result(str(step))
+
     async with client_for(args) as client:
-        report = await diagnose(
-            client, args.name, rotation_timeout=args.rotation_timeout, sleep=SLEEP, clock=CLOCK
-        )
-    if args.json:
-        out.result(report.to_json(ensure_ascii=not stdout_is_unicode()))
-    else:
-        for line in str(report).split("\n"):
-            out.result(line)
+        try:
+            report = await diagnose(
+                client,
+                args.name,
+                rotation_timeout=args.rotation_timeout,
+                sleep=SLEEP,
+                clock=CLOCK,
+                on_step=found,
+            )
+        except asyncio.CancelledError:
+            if args.json:
+                partial = {
+                    "instance": args.name,
+                    "base_url": client.base_url,
+                    "interrupted": True,
+                    "steps": [step.to_dict() for step in steps],
+                }
+                out.result(json.dumps(partial, ensure_ascii=ascii_only))
+            else:
+                out.result(f"interrupted after {len(steps)} of {len(Check)} steps")
+            raise
+    out.result(report.to_json(ensure_ascii=ascii_only) if args.json else report.cause_line)
     return report.exit_status
 
 

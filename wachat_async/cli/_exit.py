@@ -63,7 +63,7 @@ EXIT_CODES: Final = frozenset(
         EXIT_TERMINATED,
         EXIT_BROKEN_PIPE,
     }
-    | {cause.exit_status for cause in Cause}  # doctor's, 10 to 24
+    | {cause.exit_status for cause in Cause}  # doctor's, 10 to 26
 )
 
 

@@ -15,7 +15,8 @@ from typing import Final
 
 __all__ = ["INSTALL_HINT", "MissingExtraError", "has", "need"]
 
-INSTALL_HINT: Final = "pip install 'wachat-async[cli]'"
+#: The package is not on PyPI: the extra installs from the clone, as the docs say.
+INSTALL_HINT: Final = "pip install -e '.[cli]' in the wachat-async clone"
 
 #: The distribution that brings each importable module.
 _EXTRA_MODULES: Final = {"rich": "rich", "PIL": "Pillow", "segno": "segno"}

@@ -13,14 +13,24 @@
 A layer on the public names of :mod:`wachat_async` only (as ``wachat_async.web`` is):
 :func:`diagnose` takes a client rather than being one of its methods. ``wachat-qr doctor NAME``
 prints the same report. The ``decode`` step needs the ``doctor`` extra (zxing-cpp and Pillow);
-without it the step says it was skipped. The guide: docs/linking.md.
+without it the step says it was skipped (and a healthy report, that the decode was not
+checked). The guide: docs/linking.md.
 """
 
-from ._diagnose import DEFAULT_ROTATION_TIMEOUT, ROTATION_POLL, cause_of, diagnose
+from ._diagnose import (
+    DEFAULT_ROTATION_TIMEOUT,
+    MAX_DECODE_PIXELS,
+    MIN_ROTATION_TIMEOUT,
+    ROTATION_POLL,
+    cause_of,
+    diagnose,
+)
 from ._report import Cause, Check, Diagnosis, Outcome, Step
 
 __all__ = [
     "DEFAULT_ROTATION_TIMEOUT",
+    "MAX_DECODE_PIXELS",
+    "MIN_ROTATION_TIMEOUT",
     "ROTATION_POLL",
     "Cause",
     "Check",

@@ -36,6 +36,7 @@ class Outcome(enum.StrEnum):
     OK = "ok"
     FAILED = "failed"
     SKIPPED = "skipped"  #: not checked, and why (no decoder; rotation not asked for)
+    UNKNOWN = "unknown"  #: no answer showed it either way (a 429 before any other answer, ...)
     NOT_RUN = "not run"  #: an earlier step failed, or the instance is linked
 
 
@@ -43,7 +44,7 @@ class Cause(enum.StrEnum):
     """What the diagnosis found, each with its own exit status (:attr:`exit_status`).
 
     ``healthy`` (0): a QR comes back and rotates. ``linked`` (10): the phone is already linked,
-    no QR is needed. The others say why no QR shows; their statuses (11-24) are those of
+    no QR is needed. The others say why no QR shows; their statuses (11-26) are those of
     ``wachat-qr doctor`` and collide with none of its other commands'.
     """
 
@@ -51,18 +52,22 @@ class Cause(enum.StrEnum):
     LINKED = "linked"
     DNS = "dns"  #: the base URL's host name does not resolve
     REFUSED = "refused"  #: nothing listens at the base URL's host and port
-    UNREACHABLE = "unreachable"  #: no answer: a timeout, no route, a proxy in the way
+    UNREACHABLE = "unreachable"  #: no answer, or one cut short: a timeout, no route, a drop
     TLS = "tls"  #: the server's certificate does not verify
-    WRONG_BASE_URL = "wrong-base-url"  #: a server answers, but not the API (404 for the route)
+    #: a server answers, but not the API: a 404 page for the route, plain HTTP to https://, not
+    #: HTTP at all
+    WRONG_BASE_URL = "wrong-base-url"
     KEY_REJECTED = "key-rejected"  #: 401
     NOT_FOUND = "not-found"  #: 404 for the instance
     NOT_BAILEYS = "not-baileys"  #: 409, or the state's integration says so
     SUBSCRIPTION = "subscription"  #: 403
     UPSTREAM = "upstream"  #: 502/504 that persisted through the retries
-    NOT_PNG = "not-png"  #: a 200 whose body is not a PNG
-    NOT_QR = "not-qr"  #: a PNG in which no QR code decodes
+    NOT_PNG = "not-png"  #: a 200 whose body is not a PNG, or whose image data does not decode
+    NOT_QR = "not-qr"  #: a PNG in which no QR code decodes (or too large to try)
     NOT_ROTATING = "not-rotating"  #: the same QR after the rotation timeout
     UNEXPECTED = "unexpected"  #: anything else (an undocumented status, a bad state body, ...)
+    RATE_LIMITED = "rate-limited"  #: 429: the API asks to wait (``Retry-After``)
+    PROXY = "proxy"  #: the HTTP proxy on the way is down, misnamed, or refused the request
 
     @property
     def exit_status(self) -> int:
@@ -70,7 +75,7 @@ class Cause(enum.StrEnum):
         return _EXIT_STATUS[self]
 
 
-_EXIT_STATUS: dict[Cause, int] = dict(zip(Cause, (0, *range(10, 25)), strict=True))
+_EXIT_STATUS: dict[Cause, int] = dict(zip(Cause, (0, *range(10, 27)), strict=True))
 
 
 @attrs.frozen(kw_only=True)
@@ -118,10 +123,20 @@ class Diagnosis:
         """The step that failed (``None`` when healthy or linked)."""
         return next((s for s in self.steps if s.outcome is Outcome.FAILED), None)
 
+    @property
+    def cause_line(self) -> str:
+        """The last line of :meth:`__str__`: the cause and its exit status; when healthy, the
+        steps that were not checked (a skipped decode: the PNG was not read as a QR code)."""
+        line = f"cause: {self.cause} (exit status {self.exit_status})"
+        unchecked = [
+            str(s.check) for s in self.steps if s.outcome in (Outcome.SKIPPED, Outcome.UNKNOWN)
+        ]
+        if self.cause is Cause.HEALTHY and unchecked:
+            line += f"; not checked: {', '.join(unchecked)}"
+        return line
+
     def __str__(self) -> str:
-        lines = [str(step) for step in self.steps]
-        lines.append(f"cause: {self.cause} (exit status {self.exit_status})")
-        return "\n".join(lines)
+        return "\n".join([*(str(step) for step in self.steps), self.cause_line])
 
     def to_dict(self) -> dict[str, Any]:
         """The diagnosis as JSON-ready values (what ``wachat-qr doctor --json`` prints)."""

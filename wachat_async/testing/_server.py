@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Literal
 
-from aiohttp import web
+from aiohttp import http_exceptions, web
 from aiohttp.abc import AbstractAccessLogger
 
 from ._faults import Conditions, Fault, as_fault, bad_header_text
@@ -37,6 +37,25 @@ from ._tls import DEFAULT_TLS_HOSTNAMES, ThrowawayCA
 __all__ = ["Conditions", "FakeInstance", "FakeWachatServer", "Fault", "RecordedRequest"]
 
 _log = logging.getLogger("wachat_async.testing")
+
+
+def _unquoted(record: logging.LogRecord) -> bool:
+    """aiohttp's parser errors quote the request (an over-long ``Authorization`` header, a
+    client's key): logged as one line naming the error, never its text or traceback."""
+    error = record.exc_info[1] if record.exc_info else None
+    if isinstance(error, http_exceptions.HttpProcessingError):
+        record.msg, record.args, record.exc_info, record.exc_text = (
+            "a request that is not valid HTTP (%s): refused with 400, its text not shown",
+            (type(error).__name__,),
+            None,
+            None,
+        )
+    return True
+
+
+#: aiohttp's server logger for this server's requests (instead of ``aiohttp.server``).
+_server_log = logging.getLogger("wachat_async.testing.server")
+_server_log.addFilter(_unquoted)
 
 
 class _AccessLogger(AbstractAccessLogger):
@@ -207,6 +226,7 @@ class FakeWachatServer:
             handler_cancellation=True,
             # Handlers finish at once on close (see Waiting); this only bounds surprises.
             shutdown_timeout=1.0,
+            logger=_server_log,
         )
         await runner.setup()
         try:
