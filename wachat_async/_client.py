@@ -20,6 +20,7 @@ from yarl import URL
 from ._errors import ClientClosedError, ConfigurationError, raise_clean
 from ._files import PathArg, write_stream
 from ._models import InstanceState, QRFailure, QRImage, QRSuccess
+from ._pacing import Pacer
 from ._network import (
     Proxy,
     SSLOption,
@@ -67,10 +68,20 @@ _UNSET: Any = _Unset()
 class _State:
     """What a client and its views share (the transport reads it as its ``link``)."""
 
-    __slots__ = ("borrowed", "closed", "guard", "loop", "proxy", "session", "slots", "warned")
+    __slots__ = (
+        "borrowed",
+        "closed",
+        "guard",
+        "loop",
+        "pacer",
+        "proxy",
+        "session",
+        "slots",
+        "warned",
+    )
 
     def __init__(self, slots: ConnectionQueue, *, borrowed: bool) -> None:
-        self.borrowed = borrowed
+        self.borrowed, self.pacer = borrowed, Pacer()
         self.session: aiohttp.ClientSession | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.guard: AsyncGenerator[None, None] | None = None
@@ -200,11 +211,16 @@ class WachatClient:
         self._borrowed = session
         self._retry = RetryPolicy() if retry is None else retry
         self._budget = RetryBudget() if retry_budget is None else retry_budget
-        self._retrier = Retrier(self._retry, self._budget, attempt_timeout=attempt_timeout.total)
         self._max_connections = max_connections
         #: The pool's size: a call queues here, before its timeout starts, not in aiohttp's pool.
         self._slot_limit = queue_limit(max_connections, session)
         self._state = _State(ConnectionQueue(self._slot_limit), borrowed=session is not None)
+        self._retrier = Retrier(
+            self._retry,
+            self._budget,
+            attempt_timeout=attempt_timeout.total,
+            pacer=self._state.pacer,
+        )
         self._owner = True  # False for a view: closing it closes nothing
         self._view_options: dict[str, str] = {}  # what a view changed, for its repr
         self._transport = Transport(
@@ -258,7 +274,9 @@ class WachatClient:
         view._owner = False
         view._view_options = {**self._view_options, **changed}
         view._retry = policy
-        view._retrier = Retrier(policy, self._budget, attempt_timeout=new_timeout.total)
+        view._retrier = Retrier(
+            policy, self._budget, attempt_timeout=new_timeout.total, pacer=self._state.pacer
+        )
         view._transport = transport.evolve(
             timeout=new_timeout, max_image_bytes=size, user_agent=agent
         )
@@ -399,6 +417,7 @@ class WachatClient:
             return
         state.closed = True
         state.slots.close()
+        state.pacer.close()
         old = state.session, state.guard, state.loop
         state.session = state.guard = state.loop = None
         await self._let_go(*old)
@@ -480,11 +499,9 @@ class WachatClient:
         :class:`FetchMany` of a :class:`QRSuccess` or :class:`QRFailure` per name as each
         completes. Details: docs/fleets.md."""
         return fetch_many(
-            self.get_qr_image,
+            self._fleet_fetch,
             instance_names,
-            concurrency=min(concurrency, self._slot_limit)
-            if self._slot_limit is not None and type(concurrency) is int
-            else concurrency,
+            concurrency=self._state.pacer.fleet_width(concurrency, self._slot_limit),
             dedupe=dedupe,
             on_progress=on_progress,
         )
@@ -505,7 +522,7 @@ class WachatClient:
         :class:`QRExpiredError`. Details: docs/fleets.md, "Watching one instance"."""
         name = check_instance_name(instance_name)
         return watch_qr(
-            self.get_qr_image,
+            self._fleet_fetch,
             name,
             interval=interval,
             jitter=jitter,
@@ -516,6 +533,13 @@ class WachatClient:
             linking_timeout=linking_timeout,
             clock=self._retrier.clock,
         )
+
+    async def _fleet_fetch(self, name: str) -> QRImage:
+        """``get_qr_image`` of a checked name for fleets: a 429 is retried once paced."""
+        if self._stale():
+            await self._bind()
+        fetch = self._transport.fetch_image
+        return await self._retrier.call(name, self._state.slots, fetch, fleet=True)
 
     def qr_image_url(self, instance_name: str, *, expose_api_key: bool = False) -> str:
         """The QR image URL for this client's base URL, without the key unless

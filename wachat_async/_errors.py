@@ -181,6 +181,16 @@ class UnexpectedStatusError(APIStatusError):
     default_message = "status not documented for this endpoint"
 
 
+class RateLimitError(UnexpectedStatusError):
+    """429: too many requests; ``retry_after`` is the server's ``Retry-After`` in seconds (or
+    None). Not retried within a call, but it pauses the client's new requests (docs/fleets.md,
+    "Rate limits and outages"); ``fetch_many`` and ``watch_qr`` retry the name once paced.
+    An :class:`UnexpectedStatusError`, as a 429 was before this class existed."""
+
+    status = 429
+    default_message = "the API's rate limit was reached"
+
+
 class WachatConnectionError(WachatError):
     """The connection failed: refused, reset, DNS, TLS, or a response that is not valid HTTP."""
 
@@ -340,6 +350,7 @@ _BY_STATUS: dict[int, type[APIStatusError]] = {
         QRNotSupportedError,
         QRFetchFailedError,
         GatewayTimeoutError,
+        RateLimitError,
     )
 }
 

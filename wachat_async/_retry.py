@@ -24,31 +24,17 @@ from tenacity import AsyncRetrying, DoSleep, RetryCallState, retry_if_exception
 from ._errors import (
     ConfigurationError,
     DeadlineExceededError,
-    InvalidImageError,
-    ProxyAuthenticationError,
-    TLSVerificationError,
+    RateLimitError,
     UnexpectedStatusError,
-    WachatConnectionError,
     WachatError,
-    WachatTimeoutError,
 )
+from ._pacing import JITTER, Pacer, is_transport_fault
 from ._slots import ConnectionQueue, slot_wait
 from ._validate import check_bool, check_number, shown
 
 logger = logging.getLogger("wachat_async")
 
 T = TypeVar("T")
-
-
-def is_transport_fault(error: BaseException) -> bool:
-    """Whether *error* is a fault of the way to the server: a connection failure (but not a
-    certificate that does not verify, nor a proxy that wants credentials: those do not heal by
-    themselves), one attempt's timeout (not the deadline's) or a PNG cut short."""
-    if isinstance(error, WachatTimeoutError):
-        return not isinstance(error, DeadlineExceededError)
-    if isinstance(error, WachatConnectionError):
-        return not isinstance(error, (TLSVerificationError, ProxyAuthenticationError))
-    return isinstance(error, InvalidImageError) and error.truncated
 
 
 def is_transient(error: BaseException) -> bool:
@@ -240,9 +226,10 @@ class RetryPolicy:
         return self.retry_transport_errors and is_transport_fault(error)
 
     def compute_wait(self, retry_number: int, retry_after: float | None) -> float:
-        """Seconds to wait before retry *retry_number* (0-based)."""
+        """Seconds to wait before retry *retry_number* (0-based): a ``Retry-After`` of *ra* is
+        waited uniformly over [ra, 1.2 ra], so that calls told the same do not retry together."""
         if retry_after is not None and self.respect_retry_after:
-            return retry_after
+            return random.uniform(retry_after, retry_after * (1 + JITTER))
         return backoff_wait(retry_number, initial_wait=self.initial_wait, max_wait=self.max_wait)
 
 
@@ -354,11 +341,11 @@ def _attempts(n: int) -> str:
 class Retrier:
     """The retry loop: runs one call's attempts under a :class:`RetryPolicy`, drawing retries
     from *budget*, waiting with *sleep* and measuring the deadline on *clock* (tests inject
-    both). *attempt_timeout* is one attempt's own limit (``None``: unbounded). A retried attempt
-    must release what it holds before it raises.
+    both), paced by *pacer* (the client's). *attempt_timeout* is one attempt's own limit
+    (``None``: unbounded). A retried attempt must release what it holds before it raises.
     """
 
-    __slots__ = ("budget", "clock", "guards_first_attempt", "policy", "sleep")
+    __slots__ = ("budget", "clock", "guards_first_attempt", "pacer", "policy", "sleep")
 
     def __init__(
         self,
@@ -368,8 +355,10 @@ class Retrier:
         attempt_timeout: float | None = None,
         sleep: Callable[[float], Awaitable[None]] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        pacer: Pacer | None = None,
     ) -> None:
         self.policy, self.budget, self.clock = policy, budget, clock
+        self.pacer = Pacer() if pacer is None else pacer
         self.sleep: Callable[[float], Awaitable[None]] = sleep or (
             _no_sleep if policy.zero_wait else asyncio.sleep
         )
@@ -384,26 +373,34 @@ class Retrier:
         queue: ConnectionQueue | None,
         attempt: Callable[..., Awaitable[T]],
         *args: Any,
+        fleet: bool = False,
     ) -> T:
         """``await attempt(name, *args)`` under the policy. A first attempt that can neither
-        outlast the deadline nor queue in *queue* for a connection (queueing counts) runs bare:
-        no timer, no tenacity; the rest of the call is a :class:`_Call`."""
+        outlast the deadline nor queue in *queue* for a connection (queueing counts) runs bare,
+        unless the pacer is active: no timer, no tenacity; the rest of the call is a
+        :class:`_Call`. A *fleet* call (``fetch_many``, ``watch_qr``) retries a 429 once paced
+        and waits for a retry the budget refuses, within its deadline."""
         policy = self.policy
         started = self.budget.deposit()  # one clock reading for both, on a shared clock
         if self.budget.clock is not self.clock:
             started = self.clock()
         error: WachatError | None = None
-        if not self.guards_first_attempt and not (
-            # No slot free: the attempt will queue, and queueing counts.
-            policy.deadline is not None and queue is not None and queue.locked()
+        if (
+            not self.guards_first_attempt
+            and not self.pacer.active
+            and not (
+                # No slot free: the attempt will queue, and queueing counts.
+                policy.deadline is not None and queue is not None and queue.locked()
+            )
         ):
             try:
                 return await attempt(name, *args)
             except WachatError as exc:
-                if not policy.is_retryable(exc):
+                self.pacer.record(exc)
+                if not (policy.is_retryable(exc) or fleet and isinstance(exc, RateLimitError)):
                     raise
                 error = exc
-        return await _Call(self, name, started, error).run(attempt, args)
+        return await _Call(self, name, started, error, fleet).run(attempt, args)
 
 
 class _Call:
@@ -411,22 +408,25 @@ class _Call:
 
     tenacity calls ``wait``, ``stop`` and ``before_sleep`` once per failed retryable attempt,
     in that order (since 8.3: ``stop_before_delay`` reads the upcoming sleep too). ``stop``
-    charges the budget last, so once per retry. The error that ends the call carries
+    charges the budget last, so once per retry (a fleet's 429 is paced instead, and a refusal
+    makes a fleet's retry wait for the budget: ``owed``). The error that ends the call carries
     ``attempts`` and a note, ``gave up after N attempts in T s (reason)``; a deadline that
     strikes is a :class:`DeadlineExceededError` chained to the last real error.
     """
 
     def __init__(
-        self, retrier: Retrier, name: str, started: float, error: WachatError | None
+        self, retrier: Retrier, name: str, started: float, error: WachatError | None, fleet: bool
     ) -> None:
-        self.retrier, self.name, self.started = retrier, name, started
+        self.retrier, self.name, self.started, self.fleet = retrier, name, started, fleet
         self.error = error  # the last real error
+        self.paced = self.owed = False  # a fleet's 429 / a retry the budget has not granted yet
+        self.rate_limited = 0  # a fleet's 429s, not counted against max_attempts
         self.reason: tuple[GiveUpReason, str] | None = None  # why stop() ended the call
         self.hook_failures: set[str] = set()  # hooks whose failure was logged (once per call)
         self.retrying = AsyncRetrying(
             wait=self.wait,
             stop=self.stop,
-            retry=retry_if_exception(retrier.policy.is_retryable),
+            retry=retry_if_exception(self.retryable),
             before_sleep=self.before_sleep,
             reraise=True,
         )
@@ -435,10 +435,17 @@ class _Call:
         if error is not None:
             self.state.set_exception((type(error), error, error.__traceback__))
 
+    def retryable(self, error: BaseException) -> bool:
+        policy = self.retrier.policy
+        self.paced = self.fleet and isinstance(error, RateLimitError)
+        self.paced &= not policy.is_retryable(error)
+        return self.paced or policy.is_retryable(error)
+
     async def run(self, attempt: Callable[..., Awaitable[T]], args: tuple[Any, ...]) -> T:
         state = self.state
         retrier = self.retrier
-        deadline = retrier.policy.deadline
+        pacer, policy = retrier.pacer, retrier.policy
+        deadline = policy.deadline
         try:
             async with asyncio.timeout(
                 None if deadline is None else deadline - (retrier.clock() - self.started)
@@ -449,11 +456,23 @@ class _Call:
                         await retrier.sleep(do)
                         state.prepare_for_next_attempt()  # after the wait: attempts sent
                         continue
+                    if self.owed:
+                        await self.repay()
+                    probe = pacer.active and await pacer.admit(
+                        self.name, deadline, zero_wait=policy.zero_wait
+                    )
                     try:
-                        return await attempt(self.name, *args)
-                    except WachatError as exc:
+                        value = await attempt(self.name, *args)
+                    except BaseException as exc:
+                        pacer.record(exc, probe)
+                        if not isinstance(exc, WachatError):
+                            raise
                         self.error = exc
                         state.set_exception((type(exc), exc, exc.__traceback__))
+                        continue
+                    if pacer.active:
+                        pacer.record(None, probe)
+                    return value
         except WachatError as exc:  # first: a WachatTimeoutError is a TimeoutError too
             if self.reason is not None or state.attempt_number > 1:  # else: as it was raised
                 exc.attempts = state.attempt_number
@@ -466,7 +485,17 @@ class _Call:
         except TimeoutError as expired:
             raise self.deadline_exceeded(expired) from self.error
 
+    async def repay(self) -> None:
+        """Wait (woken by nothing but time) until the budget grants the retry it refused."""
+        budget, pacer = self.retrier.budget, self.retrier.pacer
+        while budget.balance < 1.0 - 1e-9:
+            await pacer.nap(pacer.rand(0.25, 0.75))
+        budget.try_withdraw()
+        self.owed = False
+
     def wait(self, state: RetryCallState) -> float:
+        if self.paced:
+            return 0.0  # the pacer waits the pause
         return self.retrier.policy.compute_wait(
             state.attempt_number - 1, getattr(self.error, "retry_after", None)
         )
@@ -477,16 +506,23 @@ class _Call:
         policy = retrier.policy
         retry_after = getattr(self.error, "retry_after", None)
         wait, deadline, limit = state.upcoming_sleep, policy.deadline, policy.max_retry_after
-        if state.attempt_number >= policy.max_attempts:
+        wait = max(wait, retrier.pacer.pause_left())
+        self.rate_limited += self.paced
+        if state.attempt_number - self.rate_limited >= policy.max_attempts:
             self.reason = ("max_attempts", "max_attempts reached")
-        elif policy.respect_retry_after and retry_after is not None and retry_after > limit:
+        elif policy.respect_retry_after and (retry_after or 0) > limit and not self.paced:
             over = f"Retry-After of {retry_after:g} s is over max_retry_after={limit:g} s"
             self.reason = ("retry_after", over)
         elif deadline is not None and retrier.clock() - self.started + wait >= deadline:
             crossing = f"waiting {wait:.2f} s would cross the {deadline:g} s deadline"
             self.reason = ("deadline", crossing)
+        elif self.paced:
+            pass  # paced by the pacer, not charged to the budget
         elif not retrier.budget.try_withdraw():
-            self.reason = ("budget", "retry budget exhausted")
+            if self.fleet and not policy.zero_wait:
+                self.owed = True
+            else:
+                self.reason = ("budget", "retry budget exhausted")
         return self.reason is not None
 
     def before_sleep(self, state: RetryCallState) -> None:
