@@ -236,11 +236,11 @@ def test_cancelling_a_waiter_leaves_nothing_behind_and_close_wakes_the_rest() ->
         first.cancel()
         await settle()
         assert first.cancelled()
-        assert len(pacer._waiters) == 1
+        assert len(pacer.sleepers) == 1
         pacer.close()
         await settle()
         assert isinstance(second.exception(), ClientClosedError)
-        assert not pacer._waiters
+        assert not pacer.sleepers
         with pytest.raises(ClientClosedError):
             await pacer.admit("later", None)
 
@@ -338,7 +338,7 @@ def test_a_lone_call_answered_429_raises_at_once_and_pauses_the_client() -> None
                 view = client.with_options(timeout=5)
                 assert view._retrier.pacer is client._state.pacer  # one pacer for both
                 call = asyncio.ensure_future(view.get_qr_image(NAME))
-                await until(lambda: bool(client._state.pacer._waiters))
+                await until(lambda: bool(client._state.pacer.sleepers))
                 assert server.request_count(NAME) == 1  # the view's call waits the pause
                 loop.skip(3.3)
                 await call
@@ -405,7 +405,7 @@ def test_aclose_ends_names_waiting_in_the_pacer_with_client_closed() -> None:
                         pass
 
             fleet = asyncio.ensure_future(run())
-            await until(lambda: pacer.opened is not None and len(pacer._waiters) >= 5)
+            await until(lambda: pacer.opened is not None and len(pacer.sleepers) >= 5)
             await client.aclose()
             with pytest.raises(ClientClosedError):
                 await asyncio.wait_for(fleet, 10)  # a hang guard: it ends on the next turns

@@ -96,7 +96,7 @@ class Pacer:
         self.active = False  # the one attribute the success path reads
         self.closed = self.warned = self.probing = self.loud = False
         self.rate_limited = self.pauses = self.circuit_openings = self.refused = 0
-        self._waiters: set[asyncio.Future[None]] = set()
+        self.sleepers: set[asyncio.Future[None]] = set()
         self._ring: deque[tuple[float, bool]] = deque(maxlen=RING)  # (when, failed)
         self._last_error: WachatError | None = None
         self._stand_down()
@@ -267,17 +267,17 @@ class Pacer:
         loop = asyncio.get_running_loop()
         waiter = loop.create_future()
         timer = loop.call_later(seconds, _wake, waiter)
-        self._waiters.add(waiter)
+        self.sleepers.add(waiter)
         try:
             await waiter
         finally:
             timer.cancel()
-            self._waiters.discard(waiter)
+            self.sleepers.discard(waiter)
         if self.closed:
             raise ClientClosedError("WachatClient was closed", attempts=0)
 
     def wake_all(self) -> None:
-        for waiter in self._waiters:
+        for waiter in self.sleepers:
             _wake(waiter)
 
     def close(self) -> None:
