@@ -96,6 +96,7 @@ class Pacer:
         self.active = False  # the one attribute the success path reads
         self.closed = self.warned = self.probing = self.loud = False
         self.rate_limited = self.pauses = self.circuit_openings = self.refused = 0
+        self.owing = 0  # fleet calls waiting for the retry budget
         self.sleepers: set[asyncio.Future[None]] = set()
         self._ring: deque[tuple[float, bool]] = deque(maxlen=RING)  # (when, failed)
         self._last_error: WachatError | None = None

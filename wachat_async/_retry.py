@@ -488,8 +488,12 @@ class _Call:
     async def repay(self) -> None:
         """Wait (woken by nothing but time) until the budget grants the retry it refused."""
         budget, pacer = self.retrier.budget, self.retrier.pacer
-        while budget.balance < 1.0 - 1e-9:
-            await pacer.nap(pacer.rand(0.25, 0.75))
+        pacer.owing += 1
+        try:
+            while budget.balance < 1.0 - 1e-9:
+                await pacer.nap(pacer.rand(0.25, 0.75))
+        finally:
+            pacer.owing -= 1
         budget.try_withdraw()
         self.owed = False
 
@@ -518,8 +522,12 @@ class _Call:
             self.reason = ("deadline", crossing)
         elif self.paced:
             pass  # paced by the pacer, not charged to the budget
-        elif not retrier.budget.try_withdraw():
-            if self.fleet and not policy.zero_wait:
+        elif not (budget := retrier.budget).try_withdraw():
+            # A fleet's name waits its turn, in a queue as long as time alone refills the
+            # budget in a ttl: beyond, a fleet of names waiting for tokens that only new
+            # first attempts bring would stall (they fail at once, as a lone call's do).
+            queue = budget.min_retries_per_second * budget.ttl
+            if self.fleet and not policy.zero_wait and retrier.pacer.owing < queue:
                 self.owed = True
             else:
                 self.reason = ("budget", "retry budget exhausted")
