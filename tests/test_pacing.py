@@ -17,7 +17,6 @@ from wachat_async import (
     QRFetchFailedError,
     RateLimitError,
     RetryBudget,
-    RetryPolicy,
     WachatClient,
     WachatTimeoutError,
 )
@@ -89,7 +88,8 @@ def test_a_429_pauses_every_waiter_until_its_jittered_retry_after() -> None:
     async def body(loop: SkippingLoop) -> None:
         pacer = skipping_pacer(loop, 0.0, 0.5, 1.0)
         pacer.record(RateLimitError(retry_after=2.0))
-        assert pacer.active and pacer.snapshot().paused_for == pytest.approx(2.0)
+        assert pacer.active
+        assert pacer.snapshot().paused_for == pytest.approx(2.0)
         waiters = admit_all(pacer, 3)
         for step, done in ((1.99, 0), (0.02, 1), (0.2, 2), (0.2, 3)):
             skip(pacer, step)
@@ -167,7 +167,8 @@ def test_the_circuit_opens_probes_once_a_second_and_closes_on_a_success() -> Non
         await asyncio.sleep(0.001)
         await settle()
         probes = [w for w in waiters if w.done()]
-        assert len(probes) == 1 and probes[0].result() is True  # one probe, the rest wait
+        assert len(probes) == 1
+        assert probes[0].result() is True
         pacer.record(QRFetchFailedError(), probe=True)  # it failed: still open
         skip(pacer, PROBE_EVERY)
         await asyncio.sleep(0.001)
@@ -222,7 +223,8 @@ def test_a_refused_status_error_names_its_own_instance() -> None:
         with pytest.raises(QRFetchFailedError) as refused:
             await pacer.admit("mine", 30.0)
         assert refused.value.status == 502
-        assert "'mine'" in str(refused.value) and "'x'" not in str(refused.value)
+        assert "'mine'" in str(refused.value)
+        assert "'x'" not in str(refused.value)
 
     run_skipping(body)
 
@@ -279,7 +281,8 @@ def test_one_warning_when_trouble_starts_and_one_when_it_ends(
         run_skipping(body)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 2, warnings
-    assert "429" in warnings[0] and "calm again" in warnings[1]
+    assert "429" in warnings[0]
+    assert "calm again" in warnings[1]
     assert all(KEY not in r.getMessage() for r in caplog.records)
 
 
@@ -293,7 +296,8 @@ def test_fleet_width_is_bounded_by_the_slots_and_warns_once(
         assert pacer.fleet_width(50, 100) == 50
         assert pacer.fleet_width(500, None) == 500
     [line] = [r.getMessage() for r in caplog.records]
-    assert "concurrency=200" in line and "max_connections" in line
+    assert "concurrency=200" in line
+    assert "max_connections" in line
 
 
 # -- the client, against the fake server ------------------------------------------------
@@ -311,8 +315,8 @@ def skipping_client(
         **options,  # type: ignore[arg-type]
     )
     client._retrier.clock = loop.time
-    client._state.pacer.clock = loop.time
-    client._state.pacer.rand = rands(0.5)
+    client._pacer.clock = loop.time
+    client._pacer.rand = rands(0.5)
     return client
 
 
@@ -336,9 +340,9 @@ def test_a_lone_call_answered_429_raises_at_once_and_pauses_the_client() -> None
                 assert (info.value.retry_after, info.value.attempts) == (3.0, 1)
                 assert server.request_count(NAME) == 1
                 view = client.with_options(timeout=5)
-                assert view._retrier.pacer is client._state.pacer  # one pacer for both
+                assert view._retrier.pacer is client._pacer  # one pacer for both
                 call = asyncio.ensure_future(view.get_qr_image(NAME))
-                await until(lambda: bool(client._state.pacer.sleepers))
+                await until(lambda: bool(client._pacer.sleepers))
                 assert server.request_count(NAME) == 1  # the view's call waits the pause
                 loop.skip(3.3)
                 await call
@@ -366,7 +370,7 @@ def test_fetch_many_under_a_rate_limit_loses_no_name() -> None:
                 assert sum(r.ok for r in results) == 100
                 total = server.request_count()
                 assert total - 100 <= 25, total  # the 429s: two bursts of at most 10
-                assert client._state.pacer.snapshot().rate_limited == total - 100
+                assert client._pacer.snapshot().rate_limited == total - 100
 
     run_skipping(body)
 
@@ -386,7 +390,7 @@ def test_fetch_many_rides_out_an_outage_with_few_requests() -> None:
                 await ticking(loop, run(), step=0.05)
                 assert sum(r.ok for r in results) == 200
                 assert server.request_count() <= 1.3 * 200
-                assert client._state.pacer.snapshot().circuit_openings == 1
+                assert client._pacer.snapshot().circuit_openings == 1
 
     run_skipping(body)
 
@@ -397,7 +401,7 @@ def test_aclose_ends_names_waiting_in_the_pacer_with_client_closed() -> None:
             server.set_conditions(Conditions(outage=1000.0))
             client = skipping_client(loop, server)
             names = [f"n{i}" for i in range(100)]
-            pacer = client._state.pacer
+            pacer = client._pacer
 
             async def run() -> None:
                 async with client.fetch_many(names, concurrency=25) as fleet:

@@ -20,16 +20,17 @@ from yarl import URL
 from ._errors import ClientClosedError, ConfigurationError, raise_clean
 from ._files import PathArg, write_stream
 from ._models import InstanceState, QRFailure, QRImage, QRSuccess
-from ._pacing import Pacer
 from ._network import (
     Proxy,
     SSLOption,
     check_ssl,
     check_trace_configs,
     env_proxy,
+    http_through_proxy,
     parse_proxy,
     ssl_for_session,
 )
+from ._pacing import Pacer
 from ._polling import DEFAULT_MAX_BACKOFF, FetchMany, QRWatch, fetch_many, watch_qr
 from ._redact import Secret, mentions
 from ._retry import Retrier, RetryBudget, RetryPolicy
@@ -68,20 +69,10 @@ _UNSET: Any = _Unset()
 class _State:
     """What a client and its views share (the transport reads it as its ``link``)."""
 
-    __slots__ = (
-        "borrowed",
-        "closed",
-        "guard",
-        "loop",
-        "pacer",
-        "proxy",
-        "session",
-        "slots",
-        "warned",
-    )
+    __slots__ = ("borrowed", "closed", "guard", "loop", "proxy", "session", "slots", "warned")
 
     def __init__(self, slots: ConnectionQueue, *, borrowed: bool) -> None:
-        self.borrowed, self.pacer = borrowed, Pacer()
+        self.borrowed = borrowed
         self.session: aiohttp.ClientSession | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.guard: AsyncGenerator[None, None] | None = None
@@ -205,7 +196,7 @@ class WachatClient:
                 secrets=secrets,
             )
         if api_base.scheme == "http" and self._proxy is not None and not allow_insecure_http:
-            raise ConfigurationError(_http_through_proxy(api_base, self._proxy, "proxy="))
+            raise ConfigurationError(http_through_proxy(api_base, self._proxy, "proxy="))
         self._allow_insecure_http = allow_insecure_http
         self._base_url = api_base
         self._borrowed = session
@@ -215,12 +206,9 @@ class WachatClient:
         #: The pool's size: a call queues here, before its timeout starts, not in aiohttp's pool.
         self._slot_limit = queue_limit(max_connections, session)
         self._state = _State(ConnectionQueue(self._slot_limit), borrowed=session is not None)
-        self._retrier = Retrier(
-            self._retry,
-            self._budget,
-            attempt_timeout=attempt_timeout.total,
-            pacer=self._state.pacer,
-        )
+        self._pacer = Pacer()  # views share it, as they share the budget
+        self._retrier = Retrier(self._retry, self._budget, attempt_timeout=attempt_timeout.total)
+        self._retrier.pacer = self._pacer
         self._owner = True  # False for a view: closing it closes nothing
         self._view_options: dict[str, str] = {}  # what a view changed, for its repr
         self._transport = Transport(
@@ -274,9 +262,8 @@ class WachatClient:
         view._owner = False
         view._view_options = {**self._view_options, **changed}
         view._retry = policy
-        view._retrier = Retrier(
-            policy, self._budget, attempt_timeout=new_timeout.total, pacer=self._state.pacer
-        )
+        view._retrier = Retrier(policy, self._budget, attempt_timeout=new_timeout.total)
+        view._retrier.pacer = self._pacer
         view._transport = transport.evolve(
             timeout=new_timeout, max_image_bytes=size, user_agent=agent
         )
@@ -340,7 +327,7 @@ class WachatClient:
         proxy = env_proxy(base, secrets=(self._api_key,))
         if proxy is not None and base.scheme == "http" and not self._allow_insecure_http:
             raise ConfigurationError(
-                _http_through_proxy(base, proxy, "HTTP_PROXY, trust_env=True")
+                http_through_proxy(base, proxy, "HTTP_PROXY, trust_env=True")
                 + " (or exclude the host with NO_PROXY)"
             )
         return proxy
@@ -417,7 +404,7 @@ class WachatClient:
             return
         state.closed = True
         state.slots.close()
-        state.pacer.close()
+        self._pacer.close()
         old = state.session, state.guard, state.loop
         state.session = state.guard = state.loop = None
         await self._let_go(*old)
@@ -501,7 +488,7 @@ class WachatClient:
         return fetch_many(
             self._fleet_fetch,
             instance_names,
-            concurrency=self._state.pacer.fleet_width(concurrency, self._slot_limit),
+            concurrency=self._pacer.fleet_width(concurrency, self._slot_limit),
             dedupe=dedupe,
             on_progress=on_progress,
         )
@@ -571,17 +558,6 @@ _OTHER_LOOP_MESSAGE = (
     "(and its views) belongs to one running event loop at a time. Make one client per thread "
     "(or per event loop), or run every call in one loop (asyncio.run_coroutine_threadsafe)"
 )
-
-
-def _http_through_proxy(base: URL, proxy: Proxy, source: str) -> str:
-    """Why a plain http:// base URL through a proxy is refused without allow_insecure_http."""
-    return (
-        f"Refusing plain http:// to {base.host} through the HTTP proxy {proxy.display} "
-        f"({source}): a plain-http request goes to the proxy as it is, so the proxy and the "
-        "network to it would read the API key in clear text (and the proxy would resolve "
-        f"{base.host} itself). Use https:// (the key then travels inside the proxy's CONNECT "
-        "tunnel), or pass allow_insecure_http=True if you mean it"
-    )
 
 
 def _check_type(value: object, kind: type, name: str) -> None:

@@ -512,3 +512,14 @@ def proxy_status_error(
         proxy_status=status,
         instance_name=instance_name,
     )
+
+
+def http_through_proxy(base: URL, proxy: Proxy, source: str) -> str:
+    """Why a plain http:// base URL through a proxy is refused without allow_insecure_http."""
+    return (
+        f"Refusing plain http:// to {base.host} through the HTTP proxy {proxy.display} "
+        f"({source}): a plain-http request goes to the proxy as it is, so the proxy and the "
+        "network to it would read the API key in clear text (and the proxy would resolve "
+        f"{base.host} itself). Use https:// (the key then travels inside the proxy's CONNECT "
+        "tunnel), or pass allow_insecure_http=True if you mean it"
+    )

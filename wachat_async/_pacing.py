@@ -1,11 +1,6 @@
-"""Flow control at the API's limits (:class:`Pacer`), one per client, shared by its views.
-
-A 429 pauses every new attempt until its ``Retry-After`` (each waiter jittered over [ra,
-1.2 ra]), then a rate cap learned from 429s (AIMD) holds the pace; a circuit holds attempts
-while most recent ones fail transiently, probing the API once a second. All of it stays off
-until a 429 or a transient failure: until then the retry loop reads ``active`` and nothing
-else. Imports only ``_errors``.
-"""
+"""Flow control at the API's limits (:class:`Pacer`, one per client and its views): pauses
+on 429, a rate cap learned from 429s, a circuit for outages (docs/fleets.md, "Rate limits and
+outages"). Off until a 429 or a transient failure. Imports only ``_errors``."""
 
 from __future__ import annotations
 
@@ -60,9 +55,8 @@ def _failing(error: BaseException) -> bool:
 
 @attrs.frozen(kw_only=True)
 class PacerSnapshot:
-    """:meth:`Pacer.snapshot`: ``paused_for`` seconds left of a 429's pause, the ``rate_cap``
-    (requests/s, None: none), the ``circuit`` (``"refusing"``: open past the deadline, calls
-    fail at once), and counts since the client was made."""
+    """``paused_for``: seconds left of a pause; ``rate_cap``: requests/s (None: none);
+    ``"refusing"``: open past the deadline; the counts are since the client was made."""
 
     active: bool
     paused_for: float
@@ -80,12 +74,8 @@ def _wake(waiter: asyncio.Future[None]) -> None:
 
 
 class Pacer:
-    """Pauses, rate cap and circuit of one client (docs/fleets.md, "Rate limits and outages").
-
-    The retry loop calls :meth:`admit` before an attempt and :meth:`record` after it while
-    ``active``, and :meth:`record` for every failure. *clock* and *rand* (``random.uniform``'s
-    signature) are injectable for tests.
-    """
+    """The retry loop calls :meth:`admit` before an attempt and :meth:`record` after it while
+    ``active``, and :meth:`record` for every failure. *rand*: ``random.uniform``'s signature."""
 
     def __init__(
         self,
@@ -168,13 +158,7 @@ class Pacer:
             self.cap = None
         if self.cap is None and self.opened is None and now - self.trouble > QUIET:
             if self.loud:
-                logger.warning(
-                    "Wachat API calm again: pacing stands down (%d 429s, %d pauses and %d "
-                    "circuit openings so far)",
-                    self.rate_limited,
-                    self.pauses,
-                    self.circuit_openings,
-                )
+                logger.warning("Wachat API calm again: pacing stands down (%r)", self.snapshot())
             self.active = self.loud = False
             self._stand_down()
 
@@ -183,15 +167,14 @@ class Pacer:
         self.refused += 1
         self.refusing = True
         last = self._last_error
-        assert last is not None and self.opened is not None  # what opened the circuit
+        assert last is not None  # what opened the circuit
+        assert self.opened is not None
         if isinstance(last, APIStatusError):
             error: WachatError = type(last)(status=last.status, instance_name=name, attempts=0)
         else:
             error = type(last)(last.message, instance_name=name, attempts=0)
-        error.add_note(
-            f"not sent: the circuit has been open for {now - self.opened:.0f} s (the API "
-            "failing most attempts) and every probe since has failed"
-        )
+        ago = f"{now - self.opened:.0f} s"
+        error.add_note(f"not sent: the circuit has been open for {ago}, every probe failing")
         return error
 
     def record(self, error: BaseException | None, probe: bool = False) -> None:
@@ -211,8 +194,7 @@ class Pacer:
                 self.learning = (self.learning[0], self.learning[1] + 1)
             if self.opened is not None:
                 logger.warning(
-                    "Wachat API answering again: circuit closed after %.1f s",
-                    now - self.opened,
+                    "Wachat API answers again: circuit closed after %.1f s", now - self.opened
                 )
                 self.opened, self.refusing = None, False
                 self._ring.clear()
@@ -255,13 +237,8 @@ class Pacer:
         if len(recent) >= MIN_OUTCOMES and sum(recent) >= OPEN_SHARE * len(recent):
             self.opened, self.next_probe = now, now + PROBE_EVERY
             self.circuit_openings += 1
-            logger.warning(
-                "Wachat API failing %d of the last %d attempts (%s): circuit open, new "
-                "attempts wait while one probe a second tests it",
-                sum(recent),
-                len(recent),
-                type(error).__name__,
-            )
+            failing = f"{sum(recent)} of the last {len(recent)} attempts"
+            logger.warning("Wachat API failing %s: circuit open, probing once a second", failing)
 
     async def nap(self, seconds: float) -> None:
         """Sleep *seconds*, or less if woken (the circuit closes, the client closes)."""
@@ -282,8 +259,7 @@ class Pacer:
             _wake(waiter)
 
     def close(self) -> None:
-        """The client closed: every waiter and later :meth:`admit` raises
-        :class:`ClientClosedError`."""
+        """The client closed: waiters and later :meth:`admit` raise ClientClosedError."""
         self.closed = True
         self.wake_all()
 
@@ -293,14 +269,8 @@ class Pacer:
             return concurrency
         if not self.warned:
             self.warned = True
-            logger.warning(
-                "fetch_many(concurrency=%d) is over this client's %d connection slots: it "
-                "runs %d at a time; raise max_connections (or the borrowed session's "
-                "connector limit) to run more",
-                concurrency,
-                limit,
-                limit,
-            )
+            over = f"fetch_many(concurrency={concurrency}) runs {limit} at a time"
+            logger.warning("%s: raise the client's max_connections (%d) for more", over, limit)
         return limit
 
     def snapshot(self) -> PacerSnapshot:

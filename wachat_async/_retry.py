@@ -1,9 +1,5 @@
-"""Retries: the policy, the budget and the retry loop (:class:`Retrier`).
-
-Only the statuses Wachat documents as transient (502 and 504) are retried by default, after a
-"full jitter" wait or the server's ``Retry-After``, within a deadline for the whole call and a
-:class:`RetryBudget` shared by a client. Never imports the client, the transport or the stream.
-"""
+"""Retries: the policy, the budget and the retry loop (:class:`Retrier`), paced by the
+client's ``Pacer``. Never imports the client, the transport or the stream."""
 
 from __future__ import annotations
 
@@ -171,17 +167,11 @@ def _statuses(value: Iterable[int]) -> frozenset[int]:
 
 @attrs.frozen(kw_only=True)
 class RetryPolicy:
-    """When and how long to retry a failed call (docs/retries.md).
-
-    Up to ``max_attempts`` attempts, retrying ``statuses`` (and, with ``retry_transport_errors``,
-    transport faults: see :meth:`is_retryable`), after ``uniform(0, min(max_wait, initial_wait
-    * 2**n))`` s before retry *n* (full jitter) or the server's ``Retry-After`` when
-    ``respect_retry_after``; one over ``max_retry_after``, or a wait that would cross the
-    ``deadline`` (the whole call's, enforced by cancellation), ends the call with the last error.
-    ``on_retry`` gets a :class:`RetryEvent` before every wait, ``on_give_up`` a
-    :class:`GiveUpEvent` when a retryable failure is not retried: plain functions (``async def``
-    is a ``TypeError``) whose exceptions and return values are logged and ignored.
-    ``zero_wait=True`` (``without_waits()``) reports waits but never sleeps, for tests.
+    """When and how long to retry a failed call (docs/retries.md): up to ``max_attempts``,
+    retrying ``statuses`` (and transport faults with ``retry_transport_errors``), after a full
+    jitter backoff or the ``Retry-After`` (jittered), within the call's ``deadline``. Hooks
+    ``on_retry`` and ``on_give_up`` are plain functions whose failures are logged and ignored;
+    ``zero_wait=True`` reports waits but never sleeps, for tests.
     """
 
     # A wrong type of max_attempts is a ValueError, as it always was.
@@ -229,15 +219,13 @@ class RetryPolicy:
         """Seconds to wait before retry *retry_number* (0-based): a ``Retry-After`` of *ra* is
         waited uniformly over [ra, 1.2 ra], so that calls told the same do not retry together."""
         if retry_after is not None and self.respect_retry_after:
-            return random.uniform(retry_after, retry_after * (1 + JITTER))
+            return random.uniform(retry_after, retry_after * (1 + JITTER))  # noqa: S311
         return backoff_wait(retry_number, initial_wait=self.initial_wait, max_wait=self.max_wait)
 
 
 class _Window:
-    """The budget's counts, in plain attributes (no attrs hook: ``deposit`` runs on every call).
-    ``marks`` holds the counts at the end of each second of the window that had traffic;
-    ``expired``, those of the seconds gone. Each second is marked and dropped once.
-    """
+    """The budget's counts (plain attributes: ``deposit`` runs on every call); ``marks``, the
+    counts at the end of each second with traffic; ``expired``, those of the seconds gone."""
 
     def __init__(self) -> None:
         self.calls = self.retries = self.refused = 0
@@ -255,14 +243,10 @@ class _Window:
 
 @attrs.define(kw_only=True, eq=False)
 class RetryBudget:
-    """A token bucket that caps retries at a fraction of recent traffic (Finagle's RetryBudget).
-
-    Every call deposits ``ratio`` of a token and every retry withdraws one, for ``ttl`` seconds
-    (1 to 60, counted in whole seconds of *clock*), with ``min_retries_per_second * ttl``
-    tokens always there on top so that a quiet client can still retry: with the defaults,
-    retries add at most about 20% to the load of an API that fails every call, plus 20 per
-    10 s. An empty budget refuses retries, never first attempts. One budget serves all calls of
-    a client; ``calls``, ``retries`` and ``refused`` count what happened.
+    """A token bucket that caps retries at a fraction of recent traffic (Finagle's RetryBudget):
+    every call deposits ``ratio`` of a token, every retry withdraws one, over ``ttl`` seconds
+    (1 to 60), with ``min_retries_per_second * ttl`` tokens on top. It refuses retries, never
+    first attempts; ``calls``, ``retries`` and ``refused`` count what happened.
     """
 
     ratio: float = attrs.field(default=0.2, validator=_number())
@@ -339,11 +323,9 @@ def _attempts(n: int) -> str:
 
 
 class Retrier:
-    """The retry loop: runs one call's attempts under a :class:`RetryPolicy`, drawing retries
-    from *budget*, waiting with *sleep* and measuring the deadline on *clock* (tests inject
-    both), paced by *pacer* (the client's). *attempt_timeout* is one attempt's own limit
-    (``None``: unbounded). A retried attempt must release what it holds before it raises.
-    """
+    """The retry loop: one call's attempts under a :class:`RetryPolicy`, retries drawn from
+    *budget*, paced by *pacer*; *sleep* and *clock* are injectable. A retried attempt must
+    release what it holds before it raises."""
 
     __slots__ = ("budget", "clock", "guards_first_attempt", "pacer", "policy", "sleep")
 
@@ -385,19 +367,15 @@ class Retrier:
         if self.budget.clock is not self.clock:
             started = self.clock()
         error: WachatError | None = None
-        if (
-            not self.guards_first_attempt
-            and not self.pacer.active
-            and not (
-                # No slot free: the attempt will queue, and queueing counts.
-                policy.deadline is not None and queue is not None and queue.locked()
-            )
+        if not (self.guards_first_attempt or self.pacer.active) and not (
+            # No slot free: the attempt will queue, and queueing counts.
+            policy.deadline is not None and queue is not None and queue.locked()
         ):
             try:
                 return await attempt(name, *args)
             except WachatError as exc:
                 self.pacer.record(exc)
-                if not (policy.is_retryable(exc) or fleet and isinstance(exc, RateLimitError)):
+                if not (policy.is_retryable(exc) or (fleet and isinstance(exc, RateLimitError))):
                     raise
                 error = exc
         return await _Call(self, name, started, error, fleet).run(attempt, args)
@@ -405,13 +383,10 @@ class Retrier:
 
 class _Call:
     """The rest of one call: a fresh tenacity ``AsyncRetrying`` under the deadline's timer.
-
     tenacity calls ``wait``, ``stop`` and ``before_sleep`` once per failed retryable attempt,
-    in that order (since 8.3: ``stop_before_delay`` reads the upcoming sleep too). ``stop``
-    charges the budget last, so once per retry (a fleet's 429 is paced instead, and a refusal
-    makes a fleet's retry wait for the budget: ``owed``). The error that ends the call carries
-    ``attempts`` and a note, ``gave up after N attempts in T s (reason)``; a deadline that
-    strikes is a :class:`DeadlineExceededError` chained to the last real error.
+    in that order (8.3+); ``stop`` charges the budget last, so once per retry (a fleet's 429 is
+    paced instead; a refused fleet retry is ``owed``). The ending error carries ``attempts`` and
+    a note; a deadline that strikes is a :class:`DeadlineExceededError` chained to the last.
     """
 
     def __init__(
@@ -523,9 +498,8 @@ class _Call:
         elif self.paced:
             pass  # paced by the pacer, not charged to the budget
         elif not (budget := retrier.budget).try_withdraw():
-            # A fleet's name waits its turn, in a queue as long as time alone refills the
-            # budget in a ttl: beyond, a fleet of names waiting for tokens that only new
-            # first attempts bring would stall (they fail at once, as a lone call's do).
+            # A fleet's name waits its turn in a queue as long as the budget's floor: a longer
+            # one would stall on tokens that only new first attempts bring.
             queue = budget.min_retries_per_second * budget.ttl
             if self.fleet and not policy.zero_wait and retrier.pacer.owing < queue:
                 self.owed = True
