@@ -1,11 +1,5 @@
-"""The exceptions wachat-async raises: every one is a :class:`WachatError` (their tree is in
-docs/reference/errors.md).
-
-After retries end, the *last real error* is raised (never a wrapper), with ``.attempts`` and a
-note (``__notes__``) such as ``gave up after 4 attempts in 3.1 s``. Transport errors keep
-their cause, sanitised so that no request header can be read from it. Messages never carry
-the API key: :class:`ConfigurationError` redacts what it is given. Imports only ``_redact``.
-"""
+"""The exceptions wachat-async raises, all :class:`WachatError` (docs/reference/errors.md).
+Messages never carry the API key. Imports only ``_redact``."""
 
 from __future__ import annotations
 

@@ -209,22 +209,17 @@ AnyResult = QRSuccess | QRFailure
 
 
 class FetchMany(contextlib.AbstractAsyncContextManager["FetchMany"]):
-    """Fetches the QR of the names in *instance_names*, at most *concurrency* at a time: an
-    async iterator of a :class:`QRSuccess` or :class:`QRFailure` per name in order of
-    completion, and an async context manager; what :func:`fetch_many` returns::
+    """What :func:`fetch_many` returns: the QR of each name in *instance_names*, at most
+    *concurrency* at a time, as an async iterator of a :class:`QRSuccess` or :class:`QRFailure`
+    per name in order of completion (:class:`ClientClosedError` and bugs are raised from the
+    loop), and an async context manager that cancels what is in flight on exit::
 
         async with client.fetch_many(names, concurrency=50) as results:
             async for result in results:
                 if not result.ok:
                     print(result.instance_name, result.error)
 
-    Workers pull names lazily and yield to the loop every ``PULLS_PER_YIELD`` names; with
-    ``dedupe=True`` a name seen again is skipped, and one name is never in flight twice at
-    once. A :class:`WachatError` (an invalid name too) becomes a :class:`QRFailure`, except
-    :class:`ClientClosedError`, raised from the loop; any other exception cancels the batch and
-    is raised. *on_progress* gets each result before it is yielded. Leaving the ``async with``
-    block cancels what is in flight and waits for it; cancelling the consumer cancels the batch
-    (later ``__anext__`` raise ``RuntimeError``). Details: docs/fleets.md.
+    Details: docs/fleets.md.
     """
 
     def __init__(
@@ -342,20 +337,12 @@ def watch_wait(interval: float, failures: int, max_backoff: float = DEFAULT_MAX_
 
 
 class QRWatch(contextlib.AbstractAsyncContextManager["QRWatch"]):
-    """Polls one instance and yields its QR (a :class:`QRImage`) each time it changes (by
-    SHA-256); what :func:`watch_qr` returns, also an async context manager (leaving it, or
-    :meth:`aclose` from any task, stops the watch).
-
-    Each round checks the state first with *get_state* (ending once ``is_connected``), fetches
-    the QR, yields it if new, then sleeps ``max(MIN_INTERVAL, watch_wait(...) * rand(1 -
-    jitter, 1 + jitter))``. Transient failures (:func:`is_transient`) are logged as warnings
-    and double the wait, up to *max_backoff*; others are raised. *max_qrs* and
-    *linking_timeout* (seconds on *clock*) end the watch with :class:`QRExpiredError`, with no
-    further request. ``shown`` counts the QR codes yielded, ``polls`` the fetches,
-    ``failures`` the transient failures in a row; ``latest`` is the last image yielded;
-    ``connected`` is true once the watch ended on a linked instance. Details: docs/fleets.md.
-
-    ::
+    """What :func:`watch_qr` returns: polls one instance and yields its QR (a :class:`QRImage`)
+    each time it changes; an async context manager too (leaving it, or :meth:`aclose` from any
+    task, stops it). Transient failures (:func:`is_transient`) are logged and double the wait up
+    to *max_backoff*; others are raised; *max_qrs* and *linking_timeout* (on *clock*) end it
+    with :class:`QRExpiredError`. ``shown``, ``polls``, ``failures`` (in a row), ``latest`` and
+    ``connected`` say how it went. Details: docs/fleets.md, "Watching one instance"::
 
         async with client.watch_qr(name, until_connected=True) as watch:
             async for qr in watch:
