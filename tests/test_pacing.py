@@ -13,10 +13,12 @@ import pytest
 from tests.conftest import KEY, NAME, SkippingLoop, run_skipping, until
 from wachat_async import (
     ClientClosedError,
+    DeadlineExceededError,
     InstanceNotFoundError,
     QRFetchFailedError,
     RateLimitError,
     RetryBudget,
+    RetryPolicy,
     WachatClient,
     WachatTimeoutError,
 )
@@ -459,5 +461,25 @@ def test_a_watch_waits_the_pace_instead_of_failing() -> None:
                 await ticking(loop, first(), step=0.1)
                 assert (watch.failures, server.request_count(NAME)) == (0, 2)
                 await watch.aclose()
+
+    run_skipping(body)
+
+
+def test_a_deadline_while_paced_says_so_and_counts_no_attempt() -> None:
+    async def body(loop: SkippingLoop) -> None:
+        async with FakeWachatServer(api_key=KEY, clock=loop.time) as server:
+            server.add_instance(NAME)
+            server.script(NAME, [Fault(status=429, retry_after="60")])
+            async with skipping_client(loop, server, retry=RetryPolicy(deadline=5)) as client:
+                with pytest.raises(RateLimitError):
+                    await client.get_qr_image(NAME)
+                call = asyncio.ensure_future(client.get_qr_image(NAME))
+                await until(lambda: bool(client._pacer.sleepers))
+                loop.skip(5.5)
+                with pytest.raises(DeadlineExceededError) as info:
+                    await call
+                assert info.value.attempts == 0
+                assert "waiting for the pacer" in str(info.value)
+                assert server.request_count(NAME) == 1
 
     run_skipping(body)

@@ -395,6 +395,7 @@ class _Call:
         self.retrier, self.name, self.started, self.fleet = retrier, name, started, fleet
         self.error = error  # the last real error
         self.paced = self.owed = False  # a fleet's 429 / a retry the budget has not granted yet
+        self.pacing = False  # waiting for the pacer's admission
         self.rate_limited = 0  # a fleet's 429s, not counted against max_attempts
         self.reason: tuple[GiveUpReason, str] | None = None  # why stop() ended the call
         self.hook_failures: set[str] = set()  # hooks whose failure was logged (once per call)
@@ -431,11 +432,13 @@ class _Call:
                         await retrier.sleep(do)
                         state.prepare_for_next_attempt()  # after the wait: attempts sent
                         continue
+                    self.pacing = True
                     if self.owed:
                         await self.repay()
                     probe = pacer.active and await pacer.admit(
                         self.name, deadline, zero_wait=policy.zero_wait
                     )
+                    self.pacing = False
                     try:
                         value = await attempt(self.name, *args)
                     except BaseException as exc:
@@ -450,7 +453,7 @@ class _Call:
                     return value
         except WachatError as exc:  # first: a WachatTimeoutError is a TimeoutError too
             if self.reason is not None or state.attempt_number > 1:  # else: as it was raised
-                exc.attempts = state.attempt_number
+                exc.attempts = state.attempt_number - self.pacing  # not sent if still pacing
                 elapsed = retrier.clock() - self.started
                 note = f"gave up after {_attempts(exc.attempts)} in {elapsed:.1f} s"
                 exc.add_note(f"{note} ({self.reason[1]})" if self.reason else note)
@@ -532,12 +535,14 @@ class _Call:
         attempts = self.state.attempt_number
         message = f"deadline of {deadline:g} s exceeded"
         in_use = slot_wait(expired)
-        if in_use is None:
+        if in_use is None and not self.pacing:
             message += f" after {_attempts(attempts)}"
         else:
-            # The attempt counted last was never sent: it was waiting for a slot.
+            # The attempt counted last was never sent: it was waiting for a slot or the pacer.
             attempts -= 1
             queued = f"waiting for a connection slot ({in_use} in use: is a stream left open?)"
+            if in_use is None:
+                queued = "waiting for the pacer (a 429's pause, an open circuit) or the budget"
             after = f" after {_attempts(attempts)}, the next one " if attempts else " while "
             message += after + queued
         error = DeadlineExceededError(
