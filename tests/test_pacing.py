@@ -483,3 +483,28 @@ def test_a_deadline_while_paced_says_so_and_counts_no_attempt() -> None:
                 assert server.request_count(NAME) == 1
 
     run_skipping(body)
+
+
+def test_failed_probes_count_against_neither_max_attempts_nor_the_budget() -> None:
+    """A call that probes an open circuit five times in vain (max_attempts=2, a budget that
+    refuses every retry) still gets its QR from the sixth probe."""
+
+    async def body(loop: SkippingLoop) -> None:
+        async with FakeWachatServer(api_key=KEY, clock=loop.time) as server:
+            server.add_instance(NAME)
+            server.script(NAME, [502] * 5)
+            budget = RetryBudget(min_retries_per_second=0, clock=loop.time)
+            policy = RetryPolicy(max_attempts=2)
+            async with skipping_client(loop, server, retry=policy, retry_budget=budget) as client:
+                pacer = client._pacer
+                pacer.clock = loop.time
+                _storm(pacer)
+                assert pacer.snapshot().circuit == "open"
+                call = asyncio.ensure_future(client.get_qr_image(NAME))
+                await ticking(loop, asyncio.wait([call]), step=0.25)
+                assert call.result().data.startswith(b"\x89PNG")
+                assert server.request_count(NAME) == 6
+                assert (budget.retries, budget.refused) == (0, 0)
+                assert pacer.snapshot().circuit == "closed"
+
+    run_skipping(body)

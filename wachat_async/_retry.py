@@ -394,9 +394,10 @@ class _Call:
     ) -> None:
         self.retrier, self.name, self.started, self.fleet = retrier, name, started, fleet
         self.error = error  # the last real error
-        self.paced = self.owed = False  # a fleet's 429 / a retry the budget has not granted yet
+        # paced: a failed probe of the circuit, or a fleet's 429; owed: a refused fleet retry
+        self.paced = self.owed = self.probe = False
         self.pacing = False  # waiting for the pacer's admission
-        self.rate_limited = 0  # a fleet's 429s, not counted against max_attempts
+        self.free = 0  # paced failures, not counted against max_attempts
         self.reason: tuple[GiveUpReason, str] | None = None  # why stop() ended the call
         self.hook_failures: set[str] = set()  # hooks whose failure was logged (once per call)
         self.retrying = AsyncRetrying(
@@ -413,9 +414,10 @@ class _Call:
 
     def retryable(self, error: BaseException) -> bool:
         policy = self.retrier.policy
-        self.paced = self.fleet and isinstance(error, RateLimitError)
-        self.paced &= not policy.is_retryable(error)
-        return self.paced or policy.is_retryable(error)
+        retryable = policy.is_retryable(error)
+        fleet_429 = self.fleet and isinstance(error, RateLimitError) and not retryable
+        self.paced = fleet_429 or (self.probe and retryable)
+        return self.paced or retryable
 
     async def run(self, attempt: Callable[..., Awaitable[T]], args: tuple[Any, ...]) -> T:
         state = self.state
@@ -435,7 +437,7 @@ class _Call:
                     self.pacing = True
                     if self.owed:
                         await self.repay()
-                    probe = pacer.active and await pacer.admit(
+                    self.probe = probe = pacer.active and await pacer.admit(
                         self.name, deadline, zero_wait=policy.zero_wait
                     )
                     self.pacing = False
@@ -489,8 +491,8 @@ class _Call:
         retry_after = getattr(self.error, "retry_after", None)
         wait, deadline, limit = state.upcoming_sleep, policy.deadline, policy.max_retry_after
         wait = max(wait, retrier.pacer.pause_left())
-        self.rate_limited += self.paced
-        if state.attempt_number - self.rate_limited >= policy.max_attempts:
+        self.free += self.paced
+        if state.attempt_number - self.free >= policy.max_attempts:
             self.reason = ("max_attempts", "max_attempts reached")
         elif policy.respect_retry_after and (retry_after or 0) > limit and not self.paced:
             over = f"Retry-After of {retry_after:g} s is over max_retry_after={limit:g} s"
