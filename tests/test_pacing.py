@@ -508,3 +508,32 @@ def test_failed_probes_count_against_neither_max_attempts_nor_the_budget() -> No
                 assert pacer.snapshot().circuit == "closed"
 
     run_skipping(body)
+
+
+def test_waiters_sleep_while_a_probe_hangs_then_one_takes_the_next_probe() -> None:
+    """With a probe in flight past its second, a waiter sleeps once (until the refusal
+    limit), not in a busy loop; the probe's failure wakes it to be the next probe."""
+
+    async def body(loop: SkippingLoop) -> None:
+        pacer = skipping_pacer(loop)
+        _storm(pacer)
+        pacer.probing = True
+        skip(pacer, 5.0)
+        naps: list[float] = []
+        nap = pacer.nap
+
+        async def counted(seconds: float) -> None:
+            naps.append(seconds)
+            await nap(seconds)
+
+        pacer.nap = counted  # type: ignore[method-assign]
+        [waiter] = admit_all(pacer, 1)
+        for _ in range(50):
+            await asyncio.sleep(0)
+        assert naps == [25.0]  # until the 30 s deadline from the opening
+        pacer.record(QRFetchFailedError(), probe=True)
+        await settle()
+        assert waiter.result() is True
+        assert naps == [25.0]
+
+    run_skipping(body)

@@ -128,7 +128,7 @@ class Pacer:
                 limit = self.opened + (REFUSE_AFTER if deadline is None else deadline)
                 if now >= limit:
                     raise self._refusal(name, now)
-                wait = min(self.next_probe, limit) - now
+                wait = limit - now if self.probing else min(self.next_probe, limit) - now
             else:
                 start, ra = self.pause
                 wait = start + ra * share - now
@@ -179,8 +179,9 @@ class Pacer:
 
     def record(self, error: BaseException | None, probe: bool = False) -> None:
         """The outcome of an attempt: None (a success), or what it raised."""
-        if probe:
+        if probe:  # the next probe may go: wake the waiters to take it
             self.probing = False
+            self.wake_all()
         if error is not None and not isinstance(error, WachatError):
             return  # cancelled: no outcome
         now = self.clock()
