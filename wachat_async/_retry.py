@@ -503,9 +503,9 @@ class _Call:
         elif self.paced:
             pass  # paced by the pacer, not charged to the budget
         elif not (budget := retrier.budget).try_withdraw():
-            # A fleet's name waits its turn in a queue as long as the budget's floor: a longer
-            # one would stall on tokens that only new first attempts bring.
-            queue = budget.min_retries_per_second * budget.ttl
+            # A fleet's name waits its turn in a queue that time alone serves within a second:
+            # a longer one would hold workers waiting for tokens that only new calls bring.
+            queue = budget.min_retries_per_second
             if self.fleet and not policy.zero_wait and retrier.pacer.owing < queue:
                 self.owed = True
             else:
