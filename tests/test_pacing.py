@@ -537,3 +537,19 @@ def test_waiters_sleep_while_a_probe_hangs_then_one_takes_the_next_probe() -> No
         assert naps == [25.0]
 
     run_skipping(body)
+
+
+async def test_fetch_many_over_the_slots_runs_at_the_slots_and_warns_once_per_client(
+    server: FakeWachatServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with WachatClient(api_key=KEY, base_url=server.base_url, max_connections=2) as client:
+        with caplog.at_level(logging.WARNING, logger="wachat_async"):
+            first = client.fetch_many([NAME], concurrency=50)
+            second = client.with_options(timeout=5).fetch_many([NAME], concurrency=60)
+            async with first, second:
+                assert [r.ok async for r in first] == [True]
+                assert [r.ok async for r in second] == [True]
+        assert "concurrency=2 " in repr(first)
+    [line] = [r.getMessage() for r in caplog.records]
+    assert "fetch_many(concurrency=50) runs 2 at a time" in line
+    assert "max_connections" in line
