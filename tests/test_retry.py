@@ -41,11 +41,11 @@ from wachat_async import (
     WachatTimeoutError,
 )
 from wachat_async._errors import status_error
+from wachat_async._pacing import is_transport_fault
 from wachat_async._retry import (
     Retrier,
     backoff_wait,
     is_transient,
-    is_transport_fault,
 )
 from wachat_async._slots import ConnectionQueue, note_slot_wait
 from wachat_async.testing import FakeWachatServer, Fault
