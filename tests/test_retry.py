@@ -568,7 +568,7 @@ async def test_loop_sleeps_the_computed_waits_and_returns_the_result() -> None:
     assert calls == [21, 21, 21]
     assert 5.0 <= slept[0] <= 6.0
     assert 10.0 <= slept[1] <= 12.0
-    assert clock.now == 1000.0 + sum(slept)
+    assert clock.now == pytest.approx(1000.0 + sum(slept))
 
 
 async def test_the_deadline_timer_is_armed_with_what_the_clock_says_is_left() -> None:
