@@ -131,9 +131,9 @@ def test_the_rate_cap_is_learned_from_429s_halved_then_climbs_and_spaces_request
         assert pacer.snapshot().rate_cap == pytest.approx(100.0)
         skip(pacer, 1.0)
         pacer.record(RateLimitError(retry_after=1.0))
-        assert pacer.snapshot().rate_cap == pytest.approx(105.0 / 2)  # it had climbed 1 s
+        assert pacer.snapshot().rate_cap == pytest.approx(102.5 / 2)  # it had climbed 1 s
         skip(pacer, 2.0)
-        assert pacer.snapshot().rate_cap == pytest.approx(52.5 * 1.1)  # + cap/20 per second
+        assert pacer.snapshot().rate_cap == pytest.approx(51.25 * 1.05)  # + cap/40 per second
         pacer.cap, pacer.step, pacer.cap_at = 10.0, 0.0, pacer.clock()
         waiters = admit_all(pacer, 3)
         await settle()

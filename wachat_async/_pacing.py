@@ -222,7 +222,7 @@ class Pacer:
             elif self.learning[1]:  # the API's pace: what it let through since the first 429
                 cap = self.learning[1] / (now - self.learning[0])
             if cap is not None:
-                self.cap, self.cap_at, self.step = max(cap, 1.0), now, max(cap, 20.0) / 20
+                self.cap, self.cap_at, self.step = max(cap, 1.0), now, max(cap, 40.0) / 40
             logger.info("429: pausing new requests for %g s (rate cap %s)", ra, self.cap)
         self.pause = (now, ra)
 
