@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -22,6 +23,8 @@ from wachat_async import WachatClient
 from wachat_async.web import WATCH_TASK_PREFIX
 
 FRAMEWORKS = ("aiohttp", "starlette")
+#: Also wachat_async.web.fastapi.qr_router under FastAPI, for tests of what all answer alike.
+EVERY_FRAMEWORK = (*FRAMEWORKS, "fastapi-router")
 #: Bounds for waits in tests (never asserted on).
 LIMIT = 30.0
 
@@ -34,8 +37,13 @@ def allow_all(request: object, instance_name: str) -> bool:
 async def serve(
     framework: str, client: WachatClient, *, fastapi: bool = False, **options: Any
 ) -> AsyncIterator[str]:
-    """Serve ``qr_routes(client, **options)`` with *framework*; yield the base URL."""
+    """Serve ``qr_routes(client, **options)`` with *framework*; yield the base URL.
+    ``fastapi-router``: ``qr_router`` included at the prefix, *authorize* made a dependency."""
     options.setdefault("authorize", allow_all)
+    if framework == "fastapi-router":
+        async with serve_asgi(router_app(client, **options)) as base:
+            yield base
+        return
     if framework == "aiohttp":
         from wachat_async.web.aiohttp import qr_routes
 
@@ -57,6 +65,32 @@ async def serve(
         asgi = Starlette(routes=routes)
     async with serve_asgi(asgi) as base:
         yield base
+
+
+def router_app(client: WachatClient, **options: Any) -> Any:
+    """A FastAPI app with ``qr_router(client, **options)`` included at ``prefix`` ("/qr")."""
+    from fastapi import FastAPI, Request
+
+    from wachat_async.web.fastapi import qr_router
+
+    rule = options.pop("authorize")
+    prefix = options.pop("prefix", "/qr")
+
+    async def authorize(request: Request, instance_name: str) -> Any:
+        verdict = rule(request, instance_name)
+        return await verdict if inspect.isawaitable(verdict) else verdict
+
+    keyword = inspect.Parameter.KEYWORD_ONLY  # annotations as objects: Request is local here
+    authorize.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [
+            inspect.Parameter("request", keyword, annotation=Request),
+            *[inspect.Parameter("instance_name", keyword, annotation=str)],
+        ]
+    )
+
+    app = FastAPI()
+    app.include_router(qr_router(client, authorize=authorize, **options), prefix=prefix)
+    return app
 
 
 @contextlib.asynccontextmanager
@@ -96,7 +130,7 @@ class EventReader:
 
     async def next(self) -> tuple[str, Any] | None:
         """The next event as (name, parsed JSON data); ``None`` once the stream has ended."""
-        kind, data = "message", []
+        kind, data = "message", list[str]()
         while True:
             raw = await asyncio.wait_for(self.response.content.readline(), LIMIT)
             if not raw:

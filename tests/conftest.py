@@ -204,7 +204,12 @@ SLOW = {
         "testing/test_server.py::test_missing_segno_fails_at_construction_in_a_fresh_process",
         "test_benchmarks_smoke.py::test_main_runs_both_modes_against_a_child_process_server",
         "test_benchmarks_smoke.py::test_fleet_main_runs_the_fake_server_in_a_child_process",
+        "test_benchmarks_smoke.py::test_limits_main_counts_the_programs_answers",
+        "test_benchmarks_smoke.py::test_shutdown_main_ends_every_stream_and_times_the_exit",
+        "test_benchmarks_smoke.py::test_fanout_main_counts_viewers_and_upstream_requests",
+        "test_benchmarks_smoke.py::test_cli_fleet_main_measures_a_whole_poll",
         "test_web_shutdown.py::test_a_signal_ends_every_stream_cleanly_and_the_app_exits",
+        "test_web_page_js.py",
         "testing/test_admin.py::test_the_program_serves_the_admin_route_with_admin",
     ],
     "an nginx process": [

@@ -167,7 +167,7 @@ def test_every_listed_module_exists_or_is_marked_as_coming() -> None:
 
 def test_every_row_has_a_known_group_a_floor_and_a_line() -> None:
     """Groups are those of the rules table; floors count from 1; each row says what it is for."""
-    assert set(RULES) == {"cli", "web", "face", "core", "testing"}
+    assert set(RULES) == {"cli", "web", "face", "core", "testing", "doctor", "otel"}
     bad = [
         path
         for path, row in TABLE.items()
@@ -192,11 +192,28 @@ def test_the_core_never_imports_cli_web_testing_or_rich(module: str) -> None:
     upward = sorted(
         m
         for m in ours
-        if m.startswith(("wachat_async/cli/", "wachat_async/web/", "wachat_async/testing/"))
+        if m.startswith(
+            (
+                "wachat_async/cli/",
+                "wachat_async/web/",
+                "wachat_async/testing/",
+                "wachat_async/doctor/",
+            )
+        )
         or m in ("wachat_async/_cli.py", "wachat_async/__init__.py", "wachat_async/__main__.py")
     )
     assert upward == []
     assert theirs - set(sys.stdlib_module_names) - CORE_THIRD_PARTY == set()
+
+
+def test_only_otel_imports_opentelemetry() -> None:
+    """OpenTelemetry is an extra: no module outside ``otel/`` imports it, and nothing imports
+    ``otel/`` (a client without the extra never loads it)."""
+    importers = [m for m in FILES if "opentelemetry" in imports(PACKAGE, m)[1]]
+    assert importers == ["wachat_async/otel/__init__.py"]
+    assert [
+        m for m, targets in graph(PACKAGE).items() if "wachat_async/otel/__init__.py" in targets
+    ] == []
 
 
 @pytest.mark.parametrize("module", TESTING, ids=[m.removeprefix("wachat_async/") for m in TESTING])

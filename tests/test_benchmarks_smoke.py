@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import io
+import json
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -32,6 +33,10 @@ server_mod = _load("_server")
 throughput = _load("throughput")
 fleet = _load("fleet")
 instructions = _load("instructions")
+limits = _load("limits")
+shutdown = _load("shutdown")
+fanout = _load("fanout")
+cli_fleet = _load("cli_fleet")
 
 
 @pytest.fixture
@@ -193,3 +198,82 @@ def test_instructions_rows_pair_a_floor_with_a_wachat_client() -> None:
         assert floor.startswith("bare")
         assert ours.startswith("wachat")
         assert {floor, ours} <= instructions.CLIENTS.keys()
+
+
+@pytest.mark.parametrize("client", list(limits.client_table()))
+async def test_limits_clients_fetch_every_name_once_when_nothing_fails(client: str) -> None:
+    """Each row of limits.py gets one ok per name and sends one request per name."""
+    names = [f"t1_limits{i:03d}_store" for i in range(12)]
+    row = limits.Row(client, "smoke", len(names), 4)
+    async with FakeWachatServer(limits.LIMITS_API_KEY, qr_rotation=None) as server:
+        server.add_instances(names)
+        await limits.client_table()[client](server.base_url, names, 4, row)
+        received = server.request_count()
+    assert row.outcomes == {"ok": 12}
+    assert received == 12
+    assert row.attempts in (None, 12)  # the hand-written clients count their attempts
+
+
+def test_limits_table_shows_failures_by_type_and_the_share_of_429() -> None:
+    """A row's failures, requests per name, 429 share and wall/ideal reach the table."""
+    row = limits.Row("bare aiohttp", "ratelimit", 10, 4, wall_s=3.0, ideal_s=2.0)
+    row.outcomes.update({"ok": 6, "StatusError(429)": 4})
+    row.statuses.update({200: 6, 429: 9})
+    assert "| 4 (40%) | StatusError(429) 4 | 15 | 1.50 | 40% | 60% | 3.0 | 1.50x |" in (
+        limits.table([row])
+    )
+    assert row.as_dict()["statuses"] == {"200": 6, "429": 9}
+
+
+def test_limits_main_counts_the_programs_answers(capsys: pytest.CaptureFixture[str]) -> None:
+    """Against the fake server program with 50% 502s, every name gets an outcome and the
+    access log counts one answer per bare aiohttp request."""
+    code = limits.main(
+        [
+            *("--scenario", "flaky", "--names", "20", "--concurrency", "5", "--no-pin", "--json"),
+            *("--clients", "bare aiohttp", "wachat-async"),
+        ]
+    )
+    rows = {r["client"]: r for r in json.loads(capsys.readouterr().out)}
+    assert code == 0
+    assert sum(rows["wachat-async"]["outcomes"].values()) == 20
+    bare = rows["bare aiohttp"]
+    assert bare["attempts"] == bare["answered"] == 20
+    assert set(bare["statuses"]) <= {"200", "502"}
+    assert bare["failed"] == bare["statuses"].get("502", 0)
+
+
+def test_shutdown_main_ends_every_stream_and_times_the_exit(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """shutdown.py starts the aiohttp example, opens the viewers, and reports a clean end."""
+    code = shutdown.main(
+        ["--apps", "aiohttp.web", "--signals", "SIGTERM", "--viewers", "3", "--json"]
+    )
+    [row] = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert row["exit_status"] == 0
+    assert row["streams_ended"] == {"clean end": 3}
+
+
+def test_fanout_main_counts_viewers_and_upstream_requests(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """fanout.py gets a first QR to every viewer and samples the app's memory."""
+    code = fanout.main(["--apps", "aiohttp.web", "--viewers", "3", "--hold", "0", "--json"])
+    [row] = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert row["events"]["qr (first)"] == 3
+    assert row["streams_failed"] == 0
+    assert row["rss_idle"] > 0
+
+
+def test_cli_fleet_main_measures_a_whole_poll(capsys: pytest.CaptureFixture[str]) -> None:
+    """cli_fleet.py runs wachat-qr poll to its end and reads its peak RSS."""
+    code = cli_fleet.main(
+        ["--mode", "rss", "--names", "30", "--outputs", "json", "--no-pin", "--json"]
+    )
+    [row] = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert (row["exit_status"], row["stdout_lines"]) == (0, 31)  # 30 records and the summary
+    assert row["peak_rss"] > 0

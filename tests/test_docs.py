@@ -22,6 +22,8 @@ import pytest
 import yaml
 
 import wachat_async
+import wachat_async.doctor
+import wachat_async.otel
 import wachat_async.testing
 import wachat_async.web
 import wachat_async.web.aiohttp
@@ -46,6 +48,7 @@ GUIDE = {
     "<img> and the API key": "img-and-api-key.md",
     "testing your code with the fake server": "testing.md",
     "the command line": "cli.md",
+    "the linking journey (issue 22)": "linking.md",
     "security": "security.md",
     "benchmarks": "benchmarks.md",
     "architecture": "architecture.md",
@@ -74,6 +77,7 @@ def _nav_files(node: object) -> list[str]:
 
 PUBLIC = [f"wachat_async.{name}" for name in wachat_async.__all__]
 TESTING = [f"wachat_async.testing.{name}" for name in wachat_async.testing.__all__]
+TESTING += [f"wachat_async.doctor.{name}" for name in wachat_async.doctor.__all__]
 WEB = [
     f"{module.__name__}.{name}"
     for module in (
@@ -81,6 +85,7 @@ WEB = [
         wachat_async.web.aiohttp,
         wachat_async.web.starlette,
         wachat_async.web.fastapi,
+        wachat_async.otel,
     )
     for name in module.__all__
 ]

@@ -317,8 +317,8 @@ def skipping_client(
         **options,  # type: ignore[arg-type]
     )
     client._retrier.clock = loop.time
-    client._pacer.clock = loop.time
-    client._pacer.rand = rands(0.5)
+    client._retrier.pacer.clock = loop.time
+    client._retrier.pacer.rand = rands(0.5)
     return client
 
 
@@ -342,9 +342,9 @@ def test_a_lone_call_answered_429_raises_at_once_and_pauses_the_client() -> None
                 assert (info.value.retry_after, info.value.attempts) == (3.0, 1)
                 assert server.request_count(NAME) == 1
                 view = client.with_options(timeout=5)
-                assert view._retrier.pacer is client._pacer  # one pacer for both
+                assert view._retrier.pacer is client._retrier.pacer  # one pacer for both
                 call = asyncio.ensure_future(view.get_qr_image(NAME))
-                await until(lambda: bool(client._pacer.sleepers))
+                await until(lambda: bool(client._retrier.pacer.sleepers))
                 assert server.request_count(NAME) == 1  # the view's call waits the pause
                 loop.skip(3.3)
                 await call
@@ -372,7 +372,7 @@ def test_fetch_many_under_a_rate_limit_loses_no_name() -> None:
                 assert sum(r.ok for r in results) == 100
                 total = server.request_count()
                 assert total - 100 <= 25, total  # the 429s: two bursts of at most 10
-                assert client._pacer.snapshot().rate_limited == total - 100
+                assert client._retrier.pacer.snapshot().rate_limited == total - 100
 
     run_skipping(body)
 
@@ -392,7 +392,7 @@ def test_fetch_many_rides_out_an_outage_with_few_requests() -> None:
                 await ticking(loop, run(), step=0.05)
                 assert sum(r.ok for r in results) == 200
                 assert server.request_count() <= 1.3 * 200
-                assert client._pacer.snapshot().circuit_openings == 1
+                assert client._retrier.pacer.snapshot().circuit_openings == 1
 
     run_skipping(body)
 
@@ -403,7 +403,7 @@ def test_aclose_ends_names_waiting_in_the_pacer_with_client_closed() -> None:
             server.set_conditions(Conditions(outage=1000.0))
             client = skipping_client(loop, server)
             names = [f"n{i}" for i in range(100)]
-            pacer = client._pacer
+            pacer = client._retrier.pacer
 
             async def run() -> None:
                 async with client.fetch_many(names, concurrency=25) as fleet:
@@ -474,7 +474,7 @@ def test_a_deadline_while_paced_says_so_and_counts_no_attempt() -> None:
                 with pytest.raises(RateLimitError):
                     await client.get_qr_image(NAME)
                 call = asyncio.ensure_future(client.get_qr_image(NAME))
-                await until(lambda: bool(client._pacer.sleepers))
+                await until(lambda: bool(client._retrier.pacer.sleepers))
                 loop.skip(5.5)
                 with pytest.raises(DeadlineExceededError) as info:
                     await call
@@ -496,7 +496,7 @@ def test_failed_probes_count_against_neither_max_attempts_nor_the_budget() -> No
             budget = RetryBudget(min_retries_per_second=0, clock=loop.time)
             policy = RetryPolicy(max_attempts=2)
             async with skipping_client(loop, server, retry=policy, retry_budget=budget) as client:
-                pacer = client._pacer
+                pacer = client._retrier.pacer
                 pacer.clock = loop.time
                 _storm(pacer)
                 assert pacer.snapshot().circuit == "open"

@@ -17,7 +17,18 @@ from urllib.parse import quote
 
 import pytest
 
-from tests._web import FRAMEWORKS, png_url, raw_request, serve, serve_asgi, until, watch_tasks
+from tests._web import (
+    EVERY_FRAMEWORK,
+    FRAMEWORKS,
+    allow_all,
+    png_url,
+    raw_request,
+    router_app,
+    serve,
+    serve_asgi,
+    until,
+    watch_tasks,
+)
 from tests.conftest import KEY, NAME, assert_no_key
 from wachat_async import RetryPolicy, WachatClient
 from wachat_async.testing import FakeWachatServer
@@ -45,6 +56,13 @@ async def wachat(fake: FakeWachatServer) -> AsyncIterator[WachatClient]:
         api_key=KEY, base_url=fake.base_url, retry=RetryPolicy(zero_wait=True)
     ) as client:
         yield client
+
+
+@pytest.fixture(params=EVERY_FRAMEWORK)
+def framework(request: pytest.FixtureRequest) -> str:
+    """Every path test runs on aiohttp.web, Starlette and FastAPI's qr_router: each answers
+    the same statuses and bodies for the same requests."""
+    return str(request.param)
 
 
 class Recorder:
@@ -236,10 +254,9 @@ async def test_a_name_that_does_not_decode_is_shown_as_sent_by_both_frameworks(
         pytest.param("png", "DELETE", "GET, HEAD", id="png-delete"),
         pytest.param("page", "PUT", "GET, HEAD", id="page-put"),
         pytest.param("page", "OPTIONS", "GET, HEAD", id="page-options"),
-        pytest.param("events", "HEAD", "GET", id="events-head"),
-        pytest.param("events", "POST", "GET", id="events-post"),
-        pytest.param("events", "PATCH", "GET", id="events-patch"),
-        pytest.param("events", "PROPFIND", "GET", id="events-unknown-method"),
+        pytest.param("events", "HEAD", "GET, POST", id="events-head"),
+        pytest.param("events", "PATCH", "GET, POST", id="events-patch"),
+        pytest.param("events", "PROPFIND", "GET, POST", id="events-unknown-method"),
     ],
 )
 async def test_a_wrong_method_is_a_json_405_with_allow(
@@ -251,17 +268,21 @@ async def test_a_wrong_method_is_a_json_405_with_allow(
     allow: str,
 ) -> None:
     """Any method a route does not answer: 405 with ``Allow`` and the JSON body (no authorize,
-    nothing upstream, no watch)."""
+    nothing upstream, no watch). qr_router: any method FastAPI can route; another (PROPFIND)
+    gets FastAPI's own 405, as docs/web.md says (still no authorize, nothing upstream)."""
     recorder = Recorder()
     async with serve(framework, wachat, authorize=recorder) as base:
         response = await raw_request(base, method, ROUTES[route].format("a%2Fb"))
     assert response.status == 405
+    assert recorder.names == []
+    assert fake.request_count() == 0
+    if framework == "fastapi-router" and method == "PROPFIND":
+        assert response.json() == {"detail": "Method Not Allowed"}  # FastAPI's, not ours
+        return
     assert response.headers["allow"] == allow
     assert response.headers["content-type"] == "application/json"
     if method != "HEAD":
         assert_json_error(response, 405, "method not allowed", "a/b")
-    assert recorder.names == []
-    assert fake.request_count() == 0
     assert watch_tasks() == []
 
 
@@ -417,9 +438,23 @@ async def test_an_empty_prefix_leaves_the_rest_of_the_application_alone(
 ) -> None:
     """With ``prefix=""`` the routes take GET and HEAD of ``/{name}``, ``/{name}.png`` and
     ``/{name}/events``; any other path or method is the application's (its own 404/405 here,
-    in plain text)."""
-    async with serve(framework, wachat, prefix="") as base:
-        response = await raw_request(base, method, target)
+    in plain text). ``qr_router`` is meant to be included under a prefix (docs/web.md): at the
+    root it takes every path and method of the application's routes included after it, and
+    answers them as under a prefix (its routes, or its JSON 404/405)."""
+    if framework == "fastapi-router":
+        app = router_app(wachat, authorize=allow_all, prefix="")
+        app.add_api_route("/{rest:path}", application_route, methods=ROUTABLE)  # after it
+        async with serve_asgi(app) as base:
+            response = await raw_request(base, method, target)
+        assert response.body != APPLICATION
+        if not ours:
+            assert response.status in (404, 405)
+            assert response.headers["content-type"] == "application/json"
+            assert set(response.json()) == {"error", "instance"}
+            return
+    else:
+        async with serve(framework, wachat, prefix="") as base:
+            response = await raw_request(base, method, target)
     if ours:
         assert response.headers["content-type"] != "text/plain; charset=utf-8"
         assert response.status == (405 if method == "HEAD" else 200)
@@ -456,3 +491,36 @@ async def test_routes_mounted_in_a_starlette_mount_and_fastapi_router(
             assert image.status == 200, (mount, image.body[:200])
     assert [r.instance_name for r in fake.requests if r.path.endswith(QR)].count("a/b") >= 2
     await until(lambda: hub_for(wachat).viewers() == {}, "the viewers are gone")
+
+
+#: Every method a FastAPI route can list, and what the application's own route answers.
+ROUTABLE = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"]
+APPLICATION = b"the application's"
+
+
+def application_route() -> Any:
+    from fastapi.responses import PlainTextResponse
+
+    return PlainTextResponse(APPLICATION)
+
+
+@pytest.mark.parametrize(
+    ("method", "target"),
+    [("POST", "/login"), ("GET", "/login"), ("GET", "/app/status")],
+    ids=["post-login", "get-login", "deeper"],
+)
+async def test_qr_router_at_the_root_leaves_the_routes_included_before_it_alone(
+    fake: FakeWachatServer, wachat: WachatClient, method: str, target: str
+) -> None:
+    """The application's routes included before a root qr_router answer their paths."""
+    from fastapi import FastAPI
+
+    from wachat_async.web.fastapi import qr_router
+
+    app = FastAPI()
+    app.add_api_route("/{rest:path}", application_route, methods=ROUTABLE)
+    app.include_router(qr_router(wachat, authorize=lambda instance_name: True))
+    async with serve_asgi(app) as base:
+        response = await raw_request(base, method, target)
+    assert (response.status, response.body) == (200, APPLICATION)
+    assert fake.request_count() == 0

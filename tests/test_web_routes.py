@@ -12,7 +12,16 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests._web import FRAMEWORKS, EventReader, png_url, raw_request, serve, until, watch_tasks
+from tests._web import (
+    EVERY_FRAMEWORK,
+    FRAMEWORKS,
+    EventReader,
+    png_url,
+    raw_request,
+    serve,
+    until,
+    watch_tasks,
+)
 from tests.conftest import KEY, NAME, assert_no_key
 from wachat_async import RetryBudget, RetryPolicy, WachatClient
 from wachat_async.testing import FakeWachatServer, Fault
@@ -48,6 +57,12 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
+@pytest.fixture(params=EVERY_FRAMEWORK)
+def every_framework(request: pytest.FixtureRequest) -> str:
+    """aiohttp.web, Starlette and FastAPI's qr_router: they answer alike."""
+    return str(request.param)
+
+
 def assert_clean(response: aiohttp.ClientResponse, body: bytes) -> None:
     """Neither the headers nor the body of *response* carry the key."""
     assert_no_key(body.decode("latin-1"), *response.headers.values(), response.url)
@@ -75,20 +90,22 @@ async def test_png_route_serves_the_qr_with_etag_and_no_store(
     assert_clean(response, body)
 
 
-@pytest.mark.parametrize("method", ["HEAD", "POST", "PUT", "DELETE"])
-async def test_events_route_answers_only_get(
+@pytest.mark.parametrize("method", ["HEAD", "PUT", "DELETE"])
+async def test_events_route_answers_only_get_and_post(
     framework: str,
     still: FakeWachatServer,
     wachat: WachatClient,
     http: aiohttp.ClientSession,
     method: str,
 ) -> None:
-    """Any method but GET on {prefix}/{name}/events is a 405 and never reaches upstream."""
+    """Any method but GET and POST (a restart) on {prefix}/{name}/events is a 405 with
+    Allow, and never reaches upstream."""
     async with serve(framework, wachat, prefix="/qr") as base:
         before = len(still.requests)
         async with http.request(method, f"{base}/qr/{NAME}/events") as response:
             await response.read()
     assert response.status == 405
+    assert response.headers["Allow"] == "GET, POST"
     assert len(still.requests) == before
 
 
@@ -162,7 +179,7 @@ async def test_if_none_match_on_several_header_lines_is_one_list(
     ],
 )
 async def test_head_on_every_route(
-    framework: str,
+    every_framework: str,
     still: FakeWachatServer,
     wachat: WachatClient,
     route: str,
@@ -170,8 +187,9 @@ async def test_head_on_every_route(
     content_type: str,
 ) -> None:
     """HEAD gets GET's status and headers without a body (the PNG's ETag and length, the
-    page's CSP); on the event stream, which has no head, a JSON 405 that starts no watch."""
-    async with serve(framework, wachat) as base:
+    page's CSP); on the event stream, which has no head, a JSON 405 that starts no watch (on
+    every framework, qr_router too)."""
+    async with serve(every_framework, wachat) as base:
         get = await raw_request(base, "GET", route.format(NAME)) if status == 200 else None
         before = still.request_count(NAME, path=QR)
         head = await raw_request(base, "HEAD", route.format(NAME))
@@ -190,7 +208,7 @@ async def test_head_on_every_route(
         assert after == before
         assert watch_tasks() == []
     if status == 405:
-        assert head.headers["allow"] == "GET"
+        assert head.headers["allow"] == "GET, POST"
 
 
 async def test_head_with_a_matching_etag_is_304(framework: str, wachat: WachatClient) -> None:

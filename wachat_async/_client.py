@@ -30,11 +30,11 @@ from ._network import (
     parse_proxy,
     ssl_for_session,
 )
-from ._pacing import Pacer
 from ._polling import DEFAULT_MAX_BACKOFF, FetchMany, QRWatch, fetch_many, watch_qr
 from ._redact import Secret, mentions
 from ._retry import Retrier, RetryBudget, RetryPolicy
 from ._slots import CLOSED_MESSAGE, ConnectionQueue, queue_limit
+from ._stats import ClientStats, apply_log_env
 from ._stream import CHUNK_SIZE, QRStream
 from ._transport import DEFAULT_TIMEOUT, Transport
 from ._urls import DEFAULT_BASE_URL, _build_qr_image_url, _qr_image_endpoint
@@ -44,6 +44,7 @@ from ._validate import (
     check_instance_name,
     check_number,
     check_timeout,
+    check_type,
     check_user_agent,
     is_loopback_host,
 )
@@ -56,8 +57,6 @@ DEFAULT_MAX_IMAGE_BYTES = 5 * 1024**2
 
 class _Unset:
     """The default of a :meth:`WachatClient.with_options` argument: keep the current value."""
-
-    __slots__ = ()
 
     def __repr__(self) -> str:
         return "<unchanged>"
@@ -150,6 +149,7 @@ class WachatClient:
         except (TypeError, ValueError) as exc:
             raise_clean(ConfigurationError(str(exc)))
         secrets = (self._api_key,)
+        apply_log_env()
         base = base_url or os.environ.get("WACHAT_BASE_URL") or DEFAULT_BASE_URL
         try:
             qr_url = _qr_image_endpoint(base)
@@ -158,8 +158,8 @@ class WachatClient:
             check_bool(allow_insecure_http, "allow_insecure_http")
             check_number(max_connections, "max_connections", integer=True, minimum=1)
             check_number(max_image_bytes, "max_image_bytes", integer=True, minimum=64)
-            _check_type(retry, RetryPolicy, "retry")
-            _check_type(retry_budget, RetryBudget, "retry_budget")
+            check_type(retry, RetryPolicy, "retry")
+            check_type(retry_budget, RetryBudget, "retry_budget")
             check_bool(trust_env, "trust_env")
         except (TypeError, ValueError) as exc:
             raise_clean(ConfigurationError(str(exc), secrets=secrets))
@@ -206,9 +206,7 @@ class WachatClient:
         #: The pool's size: a call queues here, before its timeout starts, not in aiohttp's pool.
         self._slot_limit = queue_limit(max_connections, session)
         self._state = _State(ConnectionQueue(self._slot_limit), borrowed=session is not None)
-        self._pacer = Pacer()  # views share it, as they share the budget
         self._retrier = Retrier(self._retry, self._budget, attempt_timeout=attempt_timeout.total)
-        self._retrier.pacer = self._pacer
         self._owner = True  # False for a view: closing it closes nothing
         self._view_options: dict[str, str] = {}  # what a view changed, for its repr
         self._transport = Transport(
@@ -219,6 +217,7 @@ class WachatClient:
             user_agent=ua or _default_user_agent(),
             borrowed=session is not None,
             link=self._state,
+            counts=self._retrier.counts,  # the client's counters, shared with its views
         )
         #: The session this object's transport was last set up for (see :meth:`_bind`).
         self._seen: aiohttp.ClientSession | None = None
@@ -245,7 +244,7 @@ class WachatClient:
                 new_timeout = check_timeout(timeout) or DEFAULT_TIMEOUT
                 changed["timeout"] = f"timeout={new_timeout.total}"
             if retry is not _UNSET:
-                _check_type(retry, RetryPolicy, "retry")
+                check_type(retry, RetryPolicy, "retry")
                 policy = RetryPolicy() if retry is None else retry
                 changed["retry"] = "retry=default" if retry is None else "retry"
             if max_image_bytes is not _UNSET:
@@ -262,8 +261,7 @@ class WachatClient:
         view._owner = False
         view._view_options = {**self._view_options, **changed}
         view._retry = policy
-        view._retrier = Retrier(policy, self._budget, attempt_timeout=new_timeout.total)
-        view._retrier.pacer = self._pacer
+        view._retrier = self._retrier.view(policy, new_timeout.total)  # one budget, counts, pacer
         view._transport = transport.evolve(
             timeout=new_timeout, max_image_bytes=size, user_agent=agent
         )
@@ -286,6 +284,12 @@ class WachatClient:
     def retry_budget(self) -> RetryBudget:
         """The :class:`RetryBudget` shared by this client's calls (its counters are live)."""
         return self._budget
+
+    def stats(self) -> ClientStats:
+        """A :class:`ClientStats` snapshot of what this client and its views have done so
+        far: requests, calls, retries, connection slots. Details: docs/observability.md."""
+        slots = self._state.slots
+        return self._retrier.counts.snapshot(slots.in_use, slots.waiting)
 
     @property
     def closed(self) -> bool:
@@ -404,7 +408,7 @@ class WachatClient:
             return
         state.closed = True
         state.slots.close()
-        self._pacer.close()
+        self._retrier.pacer.close()
         old = state.session, state.guard, state.loop
         state.session = state.guard = state.loop = None
         await self._let_go(*old)
@@ -488,7 +492,7 @@ class WachatClient:
         return fetch_many(
             self._fleet_fetch,
             instance_names,
-            concurrency=self._pacer.fleet_width(concurrency, self._slot_limit),
+            concurrency=self._retrier.pacer.fleet_width(concurrency, self._slot_limit),
             dedupe=dedupe,
             on_progress=on_progress,
         )
@@ -558,11 +562,6 @@ _OTHER_LOOP_MESSAGE = (
     "(and its views) belongs to one running event loop at a time. Make one client per thread "
     "(or per event loop), or run every call in one loop (asyncio.run_coroutine_threadsafe)"
 )
-
-
-def _check_type(value: object, kind: type, name: str) -> None:
-    if value is not None and not isinstance(value, kind):
-        raise TypeError(f"{name} must be a {kind.__name__} or None, not {type(value).__name__}")
 
 
 def _default_user_agent() -> str:

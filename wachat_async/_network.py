@@ -39,6 +39,7 @@ __all__ = [
     "check_trace_configs",
     "classify",
     "env_proxy",
+    "http_through_proxy",
     "parse_proxy",
     "ssl_for_session",
 ]

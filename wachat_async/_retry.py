@@ -26,6 +26,7 @@ from ._errors import (
 )
 from ._pacing import JITTER, Pacer, is_transport_fault
 from ._slots import ConnectionQueue, slot_wait
+from ._stats import Counts
 from ._validate import check_bool, check_number, shown
 
 logger = logging.getLogger("wachat_async")
@@ -327,7 +328,7 @@ class Retrier:
     *budget*, paced by *pacer*; *sleep* and *clock* are injectable. A retried attempt must
     release what it holds before it raises."""
 
-    __slots__ = ("budget", "clock", "guards_first_attempt", "pacer", "policy", "sleep")
+    __slots__ = ("budget", "clock", "counts", "guards_first_attempt", "pacer", "policy", "sleep")
 
     def __init__(
         self,
@@ -337,9 +338,11 @@ class Retrier:
         attempt_timeout: float | None = None,
         sleep: Callable[[float], Awaitable[None]] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        counts: Counts | None = None,
         pacer: Pacer | None = None,
     ) -> None:
         self.policy, self.budget, self.clock = policy, budget, clock
+        self.counts = Counts() if counts is None else counts  # the client's, shared
         self.pacer = Pacer() if pacer is None else pacer
         self.sleep: Callable[[float], Awaitable[None]] = sleep or (
             _no_sleep if policy.zero_wait else asyncio.sleep
@@ -349,12 +352,18 @@ class Retrier:
             attempt_timeout is None or attempt_timeout > policy.deadline
         )
 
+    def view(self, policy: RetryPolicy, attempt_timeout: float | None) -> Retrier:
+        """A retrier of *policy* sharing this one's budget, counts and pacer (a client's view)."""
+        shared = {"counts": self.counts, "pacer": self.pacer}
+        return Retrier(policy, self.budget, attempt_timeout=attempt_timeout, **shared)
+
     async def call(
         self,
         name: str,
         queue: ConnectionQueue | None,
         attempt: Callable[..., Awaitable[T]],
         *args: Any,
+        observed: bool = False,
         fleet: bool = False,
     ) -> T:
         """``await attempt(name, *args)`` under the policy. A first attempt that can neither
@@ -362,23 +371,43 @@ class Retrier:
         unless the pacer is active: no timer, no tenacity; the rest of the call is a
         :class:`_Call`. A *fleet* call (``fetch_many``, ``watch_qr``) retries a 429 once paced
         and waits for a retry the budget refuses, within its deadline."""
+        counts = self.counts
+        if counts.observer is not None and not observed:
+            again = lambda wrapped: self.call(  # noqa: E731
+                name, queue, wrapped, *args, observed=True, fleet=fleet
+            )
+            return cast(T, await counts.observer.call(name, attempt, again))
+        counts.calls += 1
         policy = self.policy
         started = self.budget.deposit()  # one clock reading for both, on a shared clock
         if self.budget.clock is not self.clock:
             started = self.clock()
         error: WachatError | None = None
-        if not (self.guards_first_attempt or self.pacer.active) and not (
-            # No slot free: the attempt will queue, and queueing counts.
-            policy.deadline is not None and queue is not None and queue.locked()
-        ):
-            try:
-                return await attempt(name, *args)
-            except WachatError as exc:
-                self.pacer.record(exc)
-                if not (policy.is_retryable(exc) or (fleet and isinstance(exc, RateLimitError))):
-                    raise
-                error = exc
-        return await _Call(self, name, started, error, fleet).run(attempt, args)
+        try:
+            if not (self.guards_first_attempt or self.pacer.active) and not (
+                # No slot free: the attempt will queue, and queueing counts.
+                policy.deadline is not None and queue is not None and queue.locked()
+            ):
+                try:
+                    result = await attempt(name, *args)
+                except WachatError as exc:
+                    self.pacer.record(exc)
+                    paced = fleet and isinstance(exc, RateLimitError)  # retried once paced
+                    if not (policy.is_retryable(exc) or paced):
+                        raise
+                    error = exc
+                else:
+                    counts.succeeded += 1
+                    return result
+            result = await _Call(self, name, started, error, fleet).run(attempt, args)
+        except asyncio.CancelledError:
+            counts.cancelled += 1
+            raise
+        except BaseException:
+            counts.failed += 1
+            raise
+        counts.succeeded += 1
+        return result
 
 
 class _Call:
@@ -505,6 +534,9 @@ class _Call:
         elif not (budget := retrier.budget).try_withdraw():
             # A fleet's name waits its turn in a queue that time alone serves within a second:
             # a longer one would hold workers waiting for tokens that only new calls bring.
+            retrier.counts.refused += 1
+            if retrier.counts.observer is not None:
+                retrier.counts.observer.refused()
             queue = budget.min_retries_per_second
             if self.fleet and not policy.zero_wait and retrier.pacer.owing < queue:
                 self.owed = True
@@ -518,6 +550,7 @@ class _Call:
         error = cast(WachatError, self.error)
         status = getattr(error, "status", None)
         attempt, wait = state.attempt_number, state.upcoming_sleep
+        self.retrier.counts.retries += 1
         logger.info(
             "Retrying QR call for instance %r: attempt %d of %d failed with %s; waiting %.2f s",
             self.name,

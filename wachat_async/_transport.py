@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from contextlib import suppress
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from time import monotonic
 from typing import Protocol
 
 import aiohttp
@@ -38,6 +39,7 @@ from ._models import InstanceState, QRImage
 from ._network import Proxy, classify, proxy_status_error
 from ._redact import Secret, excerpt, redact
 from ._slots import CLOSED_MESSAGE, ConnectionQueue
+from ._stats import Counts
 from ._stream import CHUNK_SIZE, TRANSPORT_ERRORS, QRStream, too_large
 
 #: Each HTTP attempt is one DEBUG line on this child of the library's logger ``wachat_async``
@@ -196,6 +198,7 @@ class Transport:
         user_agent: str,
         borrowed: bool,
         link: Link,
+        counts: Counts | None = None,
     ) -> None:
         self.qr_url = qr_url
         self.base_url = qr_url.parent.parent.parent
@@ -203,6 +206,7 @@ class Transport:
         self.timeout = timeout
         self.max_image_bytes = max_image_bytes
         self.link = link
+        self.counts = Counts() if counts is None else counts  # the client's, shared
         self._borrowed = borrowed
         self._api_key = api_key
         self.user_agent = user_agent
@@ -266,6 +270,7 @@ class Transport:
             user_agent=user_agent,
             borrowed=self._borrowed,
             link=self.link,
+            counts=self.counts,
         )
         twin.set_proxy(self.proxy)
         return twin
@@ -331,6 +336,10 @@ class Transport:
         if session is None or self.closed:  # the client let go of it: it was closed
             raise ClientClosedError(CLOSED_MESSAGE, instance_name=name, attempts=0)
         target = url.with_query(instanceName=name)
+        counts = self.counts
+        counts.requests += 1
+        observer = counts.observer  # telemetry, if any: only then is the clock read
+        sent = 0.0 if observer is None else monotonic()
         try:
             # Everything a result depends on is set here, whatever the session's defaults.
             resp = await session.get(
@@ -343,20 +352,27 @@ class Transport:
             )
         except TRANSPORT_ERRORS as exc:
             failure = self.transport_error(exc, name)
+            if observer is not None:
+                observer.request(url.path, None, type(failure).__name__, monotonic() - sent)
             if _log.isEnabledFor(logging.DEBUG):
                 _log.debug(
                     "GET %s failed: %s: %s", self._shown(target), type(failure).__name__, failure
                 )
         except RuntimeError:
+            counts.requests -= 1  # aiohttp refused it: nothing was sent
             closed = self._session_failure(session, name)
             if closed is None:
                 raise
             failure = closed
         else:
+            if observer is not None:
+                observer.request(url.path, resp.status, None, monotonic() - sent)
             if _log.isEnabledFor(logging.DEBUG):
                 self._log_response(target, resp)
             if resp.status == 200:
+                counts.ok += 1
                 return resp
+            counts.statuses[resp.status] += 1
             failure = await self.status_error(resp, name)
         raise_clean(failure)
 
@@ -507,6 +523,7 @@ class Transport:
         error = transport_error(
             exc, name, self._secrets, png=png, server=self.base_url, proxy=self.proxy
         )
+        self.counts.failures[type(error).__name__] += 1
         if not self.closed:
             return error
         closed = ClientClosedError(

@@ -22,6 +22,7 @@ __all__ = [
     "check_instance_name",
     "check_number",
     "check_timeout",
+    "check_type",
     "check_user_agent",
     "is_loopback_host",
     "shown",
@@ -216,3 +217,9 @@ def check_timeout(value: object) -> aiohttp.ClientTimeout | None:
         )
     seconds = float(check_number(value, "timeout (seconds)", exclusive=True))
     return aiohttp.ClientTimeout(total=seconds, sock_connect=min(seconds, 10.0))
+
+
+def check_type(value: object, kind: type, name: str) -> None:
+    """*value* is None or a *kind*."""
+    if value is not None and not isinstance(value, kind):
+        raise TypeError(f"{name} must be a {kind.__name__} or None, not {type(value).__name__}")

@@ -321,8 +321,8 @@ MUTANTS = [
     M(
         "call-unretryable-enters-tenacity",
         "wachat_async/_retry.py",
-        "                if not (policy.is_retryable(exc) or (fleet and isinstance(exc, RateLimitError))):\n                    raise\n",
-        "                if False:\n                    raise\n",
+        "                    if not (policy.is_retryable(exc) or paced):\n                        raise\n",
+        "                    if False:\n                        raise\n",
         LOOP_TESTS,
     ),
     M(

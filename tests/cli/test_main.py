@@ -53,7 +53,7 @@ def test_no_command_names_the_commands_and_the_demo(run: Callable[..., Run]) -> 
     assert result.code == 2
     assert result.err.splitlines() == [
         "wachat-qr: error: a command is needed: "
-        "fetch, show, url, poll, watch, state, fake-server, demo",
+        "fetch, show, url, poll, watch, state, doctor, fake-server, demo",
         "wachat-qr: hint: try 'wachat-qr demo', or 'wachat-qr --help'",
     ]
 

@@ -9,6 +9,7 @@ and segno); ``python -m wachat_async`` runs the same ``main``. Commands::
     wachat-qr poll NAME... | --from-file F    fetch a fleet: progress, summary table or --json
     wachat-qr watch NAME [--until-connected]  print the QR again each time it changes
     wachat-qr state NAME... [--json]          each instance's connection state (open = linked)
+    wachat-qr doctor NAME [--json]            why no QR shows: one line per step, exit = cause
     wachat-qr fake-server                     the fake server (= python -m wachat_async.testing)
     wachat-qr demo                            all of the above against an in-process fake server
 
@@ -37,6 +38,21 @@ code  meaning
       could not be written (closed, full: ``--help`` and ``--version`` too)
 9     ``watch``: ``--max-qrs`` or ``--linking-timeout`` reached before the phone was
       linked (run it again for a new QR)
+10    ``doctor``: the phone is already linked (no QR is needed)
+11    ``doctor``: the base URL's host name does not resolve (DNS)
+12    ``doctor``: the connection was refused (nothing listens at that host and port)
+13    ``doctor``: no answer (a timeout, no route, a proxy in the way)
+14    ``doctor``: the server's TLS certificate does not verify
+15    ``doctor``: a server answers, but not the API (404 for the route: the base URL)
+16    ``doctor``: 401, the key is refused
+17    ``doctor``: 404, no such instance for this key
+18    ``doctor``: 409, not a WhatsApp Baileys instance (no QR exists for it)
+19    ``doctor``: 403, the subscription does not allow QR codes
+20    ``doctor``: 502/504 that persisted through the retries
+21    ``doctor``: a 200 that is not a PNG
+22    ``doctor``: a PNG that is not a QR code (checked with the ``doctor`` extra)
+23    ``doctor``: the QR did not change within ``--rotation-timeout``
+24    ``doctor``: anything else (an undocumented status, a state body that does not parse)
 70    internal error: an unexpected exception (a bug; ``--debug`` shows the traceback)
 130   interrupted (Ctrl-C, SIGINT)
 143   terminated (SIGTERM: systemd, Kubernetes, ``timeout``)
@@ -54,8 +70,8 @@ One concern per module; imports run one way, down this list (none imports this p
 the library's core never imports the CLI)::
 
     __init__    main(): parse, set up logging, run the command, map failures to exit statuses
-    _commands   fetch, show, url, poll, watch, state, fake-server: the client from the command
-                line
+    _commands   fetch, show, url, poll, watch, state, doctor, fake-server: the client from the
+                command line
     _demo       demo: a fleet on an in-process fake server
     _fleet      polling many instances: bounded fetches, off-loop PNG saves, JSON lines, summary
     _parser     the grammar: commands, options, bounds, help (parsing only)
@@ -82,6 +98,7 @@ from wachat_async import WachatError
 from wachat_async.testing._program import closed_streams_stand_in, writing
 
 from ._commands import (
+    cmd_doctor,
     cmd_fake_server,
     cmd_fetch,
     cmd_poll,
@@ -149,6 +166,7 @@ _COMMANDS: Final[Mapping[str, _Command]] = {
     "poll": cmd_poll,
     "watch": cmd_watch,
     "state": cmd_state,
+    "doctor": cmd_doctor,
     "fake-server": cmd_fake_server,
     "demo": cmd_demo,
 }

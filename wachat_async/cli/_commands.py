@@ -1,5 +1,6 @@
 """The commands that talk to the Wachat API: ``fetch``, ``show``, ``url``, ``poll``, ``watch``,
-``state`` and ``fake-server`` (the fake server's own program, run under ``wachat-qr``).
+``state``, ``doctor`` and ``fake-server`` (the fake server's own program, run under
+``wachat-qr``).
 
 Each command is ``async def cmd_x(args, out) -> int``: it reads the parsed command line, builds
 the client (:func:`client_for`: key, base URL, timeout, retries, the ``http://`` refusal in CLI
@@ -22,7 +23,9 @@ import os
 import re
 import ssl
 import sys
+import time
 import warnings
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Final
 
@@ -42,6 +45,7 @@ from wachat_async import (
 from wachat_async._files import write_bytes_async
 from wachat_async._polling import watch_qr
 from wachat_async._validate import check_instance_name, is_loopback_host
+from wachat_async.doctor import diagnose
 
 from ._exit import (
     EXIT_FAILED,
@@ -69,6 +73,7 @@ __all__ = [
     "NO_KEY_MESSAGE",
     "RETRY_POLICY",
     "client_for",
+    "cmd_doctor",
     "cmd_fake_server",
     "cmd_fetch",
     "cmd_poll",
@@ -82,6 +87,9 @@ __all__ = [
 #: The retry policy of every command but ``demo`` (``--retries N`` changes its attempts; tests
 #: swap in a zero-wait one).
 RETRY_POLICY = RetryPolicy()
+#: The wait and the clock of ``doctor``'s rotation step (tests swap in a clock they move).
+SLEEP: Callable[[float], Awaitable[object]] = asyncio.sleep
+CLOCK: Callable[[], float] = time.monotonic
 
 
 def _api_key(args: argparse.Namespace) -> str | None:
@@ -452,6 +460,20 @@ async def cmd_state(args: argparse.Namespace, out: Out) -> int:
 
 def _json_line(record: dict[str, object]) -> str:
     return json.dumps(record, ensure_ascii=not stdout_is_unicode())
+
+
+async def cmd_doctor(args: argparse.Namespace, out: Out) -> int:
+    # Each request failure is a finding of the report; only a usage problem is raised.
+    async with client_for(args) as client:
+        report = await diagnose(
+            client, args.name, rotation_timeout=args.rotation_timeout, sleep=SLEEP, clock=CLOCK
+        )
+    if args.json:
+        out.result(report.to_json(ensure_ascii=not stdout_is_unicode()))
+    else:
+        for line in str(report).split("\n"):
+            out.result(line)
+    return report.exit_status
 
 
 async def cmd_fake_server(args: argparse.Namespace, out: Out) -> int:

@@ -28,6 +28,7 @@ from wachat_async import (
     WachatError,
     WachatTimeoutError,
 )
+from wachat_async.doctor import Cause
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
@@ -62,6 +63,7 @@ EXIT_CODES: Final = frozenset(
         EXIT_TERMINATED,
         EXIT_BROKEN_PIPE,
     }
+    | {cause.exit_status for cause in Cause}  # doctor's, 10 to 24
 )
 
 

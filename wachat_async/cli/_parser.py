@@ -14,11 +14,13 @@ Parsing only: never makes a request, never reads the environment or a file, neve
 from __future__ import annotations
 
 import argparse
+import textwrap
 from collections.abc import Sequence
 from typing import Final, NoReturn, Protocol
 
 from wachat_async import DEFAULT_BASE_URL, __version__
 from wachat_async._validate import check_instance_name
+from wachat_async.doctor import DEFAULT_ROTATION_TIMEOUT, Cause
 from wachat_async.testing._program import integer, print_message, seconds
 
 from ._output import PROG
@@ -38,9 +40,19 @@ exit status:
   8 local I/O error (a file, a port, or stdout closed or full)    9 watch limit reached, not linked
   70 internal error (--debug shows the traceback)    130 interrupted (Ctrl-C)
   143 terminated (SIGTERM)    141 stdout closed by its reader (e.g. `| head`)
+{doctor}
 
 Try it without an account: wachat-qr demo
 """
+_EPILOG = _EPILOG.format(
+    doctor=textwrap.fill(  # "N cause" pairs stay on one line (the no-break space)
+        "  ".join(f"{c.exit_status}\xa0{c}" for c in Cause if c.exit_status),
+        width=76,
+        initial_indent="  doctor, by cause: ",
+        subsequent_indent="    ",
+        break_on_hyphens=False,
+    ).replace("\xa0", " ")
+)
 
 
 class ParseError(Exception):
@@ -232,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_poll,
         _add_watch,
         _add_state,
+        _add_doctor,
         _add_fake_server,
         _add_demo,
     ):
@@ -362,6 +375,27 @@ def _add_state(command: _AddCommand) -> None:
     p.add_argument("names", metavar="NAME", nargs="+", type=_instance_name, help="instance names")
     p.add_argument(
         "--json", action="store_true", help="print one JSON object per instance (JSON Lines)"
+    )
+
+
+def _add_doctor(command: _AddCommand) -> None:
+    p = command(
+        "doctor",
+        "say why no QR shows for an instance: one line per step (the base URL and its TLS, the "
+        "key, the instance, its integration, the subscription, its state, the QR, whether it "
+        "decodes and rotates); the exit status names the cause",
+    )
+    p.add_argument("name", metavar="NAME", type=_instance_name, help=_NAME_HELP)
+    p.add_argument(
+        "--json", action="store_true", help="print the report as one JSON object instead"
+    )
+    p.add_argument(
+        "--rotation-timeout",
+        type=seconds(zero=True),
+        default=DEFAULT_ROTATION_TIMEOUT,
+        metavar="SECONDS",
+        help="wait up to SECONDS for a new QR, >= 0 (default "
+        f"{DEFAULT_ROTATION_TIMEOUT:g}; 0 skips the rotation step)",
     )
 
 

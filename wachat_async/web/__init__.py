@@ -15,8 +15,14 @@ serve, for an instance name ``{name}``:
   at once and on every change; ``event: unavailable`` (why, ``retry_in``) while polls fail;
   ``event: connected`` once ``GET /instance/state`` says ``open`` or ``event: failed`` with
   the JSON above and its ``status`` on a terminal upstream error (then the stream ends); a
-  ``: ping`` comment after 15 s of silence. On SIGINT/SIGTERM (and
-  :func:`end_event_streams`) every stream ends cleanly, so a server can stop at once.
+  ``: ping`` comment after 15 s of silence; ``event: expired`` (``qrs_shown``, ``elapsed``)
+  once the watch stopped after ``max_qrs`` QRs or ``linking_timeout`` seconds
+  (:data:`DEFAULT_MAX_QRS`, :data:`DEFAULT_LINKING_TIMEOUT`) without a link. On SIGINT/SIGTERM
+  (and :func:`end_event_streams`) every stream ends cleanly and PNG requests waiting on
+  upstream answer 503, so a server can stop at once. While the client is closed the route
+  answers 503 (with ``Retry-After``) instead of a stream.
+* ``POST {prefix}/{name}/events`` with a ``Wachat-Restart`` header: an expired watch polls
+  again, for all its viewers (``204``; the PNG route answers ``410`` while expired).
 * ``GET {prefix}/{name}``: a self-contained page (no external scripts, a strict CSP) with
   ``<img id="wachat-qr">`` following the events and ``<p id="wachat-status">`` whose
   ``data-state`` says what it shows (``connected`` once linked).
@@ -51,8 +57,10 @@ from __future__ import annotations
 
 from ._core import DEFAULT_HEARTBEAT, DEFAULT_INTERVAL, Authorize
 from ._hub import (
+    DEFAULT_LINKING_TIMEOUT,
     DEFAULT_MAX_AGE,
     DEFAULT_MAX_BACKOFF,
+    DEFAULT_MAX_QRS,
     WATCH_TASK_PREFIX,
     QRHub,
     end_event_streams,
@@ -65,9 +73,11 @@ from ._sse import qr_events
 __all__ = [
     "DEFAULT_HEARTBEAT",
     "DEFAULT_INTERVAL",
+    "DEFAULT_LINKING_TIMEOUT",
     "DEFAULT_MAX_AGE",
     "DEFAULT_MAX_BACKOFF",
     "DEFAULT_MAX_NAME_LENGTH",
+    "DEFAULT_MAX_QRS",
     "WATCH_TASK_PREFIX",
     "Authorize",
     "QRHub",

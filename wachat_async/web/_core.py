@@ -24,6 +24,7 @@ from wachat_async import (
     APIStatusError,
     AuthenticationError,
     InvalidInstanceNameError,
+    QRExpiredError,
     QRImage,
     SubscriptionRestrictedError,
     WachatClient,
@@ -31,7 +32,19 @@ from wachat_async import (
     build_qr_image_url,
 )
 
-from ._hub import DEFAULT_MAX_AGE, DEFAULT_MAX_BACKOFF, QRHub, Unavailable, error_status
+from ._hub import (
+    CLOSED,
+    CONNECTED,
+    DEFAULT_LINKING_TIMEOUT,
+    DEFAULT_MAX_AGE,
+    DEFAULT_MAX_BACKOFF,
+    DEFAULT_MAX_QRS,
+    STOPPING,
+    QRHub,
+    Unavailable,
+    being_cancelled,
+    error_status,
+)
 from ._paths import (
     DEFAULT_MAX_NAME_LENGTH,
     METHODS,
@@ -72,6 +85,8 @@ DEFAULT_HEARTBEAT: Final = 15.0
 
 NO_STORE: Final = "no-store"
 JSON_TYPE: Final = "application/json"
+#: ``Retry-After`` (seconds) of a ``503`` whose next try is not known (the app stops...).
+RETRY_AFTER: Final = 2
 #: The same exception from ``authorize`` (type and place) is an error at most this often.
 REPEAT_AFTER: Final = 60.0
 _SHOWN_ERROR: Final = 200  # characters of an exception's text from authorize, in a log line
@@ -86,6 +101,39 @@ class Answer:
     body: bytes = b""
 
 
+@attrs.frozen
+class Options:
+    """``qr_routes``' checked options (see its docstring)."""
+
+    interval: float
+    heartbeat: float
+    max_name_length: int
+    max_age: float
+    max_backoff: float
+    max_qrs: int | None
+    linking_timeout: float | None
+
+    @property
+    def limits(self) -> tuple[int | None, float | None]:
+        return self.max_qrs, self.linking_timeout
+
+
+def _seconds(what: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{what} must be a number of seconds, not {type(value).__name__}")
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{what} must be a finite number of seconds > 0, got {value!r}")
+    return float(value)
+
+
+def _count(what: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{what} must be an int, not {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{what} must be at least 1, got {value!r}")
+    return value
+
+
 def check_route_options(
     prefix: object,
     authorize: object,
@@ -94,8 +142,11 @@ def check_route_options(
     max_name_length: object = DEFAULT_MAX_NAME_LENGTH,
     max_age: object = DEFAULT_MAX_AGE,
     max_backoff: object = DEFAULT_MAX_BACKOFF,
-) -> str:
-    """Check ``qr_routes``' options at construction time; return the normalised prefix."""
+    max_qrs: object = DEFAULT_MAX_QRS,
+    linking_timeout: object = DEFAULT_LINKING_TIMEOUT,
+) -> tuple[str, Options]:
+    """Check ``qr_routes``' options at construction time; return the normalised prefix and
+    the options."""
     if not isinstance(prefix, str):
         raise TypeError(f"prefix must be a str, not {type(prefix).__name__}")
     if prefix and (not prefix.startswith("/") or "{" in prefix or "}" in prefix):
@@ -105,17 +156,16 @@ def check_route_options(
             "authorize must be a callable authorize(request, instance_name) -> bool (or an "
             "async one): whoever scans a QR links a phone, so the routes are never open"
         )
-    numbers = {"interval": interval, "heartbeat": heartbeat, "max_age": max_age}
-    for what, value in {**numbers, "max_backoff": max_backoff}.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"{what} must be a number of seconds, not {type(value).__name__}")
-        if not (value > 0 and math.isfinite(value)):
-            raise ValueError(f"{what} must be a finite number of seconds > 0, got {value!r}")
-    if isinstance(max_name_length, bool) or not isinstance(max_name_length, int):
-        raise TypeError(f"max_name_length must be an int, not {type(max_name_length).__name__}")
-    if max_name_length < 1:
-        raise ValueError(f"max_name_length must be at least 1, got {max_name_length!r}")
-    return prefix.rstrip("/")
+    options = Options(
+        _seconds("interval", interval),
+        _seconds("heartbeat", heartbeat),
+        _count("max_name_length", max_name_length),
+        _seconds("max_age", max_age),
+        _seconds("max_backoff", max_backoff),
+        None if max_qrs is None else _count("max_qrs", max_qrs),
+        None if linking_timeout is None else _seconds("linking_timeout", linking_timeout),
+    )
+    return prefix.rstrip("/"), options
 
 
 def route_kit(
@@ -123,16 +173,12 @@ def route_kit(
     client: WachatClient | Callable[[RequestT], WachatClient],
     prefix: object,
     authorize: Authorize[RequestT],
-    limits: tuple[object, object, int, object, object],
-) -> tuple[str, Gate[RequestT], Callable[[RequestT], WachatClient]]:
+    options: Mapping[str, object],
+) -> tuple[str, Options, Gate[RequestT], Callable[[RequestT], WachatClient]]:
     """What both ``qr_routes`` start from, once their options are checked: the normalised
-    prefix, the :class:`Gate` (*passthrough*: the framework's HTTP exceptions) and how to find
-    the client of a request. *limits*: interval, heartbeat, max_name_length, max_age and
-    max_backoff, as ``qr_routes`` takes them."""
-    interval, heartbeat, max_name_length, max_age, max_backoff = limits
-    base = check_route_options(
-        prefix, authorize, interval, heartbeat, max_name_length, max_age, max_backoff
-    )
+    prefix, the :class:`Options`, the :class:`Gate` (*passthrough*: the framework's HTTP
+    exceptions) and how to find the client of a request."""
+    base, checked = check_route_options(prefix, authorize, **options)
     if not isinstance(client, WachatClient) and not callable(client):
         raise TypeError(
             f"client must be a WachatClient or a callable request -> WachatClient, not "
@@ -142,13 +188,7 @@ def route_kit(
     def client_for(request: RequestT) -> WachatClient:
         return client if isinstance(client, WachatClient) else client(request)
 
-    return base, Gate(authorize, max_name_length, passthrough), client_for
-
-
-def _being_cancelled() -> bool:
-    """Whether the running task itself is being cancelled (not merely something it awaited)."""
-    task = asyncio.current_task()
-    return task is None or task.cancelling() > 0
+    return base, checked, Gate(authorize, checked.max_name_length, passthrough), client_for
 
 
 def _discard(result: object) -> None:
@@ -206,6 +246,13 @@ class Gate(Generic[RequestT]):
     ) -> Target | Answer:
         """The route and name of a request (the framework's decoded *tail* after the prefix,
         the *raw_path*), or the answer that refuses it."""
+        where = self.check(method, raw_path, tail)
+        if isinstance(where, Target) and not await self.is_authorized(request, where.name):
+            return self.json(403, "forbidden", where.name)
+        return where
+
+    def check(self, method: str, raw_path: str | None, tail: str) -> Target | Answer:
+        """:meth:`admit` without ``authorize``: the route (404, 405) and the name (404)."""
         where = locate(raw_path, tail)
         if isinstance(where, Miss):
             return self.json(404, where.message, where.name)
@@ -216,8 +263,6 @@ class Gate(Generic[RequestT]):
         problem = self.name_problem(where.name)  # cheap, and the application's rule never
         if problem is not None:  # sees an 8,000-character name or a NUL
             return self.json(404, problem, where.name)
-        if not await self.is_authorized(request, where.name):
-            return self.json(403, "forbidden", where.name)
         return where
 
     def json(self, status: int, message: str, name: str) -> Answer:
@@ -270,7 +315,7 @@ class Gate(Generic[RequestT]):
         except self._passthrough:
             raise
         except asyncio.CancelledError as exc:
-            if _being_cancelled():
+            if being_cancelled():
                 raise
             # the awaitable authorize returned was cancelled, not this request
             self._log_raised("authorize's awaitable was cancelled", shown, exc)
@@ -298,9 +343,12 @@ class Gate(Generic[RequestT]):
         return False
 
 
-def json_answer(status: int, message: str, name: str) -> Answer:
+def json_answer(status: int, message: str, name: str, retry_after: float = RETRY_AFTER) -> Answer:
+    """``{"error": message, "instance": name}``; a ``503`` says when to try again."""
     body = json.dumps({"error": message, "instance": name}).encode()
     headers = {"Content-Type": JSON_TYPE, "Cache-Control": NO_STORE}
+    if status == 503:
+        headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
     return Answer(status, headers, body)
 
 
@@ -318,6 +366,32 @@ def error_answer(exc: BaseException, name: str) -> Answer:
         upstream = f"{upstream} (bug)"
     log("QR for instance %s failed (%s) -> %d", shown_name(name), upstream, status)
     return json_answer(status, message, name)
+
+
+def stopping_answer(name: str) -> Answer:
+    """``503`` while the app stops or its client is closed (the browser retries later)."""
+    return json_answer(503, STOPPING, name)
+
+
+def events_refusal(client: WachatClient, name: str) -> Answer | None:
+    """Why the event route must not open a stream: its client is closed (the app is stopping),
+    so a stream would end at once and the browser reconnect in a loop; a ``503`` instead makes
+    the page back off."""
+    return stopping_answer(name) if client.closed else None
+
+
+#: The request header a restart (``POST {prefix}/{name}/events``) must carry: a cross-site
+#: form cannot send it, and a cross-site ``fetch`` with it needs CORS (no CSRF).
+RESTART_HEADER: Final = "Wachat-Restart"
+
+
+def restart_answer(hub: QRHub, name: str, header: str | None) -> Answer:
+    """``204`` once every expired watch of *name* polls again (for all its viewers; nothing
+    to do is a ``204`` too: the call is idempotent); ``400`` without :data:`RESTART_HEADER`."""
+    if not header:
+        return json_answer(400, f"a restart needs the {RESTART_HEADER} request header", name)
+    hub.restart(name)
+    return Answer(204, {"Cache-Control": NO_STORE})
 
 
 def etag_matches(header: str | None, digest: str) -> bool:
@@ -357,34 +431,49 @@ def etag_matches(header: str | None, digest: str) -> bool:
 
 def unavailable_answer(state: Unavailable, name: str, now: float) -> Answer:
     """``503`` while the instance's watch has no current QR (what its viewers are told too),
-    with ``Retry-After`` when the next try is known."""
-    answer = json_answer(503, state.message, name)
-    if state.retry_at is None:
-        return answer
-    return attrs.evolve(
-        answer,
-        headers={**answer.headers, "Retry-After": str(max(1, math.ceil(state.retry_at - now)))},
-    )
+    with ``Retry-After`` at the next try (a poll under way: :data:`RETRY_AFTER`)."""
+    wait = RETRY_AFTER if state.retry_at is None else state.retry_at - now
+    return json_answer(503, state.message, name, wait)
 
 
 async def png_answer(
     hub: QRHub, name: str, if_none_match: str | None, max_age: float = DEFAULT_MAX_AGE
 ) -> Answer:
     """The instance's current QR PNG: while it is watched, the watch's (polled at most
-    *max_age* seconds ago; older, or while its polls fail, a ``503``: the page says the same);
-    else fetched now, one upstream request for all concurrent callers (whole: the ETag is its
-    SHA-256, and an invalid image must become a 502, not a half-sent 200). ``304`` when
-    *if_none_match* names it."""
-    now = asyncio.get_running_loop().time()
-    states = [watch.state(now, max_age) for watch in hub.watches(name)]
-    images = [state for state in states if isinstance(state, QRImage)]
-    image: QRImage | None = max(images, key=lambda qr: qr.fetched_at) if images else None
+    *max_age* seconds ago; older, or while its polls fail, a ``503``: the page says the same;
+    expired, a ``410``; before its first poll ends, its first poll's); else fetched now, one
+    upstream request for all concurrent callers (whole: the ETag is its SHA-256, and an
+    invalid image must become a 502, not a half-sent 200). ``304`` when *if_none_match* names
+    it. On shutdown (:meth:`QRHub.close`) a waiting request answers ``503`` at once."""
+    loop = asyncio.get_running_loop()
+    image: QRImage | None = None
+    while image is None and (watches := hub.watches(name)):
+        now = loop.time()
+        states = [watch.state(now, max_age) for watch in watches]
+        images = [state for state in states if isinstance(state, QRImage)]
+        expired = [state for state in states if isinstance(state, QRExpiredError)]
+        if images:
+            image = max(images, key=lambda qr: qr.fetched_at)
+        elif expired:  # no upstream request: the limit holds for the PNG route too
+            return json_answer(*error_status(expired[0]), name)
+        elif unavailable := [state for state in states if isinstance(state, Unavailable)]:
+            return unavailable_answer(unavailable[0], name, now)
+        else:  # first polls under way: one upstream request serves the viewers and this one
+            watch = watches[0]
+            await watch.wait(watch.version)
+            if watch.ended is CLOSED:
+                return stopping_answer(name)
+            if isinstance(watch.ended, BaseException):
+                return error_answer(watch.ended, name)
+            if watch.ended is CONNECTED:
+                break
     if image is None:
-        for state in states:
-            if isinstance(state, Unavailable):
-                return unavailable_answer(state, name, now)
         try:
             image = await hub.fetch(name)
+        except asyncio.CancelledError:
+            if being_cancelled():
+                raise
+            return stopping_answer(name)  # hub.close() cancelled the fetch: the app stops
         except Exception as exc:  # WachatError, or a bug: both a JSON answer, never a 500
             return error_answer(exc, name)
     headers = {

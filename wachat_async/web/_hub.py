@@ -7,10 +7,13 @@ has gone. Fifty viewers of one instance therefore cost one upstream poll per int
 
 A watch polls ``GET /instance/state`` then the QR, every *interval*; while polls fail it says so
 (:class:`Outage`: why, and when the next try is) and waits twice as long after each failure, up
-to *max_backoff*; a viewer that joins cuts that wait short. Viewers never queue images: each
-reads the watch's state when woken. On SIGINT or SIGTERM, and on :func:`end_event_streams`,
-every stream of the loop ends cleanly (browsers reconnect to the next process). This module
-never imports a web framework; it uses only public names.
+to *max_backoff*; a viewer that joins cuts that wait short. After *max_qrs* QRs or
+*linking_timeout* seconds without a link it stops polling and says so (``QRExpiredError``) but
+keeps its viewers, until :meth:`QRHub.restart` starts it again for all of them. Viewers never
+queue images: each reads the watch's state when woken. On SIGINT or SIGTERM, and on
+:func:`end_event_streams`, every stream of the loop ends cleanly (browsers reconnect to the next
+process) and PNG fetches are cancelled. This module never imports a web framework; it uses only
+public names.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from wachat_async import (
     ClientClosedError,
     InstanceNotFoundError,
     InvalidInstanceNameError,
+    QRExpiredError,
     QRImage,
     QRNotSupportedError,
     SubscriptionRestrictedError,
@@ -48,8 +52,11 @@ from ._paths import shown_name
 __all__ = [
     "CLOSED",
     "CONNECTED",
+    "STOPPING",
+    "DEFAULT_LINKING_TIMEOUT",
     "DEFAULT_MAX_AGE",
     "DEFAULT_MAX_BACKOFF",
+    "DEFAULT_MAX_QRS",
     "WATCH_TASK_PREFIX",
     "Outage",
     "QRHub",
@@ -66,6 +73,10 @@ logger = logging.getLogger("wachat_async.web")
 WATCH_TASK_PREFIX: Final = "wachat-web-watch"
 #: Longest wait (seconds, before jitter) between two polls of a watch whose polls fail.
 DEFAULT_MAX_BACKOFF: Final = 10.0
+#: The routes' watch limits: a page left open stops polling after this many QRs (WAHA's 6)...
+DEFAULT_MAX_QRS: Final = 6
+#: ... or this many seconds without the phone being linked, whichever comes first.
+DEFAULT_LINKING_TIMEOUT: Final = 180.0
 #: Waits vary by up to this fraction, so watches started together do not poll in step.
 JITTER: Final = 0.1
 #: A viewer that joins makes a failing watch poll at once, but at most once per this many seconds.
@@ -75,12 +86,15 @@ TERMINAL: Final = frozenset({404, 409})
 #: Failures that end a watch too: our key or plan refused (polling again cannot fix them).
 _OURS: Final = (AuthenticationError, SubscriptionRestrictedError)
 _BUDGET_NOTE: Final = "retry budget exhausted"
+#: What a browser reads while the app stops (or its client is closed).
+STOPPING: Final = "the server is stopping; try again"
 
 
 def error_status(exc: BaseException) -> tuple[int, str]:
     """The status and message a browser gets for an upstream failure.
 
     * invalid name, 400, 404: 404 (no such QR here);
+    * a watch limit reached (:class:`~wachat_async.QRExpiredError`): 410 (ask for a new QR);
     * 409 (not a Baileys instance): 409 (this instance has no QR);
     * client-side timeout, deadline, the client closed (the app is stopping): 503 (try again);
     * retry budget exhausted, 429, 503: 503 (upstream overloaded: try later);
@@ -94,12 +108,14 @@ def error_status(exc: BaseException) -> tuple[int, str]:
         return 404, "invalid instance name"
     if isinstance(exc, (BadRequestError, InstanceNotFoundError)):
         return 404, "no such instance"
+    if isinstance(exc, QRExpiredError):
+        return 410, "this QR code expired before the phone was linked; ask for a new one"
     if isinstance(exc, QRNotSupportedError):
         return 409, "this instance has no QR code (only WhatsApp Baileys instances have one)"
     if isinstance(exc, WachatTimeoutError):  # before OSError: it is also a TimeoutError
         return 503, "the QR code service timed out; try again"
     if isinstance(exc, ClientClosedError):
-        return 503, "the server is stopping; try again"
+        return 503, STOPPING
     if any(_BUDGET_NOTE in note for note in getattr(exc, "__notes__", ())) or (
         isinstance(exc, UnexpectedStatusError) and exc.status in (429, 503)
     ):
@@ -107,6 +123,12 @@ def error_status(exc: BaseException) -> tuple[int, str]:
     if isinstance(exc, _OURS):  # final: no "try again"
         return 502, "this QR code cannot be shown right now (the service refused the app's access)"
     return 502, "the QR code service failed; try again"
+
+
+def being_cancelled() -> bool:
+    """Whether the running task itself is being cancelled (not merely something it awaited)."""
+    task = asyncio.current_task()
+    return task is None or task.cancelling() > 0
 
 
 def _jitter() -> float:
@@ -153,7 +175,10 @@ class Outage:
 
 
 class Watch:
-    """The one upstream poll loop of an instance, what it last saw, and its viewers."""
+    """The one upstream poll loop of an instance, what it last saw, and its viewers.
+
+    *limits*: ``(max_qrs, linking_timeout)``, each ``None`` for no limit.
+    """
 
     __slots__ = (
         "_changed",
@@ -161,8 +186,10 @@ class Watch:
         "_wake",
         "confirmed",
         "ended",
+        "expired",
         "interval",
         "latest",
+        "limits",
         "max_backoff",
         "name",
         "outage",
@@ -173,18 +200,28 @@ class Watch:
     )
 
     def __init__(
-        self, hub: QRHub, client: WachatClient, name: str, interval: float, max_backoff: float
+        self,
+        hub: QRHub,
+        client: WachatClient,
+        name: str,
+        interval: float,
+        max_backoff: float,
+        limits: tuple[int | None, float | None] = (None, None),
     ) -> None:
         self._hub = hub
         self.name: str = name
         self.interval: float = interval
         self.max_backoff: float = max_backoff
+        self.limits: tuple[int | None, float | None] = limits
         self.viewers: int = 0
         #: The newest image, current as of ``confirmed`` (the loop time of the last good poll).
         self.latest: QRImage | None = None
         self.confirmed: float = float("-inf")
         #: Set while polls fail; ``None`` once one succeeds.
         self.outage: Outage | None = None
+        #: Set once a limit stopped the polls (the watch keeps its viewers); ``None`` again on
+        #: :meth:`restart`.
+        self.expired: QRExpiredError | None = None
         #: Bumped on every change viewers must hear of (an image, an outage, the end).
         self.version: int = 0
         #: ``CONNECTED``, ``CLOSED``, or the terminal error (a ``WachatError``, or a bug).
@@ -192,64 +229,99 @@ class Watch:
         self.polled: float = float("-inf")  # loop time the last poll started
         self._changed = asyncio.Event()
         self._wake = asyncio.Event()
-        self.task: asyncio.Task[None] = asyncio.get_running_loop().create_task(
-            self._run(client), name=f"{WATCH_TASK_PREFIX}:{name}"
+        self.task: asyncio.Task[None] = self._start(client)
+
+    @property
+    def key(self) -> tuple[float, float, int | None, float | None]:
+        """What tells this watch from another of the same instance in the hub."""
+        return (self.interval, self.max_backoff, *self.limits)
+
+    def _start(self, client: WachatClient) -> asyncio.Task[None]:
+        return asyncio.get_running_loop().create_task(
+            self._run(client), name=f"{WATCH_TASK_PREFIX}:{self.name}"
         )
 
     async def _run(self, client: WachatClient) -> None:
         loop = asyncio.get_running_loop()
-        failures = 0
+        started, shown = loop.time(), [0]
         try:
-            while True:
-                self.polled = loop.time()
-                try:
-                    if (await client.get_instance_state(self.name)).is_connected:
-                        self.ended = CONNECTED
-                        return
-                    image = await client.get_qr_image(self.name)
-                except ClientClosedError:
-                    self.ended = CLOSED  # the app is stopping: not the instance's fault
-                    return
-                except WachatError as exc:
-                    status = getattr(exc, "status", None) or type(exc).__name__
-                    if error_status(exc)[0] in TERMINAL or isinstance(exc, _OURS):
-                        name = shown_name(self.name)
-                        logger.warning("Watch of instance %s ended: %s", name, status)
-                        self.ended = exc
-                        return
-                    failures += 1
-                    wait = min(self.interval * 2.0 ** min(failures, 32), self.max_backoff)
-                    wait = max(wait, self.interval) * _jitter()
-                    if self.outage is None:
-                        logger.warning(
-                            "QR of instance %s unavailable (%s); retrying every %g s at most",
-                            shown_name(self.name),
-                            status,
-                            max(self.max_backoff, self.interval),
-                        )
-                    self.outage = Outage(exc, loop.time() + wait)
-                    self._notify()
-                else:
-                    failures = 0
-                    wait = self.interval * _jitter()
-                    self.confirmed = loop.time()
-                    news = self.latest is None or self.latest.sha256 != image.sha256
-                    if news or self.outage is not None:
-                        if self.outage is not None:
-                            logger.info("QR of instance %s is back", shown_name(self.name))
-                        self.latest, self.outage = image, None
-                        self._notify()
-                await self._pause(wait, client.retry_policy.zero_wait)
-        except Exception as exc:  # a bug: viewers get a 502-style final event, never a hang
-            logger.exception("Watch of instance %s failed", shown_name(self.name))
-            self.ended = exc
+            async with asyncio.timeout(self.limits[1]) as limit:
+                await self._poll(client, shown)
+        except Exception as exc:
+            if not (isinstance(exc, TimeoutError) and limit.expired()):  # a bug: viewers get
+                logger.exception("Watch of instance %s failed", shown_name(self.name))
+                self.ended = exc  # a 502-style final event, never a hang
         finally:
-            self._hub._forget(self)
+            if self.ended is None and not being_cancelled():  # a limit, not leave()/end()
+                self.expired = QRExpiredError(
+                    instance_name=self.name, qrs_shown=shown[0], elapsed=loop.time() - started
+                )
+                self.latest = self.outage = None
+                logger.info(
+                    "Watch of instance %s stopped: not linked after %d QR codes / %.0f s",
+                    shown_name(self.name),
+                    shown[0],
+                    self.expired.elapsed,
+                )
+            else:
+                self._hub._forget(self)
             self._notify()
 
-    def state(self, now: float, max_age: float) -> QRImage | Unavailable | None:
+    async def _poll(self, client: WachatClient, shown: list[int]) -> None:
+        """Poll until the phone is linked, a terminal failure, or *max_qrs* (then return
+        with ``ended`` unset); *shown* counts the QRs announced."""
+        loop = asyncio.get_running_loop()
+        failures = 0
+        while True:
+            self.polled = loop.time()
+            try:
+                if (await client.get_instance_state(self.name)).is_connected:
+                    self.ended = CONNECTED
+                    return
+                image = await client.get_qr_image(self.name)
+            except ClientClosedError:
+                self.ended = CLOSED  # the app is stopping: not the instance's fault
+                return
+            except WachatError as exc:
+                status = getattr(exc, "status", None) or type(exc).__name__
+                if error_status(exc)[0] in TERMINAL or isinstance(exc, _OURS):
+                    logger.warning("Watch of instance %s ended: %s", shown_name(self.name), status)
+                    self.ended = exc
+                    return
+                failures += 1
+                wait = min(self.interval * 2.0 ** min(failures, 32), self.max_backoff)
+                wait = max(wait, self.interval) * _jitter()
+                if self.outage is None:
+                    logger.warning(
+                        "QR of instance %s unavailable (%s); retrying every %g s at most",
+                        shown_name(self.name),
+                        status,
+                        max(self.max_backoff, self.interval),
+                    )
+                self.outage = Outage(exc, loop.time() + wait)
+                self._notify()
+            else:
+                failures = 0
+                wait = self.interval * _jitter()
+                self.confirmed = loop.time()
+                news = self.latest is None or self.latest.sha256 != image.sha256
+                if news and shown[0] == self.limits[0]:
+                    return  # the last QR allowed has been replaced: expired
+                if news or self.outage is not None:
+                    if self.outage is not None:
+                        logger.info("QR of instance %s is back", shown_name(self.name))
+                    if news:
+                        shown[0] += 1
+                    self.latest, self.outage = image, None
+                    self._notify()
+            await self._pause(wait, client.retry_policy.zero_wait)
+
+    def state(self, now: float, max_age: float) -> QRImage | Unavailable | QRExpiredError | None:
         """What a viewer sees at loop time *now*: the current QR (polled at most *max_age*
-        seconds ago), why there is none, or ``None`` before the first poll ends."""
+        seconds ago), why there is none, the limit that stopped the watch, or ``None`` before
+        the first poll ends."""
+        if self.expired is not None:
+            return self.expired
         if self.outage is not None:
             return Unavailable(error_status(self.outage.error)[1], self.outage.retry_at)
         if self.latest is None:
@@ -274,6 +346,16 @@ class Watch:
         if self.outage is not None and asyncio.get_running_loop().time() - self.polled >= WAKE_GAP:
             self._wake.set()
 
+    def restart(self) -> bool:
+        """Start polling again after a limit stopped the watch (for all its viewers); whether
+        it did (``False``: it was not expired)."""
+        if self.expired is None or self.ended is not None:
+            return False
+        self.expired, self.confirmed = None, float("-inf")
+        self.task = self._start(self._hub._client_now())
+        self._notify()
+        return True
+
     def end(self, how: _End) -> None:
         """Stop polling; viewers end their streams as *how* says."""
         if self.ended is None:
@@ -294,12 +376,12 @@ class Watch:
 
 
 class QRHub:
-    """The watches of one client on one event loop, by instance name (then interval, backoff)."""
+    """The watches of one client on one event loop, by instance name (then ``Watch.key``)."""
 
     def __init__(self, client: WachatClient) -> None:
         # Weak: the hub lives in a registry keyed by the client, and must not keep it alive.
         self._client = weakref.ref(client)
-        self._watches: dict[str, dict[tuple[float, float], Watch]] = {}
+        self._watches: dict[str, dict[tuple[float, float, int | None, float | None], Watch]] = {}
         self._fetches: dict[str, asyncio.Task[QRImage]] = {}
 
     def _client_now(self) -> WachatClient:
@@ -307,16 +389,23 @@ class QRHub:
         assert client is not None  # the routes hold the client
         return client
 
-    def join(self, name: str, interval: float, max_backoff: float = DEFAULT_MAX_BACKOFF) -> Watch:
+    def join(
+        self,
+        name: str,
+        interval: float,
+        max_backoff: float = DEFAULT_MAX_BACKOFF,
+        limits: tuple[int | None, float | None] = (None, None),
+    ) -> Watch:
         """Count one viewer in; start the instance's watch if it is not running, or make a
-        failing one try again now."""
+        failing one try again now. *limits*: ``(max_qrs, linking_timeout)``, ``None`` for
+        none. An expired watch stays expired (:meth:`restart` starts it again)."""
         _hook_signals()
         interval = max(interval, 1.0)  # as watch_qr: never faster than once a second
         per_name = self._watches.setdefault(name, {})
-        watch = per_name.get((interval, max_backoff))
+        watch = per_name.get((interval, max_backoff, *limits))
         if watch is None:
-            watch = Watch(self, self._client_now(), name, interval, max_backoff)
-            per_name[interval, max_backoff] = watch
+            watch = Watch(self, self._client_now(), name, interval, max_backoff, limits)
+            per_name[watch.key] = watch
         else:
             watch.wake()
         watch.viewers += 1
@@ -328,6 +417,12 @@ class QRHub:
         if watch.viewers <= 0 and watch.ended is None:
             self._forget(watch)
             watch.task.cancel()
+
+    def restart(self, name: str) -> bool:
+        """Start polling again every watch of *name* that a limit stopped, for all its
+        viewers; whether one was (``False``: none was expired, nothing to do)."""
+        restarted = [watch.restart() for watch in self.watches(name)]  # each one, no shortcut
+        return any(restarted)
 
     def watches(self, name: str) -> list[Watch]:
         """The running watches of *name* (usually one)."""
@@ -350,6 +445,7 @@ class QRHub:
         that leaves does not cancel it for the others)."""
         task = self._fetches.get(name)
         if task is None:
+            _hook_signals()  # a shutdown cancels it (close): a hung upstream never holds it up
             task = asyncio.get_running_loop().create_task(self._client_now().get_qr_image(name))
             self._fetches[name] = task
 
@@ -363,16 +459,19 @@ class QRHub:
         return await asyncio.shield(task)
 
     def close(self) -> None:
-        """End every stream of this hub cleanly (no event: browsers reconnect) and stop its
-        watches. The hub stays usable: a later viewer starts a new watch."""
+        """End every stream of this hub cleanly (no event: browsers reconnect), stop its
+        watches and cancel its PNG fetches (their callers answer 503). The hub stays usable:
+        a later viewer starts a new watch."""
+        for task in list(self._fetches.values()):
+            task.cancel()
         for per_name in list(self._watches.values()):
             for watch in list(per_name.values()):
                 watch.end(CLOSED)
 
     def _forget(self, watch: Watch) -> None:
         per_name = self._watches.get(watch.name, {})
-        if per_name.get((watch.interval, watch.max_backoff)) is watch:
-            del per_name[watch.interval, watch.max_backoff]
+        if per_name.get(watch.key) is watch:
+            del per_name[watch.key]
         if not per_name:
             self._watches.pop(watch.name, None)
 

@@ -1,5 +1,6 @@
-"""The live QR page: one ``<img id="wachat-qr">`` that follows the event stream and one
-``<p id="wachat-status">`` that reads ``connected`` once the phone is linked.
+"""The live QR page: one ``<img id="wachat-qr">`` that follows the event stream, one
+``<p id="wachat-status">`` that reads ``connected`` once the phone is linked, and one
+``<button id="wachat-again">`` ("Show a new QR code") shown once the watch has expired.
 
 Self-contained: one inline script and one inline style, allowed by their hashes in the
 ``Content-Security-Policy`` (no ``unsafe-inline``, nothing loaded from elsewhere). The page
@@ -22,10 +23,12 @@ SCRIPT: Final = """
   "use strict";
   var img = document.getElementById("wachat-qr");
   var status = document.getElementById("wachat-status");
+  var again = document.getElementById("wachat-again");
   var events = img.getAttribute("data-events"), source, failures = 0;
   function show(state, text, qr) {  /* qr: "shown", "dim" or "hidden" */
     status.setAttribute("data-state", state);
     status.textContent = text;
+    again.hidden = state !== "expired";
     img.hidden = qr === "hidden" || !img.getAttribute("src");
     img.className = qr === "dim" ? "stale" : "";
   }
@@ -63,6 +66,12 @@ SCRIPT: Final = """
       var text = "QR code unavailable (" + d.error + "); retrying" + when + "\u2026";
       show("unavailable", text, "dim");
     });
+    source.addEventListener("expired", function (e) {  /* the watch stopped: no QR to scan */
+      var d = JSON.parse(e.data);
+      img.removeAttribute("src");
+      show("expired", "This QR code expired: the phone was not linked after " + d.qrs_shown +
+        " QR code(s).", "hidden");
+    });
     source.addEventListener("connected", function () {
       stop("connected", "connected");
     });
@@ -78,6 +87,24 @@ SCRIPT: Final = """
       }
     });
   }
+  function refused(text) {
+    again.disabled = false;
+    if (status.getAttribute("data-state") === "expired") {
+      show("expired", "A new QR code could not be requested (" + text + "); try again.", "hidden");
+    }
+  }
+  again.addEventListener("click", function () {  /* one watch for every viewer: all see it */
+    again.disabled = true;
+    fetch(events, {method: "POST", headers: {"Wachat-Restart": "1"}, cache: "no-store"})
+      .then(function (r) {
+        if (!r.ok) return refused("HTTP " + r.status);
+        again.disabled = false;
+        if (status.getAttribute("data-state") === "expired") {
+          show("waiting", "Waiting for the QR code\u2026", "hidden");
+        }
+        if (source.readyState === EventSource.CLOSED) open();
+      }, function () { refused("network error"); });
+  });
   open();
   img.addEventListener("error", function () {
     if (img.getAttribute("src")) {
@@ -129,6 +156,7 @@ def page_html(name: str) -> bytes:
         f'data-events="{events}">\n'
         '<p id="wachat-status" role="status" data-state="waiting">'
         "Waiting for the QR code\u2026</p>\n"
+        '<button id="wachat-again" type="button" hidden>Show a new QR code</button>\n'
         f"<script>{SCRIPT}</script>\n"
         "</body></html>\n"
     ).encode()

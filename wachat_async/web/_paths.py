@@ -44,7 +44,9 @@ PAGE: Final = "page"
 #: The methods each route answers (anything else: 405 with ``Allow``).
 METHODS: Final[dict[str, tuple[str, ...]]] = {
     PNG: ("GET", "HEAD"),
-    EVENTS: ("GET",),  # an event stream has no head: HEAD would start a watch for nothing
+    # An event stream has no head (HEAD would start a watch for nothing); POST restarts a
+    # watch that a limit stopped.
+    EVENTS: ("GET", "POST"),
     PAGE: ("GET", "HEAD"),
 }
 

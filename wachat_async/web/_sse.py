@@ -12,6 +12,9 @@
     event: unavailable
     data: {"instance": "NAME", "error": "...", "retry_in": 4.2}
 
+    event: expired
+    data: {"instance": "NAME", "qrs_shown": 6, "elapsed": 118.4}
+
     : ping
 
     event: connected
@@ -30,9 +33,19 @@ import random
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Final
 
-from wachat_async import QRImage
+from wachat_async import QRExpiredError, QRImage
 
-from ._hub import CLOSED, CONNECTED, DEFAULT_MAX_AGE, DEFAULT_MAX_BACKOFF, QRHub, error_status
+from ._core import Options
+from ._hub import (
+    CLOSED,
+    CONNECTED,
+    DEFAULT_LINKING_TIMEOUT,
+    DEFAULT_MAX_AGE,
+    DEFAULT_MAX_BACKOFF,
+    DEFAULT_MAX_QRS,
+    QRHub,
+    error_status,
+)
 from ._paths import png_from_events
 
 __all__ = ["FINAL", "LIVENESS_CHECK", "PING", "RECONNECT_MS", "event", "qr_events"]
@@ -70,18 +83,23 @@ async def qr_events(
     gone: Callable[[], bool | Awaitable[bool]] | None = None,
     max_age: float = DEFAULT_MAX_AGE,
     max_backoff: float = DEFAULT_MAX_BACKOFF,
+    max_qrs: int | None = DEFAULT_MAX_QRS,
+    linking_timeout: float | None = DEFAULT_LINKING_TIMEOUT,
 ) -> AsyncGenerator[bytes, None]:
     """Follow *name*'s shared watch: ``retry:`` first; a ``qr`` event (``src`` =
     ``{png_path}?v=<sha256>``) once an image is known and on every change; ``unavailable``
-    (why, and ``retry_in`` seconds) while polls fail or the QR is older than *max_age*; at the
-    end ``connected`` or ``failed``, or nothing when the app stops (the browser reconnects).
+    (why, and ``retry_in`` seconds) while polls fail or the QR is older than *max_age*;
+    ``expired`` (``qrs_shown``, ``elapsed`` seconds) once the watch stopped polling after
+    *max_qrs* QRs or *linking_timeout* seconds (``None``: no limit) without a link, until
+    :meth:`QRHub.restart` (then ``qr`` again); at the end ``connected`` or ``failed``, or
+    nothing when the app stops (the browser reconnects).
 
     A ``: ping`` comment goes out after *heartbeat* seconds of silence. *gone*, when given, is
     asked at least every ``LIVENESS_CHECK`` seconds whether the browser has left (for servers
     that do not cancel the handler); a true answer ends the stream.
     """
     loop = asyncio.get_running_loop()
-    watch = hub.join(name, interval, max_backoff)
+    watch = hub.join(name, interval, max_backoff, (max_qrs, linking_timeout))
     try:
         yield f"retry: {random.randint(*RECONNECT_MS)}\n\n".encode()  # noqa: S311 - not a secret
         told: object = None
@@ -105,6 +123,10 @@ async def qr_events(
                 told = key
                 if isinstance(state, QRImage):
                     yield event("qr", {"sha256": key, "src": f"{png_path}?v={key}"})
+                elif isinstance(state, QRExpiredError):
+                    elapsed = round(state.elapsed, 1)
+                    data = {"instance": name, "qrs_shown": state.qrs_shown, "elapsed": elapsed}
+                    yield event("expired", data)
                 elif state is not None:
                     at = state.retry_at
                     retry_in = None if at is None else round(max(0.0, at - now), 1)
@@ -136,19 +158,19 @@ async def qr_events(
 def route_events(
     hub: QRHub,
     name: str,
-    limits: tuple[object, object, int, object, object],
+    options: Options,
     gone: Callable[[], bool | Awaitable[bool]] | None = None,
 ) -> AsyncGenerator[bytes, None]:
-    """:func:`qr_events` as both ``qr_routes`` call it, with their checked *limits* (interval,
-    heartbeat, max_name_length, max_age, max_backoff)."""
-    interval, heartbeat, _, max_age, max_backoff = limits
+    """:func:`qr_events` as the routes call it, with their checked *options*."""
     return qr_events(
         hub,
         name,
         png_path=png_from_events(name),
-        interval=float(interval),  # type: ignore[arg-type]
-        heartbeat=float(heartbeat),  # type: ignore[arg-type]
+        interval=options.interval,
+        heartbeat=options.heartbeat,
         gone=gone,
-        max_age=float(max_age),  # type: ignore[arg-type]
-        max_backoff=float(max_backoff),  # type: ignore[arg-type]
+        max_age=options.max_age,
+        max_backoff=options.max_backoff,
+        max_qrs=options.max_qrs,
+        linking_timeout=options.linking_timeout,
     )

@@ -26,8 +26,24 @@ from aiohttp import web
 
 from wachat_async import WachatClient
 
-from ._core import DEFAULT_HEARTBEAT, DEFAULT_INTERVAL, Answer, Authorize, png_answer, route_kit
-from ._hub import DEFAULT_MAX_AGE, DEFAULT_MAX_BACKOFF, hub_for
+from ._core import (
+    DEFAULT_HEARTBEAT,
+    DEFAULT_INTERVAL,
+    RESTART_HEADER,
+    Answer,
+    Authorize,
+    events_refusal,
+    png_answer,
+    restart_answer,
+    route_kit,
+)
+from ._hub import (
+    DEFAULT_LINKING_TIMEOUT,
+    DEFAULT_MAX_AGE,
+    DEFAULT_MAX_BACKOFF,
+    DEFAULT_MAX_QRS,
+    hub_for,
+)
 from ._page import PAGE_HEADERS, page_html
 from ._paths import DEFAULT_MAX_NAME_LENGTH, EVENTS, PNG, Target
 from ._sse import EVENT_HEADERS, route_events
@@ -51,6 +67,8 @@ def qr_routes(
     max_name_length: int = DEFAULT_MAX_NAME_LENGTH,
     max_age: float = DEFAULT_MAX_AGE,
     max_backoff: float = DEFAULT_MAX_BACKOFF,
+    max_qrs: int | None = DEFAULT_MAX_QRS,
+    linking_timeout: float | None = DEFAULT_LINKING_TIMEOUT,
 ) -> list[web.RouteDef]:
     """The three QR routes for *client* (a :class:`WachatClient`, or a callable that returns the
     one to use for a request, such as ``lambda request: request.app[CLIENT]`` when the client is
@@ -65,15 +83,27 @@ def qr_routes(
     never polls faster); *heartbeat* the longest silence on an event stream;
     *max_name_length* the longest instance name passed on (longer: ``404``); *max_age* how old
     (since its last good poll) a watched QR may be and still be served (older: ``503`` and
-    ``unavailable``); *max_backoff* the longest wait between two polls while they fail.
+    ``unavailable``); *max_backoff* the longest wait between two polls while they fail;
+    *max_qrs* and *linking_timeout* stop a watch that many QRs or seconds without a link
+    (``None``: no limit; then ``expired``, and ``POST {prefix}/{name}/events`` with the
+    ``Wachat-Restart`` header starts it again).
 
     Every path under ``{prefix}/`` is answered by these routes, with the JSON error body when
     it is none of them (``404``) or the method is wrong (``405``). With an empty *prefix* they
     take only GET and HEAD of ``/{name}`` and ``/{name}/events`` (a POST to ``/login`` is still
     the application's).
     """
-    limits = (interval, heartbeat, max_name_length, max_age, max_backoff)
-    base, gate, client_for = route_kit((web.HTTPException,), client, prefix, authorize, limits)
+    options = {
+        "interval": interval,
+        "heartbeat": heartbeat,
+        "max_name_length": max_name_length,
+        "max_age": max_age,
+        "max_backoff": max_backoff,
+        "max_qrs": max_qrs,
+        "linking_timeout": linking_timeout,
+    }
+    kit = route_kit((web.HTTPException,), client, prefix, authorize, options)
+    base, checked, gate, client_for = kit
 
     async def serve(request: web.Request, tail: str) -> web.StreamResponse:
         raw_path = request.rel_url.raw_path
@@ -82,6 +112,9 @@ def qr_routes(
             return _response(where)
         if where.route == PNG:
             return await png(request, where)
+        if where.route == EVENTS and request.method == "POST":
+            hub = hub_for(client_for(request))
+            return _response(restart_answer(hub, where.name, request.headers.get(RESTART_HEADER)))
         if where.route == EVENTS:
             return await events(request, where)
         return web.Response(body=page_html(where.name), headers=PAGE_HEADERS)
@@ -89,10 +122,14 @@ def qr_routes(
     async def png(request: web.Request, where: Target) -> web.StreamResponse:
         wachat = client_for(request)
         if_none_match = ",".join(request.headers.getall("If-None-Match", ())) or None
-        answer = await png_answer(hub_for(wachat), where.name, if_none_match, max_age)
+        answer = await png_answer(hub_for(wachat), where.name, if_none_match, checked.max_age)
         return _response(answer)
 
     async def events(request: web.Request, where: Target) -> web.StreamResponse:
+        wachat = client_for(request)
+        refusal = events_refusal(wachat, where.name)
+        if refusal is not None:
+            return _response(refusal)
         response = web.StreamResponse(headers=EVENT_HEADERS)
         await response.prepare(request)
 
@@ -100,7 +137,7 @@ def qr_routes(
             transport = request.transport
             return transport is None or transport.is_closing()
 
-        stream = route_events(hub_for(client_for(request)), where.name, limits, gone)
+        stream = route_events(hub_for(wachat), where.name, checked, gone)
         async with contextlib.aclosing(stream):
             try:
                 async for chunk in stream:
@@ -123,5 +160,6 @@ def qr_routes(
         return [web.route("*", rf"{base}/{{tail:[\s\S]*}}", under_prefix)]  # \n too
     return [  # at the root, only the routes' own shapes and methods: the rest is the app's
         web.get("/{name}/events", event_path),  # HEAD too, answered 405 in JSON
+        web.post("/{name}/events", event_path),
         web.get("/{name}", one_segment),
     ]

@@ -35,10 +35,27 @@ except ImportError as _missing:  # pragma: no cover - exercised by the packaging
 
 from wachat_async import WachatClient
 
-from ._core import DEFAULT_HEARTBEAT, DEFAULT_INTERVAL, Answer, Authorize, png_answer, route_kit
-from ._hub import DEFAULT_MAX_AGE, DEFAULT_MAX_BACKOFF, hub_for
+from ._core import (
+    DEFAULT_HEARTBEAT,
+    DEFAULT_INTERVAL,
+    RESTART_HEADER,
+    Answer,
+    Authorize,
+    Options,
+    events_refusal,
+    png_answer,
+    restart_answer,
+    route_kit,
+)
+from ._hub import (
+    DEFAULT_LINKING_TIMEOUT,
+    DEFAULT_MAX_AGE,
+    DEFAULT_MAX_BACKOFF,
+    DEFAULT_MAX_QRS,
+    hub_for,
+)
 from ._page import PAGE_HEADERS, page_html
-from ._paths import DEFAULT_MAX_NAME_LENGTH, EVENTS, PNG, claims_root
+from ._paths import DEFAULT_MAX_NAME_LENGTH, EVENTS, PNG, Target, claims_root
 from ._sse import EVENT_HEADERS, route_events
 
 __all__ = ["EventStreamResponse", "qr_routes"]
@@ -62,7 +79,8 @@ def _raw_path(scope: Scope) -> str | None:
 class _QRRoute(Route):
     """``{prefix}/{tail:path}`` for every method: the routes answer the whole prefix (JSON
     404/405, never Starlette's plain text). At the root (an empty prefix) it matches only GET
-    and HEAD of ``/{name}`` and ``/{name}/events``, so the application keeps the rest."""
+    and HEAD of ``/{name}`` and ``/{name}/events`` (and POST, a restart, of the latter), so the
+    application keeps the rest."""
 
     def __init__(self, path: str, endpoint: Callable[[Request], Awaitable[Response]]) -> None:
         super().__init__(path, endpoint)
@@ -74,9 +92,8 @@ class _QRRoute(Route):
         match, child = super().matches(scope)
         if match is Match.FULL and not self.path.removesuffix("/{tail:path}"):
             tail = child["path_params"]["tail"]
-            if scope.get("method") not in ("GET", "HEAD") or not claims_root(
-                _raw_path(scope), tail
-            ):
+            methods = ("GET", "HEAD", "POST") if tail.endswith("/events") else ("GET", "HEAD")
+            if scope.get("method") not in methods or not claims_root(_raw_path(scope), tail):
                 return Match.NONE, {}
         return match, child
 
@@ -119,6 +136,8 @@ def qr_routes(
     max_name_length: int = DEFAULT_MAX_NAME_LENGTH,
     max_age: float = DEFAULT_MAX_AGE,
     max_backoff: float = DEFAULT_MAX_BACKOFF,
+    max_qrs: int | None = DEFAULT_MAX_QRS,
+    linking_timeout: float | None = DEFAULT_LINKING_TIMEOUT,
 ) -> list[BaseRoute]:
     """The three QR routes for *client* (a :class:`WachatClient`, or a callable that returns the
     one to use for a request, such as ``lambda request: request.app[CLIENT]`` when the client is
@@ -133,15 +152,27 @@ def qr_routes(
     silence on an event stream; *max_name_length* the longest instance name passed on
     (longer: ``404``); *max_age* how old (since its last good poll) a watched QR may be and
     still be served (older: ``503`` and ``unavailable``); *max_backoff* the longest wait
-    between two polls while they fail.
+    between two polls while they fail; *max_qrs* and *linking_timeout* stop a watch that
+    many QRs or seconds without a link (``None``: no limit; then ``expired``, and ``POST
+    {prefix}/{name}/events`` with the ``Wachat-Restart`` header starts it again).
 
     The routes are one Starlette route that answers every path under ``{prefix}/``, with the
     JSON error body when it is none of the three (``404``) or the method is wrong (``405``).
     With an empty *prefix* it takes only GET and HEAD of ``/{name}`` and ``/{name}/events``
     (a POST to ``/login`` is still the application's).
     """
-    limits = (interval, heartbeat, max_name_length, max_age, max_backoff)
-    base, gate, client_for = route_kit((HTTPException,), client, prefix, authorize, limits)
+    options = {
+        "interval": interval,
+        "heartbeat": heartbeat,
+        "max_name_length": max_name_length,
+        "max_age": max_age,
+        "max_backoff": max_backoff,
+        "max_qrs": max_qrs,
+        "linking_timeout": linking_timeout,
+    }
+    base, checked, gate, client_for = route_kit(
+        (HTTPException,), client, prefix, authorize, options
+    )
 
     async def endpoint(request: Request) -> Response:
         raw_path = _raw_path(request.scope)
@@ -149,14 +180,25 @@ def qr_routes(
         where = await gate.admit(request, request.method, raw_path, tail)
         if isinstance(where, Answer):
             return _response(where)
-        if where.route == PNG:
-            wachat = client_for(request)
-            if_none_match = ",".join(request.headers.getlist("If-None-Match")) or None
-            answer = await png_answer(hub_for(wachat), where.name, if_none_match, max_age)
-            return _response(answer)
-        if where.route == EVENTS:
-            stream = route_events(hub_for(client_for(request)), where.name, limits)
-            return EventStreamResponse(stream)
-        return Response(page_html(where.name), headers=dict(PAGE_HEADERS))
+        return await _serve(request, where, client_for(request), checked)
 
     return [_QRRoute(f"{base}/{{tail:path}}", endpoint)]
+
+
+async def _serve(
+    request: Request, where: Target, wachat: WachatClient, options: Options
+) -> Response:
+    """Serve an admitted request (``qr_routes`` and ``qr_router`` both)."""
+    if where.route == PNG:
+        if_none_match = ",".join(request.headers.getlist("If-None-Match")) or None
+        answer = await png_answer(hub_for(wachat), where.name, if_none_match, options.max_age)
+        return _response(answer)
+    if where.route == EVENTS and request.method == "POST":
+        header = request.headers.get(RESTART_HEADER)
+        return _response(restart_answer(hub_for(wachat), where.name, header))
+    if where.route == EVENTS:
+        refusal = events_refusal(wachat, where.name)
+        if refusal is not None:
+            return _response(refusal)
+        return EventStreamResponse(route_events(hub_for(wachat), where.name, options))
+    return Response(page_html(where.name), headers=dict(PAGE_HEADERS))
