@@ -354,8 +354,9 @@ class Retrier:
 
     def view(self, policy: RetryPolicy, attempt_timeout: float | None) -> Retrier:
         """A retrier of *policy* sharing this one's budget, counts and pacer (a client's view)."""
-        shared = {"counts": self.counts, "pacer": self.pacer}
-        return Retrier(policy, self.budget, attempt_timeout=attempt_timeout, **shared)
+        view = Retrier(policy, self.budget, attempt_timeout=attempt_timeout, counts=self.counts)
+        view.pacer = self.pacer
+        return view
 
     async def call(
         self,
