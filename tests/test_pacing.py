@@ -341,6 +341,9 @@ def test_a_lone_call_answered_429_raises_at_once_and_pauses_the_client() -> None
                     await client.get_qr_image(NAME)
                 assert (info.value.retry_after, info.value.attempts) == (3.0, 1)
                 assert server.request_count(NAME) == 1
+                pacing = client.stats().pacing  # what the pacer's snapshot() says
+                assert (pacing.active, pacing.rate_limited, pacing.pauses) == (True, 1, 1)
+                assert pacing.paused_for == pytest.approx(3.0, abs=0.5)
                 view = client.with_options(timeout=5)
                 assert view._retrier.pacer is client._retrier.pacer  # one pacer for both
                 call = asyncio.ensure_future(view.get_qr_image(NAME))

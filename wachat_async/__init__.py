@@ -43,7 +43,7 @@ from ._models import InstanceState, QRFailure, QRImage, QRResult, QRSuccess
 from ._network import InsecureTLSWarning
 from ._polling import FetchMany, QRWatch
 from ._retry import GiveUpEvent, RetryBudget, RetryEvent, RetryPolicy
-from ._stats import ClientStats
+from ._stats import ClientStats, PacingStats
 from ._stream import QRStream
 from ._urls import DEFAULT_BASE_URL, ApiKeyExposureWarning, build_qr_image_url, qr_img_tag
 from ._version import __version__
@@ -77,6 +77,7 @@ __all__ = [
     "QRResult",
     "QRStream",
     "QRSuccess",
+    "PacingStats",
     "QRWatch",
     "RateLimitError",
     "ResponseTooLargeError",

@@ -287,9 +287,9 @@ class WachatClient:
 
     def stats(self) -> ClientStats:
         """A :class:`ClientStats` snapshot of what this client and its views have done so
-        far: requests, calls, retries, connection slots. Details: docs/observability.md."""
-        slots = self._state.slots
-        return self._retrier.counts.snapshot(slots.in_use, slots.waiting)
+        far: requests, calls, retries, connection slots, pacing. Details: docs/observability.md."""
+        retrier, slots = self._retrier, self._state.slots
+        return retrier.counts.snapshot(slots.in_use, slots.waiting, retrier.pacer.snapshot())
 
     @property
     def closed(self) -> bool:

@@ -1,6 +1,6 @@
 """Flow control at the API's limits (:class:`Pacer`, one per client and its views): pauses
 on 429, a rate cap learned from 429s, a circuit for outages (docs/fleets.md, "Rate limits and
-outages"). Off until a 429 or a transient failure. Imports only ``_errors``."""
+outages"). Off until a 429 or a transient failure. Imports ``_errors`` and ``_stats``."""
 
 from __future__ import annotations
 
@@ -11,8 +11,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 from typing import Literal
-
-import attrs
 
 from ._errors import (
     APIStatusError,
@@ -26,6 +24,7 @@ from ._errors import (
     WachatError,
     WachatTimeoutError,
 )
+from ._stats import PacingStats
 
 logger = logging.getLogger("wachat_async")
 
@@ -51,21 +50,6 @@ def is_transport_fault(error: BaseException) -> bool:
 def _failing(error: BaseException) -> bool:
     """What the circuit counts as the API failing: 502, 504 or a transport fault."""
     return getattr(error, "status", None) in (502, 504) or is_transport_fault(error)
-
-
-@attrs.frozen(kw_only=True)
-class PacerSnapshot:
-    """``paused_for``: seconds left of a pause; ``rate_cap``: requests/s (None: none);
-    ``"refusing"``: open past the deadline; the counts are since the client was made."""
-
-    active: bool
-    paused_for: float
-    rate_cap: float | None
-    circuit: Literal["closed", "open", "refusing"]
-    rate_limited: int
-    pauses: int
-    circuit_openings: int
-    refused: int
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
@@ -274,13 +258,13 @@ class Pacer:
             logger.warning("%s: raise the client's max_connections (%d) for more", over, limit)
         return limit
 
-    def snapshot(self) -> PacerSnapshot:
+    def snapshot(self) -> PacingStats:
         """The state now, cheaply (for ``client.stats()``)."""
         now = self.clock()
         circuit: Literal["closed", "open", "refusing"] = "closed"
         if self.opened is not None:
             circuit = "refusing" if self.refusing else "open"
-        return PacerSnapshot(
+        return PacingStats(
             active=self.active,
             paused_for=self.pause_left(),
             rate_cap=self._now_cap(now),
