@@ -85,6 +85,9 @@ class Target:
     attempts: int = 4
     initial_wait: float = 0.0  # seconds; small in storm mode so runs are quick
     max_wait: float = 0.0
+    # wachat-async's deadline in storm mode: how long a call waits at most, the circuit's hold
+    # (new attempts wait while the API fails most of them) included
+    deadline: float | None = 30.0
 
     @property
     def qr_url(self) -> str:
@@ -205,7 +208,8 @@ def wachat_retry_policy(t: Target, *, storm: bool) -> RetryPolicy:
     """
     if not storm:
         return RetryPolicy()  # what users get out of the box
-    return RetryPolicy(max_attempts=t.attempts, initial_wait=t.initial_wait, max_wait=t.max_wait)
+    waits = {"initial_wait": t.initial_wait, "max_wait": t.max_wait}
+    return RetryPolicy(max_attempts=t.attempts, deadline=t.deadline, **waits)
 
 
 def wachat_factory(*, storm: bool = False) -> ClientFactory:
@@ -493,6 +497,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=0.01,
         help="initial (and, x8, max) backoff in seconds for every client in storm mode",
     )
+    parser.add_argument(
+        "--storm-deadline",
+        type=float,
+        default=30.0,
+        help="wachat-async's deadline in storm mode (its calls wait for the circuit up to it)",
+    )
     parser.add_argument("--no-pin", action="store_true", help="do not pin client/server CPUs")
     parser.add_argument("--no-wachat", action="store_true", help="skip wachat-async")
     args = parser.parse_args(argv)
@@ -534,6 +544,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 connections=args.storm_pool,
                 initial_wait=args.storm_wait,
                 max_wait=args.storm_wait * 8,
+                deadline=args.storm_deadline,
             )
             print(
                 f"## 502 storm: {args.storm_calls:,} concurrent calls, server fails 100% with 502, "

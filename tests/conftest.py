@@ -25,6 +25,7 @@ from wachat_async import (
     InstanceNotFoundError,
     QRFetchFailedError,
     QRNotSupportedError,
+    RateLimitError,
     RetryPolicy,
     SubscriptionRestrictedError,
     UnexpectedStatusError,
@@ -119,6 +120,7 @@ STATUS_ERRORS: dict[int, type[APIStatusError]] = {
     409: QRNotSupportedError,
     502: QRFetchFailedError,
     504: GatewayTimeoutError,
+    429: RateLimitError,
 }
 
 

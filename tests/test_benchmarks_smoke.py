@@ -78,9 +78,14 @@ async def test_throughput_runs_every_client_every_round(bench_server: str) -> No
 
 
 async def test_storm_amplification_per_client(bench_server: str) -> None:
-    """Against 100% 502s the naive clients send max_attempts each; wachat-async's budget fewer."""
+    """Against 100% 502s the naive clients send max_attempts each; wachat-async's budget and
+    circuit fewer, its calls failing with the 502 or (held by the open circuit) at their
+    deadline, shortened here so that the test is quick."""
+    target = throughput.Target(
+        f"{bench_server}/api/v1", server_mod.BENCH_API_KEY, connections=20, deadline=0.5
+    )
     results = await throughput.run_storm(
-        _target(bench_server, connections=20),
+        target,
         throughput.client_table(storm=True),
         bench_server,
         calls=100,
@@ -90,7 +95,9 @@ async def test_storm_amplification_per_client(bench_server: str) -> None:
     assert per_call["aiohttp + tenacity (naive)"] == 4.0
     assert per_call["aiohttp-retry"] == 4.0
     assert 1.0 <= per_call["wachat-async"] < 2.0
-    assert outcomes["wachat-async"] == {"QRFetchFailedError": 100}
+    got = outcomes["wachat-async"]
+    assert sum(got.values()) == 100
+    assert set(got) <= {"QRFetchFailedError", "DeadlineExceededError"}
     assert (await server_mod.control(bench_server, "_stats"))["mode"] == "ok"
     assert "| wachat-async |" in throughput.storm_table(results, 4)
 
@@ -138,6 +145,8 @@ def test_main_runs_both_modes_against_a_child_process_server(
             "10",
             "--storm-wait",
             "0",
+            "--storm-deadline",
+            "0.5",
             "--no-pin",
         ]
     )

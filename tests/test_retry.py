@@ -41,11 +41,11 @@ from wachat_async import (
     WachatTimeoutError,
 )
 from wachat_async._errors import status_error
+from wachat_async._pacing import is_transport_fault
 from wachat_async._retry import (
     Retrier,
     backoff_wait,
     is_transient,
-    is_transport_fault,
 )
 from wachat_async._slots import ConnectionQueue, note_slot_wait
 from wachat_async.testing import FakeWachatServer, Fault
@@ -194,8 +194,11 @@ def test_disabled_and_without_waits_are_variants() -> None:
 
 
 def test_retry_after_overrides_backoff_only_when_respected() -> None:
-    """compute_wait uses Retry-After when respected, else the jittered backoff."""
-    assert RetryPolicy().compute_wait(0, 12.0) == 12.0
+    """compute_wait uses Retry-After when respected (jittered over [ra, 1.2 ra], so calls told
+    the same do not retry in lockstep), else the jittered backoff."""
+    waits = {RetryPolicy().compute_wait(0, 12.0) for _ in range(200)}
+    assert 12.0 <= min(waits) < max(waits) <= 14.4
+    assert len(waits) > 100
     assert RetryPolicy(respect_retry_after=False).compute_wait(0, 12.0) <= 0.5
 
 
@@ -562,7 +565,10 @@ async def test_loop_sleeps_the_computed_waits_and_returns_the_result() -> None:
         return extra * 2
 
     assert await retrier.call(NAME, None, attempt, 21) == 42
-    assert (calls, slept, clock.now) == ([21, 21, 21], [5.0, 10.0], 1015.0)
+    assert calls == [21, 21, 21]
+    assert 5.0 <= slept[0] <= 6.0
+    assert 10.0 <= slept[1] <= 12.0
+    assert clock.now == pytest.approx(1000.0 + sum(slept))
 
 
 async def test_the_deadline_timer_is_armed_with_what_the_clock_says_is_left() -> None:
@@ -792,12 +798,13 @@ async def test_custom_statuses_are_retried(server: FakeWachatServer) -> None:
 async def test_retry_after_seconds_is_the_wait(
     server: FakeWachatServer, header: str, expected_wait: float
 ) -> None:
-    """The wait reported before the retry is the server's Retry-After."""
+    """The wait reported before the retry is the server's Retry-After (jittered up to 1.2x)."""
     events: list[RetryEvent] = []
     server.script(NAME, [Fault(status=502, retry_after=header), 200])
     async with make_client(server, on_retry=events.append) as client:
         await client.get_qr_image(NAME)
-    assert [event.wait for event in events] == [expected_wait]
+    assert len(events) == 1
+    assert expected_wait <= events[0].wait <= expected_wait * 1.2
     assert events[0].status == 502
     assert events[0].attempt == 1
     assert events[0].instance_name == NAME
@@ -811,7 +818,7 @@ async def test_retry_after_http_date_is_honoured(server: FakeWachatServer) -> No
     async with make_client(server, on_retry=events.append) as client:
         await client.get_qr_image(NAME)
     assert len(events) == 1
-    assert 0 < events[0].wait <= 5
+    assert 0 < events[0].wait <= 5 * 1.2
 
 
 async def test_retry_after_at_the_cap_is_honoured(server: FakeWachatServer) -> None:
@@ -820,7 +827,8 @@ async def test_retry_after_at_the_cap_is_honoured(server: FakeWachatServer) -> N
     server.script(NAME, [Fault(status=502, retry_after="60"), 200])
     async with make_client(server, max_retry_after=60, deadline=None, on_retry=events.append) as c:
         await c.get_qr_image(NAME)
-    assert [e.wait for e in events] == [60.0]
+    assert len(events) == 1
+    assert 60.0 <= events[0].wait <= 72.0
 
 
 async def test_over_cap_retry_after_gives_up_at_once(server: FakeWachatServer) -> None:

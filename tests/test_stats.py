@@ -14,6 +14,7 @@ import pytest
 from wachat_async import (
     ClientStats,
     InstanceNotFoundError,
+    PacingStats,
     RetryBudget,
     RetryPolicy,
     WachatClient,
@@ -45,6 +46,16 @@ async def test_a_new_client_has_counted_nothing(client: WachatClient) -> None:
         budget_refusals=0,
         in_flight=0,
         waiting=0,
+        pacing=PacingStats(
+            active=False,
+            paused_for=0.0,
+            rate_cap=None,
+            circuit="closed",
+            rate_limited=0,
+            pauses=0,
+            circuit_openings=0,
+            refused=0,
+        ),
     )
 
 
@@ -60,7 +71,8 @@ async def test_a_502_then_200_call_and_a_404(
     assert dict(stats.responses) == {200: 1, 404: 1, 502: 1}
     assert (stats.calls_started, stats.calls_succeeded, stats.calls_failed) == (2, 1, 1)
     assert (stats.retries, stats.budget_refusals, stats.calls_cancelled) == (1, 0, 0)
-    assert stats.pacing is None
+    assert stats.pacing.circuit == "closed"
+    assert (stats.pacing.rate_limited, stats.pacing.pauses) == (0, 0)
 
 
 async def test_a_snapshot_is_frozen_and_does_not_move(

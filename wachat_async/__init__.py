@@ -30,6 +30,7 @@ from ._errors import (
     QRExpiredError,
     QRFetchFailedError,
     QRNotSupportedError,
+    RateLimitError,
     ResponseTooLargeError,
     SubscriptionRestrictedError,
     TLSVerificationError,
@@ -42,7 +43,7 @@ from ._models import InstanceState, QRFailure, QRImage, QRResult, QRSuccess
 from ._network import InsecureTLSWarning
 from ._polling import FetchMany, QRWatch
 from ._retry import GiveUpEvent, RetryBudget, RetryEvent, RetryPolicy
-from ._stats import ClientStats
+from ._stats import ClientStats, PacingStats
 from ._stream import QRStream
 from ._urls import DEFAULT_BASE_URL, ApiKeyExposureWarning, build_qr_image_url, qr_img_tag
 from ._version import __version__
@@ -76,7 +77,9 @@ __all__ = [
     "QRResult",
     "QRStream",
     "QRSuccess",
+    "PacingStats",
     "QRWatch",
+    "RateLimitError",
     "ResponseTooLargeError",
     "RetryBudget",
     "RetryEvent",

@@ -58,8 +58,6 @@ DEFAULT_MAX_IMAGE_BYTES = 5 * 1024**2
 class _Unset:
     """The default of a :meth:`WachatClient.with_options` argument: keep the current value."""
 
-    __slots__ = ()
-
     def __repr__(self) -> str:
         return "<unchanged>"
 
@@ -204,11 +202,11 @@ class WachatClient:
         self._borrowed = session
         self._retry = RetryPolicy() if retry is None else retry
         self._budget = RetryBudget() if retry_budget is None else retry_budget
-        self._retrier = Retrier(self._retry, self._budget, attempt_timeout=attempt_timeout.total)
         self._max_connections = max_connections
         #: The pool's size: a call queues here, before its timeout starts, not in aiohttp's pool.
         self._slot_limit = queue_limit(max_connections, session)
         self._state = _State(ConnectionQueue(self._slot_limit), borrowed=session is not None)
+        self._retrier = Retrier(self._retry, self._budget, attempt_timeout=attempt_timeout.total)
         self._owner = True  # False for a view: closing it closes nothing
         self._view_options: dict[str, str] = {}  # what a view changed, for its repr
         self._transport = Transport(
@@ -263,9 +261,7 @@ class WachatClient:
         view._owner = False
         view._view_options = {**self._view_options, **changed}
         view._retry = policy
-        view._retrier = Retrier(
-            policy, self._budget, attempt_timeout=new_timeout.total, counts=self._retrier.counts
-        )
+        view._retrier = self._retrier.view(policy, new_timeout.total)  # one budget, counts, pacer
         view._transport = transport.evolve(
             timeout=new_timeout, max_image_bytes=size, user_agent=agent
         )
@@ -291,9 +287,9 @@ class WachatClient:
 
     def stats(self) -> ClientStats:
         """A :class:`ClientStats` snapshot of what this client and its views have done so
-        far: requests, calls, retries, connection slots. Details: docs/observability.md."""
-        slots = self._state.slots
-        return self._retrier.counts.snapshot(slots.in_use, slots.waiting)
+        far: requests, calls, retries, connection slots, pacing. Details: docs/observability.md."""
+        retrier, slots = self._retrier, self._state.slots
+        return retrier.counts.snapshot(slots.in_use, slots.waiting, retrier.pacer.snapshot())
 
     @property
     def closed(self) -> bool:
@@ -412,6 +408,7 @@ class WachatClient:
             return
         state.closed = True
         state.slots.close()
+        self._retrier.pacer.close()
         old = state.session, state.guard, state.loop
         state.session = state.guard = state.loop = None
         await self._let_go(*old)
@@ -493,11 +490,9 @@ class WachatClient:
         :class:`FetchMany` of a :class:`QRSuccess` or :class:`QRFailure` per name as each
         completes. Details: docs/fleets.md."""
         return fetch_many(
-            self.get_qr_image,
+            self._fleet_fetch,
             instance_names,
-            concurrency=min(concurrency, self._slot_limit)
-            if self._slot_limit is not None and type(concurrency) is int
-            else concurrency,
+            concurrency=self._retrier.pacer.fleet_width(concurrency, self._slot_limit),
             dedupe=dedupe,
             on_progress=on_progress,
         )
@@ -518,7 +513,7 @@ class WachatClient:
         :class:`QRExpiredError`. Details: docs/fleets.md, "Watching one instance"."""
         name = check_instance_name(instance_name)
         return watch_qr(
-            self.get_qr_image,
+            self._fleet_fetch,
             name,
             interval=interval,
             jitter=jitter,
@@ -529,6 +524,13 @@ class WachatClient:
             linking_timeout=linking_timeout,
             clock=self._retrier.clock,
         )
+
+    async def _fleet_fetch(self, name: str) -> QRImage:
+        """``get_qr_image`` of a checked name for fleets: a 429 is retried once paced."""
+        if self._stale():
+            await self._bind()
+        fetch = self._transport.fetch_image
+        return await self._retrier.call(name, self._state.slots, fetch, fleet=True)
 
     def qr_image_url(self, instance_name: str, *, expose_api_key: bool = False) -> str:
         """The QR image URL for this client's base URL, without the key unless

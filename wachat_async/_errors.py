@@ -1,11 +1,5 @@
-"""The exceptions wachat-async raises: every one is a :class:`WachatError` (their tree is in
-docs/reference/errors.md).
-
-After retries end, the *last real error* is raised (never a wrapper), with ``.attempts`` and a
-note (``__notes__``) such as ``gave up after 4 attempts in 3.1 s``. Transport errors keep
-their cause, sanitised so that no request header can be read from it. Messages never carry
-the API key: :class:`ConfigurationError` redacts what it is given. Imports only ``_redact``.
-"""
+"""The exceptions wachat-async raises, all :class:`WachatError` (docs/reference/errors.md).
+Messages never carry the API key. Imports only ``_redact``."""
 
 from __future__ import annotations
 
@@ -52,18 +46,11 @@ class ConfigurationError(WachatError, ValueError):
 
 class InvalidInstanceNameError(WachatError, ValueError):
     """An instance name that can never be sent: empty, whitespace-only, or holding control
-    characters or lone surrogates. Raised before any request is made.
+    characters or lone surrogates; raised before any request. Also a ``ValueError``. The
+    message shows the name with ``repr``; ``instance_name`` holds it as given.
 
-    A ``WachatError`` (so a handler that catches those answers a clean 4xx, not a 500) and a
-    ``ValueError`` (what such an argument has always been). The message shows the name with
-    ``repr``, so invisible characters are visible and none reaches a log line raw;
-    ``instance_name`` holds the name as given.
-
-    A name that is not a ``str`` at all (``None`` from ``request.query.get("name")``, an int,
-    bytes) raises this class too, as an instance of a private subclass that is also a
-    ``TypeError``: both ``except WachatError`` and ``except TypeError`` catch it. Its
-    ``instance_name`` is then ``None`` for ``None`` and the object's (shortened) ``repr``
-    otherwise, and its message names only the type.
+    A name that is not a ``str`` at all raises a private subclass that is also a ``TypeError``,
+    whose ``instance_name`` is ``None`` for ``None``, else the object's shortened ``repr``.
     """
 
 
@@ -73,15 +60,10 @@ class _InstanceNameTypeError(InvalidInstanceNameError, TypeError):
 
 
 class ClientClosedError(WachatError, RuntimeError):
-    """The client was closed (:meth:`WachatClient.aclose`, or the end of its ``async with``).
-
-    Raised by every call made on a closed client, by calls that were still waiting for a
-    connection slot when it closed (they are woken and refused: nothing is sent) and by calls
-    whose request was in flight on the client's own session when it closed. ``attempts`` is
-    ``0`` when nothing was sent. A closed client cannot be reopened: create a new one. Also a
-    ``RuntimeError``, which is what using a closed client raised before this class existed.
-    ``fetch_many`` ends its batch with this error (raised from the loop) instead of reporting
-    it for every remaining name; ``watch_qr`` raises it.
+    """The client was closed (:meth:`WachatClient.aclose`, or the end of its ``async with``):
+    raised by later calls, by calls waiting for a slot or paced (nothing sent: ``attempts`` is
+    0) and by requests in flight on its own session. A closed client cannot be reopened. Also a
+    ``RuntimeError``. ``fetch_many`` ends its batch with it, raised from the loop.
     """
 
 
@@ -181,21 +163,25 @@ class UnexpectedStatusError(APIStatusError):
     default_message = "status not documented for this endpoint"
 
 
+class RateLimitError(UnexpectedStatusError):
+    """429: too many requests; ``retry_after`` is the server's ``Retry-After`` in seconds (or
+    None). Not retried within a call, but it pauses the client's new requests (docs/fleets.md,
+    "Rate limits and outages"); ``fetch_many`` and ``watch_qr`` retry the name once paced.
+    An :class:`UnexpectedStatusError`, as a 429 was before this class existed."""
+
+    status = 429
+    default_message = "the API's rate limit was reached"
+
+
 class WachatConnectionError(WachatError):
     """The connection failed: refused, reset, DNS, TLS, or a response that is not valid HTTP."""
 
 
 class TLSVerificationError(WachatConnectionError):
-    """The server's TLS certificate did not verify: an unknown CA (a private CA, a
-    TLS-inspecting gateway), a host name it does not name, or an expired certificate.
-
-    ``reason`` is OpenSSL's explanation (e.g. ``unable to get local issuer certificate``,
-    ``Hostname mismatch``, ``certificate has expired``), ``host``/``port`` the server dialled.
-    A wrong ``ssl=aiohttp.Fingerprint`` pin is one too. The message gives the advice that fits
-    the cause: how to trust a CA (``ssl=``, ``SSL_CERT_FILE``, ``wachat-qr --ca-file``) for an
-    unknown one, the server or the clock for an expired certificate, the host name for a
-    mismatch.
-    Never retried, even with ``retry_transport_errors=True``: it will not heal by itself.
+    """The server's TLS certificate did not verify (an unknown CA, another host name, expired,
+    or a wrong ``ssl=aiohttp.Fingerprint`` pin): ``reason`` is OpenSSL's explanation,
+    ``host``/``port`` the server dialled; the message gives the advice that fits the cause.
+    Never retried, even with ``retry_transport_errors=True``.
     """
 
     def __init__(
@@ -340,6 +326,7 @@ _BY_STATUS: dict[int, type[APIStatusError]] = {
         QRNotSupportedError,
         QRFetchFailedError,
         GatewayTimeoutError,
+        RateLimitError,
     )
 }
 

@@ -1,11 +1,7 @@
-"""Atomic, durable file writes: the one place wachat-async writes a file.
-
-A new path or a regular file (symlinks followed; the link stays) gets a temporary file in its
-folder, fsynced, renamed over it, and the folder fsynced: the old file or the whole new one,
-even after a crash. New files are mode 0600 (a QR is a live login); a replaced file keeps its
-mode and, where allowed, its owner. Anything else that exists (a device, a FIFO, a terminal,
-``/dev/stdout`` on a pipe) is written in place; opening a FIFO waits for its reader, as
-``cmd > fifo`` does. Errors are OSErrors naming the caller's path, never the temp file.
+"""Atomic, durable file writes: the one place wachat-async writes a file. A regular file
+(symlinks followed, or a new path) gets a fsynced temporary file renamed over it (new: 0600; a
+replaced one keeps its mode); a device or FIFO is written in place. Errors name the caller's
+path, never the temporary file.
 """
 
 from __future__ import annotations

@@ -1,13 +1,7 @@
-"""Value objects: the QR image, a per-instance polling result, an instance's state.
-
-All are frozen attrs classes. Every ``QRImage`` holds a complete PNG, however it is built: the
-PNG rules are here, once (:func:`check_png`), and ``QRStream`` applies the same functions to a
-body as it arrives. The pixels are not decompressed and only IHDR's and IEND's checksums are
-checked: the image data's CRC alone would cost as much as the rest of the check.
-:meth:`InstanceState.from_payload` is the one parser of a ``GET /instance/state`` body.
-
-Values and their parsing only: no network, and never imports the client, the transport, the
-retry loop or the stream (they import this).
+"""Value objects (frozen attrs): the QR image, a per-instance result, an instance's state.
+Every ``QRImage`` holds a complete PNG: the PNG rules are here, once (:func:`check_png`;
+``QRStream`` applies them as a body arrives), the image data's CRC unchecked for speed.
+No network; never imports the client, the transport, the retry loop or the stream.
 """
 
 from __future__ import annotations

@@ -1,11 +1,7 @@
-"""The client's network options: TLS, HTTP proxies, the environment and trace configs.
-
-It checks what ``WachatClient(ssl=, proxy=, trust_env=, trace_configs=)`` receives, splits a
-proxy URL into a credential-free URL and a ``Proxy-Authorization`` value (so no aiohttp
-message or repr can hold the password), reads the environment's proxy settings the way
-aiohttp does, and classifies TLS and proxy failures into :class:`TLSVerificationError` and
-:class:`ProxyError`, with messages that say what to do. No network I/O; never imports the
-client.
+"""The client's network options (``ssl=``, ``proxy=``, ``trust_env=``, ``trace_configs=``):
+checks, a proxy URL split from its credentials (sent only as ``Proxy-Authorization``), the
+environment's proxies as aiohttp reads them, and TLS and proxy failures classified with
+advice. No network I/O; never imports the client.
 """
 
 from __future__ import annotations

@@ -209,43 +209,17 @@ AnyResult = QRSuccess | QRFailure
 
 
 class FetchMany(contextlib.AbstractAsyncContextManager["FetchMany"]):
-    """Fetches the QR of the names in *instance_names*, at most *concurrency* at a time: an
-    async iterator of results in order of completion (each a :class:`QRSuccess` or a
-    :class:`QRFailure`, both :class:`QRResult`), and an async context manager; what
-    :func:`fetch_many` returns::
+    """What :func:`fetch_many` returns: the QR of each name in *instance_names*, at most
+    *concurrency* at a time, as an async iterator of a :class:`QRSuccess` or :class:`QRFailure`
+    per name in order of completion (:class:`ClientClosedError` and bugs are raised from the
+    loop), and an async context manager that cancels what is in flight on exit::
 
         async with client.fetch_many(names, concurrency=50) as results:
             async for result in results:
                 if not result.ok:
                     print(result.instance_name, result.error)
 
-    * At most *concurrency* worker tasks pull names from the iterable lazily (a generator,
-      even an endless one, will do) and never hold the event loop: each yields at least once
-      every ``PULLS_PER_YIELD`` (16) names it pulls. Workers start on the first
-      ``__anext__``; it can be iterated once.
-    * ``dedupe=True`` (the default): one result per distinct name; a name seen again is
-      skipped (the set of names seen grows with them). ``dedupe=False``: every name pulled is
-      fetched, so ``itertools.cycle(names)`` is a polling loop in memory bounded by
-      *concurrency*. Either way one name is never in flight twice at once within the batch
-      (two batches do not know of each other).
-    * A :class:`WachatError` becomes a :class:`QRFailure` and the others go on, except
-      :class:`ClientClosedError` (the client was closed): it cancels the fetches in flight and
-      is raised from the loop once the results completed before are consumed. An invalid name
-      (empty, blank, control characters, not a ``str`` at all) is a :class:`QRFailure` with an
-      :class:`InvalidInstanceNameError` under the very object the iterable gave; nothing is
-      sent. Any other exception (a bug, in *fetch* or in the iterable) cancels the batch and
-      is raised from the loop.
-    * *on_progress* is called with each result just before it is yielded, in the consumer's
-      task; an exception from it cancels the batch and propagates.
-
-    Leaving the ``async with`` block (in any way) cancels the fetches still in flight and waits
-    for them: no task left pending, no connection checked out. A plain ``async for`` works
-    too; on ``break`` the dropped iterator cancels its workers, which finish on the next turns
-    of the loop. Cancelling the task waiting for the next result (or ``asyncio.wait_for``
-    around ``anext``) cancels the whole batch: the results still to come are lost, so every
-    later ``__anext__`` raises ``RuntimeError``. Put a time limit around the whole loop instead.
-    ``TypeError``/``ValueError`` at once for a bad *concurrency* (an int >= 1), a *dedupe*
-    that is not a bool, or a single string as *instance_names*.
+    Details: docs/fleets.md.
     """
 
     def __init__(
@@ -363,33 +337,12 @@ def watch_wait(interval: float, failures: int, max_backoff: float = DEFAULT_MAX_
 
 
 class QRWatch(contextlib.AbstractAsyncContextManager["QRWatch"]):
-    """Polls one instance and yields its QR (a :class:`QRImage`) each time it changes (by
-    SHA-256); what :func:`watch_qr` returns. Also an async context manager: leaving it, or
-    :meth:`aclose` from any task, stops the watch.
-
-    Each round: when *get_state* is given, check the instance state first and end cleanly once
-    it ``is_connected``; then fetch the QR, yield it if its hash differs from the last one
-    yielded, and ``await sleep(max(MIN_INTERVAL, watch_wait(...) * rand(1 - jitter, 1 +
-    jitter)))`` before the next round. Transient failures (:func:`is_transient`: the client's
-    retry policy has had its go at them) are logged as warnings on the ``wachat_async`` logger
-    and the watch goes on, waiting twice as long after each one in a row, up to
-    *max_backoff*; terminal ones (400/401/403/404/409, an invalid image, ...) are raised.
-    *interval* and *max_backoff* must be > 0 and finite, *jitter* in ``[0, 1)``.
-
-    Limits (WhatsApp QRs expire about every 20 s; a forgotten watch must not poll for ever):
-    with *max_qrs* (an int >= 1) the last QR allowed stays on show for its whole life, and
-    when upstream replaces it the watch raises :class:`QRExpiredError` instead of yielding
-    it; *linking_timeout* (seconds > 0 on *clock*, from the first ``__anext__``) raises it
-    too, cancelling a poll in flight or a wait. Either way no request follows.
-
-    * ``shown``: how many different QR codes the instance has shown (the images yielded so
-      far). WhatsApp rotates a QR about every 20 seconds, so it also says how long the person
-      has been looking at the page.
-    * ``polls``: QR fetches made; ``failures``: transient failures in a row right now.
-    * ``latest``: the last image yielded (``None`` before the first).
-    * ``connected``: ``True`` once the watch ended because the instance is linked.
-
-    ::
+    """What :func:`watch_qr` returns: polls one instance and yields its QR (a :class:`QRImage`)
+    each time it changes; an async context manager too (leaving it, or :meth:`aclose` from any
+    task, stops it). Transient failures (:func:`is_transient`) are logged and double the wait up
+    to *max_backoff*; others are raised; *max_qrs* and *linking_timeout* (on *clock*) end it
+    with :class:`QRExpiredError`. ``shown``, ``polls``, ``failures`` (in a row), ``latest`` and
+    ``connected`` say how it went. Details: docs/fleets.md, "Watching one instance"::
 
         async with client.watch_qr(name, until_connected=True) as watch:
             async for qr in watch:

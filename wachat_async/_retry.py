@@ -1,9 +1,5 @@
-"""Retries: the policy, the budget and the retry loop (:class:`Retrier`).
-
-Only the statuses Wachat documents as transient (502 and 504) are retried by default, after a
-"full jitter" wait or the server's ``Retry-After``, within a deadline for the whole call and a
-:class:`RetryBudget` shared by a client. Never imports the client, the transport or the stream.
-"""
+"""Retries: the policy, the budget and the retry loop (:class:`Retrier`), paced by the
+client's ``Pacer``. Never imports the client, the transport or the stream."""
 
 from __future__ import annotations
 
@@ -24,14 +20,11 @@ from tenacity import AsyncRetrying, DoSleep, RetryCallState, retry_if_exception
 from ._errors import (
     ConfigurationError,
     DeadlineExceededError,
-    InvalidImageError,
-    ProxyAuthenticationError,
-    TLSVerificationError,
+    RateLimitError,
     UnexpectedStatusError,
-    WachatConnectionError,
     WachatError,
-    WachatTimeoutError,
 )
+from ._pacing import JITTER, Pacer, is_transport_fault
 from ._slots import ConnectionQueue, slot_wait
 from ._stats import Counts
 from ._validate import check_bool, check_number, shown
@@ -39,17 +32,6 @@ from ._validate import check_bool, check_number, shown
 logger = logging.getLogger("wachat_async")
 
 T = TypeVar("T")
-
-
-def is_transport_fault(error: BaseException) -> bool:
-    """Whether *error* is a fault of the way to the server: a connection failure (but not a
-    certificate that does not verify, nor a proxy that wants credentials: those do not heal by
-    themselves), one attempt's timeout (not the deadline's) or a PNG cut short."""
-    if isinstance(error, WachatTimeoutError):
-        return not isinstance(error, DeadlineExceededError)
-    if isinstance(error, WachatConnectionError):
-        return not isinstance(error, (TLSVerificationError, ProxyAuthenticationError))
-    return isinstance(error, InvalidImageError) and error.truncated
 
 
 def is_transient(error: BaseException) -> bool:
@@ -186,17 +168,11 @@ def _statuses(value: Iterable[int]) -> frozenset[int]:
 
 @attrs.frozen(kw_only=True)
 class RetryPolicy:
-    """When and how long to retry a failed call (docs/retries.md).
-
-    Up to ``max_attempts`` attempts, retrying ``statuses`` (and, with ``retry_transport_errors``,
-    transport faults: see :meth:`is_retryable`), after ``uniform(0, min(max_wait, initial_wait
-    * 2**n))`` s before retry *n* (full jitter) or the server's ``Retry-After`` when
-    ``respect_retry_after``; one over ``max_retry_after``, or a wait that would cross the
-    ``deadline`` (the whole call's, enforced by cancellation), ends the call with the last error.
-    ``on_retry`` gets a :class:`RetryEvent` before every wait, ``on_give_up`` a
-    :class:`GiveUpEvent` when a retryable failure is not retried: plain functions (``async def``
-    is a ``TypeError``) whose exceptions and return values are logged and ignored.
-    ``zero_wait=True`` (``without_waits()``) reports waits but never sleeps, for tests.
+    """When and how long to retry a failed call (docs/retries.md): up to ``max_attempts``,
+    retrying ``statuses`` (and transport faults with ``retry_transport_errors``), after a full
+    jitter backoff or the ``Retry-After`` (jittered), within the call's ``deadline``. Hooks
+    ``on_retry`` and ``on_give_up`` are plain functions whose failures are logged and ignored;
+    ``zero_wait=True`` reports waits but never sleeps, for tests.
     """
 
     # A wrong type of max_attempts is a ValueError, as it always was.
@@ -241,17 +217,16 @@ class RetryPolicy:
         return self.retry_transport_errors and is_transport_fault(error)
 
     def compute_wait(self, retry_number: int, retry_after: float | None) -> float:
-        """Seconds to wait before retry *retry_number* (0-based)."""
+        """Seconds to wait before retry *retry_number* (0-based): a ``Retry-After`` of *ra* is
+        waited uniformly over [ra, 1.2 ra], so that calls told the same do not retry together."""
         if retry_after is not None and self.respect_retry_after:
-            return retry_after
+            return random.uniform(retry_after, retry_after * (1 + JITTER))  # noqa: S311
         return backoff_wait(retry_number, initial_wait=self.initial_wait, max_wait=self.max_wait)
 
 
 class _Window:
-    """The budget's counts, in plain attributes (no attrs hook: ``deposit`` runs on every call).
-    ``marks`` holds the counts at the end of each second of the window that had traffic;
-    ``expired``, those of the seconds gone. Each second is marked and dropped once.
-    """
+    """The budget's counts (plain attributes: ``deposit`` runs on every call); ``marks``, the
+    counts at the end of each second with traffic; ``expired``, those of the seconds gone."""
 
     def __init__(self) -> None:
         self.calls = self.retries = self.refused = 0
@@ -269,14 +244,10 @@ class _Window:
 
 @attrs.define(kw_only=True, eq=False)
 class RetryBudget:
-    """A token bucket that caps retries at a fraction of recent traffic (Finagle's RetryBudget).
-
-    Every call deposits ``ratio`` of a token and every retry withdraws one, for ``ttl`` seconds
-    (1 to 60, counted in whole seconds of *clock*), with ``min_retries_per_second * ttl``
-    tokens always there on top so that a quiet client can still retry: with the defaults,
-    retries add at most about 20% to the load of an API that fails every call, plus 20 per
-    10 s. An empty budget refuses retries, never first attempts. One budget serves all calls of
-    a client; ``calls``, ``retries`` and ``refused`` count what happened.
+    """A token bucket that caps retries at a fraction of recent traffic (Finagle's RetryBudget):
+    every call deposits ``ratio`` of a token, every retry withdraws one, over ``ttl`` seconds
+    (1 to 60), with ``min_retries_per_second * ttl`` tokens on top. It refuses retries, never
+    first attempts; ``calls``, ``retries`` and ``refused`` count what happened.
     """
 
     ratio: float = attrs.field(default=0.2, validator=_number())
@@ -353,13 +324,11 @@ def _attempts(n: int) -> str:
 
 
 class Retrier:
-    """The retry loop: runs one call's attempts under a :class:`RetryPolicy`, drawing retries
-    from *budget*, waiting with *sleep* and measuring the deadline on *clock* (tests inject
-    both). *attempt_timeout* is one attempt's own limit (``None``: unbounded). A retried attempt
-    must release what it holds before it raises.
-    """
+    """The retry loop: one call's attempts under a :class:`RetryPolicy`, retries drawn from
+    *budget*, paced by *pacer*; *sleep* and *clock* are injectable. A retried attempt must
+    release what it holds before it raises."""
 
-    __slots__ = ("budget", "clock", "counts", "guards_first_attempt", "policy", "sleep")
+    __slots__ = ("budget", "clock", "counts", "guards_first_attempt", "pacer", "policy", "sleep")
 
     def __init__(
         self,
@@ -370,9 +339,11 @@ class Retrier:
         sleep: Callable[[float], Awaitable[None]] | None = None,
         clock: Callable[[], float] = time.monotonic,
         counts: Counts | None = None,
+        pacer: Pacer | None = None,
     ) -> None:
         self.policy, self.budget, self.clock = policy, budget, clock
         self.counts = Counts() if counts is None else counts  # the client's, shared
+        self.pacer = Pacer() if pacer is None else pacer
         self.sleep: Callable[[float], Awaitable[None]] = sleep or (
             _no_sleep if policy.zero_wait else asyncio.sleep
         )
@@ -381,6 +352,12 @@ class Retrier:
             attempt_timeout is None or attempt_timeout > policy.deadline
         )
 
+    def view(self, policy: RetryPolicy, attempt_timeout: float | None) -> Retrier:
+        """A retrier of *policy* sharing this one's budget, counts and pacer (a client's view)."""
+        view = Retrier(policy, self.budget, attempt_timeout=attempt_timeout, counts=self.counts)
+        view.pacer = self.pacer
+        return view
+
     async def call(
         self,
         name: str,
@@ -388,13 +365,18 @@ class Retrier:
         attempt: Callable[..., Awaitable[T]],
         *args: Any,
         observed: bool = False,
+        fleet: bool = False,
     ) -> T:
         """``await attempt(name, *args)`` under the policy. A first attempt that can neither
-        outlast the deadline nor queue in *queue* for a connection (queueing counts) runs bare:
-        no timer, no tenacity; the rest of the call is a :class:`_Call`."""
+        outlast the deadline nor queue in *queue* for a connection (queueing counts) runs bare,
+        unless the pacer is active: no timer, no tenacity; the rest of the call is a
+        :class:`_Call`. A *fleet* call (``fetch_many``, ``watch_qr``) retries a 429 once paced
+        and waits for a retry the budget refuses, within its deadline."""
         counts = self.counts
         if counts.observer is not None and not observed:
-            again = lambda wrapped: self.call(name, queue, wrapped, *args, observed=True)  # noqa: E731
+            again = lambda wrapped: self.call(  # noqa: E731
+                name, queue, wrapped, *args, observed=True, fleet=fleet
+            )
             return cast(T, await counts.observer.call(name, attempt, again))
         counts.calls += 1
         policy = self.policy
@@ -403,20 +385,22 @@ class Retrier:
             started = self.clock()
         error: WachatError | None = None
         try:
-            if not self.guards_first_attempt and not (
+            if not (self.guards_first_attempt or self.pacer.active) and not (
                 # No slot free: the attempt will queue, and queueing counts.
                 policy.deadline is not None and queue is not None and queue.locked()
             ):
                 try:
                     result = await attempt(name, *args)
                 except WachatError as exc:
-                    if not policy.is_retryable(exc):
+                    self.pacer.record(exc)
+                    paced = fleet and isinstance(exc, RateLimitError)  # retried once paced
+                    if not (policy.is_retryable(exc) or paced):
                         raise
                     error = exc
                 else:
                     counts.succeeded += 1
                     return result
-            result = await _Call(self, name, started, error).run(attempt, args)
+            result = await _Call(self, name, started, error, fleet).run(attempt, args)
         except asyncio.CancelledError:
             counts.cancelled += 1
             raise
@@ -429,25 +413,27 @@ class Retrier:
 
 class _Call:
     """The rest of one call: a fresh tenacity ``AsyncRetrying`` under the deadline's timer.
-
     tenacity calls ``wait``, ``stop`` and ``before_sleep`` once per failed retryable attempt,
-    in that order (since 8.3: ``stop_before_delay`` reads the upcoming sleep too). ``stop``
-    charges the budget last, so once per retry. The error that ends the call carries
-    ``attempts`` and a note, ``gave up after N attempts in T s (reason)``; a deadline that
-    strikes is a :class:`DeadlineExceededError` chained to the last real error.
+    in that order (8.3+); ``stop`` charges the budget last, so once per retry (a fleet's 429 is
+    paced instead; a refused fleet retry is ``owed``). The ending error carries ``attempts`` and
+    a note; a deadline that strikes is a :class:`DeadlineExceededError` chained to the last.
     """
 
     def __init__(
-        self, retrier: Retrier, name: str, started: float, error: WachatError | None
+        self, retrier: Retrier, name: str, started: float, error: WachatError | None, fleet: bool
     ) -> None:
-        self.retrier, self.name, self.started = retrier, name, started
+        self.retrier, self.name, self.started, self.fleet = retrier, name, started, fleet
         self.error = error  # the last real error
+        # paced: a failed probe of the circuit, or a fleet's 429; owed: a refused fleet retry
+        self.paced = self.owed = self.probe = False
+        self.pacing = False  # waiting for the pacer's admission
+        self.free = 0  # paced failures, not counted against max_attempts
         self.reason: tuple[GiveUpReason, str] | None = None  # why stop() ended the call
         self.hook_failures: set[str] = set()  # hooks whose failure was logged (once per call)
         self.retrying = AsyncRetrying(
             wait=self.wait,
             stop=self.stop,
-            retry=retry_if_exception(retrier.policy.is_retryable),
+            retry=retry_if_exception(self.retryable),
             before_sleep=self.before_sleep,
             reraise=True,
         )
@@ -456,10 +442,18 @@ class _Call:
         if error is not None:
             self.state.set_exception((type(error), error, error.__traceback__))
 
+    def retryable(self, error: BaseException) -> bool:
+        policy = self.retrier.policy
+        retryable = policy.is_retryable(error)
+        fleet_429 = self.fleet and isinstance(error, RateLimitError) and not retryable
+        self.paced = fleet_429 or (self.probe and retryable)
+        return self.paced or retryable
+
     async def run(self, attempt: Callable[..., Awaitable[T]], args: tuple[Any, ...]) -> T:
         state = self.state
         retrier = self.retrier
-        deadline = retrier.policy.deadline
+        pacer, policy = retrier.pacer, retrier.policy
+        deadline = policy.deadline
         try:
             async with asyncio.timeout(
                 None if deadline is None else deadline - (retrier.clock() - self.started)
@@ -470,14 +464,28 @@ class _Call:
                         await retrier.sleep(do)
                         state.prepare_for_next_attempt()  # after the wait: attempts sent
                         continue
+                    self.pacing = True
+                    if self.owed:
+                        await self.repay()
+                    self.probe = probe = pacer.active and await pacer.admit(
+                        self.name, deadline, zero_wait=policy.zero_wait
+                    )
+                    self.pacing = False
                     try:
-                        return await attempt(self.name, *args)
-                    except WachatError as exc:
+                        value = await attempt(self.name, *args)
+                    except BaseException as exc:
+                        pacer.record(exc, probe)
+                        if not isinstance(exc, WachatError):
+                            raise
                         self.error = exc
                         state.set_exception((type(exc), exc, exc.__traceback__))
+                        continue
+                    if pacer.active:
+                        pacer.record(None, probe)
+                    return value
         except WachatError as exc:  # first: a WachatTimeoutError is a TimeoutError too
             if self.reason is not None or state.attempt_number > 1:  # else: as it was raised
-                exc.attempts = state.attempt_number
+                exc.attempts = state.attempt_number - self.pacing  # not sent if still pacing
                 elapsed = retrier.clock() - self.started
                 note = f"gave up after {_attempts(exc.attempts)} in {elapsed:.1f} s"
                 exc.add_note(f"{note} ({self.reason[1]})" if self.reason else note)
@@ -487,7 +495,21 @@ class _Call:
         except TimeoutError as expired:
             raise self.deadline_exceeded(expired) from self.error
 
+    async def repay(self) -> None:
+        """Wait (woken by nothing but time) until the budget grants the retry it refused."""
+        budget, pacer = self.retrier.budget, self.retrier.pacer
+        pacer.owing += 1
+        try:
+            while budget.balance < 1.0 - 1e-9:
+                await pacer.nap(pacer.rand(0.25, 0.75))
+        finally:
+            pacer.owing -= 1
+        budget.try_withdraw()
+        self.owed = False
+
     def wait(self, state: RetryCallState) -> float:
+        if self.paced:
+            return 0.0  # the pacer waits the pause
         return self.retrier.policy.compute_wait(
             state.attempt_number - 1, getattr(self.error, "retry_after", None)
         )
@@ -498,19 +520,29 @@ class _Call:
         policy = retrier.policy
         retry_after = getattr(self.error, "retry_after", None)
         wait, deadline, limit = state.upcoming_sleep, policy.deadline, policy.max_retry_after
-        if state.attempt_number >= policy.max_attempts:
+        wait = max(wait, retrier.pacer.pause_left())
+        self.free += self.paced
+        if state.attempt_number - self.free >= policy.max_attempts:
             self.reason = ("max_attempts", "max_attempts reached")
-        elif policy.respect_retry_after and retry_after is not None and retry_after > limit:
+        elif policy.respect_retry_after and (retry_after or 0) > limit and not self.paced:
             over = f"Retry-After of {retry_after:g} s is over max_retry_after={limit:g} s"
             self.reason = ("retry_after", over)
         elif deadline is not None and retrier.clock() - self.started + wait >= deadline:
             crossing = f"waiting {wait:.2f} s would cross the {deadline:g} s deadline"
             self.reason = ("deadline", crossing)
-        elif not retrier.budget.try_withdraw():
-            self.reason = ("budget", "retry budget exhausted")
+        elif self.paced:
+            pass  # paced by the pacer, not charged to the budget
+        elif not (budget := retrier.budget).try_withdraw():
+            # A fleet's name waits its turn in a queue that time alone serves within a second:
+            # a longer one would hold workers waiting for tokens that only new calls bring.
             retrier.counts.refused += 1
             if retrier.counts.observer is not None:
                 retrier.counts.observer.refused()
+            queue = budget.min_retries_per_second
+            if self.fleet and not policy.zero_wait and retrier.pacer.owing < queue:
+                self.owed = True
+            else:
+                self.reason = ("budget", "retry budget exhausted")
         return self.reason is not None
 
     def before_sleep(self, state: RetryCallState) -> None:
@@ -539,12 +571,14 @@ class _Call:
         attempts = self.state.attempt_number
         message = f"deadline of {deadline:g} s exceeded"
         in_use = slot_wait(expired)
-        if in_use is None:
+        if in_use is None and not self.pacing:
             message += f" after {_attempts(attempts)}"
         else:
-            # The attempt counted last was never sent: it was waiting for a slot.
+            # The attempt counted last was never sent: it was waiting for a slot or the pacer.
             attempts -= 1
             queued = f"waiting for a connection slot ({in_use} in use: is a stream left open?)"
+            if in_use is None:
+                queued = "waiting for the pacer (a 429's pause, an open circuit) or the budget"
             after = f" after {_attempts(attempts)}, the next one " if attempts else " while "
             message += after + queued
         error = DeadlineExceededError(

@@ -8,7 +8,7 @@ import os
 from collections import Counter
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 
@@ -20,6 +20,24 @@ _applied: dict[str, str] = {}  # the WACHAT_LOG value applied last
 
 
 @attrs.frozen(kw_only=True)
+class PacingStats:
+    """``ClientStats.pacing``, the client's pacer (docs/fleets.md, "Rate limits and outages"):
+    ``active`` once a 429 or a transient failure woke it; ``paused_for``: seconds left of a
+    429's pause; ``rate_cap``: requests/s (None: none); ``circuit``: ``"open"`` while new
+    attempts wait for a probe, ``"refusing"`` once open past the deadline; counts of 429s,
+    pauses, circuit openings and calls the circuit refused, since the client was made."""
+
+    active: bool
+    paused_for: float
+    rate_cap: float | None
+    circuit: Literal["closed", "open", "refusing"]
+    rate_limited: int
+    pauses: int
+    circuit_openings: int
+    refused: int
+
+
+@attrs.frozen(kw_only=True)
 class ClientStats:
     """What a client and its views have done since it was made (``WachatClient.stats()``).
 
@@ -27,7 +45,8 @@ class ClientStats:
     running (a stream's call ends once its status is checked). ``responses`` counts answers by
     HTTP status; ``transport_failures`` by error class the requests that got no answer or lost
     their body (those count in ``responses`` too). ``in_flight``: requests holding a connection
-    slot now; ``waiting``: calls queued for one. Latencies: ``wachat_async.otel``.
+    slot now; ``waiting``: calls queued for one; ``pacing``: the pacer's :class:`PacingStats`.
+    Latencies: ``wachat_async.otel``.
     """
 
     requests: int
@@ -41,8 +60,7 @@ class ClientStats:
     budget_refusals: int
     in_flight: int
     waiting: int
-    #: The pacer's snapshot (rate limits, outages): wired in when pacing lands.
-    pacing: object | None = None
+    pacing: PacingStats
 
 
 class Counts:
@@ -56,7 +74,7 @@ class Counts:
         self.failures: Counter[str] = Counter()
         self.observer: Any = None  # None: one attribute check per call and request
 
-    def snapshot(self, in_flight: int, waiting: int) -> ClientStats:
+    def snapshot(self, in_flight: int, waiting: int, pacing: PacingStats) -> ClientStats:
         responses = self.statuses + Counter({200: self.ok})
         return ClientStats(
             requests=self.requests,
@@ -70,6 +88,7 @@ class Counts:
             budget_refusals=self.refused,
             in_flight=in_flight,
             waiting=waiting,
+            pacing=pacing,
         )
 
 

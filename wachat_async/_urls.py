@@ -1,17 +1,7 @@
-"""URLs for ``GET /instance/qr/image`` and the ``<img>`` tag that shows one.
-
-Pure functions, no I/O. The API accepts the key as ``?apiKey=`` only because an ``<img>`` cannot
-send an ``Authorization`` header. A key in a URL ends up in browser history, server and proxy
-logs, analytics and screenshots, so putting it there is refused unless the caller opts in with
-``expose_api_key=True``, and every opted-in call emits :class:`ApiKeyExposureWarning`.
-
-The safer ways keep the key on the server (see ``_SAFER_OPTIONS``, which every refusal and
-warning quotes): ``QRImage.to_data_uri()``, or a proxy route in your own app.
-
-The query string is built by yarl, so no instance name or key can add, drop or break parameters.
-
-Uses only the argument checks (``_validate``) and redaction; never imports the client, the
-transport or the retry loop.
+"""URLs for ``GET /instance/qr/image`` and the ``<img>`` tag that shows one (pure, no I/O).
+The key goes in a URL (``?apiKey=``, what an ``<img>`` needs) only with
+``expose_api_key=True``, and then with an :class:`ApiKeyExposureWarning` quoting the safer
+ways (``_SAFER_OPTIONS``); yarl builds the query. Never imports the client or the transport.
 """
 
 from __future__ import annotations

@@ -1,22 +1,8 @@
-"""Every argument check of wachat-async, in one place.
-
-One rule per kind of input, shared by whoever takes that input (the client, the retry policy
-and budget, the polling helpers, the URL builder, the CLI):
-
-* :func:`check_number`: every number (timeouts, limits, waits, ratios, intervals, counts);
-  bools are never numbers, and a rejected value that is not a number is named by its type
-  only (its repr is the caller's text, and may hold a secret);
-* one control-character rule (C0, DEL, C1 and lone surrogates are never sent) behind
-  :func:`check_instance_name`, :func:`check_api_key` and :func:`check_user_agent`;
-* :func:`check_api_key`: the one key check (its messages never quote the key);
-* :func:`is_loopback_host`: the one loopback rule.
-
-Wachat documents no grammar for instance names (see related-endpoints.md), so only what can
-never be a valid name, or could smuggle structure into a request, is refused: empty or
-whitespace-only names and control characters (CR/LF, NUL, ...). Query encoding is yarl's job.
-
-Pure checks: no I/O, no state. Never imports the client, the transport, the retry loop or the
-models; only the errors it raises.
+"""Every argument check of wachat-async, in one place: numbers (bools are never numbers; a
+rejected non-number is named by its type only), one control-character rule behind the name,
+key and user-agent checks, the key check, the loopback rule. Wachat documents no grammar for
+instance names, so only what can never be valid, or could smuggle structure into a request,
+is refused. Pure checks: imports only the errors it raises.
 """
 
 from __future__ import annotations

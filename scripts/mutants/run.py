@@ -122,21 +122,21 @@ MUTANTS = [
     ),
     M(
         "transport-fault-deadline-included",
-        "wachat_async/_retry.py",
+        "wachat_async/_pacing.py",
         "return not isinstance(error, DeadlineExceededError)",
         "return True",
         RETRY_TESTS,
     ),
     M(
         "transport-fault-every-invalid-image",
-        "wachat_async/_retry.py",
+        "wachat_async/_pacing.py",
         "return isinstance(error, InvalidImageError) and error.truncated",
         "return isinstance(error, InvalidImageError)",
         RETRY_TESTS,
     ),
     M(
         "transport-fault-connection-excluded",
-        "wachat_async/_retry.py",
+        "wachat_async/_pacing.py",
         "    if isinstance(error, WachatConnectionError):\n"
         "        return not isinstance(error, (TLSVerificationError, ProxyAuthenticationError))",
         "    if isinstance(error, WachatConnectionError):\n        return False",
@@ -144,7 +144,7 @@ MUTANTS = [
     ),
     M(
         "transport-fault-attempt-timeout-excluded",
-        "wachat_async/_retry.py",
+        "wachat_async/_pacing.py",
         "return not isinstance(error, DeadlineExceededError)",
         "return False",
         RETRY_TESTS,
@@ -286,15 +286,15 @@ MUTANTS = [
     M(
         "decide-one-attempt-too-many",
         "wachat_async/_retry.py",
-        "if state.attempt_number >= policy.max_attempts:",
-        "if state.attempt_number > policy.max_attempts:",
+        "if state.attempt_number - self.free >= policy.max_attempts:",
+        "if state.attempt_number - self.free > policy.max_attempts:",
         LOOP_TESTS,
     ),
     M(
         "decide-retry-after-at-cap-refused",
         "wachat_async/_retry.py",
-        "retry_after > limit:",
-        "retry_after >= limit:",
+        "(retry_after or 0) > limit",
+        "(retry_after or 0) >= limit",
         LOOP_TESTS,
     ),
     M(
@@ -307,21 +307,21 @@ MUTANTS = [
     M(
         "decide-no-budget",
         "wachat_async/_retry.py",
-        "elif not retrier.budget.try_withdraw():",
+        "elif not (budget := retrier.budget).try_withdraw():",
         "elif False:",
         LOOP_TESTS,
     ),
     M(
         "budget-charged-when-giving-up",
         "wachat_async/_retry.py",
-        "if state.attempt_number >= policy.max_attempts:\n",
-        "if state.attempt_number >= policy.max_attempts and retrier.budget.try_withdraw():\n",
+        "if state.attempt_number - self.free >= policy.max_attempts:\n",
+        "if state.attempt_number - self.free >= policy.max_attempts and retrier.budget.try_withdraw():\n",
         LOOP_TESTS,
     ),
     M(
         "call-unretryable-enters-tenacity",
         "wachat_async/_retry.py",
-        "                    if not policy.is_retryable(exc):\n                        raise\n",
+        "                    if not (policy.is_retryable(exc) or paced):\n                        raise\n",
         "                    if False:\n                        raise\n",
         LOOP_TESTS,
     ),
@@ -335,7 +335,7 @@ MUTANTS = [
     M(
         "queue-wait-counted-as-attempt",
         "wachat_async/_retry.py",
-        "            # The attempt counted last was never sent: it was waiting for a slot.\n            attempts -= 1\n",
+        "            # The attempt counted last was never sent: it was waiting for a slot or the pacer.\n            attempts -= 1\n",
         "",
         LOOP_TESTS,
     ),
@@ -363,7 +363,7 @@ MUTANTS = [
     M(
         "attempts-not-recorded",
         "wachat_async/_retry.py",
-        "                exc.attempts = state.attempt_number\n",
+        "                exc.attempts = state.attempt_number - self.pacing  # not sent if still pacing\n",
         "",
         LOOP_TESTS,
     ),

@@ -1,0 +1,276 @@
+"""Flow control at the API's limits (:class:`Pacer`, one per client and its views): pauses
+on 429, a rate cap learned from 429s, a circuit for outages (docs/fleets.md, "Rate limits and
+outages"). Off until a 429 or a transient failure. Imports ``_errors`` and ``_stats``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Literal
+
+from ._errors import (
+    APIStatusError,
+    ClientClosedError,
+    DeadlineExceededError,
+    InvalidImageError,
+    ProxyAuthenticationError,
+    RateLimitError,
+    TLSVerificationError,
+    WachatConnectionError,
+    WachatError,
+    WachatTimeoutError,
+)
+from ._stats import PacingStats
+
+logger = logging.getLogger("wachat_async")
+
+JITTER = 0.2  # a Retry-After of ra is waited uniformly over [ra, (1 + JITTER) * ra]
+MAX_PAUSE = 60.0  # a longer Retry-After pauses this long (calls give up on their deadline)
+QUIET = 10.0  # seconds without a 429 or a transient failure before the pacer stands down
+RING, WINDOW, MIN_OUTCOMES, OPEN_SHARE = 50, 60.0, 20, 0.8  # the circuit's judgement
+PROBE_EVERY = 1.0  # seconds between probes of an open circuit
+REFUSE_AFTER = 30.0  # an open circuit refuses calls after the deadline, or this without one
+
+
+def is_transport_fault(error: BaseException) -> bool:
+    """Whether *error* is a fault of the way to the server: a connection failure (but not a
+    certificate that does not verify, nor a proxy that wants credentials: those do not heal by
+    themselves), one attempt's timeout (not the deadline's) or a PNG cut short."""
+    if isinstance(error, WachatTimeoutError):
+        return not isinstance(error, DeadlineExceededError)
+    if isinstance(error, WachatConnectionError):
+        return not isinstance(error, (TLSVerificationError, ProxyAuthenticationError))
+    return isinstance(error, InvalidImageError) and error.truncated
+
+
+def _failing(error: BaseException) -> bool:
+    """What the circuit counts as the API failing: 502, 504 or a transport fault."""
+    return getattr(error, "status", None) in (502, 504) or is_transport_fault(error)
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+class Pacer:
+    """The retry loop calls :meth:`admit` before an attempt and :meth:`record` after it while
+    ``active``, and :meth:`record` for every failure. *rand*: ``random.uniform``'s signature."""
+
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        rand: Callable[[float, float], float] = random.uniform,
+    ) -> None:
+        self.clock, self.rand = clock, rand
+        self.active = False  # the one attribute the success path reads
+        self.closed = self.warned = self.probing = self.loud = False
+        self.rate_limited = self.pauses = self.circuit_openings = self.refused = 0
+        self.owing = 0  # fleet calls waiting for the retry budget
+        self.sleepers: set[asyncio.Future[None]] = set()
+        self._ring: deque[tuple[float, bool]] = deque(maxlen=RING)  # (when, failed)
+        self._last_error: WachatError | None = None
+        self._stand_down()
+
+    def _stand_down(self) -> None:
+        self.pause = (-1e18, 0.0)  # (start, Retry-After) of the latest 429
+        self.cap: float | None = None
+        self.cap_at = self.step = self.next_slot = 0.0
+        self.learning: tuple[float, int] | None = None  # (since, successes since)
+        self.opened: float | None = None  # when the circuit opened
+        self.refusing = False  # the open circuit has refused a call
+        self.next_probe = self.trouble = 0.0
+        self.marked = (0.0, 0)  # (when, admitted) for the observed rate
+        self.admitted = 0
+        self._ring.clear()
+
+    def _now_cap(self, now: float) -> float | None:
+        return None if self.cap is None else self.cap + self.step * (now - self.cap_at)
+
+    def pause_left(self) -> float:
+        """Seconds left of the current pause (0.0 when none)."""
+        start, ra = self.pause
+        return max(0.0, start + ra - self.clock())
+
+    async def admit(self, name: str, deadline: float | None, *, zero_wait: bool = False) -> bool:
+        """Wait until an attempt may go: past a pause, in its turn under the rate cap, and, with
+        the circuit open, as its probe (True) or refused at once once it has been open longer
+        than *deadline*. ``zero_wait`` (a test policy's) never waits."""
+        share = self.rand(1.0, 1.0 + JITTER)  # this waiter's place in a pause
+        while True:
+            if self.closed:
+                raise ClientClosedError("WachatClient was closed", attempts=0)
+            now = self.clock()
+            if self.opened is not None:
+                if not self.probing and now >= self.next_probe:
+                    self.probing, self.next_probe = True, now + PROBE_EVERY
+                    return True
+                limit = self.opened + (REFUSE_AFTER if deadline is None else deadline)
+                if now >= limit:
+                    raise self._refusal(name, now)
+                wait = limit - now if self.probing else min(self.next_probe, limit) - now
+            else:
+                start, ra = self.pause
+                wait = start + ra * share - now
+                if wait <= 0:
+                    break
+            if zero_wait:
+                return False
+            await self.nap(wait)
+        cap = self._now_cap(now)
+        self.admitted += 1
+        if cap is not None:
+            slot = max(now, self.next_slot)
+            self.next_slot = slot + 1.0 / cap
+            if slot > now and not zero_wait:
+                await self.nap(slot - now)
+        self._settle(now, cap)
+        return False
+
+    def _settle(self, now: float, cap: float | None) -> None:
+        """Once a second: drop a cap well above the observed rate; stand down when calm."""
+        when, admitted = self.marked
+        if now - when < 1.0:
+            return
+        rate = (self.admitted - admitted) / (now - when)
+        self.marked = (now, self.admitted)
+        if cap is not None and now - self.trouble > QUIET and cap > 2 * rate:
+            self.cap = None
+        if self.cap is None and self.opened is None and now - self.trouble > QUIET:
+            if self.loud:
+                logger.warning("Wachat API calm again: pacing stands down (%r)", self.snapshot())
+            self.active = self.loud = False
+            self._stand_down()
+
+    def _refusal(self, name: str, now: float) -> WachatError:
+        """The error of a call the open circuit refuses: the class of the last failure."""
+        self.refused += 1
+        self.refusing = True
+        last = self._last_error
+        assert last is not None  # what opened the circuit
+        assert self.opened is not None
+        if isinstance(last, APIStatusError):
+            error: WachatError = type(last)(status=last.status, instance_name=name, attempts=0)
+        else:
+            error = type(last)(last.message, instance_name=name, attempts=0)
+        ago = f"{now - self.opened:.0f} s"
+        error.add_note(f"not sent: the circuit has been open for {ago}, every probe failing")
+        return error
+
+    def record(self, error: BaseException | None, probe: bool = False) -> None:
+        """The outcome of an attempt: None (a success), or what it raised."""
+        if probe:  # the next probe may go: wake the waiters to take it
+            self.probing = False
+            self.wake_all()
+        if error is not None and not isinstance(error, WachatError):
+            return  # cancelled: no outcome
+        now = self.clock()
+        if isinstance(error, RateLimitError):
+            self._rate_limited(error, now)
+        elif error is not None and _failing(error):
+            self._failed(error, now)
+        elif self.active and (error is None or isinstance(error, APIStatusError)):
+            self._ring.append((now, False))  # the API answered
+            if self.learning is not None:
+                self.learning = (self.learning[0], self.learning[1] + 1)
+            if self.opened is not None:
+                logger.warning(
+                    "Wachat API answers again: circuit closed after %.1f s", now - self.opened
+                )
+                self.opened, self.refusing = None, False
+                self._ring.clear()
+                self.wake_all()
+
+    def _activate(self, now: float, why: str) -> None:
+        self.active, self.trouble = True, now
+        if not self.loud and why:
+            self.loud = True
+            logger.warning("Wachat API %s: pacing requests until it is calm again", why)
+
+    def _rate_limited(self, error: RateLimitError, now: float) -> None:
+        self.rate_limited += 1
+        ra = min(MAX_PAUSE, 1.0 if error.retry_after is None else error.retry_after)
+        self._activate(now, f"answered 429 (Retry-After {ra:g} s)")
+        start, old = self.pause
+        if now >= start + old:  # a new pause, not another 429 of the same burst
+            self.pauses += 1
+            cap = self._now_cap(now)
+            if cap is not None:
+                cap /= 2.0
+            elif self.learning is None:
+                self.learning = (now, 0)
+            elif self.learning[1]:  # the API's pace: what it let through since the first 429
+                cap = self.learning[1] / (now - self.learning[0])
+            if cap is not None:
+                self.cap, self.cap_at, self.step = max(cap, 1.0), now, max(cap, 40.0) / 40
+            logger.info("429: pausing new requests for %g s (rate cap %s)", ra, self.cap)
+        self.pause = (now, ra)
+
+    def _failed(self, error: WachatError, now: float) -> None:
+        self._last_error = error
+        ring = self._ring
+        ring.append((now, True))
+        recent = [failed for when, failed in ring if now - when < WINDOW]
+        storm = sum(recent) >= MIN_OUTCOMES // 2
+        self._activate(now, f"failing ({type(error).__name__}, {sum(recent)} lately)" * storm)
+        if self.opened is not None:
+            return
+        if len(recent) >= MIN_OUTCOMES and sum(recent) >= OPEN_SHARE * len(recent):
+            self.opened, self.next_probe = now, now + PROBE_EVERY
+            self.circuit_openings += 1
+            failing = f"{sum(recent)} of the last {len(recent)} attempts"
+            logger.warning("Wachat API failing %s: circuit open, probing once a second", failing)
+
+    async def nap(self, seconds: float) -> None:
+        """Sleep *seconds*, or less if woken (the circuit closes, the client closes)."""
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        timer = loop.call_later(seconds, _wake, waiter)
+        self.sleepers.add(waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self.sleepers.discard(waiter)
+        if self.closed:
+            raise ClientClosedError("WachatClient was closed", attempts=0)
+
+    def wake_all(self) -> None:
+        for waiter in self.sleepers:
+            _wake(waiter)
+
+    def close(self) -> None:
+        """The client closed: waiters and later :meth:`admit` raise ClientClosedError."""
+        self.closed = True
+        self.wake_all()
+
+    def fleet_width(self, concurrency: int, limit: int | None) -> int:
+        """*concurrency* bounded by the connection slots: a WARNING once per client if over."""
+        if limit is None or type(concurrency) is not int or concurrency <= limit:
+            return concurrency
+        if not self.warned:
+            self.warned = True
+            over = f"fetch_many(concurrency={concurrency}) runs {limit} at a time"
+            logger.warning("%s: raise the client's max_connections (%d) for more", over, limit)
+        return limit
+
+    def snapshot(self) -> PacingStats:
+        """The state now, cheaply (for ``client.stats()``)."""
+        now = self.clock()
+        circuit: Literal["closed", "open", "refusing"] = "closed"
+        if self.opened is not None:
+            circuit = "refusing" if self.refusing else "open"
+        return PacingStats(
+            active=self.active,
+            paused_for=self.pause_left(),
+            rate_cap=self._now_cap(now),
+            circuit=circuit,
+            rate_limited=self.rate_limited,
+            pauses=self.pauses,
+            circuit_openings=self.circuit_openings,
+            refused=self.refused,
+        )
