@@ -32,6 +32,7 @@ from ._validate import check_bool, check_number, shown
 logger = logging.getLogger("wachat_async")
 
 T = TypeVar("T")
+_TOKEN = 1.0 - 1e-9  # one retry's worth: deposits are fractions, allow rounding error
 
 
 def is_transient(error: BaseException) -> bool:
@@ -307,7 +308,7 @@ class RetryBudget:
     def try_withdraw(self) -> bool:
         """Take one retry from the budget; False (and count a refusal) if it is empty."""
         window = self._window
-        if self.balance >= 1.0 - 1e-9:  # deposits are fractions: allow rounding error
+        if self.balance >= _TOKEN:
             window.retries += 1
             return True
         window.refused += 1
@@ -338,12 +339,9 @@ class Retrier:
         attempt_timeout: float | None = None,
         sleep: Callable[[float], Awaitable[None]] | None = None,
         clock: Callable[[], float] = time.monotonic,
-        counts: Counts | None = None,
-        pacer: Pacer | None = None,
     ) -> None:
         self.policy, self.budget, self.clock = policy, budget, clock
-        self.counts = Counts() if counts is None else counts  # the client's, shared
-        self.pacer = Pacer() if pacer is None else pacer
+        self.counts, self.pacer = Counts(), Pacer()  # the client's: its views share them
         self.sleep: Callable[[float], Awaitable[None]] = sleep or (
             _no_sleep if policy.zero_wait else asyncio.sleep
         )
@@ -354,8 +352,8 @@ class Retrier:
 
     def view(self, policy: RetryPolicy, attempt_timeout: float | None) -> Retrier:
         """A retrier of *policy* sharing this one's budget, counts and pacer (a client's view)."""
-        view = Retrier(policy, self.budget, attempt_timeout=attempt_timeout, counts=self.counts)
-        view.pacer = self.pacer
+        view = Retrier(policy, self.budget, attempt_timeout=attempt_timeout)
+        view.counts, view.pacer = self.counts, self.pacer
         return view
 
     async def call(
@@ -500,7 +498,7 @@ class _Call:
         budget, pacer = self.retrier.budget, self.retrier.pacer
         pacer.owing += 1
         try:
-            while budget.balance < 1.0 - 1e-9:
+            while budget.balance < _TOKEN:
                 await pacer.nap(pacer.rand(0.25, 0.75))
         finally:
             pacer.owing -= 1

@@ -182,11 +182,9 @@ class Link(Protocol):
 
 
 class Transport:
-    """One attempt of each call the client makes, against one base URL with one key.
-
-    ``session``, ``slots`` (the connection queue) and ``closed`` are read from *link*, the
-    state the client and its views share.
-    """
+    """One attempt of each call the client makes, against one base URL with one key; the
+    session, the connection queue and the closed flag are read from *link*, the state the
+    client and its views share."""
 
     def __init__(
         self,
@@ -217,19 +215,6 @@ class Transport:
         #: (None: no proxy); for http:// they are the request's own headers instead.
         self._proxy_headers: dict[str, str] | None = None
         self._set_headers(None)
-
-    @property
-    def session(self) -> aiohttp.ClientSession | None:
-        return self.link.session
-
-    @property
-    def slots(self) -> ConnectionQueue:
-        return self.link.slots
-
-    @property
-    def closed(self) -> bool:
-        """Set by the client's ``aclose()``: a failure from then on is a ClientClosedError."""
-        return self.link.closed
 
     def _set_headers(self, proxy_authorization: str | None) -> None:
         self._image_headers = {
@@ -279,7 +264,7 @@ class Transport:
 
     async def fetch_image(self, name: str) -> QRImage:
         """``GET /instance/qr/image`` read whole into a validated :class:`QRImage`."""
-        slots = self.slots
+        slots = self.link.slots
         await slots.acquire()
         try:
             resp = await self.open_png(name)
@@ -290,7 +275,7 @@ class Transport:
 
     async def open_stream(self, name: str, chunk_size: int) -> QRStream:
         """Open the PNG in a connection slot that the stream holds until it is closed."""
-        slots = self.slots
+        slots = self.link.slots
         await slots.acquire()
         try:
             resp = await self.open_png(name)
@@ -318,7 +303,7 @@ class Transport:
 
     async def fetch_state(self, name: str) -> InstanceState:
         """``GET /instance/state``, parsed by :meth:`InstanceState.from_payload`."""
-        slots = self.slots
+        slots = self.link.slots
         await slots.acquire()
         try:
             resp = await self.send(self.state_url, name, self._json_headers)
@@ -331,9 +316,10 @@ class Transport:
 
     async def send(self, url: URL, name: str, headers: dict[str, str]) -> aiohttp.ClientResponse:
         """Send one GET and return the 200 response; anything else becomes a typed error."""
-        session = self.session
+        link = self.link
+        session = link.session
         failure: BaseException
-        if session is None or self.closed:  # the client let go of it: it was closed
+        if session is None or link.closed:  # the client let go of it: it was closed
             raise ClientClosedError(CLOSED_MESSAGE, instance_name=name, attempts=0)
         target = url.with_query(instanceName=name)
         counts = self.counts
@@ -399,7 +385,7 @@ class Transport:
             if self._borrowed:
                 return ConfigurationError(_BORROWED_OTHER_LOOP)
             return None
-        if self._borrowed and not self.closed:
+        if self._borrowed and not self.link.closed:
             return ConfigurationError(
                 "The aiohttp.ClientSession passed as session= was closed while the client "
                 "still uses it; close the session only after the client"
@@ -524,7 +510,7 @@ class Transport:
             exc, name, self._secrets, png=png, server=self.base_url, proxy=self.proxy
         )
         self.counts.failures[type(error).__name__] += 1
-        if not self.closed:
+        if not self.link.closed:
             return error
         closed = ClientClosedError(
             "WachatClient was closed while this request was in flight", instance_name=name

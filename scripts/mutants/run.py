@@ -250,7 +250,7 @@ MUTANTS = [
     M(
         "budget-withdraw-from-empty",
         "wachat_async/_retry.py",
-        "if self.balance >= 1.0 - 1e-9:",
+        "if self.balance >= _TOKEN:",
         "if self.balance >= 0:",
         RETRY_TESTS,
     ),
