@@ -1,8 +1,4 @@
-"""``WachatClient``: the public calls and the client's lifecycle.
-
-Each call checks its arguments, binds the session to the running loop if needed, and hands one
-attempt of the transport to the retry loop. A client and its views share one :class:`_State`.
-"""
+"""``WachatClient``: the public calls and the client's lifecycle (ARCHITECTURE.md)."""
 
 from __future__ import annotations
 

@@ -1,10 +1,6 @@
 """One attempt on the wire: send, check the status and headers, read the body, map errors.
-
-Statuses are checked here, never with ``raise_for_status`` (aiohttp's exception carries the
-request headers). Every image call opens and checks with :meth:`Transport.open_png`, then reads
-the body whole (get) or through a :class:`QRStream` (stream, save). Exactly one attempt:
-retrying and the deadline are ``_retry.py``'s.
-"""
+Statuses are checked here, never with ``raise_for_status`` (its exception carries the request
+headers)."""
 
 from __future__ import annotations
 
