@@ -136,9 +136,8 @@ def _callable_or_none(instance: object, attribute: attrs.Attribute[Any], value: 
 
 
 def _call_hook(which: str, hook: Callable[[Any], object], event: object, logged: set[str]) -> None:
-    """Call a hook: what it raises or returns cannot change the call's outcome. An exception,
-    or an awaitable it returns (closed unrun), is logged once per call and hook, by type only
-    (its text is not ours to show). ``BaseException`` (cancellation) still propagates."""
+    """Call a hook, which cannot change the call's outcome: an exception, or an awaitable it
+    returns (closed unrun), is logged once per call and hook, by type only."""
     try:
         result = hook(event)
     except Exception as exc:  # a hook may fail in any way, and that must not matter
@@ -226,8 +225,7 @@ class RetryPolicy:
 
 
 class _Window:
-    """The budget's counts (plain attributes: ``deposit`` runs on every call); ``marks``, the
-    counts at the end of each second with traffic; ``expired``, those of the seconds gone."""
+    """The budget's counts (plain attributes: ``deposit`` runs on every call)."""
 
     def __init__(self) -> None:
         self.calls = self.retries = self.refused = 0
@@ -326,8 +324,7 @@ def _attempts(n: int) -> str:
 
 class Retrier:
     """The retry loop: one call's attempts under a :class:`RetryPolicy`, retries drawn from
-    *budget*, paced by *pacer*; *sleep* and *clock* are injectable. A retried attempt must
-    release what it holds before it raises."""
+    *budget*. A retried attempt must release what it holds before it raises."""
 
     __slots__ = ("budget", "clock", "counts", "guards_first_attempt", "pacer", "policy", "sleep")
 
@@ -345,7 +342,7 @@ class Retrier:
         self.sleep: Callable[[float], Awaitable[None]] = sleep or (
             _no_sleep if policy.zero_wait else asyncio.sleep
         )
-        #: Whether even the first attempt runs under the deadline timer.
+        # Whether even the first attempt runs under the deadline timer.
         self.guards_first_attempt = policy.deadline is not None and (
             attempt_timeout is None or attempt_timeout > policy.deadline
         )
@@ -412,10 +409,7 @@ class Retrier:
 class _Call:
     """The rest of one call: a fresh tenacity ``AsyncRetrying`` under the deadline's timer.
     tenacity calls ``wait``, ``stop`` and ``before_sleep`` once per failed retryable attempt,
-    in that order (8.3+); ``stop`` charges the budget last, so once per retry (a fleet's 429 is
-    paced instead; a refused fleet retry is ``owed``). The ending error carries ``attempts`` and
-    a note; a deadline that strikes is a :class:`DeadlineExceededError` chained to the last.
-    """
+    in that order (8.3+); ``stop`` charges the budget last, so once per retry."""
 
     def __init__(
         self, retrier: Retrier, name: str, started: float, error: WachatError | None, fleet: bool
@@ -528,9 +522,7 @@ class _Call:
         elif deadline is not None and retrier.clock() - self.started + wait >= deadline:
             crossing = f"waiting {wait:.2f} s would cross the {deadline:g} s deadline"
             self.reason = ("deadline", crossing)
-        elif self.paced:
-            pass  # paced by the pacer, not charged to the budget
-        elif not (budget := retrier.budget).try_withdraw():
+        elif not self.paced and not (budget := retrier.budget).try_withdraw():  # paced: free
             # A fleet's name waits its turn in a queue that time alone serves within a second:
             # a longer one would hold workers waiting for tokens that only new calls bring.
             retrier.counts.refused += 1

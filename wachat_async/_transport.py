@@ -38,8 +38,7 @@ from ._slots import CLOSED_MESSAGE, ConnectionQueue
 from ._stats import Counts
 from ._stream import CHUNK_SIZE, TRANSPORT_ERRORS, QRStream, too_large
 
-#: Each HTTP attempt is one DEBUG line on this child of the library's logger ``wachat_async``
-#: (``wachat-qr --debug`` shows them): method, URL (never a key), status or failure.
+#: One DEBUG line per HTTP attempt (``wachat-qr --debug`` shows them).
 _log = logging.getLogger("wachat_async.http")
 
 
@@ -73,12 +72,8 @@ _CONTENT_TYPE = aiohttp.hdrs.CONTENT_TYPE
 
 
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date).
-
-    Returns ``None`` for a missing, negative or unparsable value (the policy then uses its own
-    backoff), ``0.0`` for a date in the past, and ``inf`` for a number of seconds too large for
-    a float: a huge Retry-After means "not any time soon", so the policy gives up at once.
-    """
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date): ``None`` if
+    missing, negative or unparsable, ``0.0`` for a past date, ``inf`` for a number too large."""
     if value is None:
         return None
     value = value.strip()
@@ -109,13 +104,8 @@ def transport_error(
     server: URL | None = None,
     proxy: Proxy | None = None,
 ) -> WachatError:
-    """Map an aiohttp/OS exception to ours, with a cause that cannot leak headers or *secrets*.
-
-    A certificate that does not verify is a :class:`TLSVerificationError` and a proxy's refusal
-    a :class:`ProxyError` (see :func:`wachat_async._network.classify`; *server* is the URL
-    dialled, *proxy* the proxy in use). A body cut short is an :class:`InvalidImageError`
-    (``truncated``) when a PNG was being read (*png*), else an :class:`InvalidResponseError`.
-    """
+    """Map an aiohttp/OS exception to ours, with a cause that cannot leak headers or *secrets*;
+    a body cut short is an :class:`InvalidImageError` (``truncated``) when *png*."""
     secrets = tuple(secrets)
     text = redact(str(exc), secrets)
     network = classify(
@@ -359,7 +349,6 @@ class Transport:
         raise_clean(failure)
 
     def _shown(self, url: URL) -> str:
-        """*url* for a log line: it never holds the key (a header), but is redacted anyway."""
         return redact(str(url), self._secrets)
 
     def _log_response(self, url: URL, resp: aiohttp.ClientResponse) -> None:
@@ -374,9 +363,8 @@ class Transport:
         )
 
     def _session_failure(self, session: aiohttp.ClientSession, name: str) -> WachatError | None:
-        """The error for a ``RuntimeError`` from aiohttp: *session* was closed under the
-        request, or a borrowed one belongs to another event loop (None otherwise: the
-        ``RuntimeError`` is raised as it is)."""
+        """The error for aiohttp's ``RuntimeError`` (None: raise it as it is): *session* was
+        closed under the request, or a borrowed one belongs to another event loop."""
         if not session.closed:
             if self._borrowed:
                 return ConfigurationError(_BORROWED_OTHER_LOOP)

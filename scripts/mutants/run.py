@@ -307,7 +307,7 @@ MUTANTS = [
     M(
         "decide-no-budget",
         "wachat_async/_retry.py",
-        "elif not (budget := retrier.budget).try_withdraw():",
+        "elif not self.paced and not (budget := retrier.budget).try_withdraw():",
         "elif False:",
         LOOP_TESTS,
     ),
