@@ -159,8 +159,8 @@ def _chain_mentions(exc: BaseException, secrets: tuple[str, ...]) -> bool:
 class Link(Protocol):
     """What :class:`Transport` reads of the state the client shares with its views."""
 
-    @property
-    def session(self) -> aiohttp.ClientSession | None: ...
+    session: aiohttp.ClientSession | None
+
     @property
     def slots(self) -> ConnectionQueue: ...
     @property
