@@ -198,7 +198,7 @@ async def test_an_attempt_is_one_request_and_never_retries(
     with pytest.raises(QRFetchFailedError) as info:
         await transport.fetch_image(NAME)
     assert (server.request_count(NAME), info.value.attempts) == (1, 1)
-    assert transport.slots.in_use == 0  # the slot is back
+    assert transport.link.slots.in_use == 0  # the slot is back
 
 
 async def test_an_attempt_returns_a_validated_image(
@@ -237,7 +237,11 @@ async def test_an_attempt_without_a_session_is_refused_and_gives_its_slot_back(
     transport.link.session = None
     with pytest.raises(ClientClosedError) as info:
         await transport.fetch_image(NAME)
-    assert (info.value.attempts, info.value.instance_name, transport.slots.in_use) == (0, NAME, 0)
+    assert (info.value.attempts, info.value.instance_name, transport.link.slots.in_use) == (
+        0,
+        NAME,
+        0,
+    )
 
 
 @pytest.mark.parametrize("call", ["get", "stream", "state"])

@@ -8,8 +8,7 @@ keeps the API key out of every repr, exception and log line::
         qr = await client.get_qr_image("t1_abc_store")
         qr.save("qr.png")
 
-This module only re-exports the public names from the private modules that define them
-(``__all__`` is the whole public surface); it defines nothing itself.
+``__all__`` is the whole public surface, re-exported from the private modules.
 """
 
 from ._client import WachatClient

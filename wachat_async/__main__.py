@@ -1,8 +1,4 @@
-"""``python -m wachat_async``: the ``wachat-qr`` command line.
-
-The commands that draw or show progress need the ``cli`` extra; without it they print
-``pip install 'wachat-async[cli]'`` and exit with status 2.
-"""
+"""``python -m wachat_async``: the ``wachat-qr`` command line."""
 
 from wachat_async.cli import main
 

@@ -1,8 +1,4 @@
-"""``WachatClient``: the public calls and the client's lifecycle.
-
-Each call checks its arguments, binds the session to the running loop if needed, and hands one
-attempt of the transport to the retry loop. A client and its views share one :class:`_State`.
-"""
+"""``WachatClient``: the public calls and the client's lifecycle (ARCHITECTURE.md)."""
 
 from __future__ import annotations
 
@@ -128,8 +124,7 @@ class WachatClient:
         trust_env: bool = False,
         trace_configs: Sequence[aiohttp.TraceConfig] | None = None,
     ) -> None:
-        # The key and the proxy URL (which may hold a password) are Secrets from the first
-        # line: a traceback rendered with its locals shows their repr().
+        # Secrets from the first line: a traceback rendered with its locals shows their repr().
         if isinstance(api_key, str):
             api_key = Secret(api_key)
         elif api_key is not None:
@@ -203,7 +198,6 @@ class WachatClient:
         self._retry = RetryPolicy() if retry is None else retry
         self._budget = RetryBudget() if retry_budget is None else retry_budget
         self._max_connections = max_connections
-        #: The pool's size: a call queues here, before its timeout starts, not in aiohttp's pool.
         self._slot_limit = queue_limit(max_connections, session)
         self._state = _State(ConnectionQueue(self._slot_limit), borrowed=session is not None)
         self._retrier = Retrier(self._retry, self._budget, attempt_timeout=attempt_timeout.total)
@@ -219,8 +213,7 @@ class WachatClient:
             link=self._state,
             counts=self._retrier.counts,  # the client's counters, shared with its views
         )
-        #: The session this object's transport was last set up for (see :meth:`_bind`).
-        self._seen: aiohttp.ClientSession | None = None
+        self._seen: aiohttp.ClientSession | None = None  # the session last bound (_bind)
 
     # -- per-call options ------------------------------------------------------------------
 
@@ -400,9 +393,7 @@ class WachatClient:
 
     async def aclose(self) -> None:
         """Close the client's own session (a borrowed one stays open); idempotent, a no-op on a
-        view. Every later, queued or (own session) in-flight call raises
-        :class:`ClientClosedError`. Details: docs/getting-started.md, "Sessions and connections".
-        """
+        view. Later, queued and in-flight calls raise :class:`ClientClosedError`."""
         state = self._state
         if not self._owner or state.closed:
             return
@@ -545,7 +536,7 @@ class WachatClient:
 
 
 def _env_key() -> Secret | None:
-    """``WACHAT_API_KEY`` as a :class:`Secret`: the plain value stays in this frame."""
+    """``WACHAT_API_KEY`` as a :class:`Secret` (the plain value never reaches the caller)."""
     value = os.environ.get("WACHAT_API_KEY")
     return None if value is None else Secret(value)
 
@@ -576,7 +567,7 @@ def _private_session(
     *,
     owner: bool = True,
 ) -> aiohttp.ClientSession:
-    """A session with no request defaults of its own: no cookies, headers, auth or env."""
+    """A session with no request defaults: no cookies, headers, auth or env."""
     return aiohttp.ClientSession(
         connector=connector,
         connector_owner=owner,

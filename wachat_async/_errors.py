@@ -11,11 +11,8 @@ from ._redact import redact_message
 
 
 class WachatError(Exception):
-    """Base class of every error wachat-async raises.
-
-    ``instance_name`` is the instance the call was about (``None`` when not applicable) and
-    ``attempts`` how many HTTP attempts the call made before this error was raised.
-    """
+    """Base class of every error wachat-async raises: ``instance_name`` is the instance the
+    call was about (or ``None``), ``attempts`` how many HTTP attempts the call made."""
 
     def __init__(
         self, message: str, *, instance_name: str | None = None, attempts: int = 1
@@ -33,47 +30,31 @@ class WachatError(Exception):
 
 
 class ConfigurationError(WachatError, ValueError):
-    """The client was configured in a way that cannot work (no API key, bad base URL, ...).
-
-    Its message quotes the caller's own arguments, so it passes through one redaction point
-    (:func:`wachat_async._redact.redact_message`): the known *secrets* (the API key) in every
-    encoding, and the user info, query and fragment of any URL, are ``[REDACTED]``.
-    """
+    """The client was configured in a way that cannot work (no API key, bad base URL, ...);
+    the message is redacted: *secrets* in any encoding, and URLs' user info, query, fragment."""
 
     def __init__(self, message: str, *, secrets: Iterable[str] = ()) -> None:
         super().__init__(redact_message(message, secrets))
 
 
 class InvalidInstanceNameError(WachatError, ValueError):
-    """An instance name that can never be sent: empty, whitespace-only, or holding control
-    characters or lone surrogates; raised before any request. Also a ``ValueError``. The
-    message shows the name with ``repr``; ``instance_name`` holds it as given.
-
-    A name that is not a ``str`` at all raises a private subclass that is also a ``TypeError``,
-    whose ``instance_name`` is ``None`` for ``None``, else the object's shortened ``repr``.
-    """
+    """An instance name that can never be sent (empty, whitespace-only, control characters,
+    lone surrogates), raised before any request; also a ``ValueError``. A name that is not a
+    ``str`` raises a subclass that is also a ``TypeError`` (``instance_name``: its ``repr``)."""
 
 
 class _InstanceNameTypeError(InvalidInstanceNameError, TypeError):
-    """An instance name that is not a ``str``: an :class:`InvalidInstanceNameError` that is
-    also a ``TypeError`` (what such an argument was before it was a ``WachatError``)."""
+    """An instance name that is not a ``str``."""
 
 
 class ClientClosedError(WachatError, RuntimeError):
-    """The client was closed (:meth:`WachatClient.aclose`, or the end of its ``async with``):
-    raised by later calls, by calls waiting for a slot or paced (nothing sent: ``attempts`` is
-    0) and by requests in flight on its own session. A closed client cannot be reopened. Also a
-    ``RuntimeError``. ``fetch_many`` ends its batch with it, raised from the loop.
-    """
+    """The client was closed: raised by later calls, by calls waiting for a slot or paced
+    (``attempts`` 0) and by requests in flight on its own session. Also a ``RuntimeError``."""
 
 
 class APIStatusError(WachatError):
-    """The API answered with a status other than 200.
-
-    ``status`` is the HTTP status, ``body`` a short redacted excerpt of the response body (the
-    JSON ``message``/``error`` field when there is one) and ``retry_after`` the parsed
-    ``Retry-After`` header in seconds, if the server sent a usable one.
-    """
+    """The API answered with a status other than 200: ``status``, ``body`` (a short redacted
+    excerpt) and ``retry_after`` (the ``Retry-After`` in seconds, if usable)."""
 
     status: int = 0
     default_message: str = "Unexpected response status"
@@ -201,13 +182,8 @@ class TLSVerificationError(WachatConnectionError):
 
 
 class ProxyError(WachatConnectionError):
-    """The HTTP proxy between the client and Wachat refused or failed the request.
-
-    ``proxy_status`` is the status the proxy answered (to ``CONNECT`` for ``https://``, or to
-    the forwarded request), ``None`` when it did not answer at all. The message names the proxy
-    by host and port only: its credentials are never shown. A transport fault: retried with
-    ``retry_transport_errors=True``, except :class:`ProxyAuthenticationError`.
-    """
+    """The HTTP proxy refused or failed the request: ``proxy_status`` is its answer (``None``
+    if none). A transport fault: retried with ``retry_transport_errors=True``."""
 
     def __init__(
         self,
@@ -227,21 +203,13 @@ class ProxyAuthenticationError(ProxyError):
 
 
 class WachatTimeoutError(WachatError, TimeoutError):
-    """A client-side timeout expired: one attempt's ``timeout``, or (as the subclass
-    :class:`DeadlineExceededError`) the retry policy's ``deadline`` for the whole call.
-
-    Also a builtin :class:`TimeoutError`, so ``except TimeoutError`` catches it. A per-attempt
-    timeout is a transport fault: retried when the policy has ``retry_transport_errors=True``.
-    """
+    """A client-side timeout expired: one attempt's ``timeout`` (a transport fault), or the
+    policy's ``deadline`` (:class:`DeadlineExceededError`). Also a :class:`TimeoutError`."""
 
 
 class DeadlineExceededError(WachatTimeoutError):
-    """The retry policy's ``deadline`` expired: the whole call (attempts and waits) took too
-    long. Never retried, since the time the caller allowed is spent.
-
-    ``deadline`` is the policy's deadline in seconds. ``__cause__`` is the last attempt's
-    error when an attempt had failed before the deadline struck.
-    """
+    """The retry policy's ``deadline`` (seconds) expired for the whole call; never retried.
+    ``__cause__`` is the last attempt's error, if one had failed."""
 
     def __init__(
         self,
@@ -256,11 +224,8 @@ class DeadlineExceededError(WachatTimeoutError):
 
 
 class QRExpiredError(WachatError):
-    """A ``watch_qr`` limit (``max_qrs`` or ``linking_timeout``) was reached before the phone
-    was linked: the watch ended without a further request. Never retried: start a new watch.
-
-    ``qrs_shown`` is how many QR codes the watch yielded, ``elapsed`` the seconds since it began.
-    """
+    """A ``watch_qr`` limit (``max_qrs``, ``linking_timeout``) was reached before the phone was
+    linked: ``qrs_shown`` QR codes in ``elapsed`` seconds. Start a new watch."""
 
     def __init__(self, *, instance_name: str, qrs_shown: int, elapsed: float) -> None:
         super().__init__(
@@ -278,12 +243,8 @@ class InvalidResponseError(WachatError):
 
 
 class InvalidImageError(InvalidResponseError):
-    """A 200 that is not a complete PNG: wrong content type, bad signature, or truncated.
-
-    ``truncated`` is true when the body ended early (the connection closed before the promised
-    length, or the PNG stops before its ``IEND`` chunk); such a failure is a transport fault and
-    is retried when the policy retries transport errors.
-    """
+    """A 200 that is not a complete PNG: wrong content type, bad signature, or ``truncated``
+    (the body ended early: a transport fault, retried with ``retry_transport_errors``)."""
 
     def __init__(
         self,
@@ -344,8 +305,7 @@ def status_error(
 
 
 def raise_clean(error: BaseException) -> NoReturn:
-    """Raise *error* with no ``__context__``: ``raise ... from None`` only hides the exception
-    being handled (which may quote the key, or bytes the server sent), it does not drop it."""
+    """Raise *error* with no ``__context__`` (``from None`` only hides it; it may quote the key)."""
     try:
         raise error
     except BaseException as exc:

@@ -1,8 +1,6 @@
-"""Atomic, durable file writes: the one place wachat-async writes a file. A regular file
-(symlinks followed, or a new path) gets a fsynced temporary file renamed over it (new: 0600; a
-replaced one keeps its mode); a device or FIFO is written in place. Errors name the caller's
-path, never the temporary file.
-"""
+"""Atomic, durable file writes, the one place a file is written: a regular file (symlinks
+followed) gets a fsynced temporary file renamed over it (new: 0600; a replaced one keeps its
+mode); a device or FIFO is written in place. Errors name the caller's path."""
 
 from __future__ import annotations
 

@@ -1,8 +1,5 @@
-"""Value objects (frozen attrs): the QR image, a per-instance result, an instance's state.
-Every ``QRImage`` holds a complete PNG: the PNG rules are here, once (:func:`check_png`;
-``QRStream`` applies them as a body arrives), the image data's CRC unchecked for speed.
-No network; never imports the client, the transport, the retry loop or the stream.
-"""
+"""Value objects (frozen attrs): the QR image, a per-instance result, an instance's state;
+the PNG rules, once (:func:`check_png`; the image data's CRC unchecked for speed)."""
 
 from __future__ import annotations
 
@@ -62,12 +59,8 @@ _crc32 = zlib.crc32
 
 
 def png_dimensions(head: bytes, instance_name: str | None = None) -> tuple[int, int]:
-    """Validate the PNG signature and IHDR chunk at the start of *head*; return (width, height).
-
-    Needs the first 33 bytes. Raises :class:`InvalidImageError` when they are not the start of a
-    PNG: wrong signature, first chunk not a 13-byte IHDR, bad CRC, a zero or oversized side, or
-    IHDR fields the PNG spec does not allow.
-    """
+    """(width, height) from the PNG signature and IHDR chunk at the start of *head* (its first
+    33 bytes), else :class:`InvalidImageError`."""
     if len(head) >= PNG_HEADER_SIZE and head.startswith(_PNG_START):
         width, height, codes, crc = _unpack_ihdr(head, 16)
         if (
@@ -84,14 +77,12 @@ def _png_error(head: bytes, instance_name: str | None) -> InvalidImageError:
     """Why *head* is not the start of a valid PNG."""
     if not head:
         return InvalidImageError("not a PNG: empty body", instance_name=instance_name)
-    if len(head) < PNG_HEADER_SIZE:
-        if PNG_SIGNATURE.startswith(head[:8]):
-            return InvalidImageError(
-                f"PNG truncated: {len(head)} bytes, too short for its header",
-                instance_name=instance_name,
-                truncated=True,
-            )
-        return InvalidImageError("not a PNG: bad signature", instance_name=instance_name)
+    if len(head) < PNG_HEADER_SIZE and PNG_SIGNATURE.startswith(head[:8]):
+        return InvalidImageError(
+            f"PNG truncated: {len(head)} bytes, too short for its header",
+            instance_name=instance_name,
+            truncated=True,
+        )
     if head[:8] != PNG_SIGNATURE:
         return InvalidImageError("not a PNG: bad signature", instance_name=instance_name)
     if not head.startswith(_PNG_START):
@@ -122,12 +113,9 @@ def check_png_end(data: bytes, instance_name: str | None = None) -> None:
 
 
 def walk_chunks(data: bytes, pos: int, idat: bool) -> tuple[int, bool, int]:
-    """Follow the chunk lengths in *data* from *pos* (where a chunk starts) while a chunk's
-    length and type fit, up to the first ``IEND``; chunk contents are skipped.
-
-    Returns where the walk stopped, whether an ``IDAT`` came (or *idat*), and where that
-    ``IEND`` starts (-1: none yet). Resumable: a body read in pieces is walked piece by piece.
-    """
+    """Follow the chunk lengths in *data* from *pos* up to the first ``IEND``: where the walk
+    stopped, whether an ``IDAT`` came (or *idat*), where that ``IEND`` starts (-1: none yet).
+    Resumable: a body read in pieces is walked piece by piece."""
     last = len(data) - 8  # the last place a chunk's length and type fit
     while pos <= last:
         length, kind = _unpack_chunk(data, pos)
@@ -153,12 +141,8 @@ def check_chunk_walk(iend_at: int, size: int, idat: bool, instance_name: str | N
 
 
 def check_png(data: bytes, instance_name: str | None = None) -> tuple[int, int]:
-    """Raise :class:`InvalidImageError` unless *data* is a complete PNG; return its size.
-
-    In this order: the header (:func:`png_dimensions`), the ``IEND`` trailer
-    (:func:`check_png_end`), then the chunks after IHDR chaining by their lengths to that
-    ``IEND`` with an ``IDAT`` among them (:func:`walk_chunks`, :func:`check_chunk_walk`).
-    """
+    """Raise :class:`InvalidImageError` unless *data* is a complete PNG (header, ``IEND``
+    trailer, chunks chaining to it with an ``IDAT``); return its size."""
     size = png_dimensions(data, instance_name)
     check_png_end(data, instance_name)
     _, idat, iend_at = walk_chunks(data, PNG_HEADER_SIZE, False)
@@ -199,14 +183,10 @@ def _check_image(
 # Dict-backed: attrs fills a frozen dict class's fields without an object.__setattr__ each.
 @attrs.frozen(kw_only=True, repr=False, slots=False)
 class QRImage:
-    """A validated QR code PNG, as returned by ``GET /instance/qr/image``.
-
-    Every way of building one (``QRImage(...)``, :meth:`from_png`, ``attrs.evolve``) checks
-    *data* with :func:`check_png` and raises :class:`InvalidImageError` if it is not a
-    complete PNG. ``width`` and ``height`` come from the PNG header: leave them out (or 0) to
-    take them from it; values that disagree with the header are refused. ``repr()`` never
-    dumps the bytes; in Jupyter the image is shown inline (``_repr_png_``).
-    """
+    """A validated QR code PNG, as returned by ``GET /instance/qr/image``: every way of
+    building one checks *data* (:class:`InvalidImageError` if it is not a complete PNG).
+    ``width`` and ``height`` come from the PNG header (0: take them from it). ``repr()`` never
+    dumps the bytes; in Jupyter the image is shown inline."""
 
     instance_name: str
     data: bytes = attrs.field(repr=False, converter=_to_bytes)
@@ -264,20 +244,13 @@ class QRImage:
         return hashlib.sha256(self.data).hexdigest()
 
     def to_data_uri(self) -> str:
-        """A ``data:image/png;base64,...`` URI for ``<img src>``.
-
-        This is the safe way to show a QR in a page: the image is fetched server-side with the
-        Authorization header and inlined, so the API key never reaches the browser.
-        """
+        """A ``data:image/png;base64,...`` URI for ``<img src>``: the safe way to show a QR in a
+        page, the API key never reaches the browser."""
         return "data:image/png;base64," + base64.b64encode(self.data).decode("ascii")
 
     def save(self, path: PathArg) -> Path:
-        """Write the PNG to *path* atomically and durably; return ``Path(path)``.
-
-        Written as ``WachatClient.save_qr_image`` writes (a new file is mode 0600, a symlink is
-        followed, a device or FIFO is written in place; see "Saving" in docs/fetching.md), but
-        blocking: in async code prefer ``save_qr_image``, which keeps disk waits off the loop.
-        """
+        """Write the PNG to *path* as ``WachatClient.save_qr_image`` does (docs/fetching.md,
+        "Saving"), but blocking; return ``Path(path)``."""
         return write_bytes(path, self.data)
 
     def _repr_png_(self) -> bytes:
@@ -292,9 +265,7 @@ class QRImage:
 
 
 def _instance_of(cls: type) -> Callable[[object, attrs.Attribute[Any], object], None]:
-    """An attrs validator like ``attrs.validators.instance_of`` whose message names types only:
-    attrs' own quotes the value's repr (a PNG's bytes, an error's text) in the message and
-    keeps the value in the exception's ``args``."""
+    """``attrs.validators.instance_of`` naming types only (attrs' quotes the value's repr)."""
 
     def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
         if not isinstance(value, cls):
@@ -313,27 +284,9 @@ def _exactly_one(instance: QRResult, attribute: attrs.Attribute[Any], value: obj
 
 @attrs.frozen(kw_only=True)
 class QRResult:
-    """The outcome of fetching one instance's QR in a batch: exactly one of ``image`` and
-    ``error`` is set.
-
-    Every result is one of two subclasses: :class:`QRSuccess` (``ok`` is ``True``, ``image`` a
-    :class:`QRImage`, ``error`` ``None``) or :class:`QRFailure` (``ok`` is ``False``, ``error`` a
-    :class:`WachatError`, ``image`` ``None``). Calling ``QRResult(...)`` builds the right one,
-    so ``QRResult(instance_name=n, image=qr)`` and ``isinstance(result, QRResult)`` work as they
-    always did. :meth:`WachatClient.fetch_many` yields ``QRSuccess | QRFailure``, so a type checker
-    narrows on the obvious check::
-
-        async for result in client.fetch_many(names):
-            if result.ok:  # mypy: result is a QRSuccess here
-                result.image.save(f"{result.instance_name}.png")
-            else:  # a QRFailure
-                log.warning("%s: %s", result.instance_name, result.error)
-
-    mypy narrows on ``if result.ok:``; pyright does not narrow on the truth of an attribute,
-    but both narrow on ``isinstance(result, QRSuccess)``, ``result.ok is True``,
-    ``result.error is None`` and ``result.image is not None``. A value annotated as plain
-    ``QRResult`` is not narrowed by ``result.ok``: annotate it ``QRSuccess | QRFailure``.
-    """
+    """The outcome of fetching one instance's QR in a batch: a :class:`QRSuccess` (``ok``,
+    ``image`` set) or a :class:`QRFailure` (``error`` set); ``QRResult(...)`` builds the right
+    one. How type checkers narrow them: docs/fleets.md, "Typed results"."""
 
     instance_name: str
     image: QRImage | None = None
@@ -382,11 +335,8 @@ class QRFailure(QRResult):
 
 @attrs.frozen(kw_only=True)
 class InstanceState:
-    """An instance's connection state from ``GET /instance/state``.
-
-    ``state`` is kept as the API sent it (``"open"``, ``"connecting"``, ``"close"`` or anything
-    new); only ``"open"`` counts as connected.
-    """
+    """An instance's connection state from ``GET /instance/state``: ``state`` as the API sent
+    it (``"open"``, ``"connecting"``, ``"close"``...); only ``"open"`` counts as connected."""
 
     instance_name: str
     state: str
@@ -397,19 +347,9 @@ class InstanceState:
     def from_payload(
         cls, payload: object, *, instance_name: str, secrets: Iterable[str] = ()
     ) -> InstanceState:
-        """Read the state out of a ``GET /instance/state`` body.
-
-        *payload* is the body as sent (``bytes`` or ``str``, decoded as JSON here) or the JSON
-        value already decoded. The state is ``instance.state``, or ``data.instance.state`` as
-        some gateways wrap it; ``integration`` is ``instance.integration`` when it is a
-        string. Anything else (not JSON, nested too deeply, no state string) raises
-        :class:`InvalidResponseError` quoting a short excerpt of the body, with *secrets*
-        (the API key) redacted from it. Untrusted JSON never raises anything else::
-
-            >>> InstanceState.from_payload(b'{"instance": {"state": "open"}}',
-            ...                            instance_name="t1").is_connected
-            True
-        """
+        """The state in a ``GET /instance/state`` body (as sent, or decoded JSON):
+        ``instance.state``, or ``data.instance.state`` as some gateways wrap it. Anything else
+        raises :class:`InvalidResponseError` with a redacted excerpt, never another error."""
         body = payload
         if isinstance(body, memoryview):
             body = bytes(body)
@@ -457,7 +397,6 @@ def _shown_body(body: bytes | bytearray | str | None, decoded: object) -> str:
 
 
 def _field(obj: object, key: str) -> dict[str, Any]:
-    """``obj[key]`` when both are JSON objects, else an empty dict: untrusted JSON never
-    raises while we look for the state."""
+    """``obj[key]`` when both are JSON objects, else an empty dict."""
     value = obj.get(key) if isinstance(obj, dict) else None
     return value if isinstance(value, dict) else {}

@@ -1,8 +1,5 @@
-"""The client's network options (``ssl=``, ``proxy=``, ``trust_env=``, ``trace_configs=``):
-checks, a proxy URL split from its credentials (sent only as ``Proxy-Authorization``), the
-environment's proxies as aiohttp reads them, and TLS and proxy failures classified with
-advice. No network I/O; never imports the client.
-"""
+"""The client's network options (``ssl=``, ``proxy=``, ``trust_env=``, ``trace_configs=``)
+and TLS and proxy failures classified with advice. No network I/O."""
 
 from __future__ import annotations
 
@@ -54,18 +51,15 @@ CA_HINT = (
     "SSL_CERT_FILE=ca.pem in the environment of the process (read by OpenSSL for the default "
     "context; see the README's Networks), or from a shell wachat-qr --ca-file ca.pem"
 )
-#: A certificate out of its validity period: trusting a CA fixes nothing.
 EXPIRED_HINT = (
     "The certificate is outside its validity period (expired, or not valid yet): the server "
     "must renew it, or this machine's clock is wrong; trusting another CA will not help"
 )
-#: A certificate for another name: trusting a CA fixes nothing.
 HOSTNAME_HINT = (
     "The certificate is not issued for that host name: use the name the certificate names in "
     "base_url (an IP address works only if the certificate lists it), or have the server's "
     "certificate reissued for this name; trusting another CA will not help"
 )
-#: A certificate pin that does not match.
 PIN_HINT = (
     "The certificate is not the one pinned with ssl=aiohttp.Fingerprint: if the server's "
     "certificate was renewed, pin the new SHA-256; otherwise something on the path is "
@@ -98,23 +92,22 @@ class InsecureTLSWarning(UserWarning):
     read the API key. Emitted at construction; the standard ``warnings`` filters control it."""
 
 
-def check_ssl(value: object, *, secrets: Iterable[str] = ()) -> SSLOption:
-    """*value* if it is a valid ``ssl=`` option; ``ssl=False`` warns :class:`InsecureTLSWarning`.
+def _warn_insecure(what: str) -> None:
+    warnings.warn(
+        f"{what}: anyone on the network path can impersonate the server and read the API key. "
+        "Trust the server's CA instead (ssl=ssl.create_default_context(cafile='ca.pem'))",
+        InsecureTLSWarning,
+        stacklevel=4,  # here <- check_ssl <- WachatClient.__init__ <- the caller's line
+    )
 
-    ``None`` (and ``True``): verify against the default trust store. An ``ssl.SSLContext``:
-    yours, used as is. ``False``: no verification at all. An ``aiohttp.Fingerprint``: pin the
-    certificate's SHA-256.
-    """
+
+def check_ssl(value: object, *, secrets: Iterable[str] = ()) -> SSLOption:
+    """*value* if it is a valid ``ssl=`` option (``None`` and ``True``: the default trust
+    store); ``ssl=False`` and a context that does not verify warn :class:`InsecureTLSWarning`."""
     if value is None or value is True:
         return None
     if value is False:
-        warnings.warn(
-            "ssl=False turns off certificate verification: anyone on the network path can "
-            "impersonate the server and read the API key. Trust the server's CA instead "
-            "(ssl=ssl.create_default_context(cafile='ca.pem'))",
-            InsecureTLSWarning,
-            stacklevel=3,  # check_ssl <- WachatClient.__init__ <- the caller's line
-        )
+        _warn_insecure("ssl=False turns off certificate verification")
         return False
     if isinstance(value, ssl.SSLContext):
         if value.protocol == ssl.PROTOCOL_TLS_SERVER:
@@ -125,13 +118,7 @@ def check_ssl(value: object, *, secrets: Iterable[str] = ()) -> SSLOption:
                 secrets=secrets,
             )
         if value.verify_mode == ssl.CERT_NONE:
-            warnings.warn(
-                "this SSLContext does not verify certificates (verify_mode=CERT_NONE): anyone "
-                "on the network path can impersonate the server and read the API key. Trust "
-                "the server's CA instead (ssl.create_default_context(cafile='ca.pem'))",
-                InsecureTLSWarning,
-                stacklevel=3,  # check_ssl <- WachatClient.__init__ <- the caller's line
-            )
+            _warn_insecure("this SSLContext does not verify certificates (verify_mode=CERT_NONE)")
         return value
     if isinstance(value, aiohttp.Fingerprint):
         return value
@@ -162,14 +149,8 @@ def check_trace_configs(value: object) -> tuple[aiohttp.TraceConfig, ...]:
 
 @attrs.frozen(kw_only=True)
 class Proxy:
-    """An HTTP proxy: its URL without credentials, and the credentials apart.
-
-    ``url`` goes to aiohttp as the session's ``proxy=``; the credentials travel only as the
-    ``Proxy-Authorization`` header (:attr:`authorization`), so no aiohttp exception text or
-    URL can quote them (aiohttp's ``BasicAuth`` is deprecated, and would put them in reprs).
-    :attr:`secrets` are the forms the redaction point must hide: the password,
-    ``user:password`` and its base64 (what ``Proxy-Authorization: Basic ...`` carries).
-    """
+    """An HTTP proxy: its URL without credentials (the session's ``proxy=``), and the
+    credentials apart, sent only as ``Proxy-Authorization`` so no aiohttp text can quote them."""
 
     url: URL
     login: str = attrs.field(default="", repr=False)
@@ -218,13 +199,9 @@ _PROXY_FORM = "http://HOST:PORT (with credentials: USER:PASSWORD@ before HOST)"
 
 
 def split_credentials(text: str) -> tuple[str, str, str]:
-    """``(before, credentials, after)`` of a proxy URL as typed, credentials included.
-
-    The credentials are everything between the scheme (and its ``//``, or the start of the
-    text when there is no scheme) and the *last* ``@``: whatever they hold (an unencoded
-    ``#``, ``?``, ``/`` or ``@``), they are treated as a secret, never parsed as a fragment,
-    query or path. *after* starts at that ``@``; without one, ``("", "", text)``.
-    """
+    """``(before, credentials, after)`` of a proxy URL as typed: the credentials run from the
+    scheme (and ``//``) to the *last* ``@``, whatever they hold, never parsed as a fragment,
+    query or path. *after* starts at that ``@``; without one, ``("", "", text)``."""
     scheme = _SCHEME.match(text)
     start = scheme.end() if scheme else 0
     if text.startswith("//", start):
@@ -236,8 +213,7 @@ def split_credentials(text: str) -> tuple[str, str, str]:
 
 
 def _credential_forms(credentials: str) -> tuple[str, ...]:
-    """The forms of *credentials* a message must hide: raw and percent-decoded, the whole
-    ``user:password`` and the password alone (:func:`redact` adds every encoding of each)."""
+    """The forms of *credentials* a message must hide, raw and percent-decoded."""
     password = credentials.partition(":")[2]
     forms = {credentials, unquote(credentials), password, unquote(password)}
     # The text itself is cut out of every message; these are the safety net, and very short
@@ -248,12 +224,8 @@ def _credential_forms(credentials: str) -> tuple[str, ...]:
 def parse_proxy(
     value: object, *, secrets: Iterable[str] = (), what: str = "proxy", from_env: bool = False
 ) -> Proxy | None:
-    """The ``proxy=`` argument, checked: ``http://[USER:PASSWORD@]HOST:PORT[/]``, a str or
-    yarl.URL. *what* names the source in messages (``proxy``, or the environment variable).
-
-    The credentials are cut out of the text before anything parses it, so no message quotes
-    them, and this frame holds them only as :class:`Secret` (a traceback's locals hide them).
-    """
+    """The ``proxy=`` argument, checked: ``http://[USER:PASSWORD@]HOST:PORT[/]``; *what* names
+    its source in messages. The credentials are cut out before anything parses the text."""
     if value is None:
         return None
     if not isinstance(value, (str, URL)):
@@ -334,15 +306,8 @@ def _netrc_credentials(host: str) -> tuple[str, str] | None:
 
 
 def env_proxy(target: URL, *, secrets: Iterable[str] = ()) -> Proxy | None:
-    """The proxy the environment chooses for *target*, the way aiohttp's ``trust_env`` does.
-
-    ``https_proxy``/``HTTPS_PROXY`` for an https:// target (``http_proxy``/``HTTP_PROXY`` for
-    http://; lower case first, and ``HTTP_PROXY`` is ignored in a CGI request, as urllib does),
-    none when the host matches ``NO_PROXY``; credentials from the URL or else from
-    ``~/.netrc`` (``$NETRC``) for the *proxy's* host. Unlike aiohttp, a proxy URL that cannot
-    work (an ``https://`` proxy, no host) is a :class:`ConfigurationError` naming the variable,
-    not a request that silently bypasses the proxy.
-    """
+    """The proxy the environment chooses for *target*, as aiohttp's ``trust_env`` does
+    (docs/networks.md), except that one that cannot work is a :class:`ConfigurationError`."""
     host = target.host
     if host is not None and urllib.request.proxy_bypass(host):
         return None
@@ -365,9 +330,8 @@ def env_proxy(target: URL, *, secrets: Iterable[str] = ()) -> Proxy | None:
 def ssl_for_session(
     option: SSLOption, *, trust_env: bool
 ) -> ssl.SSLContext | bool | aiohttp.Fingerprint:
-    """The ``ssl=`` a new session's connector gets: with ``trust_env`` and no ``ssl=``, a
-    fresh default context, so ``SSL_CERT_FILE``/``SSL_CERT_DIR`` are read as the session opens.
-    """
+    """The ``ssl=`` of a new session: with ``trust_env`` and no ``ssl=``, a fresh default
+    context, so ``SSL_CERT_FILE``/``SSL_CERT_DIR`` are read as the session opens."""
     if option is None:
         return ssl.create_default_context() if trust_env else True
     return option
@@ -404,15 +368,8 @@ def classify(
     instance_name: str | None,
     scheme: str | None = None,
 ) -> WachatConnectionError | None:
-    """A :class:`TLSVerificationError` or :class:`ProxyError` for *exc*, else ``None`` (the
-    caller maps it as any other transport error). Messages name hosts, never credentials.
-
-    *host*, *port* and *scheme* are the server dialled. Through a *proxy*, a failure to reach
-    it (``ClientProxyConnectionError``, or a name of the proxy's that does not resolve), a
-    closed connection, and an answer that is not HTTP to the ``CONNECT`` (or, for plain
-    ``http://``, to the request itself) are :class:`ProxyError`. A certificate pin
-    (``ssl=aiohttp.Fingerprint``) that does not match is a :class:`TLSVerificationError`.
-    """
+    """A :class:`TLSVerificationError` or :class:`ProxyError` for *exc*, else ``None`` (any
+    other transport error); *host*, *port* and *scheme* are the server dialled."""
     where = "the server"
     if host:
         where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"  # IPv6 in brackets
@@ -477,18 +434,14 @@ def classify(
 
 
 def _short_hex(digest: bytes) -> str:
-    """The first 8 bytes of a digest as hex with an ellipsis (no raw byte string)."""
     return digest[:8].hex(":") + ":…"
 
 
 def proxy_status_error(
     status: int, *, proxy: Proxy | None, instance_name: str | None
 ) -> ProxyError:
-    """The error for a proxy's non-success answer *status*.
-
-    407 (and 401 to a ``CONNECT``, which only the proxy answers: tinyproxy says 401 to wrong
-    credentials) is a :class:`ProxyAuthenticationError`; anything else a :class:`ProxyError`.
-    """
+    """The error for a proxy's answer *status*: 407 (and 401 to a ``CONNECT``: tinyproxy's
+    answer to wrong credentials) is a :class:`ProxyAuthenticationError`."""
     name = f"the HTTP proxy {proxy.display}" if proxy is not None else "an HTTP proxy"
     if status in (401, 407):
         given = proxy is not None and proxy.has_credentials

@@ -1,6 +1,4 @@
-"""Flow control at the API's limits (:class:`Pacer`, one per client and its views): pauses
-on 429, a rate cap learned from 429s, a circuit for outages (docs/fleets.md, "Rate limits and
-outages"). Off until a 429 or a transient failure. Imports ``_errors`` and ``_stats``."""
+"""The client's :class:`Pacer`: 429 pauses, a learned rate cap, a circuit (docs/fleets.md)."""
 
 from __future__ import annotations
 
@@ -45,11 +43,6 @@ def is_transport_fault(error: BaseException) -> bool:
     if isinstance(error, WachatConnectionError):
         return not isinstance(error, (TLSVerificationError, ProxyAuthenticationError))
     return isinstance(error, InvalidImageError) and error.truncated
-
-
-def _failing(error: BaseException) -> bool:
-    """What the circuit counts as the API failing: 502, 504 or a transport fault."""
-    return getattr(error, "status", None) in (502, 504) or is_transport_fault(error)
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
@@ -111,7 +104,7 @@ class Pacer:
                     return True
                 limit = self.opened + (REFUSE_AFTER if deadline is None else deadline)
                 if now >= limit:
-                    raise self._refusal(name, now)
+                    raise self._refusal(name, now - self.opened)
                 wait = limit - now if self.probing else min(self.next_probe, limit) - now
             else:
                 start, ra = self.pause
@@ -146,19 +139,18 @@ class Pacer:
             self.active = self.loud = False
             self._stand_down()
 
-    def _refusal(self, name: str, now: float) -> WachatError:
+    def _refusal(self, name: str, open_for: float) -> WachatError:
         """The error of a call the open circuit refuses: the class of the last failure."""
         self.refused += 1
         self.refusing = True
         last = self._last_error
         assert last is not None  # what opened the circuit
-        assert self.opened is not None
         if isinstance(last, APIStatusError):
             error: WachatError = type(last)(status=last.status, instance_name=name, attempts=0)
         else:
             error = type(last)(last.message, instance_name=name, attempts=0)
-        ago = f"{now - self.opened:.0f} s"
-        error.add_note(f"not sent: the circuit has been open for {ago}, every probe failing")
+        ago = f"open for {open_for:.0f} s"
+        error.add_note(f"not sent: the circuit has been {ago}, every probe failing")
         return error
 
     def record(self, error: BaseException | None, probe: bool = False) -> None:
@@ -171,7 +163,9 @@ class Pacer:
         now = self.clock()
         if isinstance(error, RateLimitError):
             self._rate_limited(error, now)
-        elif error is not None and _failing(error):
+        elif error is not None and (  # the API failing
+            getattr(error, "status", None) in (502, 504) or is_transport_fault(error)
+        ):
             self._failed(error, now)
         elif self.active and (error is None or isinstance(error, APIStatusError)):
             self._ring.append((now, False))  # the API answered

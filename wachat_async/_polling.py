@@ -1,9 +1,5 @@
-"""Polling many instances (:class:`FetchMany`) and watching one (:class:`QRWatch`).
-
-Both work on a *fetch* callable (``WachatClient.get_qr_image``), not on the client class, so
-the client offers them as thin methods without an import circle. Never imports the client,
-the transport or the stream.
-"""
+"""Polling many instances (:class:`FetchMany`) and watching one (:class:`QRWatch`), on a
+*fetch* callable, not the client (no import circle)."""
 
 from __future__ import annotations
 
@@ -66,12 +62,8 @@ PULLS_PER_YIELD: Final = 16
 
 class _Batch:
     """The running part of a :class:`FetchMany`: workers, the name iterator and the queue.
-
-    Workers reference this object, never the :class:`FetchMany` the consumer holds, so when a
-    consumer drops its iterator (``break`` without ``async with``) the iterator is freed at once
-    and its ``__del__`` can cancel the workers. Everything is bounded by *concurrency* (workers
-    each holding one name, the result queue, ``in_flight``) except ``seen`` (``dedupe=True``).
-    """
+    Workers never reference the :class:`FetchMany`, so a consumer's dropped iterator is freed
+    at once and its ``__del__`` cancels them."""
 
     def __init__(
         self, fetch: Fetch, names: Iterator[object], concurrency: int, dedupe: bool
@@ -108,7 +100,6 @@ class _Batch:
             return _END
 
     def spawn(self, first: object) -> None:
-        """Start a worker task whose first item is *first*."""
         self.running += 1
         name = f"{WORKER_TASK_PREFIX}-{self.number}.{len(self.tasks)}"
         self.tasks.append(asyncio.create_task(self.work(first), name=name))
@@ -122,9 +113,8 @@ class _Batch:
                 self.spawn(following)
 
     def admit(self, item: object) -> str | QRFailure | None:
-        """The name to fetch, a failure to report (an invalid name), or ``None`` to skip a
-        name seen before (``dedupe=True``). Items that are not a ``str`` are no names at all:
-        reported each time."""
+        """The name to fetch, a failure to report (an invalid name, each time), or ``None`` to
+        skip a name seen before (``dedupe=True``)."""
         if self.seen is not None and isinstance(item, str):
             if item in self.seen:
                 return None
@@ -183,7 +173,6 @@ class _Batch:
         return QRSuccess(instance_name=name, image=image)
 
     def cancel(self) -> None:
-        """Cancel every worker, without waiting (see :meth:`stop`)."""
         for task in self.tasks:
             task.cancel()
 
@@ -209,18 +198,10 @@ AnyResult = QRSuccess | QRFailure
 
 
 class FetchMany(contextlib.AbstractAsyncContextManager["FetchMany"]):
-    """What :func:`fetch_many` returns: the QR of each name in *instance_names*, at most
-    *concurrency* at a time, as an async iterator of a :class:`QRSuccess` or :class:`QRFailure`
-    per name in order of completion (:class:`ClientClosedError` and bugs are raised from the
-    loop), and an async context manager that cancels what is in flight on exit::
-
-        async with client.fetch_many(names, concurrency=50) as results:
-            async for result in results:
-                if not result.ok:
-                    print(result.instance_name, result.error)
-
-    Details: docs/fleets.md.
-    """
+    """What ``fetch_many`` returns: an async iterator of a :class:`QRSuccess` or
+    :class:`QRFailure` per name as each completes, *concurrency* at a time
+    (:class:`ClientClosedError` and bugs are raised from the loop), and an async context
+    manager that cancels what is in flight on exit. Details: docs/fleets.md."""
 
     def __init__(
         self,
@@ -337,18 +318,11 @@ def watch_wait(interval: float, failures: int, max_backoff: float = DEFAULT_MAX_
 
 
 class QRWatch(contextlib.AbstractAsyncContextManager["QRWatch"]):
-    """What :func:`watch_qr` returns: polls one instance and yields its QR (a :class:`QRImage`)
-    each time it changes; an async context manager too (leaving it, or :meth:`aclose` from any
-    task, stops it). Transient failures (:func:`is_transient`) are logged and double the wait up
-    to *max_backoff*; others are raised; *max_qrs* and *linking_timeout* (on *clock*) end it
-    with :class:`QRExpiredError`. ``shown``, ``polls``, ``failures`` (in a row), ``latest`` and
-    ``connected`` say how it went. Details: docs/fleets.md, "Watching one instance"::
-
-        async with client.watch_qr(name, until_connected=True) as watch:
-            async for qr in watch:
-                show(qr, f"QR number {watch.shown}")
-        print("linked" if watch.connected else "stopped")
-    """
+    """What ``watch_qr`` returns: yields one instance's QR (a :class:`QRImage`) each time it
+    changes; leaving its ``async with``, or :meth:`aclose` from any task, stops it. Transient
+    failures are logged and double the wait up to *max_backoff*; others are raised; *max_qrs*
+    and *linking_timeout* end it with :class:`QRExpiredError`. ``shown``, ``polls``,
+    ``failures`` (in a row), ``latest`` and ``connected`` say how it went (docs/fleets.md)."""
 
     def __init__(
         self,

@@ -1,11 +1,5 @@
-"""Keeping the API key out of everything a user or a log can see.
-
-Redaction is applied to text that came from outside (error bodies echoed by a server or a proxy)
-and to anything we build from it. The client itself never formats the key into a string; these
-helpers are the safety net for text we do not control.
-
-The bottom of the package: pure string functions that import nothing of wachat-async.
-"""
+"""Keeping the API key out of text from outside (bodies a server or proxy echoes) and what we
+build from it: the safety net, since the client never formats the key into a string."""
 
 from __future__ import annotations
 
@@ -39,13 +33,8 @@ _URL = re.compile(r"(?P<scheme>\b[a-z][a-z0-9+.-]*://)(?P<rest>[^\s'\"<>]*)", re
 
 
 class Secret(str):
-    """A ``str`` whose ``repr`` hides it.
-
-    Used for the API key and the ``Authorization`` header value: a traceback printed with its
-    frames' locals (``rich``, ``pytest --showlocals``, ``traceback`` with ``capture_locals``)
-    shows ``repr()`` of every local, and these values sit in locals on every request path.
-    ``str()``, formatting and comparison still give the real value.
-    """
+    """A ``str`` whose ``repr`` hides it: a traceback printed with its locals (``rich``,
+    ``pytest --showlocals``) shows the ``repr`` of the key and header values in them."""
 
     __slots__ = ()
 
@@ -135,14 +124,9 @@ def _first_chars(char: str) -> str:
 
 
 class _Matcher:
-    """Finds a set of secrets in a text, in any encoding. Its ``repr`` hides them (a compiled
-    pattern's ``repr`` shows its source, and this sits in the locals of :func:`redact`).
-
-    A secret is found from its first characters (one small compiled pattern per secret, a
-    lookahead first so most positions are skipped at once), then grown one character at a
-    time with the compiled pattern of each character, which every secret shares: building a
-    matcher for a new key costs about a millisecond, not the tens of one big pattern.
-    """
+    """Finds a set of secrets in a text, in any encoding; its ``repr`` hides them. A secret is
+    found from its first characters, then grown one character at a time with each character's
+    shared pattern: a new key's matcher costs about a millisecond, not one big pattern's tens."""
 
     __slots__ = ("secrets",)
 
@@ -215,15 +199,8 @@ def mentions(text: str, secrets: Iterable[str]) -> bool:
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
-    """Return *text* with every known secret and every ``apiKey=...`` / ``Bearer ...``
-    credential replaced by ``[REDACTED]``.
-
-    A known secret is found in any letter case and in any of the encodings a server or proxy
-    may echo it in: percent-encoding (also twice), JSON and JavaScript escapes (``\\/``,
-    ``\\u002f``), HTML character references (``&amp;``, ``&#43;``, ``&#x2F;``), each character
-    its own way; a text that ends with the first characters of one (a body cut at a size limit)
-    has that end hidden too.
-    """
+    """Return *text* with every known secret (in any case and encoding, see above; also a
+    start of one at the end) and every ``apiKey=...`` / ``Bearer ...`` as ``[REDACTED]``."""
     matcher = _secret_matcher(tuple(secrets))
     if matcher is not None:
         text = matcher.sub(text)
@@ -259,17 +236,8 @@ def _scrub_url(match: re.Match[str]) -> str:
 
 
 def redact_message(text: str, secrets: Iterable[str] = ()) -> str:
-    """The one redaction point for messages built from a caller's own input.
-
-    Every :class:`ConfigurationError` message goes through it (and so may any other message
-    that quotes an argument). It hides what :func:`redact` hides (the known *secrets* in every
-    encoding, ``apiKey=...``, ``Bearer ...``) and, in anything shaped like a URL, the user
-    info (``user:password@``), the query and the fragment, whatever they hold: a mistyped base
-    URL is where a key pasted from a browser's address bar ends up. Control characters become
-    spaces, so a message stays one line.
-
-    >>> redact_message("bad URL: https://me:pw@h.example/v1?apiKey=x#y")
-    'bad URL: https://[REDACTED]@h.example/v1?[REDACTED]'
-    """
+    """The one redaction point for messages built from a caller's own input (every
+    :class:`ConfigurationError`): what :func:`redact` hides and, in anything shaped like a URL,
+    the user info, query and fragment; control characters become spaces."""
     text = _URL.sub(_scrub_url, text)
     return _CONTROL.sub(" ", redact(text, secrets))

@@ -32,6 +32,7 @@ from ._validate import check_bool, check_number, shown
 logger = logging.getLogger("wachat_async")
 
 T = TypeVar("T")
+_TOKEN = 1.0 - 1e-9  # one retry's worth: deposits are fractions, allow rounding error
 
 
 def is_transient(error: BaseException) -> bool:
@@ -135,9 +136,8 @@ def _callable_or_none(instance: object, attribute: attrs.Attribute[Any], value: 
 
 
 def _call_hook(which: str, hook: Callable[[Any], object], event: object, logged: set[str]) -> None:
-    """Call a hook: what it raises or returns cannot change the call's outcome. An exception,
-    or an awaitable it returns (closed unrun), is logged once per call and hook, by type only
-    (its text is not ours to show). ``BaseException`` (cancellation) still propagates."""
+    """Call a hook, which cannot change the call's outcome: an exception, or an awaitable it
+    returns (closed unrun), is logged once per call and hook, by type only."""
     try:
         result = hook(event)
     except Exception as exc:  # a hook may fail in any way, and that must not matter
@@ -225,8 +225,7 @@ class RetryPolicy:
 
 
 class _Window:
-    """The budget's counts (plain attributes: ``deposit`` runs on every call); ``marks``, the
-    counts at the end of each second with traffic; ``expired``, those of the seconds gone."""
+    """The budget's counts (plain attributes: ``deposit`` runs on every call)."""
 
     def __init__(self) -> None:
         self.calls = self.retries = self.refused = 0
@@ -307,7 +306,7 @@ class RetryBudget:
     def try_withdraw(self) -> bool:
         """Take one retry from the budget; False (and count a refusal) if it is empty."""
         window = self._window
-        if self.balance >= 1.0 - 1e-9:  # deposits are fractions: allow rounding error
+        if self.balance >= _TOKEN:
             window.retries += 1
             return True
         window.refused += 1
@@ -325,8 +324,7 @@ def _attempts(n: int) -> str:
 
 class Retrier:
     """The retry loop: one call's attempts under a :class:`RetryPolicy`, retries drawn from
-    *budget*, paced by *pacer*; *sleep* and *clock* are injectable. A retried attempt must
-    release what it holds before it raises."""
+    *budget*. A retried attempt must release what it holds before it raises."""
 
     __slots__ = ("budget", "clock", "counts", "guards_first_attempt", "pacer", "policy", "sleep")
 
@@ -338,24 +336,21 @@ class Retrier:
         attempt_timeout: float | None = None,
         sleep: Callable[[float], Awaitable[None]] | None = None,
         clock: Callable[[], float] = time.monotonic,
-        counts: Counts | None = None,
-        pacer: Pacer | None = None,
     ) -> None:
         self.policy, self.budget, self.clock = policy, budget, clock
-        self.counts = Counts() if counts is None else counts  # the client's, shared
-        self.pacer = Pacer() if pacer is None else pacer
+        self.counts, self.pacer = Counts(), Pacer()  # the client's: its views share them
         self.sleep: Callable[[float], Awaitable[None]] = sleep or (
             _no_sleep if policy.zero_wait else asyncio.sleep
         )
-        #: Whether even the first attempt runs under the deadline timer.
+        # Whether even the first attempt runs under the deadline timer.
         self.guards_first_attempt = policy.deadline is not None and (
             attempt_timeout is None or attempt_timeout > policy.deadline
         )
 
     def view(self, policy: RetryPolicy, attempt_timeout: float | None) -> Retrier:
         """A retrier of *policy* sharing this one's budget, counts and pacer (a client's view)."""
-        view = Retrier(policy, self.budget, attempt_timeout=attempt_timeout, counts=self.counts)
-        view.pacer = self.pacer
+        view = Retrier(policy, self.budget, attempt_timeout=attempt_timeout)
+        view.counts, view.pacer = self.counts, self.pacer
         return view
 
     async def call(
@@ -414,10 +409,7 @@ class Retrier:
 class _Call:
     """The rest of one call: a fresh tenacity ``AsyncRetrying`` under the deadline's timer.
     tenacity calls ``wait``, ``stop`` and ``before_sleep`` once per failed retryable attempt,
-    in that order (8.3+); ``stop`` charges the budget last, so once per retry (a fleet's 429 is
-    paced instead; a refused fleet retry is ``owed``). The ending error carries ``attempts`` and
-    a note; a deadline that strikes is a :class:`DeadlineExceededError` chained to the last.
-    """
+    in that order (8.3+); ``stop`` charges the budget last, so once per retry."""
 
     def __init__(
         self, retrier: Retrier, name: str, started: float, error: WachatError | None, fleet: bool
@@ -500,7 +492,7 @@ class _Call:
         budget, pacer = self.retrier.budget, self.retrier.pacer
         pacer.owing += 1
         try:
-            while budget.balance < 1.0 - 1e-9:
+            while budget.balance < _TOKEN:
                 await pacer.nap(pacer.rand(0.25, 0.75))
         finally:
             pacer.owing -= 1
@@ -530,9 +522,7 @@ class _Call:
         elif deadline is not None and retrier.clock() - self.started + wait >= deadline:
             crossing = f"waiting {wait:.2f} s would cross the {deadline:g} s deadline"
             self.reason = ("deadline", crossing)
-        elif self.paced:
-            pass  # paced by the pacer, not charged to the budget
-        elif not (budget := retrier.budget).try_withdraw():
+        elif not self.paced and not (budget := retrier.budget).try_withdraw():  # paced: free
             # A fleet's name waits its turn in a queue that time alone serves within a second:
             # a longer one would hold workers waiting for tokens that only new calls bring.
             retrier.counts.refused += 1

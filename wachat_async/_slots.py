@@ -1,10 +1,6 @@
-"""The client's connection queue: one slot per connection, taken before each request is sent.
-
-A call queues here, before its per-attempt timeout starts, never inside aiohttp's pool. The
-slots are an ``asyncio.Semaphore``, FIFO in CPython since gh-90155 (2022; the docs do not
-promise it, tests/test_slots.py checks it): ``locked()`` is true while anyone waits, so no
-newcomer overtakes the queue, and a release hands the slot to the longest waiter.
-"""
+"""The client's connection queue: a call queues here, before its per-attempt timeout starts,
+never inside aiohttp's pool. An ``asyncio.Semaphore``: FIFO in CPython since gh-90155 (not
+promised by the docs; tests/test_slots.py checks it)."""
 
 from __future__ import annotations
 
@@ -54,13 +50,8 @@ def queue_limit(max_connections: int, session: aiohttp.ClientSession | None) -> 
 
 
 class ConnectionQueue:
-    """*limit* connection slots (None: unlimited) that can be closed.
-
-    :meth:`acquire` refuses with :class:`ClientClosedError` once the queue is closed, and so
-    does every call waiting when it closes (nothing is sent). A wait ended by cancellation (the
-    policy's deadline) is marked (:func:`note_slot_wait`), so the deadline's error can say it
-    was queueing.
-    """
+    """*limit* connection slots (None: unlimited); once closed, :meth:`acquire` and every call
+    waiting refuse. A wait the deadline cancels is marked (:func:`note_slot_wait`)."""
 
     __slots__ = ("_slots", "closed", "in_use", "limit", "waiting")
 

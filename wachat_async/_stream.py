@@ -1,10 +1,4 @@
-"""``QRStream``: the body of one QR image response, as an async iterator of ``bytes`` chunks.
-
-It applies :class:`QRImage`'s PNG rules (``_models.py``) as the body arrives: the header before
-the first chunk is handed over, the chunk walk piece by piece, the ``IEND`` trailer at the end;
-and the size cap on every read. It owns its response and connection slot and releases both
-exactly once. Never imports the client, the retry loop or the transport.
-"""
+"""``QRStream``: the body of one QR image response, as chunks checked by the PNG rules."""
 
 from __future__ import annotations
 
@@ -46,12 +40,9 @@ def too_large(limit: int, read: int, content_length: int | None, name: str) -> W
 
 
 class QRStream:
-    """The body of a QR image response, as an async iterator of ``bytes`` chunks.
-
-    Obtained from :meth:`WachatClient.stream_qr_image`. The PNG header is validated before the
-    first chunk is yielded (``width``/``height`` are set then), the size cap while reading, and
-    the chunk structure and the ``IEND`` trailer at the end (the rules of :class:`QRImage`), so
-    a stream that finishes without error was a whole PNG.
+    """The body of a QR image response (:meth:`WachatClient.stream_qr_image`), as an async
+    iterator of ``bytes`` chunks checked by :class:`QRImage`'s rules as they come: a stream that
+    finishes without error was a whole PNG.
 
     :ivar instance_name: The instance whose QR this is.
     :ivar content_type: The media type, ``image/png`` (checked before the stream is handed over).

@@ -1,10 +1,6 @@
 """One attempt on the wire: send, check the status and headers, read the body, map errors.
-
-Statuses are checked here, never with ``raise_for_status`` (aiohttp's exception carries the
-request headers). Every image call opens and checks with :meth:`Transport.open_png`, then reads
-the body whole (get) or through a :class:`QRStream` (stream, save). Exactly one attempt:
-retrying and the deadline are ``_retry.py``'s.
-"""
+Statuses are checked here, never with ``raise_for_status`` (its exception carries the request
+headers)."""
 
 from __future__ import annotations
 
@@ -42,8 +38,7 @@ from ._slots import CLOSED_MESSAGE, ConnectionQueue
 from ._stats import Counts
 from ._stream import CHUNK_SIZE, TRANSPORT_ERRORS, QRStream, too_large
 
-#: Each HTTP attempt is one DEBUG line on this child of the library's logger ``wachat_async``
-#: (``wachat-qr --debug`` shows them): method, URL (never a key), status or failure.
+#: One DEBUG line per HTTP attempt (``wachat-qr --debug`` shows them).
 _log = logging.getLogger("wachat_async.http")
 
 
@@ -77,12 +72,8 @@ _CONTENT_TYPE = aiohttp.hdrs.CONTENT_TYPE
 
 
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date).
-
-    Returns ``None`` for a missing, negative or unparsable value (the policy then uses its own
-    backoff), ``0.0`` for a date in the past, and ``inf`` for a number of seconds too large for
-    a float: a huge Retry-After means "not any time soon", so the policy gives up at once.
-    """
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date): ``None`` if
+    missing, negative or unparsable, ``0.0`` for a past date, ``inf`` for a number too large."""
     if value is None:
         return None
     value = value.strip()
@@ -113,13 +104,8 @@ def transport_error(
     server: URL | None = None,
     proxy: Proxy | None = None,
 ) -> WachatError:
-    """Map an aiohttp/OS exception to ours, with a cause that cannot leak headers or *secrets*.
-
-    A certificate that does not verify is a :class:`TLSVerificationError` and a proxy's refusal
-    a :class:`ProxyError` (see :func:`wachat_async._network.classify`; *server* is the URL
-    dialled, *proxy* the proxy in use). A body cut short is an :class:`InvalidImageError`
-    (``truncated``) when a PNG was being read (*png*), else an :class:`InvalidResponseError`.
-    """
+    """Map an aiohttp/OS exception to ours, with a cause that cannot leak headers or *secrets*;
+    a body cut short is an :class:`InvalidImageError` (``truncated``) when *png*."""
     secrets = tuple(secrets)
     text = redact(str(exc), secrets)
     network = classify(
@@ -173,8 +159,8 @@ def _chain_mentions(exc: BaseException, secrets: tuple[str, ...]) -> bool:
 class Link(Protocol):
     """What :class:`Transport` reads of the state the client shares with its views."""
 
-    @property
-    def session(self) -> aiohttp.ClientSession | None: ...
+    session: aiohttp.ClientSession | None
+
     @property
     def slots(self) -> ConnectionQueue: ...
     @property
@@ -182,11 +168,9 @@ class Link(Protocol):
 
 
 class Transport:
-    """One attempt of each call the client makes, against one base URL with one key.
-
-    ``session``, ``slots`` (the connection queue) and ``closed`` are read from *link*, the
-    state the client and its views share.
-    """
+    """One attempt of each call the client makes, against one base URL with one key; the
+    session, the connection queue and the closed flag are read from *link*, the state the
+    client and its views share."""
 
     def __init__(
         self,
@@ -217,19 +201,6 @@ class Transport:
         #: (None: no proxy); for http:// they are the request's own headers instead.
         self._proxy_headers: dict[str, str] | None = None
         self._set_headers(None)
-
-    @property
-    def session(self) -> aiohttp.ClientSession | None:
-        return self.link.session
-
-    @property
-    def slots(self) -> ConnectionQueue:
-        return self.link.slots
-
-    @property
-    def closed(self) -> bool:
-        """Set by the client's ``aclose()``: a failure from then on is a ClientClosedError."""
-        return self.link.closed
 
     def _set_headers(self, proxy_authorization: str | None) -> None:
         self._image_headers = {
@@ -279,7 +250,7 @@ class Transport:
 
     async def fetch_image(self, name: str) -> QRImage:
         """``GET /instance/qr/image`` read whole into a validated :class:`QRImage`."""
-        slots = self.slots
+        slots = self.link.slots
         await slots.acquire()
         try:
             resp = await self.open_png(name)
@@ -290,7 +261,7 @@ class Transport:
 
     async def open_stream(self, name: str, chunk_size: int) -> QRStream:
         """Open the PNG in a connection slot that the stream holds until it is closed."""
-        slots = self.slots
+        slots = self.link.slots
         await slots.acquire()
         try:
             resp = await self.open_png(name)
@@ -318,7 +289,7 @@ class Transport:
 
     async def fetch_state(self, name: str) -> InstanceState:
         """``GET /instance/state``, parsed by :meth:`InstanceState.from_payload`."""
-        slots = self.slots
+        slots = self.link.slots
         await slots.acquire()
         try:
             resp = await self.send(self.state_url, name, self._json_headers)
@@ -331,9 +302,10 @@ class Transport:
 
     async def send(self, url: URL, name: str, headers: dict[str, str]) -> aiohttp.ClientResponse:
         """Send one GET and return the 200 response; anything else becomes a typed error."""
-        session = self.session
+        link = self.link
+        session = link.session
         failure: BaseException
-        if session is None or self.closed:  # the client let go of it: it was closed
+        if session is None or link.closed:  # the client let go of it: it was closed
             raise ClientClosedError(CLOSED_MESSAGE, instance_name=name, attempts=0)
         target = url.with_query(instanceName=name)
         counts = self.counts
@@ -377,7 +349,6 @@ class Transport:
         raise_clean(failure)
 
     def _shown(self, url: URL) -> str:
-        """*url* for a log line: it never holds the key (a header), but is redacted anyway."""
         return redact(str(url), self._secrets)
 
     def _log_response(self, url: URL, resp: aiohttp.ClientResponse) -> None:
@@ -392,14 +363,13 @@ class Transport:
         )
 
     def _session_failure(self, session: aiohttp.ClientSession, name: str) -> WachatError | None:
-        """The error for a ``RuntimeError`` from aiohttp: *session* was closed under the
-        request, or a borrowed one belongs to another event loop (None otherwise: the
-        ``RuntimeError`` is raised as it is)."""
+        """The error for aiohttp's ``RuntimeError`` (None: raise it as it is): *session* was
+        closed under the request, or a borrowed one belongs to another event loop."""
         if not session.closed:
             if self._borrowed:
                 return ConfigurationError(_BORROWED_OTHER_LOOP)
             return None
-        if self._borrowed and not self.closed:
+        if self._borrowed and not self.link.closed:
             return ConfigurationError(
                 "The aiohttp.ClientSession passed as session= was closed while the client "
                 "still uses it; close the session only after the client"
@@ -524,7 +494,7 @@ class Transport:
             exc, name, self._secrets, png=png, server=self.base_url, proxy=self.proxy
         )
         self.counts.failures[type(error).__name__] += 1
-        if not self.closed:
+        if not self.link.closed:
             return error
         closed = ClientClosedError(
             "WachatClient was closed while this request was in flight", instance_name=name

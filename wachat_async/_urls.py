@@ -1,8 +1,4 @@
-"""URLs for ``GET /instance/qr/image`` and the ``<img>`` tag that shows one (pure, no I/O).
-The key goes in a URL (``?apiKey=``, what an ``<img>`` needs) only with
-``expose_api_key=True``, and then with an :class:`ApiKeyExposureWarning` quoting the safer
-ways (``_SAFER_OPTIONS``); yarl builds the query. Never imports the client or the transport.
-"""
+"""URLs for ``GET /instance/qr/image`` and the ``<img>`` tag that shows one (no I/O)."""
 
 from __future__ import annotations
 
@@ -34,13 +30,9 @@ _SAFER_OPTIONS = (
 
 
 class ApiKeyExposureWarning(UserWarning):
-    """An API key was put into a URL on the caller's explicit request.
-
-    Emitted on every opted-in call of :func:`build_qr_image_url` and
-    ``WachatClient.qr_image_url``. Control it with the standard :mod:`warnings` filters, e.g.
-    ``warnings.simplefilter("ignore", ApiKeyExposureWarning)`` once you have accepted the risk,
-    or ``"error"`` in your test suite to make sure no code path embeds the key.
-    """
+    """An API key was put into a URL on the caller's explicit request: emitted on every
+    opted-in call of :func:`build_qr_image_url` and ``WachatClient.qr_image_url`` (the
+    :mod:`warnings` filters control it: ``"error"`` in a test suite catches any such path)."""
 
 
 def build_qr_image_url(
@@ -50,26 +42,14 @@ def build_qr_image_url(
     base_url: str = DEFAULT_BASE_URL,
     expose_api_key: bool = False,
 ) -> str:
-    """Return the URL of the QR image of *instance_name*.
+    """Return the URL of the QR image of *instance_name*, for header auth (``WachatClient``)
+    or your own proxy route.
 
-    Without *api_key* the URL carries only ``instanceName``: fetch it with the
-    ``Authorization: Bearer`` header (``WachatClient`` does) or behind your own proxy route.
-
-    With *api_key* the URL also carries ``apiKey=``, which is what a bare ``<img>`` tag needs,
-    and which exposes the key to anyone who sees the URL. That is refused with ``ValueError``
-    unless *expose_api_key* is ``True``; with the opt-in, every call emits
-    :class:`ApiKeyExposureWarning` (pointing at your call site). ``expose_api_key=True``
-    without a key exposes nothing: you get the key-less URL and no warning.
-
-    >>> build_qr_image_url("t1_mq9r2jov_jakarta_store")
-    'https://app.wachat.net/api/v1/instance/qr/image?instanceName=t1_mq9r2jov_jakarta_store'
-
-    *base_url* must be an ``http``/``https`` URL with a host and no query or fragment; its path
-    (``/api/v1`` for the live gateway) is kept, with or without a trailing slash.
-
-    Raises ``TypeError``/``ValueError`` for unusable arguments: an empty, whitespace-only or
-    control-character-bearing instance name or key, a bad *base_url*, or a key without the
-    opt-in. No error message or warning contains the key.
+    With *api_key* the URL also carries ``apiKey=`` (what a bare ``<img>`` needs, exposing the
+    key to anyone who sees the URL): refused with ``ValueError`` unless *expose_api_key* is
+    ``True``, and then every call emits :class:`ApiKeyExposureWarning`. *base_url*: an
+    ``http``/``https`` URL with a host and no query or fragment; its path is kept. Unusable
+    arguments raise ``TypeError``/``ValueError``, never quoting the key (docs/img-and-api-key.md).
     """
     if isinstance(api_key, str):  # from here on a traceback's locals show it as [REDACTED]
         api_key = Secret(api_key)
@@ -94,11 +74,8 @@ def _build_qr_image_url(
     expose_api_key: bool,
     stacklevel: int,
 ) -> str:
-    """Implementation of :func:`build_qr_image_url` for the public function and the client.
-
-    *stacklevel* has the meaning of :func:`warnings.warn`'s, counted from the function that
-    calls this one: ``2`` makes the warning point at that function's caller.
-    """
+    """:func:`build_qr_image_url` for it and the client; *stacklevel* counts from the caller
+    (2: the warning points at that function's caller)."""
     check_instance_name(instance_name)  # also refuses lone surrogates, which yarl would drop
     if not isinstance(expose_api_key, bool):
         raise TypeError(f"expose_api_key must be a bool, not {type(expose_api_key).__name__}")
@@ -127,8 +104,7 @@ def _build_qr_image_url(
 
 
 def _where(url: URL) -> str:
-    """*url* for an error message: scheme, host and port only. User info, path, query and
-    fragment are the caller's text and may carry a key, so they are never echoed."""
+    """*url* for an error message: scheme, host and port only (the rest may carry a key)."""
     if url.host:
         return (
             f"{url.scheme}://{url.host_port_subcomponent}" if url.scheme else "a URL with no scheme"
@@ -144,12 +120,8 @@ def _parse(url: str) -> URL | None:
 
 
 def _qr_image_endpoint(base_url: str | URL, *, secrets: Iterable[str] = ()) -> URL:
-    """Join the QR image path onto *base_url*, keeping its path (``/api/v1``; no trailing "/").
-
-    Raises ``TypeError``/``ValueError`` whose messages pass through
-    :func:`~wachat_async._redact.redact_message` with *secrets* (the key, when known) and
-    never chain the parser's own error (it quotes the URL).
-    """
+    """Join the QR image path onto *base_url*, keeping its path; errors are redacted with
+    *secrets* and never chain the parser's own (it quotes the URL)."""
     if not isinstance(base_url, (str, URL)):
         raise TypeError(f"base_url must be a str, not {type(base_url).__name__}")
     base = base_url if isinstance(base_url, URL) else _parse(base_url)
@@ -177,19 +149,12 @@ def qr_img_tag(
     width: int | None = None,
     height: int | None = None,
 ) -> str:
-    """Return an HTML ``<img>`` element showing *url*, with ``src`` and ``alt`` HTML-escaped.
+    """Return an HTML ``<img>`` element showing *url* (``src`` and ``alt`` HTML-escaped;
+    *width*/*height* in CSS pixels, written only when given).
 
-    *url* can be anything an ``<img>`` accepts: a key-less proxy path such as ``/qr/NAME.png``,
-    a ``QRImage.to_data_uri()`` value, or an opted-in :func:`build_qr_image_url` result.
-    *width*/*height* (positive ints, CSS pixels) are written only when given.
-
-    >>> print(qr_img_tag("/qr/a&b.png", alt='"QR"'))
-    <img src="/qr/a&amp;b.png" alt="&quot;QR&quot;" referrerpolicy="no-referrer" decoding="async">
-
-    ``referrerpolicy="no-referrer"`` keeps the *page's* URL (a session token, a signed link)
-    out of the image request's ``Referer``. It does **not** protect a key in the image URL
-    itself: page source, history, caches, the logs of every server and proxy on the way and
-    screenshots see that URL. Keep the key out of it instead (see :func:`build_qr_image_url`).
+    ``referrerpolicy="no-referrer"`` keeps the *page's* URL out of the image request's
+    ``Referer``. It does **not** protect a key in the image URL itself: page source, history,
+    caches, the logs of every server and proxy on the way and screenshots see that URL.
     """
     if not isinstance(url, str):
         raise TypeError(f"url must be a str, not {type(url).__name__}")

@@ -1,9 +1,5 @@
-"""Every argument check of wachat-async, in one place: numbers (bools are never numbers; a
-rejected non-number is named by its type only), one control-character rule behind the name,
-key and user-agent checks, the key check, the loopback rule. Wachat documents no grammar for
-instance names, so only what can never be valid, or could smuggle structure into a request,
-is refused. Pure checks: imports only the errors it raises.
-"""
+"""Every argument check, in one place. Wachat documents no grammar for instance names, so only
+what can never be valid, or could smuggle structure into a request, is refused."""
 
 from __future__ import annotations
 
@@ -37,17 +33,9 @@ _SHOWN_CHARS: Final = 64  # of a rejected name, in its error message
 
 
 def check_instance_name(name: object) -> str:
-    """Return *name* unchanged if it can be sent as an instance name, else raise.
-
-    Raises :class:`InvalidInstanceNameError` (a ``WachatError`` and a ``ValueError``) for empty,
-    whitespace-only, control-character-bearing or lone-surrogate names. The message quotes the
-    name with ``repr`` (shortened when long), so invisible characters are visible and never
-    reach a log line raw.
-
-    A name that is not a ``str`` raises an :class:`InvalidInstanceNameError` that is also a
-    ``TypeError`` (so ``except WachatError`` and ``except TypeError`` both catch it); its message
-    names the type only and its ``instance_name`` is :func:`shown_item` of the object.
-    """
+    """Return *name* unchanged if it can be sent as an instance name, else raise
+    :class:`InvalidInstanceNameError` quoting it with ``repr`` (shortened); for a name that is
+    not a ``str``, one that is also a ``TypeError``, naming the type only."""
     if not isinstance(name, str):
         raise _InstanceNameTypeError(
             f"instance_name must be a str, not {type(name).__name__}",
@@ -66,7 +54,6 @@ def check_instance_name(name: object) -> str:
 
 
 def _shown(name: str) -> str:
-    """*name* for an error message: its ``repr`` (escapes every control character), shortened."""
     if len(name) <= _SHOWN_CHARS:
         return repr(name)
     return f"{name[:_SHOWN_CHARS]!r}... ({len(name)} characters)"
@@ -92,10 +79,7 @@ def _escaped(match: re.Match[str]) -> str:
 
 
 def check_api_key(key: object) -> str:
-    """Return *key* unchanged if it is usable as an API key, else raise.
-
-    The messages never include the key itself: a half-valid key is still a secret.
-    """
+    """Return *key* unchanged if it is usable as an API key, else raise (never quoting it)."""
     if not isinstance(key, str):
         raise TypeError(f"api_key must be a str, not {type(key).__name__}")
     if not key.strip():
@@ -106,11 +90,8 @@ def check_api_key(key: object) -> str:
 
 
 def check_user_agent(value: object) -> str | None:
-    """Return *value* unchanged if it can be sent as a ``User-Agent`` header (or is ``None``).
-
-    Control characters (CR/LF would split the header) and lone surrogates are refused. The
-    messages never quote the value: it is the caller's text, and may hold anything.
-    """
+    """Return *value* unchanged if it can be sent as a ``User-Agent`` header (or is ``None``),
+    else raise (never quoting it)."""
     if value is None:
         return None
     if not isinstance(value, str):
@@ -123,17 +104,9 @@ def check_user_agent(value: object) -> str | None:
 
 
 def is_loopback_host(host: str) -> bool:
-    """Whether *host* (a URL's host, brackets optional) is this machine's loopback interface:
-    ``127.0.0.0/8``, ``::1`` or ``::ffff:127.x.y.z``, or ``localhost`` in any letter case. The
-    one rule of the client (plain ``http://`` only to loopback) and the URL builder.
-
-    Nothing else: other names reach whatever resolver the process uses (stock resolvers send
-    ``dev.localhost`` to DNS; ``localhost.`` is not in ``/etc/hosts``), and ``0.0.0.0``/``::``
-    are not loopback. Such hosts need ``allow_insecure_http=True`` for plain ``http://``.
-
-    >>> [is_loopback_host(h) for h in ("127.0.0.1", "[::1]", "LOCALHOST", "dev.localhost")]
-    [True, True, True, False]
-    """
+    """Whether *host* (brackets optional) is ``127.0.0.0/8``, ``::1``, ``::ffff:127.x.y.z`` or
+    ``localhost`` in any case: nothing else (other names reach the resolver: stock resolvers
+    send ``dev.localhost`` to DNS), so only these get plain ``http://`` without the opt-in."""
     if host.lower() == "localhost":
         return True
     if host.startswith("[") and host.endswith("]"):
@@ -166,18 +139,9 @@ def check_number(
     infinite: bool = False,
     type_error: type[Exception] = TypeError,
 ) -> float:
-    """Return *value* if it is a number in range, else raise; the one number validator.
-
-    *integer* asks for an ``int``; otherwise an ``int`` or a ``float``, and finite unless
-    *infinite*. The value must be ``>= minimum`` (``> minimum`` when *exclusive*) and, when
-    *below* is given, ``< below``. A ``bool`` is never a number. Raises *type_error*
-    (``TypeError``) for the wrong type and ``ValueError`` for a value out of range (NaN
-    included), both saying what *what* must be::
-
-        >>> check_number(0, "max_attempts", integer=True, minimum=1)
-        Traceback (most recent call last):
-        ValueError: max_attempts must be an int >= 1, got 0
-    """
+    """Return *value* if it is a number (an ``int`` with *integer*; finite unless *infinite*;
+    never a ``bool``) ``>= minimum`` (``>`` when *exclusive*) and ``< below``, else raise
+    *type_error* for the type or ``ValueError`` for the value, saying what *what* must be."""
     kind = "an int" if integer else ("a number" if infinite else "a finite number")
     rule = f"{'>' if exclusive else '>='} {minimum:g}"
     if below is not None:

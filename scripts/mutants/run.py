@@ -250,7 +250,7 @@ MUTANTS = [
     M(
         "budget-withdraw-from-empty",
         "wachat_async/_retry.py",
-        "if self.balance >= 1.0 - 1e-9:",
+        "if self.balance >= _TOKEN:",
         "if self.balance >= 0:",
         RETRY_TESTS,
     ),
@@ -307,7 +307,7 @@ MUTANTS = [
     M(
         "decide-no-budget",
         "wachat_async/_retry.py",
-        "elif not (budget := retrier.budget).try_withdraw():",
+        "elif not self.paced and not (budget := retrier.budget).try_withdraw():",
         "elif False:",
         LOOP_TESTS,
     ),
