@@ -36,7 +36,13 @@ except ImportError as _missing:  # pragma: no cover - exercised by the packaging
 from wachat_async import WachatClient
 
 from ._core import DEFAULT_HEARTBEAT, DEFAULT_INTERVAL, Answer, Gate, check_route_options
-from ._hub import DEFAULT_LINKING_TIMEOUT, DEFAULT_MAX_AGE, DEFAULT_MAX_BACKOFF, DEFAULT_MAX_QRS
+from ._hub import (
+    DEFAULT_LINKING_TIMEOUT,
+    DEFAULT_MAX_AGE,
+    DEFAULT_MAX_BACKOFF,
+    DEFAULT_MAX_QRS,
+    hook_signals,
+)
 from ._paths import DEFAULT_MAX_NAME_LENGTH, Target
 from .starlette import _raw_path, _response, _serve
 
@@ -85,7 +91,8 @@ def _guard(
     gate: Gate[dict[str, Any]] = Gate(call, max_name_length, (HTTPException,))
 
     def for_suffix(suffix: str) -> Callable[..., Awaitable[Target | Answer]]:
-        def check(request: Request, instance_name: str) -> Target | Answer:
+        async def check(request: Request, instance_name: str) -> Target | Answer:
+            hook_signals()  # on the loop, before authorize's awaits (its dependencies too)
             tail = instance_name + suffix
             return gate.check(request.method, _raw_path(request.scope), tail)
 
