@@ -27,6 +27,7 @@ let now = 0, timers = [], seq = 0, opened = [], fetched = [];
 function el() {
   const attrs = {}, handlers = {};
   return {hidden: false, textContent: "", className: "", disabled: false,
+    set src(v) { attrs.src = String(v); }, get src() { return attrs.src || ""; },
     setAttribute(k, v) { attrs[k] = String(v); },
     getAttribute(k) { return k in attrs ? attrs[k] : null; },
     removeAttribute(k) { delete attrs[k]; },

@@ -25,9 +25,12 @@ try:
     from fastapi import APIRouter, Depends, Request
     from fastapi.dependencies.utils import get_typed_signature
     from fastapi.responses import Response
+    from fastapi.routing import APIRoute
     from starlette.concurrency import run_in_threadpool
     from starlette.convertors import Convertor, register_url_convertor
     from starlette.exceptions import HTTPException
+    from starlette.routing import Match
+    from starlette.types import Scope
 except ImportError as _missing:  # pragma: no cover - exercised by the packaging test
     raise ImportError(
         "wachat_async.web.fastapi needs FastAPI: pip install 'wachat-async[web-fastapi]'"
@@ -72,6 +75,16 @@ class _AnyText(Convertor[str]):
 
 
 register_url_convertor("wachat_path", _AnyText())
+
+
+class _PNGRoute(APIRoute):
+    """The PNG route only where the raw path ends in ``.png`` as written: ``a%2Epng`` is the
+    page of the instance ``a.png`` (as on the other frameworks), never the PNG of ``a``."""
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        match, child = super().matches(scope)
+        raw = _raw_path(scope)
+        return (Match.NONE, {}) if raw is not None and not raw.endswith(".png") else (match, child)
 
 
 def _guard(
@@ -191,6 +204,7 @@ def qr_router(
             response_class=Response,
             responses=responses,  # type: ignore[arg-type]
             summary=summary,
+            route_class_override=_PNGRoute if suffix == ".png" else None,
         )
     router.add_api_route(  # last: whatever the routes above did not take, answered alike
         "/{instance_name:wachat_path}",
