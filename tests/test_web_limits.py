@@ -420,14 +420,14 @@ def test_remembered_expiries_are_bounded(monkeypatch: pytest.MonkeyPatch) -> Non
         ):
             names = [f"t1_keep000{i}_store" for i in range(3)]
             hub = hub_for(client)
+            watches = []
             for name in names:
                 fake.add_instance(name)
-                watch = hub.join(name, 2.0, limits=(None, 30.0))
-                await until(lambda w=watch: w.latest is not None, "the first QR")
+                watches.append(hub.join(name, 2.0, limits=(None, 30.0)))
+            await until(lambda: all(w.latest for w in watches), "the first QRs")
             loop.skip(31.0)
-            for name in names:
-                (watch,) = hub.watches(name)
-                await until(lambda w=watch: w.expired is not None, "the watch expires")
+            await until(lambda: all(w.expired for w in watches), "the watches expire")
+            for watch in watches:
                 hub.leave(watch)
             assert [bool(hub.watches(name)) for name in names] == [False, True, True]
 
