@@ -36,12 +36,11 @@ import socket
 import sys
 from collections.abc import Collection, Sequence
 from errno import EADDRINUSE
-from urllib.parse import quote
 
 from aiohttp import web
 
 from wachat_async import WachatClient, qr_img_tag
-from wachat_async.web import end_event_streams
+from wachat_async.web import end_event_streams, route_path
 from wachat_async.web.aiohttp import qr_routes
 
 INSTANCES: web.AppKey[frozenset[str] | None] = web.AppKey("wachat_instances")
@@ -84,8 +83,8 @@ async def index(request: web.Request) -> web.Response:
 
 
 def _figure(name: str) -> str:
-    path = f"/qr/{quote(name, safe='')}"
-    img = qr_img_tag(f"{path}.png", alt=f"QR code for {name}")
+    path = route_path(name)  # the page; a trailing ".png" of a name is quoted (%2E)
+    img = qr_img_tag(route_path(name, "png"), alt=f"QR code for {name}")
     caption = f'<a href="{html.escape(path)}">{html.escape(name)}</a> (live page)'
     return f"<figure>{img}<figcaption>{caption}</figcaption></figure>"
 

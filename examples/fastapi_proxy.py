@@ -29,12 +29,12 @@ import html
 import logging
 import os
 from collections.abc import AsyncIterator, Sequence
-from urllib.parse import quote
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse
 
 from wachat_async import RetryPolicy, WachatClient, qr_img_tag
+from wachat_async.web import route_path
 from wachat_async.web.fastapi import qr_router
 
 logger = logging.getLogger("wachat_proxy")
@@ -120,8 +120,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def _figure(name: str) -> str:
-    path = f"/qr/{quote(name, safe='')}"
-    img = qr_img_tag(f"{path}.png", alt=f"QR code for {name}")
+    path = route_path(name)  # the page; a trailing ".png" of a name is quoted (%2E)
+    img = qr_img_tag(route_path(name, "png"), alt=f"QR code for {name}")
     caption = f'<a href="{html.escape(path)}">{html.escape(name)}</a> (live page)'
     return f"<figure>{img}<figcaption>{caption}</figcaption></figure>"
 

@@ -20,7 +20,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from wachat_async import WachatClient
-from wachat_async.web import WATCH_TASK_PREFIX
+from wachat_async.web import WATCH_TASK_PREFIX, _hub, end_event_streams
 
 FRAMEWORKS = ("aiohttp", "starlette")
 #: Also wachat_async.web.fastapi.qr_router under FastAPI, for tests of what all answer alike.
@@ -163,6 +163,14 @@ class EventReader:
         while (got := await self.next()) is not None:
             events.append(got)
         return events
+
+
+async def deploy() -> None:
+    """A deploy, in one process: every stream ends (:func:`end_event_streams`), then the next
+    process, which is not stopping (a shutdown stays in force on its loop), takes the pages'
+    reconnects."""
+    await end_event_streams()
+    _hub._stopping.discard(asyncio.get_running_loop())
 
 
 def png_url(events_url: str, src: str) -> str:

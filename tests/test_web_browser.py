@@ -190,21 +190,34 @@ PAGE_STATE = """(() => {
     const img = document.getElementById("wachat-qr");
     const status = document.getElementById("wachat-status");
     return {state: status.getAttribute("data-state"), text: status.textContent,
-            hidden: img.hidden, dim: img.className === "stale", src: img.getAttribute("src")};
+            hidden: img.hidden, src: img.getAttribute("src")};
 })()"""
+
+
+async def decoded(cdp: Any, session: str) -> list[str]:
+    """The QR codes zxing-cpp reads in a screenshot of the tab (what a phone's camera sees)."""
+    import base64
+    import io
+
+    import zxingcpp
+    from PIL import Image
+
+    shot = await cdp.call("Page.captureScreenshot", {"format": "png"}, session=session)
+    image = Image.open(io.BytesIO(base64.b64decode(shot["data"])))
+    return [found.text for found in zxingcpp.read_barcodes(image)]
 
 
 @pytest.mark.parametrize("framework", ["aiohttp", "starlette"], ids=["aiohttp", "fastapi"])
 async def test_chromium_shows_outages_and_final_states_honestly(
     chromium_path: str, framework: str
 ) -> None:
-    """An outage dims the QR and says it is retrying, and the QR comes back; an image that
-    fails to load is replaced by a message until the next one; after a deploy
-    the page reconnects and shows the QR again; the server's final event and a refused
-    reconnect (the session expired: 403) replace the QR with a message instead of leaving the
-    old QR and "reconnecting..." forever."""
+    """An outage hides the QR (a screenshot decodes none) and says it is retrying, and the
+    QR comes back; an image that fails to load is replaced by a message until the next one;
+    after a deploy the page reconnects and shows the QR again; the server's final event
+    and a refused reconnect (the session expired: 403) replace the QR with a message
+    instead of leaving the old QR and "reconnecting..." forever."""
+    from tests._web import deploy
     from wachat_async import RetryPolicy
-    from wachat_async.web import end_event_streams
 
     allowed = {"yes": True}
     async with (
@@ -246,7 +259,9 @@ async def test_chromium_shows_outages_and_final_states_honestly(
 
         shown = await wait_for(tab, lambda s: s["state"] == "qr" and not s["hidden"], "a QR")
         fake.script(NAME, [502, 502])
+        seen = await decoded(cdp, tab)
         down = await wait_for(tab, lambda s: s["state"] == "unavailable", "the outage shows")
+        unseen = await decoded(cdp, tab)
         back = await wait_for(tab, lambda s: s["state"] == "qr", "the QR comes back")
         # The next image fails to load (the browser is told so by DevTools): no stale QR.
         await cdp.call("Fetch.enable", {"patterns": [{"urlPattern": "*.png*"}]}, session=tab)
@@ -262,13 +277,13 @@ async def test_chromium_shows_outages_and_final_states_honestly(
         fake.rotate_qr(NAME)
         await wait_for(tab, lambda s: s["state"] == "qr", "the next QR loads")
         failed = await wait_for(gone, lambda s: s["state"] == "failed", "a final event")
-        await end_event_streams()  # a deploy: the stream ends, the page reconnects by itself
+        await deploy()  # a deploy: the stream ends, the page reconnects by itself
         await wait_for(tab, lambda s: s["state"] == "reconnecting", "the page reconnects")
         again = await wait_for(tab, lambda s: s["state"] == "qr", "the QR after reconnecting")
         # A proxy answers 502 while the app restarts: transient, the page keeps retrying.
         cdp.events[:] = [e for e in cdp.events if e.get("method") != "Fetch.requestPaused"]
         await cdp.call("Fetch.enable", {"patterns": [{"urlPattern": "*/events*"}]}, session=tab)
-        await end_event_streams()
+        await deploy()
         for _ in range(2):  # the EventSource's reconnect, then the page's probe
             paused = await cdp.wait_event("Fetch.requestPaused", tab)
             await cdp.call(
@@ -281,14 +296,16 @@ async def test_chromium_shows_outages_and_final_states_honestly(
         await cdp.call("Fetch.disable", session=tab)
         await wait_for(tab, lambda s: s["state"] == "qr", "the QR after the proxy's 502")
         allowed["yes"] = False
-        await end_event_streams()  # a deploy: the page reconnects, and is refused
+        await deploy()  # a deploy: the page reconnects, and is refused
         refused = await wait_for(tab, lambda s: s["state"] == "refused", "the refusal shows")
-    assert shown["dim"] is False
-    assert down["dim"] is True
-    assert not down["hidden"]
+    assert shown["hidden"] is False
+    assert len(seen) == 1  # the screenshot of a shown QR decodes: the check below can fail
+    assert down["hidden"] is True
+    assert down["src"] is None
+    assert unseen == []  # no stale QR a phone could scan
     assert "unavailable" in down["text"]
     assert "retrying" in down["text"]
-    assert back["dim"] is False
+    assert back["hidden"] is False
     assert not back["hidden"]
     assert broken["hidden"]
     assert broken["src"] is None
@@ -300,7 +317,7 @@ async def test_chromium_shows_outages_and_final_states_honestly(
     assert refused["hidden"]
     assert refused["src"] is None
     assert "refused" in refused["text"]
-    assert gateway["dim"] is True
+    assert (gateway["hidden"], gateway["src"]) == (True, None)
 
 
 @pytest.mark.parametrize(

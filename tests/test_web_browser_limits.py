@@ -36,7 +36,7 @@ PAGE_STATE = """(() => {
     const status = document.getElementById("wachat-status");
     const again = document.getElementById("wachat-again");
     return {state: status.getAttribute("data-state"), text: status.textContent,
-            hidden: img.hidden, src: img.getAttribute("src"), dim: img.className === "stale",
+            hidden: img.hidden, src: img.getAttribute("src"),
             loaded: img.complete ? img.naturalWidth : 0,
             button: !again.hidden, disabled: again.disabled, label: again.textContent};
 })()"""
@@ -244,7 +244,7 @@ async def test_chromium_backs_off_while_the_client_is_closed(
             assert not watch_tasks()
             assert fake.request_count() == sent  # a closed client asks upstream nothing
     assert state["state"] == "reconnecting"
-    assert state["dim"]
+    assert (state["hidden"], state["src"]) == (True, None)
     assert 2 <= len(sources) <= len(waits) + 1
     assert len(probes) <= len(waits)
     assert refused

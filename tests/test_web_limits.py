@@ -18,10 +18,11 @@ from tests.conftest import KEY, NAME, SkippingLoop, run_skipping
 from tests.test_web_events import Turnstile
 from wachat_async import RetryPolicy, WachatClient
 from wachat_async.testing import FakeWachatServer
-from wachat_async.web import end_event_streams, hub_for
+from wachat_async.web import _hub, end_event_streams, hub_for, qr_events
 
 QR = "/instance/qr/image"
 STOPPING = "the server is stopping; try again"
+CLIENT_CLOSED = "the QR code service is not available (client closed); try again"
 RESTART = {"Wachat-Restart": "1"}
 
 
@@ -153,7 +154,7 @@ async def test_one_restart_brings_a_new_qr_to_every_viewer(
             fresh = [await reader.expect("qr") for reader in readers]
     assert refused == (
         400,
-        {"error": "a restart needs the Wachat-Restart request header", "instance": NAME},
+        {"error": "a restart needs the header Wachat-Restart: 1", "instance": NAME},
     )
     assert fresh[0] == fresh[1]
 
@@ -207,7 +208,15 @@ def test_linking_timeout_stops_the_watch_and_no_request_follows(new_loop: object
             assert expired.elapsed >= 30.0
             assert hub.watches(NAME) == [watch]  # kept, with its viewer, for a restart
             hub.leave(watch)
-            assert hub.watches(NAME) == []
+            loop.skip(_hub.KEEP_EXPIRED - 1.0)  # a reconnect within KEEP_EXPIRED: still expired
+            assert hub.join(NAME, 2.0, limits=(None, 30.0)) is watch
+            assert watch.expired is expired
+            hub.leave(watch)
+            loop.skip(_hub.KEEP_EXPIRED - 1.0)  # counted from the last viewer's leaving
+            assert hub.watches(NAME) == [watch]
+            loop.skip(2.0)
+            await until(lambda: not hub.watches(NAME), "the expiry is forgotten")
+            assert fake.request_count() == sent
 
     run_skipping(body)
 
@@ -308,7 +317,7 @@ async def test_a_closed_clients_event_route_is_a_503_not_a_stream_that_ends_at_o
         for _ in range(3):
             async with http.get(url) as again:
                 answers.append((again.status, again.headers.get("Retry-After"), await again.json()))
-    assert answers == [(503, "2", {"error": STOPPING, "instance": NAME})] * 3
+    assert answers == [(503, "2", {"error": CLIENT_CLOSED, "instance": NAME})] * 3
     assert not watch_tasks()
 
 
@@ -368,4 +377,154 @@ async def test_a_raising_authorize_is_a_403_and_one_log_line_per_minute(
     assert answers == [(403, {"error": "forbidden", "instance": NAME})] * 10
     assert len(errors) == 1
     assert "KeyError" in errors[0].getMessage()
+    assert still.request_count() == 0
+
+
+# -- an expired watch and a reconnect (stranger's s4/05) -----------------------------------------
+
+
+async def test_an_expired_watch_stays_expired_when_its_only_viewer_reconnects(
+    framework: str, still: FakeWachatServer, wachat: WachatClient, http: aiohttp.ClientSession
+) -> None:
+    """The only viewer's stream drops after `expired` (a proxy's idle cut, a Wi-Fi blip) and
+    EventSource reconnects: `expired` again and no upstream request; only the button's POST
+    starts a new watch."""
+    async with serve(framework, wachat, max_qrs=1, heartbeat=60.0) as base:
+        url = f"{base}/qr/{NAME}/events"
+        async with http.get(url) as response:
+            reader = EventReader(response)
+            await reader.expect("qr")
+            still.rotate_qr(NAME)
+            await reader.expect("expired")
+        hub = hub_for(wachat)
+        await until(lambda: not hub.viewers(), "the viewer has left")
+        sent = still.request_count()
+        again = await raw_events(http, url)
+        async with http.get(f"{base}/qr/{NAME}.png") as png:
+            png_status = png.status
+        assert still.request_count() == sent
+        async with http.post(url, headers=RESTART) as restart:
+            assert restart.status == 204
+        fresh = await raw_events(http, url)
+    assert (again, png_status, fresh) == ("expired", 410, "qr")
+
+
+def test_remembered_expiries_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past KEEP_EXPIRED_MAX expired watches without a viewer, the oldest is forgotten."""
+    monkeypatch.setattr(_hub, "KEEP_EXPIRED_MAX", 2)
+
+    async def body(loop: SkippingLoop) -> None:
+        async with (
+            FakeWachatServer(api_key=KEY, qr_rotation=None) as fake,
+            WachatClient(api_key=KEY, base_url=fake.base_url) as client,
+        ):
+            names = [f"t1_keep000{i}_store" for i in range(3)]
+            hub = hub_for(client)
+            watches = []
+            for name in names:
+                fake.add_instance(name)
+                watches.append(hub.join(name, 2.0, limits=(None, 30.0)))
+            await until(lambda: all(w.latest for w in watches), "the first QRs")
+            loop.skip(31.0)
+            await until(lambda: all(w.expired for w in watches), "the watches expire")
+            for watch in watches:
+                hub.leave(watch)
+            assert [bool(hub.watches(name)) for name in names] == [False, True, True]
+
+    run_skipping(body)
+
+
+# -- restart header values (stranger's s4/21) ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "status"),
+    [("1", 204), ("true", 204), ("True", 204), ("0", 400), ("no", 400), ("false", 400)],
+)
+async def test_only_a_true_restart_header_restarts(
+    framework: str,
+    still: FakeWachatServer,
+    wachat: WachatClient,
+    http: aiohttp.ClientSession,
+    value: str,
+    status: int,
+) -> None:
+    async with serve(framework, wachat, max_qrs=1, heartbeat=60.0) as base:
+        url = f"{base}/qr/{NAME}/events"
+        async with http.get(url) as response:
+            reader = EventReader(response)
+            await reader.expect("qr")
+            still.rotate_qr(NAME)
+            await reader.expect("expired")
+            async with http.post(url, headers={"Wachat-Restart": value}) as restart:
+                answer = restart.status
+            after = (await reader.next() or ("end",))[0] if status == 204 else None
+            assert bool(watch_tasks()) is (status == 204)
+    assert (answer, after) == (status, "qr" if status == 204 else None)
+
+
+# -- a stream that starts after the shutdown began (stranger's s4/10) ----------------------------
+
+
+class SlowRule:
+    """An async authorize that waits until the test lets it answer (a slow session store)."""
+
+    def __init__(self) -> None:
+        self.entered = 0
+        self.go = asyncio.Event()
+
+    async def __call__(self, request: object, name: str) -> bool:
+        self.entered += 1
+        await self.go.wait()
+        return True
+
+
+@pytest.mark.parametrize("route", ["events", "png"])
+@pytest.mark.parametrize("how", ["end_event_streams", "SIGTERM"])
+async def test_a_request_whose_authorize_outlasts_the_shutdown_start_gets_a_503(
+    framework: str,
+    still: FakeWachatServer,
+    wachat: WachatClient,
+    http: aiohttp.ClientSession,
+    sigterm: list[int],
+    how: str,
+    route: str,
+) -> None:
+    """The first request of the app is still in `authorize` when the shutdown begins: once it
+    is let through it answers 503 with Retry-After, no stream, no watch, nothing upstream;
+    and so does every later request (the shutdown stays in force)."""
+    rule = SlowRule()
+    path = f"/qr/{NAME}/events" if route == "events" else f"/qr/{NAME}.png"
+    async with serve(framework, wachat, authorize=rule) as base:
+        pending = asyncio.ensure_future(http.get(base + path))
+        await until(lambda: rule.entered == 1, "the request waits in authorize")
+        if how == "SIGTERM":
+            signal.raise_signal(signal.SIGTERM)
+        else:
+            await end_event_streams()
+        rule.go.set()
+        async with await pending as answer:
+            first = answer.status, answer.headers.get("Retry-After"), await answer.json()
+        async with http.get(base + path) as later:
+            second = later.status, await later.json()
+        async with http.post(f"{base}/qr/{NAME}/events", headers=RESTART) as restart:
+            third = restart.status
+    assert first == (503, "2", {"error": STOPPING, "instance": NAME})
+    assert second == (503, {"error": STOPPING, "instance": NAME})
+    assert third == 503
+    assert still.request_count() == 0
+    assert not watch_tasks()
+
+
+async def test_a_stream_that_starts_after_the_shutdown_began_ends_at_once(
+    wachat: WachatClient, still: FakeWachatServer
+) -> None:
+    """Between the route's 503 check and the stream's first step there are awaits (the
+    response's headers): a stream that starts after the shutdown began yields nothing, joins
+    no watch and asks nothing upstream."""
+    stream = qr_events(hub_for(wachat), NAME, png_path="q.png", interval=1.0, heartbeat=30.0)
+    await end_event_streams()
+    assert [chunk async for chunk in stream] == []
+    assert hub_for(wachat).viewers() == {}
+    assert not watch_tasks()
     assert still.request_count() == 0

@@ -27,6 +27,7 @@ let now = 0, timers = [], seq = 0, opened = [], fetched = [];
 function el() {
   const attrs = {}, handlers = {};
   return {hidden: false, textContent: "", className: "", disabled: false,
+    set src(v) { attrs.src = String(v); }, get src() { return attrs.src || ""; },
     setAttribute(k, v) { attrs[k] = String(v); },
     getAttribute(k) { return k in attrs ? attrs[k] : null; },
     removeAttribute(k) { delete attrs[k]; },
@@ -50,6 +51,12 @@ class FakeSource {
     if (scenario === "closed") { this.readyState = 2; this.fire("error"); return; }
     this.readyState = 1; this.fire("open");
     this.fire("qr", {data: JSON.stringify({src: "../NAME.png?v=1", sha256: "1"})});
+    if (scenario === "outage") {
+      const down = {instance: "NAME", error: "down", retry_in: 4};
+      this.fire("unavailable", {data: JSON.stringify(down)});
+      return;
+    }
+    if (scenario === "blip") { this.readyState = 0; this.fire("error"); return; }
     this.fire("expired", {data: JSON.stringify({instance: "NAME", qrs_shown: 6, elapsed: 120})});
   }
 }
@@ -74,7 +81,8 @@ async function runFor(ms) {
   await runFor(600000);
   const out = {opened: opened.length, fetched: fetched.length,
     state: elements["wachat-status"].getAttribute("data-state"),
-    button: !elements["wachat-again"].hidden, qr: elements["wachat-qr"].getAttribute("src")};
+    button: !elements["wachat-again"].hidden, qr: elements["wachat-qr"].getAttribute("src"),
+    hidden: elements["wachat-qr"].hidden, text: elements["wachat-status"].textContent};
   if (scenario === "expired") {
     elements["wachat-again"].fire("click");
     await runFor(1000);
@@ -141,6 +149,20 @@ def test_expired_hides_the_qr_and_the_button_asks_for_a_restart() -> None:
     assert result["after"] == "waiting"
     assert result["buttonAfter"] is False
     assert result["opened"] == 1
+
+
+@pytest.mark.parametrize(
+    ("scenario", "state", "words"),
+    [("outage", "unavailable", "retrying in 4 s"), ("blip", "reconnecting", "reconnecting")],
+)
+def test_a_qr_that_is_not_current_is_not_shown(scenario: str, state: str, words: str) -> None:
+    """While the QR is not current (polls fail, the stream reconnects) the page shows no QR a
+    phone could scan (no dimmed one): the image is hidden and its `src` removed; the text says
+    why."""
+    result = run_page(scenario)
+    assert (result["state"], result["hidden"], result["qr"]) == (state, True, None)
+    assert isinstance(result["text"], str)
+    assert words in result["text"]
 
 
 def test_missing_node_skips_outside_ci(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -32,7 +32,7 @@ from tests._web import (
 from tests.conftest import KEY, NAME, assert_no_key
 from wachat_async import RetryPolicy, WachatClient
 from wachat_async.testing import FakeWachatServer
-from wachat_async.web import DEFAULT_MAX_NAME_LENGTH, hub_for
+from wachat_async.web import DEFAULT_MAX_NAME_LENGTH, hub_for, route_path
 
 #: Every async test here runs on asyncio's loop and on uvloop (tests/conftest.py).
 ON_EVERY_LOOP = True
@@ -129,6 +129,30 @@ async def test_a_name_is_one_percent_decoded_segment(
         assert response.headers["content-type"].startswith("text/html")
         assert f'data-events="./{quote(name, safe="")}/events"'.encode() in response.body
         assert fake.request_count() == 0
+
+
+@pytest.mark.parametrize("name", ["a.png", "x.png.png", "a/b.png", "a.PNG", "plain"])
+@pytest.mark.parametrize("route", ROUTE_PARAMS)
+async def test_route_path_names_the_route_of_that_instance(
+    framework: str, fake: FakeWachatServer, wachat: WachatClient, route: Any, name: str
+) -> None:
+    """route_path (what the examples link with) reaches *route* of *name*, a name ending in
+    ``.png`` too (``/qr/a.png`` is the PNG of ``a``; the page of ``a.png`` is ``a%2Epng``), and
+    the page's and the events' own links follow the same rule."""
+    recorder = Recorder()
+    async with serve(framework, wachat, authorize=recorder) as base:
+        response = await raw_request(base, "GET", route_path(name, route))
+        if route == "events":
+            await until(lambda: not watch_tasks(), "the watch ends with its viewer")
+    kind = response.headers["content-type"].split(";")[0]
+    assert (response.status, recorder.names) == (200, [name])
+    assert kind == {"png": "image/png", "events": "text/event-stream", "page": "text/html"}[route]
+    if route == "page":
+        events = route_path(name, "events").removeprefix("/qr/")
+        assert f'data-events="./{events}"'.encode() in response.body
+    if route == "events":
+        src = json.loads(response.body.split(b"data: ", 1)[1])["src"]
+        assert src.split("?")[0] == "../" + route_path(name, "png").removeprefix("/qr/")
 
 
 # No route: a 404 without asking authorize (nothing upstream, nothing about an instance).

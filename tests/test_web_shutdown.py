@@ -141,7 +141,7 @@ async def test_end_event_streams_ends_every_stream_without_an_event(
     framework: str, client: WachatClient
 ) -> None:
     """What aiohttp's on_shutdown (or any app's own stop) calls: each stream ends cleanly, the
-    watch stops, and a later viewer starts a new one."""
+    watch stops, and the shutdown stays in force: a later viewer gets a 503, no new watch."""
     async with serve(framework, client) as base, aiohttp.ClientSession() as http:
         responses = [await http.get(f"{base}/qr/{NAME}/events") for _ in range(3)]
         for response in responses:
@@ -151,7 +151,8 @@ async def test_end_event_streams_ends_every_stream_without_an_event(
             assert await EventReader(response).rest() == []
         await until(lambda: not watch_tasks(), "the watch stops")
         async with http.get(f"{base}/qr/{NAME}/events") as again:
-            await EventReader(again).expect("qr")
+            assert (again.status, again.headers.get("Retry-After")) == (503, "2")
+        assert not watch_tasks()
 
 
 async def test_a_closed_client_ends_the_streams_and_is_no_failure(
@@ -168,7 +169,9 @@ async def test_a_closed_client_ends_the_streams_and_is_no_failure(
             assert await reader.rest() == []
         async with http.get(f"{base}/qr/{NAME}.png") as png:
             assert png.status == 503
-            assert (await png.json())["error"] == "the server is stopping; try again"
+            assert (await png.json())["error"] == (
+                "the QR code service is not available (client closed); try again"
+            )
 
 
 @pytest.fixture

@@ -19,10 +19,13 @@ serve, for an instance name ``{name}``:
   once the watch stopped after ``max_qrs`` QRs or ``linking_timeout`` seconds
   (:data:`DEFAULT_MAX_QRS`, :data:`DEFAULT_LINKING_TIMEOUT`) without a link. On SIGINT/SIGTERM
   (and :func:`end_event_streams`) every stream ends cleanly and PNG requests waiting on
-  upstream answer 503, so a server can stop at once. While the client is closed the route
-  answers 503 (with ``Retry-After``) instead of a stream.
-* ``POST {prefix}/{name}/events`` with a ``Wachat-Restart`` header: an expired watch polls
-  again, for all its viewers (``204``; the PNG route answers ``410`` while expired).
+  upstream answer 503, so a server can stop at once; from then on, for good, the routes
+  answer 503 (with ``Retry-After``) and a stream that starts anyway (its ``authorize`` was
+  still running) ends at once. While the client is closed the route answers 503 too.
+* ``POST {prefix}/{name}/events`` with ``Wachat-Restart: 1`` (or ``true``; any other value
+  is a 400): an expired watch polls again, for all its viewers (``204``; the PNG route
+  answers ``410`` while expired). An expired watch stays so for a while after its last viewer
+  left, so a reconnect sees ``expired`` again (:func:`route_path` builds links to the routes).
 * ``GET {prefix}/{name}``: a self-contained page (no external scripts, a strict CSP) with
   ``<img id="wachat-qr">`` following the events and ``<p id="wachat-status">`` whose
   ``data-state`` says what it shows (``connected`` once linked).
@@ -67,7 +70,7 @@ from ._hub import (
     error_status,
     hub_for,
 )
-from ._paths import DEFAULT_MAX_NAME_LENGTH
+from ._paths import DEFAULT_MAX_NAME_LENGTH, route_path
 from ._sse import qr_events
 
 __all__ = [
@@ -85,4 +88,5 @@ __all__ = [
     "error_status",
     "hub_for",
     "qr_events",
+    "route_path",
 ]

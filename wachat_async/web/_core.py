@@ -39,11 +39,13 @@ from ._hub import (
     DEFAULT_MAX_AGE,
     DEFAULT_MAX_BACKOFF,
     DEFAULT_MAX_QRS,
-    STOPPING,
     QRHub,
     Unavailable,
     being_cancelled,
     error_status,
+    hook_signals,
+    stopping,
+    stopping_message,
 )
 from ._paths import (
     DEFAULT_MAX_NAME_LENGTH,
@@ -246,6 +248,7 @@ class Gate(Generic[RequestT]):
     ) -> Target | Answer:
         """The route and name of a request (the framework's decoded *tail* after the prefix,
         the *raw_path*), or the answer that refuses it."""
+        hook_signals()  # before the first await: a signal during authorize ends the stream
         where = self.check(method, raw_path, tail)
         if isinstance(where, Target) and not await self.is_authorized(request, where.name):
             return self.json(403, "forbidden", where.name)
@@ -370,14 +373,14 @@ def error_answer(exc: BaseException, name: str) -> Answer:
 
 def stopping_answer(name: str) -> Answer:
     """``503`` while the app stops or its client is closed (the browser retries later)."""
-    return json_answer(503, STOPPING, name)
+    return json_answer(503, stopping_message(), name)
 
 
 def events_refusal(client: WachatClient, name: str) -> Answer | None:
-    """Why the event route must not open a stream: its client is closed (the app is stopping),
-    so a stream would end at once and the browser reconnect in a loop; a ``503`` instead makes
-    the page back off."""
-    return stopping_answer(name) if client.closed else None
+    """Why the event route must not open a stream: the app is stopping or its client is
+    closed, so a stream would end at once and the browser reconnect in a loop; a ``503``
+    instead makes the page back off."""
+    return stopping_answer(name) if stopping() or client.closed else None
 
 
 #: The request header a restart (``POST {prefix}/{name}/events``) must carry: a cross-site
@@ -387,9 +390,12 @@ RESTART_HEADER: Final = "Wachat-Restart"
 
 def restart_answer(hub: QRHub, name: str, header: str | None) -> Answer:
     """``204`` once every expired watch of *name* polls again (for all its viewers; nothing
-    to do is a ``204`` too: the call is idempotent); ``400`` without :data:`RESTART_HEADER`."""
-    if not header:
-        return json_answer(400, f"a restart needs the {RESTART_HEADER} request header", name)
+    to do is a ``204`` too: the call is idempotent); ``400`` unless :data:`RESTART_HEADER`
+    is ``1`` or ``true``; ``503`` once the app stops."""
+    if header is None or header.strip().lower() not in ("1", "true"):
+        return json_answer(400, f"a restart needs the header {RESTART_HEADER}: 1", name)
+    if stopping():
+        return stopping_answer(name)
     hub.restart(name)
     return Answer(204, {"Cache-Control": NO_STORE})
 
@@ -444,7 +450,10 @@ async def png_answer(
     expired, a ``410``; before its first poll ends, its first poll's); else fetched now, one
     upstream request for all concurrent callers (whole: the ETag is its SHA-256, and an
     invalid image must become a 502, not a half-sent 200). ``304`` when *if_none_match* names
-    it. On shutdown (:meth:`QRHub.close`) a waiting request answers ``503`` at once."""
+    it. On shutdown (:meth:`QRHub.close`) a waiting request answers ``503`` at once, and
+    so does any later one."""
+    if stopping():
+        return stopping_answer(name)
     loop = asyncio.get_running_loop()
     image: QRImage | None = None
     while image is None and (watches := hub.watches(name)):

@@ -50,8 +50,10 @@ from wachat_async import (
 from ._paths import shown_name
 
 __all__ = [
+    "CLIENT_CLOSED",
     "CLOSED",
     "CONNECTED",
+    "KEEP_EXPIRED",
     "STOPPING",
     "DEFAULT_LINKING_TIMEOUT",
     "DEFAULT_MAX_AGE",
@@ -64,7 +66,10 @@ __all__ = [
     "Watch",
     "end_event_streams",
     "error_status",
+    "hook_signals",
     "hub_for",
+    "stopping",
+    "stopping_message",
 ]
 
 logger = logging.getLogger("wachat_async.web")
@@ -86,8 +91,14 @@ TERMINAL: Final = frozenset({404, 409})
 #: Failures that end a watch too: our key or plan refused (polling again cannot fix them).
 _OURS: Final = (AuthenticationError, SubscriptionRestrictedError)
 _BUDGET_NOTE: Final = "retry budget exhausted"
-#: What a browser reads while the app stops (or its client is closed).
+#: What a browser reads while the app stops (SIGINT/SIGTERM, :func:`end_event_streams`)...
 STOPPING: Final = "the server is stopping; try again"
+#: ... and while the routes' client is closed without a shutdown (``client.aclose()``).
+CLIENT_CLOSED: Final = "the QR code service is not available (client closed); try again"
+#: How long (seconds) a hub remembers an expired watch once its last viewer left, so that a
+#: reconnect sees ``expired`` again instead of a new watch; at most ``KEEP_EXPIRED_MAX`` of them.
+KEEP_EXPIRED: Final = 300.0
+KEEP_EXPIRED_MAX: Final = 10_000
 
 
 def error_status(exc: BaseException) -> tuple[int, str]:
@@ -115,7 +126,7 @@ def error_status(exc: BaseException) -> tuple[int, str]:
     if isinstance(exc, WachatTimeoutError):  # before OSError: it is also a TimeoutError
         return 503, "the QR code service timed out; try again"
     if isinstance(exc, ClientClosedError):
-        return 503, STOPPING
+        return 503, stopping_message()
     if any(_BUDGET_NOTE in note for note in getattr(exc, "__notes__", ())) or (
         isinstance(exc, UnexpectedStatusError) and exc.status in (429, 503)
     ):
@@ -123,6 +134,17 @@ def error_status(exc: BaseException) -> tuple[int, str]:
     if isinstance(exc, _OURS):  # final: no "try again"
         return 502, "this QR code cannot be shown right now (the service refused the app's access)"
     return 502, "the QR code service failed; try again"
+
+
+def stopping() -> bool:
+    """Whether the running loop's app is shutting down (a signal or :func:`end_event_streams`
+    came): from then on no stream starts and no PNG is fetched, for good."""
+    return asyncio.get_running_loop() in _stopping
+
+
+def stopping_message() -> str:
+    """Why the routes answer 503 without upstream: the app stops, or its client is closed."""
+    return STOPPING if stopping() else CLIENT_CLOSED
 
 
 def being_cancelled() -> bool:
@@ -347,10 +369,14 @@ class Watch:
             self._wake.set()
 
     def restart(self) -> bool:
-        """Start polling again after a limit stopped the watch (for all its viewers); whether
-        it did (``False``: it was not expired)."""
+        """Start polling again after a limit stopped the watch (for all its viewers; one that
+        has none is forgotten: the next viewer starts a new watch); whether it did (``False``:
+        it was not expired)."""
         if self.expired is None or self.ended is not None:
             return False
+        if not self.viewers:
+            self._hub._forget(self)
+            return True
         self.expired, self.confirmed = None, float("-inf")
         self.task = self._start(self._hub._client_now())
         self._notify()
@@ -383,6 +409,7 @@ class QRHub:
         self._client = weakref.ref(client)
         self._watches: dict[str, dict[tuple[float, float, int | None, float | None], Watch]] = {}
         self._fetches: dict[str, asyncio.Task[QRImage]] = {}
+        self._kept: dict[Watch, asyncio.TimerHandle] = {}  # expired, no viewer: forget when
 
     def _client_now(self) -> WachatClient:
         client = self._client()
@@ -398,8 +425,9 @@ class QRHub:
     ) -> Watch:
         """Count one viewer in; start the instance's watch if it is not running, or make a
         failing one try again now. *limits*: ``(max_qrs, linking_timeout)``, ``None`` for
-        none. An expired watch stays expired (:meth:`restart` starts it again)."""
-        _hook_signals()
+        none. An expired watch stays expired, for ``KEEP_EXPIRED`` seconds after its last
+        viewer left too (:meth:`restart` starts it again)."""
+        hook_signals()
         interval = max(interval, 1.0)  # as watch_qr: never faster than once a second
         per_name = self._watches.setdefault(name, {})
         watch = per_name.get((interval, max_backoff, *limits))
@@ -407,16 +435,25 @@ class QRHub:
             watch = Watch(self, self._client_now(), name, interval, max_backoff, limits)
             per_name[watch.key] = watch
         else:
+            if (kept := self._kept.pop(watch, None)) is not None:
+                kept.cancel()
             watch.wake()
         watch.viewers += 1
         return watch
 
     def leave(self, watch: Watch) -> None:
-        """Count one viewer out; the last one out stops the upstream watch."""
+        """Count one viewer out; the last one out stops the upstream watch. An expired one is
+        remembered ``KEEP_EXPIRED`` seconds (a reconnect finds it still expired, no poll)."""
         watch.viewers -= 1
-        if watch.viewers <= 0 and watch.ended is None:
+        if watch.viewers > 0 or watch.ended is not None:
+            return
+        if watch.expired is None:
             self._forget(watch)
             watch.task.cancel()
+            return
+        self._kept[watch] = asyncio.get_running_loop().call_later(KEEP_EXPIRED, self._forget, watch)
+        if len(self._kept) > KEEP_EXPIRED_MAX:
+            self._forget(next(iter(self._kept)))  # the oldest
 
     def restart(self, name: str) -> bool:
         """Start polling again every watch of *name* that a limit stopped, for all its
@@ -435,17 +472,15 @@ class QRHub:
 
     def viewers(self) -> dict[str, int]:
         """Instance name -> viewers, for the instances being watched right now."""
-        return {
-            name: sum(w.viewers for w in per_name.values())
-            for name, per_name in self._watches.items()
-        }
+        counts = {name: sum(w.viewers for w in per.values()) for name, per in self._watches.items()}
+        return {name: count for name, count in counts.items() if count}
 
     async def fetch(self, name: str) -> QRImage:
         """``client.get_qr_image(name)``, one request for every concurrent caller (a caller
         that leaves does not cancel it for the others)."""
         task = self._fetches.get(name)
         if task is None:
-            _hook_signals()  # a shutdown cancels it (close): a hung upstream never holds it up
+            hook_signals()  # a shutdown cancels it (close): a hung upstream never holds it up
             task = asyncio.get_running_loop().create_task(self._client_now().get_qr_image(name))
             self._fetches[name] = task
 
@@ -469,6 +504,8 @@ class QRHub:
                 watch.end(CLOSED)
 
     def _forget(self, watch: Watch) -> None:
+        if (kept := self._kept.pop(watch, None)) is not None:
+            kept.cancel()
         per_name = self._watches.get(watch.name, {})
         if per_name.get(watch.key) is watch:
             del per_name[watch.key]
@@ -511,6 +548,7 @@ async def end_event_streams(*_: object) -> None:
 
 _SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
 _loops: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+_stopping: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()  # for good
 
 
 class _Chained:
@@ -528,13 +566,14 @@ class _Chained:
 
 def _end_streams_now() -> None:
     loop = asyncio.get_running_loop()
+    _stopping.add(loop)
     for per_loop in list(_HUBS.values()):
         hub = per_loop.get(loop)
         if hub is not None:
             hub.close()
 
 
-def _hook_signals() -> None:
+def hook_signals() -> None:
     """Chain a :class:`_Chained` before the handlers of SIGINT and SIGTERM, unless one is
     there. Only from the main thread (the only one that may); a default or ignored signal
     is left as it is (SIGTERM's default already ends the process)."""

@@ -14,7 +14,8 @@ import base64
 import hashlib
 import html
 from typing import Final
-from urllib.parse import quote
+
+from ._paths import segment
 
 __all__ = ["PAGE_HEADERS", "page_html"]
 
@@ -25,17 +26,16 @@ SCRIPT: Final = """
   var status = document.getElementById("wachat-status");
   var again = document.getElementById("wachat-again");
   var events = img.getAttribute("data-events"), source, failures = 0;
-  function show(state, text, qr) {  /* qr: "shown", "dim" or "hidden" */
+  function show(state, text) {  /* the QR shows only while it is current (state "qr") */
     status.setAttribute("data-state", state);
     status.textContent = text;
     again.hidden = state !== "expired";
-    img.hidden = qr === "hidden" || !img.getAttribute("src");
-    img.className = qr === "dim" ? "stale" : "";
+    if (state !== "qr") img.removeAttribute("src");  /* no stale QR that a phone could scan */
+    img.hidden = !img.getAttribute("src");
   }
   function stop(state, text) {  /* final: no QR, no more events */
     if (source) source.close();
-    img.removeAttribute("src");
-    show(state, text, "hidden");
+    show(state, text);
   }
   function probe() {  /* why it closed: 401/403/404-type refusals are final; else retry */
     var ctl = new AbortController();
@@ -50,7 +50,7 @@ SCRIPT: Final = """
   }
   function retry() {  /* gateway error or network failure: back off, capped at 30 s */
     var wait = Math.min(30000, 1000 * Math.pow(2, failures++)) * (0.5 + Math.random() / 2);
-    show("reconnecting", "reconnecting\u2026", "dim");
+    show("reconnecting", "reconnecting\u2026");
     setTimeout(open, wait);
   }
   function open() {
@@ -58,19 +58,18 @@ SCRIPT: Final = """
     source.addEventListener("open", function () { failures = 0; });
     source.addEventListener("qr", function (e) {
       img.src = new URL(JSON.parse(e.data).src, source.url).href;
-      show("qr", "Scan the QR code with WhatsApp (Linked devices)", "shown");
+      show("qr", "Scan the QR code with WhatsApp (Linked devices)");
     });
     source.addEventListener("unavailable", function (e) {
       var d = JSON.parse(e.data);
       var when = d.retry_in === null ? "" : " in " + Math.ceil(d.retry_in) + " s";
       var text = "QR code unavailable (" + d.error + "); retrying" + when + "\u2026";
-      show("unavailable", text, "dim");
+      show("unavailable", text);
     });
     source.addEventListener("expired", function (e) {  /* the watch stopped: no QR to scan */
       var d = JSON.parse(e.data);
-      img.removeAttribute("src");
       show("expired", "This QR code expired: the phone was not linked after " + d.qrs_shown +
-        " QR code(s).", "hidden");
+        " QR code(s).");
     });
     source.addEventListener("connected", function () {
       stop("connected", "connected");
@@ -83,14 +82,14 @@ SCRIPT: Final = """
         source.close();
         probe();
       } else {
-        show("reconnecting", "reconnecting\u2026", "dim");  /* the browser retries by itself */
+        show("reconnecting", "reconnecting\u2026");  /* the browser retries by itself */
       }
     });
   }
   function refused(text) {
     again.disabled = false;
     if (status.getAttribute("data-state") === "expired") {
-      show("expired", "A new QR code could not be requested (" + text + "); try again.", "hidden");
+      show("expired", "A new QR code could not be requested (" + text + "); try again.");
     }
   }
   again.addEventListener("click", function () {  /* one watch for every viewer: all see it */
@@ -100,7 +99,7 @@ SCRIPT: Final = """
         if (!r.ok) return refused("HTTP " + r.status);
         again.disabled = false;
         if (status.getAttribute("data-state") === "expired") {
-          show("waiting", "Waiting for the QR code\u2026", "hidden");
+          show("waiting", "Waiting for the QR code\u2026");
         }
         if (source.readyState === EventSource.CLOSED) open();
       }, function () { refused("network error"); });
@@ -108,8 +107,7 @@ SCRIPT: Final = """
   open();
   img.addEventListener("error", function () {
     if (img.getAttribute("src")) {
-      img.removeAttribute("src");
-      show("broken", "The QR code image did not load; waiting for the next one\u2026", "hidden");
+      show("broken", "The QR code image did not load; waiting for the next one\u2026");
     }
   });
 })();
@@ -118,7 +116,6 @@ SCRIPT: Final = """
 STYLE: Final = (
     "body{font-family:system-ui,sans-serif;text-align:center;margin:2em}"
     "img{image-rendering:pixelated;width:264px;height:264px}"
-    "img.stale{opacity:.15;filter:grayscale(1)}"
 )
 
 
@@ -142,9 +139,8 @@ PAGE_HEADERS: Final = {
 
 def page_html(name: str) -> bytes:
     """The page for *name*, served at ``{prefix}/{name}`` (its URLs are relative to that)."""
-    segment = "./" + quote(name, safe="")  # "./": a name like "a:b" is not a URL scheme
-    title = html.escape(name, quote=True)
-    events = html.escape(f"{segment}/events", quote=True)
+    title = html.escape(name, quote=True)  # "./": a name like "a:b" is not a URL scheme
+    events = html.escape(f"./{segment(name)}/events", quote=True)
     return (
         "<!doctype html>\n"
         '<html lang="en"><head><meta charset="utf-8">'

@@ -34,6 +34,8 @@ __all__ = [
     "claims_root",
     "locate",
     "png_from_events",
+    "route_path",
+    "segment",
     "shown_name",
 ]
 
@@ -160,7 +162,24 @@ def claims_root(raw_path: str | None, tail: str) -> bool:
     )
 
 
+def segment(name: str) -> str:
+    """*name* as the one path segment of its routes: percent-encoded, and the dot of a
+    trailing ``.png`` too (``a%2Epng``), so that the page of ``a.png`` is not the PNG of ``a``."""
+    quoted = quote(name, safe="")
+    return quoted[:-4] + "%2Epng" if quoted.endswith(".png") else quoted
+
+
 def png_from_events(name: str) -> str:
     """The PNG route of *name*, relative to its event stream (``{prefix}/{name}/events``), so
     it holds under any mount point and behind a proxy that strips a prefix."""
-    return "../" + quote(name, safe="") + ".png"
+    return "../" + segment(name) + ".png"
+
+
+def route_path(
+    name: str, route: Literal["page", "png", "events"] = "page", prefix: str = "/qr"
+) -> str:
+    """The path of *name*'s *route* (``"page"``, ``"png"`` or ``"events"``) under *prefix*,
+    for links in your own pages: ``route_path("a.png")`` is ``/qr/a%2Epng``, the page of the
+    instance ``a.png`` (``/qr/a.png`` would be the PNG of ``a``)."""
+    tail = {PAGE: "", PNG: ".png", EVENTS: "/events"}[route]
+    return f"{prefix.rstrip('/')}/{segment(name)}{tail}"

@@ -45,6 +45,7 @@ from ._hub import (
     DEFAULT_MAX_QRS,
     QRHub,
     error_status,
+    stopping,
 )
 from ._paths import png_from_events
 
@@ -92,13 +93,16 @@ async def qr_events(
     ``expired`` (``qrs_shown``, ``elapsed`` seconds) once the watch stopped polling after
     *max_qrs* QRs or *linking_timeout* seconds (``None``: no limit) without a link, until
     :meth:`QRHub.restart` (then ``qr`` again); at the end ``connected`` or ``failed``, or
-    nothing when the app stops (the browser reconnects).
+    nothing when the app stops (the browser reconnects): once it began stopping, a stream
+    that starts ends at once, before joining the watch.
 
     A ``: ping`` comment goes out after *heartbeat* seconds of silence. *gone*, when given, is
     asked at least every ``LIVENESS_CHECK`` seconds whether the browser has left (for servers
     that do not cancel the handler); a true answer ends the stream.
     """
     loop = asyncio.get_running_loop()
+    if stopping():  # no await between this check and join: a later shutdown ends the watch
+        return
     watch = hub.join(name, interval, max_backoff, (max_qrs, linking_timeout))
     try:
         yield f"retry: {random.randint(*RECONNECT_MS)}\n\n".encode()  # noqa: S311 - not a secret

@@ -25,9 +25,12 @@ try:
     from fastapi import APIRouter, Depends, Request
     from fastapi.dependencies.utils import get_typed_signature
     from fastapi.responses import Response
+    from fastapi.routing import APIRoute
     from starlette.concurrency import run_in_threadpool
     from starlette.convertors import Convertor, register_url_convertor
     from starlette.exceptions import HTTPException
+    from starlette.routing import Match
+    from starlette.types import Scope
 except ImportError as _missing:  # pragma: no cover - exercised by the packaging test
     raise ImportError(
         "wachat_async.web.fastapi needs FastAPI: pip install 'wachat-async[web-fastapi]'"
@@ -36,7 +39,13 @@ except ImportError as _missing:  # pragma: no cover - exercised by the packaging
 from wachat_async import WachatClient
 
 from ._core import DEFAULT_HEARTBEAT, DEFAULT_INTERVAL, Answer, Gate, check_route_options
-from ._hub import DEFAULT_LINKING_TIMEOUT, DEFAULT_MAX_AGE, DEFAULT_MAX_BACKOFF, DEFAULT_MAX_QRS
+from ._hub import (
+    DEFAULT_LINKING_TIMEOUT,
+    DEFAULT_MAX_AGE,
+    DEFAULT_MAX_BACKOFF,
+    DEFAULT_MAX_QRS,
+    hook_signals,
+)
 from ._paths import DEFAULT_MAX_NAME_LENGTH, Target
 from .starlette import _raw_path, _response, _serve
 
@@ -68,6 +77,16 @@ class _AnyText(Convertor[str]):
 register_url_convertor("wachat_path", _AnyText())
 
 
+class _PNGRoute(APIRoute):
+    """The PNG route only where the raw path ends in ``.png`` as written: ``a%2Epng`` is the
+    page of the instance ``a.png`` (as on the other frameworks), never the PNG of ``a``."""
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        match, child = super().matches(scope)
+        raw = _raw_path(scope)
+        return (Match.NONE, {}) if raw is not None and not raw.endswith(".png") else (match, child)
+
+
 def _guard(
     authorize: Callable[..., Any], max_name_length: int
 ) -> Callable[[str], Callable[..., Awaitable[Target | Answer]]]:
@@ -85,7 +104,8 @@ def _guard(
     gate: Gate[dict[str, Any]] = Gate(call, max_name_length, (HTTPException,))
 
     def for_suffix(suffix: str) -> Callable[..., Awaitable[Target | Answer]]:
-        def check(request: Request, instance_name: str) -> Target | Answer:
+        async def check(request: Request, instance_name: str) -> Target | Answer:
+            hook_signals()  # on the loop, before authorize's awaits (its dependencies too)
             tail = instance_name + suffix
             return gate.check(request.method, _raw_path(request.scope), tail)
 
@@ -184,6 +204,7 @@ def qr_router(
             response_class=Response,
             responses=responses,  # type: ignore[arg-type]
             summary=summary,
+            route_class_override=_PNGRoute if suffix == ".png" else None,
         )
     router.add_api_route(  # last: whatever the routes above did not take, answered alike
         "/{instance_name:wachat_path}",
