@@ -62,7 +62,7 @@ class Pacer:
         rand: Callable[[float, float], float] = random.uniform,
         counts: Counts | None = None,
     ) -> None:
-        self.clock, self.rand, self.counts = clock, rand, counts
+        self.clock, self.rand, self.counts = clock, rand, counts or Counts()
         self.active = False  # the one attribute the success path reads
         self.closed = self.warned = self.probing = self.loud = False
         self.rate_limited = self.pauses = self.circuit_openings = self.refused = 0
@@ -87,7 +87,7 @@ class Pacer:
     def _now_cap(self, now: float) -> float | None:
         if self.cap is None:
             return None
-        return self.cap * self.growth ** max(0.0, now - self.cap_at)
+        return float(self.cap * self.growth ** max(0.0, now - self.cap_at))
 
     def pause_left(self) -> float:
         """Seconds left of the current pause (0.0 when none)."""
@@ -209,9 +209,8 @@ class Pacer:
             self.cap, self.growth = (
                 (SLOW_START, 2.0) if cap is None else (max(cap * BACK_OFF, 1.0), GROWTH)
             )
-            observer = self.counts and self.counts.observer
-            if observer is not None:
-                observer.paused()
+            if self.counts.observer is not None:
+                self.counts.observer.paused()
             logger.info("429: pausing new requests for %g s (rate cap %s)", ra, self.cap)
         self.pause = max(self.pause, (now, ra), key=sum)  # the burst's 429s extend it, not halve
         self.cap_at = self.trouble = sum(self.pause)  # calm and the climb count from its end
