@@ -632,3 +632,34 @@ async def test_fetch_many_over_the_slots_runs_at_the_slots_and_warns_once_per_cl
     [line] = [r.getMessage() for r in caplog.records]
     assert "fetch_many(concurrency=50) runs 2 at a time" in line
     assert "max_connections" in line
+
+
+def test_only_a_storms_first_circuit_opening_and_closing_log_warnings(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Three openings in one storm: the first opens and closes at WARNING, the others at INFO;
+    after the pacer stood down, a new storm's first opening warns again."""
+
+    async def body(loop: SkippingLoop) -> None:
+        pacer = skipping_pacer(loop)
+        for _ in range(3):
+            _storm(pacer)
+            pacer.record(None)
+        skip(pacer, QUIET + 1)
+        await pacer.admit(NAME, None)
+        skip(pacer, 1.0)
+        await pacer.admit(NAME, None)
+        assert not pacer.active
+        _storm(pacer)
+        assert pacer.snapshot().circuit_openings == 4
+
+    with caplog.at_level(logging.INFO, logger="wachat_async"):
+        run_skipping(body)
+    circuit = [
+        (r.levelno, r.getMessage())
+        for r in caplog.records
+        if "circuit c" in r.getMessage() or "circuit o" in r.getMessage()
+    ]
+    assert [level for level, _ in circuit] == [logging.WARNING] * 2 + [logging.INFO] * 4 + [
+        logging.WARNING
+    ]

@@ -78,6 +78,7 @@ class Pacer:
         self.cap_at = self.next_slot = 0.0
         self.growth = 2.0
         self.opened: float | None = None  # when the circuit opened
+        self.quiet_from = self.circuit_openings + 1  # later openings of this storm log at INFO
         self.refusing = False  # the open circuit has refused a call
         self.next_probe = self.trouble = 0.0
         self.marked = (0.0, 0)  # (when, admitted) for the observed rate
@@ -185,8 +186,11 @@ class Pacer:
         elif self.active and (error is None or isinstance(error, APIStatusError)):
             self._ring.append((now, False))  # the API answered
             if self.opened is not None:
-                logger.warning(
-                    "Wachat API answers again: circuit closed after %.1f s", now - self.opened
+                level = logging.INFO if self.circuit_openings > self.quiet_from else logging.WARNING
+                logger.log(
+                    level,
+                    "Wachat API answers again: circuit closed after %.1f s",
+                    now - self.opened,
                 )
                 self.opened, self.refusing = None, False
                 self._ring.clear()
@@ -228,7 +232,8 @@ class Pacer:
             self.opened, self.next_probe = now, now + PROBE_EVERY
             self.circuit_openings += 1
             failing = f"{sum(recent)} of the last {len(recent)} attempts"
-            logger.warning("Wachat API failing %s: circuit open, probing once a second", failing)
+            level = logging.INFO if self.circuit_openings > self.quiet_from else logging.WARNING
+            logger.log(level, "Wachat API failing %s: circuit open, probing once a second", failing)
 
     async def nap(self, seconds: float) -> None:
         """Sleep *seconds*, or less if woken (the circuit closes, the client closes)."""
