@@ -106,6 +106,7 @@ def test_a_429_pauses_every_waiter_until_its_jittered_retry_after() -> None:
             await asyncio.sleep(0.001)  # the timers due fire
             await settle()
             assert sum(w.done() for w in waiters) == done
+            assert pacer.snapshot().waiting == 3 - done
         assert pacer.snapshot().pauses == 1
 
     run_skipping(body)

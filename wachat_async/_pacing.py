@@ -283,4 +283,5 @@ class Pacer:
             pauses=self.pauses,
             circuit_openings=self.circuit_openings,
             refused=self.refused,
+            waiting=len(self.sleepers),
         )
