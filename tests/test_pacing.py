@@ -20,6 +20,7 @@ from wachat_async import (
     RetryPolicy,
     WachatClient,
     WachatTimeoutError,
+    _pacing,
 )
 from wachat_async._pacing import (
     BACK_OFF,
@@ -247,10 +248,14 @@ def test_the_circuit_opens_probes_once_a_second_and_closes_on_a_success() -> Non
     run_skipping(body)
 
 
-def test_an_open_circuit_refuses_after_the_deadline_with_the_last_failures_class() -> None:
-    """Open longer than the deadline with every probe failing: waiting and new calls wait for
-    the next probe's outcome (a probe interval at most), then fail with the class of the last
-    failure, not sent, a note saying so; a due probe still goes, so recovery is seen."""
+def test_an_open_circuit_refuses_after_the_deadline_with_the_last_failures_class(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Open longer than the deadline with every probe failing: waiting and new calls fail with
+    the class of the last failure, not sent, a note saying so: QUICK_REFUSALS a second at
+    once, the others after the next probe's outcome (a probe interval at most); a due probe
+    still goes, so recovery is seen."""
+    monkeypatch.setattr(_pacing, "QUICK_REFUSALS", 1)
 
     async def body(loop: SkippingLoop) -> None:
         pacer = skipping_pacer(loop)
@@ -261,15 +266,15 @@ def test_an_open_circuit_refuses_after_the_deadline_with_the_last_failures_class
         skip(pacer, 5.0)
         await asyncio.sleep(0.001)
         await settle()
-        assert not any(w.done() for w in waiting)  # they wait the probe's outcome first
+        assert [w.done() for w in waiting] == [True, False]  # the second waits a probe
         skip(pacer, PROBE_EVERY)
         await asyncio.sleep(0.001)
         await settle()
-        for task in waiting:
+        for task, open_for in zip(waiting, (5, 6), strict=True):
             error = task.exception()
             assert type(error) is WachatTimeoutError
             assert error.attempts == 0
-            assert "circuit has been open for 6 s" in "".join(error.__notes__)
+            assert f"circuit has been open for {open_for} s" in "".join(error.__notes__)
         late = asyncio.ensure_future(pacer.admit("late", 5.0))
         await settle()
         assert not late.done()

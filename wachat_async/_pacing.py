@@ -32,6 +32,7 @@ QUIET = 10.0  # seconds without a 429 or a transient failure before the pacer st
 RING, WINDOW, MIN_OUTCOMES, OPEN_SHARE = 50, 60.0, 20, 0.8  # the circuit's judgement
 PROBE_EVERY = 1.0  # seconds between probes of an open circuit
 REFUSE_AFTER = 30.0  # an open circuit refuses calls after the deadline, or this without one
+QUICK_REFUSALS = 1000  # a second: more wait for a probe's outcome (an endless fleet must not spin)
 SLOW_START = 50.0  # requests/s after a first pause, doubling each second until a 429
 BACK_OFF, GROWTH = 0.7, 1.1  # a later pause multiplies the cap by BACK_OFF; then GROWTH a second
 
@@ -80,6 +81,7 @@ class Pacer:
         self.opened: float | None = None  # when the circuit opened
         self.quiet_from = self.circuit_openings + 1  # later openings of this storm log at INFO
         self.refusing = False  # the open circuit has refused a call
+        self.quick = (-1e18, 0)  # (since, count) of the refusals this second
         self.next_probe = self.trouble = 0.0
         self.marked = (0.0, 0)  # (when, admitted) for the observed rate
         self.admitted = 0
@@ -100,10 +102,11 @@ class Pacer:
     ) -> bool:
         """Wait until an attempt may go: past a pause (RateLimitError at once if it outlasts
         *left*, the call's time left), in its turn under the rate cap, and, with the circuit
-        open, as its probe (True) or refused once it has been open longer than *deadline* and
-        the next probe's outcome did not close it. ``zero_wait`` (a test's) never waits."""
+        open, as its probe (True) or refused once it has been open longer than *deadline* (at
+        once QUICK_REFUSALS a second; then after the next probe's outcome, if it did not close
+        it). ``zero_wait`` (a test's) never waits."""
         share = self.rand(1.0, 1.0 + JITTER)  # this waiter's place in a pause
-        told = False  # a refused call waits one probe's outcome first
+        told = False  # waited for a probe's outcome before its refusal
         while True:
             if self.closed:
                 raise ClientClosedError("WachatClient was closed", attempts=0)
@@ -113,11 +116,13 @@ class Pacer:
                     self.probing, self.next_probe = True, now + PROBE_EVERY
                     return True
                 limit = self.opened + (REFUSE_AFTER if deadline is None else deadline)
-                if now >= limit and told:
-                    raise self._refusal(name, now - self.opened)
-                told = now >= limit
-                due = now + PROBE_EVERY if told else limit
-                wait = (due if self.probing else min(self.next_probe, due)) - now
+                if now >= limit:
+                    since, count = self.quick if now - self.quick[0] < 1.0 else (now, 0)
+                    self.quick = (since, count + 1)
+                    if told or count < QUICK_REFUSALS:
+                        raise self._refusal(name, now - self.opened)
+                    told, limit = True, now + PROBE_EVERY
+                wait = (limit if self.probing else min(self.next_probe, limit)) - now
             else:
                 start, ra = self.pause
                 wait = start + ra * share - now
