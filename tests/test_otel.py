@@ -26,6 +26,7 @@ from wachat_async import (
     AuthenticationError,
     InstanceNotFoundError,
     QRSuccess,
+    RateLimitError,
     RetryPolicy,
     WachatClient,
 )
@@ -298,3 +299,17 @@ def test_no_key_in_any_span_or_metric(key: str) -> None:
         assert [t for t in texts if key in t] == []
     finally:
         telemetry.shutdown()
+
+
+async def test_a_429_pause_counts_once_in_wachat_client_pauses(
+    server: FakeWachatServer, traced: WachatClient, telemetry: Telemetry
+) -> None:
+    """Two 429s of one burst: one pause, counted once by the pauses counter."""
+    server.script(NAME, [Fault(status=429, retry_after="5"), Fault(status=429, retry_after="5")])
+    for _ in range(2):
+        with pytest.raises(RateLimitError):
+            await traced.get_qr_image(NAME)
+    assert traced.stats().pacing.pauses == 1
+    [(attributes, value)] = telemetry.metrics()["wachat.client.pauses"]
+    assert value == 1
+    assert attributes["server.address"] == "127.0.0.1"

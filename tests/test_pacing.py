@@ -13,7 +13,6 @@ import pytest
 from tests.conftest import KEY, NAME, SkippingLoop, run_skipping, until
 from wachat_async import (
     ClientClosedError,
-    DeadlineExceededError,
     InstanceNotFoundError,
     QRFetchFailedError,
     RateLimitError,
@@ -21,8 +20,17 @@ from wachat_async import (
     RetryPolicy,
     WachatClient,
     WachatTimeoutError,
+    _pacing,
 )
-from wachat_async._pacing import MIN_OUTCOMES, PROBE_EVERY, QUIET, Pacer
+from wachat_async._pacing import (
+    BACK_OFF,
+    GROWTH,
+    MIN_OUTCOMES,
+    PROBE_EVERY,
+    QUIET,
+    SLOW_START,
+    Pacer,
+)
 from wachat_async.testing import Conditions, FakeWachatServer, Fault
 
 
@@ -99,6 +107,7 @@ def test_a_429_pauses_every_waiter_until_its_jittered_retry_after() -> None:
             await asyncio.sleep(0.001)  # the timers due fire
             await settle()
             assert sum(w.done() for w in waiters) == done
+            assert pacer.snapshot().waiting == 3 - done
         assert pacer.snapshot().pauses == 1
 
     run_skipping(body)
@@ -115,26 +124,24 @@ def test_429s_of_one_burst_make_one_pause_and_a_missing_retry_after_is_one_secon
     run_skipping(body)
 
 
-def test_the_rate_cap_is_learned_from_429s_halved_then_climbs_and_spaces_requests() -> None:
-    """First 429: learning starts. Second (after the pause): the cap is what the API let through
-    since. Third: halved. Then it climbs additively, and admissions are spaced by 1/cap."""
+def test_the_rate_cap_slow_starts_is_cut_climbs_and_spaces_requests() -> None:
+    """First 429: after its pause the cap starts at SLOW_START, doubling each second. A later
+    pause cuts what it had reached by BACK_OFF; then it climbs by GROWTH a second, and
+    admissions are spaced by 1/cap. It does not climb during a pause."""
 
     async def body(loop: SkippingLoop) -> None:
         pacer = skipping_pacer(loop)
         pacer.record(RateLimitError(retry_after=1.0))
-        assert pacer.snapshot().rate_cap is None
+        assert pacer.snapshot().rate_cap == SLOW_START
         skip(pacer, 1.0)
-        for _ in range(200):
-            pacer.record(None)
-        skip(pacer, 1.0)
-        pacer.record(RateLimitError(retry_after=1.0))  # 200 successes in 2 s
-        assert pacer.snapshot().rate_cap == pytest.approx(100.0)
-        skip(pacer, 1.0)
-        pacer.record(RateLimitError(retry_after=1.0))
-        assert pacer.snapshot().rate_cap == pytest.approx(102.5 / 2)  # it had climbed 1 s
-        skip(pacer, 2.0)
-        assert pacer.snapshot().rate_cap == pytest.approx(51.25 * 1.05)  # + cap/40 per second
-        pacer.cap, pacer.step, pacer.cap_at = 10.0, 0.0, pacer.clock()
+        assert pacer.snapshot().rate_cap == SLOW_START  # the pause just ended
+        skip(pacer, 3.0)
+        assert pacer.snapshot().rate_cap == pytest.approx(SLOW_START * 8)
+        pacer.record(RateLimitError(retry_after=2.0))
+        assert pacer.snapshot().rate_cap == pytest.approx(SLOW_START * 8 * BACK_OFF)
+        skip(pacer, 4.0)  # 2 s of pause, 2 s of climbing
+        assert pacer.snapshot().rate_cap == pytest.approx(SLOW_START * 8 * BACK_OFF * GROWTH**2)
+        pacer.cap, pacer.growth, pacer.cap_at = 10.0, 1.0, pacer.clock()
         waiters = admit_all(pacer, 3)
         await settle()
         assert [w.done() for w in waiters] == [True, False, False]
@@ -146,6 +153,61 @@ def test_the_rate_cap_is_learned_from_429s_halved_then_climbs_and_spaces_request
         await asyncio.sleep(0.001)
         await settle()
         assert all(w.done() for w in waiters)
+
+    run_skipping(body)
+
+
+@pytest.mark.parametrize("retry_after", [0.0, -5.0, None], ids=["zero", "date-in-past", "none"])
+def test_a_burst_of_429s_without_a_usable_retry_after_is_one_pause_of_a_second(
+    retry_after: float | None,
+) -> None:
+    """A 429 storm of ``Retry-After: 0`` (or a date past) over 0.9 s: one 1 s pause, the cap
+    cut once at most, not once per 429 down to its floor."""
+
+    async def body(loop: SkippingLoop) -> None:
+        pacer = skipping_pacer(loop)
+        pacer.record(RateLimitError(retry_after=1.0))
+        skip(pacer, 4.0)
+        reached = pacer.snapshot().rate_cap
+        assert reached is not None
+        for _ in range(100):
+            pacer.record(RateLimitError(retry_after=retry_after))
+            skip(pacer, 0.009)
+        snap = pacer.snapshot()
+        assert (snap.rate_limited, snap.pauses) == (101, 2)
+        assert snap.rate_cap == pytest.approx(reached * BACK_OFF)
+        assert snap.paused_for == pytest.approx(1.0, abs=0.01)
+
+    run_skipping(body)
+
+
+def test_calm_counts_from_the_end_of_a_long_pause_and_a_call_it_outlasts_fails_at_once() -> None:
+    """Retry-After 30 s (a deadline's worth): the pacer does not stand down when the pause
+    ends, but climbs from SLOW_START; a call whose time left is under the pause left raises
+    RateLimitError at once, not sent, ``retry_after`` the pause left."""
+
+    async def body(loop: SkippingLoop) -> None:
+        pacer = skipping_pacer(loop)
+        pacer.record(RateLimitError(retry_after=30.0))
+        skip(pacer, 10.0)
+        with pytest.raises(RateLimitError) as late:
+            await pacer.admit("late", 30.0, 19.0)
+        assert late.value.retry_after == pytest.approx(20.0)
+        assert late.value.attempts == 0
+        assert "paused 20.0 s more" in "".join(late.value.__notes__)
+        waiter = asyncio.ensure_future(pacer.admit("patient", 30.0, 25.0))
+        skip(pacer, 20.0)
+        await asyncio.sleep(0.001)
+        await settle()
+        assert waiter.done()
+        assert waiter.result() is False
+        assert pacer.active
+        assert pacer.snapshot().rate_cap == SLOW_START
+        later = admit_all(pacer, 3)  # spaced by 1 / SLOW_START after the first, not all at once
+        skip(pacer, 1 / SLOW_START)
+        await asyncio.sleep(0.001)
+        await settle()
+        assert [w.done() for w in later] == [True, False, False]
 
     run_skipping(body)
 
@@ -186,10 +248,14 @@ def test_the_circuit_opens_probes_once_a_second_and_closes_on_a_success() -> Non
     run_skipping(body)
 
 
-def test_an_open_circuit_refuses_after_the_deadline_with_the_last_failures_class() -> None:
-    """Open longer than the deadline with every probe failing: waiting and new calls fail at
-    once with the class of the last failure, not sent, a note saying so; a due probe still
-    goes, so recovery is seen."""
+def test_an_open_circuit_refuses_after_the_deadline_with_the_last_failures_class(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Open longer than the deadline with every probe failing: waiting and new calls fail with
+    the class of the last failure, not sent, a note saying so: QUICK_REFUSALS a second at
+    once, the others after the next probe's outcome (a probe interval at most); a due probe
+    still goes, so recovery is seen."""
+    monkeypatch.setattr(_pacing, "QUICK_REFUSALS", 1)
 
     async def body(loop: SkippingLoop) -> None:
         pacer = skipping_pacer(loop)
@@ -200,14 +266,24 @@ def test_an_open_circuit_refuses_after_the_deadline_with_the_last_failures_class
         skip(pacer, 5.0)
         await asyncio.sleep(0.001)
         await settle()
-        for task in waiting:
+        assert [w.done() for w in waiting] == [True, False]  # the second waits a probe
+        skip(pacer, PROBE_EVERY)
+        await asyncio.sleep(0.001)
+        await settle()
+        for task, open_for in zip(waiting, (5, 6), strict=True):
             error = task.exception()
             assert type(error) is WachatTimeoutError
             assert error.attempts == 0
-            assert "circuit has been open for 5 s" in "".join(error.__notes__)
-        with pytest.raises(WachatTimeoutError) as refused:
-            await pacer.admit("late", 5.0)
-        assert refused.value.instance_name == "late"
+            assert f"circuit has been open for {open_for} s" in "".join(error.__notes__)
+        late = asyncio.ensure_future(pacer.admit("late", 5.0))
+        await settle()
+        assert not late.done()
+        skip(pacer, PROBE_EVERY)
+        await asyncio.sleep(0.001)
+        await settle()
+        refused = late.exception()
+        assert isinstance(refused, WachatTimeoutError)
+        assert refused.instance_name == "late"
         assert pacer.snapshot().circuit == "refusing"
         assert pacer.snapshot().refused == 3
         pacer.record(asyncio.CancelledError(), probe=True)  # the hanging probe, cancelled
@@ -468,7 +544,11 @@ def test_a_watch_waits_the_pace_instead_of_failing() -> None:
     run_skipping(body)
 
 
-def test_a_deadline_while_paced_says_so_and_counts_no_attempt() -> None:
+def test_a_call_on_a_client_paused_past_its_deadline_fails_at_once_unsent() -> None:
+    """A fleet's 429 paused the client for 60 s: an interactive call with a 5 s deadline
+    raises RateLimitError at once (not after its deadline), ``retry_after`` the pause left;
+    with a deadline longer than the pause it waits and gets its QR."""
+
     async def body(loop: SkippingLoop) -> None:
         async with FakeWachatServer(api_key=KEY, clock=loop.time) as server:
             server.add_instance(NAME)
@@ -476,14 +556,16 @@ def test_a_deadline_while_paced_says_so_and_counts_no_attempt() -> None:
             async with skipping_client(loop, server, retry=RetryPolicy(deadline=5)) as client:
                 with pytest.raises(RateLimitError):
                     await client.get_qr_image(NAME)
-                call = asyncio.ensure_future(client.get_qr_image(NAME))
-                await until(lambda: bool(client._retrier.pacer.sleepers))
-                loop.skip(5.5)
-                with pytest.raises(DeadlineExceededError) as info:
-                    await call
+                loop.skip(1.0)
+                with pytest.raises(RateLimitError) as info:
+                    await client.get_qr_image(NAME)
                 assert info.value.attempts == 0
-                assert "waiting for the pacer" in str(info.value)
+                assert info.value.retry_after == pytest.approx(65.0, abs=0.01)  # 66 - 1
+                assert "past the deadline" in "".join(info.value.__notes__)
                 assert server.request_count(NAME) == 1
+                patient = client.with_options(retry=RetryPolicy(deadline=90))
+                await ticking(loop, patient.get_qr_image(NAME), step=1.0)
+                assert server.request_count(NAME) == 2
 
     run_skipping(body)
 
@@ -556,3 +638,34 @@ async def test_fetch_many_over_the_slots_runs_at_the_slots_and_warns_once_per_cl
     [line] = [r.getMessage() for r in caplog.records]
     assert "fetch_many(concurrency=50) runs 2 at a time" in line
     assert "max_connections" in line
+
+
+def test_only_a_storms_first_circuit_opening_and_closing_log_warnings(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Three openings in one storm: the first opens and closes at WARNING, the others at INFO;
+    after the pacer stood down, a new storm's first opening warns again."""
+
+    async def body(loop: SkippingLoop) -> None:
+        pacer = skipping_pacer(loop)
+        for _ in range(3):
+            _storm(pacer)
+            pacer.record(None)
+        skip(pacer, QUIET + 1)
+        await pacer.admit(NAME, None)
+        skip(pacer, 1.0)
+        await pacer.admit(NAME, None)
+        assert not pacer.active
+        _storm(pacer)
+        assert pacer.snapshot().circuit_openings == 4
+
+    with caplog.at_level(logging.INFO, logger="wachat_async"):
+        run_skipping(body)
+    circuit = [
+        (r.levelno, r.getMessage())
+        for r in caplog.records
+        if "circuit c" in r.getMessage() or "circuit o" in r.getMessage()
+    ]
+    assert [level for level, _ in circuit] == [logging.WARNING] * 2 + [logging.INFO] * 4 + [
+        logging.WARNING
+    ]

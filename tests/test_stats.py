@@ -55,6 +55,7 @@ async def test_a_new_client_has_counted_nothing(client: WachatClient) -> None:
             pauses=0,
             circuit_openings=0,
             refused=0,
+            waiting=0,
         ),
     )
 

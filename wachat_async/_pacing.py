@@ -22,7 +22,7 @@ from ._errors import (
     WachatError,
     WachatTimeoutError,
 )
-from ._stats import PacingStats
+from ._stats import Counts, PacingStats
 
 logger = logging.getLogger("wachat_async")
 
@@ -32,6 +32,9 @@ QUIET = 10.0  # seconds without a 429 or a transient failure before the pacer st
 RING, WINDOW, MIN_OUTCOMES, OPEN_SHARE = 50, 60.0, 20, 0.8  # the circuit's judgement
 PROBE_EVERY = 1.0  # seconds between probes of an open circuit
 REFUSE_AFTER = 30.0  # an open circuit refuses calls after the deadline, or this without one
+QUICK_REFUSALS = 1000  # a second: more wait for a probe's outcome (an endless fleet must not spin)
+SLOW_START = 50.0  # requests/s after a first pause, doubling each second until a 429
+BACK_OFF, GROWTH = 0.7, 1.1  # a later pause multiplies the cap by BACK_OFF; then GROWTH a second
 
 
 def is_transport_fault(error: BaseException) -> bool:
@@ -58,8 +61,9 @@ class Pacer:
         self,
         clock: Callable[[], float] = time.monotonic,
         rand: Callable[[float, float], float] = random.uniform,
+        counts: Counts | None = None,
     ) -> None:
-        self.clock, self.rand = clock, rand
+        self.clock, self.rand, self.counts = clock, rand, counts or Counts()
         self.active = False  # the one attribute the success path reads
         self.closed = self.warned = self.probing = self.loud = False
         self.rate_limited = self.pauses = self.circuit_openings = self.refused = 0
@@ -71,29 +75,38 @@ class Pacer:
 
     def _stand_down(self) -> None:
         self.pause = (-1e18, 0.0)  # (start, Retry-After) of the latest 429
-        self.cap: float | None = None
-        self.cap_at = self.step = self.next_slot = 0.0
-        self.learning: tuple[float, int] | None = None  # (since, successes since)
+        self.cap: float | None = None  # requests/s at cap_at, times growth each second since
+        self.cap_at = self.next_slot = 0.0
+        self.growth = 2.0
         self.opened: float | None = None  # when the circuit opened
+        self.quiet_from = self.circuit_openings + 1  # later openings of this storm log at INFO
         self.refusing = False  # the open circuit has refused a call
+        self.quick = (-1e18, 0)  # (since, count) of the refusals this second
         self.next_probe = self.trouble = 0.0
         self.marked = (0.0, 0)  # (when, admitted) for the observed rate
         self.admitted = 0
         self._ring.clear()
 
     def _now_cap(self, now: float) -> float | None:
-        return None if self.cap is None else self.cap + self.step * (now - self.cap_at)
+        if self.cap is None:
+            return None
+        return float(self.cap * self.growth ** max(0.0, now - self.cap_at))
 
     def pause_left(self) -> float:
         """Seconds left of the current pause (0.0 when none)."""
         start, ra = self.pause
         return max(0.0, start + ra - self.clock())
 
-    async def admit(self, name: str, deadline: float | None, *, zero_wait: bool = False) -> bool:
-        """Wait until an attempt may go: past a pause, in its turn under the rate cap, and, with
-        the circuit open, as its probe (True) or refused at once once it has been open longer
-        than *deadline*. ``zero_wait`` (a test policy's) never waits."""
+    async def admit(
+        self, name: str, deadline: float | None, left: float | None = None, zero_wait: bool = False
+    ) -> bool:
+        """Wait until an attempt may go: past a pause (RateLimitError at once if it outlasts
+        *left*, the call's time left), in its turn under the rate cap, and, with the circuit
+        open, as its probe (True) or refused once it has been open longer than *deadline* (at
+        once QUICK_REFUSALS a second; then after the next probe's outcome, if it did not close
+        it). ``zero_wait`` (a test's) never waits."""
         share = self.rand(1.0, 1.0 + JITTER)  # this waiter's place in a pause
+        told = False  # waited for a probe's outcome before its refusal
         while True:
             if self.closed:
                 raise ClientClosedError("WachatClient was closed", attempts=0)
@@ -104,13 +117,21 @@ class Pacer:
                     return True
                 limit = self.opened + (REFUSE_AFTER if deadline is None else deadline)
                 if now >= limit:
-                    raise self._refusal(name, now - self.opened)
-                wait = limit - now if self.probing else min(self.next_probe, limit) - now
+                    since, count = self.quick if now - self.quick[0] < 1.0 else (now, 0)
+                    self.quick = (since, count + 1)
+                    if told or count < QUICK_REFUSALS:
+                        raise self._refusal(name, now - self.opened)
+                    told, limit = True, now + PROBE_EVERY
+                wait = (limit if self.probing else min(self.next_probe, limit)) - now
             else:
                 start, ra = self.pause
                 wait = start + ra * share - now
                 if wait <= 0:
                     break
+                if left is not None and wait > left and not zero_wait:
+                    error = RateLimitError(retry_after=wait, instance_name=name, attempts=0)
+                    error.add_note(f"not sent: paused {wait:.1f} s more, past the deadline")
+                    raise error
             if zero_wait:
                 return False
             await self.nap(wait)
@@ -132,7 +153,7 @@ class Pacer:
         rate = (self.admitted - admitted) / (now - when)
         self.marked = (now, self.admitted)
         if cap is not None and now - self.trouble > QUIET and cap > 2 * rate:
-            self.cap = None
+            self.cap = None  # the fleet asks well below it
         if self.cap is None and self.opened is None and now - self.trouble > QUIET:
             if self.loud:
                 logger.warning("Wachat API calm again: pacing stands down (%r)", self.snapshot())
@@ -169,11 +190,12 @@ class Pacer:
             self._failed(error, now)
         elif self.active and (error is None or isinstance(error, APIStatusError)):
             self._ring.append((now, False))  # the API answered
-            if self.learning is not None:
-                self.learning = (self.learning[0], self.learning[1] + 1)
             if self.opened is not None:
-                logger.warning(
-                    "Wachat API answers again: circuit closed after %.1f s", now - self.opened
+                level = logging.INFO if self.circuit_openings > self.quiet_from else logging.WARNING
+                logger.log(
+                    level,
+                    "Wachat API answers again: circuit closed after %.1f s",
+                    now - self.opened,
                 )
                 self.opened, self.refusing = None, False
                 self._ring.clear()
@@ -187,22 +209,20 @@ class Pacer:
 
     def _rate_limited(self, error: RateLimitError, now: float) -> None:
         self.rate_limited += 1
-        ra = min(MAX_PAUSE, 1.0 if error.retry_after is None else error.retry_after)
+        ra = min(MAX_PAUSE, max(1.0, error.retry_after or 0.0))  # 0 or past: as none, 1 s
         self._activate(now, f"answered 429 (Retry-After {ra:g} s)")
         start, old = self.pause
         if now >= start + old:  # a new pause, not another 429 of the same burst
             self.pauses += 1
-            cap = self._now_cap(now)
-            if cap is not None:
-                cap /= 2.0
-            elif self.learning is None:
-                self.learning = (now, 0)
-            elif self.learning[1]:  # the API's pace: what it let through since the first 429
-                cap = self.learning[1] / (now - self.learning[0])
-            if cap is not None:
-                self.cap, self.cap_at, self.step = max(cap, 1.0), now, max(cap, 40.0) / 40
+            cap = self._now_cap(now)  # none yet: slow start, doubling from SLOW_START
+            self.cap, self.growth = (
+                (SLOW_START, 2.0) if cap is None else (max(cap * BACK_OFF, 1.0), GROWTH)
+            )
+            if self.counts.observer is not None:
+                self.counts.observer.paused()
             logger.info("429: pausing new requests for %g s (rate cap %s)", ra, self.cap)
-        self.pause = (now, ra)
+        self.pause = max(self.pause, (now, ra), key=sum)  # the burst's 429s extend it, not halve
+        self.cap_at = self.trouble = sum(self.pause)  # calm and the climb count from its end
 
     def _failed(self, error: WachatError, now: float) -> None:
         self._last_error = error
@@ -217,7 +237,8 @@ class Pacer:
             self.opened, self.next_probe = now, now + PROBE_EVERY
             self.circuit_openings += 1
             failing = f"{sum(recent)} of the last {len(recent)} attempts"
-            logger.warning("Wachat API failing %s: circuit open, probing once a second", failing)
+            level = logging.INFO if self.circuit_openings > self.quiet_from else logging.WARNING
+            logger.log(level, "Wachat API failing %s: circuit open, probing once a second", failing)
 
     async def nap(self, seconds: float) -> None:
         """Sleep *seconds*, or less if woken (the circuit closes, the client closes)."""
@@ -267,4 +288,5 @@ class Pacer:
             pauses=self.pauses,
             circuit_openings=self.circuit_openings,
             refused=self.refused,
+            waiting=len(self.sleepers),
         )

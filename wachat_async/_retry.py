@@ -338,7 +338,8 @@ class Retrier:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.policy, self.budget, self.clock = policy, budget, clock
-        self.counts, self.pacer = Counts(), Pacer()  # the client's: its views share them
+        self.counts = Counts()  # the client's, and its pacer: its views share them
+        self.pacer = Pacer(counts=self.counts)
         self.sleep: Callable[[float], Awaitable[None]] = sleep or (
             _no_sleep if policy.zero_wait else asyncio.sleep
         )
@@ -460,7 +461,10 @@ class _Call:
                     if self.owed:
                         await self.repay()
                     self.probe = probe = pacer.active and await pacer.admit(
-                        self.name, deadline, zero_wait=policy.zero_wait
+                        self.name,
+                        deadline,
+                        deadline and deadline - (retrier.clock() - self.started),
+                        policy.zero_wait,
                     )
                     self.pacing = False
                     try:

@@ -25,7 +25,8 @@ class PacingStats:
     ``active`` once a 429 or a transient failure woke it; ``paused_for``: seconds left of a
     429's pause; ``rate_cap``: requests/s (None: none); ``circuit``: ``"open"`` while new
     attempts wait for a probe, ``"refusing"`` once open past the deadline; counts of 429s,
-    pauses, circuit openings and calls the circuit refused, since the client was made."""
+    pauses, circuit openings and calls the circuit refused, since the client was made;
+    ``waiting``: calls held now (a pause, the rate cap, the circuit, the retry budget)."""
 
     active: bool
     paused_for: float
@@ -35,6 +36,7 @@ class PacingStats:
     pauses: int
     circuit_openings: int
     refused: int
+    waiting: int
 
 
 @attrs.frozen(kw_only=True)
