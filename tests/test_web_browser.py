@@ -258,8 +258,13 @@ async def test_chromium_shows_outages_and_final_states_honestly(
                 raise AssertionError(f"never happened: {what}") from None
 
         shown = await wait_for(tab, lambda s: s["state"] == "qr" and not s["hidden"], "a QR")
+        # Decoded before the outage is scripted (it would hide the QR), once it is painted.
+        for _ in range(100):
+            seen = await decoded(cdp, tab)
+            if seen:
+                break
+            await asyncio.sleep(0.1)
         fake.script(NAME, [502, 502])
-        seen = await decoded(cdp, tab)
         down = await wait_for(tab, lambda s: s["state"] == "unavailable", "the outage shows")
         unseen = await decoded(cdp, tab)
         back = await wait_for(tab, lambda s: s["state"] == "qr", "the QR comes back")
